@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -666,7 +667,16 @@ def generate(spec_dir):
     for msg in messages:
         files[module_name(msg.name) + ".rs"] = Emitter(msg).emit()
     files["mod.rs"] = emit_mod(messages)
-    return files
+    return {name: rustfmt(text) for name, text in files.items()}
+
+
+def rustfmt(text):
+    """Formats generated code with the repository's rustfmt settings, so `cargo fmt` leaves it be."""
+    result = subprocess.run(["rustfmt", "--edition", "2021", "--config-path", os.path.join(ROOT, "rustfmt.toml")],
+                            input=text, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit("rustfmt failed on generated code:\n" + result.stderr[:2000])
+    return result.stdout
 
 
 def emit_mod(messages):
@@ -698,12 +708,33 @@ def emit_mod(messages):
             w("    type Response = %s;" % resp)
             w("}")
             w("")
-    w("/// Every API this crate implements: (API key, name, lowest version, highest version).")
-    w("pub const SUPPORTED_APIS: &[(i16, &str, i16, i16)] = &[")
-    for msg in messages:
-        if msg.kind == "request":
-            w("    (%d, %s, %d, %d)," % (msg.api_key, json.dumps(msg.name[: -len("Request")]), msg.min_version, msg.max_version))
+    w("/// An API this crate implements.")
+    w("#[derive(Debug, Clone, Copy, PartialEq, Eq)]")
+    w("pub struct ApiInfo {")
+    w("    /// The API key.")
+    w("    pub key: i16,")
+    w("    /// The API name, e.g. `Fetch`.")
+    w("    pub name: &'static str,")
+    w("    /// Lowest version implemented.")
+    w("    pub min_version: i16,")
+    w("    /// Highest version implemented.")
+    w("    pub max_version: i16,")
+    w("    /// First flexible version (request header v2, response header v1), if any.")
+    w("    pub flexible_min_version: Option<i16>,")
+    w("}")
+    w("")
+    w("/// Every API this crate implements, by API key.")
+    w("pub const SUPPORTED_APIS: &[ApiInfo] = &[")
+    for msg in sorted((m for m in messages if m.kind == "request"), key=lambda m: m.api_key):
+        w("    ApiInfo { key: %d, name: %s, min_version: %d, max_version: %d, flexible_min_version: %s }," % (
+            msg.api_key, json.dumps(msg.name[: -len("Request")]), msg.min_version, msg.max_version,
+            "Some(%d)" % min(msg.flexible) if msg.flexible else "None"))
     w("];")
+    w("")
+    w("/// The API with this key, if this crate implements it.")
+    w("pub fn api_info(key: i16) -> Option<&'static ApiInfo> {")
+    w("    SUPPORTED_APIS.iter().find(|api| api.key == key)")
+    w("}")
     w("")
     w("/// Calls `$m!(RequestType, ResponseType)` once for every request/response pair, so tests and")
     w("/// tools can cover every message without listing them by hand.")

@@ -120,6 +120,14 @@ pub enum DecodeError {
         /// The underlying error.
         source: Box<DecodeError>,
     },
+    /// An error inside a record batch.
+    #[error("{source}, in the record batch at base offset {base_offset}")]
+    InBatch {
+        /// The batch's base offset.
+        base_offset: i64,
+        /// The underlying error.
+        source: Box<DecodeError>,
+    },
     /// An error with the byte position where decoding stopped.
     #[error("{source}, at byte {position} of {total}")]
     At {
@@ -150,7 +158,9 @@ impl DecodeError {
     /// The innermost error, without field or position context.
     pub fn root_cause(&self) -> &DecodeError {
         match self {
-            Self::InField { source, .. } | Self::At { source, .. } => source.root_cause(),
+            Self::InField { source, .. } | Self::InBatch { source, .. } | Self::At { source, .. } => {
+                source.root_cause()
+            }
             other => other,
         }
     }

@@ -126,7 +126,8 @@ fn uvarint_prefix(bytes: &[u8], what: &'static str, max_bytes: usize) -> DecodeR
 #[inline]
 pub fn get_uvarint(buf: &mut Bytes) -> DecodeResult<u32> {
     let (value, used) = uvarint_prefix(buf.chunk(), "unsigned varint", 5)?;
-    let value = u32::try_from(value).map_err(|_| DecodeError::VarintTooLong { what: "unsigned varint", max_bytes: 5 })?;
+    let value =
+        u32::try_from(value).map_err(|_| DecodeError::VarintTooLong { what: "unsigned varint", max_bytes: 5 })?;
     buf.advance(used);
     Ok(value)
 }
@@ -431,13 +432,19 @@ pub fn put_array_len(buf: &mut BytesMut, len: Option<usize>, compact: bool) -> E
 /// Writes a tagged-field section from `(tag, encoded body)` pairs, which need not be sorted.
 pub fn put_tagged_fields(buf: &mut BytesMut, mut fields: Vec<(u32, Bytes)>) -> EncodeResult {
     fields.sort_by_key(|(tag, _)| *tag);
-    let count = u32::try_from(fields.len())
-        .map_err(|_| EncodeError::TooLong { what: "tagged fields", length: fields.len(), max: u32::MAX as usize })?;
+    let count = u32::try_from(fields.len()).map_err(|_| EncodeError::TooLong {
+        what: "tagged fields",
+        length: fields.len(),
+        max: u32::MAX as usize,
+    })?;
     put_uvarint(buf, count);
     for (tag, body) in fields {
         put_uvarint(buf, tag);
-        let size = u32::try_from(body.len())
-            .map_err(|_| EncodeError::TooLong { what: "tagged field", length: body.len(), max: u32::MAX as usize })?;
+        let size = u32::try_from(body.len()).map_err(|_| EncodeError::TooLong {
+            what: "tagged field",
+            length: body.len(),
+            max: u32::MAX as usize,
+        })?;
         put_uvarint(buf, size);
         buf.put_slice(&body);
     }
@@ -520,7 +527,8 @@ mod tests {
     #[test]
     fn unknown_tagged_fields_are_kept_and_known_ones_dispatched() {
         let mut out = BytesMut::new();
-        put_tagged_fields(&mut out, vec![(7, Bytes::from_static(b"xyz")), (1, Bytes::from_static(&[0, 0, 0, 5]))]).unwrap();
+        put_tagged_fields(&mut out, vec![(7, Bytes::from_static(b"xyz")), (1, Bytes::from_static(&[0, 0, 0, 5]))])
+            .unwrap();
         let mut input = out.freeze();
         let mut unknown = Vec::new();
         let mut seen = None;

@@ -20,7 +20,9 @@ where
         let len = rng.gen_range(0..2048);
         let raw: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
         let mut u = Unstructured::new(&raw);
-        let Ok(value) = make(&mut u, version) else { continue };
+        let Ok(value) = make(&mut u, version) else {
+            continue;
+        };
         let bytes = encode_to_bytes(&value, version)
             .unwrap_or_else(|e| panic!("{} v{version} seed {seed}: encode failed: {e}", M::NAME));
         let decoded: M = decode_exact(bytes.clone(), version)

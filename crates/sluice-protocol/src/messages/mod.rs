@@ -10,10 +10,44 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 
-pub mod produce_request;
-pub mod produce_response;
+pub mod add_offsets_to_txn_request;
+pub mod add_offsets_to_txn_response;
+pub mod add_partitions_to_txn_request;
+pub mod add_partitions_to_txn_response;
+pub mod api_versions_request;
+pub mod api_versions_response;
+pub mod consumer_protocol_assignment;
+pub mod consumer_protocol_subscription;
+pub mod create_partitions_request;
+pub mod create_partitions_response;
+pub mod create_topics_request;
+pub mod create_topics_response;
+pub mod delete_groups_request;
+pub mod delete_groups_response;
+pub mod delete_records_request;
+pub mod delete_records_response;
+pub mod delete_topics_request;
+pub mod delete_topics_response;
+pub mod describe_configs_request;
+pub mod describe_configs_response;
+pub mod describe_groups_request;
+pub mod describe_groups_response;
+pub mod end_txn_request;
+pub mod end_txn_response;
 pub mod fetch_request;
 pub mod fetch_response;
+pub mod find_coordinator_request;
+pub mod find_coordinator_response;
+pub mod heartbeat_request;
+pub mod heartbeat_response;
+pub mod init_producer_id_request;
+pub mod init_producer_id_response;
+pub mod join_group_request;
+pub mod join_group_response;
+pub mod leave_group_request;
+pub mod leave_group_response;
+pub mod list_groups_request;
+pub mod list_groups_response;
 pub mod list_offsets_request;
 pub mod list_offsets_response;
 pub mod metadata_request;
@@ -22,59 +56,59 @@ pub mod offset_commit_request;
 pub mod offset_commit_response;
 pub mod offset_fetch_request;
 pub mod offset_fetch_response;
-pub mod find_coordinator_request;
-pub mod find_coordinator_response;
-pub mod join_group_request;
-pub mod join_group_response;
-pub mod heartbeat_request;
-pub mod heartbeat_response;
-pub mod leave_group_request;
-pub mod leave_group_response;
-pub mod sync_group_request;
-pub mod sync_group_response;
-pub mod describe_groups_request;
-pub mod describe_groups_response;
-pub mod list_groups_request;
-pub mod list_groups_response;
-pub mod sasl_handshake_request;
-pub mod sasl_handshake_response;
-pub mod api_versions_request;
-pub mod api_versions_response;
-pub mod create_topics_request;
-pub mod create_topics_response;
-pub mod delete_topics_request;
-pub mod delete_topics_response;
-pub mod delete_records_request;
-pub mod delete_records_response;
-pub mod init_producer_id_request;
-pub mod init_producer_id_response;
 pub mod offset_for_leader_epoch_request;
 pub mod offset_for_leader_epoch_response;
-pub mod add_partitions_to_txn_request;
-pub mod add_partitions_to_txn_response;
-pub mod add_offsets_to_txn_request;
-pub mod add_offsets_to_txn_response;
-pub mod end_txn_request;
-pub mod end_txn_response;
-pub mod txn_offset_commit_request;
-pub mod txn_offset_commit_response;
-pub mod describe_configs_request;
-pub mod describe_configs_response;
-pub mod sasl_authenticate_request;
-pub mod sasl_authenticate_response;
-pub mod create_partitions_request;
-pub mod create_partitions_response;
-pub mod delete_groups_request;
-pub mod delete_groups_response;
+pub mod produce_request;
+pub mod produce_response;
 pub mod request_header;
 pub mod response_header;
-pub mod consumer_protocol_subscription;
-pub mod consumer_protocol_assignment;
+pub mod sasl_authenticate_request;
+pub mod sasl_authenticate_response;
+pub mod sasl_handshake_request;
+pub mod sasl_handshake_response;
+pub mod sync_group_request;
+pub mod sync_group_response;
+pub mod txn_offset_commit_request;
+pub mod txn_offset_commit_response;
 
-pub use produce_request::ProduceRequest;
-pub use produce_response::ProduceResponse;
+pub use add_offsets_to_txn_request::AddOffsetsToTxnRequest;
+pub use add_offsets_to_txn_response::AddOffsetsToTxnResponse;
+pub use add_partitions_to_txn_request::AddPartitionsToTxnRequest;
+pub use add_partitions_to_txn_response::AddPartitionsToTxnResponse;
+pub use api_versions_request::ApiVersionsRequest;
+pub use api_versions_response::ApiVersionsResponse;
+pub use consumer_protocol_assignment::ConsumerProtocolAssignment;
+pub use consumer_protocol_subscription::ConsumerProtocolSubscription;
+pub use create_partitions_request::CreatePartitionsRequest;
+pub use create_partitions_response::CreatePartitionsResponse;
+pub use create_topics_request::CreateTopicsRequest;
+pub use create_topics_response::CreateTopicsResponse;
+pub use delete_groups_request::DeleteGroupsRequest;
+pub use delete_groups_response::DeleteGroupsResponse;
+pub use delete_records_request::DeleteRecordsRequest;
+pub use delete_records_response::DeleteRecordsResponse;
+pub use delete_topics_request::DeleteTopicsRequest;
+pub use delete_topics_response::DeleteTopicsResponse;
+pub use describe_configs_request::DescribeConfigsRequest;
+pub use describe_configs_response::DescribeConfigsResponse;
+pub use describe_groups_request::DescribeGroupsRequest;
+pub use describe_groups_response::DescribeGroupsResponse;
+pub use end_txn_request::EndTxnRequest;
+pub use end_txn_response::EndTxnResponse;
 pub use fetch_request::FetchRequest;
 pub use fetch_response::FetchResponse;
+pub use find_coordinator_request::FindCoordinatorRequest;
+pub use find_coordinator_response::FindCoordinatorResponse;
+pub use heartbeat_request::HeartbeatRequest;
+pub use heartbeat_response::HeartbeatResponse;
+pub use init_producer_id_request::InitProducerIdRequest;
+pub use init_producer_id_response::InitProducerIdResponse;
+pub use join_group_request::JoinGroupRequest;
+pub use join_group_response::JoinGroupResponse;
+pub use leave_group_request::LeaveGroupRequest;
+pub use leave_group_response::LeaveGroupResponse;
+pub use list_groups_request::ListGroupsRequest;
+pub use list_groups_response::ListGroupsResponse;
 pub use list_offsets_request::ListOffsetsRequest;
 pub use list_offsets_response::ListOffsetsResponse;
 pub use metadata_request::MetadataRequest;
@@ -83,54 +117,20 @@ pub use offset_commit_request::OffsetCommitRequest;
 pub use offset_commit_response::OffsetCommitResponse;
 pub use offset_fetch_request::OffsetFetchRequest;
 pub use offset_fetch_response::OffsetFetchResponse;
-pub use find_coordinator_request::FindCoordinatorRequest;
-pub use find_coordinator_response::FindCoordinatorResponse;
-pub use join_group_request::JoinGroupRequest;
-pub use join_group_response::JoinGroupResponse;
-pub use heartbeat_request::HeartbeatRequest;
-pub use heartbeat_response::HeartbeatResponse;
-pub use leave_group_request::LeaveGroupRequest;
-pub use leave_group_response::LeaveGroupResponse;
-pub use sync_group_request::SyncGroupRequest;
-pub use sync_group_response::SyncGroupResponse;
-pub use describe_groups_request::DescribeGroupsRequest;
-pub use describe_groups_response::DescribeGroupsResponse;
-pub use list_groups_request::ListGroupsRequest;
-pub use list_groups_response::ListGroupsResponse;
-pub use sasl_handshake_request::SaslHandshakeRequest;
-pub use sasl_handshake_response::SaslHandshakeResponse;
-pub use api_versions_request::ApiVersionsRequest;
-pub use api_versions_response::ApiVersionsResponse;
-pub use create_topics_request::CreateTopicsRequest;
-pub use create_topics_response::CreateTopicsResponse;
-pub use delete_topics_request::DeleteTopicsRequest;
-pub use delete_topics_response::DeleteTopicsResponse;
-pub use delete_records_request::DeleteRecordsRequest;
-pub use delete_records_response::DeleteRecordsResponse;
-pub use init_producer_id_request::InitProducerIdRequest;
-pub use init_producer_id_response::InitProducerIdResponse;
 pub use offset_for_leader_epoch_request::OffsetForLeaderEpochRequest;
 pub use offset_for_leader_epoch_response::OffsetForLeaderEpochResponse;
-pub use add_partitions_to_txn_request::AddPartitionsToTxnRequest;
-pub use add_partitions_to_txn_response::AddPartitionsToTxnResponse;
-pub use add_offsets_to_txn_request::AddOffsetsToTxnRequest;
-pub use add_offsets_to_txn_response::AddOffsetsToTxnResponse;
-pub use end_txn_request::EndTxnRequest;
-pub use end_txn_response::EndTxnResponse;
-pub use txn_offset_commit_request::TxnOffsetCommitRequest;
-pub use txn_offset_commit_response::TxnOffsetCommitResponse;
-pub use describe_configs_request::DescribeConfigsRequest;
-pub use describe_configs_response::DescribeConfigsResponse;
-pub use sasl_authenticate_request::SaslAuthenticateRequest;
-pub use sasl_authenticate_response::SaslAuthenticateResponse;
-pub use create_partitions_request::CreatePartitionsRequest;
-pub use create_partitions_response::CreatePartitionsResponse;
-pub use delete_groups_request::DeleteGroupsRequest;
-pub use delete_groups_response::DeleteGroupsResponse;
+pub use produce_request::ProduceRequest;
+pub use produce_response::ProduceResponse;
 pub use request_header::RequestHeader;
 pub use response_header::ResponseHeader;
-pub use consumer_protocol_subscription::ConsumerProtocolSubscription;
-pub use consumer_protocol_assignment::ConsumerProtocolAssignment;
+pub use sasl_authenticate_request::SaslAuthenticateRequest;
+pub use sasl_authenticate_response::SaslAuthenticateResponse;
+pub use sasl_handshake_request::SaslHandshakeRequest;
+pub use sasl_handshake_response::SaslHandshakeResponse;
+pub use sync_group_request::SyncGroupRequest;
+pub use sync_group_response::SyncGroupResponse;
+pub use txn_offset_commit_request::TxnOffsetCommitRequest;
+pub use txn_offset_commit_response::TxnOffsetCommitResponse;
 
 /// A message type with a name, an API key and a range of versions.
 pub trait Message: Encodable + Decodable + Default + Clone + PartialEq + std::fmt::Debug {
@@ -317,37 +317,57 @@ impl Request for DeleteGroupsRequest {
     type Response = DeleteGroupsResponse;
 }
 
-/// Every API this crate implements: (API key, name, lowest version, highest version).
-pub const SUPPORTED_APIS: &[(i16, &str, i16, i16)] = &[
-    (0, "Produce", 0, 11),
-    (1, "Fetch", 0, 17),
-    (2, "ListOffsets", 0, 10),
-    (3, "Metadata", 0, 12),
-    (8, "OffsetCommit", 0, 9),
-    (9, "OffsetFetch", 0, 9),
-    (10, "FindCoordinator", 0, 6),
-    (11, "JoinGroup", 0, 9),
-    (12, "Heartbeat", 0, 4),
-    (13, "LeaveGroup", 0, 5),
-    (14, "SyncGroup", 0, 5),
-    (15, "DescribeGroups", 0, 5),
-    (16, "ListGroups", 0, 5),
-    (17, "SaslHandshake", 0, 1),
-    (18, "ApiVersions", 0, 4),
-    (19, "CreateTopics", 0, 7),
-    (20, "DeleteTopics", 0, 6),
-    (21, "DeleteRecords", 0, 2),
-    (22, "InitProducerId", 0, 5),
-    (23, "OffsetForLeaderEpoch", 0, 4),
-    (24, "AddPartitionsToTxn", 0, 5),
-    (25, "AddOffsetsToTxn", 0, 4),
-    (26, "EndTxn", 0, 5),
-    (28, "TxnOffsetCommit", 0, 4),
-    (32, "DescribeConfigs", 0, 4),
-    (36, "SaslAuthenticate", 0, 2),
-    (37, "CreatePartitions", 0, 3),
-    (42, "DeleteGroups", 0, 2),
+/// An API this crate implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiInfo {
+    /// The API key.
+    pub key: i16,
+    /// The API name, e.g. `Fetch`.
+    pub name: &'static str,
+    /// Lowest version implemented.
+    pub min_version: i16,
+    /// Highest version implemented.
+    pub max_version: i16,
+    /// First flexible version (request header v2, response header v1), if any.
+    pub flexible_min_version: Option<i16>,
+}
+
+/// Every API this crate implements, by API key.
+pub const SUPPORTED_APIS: &[ApiInfo] = &[
+    ApiInfo { key: 0, name: "Produce", min_version: 0, max_version: 11, flexible_min_version: Some(9) },
+    ApiInfo { key: 1, name: "Fetch", min_version: 0, max_version: 17, flexible_min_version: Some(12) },
+    ApiInfo { key: 2, name: "ListOffsets", min_version: 0, max_version: 10, flexible_min_version: Some(6) },
+    ApiInfo { key: 3, name: "Metadata", min_version: 0, max_version: 12, flexible_min_version: Some(9) },
+    ApiInfo { key: 8, name: "OffsetCommit", min_version: 0, max_version: 9, flexible_min_version: Some(8) },
+    ApiInfo { key: 9, name: "OffsetFetch", min_version: 0, max_version: 9, flexible_min_version: Some(6) },
+    ApiInfo { key: 10, name: "FindCoordinator", min_version: 0, max_version: 6, flexible_min_version: Some(3) },
+    ApiInfo { key: 11, name: "JoinGroup", min_version: 0, max_version: 9, flexible_min_version: Some(6) },
+    ApiInfo { key: 12, name: "Heartbeat", min_version: 0, max_version: 4, flexible_min_version: Some(4) },
+    ApiInfo { key: 13, name: "LeaveGroup", min_version: 0, max_version: 5, flexible_min_version: Some(4) },
+    ApiInfo { key: 14, name: "SyncGroup", min_version: 0, max_version: 5, flexible_min_version: Some(4) },
+    ApiInfo { key: 15, name: "DescribeGroups", min_version: 0, max_version: 5, flexible_min_version: Some(5) },
+    ApiInfo { key: 16, name: "ListGroups", min_version: 0, max_version: 5, flexible_min_version: Some(3) },
+    ApiInfo { key: 17, name: "SaslHandshake", min_version: 0, max_version: 1, flexible_min_version: None },
+    ApiInfo { key: 18, name: "ApiVersions", min_version: 0, max_version: 4, flexible_min_version: Some(3) },
+    ApiInfo { key: 19, name: "CreateTopics", min_version: 0, max_version: 7, flexible_min_version: Some(5) },
+    ApiInfo { key: 20, name: "DeleteTopics", min_version: 0, max_version: 6, flexible_min_version: Some(4) },
+    ApiInfo { key: 21, name: "DeleteRecords", min_version: 0, max_version: 2, flexible_min_version: Some(2) },
+    ApiInfo { key: 22, name: "InitProducerId", min_version: 0, max_version: 5, flexible_min_version: Some(2) },
+    ApiInfo { key: 23, name: "OffsetForLeaderEpoch", min_version: 0, max_version: 4, flexible_min_version: Some(4) },
+    ApiInfo { key: 24, name: "AddPartitionsToTxn", min_version: 0, max_version: 5, flexible_min_version: Some(3) },
+    ApiInfo { key: 25, name: "AddOffsetsToTxn", min_version: 0, max_version: 4, flexible_min_version: Some(3) },
+    ApiInfo { key: 26, name: "EndTxn", min_version: 0, max_version: 5, flexible_min_version: Some(3) },
+    ApiInfo { key: 28, name: "TxnOffsetCommit", min_version: 0, max_version: 4, flexible_min_version: Some(3) },
+    ApiInfo { key: 32, name: "DescribeConfigs", min_version: 0, max_version: 4, flexible_min_version: Some(4) },
+    ApiInfo { key: 36, name: "SaslAuthenticate", min_version: 0, max_version: 2, flexible_min_version: Some(2) },
+    ApiInfo { key: 37, name: "CreatePartitions", min_version: 0, max_version: 3, flexible_min_version: Some(2) },
+    ApiInfo { key: 42, name: "DeleteGroups", min_version: 0, max_version: 2, flexible_min_version: Some(2) },
 ];
+
+/// The API with this key, if this crate implements it.
+pub fn api_info(key: i16) -> Option<&'static ApiInfo> {
+    SUPPORTED_APIS.iter().find(|api| api.key == key)
+}
 
 /// Calls `$m!(RequestType, ResponseType)` once for every request/response pair, so tests and
 /// tools can cover every message without listing them by hand.
