@@ -11,7 +11,7 @@ use sluice_protocol::consumer::{decode_assignment, decode_subscription};
 use sluice_protocol::frame::FrameDecoder;
 use sluice_protocol::header::{decode_request_header, decode_response, response_header_version};
 use sluice_protocol::messages::*;
-use sluice_protocol::record::{decode_records, DecodeOptions, Record};
+use sluice_protocol::record::{decode_records, DecodeOptions, RecordRef};
 
 fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -113,18 +113,17 @@ fn expected_bytes(record: &Value, field: &str) -> Option<Bytes> {
     }
 }
 
-fn assert_records_match(file: &str, records: &[&Record], expected: &[Value]) {
+fn assert_records_match(file: &str, records: &[RecordRef<'_>], expected: &[Value]) {
     assert_eq!(records.len(), expected.len(), "{file}: record count");
     for (record, want) in records.iter().zip(expected) {
         let what = format!("{file} offset {}", want["offset"]);
-        assert_eq!(record.offset, want["offset"].as_i64().unwrap(), "{what}");
-        assert_eq!(record.timestamp, want["timestamp_ms"].as_i64().unwrap(), "{what}");
-        assert_eq!(record.key, expected_bytes(want, "key"), "{what}: key");
-        assert_eq!(record.value, expected_bytes(want, "value"), "{what}: value");
+        assert_eq!(record.offset(), want["offset"].as_i64().unwrap(), "{what}");
+        assert_eq!(record.timestamp(), want["timestamp_ms"].as_i64().unwrap(), "{what}");
+        assert_eq!(record.key_bytes(), expected_bytes(want, "key"), "{what}: key");
+        assert_eq!(record.value_bytes(), expected_bytes(want, "value"), "{what}: value");
         let headers: Vec<(String, Option<String>)> = record
-            .headers
-            .iter()
-            .map(|h| (h.key_str().to_owned(), h.value.as_ref().map(|v| String::from_utf8(v.to_vec()).unwrap())))
+            .headers()
+            .map(|(key, value)| (key.to_owned(), value.map(|v| String::from_utf8(v.to_vec()).unwrap())))
             .collect();
         let want_headers: Vec<(String, Option<String>)> = want["headers"]
             .as_array()
@@ -154,13 +153,14 @@ fn librdkafka_produce_requests_carry_the_produced_records_for_every_codec() {
         let decoded = decode_records(&records, &DecodeOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(decoded.partial_bytes, 0);
         assert_eq!(decoded.batches.len(), 1, "{file}");
-        assert_eq!(decoded.batches[0].attributes & 7, bits, "{file}: codec bits");
-        let all: Vec<&Record> = decoded.records().collect();
+        assert_eq!(decoded.batches[0].header.attributes & 7, bits, "{file}: codec bits");
+        let all: Vec<RecordRef<'_>> = decoded.records().collect();
         assert_records_match(file, &all, f["records"].as_array().unwrap());
         // Re-encoding the decoded batch must give librdkafka's exact bytes when uncompressed; and
         // for every codec, bytes that decode to the same records.
         let mut again = BytesMut::new();
-        sluice_protocol::record::encode_batch(&decoded.batches[0], &mut again).unwrap();
+        let batch = &decoded.batches[0];
+        sluice_protocol::record::encode_batch(&batch.header, &batch.to_records(), &mut again).unwrap();
         if codec == "none" {
             assert_eq!(&again[..], &records[..], "{file}: uncompressed batch re-encodes byte for byte");
         }
@@ -184,14 +184,14 @@ fn tansu_fetch_responses_carry_the_records_with_offsets_for_every_codec() {
         assert_eq!(partition.high_watermark, 10, "{file}");
         let records = partition.records.clone().expect("records");
         let decoded = decode_records(&records, &DecodeOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(decoded.batches[0].attributes & 7, bits, "{file}");
+        assert_eq!(decoded.batches[0].header.attributes & 7, bits, "{file}");
         assert_eq!(decoded.next_offset, Some(10), "{file}");
-        let all: Vec<&Record> = decoded.records().collect();
+        let all: Vec<RecordRef<'_>> = decoded.records().collect();
         assert_records_match(file, &all, f["records"].as_array().unwrap());
         // Starting mid-batch drops the earlier records but keeps the rest.
         let from_seven =
             decode_records(&records, &DecodeOptions { min_offset: 7, ..DecodeOptions::default() }).unwrap();
-        assert_eq!(from_seven.records().map(|r| r.offset).collect::<Vec<_>>(), vec![7, 8, 9], "{file}");
+        assert_eq!(from_seven.records().map(|r| r.offset()).collect::<Vec<_>>(), vec![7, 8, 9], "{file}");
     }
 }
 

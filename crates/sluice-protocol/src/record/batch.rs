@@ -14,7 +14,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{be_i16, be_i32, be_i64, DecodeOptions, Record, RecordBatch, ATTR_LOG_APPEND_TIME};
+use super::view::{Entry, Span};
+use super::{be_i16, be_i32, be_i64, BatchHeader, DecodeOptions, Record, RecordBatch, ATTR_LOG_APPEND_TIME};
 use crate::compression::{compress, decompress, Compression};
 use crate::error::{DecodeError, EncodeError};
 use crate::primitives::{put_varint, put_varlong, varint_from_slice, varint_len, varlong_from_slice, varlong_len};
@@ -33,20 +34,20 @@ pub(crate) fn decode_batch(
     options: &DecodeOptions,
     out: &mut Vec<RecordBatch>,
 ) -> Result<i64, DecodeError> {
-    let mut batch = decode_header(entry)?;
-    let next_offset = batch.last_offset().saturating_add(1);
-    if batch.last_offset() < options.min_offset {
+    let header = decode_header(entry)?;
+    let next_offset = header.last_offset().saturating_add(1);
+    if header.last_offset() < options.min_offset {
         return Ok(next_offset);
     }
-    decode_body(entry, &mut batch, options)
-        .map_err(|e| DecodeError::InBatch { base_offset: batch.base_offset, source: Box::new(e) })?;
-    if !batch.records.is_empty() {
+    let batch = decode_body(entry, header, options)
+        .map_err(|e| DecodeError::InBatch { base_offset: header.base_offset, source: Box::new(e) })?;
+    if !batch.is_empty() {
         out.push(batch);
     }
     Ok(next_offset)
 }
 
-fn decode_header(entry: &[u8]) -> Result<RecordBatch, DecodeError> {
+fn decode_header(entry: &[u8]) -> Result<BatchHeader, DecodeError> {
     let field = |value: Option<i64>| {
         value.ok_or(DecodeError::UnexpectedEof {
             what: "record batch header",
@@ -59,7 +60,7 @@ fn decode_header(entry: &[u8]) -> Result<RecordBatch, DecodeError> {
     let i64_at = |at| field(be_i64(entry, at));
     // Every field below was read through a checked getter; the casts narrow values that were
     // just widened from the same width.
-    Ok(RecordBatch {
+    Ok(BatchHeader {
         base_offset: i64_at(0)?,
         partition_leader_epoch: i32_at(12)? as i32,
         magic: 2,
@@ -70,13 +71,12 @@ fn decode_header(entry: &[u8]) -> Result<RecordBatch, DecodeError> {
         producer_id: i64_at(43)?,
         producer_epoch: i16_at(51)? as i16,
         base_sequence: i32_at(53)? as i32,
-        records: Vec::new(),
     })
 }
 
-fn decode_body(entry: &Bytes, batch: &mut RecordBatch, options: &DecodeOptions) -> Result<(), DecodeError> {
+fn decode_body(entry: &Bytes, header: BatchHeader, options: &DecodeOptions) -> Result<RecordBatch, DecodeError> {
     if options.verify_crc {
-        check_crc(entry, batch.base_offset)?;
+        check_crc(entry, header.base_offset)?;
     }
     let count = be_i32(entry, 57).unwrap_or(0);
     let count = usize::try_from(count).map_err(|_| DecodeError::InvalidLength {
@@ -84,20 +84,27 @@ fn decode_body(entry: &Bytes, batch: &mut RecordBatch, options: &DecodeOptions) 
         length: i64::from(count),
         reason: "negative",
     })?;
-    let compression = Compression::from_attributes(batch.attributes)?;
+    let compression = Compression::from_attributes(header.attributes)?;
     let body = entry.get(BATCH_HEADER_LEN..).map(|b| entry.slice_ref(b)).unwrap_or_default();
     let data = match compression {
         Compression::None => body,
         codec => Bytes::from(decompress(codec, &body, options.max_decompressed_bytes)?),
     };
+    if u32::try_from(data.len()).is_err() {
+        return Err(DecodeError::InvalidLength {
+            what: "record batch",
+            length: data.len() as i64,
+            reason: "over 4 GiB of records",
+        });
+    }
     let context = RecordContext {
-        base_offset: batch.base_offset,
-        base_timestamp: batch.base_timestamp,
-        log_append_time: (batch.attributes & ATTR_LOG_APPEND_TIME != 0).then_some(batch.max_timestamp),
+        base_offset: header.base_offset,
+        base_timestamp: header.base_timestamp,
+        log_append_time: (header.attributes & ATTR_LOG_APPEND_TIME != 0).then_some(header.max_timestamp),
         min_offset: options.min_offset,
     };
-    batch.records = decode_record_list(&data, count, &context)?;
-    Ok(())
+    let entries = decode_entries(&data, count, &context)?;
+    Ok(RecordBatch::new(header, data, entries))
 }
 
 fn check_crc(entry: &[u8], base_offset: i64) -> Result<(), DecodeError> {
@@ -117,12 +124,13 @@ struct RecordContext {
     min_offset: i64,
 }
 
-fn decode_record_list(data: &Bytes, count: usize, context: &RecordContext) -> Result<Vec<Record>, DecodeError> {
+/// Validates `count` records in `data` (whose length fits a u32) and indexes them.
+fn decode_entries(data: &[u8], count: usize, context: &RecordContext) -> Result<Vec<Entry>, DecodeError> {
     // The count comes from the wire: bound the allocation by what the bytes can actually hold.
-    let mut records = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
+    let mut entries = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
     let mut reader = SliceReader { data, position: 0, end: data.len() };
     for index in 0..count {
-        let record = reader.record(context).map_err(|e| DecodeError::InField {
+        let entry = reader.record(context).map_err(|e| DecodeError::InField {
             structure: "RecordBatch",
             field: "records",
             source: Box::new(DecodeError::InvalidValue {
@@ -130,8 +138,8 @@ fn decode_record_list(data: &Bytes, count: usize, context: &RecordContext) -> Re
                 detail: format!("record {index} of {count}: {e}"),
             }),
         })?;
-        if record.offset >= context.min_offset {
-            records.push(record);
+        if entry.offset >= context.min_offset {
+            entries.push(entry);
         }
     }
     if reader.position != data.len() {
@@ -140,13 +148,13 @@ fn decode_record_list(data: &Bytes, count: usize, context: &RecordContext) -> Re
             remaining: data.len() - reader.position,
         });
     }
-    Ok(records)
+    Ok(entries)
 }
 
-/// A cursor over a batch's record bytes that hands out zero-copy slices. Reads never go past
-/// `end` (the end of the current record, or of the data), and `position <= end <= data.len()`.
+/// A cursor over a batch's record bytes. Reads never go past `end` (the end of the current
+/// record, or of the data), and `position <= end <= data.len() <= u32::MAX`.
 struct SliceReader<'a> {
-    data: &'a Bytes,
+    data: &'a [u8],
     position: usize,
     end: usize,
 }
@@ -169,26 +177,27 @@ impl SliceReader<'_> {
     }
 
     /// A length-prefixed byte string; a length of -1 is null.
-    fn nullable_bytes(&mut self, what: &'static str) -> Result<Option<Bytes>, DecodeError> {
+    fn span(&mut self, what: &'static str) -> Result<Span, DecodeError> {
         let len = self.varint(what)?;
         if len == -1 {
-            return Ok(None);
+            return Ok(Span::NULL);
         }
-        let len = usize::try_from(len).map_err(|_| DecodeError::InvalidLength {
+        let size = usize::try_from(len).map_err(|_| DecodeError::InvalidLength {
             what,
             length: i64::from(len),
             reason: "negative",
         })?;
         let remaining = self.end - self.position;
-        if len > remaining {
-            return Err(DecodeError::UnexpectedEof { what, needed: len, remaining });
+        if size > remaining {
+            return Err(DecodeError::UnexpectedEof { what, needed: size, remaining });
         }
-        let slice = self.data.slice(self.position..self.position + len);
-        self.position += len;
-        Ok(Some(slice))
+        // position < data.len() <= u32::MAX, checked when the batch was decompressed.
+        let span = Span { start: self.position as u32, len };
+        self.position += size;
+        Ok(span)
     }
 
-    fn record(&mut self, context: &RecordContext) -> Result<Record, DecodeError> {
+    fn record(&mut self, context: &RecordContext) -> Result<Entry, DecodeError> {
         let length = self.varint("record length")?;
         let length = usize::try_from(length).map_err(|_| DecodeError::InvalidLength {
             what: "record",
@@ -203,7 +212,7 @@ impl SliceReader<'_> {
         self.end = end;
         let fields = self.record_fields(context);
         self.end = self.data.len();
-        let record = fields?;
+        let entry = fields?;
         if self.position != end {
             return Err(DecodeError::InvalidLength {
                 what: "record",
@@ -211,61 +220,53 @@ impl SliceReader<'_> {
                 reason: "the record's fields do not add up to its declared length",
             });
         }
-        Ok(record)
+        Ok(entry)
     }
 
     /// The fields of one record, read within `self.end`.
-    fn record_fields(&mut self, context: &RecordContext) -> Result<Record, DecodeError> {
+    fn record_fields(&mut self, context: &RecordContext) -> Result<Entry, DecodeError> {
         if self.position >= self.end {
             return Err(DecodeError::UnexpectedEof { what: "record attributes", needed: 1, remaining: 0 });
         }
         self.position += 1; // record attributes: unused since magic 2
         let timestamp_delta = self.varlong("timestamp delta")?;
         let offset_delta = self.varint("offset delta")?;
-        let key = self.nullable_bytes("key")?;
-        let value = self.nullable_bytes("value")?;
-        let headers = self.headers()?;
-        Ok(Record {
+        let key = self.span("key")?;
+        let value = self.span("value")?;
+        let (headers_start, header_count) = self.headers()?;
+        Ok(Entry {
             offset: context.base_offset.wrapping_add(i64::from(offset_delta)),
             timestamp: context.log_append_time.unwrap_or(context.base_timestamp.wrapping_add(timestamp_delta)),
             key,
             value,
-            headers,
+            headers_start,
+            header_count,
         })
     }
 
-    fn headers(&mut self) -> Result<Vec<super::RecordHeader>, DecodeError> {
+    /// Validates the headers (non-null UTF-8 keys, lengths in range) and returns where they
+    /// start and how many there are.
+    fn headers(&mut self) -> Result<(u32, u32), DecodeError> {
         let count = self.varint("headers count")?;
-        let count = usize::try_from(count).map_err(|_| DecodeError::InvalidLength {
+        let count = u32::try_from(count).map_err(|_| DecodeError::InvalidLength {
             what: "headers",
             length: i64::from(count),
             reason: "negative",
         })?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        // Each header takes at least two bytes (two one-byte lengths).
-        if count > self.rest().len() / 2 {
-            return Err(DecodeError::InvalidLength {
-                what: "headers",
-                length: count as i64,
-                reason: "more headers than the remaining bytes can hold",
-            });
-        }
-        let mut headers = Vec::with_capacity(count);
+        let start = self.position as u32;
         for _ in 0..count {
-            let key = self.nullable_bytes("header key")?.ok_or(DecodeError::InvalidLength {
+            let key = self.span("header key")?;
+            let key = key.get_in(self.data).ok_or(DecodeError::InvalidLength {
                 what: "header key",
                 length: -1,
                 reason: "header keys cannot be null",
             })?;
-            if let Err(e) = std::str::from_utf8(&key) {
+            if let Err(e) = std::str::from_utf8(key) {
                 return Err(DecodeError::InvalidUtf8 { what: "header key", valid_up_to: e.valid_up_to() });
             }
-            let value = self.nullable_bytes("header value")?;
-            headers.push(super::RecordHeader { key, value });
+            self.span("header value")?;
         }
-        Ok(headers)
+        Ok((start, count))
     }
 }
 
@@ -273,24 +274,24 @@ impl SliceReader<'_> {
 // Encoding
 // -------------------------------------------------------------------------------------------------
 
-/// Appends `batch` as a magic-2 record batch to `out`, compressed with the codec in its
-/// attributes.
+/// Appends a magic-2 record batch of `records` to `out`, compressed with the codec in the
+/// header's attributes.
 ///
-/// The header fields are written as given, except those a batch's records determine, which are
-/// derived from the records when there are any: the base timestamp (the first record's), the
-/// max timestamp, and the last offset delta. Record offsets must be at or after the base offset
-/// and within `i32` of it.
-pub fn encode_batch(batch: &RecordBatch, out: &mut BytesMut) -> Result<(), EncodeError> {
+/// The header fields are written as given, except those the records determine, which are derived
+/// from them when there are any: the base timestamp (the first record's), the max timestamp, and
+/// the last offset delta. Record offsets must be at or after the base offset and within `i32` of
+/// it.
+pub fn encode_batch(batch: &BatchHeader, records: &[Record], out: &mut BytesMut) -> Result<(), EncodeError> {
     let compression = Compression::from_attributes(batch.attributes)
         .map_err(|e| EncodeError::InvalidValue { what: "record batch attributes", detail: e.to_string() })?;
-    let header = derived_header(batch)?;
+    let header = derived_header(batch, records)?;
     let start = out.len();
     put_header(out, batch, &header);
     match compression {
-        Compression::None => put_records(out, batch, &header)?,
+        Compression::None => put_records(out, batch.base_offset, records, &header)?,
         codec => {
-            let mut plain = Vec::with_capacity(estimate_records_len(batch));
-            put_records(&mut plain, batch, &header)?;
+            let mut plain = Vec::with_capacity(estimate_records_len(records));
+            put_records(&mut plain, batch.base_offset, records, &header)?;
             let mut packed = Vec::with_capacity(plain.len() / 2 + 64);
             compress(codec, &plain, &mut packed)?;
             out.put_slice(&packed);
@@ -307,13 +308,13 @@ struct DerivedHeader {
     count: i32,
 }
 
-fn derived_header(batch: &RecordBatch) -> Result<DerivedHeader, EncodeError> {
-    let count = i32::try_from(batch.records.len()).map_err(|_| EncodeError::TooLong {
+fn derived_header(batch: &BatchHeader, records: &[Record]) -> Result<DerivedHeader, EncodeError> {
+    let count = i32::try_from(records.len()).map_err(|_| EncodeError::TooLong {
         what: "record batch",
-        length: batch.records.len(),
+        length: records.len(),
         max: i32::MAX as usize,
     })?;
-    let Some(first) = batch.records.first() else {
+    let Some(first) = records.first() else {
         return Ok(DerivedHeader {
             base_timestamp: batch.base_timestamp,
             max_timestamp: batch.max_timestamp,
@@ -323,7 +324,7 @@ fn derived_header(batch: &RecordBatch) -> Result<DerivedHeader, EncodeError> {
     };
     let mut last_offset_delta = batch.last_offset_delta;
     let mut max_timestamp = i64::MIN;
-    for record in &batch.records {
+    for record in records {
         last_offset_delta = last_offset_delta.max(offset_delta(batch.base_offset, record.offset)?);
         max_timestamp = max_timestamp.max(record.timestamp);
     }
@@ -339,7 +340,7 @@ fn offset_delta(base_offset: i64, offset: i64) -> Result<i32, EncodeError> {
     })
 }
 
-fn put_header(out: &mut BytesMut, batch: &RecordBatch, header: &DerivedHeader) {
+fn put_header(out: &mut BytesMut, batch: &BatchHeader, header: &DerivedHeader) {
     out.put_i64(batch.base_offset);
     out.put_i32(0); // batch length, filled in by finish_batch
     out.put_i32(batch.partition_leader_epoch);
@@ -355,17 +356,18 @@ fn put_header(out: &mut BytesMut, batch: &RecordBatch, header: &DerivedHeader) {
     out.put_i32(header.count);
 }
 
-fn estimate_records_len(batch: &RecordBatch) -> usize {
-    batch
-        .records
-        .iter()
-        .map(|r| 16 + r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len))
-        .sum()
+fn estimate_records_len(records: &[Record]) -> usize {
+    records.iter().map(|r| 16 + r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len)).sum()
 }
 
-fn put_records(out: &mut impl BufMut, batch: &RecordBatch, header: &DerivedHeader) -> Result<(), EncodeError> {
-    for record in &batch.records {
-        let offset_delta = offset_delta(batch.base_offset, record.offset)?;
+fn put_records(
+    out: &mut impl BufMut,
+    base_offset: i64,
+    records: &[Record],
+    header: &DerivedHeader,
+) -> Result<(), EncodeError> {
+    for record in records {
+        let offset_delta = offset_delta(base_offset, record.offset)?;
         let timestamp_delta = record.timestamp.wrapping_sub(header.base_timestamp);
         let body_len = record_body_len(record, timestamp_delta, offset_delta)?;
         put_varint(out, body_len);

@@ -11,12 +11,12 @@
 //! value. In magic 1 the inner offsets are relative (0, 1, ...) and the wrapper's offset is that
 //! of the last inner message; in magic 0 the inner offsets are absolute.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{be_i32, be_i64, DecodeOptions, Record, RecordBatch, ATTR_LOG_APPEND_TIME, LOG_OVERHEAD};
+use super::view::{Entry, Span};
+use super::{be_i32, be_i64, BatchHeader, DecodeOptions, RecordBatch, ATTR_LOG_APPEND_TIME, LOG_OVERHEAD};
 use crate::compression::{compress, decompress, Compression};
 use crate::error::{DecodeError, EncodeError};
-use crate::primitives::{get_i64, get_i8, get_nullable_bytes};
 
 const CRC_OFFSET: usize = 12;
 const MAGIC_OFFSET: usize = 16;
@@ -31,44 +31,41 @@ pub(crate) fn decode_message(
     options: &DecodeOptions,
     out: &mut Vec<RecordBatch>,
 ) -> Result<i64, DecodeError> {
-    let message = parse(entry, options.verify_crc)?;
+    let message = parse(entry, 0, entry.len(), options.verify_crc)?;
     let next_offset = message.offset.saturating_add(1);
     // A wrapper's offset is its last inner message's, so this skips whole wrappers unread.
     if message.offset < options.min_offset {
         return Ok(next_offset);
     }
-    let attributes = message.attributes;
-    let timestamp_type_bit = if magic == 1 { i16::from(attributes) & ATTR_LOG_APPEND_TIME } else { 0 };
-    let records = match message.compression()? {
-        Compression::None => vec![message.into_record(None)],
-        codec => decode_wrapper(&message, codec, options)
+    let (data, entries) = match message.compression()? {
+        Compression::None => (entry.clone(), vec![message.entry(None)]),
+        codec => decode_wrapper(entry, &message, codec, options)
             .map_err(|e| DecodeError::InBatch { base_offset: message.offset, source: Box::new(e) })?,
     };
-    let records: Vec<Record> = records.into_iter().filter(|r| r.offset >= options.min_offset).collect();
-    let (Some(first), Some(last)) = (records.first(), records.last()) else {
-        return Ok(next_offset);
-    };
-    out.push(RecordBatch {
+    let entries: Vec<Entry> = entries.into_iter().filter(|e| e.offset >= options.min_offset).collect();
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(next_offset) };
+    let timestamp_type_bit = if magic == 1 { i16::from(message.attributes) & ATTR_LOG_APPEND_TIME } else { 0 };
+    let header = BatchHeader {
         base_offset: first.offset,
         magic,
-        attributes: i16::from(attributes & ATTR_COMPRESSION_MASK) | timestamp_type_bit,
+        attributes: i16::from(message.attributes & ATTR_COMPRESSION_MASK) | timestamp_type_bit,
         last_offset_delta: i32::try_from(last.offset.saturating_sub(first.offset)).unwrap_or(i32::MAX),
         base_timestamp: first.timestamp,
-        max_timestamp: records.iter().map(|r| r.timestamp).max().unwrap_or(-1),
-        records,
-        ..RecordBatch::default()
-    });
+        max_timestamp: entries.iter().map(|e| e.timestamp).max().unwrap_or(-1),
+        ..BatchHeader::default()
+    };
+    out.push(RecordBatch::new(header, data, entries));
     Ok(next_offset)
 }
 
-/// One parsed legacy message.
+/// One parsed legacy message; key and value are spans of the buffer it was parsed from.
 struct Message {
     offset: i64,
     magic: i8,
     attributes: i8,
     timestamp: i64,
-    key: Option<Bytes>,
-    value: Option<Bytes>,
+    key: Span,
+    value: Span,
 }
 
 impl Message {
@@ -76,18 +73,32 @@ impl Message {
         Compression::from_attributes(i16::from(self.attributes & ATTR_COMPRESSION_MASK))
     }
 
-    fn into_record(self, timestamp_override: Option<i64>) -> Record {
-        Record {
+    fn entry(&self, timestamp_override: Option<i64>) -> Entry {
+        Entry {
             offset: self.offset,
             timestamp: timestamp_override.unwrap_or(self.timestamp),
             key: self.key,
             value: self.value,
-            headers: Vec::new(),
+            headers_start: 0,
+            header_count: 0,
         }
     }
 }
 
-fn parse(entry: &Bytes, verify_crc: bool) -> Result<Message, DecodeError> {
+/// Parses the message at `data[at..at + len]`.
+fn parse(data: &[u8], at: usize, len: usize, verify_crc: bool) -> Result<Message, DecodeError> {
+    if u32::try_from(data.len()).is_err() {
+        return Err(DecodeError::InvalidLength {
+            what: "legacy message set",
+            length: data.len() as i64,
+            reason: "over 4 GiB",
+        });
+    }
+    let entry = data.get(at..at.saturating_add(len)).ok_or(DecodeError::UnexpectedEof {
+        what: "legacy message",
+        needed: len,
+        remaining: data.len().saturating_sub(at),
+    })?;
     let offset = be_i64(entry, 0).unwrap_or(-1);
     if verify_crc {
         let stored = be_i32(entry, CRC_OFFSET).unwrap_or(0) as u32;
@@ -96,22 +107,49 @@ fn parse(entry: &Bytes, verify_crc: bool) -> Result<Message, DecodeError> {
             return Err(DecodeError::CrcMismatch { base_offset: offset, stored, computed });
         }
     }
-    let mut body = entry.slice_ref(entry.get(MAGIC_OFFSET..).unwrap_or_default());
-    let magic = get_i8(&mut body)?;
-    let attributes = get_i8(&mut body)?;
-    let timestamp = if magic >= 1 { get_i64(&mut body)? } else { -1 };
-    let key = get_nullable_bytes(&mut body, false).map_err(|e| e.in_field("Message", "key"))?;
-    let value = get_nullable_bytes(&mut body, false).map_err(|e| e.in_field("Message", "value"))?;
-    if body.has_remaining() {
-        return Err(DecodeError::TrailingBytes { what: "legacy message", remaining: body.remaining() });
+    let eof = |needed| DecodeError::UnexpectedEof { what: "legacy message", needed, remaining: entry.len() };
+    let magic = *entry.get(MAGIC_OFFSET).ok_or(eof(MAGIC_OFFSET + 1))? as i8;
+    let attributes = *entry.get(MAGIC_OFFSET + 1).ok_or(eof(MAGIC_OFFSET + 2))? as i8;
+    let (timestamp, mut position) = match magic {
+        0 => (-1, MAGIC_OFFSET + 2),
+        _ => (be_i64(entry, MAGIC_OFFSET + 2).ok_or(eof(MAGIC_OFFSET + 10))?, MAGIC_OFFSET + 10),
+    };
+    let mut field = |what: &'static str| -> Result<Span, DecodeError> {
+        let field_len = be_i32(entry, position).ok_or(eof(position + 4))?;
+        position += 4;
+        if field_len == -1 {
+            return Ok(Span::NULL);
+        }
+        let size = usize::try_from(field_len).map_err(|_| DecodeError::InvalidLength {
+            what,
+            length: i64::from(field_len),
+            reason: "negative",
+        })?;
+        if size > entry.len() - position {
+            return Err(DecodeError::UnexpectedEof { what, needed: size, remaining: entry.len() - position });
+        }
+        // at + position <= data.len() <= u32::MAX, checked above.
+        let span = Span { start: (at + position) as u32, len: field_len };
+        position += size;
+        Ok(span)
+    };
+    let key = field("key")?;
+    let value = field("value")?;
+    if position != entry.len() {
+        return Err(DecodeError::TrailingBytes { what: "legacy message", remaining: entry.len() - position });
     }
     Ok(Message { offset, magic, attributes, timestamp, key, value })
 }
 
-/// Decompresses a wrapper's inner message set and returns its messages as records with absolute
-/// offsets.
-fn decode_wrapper(wrapper: &Message, codec: Compression, options: &DecodeOptions) -> Result<Vec<Record>, DecodeError> {
-    let Some(value) = &wrapper.value else {
+/// Decompresses a wrapper's inner message set, returning it and its messages' entries with
+/// absolute offsets.
+fn decode_wrapper(
+    entry: &Bytes,
+    wrapper: &Message,
+    codec: Compression,
+    options: &DecodeOptions,
+) -> Result<(Bytes, Vec<Entry>), DecodeError> {
+    let Some(value) = wrapper.value.get_in(entry) else {
         return Err(DecodeError::InvalidValue { what: "compressed message", detail: "null value".into() });
     };
     let inner = Bytes::from(decompress(codec, value, options.max_decompressed_bytes)?);
@@ -124,12 +162,7 @@ fn decode_wrapper(wrapper: &Message, codec: Compression, options: &DecodeOptions
             remaining: rest.len(),
         })?;
         let total = LOG_OVERHEAD.saturating_add(size);
-        let entry = rest.get(..total).ok_or(DecodeError::UnexpectedEof {
-            what: "inner message",
-            needed: total,
-            remaining: rest.len(),
-        })?;
-        let message = parse(&inner.slice_ref(entry), options.verify_crc)?;
+        let message = parse(&inner, position, total, options.verify_crc)?;
         if message.compression()? != Compression::None {
             return Err(DecodeError::InvalidValue { what: "inner message", detail: "nested compression".into() });
         }
@@ -143,13 +176,9 @@ fn decode_wrapper(wrapper: &Message, codec: Compression, options: &DecodeOptions
         (1, Some(last)) => wrapper.offset.wrapping_sub(last.offset),
         _ => 0,
     };
-    Ok(messages
-        .into_iter()
-        .map(|mut m| {
-            m.offset = m.offset.wrapping_add(shift);
-            m.into_record(log_append_time)
-        })
-        .collect())
+    let entries =
+        messages.iter().map(|m| Entry { offset: m.offset.wrapping_add(shift), ..m.entry(log_append_time) }).collect();
+    Ok((inner, entries))
 }
 
 /// Appends one legacy message to `out`. Used to build old-format test data and fuzz seeds;

@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod legacy;
+mod view;
 
 use bytes::Bytes;
 
@@ -19,19 +20,21 @@ use crate::compression::Compression;
 use crate::error::DecodeError;
 
 pub use batch::encode_batch;
+pub use view::{Headers, RecordBatch, RecordRef};
 
 /// Bytes before a batch's magic byte: base offset (8), length (4), leader epoch or CRC (4).
 const MAGIC_OFFSET: usize = 16;
 /// Bytes before the length field's end: base offset (8) + length (4).
 const LOG_OVERHEAD: usize = 12;
 
-/// One record, with its offset and timestamp made absolute.
+/// One record, owned, with its offset and timestamp made absolute: what producers hand to
+/// [`encode_batch`], and what [`RecordRef::to_record`] gives back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
     /// The record's offset in its partition.
     pub offset: i64,
     /// Milliseconds since the epoch: the creation time, or the broker's append time if the batch
-    /// says so (see [`RecordBatch::timestamp_type`]).
+    /// says so (see [`BatchHeader::timestamp_type`]).
     pub timestamp: i64,
     /// The key, or `None` for a null key.
     pub key: Option<Bytes>,
@@ -83,10 +86,9 @@ pub enum ControlRecordType {
     Unknown(i16),
 }
 
-/// A batch of records: the v2 batch header and its records, or a legacy (magic 0/1) message
-/// presented in the same shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordBatch {
+/// The header of a record batch (or of a legacy message, presented in the same shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
     /// Offset of the first record.
     pub base_offset: i64,
     /// The partition leader epoch the batch was written in (-1 if unknown or legacy).
@@ -108,11 +110,9 @@ pub struct RecordBatch {
     pub producer_epoch: i16,
     /// Sequence number of the first record, or -1.
     pub base_sequence: i32,
-    /// The records, in offset order (those before the requested offset dropped).
-    pub records: Vec<Record>,
 }
 
-impl Default for RecordBatch {
+impl Default for BatchHeader {
     fn default() -> Self {
         Self {
             base_offset: 0,
@@ -125,7 +125,6 @@ impl Default for RecordBatch {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
-            records: Vec::new(),
         }
     }
 }
@@ -139,7 +138,12 @@ pub const ATTR_CONTROL: i16 = 1 << 5;
 /// Attribute bit: the base timestamp is a delete horizon (KIP-534).
 pub const ATTR_DELETE_HORIZON: i16 = 1 << 6;
 
-impl RecordBatch {
+impl BatchHeader {
+    /// A header for a new batch compressed with `codec` (the rest at defaults).
+    pub fn with_compression(codec: Compression) -> Self {
+        Self { attributes: codec.attribute_bits(), ..Self::default() }
+    }
+
     /// The batch's compression codec (unknown bits read as an error at decode time).
     pub fn compression(&self) -> Compression {
         Compression::from_attributes(self.attributes).unwrap_or_default()
@@ -168,19 +172,6 @@ impl RecordBatch {
     /// be past the last record present).
     pub fn last_offset(&self) -> i64 {
         self.base_offset.saturating_add(i64::from(self.last_offset_delta))
-    }
-
-    /// For a control batch, the marker type of its (single) control record.
-    pub fn control_type(&self) -> Option<ControlRecordType> {
-        if !self.is_control() {
-            return None;
-        }
-        let key = self.records.first()?.key.as_ref()?;
-        Some(match be_i16(key, 2)? {
-            0 => ControlRecordType::Abort,
-            1 => ControlRecordType::Commit,
-            other => ControlRecordType::Unknown(other),
-        })
     }
 }
 
@@ -223,8 +214,8 @@ pub struct DecodedRecords {
 
 impl DecodedRecords {
     /// All records of all batches, in order.
-    pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.batches.iter().flat_map(|b| b.records.iter())
+    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        self.batches.iter().flat_map(RecordBatch::records)
     }
 }
 

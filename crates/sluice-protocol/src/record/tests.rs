@@ -15,26 +15,33 @@ fn record(offset: i64, timestamp: i64, key: Option<&str>, value: Option<&str>) -
     }
 }
 
-fn batch(base_offset: i64, count: i64, codec: Compression) -> RecordBatch {
+/// A batch header and its records, consistent with each other (as decoding returns them).
+type Batch = (BatchHeader, Vec<Record>);
+
+fn batch(base_offset: i64, count: i64, codec: Compression) -> Batch {
     let records: Vec<Record> =
         (0..count).map(|i| record(base_offset + i, 1_700_000_000_000 + i, Some("k"), Some("value"))).collect();
-    RecordBatch {
+    let header = BatchHeader {
         base_offset,
         attributes: codec.attribute_bits(),
         last_offset_delta: (count - 1) as i32,
         base_timestamp: 1_700_000_000_000,
         max_timestamp: 1_700_000_000_000 + count - 1,
-        records,
-        ..RecordBatch::default()
-    }
+        ..BatchHeader::default()
+    };
+    (header, records)
 }
 
-fn encode(batches: &[RecordBatch]) -> Bytes {
+fn encode(batches: &[Batch]) -> Bytes {
     let mut out = BytesMut::new();
-    for b in batches {
-        encode_batch(b, &mut out).unwrap();
+    for (header, records) in batches {
+        encode_batch(header, records, &mut out).unwrap();
     }
     out.freeze()
+}
+
+fn owned(decoded: &DecodedRecords) -> Vec<Batch> {
+    decoded.batches.iter().map(|b| (b.header, b.to_records())).collect()
 }
 
 const CODECS: [Compression; 5] =
@@ -45,7 +52,7 @@ fn batches_round_trip_with_every_codec() {
     for codec in CODECS {
         let batches = vec![batch(0, 5, codec), batch(5, 1, codec), batch(6, 100, codec)];
         let decoded = decode_records(&encode(&batches), &DecodeOptions::default()).unwrap();
-        assert_eq!(decoded.batches, batches, "{codec:?}");
+        assert_eq!(owned(&decoded), batches, "{codec:?}");
         assert_eq!(decoded.next_offset, Some(106));
         assert_eq!(decoded.partial_bytes, 0);
     }
@@ -57,8 +64,11 @@ fn uncompressed_values_are_slices_of_the_input_not_copies() {
     let decoded = decode_records(&input, &DecodeOptions::default()).unwrap();
     let range = input.as_ptr() as usize..input.as_ptr() as usize + input.len();
     for r in decoded.records() {
-        assert!(range.contains(&(r.value.as_ref().unwrap().as_ptr() as usize)));
-        assert!(range.contains(&(r.headers[0].value.as_ref().unwrap().as_ptr() as usize)));
+        assert!(range.contains(&(r.value().unwrap().as_ptr() as usize)));
+        assert!(range.contains(&(r.value_bytes().unwrap().as_ptr() as usize)));
+        assert!(range.contains(&(r.headers().next().unwrap().1.unwrap().as_ptr() as usize)));
+        let owned = r.to_record();
+        assert!(range.contains(&(owned.headers[0].value.as_ref().unwrap().as_ptr() as usize)));
     }
 }
 
@@ -82,7 +92,7 @@ fn batches_before_the_start_offset_are_skipped_without_reading_them() {
     bytes.extend_from_slice(&encode(&[batch(10, 10, Compression::None)]));
     let decoded =
         decode_records(&bytes.freeze(), &DecodeOptions { min_offset: 13, ..DecodeOptions::default() }).unwrap();
-    assert_eq!(decoded.records().map(|r| r.offset).collect::<Vec<_>>(), (13..20).collect::<Vec<_>>());
+    assert_eq!(decoded.records().map(|r| r.offset()).collect::<Vec<_>>(), (13..20).collect::<Vec<_>>());
     assert_eq!(decoded.next_offset, Some(20));
 }
 
@@ -96,35 +106,35 @@ fn control_batches_and_transactional_flags_are_exposed() {
         value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 5])),
         headers: vec![],
     };
-    let control = RecordBatch {
+    let control = BatchHeader {
         base_offset: 7,
         attributes: ATTR_TRANSACTIONAL | ATTR_CONTROL,
         producer_id: 99,
         producer_epoch: 1,
-        records: vec![marker],
-        ..RecordBatch::default()
+        ..BatchHeader::default()
     };
-    let decoded = decode_records(&encode(&[control]), &DecodeOptions::default()).unwrap();
+    let decoded = decode_records(&encode(&[(control, vec![marker])]), &DecodeOptions::default()).unwrap();
     let b = &decoded.batches[0];
-    assert!(b.is_control() && b.is_transactional());
+    assert!(b.header.is_control() && b.header.is_transactional());
     assert_eq!(b.control_type(), Some(ControlRecordType::Commit));
-    assert_eq!((b.producer_id, b.producer_epoch), (99, 1));
-    assert_eq!(batch(0, 1, Compression::None).control_type(), None);
+    assert_eq!((b.header.producer_id, b.header.producer_epoch), (99, 1));
+    let data = decode_records(&encode(&[batch(0, 1, Compression::None)]), &DecodeOptions::default()).unwrap();
+    assert_eq!(data.batches[0].control_type(), None);
 }
 
 #[test]
 fn log_append_time_batches_give_every_record_the_max_timestamp() {
-    let mut b = batch(0, 3, Compression::None);
-    b.attributes |= ATTR_LOG_APPEND_TIME;
+    let (mut header, records) = batch(0, 3, Compression::None);
+    header.attributes |= ATTR_LOG_APPEND_TIME;
     let mut bytes = BytesMut::new();
-    encode_batch(&b, &mut bytes).unwrap();
+    encode_batch(&header, &records, &mut bytes).unwrap();
     // The broker overwrites max timestamp on append; emulate it and fix the CRC.
     bytes[35..43].copy_from_slice(&5_000i64.to_be_bytes());
     let crc = crc32c::crc32c(&bytes[21..]);
     bytes[17..21].copy_from_slice(&crc.to_be_bytes());
     let decoded = decode_records(&bytes.freeze(), &DecodeOptions::default()).unwrap();
-    assert_eq!(decoded.batches[0].timestamp_type(), TimestampType::LogAppendTime);
-    assert!(decoded.records().all(|r| r.timestamp == 5_000));
+    assert_eq!(decoded.batches[0].header.timestamp_type(), TimestampType::LogAppendTime);
+    assert!(decoded.records().all(|r| r.timestamp() == 5_000));
 }
 
 #[test]
@@ -167,7 +177,7 @@ fn legacy_v0_and_v1_messages_decode_including_compressed_wrappers() {
     encode_wrapper(&mut set, 1, 4, 2_002, Compression::Gzip, &inner).unwrap();
     let decoded = decode_records(&set.freeze(), &DecodeOptions::default()).unwrap();
     let got: Vec<(i64, i64, Option<&[u8]>)> =
-        decoded.records().map(|r| (r.offset, r.timestamp, r.value.as_deref())).collect();
+        decoded.records().map(|r| (r.offset(), r.timestamp(), r.value())).collect();
     assert_eq!(
         got,
         vec![
@@ -178,8 +188,10 @@ fn legacy_v0_and_v1_messages_decode_including_compressed_wrappers() {
             (4, 2_002, Some(&b"in2"[..])),
         ]
     );
-    assert_eq!(decoded.batches.iter().map(|b| b.magic).collect::<Vec<_>>(), vec![0, 1, 1]);
-    assert_eq!(decoded.batches[2].compression(), Compression::Gzip);
+    assert_eq!(decoded.batches.iter().map(|b| b.header.magic).collect::<Vec<_>>(), vec![0, 1, 1]);
+    assert_eq!(decoded.batches[0].record(0).unwrap().key(), Some(&b"k0"[..]));
+    assert_eq!(decoded.batches[1].record(0).unwrap().key(), None);
+    assert_eq!(decoded.batches[2].header.compression(), Compression::Gzip);
     assert_eq!(decoded.next_offset, Some(5));
 }
 
@@ -197,9 +209,7 @@ fn legacy_crc_mismatch_is_an_error() {
 fn a_bomb_batch_is_refused_by_the_decompression_limit() {
     let big = Record { value: Some(Bytes::from(vec![0u8; 4 << 20])), ..record(0, 0, None, None) };
     for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-        let b =
-            RecordBatch { attributes: codec.attribute_bits(), records: vec![big.clone()], ..RecordBatch::default() };
-        let bytes = encode(&[b]);
+        let bytes = encode(&[(BatchHeader::with_compression(codec), vec![big.clone()])]);
         let options = DecodeOptions { max_decompressed_bytes: 1 << 20, ..DecodeOptions::default() };
         let err = decode_records(&bytes, &options).unwrap_err();
         assert!(matches!(err.root_cause(), crate::DecodeError::DecompressedTooLarge { .. }), "{codec:?}: {err}");
@@ -243,7 +253,7 @@ proptest! {
                 headers: headers.into_iter().map(|(k, v)| RecordHeader { key: Bytes::from(k), value: v.map(Bytes::from) }).collect(),
             }
         }).collect();
-        let original = RecordBatch {
+        let header = BatchHeader {
             base_offset,
             attributes: CODECS[codec].attribute_bits(),
             producer_id: producer.0,
@@ -252,12 +262,12 @@ proptest! {
             base_timestamp: records[0].timestamp,
             max_timestamp: records.iter().map(|r| r.timestamp).max().unwrap(),
             last_offset_delta: (records.last().unwrap().offset - base_offset) as i32,
-            records,
-            ..RecordBatch::default()
+            ..BatchHeader::default()
         };
+        let original = (header, records);
         let bytes = encode(std::slice::from_ref(&original));
         let decoded = decode_records(&bytes, &DecodeOptions::default()).unwrap();
-        prop_assert_eq!(&decoded.batches, &vec![original]);
+        prop_assert_eq!(owned(&decoded), vec![original]);
         // Any truncation is a partial batch, never an error.
         let cut = bytes.len() / 2;
         let partial = decode_records(&bytes.slice(..cut), &DecodeOptions::default()).unwrap();
