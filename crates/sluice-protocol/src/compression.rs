@@ -707,50 +707,9 @@ mod lz4 {
     }
 
     /// XXH32, which the frame format uses for its checksums.
+    /// XXH32, the checksum LZ4 frames use.
     fn xxh32(data: &[u8], seed: u32) -> u32 {
-        const P1: u32 = 0x9E37_79B1;
-        const P2: u32 = 0x85EB_CA77;
-        const P3: u32 = 0xC2B2_AE3D;
-        const P4: u32 = 0x27D4_EB2F;
-        const P5: u32 = 0x1656_67B1;
-        let round = |acc: u32, lane: u32| acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(13).wrapping_mul(P1);
-        let word = |bytes: &[u8]| {
-            let mut array = [0; 4];
-            array.copy_from_slice(bytes);
-            u32::from_le_bytes(array)
-        };
-
-        let mut stripes = data.chunks_exact(16);
-        let mut hash = if data.len() >= 16 {
-            let mut lanes =
-                [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
-            for stripe in stripes.by_ref() {
-                for (lane, bytes) in lanes.iter_mut().zip(stripe.chunks_exact(4)) {
-                    *lane = round(*lane, word(bytes));
-                }
-            }
-            let [a, b, c, d] = lanes;
-            a.rotate_left(1)
-                .wrapping_add(b.rotate_left(7))
-                .wrapping_add(c.rotate_left(12))
-                .wrapping_add(d.rotate_left(18))
-        } else {
-            seed.wrapping_add(P5)
-        };
-        // The length is mixed in modulo 2^32, as the reference does.
-        hash = hash.wrapping_add(data.len() as u32);
-        let mut words = stripes.remainder().chunks_exact(4);
-        for bytes in words.by_ref() {
-            hash = hash.wrapping_add(word(bytes).wrapping_mul(P3)).rotate_left(17).wrapping_mul(P4);
-        }
-        for &byte in words.remainder() {
-            hash = hash.wrapping_add(u32::from(byte).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
-        }
-        hash ^= hash >> 15;
-        hash = hash.wrapping_mul(P2);
-        hash ^= hash >> 13;
-        hash = hash.wrapping_mul(P3);
-        hash ^ (hash >> 16)
+        twox_hash::XxHash32::oneshot(seed, data)
     }
 
     pub(super) fn compress(input: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
