@@ -1,0 +1,336 @@
+//! One TCP connection to one broker, with many requests in flight.
+//!
+//! A writer task owns the socket's write half and sends frames in the order requests were
+//! issued, coalescing whatever is queued into one flush; a reader task owns the read half, splits
+//! the stream into frames and hands each response to the request with the same correlation id.
+//! Responses are decoded by the caller, not on the reader task, so decoding large fetches runs in
+//! parallel with reading the next one. A dropped or timed-out request forgets its correlation id;
+//! its late response is discarded. When the socket fails, every request in flight fails with
+//! [`Error::Disconnected`] and the connection refuses new ones.
+//!
+//! On connect the client asks the broker which API versions it speaks (ApiVersions, KIP-511;
+//! v3 first, falling back to v0 for brokers that refuse it) and from then on sends each request
+//! at the highest version both sides implement.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
+use sluice_protocol::header::{decode_response, encode_request, peek_correlation_id};
+use sluice_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, Message, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// How a connection behaves.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Sent in every request header; brokers log it and use it for quotas.
+    pub client_id: Option<String>,
+    /// How long to wait for the TCP connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for each response.
+    pub request_timeout: Duration,
+    /// Most frames queued for the writer; further requests wait (backpressure).
+    pub max_queued_requests: usize,
+    /// Largest response frame accepted.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            client_id: Some("sluice".into()),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_queued_requests: 256,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// What the broker said about an API: its lowest and highest version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRange {
+    /// Lowest version the broker accepts.
+    pub min: i16,
+    /// Highest version the broker accepts.
+    pub max: i16,
+}
+
+type Reply = std::result::Result<Bytes, String>;
+
+/// State shared by the connection handle and its reader and writer tasks.
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<HashMap<i32, oneshot::Sender<Reply>>>,
+    /// Why the connection closed, once it has.
+    closed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<Reply>>> {
+        // A panic while holding the lock cannot leave the map inconsistent: keep using it.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn closed_reason(&self) -> Option<String> {
+        self.closed.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Marks the connection closed and fails every request in flight.
+    fn close(&self, reason: String) {
+        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        if closed.is_none() {
+            *closed = Some(reason.clone());
+        }
+        drop(closed);
+        for (_, waiter) in self.pending().drain() {
+            let _ = waiter.send(Err(reason.clone()));
+        }
+    }
+}
+
+/// Forgets a request's correlation id when its caller stops waiting (done, timed out or
+/// dropped), so a late response is discarded rather than kept.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    correlation_id: i32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending().remove(&self.correlation_id);
+    }
+}
+
+/// A connection to one broker.
+#[derive(Debug)]
+pub struct Connection {
+    broker: String,
+    config: ConnectionConfig,
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<Bytes>,
+    next_correlation_id: AtomicI32,
+    versions: HashMap<i16, VersionRange>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to `broker` (`host:port`) and negotiates API versions.
+    pub async fn connect(broker: &str, config: ConnectionConfig) -> Result<Self> {
+        let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(broker)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(Error::Connect { broker: broker.to_owned(), source }),
+            Err(_) => return Err(Error::ConnectTimeout { broker: broker.to_owned(), timeout: config.connect_timeout }),
+        };
+        // Requests are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let shared = Arc::new(Shared::default());
+        let (writer, queue) = mpsc::channel(config.max_queued_requests.max(1));
+        let tasks = [
+            tokio::spawn(read_loop(read, Arc::clone(&shared), FrameDecoder::new(config.max_frame_bytes))),
+            tokio::spawn(write_loop(write, queue, Arc::clone(&shared))),
+        ];
+        let mut connection = Self {
+            broker: broker.to_owned(),
+            config,
+            shared,
+            writer,
+            next_correlation_id: AtomicI32::new(0),
+            versions: HashMap::new(),
+            tasks,
+        };
+        connection.versions = connection.negotiate_versions().await?;
+        Ok(connection)
+    }
+
+    /// The broker's address.
+    pub fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// Whether the connection has failed or been closed by the broker.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed_reason().is_some()
+    }
+
+    /// The versions the broker offers for `api_key`, if it offers the API at all.
+    pub fn broker_versions(&self, api_key: i16) -> Option<VersionRange> {
+        self.versions.get(&api_key).copied()
+    }
+
+    /// The version `R` is sent at: the highest both sides implement, at most `cap`.
+    pub fn version_for<R: Request>(&self, cap: Option<i16>) -> Result<i16> {
+        let broker = self.broker_versions(R::API_KEY);
+        let (broker_min, broker_max) = broker.map_or((-1, -1), |v| (v.min, v.max));
+        let client_max = cap.map_or(R::MAX_VERSION, |c| c.min(R::MAX_VERSION));
+        let version = client_max.min(broker_max);
+        if broker.is_none() || version < R::MIN_VERSION.max(broker_min) {
+            return Err(Error::UnsupportedVersion {
+                broker: self.broker.clone(),
+                api: api_name::<R>(),
+                broker_min,
+                broker_max,
+                client_min: R::MIN_VERSION,
+                client_max,
+            });
+        }
+        Ok(version)
+    }
+
+    /// Sends `request` at the highest version both sides implement and waits for the response.
+    pub async fn send<R: Request>(&self, request: &R) -> Result<R::Response> {
+        let version = self.version_for::<R>(None)?;
+        self.send_version(request, version).await
+    }
+
+    /// Sends `request` at `version` and waits for the response.
+    pub async fn send_version<R: Request>(&self, request: &R, version: i16) -> Result<R::Response> {
+        let api = api_name::<R>();
+        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let mut frame = BytesMut::new();
+        encode_request(&mut frame, correlation_id, self.config.client_id.as_deref(), version, request)
+            .map_err(|source| Error::Encode { broker: self.broker.clone(), api, version, source })?;
+
+        let (reply, response) = oneshot::channel();
+        self.shared.pending().insert(correlation_id, reply);
+        let _guard = PendingGuard { shared: &self.shared, correlation_id };
+        if let Some(reason) = self.shared.closed_reason() {
+            return Err(self.disconnected(reason));
+        }
+        if self.writer.send(frame.freeze()).await.is_err() {
+            return Err(self.disconnected(self.shared.closed_reason().unwrap_or_else(|| "writer stopped".into())));
+        }
+        let body = match tokio::time::timeout(self.config.request_timeout, response).await {
+            Err(_) => {
+                let timeout = self.config.request_timeout;
+                return Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout });
+            }
+            Ok(Err(_)) => return Err(self.disconnected("the connection shut down".into())),
+            Ok(Ok(Err(reason))) => return Err(self.disconnected(reason)),
+            Ok(Ok(Ok(body))) => body,
+        };
+        let (_, response) = decode_response::<R>(body, version).map_err(|source| Error::Decode {
+            broker: self.broker.clone(),
+            api,
+            version,
+            source,
+        })?;
+        Ok(response)
+    }
+
+    fn disconnected(&self, reason: String) -> Error {
+        Error::Disconnected { broker: self.broker.clone(), reason }
+    }
+
+    /// Asks the broker for its API versions: v3 (with our name and version, KIP-511), and v0 if
+    /// the broker cannot answer that.
+    async fn negotiate_versions(&self) -> Result<HashMap<i16, VersionRange>> {
+        let request = ApiVersionsRequest {
+            client_software_name: "sluice".into(),
+            client_software_version: env!("CARGO_PKG_VERSION").into(),
+            ..ApiVersionsRequest::default()
+        };
+        let response = match self.send_version(&request, 3).await {
+            Ok(response) if ErrorCode::from_code(response.error_code) != ErrorCode::UnsupportedVersion => response,
+            // An older broker answers an unknown version in v0 format with UNSUPPORTED_VERSION.
+            Ok(_) | Err(Error::Decode { .. }) => self.send_version(&ApiVersionsRequest::default(), 0).await?,
+            Err(other) => return Err(other),
+        };
+        check_error(&self.broker, ApiVersionsResponse::NAME, response.error_code)?;
+        Ok(response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, VersionRange { min: k.min_version, max: k.max_version }))
+            .collect())
+    }
+}
+
+/// The API name of a request type, without the `Request` suffix.
+fn api_name<R: Request>() -> &'static str {
+    R::NAME.strip_suffix("Request").unwrap_or(R::NAME)
+}
+
+/// `Err(Error::Broker)` for a non-zero error code.
+pub fn check_error(broker: &str, api: &'static str, code: i16) -> Result<()> {
+    match ErrorCode::from_code(code) {
+        ErrorCode::None => Ok(()),
+        code => Err(Error::Broker { broker: broker.to_owned(), api, code }),
+    }
+}
+
+async fn read_loop(mut read: OwnedReadHalf, shared: Arc<Shared>, decoder: FrameDecoder) {
+    let reason = read_frames(&mut read, &shared, decoder).await;
+    shared.close(reason);
+}
+
+/// Reads and dispatches frames until the stream fails; returns why it stopped.
+async fn read_frames(read: &mut OwnedReadHalf, shared: &Shared, decoder: FrameDecoder) -> String {
+    const READ_CHUNK: usize = 64 * 1024;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => dispatch(shared, frame),
+                Ok(None) => break,
+                Err(e) => return format!("bad frame from the broker: {e}"),
+            }
+        }
+        // Reserve the rest of a frame whose size is known in one go, else a chunk.
+        let wanted = match decoder.frame_len(&buf) {
+            Ok(Some(total)) => total.saturating_sub(buf.len()).max(READ_CHUNK),
+            _ => READ_CHUNK,
+        };
+        buf.reserve(wanted);
+        match read.read_buf(&mut buf).await {
+            Ok(0) => return "the broker closed the connection".into(),
+            Ok(_) => {}
+            Err(e) => return format!("read failed: {e}"),
+        }
+    }
+}
+
+fn dispatch(shared: &Shared, frame: Bytes) {
+    let Ok(correlation_id) = peek_correlation_id(&frame) else { return };
+    // No waiter means the request timed out or was dropped: discard the late response.
+    if let Some(waiter) = shared.pending().remove(&correlation_id) {
+        let _ = waiter.send(Ok(frame));
+    }
+}
+
+async fn write_loop(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, write);
+    let result: std::io::Result<()> = async {
+        while let Some(frame) = queue.recv().await {
+            out.write_all(&frame).await?;
+            // Coalesce whatever else is already queued into the same flush.
+            while let Ok(frame) = queue.try_recv() {
+                out.write_all(&frame).await?;
+            }
+            out.flush().await?;
+        }
+        out.shutdown().await
+    }
+    .await;
+    if let Err(e) = result {
+        shared.close(format!("write failed: {e}"));
+    }
+}

@@ -1,0 +1,118 @@
+//! The client's error type: which broker, which request, what went wrong, and what to do.
+
+use std::time::Duration;
+
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::{DecodeError, EncodeError};
+
+/// Result of a client operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong talking to a Kafka cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The TCP connection could not be made.
+    #[error("broker {broker} refused the connection or could not be reached (is it running, and is the address right?): {source}")]
+    Connect {
+        /// The broker address.
+        broker: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The connection could not be made within the connect timeout.
+    #[error("connecting to broker {broker} took longer than {timeout:?} (is the address reachable?)")]
+    ConnectTimeout {
+        /// The broker address.
+        broker: String,
+        /// The configured connect timeout.
+        timeout: Duration,
+    },
+    /// The connection broke while requests were in flight or being sent; they may or may not
+    /// have reached the broker.
+    #[error("connection to broker {broker} was lost ({reason}); the client reconnects on the next request")]
+    Disconnected {
+        /// The broker address.
+        broker: String,
+        /// Why, as far as the client knows.
+        reason: String,
+    },
+    /// No response arrived within the request timeout.
+    #[error("broker {broker} did not answer {api} v{version} within {timeout:?} (raise request_timeout if the broker is slow)")]
+    RequestTimeout {
+        /// The broker address.
+        broker: String,
+        /// The request's API name.
+        api: &'static str,
+        /// The request's version.
+        version: i16,
+        /// The configured request timeout.
+        timeout: Duration,
+    },
+    /// The broker's bytes could not be decoded.
+    #[error("broker {broker} sent a {api} v{version} response sluice cannot decode: {source}")]
+    Decode {
+        /// The broker address.
+        broker: String,
+        /// The response's API name.
+        api: &'static str,
+        /// The response's version.
+        version: i16,
+        /// What was wrong with the bytes.
+        source: DecodeError,
+    },
+    /// A request could not be encoded (a value too long for the wire, or a field the negotiated
+    /// version cannot carry).
+    #[error("cannot encode {api} v{version} for broker {broker}: {source}")]
+    Encode {
+        /// The broker address.
+        broker: String,
+        /// The request's API name.
+        api: &'static str,
+        /// The version.
+        version: i16,
+        /// What could not be encoded.
+        source: EncodeError,
+    },
+    /// The broker does not implement any version of the API this client can speak.
+    #[error("broker {broker} supports {api} versions {broker_min}..={broker_max}, sluice supports {client_min}..={client_max}: no common version (upgrade the broker or the client)")]
+    UnsupportedVersion {
+        /// The broker address.
+        broker: String,
+        /// The API name.
+        api: &'static str,
+        /// The broker's lowest version (-1 if it does not offer the API at all).
+        broker_min: i16,
+        /// The broker's highest version (-1 if it does not offer the API at all).
+        broker_max: i16,
+        /// The client's lowest version.
+        client_min: i16,
+        /// The client's highest version.
+        client_max: i16,
+    },
+    /// The broker answered with an error code.
+    #[error("broker {broker} answered {api} with {code}")]
+    Broker {
+        /// The broker address.
+        broker: String,
+        /// The API name.
+        api: &'static str,
+        /// The error code.
+        code: ErrorCode,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed (after reconnecting or refreshing
+    /// metadata): connection problems, timeouts, and retriable broker error codes.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Connect { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::Disconnected { .. }
+            | Self::RequestTimeout { .. } => true,
+            Self::Broker { code, .. } => code.is_retriable(),
+            _ => false,
+        }
+    }
+}

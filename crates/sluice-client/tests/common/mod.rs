@@ -1,0 +1,49 @@
+//! A real Tansu broker for integration tests: started on a free loopback port, stopped (killed)
+//! when dropped. The binary comes from `scripts/install-peers.sh` (`.peers/bin/tansu`) or
+//! `$SLUICE_TANSU`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Tansu {
+    pub addr: String,
+    child: Child,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let binary = std::env::var_os("SLUICE_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/tansu"));
+        assert!(
+            binary.exists(),
+            "no Tansu broker at {} (run scripts/install-peers.sh, or set SLUICE_TANSU)",
+            binary.display()
+        );
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let tansu = Self { addr: format!("127.0.0.1:{port}"), child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&tansu.addr).is_err() {
+            assert!(Instant::now() < deadline, "Tansu did not accept connections on {} within 10 s", tansu.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tansu
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,196 @@
+//! The connection layer against a real Tansu broker: version negotiation, requests in flight,
+//! timeouts, refused and lost connections.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::Tansu;
+use sluice_client::{Connection, ConnectionConfig, Error};
+use sluice_protocol::compression::Compression;
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::messages::create_topics_request::CreatableTopic;
+use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use sluice_protocol::messages::metadata_request::MetadataRequestTopic;
+use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use sluice_protocol::messages::*;
+use sluice_protocol::record::{decode_records, encode_batch, BatchHeader, DecodeOptions, Record};
+
+/// Fetch v13+ names topics by id; these tests name them, so they cap Fetch at v12.
+const FETCH_BY_NAME: i16 = 12;
+
+async fn create_topic(connection: &Connection, name: &str, partitions: i32) {
+    let request = CreateTopicsRequest {
+        topics: vec![CreatableTopic {
+            name: name.into(),
+            num_partitions: partitions,
+            replication_factor: 1,
+            ..Default::default()
+        }],
+        timeout_ms: 10_000,
+        ..Default::default()
+    };
+    let response = connection.send(&request).await.unwrap();
+    assert_eq!(response.topics[0].error_code, 0, "create {name}: {:?}", response.topics[0]);
+}
+
+fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest {
+        max_wait_ms,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            topic: topic.into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                fetch_offset: offset,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiates_api_versions_with_the_broker() {
+    let tansu = Tansu::start();
+    let connection = Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap();
+    let produce = connection.broker_versions(ProduceRequest::API_KEY).unwrap();
+    assert_eq!((produce.min, produce.max), (0, 11), "Tansu 0.6.0 advertises Produce 0..11");
+    assert_eq!(connection.version_for::<FetchRequest>(None).unwrap(), 17);
+    assert_eq!(connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap(), 12);
+    assert_eq!(connection.version_for::<MetadataRequest>(None).unwrap(), 12);
+    // CreatePartitions is not offered by Tansu: no common version, and the error says so.
+    let err = connection.version_for::<CreatePartitionsRequest>(None).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedVersion { broker_max: -1, .. }), "{err}");
+    assert!(err.to_string().contains(&tansu.addr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produces_and_fetches_records_with_every_codec() {
+    let tansu = Tansu::start();
+    let connection = Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap();
+    for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        let topic = format!("connection-{}", codec.name());
+        create_topic(&connection, &topic, 1).await;
+        let records: Vec<Record> = (0..100)
+            .map(|i| Record {
+                offset: i,
+                timestamp: 1_700_000_000_000 + i,
+                key: Some(format!("key-{i}").into()),
+                value: Some(format!("value-{i}-{}", "x".repeat(50)).into()),
+                ..Record::default()
+            })
+            .collect();
+        let mut batch = BytesMut::new();
+        encode_batch(&BatchHeader::with_compression(codec), &records, &mut batch).unwrap();
+        let produce = ProduceRequest {
+            acks: -1,
+            timeout_ms: 10_000,
+            topic_data: vec![TopicProduceData {
+                name: topic.clone(),
+                partition_data: vec![PartitionProduceData {
+                    index: 0,
+                    records: Some(batch.freeze()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let produced = connection.send(&produce).await.unwrap();
+        let partition = &produced.responses[0].partition_responses[0];
+        assert_eq!((partition.error_code, partition.base_offset), (0, 0), "{codec:?}");
+
+        let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
+        let fetched = connection.send_version(&fetch_request(&topic, 0, 1000), version).await.unwrap();
+        let partition = &fetched.responses[0].partitions[0];
+        assert_eq!((partition.error_code, partition.high_watermark), (0, 100), "{codec:?}");
+        let decoded = decode_records(partition.records.as_ref().unwrap(), &DecodeOptions::default()).unwrap();
+        let got: Vec<Record> = decoded.batches.iter().flat_map(|b| b.to_records()).collect();
+        assert_eq!(got, records, "{codec:?}: the broker returns exactly what was produced");
+        assert_eq!(decoded.batches[0].header.compression(), codec);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_in_flight_each_get_their_own_response() {
+    let tansu = Tansu::start();
+    let connection = Arc::new(Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let connection = Arc::clone(&connection);
+        tasks.spawn(async move {
+            let name = format!("no-such-topic-{i}");
+            let request = MetadataRequest {
+                topics: Some(vec![MetadataRequestTopic { name: Some(name.clone()), ..Default::default() }]),
+                allow_auto_topic_creation: false,
+                ..Default::default()
+            };
+            let response = connection.send(&request).await.unwrap();
+            (name, response)
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, response) = joined.unwrap();
+        assert_eq!(response.topics.len(), 1);
+        assert_eq!(response.topics[0].name.as_deref(), Some(name.as_str()), "a response went to the wrong request");
+        assert_eq!(ErrorCode::from_code(response.topics[0].error_code), ErrorCode::UnknownTopicOrPartition);
+        answered += 1;
+    }
+    assert_eq!(answered, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_outlives_its_timeout_fails_and_the_connection_stays_usable() {
+    let tansu = Tansu::start();
+    let config = ConnectionConfig { request_timeout: Duration::from_millis(300), ..ConnectionConfig::default() };
+    let connection = Connection::connect(&tansu.addr, config).await.unwrap();
+    create_topic(&connection, "slow", 1).await;
+    // An empty topic: the broker holds the fetch for max_wait_ms (2 s), past the 300 ms timeout.
+    let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
+    let err = connection.send_version(&fetch_request("slow", 0, 2_000), version).await.unwrap_err();
+    assert!(matches!(err, Error::RequestTimeout { .. }), "{err}");
+    assert!(err.is_retriable());
+    // The late response arrives while this request is in flight and is discarded.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let metadata = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap();
+    assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some("slow")));
+    assert!(!connection.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_names_the_broker_and_what_to_check() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let err = Connection::connect(&addr, ConnectionConfig::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&addr) && text.contains("is it running"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_fail_promptly_when_the_broker_dies() {
+    let tansu = Tansu::start();
+    let connection = Arc::new(Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap());
+    create_topic(&connection, "dying", 1).await;
+    let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
+    let waiting = {
+        let connection = Arc::clone(&connection);
+        tokio::spawn(async move { connection.send_version(&fetch_request("dying", 0, 10_000), version).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Instant::now();
+    drop(tansu);
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Disconnected { .. }), "{err}");
+    assert!(killed.elapsed() < Duration::from_secs(5), "failed after {:?}, not promptly", killed.elapsed());
+    assert!(connection.is_closed());
+    let again = connection.send(&MetadataRequest::default()).await.unwrap_err();
+    assert!(matches!(again, Error::Disconnected { .. }), "{again}");
+}
