@@ -7,13 +7,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)] // each test binary uses a different part
 pub struct Tansu {
     pub addr: String,
     child: Child,
 }
 
 impl Tansu {
+    /// Starts a broker on a free port.
     pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(&format!("127.0.0.1:{port}"))
+    }
+
+    /// Starts a broker on `addr` (`127.0.0.1:PORT`), e.g. where a stopped one was.
+    pub fn start_on(addr: &str) -> Self {
         let binary = std::env::var_os("SLUICE_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/tansu"));
@@ -22,8 +30,7 @@ impl Tansu {
             "no Tansu broker at {} (run scripts/install-peers.sh, or set SLUICE_TANSU)",
             binary.display()
         );
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
         let child = Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
@@ -31,7 +38,7 @@ impl Tansu {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let tansu = Self { addr: format!("127.0.0.1:{port}"), child };
+        let tansu = Self { addr: addr.to_owned(), child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(&tansu.addr).is_err() {
             assert!(Instant::now() < deadline, "Tansu did not accept connections on {} within 10 s", tansu.addr);

@@ -1,0 +1,353 @@
+//! The cluster view: bootstrap, the metadata cache, one connection per broker (reconnected with
+//! capped exponential backoff and jitter), leader lookup, and the admin calls built on them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::messages::create_topics_request::CreatableTopic;
+use sluice_protocol::messages::delete_topics_request::DeleteTopicState;
+use sluice_protocol::messages::metadata_request::MetadataRequestTopic;
+use sluice_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, MetadataRequest, MetadataResponse};
+use sluice_protocol::primitives::Uuid;
+
+use crate::connection::{Connection, ConnectionConfig};
+use crate::error::{Error, Result};
+
+/// How a [`Client`] finds and talks to the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Brokers to ask for the cluster's metadata first, as `host:port`; tried in order.
+    pub bootstrap: Vec<String>,
+    /// Settings for every broker connection.
+    pub connection: ConnectionConfig,
+    /// Wait before the first reconnect to a broker that failed; doubles per failure.
+    pub reconnect_backoff: Duration,
+    /// The longest wait between reconnects.
+    pub reconnect_backoff_max: Duration,
+    /// Metadata older than this is refreshed before it is used.
+    pub metadata_max_age: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with these bootstrap brokers and defaults for everything else.
+    pub fn new<S: Into<String>>(bootstrap: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            bootstrap: bootstrap.into_iter().map(Into::into).collect(),
+            connection: ConnectionConfig::default(),
+            reconnect_backoff: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(1),
+            metadata_max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What the cluster said about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterMetadata {
+    /// The cluster id, if the broker reports one.
+    pub cluster_id: Option<String>,
+    /// The controller's node id (-1 if unknown).
+    pub controller_id: i32,
+    /// Broker node ids and their `host:port`.
+    pub brokers: BTreeMap<i32, String>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMetadata>,
+}
+
+/// One topic's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata {
+    /// The topic's id (zero if the broker does not report ids).
+    pub topic_id: Uuid,
+    /// The topic-level error, if any (e.g. `UnknownTopicOrPartition`).
+    pub error: ErrorCode,
+    /// Whether this is an internal topic.
+    pub is_internal: bool,
+    /// The partitions, by index.
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+/// One partition's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    /// The partition index.
+    pub partition: i32,
+    /// The leader's node id (-1 if leaderless).
+    pub leader: i32,
+    /// The leader epoch.
+    pub leader_epoch: i32,
+    /// Replica node ids.
+    pub replicas: Vec<i32>,
+    /// In-sync replica node ids.
+    pub isr: Vec<i32>,
+    /// The partition-level error, if any.
+    pub error: ErrorCode,
+}
+
+impl ClusterMetadata {
+    fn from_response(response: MetadataResponse) -> Self {
+        let brokers = response.brokers.into_iter().map(|b| (b.node_id, format!("{}:{}", b.host, b.port))).collect();
+        let topics = response
+            .topics
+            .into_iter()
+            .filter_map(|t| {
+                let partitions = t
+                    .partitions
+                    .into_iter()
+                    .map(|p| PartitionMetadata {
+                        partition: p.partition_index,
+                        leader: p.leader_id,
+                        leader_epoch: p.leader_epoch,
+                        replicas: p.replica_nodes,
+                        isr: p.isr_nodes,
+                        error: ErrorCode::from_code(p.error_code),
+                    })
+                    .collect();
+                let metadata = TopicMetadata {
+                    topic_id: t.topic_id,
+                    error: ErrorCode::from_code(t.error_code),
+                    is_internal: t.is_internal,
+                    partitions,
+                };
+                Some((t.name?, metadata))
+            })
+            .collect();
+        Self { cluster_id: response.cluster_id, controller_id: response.controller_id, brokers, topics }
+    }
+
+    /// The leader of `topic`/`partition`, if known.
+    pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        let topic = self.topics.get(topic)?;
+        topic.partitions.iter().find(|p| p.partition == partition).map(|p| p.leader).filter(|l| *l >= 0)
+    }
+}
+
+/// A client for one cluster. Cheap to clone; clones share connections and metadata.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    metadata: Arc<ClusterMetadata>,
+    refreshed_at: Option<Instant>,
+    connections: HashMap<String, Arc<Connection>>,
+    /// Per address: consecutive failures and when the next attempt is allowed.
+    backoff: HashMap<String, (u32, Instant)>,
+    jitter_seed: u64,
+}
+
+impl Client {
+    /// Connects to the first reachable bootstrap broker and loads the cluster's metadata.
+    pub async fn connect(config: ClientConfig) -> Result<Self> {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let state = State { jitter_seed: seed | 1, ..State::default() };
+        let client = Self { inner: Arc::new(Inner { config, state: Mutex::new(state) }) };
+        client.refresh_metadata(None).await?;
+        Ok(client)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached metadata (refreshed by [`Client::refresh_metadata`] and when stale).
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        Arc::clone(&self.state().metadata)
+    }
+
+    /// Asks a broker for the metadata of `topics` (all topics if `None`) and updates the cache.
+    pub async fn refresh_metadata(&self, topics: Option<&[&str]>) -> Result<Arc<ClusterMetadata>> {
+        let request = MetadataRequest {
+            topics: topics.map(|names| {
+                names
+                    .iter()
+                    .map(|n| MetadataRequestTopic { name: Some((*n).to_owned()), ..Default::default() })
+                    .collect()
+            }),
+            allow_auto_topic_creation: false,
+            ..MetadataRequest::default()
+        };
+        let connection = self.any_broker().await?;
+        let response = connection.send(&request).await?;
+        let mut fresh = ClusterMetadata::from_response(response);
+        let mut state = self.state();
+        if topics.is_some() {
+            // A partial answer updates those topics and keeps the rest.
+            let mut merged = (*state.metadata).clone();
+            merged.topics.append(&mut fresh.topics);
+            fresh.topics = merged.topics;
+        }
+        state.metadata = Arc::new(fresh);
+        state.refreshed_at = Some(Instant::now());
+        Ok(Arc::clone(&state.metadata))
+    }
+
+    /// The metadata, refreshed first if older than `metadata_max_age`.
+    pub async fn fresh_metadata(&self) -> Result<Arc<ClusterMetadata>> {
+        let stale = self.state().refreshed_at.is_none_or(|at| at.elapsed() > self.inner.config.metadata_max_age);
+        if stale {
+            return self.refresh_metadata(None).await;
+        }
+        Ok(self.metadata())
+    }
+
+    /// A connection to any broker: a live pooled one, else the known brokers and then the
+    /// bootstrap list, in order.
+    pub async fn any_broker(&self) -> Result<Arc<Connection>> {
+        let candidates: Vec<String> = {
+            let state = self.state();
+            if let Some(live) = state.connections.values().find(|c| !c.is_closed()) {
+                return Ok(Arc::clone(live));
+            }
+            state.metadata.brokers.values().cloned().chain(self.inner.config.bootstrap.iter().cloned()).collect()
+        };
+        let mut last_error = None;
+        for address in candidates {
+            match self.connection_to(&address).await {
+                Ok(connection) => return Ok(connection),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Disconnected {
+            broker: "(none)".into(),
+            reason: "no bootstrap brokers configured (set ClientConfig::bootstrap)".into(),
+        }))
+    }
+
+    /// A connection to broker `node_id`, as the cached metadata places it.
+    pub async fn broker(&self, node_id: i32) -> Result<Arc<Connection>> {
+        let address = self.metadata().brokers.get(&node_id).cloned();
+        let address = match address {
+            Some(address) => address,
+            None => self.refresh_metadata(None).await?.brokers.get(&node_id).cloned().ok_or_else(|| {
+                Error::Disconnected {
+                    broker: format!("node {node_id}"),
+                    reason: "the cluster does not list this broker".into(),
+                }
+            })?,
+        };
+        self.connection_to(&address).await
+    }
+
+    /// A connection to the leader of `topic`/`partition`, refreshing metadata if the leader is
+    /// unknown.
+    pub async fn leader(&self, topic: &str, partition: i32) -> Result<Arc<Connection>> {
+        let leader = match self.metadata().leader(topic, partition) {
+            Some(leader) => leader,
+            None => self.refresh_metadata(Some(&[topic])).await?.leader(topic, partition).ok_or_else(|| {
+                Error::Broker { broker: "(metadata)".into(), api: "Metadata", code: ErrorCode::LeaderNotAvailable }
+            })?,
+        };
+        self.broker(leader).await
+    }
+
+    /// The pooled connection to `address`, or a new one; after a failure, waits out the
+    /// address's backoff first (capped exponential, with jitter).
+    async fn connection_to(&self, address: &str) -> Result<Arc<Connection>> {
+        let wait = {
+            let state = self.state();
+            if let Some(live) = state.connections.get(address).filter(|c| !c.is_closed()) {
+                return Ok(Arc::clone(live));
+            }
+            state.backoff.get(address).map(|(_, at)| at.saturating_duration_since(Instant::now()))
+        };
+        if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+            tokio::time::sleep(wait).await;
+        }
+        match Connection::connect(address, self.inner.config.connection.clone()).await {
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                let mut state = self.state();
+                state.backoff.remove(address);
+                // Another task may have connected meanwhile: keep one, drop the other.
+                let pooled = state.connections.entry(address.to_owned()).or_insert_with(|| Arc::clone(&connection));
+                if pooled.is_closed() {
+                    *pooled = Arc::clone(&connection);
+                }
+                Ok(Arc::clone(pooled))
+            }
+            Err(e) => {
+                self.note_failure(address);
+                Err(e)
+            }
+        }
+    }
+
+    fn note_failure(&self, address: &str) {
+        let config = &self.inner.config;
+        let mut state = self.state();
+        // xorshift64: jitter needs no cryptographic quality.
+        state.jitter_seed ^= state.jitter_seed << 13;
+        state.jitter_seed ^= state.jitter_seed >> 7;
+        state.jitter_seed ^= state.jitter_seed << 17;
+        let jitter = 0.8 + (state.jitter_seed % 401) as f64 / 1000.0; // 0.8 ..= 1.2
+        let failures = state.backoff.get(address).map_or(0, |(n, _)| *n).saturating_add(1);
+        let base = config.reconnect_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1));
+        let wait = base.min(config.reconnect_backoff_max).mul_f64(jitter);
+        state.backoff.insert(address.to_owned(), (failures, Instant::now() + wait));
+    }
+
+    /// Creates a topic and waits until the cluster reports its partitions.
+    pub async fn create_topic(&self, name: &str, partitions: i32, replication_factor: i16) -> Result<()> {
+        let request = CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: name.into(),
+                num_partitions: partitions,
+                replication_factor,
+                ..Default::default()
+            }],
+            timeout_ms: i32::try_from(self.inner.config.connection.request_timeout.as_millis()).unwrap_or(i32::MAX),
+            ..CreateTopicsRequest::default()
+        };
+        let connection = self.controller().await?;
+        let response = connection.send(&request).await?;
+        for topic in &response.topics {
+            crate::connection::check_error(connection.broker(), "CreateTopics", topic.error_code)?;
+        }
+        self.refresh_metadata(Some(&[name])).await?;
+        Ok(())
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let connection = self.controller().await?;
+        let version = connection.version_for::<DeleteTopicsRequest>(None)?;
+        let timeout_ms = i32::try_from(self.inner.config.connection.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        // v6 moved the names into a list of (name or id) entries.
+        let request = if version >= 6 {
+            let topic = DeleteTopicState { name: Some(name.into()), ..Default::default() };
+            DeleteTopicsRequest { topics: vec![topic], timeout_ms, ..DeleteTopicsRequest::default() }
+        } else {
+            DeleteTopicsRequest { topic_names: vec![name.into()], timeout_ms, ..DeleteTopicsRequest::default() }
+        };
+        let response = connection.send_version(&request, version).await?;
+        for topic in &response.responses {
+            crate::connection::check_error(connection.broker(), "DeleteTopics", topic.error_code)?;
+        }
+        self.state().metadata = Arc::new({
+            let mut metadata = (*self.metadata()).clone();
+            metadata.topics.remove(name);
+            metadata
+        });
+        Ok(())
+    }
+
+    /// The controller (where topic administration goes), or any broker if none is reported.
+    async fn controller(&self) -> Result<Arc<Connection>> {
+        match self.metadata().controller_id {
+            id if id >= 0 => self.broker(id).await,
+            _ => self.any_broker().await,
+        }
+    }
+}
