@@ -36,4 +36,5 @@ if [ "$fuzz_seconds" != 0 ]; then
 fi
 
 step "tests (release)"
-cargo test --workspace --release
+# --show-output: tests that skip a check the broker cannot support print why, and that must be seen.
+cargo test --workspace --release -- --show-output

@@ -8,9 +8,14 @@ use std::time::{Duration, Instant};
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::create_topics_request::CreatableTopic;
 use sluice_protocol::messages::delete_topics_request::DeleteTopicState;
+use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use sluice_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use sluice_protocol::messages::metadata_request::MetadataRequestTopic;
-use sluice_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, MetadataRequest, MetadataResponse};
+use sluice_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
+};
 use sluice_protocol::primitives::Uuid;
+use sluice_protocol::record::{decode_records, DecodeOptions, DecodedRecords};
 
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::{Error, Result};
@@ -350,4 +355,173 @@ impl Client {
             _ => self.any_broker().await,
         }
     }
+}
+
+/// Which offset [`Client::list_offset`] looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The log end offset (the offset the next record will get).
+    Latest,
+    /// The first offset whose timestamp is at or after these milliseconds since the epoch.
+    Timestamp(i64),
+}
+
+/// Whether a fetch sees records of open and aborted transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Everything up to the high watermark.
+    #[default]
+    ReadUncommitted,
+    /// Only up to the last stable offset (aborted records still need filtering by the caller
+    /// with the aborted-transactions list).
+    ReadCommitted,
+}
+
+/// Limits of one fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// How long the broker may wait for `min_bytes` to arrive.
+    pub max_wait: Duration,
+    /// Bytes the broker waits for before answering.
+    pub min_bytes: i32,
+    /// Most bytes for the partition (the broker may return one larger batch if it is first).
+    pub max_bytes: i32,
+    /// Transaction isolation.
+    pub isolation: Isolation,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 4 << 20,
+            isolation: Isolation::ReadUncommitted,
+        }
+    }
+}
+
+/// What one fetch of one partition returned.
+#[derive(Debug, Clone)]
+pub struct FetchedPartition {
+    /// The partition-level error (`None` on success).
+    pub error: ErrorCode,
+    /// The offset after the last committed record.
+    pub high_watermark: i64,
+    /// The offset up to which all transactions are decided (-1 if unknown).
+    pub last_stable_offset: i64,
+    /// The first offset still in the log (-1 if unknown).
+    pub log_start_offset: i64,
+    /// Producer ids and first offsets of aborted transactions in the returned range.
+    pub aborted_transactions: Vec<(i64, i64)>,
+    /// The records, from the requested offset on.
+    pub records: DecodedRecords,
+}
+
+/// Fetch v13+ names topics by id; the fetches here name them.
+const FETCH_BY_NAME_MAX_VERSION: i16 = 12;
+
+impl Client {
+    /// Looks up an offset of `topic`/`partition` on its leader.
+    pub async fn list_offset(&self, topic: &str, partition: i32, spec: OffsetSpec) -> Result<i64> {
+        let timestamp = match spec {
+            OffsetSpec::Earliest => -2,
+            OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(ms) => ms,
+        };
+        let request = ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: topic.into(),
+                partitions: vec![ListOffsetsPartition { partition_index: partition, timestamp, ..Default::default() }],
+                ..Default::default()
+            }],
+            ..ListOffsetsRequest::default()
+        };
+        let connection = self.leader(topic, partition).await?;
+        let response = connection.send(&request).await?;
+        let answer = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| missing_partition(connection.broker(), "ListOffsets"))?;
+        crate::connection::check_error(connection.broker(), "ListOffsets", answer.error_code)?;
+        // v0 answers with a list of offsets; later versions with one.
+        Ok(answer.old_style_offsets.first().copied().unwrap_or(answer.offset))
+    }
+
+    /// Fetches `topic`/`partition` from `offset` on its leader and decodes the records (those
+    /// before `offset` in the first batch dropped). A partition error comes back in
+    /// [`FetchedPartition::error`]; leadership errors also refresh the metadata.
+    pub async fn fetch_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        options: &FetchOptions,
+    ) -> Result<FetchedPartition> {
+        let request = FetchRequest {
+            max_wait_ms: i32::try_from(options.max_wait.as_millis()).unwrap_or(i32::MAX),
+            min_bytes: options.min_bytes,
+            max_bytes: options.max_bytes,
+            isolation_level: i8::from(options.isolation == Isolation::ReadCommitted),
+            topics: vec![FetchTopic {
+                topic: topic.into(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    fetch_offset: offset,
+                    partition_max_bytes: options.max_bytes,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..FetchRequest::default()
+        };
+        let connection = self.leader(topic, partition).await?;
+        let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
+        let response = connection.send_version(&request, version).await?;
+        crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
+        let answer = response
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| missing_partition(connection.broker(), "Fetch"))?;
+        let error = ErrorCode::from_code(answer.error_code);
+        if matches!(
+            error,
+            ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition | ErrorCode::FencedLeaderEpoch
+        ) {
+            self.refresh_metadata(Some(&[topic])).await?;
+        }
+        let decode = DecodeOptions { min_offset: offset, ..DecodeOptions::default() };
+        let records = match &answer.records {
+            Some(bytes) => decode_records(bytes, &decode).map_err(|source| Error::Decode {
+                broker: connection.broker().to_owned(),
+                api: "Fetch",
+                version,
+                source,
+            })?,
+            None => DecodedRecords::default(),
+        };
+        Ok(FetchedPartition {
+            error,
+            high_watermark: answer.high_watermark,
+            last_stable_offset: answer.last_stable_offset,
+            log_start_offset: answer.log_start_offset,
+            aborted_transactions: answer
+                .aborted_transactions
+                .unwrap_or_default()
+                .iter()
+                .map(|a| (a.producer_id, a.first_offset))
+                .collect(),
+            records,
+        })
+    }
+}
+
+fn missing_partition(broker: &str, api: &'static str) -> Error {
+    Error::Broker { broker: broker.to_owned(), api, code: ErrorCode::UnknownTopicOrPartition }
 }

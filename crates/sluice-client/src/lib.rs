@@ -14,6 +14,9 @@ pub mod client;
 pub mod connection;
 pub mod error;
 
-pub use client::{Client, ClientConfig, ClusterMetadata, PartitionMetadata, TopicMetadata};
+pub use client::{
+    Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
+    TopicMetadata,
+};
 pub use connection::{Connection, ConnectionConfig, VersionRange};
 pub use error::{Error, Result};

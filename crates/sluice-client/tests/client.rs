@@ -71,3 +71,67 @@ async fn reconnects_by_itself_when_the_broker_comes_back() {
     };
     assert_eq!(metadata.brokers.values().next(), Some(&addr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_offsets_and_fetches_from_the_middle_of_a_batch() {
+    use bytes::BytesMut;
+    use sluice_client::{FetchOptions, OffsetSpec};
+    use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use sluice_protocol::messages::ProduceRequest;
+    use sluice_protocol::record::{encode_batch, BatchHeader, Record};
+
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    client.create_topic("offsets", 1, 1).await.unwrap();
+    let leader = client.leader("offsets", 0).await.unwrap();
+    for batch_start in [0i64, 10, 20] {
+        let records: Vec<Record> = (batch_start..batch_start + 10)
+            .map(|i| Record { offset: i - batch_start, value: Some(format!("v{i}").into()), ..Record::default() })
+            .collect();
+        let mut bytes = BytesMut::new();
+        encode_batch(&BatchHeader::default(), &records, &mut bytes).unwrap();
+        let request = ProduceRequest {
+            acks: -1,
+            timeout_ms: 5_000,
+            topic_data: vec![TopicProduceData {
+                name: "offsets".into(),
+                partition_data: vec![PartitionProduceData {
+                    index: 0,
+                    records: Some(bytes.freeze()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let response = leader.send(&request).await.unwrap();
+        assert_eq!(response.responses[0].partition_responses[0].base_offset, batch_start);
+    }
+    assert_eq!(client.list_offset("offsets", 0, OffsetSpec::Earliest).await.unwrap(), 0);
+
+    let fetched = client.fetch_partition("offsets", 0, 15, &FetchOptions::default()).await.unwrap();
+    assert_eq!(fetched.error, ErrorCode::None);
+    assert_eq!((fetched.high_watermark, fetched.log_start_offset), (30, 0));
+    let offsets: Vec<i64> = fetched.records.records().map(|r| r.offset()).collect();
+    assert_eq!(offsets, (15..30).collect::<Vec<_>>(), "records before the fetch offset are dropped");
+    assert_eq!(fetched.records.records().next().unwrap().value(), Some(&b"v15"[..]));
+    assert_eq!(fetched.records.next_offset, Some(30));
+
+    // Kafka answers ListOffsets(latest) with the log end offset, 30. Tansu 0.6.0 answers with the
+    // base offset of the last batch + 1 (see PEERS.md); the fetch high watermark above is right.
+    let latest = client.list_offset("offsets", 0, OffsetSpec::Latest).await.unwrap();
+    if latest == 21 {
+        eprintln!("note: Tansu's ListOffsets(latest) gave 21, its known deviation; the high watermark says 30");
+    } else {
+        assert_eq!(latest, 30);
+    }
+
+    // Past the end Kafka answers OFFSET_OUT_OF_RANGE, which comes back in the partition result.
+    // Tansu 0.6.0 answers with no error and no records instead: say so rather than pass silently.
+    let past = client.fetch_partition("offsets", 0, 1_000, &FetchOptions::default()).await.unwrap();
+    if past.error == ErrorCode::None && past.records.batches.is_empty() {
+        eprintln!("note: Tansu answers a fetch past the log end with no error and no records, not OFFSET_OUT_OF_RANGE; not checked here");
+    } else {
+        assert_eq!(past.error, ErrorCode::OffsetOutOfRange);
+    }
+}
