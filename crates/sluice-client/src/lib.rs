@@ -13,6 +13,7 @@
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod partitioner;
 
 pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,

@@ -168,3 +168,34 @@ async fn librdkafka_reads_what_sluice_produces_with_every_codec() {
         assert_eq!(seen, expected, "{codec:?}: librdkafka reads exactly what sluice wrote");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_land_in_the_same_partitions_as_librdkafkas_murmur2_partitioner() {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    let partitions = 7;
+    client.create_topic("keyed", partitions, 1).await.unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let mut child = kcat()
+        .args(["-P", "-b", &tansu.addr, "-t", "keyed", "-K", ":", "-X", "topic.partitioner=murmur2_random"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = keys.iter().map(|k| format!("{k}:v\n")).collect();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "kcat produce failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = kcat()
+        .args(["-C", "-b", &tansu.addr, "-t", "keyed", "-o", "beginning", "-e", "-f", "%k %p\\n"])
+        .args(["-c", &keys.len().to_string()])
+        .output()
+        .unwrap();
+    let placed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(placed.lines().count(), keys.len());
+    for line in placed.lines() {
+        let (key, partition) = line.split_once(' ').unwrap();
+        let partition: i32 = partition.parse().unwrap();
+        assert_eq!(sluice_client::partitioner::partition_for_key(key.as_bytes(), partitions), partition, "key {key}");
+    }
+}
