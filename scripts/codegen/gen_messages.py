@@ -23,7 +23,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT_DIR = os.path.join(ROOT, "crates", "sluice-protocol", "src", "messages")
 
-# (API name, key) for request/response pairs, in the order of the README table.
+# APIs whose request and response are generated, in API-key order as the README table lists them.
 APIS = [
     "Produce", "Fetch", "ListOffsets", "Metadata", "OffsetCommit", "OffsetFetch", "FindCoordinator",
     "JoinGroup", "Heartbeat", "LeaveGroup", "SyncGroup", "DescribeGroups", "ListGroups",
@@ -281,15 +281,11 @@ class Emitter:
         self.out.append(line)
 
     # ----- values -----
-    def decode_scalar(self, t, nullable_expr, compact):
-        """Expression decoding a non-array value of primitive type `t` from `buf`."""
-        simple = {"bool": "get_bool(buf)?", "int8": "get_i8(buf)?", "int16": "get_i16(buf)?",
-                  "int32": "get_i32(buf)?", "int64": "get_i64(buf)?", "uint16": "get_u16(buf)?",
-                  "float64": "get_f64(buf)?", "uuid": "get_uuid(buf)?"}
-        if t in simple:
-            return simple[t]
-        fn = {"string": "string", "bytes": "bytes", "records": "bytes"}[t]
-        return (nullable_expr, fn, compact)
+    def decode_scalar(self, t):
+        """Expression decoding a fixed-width value of primitive type `t` from `buf`."""
+        return {"bool": "get_bool(buf)?", "int8": "get_i8(buf)?", "int16": "get_i16(buf)?",
+                "int32": "get_i32(buf)?", "int64": "get_i64(buf)?", "uint16": "get_u16(buf)?",
+                "float64": "get_f64(buf)?", "uuid": "get_uuid(buf)?"}[t]
 
     def emit_decode_value(self, f, target, compact, nullable_cond, indent):
         """Emit statements assigning the decoded field value to `target`."""
@@ -303,14 +299,14 @@ class Emitter:
                 self.w(pad + "    None if %s => None," % nullable_cond)
                 self.w(pad + "    None => return Err(DecodeError::InvalidLength { what: \"array\", length: -1, reason: \"null is not allowed in this version\" }),")
                 self.w(pad + "    Some(n) => {")
-                self.w(pad + "        let mut items = Vec::with_capacity(n);")
+                self.w(pad + "        let mut items = Vec::with_capacity(bounded_capacity(n));")
                 self.w(pad + "        for _ in 0..n { items.push(%s); }" % elem_decode)
                 self.w(pad + "        Some(items)")
                 self.w(pad + "    }")
                 self.w(pad + "};")
             else:
                 self.w(pad + "let n = get_array_len(buf, %s, %s)?;" % (compact, min_size))
-                self.w(pad + "let mut items = Vec::with_capacity(n);")
+                self.w(pad + "let mut items = Vec::with_capacity(bounded_capacity(n));")
                 self.w(pad + "for _ in 0..n { items.push(%s); }" % elem_decode)
                 self.w(pad + "%s = items;" % target)
             return
@@ -332,7 +328,7 @@ class Emitter:
             else:
                 self.w(pad + "%s = get_%s(buf, %s)?;" % (target, fn, compact))
             return
-        self.w(pad + "%s = %s;" % (target, self.decode_scalar(t, None, compact)))
+        self.w(pad + "%s = %s;" % (target, self.decode_scalar(t)))
 
     def elem_decode_expr(self, f, compact):
         if f.struct:
@@ -342,7 +338,7 @@ class Emitter:
             return "get_string(buf, %s)?" % compact
         if t in ("bytes", "records"):
             return "get_bytes(buf, %s)?" % compact
-        return self.decode_scalar(t, None, compact)
+        return self.decode_scalar(t)
 
     def emit_encode_value(self, f, expr, compact, nullable_cond, indent, st):
         """Emit statements encoding `expr` (a reference-able place of the field's type)."""
@@ -376,10 +372,9 @@ class Emitter:
         t = f.elem
         if t in ("string", "bytes", "records"):
             fn = "string" if t == "string" else "bytes"
-            deref = "as_deref()" if t == "string" else "as_deref()"
             if f.option:
                 self.w(pad + "if %s.is_none() && !(%s) { %s; }" % (expr, nullable_cond, null_err))
-                self.w(pad + "put_nullable_%s(buf, %s.%s, %s)?;" % (fn, expr, deref, compact))
+                self.w(pad + "put_nullable_%s(buf, %s.as_deref(), %s)?;" % (fn, expr, compact))
             else:
                 self.w(pad + "put_%s(buf, &%s, %s)?;" % (fn, expr, compact))
             return
@@ -405,10 +400,13 @@ class Emitter:
         msg = self.msg
         flexible_any = bool(msg.flexible)
         top = st is msg.root
-        self.w("/// `%s`%s." % (st.name, " (%s %s, versions %d-%d%s)" % (
-            "API key %d" % msg.api_key if msg.api_key is not None else "", msg.kind, msg.min_version,
-            msg.max_version, ", flexible from %d" % min(msg.flexible) if msg.flexible else "") if top else
-            ", part of `%s`" % msg.name))
+        if top:
+            what = " ".join(x for x in ("API key %d" % msg.api_key if msg.api_key is not None else "", msg.kind) if x)
+            flexible = ", flexible from %d" % min(msg.flexible) if msg.flexible else ""
+            summary = " (%s, versions %d-%d%s)" % (what, msg.min_version, msg.max_version, flexible)
+        else:
+            summary = ", part of `%s`" % msg.name
+        self.w("/// `%s`%s." % (st.name, summary))
         self.w("#[derive(Debug, Clone, PartialEq)]")
         self.w("pub struct %s {" % st.name)
         for f in st.fields:

@@ -93,7 +93,7 @@ pub struct PartitionMetadata {
 
 impl ClusterMetadata {
     fn from_response(response: MetadataResponse) -> Self {
-        let brokers = response.brokers.into_iter().map(|b| (b.node_id, format!("{}:{}", b.host, b.port))).collect();
+        let brokers = response.brokers.into_iter().map(|b| (b.node_id, broker_address(&b.host, b.port))).collect();
         let topics = response
             .topics
             .into_iter()
@@ -194,7 +194,10 @@ impl Client {
             fresh.topics = merged.topics;
         }
         state.metadata = Arc::new(fresh);
-        state.refreshed_at = Some(Instant::now());
+        if topics.is_none() {
+            // Only a full answer makes the whole cache fresh.
+            state.refreshed_at = Some(Instant::now());
+        }
         Ok(Arc::clone(&state.metadata))
     }
 
@@ -296,23 +299,22 @@ impl Client {
         state.jitter_seed ^= state.jitter_seed << 13;
         state.jitter_seed ^= state.jitter_seed >> 7;
         state.jitter_seed ^= state.jitter_seed << 17;
-        let jitter = 0.8 + (state.jitter_seed % 401) as f64 / 1000.0; // 0.8 ..= 1.2
+        let jitter_permille = 800 + (state.jitter_seed % 401) as u32; // 0.8 ..= 1.2
         let failures = state.backoff.get(address).map_or(0, |(n, _)| *n).saturating_add(1);
         let base = config.reconnect_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1));
-        let wait = base.min(config.reconnect_backoff_max).mul_f64(jitter);
-        state.backoff.insert(address.to_owned(), (failures, Instant::now() + wait));
+        let wait = (base.saturating_mul(jitter_permille) / 1000).min(config.reconnect_backoff_max);
+        let now = Instant::now();
+        state.backoff.insert(address.to_owned(), (failures, now.checked_add(wait).unwrap_or(now)));
     }
 
-    /// Creates a topic and waits until the cluster reports its partitions.
+    /// Creates a topic and waits (up to the request timeout) until the cluster reports a leader
+    /// for each of its partitions.
     pub async fn create_topic(&self, name: &str, partitions: i32, replication_factor: i16) -> Result<()> {
+        let topic =
+            CreatableTopic { name: name.into(), num_partitions: partitions, replication_factor, ..Default::default() };
         let request = CreateTopicsRequest {
-            topics: vec![CreatableTopic {
-                name: name.into(),
-                num_partitions: partitions,
-                replication_factor,
-                ..Default::default()
-            }],
-            timeout_ms: i32::try_from(self.inner.config.connection.request_timeout.as_millis()).unwrap_or(i32::MAX),
+            topics: vec![topic],
+            timeout_ms: self.broker_timeout_ms(),
             ..CreateTopicsRequest::default()
         };
         let connection = self.controller().await?;
@@ -320,15 +322,35 @@ impl Client {
         for topic in &response.topics {
             crate::connection::check_error(connection.broker(), "CreateTopics", topic.error_code)?;
         }
-        self.refresh_metadata(Some(&[name])).await?;
-        Ok(())
+        let deadline = Instant::now() + self.inner.config.connection.request_timeout;
+        loop {
+            let metadata = self.refresh_metadata(Some(&[name])).await?;
+            let ready = metadata.topics.get(name).is_some_and(|t| {
+                t.partitions.len() == usize::try_from(partitions).unwrap_or(0)
+                    && t.partitions.iter().all(|p| p.leader >= 0)
+            });
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let broker = connection.broker().to_owned();
+                return Err(Error::Broker { broker, api: "Metadata", code: ErrorCode::LeaderNotAvailable });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How long the broker may take over an admin request: half the client's request timeout,
+    /// so that the broker's own answer (even a timeout) arrives before the client gives up.
+    fn broker_timeout_ms(&self) -> i32 {
+        i32::try_from((self.inner.config.connection.request_timeout / 2).as_millis()).unwrap_or(i32::MAX)
     }
 
     /// Deletes a topic.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let connection = self.controller().await?;
         let version = connection.version_for::<DeleteTopicsRequest>(None)?;
-        let timeout_ms = i32::try_from(self.inner.config.connection.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        let timeout_ms = self.broker_timeout_ms();
         // v6 moved the names into a list of (name or id) entries.
         let request = if version >= 6 {
             let topic = DeleteTopicState { name: Some(name.into()), ..Default::default() };
@@ -340,11 +362,10 @@ impl Client {
         for topic in &response.responses {
             crate::connection::check_error(connection.broker(), "DeleteTopics", topic.error_code)?;
         }
-        self.state().metadata = Arc::new({
-            let mut metadata = (*self.metadata()).clone();
-            metadata.topics.remove(name);
-            metadata
-        });
+        let mut state = self.state();
+        let mut metadata = (*state.metadata).clone();
+        metadata.topics.remove(name);
+        state.metadata = Arc::new(metadata);
         Ok(())
     }
 
@@ -432,6 +453,10 @@ impl Client {
             OffsetSpec::Timestamp(ms) => ms,
         };
         let request = ListOffsetsRequest {
+            // -1: a consumer's request (a broker id here would ask as a follower, for the log end
+            // rather than the high watermark).
+            replica_id: -1,
+            timeout_ms: self.broker_timeout_ms(),
             topics: vec![ListOffsetsTopic {
                 name: topic.into(),
                 partitions: vec![ListOffsetsPartition { partition_index: partition, timestamp, ..Default::default() }],
@@ -519,6 +544,15 @@ impl Client {
                 .collect(),
             records,
         })
+    }
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+fn broker_address(host: &str, port: i32) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 

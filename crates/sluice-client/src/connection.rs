@@ -22,6 +22,7 @@ use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 use sluice_protocol::header::{decode_response, encode_request, peek_correlation_id};
 use sluice_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, Message, Request};
+use sluice_protocol::DecodeError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -66,14 +67,23 @@ pub struct VersionRange {
     pub max: i16,
 }
 
-type Reply = std::result::Result<Bytes, String>;
+/// Why a connection closed.
+#[derive(Debug, Clone)]
+enum Closed {
+    /// The socket failed or the broker hung up: reconnecting may help.
+    Lost(String),
+    /// The broker sent a frame over `max_frame_bytes`: the same request would get it again.
+    FrameTooLarge { size: i64, max: usize },
+}
+
+type Reply = std::result::Result<Bytes, Closed>;
 
 /// State shared by the connection handle and its reader and writer tasks.
 #[derive(Debug, Default)]
 struct Shared {
     pending: Mutex<HashMap<i32, oneshot::Sender<Reply>>>,
     /// Why the connection closed, once it has.
-    closed: Mutex<Option<String>>,
+    closed: Mutex<Option<Closed>>,
 }
 
 impl Shared {
@@ -82,12 +92,12 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn closed_reason(&self) -> Option<String> {
+    fn closed_reason(&self) -> Option<Closed> {
         self.closed.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Marks the connection closed and fails every request in flight.
-    fn close(&self, reason: String) {
+    fn close(&self, reason: Closed) {
         let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
         if closed.is_none() {
             *closed = Some(reason.clone());
@@ -202,7 +212,8 @@ impl Connection {
         self.send_version(request, version).await
     }
 
-    /// Sends `request` at `version` and waits for the response.
+    /// Sends `request` at `version` and waits for the response. The request timeout covers
+    /// both waiting for room in the send queue and waiting for the answer.
     pub async fn send_version<R: Request>(&self, request: &R, version: i16) -> Result<R::Response> {
         let api = api_name::<R>();
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
@@ -213,20 +224,25 @@ impl Connection {
         let (reply, response) = oneshot::channel();
         self.shared.pending().insert(correlation_id, reply);
         let _guard = PendingGuard { shared: &self.shared, correlation_id };
-        if let Some(reason) = self.shared.closed_reason() {
-            return Err(self.disconnected(reason));
-        }
-        if self.writer.send(frame.freeze()).await.is_err() {
-            return Err(self.disconnected(self.shared.closed_reason().unwrap_or_else(|| "writer stopped".into())));
-        }
-        let body = match tokio::time::timeout(self.config.request_timeout, response).await {
+        let exchange = async {
+            if let Some(reason) = self.shared.closed_reason() {
+                return Err(reason);
+            }
+            if self.writer.send(frame.freeze()).await.is_err() {
+                return Err(self.shared.closed_reason().unwrap_or_else(|| Closed::Lost("the writer stopped".into())));
+            }
+            match response.await {
+                Ok(reply) => reply,
+                Err(_) => Err(Closed::Lost("the connection shut down".into())),
+            }
+        };
+        let body = match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Err(_) => {
                 let timeout = self.config.request_timeout;
                 return Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout });
             }
-            Ok(Err(_)) => return Err(self.disconnected("the connection shut down".into())),
-            Ok(Ok(Err(reason))) => return Err(self.disconnected(reason)),
-            Ok(Ok(Ok(body))) => body,
+            Ok(Err(reason)) => return Err(self.closed_error(reason)),
+            Ok(Ok(body)) => body,
         };
         let (_, response) = decode_response::<R>(body, version).map_err(|source| Error::Decode {
             broker: self.broker.clone(),
@@ -237,8 +253,12 @@ impl Connection {
         Ok(response)
     }
 
-    fn disconnected(&self, reason: String) -> Error {
-        Error::Disconnected { broker: self.broker.clone(), reason }
+    fn closed_error(&self, reason: Closed) -> Error {
+        let broker = self.broker.clone();
+        match reason {
+            Closed::Lost(reason) => Error::Disconnected { broker, reason },
+            Closed::FrameTooLarge { size, max } => Error::ResponseTooLarge { broker, size, max },
+        }
     }
 
     /// Asks the broker for its API versions: v3 (with our name and version, KIP-511), and v0 if
@@ -283,15 +303,20 @@ async fn read_loop(mut read: OwnedReadHalf, shared: Arc<Shared>, decoder: FrameD
 }
 
 /// Reads and dispatches frames until the stream fails; returns why it stopped.
-async fn read_frames(read: &mut OwnedReadHalf, shared: &Shared, decoder: FrameDecoder) -> String {
+async fn read_frames(read: &mut OwnedReadHalf, shared: &Shared, decoder: FrameDecoder) -> Closed {
     const READ_CHUNK: usize = 64 * 1024;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => dispatch(shared, frame),
+                Ok(Some(frame)) => {
+                    if let Err(reason) = dispatch(shared, frame) {
+                        return reason;
+                    }
+                }
                 Ok(None) => break,
-                Err(e) => return format!("bad frame from the broker: {e}"),
+                Err(DecodeError::FrameTooLarge { size, max }) => return Closed::FrameTooLarge { size, max },
+                Err(e) => return Closed::Lost(format!("bad frame from the broker: {e}")),
             }
         }
         // Reserve the rest of a frame whose size is known in one go, else a chunk.
@@ -301,19 +326,22 @@ async fn read_frames(read: &mut OwnedReadHalf, shared: &Shared, decoder: FrameDe
         };
         buf.reserve(wanted);
         match read.read_buf(&mut buf).await {
-            Ok(0) => return "the broker closed the connection".into(),
+            Ok(0) => return Closed::Lost("the broker closed the connection".into()),
             Ok(_) => {}
-            Err(e) => return format!("read failed: {e}"),
+            Err(e) => return Closed::Lost(format!("read failed: {e}")),
         }
     }
 }
 
-fn dispatch(shared: &Shared, frame: Bytes) {
-    let Ok(correlation_id) = peek_correlation_id(&frame) else { return };
+/// Hands a response to the request waiting for it.
+fn dispatch(shared: &Shared, frame: Bytes) -> std::result::Result<(), Closed> {
+    let correlation_id = peek_correlation_id(&frame)
+        .map_err(|e| Closed::Lost(format!("the broker sent a frame too short for a response header: {e}")))?;
     // No waiter means the request timed out or was dropped: discard the late response.
     if let Some(waiter) = shared.pending().remove(&correlation_id) {
         let _ = waiter.send(Ok(frame));
     }
+    Ok(())
 }
 
 async fn write_loop(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
@@ -331,6 +359,6 @@ async fn write_loop(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>, sha
     }
     .await;
     if let Err(e) = result {
-        shared.close(format!("write failed: {e}"));
+        shared.close(Closed::Lost(format!("write failed: {e}")));
     }
 }

@@ -37,6 +37,17 @@ pub enum Error {
         /// Why, as far as the client knows.
         reason: String,
     },
+    /// The broker sent a response larger than the configured maximum frame size. Retrying the
+    /// same request would get the same answer.
+    #[error("broker {broker} sent a {size}-byte response, over max_frame_bytes ({max}); raise it or ask for less (e.g. a smaller fetch max_bytes)")]
+    ResponseTooLarge {
+        /// The broker address.
+        broker: String,
+        /// The frame's declared size.
+        size: i64,
+        /// The configured maximum.
+        max: usize,
+    },
     /// No response arrived within the request timeout.
     #[error("broker {broker} did not answer {api} v{version} within {timeout:?} (raise request_timeout if the broker is slow)")]
     RequestTimeout {

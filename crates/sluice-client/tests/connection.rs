@@ -157,7 +157,8 @@ async fn a_request_that_outlives_its_timeout_fails_and_the_connection_stays_usab
     let err = connection.send_version(&fetch_request("slow", 0, 2_000), version).await.unwrap_err();
     assert!(matches!(err, Error::RequestTimeout { .. }), "{err}");
     assert!(err.is_retriable());
-    // The late response arrives while this request is in flight and is discarded.
+    // Wait for the late response to arrive: nobody waits for it any more, so it is discarded
+    // and does not confuse the next request.
     tokio::time::sleep(Duration::from_millis(1_800)).await;
     let metadata = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap();
     assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some("slow")));
@@ -193,4 +194,37 @@ async fn requests_in_flight_fail_promptly_when_the_broker_dies() {
     assert!(connection.is_closed());
     let again = connection.send(&MetadataRequest::default()).await.unwrap_err();
     assert!(matches!(again, Error::Disconnected { .. }), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_the_frame_limit_is_a_non_retriable_error() {
+    let tansu = Tansu::start();
+    // Room for ApiVersions and Metadata, not for a fetch of 100 records.
+    let config = ConnectionConfig { max_frame_bytes: 2_000, ..ConnectionConfig::default() };
+    let connection = Connection::connect(&tansu.addr, config).await.unwrap();
+    create_topic(&connection, "big", 1).await;
+    let records: Vec<Record> =
+        (0..100).map(|i| Record { offset: i, value: Some(vec![b'x'; 100].into()), ..Record::default() }).collect();
+    let mut batch = BytesMut::new();
+    encode_batch(&BatchHeader::default(), &records, &mut batch).unwrap();
+    let produce = ProduceRequest {
+        acks: -1,
+        timeout_ms: 5_000,
+        topic_data: vec![TopicProduceData {
+            name: "big".into(),
+            partition_data: vec![PartitionProduceData {
+                index: 0,
+                records: Some(batch.freeze()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    connection.send(&produce).await.unwrap();
+    let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
+    let err = connection.send_version(&fetch_request("big", 0, 100), version).await.unwrap_err();
+    assert!(matches!(err, Error::ResponseTooLarge { max: 2_000, .. }), "{err}");
+    assert!(!err.is_retriable(), "retrying would fetch the same oversized response");
+    assert!(err.to_string().contains("max_frame_bytes"), "{err}");
 }

@@ -207,7 +207,7 @@ fn get_nullable_len(buf: &mut Bytes, what: &'static str, compact: bool, int16: b
     match len {
         -1 => Ok(None),
         n if n < -1 => Err(DecodeError::InvalidLength { what, length: n, reason: "negative" }),
-        // `n` is in 0..=i32::MAX here, so it fits in usize on every platform Rust supports.
+        // `n` is at most u32::MAX - 1 here, which fits in usize on every platform sluice supports.
         n => Ok(Some(n as usize)),
     }
 }
@@ -261,6 +261,13 @@ pub fn get_nullable_array_len(buf: &mut Bytes, compact: bool, min_element_bytes:
     Ok(len)
 }
 
+/// How many elements to reserve for an array of `n` read from the wire: `n` is already bounded
+/// by the bytes left, but an element in memory can be much larger than its smallest encoding,
+/// so reserve at most a modest number up front and let the vector grow with the real data.
+pub fn bounded_capacity(n: usize) -> usize {
+    n.min(1024)
+}
+
 /// Reads a non-null ARRAY or COMPACT_ARRAY length; see [`get_nullable_array_len`].
 pub fn get_array_len(buf: &mut Bytes, compact: bool, min_element_bytes: usize) -> DecodeResult<usize> {
     non_null(get_nullable_array_len(buf, compact, min_element_bytes)?, "array")
@@ -274,16 +281,9 @@ pub fn get_tagged_fields(
     mut known: impl FnMut(u32, &mut Bytes) -> DecodeResult<bool>,
 ) -> DecodeResult<()> {
     let count = get_uvarint(buf)?;
-    let mut previous: Option<u32> = None;
+    // Like the Java reader, accept tags in any order; writers emit them ascending.
     for _ in 0..count {
         let tag = get_uvarint(buf)?;
-        if previous.is_some_and(|p| tag <= p) {
-            return Err(DecodeError::InvalidValue {
-                what: "tagged fields",
-                detail: format!("tag {tag} is not greater than the previous tag {previous:?}"),
-            });
-        }
-        previous = Some(tag);
         let size = get_uvarint(buf)? as usize;
         let mut body = take(buf, "tagged field", size)?;
         if !known(tag, &mut body)? {
@@ -432,6 +432,13 @@ pub fn put_array_len(buf: &mut BytesMut, len: Option<usize>, compact: bool) -> E
 /// Writes a tagged-field section from `(tag, encoded body)` pairs, which need not be sorted.
 pub fn put_tagged_fields(buf: &mut BytesMut, mut fields: Vec<(u32, Bytes)>) -> EncodeResult {
     fields.sort_by_key(|(tag, _)| *tag);
+    if let Some(pair) = fields.windows(2).find(|pair| pair.first().map(|f| f.0) == pair.get(1).map(|f| f.0)) {
+        let tag = pair.first().map_or(0, |f| f.0);
+        return Err(EncodeError::InvalidValue {
+            what: "tagged fields",
+            detail: format!("tag {tag} appears twice (an unknown tagged field reuses a known tag?)"),
+        });
+    }
     let count = u32::try_from(fields.len()).map_err(|_| EncodeError::TooLong {
         what: "tagged fields",
         length: fields.len(),
@@ -542,6 +549,26 @@ mod tests {
         .unwrap();
         assert_eq!(seen, Some(5));
         assert_eq!(unknown, vec![RawTaggedField { tag: 7, data: Bytes::from_static(b"xyz") }]);
+    }
+
+    #[test]
+    fn a_tag_written_twice_is_an_encode_error() {
+        let twice = vec![(3, Bytes::from_static(b"a")), (3, Bytes::from_static(b"b"))];
+        assert!(matches!(put_tagged_fields(&mut BytesMut::new(), twice), Err(EncodeError::InvalidValue { .. })));
+    }
+
+    #[test]
+    fn tags_are_read_in_any_order_as_the_java_reader_does() {
+        let mut out = BytesMut::new();
+        put_uvarint(&mut out, 2);
+        for tag in [5u32, 1] {
+            put_uvarint(&mut out, tag);
+            put_uvarint(&mut out, 1);
+            out.put_u8(tag as u8);
+        }
+        let mut unknown = Vec::new();
+        get_tagged_fields(&mut out.freeze(), &mut unknown, |_, _| Ok(false)).unwrap();
+        assert_eq!(unknown.iter().map(|f| f.tag).collect::<Vec<_>>(), vec![5, 1]);
     }
 
     #[test]

@@ -39,7 +39,11 @@ where
 fn check_truncations_fail_cleanly<M: Message>(bytes: &Bytes, version: i16) {
     for cut in [0, bytes.len() / 2, bytes.len().saturating_sub(1)] {
         if cut < bytes.len() {
-            let _ = decode_exact::<M>(bytes.slice(..cut), version);
+            assert!(
+                decode_exact::<M>(bytes.slice(..cut), version).is_err(),
+                "{} v{version}: a {cut}-byte prefix decoded",
+                M::NAME
+            );
         }
     }
 }

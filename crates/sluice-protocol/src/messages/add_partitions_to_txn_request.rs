@@ -162,7 +162,7 @@ impl Decodable for AddPartitionsToTxnRequest {
         if version >= 4 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, AddPartitionsToTxnTransaction::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(AddPartitionsToTxnTransaction::decode(buf, version)?);
                 }
@@ -195,7 +195,7 @@ impl Decodable for AddPartitionsToTxnRequest {
         if version <= 3 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, AddPartitionsToTxnTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(AddPartitionsToTxnTopic::decode(buf, version)?);
                 }
@@ -319,7 +319,7 @@ impl Decodable for AddPartitionsToTxnTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -510,7 +510,7 @@ impl Decodable for AddPartitionsToTxnTransaction {
         if version >= 4 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, AddPartitionsToTxnTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(AddPartitionsToTxnTopic::decode(buf, version)?);
                 }

@@ -146,7 +146,7 @@ impl Decodable for AddPartitionsToTxnResponse {
         if version >= 4 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, AddPartitionsToTxnResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(AddPartitionsToTxnResult::decode(buf, version)?);
                 }
@@ -158,7 +158,7 @@ impl Decodable for AddPartitionsToTxnResponse {
         if version <= 3 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, AddPartitionsToTxnTopicResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(AddPartitionsToTxnTopicResult::decode(buf, version)?);
                 }
@@ -279,7 +279,7 @@ impl Decodable for AddPartitionsToTxnTopicResult {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, AddPartitionsToTxnPartitionResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(AddPartitionsToTxnPartitionResult::decode(buf, version)?);
                 }
@@ -499,7 +499,7 @@ impl Decodable for AddPartitionsToTxnResult {
         if version >= 4 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, AddPartitionsToTxnTopicResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(AddPartitionsToTxnTopicResult::decode(buf, version)?);
                 }

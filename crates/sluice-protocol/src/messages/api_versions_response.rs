@@ -165,7 +165,7 @@ impl Decodable for ApiVersionsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, ApiVersion::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(ApiVersion::decode(buf, version)?);
                 }
@@ -187,7 +187,7 @@ impl Decodable for ApiVersionsResponse {
                 0 if version >= 3 => {
                     (|| -> DecodeResult<()> {
                         let n = get_array_len(buf, true, SupportedFeatureKey::min_encoded_size(version))?;
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(SupportedFeatureKey::decode(buf, version)?);
                         }
@@ -208,7 +208,7 @@ impl Decodable for ApiVersionsResponse {
                 2 if version >= 3 => {
                     (|| -> DecodeResult<()> {
                         let n = get_array_len(buf, true, FinalizedFeatureKey::min_encoded_size(version))?;
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(FinalizedFeatureKey::decode(buf, version)?);
                         }

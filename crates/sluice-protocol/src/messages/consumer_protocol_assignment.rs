@@ -32,7 +32,7 @@ impl Message for ConsumerProtocolAssignment {
     const FLEXIBLE_MIN_VERSION: Option<i16> = None;
 }
 
-/// `ConsumerProtocolAssignment` ( data, versions 0-3).
+/// `ConsumerProtocolAssignment` (data, versions 0-3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerProtocolAssignment {
     /// `AssignedPartitions`: versions 0-3.
@@ -94,7 +94,7 @@ impl Decodable for ConsumerProtocolAssignment {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, false, TopicPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TopicPartition::decode(buf, version)?);
                 }
@@ -195,7 +195,7 @@ impl Decodable for TopicPartition {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, false, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }

@@ -32,7 +32,7 @@ impl Message for ConsumerProtocolSubscription {
     const FLEXIBLE_MIN_VERSION: Option<i16> = None;
 }
 
-/// `ConsumerProtocolSubscription` ( data, versions 0-3).
+/// `ConsumerProtocolSubscription` (data, versions 0-3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerProtocolSubscription {
     /// `Topics`: versions 0-3.
@@ -124,7 +124,7 @@ impl Decodable for ConsumerProtocolSubscription {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, false, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_string(buf, false)?);
                 }
@@ -150,7 +150,7 @@ impl Decodable for ConsumerProtocolSubscription {
         if version >= 1 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, false, TopicPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TopicPartition::decode(buf, version)?);
                 }
@@ -287,7 +287,7 @@ impl Decodable for TopicPartition {
         if version >= 1 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, false, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }

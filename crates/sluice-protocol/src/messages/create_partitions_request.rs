@@ -100,7 +100,7 @@ impl Decodable for CreatePartitionsRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 2, CreatePartitionsTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(CreatePartitionsTopic::decode(buf, version)?);
                 }
@@ -215,7 +215,7 @@ impl Decodable for CreatePartitionsAssignment {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 2, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -355,7 +355,7 @@ impl Decodable for CreatePartitionsTopic {
                         })
                     }
                     Some(n) => {
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(CreatePartitionsAssignment::decode(buf, version)?);
                         }

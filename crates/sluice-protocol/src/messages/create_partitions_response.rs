@@ -104,7 +104,7 @@ impl Decodable for CreatePartitionsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 2, CreatePartitionsTopicResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(CreatePartitionsTopicResult::decode(buf, version)?);
                 }

@@ -110,7 +110,7 @@ impl Decodable for CreateTopicsRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 5, CreatableTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(CreatableTopic::decode(buf, version)?);
                 }
@@ -235,7 +235,7 @@ impl Decodable for CreatableReplicaAssignment {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 5, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -479,7 +479,7 @@ impl Decodable for CreatableTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 5, CreatableReplicaAssignment::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(CreatableReplicaAssignment::decode(buf, version)?);
                 }
@@ -491,7 +491,7 @@ impl Decodable for CreatableTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 5, CreatableTopicConfig::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(CreatableTopicConfig::decode(buf, version)?);
                 }

@@ -107,7 +107,7 @@ impl Decodable for CreateTopicsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 5, CreatableTopicResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(CreatableTopicResult::decode(buf, version)?);
                 }
@@ -519,7 +519,7 @@ impl Decodable for CreatableTopicResult {
                         })
                     }
                     Some(n) => {
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(CreatableTopicConfigs::decode(buf, version)?);
                         }

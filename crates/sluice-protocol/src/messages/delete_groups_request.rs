@@ -94,7 +94,7 @@ impl Decodable for DeleteGroupsRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 2, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_string(buf, version == 2)?);
                 }

@@ -104,7 +104,7 @@ impl Decodable for DeleteGroupsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 2, DeletableGroupResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DeletableGroupResult::decode(buf, version)?);
                 }

@@ -97,7 +97,7 @@ impl Decodable for DeleteRecordsRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 2, DeleteRecordsTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DeleteRecordsTopic::decode(buf, version)?);
                 }
@@ -305,7 +305,7 @@ impl Decodable for DeleteRecordsTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 2, DeleteRecordsPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DeleteRecordsPartition::decode(buf, version)?);
                 }

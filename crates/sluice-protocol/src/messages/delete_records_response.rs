@@ -104,7 +104,7 @@ impl Decodable for DeleteRecordsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 2, DeleteRecordsTopicResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DeleteRecordsTopicResult::decode(buf, version)?);
                 }
@@ -318,7 +318,7 @@ impl Decodable for DeleteRecordsTopicResult {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 2, DeleteRecordsPartitionResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DeleteRecordsPartitionResult::decode(buf, version)?);
                 }

@@ -110,7 +110,7 @@ impl Decodable for DeleteTopicsRequest {
         if version == 6 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 4, DeleteTopicState::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DeleteTopicState::decode(buf, version)?);
                 }
@@ -122,7 +122,7 @@ impl Decodable for DeleteTopicsRequest {
         if version <= 5 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 4, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_string(buf, version >= 4)?);
                 }

@@ -107,7 +107,7 @@ impl Decodable for DeleteTopicsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 4, DeletableTopicResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DeletableTopicResult::decode(buf, version)?);
                 }

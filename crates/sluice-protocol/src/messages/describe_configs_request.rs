@@ -124,7 +124,7 @@ impl Decodable for DescribeConfigsRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, DescribeConfigsResource::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DescribeConfigsResource::decode(buf, version)?);
                 }
@@ -285,7 +285,7 @@ impl Decodable for DescribeConfigsResource {
                         })
                     }
                     Some(n) => {
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(get_string(buf, version == 4)?);
                         }

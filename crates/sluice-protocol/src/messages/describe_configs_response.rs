@@ -104,7 +104,7 @@ impl Decodable for DescribeConfigsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, DescribeConfigsResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DescribeConfigsResult::decode(buf, version)?);
                 }
@@ -463,7 +463,7 @@ impl Decodable for DescribeConfigsResourceResult {
         if version >= 1 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, DescribeConfigsSynonym::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DescribeConfigsSynonym::decode(buf, version)?);
                 }
@@ -664,7 +664,7 @@ impl Decodable for DescribeConfigsResult {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, DescribeConfigsResourceResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DescribeConfigsResourceResult::decode(buf, version)?);
                 }

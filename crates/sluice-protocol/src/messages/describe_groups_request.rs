@@ -107,7 +107,7 @@ impl Decodable for DescribeGroupsRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 5, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_string(buf, version == 5)?);
                 }

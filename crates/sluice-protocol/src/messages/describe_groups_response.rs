@@ -107,7 +107,7 @@ impl Decodable for DescribeGroupsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 5, DescribedGroup::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DescribedGroup::decode(buf, version)?);
                 }
@@ -447,7 +447,7 @@ impl Decodable for DescribedGroup {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 5, DescribedGroupMember::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(DescribedGroupMember::decode(buf, version)?);
                 }

@@ -246,7 +246,7 @@ impl Decodable for FetchRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 12, FetchTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(FetchTopic::decode(buf, version)?);
                 }
@@ -258,7 +258,7 @@ impl Decodable for FetchRequest {
         if version >= 7 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 12, ForgottenTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(ForgottenTopic::decode(buf, version)?);
                 }
@@ -746,7 +746,7 @@ impl Decodable for FetchTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 12, FetchPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(FetchPartition::decode(buf, version)?);
                 }
@@ -878,7 +878,7 @@ impl Decodable for ForgottenTopic {
         if version >= 7 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 12, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }

@@ -162,7 +162,7 @@ impl Decodable for FetchResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 12, FetchableTopicResponse::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(FetchableTopicResponse::decode(buf, version)?);
                 }
@@ -177,7 +177,7 @@ impl Decodable for FetchResponse {
                 0 if version >= 16 => {
                     (|| -> DecodeResult<()> {
                         let n = get_array_len(buf, true, NodeEndpoint::min_encoded_size(version))?;
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(NodeEndpoint::decode(buf, version)?);
                         }
@@ -865,7 +865,7 @@ impl Decodable for PartitionData {
                             })
                         }
                         Some(n) => {
-                            let mut items = Vec::with_capacity(n);
+                            let mut items = Vec::with_capacity(bounded_capacity(n));
                             for _ in 0..n {
                                 items.push(AbortedTransaction::decode(buf, version)?);
                             }
@@ -1068,7 +1068,7 @@ impl Decodable for FetchableTopicResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 12, PartitionData::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(PartitionData::decode(buf, version)?);
                 }

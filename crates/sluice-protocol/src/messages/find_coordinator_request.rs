@@ -137,7 +137,7 @@ impl Decodable for FindCoordinatorRequest {
         if version >= 4 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_string(buf, version >= 3)?);
                 }

@@ -199,7 +199,7 @@ impl Decodable for JoinGroupRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, JoinGroupRequestProtocol::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(JoinGroupRequestProtocol::decode(buf, version)?);
                 }

@@ -228,7 +228,7 @@ impl Decodable for JoinGroupResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, JoinGroupResponseMember::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(JoinGroupResponseMember::decode(buf, version)?);
                 }

@@ -130,7 +130,7 @@ impl Decodable for LeaveGroupRequest {
         if version >= 3 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 4, MemberIdentity::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(MemberIdentity::decode(buf, version)?);
                 }

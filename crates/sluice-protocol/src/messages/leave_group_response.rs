@@ -123,7 +123,7 @@ impl Decodable for LeaveGroupResponse {
         if version >= 3 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 4, MemberResponse::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(MemberResponse::decode(buf, version)?);
                 }

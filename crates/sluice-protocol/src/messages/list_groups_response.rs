@@ -117,7 +117,7 @@ impl Decodable for ListGroupsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, ListedGroup::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(ListedGroup::decode(buf, version)?);
                 }

@@ -130,7 +130,7 @@ impl Decodable for ListOffsetsRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, ListOffsetsTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(ListOffsetsTopic::decode(buf, version)?);
                 }
@@ -388,7 +388,7 @@ impl Decodable for ListOffsetsTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, ListOffsetsPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(ListOffsetsPartition::decode(buf, version)?);
                 }

@@ -107,7 +107,7 @@ impl Decodable for ListOffsetsResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, ListOffsetsTopicResponse::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(ListOffsetsTopicResponse::decode(buf, version)?);
                 }
@@ -280,7 +280,7 @@ impl Decodable for ListOffsetsPartitionResponse {
         if version == 0 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, 8)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i64(buf)?);
                 }
@@ -421,7 +421,7 @@ impl Decodable for ListOffsetsTopicResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, ListOffsetsPartitionResponse::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(ListOffsetsPartitionResponse::decode(buf, version)?);
                 }

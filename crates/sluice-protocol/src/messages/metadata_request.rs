@@ -153,7 +153,7 @@ impl Decodable for MetadataRequest {
                             })
                         }
                         Some(n) => {
-                            let mut items = Vec::with_capacity(n);
+                            let mut items = Vec::with_capacity(bounded_capacity(n));
                             for _ in 0..n {
                                 items.push(MetadataRequestTopic::decode(buf, version)?);
                             }

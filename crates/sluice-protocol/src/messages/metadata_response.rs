@@ -153,7 +153,7 @@ impl Decodable for MetadataResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, MetadataResponseBroker::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(MetadataResponseBroker::decode(buf, version)?);
                 }
@@ -186,7 +186,7 @@ impl Decodable for MetadataResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, MetadataResponseTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(MetadataResponseTopic::decode(buf, version)?);
                 }
@@ -512,7 +512,7 @@ impl Decodable for MetadataResponsePartition {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -524,7 +524,7 @@ impl Decodable for MetadataResponsePartition {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -536,7 +536,7 @@ impl Decodable for MetadataResponsePartition {
         if version >= 5 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -740,7 +740,7 @@ impl Decodable for MetadataResponseTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, MetadataResponsePartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(MetadataResponsePartition::decode(buf, version)?);
                 }

@@ -184,7 +184,7 @@ impl Decodable for OffsetCommitRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 8, OffsetCommitRequestTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetCommitRequestTopic::decode(buf, version)?);
                 }
@@ -469,7 +469,7 @@ impl Decodable for OffsetCommitRequestTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 8, OffsetCommitRequestPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetCommitRequestPartition::decode(buf, version)?);
                 }

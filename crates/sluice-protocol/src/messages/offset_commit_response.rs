@@ -107,7 +107,7 @@ impl Decodable for OffsetCommitResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 8, OffsetCommitResponseTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetCommitResponseTopic::decode(buf, version)?);
                 }
@@ -308,7 +308,7 @@ impl Decodable for OffsetCommitResponseTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 8, OffsetCommitResponsePartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetCommitResponsePartition::decode(buf, version)?);
                 }

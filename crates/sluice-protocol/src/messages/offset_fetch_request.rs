@@ -169,7 +169,7 @@ impl Decodable for OffsetFetchRequest {
                         })
                     }
                     Some(n) => {
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(OffsetFetchRequestTopic::decode(buf, version)?);
                         }
@@ -183,7 +183,7 @@ impl Decodable for OffsetFetchRequest {
         if version >= 8 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, OffsetFetchRequestGroup::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetFetchRequestGroup::decode(buf, version)?);
                 }
@@ -334,7 +334,7 @@ impl Decodable for OffsetFetchRequestTopic {
         if version <= 7 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -461,7 +461,7 @@ impl Decodable for OffsetFetchRequestTopics {
         if version >= 8 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, 4)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_i32(buf)?);
                 }
@@ -658,7 +658,7 @@ impl Decodable for OffsetFetchRequestGroup {
                         })
                     }
                     Some(n) => {
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(OffsetFetchRequestTopics::decode(buf, version)?);
                         }

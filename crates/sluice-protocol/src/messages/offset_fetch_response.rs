@@ -135,7 +135,7 @@ impl Decodable for OffsetFetchResponse {
         if version <= 7 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, OffsetFetchResponseTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetFetchResponseTopic::decode(buf, version)?);
                 }
@@ -154,7 +154,7 @@ impl Decodable for OffsetFetchResponse {
         if version >= 8 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, OffsetFetchResponseGroup::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetFetchResponseGroup::decode(buf, version)?);
                 }
@@ -486,7 +486,7 @@ impl Decodable for OffsetFetchResponseTopic {
         if version <= 7 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, OffsetFetchResponsePartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetFetchResponsePartition::decode(buf, version)?);
                 }
@@ -805,7 +805,7 @@ impl Decodable for OffsetFetchResponseTopics {
         if version >= 8 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, OffsetFetchResponsePartitions::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetFetchResponsePartitions::decode(buf, version)?);
                 }
@@ -944,7 +944,7 @@ impl Decodable for OffsetFetchResponseGroup {
         if version >= 8 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 6, OffsetFetchResponseTopics::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetFetchResponseTopics::decode(buf, version)?);
                 }

@@ -107,7 +107,7 @@ impl Decodable for OffsetForLeaderEpochRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, OffsetForLeaderTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetForLeaderTopic::decode(buf, version)?);
                 }
@@ -324,7 +324,7 @@ impl Decodable for OffsetForLeaderTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, OffsetForLeaderPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetForLeaderPartition::decode(buf, version)?);
                 }

@@ -107,7 +107,7 @@ impl Decodable for OffsetForLeaderEpochResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, OffsetForLeaderTopicResult::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(OffsetForLeaderTopicResult::decode(buf, version)?);
                 }
@@ -337,7 +337,7 @@ impl Decodable for OffsetForLeaderTopicResult {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version == 4, EpochEndOffset::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(EpochEndOffset::decode(buf, version)?);
                 }

@@ -154,7 +154,7 @@ impl Decodable for ProduceRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, TopicProduceData::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TopicProduceData::decode(buf, version)?);
                 }
@@ -371,7 +371,7 @@ impl Decodable for TopicProduceData {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, PartitionProduceData::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(PartitionProduceData::decode(buf, version)?);
                 }

@@ -125,7 +125,7 @@ impl Decodable for ProduceResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, TopicProduceResponse::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TopicProduceResponse::decode(buf, version)?);
                 }
@@ -147,7 +147,7 @@ impl Decodable for ProduceResponse {
                 0 if version >= 10 => {
                     (|| -> DecodeResult<()> {
                         let n = get_array_len(buf, true, NodeEndpoint::min_encoded_size(version))?;
-                        let mut items = Vec::with_capacity(n);
+                        let mut items = Vec::with_capacity(bounded_capacity(n));
                         for _ in 0..n {
                             items.push(NodeEndpoint::decode(buf, version)?);
                         }
@@ -587,7 +587,7 @@ impl Decodable for PartitionProduceResponse {
         if version >= 8 {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, BatchIndexAndErrorMessage::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(BatchIndexAndErrorMessage::decode(buf, version)?);
                 }
@@ -737,7 +737,7 @@ impl Decodable for TopicProduceResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 9, PartitionProduceResponse::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(PartitionProduceResponse::decode(buf, version)?);
                 }

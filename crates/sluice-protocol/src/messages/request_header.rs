@@ -32,7 +32,7 @@ impl Message for RequestHeader {
     const FLEXIBLE_MIN_VERSION: Option<i16> = Some(2);
 }
 
-/// `RequestHeader` ( header, versions 0-2, flexible from 2).
+/// `RequestHeader` (header, versions 0-2, flexible from 2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestHeader {
     /// `RequestApiKey`: versions 0-2.

@@ -32,7 +32,7 @@ impl Message for ResponseHeader {
     const FLEXIBLE_MIN_VERSION: Option<i16> = Some(1);
 }
 
-/// `ResponseHeader` ( header, versions 0-1, flexible from 1).
+/// `ResponseHeader` (header, versions 0-1, flexible from 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponseHeader {
     /// `CorrelationId`: versions 0-1.

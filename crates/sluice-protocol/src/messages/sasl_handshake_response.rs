@@ -94,7 +94,7 @@ impl Decodable for SaslHandshakeResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, false, 1)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(get_string(buf, false)?);
                 }

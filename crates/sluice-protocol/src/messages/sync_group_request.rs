@@ -220,7 +220,7 @@ impl Decodable for SyncGroupRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 4, SyncGroupRequestAssignment::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(SyncGroupRequestAssignment::decode(buf, version)?);
                 }

@@ -215,7 +215,7 @@ impl Decodable for TxnOffsetCommitRequest {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, TxnOffsetCommitRequestTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TxnOffsetCommitRequestTopic::decode(buf, version)?);
                 }
@@ -482,7 +482,7 @@ impl Decodable for TxnOffsetCommitRequestTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, TxnOffsetCommitRequestPartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TxnOffsetCommitRequestPartition::decode(buf, version)?);
                 }

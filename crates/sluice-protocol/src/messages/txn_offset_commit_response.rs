@@ -104,7 +104,7 @@ impl Decodable for TxnOffsetCommitResponse {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, TxnOffsetCommitResponseTopic::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TxnOffsetCommitResponseTopic::decode(buf, version)?);
                 }
@@ -305,7 +305,7 @@ impl Decodable for TxnOffsetCommitResponseTopic {
         if true {
             (|| -> DecodeResult<()> {
                 let n = get_array_len(buf, version >= 3, TxnOffsetCommitResponsePartition::min_encoded_size(version))?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(bounded_capacity(n));
                 for _ in 0..n {
                     items.push(TxnOffsetCommitResponsePartition::decode(buf, version)?);
                 }

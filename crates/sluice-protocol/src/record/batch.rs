@@ -1,11 +1,10 @@
 //! Record batches, magic 2 (Kafka 0.11 and later).
 //!
 //! ```text
-//! baseOffset: int64               partitionLeaderEpoch: int32   magic: int8 (2)
-//! batchLength: int32              crc: uint32 (CRC-32C of attributes..end)
-//! attributes: int16               lastOffsetDelta: int32        baseTimestamp: int64
-//! maxTimestamp: int64             producerId: int64             producerEpoch: int16
-//! baseSequence: int32             recordsCount: int32           records (possibly compressed)
+//! baseOffset: int64   batchLength: int32   partitionLeaderEpoch: int32   magic: int8 (2)
+//! crc: uint32 (CRC-32C of attributes..end)   attributes: int16   lastOffsetDelta: int32
+//! baseTimestamp: int64   maxTimestamp: int64   producerId: int64   producerEpoch: int16
+//! baseSequence: int32   recordsCount: int32   records (possibly compressed)
 //!
 //! record: length: varint  attributes: int8  timestampDelta: varlong  offsetDelta: varint
 //!         keyLength: varint  key  valueLength: varint  value  headersCount: varint
@@ -286,18 +285,33 @@ pub fn encode_batch(batch: &BatchHeader, records: &[Record], out: &mut BytesMut)
         .map_err(|e| EncodeError::InvalidValue { what: "record batch attributes", detail: e.to_string() })?;
     let header = derived_header(batch, records)?;
     let start = out.len();
-    put_header(out, batch, &header);
+    let result = put_batch(out, batch, records, &header, compression).and_then(|()| finish_batch(out, start));
+    if result.is_err() {
+        // Leave no half-written batch behind: callers append several batches to one buffer.
+        out.truncate(start);
+    }
+    result
+}
+
+fn put_batch(
+    out: &mut BytesMut,
+    batch: &BatchHeader,
+    records: &[Record],
+    header: &DerivedHeader,
+    compression: Compression,
+) -> Result<(), EncodeError> {
+    put_header(out, batch, header);
     match compression {
-        Compression::None => put_records(out, batch.base_offset, records, &header)?,
+        Compression::None => put_records(out, batch.base_offset, records, header)?,
         codec => {
             let mut plain = Vec::with_capacity(estimate_records_len(records));
-            put_records(&mut plain, batch.base_offset, records, &header)?;
+            put_records(&mut plain, batch.base_offset, records, header)?;
             let mut packed = Vec::with_capacity(plain.len() / 2 + 64);
             compress(codec, &plain, &mut packed)?;
             out.put_slice(&packed);
         }
     }
-    finish_batch(out, start)
+    Ok(())
 }
 
 /// Header fields derived from the records.

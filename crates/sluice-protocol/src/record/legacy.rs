@@ -112,7 +112,13 @@ fn parse(data: &[u8], at: usize, len: usize, verify_crc: bool) -> Result<Message
     let attributes = *entry.get(MAGIC_OFFSET + 1).ok_or(eof(MAGIC_OFFSET + 2))? as i8;
     let (timestamp, mut position) = match magic {
         0 => (-1, MAGIC_OFFSET + 2),
-        _ => (be_i64(entry, MAGIC_OFFSET + 2).ok_or(eof(MAGIC_OFFSET + 10))?, MAGIC_OFFSET + 10),
+        1 => (be_i64(entry, MAGIC_OFFSET + 2).ok_or(eof(MAGIC_OFFSET + 10))?, MAGIC_OFFSET + 10),
+        other => {
+            return Err(DecodeError::InvalidValue {
+                what: "legacy message magic",
+                detail: format!("{other} is not 0 or 1"),
+            });
+        }
     };
     let mut field = |what: &'static str| -> Result<Span, DecodeError> {
         let field_len = be_i32(entry, position).ok_or(eof(position + 4))?;
@@ -165,6 +171,12 @@ fn decode_wrapper(
         let message = parse(&inner, position, total, options.verify_crc)?;
         if message.compression()? != Compression::None {
             return Err(DecodeError::InvalidValue { what: "inner message", detail: "nested compression".into() });
+        }
+        if message.magic != wrapper.magic {
+            return Err(DecodeError::InvalidValue {
+                what: "inner message",
+                detail: format!("magic {} inside a wrapper of magic {}", message.magic, wrapper.magic),
+            });
         }
         messages.push(message);
         position += total;

@@ -213,9 +213,11 @@ pub struct DecodedRecords {
 }
 
 impl DecodedRecords {
-    /// All records of all batches, in order.
+    /// The data records of all batches, in order. Control batches (transaction markers) are
+    /// skipped, as Kafka consumers skip them; they stay in [`DecodedRecords::batches`] for callers
+    /// that track transactions.
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
-        self.batches.iter().flat_map(RecordBatch::records)
+        self.batches.iter().filter(|b| !b.header.is_control()).flat_map(RecordBatch::records)
     }
 }
 

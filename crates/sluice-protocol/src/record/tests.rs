@@ -96,16 +96,20 @@ fn batches_before_the_start_offset_are_skipped_without_reading_them() {
     assert_eq!(decoded.next_offset, Some(20));
 }
 
-#[test]
-fn control_batches_and_transactional_flags_are_exposed() {
-    // A commit marker: key = version 0, type 1; value = version 0, coordinator epoch 5.
-    let marker = Record {
-        offset: 7,
+/// A commit marker: key = version 0, type 1; value = version 0, coordinator epoch 5.
+fn marker_record() -> Record {
+    Record {
+        offset: 0,
         timestamp: 1,
         key: Some(Bytes::from_static(&[0, 0, 0, 1])),
         value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 5])),
         headers: vec![],
-    };
+    }
+}
+
+#[test]
+fn control_batches_and_transactional_flags_are_exposed() {
+    let marker = Record { offset: 7, ..marker_record() };
     let control = BatchHeader {
         base_offset: 7,
         attributes: ATTR_TRANSACTIONAL | ATTR_CONTROL,
@@ -120,6 +124,15 @@ fn control_batches_and_transactional_flags_are_exposed() {
     assert_eq!((b.header.producer_id, b.header.producer_epoch), (99, 1));
     let data = decode_records(&encode(&[batch(0, 1, Compression::None)]), &DecodeOptions::default()).unwrap();
     assert_eq!(data.batches[0].control_type(), None);
+
+    // Data then a marker: records() yields the data only, as a consumer expects; the marker
+    // batch stays visible in `batches`.
+    let mut mixed = BytesMut::from(&encode(&[batch(0, 7, Compression::None)])[..]);
+    mixed.extend_from_slice(&encode(&[(control, vec![Record { offset: 7, ..marker_record() }])]));
+    let decoded = decode_records(&mixed.freeze(), &DecodeOptions::default()).unwrap();
+    assert_eq!(decoded.records().map(|r| r.offset()).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
+    assert_eq!(decoded.batches.len(), 2);
+    assert!(decoded.batches[1].header.is_control());
 }
 
 #[test]
@@ -193,6 +206,26 @@ fn legacy_v0_and_v1_messages_decode_including_compressed_wrappers() {
     assert_eq!(decoded.batches[1].record(0).unwrap().key(), None);
     assert_eq!(decoded.batches[2].header.compression(), Compression::Gzip);
     assert_eq!(decoded.next_offset, Some(5));
+}
+
+#[test]
+fn a_failed_encode_leaves_the_buffer_as_it_was() {
+    let mut out = BytesMut::from(&b"earlier batches"[..]);
+    // An offset before the batch's base offset cannot be expressed as a delta.
+    let bad = vec![record(5, 0, None, Some("v")), record(4, 0, None, Some("w"))];
+    let header = BatchHeader { base_offset: 5, ..BatchHeader::with_compression(Compression::Lz4) };
+    assert!(encode_batch(&header, &bad, &mut out).is_err());
+    assert_eq!(&out[..], b"earlier batches");
+}
+
+#[test]
+fn a_wrapper_holding_messages_of_another_magic_is_refused() {
+    let mut inner = BytesMut::new();
+    encode_message(&mut inner, 0, 0, 0, -1, None, Some(b"old")).unwrap();
+    let mut set = BytesMut::new();
+    encode_wrapper(&mut set, 1, 0, 1_000, Compression::Gzip, &inner).unwrap();
+    let err = decode_records(&set.freeze(), &DecodeOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("magic 0 inside a wrapper of magic 1"), "{err}");
 }
 
 #[test]
