@@ -147,7 +147,7 @@ impl Connection {
     pub async fn connect(broker: &str, config: ConnectionConfig) -> Result<Self> {
         let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(broker)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(Error::Connect { broker: broker.to_owned(), source }),
+            Ok(Err(source)) => return Err(Error::Connect { broker: broker.to_owned(), source: Arc::new(source) }),
             Err(_) => return Err(Error::ConnectTimeout { broker: broker.to_owned(), timeout: config.connect_timeout }),
         };
         // Requests are small and latency matters more than packet count.
@@ -251,6 +251,30 @@ impl Connection {
             source,
         })?;
         Ok(response)
+    }
+
+    /// Queues a request the broker does not answer (Produce with acks=0) and returns once it is
+    /// handed to the writer.
+    pub async fn send_without_response<R: Request>(&self, request: &R, version: i16) -> Result<()> {
+        let api = api_name::<R>();
+        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let mut frame = BytesMut::new();
+        encode_request(&mut frame, correlation_id, self.config.client_id.as_deref(), version, request)
+            .map_err(|source| Error::Encode { broker: self.broker.clone(), api, version, source })?;
+        if let Some(reason) = self.shared.closed_reason() {
+            return Err(self.closed_error(reason));
+        }
+        match tokio::time::timeout(self.config.request_timeout, self.writer.send(frame.freeze())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                let reason = self.shared.closed_reason().unwrap_or_else(|| Closed::Lost("the writer stopped".into()));
+                Err(self.closed_error(reason))
+            }
+            Err(_) => {
+                let timeout = self.config.request_timeout;
+                Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout })
+            }
+        }
     }
 
     fn closed_error(&self, reason: Closed) -> Error {

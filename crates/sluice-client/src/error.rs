@@ -1,5 +1,6 @@
 //! The client's error type: which broker, which request, what went wrong, and what to do.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::error_code::ErrorCode;
@@ -8,8 +9,9 @@ use sluice_protocol::{DecodeError, EncodeError};
 /// Result of a client operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What can go wrong talking to a Kafka cluster.
-#[derive(Debug, thiserror::Error)]
+/// What can go wrong talking to a Kafka cluster. Cloneable, so that one failure can be reported to
+/// every record of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The TCP connection could not be made.
@@ -18,7 +20,7 @@ pub enum Error {
         /// The broker address.
         broker: String,
         /// The underlying I/O error.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The connection could not be made within the connect timeout.
     #[error("connecting to broker {broker} took longer than {timeout:?} (is the address reachable?)")]
@@ -100,6 +102,35 @@ pub enum Error {
         client_min: i16,
         /// The client's highest version.
         client_max: i16,
+    },
+    /// The record is larger than the producer's batch size or buffer memory.
+    #[error("a record of {size} bytes is larger than the producer allows ({max} bytes; raise batch_size_bytes and buffer_memory_bytes)")]
+    RecordTooLarge {
+        /// The record's encoded size, about.
+        size: usize,
+        /// The limit it exceeds.
+        max: usize,
+    },
+    /// A record was not acknowledged within the delivery timeout (retries included).
+    #[error("{topic}/{partition}: not delivered within {timeout:?} ({last_error})")]
+    DeliveryTimeout {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The configured delivery timeout.
+        timeout: Duration,
+        /// The last error seen before giving up.
+        last_error: String,
+    },
+    /// The producer was closed before the record was sent.
+    #[error("the producer is closed")]
+    ProducerClosed,
+    /// A topic the producer was asked to write to does not exist.
+    #[error("topic {topic} does not exist (create it first, or check the name)")]
+    UnknownTopic {
+        /// The topic.
+        topic: String,
     },
     /// The broker answered with an error code.
     #[error("broker {broker} answered {api} with {code}")]

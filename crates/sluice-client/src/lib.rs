@@ -4,8 +4,10 @@
 //! [`Connection`]: one broker, many requests in flight matched by correlation id, API versions
 //! negotiated on connect, request timeouts, and errors that name the broker and say what to do.
 //! On top, the [`Client`]: bootstrap, the metadata cache, one connection per broker reconnected
-//! with capped exponential backoff and jitter, leader lookup, and topic administration. The
-//! producer, the fetcher and consumer groups build on these.
+//! with capped exponential backoff and jitter, leader lookup, and topic administration; and the
+//! [`Producer`]: per-partition batching with linger and bounded memory, any codec, acks 0/1/all,
+//! idempotent by default, retries that keep per-partition order. The fetcher and consumer groups
+//! build on these.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -14,6 +16,7 @@ pub mod client;
 pub mod connection;
 pub mod error;
 pub mod partitioner;
+pub mod producer;
 
 pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
@@ -21,3 +24,4 @@ pub use client::{
 };
 pub use connection::{Connection, ConnectionConfig, VersionRange};
 pub use error::{Error, Result};
+pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

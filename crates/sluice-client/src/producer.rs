@@ -1,0 +1,655 @@
+//! The producer: records are gathered per partition into batches (up to `batch_size_bytes`, or
+//! until `linger` passes), compressed, and sent to each partition's leader, several partitions per
+//! request. Buffered bytes are bounded by `buffer_memory_bytes`: [`Producer::send`] waits for room
+//! (backpressure). Each record's future resolves to its offset once the broker acknowledges it.
+//!
+//! Idempotent by default (KIP-98): the producer gets a producer id and epoch (InitProducerId) and
+//! numbers each partition's batches, so a batch resent after a lost acknowledgement is written once,
+//! and up to `max_in_flight_per_partition` batches (5) can be in flight without reordering. A
+//! batch that fails with a retriable error goes back to the front of its partition's queue in
+//! sequence order and is resent, byte for byte, until `delivery_timeout` runs out. Without
+//! idempotence one batch per partition is in flight, which keeps order across retries.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use sluice_protocol::compression::Compression;
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use sluice_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
+use sluice_protocol::record::{encode_batch, BatchHeader, Record, RecordHeader};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
+use crate::connection::{check_error, Connection};
+use crate::error::{Error, Result};
+use crate::partitioner::partition_for_key;
+
+/// How many acknowledgements a produce waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// None: the broker does not answer; offsets are unknown (-1) and failures unseen.
+    None,
+    /// The leader has written the records.
+    Leader,
+    /// All in-sync replicas have (required for idempotence).
+    All,
+}
+
+impl Acks {
+    fn wire(self) -> i16 {
+        match self {
+            Self::None => 0,
+            Self::Leader => 1,
+            Self::All => -1,
+        }
+    }
+}
+
+/// How a [`Producer`] batches and sends.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a batch waits for more records before it is sent.
+    pub linger: Duration,
+    /// A batch is sent once its records reach this many bytes (before compression).
+    pub batch_size_bytes: usize,
+    /// Most bytes of records buffered (queued or in flight); `send` waits beyond this.
+    pub buffer_memory_bytes: usize,
+    /// The codec batches are compressed with.
+    pub compression: Compression,
+    /// Acknowledgements to wait for.
+    pub acks: Acks,
+    /// Idempotent delivery (needs `Acks::All`).
+    pub idempotent: bool,
+    /// Batches in flight per partition when idempotent (at most 5, as Kafka allows).
+    pub max_in_flight_per_partition: usize,
+    /// How long a record may take to be acknowledged, retries included.
+    pub delivery_timeout: Duration,
+    /// Wait before resending a batch that failed.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            batch_size_bytes: 1 << 20,
+            buffer_memory_bytes: 64 << 20,
+            compression: Compression::None,
+            acks: Acks::All,
+            idempotent: true,
+            max_in_flight_per_partition: 5,
+            delivery_timeout: Duration::from_secs(120),
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerRecord {
+    /// The topic.
+    pub topic: String,
+    /// The partition; `None` picks one from the key (murmur2, as the Java client) or round-robin
+    /// for records without a key.
+    pub partition: Option<i32>,
+    /// The key.
+    pub key: Option<Bytes>,
+    /// The value.
+    pub value: Option<Bytes>,
+    /// Headers.
+    pub headers: Vec<RecordHeader>,
+    /// Creation time in milliseconds since the epoch; `None` is now.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    /// A record with a value, for `topic`.
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        Self { topic: topic.into(), value: Some(value.into()), ..Self::default() }
+    }
+
+    /// Sets the key.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+/// Where an acknowledged record was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset, or -1 when unknown (acks 0, or a batch the broker had already written).
+    pub offset: i64,
+    /// The record's timestamp.
+    pub timestamp: i64,
+}
+
+/// Resolves to a record's [`RecordMetadata`] once the broker acknowledges it.
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    receiver: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver).poll(cx).map(|r| r.unwrap_or(Err(Error::ProducerClosed)))
+    }
+}
+
+type TopicPartition = (String, i32);
+
+/// A record waiting for its acknowledgement; its buffer-memory permit is released with it.
+#[derive(Debug)]
+struct Delivery {
+    reply: oneshot::Sender<Result<RecordMetadata>>,
+    timestamp: i64,
+    _memory: OwnedSemaphorePermit,
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    records: Vec<Record>,
+    deliveries: Vec<Delivery>,
+    bytes: usize,
+    opened: Instant,
+}
+
+#[derive(Debug)]
+struct SealedBatch {
+    partition: TopicPartition,
+    records: Vec<Record>,
+    deliveries: Vec<Delivery>,
+    /// Per-partition batch order; also the idempotent base sequence.
+    sequence: i32,
+    /// The encoded batch, kept so that a retry resends exactly the same bytes.
+    payload: Option<Bytes>,
+    deadline: Instant,
+    not_before: Instant,
+    last_error: Option<Error>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    ready: VecDeque<SealedBatch>,
+    in_flight: usize,
+    next_sequence: i32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Per partition; kept for the producer's life, since idempotent sequence numbers continue.
+    queues: HashMap<TopicPartition, PartitionQueue>,
+    flush_requested: bool,
+    closed: bool,
+}
+
+impl State {
+    fn is_idle(&self) -> bool {
+        self.queues.values().all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight == 0)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    producer_id: i64,
+    producer_epoch: i16,
+    memory: Arc<Semaphore>,
+    state: Mutex<State>,
+    /// Wakes the sender task: new records, a finished request, a flush.
+    wake: Notify,
+    /// Wakes flushers when everything buffered has been acknowledged.
+    idle: Notify,
+    round_robin: AtomicUsize,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Produces records to a cluster. Cheap to share behind an `Arc`; `send` takes `&self`.
+#[derive(Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    sender: JoinHandle<()>,
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.sender.abort();
+    }
+}
+
+/// About how many bytes a record takes in a batch: its fields plus per-record overhead.
+fn record_size(record: &ProducerRecord) -> usize {
+    let field = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    let headers: usize = record.headers.iter().map(|h| h.key.len() + field(&h.value) + 4).sum();
+    field(&record.key) + field(&record.value) + headers + 24
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Producer {
+    /// Starts a producer on `client` (and, when idempotent, gets a producer id).
+    pub async fn new(client: Client, mut config: ProducerConfig) -> Result<Self> {
+        let (producer_id, producer_epoch) = if config.idempotent {
+            config.acks = Acks::All;
+            config.max_in_flight_per_partition = config.max_in_flight_per_partition.clamp(1, 5);
+            init_producer_id(&client).await?
+        } else {
+            config.max_in_flight_per_partition = 1;
+            (-1, -1)
+        };
+        let permits = config.buffer_memory_bytes.min(Semaphore::MAX_PERMITS);
+        let shared = Arc::new(Shared {
+            client,
+            memory: Arc::new(Semaphore::new(permits)),
+            config,
+            producer_id,
+            producer_epoch,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            round_robin: AtomicUsize::new(0),
+        });
+        let sender = tokio::spawn(run_sender(Arc::clone(&shared)));
+        Ok(Self { shared, sender })
+    }
+
+    /// The producer id and epoch (-1, -1 when not idempotent).
+    pub fn producer_id(&self) -> (i64, i16) {
+        (self.shared.producer_id, self.shared.producer_epoch)
+    }
+
+    /// Buffers `record` for sending, waiting while the buffer is full, and returns a future of
+    /// its acknowledgement.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let shared = &self.shared;
+        let size = record_size(&record);
+        let max = shared.config.batch_size_bytes.max(1).min(shared.config.buffer_memory_bytes);
+        let permits = u32::try_from(size).ok().filter(|_| size <= max).ok_or(Error::RecordTooLarge { size, max })?;
+        let memory = Arc::clone(&shared.memory).acquire_many_owned(permits).await.map_err(|_| Error::ProducerClosed)?;
+        let partition = match record.partition {
+            Some(partition) => partition,
+            None => self.choose_partition(&record).await?,
+        };
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let (reply, receiver) = oneshot::channel();
+        let mut state = shared.state();
+        if state.closed {
+            return Err(Error::ProducerClosed);
+        }
+        let queue = state.queues.entry((record.topic.clone(), partition)).or_default();
+        if queue.open.as_ref().is_some_and(|open| open.bytes + size > shared.config.batch_size_bytes) {
+            seal(queue, (record.topic.clone(), partition), &shared.config);
+        }
+        let created = queue.open.is_none();
+        let open = queue.open.get_or_insert_with(|| OpenBatch {
+            records: Vec::new(),
+            deliveries: Vec::new(),
+            bytes: 0,
+            opened: Instant::now(),
+        });
+        open.records.push(Record {
+            offset: open.records.len() as i64,
+            timestamp,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        });
+        open.deliveries.push(Delivery { reply, timestamp, _memory: memory });
+        open.bytes += size;
+        let full = open.bytes >= shared.config.batch_size_bytes;
+        drop(state);
+        // A new batch brings a new linger deadline the sender must know about; a full one is due.
+        if full || created {
+            shared.wake.notify_one();
+        }
+        Ok(DeliveryFuture { receiver })
+    }
+
+    async fn choose_partition(&self, record: &ProducerRecord) -> Result<i32> {
+        let client = &self.shared.client;
+        let known = client.metadata().topics.get(&record.topic).map(|t| t.partitions.len());
+        let count = match known {
+            Some(count) if count > 0 => count,
+            _ => client
+                .refresh_metadata(Some(&[record.topic.as_str()]))
+                .await?
+                .topics
+                .get(&record.topic)
+                .filter(|t| t.error == ErrorCode::None)
+                .map(|t| t.partitions.len())
+                .filter(|count| *count > 0)
+                .ok_or_else(|| Error::UnknownTopic { topic: record.topic.clone() })?,
+        };
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
+        Ok(match &record.key {
+            Some(key) => partition_for_key(key, count),
+            None => (self.shared.round_robin.fetch_add(1, Ordering::Relaxed) % count as usize) as i32,
+        })
+    }
+
+    /// Sends everything buffered now (without waiting for `linger`) and waits until all of it
+    /// is acknowledged or has failed.
+    pub async fn flush(&self) {
+        loop {
+            let idle = self.shared.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            {
+                let mut state = self.shared.state();
+                if state.is_idle() {
+                    return;
+                }
+                state.flush_requested = true;
+            }
+            self.shared.wake.notify_one();
+            idle.await;
+        }
+    }
+
+    /// Flushes, then stops the producer; later sends fail with [`Error::ProducerClosed`].
+    pub async fn close(self) {
+        self.flush().await;
+        self.shared.state().closed = true;
+        self.shared.memory.close();
+    }
+}
+
+async fn init_producer_id(client: &Client) -> Result<(i64, i16)> {
+    let request = InitProducerIdRequest {
+        transactional_id: None,
+        transaction_timeout_ms: 60_000,
+        producer_id: -1,
+        producer_epoch: -1,
+        ..InitProducerIdRequest::default()
+    };
+    let connection = client.any_broker().await?;
+    let response = connection.send(&request).await?;
+    check_error(connection.broker(), "InitProducerId", response.error_code)?;
+    Ok((response.producer_id, response.producer_epoch))
+}
+
+/// Moves a partition's open batch to its ready queue, numbering it.
+fn seal(queue: &mut PartitionQueue, partition: TopicPartition, config: &ProducerConfig) {
+    let Some(open) = queue.open.take() else { return };
+    let sequence = queue.next_sequence;
+    let count = i32::try_from(open.records.len()).unwrap_or(i32::MAX);
+    // Kafka's sequence numbers wrap at i32::MAX.
+    queue.next_sequence = sequence.checked_add(count).unwrap_or_else(|| count - (i32::MAX - sequence) - 1);
+    let now = Instant::now();
+    queue.ready.push_back(SealedBatch {
+        partition,
+        records: open.records,
+        deliveries: open.deliveries,
+        sequence,
+        payload: None,
+        deadline: now + config.delivery_timeout,
+        not_before: now,
+        last_error: None,
+    });
+}
+
+/// The sender task: seals batches whose time has come, sends what each partition may have in
+/// flight, and sleeps until the next linger deadline or wake-up.
+async fn run_sender(shared: Arc<Shared>) {
+    loop {
+        let (due, next_deadline) = take_due_batches(&shared);
+        if !due.is_empty() {
+            dispatch(&shared, due).await;
+        }
+        let wake = shared.wake.notified();
+        match next_deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    () = wake => {}
+                    () = tokio::time::sleep_until(deadline.into()) => {}
+                }
+            }
+            None => wake.await,
+        }
+    }
+}
+
+/// Seals due batches and takes the ones that may be sent now; returns them and when to look
+/// again.
+fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
+    let config = &shared.config;
+    let now = Instant::now();
+    let mut state = shared.state();
+    let flush = state.flush_requested;
+    let mut due = Vec::new();
+    let mut next: Option<Instant> = None;
+    let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+    for (partition, queue) in &mut state.queues {
+        if let Some(open) = &queue.open {
+            let linger_end = open.opened + config.linger;
+            if flush || linger_end <= now || open.bytes >= config.batch_size_bytes {
+                seal(queue, partition.clone(), config);
+            } else {
+                earliest(linger_end);
+            }
+        }
+        while queue.in_flight < config.max_in_flight_per_partition {
+            match queue.ready.front() {
+                Some(batch) if batch.not_before <= now => {}
+                Some(batch) => {
+                    earliest(batch.not_before);
+                    break;
+                }
+                None => break,
+            }
+            if let Some(batch) = queue.ready.pop_front() {
+                queue.in_flight += 1;
+                due.push(batch);
+            }
+        }
+    }
+    if state.is_idle() {
+        state.flush_requested = false;
+        shared.idle.notify_waiters();
+    }
+    (due, next)
+}
+
+/// Encodes the batches and sends them, one request per leader, each on its own task.
+async fn dispatch(shared: &Arc<Shared>, batches: Vec<SealedBatch>) {
+    let mut by_leader: HashMap<String, (Arc<Connection>, Vec<SealedBatch>)> = HashMap::new();
+    for mut batch in batches {
+        if let Err(e) = encode(shared, &mut batch) {
+            finish(shared, batch, Err(e));
+            continue;
+        }
+        let (topic, partition) = &batch.partition;
+        match shared.client.leader(topic, *partition).await {
+            Ok(connection) => {
+                by_leader
+                    .entry(connection.broker().to_owned())
+                    .or_insert_with(|| (connection, Vec::new()))
+                    .1
+                    .push(batch);
+            }
+            Err(e) => retry_or_fail(shared, batch, e),
+        }
+    }
+    for (_, (connection, batches)) in by_leader {
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move { send_request(&shared, &connection, batches).await });
+    }
+}
+
+fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
+    if batch.payload.is_some() {
+        return Ok(());
+    }
+    let idempotent = shared.config.idempotent;
+    let header = BatchHeader {
+        producer_id: shared.producer_id,
+        producer_epoch: shared.producer_epoch,
+        base_sequence: if idempotent { batch.sequence } else { -1 },
+        ..BatchHeader::with_compression(shared.config.compression)
+    };
+    let mut out = BytesMut::new();
+    encode_batch(&header, &batch.records, &mut out).map_err(|source| Error::Encode {
+        broker: "(producer)".into(),
+        api: "Produce",
+        version: -1,
+        source,
+    })?;
+    batch.payload = Some(out.freeze());
+    Ok(())
+}
+
+async fn send_request(shared: &Arc<Shared>, connection: &Connection, batches: Vec<SealedBatch>) {
+    let config = &shared.config;
+    let mut topics: HashMap<&str, Vec<PartitionProduceData>> = HashMap::new();
+    for batch in &batches {
+        let data =
+            PartitionProduceData { index: batch.partition.1, records: batch.payload.clone(), ..Default::default() };
+        topics.entry(batch.partition.0.as_str()).or_default().push(data);
+    }
+    let request = ProduceRequest {
+        acks: config.acks.wire(),
+        timeout_ms: i32::try_from(config.delivery_timeout.min(Duration::from_secs(30)).as_millis()).unwrap_or(i32::MAX),
+        topic_data: topics
+            .into_iter()
+            .map(|(name, partition_data)| TopicProduceData {
+                name: name.to_owned(),
+                partition_data,
+                ..Default::default()
+            })
+            .collect(),
+        ..ProduceRequest::default()
+    };
+    if config.acks == Acks::None {
+        let outcome = match connection.version_for::<ProduceRequest>(None) {
+            Ok(version) => connection.send_without_response(&request, version).await,
+            Err(e) => Err(e),
+        };
+        for batch in batches {
+            match &outcome {
+                Ok(()) => finish(shared, batch, Ok(-1)),
+                Err(e) => retry_or_fail(shared, batch, e.clone()),
+            }
+        }
+        return;
+    }
+    match connection.send(&request).await {
+        Ok(response) => handle_response(shared, connection.broker(), batches, &response),
+        Err(e) => {
+            for batch in batches {
+                retry_or_fail(shared, batch, e.clone());
+            }
+        }
+    }
+}
+
+fn handle_response(shared: &Arc<Shared>, broker: &str, batches: Vec<SealedBatch>, response: &ProduceResponse) {
+    for batch in batches {
+        let (topic, partition) = &batch.partition;
+        let answer = response
+            .responses
+            .iter()
+            .filter(|t| &t.name == topic)
+            .flat_map(|t| t.partition_responses.iter())
+            .find(|p| p.index == *partition);
+        let Some(answer) = answer else {
+            let code = ErrorCode::UnknownTopicOrPartition;
+            retry_or_fail(shared, batch, Error::Broker { broker: broker.to_owned(), api: "Produce", code });
+            continue;
+        };
+        match ErrorCode::from_code(answer.error_code) {
+            ErrorCode::None => finish(shared, batch, Ok(answer.base_offset)),
+            // The broker had already written this batch (a resend after a lost answer).
+            ErrorCode::DuplicateSequenceNumber => finish(shared, batch, Ok(-1)),
+            code => {
+                if matches!(code, ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition) {
+                    let client = shared.client.clone();
+                    let topic = topic.clone();
+                    tokio::spawn(async move { client.refresh_metadata(Some(&[topic.as_str()])).await });
+                }
+                retry_or_fail(shared, batch, Error::Broker { broker: broker.to_owned(), api: "Produce", code });
+            }
+        }
+    }
+}
+
+/// Whether a failed batch should be sent again.
+fn should_retry(error: &Error) -> bool {
+    // With idempotence, OUT_OF_ORDER_SEQUENCE_NUMBER means an earlier batch of the partition
+    // failed and is being resent; this one follows it.
+    error.is_retriable() || matches!(error, Error::Broker { code: ErrorCode::OutOfOrderSequenceNumber, .. })
+}
+
+fn retry_or_fail(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
+    let now = Instant::now();
+    if !should_retry(&error) {
+        return finish(shared, batch, Err(error));
+    }
+    if now >= batch.deadline {
+        let (topic, partition) = batch.partition.clone();
+        let timeout = shared.config.delivery_timeout;
+        return finish(
+            shared,
+            batch,
+            Err(Error::DeliveryTimeout { topic, partition, timeout, last_error: error.to_string() }),
+        );
+    }
+    batch.not_before = now + shared.config.retry_backoff;
+    batch.last_error = Some(error);
+    let mut state = shared.state();
+    let queue = state.queues.entry(batch.partition.clone()).or_default();
+    queue.in_flight = queue.in_flight.saturating_sub(1);
+    // Back in sequence order, ahead of anything sealed after it.
+    let position = queue.ready.iter().position(|b| b.sequence > batch.sequence).unwrap_or(queue.ready.len());
+    queue.ready.insert(position, batch);
+    drop(state);
+    shared.wake.notify_one();
+}
+
+/// Completes a batch's records with their offsets (or the error) and frees its in-flight slot.
+fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
+    let (topic, partition) = batch.partition;
+    for (index, delivery) in batch.deliveries.into_iter().enumerate() {
+        let result = match &outcome {
+            Ok(base) if *base >= 0 => Ok(base.saturating_add(index as i64)),
+            Ok(_) => Ok(-1),
+            Err(e) => Err(e.clone()),
+        };
+        let metadata = result.map(|offset| RecordMetadata {
+            topic: topic.clone(),
+            partition,
+            offset,
+            timestamp: delivery.timestamp,
+        });
+        let _ = delivery.reply.send(metadata);
+    }
+    let mut state = shared.state();
+    if let Some(queue) = state.queues.get_mut(&(topic, partition)) {
+        queue.in_flight = queue.in_flight.saturating_sub(1);
+    }
+    drop(state);
+    shared.wake.notify_one();
+}

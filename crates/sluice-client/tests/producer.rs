@@ -1,0 +1,187 @@
+//! The producer against a real Tansu broker: key partitioning, order and offsets, batching,
+//! backpressure, codecs and acks, idempotent batch numbering, flush.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::Tansu;
+use sluice_client::partitioner::partition_for_key;
+use sluice_client::{Acks, Client, ClientConfig, Error, FetchOptions, Producer, ProducerConfig, ProducerRecord};
+use sluice_protocol::compression::Compression;
+use sluice_protocol::record::RecordBatch;
+
+async fn client(tansu: &Tansu) -> Client {
+    Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap()
+}
+
+/// Every batch of a partition, fetched from the start to the high watermark.
+async fn fetch_all(client: &Client, topic: &str, partition: i32) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetched = client.fetch_partition(topic, partition, offset, &FetchOptions::default()).await.unwrap();
+        if let Some(next) = fetched.records.next_offset {
+            offset = next;
+        }
+        batches.extend(fetched.records.batches);
+        if offset >= fetched.high_watermark {
+            return batches;
+        }
+    }
+}
+
+fn values(batches: &[RecordBatch]) -> Vec<String> {
+    batches.iter().flat_map(|b| b.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_land_by_key_in_send_order_with_their_offsets() {
+    let tansu = Tansu::start();
+    let client = client(&tansu).await;
+    client.create_topic("keyed", 8, 1).await.unwrap();
+    let config = ProducerConfig { compression: Compression::Lz4, ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let (producer_id, _) = producer.producer_id();
+    assert!(producer_id >= 0, "idempotent by default: the broker gave a producer id");
+
+    let mut deliveries = Vec::new();
+    for i in 0..5_000 {
+        let key = format!("user-{}", i % 100);
+        let record = ProducerRecord::new("keyed", format!("{key}:{i}")).key(key.clone());
+        deliveries.push((key, i, producer.send(record).await.unwrap()));
+    }
+    let mut sent: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
+    for (key, i, delivery) in deliveries {
+        let metadata = delivery.await.unwrap();
+        assert_eq!(metadata.partition, partition_for_key(key.as_bytes(), 8), "{key}");
+        sent.entry(metadata.partition).or_default().push((metadata.offset, format!("{key}:{i}")));
+    }
+    for (partition, records) in &sent {
+        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..records.len() as i64).collect::<Vec<_>>(),
+            "partition {partition}: offsets in send order"
+        );
+        let batches = fetch_all(&client, "keyed", *partition).await;
+        let expected: Vec<String> = records.iter().map(|(_, v)| v.clone()).collect();
+        assert_eq!(values(&batches), expected, "partition {partition}: the log holds the records in send order");
+        // Idempotent numbering: every batch carries the producer id, sequences follow each other.
+        let mut sequence = 0;
+        for batch in &batches {
+            assert_eq!(batch.header.producer_id, producer_id);
+            assert_eq!(batch.header.base_sequence, sequence, "partition {partition}");
+            assert_eq!(batch.header.compression(), Compression::Lz4);
+            sequence += batch.len() as i32;
+        }
+    }
+    assert_eq!(sent.values().map(Vec::len).sum::<usize>(), 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linger_gathers_records_into_few_batches() {
+    let tansu = Tansu::start();
+    let client = client(&tansu).await;
+    client.create_topic("lingering", 1, 1).await.unwrap();
+    let config = ProducerConfig { linger: Duration::from_millis(100), ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..1_000 {
+        deliveries.push(producer.send(ProducerRecord::new("lingering", format!("{i}"))).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    let batches = fetch_all(&client, "lingering", 0).await;
+    assert_eq!(batches.iter().map(RecordBatch::len).sum::<usize>(), 1_000);
+    assert!(batches.len() <= 10, "1000 records sent within the linger went out in {} batches", batches.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_while_the_buffer_is_full() {
+    let tansu = Tansu::start();
+    let client = client(&tansu).await;
+    client.create_topic("bounded", 1, 1).await.unwrap();
+    // Room for two 1 KB records; batches wait a minute unless flushed.
+    let config = ProducerConfig {
+        linger: Duration::from_secs(60),
+        buffer_memory_bytes: 2_200,
+        batch_size_bytes: 2_200,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let record = || ProducerRecord::new("bounded", vec![b'x'; 1_000]);
+    let first = producer.send(record()).await.unwrap();
+    let second = producer.send(record()).await.unwrap();
+    let third = tokio::time::timeout(Duration::from_millis(300), producer.send(record())).await;
+    assert!(third.is_err(), "a send beyond buffer_memory_bytes must wait");
+    producer.flush().await;
+    first.await.unwrap();
+    second.await.unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(5), producer.send(record())).await;
+    assert!(third.is_ok(), "acknowledged records free their memory");
+    // A record larger than the buffer can never fit: an error, not a wait forever.
+    let err = producer.send(ProducerRecord::new("bounded", vec![b'x'; 10_000])).await.unwrap_err();
+    assert!(matches!(err, Error::RecordTooLarge { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_and_acks_setting_delivers_everything() {
+    let tansu = Tansu::start();
+    let client = client(&tansu).await;
+    let codecs = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+    for (i, (codec, acks, idempotent)) in codecs
+        .iter()
+        .map(|c| (*c, Acks::All, true))
+        .chain([(Compression::Snappy, Acks::Leader, false), (Compression::None, Acks::None, false)])
+        .enumerate()
+    {
+        let topic = format!("codec-{i}");
+        client.create_topic(&topic, 2, 1).await.unwrap();
+        let config = ProducerConfig { compression: codec, acks, idempotent, ..ProducerConfig::default() };
+        let producer = Producer::new(client.clone(), config).await.unwrap();
+        let mut deliveries = Vec::new();
+        for n in 0..200 {
+            let record =
+                ProducerRecord { partition: Some(n % 2), ..ProducerRecord::new(topic.clone(), format!("{n}")) };
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+        producer.flush().await;
+        for delivery in deliveries {
+            let metadata = delivery.await.unwrap();
+            assert_eq!(metadata.offset >= 0, acks != Acks::None, "{codec:?} {acks:?}: offsets known unless acks=0");
+        }
+        let mut total = 0;
+        for partition in 0..2 {
+            let batches = fetch_all(&client, &topic, partition).await;
+            assert!(batches.iter().all(|b| b.header.compression() == codec), "{codec:?}");
+            total += batches.iter().map(RecordBatch::len).sum::<usize>();
+        }
+        assert_eq!(total, 200, "{codec:?} {acks:?}: every record arrived");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_sends_without_waiting_for_linger_and_unknown_topics_are_errors() {
+    let tansu = Tansu::start();
+    let client = client(&tansu).await;
+    client.create_topic("flushed", 1, 1).await.unwrap();
+    let config = ProducerConfig { linger: Duration::from_secs(600), ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let deliveries: Vec<_> = {
+        let mut d = Vec::new();
+        for i in 0..10 {
+            d.push(producer.send(ProducerRecord::new("flushed", format!("{i}"))).await.unwrap());
+        }
+        d
+    };
+    tokio::time::timeout(Duration::from_secs(10), producer.flush()).await.expect("flush does not wait for the linger");
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        assert_eq!(delivery.await.unwrap().offset, i as i64);
+    }
+    let err = producer.send(ProducerRecord::new("no-such-topic", "x")).await.unwrap_err();
+    assert!(matches!(&err, Error::UnknownTopic { topic } if topic == "no-such-topic"), "{err}");
+    producer.close().await;
+}
