@@ -1,0 +1,357 @@
+//! The batch protocol: which record may follow which, and what recovery hands the engine.
+//!
+//! One state machine, [`Ledger`], serves both sides: the writer checks every append against it
+//! (an invalid append is refused before anything is written) and recovery replays the log
+//! through it (a record that breaks it is [`Error::Inconsistent`]). The rules:
+//!
+//! * an intent's batch id is above the last committed one and not below any pending intent
+//!   (writing the same id again re-plans that batch and supersedes the earlier intent);
+//! * a commit completes the oldest pending intent;
+//! * a snapshot captures the state of the last committed batch.
+//!
+//! The ledger also knows what compaction may delete: nothing the latest durable snapshot or the
+//! last `retain_batches` committed batches still need.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::{Error, Result};
+use crate::format::{segment_file_name, RecordKind};
+use crate::payload::{batch_id_of, decode_commit, decode_intent, decode_snapshot, BatchCommit, BatchIntent, Snapshot};
+use crate::recover::{RecordView, Recovery, StopPoint};
+
+/// An append, as the ledger sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchOp {
+    Intent(u64),
+    Commit(u64),
+    Snapshot(u64),
+}
+
+impl BatchOp {
+    fn from_record(kind: RecordKind, batch_id: u64) -> Self {
+        match kind {
+            RecordKind::Intent => Self::Intent(batch_id),
+            RecordKind::Commit => Self::Commit(batch_id),
+            RecordKind::Snapshot => Self::Snapshot(batch_id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CommittedMark {
+    intent_seq: Option<u64>,
+    commit_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SnapshotMark {
+    seq: u64,
+    /// Oldest record the snapshot does not replace: itself, or an intent still pending when it
+    /// was written (its commit comes later and needs it).
+    keep_from: u64,
+}
+
+/// Batch protocol state; see the module docs.
+#[derive(Debug, Clone)]
+pub(crate) struct Ledger {
+    /// False while replaying a compacted log, whose oldest commits may have lost their intents.
+    require_intents: bool,
+    compacted: bool,
+    retain_batches: usize,
+    last_committed: Option<u64>,
+    /// Pending batch id -> sequence number of its latest intent.
+    pending: BTreeMap<u64, u64>,
+    recent: VecDeque<CommittedMark>,
+    snapshot: Option<SnapshotMark>,
+}
+
+impl Ledger {
+    pub(crate) fn new(retain_batches: usize, compacted: bool) -> Self {
+        Self {
+            require_intents: !compacted,
+            compacted,
+            retain_batches: retain_batches.max(1),
+            last_committed: None,
+            pending: BTreeMap::new(),
+            recent: VecDeque::new(),
+            snapshot: None,
+        }
+    }
+
+    /// From now on every commit needs its intent (set once replay is over).
+    pub(crate) fn require_intents(&mut self) {
+        self.require_intents = true;
+    }
+
+    /// Whether `op` may be appended now; the error says why not.
+    pub(crate) fn check(&self, op: BatchOp) -> Result<(), String> {
+        match op {
+            BatchOp::Intent(batch) => self.check_intent(batch),
+            BatchOp::Commit(batch) => self.check_commit(batch),
+            BatchOp::Snapshot(batch) => self.check_snapshot(batch),
+        }
+    }
+
+    fn check_intent(&self, batch: u64) -> Result<(), String> {
+        self.check_not_committed(batch)?;
+        match self.pending.last_key_value() {
+            Some((&newest, _)) if newest > batch => {
+                Err(format!("batch {batch} is older than the pending batch {newest}; plan batches in id order"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_commit(&self, batch: u64) -> Result<(), String> {
+        self.check_not_committed(batch)?;
+        match self.pending.first_key_value() {
+            Some((&oldest, _)) if oldest == batch => Ok(()),
+            Some((&oldest, _)) => Err(format!("batch {batch} cannot commit before the older pending batch {oldest}")),
+            None if !self.require_intents => Ok(()),
+            None => Err(format!("batch {batch} has no intent; append its intent first")),
+        }
+    }
+
+    fn check_snapshot(&self, batch: u64) -> Result<(), String> {
+        match self.last_committed {
+            Some(last) if last == batch => Ok(()),
+            None if self.compacted => Ok(()),
+            last => Err(format!(
+                "a snapshot must hold the state of the last committed batch ({}), not of batch {batch}",
+                last.map_or_else(|| "none yet".to_string(), |l| l.to_string())
+            )),
+        }
+    }
+
+    fn check_not_committed(&self, batch: u64) -> Result<(), String> {
+        match self.last_committed {
+            Some(last) if last >= batch => Err(format!("batch {batch} is not after the last committed batch {last}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records an op that passed [`Ledger::check`] as record `seq`.
+    pub(crate) fn apply(&mut self, op: BatchOp, seq: u64) {
+        match op {
+            BatchOp::Intent(batch) => {
+                self.pending.insert(batch, seq);
+            }
+            BatchOp::Commit(batch) => {
+                let intent_seq = self.pending.remove(&batch);
+                self.last_committed = Some(batch);
+                self.recent.push_back(CommittedMark { intent_seq, commit_seq: seq });
+                while self.recent.len() > self.retain_batches {
+                    self.recent.pop_front();
+                }
+            }
+            BatchOp::Snapshot(_) => {
+                let oldest_pending = self.pending.values().copied().min().unwrap_or(seq);
+                self.snapshot = Some(SnapshotMark { seq, keep_from: oldest_pending.min(seq) });
+            }
+        }
+    }
+
+    /// Records before this sequence number are no longer needed, given that every record
+    /// before `durable_seq` is durable. `None` while nothing may be deleted.
+    pub(crate) fn compaction_floor(&self, durable_seq: u64) -> Option<u64> {
+        let snapshot = self.snapshot.filter(|s| s.seq < durable_seq)?;
+        if self.recent.len() < self.retain_batches {
+            return None;
+        }
+        let oldest = self.recent.front()?;
+        let retained_from = oldest.intent_seq.unwrap_or(oldest.commit_seq);
+        Some(snapshot.keep_from.min(retained_from))
+    }
+}
+
+/// A committed batch: its plan and its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedBatch {
+    /// The batch's intent (offset ranges and metadata).
+    pub intent: BatchIntent,
+    /// The batch's commit (state delta and sink markers).
+    pub commit: BatchCommit,
+}
+
+/// What the engine needs to resume, rebuilt from the log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// The last batch whose commit is in the log; the next batch starts at its end offsets.
+    pub last_committed: Option<CommittedBatch>,
+    /// Intents written after the last commit, oldest first: batches to run again.
+    pub pending: Vec<BatchIntent>,
+    /// The latest state snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Commits after the latest snapshot, oldest first; state = snapshot + these deltas.
+    pub deltas: Vec<BatchCommit>,
+    /// Intents of the retained committed batches, oldest first, for inspection.
+    pub history: Vec<BatchIntent>,
+    /// Sequence number of the oldest record still in the log.
+    pub start_seq: u64,
+    /// Sequence number the next record gets.
+    pub next_seq: u64,
+    /// The torn tail that recovery cut away (appends never acknowledged by `commit()`).
+    pub torn: Option<StopPoint>,
+    /// Damage that [`crate::RecoveryMode::TruncateAtDamage`] truncated at; records from here on
+    /// were discarded even if they had been committed.
+    pub damage: Option<StopPoint>,
+    /// Segments deleted by recovery (torn creations, or everything after damage).
+    pub removed_segments: Vec<u64>,
+}
+
+/// Replays recovered records through the batch protocol into what the engine needs.
+///
+/// `history_len` is how many committed batches to list in [`Recovered::history`].
+pub fn replay(recovery: &Recovery<'_>, history_len: usize) -> Result<Recovered> {
+    Ok(replay_with_ledger(recovery, history_len)?.0)
+}
+
+/// Records picked in one pass, decoded afterwards so only what is kept gets copied.
+#[derive(Default)]
+struct Picks<'r, 'a> {
+    pending: BTreeMap<u64, &'r RecordView<'a>>,
+    last_commit: Option<(&'r RecordView<'a>, Option<&'r RecordView<'a>>)>,
+    snapshot: Option<&'r RecordView<'a>>,
+    deltas: Vec<&'r RecordView<'a>>,
+    history: VecDeque<Option<&'r RecordView<'a>>>,
+}
+
+pub(crate) fn replay_with_ledger(recovery: &Recovery<'_>, history_len: usize) -> Result<(Recovered, Ledger)> {
+    let compacted = recovery.start_seq > 0;
+    let mut ledger = Ledger::new(history_len, compacted);
+    let mut picks = Picks::default();
+    for record in &recovery.records {
+        let batch = batch_id_of(record.payload).map_err(|p| inconsistent(record, p))?;
+        let op = BatchOp::from_record(record.kind, batch);
+        ledger.check(op).map_err(|p| inconsistent(record, p))?;
+        ledger.apply(op, record.seq);
+        picks.record(op, record, history_len);
+    }
+    ledger.require_intents();
+    if compacted && picks.snapshot.is_none() {
+        return Err(missing_snapshot(recovery));
+    }
+    let recovered = picks.decode(recovery)?;
+    Ok((recovered, ledger))
+}
+
+impl<'r, 'a> Picks<'r, 'a> {
+    fn record(&mut self, op: BatchOp, record: &'r RecordView<'a>, history_len: usize) {
+        match op {
+            BatchOp::Intent(batch) => {
+                self.pending.insert(batch, record);
+            }
+            BatchOp::Commit(batch) => {
+                let intent = self.pending.remove(&batch);
+                self.last_commit = Some((record, intent));
+                self.deltas.push(record);
+                self.history.push_back(intent);
+                while self.history.len() > history_len {
+                    self.history.pop_front();
+                }
+            }
+            BatchOp::Snapshot(_) => {
+                self.snapshot = Some(record);
+                self.deltas.clear();
+            }
+        }
+    }
+
+    fn decode(self, recovery: &Recovery<'_>) -> Result<Recovered> {
+        let last_committed = match self.last_commit {
+            None => None,
+            Some((commit, Some(intent))) => Some(CommittedBatch {
+                intent: decode_record(intent, decode_intent)?,
+                commit: decode_record(commit, decode_commit)?,
+            }),
+            Some((commit, None)) => {
+                let problem = "the last committed batch has no intent in the log".to_string();
+                return Err(inconsistent(commit, problem));
+            }
+        };
+        Ok(Recovered {
+            last_committed,
+            pending: decode_all(self.pending.into_values(), decode_intent)?,
+            snapshot: self.snapshot.map(|r| decode_record(r, decode_snapshot)).transpose()?,
+            deltas: decode_all(self.deltas.into_iter(), decode_commit)?,
+            history: decode_all(self.history.into_iter().flatten(), decode_intent)?,
+            start_seq: recovery.start_seq,
+            next_seq: recovery.next_seq,
+            torn: recovery.torn.clone(),
+            damage: recovery.damage.clone(),
+            removed_segments: recovery.removed.clone(),
+        })
+    }
+}
+
+fn decode_record<T>(record: &RecordView<'_>, decode: fn(&[u8]) -> Result<T, String>) -> Result<T> {
+    decode(record.payload).map_err(|p| inconsistent(record, format!("payload does not decode: {p}")))
+}
+
+fn decode_all<'r, 'a: 'r, T>(
+    records: impl Iterator<Item = &'r RecordView<'a>>,
+    decode: fn(&[u8]) -> Result<T, String>,
+) -> Result<Vec<T>> {
+    records.map(|record| decode_record(record, decode)).collect()
+}
+
+fn inconsistent(record: &RecordView<'_>, problem: String) -> Error {
+    Error::Inconsistent {
+        segment_id: record.segment_id,
+        file: segment_file_name(record.segment_id),
+        offset: record.offset,
+        seq: record.seq,
+        problem,
+    }
+}
+
+fn missing_snapshot(recovery: &Recovery<'_>) -> Error {
+    let segment_id = recovery.segments.first().map(|s| s.id).unwrap_or_default();
+    Error::Corrupt {
+        segment_id,
+        file: segment_file_name(segment_id),
+        offset: 0,
+        problem: format!(
+            "the log starts at record {} (older segments were deleted) but holds no snapshot \
+             to rebuild the state from; segments were removed by something other than compaction",
+            recovery.start_seq
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_follow_intents_in_order() {
+        let mut ledger = Ledger::new(3, false);
+        assert!(ledger.check(BatchOp::Commit(1)).unwrap_err().contains("no intent"));
+        ledger.apply(BatchOp::Intent(1), 0);
+        ledger.apply(BatchOp::Intent(2), 1);
+        assert!(ledger.check(BatchOp::Intent(0)).is_err());
+        assert!(ledger.check(BatchOp::Commit(2)).unwrap_err().contains("older pending batch 1"));
+        ledger.apply(BatchOp::Commit(1), 2);
+        assert!(ledger.check(BatchOp::Intent(1)).unwrap_err().contains("last committed"));
+        assert!(ledger.check(BatchOp::Snapshot(2)).is_err());
+        assert!(ledger.check(BatchOp::Snapshot(1)).is_ok());
+        assert!(ledger.check(BatchOp::Intent(2)).is_ok(), "re-planning a pending batch is allowed");
+    }
+
+    #[test]
+    fn compaction_keeps_pending_intents_and_retained_batches() {
+        let mut ledger = Ledger::new(1, false);
+        ledger.apply(BatchOp::Intent(1), 0);
+        ledger.apply(BatchOp::Commit(1), 1);
+        ledger.apply(BatchOp::Intent(2), 2);
+        assert_eq!(ledger.compaction_floor(10), None, "no snapshot yet");
+        ledger.apply(BatchOp::Snapshot(1), 3);
+        assert_eq!(ledger.compaction_floor(3), None, "snapshot not durable yet");
+        // Batch 1 is retained (its intent is record 0), so nothing goes yet.
+        assert_eq!(ledger.compaction_floor(4), Some(0));
+        ledger.apply(BatchOp::Commit(2), 4);
+        // Pending intent 2 (record 2) was still needed by the snapshot; retention keeps batch 2.
+        assert_eq!(ledger.compaction_floor(5), Some(2));
+    }
+}
