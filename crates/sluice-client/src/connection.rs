@@ -111,14 +111,52 @@ impl Shared {
 
 /// Forgets a request's correlation id when its caller stops waiting (done, timed out or
 /// dropped), so a late response is discarded rather than kept.
-struct PendingGuard<'a> {
-    shared: &'a Shared,
+#[derive(Debug)]
+struct PendingGuard {
+    shared: Arc<Shared>,
     correlation_id: i32,
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.shared.pending().remove(&self.correlation_id);
+    }
+}
+
+/// A request handed to the connection's writer, whose response has not been read yet. Requests
+/// enqueued one after another on a connection reach the broker in that order.
+#[derive(Debug)]
+pub struct InFlight<R> {
+    broker: String,
+    api: &'static str,
+    version: i16,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    response: oneshot::Receiver<Reply>,
+    _guard: PendingGuard,
+    _request: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Request> InFlight<R> {
+    /// Waits for and decodes the response, within what is left of the request timeout.
+    pub async fn response(self) -> Result<R::Response> {
+        let Self { broker, api, version, timeout, deadline, response, _guard, .. } = self;
+        let body = match tokio::time::timeout_at(deadline, response).await {
+            Err(_) => return Err(Error::RequestTimeout { broker, api, version, timeout }),
+            Ok(Err(_)) => return Err(closed_error(broker, Closed::Lost("the connection shut down".into()))),
+            Ok(Ok(Err(reason))) => return Err(closed_error(broker, reason)),
+            Ok(Ok(Ok(body))) => body,
+        };
+        let (_, response) =
+            decode_response::<R>(body, version).map_err(|source| Error::Decode { broker, api, version, source })?;
+        Ok(response)
+    }
+}
+
+fn closed_error(broker: String, reason: Closed) -> Error {
+    match reason {
+        Closed::Lost(reason) => Error::Disconnected { broker, reason },
+        Closed::FrameTooLarge { size, max } => Error::ResponseTooLarge { broker, size, max },
     }
 }
 
@@ -215,7 +253,15 @@ impl Connection {
     /// Sends `request` at `version` and waits for the response. The request timeout covers
     /// both waiting for room in the send queue and waiting for the answer.
     pub async fn send_version<R: Request>(&self, request: &R, version: i16) -> Result<R::Response> {
+        self.enqueue(request, version).await?.response().await
+    }
+
+    /// Hands `request` to the writer (waiting for room in the send queue) and returns without
+    /// waiting for the response, so that several requests can be pipelined in a known order.
+    pub async fn enqueue<R: Request>(&self, request: &R, version: i16) -> Result<InFlight<R>> {
         let api = api_name::<R>();
+        let timeout = self.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
         let mut frame = BytesMut::new();
         encode_request(&mut frame, correlation_id, self.config.client_id.as_deref(), version, request)
@@ -223,34 +269,28 @@ impl Connection {
 
         let (reply, response) = oneshot::channel();
         self.shared.pending().insert(correlation_id, reply);
-        let _guard = PendingGuard { shared: &self.shared, correlation_id };
-        let exchange = async {
-            if let Some(reason) = self.shared.closed_reason() {
-                return Err(reason);
+        let guard = PendingGuard { shared: Arc::clone(&self.shared), correlation_id };
+        if let Some(reason) = self.shared.closed_reason() {
+            return Err(self.closed_error(reason));
+        }
+        match tokio::time::timeout_at(deadline, self.writer.send(frame.freeze())).await {
+            Err(_) => return Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout }),
+            Ok(Err(_)) => {
+                let reason = self.shared.closed_reason().unwrap_or_else(|| Closed::Lost("the writer stopped".into()));
+                return Err(self.closed_error(reason));
             }
-            if self.writer.send(frame.freeze()).await.is_err() {
-                return Err(self.shared.closed_reason().unwrap_or_else(|| Closed::Lost("the writer stopped".into())));
-            }
-            match response.await {
-                Ok(reply) => reply,
-                Err(_) => Err(Closed::Lost("the connection shut down".into())),
-            }
-        };
-        let body = match tokio::time::timeout(self.config.request_timeout, exchange).await {
-            Err(_) => {
-                let timeout = self.config.request_timeout;
-                return Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout });
-            }
-            Ok(Err(reason)) => return Err(self.closed_error(reason)),
-            Ok(Ok(body)) => body,
-        };
-        let (_, response) = decode_response::<R>(body, version).map_err(|source| Error::Decode {
+            Ok(Ok(())) => {}
+        }
+        Ok(InFlight {
             broker: self.broker.clone(),
             api,
             version,
-            source,
-        })?;
-        Ok(response)
+            timeout,
+            deadline,
+            response,
+            _guard: guard,
+            _request: std::marker::PhantomData,
+        })
     }
 
     /// Queues a request the broker does not answer (Produce with acks=0) and returns once it is
@@ -278,11 +318,7 @@ impl Connection {
     }
 
     fn closed_error(&self, reason: Closed) -> Error {
-        let broker = self.broker.clone();
-        match reason {
-            Closed::Lost(reason) => Error::Disconnected { broker, reason },
-            Closed::FrameTooLarge { size, max } => Error::ResponseTooLarge { broker, size, max },
-        }
+        closed_error(self.broker.clone(), reason)
     }
 
     /// Asks the broker for its API versions: v3 (with our name and version, KIP-511), and v0 if

@@ -22,6 +22,6 @@ pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
     TopicMetadata,
 };
-pub use connection::{Connection, ConnectionConfig, VersionRange};
+pub use connection::{Connection, ConnectionConfig, InFlight, VersionRange};
 pub use error::{Error, Result};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

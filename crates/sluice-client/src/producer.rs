@@ -474,7 +474,10 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
     (due, next)
 }
 
-/// Encodes the batches and sends them, one request per leader, each on its own task.
+/// Encodes the batches and sends them to their leaders. A request holds at most one batch per
+/// partition (the k-th request to a broker carries each partition's k-th batch), and a broker's
+/// requests are enqueued on its connection in that order, so each partition's batches arrive in
+/// sequence; the answers are awaited on separate tasks.
 async fn dispatch(shared: &Arc<Shared>, batches: Vec<SealedBatch>) {
     let mut by_leader: HashMap<String, (Arc<Connection>, Vec<SealedBatch>)> = HashMap::new();
     for mut batch in batches {
@@ -495,9 +498,27 @@ async fn dispatch(shared: &Arc<Shared>, batches: Vec<SealedBatch>) {
         }
     }
     for (_, (connection, batches)) in by_leader {
-        let shared = Arc::clone(shared);
-        tokio::spawn(async move { send_request(&shared, &connection, batches).await });
+        for round in rounds(batches) {
+            send_round(shared, &connection, round).await;
+        }
     }
+}
+
+/// Splits batches (in per-partition order) into rounds holding at most one batch per partition.
+fn rounds(batches: Vec<SealedBatch>) -> Vec<Vec<SealedBatch>> {
+    let mut rounds: Vec<Vec<SealedBatch>> = Vec::new();
+    let mut seen: HashMap<TopicPartition, usize> = HashMap::new();
+    for batch in batches {
+        let k = seen.entry(batch.partition.clone()).or_insert(0);
+        if rounds.len() <= *k {
+            rounds.resize_with(*k + 1, Vec::new);
+        }
+        if let Some(round) = rounds.get_mut(*k) {
+            round.push(batch);
+        }
+        *k += 1;
+    }
+    rounds
 }
 
 fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
@@ -522,15 +543,14 @@ fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
     Ok(())
 }
 
-async fn send_request(shared: &Arc<Shared>, connection: &Connection, batches: Vec<SealedBatch>) {
-    let config = &shared.config;
+fn produce_request(config: &ProducerConfig, batches: &[SealedBatch]) -> ProduceRequest {
     let mut topics: HashMap<&str, Vec<PartitionProduceData>> = HashMap::new();
-    for batch in &batches {
+    for batch in batches {
         let data =
             PartitionProduceData { index: batch.partition.1, records: batch.payload.clone(), ..Default::default() };
         topics.entry(batch.partition.0.as_str()).or_default().push(data);
     }
-    let request = ProduceRequest {
+    ProduceRequest {
         acks: config.acks.wire(),
         timeout_ms: i32::try_from(config.delivery_timeout.min(Duration::from_secs(30)).as_millis()).unwrap_or(i32::MAX),
         topic_data: topics
@@ -542,27 +562,43 @@ async fn send_request(shared: &Arc<Shared>, connection: &Connection, batches: Ve
             })
             .collect(),
         ..ProduceRequest::default()
+    }
+}
+
+/// Enqueues one request on `connection` and completes its batches from the answer on a
+/// separate task (or at once for acks=0, which gets no answer).
+async fn send_round(shared: &Arc<Shared>, connection: &Arc<Connection>, batches: Vec<SealedBatch>) {
+    let request = produce_request(&shared.config, &batches);
+    let version = match connection.version_for::<ProduceRequest>(None) {
+        Ok(version) => version,
+        Err(e) => return fail_all(shared, batches, &e),
     };
-    if config.acks == Acks::None {
-        let outcome = match connection.version_for::<ProduceRequest>(None) {
-            Ok(version) => connection.send_without_response(&request, version).await,
-            Err(e) => Err(e),
-        };
-        for batch in batches {
-            match &outcome {
-                Ok(()) => finish(shared, batch, Ok(-1)),
-                Err(e) => retry_or_fail(shared, batch, e.clone()),
-            }
+    if shared.config.acks == Acks::None {
+        match connection.send_without_response(&request, version).await {
+            Ok(()) => batches.into_iter().for_each(|batch| finish(shared, batch, Ok(-1))),
+            Err(e) => fail_all(shared, batches, &e),
         }
         return;
     }
-    match connection.send(&request).await {
-        Ok(response) => handle_response(shared, connection.broker(), batches, &response),
-        Err(e) => {
-            for batch in batches {
-                retry_or_fail(shared, batch, e.clone());
-            }
+    match connection.enqueue(&request, version).await {
+        Ok(in_flight) => {
+            let shared = Arc::clone(shared);
+            let broker = connection.broker().to_owned();
+            tokio::spawn(async move {
+                match in_flight.response().await {
+                    Ok(response) => handle_response(&shared, &broker, batches, &response),
+                    Err(e) => fail_all(&shared, batches, &e),
+                }
+            });
         }
+        Err(e) => fail_all(shared, batches, &e),
+    }
+}
+
+/// Retries or fails every batch of a request that got no answer.
+fn fail_all(shared: &Arc<Shared>, batches: Vec<SealedBatch>, error: &Error) {
+    for batch in batches {
+        retry_or_fail(shared, batch, error.clone());
     }
 }
 

@@ -2,12 +2,15 @@
 //! when dropped. The binary comes from `scripts/install-peers.sh` (`.peers/bin/tansu`) or
 //! `$SLUICE_TANSU`.
 
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod proxy;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)] // each test binary uses a different part
 pub struct Tansu {
     pub addr: String,
     child: Child,
@@ -22,6 +25,22 @@ impl Tansu {
 
     /// Starts a broker on `addr` (`127.0.0.1:PORT`), e.g. where a stopped one was.
     pub fn start_on(addr: &str) -> Self {
+        Self::start_advertising(addr, addr)
+    }
+
+    /// A broker on a free port behind a fault proxy: the broker advertises the proxy's address,
+    /// so every connection the client makes (bootstrap and after metadata) goes through it.
+    pub fn start_behind_proxy() -> (Self, proxy::Proxy) {
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tansu = Self::start_advertising(&format!("127.0.0.1:{port}"), &proxy_addr);
+        let proxy = proxy::Proxy::start(proxy_listener, tansu.addr.clone());
+        (tansu, proxy)
+    }
+
+    /// Starts a broker listening on `addr` and advertising `advertised`.
+    fn start_advertising(addr: &str, advertised: &str) -> Self {
         let binary = std::env::var_os("SLUICE_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/tansu"));
@@ -31,8 +50,9 @@ impl Tansu {
             binary.display()
         );
         let url = format!("tcp://{addr}");
+        let advertised = format!("tcp://{advertised}");
         let child = Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
