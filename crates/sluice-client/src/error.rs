@@ -123,6 +123,16 @@ pub enum Error {
         /// The last error seen before giving up.
         last_error: String,
     },
+    /// A consumer's position is outside the partition's log and the reset policy is `Error`.
+    #[error("{topic}/{partition}: offset {offset} is out of range (the log was truncated or the offset is wrong; seek, or use an Earliest/Latest reset policy)")]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The position that was out of range.
+        offset: i64,
+    },
     /// The producer was closed before the record was sent.
     #[error("the producer is closed")]
     ProducerClosed,

@@ -1,0 +1,423 @@
+//! The consumer with manual assignment: positions per partition, one Fetch per leader per poll
+//! (all of that broker's partitions in one request, the brokers in parallel), an offset reset
+//! policy for OFFSET_OUT_OF_RANGE, transaction markers skipped, `read_committed` filtering of
+//! aborted transactions, and the high watermark, last stable offset and lag of each partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use sluice_protocol::messages::{FetchRequest, FetchResponse};
+use sluice_protocol::record::{decode_records, ControlRecordType, DecodeOptions, RecordBatch, RecordRef};
+
+use crate::client::{Client, FetchOptions, Isolation, OffsetSpec};
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+
+/// Fetch v13+ names topics by id; this consumer names them.
+const FETCH_BY_NAME_MAX_VERSION: i16 = 12;
+
+/// What to do when a position is outside the partition's log (OFFSET_OUT_OF_RANGE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// Move to the log start.
+    Earliest,
+    /// Move to the log end.
+    Latest,
+    /// Return [`Error::OffsetOutOfRange`] from `poll`.
+    Error,
+}
+
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The log start offset.
+    Earliest,
+    /// The log end offset: only records produced from now on.
+    Latest,
+    /// This offset.
+    Offset(i64),
+}
+
+/// How a [`Consumer`] fetches.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// How long a broker may hold a fetch waiting for `min_bytes`.
+    pub max_wait: Duration,
+    /// Bytes a broker waits for before answering.
+    pub min_bytes: i32,
+    /// Most bytes per fetch response.
+    pub max_bytes: i32,
+    /// Most bytes per partition per fetch (a first batch larger than this still comes whole).
+    pub partition_max_bytes: i32,
+    /// Transaction isolation.
+    pub isolation: Isolation,
+    /// What OFFSET_OUT_OF_RANGE does.
+    pub offset_reset: OffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 50 << 20,
+            partition_max_bytes: 1 << 20,
+            isolation: Isolation::ReadUncommitted,
+            offset_reset: OffsetReset::Latest,
+        }
+    }
+}
+
+/// What one poll returned for one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionRecords {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Data batches, in order, holding only records at or after the position the fetch started
+    /// from (transaction markers and, under `read_committed`, aborted batches removed).
+    pub batches: Vec<RecordBatch>,
+    /// The partition's high watermark when fetched.
+    pub high_watermark: i64,
+}
+
+impl PartitionRecords {
+    /// The records, in offset order.
+    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        self.batches.iter().flat_map(RecordBatch::records)
+    }
+}
+
+/// Where an assigned partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The offset of the next record to return.
+    pub position: i64,
+    /// The high watermark at the last fetch (-1 before any).
+    pub high_watermark: i64,
+    /// The last stable offset at the last fetch (-1 before any, or if the broker gave none).
+    pub last_stable_offset: i64,
+}
+
+impl PartitionProgress {
+    /// Records between the position and the high watermark (0 before the first fetch).
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark - self.position).max(0)
+    }
+}
+
+type TopicPartition = (String, i32);
+
+/// Consumes assigned partitions.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    assigned: BTreeMap<TopicPartition, PartitionProgress>,
+}
+
+impl Consumer {
+    /// A consumer with nothing assigned yet.
+    pub fn new(client: Client, config: ConsumerConfig) -> Self {
+        Self { client, config, assigned: BTreeMap::new() }
+    }
+
+    /// Starts consuming `topic`/`partition` from `start`.
+    pub async fn assign(&mut self, topic: &str, partition: i32, start: StartAt) -> Result<()> {
+        let position = match start {
+            StartAt::Offset(offset) => offset,
+            StartAt::Earliest => self.client.list_offset(topic, partition, OffsetSpec::Earliest).await?,
+            StartAt::Latest => self.log_end(topic, partition).await?,
+        };
+        let progress = PartitionProgress { position, high_watermark: -1, last_stable_offset: -1 };
+        self.assigned.insert((topic.to_owned(), partition), progress);
+        Ok(())
+    }
+
+    /// Stops consuming `topic`/`partition`.
+    pub fn unassign(&mut self, topic: &str, partition: i32) {
+        self.assigned.remove(&(topic.to_owned(), partition));
+    }
+
+    /// Moves the position of an assigned partition.
+    pub fn seek(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(progress) = self.assigned.get_mut(&(topic.to_owned(), partition)) {
+            progress.position = offset;
+        }
+    }
+
+    /// The assigned partitions and where each stands.
+    pub fn progress(&self) -> impl Iterator<Item = (&str, i32, PartitionProgress)> {
+        self.assigned.iter().map(|((topic, partition), p)| (topic.as_str(), *partition, *p))
+    }
+
+    /// Where `topic`/`partition` stands, if assigned.
+    pub fn partition_progress(&self, topic: &str, partition: i32) -> Option<PartitionProgress> {
+        self.assigned.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    /// The log end offset: the larger of what ListOffsets says and the fetch high watermark
+    /// (some brokers, Tansu among them, answer ListOffsets(latest) short of the log end).
+    async fn log_end(&self, topic: &str, partition: i32) -> Result<i64> {
+        let listed = self.client.list_offset(topic, partition, OffsetSpec::Latest).await?;
+        // Tansu answers a zero-wait fetch with no partitions at all; a short wait gets the watermark.
+        let probe = FetchOptions {
+            max_wait: Duration::from_millis(50),
+            min_bytes: 1,
+            max_bytes: self.config.partition_max_bytes,
+            isolation: self.config.isolation,
+        };
+        // A broker with nothing at `listed` may leave the partition out of a zero-wait answer.
+        let high_watermark = match self.client.fetch_partition(topic, partition, listed, &probe).await {
+            Ok(fetched) => fetched.high_watermark,
+            Err(Error::Broker { code: ErrorCode::UnknownTopicOrPartition, .. }) => listed,
+            Err(e) => return Err(e),
+        };
+        Ok(listed.max(high_watermark))
+    }
+
+    /// Fetches from every assigned partition's leader once and returns the partitions that had
+    /// records, advancing their positions past what is returned.
+    pub async fn poll(&mut self) -> Result<Vec<PartitionRecords>> {
+        let mut by_leader: HashMap<String, (Arc<Connection>, Vec<TopicPartition>)> = HashMap::new();
+        for (topic, partition) in self.assigned.keys() {
+            let connection = self.client.leader(topic, *partition).await?;
+            let entry = by_leader.entry(connection.broker().to_owned()).or_insert_with(|| (connection, Vec::new()));
+            entry.1.push((topic.clone(), *partition));
+        }
+        let mut fetches = tokio::task::JoinSet::new();
+        for (_, (connection, partitions)) in by_leader {
+            let request = self.fetch_request(&partitions);
+            fetches.spawn(async move {
+                let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
+                let response = connection.send_version(&request, version).await?;
+                Ok::<_, Error>((connection, response))
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = fetches.join_next().await {
+            let Ok(fetched) = joined else { continue };
+            let (connection, response) = fetched?;
+            self.absorb(&connection, response, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    fn fetch_request(&self, partitions: &[TopicPartition]) -> FetchRequest {
+        let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        for (topic, partition) in partitions {
+            let position = self.assigned.get(&(topic.clone(), *partition)).map_or(0, |p| p.position);
+            topics.entry(topic.as_str()).or_default().push(FetchPartition {
+                partition: *partition,
+                fetch_offset: position,
+                partition_max_bytes: self.config.partition_max_bytes,
+                ..Default::default()
+            });
+        }
+        FetchRequest {
+            max_wait_ms: i32::try_from(self.config.max_wait.as_millis()).unwrap_or(i32::MAX),
+            min_bytes: self.config.min_bytes,
+            max_bytes: self.config.max_bytes,
+            isolation_level: i8::from(self.config.isolation == Isolation::ReadCommitted),
+            topics: topics
+                .into_iter()
+                .map(|(topic, partitions)| FetchTopic { topic: topic.to_owned(), partitions, ..Default::default() })
+                .collect(),
+            ..FetchRequest::default()
+        }
+    }
+
+    /// Applies one broker's answer: records out, positions and watermarks updated, errors handled.
+    async fn absorb(
+        &mut self,
+        connection: &Connection,
+        response: FetchResponse,
+        out: &mut Vec<PartitionRecords>,
+    ) -> Result<()> {
+        crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
+        for topic in response.responses {
+            for answer in topic.partitions {
+                let key = (topic.topic.clone(), answer.partition_index);
+                let Some(progress) = self.assigned.get(&key).copied() else { continue };
+                match ErrorCode::from_code(answer.error_code) {
+                    ErrorCode::None => {}
+                    ErrorCode::OffsetOutOfRange => {
+                        self.reset(&key, progress.position).await?;
+                        continue;
+                    }
+                    ErrorCode::NotLeaderOrFollower
+                    | ErrorCode::UnknownTopicOrPartition
+                    | ErrorCode::FencedLeaderEpoch => {
+                        // Leadership moved: look again, fetch again next poll.
+                        self.client.refresh_metadata(Some(&[key.0.as_str()])).await?;
+                        continue;
+                    }
+                    code => return Err(Error::Broker { broker: connection.broker().to_owned(), api: "Fetch", code }),
+                }
+                let decode = DecodeOptions { min_offset: progress.position, ..DecodeOptions::default() };
+                let decoded = match &answer.records {
+                    Some(bytes) => decode_records(bytes, &decode).map_err(|source| Error::Decode {
+                        broker: connection.broker().to_owned(),
+                        api: "Fetch",
+                        version: -1,
+                        source,
+                    })?,
+                    None => Default::default(),
+                };
+                let aborted: Vec<(i64, i64)> = answer
+                    .aborted_transactions
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| (a.producer_id, a.first_offset))
+                    .collect();
+                let batches = match self.config.isolation {
+                    Isolation::ReadCommitted => filter_aborted(decoded.batches, &aborted),
+                    Isolation::ReadUncommitted => {
+                        decoded.batches.into_iter().filter(|b| !b.header.is_control()).collect()
+                    }
+                };
+                if let Some(updated) = self.assigned.get_mut(&key) {
+                    updated.position = decoded.next_offset.unwrap_or(updated.position).max(updated.position);
+                    updated.high_watermark = answer.high_watermark;
+                    updated.last_stable_offset = answer.last_stable_offset;
+                }
+                if !batches.is_empty() {
+                    out.push(PartitionRecords {
+                        topic: key.0,
+                        partition: key.1,
+                        batches,
+                        high_watermark: answer.high_watermark,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&mut self, key: &TopicPartition, position: i64) -> Result<()> {
+        let (topic, partition) = key;
+        let offset = match self.config.offset_reset {
+            OffsetReset::Earliest => self.client.list_offset(topic, *partition, OffsetSpec::Earliest).await?,
+            OffsetReset::Latest => self.log_end(topic, *partition).await?,
+            OffsetReset::Error => {
+                return Err(Error::OffsetOutOfRange { topic: topic.clone(), partition: *partition, offset: position })
+            }
+        };
+        if let Some(progress) = self.assigned.get_mut(key) {
+            progress.position = offset;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the data batches a `read_committed` consumer may see: drops transaction markers and
+/// the batches of aborted transactions, given the fetch's aborted-transaction list of
+/// `(producer id, first offset)` — the same walk the Java consumer does.
+pub fn filter_aborted(batches: Vec<RecordBatch>, aborted: &[(i64, i64)]) -> Vec<RecordBatch> {
+    let mut pending: Vec<(i64, i64)> = aborted.to_vec();
+    pending.sort_by_key(|(_, first_offset)| std::cmp::Reverse(*first_offset));
+    let mut aborting: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut kept = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let header = batch.header;
+        if header.producer_id >= 0 {
+            // Transactions that started at or before this batch's end are open from here on.
+            while pending.last().is_some_and(|(_, first)| *first <= header.last_offset()) {
+                if let Some((producer, _)) = pending.pop() {
+                    aborting.insert(producer);
+                }
+            }
+            if header.is_control() {
+                if batch.control_type() == Some(ControlRecordType::Abort) {
+                    aborting.remove(&header.producer_id);
+                }
+                continue;
+            }
+            if header.is_transactional() && aborting.contains(&header.producer_id) {
+                continue;
+            }
+        }
+        if !header.is_control() {
+            kept.push(batch);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+    use sluice_protocol::record::{encode_batch, BatchHeader, Record, ATTR_CONTROL, ATTR_TRANSACTIONAL};
+
+    use super::*;
+
+    /// A batch at `offset` of `count` records from `producer` (-1: none), with `attributes`.
+    fn batch(offset: i64, count: i64, producer: i64, attributes: i16, key: Option<&'static [u8]>) -> RecordBatch {
+        let header = BatchHeader {
+            base_offset: offset,
+            producer_id: producer,
+            producer_epoch: 0,
+            attributes,
+            ..BatchHeader::default()
+        };
+        let records: Vec<Record> = (0..count)
+            .map(|i| Record {
+                offset: offset + i,
+                key: key.map(Bytes::from_static),
+                value: Some("v".into()),
+                ..Record::default()
+            })
+            .collect();
+        let mut bytes = BytesMut::new();
+        encode_batch(&header, &records, &mut bytes).unwrap();
+        decode_records(&bytes.freeze(), &DecodeOptions::default()).unwrap().batches.remove(0)
+    }
+
+    const ABORT: Option<&[u8]> = Some(&[0, 0, 0, 0]);
+    const COMMIT: Option<&[u8]> = Some(&[0, 0, 0, 1]);
+    const TXN: i16 = ATTR_TRANSACTIONAL;
+    const MARKER: i16 = ATTR_TRANSACTIONAL | ATTR_CONTROL;
+
+    fn offsets(batches: &[RecordBatch]) -> Vec<i64> {
+        batches.iter().flat_map(|b| b.records().map(|r| r.offset())).collect()
+    }
+
+    #[test]
+    fn read_committed_drops_aborted_transactions_and_markers_only() {
+        let log = vec![
+            batch(0, 2, 7, TXN, None),      // producer 7's transaction...
+            batch(2, 1, 7, MARKER, ABORT),  // ...aborted
+            batch(3, 2, 8, TXN, None),      // producer 8's transaction...
+            batch(5, 1, 8, MARKER, COMMIT), // ...committed
+            batch(6, 1, -1, 0, None),       // not transactional
+            batch(7, 2, 7, TXN, None),      // producer 7 again, a new transaction, not aborted
+        ];
+        let kept = filter_aborted(log.clone(), &[(7, 0)]);
+        assert_eq!(offsets(&kept), vec![3, 4, 6, 7, 8]);
+        // With no aborted transactions reported everything but the markers stays.
+        assert_eq!(offsets(&filter_aborted(log, &[])), vec![0, 1, 3, 4, 6, 7, 8]);
+    }
+
+    #[test]
+    fn an_aborted_transaction_interleaved_with_a_committed_one_is_dropped_alone() {
+        let log = vec![
+            batch(0, 1, 1, TXN, None),
+            batch(1, 1, 2, TXN, None),
+            batch(2, 1, 1, TXN, None),
+            batch(3, 1, 2, MARKER, COMMIT),
+            batch(4, 1, 1, MARKER, ABORT),
+        ];
+        assert_eq!(offsets(&filter_aborted(log, &[(1, 0)])), vec![1]);
+    }
+
+    #[test]
+    fn lag_is_the_distance_to_the_high_watermark() {
+        let progress = PartitionProgress { position: 40, high_watermark: 100, last_stable_offset: 100 };
+        assert_eq!(progress.lag(), 60);
+        assert_eq!(PartitionProgress { high_watermark: -1, ..progress }.lag(), 0);
+    }
+}
