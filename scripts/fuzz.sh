@@ -48,7 +48,7 @@ for target in "${targets[@]}"; do
     runs=$(grep -oE '^Done [0-9]+ runs' "$log" | awk '{print $2}' | tail -1)
     [ -n "$runs" ] || runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | awk '{print $2}' | tail -1)
     corpus=$(find "fuzz/corpus/$target" -type f | wc -l)
-    crashes=$(find "fuzz/artifacts/$target" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) | wc -l)
+    crashes=$(find "fuzz/artifacts/$target" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) | wc -l || true)
     if [ "$status" -ne 0 ] || [ "$crashes" -ne 0 ]; then
         failed=1
         echo "fuzz.sh: $target FAILED (exit $status); last lines of $log:"
@@ -56,7 +56,7 @@ for target in "${targets[@]}"; do
         for artifact in $(find "fuzz/artifacts/$target" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \)); do
             mkdir -p "fuzz/regressions/$target"
             fuzz tmin --sanitizer none --debug-assertions "$target" "$artifact" >"$log.tmin" 2>&1 || true
-            minimized=$(ls -t "fuzz/artifacts/$target"/minimized-from-* 2>/dev/null | head -1)
+            minimized=$(ls -t "fuzz/artifacts/$target"/minimized-from-* 2>/dev/null | head -1 || true)
             cp "${minimized:-$artifact}" "fuzz/regressions/$target/$(basename "$artifact")"
             echo "fuzz.sh: kept fuzz/regressions/$target/$(basename "$artifact") (commit it; cargo test replays it)"
         done

@@ -8,6 +8,8 @@ pub mod consumer;
 pub mod error;
 pub mod error_code;
 pub mod frame;
+#[cfg(feature = "arbitrary")]
+pub mod fuzzing;
 pub mod header;
 pub mod messages;
 pub mod primitives;

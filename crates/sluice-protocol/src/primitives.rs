@@ -281,9 +281,18 @@ pub fn get_tagged_fields(
     mut known: impl FnMut(u32, &mut Bytes) -> DecodeResult<bool>,
 ) -> DecodeResult<()> {
     let count = get_uvarint(buf)?;
-    // Like the Java reader, accept tags in any order; writers emit them ascending.
+    // KIP-482 writes tags in ascending order, and every Kafka writer does. Holding readers to it
+    // also refuses duplicates, so that whatever decodes can be encoded again.
+    let mut previous: Option<u32> = None;
     for _ in 0..count {
         let tag = get_uvarint(buf)?;
+        if previous.is_some_and(|p| tag <= p) {
+            return Err(DecodeError::InvalidValue {
+                what: "tagged fields",
+                detail: format!("tag {tag} follows tag {} (tags must be unique and ascending)", previous.unwrap_or(0)),
+            });
+        }
+        previous = Some(tag);
         let size = get_uvarint(buf)? as usize;
         let mut body = take(buf, "tagged field", size)?;
         if !known(tag, &mut body)? {
@@ -558,17 +567,18 @@ mod tests {
     }
 
     #[test]
-    fn tags_are_read_in_any_order_as_the_java_reader_does() {
-        let mut out = BytesMut::new();
-        put_uvarint(&mut out, 2);
-        for tag in [5u32, 1] {
-            put_uvarint(&mut out, tag);
-            put_uvarint(&mut out, 1);
-            out.put_u8(tag as u8);
+    fn tags_out_of_order_or_repeated_are_refused() {
+        for tags in [[5u32, 1], [2, 2]] {
+            let mut out = BytesMut::new();
+            put_uvarint(&mut out, 2);
+            for tag in tags {
+                put_uvarint(&mut out, tag);
+                put_uvarint(&mut out, 1);
+                out.put_u8(0);
+            }
+            let err = get_tagged_fields(&mut out.freeze(), &mut Vec::new(), |_, _| Ok(false)).unwrap_err();
+            assert!(matches!(err, DecodeError::InvalidValue { what: "tagged fields", .. }), "{tags:?}: {err}");
         }
-        let mut unknown = Vec::new();
-        get_tagged_fields(&mut out.freeze(), &mut unknown, |_, _| Ok(false)).unwrap();
-        assert_eq!(unknown.iter().map(|f| f.tag).collect::<Vec<_>>(), vec![5, 1]);
     }
 
     #[test]
