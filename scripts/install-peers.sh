@@ -7,7 +7,7 @@
 #   .peers/bin/python      wrapper: execs the venv's python
 #   .peers/bin/kcat        wrapper: Debian's kcat run on librdkafka 2.16 (Debian's 2.0.2 cannot
 #                          parse Tansu's ApiVersions v3 response)
-# plus Debian's kcat and stunnel4 (apt-get update runs once, only when one is missing).
+# plus Debian's kcat, stunnel4 and time (apt-get update runs once, only when one is missing).
 #
 # Idempotent: each step is skipped when its result is already there. Fails loudly (non-zero exit,
 # saying which step) when something cannot be installed.
@@ -35,6 +35,7 @@ mkdir -p "$PEERS/bin" "$PEERS/lib"
 apt_missing=()
 command -v kcat >/dev/null 2>&1 || apt_missing+=(kcat)
 command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || apt_missing+=(stunnel4)
+[ -x /usr/bin/time ] || apt_missing+=(time)   # GNU time: the client benchmark measures CPU and RSS with it
 if [ ${#apt_missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found; cannot install ${apt_missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -45,7 +46,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
         || { tail -30 "$PEERS/apt.log" >&2; die "apt-get install ${apt_missing[*]} failed"; }
     command -v kcat >/dev/null 2>&1 || die "kcat still missing after apt-get install"
 else
-    log "apt: kcat and stunnel4 already installed (skipped)"
+    log "apt: kcat, stunnel4 and time already installed (skipped)"
 fi
 KCAT_BIN="$(command -v kcat)"
 

@@ -68,6 +68,13 @@ impl Tansu {
     }
 }
 
+impl Tansu {
+    /// The broker's process id (for reading its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();

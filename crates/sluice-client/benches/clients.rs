@@ -1,0 +1,246 @@
+//! Produce and consume throughput of sluice, rskafka and kcat (librdkafka 2.16) against one Tansu
+//! broker, on the same topics in one run: 1,000,000 x 100-byte records (set
+//! `SLUICE_BENCH_RECORDS` to change), 1 and 8 partitions.
+//!
+//! Each client runs as its own process under GNU time, so its wall time, CPU time (user + system)
+//! and peak RSS are its own; the broker's CPU is read from /proc before and after. Printed: records/s,
+//! client CPU microseconds per record, broker CPU, peak RSS, and sluice's ratios to the others.
+//! Run: `cargo bench -p sluice-client --bench clients` (needs `scripts/install-peers.sh`).
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line program
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use sluice_client::{
+    Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
+};
+
+const VALUE_BYTES: usize = 100;
+
+fn records() -> usize {
+    std::env::var("SLUICE_BENCH_RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000)
+}
+
+fn value(i: usize) -> Vec<u8> {
+    let mut v = format!("{i:010}-").into_bytes();
+    v.resize(VALUE_BYTES, b'x');
+    v
+}
+
+/// What GNU time reported for one client run.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    wall_s: f64,
+    cpu_s: f64,
+    peak_rss_kb: u64,
+    broker_cpu_s: f64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        return runtime.block_on(child(&args[pos + 1..]));
+    }
+    let tansu = common::Tansu::start();
+    let pid = tansu.pid();
+    let n = records();
+    println!("clients against Tansu 0.6.0 on {}, {n} records of {VALUE_BYTES} bytes", tansu.addr);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(Client::connect(ClientConfig::new([tansu.addr.as_str()]))).unwrap();
+    let input = std::env::temp_dir().join(format!("sluice-bench-{}.txt", std::process::id()));
+    let mut file = std::fs::File::create(&input).unwrap();
+    for i in 0..n {
+        file.write_all(&value(i)).unwrap();
+        file.write_all(b"\n").unwrap();
+    }
+    drop(file);
+    let mut table = Vec::new();
+    for partitions in [1, 8] {
+        for who in ["sluice", "rskafka", "kcat"] {
+            let topic = format!("produce-{who}-{partitions}");
+            runtime.block_on(client.create_topic(&topic, partitions, 1)).unwrap();
+            let run = match who {
+                "kcat" => timed(pid, kcat(&["-P", "-b", &tansu.addr, "-t", &topic, "-X", "linger.ms=5"]), Some(&input)),
+                _ => {
+                    timed(pid, myself(&[&format!("produce-{who}"), &tansu.addr, &topic, &partitions.to_string()]), None)
+                }
+            };
+            table.push(("produce", partitions, who, run));
+        }
+        // Every consumer reads the same records: those sluice produced.
+        let topic = format!("produce-sluice-{partitions}");
+        for who in ["sluice", "rskafka", "kcat"] {
+            let run = match who {
+                "kcat" => timed(
+                    pid,
+                    kcat(&["-C", "-b", &tansu.addr, "-t", &topic, "-o", "beginning", "-e", "-q", "-c", &n.to_string()]),
+                    None,
+                ),
+                _ => {
+                    timed(pid, myself(&[&format!("consume-{who}"), &tansu.addr, &topic, &partitions.to_string()]), None)
+                }
+            };
+            table.push(("consume", partitions, who, run));
+        }
+    }
+    let _ = std::fs::remove_file(&input);
+    print_table(&table, n);
+}
+
+fn myself(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.arg("--child").args(args);
+    command
+}
+
+fn kcat(args: &[&str]) -> Command {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/kcat");
+    let mut command = Command::new(path);
+    command.args(args);
+    command
+}
+
+/// Runs `command` under GNU time (stdin from `input`), returning its wall time, CPU and RSS and
+/// the broker's CPU over the same interval.
+fn timed(broker_pid: u32, command: Command, input: Option<&std::path::Path>) -> Run {
+    let report = std::env::temp_dir().join(format!("sluice-bench-time-{}", std::process::id()));
+    let mut timed = Command::new("/usr/bin/time");
+    timed.args(["-f", "%e %U %S %M", "-o"]).arg(&report).arg(command.get_program()).args(command.get_args());
+    timed.stdout(Stdio::null());
+    if let Some(input) = input {
+        timed.stdin(std::fs::File::open(input).unwrap());
+    }
+    let before = process_cpu_s(broker_pid);
+    let status = timed.status().expect("/usr/bin/time (Debian package time)");
+    let broker_cpu_s = process_cpu_s(broker_pid) - before;
+    assert!(status.success(), "{:?} failed", command.get_program());
+    let text = std::fs::read_to_string(&report).unwrap();
+    let fields: Vec<f64> = text.lines().last().unwrap().split_whitespace().map(|f| f.parse().unwrap()).collect();
+    Run { wall_s: fields[0], cpu_s: fields[1] + fields[2], peak_rss_kb: fields[3] as u64, broker_cpu_s }
+}
+
+/// User + system CPU seconds of a process, from /proc.
+fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the stat line (11 and 12 after the name).
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().map(|t| t.parse::<f64>().unwrap_or(0.0)).sum());
+    ticks / 100.0
+}
+
+fn print_table(table: &[(&str, i32, &str, Run)], n: usize) {
+    println!();
+    println!("| phase | partitions | client | records/s | client CPU us/record | broker CPU % | client peak RSS MiB | sluice speed ratio | sluice CPU ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (phase, partitions, who, run) in table {
+        let sluice =
+            table.iter().find(|(p, q, w, _)| p == phase && q == partitions && *w == "sluice").map(|t| t.3).unwrap();
+        let rate = n as f64 / run.wall_s;
+        let cpu_us = run.cpu_s * 1e6 / n as f64;
+        let ratio = |peer: f64, ours: f64| if ours > 0.0 { format!("{:.2}x", peer / ours) } else { "n/a".to_string() };
+        let (speed, cpu) = if *who == "sluice" {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (ratio(run.wall_s, sluice.wall_s), ratio(run.cpu_s, sluice.cpu_s))
+        };
+        println!(
+            "| {phase} | {partitions} | {who} | {:.0} | {cpu_us:.3} | {:.0} | {:.0} | {speed} | {cpu} |",
+            rate,
+            100.0 * run.broker_cpu_s / run.wall_s,
+            run.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    println!("\nspeed ratio = the peer's wall time / sluice's; CPU ratio = the peer's client CPU / sluice's (above 1: sluice better)");
+}
+
+async fn child(args: &[String]) {
+    let (mode, broker, topic, partitions) = (&args[0], &args[1], &args[2], args[3].parse::<i32>().unwrap());
+    let n = records();
+    match mode.as_str() {
+        "produce-sluice" => produce_sluice(broker, topic, partitions, n).await,
+        "consume-sluice" => consume_sluice(broker, topic, partitions, n).await,
+        "produce-rskafka" => produce_rskafka(broker, topic, partitions, n).await,
+        "consume-rskafka" => consume_rskafka(broker, topic, partitions, n).await,
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+async fn produce_sluice(broker: &str, topic: &str, partitions: i32, n: usize) {
+    let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
+    let producer = Producer::new(client, ProducerConfig::default()).await.unwrap();
+    let mut last = None;
+    for i in 0..n {
+        let record = ProducerRecord {
+            partition: Some((i % partitions as usize) as i32),
+            ..ProducerRecord::new(topic, value(i))
+        };
+        last = Some(producer.send(record).await.unwrap());
+    }
+    producer.flush().await;
+    last.unwrap().await.unwrap();
+}
+
+async fn consume_sluice(broker: &str, topic: &str, partitions: i32, n: usize) {
+    let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
+    let config = ConsumerConfig { partition_max_bytes: 4 << 20, ..ConsumerConfig::default() };
+    let mut consumer = Consumer::new(client, config);
+    for partition in 0..partitions {
+        consumer.assign(topic, partition, StartAt::Offset(0)).await.unwrap();
+    }
+    let mut seen = 0;
+    while seen < n {
+        for part in consumer.poll().await.unwrap() {
+            seen += part.records().filter(|r| r.value().is_some()).count();
+        }
+    }
+}
+
+async fn produce_rskafka(broker: &str, topic: &str, partitions: i32, n: usize) {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    let client = rskafka::client::ClientBuilder::new(vec![broker.to_owned()]).build().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for partition in 0..partitions {
+        let partition_client = client.partition_client(topic, partition, UnknownTopicHandling::Retry).await.unwrap();
+        tasks.spawn(async move {
+            let mine: Vec<usize> = (0..n).filter(|i| (i % partitions as usize) as i32 == partition).collect();
+            for chunk in mine.chunks(1000) {
+                let records = chunk
+                    .iter()
+                    .map(|i| rskafka::record::Record {
+                        key: None,
+                        value: Some(value(*i)),
+                        headers: Default::default(),
+                        timestamp: chrono::Utc::now(),
+                    })
+                    .collect();
+                partition_client.produce(records, Compression::NoCompression).await.unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn consume_rskafka(broker: &str, topic: &str, partitions: i32, n: usize) {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = rskafka::client::ClientBuilder::new(vec![broker.to_owned()]).build().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    let per_partition = n / partitions as usize;
+    for partition in 0..partitions {
+        let partition_client = client.partition_client(topic, partition, UnknownTopicHandling::Retry).await.unwrap();
+        let want = per_partition + usize::from((partition as usize) < n % partitions as usize);
+        tasks.spawn(async move {
+            let (mut offset, mut seen) = (0, 0);
+            while seen < want {
+                let (records, _) = partition_client.fetch_records(offset, 1..(4 << 20), 500).await.unwrap();
+                seen += records.iter().filter(|r| r.record.value.is_some()).count();
+                offset = records.last().map_or(offset, |r| r.offset + 1);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
