@@ -85,7 +85,8 @@ pub enum Error {
     /// dropped the dirty pages it could not write).
     #[error(
         "the checkpoint log is poisoned: an earlier {op} of {target} failed ({cause}). Nothing \
-         is retried; drop this Log and reopen the directory, which recovers what reached the disk"
+         is retried; drop this Log, and after a failed sync restart the machine (or drop the \
+         page cache) before reopening the directory, which then recovers what reached the disk"
     )]
     Poisoned {
         /// The operation that failed first.
@@ -179,10 +180,20 @@ impl StorageOp {
                 "check that the directory exists, is readable and writable by this user, and \
                  is on a local file system"
             }
+            Self::OpenSync => {
+                "the log was not opened; fix the disk problem, then restart the machine (or at \
+                 least drop the page cache) before opening it again, since a failed sync may \
+                 have left pages in memory that never reached the disk"
+            }
+            Self::RemoveSegment => {
+                "if this happened while writing, the log is now poisoned (nothing is retried): \
+                 drop it and reopen the directory once the problem is fixed"
+            }
             _ => {
-                "the log is now poisoned (nothing is retried): drop it and reopen the \
-                 directory once the disk problem is fixed; recovery keeps every commit that \
-                 returned Ok"
+                "if this happened while writing, the log is now poisoned (nothing is retried): \
+                 drop it, fix the disk problem, and restart the machine (or at least drop the \
+                 page cache) before reopening the directory; commits that returned Ok were \
+                 durable"
             }
         }
     }

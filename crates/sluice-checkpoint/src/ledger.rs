@@ -45,7 +45,6 @@ struct CommittedMark {
 
 #[derive(Debug, Clone, Copy)]
 struct SnapshotMark {
-    seq: u64,
     /// Oldest record the snapshot does not replace: itself, or an intent still pending when it
     /// was written (its commit comes later and needs it).
     keep_from: u64,
@@ -106,6 +105,11 @@ impl Ledger {
         self.check_not_committed(batch)?;
         match self.pending.first_key_value() {
             Some((&oldest, _)) if oldest == batch => Ok(()),
+            // Replaying a compacted log: a batch older than every pending one had its intent
+            // in a deleted segment (compaction keeps the intents of the retained batches and of
+            // the batches pending at the snapshot, but with pipelined intents it may delete an
+            // older batch's intent while keeping its commit).
+            Some((&oldest, _)) if !self.require_intents && batch < oldest => Ok(()),
             Some((&oldest, _)) => Err(format!("batch {batch} cannot commit before the older pending batch {oldest}")),
             None if !self.require_intents => Ok(()),
             None => Err(format!("batch {batch} has no intent; append its intent first")),
@@ -146,15 +150,18 @@ impl Ledger {
             }
             BatchOp::Snapshot(_) => {
                 let oldest_pending = self.pending.values().copied().min().unwrap_or(seq);
-                self.snapshot = Some(SnapshotMark { seq, keep_from: oldest_pending.min(seq) });
+                self.snapshot = Some(SnapshotMark { keep_from: oldest_pending.min(seq) });
             }
         }
     }
 
-    /// Records before this sequence number are no longer needed, given that every record
-    /// before `durable_seq` is durable. `None` while nothing may be deleted.
-    pub(crate) fn compaction_floor(&self, durable_seq: u64) -> Option<u64> {
-        let snapshot = self.snapshot.filter(|s| s.seq < durable_seq)?;
+    /// Records before this sequence number are no longer needed once every record applied so
+    /// far is durable. `None` while nothing may be deleted.
+    ///
+    /// It must be taken together with the durable point it relies on: records applied later
+    /// (and not yet durable) must not move it.
+    pub(crate) fn compaction_floor(&self) -> Option<u64> {
+        let snapshot = self.snapshot?;
         if self.recent.len() < self.retain_batches {
             return None;
         }
@@ -345,13 +352,31 @@ mod tests {
         ledger.apply(BatchOp::Intent(1), 0);
         ledger.apply(BatchOp::Commit(1), 1);
         ledger.apply(BatchOp::Intent(2), 2);
-        assert_eq!(ledger.compaction_floor(10), None, "no snapshot yet");
+        assert_eq!(ledger.compaction_floor(), None, "no snapshot yet");
         ledger.apply(BatchOp::Snapshot(1), 3);
-        assert_eq!(ledger.compaction_floor(3), None, "snapshot not durable yet");
         // Batch 1 is retained (its intent is record 0), so nothing goes yet.
-        assert_eq!(ledger.compaction_floor(4), Some(0));
+        assert_eq!(ledger.compaction_floor(), Some(0));
         ledger.apply(BatchOp::Commit(2), 4);
         // Pending intent 2 (record 2) was still needed by the snapshot; retention keeps batch 2.
-        assert_eq!(ledger.compaction_floor(5), Some(2));
+        assert_eq!(ledger.compaction_floor(), Some(2));
+    }
+
+    #[test]
+    fn compacted_replay_accepts_a_commit_whose_intent_was_deleted_behind_a_pending_one() {
+        // The log starts at intent(2): intent(1) was compacted away, commit(1) was kept.
+        let mut ledger = Ledger::new(1, true);
+        ledger.apply(BatchOp::Intent(2), 3);
+        assert!(ledger.check(BatchOp::Commit(1)).is_ok());
+        ledger.apply(BatchOp::Commit(1), 4);
+        assert!(ledger.check(BatchOp::Commit(2)).is_ok());
+        ledger.apply(BatchOp::Commit(2), 5);
+        // A live writer (or an uncompacted log) still needs every commit in order.
+        let mut live = Ledger::new(1, false);
+        live.apply(BatchOp::Intent(1), 0);
+        live.apply(BatchOp::Intent(2), 1);
+        assert!(live.check(BatchOp::Commit(0)).is_err());
+        ledger.require_intents();
+        ledger.apply(BatchOp::Intent(4), 6);
+        assert!(ledger.check(BatchOp::Commit(3)).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use crate::error::{Error, Result, StorageOp};
 use crate::format::{
@@ -90,6 +90,9 @@ pub struct LogStats {
     pub commit_syncs: u64,
     /// Segment files in the log.
     pub segments: usize,
+    /// Segment removals by compaction that failed (the segment stays and is tried again at a
+    /// later commit; a failed removal does not poison the log).
+    pub compaction_failures: u64,
 }
 
 /// A checkpoint log open for writing.
@@ -104,6 +107,9 @@ pub struct Log<S: Storage = FileStorage> {
     synced: Condvar,
     /// Mirror of `SyncState::durable_seq`, read without a lock to stamp record headers.
     durable_seq: AtomicU64,
+    /// Held while deleting segments, so removals stay oldest first across threads.
+    compaction: Mutex<()>,
+    compaction_failures: AtomicU64,
     poison: OnceLock<Poison>,
 }
 
@@ -112,7 +118,6 @@ struct Writer<G: SegmentFile> {
     /// Every segment of the log, oldest first, the active one last.
     segments: VecDeque<SegmentMeta>,
     next_seq: u64,
-    next_segment_id: u64,
     ledger: Ledger,
 }
 
@@ -177,6 +182,8 @@ impl<S: Storage> Log<S> {
             sync: Mutex::new(SyncState { durable_seq: durable, leader: false, syncs: 0 }),
             synced: Condvar::new(),
             durable_seq: AtomicU64::new(durable),
+            compaction: Mutex::new(()),
+            compaction_failures: AtomicU64::new(0),
             poison: OnceLock::new(),
         };
         Ok((log, recovered))
@@ -211,6 +218,12 @@ impl<S: Storage> Log<S> {
     /// Concurrent callers share syncs (group commit): one thread syncs everything appended so
     /// far while the others wait for it, and appends go on meanwhile. A failed sync poisons the
     /// log; this call then returns [`Error::Storage`] and every later call [`Error::Poisoned`].
+    ///
+    /// The thread that synced then deletes the segments a durable snapshot made unnecessary,
+    /// after the waiting callers were released. A failed deletion is counted in
+    /// [`LogStats::compaction_failures`] and retried at a later commit; a failed directory
+    /// fsync after a deletion poisons the log (the records this call waited for are durable
+    /// even then).
     pub fn commit(&self) -> Result<()> {
         self.check_poison()?;
         let target = self.lock_writer()?.next_seq;
@@ -223,12 +236,14 @@ impl<S: Storage> Log<S> {
                 let mut state = self.lock_sync()?;
                 state.leader = false;
                 state.syncs += 1;
-                if let Ok(durable) = outcome {
+                if let Ok((durable, _)) = outcome {
                     self.advance_durable(&mut state, durable);
                 }
             }
             self.synced.notify_all();
-            outcome?;
+            if let (_, Some(floor)) = outcome? {
+                self.compact(floor)?;
+            }
         }
     }
 
@@ -239,7 +254,13 @@ impl<S: Storage> Log<S> {
             (writer.next_seq, writer.segments.len())
         };
         let state = self.lock_sync()?;
-        Ok(LogStats { next_seq, durable_seq: state.durable_seq, commit_syncs: state.syncs, segments })
+        Ok(LogStats {
+            next_seq,
+            durable_seq: state.durable_seq,
+            commit_syncs: state.syncs,
+            segments,
+            compaction_failures: self.compaction_failures.load(Ordering::Relaxed),
+        })
     }
 
     /// The storage the log runs on.
@@ -260,6 +281,10 @@ impl<S: Storage> Log<S> {
         // Again under the lock: a commit on another thread may have failed meanwhile.
         self.check_poison()?;
         writer.ledger.check(op).map_err(|problem| Error::InvalidOperation { problem })?;
+        let Some(after) = writer.next_seq.checked_add(1) else {
+            let problem = "the log's sequence numbers are exhausted (the next one would pass u64::MAX)".into();
+            return Err(Error::InvalidOperation { problem });
+        };
         let frame_len = RECORD_HEADER_LEN as u64 + payload_len;
         if writer.needs_roll(frame_len) {
             self.roll(&mut writer, frame_len)?;
@@ -271,7 +296,7 @@ impl<S: Storage> Log<S> {
             .ok_or(Error::RecordTooLarge { bytes: payload_len, limit: MAX_PAYLOAD_LEN })?;
         self.write_frame(&mut writer, &header, &parts, frame_len)?;
         writer.ledger.apply(op, seq);
-        writer.next_seq += 1;
+        writer.next_seq = after;
         Ok(seq)
     }
 
@@ -302,6 +327,12 @@ impl<S: Storage> Log<S> {
     /// Finishes the active segment (synced in full, so a later segment proves it durable) and
     /// creates the next one, durable before any record goes in.
     fn roll(&self, writer: &mut Writer<S::Segment>, frame_len: u64) -> Result<()> {
+        let id = match writer.segments.back() {
+            None => 0,
+            Some(last) => last.id.checked_add(1).ok_or_else(|| Error::InvalidOperation {
+                problem: format!("segment ids are exhausted: {} is the last possible one", segment_file_name(last.id)),
+            })?,
+        };
         if let Some(active) = writer.active.take() {
             if active.write_pos > active.synced_pos {
                 let len = active.write_pos - active.synced_pos;
@@ -314,7 +345,6 @@ impl<S: Storage> Log<S> {
             let mut state = self.lock_sync()?;
             self.advance_durable(&mut state, writer.next_seq);
         }
-        let id = writer.next_segment_id;
         let len = segment_len(self.options.segment_size_bytes, frame_len);
         let header = SegmentHeader { segment_id: id, first_seq: writer.next_seq }.encode();
         let name = target(&self.storage, id);
@@ -328,7 +358,6 @@ impl<S: Storage> Log<S> {
         writer.segments.push_back(SegmentMeta { id, first_seq });
         let start = SEGMENT_HEADER_LEN as u64;
         writer.active = Some(Active { id, segment, write_pos: start, synced_pos: start });
-        writer.next_segment_id = id + 1;
         Ok(())
     }
 
@@ -348,15 +377,21 @@ impl<S: Storage> Log<S> {
         }
     }
 
-    /// Syncs everything appended so far; returns the new durable sequence number.
-    fn lead(&self) -> Result<u64> {
-        let (syncer, id, from, to, durable) = {
+    /// Syncs everything appended so far; returns the new durable sequence number and the
+    /// compaction floor as of that point.
+    ///
+    /// The floor is taken in the same critical section as the durable point: records appended
+    /// by other threads during the sync are not durable, so they must not count (a commit that
+    /// only they retain would let compaction delete the last durable one).
+    fn lead(&self) -> Result<(u64, Option<u64>)> {
+        let (syncer, id, from, to, durable, floor) = {
             let writer = self.lock_writer()?;
+            let floor = writer.ledger.compaction_floor();
             let Some(active) = &writer.active else {
-                return Ok(writer.next_seq);
+                return Ok((writer.next_seq, floor));
             };
             let syncer = active.segment.syncer();
-            (syncer, active.id, active.synced_pos, active.write_pos, writer.next_seq)
+            (syncer, active.id, active.synced_pos, active.write_pos, writer.next_seq, floor)
         };
         if to > from {
             syncer
@@ -369,23 +404,42 @@ impl<S: Storage> Log<S> {
                 active.synced_pos = active.synced_pos.max(to);
             }
         }
-        self.compact(durable)?;
-        Ok(durable)
+        Ok((durable, floor))
     }
 
-    /// Deletes the segments that the latest durable snapshot and retention no longer need,
-    /// oldest first, each deletion made durable before the next so the log stays contiguous.
-    fn compact(&self, durable_seq: u64) -> Result<()> {
-        let doomed = self.lock_writer()?.take_compactable(durable_seq);
-        for id in doomed {
-            self.storage
-                .remove_segment(id)
-                .map_err(|source| self.poison(StorageOp::RemoveSegment, target(&self.storage, id), source))?;
+    /// Deletes the segments wholly before `floor` (which needs only durable records), oldest
+    /// first, each deletion made durable before the next so the log stays contiguous.
+    ///
+    /// Runs after the commit's waiters were released. If another thread is compacting, this
+    /// one leaves it to that thread (or to the next commit). A failed removal leaves the
+    /// segment in place and is retried later; a failed directory fsync poisons the log.
+    fn compact(&self, floor: u64) -> Result<()> {
+        let _compacting = match self.compaction.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::WouldBlock) => return Ok(()),
+            Err(TryLockError::Poisoned(_)) => return Err(lock_poisoned()),
+        };
+        loop {
+            self.check_poison()?;
+            let Some(id) = self.lock_writer()?.compactable(floor) else {
+                return Ok(());
+            };
+            match self.storage.remove_segment(id) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => {
+                    self.compaction_failures.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
             self.storage
                 .sync_dir()
                 .map_err(|source| self.poison(StorageOp::DirSync, self.storage.location(), source))?;
+            let mut writer = self.lock_writer()?;
+            if writer.segments.front().is_some_and(|s| s.id == id) {
+                writer.segments.pop_front();
+            }
         }
-        Ok(())
     }
 
     fn advance_durable(&self, state: &mut SyncState, durable: u64) {
@@ -420,21 +474,12 @@ impl<G: SegmentFile> Writer<G> {
         self.active.as_ref().is_none_or(|a| a.write_pos.saturating_add(frame_len) > a.segment.len())
     }
 
-    /// Pops the segments wholly before the compaction floor; never the active one.
-    fn take_compactable(&mut self, durable_seq: u64) -> Vec<u64> {
-        let Some(floor) = self.ledger.compaction_floor(durable_seq) else {
-            return Vec::new();
-        };
+    /// The oldest segment if it lies wholly before `floor`; never the active one.
+    fn compactable(&self, floor: u64) -> Option<u64> {
         let active = self.active.as_ref().map(|a| a.id);
-        let mut doomed = Vec::new();
-        while let (Some(oldest), Some(next)) = (self.segments.front(), self.segments.get(1)) {
-            if Some(oldest.id) == active || next.first_seq > floor {
-                break;
-            }
-            doomed.push(oldest.id);
-            self.segments.pop_front();
-        }
-        doomed
+        let oldest = self.segments.front()?;
+        let next = self.segments.get(1)?;
+        (Some(oldest.id) != active && next.first_seq <= floor).then_some(oldest.id)
     }
 }
 
@@ -498,20 +543,26 @@ fn apply_plan<S: Storage>(
                 let gone = io::Error::new(io::ErrorKind::NotFound, "segment vanished during open");
                 return Err(storage_error(StorageOp::OpenSegment, target(storage, extent.id), gone));
             };
-            Some(prepare_active(storage, extent, handle, plan.cut)?)
+            let active = prepare_active(storage, extent, handle, plan.cut)?;
+            // The newest segment may have been created by a process that died (or whose sync
+            // failed) before its directory entry was made durable.
+            storage.sync_dir().map_err(|source| storage_error(StorageOp::DirSync, storage.location(), source))?;
+            Some(active)
         }
     };
     Ok(Writer {
         active,
         segments: plan.segments.iter().map(|s| SegmentMeta { id: s.id, first_seq: s.first_seq }).collect(),
         next_seq: plan.next_seq,
-        next_segment_id: last.map_or(0, |s| s.id + 1),
         ledger,
     })
 }
 
 /// Zeros the torn tail of the newest segment and syncs everything recovered in it, so that
 /// every record recovered now counts as durable (new records' `durable_seq` will say so).
+///
+/// The file is fsynced too: a process killed during roll-over (or whose fsync failed) may have
+/// left a segment whose length never reached the disk. The caller fsyncs the directory.
 fn prepare_active<S: Storage>(
     storage: &S,
     extent: SegmentExtent,
@@ -532,7 +583,9 @@ fn prepare_active<S: Storage>(
         }
         sync_end = sync_end.max(cut.zero_until);
     }
-    segment.syncer().sync_range(0, sync_end).map_err(|source| storage_error(StorageOp::OpenSync, name, source))?;
+    let syncer = segment.syncer();
+    syncer.sync_range(0, sync_end).map_err(|source| storage_error(StorageOp::OpenSync, name.clone(), source))?;
+    syncer.sync_file().map_err(|source| storage_error(StorageOp::OpenSync, name, source))?;
     Ok(Active { id: extent.id, segment, write_pos: extent.end, synced_pos: extent.end })
 }
 

@@ -291,6 +291,10 @@ impl<'s, 'a> Scan<'s, 'a> {
                 let problem = format!("a record with sequence {} where {} was expected", frame.meta.seq, self.expected);
                 return (at, problem);
             }
+            // The writer never gives out u64::MAX (the sequence after it would not exist).
+            let Some(next_expected) = self.expected.checked_add(1) else {
+                return (at, format!("a record with sequence {}, past the last usable one", frame.meta.seq));
+            };
             self.out.records.push(RecordView {
                 seq: frame.meta.seq,
                 kind: frame.meta.kind,
@@ -298,7 +302,7 @@ impl<'s, 'a> Scan<'s, 'a> {
                 segment_id: image.id,
                 offset: at,
             });
-            self.expected += 1;
+            self.expected = next_expected;
             at = align_up(frame.end).map_or(len, |next| next.min(len));
         }
     }
@@ -495,10 +499,10 @@ mod tests {
             segment[at..at + RECORD_HEADER_LEN].copy_from_slice(&header);
             at += RECORD_HEADER_LEN;
         }
-        let started = std::time::Instant::now();
+        // The CRC budget (a work count, not a clock) must run out: "record-like" is the
+        // TooManyCandidates outcome, reached after at most 4x the segment's bytes checksummed.
         let err = recover(&[SegmentImage { id: 0, bytes: &segment }], RecoveryMode::Strict).unwrap_err();
         assert!(matches!(&err, Error::Corrupt { problem, .. } if problem.contains("record-like")), "{err}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
     }
 
     #[test]

@@ -86,7 +86,8 @@ fn spawn_child(dir: &Path) -> Child {
         .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1", "-q"])
         .env(CHILD_DIR_ENV, dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Inherited: a child that fails (rather than being killed) shows why.
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn child")
 }

@@ -41,11 +41,13 @@ impl FileStorage {
         let dir = dir.as_ref().to_path_buf();
         let dir_error = |source| Error::Storage { op: StorageOp::OpenDir, target: dir.display().to_string(), source };
         if !dir.is_dir() {
+            let missing = missing_ancestors(&dir);
             fs::create_dir_all(&dir).map_err(dir_error)?;
-            // The new directory's own entry must be durable too, or a crash could lose the
-            // whole log after its first commit returned.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                File::open(parent).and_then(|p| p.sync_all()).map_err(dir_error)?;
+            // Every new directory's own entry must be durable too, or a crash could lose the
+            // whole log after its first commit returned: fsync the parent of each directory
+            // created, deepest first.
+            for parent in parents_to_sync(&missing) {
+                File::open(&parent).and_then(|p| p.sync_all()).map_err(dir_error)?;
             }
         }
         let lock_file = dir.join(LOCK_FILE_NAME);
@@ -113,6 +115,27 @@ impl Storage for FileStorage {
     fn sync_dir(&self) -> io::Result<()> {
         self.dir_handle.sync_all()
     }
+}
+
+/// `dir` and its ancestors that do not exist yet, deepest first: what `create_dir_all` creates.
+fn missing_ancestors(dir: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| fs::symlink_metadata(p).is_err())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// The directories whose entries change when `created` (deepest first) are created: the parent
+/// of each, "." for a relative path of one component.
+fn parents_to_sync(created: &[PathBuf]) -> Vec<PathBuf> {
+    created
+        .iter()
+        .map(|dir| match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect()
 }
 
 /// Writes `header` and then zeros up to `len`, with ordinary writes. Writing real zeros (rather
@@ -234,4 +257,30 @@ fn out_of_bounds(offset: u64, len: usize, map_len: usize) -> io::Error {
         io::ErrorKind::InvalidInput,
         format!("{len} bytes at offset {offset} do not fit the {map_len}-byte segment"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_one_component_directory_syncs_the_current_directory() {
+        assert_eq!(parents_to_sync(&[PathBuf::from("ckpt")]), vec![PathBuf::from(".")]);
+        assert_eq!(parents_to_sync(&[PathBuf::from("a/b")]), vec![PathBuf::from("a")]);
+    }
+
+    #[test]
+    fn every_created_ancestor_gets_its_parent_synced() {
+        let root = std::env::temp_dir().join(format!("sluice-ckpt-ancestors-{}", std::process::id()));
+        let dir = root.join("a").join("b");
+        let missing = missing_ancestors(&dir);
+        assert_eq!(missing, vec![dir.clone(), root.join("a"), root.clone()]);
+        assert_eq!(parents_to_sync(&missing), vec![root.join("a"), root.clone(), std::env::temp_dir()]);
+        fs::create_dir_all(&root).unwrap();
+        assert_eq!(missing_ancestors(&dir), vec![dir.clone(), root.join("a")]);
+        let opened = FileStorage::open(&dir).unwrap();
+        assert!(missing_ancestors(&dir).is_empty());
+        drop(opened);
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

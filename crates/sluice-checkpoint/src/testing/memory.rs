@@ -63,6 +63,8 @@ struct Disk {
     sync_failures: u64,
     crash_image: Option<DiskImage>,
     sync_hook: Option<SyncHook>,
+    /// `remove_segment` fails (without side effects) while set.
+    fail_removals: bool,
 }
 
 #[derive(Clone)]
@@ -127,6 +129,14 @@ impl MemStorage {
         }
     }
 
+    /// Makes every `remove_segment` fail with an I/O error (nothing is removed) while `fail`
+    /// is true, as when another program holds the directory read-only.
+    pub fn set_fail_removals(&self, fail: bool) {
+        if let Ok(mut disk) = self.disk.lock() {
+            disk.fail_removals = fail;
+        }
+    }
+
     /// Storage operations since the faults were last set.
     pub fn ops(&self) -> u64 {
         self.lock().map_or(0, |d| d.ops)
@@ -158,6 +168,18 @@ impl MemStorage {
             return image.clone();
         }
         disk.crash_now(&mut SplitMix64::new(seed))
+    }
+
+    /// The disk as a new process finds it after this one was killed: the page cache survives,
+    /// and so does what is durable and what is not (dirty pages, unsynced lengths and
+    /// directory entries, removals not yet durable). Fault counters start afresh.
+    pub fn survivor(&self) -> MemStorage {
+        let storage = Self::new();
+        if let (Ok(src), Ok(mut dst)) = (self.lock(), storage.disk.lock()) {
+            dst.files = src.files.clone();
+            dst.ghosts = src.ghosts.clone();
+        }
+        storage
     }
 
     /// The process dies but the machine does not: the page cache survives, synced or not.
@@ -393,6 +415,9 @@ impl Storage for MemStorage {
 
     fn remove_segment(&self, id: u64) -> io::Result<()> {
         let mut disk = self.lock()?;
+        if disk.fail_removals {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "injected removal failure (EACCES)"));
+        }
         disk.tick()?;
         let Some(file) = disk.files.remove(&id) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("segment {id} does not exist")));

@@ -29,14 +29,21 @@ use crate::recover::{recover, RecoveryMode, SegmentImage};
 /// One step of a simulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimOp {
-    /// Plan the next batch (or re-plan the pending one).
+    /// Plan the next batch (or re-plan the newest pending one).
     Intent {
         /// Number of offset ranges.
         ranges: u8,
         /// Metadata size.
         metadata_bytes: u16,
     },
-    /// Commit the pending batch; without one, the log must refuse it.
+    /// Plan another batch while the pending ones are still running (pipelined intents).
+    IntentNext {
+        /// Number of offset ranges.
+        ranges: u8,
+        /// Metadata size.
+        metadata_bytes: u16,
+    },
+    /// Commit the oldest pending batch; without one, the log must refuse it.
     Commit {
         /// State delta size.
         delta_bytes: u16,
@@ -62,7 +69,8 @@ pub enum SimOp {
         /// Seeds the crash's choices.
         seed: u64,
     },
-    /// The process is killed now; the page cache survives.
+    /// The process is killed now; the page cache survives, and what was not synced stays
+    /// unsynced (a later power loss can still lose it unless the next open syncs it).
     Kill,
     /// The sync this many syncs from now fails.
     FailSync {
@@ -133,7 +141,8 @@ struct Model {
     acked_seq: u64,
     next_seq: u64,
     last_committed: Option<u64>,
-    pending: Option<u64>,
+    /// Pending batches, oldest first.
+    pending: Vec<u64>,
     /// State hash after each committed batch.
     states: BTreeMap<u64, u64>,
     state: u64,
@@ -188,7 +197,8 @@ impl Sim {
 
     fn apply(&mut self, op: SimOp) -> Step {
         match op {
-            SimOp::Intent { ranges, metadata_bytes } => self.intent(ranges, metadata_bytes),
+            SimOp::Intent { ranges, metadata_bytes } => self.intent(ranges, metadata_bytes, false),
+            SimOp::IntentNext { ranges, metadata_bytes } => self.intent(ranges, metadata_bytes, true),
             SimOp::Commit { delta_bytes, marker_bytes } => self.commit_batch(delta_bytes, marker_bytes),
             SimOp::Snapshot { padding_bytes } => self.snapshot(padding_bytes),
             SimOp::Sync => self.sync(),
@@ -200,7 +210,11 @@ impl Sim {
                 Ok(())
             }
             SimOp::PowerLoss { seed } => self.restart(self.storage.power_loss(seed), true),
-            SimOp::Kill => self.restart(self.storage.kill(), false),
+            SimOp::Kill if self.storage.has_crashed() => self.restart(self.storage.kill(), false),
+            SimOp::Kill => {
+                let survivor = self.storage.survivor();
+                self.restart_from(self.storage.kill(), Some(survivor), false)
+            }
             SimOp::FailSync { after_syncs, seed } => {
                 let mut faults = self.storage.pending_faults();
                 faults.fail_sync = Some(u64::from(after_syncs) + 1);
@@ -215,8 +229,16 @@ impl Sim {
         self.log.as_ref().ok_or_else(|| "no open log".to_string())
     }
 
-    fn intent(&mut self, ranges: u8, metadata_bytes: u16) -> Step {
-        let batch_id = self.model.pending.unwrap_or(self.model.last_committed.map_or(0, |b| b + 1));
+    fn next_batch(&self) -> u64 {
+        let newest = self.model.pending.last().copied().or(self.model.last_committed);
+        newest.map_or(0, |b| b + 1)
+    }
+
+    fn intent(&mut self, ranges: u8, metadata_bytes: u16, pipelined: bool) -> Step {
+        let batch_id = match self.model.pending.last() {
+            Some(&newest) if !pipelined => newest,
+            _ => self.next_batch(),
+        };
         let seq = self.model.next_seq;
         let intent = BatchIntent {
             batch_id,
@@ -232,22 +254,22 @@ impl Sim {
         };
         let bytes = encode_intent(&intent)?.parts().concat();
         let result = self.log()?.append_intent(&intent);
-        if self.appended(result, RecordKind::Intent, bytes)? {
-            self.model.pending = Some(batch_id);
+        if self.appended(result, RecordKind::Intent, bytes)? && self.model.pending.last() != Some(&batch_id) {
+            self.model.pending.push(batch_id);
         }
         Ok(())
     }
 
     fn commit_batch(&mut self, delta_bytes: u16, marker_bytes: u8) -> Step {
         let seq = self.model.next_seq;
-        let batch_id = self.model.pending.unwrap_or(self.model.last_committed.map_or(0, |b| b + 1));
+        let batch_id = self.model.pending.first().copied().unwrap_or_else(|| self.next_batch());
         let commit = BatchCommit {
             batch_id,
             state_delta: pattern(seq, usize::from(delta_bytes)),
             sink_markers: pattern(seq ^ 0xff, usize::from(marker_bytes)),
         };
         let result = self.log()?.append_commit(&commit);
-        if self.model.pending.is_none() {
+        if self.model.pending.is_empty() {
             return self.expect_refusal(result.map(|_| ()));
         }
         // Booked before knowing whether the append worked: a failed append can still land, and
@@ -258,7 +280,7 @@ impl Sim {
         if self.appended(result, RecordKind::Commit, bytes)? {
             self.model.state = state;
             self.model.last_committed = Some(batch_id);
-            self.model.pending = None;
+            self.model.pending.remove(0);
         }
         Ok(())
     }
@@ -350,6 +372,13 @@ impl Sim {
     /// Restarts from a crash image, checking recovery against the model. Faults armed but not
     /// yet fired carry over, so a crash or a failed sync can also hit `open` itself.
     fn restart(&mut self, image: DiskImage, power_loss: bool) -> Step {
+        self.restart_from(image, None, power_loss)
+    }
+
+    /// Restarts over `survivor` (a killed process's disk, durable state and all) if given,
+    /// else over `image` with everything durable (a reboot).
+    fn restart_from(&mut self, image: DiskImage, survivor: Option<MemStorage>, power_loss: bool) -> Step {
+        let mut survivor = survivor;
         self.log = None;
         self.report.restarts += 1;
         if power_loss {
@@ -359,7 +388,7 @@ impl Sim {
         let mut faults = self.storage.pending_faults();
         for attempt in 0..4u64 {
             self.check_recovery(&image)?;
-            self.storage = MemStorage::from_image(&image);
+            self.storage = survivor.take().unwrap_or_else(|| MemStorage::from_image(&image));
             self.storage.set_faults(std::mem::take(&mut faults));
             match Log::open_with(self.storage.clone(), self.options.clone()) {
                 Ok((log, recovered)) => {
@@ -427,7 +456,7 @@ impl Sim {
         self.model.next_seq = recovered.next_seq;
         self.model.acked_seq = recovered.next_seq;
         self.model.last_committed = last;
-        self.model.pending = recovered.pending.last().map(|i| i.batch_id);
+        self.model.pending = recovered.pending.iter().map(|i| i.batch_id).collect();
         self.model.state = state;
         if let Some(last) = last {
             self.model.states.split_off(&(last + 1));
@@ -470,7 +499,8 @@ pub fn run_seed(seed: u64, steps: usize) -> Result<SimReport, SimFailure> {
 
 fn random_op(rng: &mut SplitMix64) -> SimOp {
     match rng.below(100) {
-        0..=24 => SimOp::Intent { ranges: rng.below(4) as u8, metadata_bytes: rng.below(64) as u16 },
+        0..=16 => SimOp::Intent { ranges: rng.below(4) as u8, metadata_bytes: rng.below(64) as u16 },
+        17..=24 => SimOp::IntentNext { ranges: rng.below(4) as u8, metadata_bytes: rng.below(900) as u16 },
         25..=54 => SimOp::Commit { delta_bytes: rng.below(1500) as u16, marker_bytes: rng.below(32) as u8 },
         55..=62 => SimOp::Snapshot { padding_bytes: rng.below(600) as u16 },
         63..=91 => SimOp::Sync,
