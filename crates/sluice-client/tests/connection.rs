@@ -228,3 +228,53 @@ async fn a_response_over_the_frame_limit_is_a_non_retriable_error() {
     assert!(!err.is_retriable(), "retrying would fetch the same oversized response");
     assert!(err.to_string().contains("max_frame_bytes"), "{err}");
 }
+
+/// A broker that only speaks ApiVersions v0-2 answers a v3 request the way Kafka does: an
+/// UNSUPPORTED_VERSION response in v0 format listing what it does speak. The client must retry at
+/// v0 and then use the versions the broker listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_apiversions_v0_for_an_older_broker() {
+    use sluice_protocol::frame::FrameDecoder;
+    use sluice_protocol::header::{decode_request_header, encode_response};
+    use sluice_protocol::messages::api_versions_response::ApiVersion;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let broker = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut versions_seen = Vec::new();
+        while versions_seen.len() < 2 {
+            let mut body = loop {
+                if let Some(frame) = FrameDecoder::default().decode(&mut buf).unwrap() {
+                    break frame;
+                }
+                assert!(socket.read_buf(&mut buf).await.unwrap() > 0, "client hung up");
+            };
+            let header = decode_request_header(&mut body).unwrap();
+            assert_eq!(header.request_api_key, ApiVersionsRequest::API_KEY);
+            versions_seen.push(header.request_api_version);
+            let api_keys = vec![
+                ApiVersion {
+                    api_key: ApiVersionsRequest::API_KEY,
+                    min_version: 0,
+                    max_version: 2,
+                    ..Default::default()
+                },
+                ApiVersion { api_key: MetadataRequest::API_KEY, min_version: 0, max_version: 5, ..Default::default() },
+            ];
+            let error_code = if header.request_api_version > 2 { 35 } else { 0 };
+            let response = ApiVersionsResponse { error_code, api_keys, ..Default::default() };
+            let mut out = BytesMut::new();
+            // An older broker answers in v0 whatever version was asked.
+            encode_response(&mut out, ApiVersionsRequest::API_KEY, header.correlation_id, 0, &response).unwrap();
+            socket.write_all(&out).await.unwrap();
+        }
+        versions_seen
+    });
+    let connection = Connection::connect(&addr, ConnectionConfig::default()).await.unwrap();
+    assert_eq!(broker.await.unwrap(), vec![3, 0], "asked v3, then fell back to v0");
+    assert_eq!(connection.version_for::<MetadataRequest>(None).unwrap(), 5);
+    assert!(connection.version_for::<ProduceRequest>(None).is_err(), "not offered by this broker");
+}
