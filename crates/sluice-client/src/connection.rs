@@ -215,6 +215,11 @@ impl Connection {
         &self.broker
     }
 
+    /// How many requests are waiting for their responses.
+    pub fn in_flight(&self) -> usize {
+        self.shared.pending().len()
+    }
+
     /// Whether the connection has failed or been closed by the broker.
     pub fn is_closed(&self) -> bool {
         self.shared.closed_reason().is_some()

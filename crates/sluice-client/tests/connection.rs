@@ -278,3 +278,23 @@ async fn falls_back_to_apiversions_v0_for_an_older_broker() {
     assert_eq!(connection.version_for::<MetadataRequest>(None).unwrap(), 5);
     assert!(connection.version_for::<ProduceRequest>(None).is_err(), "not offered by this broker");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_gives_up_is_forgotten_and_its_late_answer_ignored() {
+    let tansu = Tansu::start();
+    let connection = Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap();
+    create_topic(&connection, "abandoned", 1).await;
+    let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
+    // The broker holds this fetch for a second; the caller stops waiting after 100 ms.
+    let request = fetch_request("abandoned", 0, 1_000);
+    tokio::select! {
+        _ = connection.send_version(&request, version) => panic!("the broker should still be waiting"),
+        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+    assert_eq!(connection.in_flight(), 0, "a dropped request leaves nothing behind");
+    // Its answer arrives later, for nobody; the next request is unaffected.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let metadata = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap();
+    assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some("abandoned")));
+    assert_eq!(connection.in_flight(), 0);
+}
