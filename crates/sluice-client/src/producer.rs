@@ -193,15 +193,28 @@ struct PartitionQueue {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Per partition; kept for the producer's life, since idempotent sequence numbers continue.
-    queues: HashMap<TopicPartition, PartitionQueue>,
+    /// Per topic, per partition; kept for the producer's life, since idempotent sequence numbers
+    /// continue. Keyed by topic first so that `send` looks a record up without copying its name.
+    queues: HashMap<String, HashMap<i32, PartitionQueue>>,
     flush_requested: bool,
     closed: bool,
 }
 
 impl State {
     fn is_idle(&self) -> bool {
-        self.queues.values().all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight == 0)
+        self.queues
+            .values()
+            .flat_map(HashMap::values)
+            .all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight == 0)
+    }
+
+    /// The queue of `topic`/`partition`, created if new; the topic name is copied only then.
+    #[allow(clippy::expect_used)] // inserted just above when missing
+    fn queue(&mut self, topic: &str, partition: i32) -> &mut PartitionQueue {
+        if !self.queues.contains_key(topic) {
+            self.queues.insert(topic.to_owned(), HashMap::new());
+        }
+        self.queues.get_mut(topic).expect("the topic's queues exist").entry(partition).or_default()
     }
 }
 
@@ -300,7 +313,7 @@ impl Producer {
         if state.closed {
             return Err(Error::ProducerClosed);
         }
-        let queue = state.queues.entry((record.topic.clone(), partition)).or_default();
+        let queue = state.queue(&record.topic, partition);
         if queue.open.as_ref().is_some_and(|open| open.bytes + size > shared.config.batch_size_bytes) {
             seal(queue, (record.topic.clone(), partition), &shared.config);
         }
@@ -443,27 +456,29 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
     let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
-    for (partition, queue) in &mut state.queues {
-        if let Some(open) = &queue.open {
-            let linger_end = open.opened + config.linger;
-            if flush || linger_end <= now || open.bytes >= config.batch_size_bytes {
-                seal(queue, partition.clone(), config);
-            } else {
-                earliest(linger_end);
-            }
-        }
-        while queue.in_flight < config.max_in_flight_per_partition {
-            match queue.ready.front() {
-                Some(batch) if batch.not_before <= now => {}
-                Some(batch) => {
-                    earliest(batch.not_before);
-                    break;
+    for (topic, partitions) in &mut state.queues {
+        for (partition, queue) in partitions.iter_mut() {
+            if let Some(open) = &queue.open {
+                let linger_end = open.opened + config.linger;
+                if flush || linger_end <= now || open.bytes >= config.batch_size_bytes {
+                    seal(queue, (topic.clone(), *partition), config);
+                } else {
+                    earliest(linger_end);
                 }
-                None => break,
             }
-            if let Some(batch) = queue.ready.pop_front() {
-                queue.in_flight += 1;
-                due.push(batch);
+            while queue.in_flight < config.max_in_flight_per_partition {
+                match queue.ready.front() {
+                    Some(batch) if batch.not_before <= now => {}
+                    Some(batch) => {
+                        earliest(batch.not_before);
+                        break;
+                    }
+                    None => break,
+                }
+                if let Some(batch) = queue.ready.pop_front() {
+                    queue.in_flight += 1;
+                    due.push(batch);
+                }
             }
         }
     }
@@ -656,7 +671,7 @@ fn retry_or_fail(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
     batch.not_before = now + shared.config.retry_backoff;
     batch.last_error = Some(error);
     let mut state = shared.state();
-    let queue = state.queues.entry(batch.partition.clone()).or_default();
+    let queue = state.queue(&batch.partition.0, batch.partition.1);
     queue.in_flight = queue.in_flight.saturating_sub(1);
     // Back in sequence order, ahead of anything sealed after it.
     let position = queue.ready.iter().position(|b| b.sequence > batch.sequence).unwrap_or(queue.ready.len());
@@ -683,7 +698,7 @@ fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
         let _ = delivery.reply.send(metadata);
     }
     let mut state = shared.state();
-    if let Some(queue) = state.queues.get_mut(&(topic, partition)) {
+    if let Some(queue) = state.queues.get_mut(&topic).and_then(|q| q.get_mut(&partition)) {
         queue.in_flight = queue.in_flight.saturating_sub(1);
     }
     drop(state);
