@@ -74,11 +74,8 @@ async fn reconnects_by_itself_when_the_broker_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_offsets_and_fetches_from_the_middle_of_a_batch() {
-    use bytes::BytesMut;
     use sluice_client::{FetchOptions, OffsetSpec};
-    use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use sluice_protocol::messages::ProduceRequest;
-    use sluice_protocol::record::{encode_batch, BatchHeader, Record};
+    use sluice_protocol::record::{BatchHeader, Record};
 
     let tansu = Tansu::start();
     let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
@@ -88,24 +85,8 @@ async fn lists_offsets_and_fetches_from_the_middle_of_a_batch() {
         let records: Vec<Record> = (batch_start..batch_start + 10)
             .map(|i| Record { offset: i - batch_start, value: Some(format!("v{i}").into()), ..Record::default() })
             .collect();
-        let mut bytes = BytesMut::new();
-        encode_batch(&BatchHeader::default(), &records, &mut bytes).unwrap();
-        let request = ProduceRequest {
-            acks: -1,
-            timeout_ms: 5_000,
-            topic_data: vec![TopicProduceData {
-                name: "offsets".into(),
-                partition_data: vec![PartitionProduceData {
-                    index: 0,
-                    records: Some(bytes.freeze()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let response = leader.send(&request).await.unwrap();
-        assert_eq!(response.responses[0].partition_responses[0].base_offset, batch_start);
+        let answer = common::produce_batch(&leader, "offsets", 0, &BatchHeader::default(), &records).await;
+        assert_eq!(answer.base_offset, batch_start);
     }
     assert_eq!(client.list_offset("offsets", 0, OffsetSpec::Earliest).await.unwrap(), 0);
 

@@ -14,9 +14,8 @@ use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::create_topics_request::CreatableTopic;
 use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use sluice_protocol::messages::metadata_request::MetadataRequestTopic;
-use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use sluice_protocol::messages::*;
-use sluice_protocol::record::{decode_records, encode_batch, BatchHeader, DecodeOptions, Record};
+use sluice_protocol::record::{decode_records, BatchHeader, DecodeOptions, Record};
 
 /// Fetch v13+ names topics by id; these tests name them, so they cap Fetch at v12.
 const FETCH_BY_NAME: i16 = 12;
@@ -86,24 +85,8 @@ async fn produces_and_fetches_records_with_every_codec() {
                 ..Record::default()
             })
             .collect();
-        let mut batch = BytesMut::new();
-        encode_batch(&BatchHeader::with_compression(codec), &records, &mut batch).unwrap();
-        let produce = ProduceRequest {
-            acks: -1,
-            timeout_ms: 10_000,
-            topic_data: vec![TopicProduceData {
-                name: topic.clone(),
-                partition_data: vec![PartitionProduceData {
-                    index: 0,
-                    records: Some(batch.freeze()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let produced = connection.send(&produce).await.unwrap();
-        let partition = &produced.responses[0].partition_responses[0];
+        let partition =
+            common::produce_batch(&connection, &topic, 0, &BatchHeader::with_compression(codec), &records).await;
         assert_eq!((partition.error_code, partition.base_offset), (0, 0), "{codec:?}");
 
         let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
@@ -205,23 +188,7 @@ async fn a_response_over_the_frame_limit_is_a_non_retriable_error() {
     create_topic(&connection, "big", 1).await;
     let records: Vec<Record> =
         (0..100).map(|i| Record { offset: i, value: Some(vec![b'x'; 100].into()), ..Record::default() }).collect();
-    let mut batch = BytesMut::new();
-    encode_batch(&BatchHeader::default(), &records, &mut batch).unwrap();
-    let produce = ProduceRequest {
-        acks: -1,
-        timeout_ms: 5_000,
-        topic_data: vec![TopicProduceData {
-            name: "big".into(),
-            partition_data: vec![PartitionProduceData {
-                index: 0,
-                records: Some(batch.freeze()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    connection.send(&produce).await.unwrap();
+    common::produce_batch(&connection, "big", 0, &BatchHeader::default(), &records).await;
     let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
     let err = connection.send_version(&fetch_request("big", 0, 100), version).await.unwrap_err();
     assert!(matches!(err, Error::ResponseTooLarge { max: 2_000, .. }), "{err}");

@@ -8,15 +8,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use bytes::BytesMut;
 use common::Tansu;
 use serde_json::Value;
 use sluice_client::{Client, ClientConfig, Connection};
 use sluice_protocol::compression::Compression;
 use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use sluice_protocol::messages::{FetchRequest, ProduceRequest};
-use sluice_protocol::record::{decode_records, encode_batch, BatchHeader, DecodeOptions, Record, RecordHeader};
+use sluice_protocol::messages::FetchRequest;
+use sluice_protocol::record::{decode_records, BatchHeader, DecodeOptions, Record, RecordHeader};
 
 const CODECS: [Compression; 5] =
     [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
@@ -136,25 +134,10 @@ async fn librdkafka_reads_what_sluice_produces_with_every_codec() {
                 ],
             })
             .collect();
-        let mut batch = BytesMut::new();
-        encode_batch(&BatchHeader::with_compression(codec), &records, &mut batch).unwrap();
-        let request = ProduceRequest {
-            acks: -1,
-            timeout_ms: 10_000,
-            topic_data: vec![TopicProduceData {
-                name: topic.clone(),
-                partition_data: vec![PartitionProduceData {
-                    index: 0,
-                    records: Some(batch.freeze()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
         let connection = client.leader(&topic, 0).await.unwrap();
-        let response = connection.send(&request).await.unwrap();
-        assert_eq!(response.responses[0].partition_responses[0].error_code, 0, "{codec:?}");
+        let answer =
+            common::produce_batch(&connection, &topic, 0, &BatchHeader::with_compression(codec), &records).await;
+        assert_eq!(answer.error_code, 0, "{codec:?}");
 
         let seen = kcat_consume(&tansu.addr, &topic, RECORDS);
         let text = |b: &Option<bytes::Bytes>| b.as_ref().map(|b| String::from_utf8(b.to_vec()).unwrap());

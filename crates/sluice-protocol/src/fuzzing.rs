@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::compression::{decompress_into, Compression};
 use crate::messages::{decode_exact, encode_to_bytes, Message};
 use crate::record::{decode_records, encode_batch, DecodeOptions};
 
@@ -51,4 +52,17 @@ pub fn record_batch_nocrc(data: &[u8]) {
         let again = decode_records(&out.freeze(), &options).expect("a re-encoded batch decodes");
         assert_eq!(again.batches.first().map(|b| b.to_records()), Some(records));
     }
+}
+
+/// `decompress_<codec>`: arbitrary bytes through the decompressor with a 1 MiB limit give an
+/// error or at most 1 MiB, never a panic; the buffer never grows past the limit, and an error
+/// leaves it empty.
+pub fn decompress(codec: Compression, input: &[u8]) {
+    const LIMIT_BYTES: usize = 1 << 20;
+    let mut out = Vec::new();
+    match decompress_into(codec, input, LIMIT_BYTES, &mut out) {
+        Ok(()) => assert!(out.len() <= LIMIT_BYTES),
+        Err(_) => assert!(out.is_empty()),
+    }
+    assert!(out.capacity() <= LIMIT_BYTES + 1);
 }

@@ -6,6 +6,13 @@
 
 pub mod proxy;
 
+use bytes::BytesMut;
+use sluice_client::Connection;
+use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use sluice_protocol::messages::produce_response::PartitionProduceResponse;
+use sluice_protocol::messages::ProduceRequest;
+use sluice_protocol::record::{encode_batch, BatchHeader, Record};
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -80,4 +87,33 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Produces one batch of `records` to `topic`/`partition` with a raw Produce request (acks=all),
+/// returning the partition's answer: for tests of the layers below the producer.
+pub async fn produce_batch(
+    connection: &Connection,
+    topic: &str,
+    partition: i32,
+    header: &BatchHeader,
+    records: &[Record],
+) -> PartitionProduceResponse {
+    let mut batch = BytesMut::new();
+    encode_batch(header, records, &mut batch).unwrap();
+    let request = ProduceRequest {
+        acks: -1,
+        timeout_ms: 10_000,
+        topic_data: vec![TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![PartitionProduceData {
+                index: partition,
+                records: Some(batch.freeze()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut response = connection.send(&request).await.unwrap();
+    response.responses.remove(0).partition_responses.remove(0)
 }
