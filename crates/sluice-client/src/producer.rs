@@ -23,7 +23,7 @@ use sluice_protocol::compression::Compression;
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use sluice_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
-use sluice_protocol::record::{encode_batch, BatchHeader, Record, RecordHeader};
+use sluice_protocol::record::{BatchBuilder, BatchHeader, RecordHeader};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -161,18 +161,20 @@ struct Delivery {
     _memory: OwnedSemaphorePermit,
 }
 
+/// A partition's batch still taking records; records are encoded as they arrive, so only their
+/// bytes are kept.
 #[derive(Debug)]
 struct OpenBatch {
-    records: Vec<Record>,
+    builder: BatchBuilder,
     deliveries: Vec<Delivery>,
-    bytes: usize,
     opened: Instant,
 }
 
 #[derive(Debug)]
 struct SealedBatch {
     partition: TopicPartition,
-    records: Vec<Record>,
+    /// The records, until the batch is first sent (then `payload`).
+    builder: Option<BatchBuilder>,
     deliveries: Vec<Delivery>,
     /// Per-partition batch order; also the idempotent base sequence.
     sequence: i32,
@@ -252,11 +254,14 @@ impl Drop for Producer {
     }
 }
 
-/// About how many bytes a record takes in a batch: its fields plus per-record overhead.
+/// Memory a buffered record holds, counted against `buffer_memory_bytes`: its encoded fields
+/// plus a fixed share for the record's framing and its pending delivery (the future's channel).
 fn record_size(record: &ProducerRecord) -> usize {
+    /// Record framing (varints, attributes) plus the delivery's channel and bookkeeping.
+    const PER_RECORD_OVERHEAD_BYTES: usize = 160;
     let field = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
     let headers: usize = record.headers.iter().map(|h| h.key.len() + field(&h.value) + 4).sum();
-    field(&record.key) + field(&record.value) + headers + 24
+    field(&record.key) + field(&record.value) + headers + PER_RECORD_OVERHEAD_BYTES
 }
 
 fn now_ms() -> i64 {
@@ -308,32 +313,28 @@ impl Producer {
             None => self.choose_partition(&record).await?,
         };
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let headers: Vec<(&[u8], Option<&[u8]>)> =
+            record.headers.iter().map(|h| (&h.key[..], h.value.as_deref())).collect();
         let (reply, receiver) = oneshot::channel();
         let mut state = shared.state();
         if state.closed {
             return Err(Error::ProducerClosed);
         }
         let queue = state.queue(&record.topic, partition);
-        if queue.open.as_ref().is_some_and(|open| open.bytes + size > shared.config.batch_size_bytes) {
+        if queue.open.as_ref().is_some_and(|open| open.builder.size_bytes() + size > shared.config.batch_size_bytes) {
             seal(queue, (record.topic.clone(), partition), &shared.config);
         }
         let created = queue.open.is_none();
         let open = queue.open.get_or_insert_with(|| OpenBatch {
-            records: Vec::new(),
+            builder: BatchBuilder::new(),
             deliveries: Vec::new(),
-            bytes: 0,
             opened: Instant::now(),
         });
-        open.records.push(Record {
-            offset: open.records.len() as i64,
-            timestamp,
-            key: record.key,
-            value: record.value,
-            headers: record.headers,
-        });
+        open.builder
+            .append(timestamp, record.key.as_deref(), record.value.as_deref(), &headers)
+            .map_err(|source| Error::Encode { broker: "(producer)".into(), api: "Produce", version: -1, source })?;
         open.deliveries.push(Delivery { reply, timestamp, _memory: memory });
-        open.bytes += size;
-        let full = open.bytes >= shared.config.batch_size_bytes;
+        let full = open.builder.size_bytes() >= shared.config.batch_size_bytes;
         drop(state);
         // A new batch brings a new linger deadline the sender must know about; a full one is due.
         if full || created {
@@ -409,13 +410,13 @@ async fn init_producer_id(client: &Client) -> Result<(i64, i16)> {
 fn seal(queue: &mut PartitionQueue, partition: TopicPartition, config: &ProducerConfig) {
     let Some(open) = queue.open.take() else { return };
     let sequence = queue.next_sequence;
-    let count = i32::try_from(open.records.len()).unwrap_or(i32::MAX);
+    let count = i32::try_from(open.builder.len()).unwrap_or(i32::MAX);
     // Kafka's sequence numbers wrap at i32::MAX.
     queue.next_sequence = sequence.checked_add(count).unwrap_or_else(|| count - (i32::MAX - sequence) - 1);
     let now = Instant::now();
     queue.ready.push_back(SealedBatch {
         partition,
-        records: open.records,
+        builder: Some(open.builder),
         deliveries: open.deliveries,
         sequence,
         payload: None,
@@ -460,7 +461,7 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
         for (partition, queue) in partitions.iter_mut() {
             if let Some(open) = &queue.open {
                 let linger_end = open.opened + config.linger;
-                if flush || linger_end <= now || open.bytes >= config.batch_size_bytes {
+                if flush || linger_end <= now || open.builder.size_bytes() >= config.batch_size_bytes {
                     seal(queue, (topic.clone(), *partition), config);
                 } else {
                     earliest(linger_end);
@@ -537,9 +538,7 @@ fn rounds(batches: Vec<SealedBatch>) -> Vec<Vec<SealedBatch>> {
 }
 
 fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
-    if batch.payload.is_some() {
-        return Ok(());
-    }
+    let Some(builder) = batch.builder.take() else { return Ok(()) };
     let idempotent = shared.config.idempotent;
     let header = BatchHeader {
         producer_id: shared.producer_id,
@@ -548,7 +547,7 @@ fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
         ..BatchHeader::with_compression(shared.config.compression)
     };
     let mut out = BytesMut::new();
-    encode_batch(&header, &batch.records, &mut out).map_err(|source| Error::Encode {
+    builder.finish(&header, &mut out).map_err(|source| Error::Encode {
         broker: "(producer)".into(),
         api: "Produce",
         version: -1,

@@ -104,11 +104,12 @@ async fn send_waits_while_the_buffer_is_full() {
     let tansu = Tansu::start();
     let client = client(&tansu).await;
     client.create_topic("bounded", 1, 1).await.unwrap();
-    // Room for two 1 KB records; batches wait a minute unless flushed.
+    // Room for two 1 KB records (each counted with its per-record overhead); batches wait a
+    // minute unless flushed.
     let config = ProducerConfig {
         linger: Duration::from_secs(60),
-        buffer_memory_bytes: 2_200,
-        batch_size_bytes: 2_200,
+        buffer_memory_bytes: 2_400,
+        batch_size_bytes: 2_400,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client.clone(), config).await.unwrap();

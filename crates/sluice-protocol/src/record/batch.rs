@@ -279,39 +279,142 @@ impl SliceReader<'_> {
 /// The header fields are written as given, except those the records determine, which are derived
 /// from them when there are any: the base timestamp (the first record's), the max timestamp, and
 /// the last offset delta. Record offsets must be at or after the base offset and within `i32` of
-/// it.
+/// it. On error `out` is left as it was.
 pub fn encode_batch(batch: &BatchHeader, records: &[Record], out: &mut BytesMut) -> Result<(), EncodeError> {
-    let compression = Compression::from_attributes(batch.attributes)
-        .map_err(|e| EncodeError::InvalidValue { what: "record batch attributes", detail: e.to_string() })?;
-    let header = derived_header(batch, records)?;
-    let start = out.len();
-    let result = put_batch(out, batch, records, &header, compression).and_then(|()| finish_batch(out, start));
-    if result.is_err() {
-        // Leave no half-written batch behind: callers append several batches to one buffer.
-        out.truncate(start);
+    let mut builder = BatchBuilder::new();
+    for record in records {
+        let headers: Vec<(&[u8], Option<&[u8]>)> =
+            record.headers.iter().map(|h| (&h.key[..], h.value.as_deref())).collect();
+        builder.append_at(
+            offset_delta(batch.base_offset, record.offset)?,
+            record.timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        )?;
     }
-    result
+    builder.finish(batch, out)
 }
 
-fn put_batch(
-    out: &mut BytesMut,
-    batch: &BatchHeader,
-    records: &[Record],
-    header: &DerivedHeader,
-    compression: Compression,
-) -> Result<(), EncodeError> {
-    put_header(out, batch, header);
-    match compression {
-        Compression::None => put_records(out, batch.base_offset, records, header)?,
-        codec => {
-            let mut plain = Vec::with_capacity(estimate_records_len(records));
-            put_records(&mut plain, batch.base_offset, records, header)?;
-            let mut packed = Vec::with_capacity(plain.len() / 2 + 64);
-            compress(codec, &plain, &mut packed)?;
-            out.put_slice(&packed);
-        }
+/// Builds a record batch one record at a time, encoding each record as it is appended, so that
+/// a producer keeps only the encoded bytes of what it buffers.
+#[derive(Debug, Clone, Default)]
+pub struct BatchBuilder {
+    /// The records, encoded, uncompressed.
+    records: Vec<u8>,
+    count: i32,
+    /// The first record's timestamp: the base the others' deltas are taken from.
+    base_timestamp: Option<i64>,
+    max_timestamp: i64,
+    last_offset_delta: i32,
+}
+
+impl BatchBuilder {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
     }
-    Ok(())
+
+    /// How many records were appended.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of encoded records so far (before compression and the 61-byte header).
+    pub fn size_bytes(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Appends a record at the next offset (offset delta = records appended so far).
+    pub fn append(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) -> Result<(), EncodeError> {
+        self.append_at(self.count, timestamp, key, value, headers)
+    }
+
+    /// Appends a record with an explicit offset delta (compacted batches leave gaps).
+    pub fn append_at(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) -> Result<(), EncodeError> {
+        let count = self.count.checked_add(1).ok_or(EncodeError::TooLong {
+            what: "record batch",
+            length: self.count as usize,
+            max: i32::MAX as usize,
+        })?;
+        let base_timestamp = *self.base_timestamp.get_or_insert(timestamp);
+        let timestamp_delta = timestamp.wrapping_sub(base_timestamp);
+        let body_len = record_body_len(key, value, headers, timestamp_delta, offset_delta)?;
+        let out = &mut self.records;
+        put_varint(out, body_len);
+        out.put_i8(0);
+        put_varlong(out, timestamp_delta);
+        put_varint(out, offset_delta);
+        put_nullable(out, key);
+        put_nullable(out, value);
+        put_varint(out, headers.len() as i32); // bounded by record_body_len
+        for (header_key, header_value) in headers {
+            put_nullable(out, Some(header_key));
+            put_nullable(out, *header_value);
+        }
+        self.max_timestamp = if self.count == 0 { timestamp } else { self.max_timestamp.max(timestamp) };
+        self.last_offset_delta = if self.count == 0 { offset_delta } else { self.last_offset_delta.max(offset_delta) };
+        self.count = count;
+        Ok(())
+    }
+
+    /// Appends the finished batch to `out`: `header`'s fields, except those the records
+    /// determine (base and max timestamp, last offset delta, count) when there are any,
+    /// compressed with the codec in its attributes. On error `out` is left as it was.
+    pub fn finish(self, header: &BatchHeader, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let compression = Compression::from_attributes(header.attributes)
+            .map_err(|e| EncodeError::InvalidValue { what: "record batch attributes", detail: e.to_string() })?;
+        let derived = match self.base_timestamp {
+            Some(base_timestamp) => DerivedHeader {
+                base_timestamp,
+                max_timestamp: self.max_timestamp,
+                last_offset_delta: header.last_offset_delta.max(self.last_offset_delta),
+                count: self.count,
+            },
+            None => DerivedHeader {
+                base_timestamp: header.base_timestamp,
+                max_timestamp: header.max_timestamp,
+                last_offset_delta: header.last_offset_delta,
+                count: 0,
+            },
+        };
+        let start = out.len();
+        put_header(out, header, &derived);
+        let body = match compression {
+            Compression::None => Ok(()),
+            codec => {
+                let mut packed = Vec::with_capacity(self.records.len() / 2 + 64);
+                compress(codec, &self.records, &mut packed).map(|()| out.put_slice(&packed))
+            }
+        };
+        if compression == Compression::None {
+            out.put_slice(&self.records);
+        }
+        let result = body.and_then(|()| finish_batch(out, start));
+        if result.is_err() {
+            // Leave no half-written batch behind: callers append several batches to one buffer.
+            out.truncate(start);
+        }
+        result
+    }
 }
 
 /// Header fields derived from the records.
@@ -320,29 +423,6 @@ struct DerivedHeader {
     max_timestamp: i64,
     last_offset_delta: i32,
     count: i32,
-}
-
-fn derived_header(batch: &BatchHeader, records: &[Record]) -> Result<DerivedHeader, EncodeError> {
-    let count = i32::try_from(records.len()).map_err(|_| EncodeError::TooLong {
-        what: "record batch",
-        length: records.len(),
-        max: i32::MAX as usize,
-    })?;
-    let Some(first) = records.first() else {
-        return Ok(DerivedHeader {
-            base_timestamp: batch.base_timestamp,
-            max_timestamp: batch.max_timestamp,
-            last_offset_delta: batch.last_offset_delta,
-            count,
-        });
-    };
-    let mut last_offset_delta = batch.last_offset_delta;
-    let mut max_timestamp = i64::MIN;
-    for record in records {
-        last_offset_delta = last_offset_delta.max(offset_delta(batch.base_offset, record.offset)?);
-        max_timestamp = max_timestamp.max(record.timestamp);
-    }
-    Ok(DerivedHeader { base_timestamp: first.timestamp, max_timestamp, last_offset_delta, count })
 }
 
 fn offset_delta(base_offset: i64, offset: i64) -> Result<i32, EncodeError> {
@@ -370,35 +450,6 @@ fn put_header(out: &mut BytesMut, batch: &BatchHeader, header: &DerivedHeader) {
     out.put_i32(header.count);
 }
 
-fn estimate_records_len(records: &[Record]) -> usize {
-    records.iter().map(|r| 16 + r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len)).sum()
-}
-
-fn put_records(
-    out: &mut impl BufMut,
-    base_offset: i64,
-    records: &[Record],
-    header: &DerivedHeader,
-) -> Result<(), EncodeError> {
-    for record in records {
-        let offset_delta = offset_delta(base_offset, record.offset)?;
-        let timestamp_delta = record.timestamp.wrapping_sub(header.base_timestamp);
-        let body_len = record_body_len(record, timestamp_delta, offset_delta)?;
-        put_varint(out, body_len);
-        out.put_i8(0);
-        put_varlong(out, timestamp_delta);
-        put_varint(out, offset_delta);
-        put_nullable(out, record.key.as_deref());
-        put_nullable(out, record.value.as_deref());
-        put_varint(out, record.headers.len() as i32); // bounded by record_body_len
-        for h in &record.headers {
-            put_nullable(out, Some(&h.key));
-            put_nullable(out, h.value.as_deref());
-        }
-    }
-    Ok(())
-}
-
 fn put_nullable(out: &mut impl BufMut, value: Option<&[u8]>) {
     match value {
         // Lengths were checked to fit an i32 by record_body_len.
@@ -424,16 +475,22 @@ fn nullable_len(value: Option<&[u8]>) -> Result<usize, EncodeError> {
     }
 }
 
-fn record_body_len(record: &Record, timestamp_delta: i64, offset_delta: i32) -> Result<i32, EncodeError> {
-    let headers = i32::try_from(record.headers.len()).map_err(|_| EncodeError::TooLong {
+fn record_body_len(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&[u8], Option<&[u8]>)],
+    timestamp_delta: i64,
+    offset_delta: i32,
+) -> Result<i32, EncodeError> {
+    let count = i32::try_from(headers.len()).map_err(|_| EncodeError::TooLong {
         what: "record headers",
-        length: record.headers.len(),
+        length: headers.len(),
         max: i32::MAX as usize,
     })?;
-    let mut len = 1 + varlong_len(timestamp_delta) + varint_len(offset_delta) + varint_len(headers);
-    len += nullable_len(record.key.as_deref())? + nullable_len(record.value.as_deref())?;
-    for h in &record.headers {
-        len += nullable_len(Some(&h.key))? + nullable_len(h.value.as_deref())?;
+    let mut len = 1 + varlong_len(timestamp_delta) + varint_len(offset_delta) + varint_len(count);
+    len += nullable_len(key)? + nullable_len(value)?;
+    for (header_key, header_value) in headers {
+        len += nullable_len(Some(header_key))? + nullable_len(*header_value)?;
     }
     i32::try_from(len).map_err(|_| EncodeError::TooLong { what: "record", length: len, max: i32::MAX as usize })
 }
