@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzing campaign: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
+#   SLUICE_FUZZ_RUNS=N      also stop a target after N executions (whichever comes first)
+#   SLUICE_FUZZ_SUMMARY=F   write the summary table to F instead of fuzz/last-run.md
+#
 # Runs every cargo-fuzz target under fuzz/ (or the ones named) for SECONDS_PER_TARGET (default 60)
 # with libFuzzer, starting from seed corpora generated from fixtures/ and keeping what each run
 # adds in fuzz/corpus/TARGET. Prints a summary table (target, executions, corpus files, crashes)
@@ -35,18 +38,21 @@ echo "fuzz.sh: building ${#targets[@]} targets"
 fuzz build --sanitizer none --debug-assertions
 
 mkdir -p fuzz/logs
-summary="| target | seconds | executions | corpus files | crashes |\n| --- | --- | --- | --- | --- |\n"
+summary="| target | seconds (limit) | executions | corpus files | crashes |\n| --- | --- | --- | --- | --- |\n"
+summary_file="${SLUICE_FUZZ_SUMMARY:-fuzz/last-run.md}"
 failed=0
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
     log="fuzz/logs/$target.log"
     set +e
     fuzz run --sanitizer none --debug-assertions "$target" "fuzz/corpus/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 >"$log" 2>&1
+        -max_total_time="$seconds" -runs="${SLUICE_FUZZ_RUNS:--1}" -rss_limit_mb=2048 -timeout=20 \
+        -print_final_stats=1 >"$log" 2>&1
     status=$?
     set -e
-    runs=$(grep -oE '^Done [0-9]+ runs' "$log" | awk '{print $2}' | tail -1)
-    [ -n "$runs" ] || runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | awk '{print $2}' | tail -1)
+    runs=$(grep -oE '^Done [0-9]+ runs' "$log" | awk '{print $2}' | tail -1 || true)
+    took=$(grep -oE '^Done [0-9]+ runs in [0-9]+ second' "$log" | awk '{print $5}' | tail -1 || true)
+    [ -n "$runs" ] || runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | awk '{print $2}' | tail -1 || true)
     corpus=$(find "fuzz/corpus/$target" -type f | wc -l)
     crashes=$(find "fuzz/artifacts/$target" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) | wc -l || true)
     if [ "$status" -ne 0 ] || [ "$crashes" -ne 0 ]; then
@@ -61,14 +67,14 @@ for target in "${targets[@]}"; do
             echo "fuzz.sh: kept fuzz/regressions/$target/$(basename "$artifact") (commit it; cargo test replays it)"
         done
     fi
-    summary+="| $target | $seconds | ${runs:-?} | $corpus | $crashes |\n"
+    summary+="| $target | ${took:-?} ($seconds) | ${runs:-?} | $corpus | $crashes |\n"
     printf 'fuzz.sh: %-24s %10s runs  %6s corpus  %s crashes\n' "$target" "${runs:-?}" "$corpus" "$crashes"
 done
 {
     echo "Fuzz run of $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), ${seconds}s per target"
     echo
     printf "$summary"
-} > fuzz/last-run.md
+} > "$summary_file"
 echo
-cat fuzz/last-run.md
+cat "$summary_file"
 exit "$failed"

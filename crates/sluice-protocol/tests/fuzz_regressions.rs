@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use sluice_protocol::compression::Compression;
+use sluice_protocol::fuzzing;
+
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
@@ -12,11 +15,29 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
 /// A fuzz target's check.
 type Check = fn(&[u8]);
 
-/// The targets whose checks live in `sluice_protocol::fuzzing`.
-const TARGETS: [(&str, Check); 2] = [
-    ("message_decode", sluice_protocol::fuzzing::message_decode),
-    ("record_batch_nocrc", sluice_protocol::fuzzing::record_batch_nocrc),
+/// Every sluice-protocol fuzz target, by name, and the check it runs.
+const TARGETS: [(&str, Check); 10] = [
+    ("frame_decode", fuzzing::frame_decode),
+    ("message_decode", fuzzing::message_decode),
+    ("message_roundtrip", fuzzing::message_roundtrip),
+    ("primitives", fuzzing::primitives),
+    ("record_batch", fuzzing::record_batch),
+    ("record_batch_nocrc", fuzzing::record_batch_nocrc),
+    ("decompress_gzip", |data| fuzzing::decompress(Compression::Gzip, data)),
+    ("decompress_snappy", |data| fuzzing::decompress(Compression::Snappy, data)),
+    ("decompress_lz4", |data| fuzzing::decompress(Compression::Lz4, data)),
+    ("decompress_zstd", |data| fuzzing::decompress(Compression::Zstd, data)),
 ];
+
+#[test]
+fn every_target_has_a_check_here() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/fuzz_targets");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned();
+        let here = TARGETS.iter().any(|(target, _)| *target == name);
+        assert!(here || name.starts_with("checkpoint_"), "fuzz target {name} has no regression replay");
+    }
+}
 
 #[test]
 fn every_committed_fuzz_regression_passes() {

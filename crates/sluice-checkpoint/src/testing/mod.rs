@@ -8,6 +8,7 @@ mod fuzz;
 mod memory;
 mod rng;
 mod sim;
+pub mod targets;
 
 pub use fuzz::{apply_repairs, check_recovery, fix_checksums};
 pub use memory::{DiskImage, Faults, MemSegment, MemStorage, MemSync, MEM_PAGE_BYTES};
