@@ -166,6 +166,11 @@ impl Client {
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The configuration this client was connected with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
     /// The cached metadata (refreshed by [`Client::refresh_metadata`] and when stale).
     pub fn metadata(&self) -> Arc<ClusterMetadata> {
         Arc::clone(&self.state().metadata)
@@ -262,7 +267,7 @@ impl Client {
 
     /// The pooled connection to `address`, or a new one; after a failure, waits out the
     /// address's backoff first (capped exponential, with jitter).
-    async fn connection_to(&self, address: &str) -> Result<Arc<Connection>> {
+    pub(crate) async fn connection_to(&self, address: &str) -> Result<Arc<Connection>> {
         let wait = {
             let state = self.state();
             if let Some(live) = state.connections.get(address).filter(|c| !c.is_closed()) {
@@ -548,7 +553,7 @@ impl Client {
 }
 
 /// `host:port`, with IPv6 hosts in brackets.
-fn broker_address(host: &str, port: i32) -> String {
+pub(crate) fn broker_address(host: &str, port: i32) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {

@@ -261,11 +261,26 @@ impl Connection {
         self.enqueue(request, version).await?.response().await
     }
 
+    /// Like [`Connection::send_version`], with its own timeout in place of the configured one:
+    /// for requests the broker may hold on purpose for longer, such as JoinGroup (which waits
+    /// for the whole group to rejoin).
+    pub async fn send_version_within<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response> {
+        self.enqueue_within(request, version, timeout).await?.response().await
+    }
+
     /// Hands `request` to the writer (waiting for room in the send queue) and returns without
     /// waiting for the response, so that several requests can be pipelined in a known order.
     pub async fn enqueue<R: Request>(&self, request: &R, version: i16) -> Result<InFlight<R>> {
+        self.enqueue_within(request, version, self.config.request_timeout).await
+    }
+
+    async fn enqueue_within<R: Request>(&self, request: &R, version: i16, timeout: Duration) -> Result<InFlight<R>> {
         let api = api_name::<R>();
-        let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
         let mut frame = BytesMut::new();

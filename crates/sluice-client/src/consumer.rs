@@ -126,6 +126,11 @@ impl Consumer {
         Self { client, config, assigned: BTreeMap::new() }
     }
 
+    /// How this consumer fetches.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
     /// Starts consuming `topic`/`partition` from `start`.
     pub async fn assign(&mut self, topic: &str, partition: i32, start: StartAt) -> Result<()> {
         let position = match start {

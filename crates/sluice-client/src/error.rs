@@ -133,6 +133,17 @@ pub enum Error {
         /// The position that was out of range.
         offset: i64,
     },
+    /// A group member was assigned a partition the group has no committed offset for, and the
+    /// reset policy is `Error`.
+    #[error("group {group} has no committed offset for {topic}/{partition} (commit one, or use an Earliest/Latest reset policy)")]
+    NoCommittedOffset {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
     /// The producer was closed before the record was sent.
     #[error("the producer is closed")]
     ProducerClosed,

@@ -3,13 +3,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod assignor;
 pub mod client;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
+pub use assignor::{Assignor, GroupMember, RangeAssignor, RoundRobinAssignor};
 pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
     TopicMetadata,
@@ -17,4 +20,5 @@ pub use client::{
 pub use connection::{Connection, ConnectionConfig, InFlight, VersionRange};
 pub use consumer::{Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt};
 pub use error::{Error, Result};
+pub use group::{GroupConfig, GroupConsumer, GroupEvent};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
