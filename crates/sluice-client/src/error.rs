@@ -144,6 +144,14 @@ pub enum Error {
         /// The partition.
         partition: i32,
     },
+    /// A transactional producer was used out of order, or its transaction cannot commit.
+    #[error("transactional producer {transactional_id:?}: {reason}")]
+    Transaction {
+        /// The transactional id.
+        transactional_id: String,
+        /// What was wrong and what to do.
+        reason: String,
+    },
     /// The producer was closed before the record was sent.
     #[error("the producer is closed")]
     ProducerClosed,

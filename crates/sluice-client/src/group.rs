@@ -106,6 +106,28 @@ pub enum GroupEvent {
     Records(Vec<PartitionRecords>),
 }
 
+/// A group member's identity, for committing offsets inside a producer's transaction
+/// ([`crate::Producer::send_offsets_to_transaction`]): the coordinator refuses commits from a
+/// member of an older generation, which fences zombie instances (KIP-447).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    /// The group.
+    pub group_id: String,
+    /// The member's generation (-1: not checked).
+    pub generation_id: i32,
+    /// The member id (empty: not checked).
+    pub member_id: String,
+    /// The static instance id, if any.
+    pub group_instance_id: Option<String>,
+}
+
+impl ConsumerGroupMetadata {
+    /// Identity for a group without a member, e.g. a job that assigns partitions itself.
+    pub fn new(group_id: impl Into<String>) -> Self {
+        Self { group_id: group_id.into(), generation_id: -1, member_id: String::new(), group_instance_id: None }
+    }
+}
+
 /// Where the member stands in the group, shared with the heartbeat task.
 #[derive(Debug)]
 struct Membership {
@@ -266,6 +288,17 @@ impl GroupConsumer {
     /// The group generation this member last joined (-1 before it joined).
     pub fn generation(&self) -> i32 {
         self.shared.snapshot().1
+    }
+
+    /// This member's identity for [`crate::Producer::send_offsets_to_transaction`].
+    pub fn group_metadata(&self) -> ConsumerGroupMetadata {
+        let (member_id, generation_id, _) = self.shared.snapshot();
+        ConsumerGroupMetadata {
+            group_id: self.config.group_id.clone(),
+            generation_id,
+            member_id,
+            group_instance_id: self.config.group_instance_id.clone(),
+        }
     }
 
     /// The underlying consumer: positions, watermarks and lag of the owned partitions, and seek.

@@ -20,5 +20,5 @@ pub use client::{
 pub use connection::{Connection, ConnectionConfig, InFlight, VersionRange};
 pub use consumer::{Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt};
 pub use error::{Error, Result};
-pub use group::{GroupConfig, GroupConsumer, GroupEvent};
+pub use group::{ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupEvent};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

@@ -9,6 +9,10 @@
 //! batch that fails with a retriable error goes back to the front of its partition's queue in
 //! sequence order and is resent, byte for byte, until `delivery_timeout` runs out. Without
 //! idempotence one batch per partition is in flight, which keeps order across retries.
+//!
+//! With a `transactional_id` the producer is transactional (KIP-98): see [`Producer::begin_transaction`].
+
+mod txn;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -23,7 +27,7 @@ use sluice_protocol::compression::Compression;
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use sluice_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
-use sluice_protocol::record::{BatchBuilder, BatchHeader, RecordHeader};
+use sluice_protocol::record::{BatchBuilder, BatchHeader, RecordHeader, ATTR_TRANSACTIONAL};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -74,6 +78,12 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// Wait before resending a batch that failed.
     pub retry_backoff: Duration,
+    /// Makes the producer transactional (and idempotent): records are sent inside transactions
+    /// that commit or abort as a whole. A new producer with the same id fences the old one and
+    /// finishes its open transaction.
+    pub transactional_id: Option<String>,
+    /// How long a transaction may stay open before the coordinator aborts it.
+    pub transaction_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -88,6 +98,8 @@ impl Default for ProducerConfig {
             max_in_flight_per_partition: 5,
             delivery_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -200,6 +212,8 @@ struct State {
     queues: HashMap<String, HashMap<i32, PartitionQueue>>,
     flush_requested: bool,
     closed: bool,
+    /// The first delivery failure of the open transaction: it cannot commit.
+    transaction_failure: Option<Error>,
 }
 
 impl State {
@@ -246,6 +260,8 @@ impl Shared {
 pub struct Producer {
     shared: Arc<Shared>,
     sender: JoinHandle<()>,
+    /// The transaction state, for a transactional producer.
+    transaction: Option<tokio::sync::Mutex<txn::Transaction>>,
 }
 
 impl Drop for Producer {
@@ -271,7 +287,17 @@ fn now_ms() -> i64 {
 impl Producer {
     /// Starts a producer on `client` (and, when idempotent, gets a producer id).
     pub async fn new(client: Client, mut config: ProducerConfig) -> Result<Self> {
-        let (producer_id, producer_epoch) = if config.idempotent {
+        let mut transaction = None;
+        if config.transactional_id.is_some() {
+            config.idempotent = true;
+        }
+        let (producer_id, producer_epoch) = if let Some(id) = &config.transactional_id {
+            config.acks = Acks::All;
+            config.max_in_flight_per_partition = config.max_in_flight_per_partition.clamp(1, 5);
+            let (ids, state) = txn::Transaction::init(&client, id, config.transaction_timeout).await?;
+            transaction = Some(tokio::sync::Mutex::new(state));
+            ids
+        } else if config.idempotent {
             config.acks = Acks::All;
             config.max_in_flight_per_partition = config.max_in_flight_per_partition.clamp(1, 5);
             init_producer_id(&client).await?
@@ -292,7 +318,7 @@ impl Producer {
             round_robin: AtomicUsize::new(0),
         });
         let sender = tokio::spawn(run_sender(Arc::clone(&shared)));
-        Ok(Self { shared, sender })
+        Ok(Self { shared, sender, transaction })
     }
 
     /// The producer id and epoch (-1, -1 when not idempotent).
@@ -312,6 +338,9 @@ impl Producer {
             Some(partition) => partition,
             None => self.choose_partition(&record).await?,
         };
+        if let Some(transaction) = &self.transaction {
+            transaction.lock().await.add_partition(shared, &record.topic, partition).await?;
+        }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let headers: Vec<(&[u8], Option<&[u8]>)> =
             record.headers.iter().map(|h| (&h.key[..], h.value.as_deref())).collect();
@@ -540,12 +569,15 @@ fn rounds(batches: Vec<SealedBatch>) -> Vec<Vec<SealedBatch>> {
 fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
     let Some(builder) = batch.builder.take() else { return Ok(()) };
     let idempotent = shared.config.idempotent;
-    let header = BatchHeader {
+    let mut header = BatchHeader {
         producer_id: shared.producer_id,
         producer_epoch: shared.producer_epoch,
         base_sequence: if idempotent { batch.sequence } else { -1 },
         ..BatchHeader::with_compression(shared.config.compression)
     };
+    if shared.config.transactional_id.is_some() {
+        header.attributes |= ATTR_TRANSACTIONAL;
+    }
     let mut out = BytesMut::new();
     builder.finish(&header, &mut out).map_err(|source| Error::Encode {
         broker: "(producer)".into(),
@@ -565,6 +597,8 @@ fn produce_request(config: &ProducerConfig, batches: &[SealedBatch]) -> ProduceR
         topics.entry(batch.partition.0.as_str()).or_default().push(data);
     }
     ProduceRequest {
+        // Brokers tie a transaction's batches to it by this id (and authorize by it).
+        transactional_id: config.transactional_id.clone(),
         acks: config.acks.wire(),
         timeout_ms: i32::try_from(config.delivery_timeout.min(Duration::from_secs(30)).as_millis()).unwrap_or(i32::MAX),
         topic_data: topics
@@ -699,6 +733,11 @@ fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
     let mut state = shared.state();
     if let Some(queue) = state.queues.get_mut(&topic).and_then(|q| q.get_mut(&partition)) {
         queue.in_flight = queue.in_flight.saturating_sub(1);
+    }
+    if let Err(e) = outcome {
+        if shared.config.transactional_id.is_some() && state.transaction_failure.is_none() {
+            state.transaction_failure = Some(e);
+        }
     }
     drop(state);
     shared.wake.notify_one();

@@ -1,0 +1,358 @@
+//! Transactions (KIP-98, KIP-447): the transaction coordinator is found by the transactional id;
+//! InitProducerId there gets the producer id and a bumped epoch (fencing any older producer with
+//! the same id); each partition joins the open transaction with AddPartitionsToTxn before its
+//! first record is sent; consumed offsets join with AddOffsetsToTxn and TxnOffsetCommit; EndTxn
+//! commits or aborts, and the coordinator writes the markers that make the records visible to
+//! `read_committed` consumers, or hide them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use sluice_protocol::messages::txn_offset_commit_request::{
+    TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+};
+use sluice_protocol::messages::{
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, EndTxnRequest, FindCoordinatorRequest, InitProducerIdRequest,
+    TxnOffsetCommitRequest,
+};
+
+use super::{Producer, Shared};
+use crate::client::{broker_address, Client};
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::group::ConsumerGroupMetadata;
+
+/// AddPartitionsToTxn v4+ is the broker-to-broker batch form.
+const ADD_PARTITIONS_CLIENT_MAX_VERSION: i16 = 3;
+/// FindCoordinator's key type for transaction coordinators.
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+/// Where the producer's transactions stand.
+#[derive(Debug)]
+pub(super) struct Transaction {
+    id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    coordinator: Option<Arc<Connection>>,
+    open: bool,
+    /// Partitions already added to the open transaction.
+    partitions: HashSet<(String, i32)>,
+}
+
+/// Whether a coordinator's answer asks to try again (after finding it again where it moved).
+fn retry_code(code: ErrorCode) -> Option<bool> {
+    match code {
+        ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable => Some(true),
+        ErrorCode::CoordinatorLoadInProgress | ErrorCode::ConcurrentTransactions => Some(false),
+        _ => None,
+    }
+}
+
+impl Transaction {
+    /// Finds the coordinator of `id` and gets a producer id and epoch from it.
+    pub(super) async fn init(client: &Client, id: &str, timeout: Duration) -> Result<((i64, i16), Self)> {
+        let mut state = Self {
+            id: id.to_owned(),
+            producer_id: -1,
+            producer_epoch: -1,
+            coordinator: None,
+            open: false,
+            partitions: HashSet::new(),
+        };
+        let request = InitProducerIdRequest {
+            transactional_id: Some(id.to_owned()),
+            transaction_timeout_ms: i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX),
+            producer_id: -1,
+            producer_epoch: -1,
+            ..InitProducerIdRequest::default()
+        };
+        let send = |c: Arc<Connection>| {
+            let request = request.clone();
+            async move { c.send(&request).await }
+        };
+        let response = state.call(client, "InitProducerId", send, |r| r.error_code).await?;
+        state.producer_id = response.producer_id;
+        state.producer_epoch = response.producer_epoch;
+        Ok(((response.producer_id, response.producer_epoch), state))
+    }
+
+    async fn coordinator(&mut self, client: &Client) -> Result<Arc<Connection>> {
+        if let Some(connection) = self.coordinator.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(connection));
+        }
+        let broker = client.any_broker().await?;
+        let version = broker.version_for::<FindCoordinatorRequest>(None)?;
+        let request = if version >= 4 {
+            FindCoordinatorRequest {
+                key_type: KEY_TYPE_TRANSACTION,
+                coordinator_keys: vec![self.id.clone()],
+                ..FindCoordinatorRequest::default()
+            }
+        } else {
+            FindCoordinatorRequest {
+                key_type: KEY_TYPE_TRANSACTION,
+                key: self.id.clone(),
+                ..FindCoordinatorRequest::default()
+            }
+        };
+        let response = broker.send_version(&request, version).await?;
+        let (code, host, port) = match response.coordinators.into_iter().find(|c| c.key == self.id) {
+            Some(found) if version >= 4 => (found.error_code, found.host, found.port),
+            _ => (response.error_code, response.host, response.port),
+        };
+        crate::connection::check_error(broker.broker(), "FindCoordinator", code)?;
+        let connection = client.connection_to(&broker_address(&host, port)).await?;
+        self.coordinator = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// Sends a request to the transaction coordinator, finding it again and retrying (for up to
+    /// the request timeout) while it moves, loads, or is finishing the previous transaction.
+    async fn call<R, F, Fut>(
+        &mut self,
+        client: &Client,
+        api: &'static str,
+        send: F,
+        code: impl Fn(&R) -> i16,
+    ) -> Result<R>
+    where
+        F: Fn(Arc<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<R>>,
+    {
+        let deadline = Instant::now() + client.config().connection.request_timeout;
+        loop {
+            let coordinator = self.coordinator(client).await?;
+            let broker = coordinator.broker().to_owned();
+            let error = match send(coordinator).await {
+                Ok(response) => match ErrorCode::from_code(code(&response)) {
+                    ErrorCode::None => return Ok(response),
+                    code => Error::Broker { broker, api, code },
+                },
+                Err(e) => e,
+            };
+            let again = match &error {
+                Error::Broker { code, .. } => retry_code(*code),
+                other => other.is_retriable().then_some(true),
+            };
+            match again {
+                Some(find_again) if Instant::now() < deadline => {
+                    if find_again {
+                        self.coordinator = None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
+    fn require_open(&self, what: &str) -> Result<()> {
+        if self.open {
+            Ok(())
+        } else {
+            Err(Error::Transaction {
+                transactional_id: self.id.clone(),
+                reason: format!("{what} needs an open transaction (call begin_transaction first)"),
+            })
+        }
+    }
+
+    /// Adds `topic`/`partition` to the open transaction, once.
+    pub(super) async fn add_partition(&mut self, shared: &Shared, topic: &str, partition: i32) -> Result<()> {
+        self.require_open("send")?;
+        if self.partitions.contains(&(topic.to_owned(), partition)) {
+            return Ok(());
+        }
+        let request = AddPartitionsToTxnRequest {
+            v3_and_below_transactional_id: self.id.clone(),
+            v3_and_below_producer_id: self.producer_id,
+            v3_and_below_producer_epoch: self.producer_epoch,
+            v3_and_below_topics: vec![AddPartitionsToTxnTopic {
+                name: topic.to_owned(),
+                partitions: vec![partition],
+                ..Default::default()
+            }],
+            ..AddPartitionsToTxnRequest::default()
+        };
+        let send = |c: Arc<Connection>| {
+            let request = request.clone();
+            async move {
+                let version = c.version_for::<AddPartitionsToTxnRequest>(Some(ADD_PARTITIONS_CLIENT_MAX_VERSION))?;
+                c.send_version(&request, version).await
+            }
+        };
+        let first_error = |r: &sluice_protocol::messages::AddPartitionsToTxnResponse| {
+            r.results_by_topic_v3_and_below
+                .iter()
+                .flat_map(|t| t.results_by_partition.iter())
+                .map(|p| p.partition_error_code)
+                .find(|c| *c != 0)
+                .unwrap_or(r.error_code)
+        };
+        self.call(&shared.client, "AddPartitionsToTxn", send, first_error).await?;
+        self.partitions.insert((topic.to_owned(), partition));
+        Ok(())
+    }
+}
+
+/// Who is committing offsets inside a transaction: the consumer group and, for fencing of
+/// zombie members (KIP-447), the member's generation and ids.
+fn group_fields(group: &ConsumerGroupMetadata) -> (String, i32, String, Option<String>) {
+    (group.group_id.clone(), group.generation_id, group.member_id.clone(), group.group_instance_id.clone())
+}
+
+impl Producer {
+    fn transaction_state(&self) -> Result<&tokio::sync::Mutex<Transaction>> {
+        self.transaction.as_ref().ok_or_else(|| Error::Transaction {
+            transactional_id: String::new(),
+            reason: "the producer is not transactional (set ProducerConfig::transactional_id)".into(),
+        })
+    }
+
+    /// Opens a transaction: records sent from now until [`Producer::commit_transaction`] or
+    /// [`Producer::abort_transaction`] become visible to `read_committed` consumers together, or
+    /// not at all.
+    pub async fn begin_transaction(&self) -> Result<()> {
+        let mut txn = self.transaction_state()?.lock().await;
+        if txn.open {
+            return Err(Error::Transaction {
+                transactional_id: txn.id.clone(),
+                reason: "a transaction is already open".into(),
+            });
+        }
+        txn.open = true;
+        txn.partitions.clear();
+        self.shared.state().transaction_failure = None;
+        Ok(())
+    }
+
+    /// Commits consumed `offsets` (topic, partition, next offset to consume) for `group` as part
+    /// of the open transaction: they take effect if and only if the transaction commits. This is
+    /// how a consume-transform-produce loop is exactly once.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(String, i32, i64)],
+        group: &ConsumerGroupMetadata,
+    ) -> Result<()> {
+        let mut txn = self.transaction_state()?.lock().await;
+        txn.require_open("send_offsets_to_transaction")?;
+        let client = self.shared.client.clone();
+        let (group_id, generation_id, member_id, group_instance_id) = group_fields(group);
+        let add = AddOffsetsToTxnRequest {
+            transactional_id: txn.id.clone(),
+            producer_id: txn.producer_id,
+            producer_epoch: txn.producer_epoch,
+            group_id: group_id.clone(),
+            ..AddOffsetsToTxnRequest::default()
+        };
+        txn.call(
+            &client,
+            "AddOffsetsToTxn",
+            |c| {
+                let add = add.clone();
+                async move { c.send(&add).await }
+            },
+            |r| r.error_code,
+        )
+        .await?;
+
+        let mut topics: BTreeMap<&str, Vec<TxnOffsetCommitRequestPartition>> = BTreeMap::new();
+        for (topic, partition, offset) in offsets {
+            topics.entry(topic).or_default().push(TxnOffsetCommitRequestPartition {
+                partition_index: *partition,
+                committed_offset: *offset,
+                committed_leader_epoch: -1,
+                ..Default::default()
+            });
+        }
+        let commit = TxnOffsetCommitRequest {
+            transactional_id: txn.id.clone(),
+            group_id: group_id.clone(),
+            producer_id: txn.producer_id,
+            producer_epoch: txn.producer_epoch,
+            generation_id,
+            member_id,
+            group_instance_id,
+            topics: topics
+                .into_iter()
+                .map(|(name, partitions)| TxnOffsetCommitRequestTopic {
+                    name: name.to_owned(),
+                    partitions,
+                    ..Default::default()
+                })
+                .collect(),
+            ..TxnOffsetCommitRequest::default()
+        };
+        // TxnOffsetCommit goes to the group's coordinator, not the transaction's.
+        let deadline = Instant::now() + client.config().connection.request_timeout;
+        loop {
+            let coordinator = client.group_coordinator(&group_id).await?;
+            let response = coordinator.send(&commit).await?;
+            let code = response
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .map(|p| ErrorCode::from_code(p.error_code))
+                .find(|c| *c != ErrorCode::None);
+            match code {
+                None => return Ok(()),
+                Some(code) if retry_code(code).is_some() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(code) => {
+                    return Err(Error::Broker { broker: coordinator.broker().to_owned(), api: "TxnOffsetCommit", code })
+                }
+            }
+        }
+    }
+
+    /// Sends everything buffered, then commits the open transaction. If any of its records
+    /// failed, nothing is committed: the error is returned and the transaction must be aborted.
+    pub async fn commit_transaction(&self) -> Result<()> {
+        self.end_transaction(true).await
+    }
+
+    /// Waits for what was sent to finish, then aborts the open transaction: its records and
+    /// offsets are discarded for `read_committed` consumers.
+    pub async fn abort_transaction(&self) -> Result<()> {
+        self.end_transaction(false).await
+    }
+
+    async fn end_transaction(&self, commit: bool) -> Result<()> {
+        let mut txn = self.transaction_state()?.lock().await;
+        txn.require_open(if commit { "commit_transaction" } else { "abort_transaction" })?;
+        self.flush().await;
+        if commit {
+            if let Some(failure) = self.shared.state().transaction_failure.clone() {
+                return Err(Error::Transaction {
+                    transactional_id: txn.id.clone(),
+                    reason: format!("a record of the transaction was not delivered ({failure}); abort it"),
+                });
+            }
+        }
+        let request = EndTxnRequest {
+            transactional_id: txn.id.clone(),
+            producer_id: txn.producer_id,
+            producer_epoch: txn.producer_epoch,
+            committed: commit,
+            ..EndTxnRequest::default()
+        };
+        let client = self.shared.client.clone();
+        txn.call(
+            &client,
+            "EndTxn",
+            |c| {
+                let request = request.clone();
+                async move { c.send(&request).await }
+            },
+            |r| r.error_code,
+        )
+        .await?;
+        txn.open = false;
+        txn.partitions.clear();
+        Ok(())
+    }
+}
