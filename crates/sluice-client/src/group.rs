@@ -34,8 +34,9 @@ use sluice_protocol::messages::offset_commit_request::{OffsetCommitRequestPartit
 use sluice_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use sluice_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use sluice_protocol::messages::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, FindCoordinatorRequest, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, Message, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest, FindCoordinatorRequest,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, Message, OffsetCommitRequest,
+    OffsetFetchRequest, SyncGroupRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -786,4 +787,118 @@ fn group_by_topic(partitions: &[(String, i32)]) -> BTreeMap<String, Vec<i32>> {
 
 fn millis(duration: Duration) -> i32 {
     i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// A group as ListGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// The group id.
+    pub group_id: String,
+    /// `consumer` for consumer groups (empty for groups that only commit offsets).
+    pub protocol_type: String,
+    /// The state (`Stable`, `Empty`, ...), if the broker reports it (ListGroups v4+).
+    pub state: String,
+}
+
+/// A group as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group id.
+    pub group_id: String,
+    /// The state: `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty` or `Dead`.
+    pub state: String,
+    /// The protocol type (`consumer`).
+    pub protocol_type: String,
+    /// The chosen assignor (`range`, ...).
+    pub protocol: String,
+    /// The members and, for consumer groups, the partitions each owns.
+    pub members: Vec<GroupMemberDescription>,
+}
+
+/// One member of a described group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMemberDescription {
+    /// The member id.
+    pub member_id: String,
+    /// The static instance id, if any.
+    pub group_instance_id: Option<String>,
+    /// The client id the member connected with.
+    pub client_id: String,
+    /// The member's host.
+    pub client_host: String,
+    /// The partitions it owns (decoded from the consumer protocol; empty for other protocols).
+    pub assignment: Vec<(String, i32)>,
+}
+
+impl Client {
+    /// Every group on every broker of the cluster.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        let metadata = self.refresh_metadata(None).await?;
+        let mut groups = Vec::new();
+        for node in metadata.brokers.keys() {
+            let broker = self.broker(*node).await?;
+            let response = broker.send(&ListGroupsRequest::default()).await?;
+            check_error(broker.broker(), "ListGroups", response.error_code)?;
+            groups.extend(response.groups.into_iter().map(|g| GroupListing {
+                group_id: g.group_id,
+                protocol_type: g.protocol_type,
+                state: g.group_state,
+            }));
+        }
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        groups.dedup_by(|a, b| a.group_id == b.group_id);
+        Ok(groups)
+    }
+
+    /// A group's state, members and their partitions, from its coordinator.
+    pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription> {
+        let coordinator = self.group_coordinator(group_id).await?;
+        let request = DescribeGroupsRequest { groups: vec![group_id.to_owned()], ..DescribeGroupsRequest::default() };
+        let version = coordinator.version_for::<DescribeGroupsRequest>(None)?;
+        let response = coordinator.send_version(&request, version).await?;
+        let group = response.groups.into_iter().find(|g| g.group_id == group_id).ok_or_else(|| Error::Broker {
+            broker: coordinator.broker().to_owned(),
+            api: "DescribeGroups",
+            code: ErrorCode::GroupIdNotFound,
+        })?;
+        check_error(coordinator.broker(), "DescribeGroups", group.error_code)?;
+        let consumer = group.protocol_type == PROTOCOL_TYPE;
+        let members = group
+            .members
+            .into_iter()
+            .map(|m| {
+                let assignment = if consumer && !m.member_assignment.is_empty() {
+                    let (_, assignment) = decode_assignment(m.member_assignment).map_err(|source| Error::Decode {
+                        broker: coordinator.broker().to_owned(),
+                        api: "DescribeGroups",
+                        version,
+                        source,
+                    })?;
+                    let mut partitions: Vec<(String, i32)> = assignment
+                        .assigned_partitions
+                        .into_iter()
+                        .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
+                        .collect();
+                    partitions.sort();
+                    partitions
+                } else {
+                    Vec::new()
+                };
+                Ok(GroupMemberDescription {
+                    member_id: m.member_id,
+                    group_instance_id: m.group_instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    assignment,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GroupDescription {
+            group_id: group.group_id,
+            state: group.group_state,
+            protocol_type: group.protocol_type,
+            protocol: group.protocol_data,
+            members,
+        })
+    }
 }

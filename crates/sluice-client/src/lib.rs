@@ -20,5 +20,8 @@ pub use client::{
 pub use connection::{Connection, ConnectionConfig, InFlight, VersionRange};
 pub use consumer::{Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt};
 pub use error::{Error, Result};
-pub use group::{ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupEvent};
+pub use group::{
+    ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupDescription, GroupEvent, GroupListing,
+    GroupMemberDescription,
+};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

@@ -151,6 +151,25 @@ async fn members_split_partitions_and_take_over_a_leaving_members_without_loss_o
     assert!(seen.revocations("a") >= 1, "a gave up its partitions for the rebalance");
     eprintln!("split: a {:?}, b {:?}", seen.assignment("a"), seen.assignment("b"));
 
+    // The admin view agrees: two members of a stable consumer group, owning the three partitions.
+    let described = client.describe_group("g1").await.unwrap();
+    assert_eq!((described.state.as_str(), described.protocol_type.as_str()), ("Stable", "consumer"));
+    if described.protocol.is_empty() {
+        eprintln!("note: Tansu 0.6 leaves DescribeGroups' protocol (the chosen assignor) empty; Kafka says \"range\"");
+    } else {
+        assert_eq!(described.protocol, "range");
+    }
+    assert_eq!(described.members.len(), 2);
+    let mut owned: Vec<(String, i32)> = described.members.iter().flat_map(|m| m.assignment.clone()).collect();
+    owned.sort();
+    if owned.is_empty() {
+        eprintln!("note: Tansu 0.6 leaves DescribeGroups' member assignments empty; Kafka returns each member's");
+    } else {
+        assert_eq!(owned, (0..PARTITIONS).map(|p| (TOPIC.to_owned(), p)).collect::<Vec<_>>());
+    }
+    let listed = client.list_groups().await.unwrap();
+    assert!(listed.iter().any(|g| g.group_id == "g1" && g.protocol_type == "consumer"), "{listed:?}");
+
     produce(&client, 300, 300).await;
     wait_until("600 records consumed", Duration::from_secs(30), || seen.consumed_count() >= 600).await;
     {
