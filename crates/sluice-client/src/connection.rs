@@ -23,13 +23,13 @@ use sluice_protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 use sluice_protocol::header::{decode_response, encode_request, peek_correlation_id};
 use sluice_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, Message, Request};
 use sluice_protocol::DecodeError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::tls::TlsConfig;
 
 /// How a connection behaves.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub struct ConnectionConfig {
     pub max_queued_requests: usize,
     /// Largest response frame accepted.
     pub max_frame_bytes: usize,
+    /// Encrypt connections with TLS (`None`: plaintext).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ConnectionConfig {
@@ -54,6 +56,7 @@ impl Default for ConnectionConfig {
             request_timeout: Duration::from_secs(30),
             max_queued_requests: 256,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            tls: None,
         }
     }
 }
@@ -190,13 +193,33 @@ impl Connection {
         };
         // Requests are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
         let shared = Arc::new(Shared::default());
         let (writer, queue) = mpsc::channel(config.max_queued_requests.max(1));
-        let tasks = [
-            tokio::spawn(read_loop(read, Arc::clone(&shared), FrameDecoder::new(config.max_frame_bytes))),
-            tokio::spawn(write_loop(write, queue, Arc::clone(&shared))),
-        ];
+        let decoder = FrameDecoder::new(config.max_frame_bytes);
+        let tasks = match &config.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                [
+                    tokio::spawn(read_loop(read, Arc::clone(&shared), decoder)),
+                    tokio::spawn(write_loop(write, queue, Arc::clone(&shared))),
+                ]
+            }
+            Some(tls) => {
+                let handshake = tls.handshake(broker, stream);
+                let stream = match tokio::time::timeout(config.connect_timeout, handshake).await {
+                    Ok(stream) => stream?,
+                    Err(_) => {
+                        let timeout = config.connect_timeout;
+                        return Err(Error::ConnectTimeout { broker: broker.to_owned(), timeout });
+                    }
+                };
+                let (read, write) = tokio::io::split(stream);
+                [
+                    tokio::spawn(read_loop(read, Arc::clone(&shared), decoder)),
+                    tokio::spawn(write_loop(write, queue, Arc::clone(&shared))),
+                ]
+            }
+        };
         let mut connection = Self {
             broker: broker.to_owned(),
             config,
@@ -377,13 +400,13 @@ pub fn check_error(broker: &str, api: &'static str, code: i16) -> Result<()> {
     }
 }
 
-async fn read_loop(mut read: OwnedReadHalf, shared: Arc<Shared>, decoder: FrameDecoder) {
+async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>, decoder: FrameDecoder) {
     let reason = read_frames(&mut read, &shared, decoder).await;
     shared.close(reason);
 }
 
 /// Reads and dispatches frames until the stream fails; returns why it stopped.
-async fn read_frames(read: &mut OwnedReadHalf, shared: &Shared, decoder: FrameDecoder) -> Closed {
+async fn read_frames<R: AsyncRead + Unpin>(read: &mut R, shared: &Shared, decoder: FrameDecoder) -> Closed {
     const READ_CHUNK: usize = 64 * 1024;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
@@ -424,7 +447,7 @@ fn dispatch(shared: &Shared, frame: Bytes) -> std::result::Result<(), Closed> {
     Ok(())
 }
 
-async fn write_loop(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
+async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut queue: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
     let mut out = BufWriter::with_capacity(64 * 1024, write);
     let result: std::io::Result<()> = async {
         while let Some(frame) = queue.recv().await {

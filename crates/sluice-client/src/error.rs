@@ -22,6 +22,21 @@ pub enum Error {
         /// The underlying I/O error.
         source: Arc<std::io::Error>,
     },
+    /// The TLS handshake with a broker failed (its certificate is not trusted, does not name the
+    /// host, or the two sides share no protocol version or cipher suite).
+    #[error("TLS handshake with broker {broker} failed: {reason} (check the CA file, the broker's certificate name, and that the port speaks TLS)")]
+    Tls {
+        /// The broker address.
+        broker: String,
+        /// What rustls reported.
+        reason: String,
+    },
+    /// The TLS settings could not be used (an unreadable CA file or client key, a bad name).
+    #[error("TLS configuration: {reason}")]
+    TlsConfig {
+        /// What was wrong.
+        reason: String,
+    },
     /// The connection could not be made within the connect timeout.
     #[error("connecting to broker {broker} took longer than {timeout:?} (is the address reachable?)")]
     ConnectTimeout {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod group;
 pub mod partitioner;
 pub mod producer;
+pub mod tls;
 
 pub use assignor::{Assignor, GroupMember, RangeAssignor, RoundRobinAssignor};
 pub use client::{
@@ -25,3 +26,4 @@ pub use group::{
     GroupMemberDescription,
 };
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use tls::TlsConfig;

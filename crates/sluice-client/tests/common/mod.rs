@@ -47,7 +47,7 @@ impl Tansu {
     }
 
     /// Starts a broker listening on `addr` and advertising `advertised`.
-    fn start_advertising(addr: &str, advertised: &str) -> Self {
+    pub fn start_advertising(addr: &str, advertised: &str) -> Self {
         let binary = std::env::var_os("SLUICE_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/tansu"));
