@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::sasl::SaslConfig;
 use crate::tls::TlsConfig;
 
 /// How a connection behaves.
@@ -46,6 +47,8 @@ pub struct ConnectionConfig {
     pub max_frame_bytes: usize,
     /// Encrypt connections with TLS (`None`: plaintext).
     pub tls: Option<TlsConfig>,
+    /// Authenticate every connection with SASL (`None`: no authentication).
+    pub sasl: Option<SaslConfig>,
 }
 
 impl Default for ConnectionConfig {
@@ -57,6 +60,7 @@ impl Default for ConnectionConfig {
             max_queued_requests: 256,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             tls: None,
+            sasl: None,
         }
     }
 }
@@ -230,6 +234,9 @@ impl Connection {
             tasks,
         };
         connection.versions = connection.negotiate_versions().await?;
+        if let Some(sasl) = connection.config.sasl.clone() {
+            crate::sasl::authenticate(&connection, &sasl).await?;
+        }
         Ok(connection)
     }
 

@@ -31,6 +31,16 @@ pub enum Error {
         /// What rustls reported.
         reason: String,
     },
+    /// SASL authentication with a broker failed.
+    #[error("broker {broker} did not accept SASL {mechanism} authentication: {reason} (check the user name, password and mechanism)")]
+    Authentication {
+        /// The broker address.
+        broker: String,
+        /// The mechanism tried.
+        mechanism: &'static str,
+        /// What the broker or the exchange said.
+        reason: String,
+    },
     /// The TLS settings could not be used (an unreadable CA file or client key, a bad name).
     #[error("TLS configuration: {reason}")]
     TlsConfig {

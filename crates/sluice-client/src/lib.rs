@@ -11,6 +11,7 @@ pub mod error;
 pub mod group;
 pub mod partitioner;
 pub mod producer;
+pub mod sasl;
 pub mod tls;
 
 pub use assignor::{Assignor, GroupMember, RangeAssignor, RoundRobinAssignor};
@@ -26,4 +27,5 @@ pub use group::{
     GroupMemberDescription,
 };
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use sasl::{SaslConfig, SaslMechanism};
 pub use tls::TlsConfig;

@@ -27,7 +27,7 @@ use sluice_protocol::compression::Compression;
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use sluice_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
-use sluice_protocol::record::{BatchBuilder, BatchHeader, RecordHeader, ATTR_TRANSACTIONAL};
+use sluice_protocol::record::{set_producer_state, BatchBuilder, BatchHeader, RecordHeader, ATTR_TRANSACTIONAL};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -214,6 +214,10 @@ struct State {
     closed: bool,
     /// The first delivery failure of the open transaction: it cannot commit.
     transaction_failure: Option<Error>,
+    /// The broker lost this producer's state (UNKNOWN_PRODUCER_ID, e.g. after a restart without
+    /// its log): nothing new is sent until every batch in flight is back, then the producer gets
+    /// a new id and renumbers what it has not delivered yet.
+    reset_producer: bool,
 }
 
 impl State {
@@ -238,8 +242,8 @@ impl State {
 struct Shared {
     client: Client,
     config: ProducerConfig,
-    producer_id: i64,
-    producer_epoch: i16,
+    /// The producer id and epoch; replaced when the broker has lost the producer's state.
+    ids: Mutex<(i64, i16)>,
     memory: Arc<Semaphore>,
     state: Mutex<State>,
     /// Wakes the sender task: new records, a finished request, a flush.
@@ -252,6 +256,10 @@ struct Shared {
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ids(&self) -> (i64, i16) {
+        *self.ids.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -310,8 +318,7 @@ impl Producer {
             client,
             memory: Arc::new(Semaphore::new(permits)),
             config,
-            producer_id,
-            producer_epoch,
+            ids: Mutex::new((producer_id, producer_epoch)),
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -323,7 +330,7 @@ impl Producer {
 
     /// The producer id and epoch (-1, -1 when not idempotent).
     pub fn producer_id(&self) -> (i64, i16) {
-        (self.shared.producer_id, self.shared.producer_epoch)
+        self.shared.ids()
     }
 
     /// Buffers `record` for sending, waiting while the buffer is full, and returns a future of
@@ -459,6 +466,9 @@ fn seal(queue: &mut PartitionQueue, partition: TopicPartition, config: &Producer
 /// flight, and sleeps until the next linger deadline or wake-up.
 async fn run_sender(shared: Arc<Shared>) {
     loop {
+        if reset_due(&shared) {
+            reset_producer(&shared).await;
+        }
         let (due, next_deadline) = take_due_batches(&shared);
         if !due.is_empty() {
             dispatch(&shared, due).await;
@@ -476,6 +486,62 @@ async fn run_sender(shared: Arc<Shared>) {
     }
 }
 
+/// Whether the producer must be reset now: asked for, and nothing in flight any more.
+fn reset_due(shared: &Shared) -> bool {
+    let state = shared.state();
+    state.reset_producer && state.queues.values().flat_map(HashMap::values).all(|q| q.in_flight == 0)
+}
+
+/// Gets a new producer id and renumbers every undelivered batch from sequence 0 per partition
+/// (rewriting the headers of batches already encoded), as the Java producer does (KIP-360).
+async fn reset_producer(shared: &Shared) {
+    let ids = loop {
+        match init_producer_id(&shared.client).await {
+            Ok(ids) => break ids,
+            Err(error) => {
+                expire_ready(shared, &error);
+                tokio::time::sleep(shared.config.retry_backoff).await;
+            }
+        }
+    };
+    *shared.ids.lock().unwrap_or_else(PoisonError::into_inner) = ids;
+    let mut state = shared.state();
+    for queue in state.queues.values_mut().flat_map(HashMap::values_mut) {
+        let mut sequence: i32 = 0;
+        for batch in &mut queue.ready {
+            batch.sequence = sequence;
+            if let Some(payload) = batch.payload.take() {
+                let mut bytes = BytesMut::from(&payload[..]);
+                // The payload was encoded by this producer: it is a v2 batch.
+                let _ = set_producer_state(&mut bytes, ids.0, ids.1, sequence);
+                batch.payload = Some(bytes.freeze());
+            }
+            sequence = sequence.saturating_add(i32::try_from(batch.deliveries.len()).unwrap_or(i32::MAX));
+        }
+        queue.next_sequence = sequence;
+    }
+    state.reset_producer = false;
+}
+
+/// Fails the queued batches whose delivery timeout has passed (while nothing can be sent).
+fn expire_ready(shared: &Shared, error: &Error) {
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    {
+        let mut state = shared.state();
+        for queue in state.queues.values_mut().flat_map(HashMap::values_mut) {
+            while queue.ready.front().is_some_and(|b| b.deadline <= now) {
+                expired.extend(queue.ready.pop_front());
+            }
+        }
+    }
+    for batch in expired {
+        let (topic, partition) = batch.partition.clone();
+        let timeout = shared.config.delivery_timeout;
+        complete(batch, &Err(Error::DeliveryTimeout { topic, partition, timeout, last_error: error.to_string() }));
+    }
+}
+
 /// Seals due batches and takes the ones that may be sent now; returns them and when to look
 /// again.
 fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
@@ -483,6 +549,7 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
     let now = Instant::now();
     let mut state = shared.state();
     let flush = state.flush_requested;
+    let resetting = state.reset_producer;
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
     let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
@@ -496,7 +563,7 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
                     earliest(linger_end);
                 }
             }
-            while queue.in_flight < config.max_in_flight_per_partition {
+            while !resetting && queue.in_flight < config.max_in_flight_per_partition {
                 match queue.ready.front() {
                     Some(batch) if batch.not_before <= now => {}
                     Some(batch) => {
@@ -569,9 +636,10 @@ fn rounds(batches: Vec<SealedBatch>) -> Vec<Vec<SealedBatch>> {
 fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
     let Some(builder) = batch.builder.take() else { return Ok(()) };
     let idempotent = shared.config.idempotent;
+    let (producer_id, producer_epoch) = shared.ids();
     let mut header = BatchHeader {
-        producer_id: shared.producer_id,
-        producer_epoch: shared.producer_epoch,
+        producer_id,
+        producer_epoch,
         base_sequence: if idempotent { batch.sequence } else { -1 },
         ..BatchHeader::with_compression(shared.config.compression)
     };
@@ -668,6 +736,14 @@ fn handle_response(shared: &Arc<Shared>, broker: &str, batches: Vec<SealedBatch>
             ErrorCode::None => finish(shared, batch, Ok(answer.base_offset)),
             // The broker had already written this batch (a resend after a lost answer).
             ErrorCode::DuplicateSequenceNumber => finish(shared, batch, Ok(-1)),
+            // The broker has no state for this producer: it wrote nothing of this batch. An
+            // idempotent producer starts over with a new id; a transaction cannot go on.
+            ErrorCode::UnknownProducerId if shared.config.transactional_id.is_none() => {
+                shared.state().reset_producer = true;
+                let error =
+                    Error::Broker { broker: broker.to_owned(), api: "Produce", code: ErrorCode::UnknownProducerId };
+                retry_or_fail(shared, batch, error);
+            }
             code => {
                 if matches!(code, ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition) {
                     let client = shared.client.clone();
@@ -681,15 +757,22 @@ fn handle_response(shared: &Arc<Shared>, broker: &str, batches: Vec<SealedBatch>
 }
 
 /// Whether a failed batch should be sent again.
-fn should_retry(error: &Error) -> bool {
+fn should_retry(config: &ProducerConfig, error: &Error) -> bool {
     // With idempotence, OUT_OF_ORDER_SEQUENCE_NUMBER means an earlier batch of the partition
-    // failed and is being resent; this one follows it.
-    error.is_retriable() || matches!(error, Error::Broker { code: ErrorCode::OutOfOrderSequenceNumber, .. })
+    // failed and is being resent; this one follows it. UNKNOWN_PRODUCER_ID makes an idempotent
+    // producer reset itself and resend.
+    let reset = config.idempotent && config.transactional_id.is_none();
+    error.is_retriable()
+        || match error {
+            Error::Broker { code: ErrorCode::OutOfOrderSequenceNumber, .. } => true,
+            Error::Broker { code: ErrorCode::UnknownProducerId, .. } => reset,
+            _ => false,
+        }
 }
 
-fn retry_or_fail(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
+fn retry_or_fail(shared: &Arc<Shared>, batch: SealedBatch, error: Error) {
     let now = Instant::now();
-    if !should_retry(&error) {
+    if !should_retry(&shared.config, &error) {
         return finish(shared, batch, Err(error));
     }
     if now >= batch.deadline {
@@ -701,7 +784,12 @@ fn retry_or_fail(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
             Err(Error::DeliveryTimeout { topic, partition, timeout, last_error: error.to_string() }),
         );
     }
-    batch.not_before = now + shared.config.retry_backoff;
+    requeue(shared, batch, error);
+}
+
+/// Puts a batch that will be sent again back into its partition's queue, in sequence order.
+fn requeue(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
+    batch.not_before = Instant::now() + shared.config.retry_backoff;
     batch.last_error = Some(error);
     let mut state = shared.state();
     let queue = state.queue(&batch.partition.0, batch.partition.1);
@@ -715,9 +803,26 @@ fn retry_or_fail(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
 
 /// Completes a batch's records with their offsets (or the error) and frees its in-flight slot.
 fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
+    let (topic, partition) = batch.partition.clone();
+    complete(batch, &outcome);
+    let mut state = shared.state();
+    if let Some(queue) = state.queues.get_mut(&topic).and_then(|q| q.get_mut(&partition)) {
+        queue.in_flight = queue.in_flight.saturating_sub(1);
+    }
+    if let Err(e) = outcome {
+        if shared.config.transactional_id.is_some() && state.transaction_failure.is_none() {
+            state.transaction_failure = Some(e);
+        }
+    }
+    drop(state);
+    shared.wake.notify_one();
+}
+
+/// Resolves each record's delivery future with its offset (or the error).
+fn complete(batch: SealedBatch, outcome: &Result<i64>) {
     let (topic, partition) = batch.partition;
     for (index, delivery) in batch.deliveries.into_iter().enumerate() {
-        let result = match &outcome {
+        let result = match outcome {
             Ok(base) if *base >= 0 => Ok(base.saturating_add(index as i64)),
             Ok(_) => Ok(-1),
             Err(e) => Err(e.clone()),
@@ -730,15 +835,4 @@ fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
         });
         let _ = delivery.reply.send(metadata);
     }
-    let mut state = shared.state();
-    if let Some(queue) = state.queues.get_mut(&topic).and_then(|q| q.get_mut(&partition)) {
-        queue.in_flight = queue.in_flight.saturating_sub(1);
-    }
-    if let Err(e) = outcome {
-        if shared.config.transactional_id.is_some() && state.transaction_failure.is_none() {
-            state.transaction_failure = Some(e);
-        }
-    }
-    drop(state);
-    shared.wake.notify_one();
 }

@@ -200,6 +200,12 @@ pub enum EncodeError {
         /// The version.
         version: i16,
     },
+    /// Bytes given as an encoded v2 record batch are not one.
+    #[error("not an encoded v2 record batch: {reason}")]
+    NotABatch {
+        /// What is wrong with the bytes.
+        reason: &'static str,
+    },
     /// A message version this codec does not implement.
     #[error("{api} version {version} is not supported (supported: {min}..={max})")]
     UnsupportedVersion {

@@ -495,6 +495,38 @@ fn record_body_len(
     i32::try_from(len).map_err(|_| EncodeError::TooLong { what: "record", length: len, max: i32::MAX as usize })
 }
 
+const PRODUCER_ID_OFFSET: usize = 43;
+const MAGIC_OFFSET: usize = 16;
+
+/// Rewrites the producer id, epoch and base sequence of one encoded v2 batch and recomputes its
+/// CRC, leaving the records as they are. An idempotent producer renumbers batches it has already
+/// encoded this way when the broker has lost its producer state (KIP-360).
+pub fn set_producer_state(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), EncodeError> {
+    if batch.len() < BATCH_HEADER_LEN {
+        return Err(EncodeError::NotABatch { reason: "shorter than a batch header" });
+    }
+    if batch.get(MAGIC_OFFSET) != Some(&2) {
+        return Err(EncodeError::NotABatch { reason: "magic is not 2" });
+    }
+    let mut state = Vec::with_capacity(14);
+    state.extend_from_slice(&producer_id.to_be_bytes());
+    state.extend_from_slice(&producer_epoch.to_be_bytes());
+    state.extend_from_slice(&base_sequence.to_be_bytes());
+    if let Some(field) = batch.get_mut(PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + state.len()) {
+        field.copy_from_slice(&state);
+    }
+    let crc = crc32c::crc32c(batch.get(ATTRIBUTES_OFFSET..).unwrap_or_default());
+    if let Some(field) = batch.get_mut(CRC_OFFSET..ATTRIBUTES_OFFSET) {
+        field.copy_from_slice(&crc.to_be_bytes());
+    }
+    Ok(())
+}
+
 /// Fills in the batch length and CRC of the batch that starts at `start`.
 fn finish_batch(out: &mut BytesMut, start: usize) -> Result<(), EncodeError> {
     let total = out.len() - start;

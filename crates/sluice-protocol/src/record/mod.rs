@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crate::compression::Compression;
 use crate::error::DecodeError;
 
-pub use batch::{encode_batch, BatchBuilder};
+pub use batch::{encode_batch, set_producer_state, BatchBuilder};
 pub use view::{Headers, RecordBatch, RecordRef};
 
 /// Bytes before a batch's magic byte: base offset (8), length (4), leader epoch or CRC (4).

@@ -83,6 +83,23 @@ fn a_crc_mismatch_names_the_batch_offset() {
 }
 
 #[test]
+fn set_producer_state_renumbers_an_encoded_batch_and_keeps_it_valid() {
+    for codec in CODECS {
+        let (header, records) = batch(7, 3, codec);
+        let mut bytes = BytesMut::from(&encode(&[(header, records.clone())])[..]);
+        set_producer_state(&mut bytes, 99, 4, 1_000).unwrap();
+        let decoded = decode_records(&bytes.freeze(), &DecodeOptions::default()).unwrap();
+        let got = &decoded.batches[0];
+        assert_eq!((got.header.producer_id, got.header.producer_epoch, got.header.base_sequence), (99, 4, 1_000));
+        assert_eq!(got.to_records(), records, "{codec:?}: the records are untouched");
+    }
+    assert!(set_producer_state(&mut [0u8; 10], 1, 1, 1).is_err());
+    let mut not_v2 = encode(&[batch(0, 1, Compression::None)]).to_vec();
+    not_v2[16] = 1;
+    assert!(matches!(set_producer_state(&mut not_v2, 1, 1, 1), Err(crate::EncodeError::NotABatch { .. })));
+}
+
+#[test]
 fn batches_before_the_start_offset_are_skipped_without_reading_them() {
     // Corrupt the first batch's body: skipping it must not even check its CRC.
     let first = encode(&[batch(0, 10, Compression::Gzip)]);

@@ -1,0 +1,311 @@
+//! SASL authentication of a connection (KIP-43, KIP-84, KIP-152): after ApiVersions, the client
+//! names a mechanism with SaslHandshake v1 and exchanges its tokens in SaslAuthenticate requests.
+//! PLAIN (RFC 4616) sends the name and password in one token (use it over TLS only);
+//! SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677) prove knowledge of the password without
+//! sending it, and check that the broker knows it too.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256, Sha512};
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+
+/// The SASL mechanisms sluice speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// Name and password in clear (inside TLS).
+    Plain,
+    /// Salted challenge-response with SHA-256.
+    ScramSha256,
+    /// Salted challenge-response with SHA-512.
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The mechanism's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Credentials a connection authenticates with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslConfig {
+    /// The mechanism.
+    pub mechanism: SaslMechanism,
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for SaslConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaslConfig")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+impl SaslConfig {
+    /// Credentials for `mechanism`.
+    pub fn new(mechanism: SaslMechanism, username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self { mechanism, username: username.into(), password: password.into() }
+    }
+}
+
+fn failed(connection: &Connection, mechanism: SaslMechanism, reason: impl Into<String>) -> Error {
+    Error::Authentication { broker: connection.broker().to_owned(), mechanism: mechanism.name(), reason: reason.into() }
+}
+
+/// Authenticates `connection` (fresh, after ApiVersions) with `config`.
+pub(crate) async fn authenticate(connection: &Connection, config: &SaslConfig) -> Result<()> {
+    let mechanism = config.mechanism;
+    let handshake = SaslHandshakeRequest { mechanism: mechanism.name().into() };
+    // v1: the tokens travel in SaslAuthenticate requests rather than as raw frames.
+    let response = connection.send_version(&handshake, 1).await?;
+    match ErrorCode::from_code(response.error_code) {
+        ErrorCode::None => {}
+        ErrorCode::UnsupportedSaslMechanism => {
+            let offered = response.mechanisms.join(", ");
+            return Err(failed(connection, mechanism, format!("the broker does not offer it (it offers: {offered})")));
+        }
+        code => return Err(Error::Broker { broker: connection.broker().to_owned(), api: "SaslHandshake", code }),
+    }
+    match mechanism {
+        SaslMechanism::Plain => {
+            let token = plain_token(&config.username, &config.password);
+            exchange(connection, mechanism, token).await?;
+        }
+        SaslMechanism::ScramSha256 => scram::<Sha256Hash>(connection, config).await?,
+        SaslMechanism::ScramSha512 => scram::<Sha512Hash>(connection, config).await?,
+    }
+    Ok(())
+}
+
+/// Sends one token and returns the broker's answer token.
+async fn exchange(connection: &Connection, mechanism: SaslMechanism, token: Vec<u8>) -> Result<Bytes> {
+    let request = SaslAuthenticateRequest { auth_bytes: token.into(), ..SaslAuthenticateRequest::default() };
+    let version = connection.version_for::<SaslAuthenticateRequest>(None)?;
+    let response = connection.send_version(&request, version).await?;
+    match ErrorCode::from_code(response.error_code) {
+        ErrorCode::None => Ok(response.auth_bytes),
+        code => {
+            let message = response.error_message.unwrap_or_else(|| code.to_string());
+            Err(failed(connection, mechanism, message))
+        }
+    }
+}
+
+/// RFC 4616: authorization identity (empty), user name and password, separated by NULs.
+fn plain_token(username: &str, password: &str) -> Vec<u8> {
+    let mut token = Vec::with_capacity(username.len() + password.len() + 2);
+    token.push(0);
+    token.extend_from_slice(username.as_bytes());
+    token.push(0);
+    token.extend_from_slice(password.as_bytes());
+    token
+}
+
+async fn scram<H: ScramHash>(connection: &Connection, config: &SaslConfig) -> Result<()> {
+    let mechanism = config.mechanism;
+    let mut nonce = [0u8; 24];
+    getrandom::getrandom(&mut nonce)
+        .map_err(|e| failed(connection, mechanism, format!("no randomness for the nonce: {e}")))?;
+    let mut client = ScramClient::<H>::new(&config.username, &config.password, &BASE64.encode(nonce));
+    let server_first = exchange(connection, mechanism, client.first_message().into_bytes()).await?;
+    let server_first = std::str::from_utf8(&server_first)
+        .map_err(|_| failed(connection, mechanism, "the broker's first SCRAM message is not UTF-8"))?;
+    let client_final = client.final_message(server_first).map_err(|reason| failed(connection, mechanism, reason))?;
+    let server_final = exchange(connection, mechanism, client_final.into_bytes()).await?;
+    let server_final = std::str::from_utf8(&server_final)
+        .map_err(|_| failed(connection, mechanism, "the broker's final SCRAM message is not UTF-8"))?;
+    client.verify_server(server_final).map_err(|reason| failed(connection, mechanism, reason))
+}
+
+/// The hash a SCRAM variant is built on.
+trait ScramHash {
+    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8>;
+    fn hash(data: &[u8]) -> Vec<u8>;
+}
+
+macro_rules! scram_hash {
+    ($name:ident, $digest:ty) => {
+        struct $name;
+        impl ScramHash for $name {
+            fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+                // HMAC takes keys of any length: `new_from_slice` cannot fail.
+                let Ok(mut mac) = Hmac::<$digest>::new_from_slice(key) else { return Vec::new() };
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            }
+            fn hash(data: &[u8]) -> Vec<u8> {
+                <$digest>::digest(data).to_vec()
+            }
+        }
+    };
+}
+scram_hash!(Sha256Hash, Sha256);
+scram_hash!(Sha512Hash, Sha512);
+
+/// Kafka refuses fewer iterations than this (and so does the client: a broker asking for fewer
+/// would make the proof cheap to attack).
+const MIN_ITERATIONS: u32 = 4096;
+/// An upper bound, so a hostile broker cannot make the client spin for minutes.
+const MAX_ITERATIONS: u32 = 1 << 20;
+
+/// The client side of one SCRAM exchange (RFC 5802 section 3), without I/O.
+struct ScramClient<H> {
+    client_first_bare: String,
+    client_nonce: String,
+    password: String,
+    server_signature: Option<Vec<u8>>,
+    _hash: std::marker::PhantomData<H>,
+}
+
+/// RFC 5802 `saslname`: `=` and `,` escaped.
+fn sasl_name(name: &str) -> String {
+    name.replace('=', "=3D").replace(',', "=2C")
+}
+
+impl<H: ScramHash> ScramClient<H> {
+    fn new(username: &str, password: &str, nonce: &str) -> Self {
+        Self {
+            client_first_bare: format!("n={},r={nonce}", sasl_name(username)),
+            client_nonce: nonce.to_owned(),
+            password: password.to_owned(),
+            server_signature: None,
+            _hash: std::marker::PhantomData,
+        }
+    }
+
+    /// `n,,` (no channel binding, no authorization id) and the bare message.
+    fn first_message(&self) -> String {
+        format!("n,,{}", self.client_first_bare)
+    }
+
+    /// Hi(): PBKDF2 with HMAC as the pseudo-random function, one block.
+    fn salted_password(&self, salt: &[u8], iterations: u32) -> Vec<u8> {
+        let mut block = salt.to_vec();
+        block.extend_from_slice(&1u32.to_be_bytes());
+        let mut u = H::hmac(self.password.as_bytes(), &block);
+        let mut result = u.clone();
+        for _ in 1..iterations {
+            u = H::hmac(self.password.as_bytes(), &u);
+            result.iter_mut().zip(&u).for_each(|(r, x)| *r ^= x);
+        }
+        result
+    }
+
+    fn final_message(&mut self, server_first: &str) -> std::result::Result<String, String> {
+        let mut nonce = None;
+        let mut salt = None;
+        let mut iterations = None;
+        for attribute in server_first.split(',') {
+            match attribute.split_once('=') {
+                Some(("r", value)) => nonce = Some(value),
+                Some(("s", value)) => salt = Some(value),
+                Some(("i", value)) => iterations = Some(value),
+                Some(("e", error)) => return Err(format!("the broker refused: {error}")),
+                _ => {}
+            }
+        }
+        let nonce = nonce.ok_or("the broker's first SCRAM message has no nonce")?;
+        if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
+            return Err("the broker's nonce does not extend the client's".into());
+        }
+        let salt = BASE64
+            .decode(salt.ok_or("the broker's first SCRAM message has no salt")?)
+            .map_err(|e| format!("the broker's salt is not base64: {e}"))?;
+        let iterations: u32 = iterations
+            .ok_or("the broker's first SCRAM message has no iteration count")?
+            .parse()
+            .map_err(|_| "the broker's iteration count is not a number")?;
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+            return Err(format!(
+                "the broker asks for {iterations} iterations, outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"
+            ));
+        }
+        let salted = self.salted_password(&salt, iterations);
+        let client_key = H::hmac(&salted, b"Client Key");
+        let stored_key = H::hash(&client_key);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let client_signature = H::hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&client_signature).map(|(k, s)| k ^ s).collect();
+        let server_key = H::hmac(&salted, b"Server Key");
+        self.server_signature = Some(H::hmac(&server_key, auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", BASE64.encode(proof)))
+    }
+
+    fn verify_server(&self, server_final: &str) -> std::result::Result<(), String> {
+        let expected = self.server_signature.as_ref().ok_or("the exchange is out of order")?;
+        for attribute in server_final.split(',') {
+            match attribute.split_once('=') {
+                Some(("e", error)) => return Err(format!("the broker refused: {error}")),
+                Some(("v", signature)) => {
+                    let signature =
+                        BASE64.decode(signature).map_err(|e| format!("the broker's signature is not base64: {e}"))?;
+                    return if &signature == expected {
+                        Ok(())
+                    } else {
+                        Err("the broker's signature is wrong: it does not know the password (an impostor?)".into())
+                    };
+                }
+                _ => {}
+            }
+        }
+        Err("the broker's final SCRAM message has no signature".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7677 section 3: the SCRAM-SHA-256 example exchange.
+    #[test]
+    fn scram_sha256_matches_rfc_7677() {
+        let mut client = ScramClient::<Sha256Hash>::new("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        assert_eq!(client.first_message(), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        assert_eq!(
+            client.final_message(server_first).unwrap(),
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        );
+        client.verify_server("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+        let error = client.verify_server("v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap_err();
+        assert!(error.contains("signature is wrong"), "{error}");
+    }
+
+    #[test]
+    fn scram_refuses_a_broker_that_does_not_extend_the_nonce_or_skimps_on_iterations() {
+        let mut client = ScramClient::<Sha512Hash>::new("user", "pencil", "abc");
+        assert!(client.final_message("r=xyz,s=QSXCR+Q6sek8bf92,i=4096").unwrap_err().contains("nonce"));
+        assert!(client.final_message("r=abc,s=QSXCR+Q6sek8bf92,i=4096").unwrap_err().contains("nonce"));
+        assert!(client.final_message("r=abcdef,s=QSXCR+Q6sek8bf92,i=1").unwrap_err().contains("iterations"));
+        assert!(client.final_message("e=unknown-user").unwrap_err().contains("unknown-user"));
+        assert!(client.verify_server("v=x").unwrap_err().contains("out of order"));
+    }
+
+    #[test]
+    fn names_are_escaped_and_plain_tokens_are_nul_separated() {
+        assert_eq!(sasl_name("a=b,c"), "a=3Db=2Cc");
+        assert_eq!(plain_token("alice", "pw"), b"\0alice\0pw".to_vec());
+        let config = SaslConfig::new(SaslMechanism::Plain, "alice", "secret");
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+}
