@@ -48,6 +48,17 @@ impl Tansu {
 
     /// Starts a broker listening on `addr` and advertising `advertised`.
     pub fn start_advertising(addr: &str, advertised: &str) -> Self {
+        Self::start_with(addr, advertised, &[])
+    }
+
+    /// A broker on a free port that requires SASL authentication (`--authentication`).
+    pub fn start_authenticating() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        Self::start_with(&addr, &addr, &["--authentication"])
+    }
+
+    fn start_with(addr: &str, advertised: &str, extra: &[&str]) -> Self {
         let binary = std::env::var_os("SLUICE_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/tansu"));
@@ -61,6 +72,7 @@ impl Tansu {
         let child = Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
