@@ -32,6 +32,8 @@ fuzz() { cargo "${toolchain[@]}" fuzz "$@"; }
 
 if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <(fuzz list); fi
 
+# The commit the targets are built from (recorded now: the tree may move on during a long run).
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates fuzz 2>/dev/null || echo '+changes')"
 echo "fuzz.sh: generating seed corpora from fixtures/"
 cargo run --quiet --release -p sluice-protocol --example fuzz_seeds -- fixtures fuzz/corpus
 echo "fuzz.sh: building ${#targets[@]} targets"
@@ -71,7 +73,7 @@ for target in "${targets[@]}"; do
     printf 'fuzz.sh: %-24s %10s runs  %6s corpus  %s crashes\n' "$target" "${runs:-?}" "$corpus" "$crashes"
 done
 {
-    echo "Fuzz run of $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), ${seconds}s per target"
+    echo "Fuzz run of $(date -u +%Y-%m-%d), targets built at commit $commit, ${seconds}s per target"
     echo
     printf "$summary"
 } > "$summary_file"
