@@ -56,6 +56,10 @@ pub struct ConsumerConfig {
     pub isolation: Isolation,
     /// What OFFSET_OUT_OF_RANGE does.
     pub offset_reset: OffsetReset,
+    /// Prefetch: as `poll` returns, the next fetches are already sent, so the broker works
+    /// while the caller processes. Their responses may hold up to this many bytes in all
+    /// (split evenly among the leaders); 0 turns prefetching off.
+    pub prefetch_max_bytes: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -67,6 +71,7 @@ impl Default for ConsumerConfig {
             partition_max_bytes: 1 << 20,
             isolation: Isolation::ReadUncommitted,
             offset_reset: OffsetReset::Latest,
+            prefetch_max_bytes: 64 << 20,
         }
     }
 }
@@ -112,18 +117,37 @@ impl PartitionProgress {
 
 type TopicPartition = (String, i32);
 
+type FetchTasks = tokio::task::JoinSet<Result<(Arc<Connection>, FetchResponse)>>;
+
+/// Fetches sent ahead, valid while the assignment and positions they were made from stand.
+#[derive(Debug)]
+struct Prefetch {
+    epoch: u64,
+    fetches: FetchTasks,
+}
+
 /// Consumes assigned partitions.
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     assigned: BTreeMap<TopicPartition, PartitionProgress>,
+    /// Bumped whenever positions change other than by `poll` (assign, unassign, seek, reset):
+    /// a prefetch made before that is stale.
+    epoch: u64,
+    prefetch: Option<Prefetch>,
 }
 
 impl Consumer {
     /// A consumer with nothing assigned yet.
     pub fn new(client: Client, config: ConsumerConfig) -> Self {
-        Self { client, config, assigned: BTreeMap::new() }
+        Self { client, config, assigned: BTreeMap::new(), epoch: 0, prefetch: None }
+    }
+
+    /// Positions changed other than by `poll`: fetches sent ahead are stale.
+    fn positions_moved(&mut self) {
+        self.epoch += 1;
+        self.prefetch = None;
     }
 
     /// How this consumer fetches.
@@ -140,18 +164,21 @@ impl Consumer {
         };
         let progress = PartitionProgress { position, high_watermark: -1, last_stable_offset: -1 };
         self.assigned.insert((topic.to_owned(), partition), progress);
+        self.positions_moved();
         Ok(())
     }
 
     /// Stops consuming `topic`/`partition`.
     pub fn unassign(&mut self, topic: &str, partition: i32) {
         self.assigned.remove(&(topic.to_owned(), partition));
+        self.positions_moved();
     }
 
     /// Moves the position of an assigned partition.
     pub fn seek(&mut self, topic: &str, partition: i32, offset: i64) {
         if let Some(progress) = self.assigned.get_mut(&(topic.to_owned(), partition)) {
             progress.position = offset;
+            self.positions_moved();
         }
     }
 
@@ -187,7 +214,44 @@ impl Consumer {
 
     /// Fetches from every assigned partition's leader once and returns the partitions that had
     /// records, advancing their positions past what is returned.
+    ///
+    /// With prefetching on, the answers come from the fetches sent when the previous `poll`
+    /// returned (if nothing moved the positions since), and the next ones are sent before this
+    /// one returns.
     pub async fn poll(&mut self) -> Result<Vec<PartitionRecords>> {
+        let mut fetches = match self.prefetch.take() {
+            Some(prefetch) if prefetch.epoch == self.epoch => prefetch.fetches,
+            _ => self.send_fetches(self.config.max_bytes).await?,
+        };
+        let mut out = Vec::new();
+        let mut failure = None;
+        while let Some(joined) = fetches.join_next().await {
+            let Ok(fetched) = joined else { continue };
+            match fetched {
+                Ok((connection, response)) => self.absorb(&connection, response, &mut out).await?,
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        // A failed fetch fails the poll, after the other brokers' records are taken in: their
+        // positions moved, so returning without them would skip records.
+        if let Some(e) = failure {
+            if out.is_empty() {
+                return Err(e);
+            }
+        }
+        if self.config.prefetch_max_bytes > 0 && !self.assigned.is_empty() {
+            let leaders = self.assigned.len().min(64);
+            let per_leader = (self.config.prefetch_max_bytes / leaders)
+                .min(usize::try_from(self.config.max_bytes).unwrap_or(usize::MAX));
+            let max_bytes = i32::try_from(per_leader.max(1)).unwrap_or(i32::MAX);
+            let fetches = self.send_fetches(max_bytes).await?;
+            self.prefetch = Some(Prefetch { epoch: self.epoch, fetches });
+        }
+        Ok(out)
+    }
+
+    /// Sends one fetch per leader of the assigned partitions, from their positions.
+    async fn send_fetches(&self, max_bytes: i32) -> Result<FetchTasks> {
         let mut by_leader: HashMap<String, (Arc<Connection>, Vec<TopicPartition>)> = HashMap::new();
         for (topic, partition) in self.assigned.keys() {
             let connection = self.client.leader(topic, *partition).await?;
@@ -196,20 +260,14 @@ impl Consumer {
         }
         let mut fetches = tokio::task::JoinSet::new();
         for (_, (connection, partitions)) in by_leader {
-            let request = self.fetch_request(&partitions);
+            let request = FetchRequest { max_bytes, ..self.fetch_request(&partitions) };
             fetches.spawn(async move {
                 let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
                 let response = connection.send_version(&request, version).await?;
                 Ok::<_, Error>((connection, response))
             });
         }
-        let mut out = Vec::new();
-        while let Some(joined) = fetches.join_next().await {
-            let Ok(fetched) = joined else { continue };
-            let (connection, response) = fetched?;
-            self.absorb(&connection, response, &mut out).await?;
-        }
-        Ok(out)
+        Ok(fetches)
     }
 
     fn fetch_request(&self, partitions: &[TopicPartition]) -> FetchRequest {
@@ -315,6 +373,7 @@ impl Consumer {
         if let Some(progress) = self.assigned.get_mut(key) {
             progress.position = offset;
         }
+        self.positions_moved();
         Ok(())
     }
 }

@@ -80,3 +80,40 @@ async fn consumes_assigned_partitions_in_order_and_reports_lag() {
         vec!["891", "894", "897", "900", "903", "906", "909", "912", "915", "918", "921", "924", "927"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetching_within_a_small_memory_bound_reads_everything_and_a_seek_discards_it() {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    client.create_topic("prefetched", 2, 1).await.unwrap();
+    produce(&client, "prefetched", 2, 0, 4_000).await;
+
+    // 4 KiB for all prefetched responses: each fetch returns about one batch per partition.
+    let config =
+        ConsumerConfig { prefetch_max_bytes: 4 << 10, partition_max_bytes: 2 << 10, ..ConsumerConfig::default() };
+    let mut consumer = Consumer::new(client.clone(), config);
+    for partition in 0..2 {
+        consumer.assign("prefetched", partition, StartAt::Earliest).await.unwrap();
+    }
+    let seen = consume(&mut consumer, 1_000).await;
+    let taken = seen.values().map(Vec::len).sum::<usize>();
+    assert!(taken >= 1_000);
+    // A prefetch is now in flight from the current positions; seeking must not return it.
+    consumer.seek("prefetched", 1, 1);
+    consumer.seek("prefetched", 0, 0);
+    let mut values: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for _ in 0..500 {
+        for part in consumer.poll().await.unwrap() {
+            let new = part.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap());
+            values.entry(part.partition).or_default().extend(new);
+        }
+        if values.values().map(Vec::len).sum::<usize>() >= 3_999 {
+            break;
+        }
+    }
+    let expected = |partition: usize, skip: usize| -> Vec<String> {
+        (0..4_000).filter(|i| i % 2 == partition).skip(skip).map(|i| i.to_string()).collect()
+    };
+    assert_eq!(values[&0], expected(0, 0), "partition 0 again from offset 0, in order, once");
+    assert_eq!(values[&1], expected(1, 1), "partition 1 again from offset 1, in order, once");
+}
