@@ -18,8 +18,8 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -28,7 +28,7 @@ use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use sluice_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
 use sluice_protocol::record::{set_producer_state, BatchBuilder, BatchHeader, RecordHeader, ATTR_TRANSACTIONAL};
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
@@ -152,25 +152,105 @@ pub struct RecordMetadata {
 /// Resolves to a record's [`RecordMetadata`] once the broker acknowledges it.
 #[derive(Debug)]
 pub struct DeliveryFuture {
-    receiver: oneshot::Receiver<Result<RecordMetadata>>,
+    outcome: Arc<BatchOutcome>,
+    index: usize,
+    timestamp: i64,
+}
+
+impl DeliveryFuture {
+    fn metadata(&self, outcome: &Result<i64>) -> Result<RecordMetadata> {
+        let offset = match outcome {
+            Ok(base) if *base >= 0 => base.saturating_add(self.index as i64),
+            Ok(_) => -1,
+            Err(e) => return Err(e.clone()),
+        };
+        Ok(RecordMetadata {
+            topic: self.outcome.topic.clone(),
+            partition: self.outcome.partition,
+            offset,
+            timestamp: self.timestamp,
+        })
+    }
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.receiver).poll(cx).map(|r| r.unwrap_or(Err(Error::ProducerClosed)))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(outcome) = self.outcome.result.get() {
+            return Poll::Ready(self.metadata(outcome));
+        }
+        {
+            let mut wakers = self.outcome.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
+        // The batch may have completed while the waker was being registered.
+        match self.outcome.result.get() {
+            Some(outcome) => Poll::Ready(self.metadata(outcome)),
+            None => Poll::Pending,
+        }
     }
 }
 
 type TopicPartition = (String, i32);
 
-/// A record waiting for its acknowledgement; its buffer-memory permit is released with it.
+/// The outcome of one batch (its base offset, or why it failed), shared by its records'
+/// futures: one allocation per batch rather than a channel per record.
 #[derive(Debug)]
-struct Delivery {
-    reply: oneshot::Sender<Result<RecordMetadata>>,
-    timestamp: i64,
-    _memory: OwnedSemaphorePermit,
+struct BatchOutcome {
+    topic: String,
+    partition: i32,
+    result: OnceLock<Result<i64>>,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl BatchOutcome {
+    fn complete(&self, outcome: Result<i64>) {
+        if self.result.set(outcome).is_ok() {
+            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+/// A batch's records' side: the shared outcome, how many records, and their buffer memory
+/// (released when the batch is done). Dropped unresolved (the producer went away), it fails the
+/// records with [`Error::ProducerClosed`].
+#[derive(Debug)]
+struct Completion {
+    outcome: Arc<BatchOutcome>,
+    records: usize,
+    memory: Option<OwnedSemaphorePermit>,
+}
+
+impl Completion {
+    fn new(topic: &str, partition: i32) -> Self {
+        let outcome = BatchOutcome {
+            topic: topic.to_owned(),
+            partition,
+            result: OnceLock::new(),
+            wakers: Mutex::new(Vec::new()),
+        };
+        Self { outcome: Arc::new(outcome), records: 0, memory: None }
+    }
+
+    /// Takes one more record and its memory; returns its index in the batch.
+    fn add(&mut self, memory: OwnedSemaphorePermit) -> usize {
+        match &mut self.memory {
+            Some(held) => held.merge(memory),
+            None => self.memory = Some(memory),
+        }
+        self.records += 1;
+        self.records - 1
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.outcome.complete(Err(Error::ProducerClosed));
+    }
 }
 
 /// A partition's batch still taking records; records are encoded as they arrive, so only their
@@ -178,7 +258,7 @@ struct Delivery {
 #[derive(Debug)]
 struct OpenBatch {
     builder: BatchBuilder,
-    deliveries: Vec<Delivery>,
+    completion: Completion,
     opened: Instant,
 }
 
@@ -187,7 +267,7 @@ struct SealedBatch {
     partition: TopicPartition,
     /// The records, until the batch is first sent (then `payload`).
     builder: Option<BatchBuilder>,
-    deliveries: Vec<Delivery>,
+    completion: Completion,
     /// Per-partition batch order; also the idempotent base sequence.
     sequence: i32,
     /// The encoded batch, kept so that a retry resends exactly the same bytes.
@@ -351,7 +431,6 @@ impl Producer {
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let headers: Vec<(&[u8], Option<&[u8]>)> =
             record.headers.iter().map(|h| (&h.key[..], h.value.as_deref())).collect();
-        let (reply, receiver) = oneshot::channel();
         let mut state = shared.state();
         if state.closed {
             return Err(Error::ProducerClosed);
@@ -363,20 +442,21 @@ impl Producer {
         let created = queue.open.is_none();
         let open = queue.open.get_or_insert_with(|| OpenBatch {
             builder: BatchBuilder::new(),
-            deliveries: Vec::new(),
+            completion: Completion::new(&record.topic, partition),
             opened: Instant::now(),
         });
         open.builder
             .append(timestamp, record.key.as_deref(), record.value.as_deref(), &headers)
             .map_err(|source| Error::Encode { broker: "(producer)".into(), api: "Produce", version: -1, source })?;
-        open.deliveries.push(Delivery { reply, timestamp, _memory: memory });
+        let index = open.completion.add(memory);
+        let outcome = Arc::clone(&open.completion.outcome);
         let full = open.builder.size_bytes() >= shared.config.batch_size_bytes;
         drop(state);
         // A new batch brings a new linger deadline the sender must know about; a full one is due.
         if full || created {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture { receiver })
+        Ok(DeliveryFuture { outcome, index, timestamp })
     }
 
     async fn choose_partition(&self, record: &ProducerRecord) -> Result<i32> {
@@ -453,7 +533,7 @@ fn seal(queue: &mut PartitionQueue, partition: TopicPartition, config: &Producer
     queue.ready.push_back(SealedBatch {
         partition,
         builder: Some(open.builder),
-        deliveries: open.deliveries,
+        completion: open.completion,
         sequence,
         payload: None,
         deadline: now + config.delivery_timeout,
@@ -516,7 +596,7 @@ async fn reset_producer(shared: &Shared) {
                 let _ = set_producer_state(&mut bytes, ids.0, ids.1, sequence);
                 batch.payload = Some(bytes.freeze());
             }
-            sequence = sequence.saturating_add(i32::try_from(batch.deliveries.len()).unwrap_or(i32::MAX));
+            sequence = sequence.saturating_add(i32::try_from(batch.completion.records).unwrap_or(i32::MAX));
         }
         queue.next_sequence = sequence;
     }
@@ -818,21 +898,8 @@ fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
     shared.wake.notify_one();
 }
 
-/// Resolves each record's delivery future with its offset (or the error).
+/// Resolves the batch's records' futures with their offsets (or the error) and releases their
+/// buffer memory.
 fn complete(batch: SealedBatch, outcome: &Result<i64>) {
-    let (topic, partition) = batch.partition;
-    for (index, delivery) in batch.deliveries.into_iter().enumerate() {
-        let result = match outcome {
-            Ok(base) if *base >= 0 => Ok(base.saturating_add(index as i64)),
-            Ok(_) => Ok(-1),
-            Err(e) => Err(e.clone()),
-        };
-        let metadata = result.map(|offset| RecordMetadata {
-            topic: topic.clone(),
-            partition,
-            offset,
-            timestamp: delivery.timestamp,
-        });
-        let _ = delivery.reply.send(metadata);
-    }
+    batch.completion.outcome.complete(outcome.clone());
 }
