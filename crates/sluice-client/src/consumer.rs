@@ -56,6 +56,9 @@ pub struct ConsumerConfig {
     pub isolation: Isolation,
     /// What OFFSET_OUT_OF_RANGE does.
     pub offset_reset: OffsetReset,
+    /// A broker's partitions are fetched with up to this many requests in flight at once, so the
+    /// broker can build one response while the client reads and decodes another.
+    pub fetch_requests_per_broker: usize,
     /// Prefetch: as `poll` returns, the next fetches are already sent, so the broker works
     /// while the caller processes. Their responses may hold up to this many bytes in all
     /// (split evenly among the leaders); 0 turns prefetching off.
@@ -72,6 +75,7 @@ impl Default for ConsumerConfig {
             isolation: Isolation::ReadUncommitted,
             offset_reset: OffsetReset::Latest,
             prefetch_max_bytes: 64 << 20,
+            fetch_requests_per_broker: 4,
         }
     }
 }
@@ -240,10 +244,11 @@ impl Consumer {
             }
         }
         if self.config.prefetch_max_bytes > 0 && !self.assigned.is_empty() {
-            let leaders = self.assigned.len().min(64);
-            let per_leader = (self.config.prefetch_max_bytes / leaders)
+            // Each request carries at least one partition, so this many bytes per request keeps
+            // all of them within the bound.
+            let per_request = (self.config.prefetch_max_bytes / self.assigned.len())
                 .min(usize::try_from(self.config.max_bytes).unwrap_or(usize::MAX));
-            let max_bytes = i32::try_from(per_leader.max(1)).unwrap_or(i32::MAX);
+            let max_bytes = i32::try_from(per_request.max(1)).unwrap_or(i32::MAX);
             let fetches = self.send_fetches(max_bytes).await?;
             self.prefetch = Some(Prefetch { epoch: self.epoch, fetches });
         }
@@ -260,12 +265,16 @@ impl Consumer {
         }
         let mut fetches = tokio::task::JoinSet::new();
         for (_, (connection, partitions)) in by_leader {
-            let request = FetchRequest { max_bytes, ..self.fetch_request(&partitions) };
-            fetches.spawn(async move {
-                let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
-                let response = connection.send_version(&request, version).await?;
-                Ok::<_, Error>((connection, response))
-            });
+            let requests = self.config.fetch_requests_per_broker.clamp(1, partitions.len().max(1));
+            for group in partitions.chunks(partitions.len().div_ceil(requests).max(1)) {
+                let connection = Arc::clone(&connection);
+                let request = FetchRequest { max_bytes, ..self.fetch_request(group) };
+                fetches.spawn(async move {
+                    let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
+                    let response = connection.send_version(&request, version).await?;
+                    Ok::<_, Error>((connection, response))
+                });
+            }
         }
         Ok(fetches)
     }

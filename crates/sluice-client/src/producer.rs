@@ -28,7 +28,7 @@ use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use sluice_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
 use sluice_protocol::record::{set_producer_state, BatchBuilder, BatchHeader, RecordHeader, ATTR_TRANSACTIONAL};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
@@ -216,40 +216,59 @@ impl BatchOutcome {
 }
 
 /// A batch's records' side: the shared outcome, how many records, and their buffer memory
-/// (released when the batch is done). Dropped unresolved (the producer went away), it fails the
-/// records with [`Error::ProducerClosed`].
+/// (given back when the batch is done). Dropped unresolved (the producer went away), it fails
+/// the records with [`Error::ProducerClosed`].
 #[derive(Debug)]
 struct Completion {
     outcome: Arc<BatchOutcome>,
     records: usize,
-    memory: Option<OwnedSemaphorePermit>,
+    memory: Arc<Semaphore>,
+    /// Permits taken from `memory` for this batch's records.
+    permits: usize,
 }
 
 impl Completion {
-    fn new(topic: &str, partition: i32) -> Self {
+    fn new(topic: &str, partition: i32, memory: &Arc<Semaphore>) -> Self {
         let outcome = BatchOutcome {
             topic: topic.to_owned(),
             partition,
             result: OnceLock::new(),
             wakers: Mutex::new(Vec::new()),
         };
-        Self { outcome: Arc::new(outcome), records: 0, memory: None }
+        Self { outcome: Arc::new(outcome), records: 0, memory: Arc::clone(memory), permits: 0 }
     }
 
-    /// Takes one more record and its memory; returns its index in the batch.
-    fn add(&mut self, memory: OwnedSemaphorePermit) -> usize {
-        match &mut self.memory {
-            Some(held) => held.merge(memory),
-            None => self.memory = Some(memory),
-        }
+    /// Takes one more record holding `permits` of buffer memory; returns its index in the batch.
+    fn add(&mut self, permits: u32) -> usize {
+        self.permits += permits as usize;
         self.records += 1;
         self.records - 1
+    }
+}
+
+/// Buffer memory taken for a record that is not in a batch yet: given back if `send` fails
+/// before the record is buffered.
+struct Reservation<'a> {
+    memory: &'a Semaphore,
+    permits: u32,
+}
+
+impl Reservation<'_> {
+    fn take(mut self) -> u32 {
+        std::mem::take(&mut self.permits)
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.memory.add_permits(self.permits as usize);
     }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         self.outcome.complete(Err(Error::ProducerClosed));
+        self.memory.add_permits(self.permits);
     }
 }
 
@@ -289,7 +308,7 @@ struct PartitionQueue {
 struct State {
     /// Per topic, per partition; kept for the producer's life, since idempotent sequence numbers
     /// continue. Keyed by topic first so that `send` looks a record up without copying its name.
-    queues: HashMap<String, HashMap<i32, PartitionQueue>>,
+    queues: FastMap<String, FastMap<i32, PartitionQueue>>,
     flush_requested: bool,
     closed: bool,
     /// The first delivery failure of the open transaction: it cannot commit.
@@ -312,7 +331,7 @@ impl State {
     #[allow(clippy::expect_used)] // inserted just above when missing
     fn queue(&mut self, topic: &str, partition: i32) -> &mut PartitionQueue {
         if !self.queues.contains_key(topic) {
-            self.queues.insert(topic.to_owned(), HashMap::new());
+            self.queues.insert(topic.to_owned(), FastMap::default());
         }
         self.queues.get_mut(topic).expect("the topic's queues exist").entry(partition).or_default()
     }
@@ -357,6 +376,35 @@ impl Drop for Producer {
         self.sender.abort();
     }
 }
+
+/// A map keyed by topic names and partition numbers, looked up once per record: FNV-1a rather
+/// than SipHash, since the keys come from the application, not from an attacker.
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64-bit.
+#[derive(Debug)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The most a new batch's buffer reserves up front (it grows beyond when needed).
+const MAX_PREALLOCATED_BATCH_BYTES: usize = 1 << 20;
 
 /// Memory a buffered record holds, counted against `buffer_memory_bytes`: its encoded fields
 /// plus a fixed share for the record's framing and its pending delivery (the future's channel).
@@ -420,7 +468,15 @@ impl Producer {
         let size = record_size(&record);
         let max = shared.config.batch_size_bytes.max(1).min(shared.config.buffer_memory_bytes);
         let permits = u32::try_from(size).ok().filter(|_| size <= max).ok_or(Error::RecordTooLarge { size, max })?;
-        let memory = Arc::clone(&shared.memory).acquire_many_owned(permits).await.map_err(|_| Error::ProducerClosed)?;
+        // The permits travel with the record's batch (`Completion`), which gives them back.
+        match shared.memory.try_acquire_many(permits) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::ProducerClosed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                shared.memory.acquire_many(permits).await.map_err(|_| Error::ProducerClosed)?.forget();
+            }
+        }
+        let reservation = Reservation { memory: &shared.memory, permits };
         let partition = match record.partition {
             Some(partition) => partition,
             None => self.choose_partition(&record).await?,
@@ -441,14 +497,15 @@ impl Producer {
         }
         let created = queue.open.is_none();
         let open = queue.open.get_or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::new(),
-            completion: Completion::new(&record.topic, partition),
+            // Room for a full batch at once: growing a large buffer step by step copies it.
+            builder: BatchBuilder::with_capacity(shared.config.batch_size_bytes.min(MAX_PREALLOCATED_BATCH_BYTES)),
+            completion: Completion::new(&record.topic, partition, &shared.memory),
             opened: Instant::now(),
         });
         open.builder
             .append(timestamp, record.key.as_deref(), record.value.as_deref(), &headers)
             .map_err(|source| Error::Encode { broker: "(producer)".into(), api: "Produce", version: -1, source })?;
-        let index = open.completion.add(memory);
+        let index = open.completion.add(reservation.take());
         let outcome = Arc::clone(&open.completion.outcome);
         let full = open.builder.size_bytes() >= shared.config.batch_size_bytes;
         drop(state);
@@ -726,14 +783,13 @@ fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
     if shared.config.transactional_id.is_some() {
         header.attributes |= ATTR_TRANSACTIONAL;
     }
-    let mut out = BytesMut::new();
-    builder.finish(&header, &mut out).map_err(|source| Error::Encode {
+    let payload = builder.finish_bytes(&header).map_err(|source| Error::Encode {
         broker: "(producer)".into(),
         api: "Produce",
         version: -1,
         source,
     })?;
-    batch.payload = Some(out.freeze());
+    batch.payload = Some(payload);
     Ok(())
 }
 

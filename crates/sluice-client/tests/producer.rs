@@ -126,6 +126,14 @@ async fn send_waits_while_the_buffer_is_full() {
     // A record larger than the buffer can never fit: an error, not a wait forever.
     let err = producer.send(ProducerRecord::new("bounded", vec![b'x'; 10_000])).await.unwrap_err();
     assert!(matches!(err, Error::RecordTooLarge { .. }), "{err}");
+    // Sends that fail after taking their memory (an unknown topic) give it back.
+    producer.flush().await;
+    for _ in 0..3 {
+        let unknown = ProducerRecord::new("no-such-topic", vec![b'x'; 1_000]);
+        assert!(matches!(producer.send(unknown).await, Err(Error::UnknownTopic { .. })));
+    }
+    let after = tokio::time::timeout(Duration::from_secs(1), producer.send(record())).await;
+    assert!(after.is_ok(), "failed sends must not keep buffer memory");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,9 +298,10 @@ pub fn encode_batch(batch: &BatchHeader, records: &[Record], out: &mut BytesMut)
 
 /// Builds a record batch one record at a time, encoding each record as it is appended, so that
 /// a producer keeps only the encoded bytes of what it buffers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BatchBuilder {
-    /// The records, encoded, uncompressed.
+    /// Room for the batch header, then the records, encoded, uncompressed: an uncompressed batch
+    /// is finished in place ([`BatchBuilder::finish_bytes`]).
     records: Vec<u8>,
     count: i32,
     /// The first record's timestamp: the base the others' deltas are taken from.
@@ -309,10 +310,23 @@ pub struct BatchBuilder {
     last_offset_delta: i32,
 }
 
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
 impl BatchBuilder {
     /// An empty batch.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty batch with room for `bytes` of encoded records before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut records = Vec::with_capacity(BATCH_HEADER_LEN.saturating_add(bytes));
+        records.resize(BATCH_HEADER_LEN, 0);
+        Self { records, count: 0, base_timestamp: None, max_timestamp: 0, last_offset_delta: 0 }
     }
 
     /// How many records were appended.
@@ -327,7 +341,12 @@ impl BatchBuilder {
 
     /// Bytes of encoded records so far (before compression and the 61-byte header).
     pub fn size_bytes(&self) -> usize {
-        self.records.len()
+        self.records.len().saturating_sub(BATCH_HEADER_LEN)
+    }
+
+    /// The encoded records, without the header room.
+    fn body(&self) -> &[u8] {
+        self.records.get(BATCH_HEADER_LEN..).unwrap_or_default()
     }
 
     /// Appends a record at the next offset (offset delta = records appended so far).
@@ -382,7 +401,49 @@ impl BatchBuilder {
     pub fn finish(self, header: &BatchHeader, out: &mut BytesMut) -> Result<(), EncodeError> {
         let compression = Compression::from_attributes(header.attributes)
             .map_err(|e| EncodeError::InvalidValue { what: "record batch attributes", detail: e.to_string() })?;
-        let derived = match self.base_timestamp {
+        let derived = self.derived(header);
+        let start = out.len();
+        put_header(out, header, &derived);
+        let body = match compression {
+            Compression::None => Ok(()),
+            codec => {
+                let mut packed = Vec::with_capacity(self.size_bytes() / 2 + 64);
+                compress(codec, self.body(), &mut packed).map(|()| out.put_slice(&packed))
+            }
+        };
+        if compression == Compression::None {
+            out.put_slice(self.body());
+        }
+        let result = body.and_then(|()| finish_batch(out, start));
+        if result.is_err() {
+            // Leave no half-written batch behind: callers append several batches to one buffer.
+            out.truncate(start);
+        }
+        result
+    }
+
+    /// The finished batch as one buffer, like [`BatchBuilder::finish`]; an uncompressed batch is
+    /// finished in place, without copying its records.
+    pub fn finish_bytes(mut self, header: &BatchHeader) -> Result<Bytes, EncodeError> {
+        let compression = Compression::from_attributes(header.attributes)
+            .map_err(|e| EncodeError::InvalidValue { what: "record batch attributes", detail: e.to_string() })?;
+        if compression != Compression::None {
+            let mut out = BytesMut::with_capacity(self.size_bytes() / 2 + BATCH_HEADER_LEN + 64);
+            self.finish(header, &mut out)?;
+            return Ok(out.freeze());
+        }
+        let derived = self.derived(header);
+        let mut head = BytesMut::with_capacity(BATCH_HEADER_LEN);
+        put_header(&mut head, header, &derived);
+        if let Some(room) = self.records.get_mut(..BATCH_HEADER_LEN) {
+            room.copy_from_slice(&head);
+        }
+        seal_batch(&mut self.records)?;
+        Ok(Bytes::from(self.records))
+    }
+
+    fn derived(&self, header: &BatchHeader) -> DerivedHeader {
+        match self.base_timestamp {
             Some(base_timestamp) => DerivedHeader {
                 base_timestamp,
                 max_timestamp: self.max_timestamp,
@@ -395,25 +456,7 @@ impl BatchBuilder {
                 last_offset_delta: header.last_offset_delta,
                 count: 0,
             },
-        };
-        let start = out.len();
-        put_header(out, header, &derived);
-        let body = match compression {
-            Compression::None => Ok(()),
-            codec => {
-                let mut packed = Vec::with_capacity(self.records.len() / 2 + 64);
-                compress(codec, &self.records, &mut packed).map(|()| out.put_slice(&packed))
-            }
-        };
-        if compression == Compression::None {
-            out.put_slice(&self.records);
         }
-        let result = body.and_then(|()| finish_batch(out, start));
-        if result.is_err() {
-            // Leave no half-written batch behind: callers append several batches to one buffer.
-            out.truncate(start);
-        }
-        result
     }
 }
 
@@ -529,17 +572,22 @@ pub fn set_producer_state(
 
 /// Fills in the batch length and CRC of the batch that starts at `start`.
 fn finish_batch(out: &mut BytesMut, start: usize) -> Result<(), EncodeError> {
-    let total = out.len() - start;
-    let length = i32::try_from(total - 12).map_err(|_| EncodeError::TooLong {
+    seal_batch(out.get_mut(start..).unwrap_or_default())
+}
+
+/// Fills in the length and CRC of the one batch that `batch` holds.
+fn seal_batch(batch: &mut [u8]) -> Result<(), EncodeError> {
+    let total = batch.len();
+    let length = i32::try_from(total.saturating_sub(12)).map_err(|_| EncodeError::TooLong {
         what: "record batch",
         length: total,
         max: i32::MAX as usize,
     })?;
-    if let Some(field) = out.get_mut(start + 8..start + 12) {
+    if let Some(field) = batch.get_mut(8..12) {
         field.copy_from_slice(&length.to_be_bytes());
     }
-    let crc = crc32c::crc32c(out.get(start + ATTRIBUTES_OFFSET..).unwrap_or_default());
-    if let Some(field) = out.get_mut(start + CRC_OFFSET..start + ATTRIBUTES_OFFSET) {
+    let crc = crc32c::crc32c(batch.get(ATTRIBUTES_OFFSET..).unwrap_or_default());
+    if let Some(field) = batch.get_mut(CRC_OFFSET..ATTRIBUTES_OFFSET) {
         field.copy_from_slice(&crc.to_be_bytes());
     }
     Ok(())
