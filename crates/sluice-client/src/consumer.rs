@@ -121,7 +121,8 @@ impl PartitionProgress {
 
 type TopicPartition = (String, i32);
 
-type FetchTasks = tokio::task::JoinSet<Result<(Arc<Connection>, FetchResponse)>>;
+/// Fetches in flight, each answering for its group of partitions.
+type FetchTasks = tokio::task::JoinSet<(Vec<TopicPartition>, Result<(Arc<Connection>, FetchResponse)>)>;
 
 /// Fetches sent ahead, valid while the assignment and positions they were made from stand.
 #[derive(Debug)]
@@ -216,47 +217,58 @@ impl Consumer {
         Ok(listed.max(high_watermark))
     }
 
-    /// Fetches from every assigned partition's leader once and returns the partitions that had
-    /// records, advancing their positions past what is returned.
+    /// Returns the partitions that had records, advancing their positions past what is returned.
     ///
-    /// With prefetching on, the answers come from the fetches sent when the previous `poll`
-    /// returned (if nothing moved the positions since), and the next ones are sent before this
-    /// one returns.
+    /// Without prefetching, each poll sends one round of fetches and waits for all of them. With
+    /// prefetching, fetches stay in flight between polls: a poll waits for the first answer,
+    /// takes any others already in, and sends each answered group of partitions its next fetch
+    /// at once, so the brokers keep working while the caller processes. A seek, assign or
+    /// offset reset discards what is in flight.
     pub async fn poll(&mut self) -> Result<Vec<PartitionRecords>> {
+        let streaming = self.config.prefetch_max_bytes > 0;
+        let epoch = self.epoch;
         let mut fetches = match self.prefetch.take() {
-            Some(prefetch) if prefetch.epoch == self.epoch => prefetch.fetches,
-            _ => self.send_fetches(self.config.max_bytes).await?,
+            Some(prefetch) if prefetch.epoch == epoch && !prefetch.fetches.is_empty() => prefetch.fetches,
+            _ => self.send_fetches().await?,
         };
         let mut out = Vec::new();
         let mut failure = None;
-        while let Some(joined) = fetches.join_next().await {
-            let Ok(fetched) = joined else { continue };
+        let mut lost = false;
+        let mut waited = false;
+        loop {
+            // Wait for the first answer; then, when streaming, take only what has already come.
+            let joined = if !waited || !streaming { fetches.join_next().await } else { fetches.try_join_next() };
+            waited = true;
+            let Some(joined) = joined else { break };
+            let Ok((group, fetched)) = joined else {
+                lost = true;
+                continue;
+            };
             match fetched {
-                Ok((connection, response)) => self.absorb(&connection, response, &mut out).await?,
+                Ok((connection, response)) => {
+                    self.absorb(&connection, response, &mut out).await?;
+                    if streaming && self.epoch == epoch {
+                        // This group's next fetch goes out now, while the caller works.
+                        self.spawn_fetch(&mut fetches, connection, &group);
+                    }
+                }
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
-        // A failed fetch fails the poll, after the other brokers' records are taken in: their
-        // positions moved, so returning without them would skip records.
-        if let Some(e) = failure {
-            if out.is_empty() {
-                return Err(e);
-            }
+        if streaming && self.epoch == epoch && failure.is_none() && !lost {
+            self.prefetch = Some(Prefetch { epoch, fetches });
         }
-        if self.config.prefetch_max_bytes > 0 && !self.assigned.is_empty() {
-            // Each request carries at least one partition, so this many bytes per request keeps
-            // all of them within the bound.
-            let per_request = (self.config.prefetch_max_bytes / self.assigned.len())
-                .min(usize::try_from(self.config.max_bytes).unwrap_or(usize::MAX));
-            let max_bytes = i32::try_from(per_request.max(1)).unwrap_or(i32::MAX);
-            let fetches = self.send_fetches(max_bytes).await?;
-            self.prefetch = Some(Prefetch { epoch: self.epoch, fetches });
+        // A failed fetch fails the poll unless other fetches brought records (their positions
+        // moved: returning without them would skip records). The next poll fetches afresh.
+        match failure {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
         }
-        Ok(out)
     }
 
-    /// Sends one fetch per leader of the assigned partitions, from their positions.
-    async fn send_fetches(&self, max_bytes: i32) -> Result<FetchTasks> {
+    /// Sends the fetches for every assigned partition from its position: per leader, the
+    /// partitions split into up to `fetch_requests_per_broker` groups, one request each.
+    async fn send_fetches(&self) -> Result<FetchTasks> {
         let mut by_leader: HashMap<String, (Arc<Connection>, Vec<TopicPartition>)> = HashMap::new();
         for (topic, partition) in self.assigned.keys() {
             let connection = self.client.leader(topic, *partition).await?;
@@ -267,16 +279,31 @@ impl Consumer {
         for (_, (connection, partitions)) in by_leader {
             let requests = self.config.fetch_requests_per_broker.clamp(1, partitions.len().max(1));
             for group in partitions.chunks(partitions.len().div_ceil(requests).max(1)) {
-                let connection = Arc::clone(&connection);
-                let request = FetchRequest { max_bytes, ..self.fetch_request(group) };
-                fetches.spawn(async move {
-                    let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
-                    let response = connection.send_version(&request, version).await?;
-                    Ok::<_, Error>((connection, response))
-                });
+                self.spawn_fetch(&mut fetches, Arc::clone(&connection), group);
             }
         }
         Ok(fetches)
+    }
+
+    /// Sends one fetch of `group` from the current positions. With prefetching, a request may
+    /// bring at most its share of `prefetch_max_bytes` (by its number of partitions), so that
+    /// all requests in flight stay within the bound.
+    fn spawn_fetch(&self, fetches: &mut FetchTasks, connection: Arc<Connection>, group: &[TopicPartition]) {
+        let mut max_bytes = self.config.max_bytes;
+        if self.config.prefetch_max_bytes > 0 && !self.assigned.is_empty() {
+            let share = self.config.prefetch_max_bytes / self.assigned.len() * group.len();
+            max_bytes = max_bytes.min(i32::try_from(share.max(1)).unwrap_or(i32::MAX));
+        }
+        let request = FetchRequest { max_bytes, ..self.fetch_request(group) };
+        let group = group.to_vec();
+        fetches.spawn(async move {
+            let fetched = async {
+                let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
+                let response = connection.send_version(&request, version).await?;
+                Ok::<_, Error>((connection, response))
+            };
+            (group, fetched.await)
+        });
     }
 
     fn fetch_request(&self, partitions: &[TopicPartition]) -> FetchRequest {
