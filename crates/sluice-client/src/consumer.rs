@@ -59,6 +59,10 @@ pub struct ConsumerConfig {
     /// A broker's partitions are fetched with up to this many requests in flight at once, so the
     /// broker can build one response while the client reads and decodes another.
     pub fetch_requests_per_broker: usize,
+    /// Fetch requests to one broker are spread over this many connections. Brokers serve a
+    /// connection's requests one at a time; more connections let a broker work on several
+    /// fetches at once (Kafka's network threads, Tansu's tasks).
+    pub fetch_connections_per_broker: usize,
     /// Prefetch: as `poll` returns, the next fetches are already sent, so the broker works
     /// while the caller processes. Their responses may hold up to this many bytes in all
     /// (split evenly among the leaders); 0 turns prefetching off.
@@ -76,6 +80,7 @@ impl Default for ConsumerConfig {
             offset_reset: OffsetReset::Latest,
             prefetch_max_bytes: 64 << 20,
             fetch_requests_per_broker: 4,
+            fetch_connections_per_broker: 2,
         }
     }
 }
@@ -141,12 +146,14 @@ pub struct Consumer {
     /// a prefetch made before that is stale.
     epoch: u64,
     prefetch: Option<Prefetch>,
+    /// Connections of this consumer's own, beyond the client's one per broker.
+    fetch_connections: HashMap<(String, usize), Arc<Connection>>,
 }
 
 impl Consumer {
     /// A consumer with nothing assigned yet.
     pub fn new(client: Client, config: ConsumerConfig) -> Self {
-        Self { client, config, assigned: BTreeMap::new(), epoch: 0, prefetch: None }
+        Self { client, config, assigned: BTreeMap::new(), epoch: 0, prefetch: None, fetch_connections: HashMap::new() }
     }
 
     /// Positions changed other than by `poll`: fetches sent ahead are stale.
@@ -268,7 +275,7 @@ impl Consumer {
 
     /// Sends the fetches for every assigned partition from its position: per leader, the
     /// partitions split into up to `fetch_requests_per_broker` groups, one request each.
-    async fn send_fetches(&self) -> Result<FetchTasks> {
+    async fn send_fetches(&mut self) -> Result<FetchTasks> {
         let mut by_leader: HashMap<String, (Arc<Connection>, Vec<TopicPartition>)> = HashMap::new();
         for (topic, partition) in self.assigned.keys() {
             let connection = self.client.leader(topic, *partition).await?;
@@ -276,13 +283,29 @@ impl Consumer {
             entry.1.push((topic.clone(), *partition));
         }
         let mut fetches = tokio::task::JoinSet::new();
-        for (_, (connection, partitions)) in by_leader {
+        let connections = self.config.fetch_connections_per_broker.max(1);
+        for (broker, (connection, partitions)) in by_leader {
             let requests = self.config.fetch_requests_per_broker.clamp(1, partitions.len().max(1));
-            for group in partitions.chunks(partitions.len().div_ceil(requests).max(1)) {
-                self.spawn_fetch(&mut fetches, Arc::clone(&connection), group);
+            for (index, group) in partitions.chunks(partitions.len().div_ceil(requests).max(1)).enumerate() {
+                let connection = match index % connections {
+                    0 => Arc::clone(&connection),
+                    slot => self.fetch_connection(&broker, slot).await?,
+                };
+                self.spawn_fetch(&mut fetches, connection, group);
             }
         }
         Ok(fetches)
+    }
+
+    /// The consumer's own extra connection number `slot` to `broker`, made if needed.
+    async fn fetch_connection(&mut self, broker: &str, slot: usize) -> Result<Arc<Connection>> {
+        let key = (broker.to_owned(), slot);
+        if let Some(connection) = self.fetch_connections.get(&key).filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(connection));
+        }
+        let connection = Arc::new(Connection::connect(broker, self.client.config().connection.clone()).await?);
+        self.fetch_connections.insert(key, Arc::clone(&connection));
+        Ok(connection)
     }
 
     /// Sends one fetch of `group` from the current positions. With prefetching, a request may
