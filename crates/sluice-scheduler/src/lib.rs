@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod plan;
+pub mod rate;
+pub mod trigger;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
+pub use rate::PidRateEstimator;
+pub use trigger::{Trigger, TriggerState};
