@@ -4,11 +4,13 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod fetch;
 pub mod plan;
 pub mod rate;
 pub mod trigger;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use fetch::{fetch_range, FetchRangeError, RangeRecords};
 pub use plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 pub use rate::PidRateEstimator;
 pub use trigger::{Trigger, TriggerState};

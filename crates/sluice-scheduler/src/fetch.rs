@@ -1,0 +1,128 @@
+//! Reading exactly one planned range: the records of `[from, until)` of a partition, no more, no
+//! fewer, whatever batch boundaries the broker's log has. A task of a batch reads its range this
+//! way, so that a batch re-run after a crash sees the same records.
+
+use sluice_client::{Client, Error as ClientError, FetchOptions};
+use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::record::{RecordBatch, RecordRef};
+
+use crate::plan::OffsetRange;
+
+/// Why a range could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchRangeError {
+    /// The broker could not be asked, or answered with an error.
+    #[error("reading {topic}/{partition} offsets {from}..{until}: {source}")]
+    Client {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The range's first offset.
+        from: i64,
+        /// The range's end.
+        until: i64,
+        /// The client's error.
+        source: ClientError,
+    },
+    /// Offsets of the range are no longer (or not yet) in the log: the log was truncated by
+    /// retention, or the range was planned past the end.
+    #[error("{topic}/{partition}: offsets from {missing_from} up to {until} are not in the log (log start {log_start}, high watermark {high_watermark}); records were lost to retention, or the plan is wrong")]
+    Unavailable {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The first offset that could not be read.
+        missing_from: i64,
+        /// The range's end.
+        until: i64,
+        /// The log start offset the broker reported.
+        log_start: i64,
+        /// The high watermark the broker reported.
+        high_watermark: i64,
+    },
+}
+
+/// The records of one range, as fetched batches trimmed to the range when iterated.
+#[derive(Debug, Clone)]
+pub struct RangeRecords {
+    /// The range.
+    pub range: OffsetRange,
+    /// The data batches holding it (the first and last may extend beyond it).
+    pub batches: Vec<RecordBatch>,
+}
+
+impl RangeRecords {
+    /// The records with offsets in the range, in order.
+    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        let (from, until) = (self.range.from, self.range.until);
+        self.batches
+            .iter()
+            .filter(|b| !b.header.is_control())
+            .flat_map(RecordBatch::records)
+            .filter(move |r| r.offset() >= from && r.offset() < until)
+    }
+}
+
+/// Fetches in a row that may bring nothing new (a leader moving, a broker answering without the
+/// partition) before the range is given up as unavailable.
+const MAX_STALLED_FETCHES: u32 = 20;
+
+/// Fetches `range` from its partition's leader, as many fetches as it takes.
+pub async fn fetch_range(
+    client: &Client,
+    range: &OffsetRange,
+    options: &FetchOptions,
+) -> Result<RangeRecords, FetchRangeError> {
+    let mut batches = Vec::new();
+    let mut position = range.from;
+    let mut stalled = 0;
+    let client_error = |source| FetchRangeError::Client {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        from: range.from,
+        until: range.until,
+        source,
+    };
+    while position < range.until {
+        let fetched =
+            client.fetch_partition(&range.topic, range.partition, position, options).await.map_err(client_error)?;
+        let unavailable = |high_watermark, log_start| FetchRangeError::Unavailable {
+            topic: range.topic.clone(),
+            partition: range.partition,
+            missing_from: position,
+            until: range.until,
+            log_start,
+            high_watermark,
+        };
+        if stalled >= MAX_STALLED_FETCHES {
+            return Err(unavailable(fetched.high_watermark, fetched.log_start_offset));
+        }
+        match fetched.error {
+            ErrorCode::None => {}
+            ErrorCode::OffsetOutOfRange => return Err(unavailable(fetched.high_watermark, fetched.log_start_offset)),
+            code if code.is_retriable() => {
+                stalled += 1;
+                continue;
+            }
+            code => {
+                return Err(client_error(ClientError::Broker { broker: "(leader)".into(), api: "Fetch", code }));
+            }
+        }
+        let next = fetched.records.next_offset.unwrap_or(position);
+        if next <= position {
+            // Nothing new: the range reaches past what the log holds.
+            if fetched.high_watermark <= position {
+                return Err(unavailable(fetched.high_watermark, fetched.log_start_offset));
+            }
+            stalled += 1;
+            continue;
+        }
+        stalled = 0;
+        position = next;
+        batches.extend(fetched.records.batches.into_iter().filter(|b| b.header.base_offset < range.until));
+    }
+    Ok(RangeRecords { range: range.clone(), batches })
+}
