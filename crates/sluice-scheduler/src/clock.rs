@@ -1,14 +1,19 @@
 //! Injected time. The scheduler asks a [`Clock`] for the time and to wait; tests drive a
 //! [`ManualClock`] by hand, so intervals, rates and backpressure are checked deterministically.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A source of monotonic time, in milliseconds since an arbitrary start.
+/// A source of monotonic time, in milliseconds since an arbitrary start, and of waiting.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the clock's start.
     fn now_ms(&self) -> u64;
+
+    /// Waits `ms` milliseconds of this clock's time.
+    fn sleep(&self, ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// The machine's monotonic clock.
@@ -33,6 +38,10 @@ impl Default for SystemClock {
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn sleep(&self, ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(Duration::from_millis(ms)))
     }
 }
 
@@ -63,6 +72,12 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.now_ms.load(Ordering::SeqCst)
+    }
+
+    /// Virtual time: sleeping moves the clock forward at once.
+    fn sleep(&self, ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.now_ms.fetch_add(ms, Ordering::SeqCst);
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -7,10 +7,15 @@ pub mod clock;
 pub mod fetch;
 pub mod plan;
 pub mod rate;
+pub mod scheduler;
 pub mod trigger;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use fetch::{fetch_range, FetchRangeError, RangeRecords};
 pub use plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 pub use rate::PidRateEstimator;
+pub use scheduler::{
+    Batch, BatchOutput, BatchProgress, Durations, PartitionProgress, Processor, Scheduler, SchedulerConfig,
+    SchedulerError, StartingOffsets,
+};
 pub use trigger::{Trigger, TriggerState};

@@ -1,0 +1,550 @@
+//! The micro-batch loop. Each batch: plan the offset ranges, write them as the batch's intent
+//! to the checkpoint log and make it durable, read the ranges (tasks in parallel, each retried a
+//! bounded number of times), hand the records to the processor, and when it returns, write the
+//! batch's commit and make it durable. On open, the log says where to resume: after the last
+//! committed batch, re-running an intent that has no commit with exactly its ranges.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions};
+use sluice_client::{Client, FetchOptions, OffsetSpec};
+
+use crate::clock::Clock;
+use crate::fetch::{fetch_range, FetchRangeError, RangeRecords};
+use crate::plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
+use crate::rate::PidRateEstimator;
+use crate::trigger::{Trigger, TriggerState};
+
+/// Where partitions without a committed position start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartingOffsets {
+    /// The log start.
+    Earliest,
+    /// The log end: only records produced after the first batch is planned.
+    Latest,
+    /// These offsets; partitions not listed start at the earliest offset.
+    Offsets(BTreeMap<TopicPartition, i64>),
+}
+
+/// How a [`Scheduler`] runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// The topics to read (every partition of each).
+    pub topics: Vec<String>,
+    /// When batches run.
+    pub trigger: Trigger,
+    /// The interval rates are applied over (and the processing-time trigger's, usually).
+    pub batch_interval: Duration,
+    /// Per-partition rate limits.
+    pub limits: RateLimits,
+    /// Shrink batches when processing falls behind (Spark's PID estimator).
+    pub backpressure: bool,
+    /// At least this many read tasks per batch (large ranges are split).
+    pub min_partitions: usize,
+    /// Read tasks running at once.
+    pub max_concurrent_tasks: usize,
+    /// Attempts per read task before the batch fails.
+    pub task_attempts: u32,
+    /// Where partitions without a committed position start.
+    pub starting_offsets: StartingOffsets,
+    /// A bounded run: stop once every partition reaches these offsets (or its end, for
+    /// partitions not listed).
+    pub ending_offsets: Option<BTreeMap<TopicPartition, i64>>,
+    /// How ranges are fetched.
+    pub fetch: FetchOptions,
+    /// Progress records kept in memory.
+    pub progress_history: usize,
+}
+
+impl SchedulerConfig {
+    /// Reads `topics` every `batch_interval`, from the earliest offsets, without limits.
+    pub fn new<S: Into<String>>(topics: impl IntoIterator<Item = S>, batch_interval: Duration) -> Self {
+        Self {
+            topics: topics.into_iter().map(Into::into).collect(),
+            trigger: Trigger::ProcessingTime(batch_interval),
+            batch_interval,
+            limits: RateLimits::default(),
+            backpressure: false,
+            min_partitions: 0,
+            max_concurrent_tasks: 8,
+            task_attempts: 3,
+            starting_offsets: StartingOffsets::Earliest,
+            ending_offsets: None,
+            fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
+            progress_history: 100,
+        }
+    }
+}
+
+/// What went wrong running batches.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchedulerError {
+    /// The checkpoint log failed (the batch did not become durable).
+    #[error("checkpoint log: {0}")]
+    Checkpoint(#[from] sluice_checkpoint::Error),
+    /// The cluster could not be asked for partitions or offsets.
+    #[error("planning batch {batch_id}: {source}")]
+    Planning {
+        /// The batch being planned.
+        batch_id: u64,
+        /// The client's error.
+        source: sluice_client::Error,
+    },
+    /// A read task kept failing.
+    #[error("batch {batch_id}: a read task failed {attempts} times, last: {source}")]
+    Task {
+        /// The batch.
+        batch_id: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        source: Box<FetchRangeError>,
+    },
+    /// The processor failed the batch; its intent stays open and is re-run on restart.
+    #[error("batch {batch_id} failed in processing: {reason}")]
+    Processing {
+        /// The batch.
+        batch_id: u64,
+        /// What the processor said.
+        reason: String,
+    },
+    /// The log holds an intent whose ranges this scheduler cannot use.
+    #[error("checkpoint: {0}")]
+    Inconsistent(String),
+}
+
+/// One batch handed to the processor: its id, its planned ranges (one per partition) and the
+/// records of each read task.
+#[derive(Debug)]
+pub struct Batch {
+    /// The batch id (consecutive from 0).
+    pub batch_id: u64,
+    /// The planned range of every partition, empty ones included.
+    pub ranges: Vec<OffsetRange>,
+    /// The records, one entry per read task, in range order.
+    pub tasks: Vec<RangeRecords>,
+    /// Whether this batch is the re-run of an intent found open in the log.
+    pub rerun: bool,
+}
+
+impl Batch {
+    /// Records in the batch.
+    pub fn record_count(&self) -> usize {
+        self.tasks.iter().map(|t| t.records().count()).sum()
+    }
+}
+
+/// What the processor returns for a batch, stored in its commit record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutput {
+    /// The change to the keyed state (opaque to the scheduler).
+    pub state_delta: Vec<u8>,
+    /// Markers the sinks need to recognise the batch when re-run (opaque).
+    pub sink_markers: Vec<u8>,
+}
+
+/// The work done on each batch. `process` may run again for the same batch after a crash (with
+/// the same ranges and records): sinks must make that harmless.
+pub trait Processor: Send {
+    /// Processes one batch; an error leaves the batch uncommitted.
+    fn process(&mut self, batch: Batch) -> impl std::future::Future<Output = Result<BatchOutput, String>> + Send;
+}
+
+/// One partition in a progress record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The batch's first offset.
+    pub start_offset: i64,
+    /// The offset after the batch's last.
+    pub end_offset: i64,
+    /// The latest offset known when the batch was planned.
+    pub latest_offset: i64,
+    /// Records between the batch's end and the latest offset.
+    pub lag: i64,
+}
+
+/// Durations of a batch's phases, in milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Durations {
+    /// Deciding the ranges (asking for the latest offsets).
+    pub planning_ms: u64,
+    /// Writing and syncing the intent.
+    pub intent_ms: u64,
+    /// Reading the ranges.
+    pub fetching_ms: u64,
+    /// The processor.
+    pub processing_ms: u64,
+    /// Writing and syncing the commit.
+    pub committing_ms: u64,
+    /// The whole batch.
+    pub total_ms: u64,
+}
+
+/// A batch's progress, in the shape of Spark's `StreamingQueryProgress`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BatchProgress {
+    /// The batch id.
+    pub batch_id: u64,
+    /// When the batch started, on the scheduler's clock (ms).
+    pub timestamp_ms: u64,
+    /// Records in the batch.
+    pub num_input_rows: u64,
+    /// Records per second arriving: this batch's records over the time since the previous
+    /// batch started.
+    pub input_rows_per_second: f64,
+    /// Records per second processed: this batch's records over its duration.
+    pub processed_rows_per_second: f64,
+    /// Phase durations.
+    pub durations: Durations,
+    /// Per partition: offsets and lag.
+    pub sources: Vec<PartitionProgress>,
+    /// Whether the batch re-ran an intent found open in the log.
+    pub rerun: bool,
+}
+
+impl BatchProgress {
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Runs micro-batches over Kafka partitions with a write-ahead checkpoint log.
+#[derive(Debug)]
+pub struct Scheduler<C: Clock> {
+    client: Client,
+    log: Log,
+    config: SchedulerConfig,
+    clock: C,
+    estimator: Option<PidRateEstimator>,
+    positions: BTreeMap<TopicPartition, i64>,
+    /// An intent found open in the log: the first batch re-runs it.
+    pending: Option<BatchIntent>,
+    next_batch_id: u64,
+    progress: VecDeque<BatchProgress>,
+    stop: Arc<AtomicBool>,
+    last_start_ms: Option<u64>,
+}
+
+fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
+    sluice_checkpoint::OffsetRange {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        start_offset: range.from,
+        end_offset: range.until,
+    }
+}
+
+fn from_log_range(range: &sluice_checkpoint::OffsetRange) -> OffsetRange {
+    OffsetRange {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        from: range.start_offset,
+        until: range.end_offset,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<C: Clock> Scheduler<C> {
+    /// Opens (or creates) the checkpoint log in `checkpoint_dir` and recovers where to resume.
+    pub fn open(
+        client: Client,
+        checkpoint_dir: impl AsRef<Path>,
+        config: SchedulerConfig,
+        clock: C,
+    ) -> Result<Self, SchedulerError> {
+        let (log, recovered) = Log::open(checkpoint_dir, LogOptions::default())?;
+        let mut positions = BTreeMap::new();
+        let mut next_batch_id = 0;
+        if let Some(last) = &recovered.last_committed {
+            for range in &last.intent.ranges {
+                positions.insert((range.topic.clone(), range.partition), range.end_offset);
+            }
+            next_batch_id = last.intent.batch_id + 1;
+        }
+        // Only the oldest open intent can be pending: intents are written one batch at a time.
+        let pending = recovered.pending.first().cloned();
+        if let Some(intent) = &pending {
+            if intent.batch_id != next_batch_id {
+                return Err(SchedulerError::Inconsistent(format!(
+                    "open intent for batch {} but the next batch is {next_batch_id}",
+                    intent.batch_id
+                )));
+            }
+        }
+        let interval = millis(config.batch_interval);
+        let estimator = config.backpressure.then(|| PidRateEstimator::new(interval));
+        Ok(Self {
+            client,
+            log,
+            config,
+            clock,
+            estimator,
+            positions,
+            pending,
+            next_batch_id,
+            progress: VecDeque::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            last_start_ms: None,
+        })
+    }
+
+    /// A handle that stops the run after the current batch (e.g. on SIGTERM).
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// The next offset to process per partition (committed positions).
+    pub fn positions(&self) -> &BTreeMap<TopicPartition, i64> {
+        &self.positions
+    }
+
+    /// The id the next batch gets.
+    pub fn next_batch_id(&self) -> u64 {
+        self.next_batch_id
+    }
+
+    /// The progress of the last batches, oldest first.
+    pub fn progress(&self) -> impl Iterator<Item = &BatchProgress> {
+        self.progress.iter()
+    }
+
+    /// Runs batches until the trigger says the run is over, a stop is requested, or a batch
+    /// fails. `on_progress` sees each batch's progress record.
+    pub async fn run<P: Processor>(
+        &mut self,
+        processor: &mut P,
+        mut on_progress: impl FnMut(&BatchProgress),
+    ) -> Result<u64, SchedulerError> {
+        let mut trigger = TriggerState::new(self.config.trigger);
+        let mut ran = 0;
+        while !self.stop.load(Ordering::SeqCst) {
+            let Some(wait) = trigger.wait_ms(self.clock.now_ms()) else { break };
+            if wait > 0 {
+                self.clock.sleep(wait).await;
+            }
+            trigger.batch_started(self.clock.now_ms());
+            let (progress, reached_end) = self.run_batch(processor).await?;
+            ran += 1;
+            on_progress(&progress);
+            if self.progress.len() >= self.config.progress_history.max(1) {
+                self.progress.pop_front();
+            }
+            self.progress.push_back(progress);
+            trigger.batch_finished(reached_end);
+            if reached_end && self.config.ending_offsets.is_some() {
+                break;
+            }
+        }
+        Ok(ran)
+    }
+
+    /// The partitions of the configured topics, with where each starts if it has no position.
+    async fn discover(&mut self, batch_id: u64) -> Result<(), SchedulerError> {
+        let planning = |source| SchedulerError::Planning { batch_id, source };
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        let metadata = self.client.refresh_metadata(Some(&topics)).await.map_err(planning)?;
+        for topic in &self.config.topics {
+            let Some(described) = metadata.topics.get(topic) else { continue };
+            for partition in &described.partitions {
+                let key = (topic.clone(), partition.partition);
+                if self.positions.contains_key(&key) {
+                    continue;
+                }
+                let start = match &self.config.starting_offsets {
+                    StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => offsets.get(&key).copied(),
+                    StartingOffsets::Latest => None,
+                    _ => Some(
+                        self.client
+                            .list_offset(topic, partition.partition, OffsetSpec::Earliest)
+                            .await
+                            .map_err(planning)?,
+                    ),
+                };
+                let start = match start {
+                    Some(offset) => offset,
+                    None => self.latest(topic, partition.partition).await.map_err(planning)?,
+                };
+                self.positions.insert(key, start);
+            }
+        }
+        Ok(())
+    }
+
+    /// The latest offset: the larger of ListOffsets(latest) and a fetch's high watermark
+    /// (Tansu answers ListOffsets(latest) short of the log end; see PEERS.md).
+    async fn latest(&self, topic: &str, partition: i32) -> Result<i64, sluice_client::Error> {
+        let listed = self.client.list_offset(topic, partition, OffsetSpec::Latest).await?;
+        let probe = FetchOptions { max_wait: Duration::from_millis(10), max_bytes: 1, ..self.config.fetch };
+        let high_watermark = match self.client.fetch_partition(topic, partition, listed, &probe).await {
+            Ok(fetched) => fetched.high_watermark,
+            Err(_) => listed,
+        };
+        Ok(listed.max(high_watermark))
+    }
+
+    async fn plan(&mut self, batch_id: u64) -> Result<(Vec<OffsetRange>, Vec<i64>), SchedulerError> {
+        self.discover(batch_id).await?;
+        let mut inputs = Vec::with_capacity(self.positions.len());
+        let mut latest_offsets = Vec::with_capacity(self.positions.len());
+        for ((topic, partition), from) in &self.positions {
+            let latest =
+                self.latest(topic, *partition).await.map_err(|source| SchedulerError::Planning { batch_id, source })?;
+            latest_offsets.push(latest);
+            let end = self
+                .config
+                .ending_offsets
+                .as_ref()
+                .and_then(|e| e.get(&(topic.clone(), *partition)).copied())
+                .unwrap_or(latest);
+            inputs.push(PartitionPlanInput {
+                topic: topic.clone(),
+                partition: *partition,
+                from: *from,
+                latest: latest.min(end),
+            });
+        }
+        let rate = self.estimator.as_ref().and_then(PidRateEstimator::rate);
+        let ranges = plan_batch(&inputs, &self.config.limits, millis(self.config.batch_interval), rate);
+        Ok((ranges, latest_offsets))
+    }
+
+    async fn read(&self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Vec<RangeRecords>, SchedulerError> {
+        let tasks = split_ranges(ranges, self.config.min_partitions);
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_concurrent_tasks.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        for (index, task) in tasks.into_iter().enumerate() {
+            let (client, options, limit) = (self.client.clone(), self.config.fetch, Arc::clone(&limit));
+            let attempts = self.config.task_attempts.max(1);
+            running.spawn(async move {
+                let _slot = limit.acquire_owned().await;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match fetch_range(&client, &task, &options).await {
+                        Ok(records) => return Ok((index, records)),
+                        Err(e) if attempt >= attempts => return Err((attempt, e)),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
+                    }
+                }
+            });
+        }
+        let mut read = Vec::new();
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok(Ok(done)) => read.push(done),
+                Ok(Err((attempts, source))) => {
+                    return Err(SchedulerError::Task { batch_id, attempts, source: Box::new(source) })
+                }
+                Err(e) => {
+                    return Err(SchedulerError::Processing { batch_id, reason: format!("a read task panicked: {e}") })
+                }
+            }
+        }
+        read.sort_by_key(|(index, _)| *index);
+        Ok(read.into_iter().map(|(_, records)| records).collect())
+    }
+
+    /// Plans (or takes the open intent), writes the intent, reads, processes, commits.
+    async fn run_batch<P: Processor>(&mut self, processor: &mut P) -> Result<(BatchProgress, bool), SchedulerError> {
+        let batch_id = self.next_batch_id;
+        let started = self.clock.now_ms();
+        let (ranges, latest, rerun) = match self.pending.take() {
+            Some(intent) => {
+                let ranges: Vec<OffsetRange> = intent.ranges.iter().map(from_log_range).collect();
+                let latest = ranges.iter().map(|r| r.until).collect();
+                (ranges, latest, true)
+            }
+            None => {
+                let (ranges, latest) = self.plan(batch_id).await?;
+                (ranges, latest, false)
+            }
+        };
+        let planned = self.clock.now_ms();
+        if !rerun {
+            let intent =
+                BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
+            self.log.append_intent(&intent)?;
+            self.log.commit()?;
+        }
+        let intent_written = self.clock.now_ms();
+        let tasks = self.read(batch_id, &ranges).await?;
+        let fetched = self.clock.now_ms();
+        let batch = Batch { batch_id, ranges: ranges.clone(), tasks, rerun };
+        let rows = batch.record_count() as u64;
+        let output =
+            processor.process(batch).await.map_err(|reason| SchedulerError::Processing { batch_id, reason })?;
+        let processed = self.clock.now_ms();
+        self.log.append_commit(&BatchCommit {
+            batch_id,
+            state_delta: output.state_delta,
+            sink_markers: output.sink_markers,
+        })?;
+        self.log.commit()?;
+        let committed = self.clock.now_ms();
+
+        for range in &ranges {
+            self.positions.insert((range.topic.clone(), range.partition), range.until);
+        }
+        self.next_batch_id = batch_id + 1;
+        let processing_ms = fetched.saturating_sub(intent_written) + processed.saturating_sub(fetched);
+        if let Some(estimator) = &mut self.estimator {
+            let delay =
+                started.saturating_sub(self.last_start_ms.map_or(started, |s| s + millis(self.config.batch_interval)));
+            estimator.update(committed, rows, processing_ms, delay);
+        }
+        let since_previous = self.last_start_ms.map_or(0, |s| started.saturating_sub(s));
+        self.last_start_ms = Some(started);
+        let total = committed.saturating_sub(started);
+        let per_second = |ms: u64| if ms > 0 { rows as f64 * 1000.0 / ms as f64 } else { 0.0 };
+        let reached_end = match &self.config.ending_offsets {
+            Some(ending) => ranges
+                .iter()
+                .zip(&latest)
+                .all(|(r, latest)| r.until >= ending.get(&(r.topic.clone(), r.partition)).copied().unwrap_or(*latest)),
+            None => ranges.iter().zip(&latest).all(|(r, latest)| r.until >= *latest),
+        };
+        let progress = BatchProgress {
+            batch_id,
+            timestamp_ms: started,
+            num_input_rows: rows,
+            input_rows_per_second: per_second(since_previous),
+            processed_rows_per_second: per_second(total),
+            durations: Durations {
+                planning_ms: planned.saturating_sub(started),
+                intent_ms: intent_written.saturating_sub(planned),
+                fetching_ms: fetched.saturating_sub(intent_written),
+                processing_ms: processed.saturating_sub(fetched),
+                committing_ms: committed.saturating_sub(processed),
+                total_ms: total,
+            },
+            sources: ranges
+                .iter()
+                .zip(&latest)
+                .map(|(r, latest)| PartitionProgress {
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    start_offset: r.from,
+                    end_offset: r.until,
+                    latest_offset: *latest,
+                    lag: (latest - r.until).max(0),
+                })
+                .collect(),
+            rerun,
+        };
+        Ok((progress, reached_end))
+    }
+}
