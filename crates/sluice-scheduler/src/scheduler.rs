@@ -59,6 +59,8 @@ pub struct SchedulerConfig {
     pub fetch: FetchOptions,
     /// Progress records kept in memory.
     pub progress_history: usize,
+    /// How the checkpoint log is kept (segment size, batches retained for inspection).
+    pub checkpoint: LogOptions,
 }
 
 impl SchedulerConfig {
@@ -77,6 +79,7 @@ impl SchedulerConfig {
             ending_offsets: None,
             fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
             progress_history: 100,
+            checkpoint: LogOptions::default(),
         }
     }
 }
@@ -266,7 +269,7 @@ impl<C: Clock> Scheduler<C> {
         config: SchedulerConfig,
         clock: C,
     ) -> Result<Self, SchedulerError> {
-        let (log, recovered) = Log::open(checkpoint_dir, LogOptions::default())?;
+        let (log, recovered) = Log::open(checkpoint_dir, config.checkpoint.clone())?;
         let mut positions = BTreeMap::new();
         let mut next_batch_id = 0;
         if let Some(last) = &recovered.last_committed {
@@ -331,7 +334,7 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<u64, SchedulerError> {
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stop.load(Ordering::SeqCst) && !self.bounded_run_done() {
             let Some(wait) = trigger.wait_ms(self.clock.now_ms()) else { break };
             if wait > 0 {
                 self.clock.sleep(wait).await;
@@ -350,6 +353,15 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         Ok(ran)
+    }
+
+    /// Whether a bounded run already reached every ending offset (a finished job run again does
+    /// nothing, rather than commit an empty batch).
+    fn bounded_run_done(&self) -> bool {
+        self.pending.is_none()
+            && self.config.ending_offsets.as_ref().is_some_and(|ending| {
+                !ending.is_empty() && ending.iter().all(|(tp, end)| self.positions.get(tp).is_some_and(|p| p >= end))
+            })
     }
 
     /// The partitions of the configured topics, with where each starts if it has no position.

@@ -1,0 +1,213 @@
+//! Real crashes: a child process runs the scheduler over 8 partitions of a Tansu topic and is
+//! killed with SIGKILL at random moments, 20 times (`SLUICE_SCHEDULER_KILLS` for more), each
+//! time restarted on the same checkpoint directory; a last run finishes the bounded job. Then the
+//! log's committed batches must cover every offset of every partition exactly once, in order, and
+//! every batch a child began processing (its intent durable) must be in the log with the same
+//! ranges: no intent lost or changed.
+//!
+//! The child is this test binary itself, re-run with `CHILD_ENV` set. Kill delays come from a
+//! seed printed at the start (`SLUICE_KILL_SEED` replays it).
+
+// The child reports on stdout, and the test prints its seed.
+#![allow(clippy::print_stdout)]
+
+#[path = "../../sluice-client/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::Tansu;
+use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use sluice_scheduler::{Batch, BatchOutput, Processor, RateLimits, Scheduler, SchedulerConfig, SystemClock};
+
+const CHILD_ENV: &str = "SLUICE_SCHEDULER_KILL_CHILD";
+const TEST_NAME: &str = "committed_ranges_cover_every_offset_once_across_sigkills";
+const TOPIC: &str = "killed";
+const PARTITIONS: i32 = 8;
+const PER_PARTITION: i64 = 4_000;
+
+fn config() -> SchedulerConfig {
+    let ending = (0..PARTITIONS).map(|p| ((TOPIC.to_owned(), p), PER_PARTITION)).collect();
+    let mut config = SchedulerConfig {
+        // 10 records per partition per 10 ms batch: 400 batches for the whole job, so that the
+        // kills land while it runs.
+        limits: RateLimits { max_per_partition: Some(1_000.0), min_per_partition: 0.0 },
+        ending_offsets: Some(ending),
+        ..SchedulerConfig::new([TOPIC], Duration::from_millis(10))
+    };
+    // Keep every committed batch listed, so the check can see all of them.
+    config.checkpoint.retain_batches = 100_000;
+    config
+}
+
+/// Prints each batch's id and ranges before processing it (its intent is durable by then).
+struct Report;
+
+impl Processor for Report {
+    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
+        let ranges: Vec<String> =
+            batch.ranges.iter().map(|r| format!("{}:{}-{}", r.partition, r.from, r.until)).collect();
+        println!("PROCESS {} {}", batch.batch_id, ranges.join(","));
+        // Work takes a while, so that kills land between a batch's intent and its commit too.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(BatchOutput::default())
+    }
+}
+
+fn run_child(dir: &Path, broker: &str) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
+        let mut scheduler = Scheduler::open(client, dir, config(), SystemClock::new()).unwrap();
+        scheduler.run(&mut Report, |_| {}).await.unwrap();
+    });
+    println!("DONE");
+    std::process::exit(0);
+}
+
+/// SplitMix64: kill delays from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+}
+
+/// Batches a child began (id, ranges) and whether it finished the job.
+type ChildReport = (Vec<(u64, String)>, bool);
+
+/// Runs one child; kills it after `kill_after` unless it finishes first. Returns the batches it
+/// began processing and whether it finished the job.
+fn child(dir: &Path, broker: &str, kill_after: Option<Duration>) -> (Vec<(u64, String)>, bool) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{}|{broker}", dir.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let seen: Arc<Mutex<ChildReport>> = Arc::default();
+    let reader = {
+        let seen = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // The test harness starts the child's output with "test NAME ... " and no newline,
+                // so the first report may follow it on the same line.
+                if let Some(rest) = line.find("PROCESS ").and_then(|at| line.get(at + "PROCESS ".len()..)) {
+                    let (id, ranges) = rest.split_once(' ').unwrap();
+                    seen.lock().unwrap().0.push((id.parse().unwrap(), ranges.to_owned()));
+                } else if line.ends_with("DONE") {
+                    seen.lock().unwrap().1 = true;
+                }
+            }
+        })
+    };
+    match kill_after {
+        Some(after) => {
+            std::thread::sleep(after);
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+        None => assert!(child.wait().unwrap().success(), "the last run must finish the job"),
+    }
+    reader.join().unwrap();
+    let seen = seen.lock().unwrap();
+    (seen.0.clone(), seen.1)
+}
+
+#[test]
+fn committed_ranges_cover_every_offset_once_across_sigkills() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        let (dir, broker) = spec.split_once('|').unwrap();
+        run_child(Path::new(dir), broker);
+    }
+    let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("scheduler SIGKILL test seed {seed} (replay with SLUICE_KILL_SEED={seed})");
+    let mut rng = Rng(seed);
+    let kills: u64 = std::env::var("SLUICE_SCHEDULER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+
+    let tansu = Tansu::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+        client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+        for i in 0..PER_PARTITION * i64::from(PARTITIONS) {
+            let partition = Some((i % i64::from(PARTITIONS)) as i32);
+            drop(
+                producer
+                    .send(ProducerRecord { partition, ..ProducerRecord::new(TOPIC, format!("{i}")) })
+                    .await
+                    .unwrap(),
+            );
+        }
+        producer.flush().await;
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut processed: Vec<(u64, String)> = Vec::new();
+    let mut finished_early = 0;
+    for _ in 0..kills {
+        // Often during start-up and recovery, often mid-batch.
+        let after = Duration::from_millis(20 + rng.below(250));
+        let (seen, done) = child(dir.path(), &tansu.addr, Some(after));
+        finished_early += u64::from(done);
+        processed.extend(seen);
+    }
+    let (seen, done) = child(dir.path(), &tansu.addr, None);
+    assert!(done);
+    processed.extend(seen);
+    println!("{kills} kills, {} batches begun, {finished_early} runs finished before their kill", processed.len());
+
+    // The log's committed batches, in id order.
+    let (_, recovered) = sluice_checkpoint::Log::open(dir.path(), config().checkpoint).unwrap();
+    assert!(recovered.pending.is_empty(), "the finished job leaves no open intent");
+    let mut committed: BTreeMap<u64, String> = BTreeMap::new();
+    for intent in &recovered.history {
+        let ranges: Vec<String> =
+            intent.ranges.iter().map(|r| format!("{}:{}-{}", r.partition, r.start_offset, r.end_offset)).collect();
+        committed.insert(intent.batch_id, ranges.join(","));
+    }
+    let ids: Vec<u64> = committed.keys().copied().collect();
+    println!("{} batches committed", ids.len());
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>(), "batch ids consecutive from 0");
+
+    // Every offset of every partition exactly once, in order.
+    let mut next: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    for ranges in committed.values() {
+        for range in ranges.split(',') {
+            let (partition, span) = range.split_once(':').unwrap();
+            let (from, until) = span.split_once('-').unwrap();
+            let (partition, from, until): (i32, i64, i64) =
+                (partition.parse().unwrap(), from.parse().unwrap(), until.parse().unwrap());
+            assert_eq!(from, next[&partition], "partition {partition}: ranges adjacent, no gap, no overlap");
+            next.insert(partition, until);
+        }
+    }
+    assert!(next.values().all(|end| *end == PER_PARTITION), "every offset covered: {next:?}");
+
+    // Every committed batch was seen being processed (so the check below covers them all).
+    let begun: std::collections::BTreeSet<u64> = processed.iter().map(|(id, _)| *id).collect();
+    assert!(ids.iter().all(|id| begun.contains(id)), "a committed batch was never reported");
+    let reruns = processed.len() - ids.len();
+    println!("{reruns} batches were begun again after a kill");
+    assert!(reruns > 0, "some kills must land between an intent and its commit (seed {seed})");
+    // No intent lost or changed: whatever a child began processing is committed with those ranges.
+    for (id, ranges) in &processed {
+        assert_eq!(committed.get(id), Some(ranges), "batch {id} was processed with these ranges");
+    }
+}
