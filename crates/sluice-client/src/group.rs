@@ -747,6 +747,39 @@ impl Client {
         self.connection_to(&address).await
     }
 
+    /// Commits `offsets` (topic, partition, next offset to consume) for `group_id` outside any
+    /// membership (generation -1), as a job that assigns its own partitions does so that lag
+    /// tools see its progress. The coordinator refuses it while the group has active members.
+    pub async fn commit_group_offsets(&self, group_id: &str, offsets: &[(String, i32, i64)]) -> Result<()> {
+        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (topic, partition, offset) in offsets {
+            topics.entry(topic).or_default().push(OffsetCommitRequestPartition {
+                partition_index: *partition,
+                committed_offset: *offset,
+                ..Default::default()
+            });
+        }
+        let request = OffsetCommitRequest {
+            group_id: group_id.to_owned(),
+            generation_id_or_member_epoch: -1,
+            topics: topics
+                .into_iter()
+                .map(|(name, partitions)| OffsetCommitRequestTopic {
+                    name: name.to_owned(),
+                    partitions,
+                    ..Default::default()
+                })
+                .collect(),
+            ..OffsetCommitRequest::default()
+        };
+        let coordinator = self.group_coordinator(group_id).await?;
+        let response = coordinator.send(&request).await?;
+        for partition in response.topics.iter().flat_map(|t| t.partitions.iter()) {
+            check_error(coordinator.broker(), "OffsetCommit", partition.error_code)?;
+        }
+        Ok(())
+    }
+
     /// Every offset `group_id` has committed.
     pub async fn group_offsets(&self, group_id: &str) -> Result<BTreeMap<(String, i32), i64>> {
         let coordinator = self.group_coordinator(group_id).await?;

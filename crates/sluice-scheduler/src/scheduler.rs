@@ -59,6 +59,9 @@ pub struct SchedulerConfig {
     pub fetch: FetchOptions,
     /// Progress records kept in memory.
     pub progress_history: usize,
+    /// After each batch, commit its end offsets to this consumer group, so that lag tools see
+    /// the job's progress (the checkpoint log stays the source of truth).
+    pub commit_to_group: Option<String>,
     /// How the checkpoint log is kept (segment size, batches retained for inspection).
     pub checkpoint: LogOptions,
 }
@@ -79,6 +82,7 @@ impl SchedulerConfig {
             ending_offsets: None,
             fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
             progress_history: 100,
+            commit_to_group: None,
             checkpoint: LogOptions::default(),
         }
     }
@@ -376,9 +380,12 @@ impl<C: Clock> Scheduler<C> {
                 if self.positions.contains_key(&key) {
                     continue;
                 }
+                // Partitions that appear after the first batch start at their beginning: their
+                // records are all new to this job (as Spark does).
+                let first = self.next_batch_id == 0 && self.last_start_ms.is_none();
                 let start = match &self.config.starting_offsets {
                     StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => offsets.get(&key).copied(),
-                    StartingOffsets::Latest => None,
+                    StartingOffsets::Latest if first => None,
                     _ => Some(
                         self.client
                             .list_offset(topic, partition.partition, OffsetSpec::Earliest)
@@ -506,6 +513,12 @@ impl<C: Clock> Scheduler<C> {
             sink_markers: output.sink_markers,
         })?;
         self.log.commit()?;
+        if let Some(group) = &self.config.commit_to_group {
+            let offsets: Vec<(String, i32, i64)> =
+                ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();
+            // Informational: a failure here does not undo the batch.
+            let _ = self.client.commit_group_offsets(group, &offsets).await;
+        }
         let committed = self.clock.now_ms();
 
         for range in &ranges {

@@ -97,7 +97,8 @@ async fn a_bounded_run_reads_every_record_of_eight_partitions_exactly_once() {
     let (_tansu, client) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
-    let mut scheduler = Scheduler::open(client, dir.path(), bounded_config(), clock.clone()).unwrap();
+    let config = SchedulerConfig { commit_to_group: Some("clickers".into()), ..bounded_config() };
+    let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, clock.clone()).unwrap();
     let mut collect = Collect::default();
     let mut progress: Vec<BatchProgress> = Vec::new();
     let batches = scheduler.run(&mut collect, |p| progress.push(p.clone())).await.unwrap();
@@ -114,6 +115,9 @@ async fn a_bounded_run_reads_every_record_of_eight_partitions_exactly_once() {
     let line = progress[0].to_json();
     assert!(line.contains("\"batch_id\":0") && line.contains("\"num_input_rows\":1600"), "{line}");
     assert_eq!(scheduler.positions().values().copied().collect::<Vec<_>>(), vec![PER_PARTITION; 8]);
+    // Lag tools see the job's progress in the consumer group.
+    let committed = client.group_offsets("clickers").await.unwrap();
+    assert_eq!(committed.values().copied().collect::<Vec<_>>(), vec![PER_PARTITION; 8]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
