@@ -482,6 +482,67 @@ impl Client {
         Ok(answer.old_style_offsets.first().copied().unwrap_or(answer.offset))
     }
 
+    /// Looks up an offset of many partitions at once: one ListOffsets request per leader, the
+    /// leaders asked in parallel.
+    pub async fn list_offsets(
+        &self,
+        partitions: &[(String, i32)],
+        spec: OffsetSpec,
+    ) -> Result<BTreeMap<(String, i32), i64>> {
+        let timestamp = match spec {
+            OffsetSpec::Earliest => -2,
+            OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(ms) => ms,
+        };
+        let mut by_leader: HashMap<String, (Arc<Connection>, BTreeMap<&str, Vec<ListOffsetsPartition>>)> =
+            HashMap::new();
+        for (topic, partition) in partitions {
+            let connection = self.leader(topic, *partition).await?;
+            let entry =
+                by_leader.entry(connection.broker().to_owned()).or_insert_with(|| (connection, BTreeMap::new()));
+            entry.1.entry(topic.as_str()).or_default().push(ListOffsetsPartition {
+                partition_index: *partition,
+                timestamp,
+                ..Default::default()
+            });
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for (_, (connection, topics)) in by_leader {
+            let request = ListOffsetsRequest {
+                replica_id: -1,
+                timeout_ms: self.broker_timeout_ms(),
+                topics: topics
+                    .into_iter()
+                    .map(|(name, partitions)| ListOffsetsTopic {
+                        name: name.to_owned(),
+                        partitions,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..ListOffsetsRequest::default()
+            };
+            asks.spawn(async move {
+                let response = connection.send(&request).await?;
+                let mut found = Vec::new();
+                for topic in response.topics {
+                    for answer in topic.partitions {
+                        crate::connection::check_error(connection.broker(), "ListOffsets", answer.error_code)?;
+                        let offset = answer.old_style_offsets.first().copied().unwrap_or(answer.offset);
+                        found.push(((topic.name.clone(), answer.partition_index), offset));
+                    }
+                }
+                Ok::<_, Error>(found)
+            });
+        }
+        let mut offsets = BTreeMap::new();
+        while let Some(joined) = asks.join_next().await {
+            if let Ok(found) = joined {
+                offsets.extend(found?);
+            }
+        }
+        Ok(offsets)
+    }
+
     /// Fetches `topic`/`partition` from `offset` on its leader and decodes the records (those
     /// before `offset` in the first batch dropped). A partition error comes back in
     /// [`FetchedPartition::error`]; leadership errors also refresh the metadata.

@@ -52,6 +52,8 @@ pub struct RangeRecords {
     pub range: OffsetRange,
     /// The data batches holding it (the first and last may extend beyond it).
     pub batches: Vec<RecordBatch>,
+    /// The partition's high watermark as the last fetch reported it (-1 if nothing was fetched).
+    pub high_watermark: i64,
 }
 
 impl RangeRecords {
@@ -79,6 +81,7 @@ pub async fn fetch_range(
     let mut batches = Vec::new();
     let mut position = range.from;
     let mut stalled = 0;
+    let mut high_watermark = -1;
     let client_error = |source| FetchRangeError::Client {
         topic: range.topic.clone(),
         partition: range.partition,
@@ -111,6 +114,7 @@ pub async fn fetch_range(
                 return Err(client_error(ClientError::Broker { broker: "(leader)".into(), api: "Fetch", code }));
             }
         }
+        high_watermark = high_watermark.max(fetched.high_watermark);
         let next = fetched.records.next_offset.unwrap_or(position);
         if next <= position {
             // Nothing new: the range reaches past what the log holds.
@@ -124,5 +128,5 @@ pub async fn fetch_range(
         position = next;
         batches.extend(fetched.records.batches.into_iter().filter(|b| b.header.base_offset < range.until));
     }
-    Ok(RangeRecords { range: range.clone(), batches })
+    Ok(RangeRecords { range: range.clone(), batches, high_watermark })
 }

@@ -59,6 +59,8 @@ pub struct SchedulerConfig {
     pub fetch: FetchOptions,
     /// Progress records kept in memory.
     pub progress_history: usize,
+    /// How often the topics' partitions are looked up again, to pick up new ones.
+    pub partition_discovery_interval: Duration,
     /// After each batch, commit its end offsets to this consumer group, so that lag tools see
     /// the job's progress (the checkpoint log stays the source of truth).
     pub commit_to_group: Option<String>,
@@ -82,6 +84,7 @@ impl SchedulerConfig {
             ending_offsets: None,
             fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
             progress_history: 100,
+            partition_discovery_interval: Duration::from_secs(5),
             commit_to_group: None,
             checkpoint: LogOptions::default(),
         }
@@ -241,6 +244,11 @@ pub struct Scheduler<C: Clock> {
     progress: VecDeque<BatchProgress>,
     stop: Arc<AtomicBool>,
     last_start_ms: Option<u64>,
+    /// High watermarks the range fetches reported: a better "latest" than ListOffsets on brokers
+    /// that answer it short (Tansu).
+    known_high_watermarks: BTreeMap<TopicPartition, i64>,
+    /// When partitions were last looked up (clock ms).
+    discovered_at_ms: Option<u64>,
 }
 
 fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
@@ -306,6 +314,8 @@ impl<C: Clock> Scheduler<C> {
             progress: VecDeque::new(),
             stop: Arc::new(AtomicBool::new(false)),
             last_start_ms: None,
+            known_high_watermarks: BTreeMap::new(),
+            discovered_at_ms: None,
         })
     }
 
@@ -370,6 +380,12 @@ impl<C: Clock> Scheduler<C> {
 
     /// The partitions of the configured topics, with where each starts if it has no position.
     async fn discover(&mut self, batch_id: u64) -> Result<(), SchedulerError> {
+        let now = self.clock.now_ms();
+        let interval = millis(self.config.partition_discovery_interval);
+        if self.discovered_at_ms.is_some_and(|at| now.saturating_sub(at) < interval) {
+            return Ok(());
+        }
+        self.discovered_at_ms = Some(now);
         let planning = |source| SchedulerError::Planning { batch_id, source };
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         let metadata = self.client.refresh_metadata(Some(&topics)).await.map_err(planning)?;
@@ -417,11 +433,28 @@ impl<C: Clock> Scheduler<C> {
 
     async fn plan(&mut self, batch_id: u64) -> Result<(Vec<OffsetRange>, Vec<i64>), SchedulerError> {
         self.discover(batch_id).await?;
+        let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        // One ListOffsets per leader; the high watermarks fetches reported fill in where a
+        // broker answers short.
+        let listed = self
+            .client
+            .list_offsets(&partitions, OffsetSpec::Latest)
+            .await
+            .map_err(|source| SchedulerError::Planning { batch_id, source })?;
+        // A partition no fetch has reported on yet is probed once with a fetch.
+        for key in &partitions {
+            if !self.known_high_watermarks.contains_key(key) {
+                let probed =
+                    self.latest(&key.0, key.1).await.map_err(|source| SchedulerError::Planning { batch_id, source })?;
+                self.known_high_watermarks.insert(key.clone(), probed);
+            }
+        }
         let mut inputs = Vec::with_capacity(self.positions.len());
         let mut latest_offsets = Vec::with_capacity(self.positions.len());
-        for ((topic, partition), from) in &self.positions {
-            let latest =
-                self.latest(topic, *partition).await.map_err(|source| SchedulerError::Planning { batch_id, source })?;
+        for (key, from) in &self.positions {
+            let (topic, partition) = key;
+            let listed = listed.get(key).copied().unwrap_or(*from);
+            let latest = listed.max(self.known_high_watermarks.get(key).copied().unwrap_or(-1));
             latest_offsets.push(latest);
             let end = self
                 .config
@@ -501,6 +534,11 @@ impl<C: Clock> Scheduler<C> {
         }
         let intent_written = self.clock.now_ms();
         let tasks = self.read(batch_id, &ranges).await?;
+        for task in &tasks {
+            let key = (task.range.topic.clone(), task.range.partition);
+            let known = self.known_high_watermarks.entry(key).or_insert(-1);
+            *known = (*known).max(task.high_watermark);
+        }
         let fetched = self.clock.now_ms();
         let batch = Batch { batch_id, ranges: ranges.clone(), tasks, rerun };
         let rows = batch.record_count() as u64;
