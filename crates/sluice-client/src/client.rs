@@ -383,6 +383,9 @@ impl Client {
     }
 }
 
+/// ListOffsets partitions of one request, by topic.
+type OffsetsByTopic<'a> = BTreeMap<&'a str, Vec<ListOffsetsPartition>>;
+
 /// Which offset [`Client::list_offset`] looks up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -494,8 +497,7 @@ impl Client {
             OffsetSpec::Latest => -1,
             OffsetSpec::Timestamp(ms) => ms,
         };
-        let mut by_leader: HashMap<String, (Arc<Connection>, BTreeMap<&str, Vec<ListOffsetsPartition>>)> =
-            HashMap::new();
+        let mut by_leader: HashMap<String, (Arc<Connection>, OffsetsByTopic<'_>)> = HashMap::new();
         for (topic, partition) in partitions {
             let connection = self.leader(topic, *partition).await?;
             let entry =
