@@ -555,24 +555,22 @@ impl Client {
         offset: i64,
         options: &FetchOptions,
     ) -> Result<FetchedPartition> {
-        let request = FetchRequest {
-            max_wait_ms: i32::try_from(options.max_wait.as_millis()).unwrap_or(i32::MAX),
-            min_bytes: options.min_bytes,
-            max_bytes: options.max_bytes,
-            isolation_level: i8::from(options.isolation == Isolation::ReadCommitted),
-            topics: vec![FetchTopic {
-                topic: topic.into(),
-                partitions: vec![FetchPartition {
-                    partition,
-                    fetch_offset: offset,
-                    partition_max_bytes: options.max_bytes,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..FetchRequest::default()
-        };
         let connection = self.leader(topic, partition).await?;
+        self.fetch_partition_on(&connection, topic, partition, offset, options).await
+    }
+
+    /// [`Client::fetch_partition`] on a given connection to the partition's leader (for callers
+    /// that keep connections of their own, so that their fetches do not queue behind other
+    /// requests on the shared one).
+    pub async fn fetch_partition_on(
+        &self,
+        connection: &Connection,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        options: &FetchOptions,
+    ) -> Result<FetchedPartition> {
+        let request = fetch_request(topic, partition, offset, options);
         let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
         let response = connection.send_version(&request, version).await?;
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
@@ -612,6 +610,27 @@ impl Client {
                 .collect(),
             records,
         })
+    }
+}
+
+/// A fetch of one partition from `offset`.
+fn fetch_request(topic: &str, partition: i32, offset: i64, options: &FetchOptions) -> FetchRequest {
+    FetchRequest {
+        max_wait_ms: i32::try_from(options.max_wait.as_millis()).unwrap_or(i32::MAX),
+        min_bytes: options.min_bytes,
+        max_bytes: options.max_bytes,
+        isolation_level: i8::from(options.isolation == Isolation::ReadCommitted),
+        topics: vec![FetchTopic {
+            topic: topic.into(),
+            partitions: vec![FetchPartition {
+                partition,
+                fetch_offset: offset,
+                partition_max_bytes: options.max_bytes,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..FetchRequest::default()
     }
 }
 

@@ -59,9 +59,10 @@ pub struct ConsumerConfig {
     /// A broker's partitions are fetched with up to this many requests in flight at once, so the
     /// broker can build one response while the client reads and decodes another.
     pub fetch_requests_per_broker: usize,
-    /// Fetch requests to one broker are spread over this many connections. Brokers serve a
-    /// connection's requests one at a time; more connections let a broker work on several
-    /// fetches at once (Kafka's network threads, Tansu's tasks).
+    /// Fetch requests to one broker are spread over this many connections of the consumer's own.
+    /// Brokers serve a connection's requests one at a time: fetches that wait for data (long
+    /// polls) on the client's shared connection would hold up everything else sent on it, and
+    /// more connections let a broker work on several fetches at once.
     pub fetch_connections_per_broker: usize,
     /// Prefetch: as `poll` returns, the next fetches are already sent, so the broker works
     /// while the caller processes. Their responses may hold up to this many bytes in all
@@ -146,7 +147,7 @@ pub struct Consumer {
     /// a prefetch made before that is stale.
     epoch: u64,
     prefetch: Option<Prefetch>,
-    /// Connections of this consumer's own, beyond the client's one per broker.
+    /// Connections of this consumer's own for fetching, per broker and slot.
     fetch_connections: HashMap<(String, usize), Arc<Connection>>,
 }
 
@@ -284,20 +285,17 @@ impl Consumer {
         }
         let mut fetches = tokio::task::JoinSet::new();
         let connections = self.config.fetch_connections_per_broker.max(1);
-        for (broker, (connection, partitions)) in by_leader {
+        for (broker, (_, partitions)) in by_leader {
             let requests = self.config.fetch_requests_per_broker.clamp(1, partitions.len().max(1));
             for (index, group) in partitions.chunks(partitions.len().div_ceil(requests).max(1)).enumerate() {
-                let connection = match index % connections {
-                    0 => Arc::clone(&connection),
-                    slot => self.fetch_connection(&broker, slot).await?,
-                };
+                let connection = self.fetch_connection(&broker, index % connections).await?;
                 self.spawn_fetch(&mut fetches, connection, group);
             }
         }
         Ok(fetches)
     }
 
-    /// The consumer's own extra connection number `slot` to `broker`, made if needed.
+    /// The consumer's own fetch connection number `slot` to `broker`, made if needed.
     async fn fetch_connection(&mut self, broker: &str, slot: usize) -> Result<Arc<Connection>> {
         let key = (broker.to_owned(), slot);
         if let Some(connection) = self.fetch_connections.get(&key).filter(|c| !c.is_closed()) {

@@ -2,7 +2,7 @@
 //! fewer, whatever batch boundaries the broker's log has. A task of a batch reads its range this
 //! way, so that a batch re-run after a crash sees the same records.
 
-use sluice_client::{Client, Error as ClientError, FetchOptions};
+use sluice_client::{Client, Connection, Error as ClientError, FetchOptions};
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::record::{RecordBatch, RecordRef};
 
@@ -78,6 +78,25 @@ pub async fn fetch_range(
     range: &OffsetRange,
     options: &FetchOptions,
 ) -> Result<RangeRecords, FetchRangeError> {
+    fetch_range_via(client, None, range, options).await
+}
+
+/// [`fetch_range`] over `connection`, a connection of the caller's own to the leader.
+pub async fn fetch_range_on(
+    client: &Client,
+    connection: &Connection,
+    range: &OffsetRange,
+    options: &FetchOptions,
+) -> Result<RangeRecords, FetchRangeError> {
+    fetch_range_via(client, Some(connection), range, options).await
+}
+
+async fn fetch_range_via(
+    client: &Client,
+    connection: Option<&Connection>,
+    range: &OffsetRange,
+    options: &FetchOptions,
+) -> Result<RangeRecords, FetchRangeError> {
     let mut batches = Vec::new();
     let mut position = range.from;
     let mut stalled = 0;
@@ -90,8 +109,13 @@ pub async fn fetch_range(
         source,
     };
     while position < range.until {
-        let fetched =
-            client.fetch_partition(&range.topic, range.partition, position, options).await.map_err(client_error)?;
+        let fetched = match connection {
+            Some(connection) => {
+                client.fetch_partition_on(connection, &range.topic, range.partition, position, options).await
+            }
+            None => client.fetch_partition(&range.topic, range.partition, position, options).await,
+        }
+        .map_err(client_error)?;
         let unavailable = |high_watermark, log_start| FetchRangeError::Unavailable {
             topic: range.topic.clone(),
             partition: range.partition,

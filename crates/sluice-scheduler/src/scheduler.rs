@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions};
-use sluice_client::{Client, FetchOptions, OffsetSpec};
+use sluice_client::{Client, Connection, FetchOptions, OffsetSpec};
 
 use crate::clock::Clock;
-use crate::fetch::{fetch_range, FetchRangeError, RangeRecords};
+use crate::fetch::{fetch_range_on, FetchRangeError, RangeRecords};
 use crate::plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 use crate::rate::PidRateEstimator;
 use crate::trigger::{Trigger, TriggerState};
@@ -48,6 +48,8 @@ pub struct SchedulerConfig {
     pub min_partitions: usize,
     /// Read tasks running at once.
     pub max_concurrent_tasks: usize,
+    /// Connections of the scheduler's own to each broker that read tasks are spread over.
+    pub read_connections_per_broker: usize,
     /// Attempts per read task before the batch fails.
     pub task_attempts: u32,
     /// Where partitions without a committed position start.
@@ -79,6 +81,7 @@ impl SchedulerConfig {
             backpressure: false,
             min_partitions: 0,
             max_concurrent_tasks: 8,
+            read_connections_per_broker: 2,
             task_attempts: 3,
             starting_offsets: StartingOffsets::Earliest,
             ending_offsets: None,
@@ -86,7 +89,8 @@ impl SchedulerConfig {
             progress_history: 100,
             partition_discovery_interval: Duration::from_secs(5),
             commit_to_group: None,
-            checkpoint: LogOptions::default(),
+            // Intents and commits are small: 8 MiB segments are quick to create and sync.
+            checkpoint: LogOptions { segment_size_bytes: 8 << 20, ..LogOptions::default() },
         }
     }
 }
@@ -249,6 +253,7 @@ pub struct Scheduler<C: Clock> {
     known_high_watermarks: BTreeMap<TopicPartition, i64>,
     /// When partitions were last looked up (clock ms).
     discovered_at_ms: Option<u64>,
+    read_connections: BTreeMap<(String, usize), Arc<Connection>>,
 }
 
 fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
@@ -316,6 +321,7 @@ impl<C: Clock> Scheduler<C> {
             last_start_ms: None,
             known_high_watermarks: BTreeMap::new(),
             discovered_at_ms: None,
+            read_connections: BTreeMap::new(),
         })
     }
 
@@ -474,11 +480,27 @@ impl<C: Clock> Scheduler<C> {
         Ok((ranges, latest_offsets))
     }
 
-    async fn read(&self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Vec<RangeRecords>, SchedulerError> {
+    /// The scheduler's own read connection number `slot` to `broker` (reads long enough to
+    /// hold up a shared connection, and a broker serves one connection's requests in order).
+    async fn read_connection(&mut self, broker: &str, slot: usize) -> Result<Arc<Connection>, sluice_client::Error> {
+        let key = (broker.to_owned(), slot);
+        if let Some(connection) = self.read_connections.get(&key).filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(connection));
+        }
+        let connection = Arc::new(Connection::connect(broker, self.client.config().connection.clone()).await?);
+        self.read_connections.insert(key, Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    async fn read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Vec<RangeRecords>, SchedulerError> {
         let tasks = split_ranges(ranges, self.config.min_partitions);
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_concurrent_tasks.max(1)));
+        let slots = self.config.read_connections_per_broker.max(1);
         let mut running = tokio::task::JoinSet::new();
         for (index, task) in tasks.into_iter().enumerate() {
+            let planning = |source| SchedulerError::Planning { batch_id, source };
+            let leader = self.client.leader(&task.topic, task.partition).await.map_err(planning)?;
+            let connection = self.read_connection(leader.broker(), index % slots).await.map_err(planning)?;
             let (client, options, limit) = (self.client.clone(), self.config.fetch, Arc::clone(&limit));
             let attempts = self.config.task_attempts.max(1);
             running.spawn(async move {
@@ -486,7 +508,7 @@ impl<C: Clock> Scheduler<C> {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match fetch_range(&client, &task, &options).await {
+                    match fetch_range_on(&client, &connection, &task, &options).await {
                         Ok(records) => return Ok((index, records)),
                         Err(e) if attempt >= attempts => return Err((attempt, e)),
                         Err(_) => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
