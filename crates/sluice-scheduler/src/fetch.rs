@@ -57,6 +57,11 @@ pub struct RangeRecords {
 }
 
 impl RangeRecords {
+    /// Bytes of record data held (the batches' decompressed data).
+    pub fn data_bytes(&self) -> usize {
+        self.batches.iter().map(RecordBatch::data_len).sum()
+    }
+
     /// The records with offsets in the range, in order.
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
         let (from, until) = (self.range.from, self.range.until);

@@ -50,6 +50,9 @@ pub struct SchedulerConfig {
     pub max_concurrent_tasks: usize,
     /// Connections of the scheduler's own to each broker that read tasks are spread over.
     pub read_connections_per_broker: usize,
+    /// The next batch is planned and read while the current one is processed, when its records
+    /// are expected to take at most this many bytes; 0 turns prefetching off.
+    pub prefetch_max_bytes: usize,
     /// Attempts per read task before the batch fails.
     pub task_attempts: u32,
     /// Where partitions without a committed position start.
@@ -82,6 +85,7 @@ impl SchedulerConfig {
             min_partitions: 0,
             max_concurrent_tasks: 8,
             read_connections_per_broker: 2,
+            prefetch_max_bytes: 256 << 20,
             task_attempts: 3,
             starting_offsets: StartingOffsets::Earliest,
             ending_offsets: None,
@@ -233,6 +237,41 @@ impl BatchProgress {
     }
 }
 
+/// Read tasks running in the background; aborted if dropped unfinished.
+#[derive(Debug)]
+struct Reading {
+    handle: Option<tokio::task::JoinHandle<Result<Vec<RangeRecords>, SchedulerError>>>,
+    batch_id: u64,
+}
+
+impl Reading {
+    async fn finish(&mut self) -> Result<Vec<RangeRecords>, SchedulerError> {
+        let batch_id = self.batch_id;
+        match self.handle.take() {
+            Some(handle) => handle.await.unwrap_or_else(|e| {
+                Err(SchedulerError::Processing { batch_id, reason: format!("the read tasks stopped: {e}") })
+            }),
+            None => Err(SchedulerError::Processing { batch_id, reason: "the read tasks were already taken".into() }),
+        }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
+    }
+}
+
+/// The next batch, planned and being read while the current one is processed.
+#[derive(Debug)]
+struct Prefetched {
+    ranges: Vec<OffsetRange>,
+    latest: Vec<i64>,
+    reading: Reading,
+}
+
 /// Runs micro-batches over Kafka partitions with a write-ahead checkpoint log.
 #[derive(Debug)]
 pub struct Scheduler<C: Clock> {
@@ -254,6 +293,7 @@ pub struct Scheduler<C: Clock> {
     /// When partitions were last looked up (clock ms).
     discovered_at_ms: Option<u64>,
     read_connections: BTreeMap<(String, usize), Arc<Connection>>,
+    prefetched: Option<Prefetched>,
 }
 
 fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
@@ -322,6 +362,7 @@ impl<C: Clock> Scheduler<C> {
             known_high_watermarks: BTreeMap::new(),
             discovered_at_ms: None,
             read_connections: BTreeMap::new(),
+            prefetched: None,
         })
     }
 
@@ -439,7 +480,17 @@ impl<C: Clock> Scheduler<C> {
 
     async fn plan(&mut self, batch_id: u64) -> Result<(Vec<OffsetRange>, Vec<i64>), SchedulerError> {
         self.discover(batch_id).await?;
-        let partitions: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let positions = self.positions.clone();
+        self.plan_from(batch_id, &positions).await
+    }
+
+    /// Plans batch `batch_id` as if the partitions stood at `positions`.
+    async fn plan_from(
+        &mut self,
+        batch_id: u64,
+        positions: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<(Vec<OffsetRange>, Vec<i64>), SchedulerError> {
+        let partitions: Vec<TopicPartition> = positions.keys().cloned().collect();
         // One ListOffsets per leader; the high watermarks fetches reported fill in where a
         // broker answers short.
         let listed = self
@@ -455,9 +506,9 @@ impl<C: Clock> Scheduler<C> {
                 self.known_high_watermarks.insert(key.clone(), probed);
             }
         }
-        let mut inputs = Vec::with_capacity(self.positions.len());
-        let mut latest_offsets = Vec::with_capacity(self.positions.len());
-        for (key, from) in &self.positions {
+        let mut inputs = Vec::with_capacity(positions.len());
+        let mut latest_offsets = Vec::with_capacity(positions.len());
+        for (key, from) in positions {
             let (topic, partition) = key;
             let listed = listed.get(key).copied().unwrap_or(*from);
             let latest = listed.max(self.known_high_watermarks.get(key).copied().unwrap_or(-1));
@@ -493,6 +544,12 @@ impl<C: Clock> Scheduler<C> {
     }
 
     async fn read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Vec<RangeRecords>, SchedulerError> {
+        let mut reading = self.start_read(batch_id, ranges).await?;
+        reading.finish().await
+    }
+
+    /// Starts the read tasks of a batch in the background.
+    async fn start_read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Reading, SchedulerError> {
         let tasks = split_ranges(ranges, self.config.min_partitions);
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_concurrent_tasks.max(1)));
         let slots = self.config.read_connections_per_broker.max(1);
@@ -516,52 +573,108 @@ impl<C: Clock> Scheduler<C> {
                 }
             });
         }
-        let mut read = Vec::new();
-        while let Some(joined) = running.join_next().await {
-            match joined {
-                Ok(Ok(done)) => read.push(done),
-                Ok(Err((attempts, source))) => {
-                    return Err(SchedulerError::Task { batch_id, attempts, source: Box::new(source) })
-                }
-                Err(e) => {
-                    return Err(SchedulerError::Processing { batch_id, reason: format!("a read task panicked: {e}") })
+        let collect = async move {
+            let mut read = Vec::new();
+            while let Some(joined) = running.join_next().await {
+                match joined {
+                    Ok(Ok(done)) => read.push(done),
+                    Ok(Err((attempts, source))) => {
+                        return Err(SchedulerError::Task { batch_id, attempts, source: Box::new(source) })
+                    }
+                    Err(e) => {
+                        let reason = format!("a read task panicked: {e}");
+                        return Err(SchedulerError::Processing { batch_id, reason });
+                    }
                 }
             }
+            read.sort_by_key(|(index, _)| *index);
+            Ok(read.into_iter().map(|(_, records)| records).collect())
+        };
+        Ok(Reading { handle: Some(tokio::spawn(collect)), batch_id })
+    }
+
+    /// Plans the next batch from where this one ends and starts reading it, so its data arrives
+    /// while this one is processed; only when its records are expected to fit in
+    /// `prefetch_max_bytes` (judged by this batch's bytes per offset). Its intent is written
+    /// when it starts, as usual: until then the reads have no effect anywhere.
+    async fn prefetch_next(&mut self, batch_id: u64, ranges: &[OffsetRange], tasks: &[RangeRecords]) {
+        // An empty batch says new data is not flowing: planning ahead would only cost a round trip.
+        let empty = ranges.iter().all(OffsetRange::is_empty);
+        if empty
+            || self.config.prefetch_max_bytes == 0
+            || self.config.trigger == Trigger::Once
+            || self.stop.load(Ordering::SeqCst)
+        {
+            return;
         }
-        read.sort_by_key(|(index, _)| *index);
-        Ok(read.into_iter().map(|(_, records)| records).collect())
+        let mut next_positions = self.positions.clone();
+        for range in ranges {
+            next_positions.insert((range.topic.clone(), range.partition), range.until);
+        }
+        let done = self
+            .config
+            .ending_offsets
+            .as_ref()
+            .is_some_and(|ending| ending.iter().all(|(tp, end)| next_positions.get(tp).is_some_and(|p| p >= end)));
+        if done {
+            return;
+        }
+        let Ok((next_ranges, latest)) = self.plan_from(batch_id + 1, &next_positions).await else { return };
+        let offsets: i64 = ranges.iter().map(OffsetRange::len).sum();
+        let next_offsets: i64 = next_ranges.iter().map(OffsetRange::len).sum();
+        let bytes: usize = tasks.iter().map(RangeRecords::data_bytes).sum();
+        let estimate = if offsets > 0 { bytes as f64 / offsets as f64 * next_offsets as f64 } else { 0.0 };
+        if next_offsets == 0 || estimate > self.config.prefetch_max_bytes as f64 {
+            return;
+        }
+        if let Ok(reading) = self.start_read(batch_id + 1, &next_ranges).await {
+            self.prefetched = Some(Prefetched { ranges: next_ranges, latest, reading });
+        }
     }
 
     /// Plans (or takes the open intent), writes the intent, reads, processes, commits.
     async fn run_batch<P: Processor>(&mut self, processor: &mut P) -> Result<(BatchProgress, bool), SchedulerError> {
         let batch_id = self.next_batch_id;
         let started = self.clock.now_ms();
+        let mut reading = None;
         let (ranges, latest, rerun) = match self.pending.take() {
             Some(intent) => {
                 let ranges: Vec<OffsetRange> = intent.ranges.iter().map(from_log_range).collect();
                 let latest = ranges.iter().map(|r| r.until).collect();
                 (ranges, latest, true)
             }
-            None => {
-                let (ranges, latest) = self.plan(batch_id).await?;
-                (ranges, latest, false)
-            }
+            None => match self.prefetched.take().filter(|p| p.reading.batch_id == batch_id) {
+                Some(prefetched) => {
+                    reading = Some(prefetched.reading);
+                    (prefetched.ranges, prefetched.latest, false)
+                }
+                None => {
+                    let (ranges, latest) = self.plan(batch_id).await?;
+                    (ranges, latest, false)
+                }
+            },
         };
         let planned = self.clock.now_ms();
+        let intent = BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
         if !rerun {
-            let intent =
-                BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
             self.log.append_intent(&intent)?;
             self.log.commit()?;
         }
+        // Until the commit is durable this batch is open: if anything below fails, a later run
+        // (in this process or after a restart) re-runs it with the same ranges.
+        self.pending = Some(intent);
         let intent_written = self.clock.now_ms();
-        let tasks = self.read(batch_id, &ranges).await?;
+        let tasks = match reading.take() {
+            Some(mut reading) => reading.finish().await?,
+            None => self.read(batch_id, &ranges).await?,
+        };
         for task in &tasks {
             let key = (task.range.topic.clone(), task.range.partition);
             let known = self.known_high_watermarks.entry(key).or_insert(-1);
             *known = (*known).max(task.high_watermark);
         }
         let fetched = self.clock.now_ms();
+        self.prefetch_next(batch_id, &ranges, &tasks).await;
         let batch = Batch { batch_id, ranges: ranges.clone(), tasks, rerun };
         let rows = batch.record_count() as u64;
         let output =
@@ -573,6 +686,7 @@ impl<C: Clock> Scheduler<C> {
             sink_markers: output.sink_markers,
         })?;
         self.log.commit()?;
+        self.pending = None;
         if let Some(group) = &self.config.commit_to_group {
             let offsets: Vec<(String, i32, i64)> =
                 ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();

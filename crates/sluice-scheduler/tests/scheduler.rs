@@ -142,3 +142,17 @@ async fn a_failed_batch_is_rerun_after_reopening_with_the_ranges_of_its_intent()
     assert_eq!(rerun.1, failed_ranges, "the same ranges as the intent");
     assert_exactly_once(&collect.seen);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_again_after_a_failure_in_the_same_process_reruns_the_open_batch() {
+    let (_tansu, client) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut collect = Collect { fail_at: Some(1), ..Collect::default() };
+    let mut scheduler = Scheduler::open(client, dir.path(), bounded_config(), ManualClock::new(0)).unwrap();
+    assert!(scheduler.run(&mut collect, |_| {}).await.is_err());
+    let failed_ranges = collect.batches.last().unwrap().1.clone();
+    scheduler.run(&mut collect, |_| {}).await.unwrap();
+    let rerun = collect.batches.iter().find(|(id, _, rerun)| *id == 1 && *rerun).expect("batch 1 ran again");
+    assert_eq!(rerun.1, failed_ranges);
+    assert_exactly_once(&collect.seen);
+}

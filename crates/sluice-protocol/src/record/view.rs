@@ -67,6 +67,11 @@ impl RecordBatch {
         Self { header, data, entries }
     }
 
+    /// Bytes of (decompressed) record data the batch holds on to.
+    pub fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
     /// How many records the batch holds.
     pub fn len(&self) -> usize {
         self.entries.len()
