@@ -568,27 +568,12 @@ impl GroupConsumer {
             return Ok(());
         }
         let (member_id, generation, _) = self.shared.snapshot();
-        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (topic, partition, offset) in offsets {
-            topics.entry(topic).or_default().push(OffsetCommitRequestPartition {
-                partition_index: *partition,
-                committed_offset: *offset,
-                ..Default::default()
-            });
-        }
         let request = OffsetCommitRequest {
             group_id: self.config.group_id.clone(),
             generation_id_or_member_epoch: generation,
             member_id,
             group_instance_id: self.config.group_instance_id.clone(),
-            topics: topics
-                .into_iter()
-                .map(|(name, partitions)| OffsetCommitRequestTopic {
-                    name: name.to_owned(),
-                    partitions,
-                    ..Default::default()
-                })
-                .collect(),
+            topics: commit_topics(offsets),
             ..OffsetCommitRequest::default()
         };
         let mut attempts = 0;
@@ -751,25 +736,10 @@ impl Client {
     /// membership (generation -1), as a job that assigns its own partitions does so that lag
     /// tools see its progress. The coordinator refuses it while the group has active members.
     pub async fn commit_group_offsets(&self, group_id: &str, offsets: &[(String, i32, i64)]) -> Result<()> {
-        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (topic, partition, offset) in offsets {
-            topics.entry(topic).or_default().push(OffsetCommitRequestPartition {
-                partition_index: *partition,
-                committed_offset: *offset,
-                ..Default::default()
-            });
-        }
         let request = OffsetCommitRequest {
             group_id: group_id.to_owned(),
             generation_id_or_member_epoch: -1,
-            topics: topics
-                .into_iter()
-                .map(|(name, partitions)| OffsetCommitRequestTopic {
-                    name: name.to_owned(),
-                    partitions,
-                    ..Default::default()
-                })
-                .collect(),
+            topics: commit_topics(offsets),
             ..OffsetCommitRequest::default()
         };
         let coordinator = self.group_coordinator(group_id).await?;
@@ -800,6 +770,22 @@ impl Client {
         };
         Ok(committed.into_iter().filter_map(|(partition, offset)| Some((partition, offset?))).collect())
     }
+}
+
+/// OffsetCommit's topics for (topic, partition, offset) triples.
+fn commit_topics(offsets: &[(String, i32, i64)]) -> Vec<OffsetCommitRequestTopic> {
+    let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+    for (topic, partition, offset) in offsets {
+        topics.entry(topic).or_default().push(OffsetCommitRequestPartition {
+            partition_index: *partition,
+            committed_offset: *offset,
+            ..Default::default()
+        });
+    }
+    topics
+        .into_iter()
+        .map(|(name, partitions)| OffsetCommitRequestTopic { name: name.to_owned(), partitions, ..Default::default() })
+        .collect()
 }
 
 fn owned_topics(partitions: &[(String, i32)]) -> Vec<OwnedTopic> {
