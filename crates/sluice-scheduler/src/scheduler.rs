@@ -371,6 +371,23 @@ impl<C: Clock> Scheduler<C> {
         Arc::clone(&self.stop)
     }
 
+    /// Stops the run gracefully on SIGTERM or SIGINT: the batch under way finishes and commits,
+    /// then `run` returns. Call from within a tokio runtime.
+    pub fn stop_on_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let stop = Arc::clone(&self.stop);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        Ok(())
+    }
+
     /// The next offset to process per partition (committed positions).
     pub fn positions(&self) -> &BTreeMap<TopicPartition, i64> {
         &self.positions

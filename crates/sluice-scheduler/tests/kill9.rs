@@ -59,11 +59,14 @@ impl Processor for Report {
     }
 }
 
-fn run_child(dir: &Path, broker: &str) -> ! {
+fn run_child(dir: &Path, broker: &str, graceful: bool) -> ! {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
         let mut scheduler = Scheduler::open(client, dir, config(), SystemClock::new()).unwrap();
+        if graceful {
+            scheduler.stop_on_signals().unwrap();
+        }
         scheduler.run(&mut Report, |_| {}).await.unwrap();
     });
     println!("DONE");
@@ -127,19 +130,8 @@ fn child(dir: &Path, broker: &str, kill_after: Option<Duration>) -> (Vec<(u64, S
     (seen.0.clone(), seen.1)
 }
 
-#[test]
-fn committed_ranges_cover_every_offset_once_across_sigkills() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        let (dir, broker) = spec.split_once('|').unwrap();
-        run_child(Path::new(dir), broker);
-    }
-    let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    println!("scheduler SIGKILL test seed {seed} (replay with SLUICE_KILL_SEED={seed})");
-    let mut rng = Rng(seed);
-    let kills: u64 = std::env::var("SLUICE_SCHEDULER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-
+/// A broker with the job's topic filled.
+fn broker_with_data() -> Tansu {
     let tansu = Tansu::start();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
@@ -157,6 +149,68 @@ fn committed_ranges_cover_every_offset_once_across_sigkills() {
         }
         producer.flush().await;
     });
+    tansu
+}
+
+const GRACEFUL_TEST_NAME: &str = "sigterm_lets_the_batch_under_way_commit_and_leaves_nothing_open";
+const GRACEFUL_CHILD_ENV: &str = "SLUICE_SCHEDULER_TERM_CHILD";
+
+/// The id in a "PROCESS id ranges" report, wherever it starts on the line.
+fn reported_batch(line: &str) -> Option<u64> {
+    let at = line.find("PROCESS ")?;
+    line.get(at + "PROCESS ".len()..)?.split(' ').next()?.parse().ok()
+}
+
+#[test]
+fn sigterm_lets_the_batch_under_way_commit_and_leaves_nothing_open() {
+    if let Ok(spec) = std::env::var(GRACEFUL_CHILD_ENV) {
+        let (dir, broker) = spec.split_once('|').unwrap();
+        run_child(Path::new(dir), broker, true);
+    }
+    let tansu = broker_with_data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([GRACEFUL_TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(GRACEFUL_CHILD_ENV, format!("{}|{}", dir.path().display(), tansu.addr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut begun = Vec::new();
+    while begun.len() < 5 {
+        let line = lines.next().expect("the child reports batches").unwrap();
+        begun.extend(reported_batch(&line));
+    }
+    // Mid-run (each batch's work takes 5 ms): SIGTERM.
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success(), "the scheduler exits cleanly on SIGTERM");
+    assert!(rest.iter().any(|l| l.ends_with("DONE")), "run returned normally");
+    begun.extend(rest.iter().filter_map(|l| reported_batch(l)));
+
+    let (_, recovered) = sluice_checkpoint::Log::open(dir.path(), config().checkpoint).unwrap();
+    assert!(recovered.pending.is_empty(), "no batch left open: the one under way committed");
+    let last = recovered.last_committed.expect("batches committed").intent.batch_id;
+    assert_eq!(Some(&last), begun.iter().max(), "the last batch begun is the last committed");
+    assert!(last < 399, "stopped long before the end of the job");
+}
+
+#[test]
+fn committed_ranges_cover_every_offset_once_across_sigkills() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        let (dir, broker) = spec.split_once('|').unwrap();
+        run_child(Path::new(dir), broker, false);
+    }
+    let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("scheduler SIGKILL test seed {seed} (replay with SLUICE_KILL_SEED={seed})");
+    let mut rng = Rng(seed);
+    let kills: u64 = std::env::var("SLUICE_SCHEDULER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+
+    let tansu = broker_with_data();
 
     let dir = tempfile::tempdir().unwrap();
     let mut processed: Vec<(u64, String)> = Vec::new();
