@@ -36,6 +36,9 @@ pub enum StartingOffsets {
 pub struct SchedulerConfig {
     /// The topics to read (every partition of each).
     pub topics: Vec<String>,
+    /// Also read every topic whose name matches this regular expression (internal topics
+    /// excluded), including topics created while the job runs (seen at the next discovery).
+    pub topic_pattern: Option<String>,
     /// When batches run.
     pub trigger: Trigger,
     /// The interval rates are applied over (and the processing-time trigger's, usually).
@@ -78,6 +81,7 @@ impl SchedulerConfig {
     pub fn new<S: Into<String>>(topics: impl IntoIterator<Item = S>, batch_interval: Duration) -> Self {
         Self {
             topics: topics.into_iter().map(Into::into).collect(),
+            topic_pattern: None,
             trigger: Trigger::ProcessingTime(batch_interval),
             batch_interval,
             limits: RateLimits::default(),
@@ -132,6 +136,9 @@ pub enum SchedulerError {
         /// What the processor said.
         reason: String,
     },
+    /// The configuration cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The log holds an intent whose ranges this scheduler cannot use.
     #[error("checkpoint: {0}")]
     Inconsistent(String),
@@ -294,6 +301,7 @@ pub struct Scheduler<C: Clock> {
     discovered_at_ms: Option<u64>,
     read_connections: BTreeMap<(String, usize), Arc<Connection>>,
     prefetched: Option<Prefetched>,
+    pattern: Option<regex::Regex>,
 }
 
 fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
@@ -345,6 +353,12 @@ impl<C: Clock> Scheduler<C> {
                 )));
             }
         }
+        let pattern = match &config.topic_pattern {
+            Some(pattern) => Some(regex::Regex::new(pattern).map_err(|e| {
+                SchedulerError::Config(format!("topic_pattern {pattern:?} is not a valid regular expression: {e}"))
+            })?),
+            None => None,
+        };
         let interval = millis(config.batch_interval);
         let estimator = config.backpressure.then(|| PidRateEstimator::new(interval));
         Ok(Self {
@@ -363,6 +377,7 @@ impl<C: Clock> Scheduler<C> {
             discovered_at_ms: None,
             read_connections: BTreeMap::new(),
             prefetched: None,
+            pattern,
         })
     }
 
@@ -451,9 +466,20 @@ impl<C: Clock> Scheduler<C> {
         }
         self.discovered_at_ms = Some(now);
         let planning = |source| SchedulerError::Planning { batch_id, source };
-        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
-        let metadata = self.client.refresh_metadata(Some(&topics)).await.map_err(planning)?;
-        for topic in &self.config.topics {
+        let metadata = match &self.pattern {
+            // A pattern needs every topic's name.
+            Some(_) => self.client.refresh_metadata(None).await.map_err(planning)?,
+            None => {
+                let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+                self.client.refresh_metadata(Some(&topics)).await.map_err(planning)?
+            }
+        };
+        let mut topics = self.config.topics.clone();
+        if let Some(pattern) = &self.pattern {
+            let matching = metadata.topics.iter().filter(|(name, t)| !t.is_internal && pattern.is_match(name));
+            topics.extend(matching.map(|(name, _)| name.clone()).filter(|name| !self.config.topics.contains(name)));
+        }
+        for topic in &topics {
             let Some(described) = metadata.topics.get(topic) else { continue };
             for partition in &described.partitions {
                 let key = (topic.clone(), partition.partition);

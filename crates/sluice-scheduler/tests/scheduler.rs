@@ -156,3 +156,41 @@ async fn running_again_after_a_failure_in_the_same_process_reruns_the_open_batch
     assert_eq!(rerun.1, failed_ranges);
     assert_exactly_once(&collect.seen);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_pattern_reads_every_matching_topic_and_no_other() {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    for topic in ["clicks-eu", "clicks-us", "payments"] {
+        client.create_topic(topic, 2, 1).await.unwrap();
+        for i in 0..100 {
+            let record =
+                ProducerRecord { partition: Some(i % 2), ..ProducerRecord::new(topic, format!("{topic}:{i}")) };
+            drop(producer.send(record).await.unwrap());
+        }
+    }
+    producer.flush().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = SchedulerConfig {
+        topic_pattern: Some("^clicks-".into()),
+        trigger: sluice_scheduler::Trigger::AvailableNow,
+        ..SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(100))
+    };
+    let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
+    let mut collect = Collect::default();
+    scheduler.run(&mut collect, |_| {}).await.unwrap();
+    let mut values: Vec<String> = collect.seen.iter().map(|(_, _, v)| v.clone()).collect();
+    values.sort();
+    let mut expected: Vec<String> =
+        ["clicks-eu", "clicks-us"].iter().flat_map(|t| (0..100).map(move |i| format!("{t}:{i}"))).collect();
+    expected.sort();
+    assert_eq!(values, expected, "both matching topics, all of them, once; nothing of payments");
+
+    let bad =
+        SchedulerConfig { topic_pattern: Some("(".into()), ..SchedulerConfig::new(["x"], Duration::from_secs(1)) };
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    let error = Scheduler::open(client, tempfile::tempdir().unwrap().path(), bad, ManualClock::new(0)).unwrap_err();
+    assert!(error.to_string().contains("not a valid regular expression"), "{error}");
+}
