@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::create_topics_request::CreatableTopic;
+use sluice_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
 use sluice_protocol::messages::delete_topics_request::DeleteTopicState;
 use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use sluice_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use sluice_protocol::messages::metadata_request::MetadataRequestTopic;
 use sluice_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
+    CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
+    MetadataResponse,
 };
 use sluice_protocol::primitives::Uuid;
 use sluice_protocol::record::{decode_records, DecodeOptions, DecodedRecords};
@@ -483,6 +485,34 @@ impl Client {
         crate::connection::check_error(connection.broker(), "ListOffsets", answer.error_code)?;
         // v0 answers with a list of offsets; later versions with one.
         Ok(answer.old_style_offsets.first().copied().unwrap_or(answer.offset))
+    }
+
+    /// Deletes the records of `topic`/`partition` before `before_offset` (moves the log start
+    /// offset, as retention does); returns the new log start offset.
+    pub async fn delete_records(&self, topic: &str, partition: i32, before_offset: i64) -> Result<i64> {
+        let request = DeleteRecordsRequest {
+            topics: vec![DeleteRecordsTopic {
+                name: topic.into(),
+                partitions: vec![DeleteRecordsPartition {
+                    partition_index: partition,
+                    offset: before_offset,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            timeout_ms: self.broker_timeout_ms(),
+            ..DeleteRecordsRequest::default()
+        };
+        let connection = self.leader(topic, partition).await?;
+        let response = connection.send(&request).await?;
+        let answer = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| missing_partition(connection.broker(), "DeleteRecords"))?;
+        crate::connection::check_error(connection.broker(), "DeleteRecords", answer.error_code)?;
+        Ok(answer.low_watermark)
     }
 
     /// Looks up an offset of many partitions at once: one ListOffsets request per leader, the

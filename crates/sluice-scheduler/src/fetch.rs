@@ -54,6 +54,20 @@ pub struct RangeRecords {
     pub batches: Vec<RecordBatch>,
     /// The partition's high watermark as the last fetch reported it (-1 if nothing was fetched).
     pub high_watermark: i64,
+    /// Offsets of the range the log no longer held (deleted by retention), skipped under
+    /// [`DataLoss::Skip`].
+    pub lost_offsets: i64,
+}
+
+/// What to do when offsets of a range are no longer in the log (deleted by retention before
+/// the job read them), like Spark's `failOnDataLoss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataLoss {
+    /// Fail the read with [`FetchRangeError::Unavailable`], naming the missing offsets.
+    #[default]
+    Fail,
+    /// Go on from the log start and count the offsets lost.
+    Skip,
 }
 
 impl RangeRecords {
@@ -83,17 +97,19 @@ pub async fn fetch_range(
     range: &OffsetRange,
     options: &FetchOptions,
 ) -> Result<RangeRecords, FetchRangeError> {
-    fetch_range_via(client, None, range, options).await
+    fetch_range_via(client, None, range, options, DataLoss::Fail).await
 }
 
-/// [`fetch_range`] over `connection`, a connection of the caller's own to the leader.
+/// [`fetch_range`] over `connection`, a connection of the caller's own to the leader, with a
+/// policy for offsets the log no longer holds.
 pub async fn fetch_range_on(
     client: &Client,
     connection: &Connection,
     range: &OffsetRange,
     options: &FetchOptions,
+    on_loss: DataLoss,
 ) -> Result<RangeRecords, FetchRangeError> {
-    fetch_range_via(client, Some(connection), range, options).await
+    fetch_range_via(client, Some(connection), range, options, on_loss).await
 }
 
 async fn fetch_range_via(
@@ -101,11 +117,13 @@ async fn fetch_range_via(
     connection: Option<&Connection>,
     range: &OffsetRange,
     options: &FetchOptions,
+    on_loss: DataLoss,
 ) -> Result<RangeRecords, FetchRangeError> {
     let mut batches = Vec::new();
     let mut position = range.from;
     let mut stalled = 0;
     let mut high_watermark = -1;
+    let mut lost = 0;
     let client_error = |source| FetchRangeError::Client {
         topic: range.topic.clone(),
         partition: range.partition,
@@ -132,6 +150,22 @@ async fn fetch_range_via(
         if stalled >= MAX_STALLED_FETCHES {
             return Err(unavailable(fetched.high_watermark, fetched.log_start_offset));
         }
+        // The log no longer starts at or before the position: records were deleted (retention,
+        // DeleteRecords). Whether the broker says OFFSET_OUT_OF_RANGE or (Tansu) answers from
+        // the log start, this is data loss.
+        let deleted = matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange)
+            && fetched.log_start_offset > position;
+        if deleted {
+            match on_loss {
+                DataLoss::Fail => return Err(unavailable(fetched.high_watermark, fetched.log_start_offset)),
+                DataLoss::Skip => {
+                    let resume = fetched.log_start_offset.min(range.until);
+                    lost += resume - position;
+                    position = resume;
+                    continue;
+                }
+            }
+        }
         match fetched.error {
             ErrorCode::None => {}
             ErrorCode::OffsetOutOfRange => return Err(unavailable(fetched.high_watermark, fetched.log_start_offset)),
@@ -157,5 +191,5 @@ async fn fetch_range_via(
         position = next;
         batches.extend(fetched.records.batches.into_iter().filter(|b| b.header.base_offset < range.until));
     }
-    Ok(RangeRecords { range: range.clone(), batches, high_watermark })
+    Ok(RangeRecords { range: range.clone(), batches, high_watermark, lost_offsets: lost })
 }

@@ -15,7 +15,7 @@ use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions};
 use sluice_client::{Client, Connection, FetchOptions, OffsetSpec};
 
 use crate::clock::Clock;
-use crate::fetch::{fetch_range_on, FetchRangeError, RangeRecords};
+use crate::fetch::{fetch_range_on, DataLoss, FetchRangeError, RangeRecords};
 use crate::plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 use crate::rate::PidRateEstimator;
 use crate::trigger::{Trigger, TriggerState};
@@ -58,6 +58,9 @@ pub struct SchedulerConfig {
     pub prefetch_max_bytes: usize,
     /// Attempts per read task before the batch fails.
     pub task_attempts: u32,
+    /// Offsets deleted from the log before the job read them fail the batch (true, the
+    /// default), or are skipped and counted in the progress records (Spark's `failOnDataLoss`).
+    pub fail_on_data_loss: bool,
     /// Where partitions without a committed position start.
     pub starting_offsets: StartingOffsets,
     /// A bounded run: stop once every partition reaches these offsets (or its end, for
@@ -91,6 +94,7 @@ impl SchedulerConfig {
             read_connections_per_broker: 2,
             prefetch_max_bytes: 256 << 20,
             task_attempts: 3,
+            fail_on_data_loss: true,
             starting_offsets: StartingOffsets::Earliest,
             ending_offsets: None,
             fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
@@ -196,6 +200,8 @@ pub struct PartitionProgress {
     pub latest_offset: i64,
     /// Records between the batch's end and the latest offset.
     pub lag: i64,
+    /// Offsets of the range the log no longer held (skipped when `fail_on_data_loss` is off).
+    pub lost_offsets: i64,
 }
 
 /// Durations of a batch's phases, in milliseconds.
@@ -603,12 +609,13 @@ impl<C: Clock> Scheduler<C> {
             let connection = self.read_connection(leader.broker(), index % slots).await.map_err(planning)?;
             let (client, options, limit) = (self.client.clone(), self.config.fetch, Arc::clone(&limit));
             let attempts = self.config.task_attempts.max(1);
+            let on_loss = if self.config.fail_on_data_loss { DataLoss::Fail } else { DataLoss::Skip };
             running.spawn(async move {
                 let _slot = limit.acquire_owned().await;
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match fetch_range_on(&client, &connection, &task, &options).await {
+                    match fetch_range_on(&client, &connection, &task, &options, on_loss).await {
                         Ok(records) => return Ok((index, records)),
                         Err(e) if attempt >= attempts => return Err((attempt, e)),
                         Err(_) => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
@@ -718,6 +725,10 @@ impl<C: Clock> Scheduler<C> {
         }
         let fetched = self.clock.now_ms();
         self.prefetch_next(batch_id, &ranges, &tasks).await;
+        let mut lost: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        for task in &tasks {
+            *lost.entry((task.range.topic.clone(), task.range.partition)).or_default() += task.lost_offsets;
+        }
         let batch = Batch { batch_id, ranges: ranges.clone(), tasks, rerun };
         let rows = batch.record_count() as u64;
         let output =
@@ -783,6 +794,7 @@ impl<C: Clock> Scheduler<C> {
                     end_offset: r.until,
                     latest_offset: *latest,
                     lag: (latest - r.until).max(0),
+                    lost_offsets: lost.get(&(r.topic.clone(), r.partition)).copied().unwrap_or(0),
                 })
                 .collect(),
             rerun,
