@@ -29,6 +29,9 @@ pub enum StartingOffsets {
     Latest,
     /// These offsets; partitions not listed start at the earliest offset.
     Offsets(BTreeMap<TopicPartition, i64>),
+    /// The first record at or after this time (milliseconds since the epoch), or the log end if
+    /// there is none.
+    Timestamp(i64),
 }
 
 /// How a [`Scheduler`] runs.
@@ -498,6 +501,14 @@ impl<C: Clock> Scheduler<C> {
                 let start = match &self.config.starting_offsets {
                     StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => offsets.get(&key).copied(),
                     StartingOffsets::Latest if first => None,
+                    StartingOffsets::Timestamp(ms) if first => Some(
+                        self.client
+                            .list_offset(topic, partition.partition, OffsetSpec::Timestamp(*ms))
+                            .await
+                            .map_err(planning)?,
+                    )
+                    // -1: no record that late.
+                    .filter(|offset| *offset >= 0),
                     _ => Some(
                         self.client
                             .list_offset(topic, partition.partition, OffsetSpec::Earliest)

@@ -265,3 +265,44 @@ async fn with_fail_on_data_loss_off_the_lost_offsets_are_skipped_and_counted() {
     assert_eq!(offsets, (40..100).collect::<Vec<_>>(), "everything still in the log, once");
     assert_eq!(lost, 40, "the progress records count the lost offsets");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_at_a_timestamp_skips_what_came_before_it() {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    client.create_topic("timed", 1, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let send_all = |from: usize| {
+        let producer = &producer;
+        async move {
+            for i in from..from + 50 {
+                drop(
+                    producer
+                        .send(ProducerRecord { partition: Some(0), ..ProducerRecord::new("timed", format!("{i}")) })
+                        .await
+                        .unwrap(),
+                );
+            }
+            producer.flush().await;
+        }
+    };
+    send_all(0).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send_all(50).await;
+
+    // Records carry their creation time and Tansu indexes its write time: both put the
+    // second 50 after `now_ms`.
+    let config = SchedulerConfig {
+        starting_offsets: sluice_scheduler::StartingOffsets::Timestamp(now_ms),
+        trigger: sluice_scheduler::Trigger::AvailableNow,
+        ..SchedulerConfig::new(["timed"], Duration::from_millis(100))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
+    let mut collect = Collect::default();
+    scheduler.run(&mut collect, |_| {}).await.unwrap();
+    let offsets: Vec<i64> = collect.seen.iter().map(|(_, o, _)| *o).collect();
+    assert_eq!(offsets, (50..100).collect::<Vec<_>>());
+}
