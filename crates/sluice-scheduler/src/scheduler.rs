@@ -73,6 +73,8 @@ pub struct SchedulerConfig {
     pub fetch: FetchOptions,
     /// Progress records kept in memory.
     pub progress_history: usize,
+    /// Also append each batch's progress as a JSON line to this file (`-` for stdout).
+    pub progress_path: Option<std::path::PathBuf>,
     /// How often the topics' partitions are looked up again, to pick up new ones.
     pub partition_discovery_interval: Duration,
     /// After each batch, commit its end offsets to this consumer group, so that lag tools see
@@ -102,6 +104,7 @@ impl SchedulerConfig {
             ending_offsets: None,
             fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
             progress_history: 100,
+            progress_path: None,
             partition_discovery_interval: Duration::from_secs(5),
             commit_to_group: None,
             // Intents and commits are small: 8 MiB segments are quick to create and sync.
@@ -146,6 +149,14 @@ pub enum SchedulerError {
     /// The configuration cannot be used.
     #[error("configuration: {0}")]
     Config(String),
+    /// The progress file could not be written.
+    #[error("writing progress to {path}: {source}")]
+    Progress {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The log holds an intent whose ranges this scheduler cannot use.
     #[error("checkpoint: {0}")]
     Inconsistent(String),
@@ -444,6 +455,7 @@ impl<C: Clock> Scheduler<C> {
             trigger.batch_started(self.clock.now_ms());
             let (progress, reached_end) = self.run_batch(processor).await?;
             ran += 1;
+            self.write_progress(&progress)?;
             on_progress(&progress);
             if self.progress.len() >= self.config.progress_history.max(1) {
                 self.progress.pop_front();
@@ -455,6 +467,18 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         Ok(ran)
+    }
+
+    fn write_progress(&self, progress: &BatchProgress) -> Result<(), SchedulerError> {
+        use std::io::Write as _;
+        let Some(path) = &self.config.progress_path else { return Ok(()) };
+        let line = format!("{}\n", progress.to_json());
+        let error = |source| SchedulerError::Progress { path: path.display().to_string(), source };
+        if path.as_os_str() == "-" {
+            return std::io::stdout().lock().write_all(line.as_bytes()).map_err(error);
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(error)?;
+        file.write_all(line.as_bytes()).map_err(error)
     }
 
     /// Whether a bounded run already reached every ending offset (a finished job run again does

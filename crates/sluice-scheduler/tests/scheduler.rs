@@ -97,7 +97,13 @@ async fn a_bounded_run_reads_every_record_of_eight_partitions_exactly_once() {
     let (_tansu, client) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
-    let config = SchedulerConfig { commit_to_group: Some("clickers".into()), ..bounded_config() };
+    let progress_dir = tempfile::tempdir().unwrap();
+    let progress_file = progress_dir.path().join("progress.jsonl");
+    let config = SchedulerConfig {
+        commit_to_group: Some("clickers".into()),
+        progress_path: Some(progress_file.clone()),
+        ..bounded_config()
+    };
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, clock.clone()).unwrap();
     let mut collect = Collect::default();
     let mut progress: Vec<BatchProgress> = Vec::new();
@@ -112,6 +118,8 @@ async fn a_bounded_run_reads_every_record_of_eight_partitions_exactly_once() {
         assert_eq!(p.timestamp_ms, batch as u64 * 100, "one batch per 100 ms of the manual clock");
     }
     assert_eq!(progress.last().unwrap().sources.iter().map(|s| s.lag).sum::<i64>(), 0);
+    let lines: Vec<String> = std::fs::read_to_string(&progress_file).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(lines, progress.iter().map(BatchProgress::to_json).collect::<Vec<_>>(), "one JSON line per batch");
     let line = progress[0].to_json();
     assert!(line.contains("\"batch_id\":0") && line.contains("\"num_input_rows\":1600"), "{line}");
     assert_eq!(scheduler.positions().values().copied().collect::<Vec<_>>(), vec![PER_PARTITION; 8]);
