@@ -264,6 +264,9 @@ impl BatchProgress {
     }
 }
 
+/// Bytes per offset assumed for the first prefetch, before a batch has measured them.
+const ASSUMED_BYTES_PER_OFFSET: f64 = 256.0;
+
 /// Read tasks running in the background; aborted if dropped unfinished.
 #[derive(Debug)]
 struct Reading {
@@ -322,6 +325,8 @@ pub struct Scheduler<C: Clock> {
     read_connections: BTreeMap<(String, usize), Arc<Connection>>,
     prefetched: Option<Prefetched>,
     pattern: Option<regex::Regex>,
+    /// Record bytes per offset in the last batch read, to judge whether a prefetch fits.
+    bytes_per_offset: Option<f64>,
 }
 
 fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
@@ -398,6 +403,7 @@ impl<C: Clock> Scheduler<C> {
             read_connections: BTreeMap::new(),
             prefetched: None,
             pattern,
+            bytes_per_offset: None,
         })
     }
 
@@ -627,11 +633,6 @@ impl<C: Clock> Scheduler<C> {
         Ok(connection)
     }
 
-    async fn read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Vec<RangeRecords>, SchedulerError> {
-        let mut reading = self.start_read(batch_id, ranges).await?;
-        reading.finish().await
-    }
-
     /// Starts the read tasks of a batch in the background.
     async fn start_read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Reading, SchedulerError> {
         let tasks = split_ranges(ranges, self.config.min_partitions);
@@ -679,10 +680,10 @@ impl<C: Clock> Scheduler<C> {
     }
 
     /// Plans the next batch from where this one ends and starts reading it, so its data arrives
-    /// while this one is processed; only when its records are expected to fit in
-    /// `prefetch_max_bytes` (judged by this batch's bytes per offset). Its intent is written
+    /// while this one is read and processed; only when its records are expected to fit in
+    /// `prefetch_max_bytes` (judged by the last batch's bytes per offset). Its intent is written
     /// when it starts, as usual: until then the reads have no effect anywhere.
-    async fn prefetch_next(&mut self, batch_id: u64, ranges: &[OffsetRange], tasks: &[RangeRecords]) {
+    async fn prefetch_next(&mut self, batch_id: u64, ranges: &[OffsetRange]) {
         // An empty batch says new data is not flowing: planning ahead would only cost a round trip.
         let empty = ranges.iter().all(OffsetRange::is_empty);
         if empty
@@ -705,10 +706,9 @@ impl<C: Clock> Scheduler<C> {
             return;
         }
         let Ok((next_ranges, latest)) = self.plan_from(batch_id + 1, &next_positions).await else { return };
-        let offsets: i64 = ranges.iter().map(OffsetRange::len).sum();
         let next_offsets: i64 = next_ranges.iter().map(OffsetRange::len).sum();
-        let bytes: usize = tasks.iter().map(RangeRecords::data_bytes).sum();
-        let estimate = if offsets > 0 { bytes as f64 / offsets as f64 * next_offsets as f64 } else { 0.0 };
+        let per_offset = self.bytes_per_offset.unwrap_or(ASSUMED_BYTES_PER_OFFSET);
+        let estimate = per_offset * next_offsets as f64;
         if next_offsets == 0 || estimate > self.config.prefetch_max_bytes as f64 {
             return;
         }
@@ -749,17 +749,24 @@ impl<C: Clock> Scheduler<C> {
         // (in this process or after a restart) re-runs it with the same ranges.
         self.pending = Some(intent);
         let intent_written = self.clock.now_ms();
-        let tasks = match reading.take() {
-            Some(mut reading) => reading.finish().await?,
-            None => self.read(batch_id, &ranges).await?,
+        let mut reading = match reading.take() {
+            Some(reading) => reading,
+            None => self.start_read(batch_id, &ranges).await?,
         };
+        // The next batch starts reading now, beside this one, when it is expected to fit.
+        self.prefetch_next(batch_id, &ranges).await;
+        let tasks = reading.finish().await?;
         for task in &tasks {
             let key = (task.range.topic.clone(), task.range.partition);
             let known = self.known_high_watermarks.entry(key).or_insert(-1);
             *known = (*known).max(task.high_watermark);
         }
+        let offsets: i64 = ranges.iter().map(OffsetRange::len).sum();
+        if offsets > 0 {
+            let bytes: usize = tasks.iter().map(RangeRecords::data_bytes).sum();
+            self.bytes_per_offset = Some(bytes as f64 / offsets as f64);
+        }
         let fetched = self.clock.now_ms();
-        self.prefetch_next(batch_id, &ranges, &tasks).await;
         let mut lost: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         for task in &tasks {
             *lost.entry((task.range.topic.clone(), task.range.partition)).or_default() += task.lost_offsets;
