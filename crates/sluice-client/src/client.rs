@@ -399,6 +399,17 @@ pub enum OffsetSpec {
     Timestamp(i64),
 }
 
+impl OffsetSpec {
+    /// The ListOffsets timestamp field: -2 earliest, -1 latest, else the time.
+    fn wire(self) -> i64 {
+        match self {
+            Self::Earliest => -2,
+            Self::Latest => -1,
+            Self::Timestamp(ms) => ms,
+        }
+    }
+}
+
 /// Whether a fetch sees records of open and aborted transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Isolation {
@@ -457,34 +468,26 @@ const FETCH_BY_NAME_MAX_VERSION: i16 = 12;
 impl Client {
     /// Looks up an offset of `topic`/`partition` on its leader.
     pub async fn list_offset(&self, topic: &str, partition: i32, spec: OffsetSpec) -> Result<i64> {
-        let timestamp = match spec {
-            OffsetSpec::Earliest => -2,
-            OffsetSpec::Latest => -1,
-            OffsetSpec::Timestamp(ms) => ms,
+        let key = (topic.to_owned(), partition);
+        let offsets = self.list_offsets(std::slice::from_ref(&key), spec).await?;
+        offsets.get(&key).copied().ok_or_else(|| missing_partition("(leader)", "ListOffsets"))
+    }
+
+    /// The log end offset: the larger of what ListOffsets(latest) says and a fetch's high
+    /// watermark (some brokers, Tansu among them, answer ListOffsets(latest) short of the log
+    /// end: the base offset of the last batch + 1).
+    pub async fn log_end(&self, topic: &str, partition: i32, isolation: Isolation) -> Result<i64> {
+        let listed = self.list_offset(topic, partition, OffsetSpec::Latest).await?;
+        // Tansu answers a zero-wait fetch with no partitions at all; a short wait gets the
+        // watermark, and one byte is enough (the broker returns at most the batch at `listed`).
+        let probe = FetchOptions { max_wait: Duration::from_millis(50), min_bytes: 1, max_bytes: 1, isolation };
+        let high_watermark = match self.fetch_partition(topic, partition, listed, &probe).await {
+            Ok(fetched) => fetched.high_watermark,
+            // A broker with nothing at `listed` may leave the partition out of its answer.
+            Err(Error::Broker { code: ErrorCode::UnknownTopicOrPartition, .. }) => listed,
+            Err(e) => return Err(e),
         };
-        let request = ListOffsetsRequest {
-            // -1: a consumer's request (a broker id here would ask as a follower, for the log end
-            // rather than the high watermark).
-            replica_id: -1,
-            timeout_ms: self.broker_timeout_ms(),
-            topics: vec![ListOffsetsTopic {
-                name: topic.into(),
-                partitions: vec![ListOffsetsPartition { partition_index: partition, timestamp, ..Default::default() }],
-                ..Default::default()
-            }],
-            ..ListOffsetsRequest::default()
-        };
-        let connection = self.leader(topic, partition).await?;
-        let response = connection.send(&request).await?;
-        let answer = response
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| missing_partition(connection.broker(), "ListOffsets"))?;
-        crate::connection::check_error(connection.broker(), "ListOffsets", answer.error_code)?;
-        // v0 answers with a list of offsets; later versions with one.
-        Ok(answer.old_style_offsets.first().copied().unwrap_or(answer.offset))
+        Ok(listed.max(high_watermark))
     }
 
     /// Deletes the records of `topic`/`partition` before `before_offset` (moves the log start
@@ -522,11 +525,7 @@ impl Client {
         partitions: &[(String, i32)],
         spec: OffsetSpec,
     ) -> Result<BTreeMap<(String, i32), i64>> {
-        let timestamp = match spec {
-            OffsetSpec::Earliest => -2,
-            OffsetSpec::Latest => -1,
-            OffsetSpec::Timestamp(ms) => ms,
-        };
+        let timestamp = spec.wire();
         let mut by_leader: HashMap<String, (Arc<Connection>, OffsetsByTopic<'_>)> = HashMap::new();
         for (topic, partition) in partitions {
             let connection = self.leader(topic, *partition).await?;
@@ -541,6 +540,8 @@ impl Client {
         let mut asks = tokio::task::JoinSet::new();
         for (_, (connection, topics)) in by_leader {
             let request = ListOffsetsRequest {
+                // -1: a consumer's request (a broker id here would ask as a follower, for the
+                // log end rather than the high watermark).
                 replica_id: -1,
                 timeout_ms: self.broker_timeout_ms(),
                 topics: topics
@@ -559,6 +560,7 @@ impl Client {
                 for topic in response.topics {
                     for answer in topic.partitions {
                         crate::connection::check_error(connection.broker(), "ListOffsets", answer.error_code)?;
+                        // v0 answers with a list of offsets; later versions with one.
                         let offset = answer.old_style_offsets.first().copied().unwrap_or(answer.offset);
                         found.push(((topic.name.clone(), answer.partition_index), offset));
                     }
@@ -568,9 +570,11 @@ impl Client {
         }
         let mut offsets = BTreeMap::new();
         while let Some(joined) = asks.join_next().await {
-            if let Ok(found) = joined {
-                offsets.extend(found?);
-            }
+            let found = joined.map_err(|e| Error::Disconnected {
+                broker: "(leader)".into(),
+                reason: format!("the ListOffsets task stopped: {e}"),
+            })?;
+            offsets.extend(found?);
         }
         Ok(offsets)
     }

@@ -12,7 +12,7 @@ use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use sluice_protocol::messages::{FetchRequest, FetchResponse};
 use sluice_protocol::record::{decode_records, ControlRecordType, DecodeOptions, RecordBatch, RecordRef};
 
-use crate::client::{Client, FetchOptions, Isolation, OffsetSpec};
+use crate::client::{Client, Isolation, OffsetSpec};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 
@@ -130,23 +130,17 @@ type TopicPartition = (String, i32);
 /// Fetches in flight, each answering for its group of partitions.
 type FetchTasks = tokio::task::JoinSet<(Vec<TopicPartition>, Result<(Arc<Connection>, FetchResponse)>)>;
 
-/// Fetches sent ahead, valid while the assignment and positions they were made from stand.
-#[derive(Debug)]
-struct Prefetch {
-    epoch: u64,
-    fetches: FetchTasks,
-}
-
 /// Consumes assigned partitions.
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     assigned: BTreeMap<TopicPartition, PartitionProgress>,
-    /// Bumped whenever positions change other than by `poll` (assign, unassign, seek, reset):
-    /// a prefetch made before that is stale.
+    /// Bumped whenever positions change other than by `poll` (assign, unassign, seek, reset),
+    /// so that a poll sees when answers in hand have gone stale.
     epoch: u64,
-    prefetch: Option<Prefetch>,
+    /// Fetches sent ahead from the current positions; dropped (aborted) when they move.
+    prefetch: Option<FetchTasks>,
     /// Connections of this consumer's own for fetching, per broker and slot.
     fetch_connections: HashMap<(String, usize), Arc<Connection>>,
 }
@@ -205,24 +199,8 @@ impl Consumer {
         self.assigned.get(&(topic.to_owned(), partition)).copied()
     }
 
-    /// The log end offset: the larger of what ListOffsets says and the fetch high watermark
-    /// (some brokers, Tansu among them, answer ListOffsets(latest) short of the log end).
     async fn log_end(&self, topic: &str, partition: i32) -> Result<i64> {
-        let listed = self.client.list_offset(topic, partition, OffsetSpec::Latest).await?;
-        // Tansu answers a zero-wait fetch with no partitions at all; a short wait gets the watermark.
-        let probe = FetchOptions {
-            max_wait: Duration::from_millis(50),
-            min_bytes: 1,
-            max_bytes: self.config.partition_max_bytes,
-            isolation: self.config.isolation,
-        };
-        // A broker with nothing at `listed` may leave the partition out of a zero-wait answer.
-        let high_watermark = match self.client.fetch_partition(topic, partition, listed, &probe).await {
-            Ok(fetched) => fetched.high_watermark,
-            Err(Error::Broker { code: ErrorCode::UnknownTopicOrPartition, .. }) => listed,
-            Err(e) => return Err(e),
-        };
-        Ok(listed.max(high_watermark))
+        self.client.log_end(topic, partition, self.config.isolation).await
     }
 
     /// Returns the partitions that had records, advancing their positions past what is returned.
@@ -236,7 +214,7 @@ impl Consumer {
         let streaming = self.config.prefetch_max_bytes > 0;
         let epoch = self.epoch;
         let mut fetches = match self.prefetch.take() {
-            Some(prefetch) if prefetch.epoch == epoch && !prefetch.fetches.is_empty() => prefetch.fetches,
+            Some(prefetched) if !prefetched.is_empty() => prefetched,
             _ => self.send_fetches().await?,
         };
         let mut out = Vec::new();
@@ -264,7 +242,7 @@ impl Consumer {
             }
         }
         if streaming && self.epoch == epoch && failure.is_none() && !lost {
-            self.prefetch = Some(Prefetch { epoch, fetches });
+            self.prefetch = Some(fetches);
         }
         // A failed fetch fails the poll unless other fetches brought records (their positions
         // moved: returning without them would skip records). The next poll fetches afresh.

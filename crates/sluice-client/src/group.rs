@@ -208,17 +208,25 @@ fn coordinator_moved(error: &Error) -> bool {
 
 /// The address of `group_id`'s coordinator.
 async fn find_coordinator(client: &Client, group_id: &str) -> Result<String> {
+    find_coordinator_of(client, group_id, KEY_TYPE_GROUP).await
+}
+
+/// FindCoordinator's key type for consumer groups.
+const KEY_TYPE_GROUP: i8 = 0;
+
+/// The address of the coordinator of `key` (a group id, or with key type 1 a transactional id).
+pub(crate) async fn find_coordinator_of(client: &Client, key: &str, key_type: i8) -> Result<String> {
     let broker = client.any_broker().await?;
     let version = broker.version_for::<FindCoordinatorRequest>(None)?;
     // v4 (KIP-699) looks up a list of keys; earlier versions one.
     let request = if version >= 4 {
-        FindCoordinatorRequest { coordinator_keys: vec![group_id.to_owned()], ..FindCoordinatorRequest::default() }
+        FindCoordinatorRequest { key_type, coordinator_keys: vec![key.to_owned()], ..FindCoordinatorRequest::default() }
     } else {
-        FindCoordinatorRequest { key: group_id.to_owned(), ..FindCoordinatorRequest::default() }
+        FindCoordinatorRequest { key_type, key: key.to_owned(), ..FindCoordinatorRequest::default() }
     };
     let response = broker.send_version(&request, version).await?;
     let (code, host, port) = if version >= 4 {
-        let found = response.coordinators.into_iter().find(|c| c.key == group_id).ok_or_else(|| Error::Broker {
+        let found = response.coordinators.into_iter().find(|c| c.key == key).ok_or_else(|| Error::Broker {
             broker: broker.broker().to_owned(),
             api: "FindCoordinator",
             code: ErrorCode::CoordinatorNotAvailable,

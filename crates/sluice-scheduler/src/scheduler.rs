@@ -548,24 +548,16 @@ impl<C: Clock> Scheduler<C> {
                 };
                 let start = match start {
                     Some(offset) => offset,
-                    None => self.latest(topic, partition.partition).await.map_err(planning)?,
+                    None => self
+                        .client
+                        .log_end(topic, partition.partition, self.config.fetch.isolation)
+                        .await
+                        .map_err(planning)?,
                 };
                 self.positions.insert(key, start);
             }
         }
         Ok(())
-    }
-
-    /// The latest offset: the larger of ListOffsets(latest) and a fetch's high watermark
-    /// (Tansu answers ListOffsets(latest) short of the log end; see PEERS.md).
-    async fn latest(&self, topic: &str, partition: i32) -> Result<i64, sluice_client::Error> {
-        let listed = self.client.list_offset(topic, partition, OffsetSpec::Latest).await?;
-        let probe = FetchOptions { max_wait: Duration::from_millis(10), max_bytes: 1, ..self.config.fetch };
-        let high_watermark = match self.client.fetch_partition(topic, partition, listed, &probe).await {
-            Ok(fetched) => fetched.high_watermark,
-            Err(_) => listed,
-        };
-        Ok(listed.max(high_watermark))
     }
 
     async fn plan(&mut self, batch_id: u64) -> Result<(Vec<OffsetRange>, Vec<i64>), SchedulerError> {
@@ -591,8 +583,11 @@ impl<C: Clock> Scheduler<C> {
         // A partition no fetch has reported on yet is probed once with a fetch.
         for key in &partitions {
             if !self.known_high_watermarks.contains_key(key) {
-                let probed =
-                    self.latest(&key.0, key.1).await.map_err(|source| SchedulerError::Planning { batch_id, source })?;
+                let probed = self
+                    .client
+                    .log_end(&key.0, key.1, self.config.fetch.isolation)
+                    .await
+                    .map_err(|source| SchedulerError::Planning { batch_id, source })?;
                 self.known_high_watermarks.insert(key.clone(), probed);
             }
         }

@@ -15,15 +15,15 @@ use sluice_protocol::messages::txn_offset_commit_request::{
     TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
 };
 use sluice_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, EndTxnRequest, FindCoordinatorRequest, InitProducerIdRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, EndTxnRequest, InitProducerIdRequest, Request,
     TxnOffsetCommitRequest,
 };
 
 use super::{Producer, Shared};
-use crate::client::{broker_address, Client};
+use crate::client::Client;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::group::ConsumerGroupMetadata;
+use crate::group::{find_coordinator_of, ConsumerGroupMetadata};
 
 /// AddPartitionsToTxn v4+ is the broker-to-broker batch form.
 const ADD_PARTITIONS_CLIENT_MAX_VERSION: i16 = 3;
@@ -69,11 +69,7 @@ impl Transaction {
             producer_epoch: -1,
             ..InitProducerIdRequest::default()
         };
-        let send = |c: Arc<Connection>| {
-            let request = request.clone();
-            async move { c.send(&request).await }
-        };
-        let response = state.call(client, "InitProducerId", send, |r| r.error_code).await?;
+        let response = state.call(client, &request, None, |r| r.error_code).await?;
         state.producer_id = response.producer_id;
         state.producer_epoch = response.producer_epoch;
         Ok(((response.producer_id, response.producer_epoch), state))
@@ -83,50 +79,33 @@ impl Transaction {
         if let Some(connection) = self.coordinator.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(connection));
         }
-        let broker = client.any_broker().await?;
-        let version = broker.version_for::<FindCoordinatorRequest>(None)?;
-        let request = if version >= 4 {
-            FindCoordinatorRequest {
-                key_type: KEY_TYPE_TRANSACTION,
-                coordinator_keys: vec![self.id.clone()],
-                ..FindCoordinatorRequest::default()
-            }
-        } else {
-            FindCoordinatorRequest {
-                key_type: KEY_TYPE_TRANSACTION,
-                key: self.id.clone(),
-                ..FindCoordinatorRequest::default()
-            }
-        };
-        let response = broker.send_version(&request, version).await?;
-        let (code, host, port) = match response.coordinators.into_iter().find(|c| c.key == self.id) {
-            Some(found) if version >= 4 => (found.error_code, found.host, found.port),
-            _ => (response.error_code, response.host, response.port),
-        };
-        crate::connection::check_error(broker.broker(), "FindCoordinator", code)?;
-        let connection = client.connection_to(&broker_address(&host, port)).await?;
+        let address = find_coordinator_of(client, &self.id, KEY_TYPE_TRANSACTION).await?;
+        let connection = client.connection_to(&address).await?;
         self.coordinator = Some(Arc::clone(&connection));
         Ok(connection)
     }
 
-    /// Sends a request to the transaction coordinator, finding it again and retrying (for up to
-    /// the request timeout) while it moves, loads, or is finishing the previous transaction.
-    async fn call<R, F, Fut>(
+    /// Sends `request` to the transaction coordinator (at the highest version both sides speak,
+    /// at most `cap`), finding it again and retrying (for up to the request timeout) while it
+    /// moves, loads, or is finishing the previous transaction; `code` picks the error code that
+    /// decides.
+    async fn call<R: Request>(
         &mut self,
         client: &Client,
-        api: &'static str,
-        send: F,
-        code: impl Fn(&R) -> i16,
-    ) -> Result<R>
-    where
-        F: Fn(Arc<Connection>) -> Fut,
-        Fut: std::future::Future<Output = Result<R>>,
-    {
+        request: &R,
+        cap: Option<i16>,
+        code: impl Fn(&R::Response) -> i16,
+    ) -> Result<R::Response> {
+        let api = R::NAME.strip_suffix("Request").unwrap_or(R::NAME);
         let deadline = Instant::now() + client.config().connection.request_timeout;
         loop {
             let coordinator = self.coordinator(client).await?;
             let broker = coordinator.broker().to_owned();
-            let error = match send(coordinator).await {
+            let sent = match coordinator.version_for::<R>(cap) {
+                Ok(version) => coordinator.send_version(request, version).await,
+                Err(e) => Err(e),
+            };
+            let error = match sent {
                 Ok(response) => match ErrorCode::from_code(code(&response)) {
                     ErrorCode::None => return Ok(response),
                     code => Error::Broker { broker, api, code },
@@ -177,13 +156,6 @@ impl Transaction {
             }],
             ..AddPartitionsToTxnRequest::default()
         };
-        let send = |c: Arc<Connection>| {
-            let request = request.clone();
-            async move {
-                let version = c.version_for::<AddPartitionsToTxnRequest>(Some(ADD_PARTITIONS_CLIENT_MAX_VERSION))?;
-                c.send_version(&request, version).await
-            }
-        };
         let first_error = |r: &sluice_protocol::messages::AddPartitionsToTxnResponse| {
             r.results_by_topic_v3_and_below
                 .iter()
@@ -192,7 +164,7 @@ impl Transaction {
                 .find(|c| *c != 0)
                 .unwrap_or(r.error_code)
         };
-        self.call(&shared.client, "AddPartitionsToTxn", send, first_error).await?;
+        self.call(&shared.client, &request, Some(ADD_PARTITIONS_CLIENT_MAX_VERSION), first_error).await?;
         self.partitions.insert((topic.to_owned(), partition));
         Ok(())
     }
@@ -248,16 +220,7 @@ impl Producer {
             group_id: group_id.clone(),
             ..AddOffsetsToTxnRequest::default()
         };
-        txn.call(
-            &client,
-            "AddOffsetsToTxn",
-            |c| {
-                let add = add.clone();
-                async move { c.send(&add).await }
-            },
-            |r| r.error_code,
-        )
-        .await?;
+        txn.call(&client, &add, None, |r| r.error_code).await?;
 
         let mut topics: BTreeMap<&str, Vec<TxnOffsetCommitRequestPartition>> = BTreeMap::new();
         for (topic, partition, offset) in offsets {
@@ -341,16 +304,7 @@ impl Producer {
             ..EndTxnRequest::default()
         };
         let client = self.shared.client.clone();
-        txn.call(
-            &client,
-            "EndTxn",
-            |c| {
-                let request = request.clone();
-                async move { c.send(&request).await }
-            },
-            |r| r.error_code,
-        )
-        .await?;
+        txn.call(&client, &request, None, |r| r.error_code).await?;
         txn.open = false;
         txn.partitions.clear();
         Ok(())
