@@ -213,6 +213,19 @@ impl<S: Storage> Log<S> {
         self.append(BatchOp::Snapshot(snapshot.batch_id), RecordKind::Snapshot, encoded)
     }
 
+    /// Creates the segment the next record goes to if there is none yet (a new log), so that
+    /// the first append does not pay for it: a preallocated file, a file and a directory sync.
+    /// Can run on another thread while the caller works out that first record.
+    pub fn prepare(&self) -> Result<()> {
+        self.check_poison()?;
+        let mut writer = self.lock_writer()?;
+        self.check_poison()?;
+        if writer.active.is_none() {
+            self.roll(&mut writer, RECORD_HEADER_LEN as u64)?;
+        }
+        Ok(())
+    }
+
     /// Makes every record appended before this call durable, and returns only then.
     ///
     /// Concurrent callers share syncs (group commit): one thread syncs everything appended so

@@ -78,6 +78,28 @@ fn reopening_returns_last_commit_pending_intent_snapshot_and_later_deltas() {
 }
 
 #[test]
+fn a_prepared_segment_takes_the_first_records_and_survives_a_reopen_before_any() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (log, _) = Log::open(dir.path(), Options::default()).unwrap();
+        log.prepare().unwrap();
+        log.prepare().unwrap();
+        assert_eq!(segment_files(dir.path()).len(), 1, "preparing twice makes one segment");
+    }
+    // Reopened with a prepared segment and no record in it: nothing recovered, appends go there.
+    let (log, recovered) = Log::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(recovered.last_committed, None);
+    assert!(recovered.pending.is_empty());
+    run_batch(&log, 0, 10);
+    log.prepare().unwrap();
+    run_batch(&log, 1, 10);
+    assert_eq!(segment_files(dir.path()).len(), 1, "the prepared segment took the records");
+    drop(log);
+    let (_, recovered) = Log::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(recovered.last_committed.map(|c| c.intent.batch_id), Some(1));
+}
+
+#[test]
 fn a_second_writer_on_the_same_directory_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (first, _) = Log::open(dir.path(), Options::default()).unwrap();

@@ -477,17 +477,44 @@ impl Client {
     /// watermark (some brokers, Tansu among them, answer ListOffsets(latest) short of the log
     /// end: the base offset of the last batch + 1).
     pub async fn log_end(&self, topic: &str, partition: i32, isolation: Isolation) -> Result<i64> {
-        let listed = self.list_offset(topic, partition, OffsetSpec::Latest).await?;
+        let key = (topic.to_owned(), partition);
+        let ends = self.log_ends(std::slice::from_ref(&key), isolation).await?;
+        ends.get(&key).copied().ok_or_else(|| missing_partition("(leader)", "ListOffsets"))
+    }
+
+    /// [`Client::log_end`] of many partitions: one ListOffsets per leader, then the probing
+    /// fetches all at once.
+    pub async fn log_ends(
+        &self,
+        partitions: &[(String, i32)],
+        isolation: Isolation,
+    ) -> Result<BTreeMap<(String, i32), i64>> {
+        let listed = self.list_offsets(partitions, OffsetSpec::Latest).await?;
         // Tansu answers a zero-wait fetch with no partitions at all; a short wait gets the
         // watermark, and one byte is enough (the broker returns at most the batch at `listed`).
         let probe = FetchOptions { max_wait: Duration::from_millis(50), min_bytes: 1, max_bytes: 1, isolation };
-        let high_watermark = match self.fetch_partition(topic, partition, listed, &probe).await {
-            Ok(fetched) => fetched.high_watermark,
-            // A broker with nothing at `listed` may leave the partition out of its answer.
-            Err(Error::Broker { code: ErrorCode::UnknownTopicOrPartition, .. }) => listed,
-            Err(e) => return Err(e),
-        };
-        Ok(listed.max(high_watermark))
+        let mut probes = tokio::task::JoinSet::new();
+        for ((topic, partition), listed) in listed {
+            let client = self.clone();
+            probes.spawn(async move {
+                let high_watermark = match client.fetch_partition(&topic, partition, listed, &probe).await {
+                    Ok(fetched) => fetched.high_watermark,
+                    // A broker with nothing at `listed` may leave the partition out of its answer.
+                    Err(Error::Broker { code: ErrorCode::UnknownTopicOrPartition, .. }) => listed,
+                    Err(e) => return Err(e),
+                };
+                Ok(((topic, partition), listed.max(high_watermark)))
+            });
+        }
+        let mut ends = BTreeMap::new();
+        while let Some(joined) = probes.join_next().await {
+            let (key, end) = joined.map_err(|e| Error::Disconnected {
+                broker: "(leader)".into(),
+                reason: format!("a log end probe stopped: {e}"),
+            })??;
+            ends.insert(key, end);
+        }
+        Ok(ends)
     }
 
     /// Deletes the records of `topic`/`partition` before `before_offset` (moves the log start

@@ -7,7 +7,8 @@
 //!   intervals of 100 ms and 1 s, catching up without waiting: records/s, batch p50/p99, client
 //!   CPU per record, and the ratio to the plain consume.
 //!
-//! `cargo bench -p sluice-scheduler --bench scheduler`
+//! `cargo bench -p sluice-scheduler --bench scheduler` (`SLUICE_BENCH_VERBOSE=1` also prints each
+//! batch's progress record, with the time of each phase)
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -100,9 +101,12 @@ async fn pass_through(client: &Client, topic: &str, n: usize, interval: Duration
     let mut durations = Vec::new();
     let mut last = Instant::now();
     scheduler
-        .run(&mut count, |_| {
+        .run(&mut count, |progress| {
             durations.push(last.elapsed().as_secs_f64() * 1000.0);
             last = Instant::now();
+            if std::env::var_os("SLUICE_BENCH_VERBOSE").is_some() {
+                println!("{}", progress.to_json());
+            }
         })
         .await
         .unwrap();

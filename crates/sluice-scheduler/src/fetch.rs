@@ -43,6 +43,23 @@ pub enum FetchRangeError {
         /// The high watermark the broker reported.
         high_watermark: i64,
     },
+    /// The partition's log now ends before the range's offsets: the topic was deleted and
+    /// re-created, or the log truncated (an unclean leader election).
+    #[error("{topic}/{partition}: the log now ends at offset {log_end}, before offset {position} of the range {from}..{until}; the topic was deleted and re-created or its log truncated")]
+    Truncated {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The range's first offset.
+        from: i64,
+        /// The range's end.
+        until: i64,
+        /// The offset that could not be read.
+        position: i64,
+        /// The log end the broker reported.
+        log_end: i64,
+    },
 }
 
 /// The records of one range, as fetched batches trimmed to the range when iterated.
@@ -76,6 +93,26 @@ impl RangeRecords {
         self.batches.iter().map(RecordBatch::data_len).sum()
     }
 
+    /// How many records [`RangeRecords::records`] gives, without visiting those of batches that
+    /// lie wholly inside the range.
+    pub fn record_count(&self) -> usize {
+        let (from, until) = (self.range.from, self.range.until);
+        let inside = |offset: Option<i64>| offset.is_some_and(|o| o >= from && o < until);
+        self.batches
+            .iter()
+            .filter(|b| !b.header.is_control())
+            .map(|b| {
+                let (first, last) =
+                    (b.records().next().map(|r| r.offset()), b.records().next_back().map(|r| r.offset()));
+                if inside(first) && inside(last) {
+                    b.len()
+                } else {
+                    b.records().filter(|r| inside(Some(r.offset()))).count()
+                }
+            })
+            .sum()
+    }
+
     /// The records with offsets in the range, in order.
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
         let (from, until) = (self.range.from, self.range.until);
@@ -84,6 +121,23 @@ impl RangeRecords {
             .filter(|b| !b.header.is_control())
             .flat_map(RecordBatch::records)
             .filter(move |r| r.offset() >= from && r.offset() < until)
+    }
+}
+
+/// The most bytes to ask for when `remaining` offsets of the range are left: the configured
+/// maximum, or less once the bytes per offset are known, so that the last fetch of a range does
+/// not bring a whole `max_bytes` of records past its end (which the next batch fetches again).
+/// A little over the estimate, as records vary; a broker returns at least one whole batch
+/// whatever the limit, so asking too little costs one more round trip, never a stall.
+fn fetch_size(max_bytes: i32, per_offset: Option<f64>, remaining: i64) -> i32 {
+    const SLACK_BYTES: f64 = 16.0 * 1024.0;
+    match per_offset {
+        Some(per_offset) => {
+            let wanted = remaining as f64 * per_offset * 1.1 + SLACK_BYTES;
+            // `as` saturates; the estimate is only ever lowered by it.
+            max_bytes.min(wanted as i32).max(1)
+        }
+        None => max_bytes,
     }
 }
 
@@ -131,7 +185,11 @@ async fn fetch_range_via(
         until: range.until,
         source,
     };
+    // Record bytes per offset seen so far, to ask for little more than the rest of the range.
+    let mut per_offset: Option<f64> = None;
     while position < range.until {
+        let options =
+            &FetchOptions { max_bytes: fetch_size(options.max_bytes, per_offset, range.until - position), ..*options };
         let fetched = match connection {
             Some(connection) => {
                 client.fetch_partition_on(connection, &range.topic, range.partition, position, options).await
@@ -150,16 +208,49 @@ async fn fetch_range_via(
         if stalled >= MAX_STALLED_FETCHES {
             return Err(unavailable(fetched.high_watermark, fetched.log_start_offset));
         }
+        // OFFSET_OUT_OF_RANGE may come without the log's bounds (Kafka sends -1): ask for them.
+        let mut log_start = fetched.log_start_offset;
+        let mut log_end = fetched.high_watermark;
+        if fetched.error == ErrorCode::OffsetOutOfRange && (log_start < 0 || log_end < 0) {
+            let key = [(range.topic.clone(), range.partition)];
+            let (starts, ends) = tokio::try_join!(
+                client.list_offsets(&key, sluice_client::OffsetSpec::Earliest),
+                client.log_ends(&key, options.isolation),
+            )
+            .map_err(client_error)?;
+            log_start = starts.get(&key[0]).copied().unwrap_or(-1);
+            log_end = ends.get(&key[0]).copied().unwrap_or(-1);
+        }
+        // The log now ends before the position: the topic was re-created or its log truncated.
+        // What the range still wanted is gone; under Skip the next plan starts the partition
+        // over from its log start.
+        let outrun = matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange)
+            && log_end >= 0
+            && log_end < position;
+        if outrun {
+            if on_loss == DataLoss::Fail {
+                return Err(FetchRangeError::Truncated {
+                    topic: range.topic.clone(),
+                    partition: range.partition,
+                    from: range.from,
+                    until: range.until,
+                    position,
+                    log_end,
+                });
+            }
+            lost += range.until - position;
+            high_watermark = log_end;
+            break;
+        }
         // The log no longer starts at or before the position: records were deleted (retention,
         // DeleteRecords). Whether the broker says OFFSET_OUT_OF_RANGE or (Tansu) answers from
         // the log start, this is data loss.
-        let deleted = matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange)
-            && fetched.log_start_offset > position;
+        let deleted = matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange) && log_start > position;
         if deleted {
             match on_loss {
-                DataLoss::Fail => return Err(unavailable(fetched.high_watermark, fetched.log_start_offset)),
+                DataLoss::Fail => return Err(unavailable(log_end, log_start)),
                 DataLoss::Skip => {
-                    let resume = fetched.log_start_offset.min(range.until);
+                    let resume = log_start.min(range.until);
                     lost += resume - position;
                     position = resume;
                     continue;
@@ -188,8 +279,28 @@ async fn fetch_range_via(
             continue;
         }
         stalled = 0;
+        let bytes: usize = fetched.records.batches.iter().map(RecordBatch::data_len).sum();
+        per_offset = Some(bytes as f64 / (next - position) as f64);
         position = next;
         batches.extend(fetched.records.batches.into_iter().filter(|b| b.header.base_offset < range.until));
     }
     Ok(RangeRecords { range: range.clone(), batches, high_watermark, lost_offsets: lost })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fetch_size;
+
+    #[test]
+    fn a_fetch_asks_for_a_little_more_than_the_rest_of_its_range_once_record_sizes_are_known() {
+        // Nothing known yet: the configured maximum.
+        assert_eq!(fetch_size(4 << 20, None, 1_000_000), 4 << 20);
+        // 100 bytes per offset, 1,000 offsets left: 110,000 + 16 KiB of slack.
+        assert_eq!(fetch_size(4 << 20, Some(100.0), 1_000), 110_000 + 16 * 1024);
+        // Never above the maximum, never below one byte, whatever the estimate.
+        assert_eq!(fetch_size(4 << 20, Some(100.0), i64::MAX), 4 << 20);
+        assert_eq!(fetch_size(4 << 20, Some(f64::INFINITY), 10), 4 << 20);
+        assert_eq!(fetch_size(4 << 20, Some(f64::NAN), 10), 1);
+        assert_eq!(fetch_size(4 << 20, Some(0.0), 10), 16 * 1024);
+    }
 }

@@ -157,6 +157,22 @@ pub enum SchedulerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A partition's log ends before the offset the job reached: its records from there on
+    /// are gone (the topic was deleted and re-created, or the log truncated), and
+    /// `fail_on_data_loss` is on.
+    #[error("planning batch {batch_id}: {topic}/{partition} now ends at offset {log_end}, before offset {position} this job had reached; the topic was deleted and re-created or its log truncated, so records may have been lost (turn fail_on_data_loss off to go on from the log start)")]
+    DataLoss {
+        /// The batch being planned.
+        batch_id: u64,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The job's position.
+        position: i64,
+        /// The partition's log end now.
+        log_end: i64,
+    },
     /// The log holds an intent whose ranges this scheduler cannot use.
     #[error("checkpoint: {0}")]
     Inconsistent(String),
@@ -179,7 +195,7 @@ pub struct Batch {
 impl Batch {
     /// Records in the batch.
     pub fn record_count(&self) -> usize {
-        self.tasks.iter().map(|t| t.records().count()).sum()
+        self.tasks.iter().map(RangeRecords::record_count).sum()
     }
 }
 
@@ -216,6 +232,11 @@ pub struct PartitionProgress {
     pub lag: i64,
     /// Offsets of the range the log no longer held (skipped when `fail_on_data_loss` is off).
     pub lost_offsets: i64,
+    /// Set when the partition's log was found to end before the job's position (the topic was
+    /// re-created, or the log truncated) and `fail_on_data_loss` is off: the position the job
+    /// had; the batch reads the log from its start instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_from: Option<i64>,
 }
 
 /// Durations of a batch's phases, in milliseconds.
@@ -297,16 +318,26 @@ impl Drop for Reading {
 /// The next batch, planned and being read while the current one is processed.
 #[derive(Debug)]
 struct Prefetched {
+    plan: Plan,
+    reading: Reading,
+}
+
+/// A planned batch: its ranges, the latest offset of each partition, and the partitions whose
+/// truncated log made the plan start them over (with the position they had).
+#[derive(Debug, Default)]
+struct Plan {
     ranges: Vec<OffsetRange>,
     latest: Vec<i64>,
-    reading: Reading,
+    resets: BTreeMap<TopicPartition, i64>,
 }
 
 /// Runs micro-batches over Kafka partitions with a write-ahead checkpoint log.
 #[derive(Debug)]
 pub struct Scheduler<C: Clock> {
     client: Client,
-    log: Log,
+    log: Arc<Log>,
+    /// Whether the log's first segment was made ready beside the first planning.
+    log_prepared: bool,
     config: SchedulerConfig,
     clock: C,
     estimator: Option<PidRateEstimator>,
@@ -388,7 +419,8 @@ impl<C: Clock> Scheduler<C> {
         let estimator = config.backpressure.then(|| PidRateEstimator::new(interval));
         Ok(Self {
             client,
-            log,
+            log: Arc::new(log),
+            log_prepared: false,
             config,
             clock,
             estimator,
@@ -518,6 +550,10 @@ impl<C: Clock> Scheduler<C> {
             let matching = metadata.topics.iter().filter(|(name, t)| !t.is_internal && pattern.is_match(name));
             topics.extend(matching.map(|(name, _)| name.clone()).filter(|name| !self.config.topics.contains(name)));
         }
+        // Partitions that appear after the first batch start at their beginning: their records
+        // are all new to this job (as Spark does).
+        let first = self.next_batch_id == 0 && self.last_start_ms.is_none();
+        let (mut earliest, mut latest, mut by_time) = (Vec::new(), Vec::new(), Vec::new());
         for topic in &topics {
             let Some(described) = metadata.topics.get(topic) else { continue };
             for partition in &described.partitions {
@@ -525,42 +561,41 @@ impl<C: Clock> Scheduler<C> {
                 if self.positions.contains_key(&key) {
                     continue;
                 }
-                // Partitions that appear after the first batch start at their beginning: their
-                // records are all new to this job (as Spark does).
-                let first = self.next_batch_id == 0 && self.last_start_ms.is_none();
-                let start = match &self.config.starting_offsets {
-                    StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => offsets.get(&key).copied(),
-                    StartingOffsets::Latest if first => None,
-                    StartingOffsets::Timestamp(ms) if first => Some(
-                        self.client
-                            .list_offset(topic, partition.partition, OffsetSpec::Timestamp(*ms))
-                            .await
-                            .map_err(planning)?,
-                    )
-                    // -1: no record that late.
-                    .filter(|offset| *offset >= 0),
-                    _ => Some(
-                        self.client
-                            .list_offset(topic, partition.partition, OffsetSpec::Earliest)
-                            .await
-                            .map_err(planning)?,
-                    ),
-                };
-                let start = match start {
-                    Some(offset) => offset,
-                    None => self
-                        .client
-                        .log_end(topic, partition.partition, self.config.fetch.isolation)
-                        .await
-                        .map_err(planning)?,
-                };
-                self.positions.insert(key, start);
+                match &self.config.starting_offsets {
+                    StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => {
+                        let offset = offsets.get(&key).copied().unwrap_or_default();
+                        self.positions.insert(key, offset);
+                    }
+                    StartingOffsets::Latest if first => latest.push(key),
+                    StartingOffsets::Timestamp(_) if first => by_time.push(key),
+                    _ => earliest.push(key),
+                }
             }
         }
+        let isolation = self.config.fetch.isolation;
+        let (earliest, latest, by_time) = tokio::try_join!(
+            self.client.list_offsets(&earliest, OffsetSpec::Earliest),
+            self.client.log_ends(&latest, isolation),
+            async {
+                match self.config.starting_offsets {
+                    StartingOffsets::Timestamp(ms) if !by_time.is_empty() => {
+                        self.client.list_offsets(&by_time, OffsetSpec::Timestamp(ms)).await
+                    }
+                    _ => Ok(BTreeMap::new()),
+                }
+            },
+        )
+        .map_err(planning)?;
+        // -1: no record that late; such a partition starts at its end.
+        let (found, after_all): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            by_time.into_iter().partition(|(_, offset)| *offset >= 0);
+        let keys: Vec<TopicPartition> = after_all.into_keys().collect();
+        let ends = self.client.log_ends(&keys, isolation).await.map_err(planning)?;
+        self.positions.extend(earliest.into_iter().chain(latest).chain(found).chain(ends));
         Ok(())
     }
 
-    async fn plan(&mut self, batch_id: u64) -> Result<(Vec<OffsetRange>, Vec<i64>), SchedulerError> {
+    async fn plan(&mut self, batch_id: u64) -> Result<Plan, SchedulerError> {
         self.discover(batch_id).await?;
         let positions = self.positions.clone();
         self.plan_from(batch_id, &positions).await
@@ -571,29 +606,43 @@ impl<C: Clock> Scheduler<C> {
         &mut self,
         batch_id: u64,
         positions: &BTreeMap<TopicPartition, i64>,
-    ) -> Result<(Vec<OffsetRange>, Vec<i64>), SchedulerError> {
-        let partitions: Vec<TopicPartition> = positions.keys().cloned().collect();
-        // One ListOffsets per leader; the high watermarks fetches reported fill in where a
-        // broker answers short.
-        let listed = self
-            .client
-            .list_offsets(&partitions, OffsetSpec::Latest)
-            .await
-            .map_err(|source| SchedulerError::Planning { batch_id, source })?;
-        // A partition no fetch has reported on yet is probed once with a fetch.
-        for key in &partitions {
-            if !self.known_high_watermarks.contains_key(key) {
-                let probed = self
-                    .client
-                    .log_end(&key.0, key.1, self.config.fetch.isolation)
-                    .await
-                    .map_err(|source| SchedulerError::Planning { batch_id, source })?;
-                self.known_high_watermarks.insert(key.clone(), probed);
+    ) -> Result<Plan, SchedulerError> {
+        // One ListOffsets per leader, and the high watermarks fetches reported fill in where a
+        // broker answers short; a partition no fetch has reported on yet is probed once with a
+        // fetch (which asks ListOffsets itself).
+        let (unknown, known): (Vec<TopicPartition>, Vec<TopicPartition>) =
+            positions.keys().cloned().partition(|key| !self.known_high_watermarks.contains_key(key));
+        let (listed, probed) = tokio::try_join!(
+            self.client.list_offsets(&known, OffsetSpec::Latest),
+            self.client.log_ends(&unknown, self.config.fetch.isolation),
+        )
+        .map_err(|source| SchedulerError::Planning { batch_id, source })?;
+        let truncated = self.truncated_logs(batch_id, positions, &listed, &probed).await?;
+        self.known_high_watermarks.extend(probed);
+        let mut positions = positions.clone();
+        let mut resets = BTreeMap::new();
+        if !truncated.is_empty() {
+            let keys: Vec<TopicPartition> = truncated.keys().cloned().collect();
+            let starts = self
+                .client
+                .list_offsets(&keys, OffsetSpec::Earliest)
+                .await
+                .map_err(|source| SchedulerError::Planning { batch_id, source })?;
+            for (key, (from, end)) in truncated {
+                if self.config.fail_on_data_loss {
+                    let (topic, partition) = key;
+                    return Err(SchedulerError::DataLoss { batch_id, topic, partition, position: from, log_end: end });
+                }
+                // Skipped: the log as it is now is read from its start, all of it new to the job.
+                self.known_high_watermarks.insert(key.clone(), end);
+                let start = starts.get(&key).copied().unwrap_or(0).min(end);
+                positions.insert(key.clone(), start);
+                resets.insert(key, from);
             }
         }
         let mut inputs = Vec::with_capacity(positions.len());
         let mut latest_offsets = Vec::with_capacity(positions.len());
-        for (key, from) in positions {
+        for (key, from) in &positions {
             let (topic, partition) = key;
             let listed = listed.get(key).copied().unwrap_or(*from);
             let latest = listed.max(self.known_high_watermarks.get(key).copied().unwrap_or(-1));
@@ -613,7 +662,40 @@ impl<C: Clock> Scheduler<C> {
         }
         let rate = self.estimator.as_ref().and_then(PidRateEstimator::rate);
         let ranges = plan_batch(&inputs, &self.config.limits, millis(self.config.batch_interval), rate);
-        Ok((ranges, latest_offsets))
+        Ok(Plan { ranges, latest: latest_offsets, resets })
+    }
+
+    /// The partitions whose log now ends before the position the job reached (the topic was
+    /// deleted and re-created, or the log truncated by an unclean leader election), with that
+    /// position and the log end. ListOffsets may answer short of the end (Tansu), so a fetch's
+    /// high watermark decides before a partition is called truncated.
+    async fn truncated_logs(
+        &self,
+        batch_id: u64,
+        positions: &BTreeMap<TopicPartition, i64>,
+        listed: &BTreeMap<TopicPartition, i64>,
+        probed: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<BTreeMap<TopicPartition, (i64, i64)>, SchedulerError> {
+        let below = |answers: &BTreeMap<TopicPartition, i64>| -> Vec<TopicPartition> {
+            answers
+                .iter()
+                .filter(|(key, end)| positions.get(*key).is_some_and(|from| **end < *from))
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        let mut truncated = BTreeMap::new();
+        let suspects = below(listed);
+        let confirmed = self
+            .client
+            .log_ends(&suspects, self.config.fetch.isolation)
+            .await
+            .map_err(|source| SchedulerError::Planning { batch_id, source })?;
+        for key in below(&confirmed).into_iter().chain(below(probed)) {
+            let end = confirmed.get(&key).or_else(|| probed.get(&key)).copied().unwrap_or_default();
+            let from = positions.get(&key).copied().unwrap_or_default();
+            truncated.insert(key, (from, end));
+        }
+        Ok(truncated)
     }
 
     /// The scheduler's own read connection number `slot` to `broker` (reads long enough to
@@ -700,15 +782,15 @@ impl<C: Clock> Scheduler<C> {
         if done {
             return;
         }
-        let Ok((next_ranges, latest)) = self.plan_from(batch_id + 1, &next_positions).await else { return };
-        let next_offsets: i64 = next_ranges.iter().map(OffsetRange::len).sum();
+        let Ok(plan) = self.plan_from(batch_id + 1, &next_positions).await else { return };
+        let next_offsets: i64 = plan.ranges.iter().map(OffsetRange::len).sum();
         let per_offset = self.bytes_per_offset.unwrap_or(ASSUMED_BYTES_PER_OFFSET);
         let estimate = per_offset * next_offsets as f64;
         if next_offsets == 0 || estimate > self.config.prefetch_max_bytes as f64 {
             return;
         }
-        if let Ok(reading) = self.start_read(batch_id + 1, &next_ranges).await {
-            self.prefetched = Some(Prefetched { ranges: next_ranges, latest, reading });
+        if let Ok(reading) = self.start_read(batch_id + 1, &plan.ranges).await {
+            self.prefetched = Some(Prefetched { plan, reading });
         }
     }
 
@@ -717,24 +799,42 @@ impl<C: Clock> Scheduler<C> {
         let batch_id = self.next_batch_id;
         let started = self.clock.now_ms();
         let mut reading = None;
-        let (ranges, latest, rerun) = match self.pending.take() {
+        let (Plan { ranges, latest, resets }, rerun) = match self.pending.take() {
             Some(intent) => {
                 let ranges: Vec<OffsetRange> = intent.ranges.iter().map(from_log_range).collect();
                 let latest = ranges.iter().map(|r| r.until).collect();
-                (ranges, latest, true)
+                (Plan { ranges, latest, resets: BTreeMap::new() }, true)
             }
             None => match self.prefetched.take().filter(|p| p.reading.batch_id == batch_id) {
                 Some(prefetched) => {
                     reading = Some(prefetched.reading);
-                    (prefetched.ranges, prefetched.latest, false)
+                    (prefetched.plan, false)
                 }
                 None => {
-                    let (ranges, latest) = self.plan(batch_id).await?;
-                    (ranges, latest, false)
+                    // A new log creates its first segment (file syncs) while the batch is planned.
+                    let preparing = (!self.log_prepared).then(|| {
+                        let log = Arc::clone(&self.log);
+                        tokio::task::spawn_blocking(move || log.prepare())
+                    });
+                    let planned = self.plan(batch_id).await;
+                    if let Some(preparing) = preparing {
+                        preparing.await.map_err(|e| SchedulerError::Processing {
+                            batch_id,
+                            reason: format!("preparing the checkpoint log stopped: {e}"),
+                        })??;
+                        self.log_prepared = true;
+                    }
+                    (planned?, false)
                 }
             },
         };
         let planned = self.clock.now_ms();
+        // Reading has no effect anywhere, so it starts at once, while the intent is made
+        // durable; nothing is processed before the intent is.
+        let mut reading = match reading.take() {
+            Some(reading) => reading,
+            None => self.start_read(batch_id, &ranges).await?,
+        };
         let intent = BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
         if !rerun {
             self.log.append_intent(&intent)?;
@@ -744,13 +844,10 @@ impl<C: Clock> Scheduler<C> {
         // (in this process or after a restart) re-runs it with the same ranges.
         self.pending = Some(intent);
         let intent_written = self.clock.now_ms();
-        let mut reading = match reading.take() {
-            Some(reading) => reading,
-            None => self.start_read(batch_id, &ranges).await?,
-        };
-        // The next batch starts reading now, beside this one, when it is expected to fit.
-        self.prefetch_next(batch_id, &ranges).await;
         let tasks = reading.finish().await?;
+        // The next batch starts reading now, while this one is processed, when it is expected
+        // to fit.
+        self.prefetch_next(batch_id, &ranges).await;
         for task in &tasks {
             let key = (task.range.topic.clone(), task.range.partition);
             let known = self.known_high_watermarks.entry(key).or_insert(-1);
@@ -832,6 +929,7 @@ impl<C: Clock> Scheduler<C> {
                     latest_offset: *latest,
                     lag: (latest - r.until).max(0),
                     lost_offsets: lost.get(&(r.topic.clone(), r.partition)).copied().unwrap_or(0),
+                    reset_from: resets.get(&(r.topic.clone(), r.partition)).copied(),
                 })
                 .collect(),
             rerun,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::Tansu;
 use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
-use sluice_scheduler::{fetch_range, FetchRangeError, OffsetRange};
+use sluice_scheduler::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, OffsetRange};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
@@ -36,6 +36,7 @@ async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
         let read = fetch_range(&client, &range, &options).await.unwrap();
         let offsets: Vec<i64> = read.records().map(|r| r.offset()).collect();
         assert_eq!(offsets, (from..until).collect::<Vec<_>>(), "{from}..{until}");
+        assert_eq!(read.record_count(), offsets.len(), "{from}..{until}: the count matches the records");
         for record in read.records() {
             let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
             assert!(value.starts_with(&format!("{}-", record.offset())), "{value}");
@@ -50,4 +51,14 @@ async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
         }
         other => panic!("expected Unavailable, got {other}"),
     }
+
+    // Beyond the log's end altogether (the job's position from a topic since re-created): the
+    // error says so, or under Skip the range reads as lost.
+    let beyond = OffsetRange { topic: "ranges".into(), partition: 0, from: 1_500, until: 1_600 };
+    let error = fetch_range(&client, &beyond, &options).await.unwrap_err();
+    assert!(matches!(error, FetchRangeError::Truncated { position: 1_500, log_end: 1_000, .. }), "{error}");
+    assert!(error.to_string().contains("re-created"), "{error}");
+    let connection = sluice_client::Connection::connect(&tansu.addr, Default::default()).await.unwrap();
+    let skipped = fetch_range_on(&client, &connection, &beyond, &options, DataLoss::Skip).await.unwrap();
+    assert_eq!((skipped.record_count(), skipped.lost_offsets, skipped.high_watermark), (0, 100, 1_000));
 }

@@ -314,3 +314,160 @@ async fn starting_at_a_timestamp_skips_what_came_before_it() {
     let offsets: Vec<i64> = collect.seen.iter().map(|(_, o, _)| *o).collect();
     assert_eq!(offsets, (50..100).collect::<Vec<_>>());
 }
+
+/// Sends `count` records to each of `partitions` partitions of `topic`, valued `{tag}:{partition}:{i}`.
+async fn produce_tagged(client: &Client, topic: &str, partitions: i32, count: usize, tag: &str) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    for partition in 0..partitions {
+        for i in 0..count {
+            let value = format!("{tag}:{partition}:{i}");
+            drop(
+                producer
+                    .send(ProducerRecord { partition: Some(partition), ..ProducerRecord::new(topic, value) })
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    producer.flush().await;
+}
+
+fn values(collect: &Collect) -> Vec<String> {
+    let mut values: Vec<String> = collect.seen.iter().map(|(_, _, v)| v.clone()).collect();
+    values.sort();
+    values
+}
+
+fn tagged(tag: &str, partitions: std::ops::Range<i32>, count: usize) -> Vec<String> {
+    let mut values: Vec<String> = partitions.flat_map(|p| (0..count).map(move |i| format!("{tag}:{p}:{i}"))).collect();
+    values.sort();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_start_with_its_new_partitions() {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    client.create_topic("reborn", 2, 1).await.unwrap();
+    produce_tagged(&client, "reborn", 2, 30, "old").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |fail_on_data_loss| SchedulerConfig {
+        trigger: sluice_scheduler::Trigger::AvailableNow,
+        fail_on_data_loss,
+        task_attempts: 1,
+        ..SchedulerConfig::new(["reborn"], Duration::from_millis(100))
+    };
+    let mut first = Collect::default();
+    Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0))
+        .unwrap()
+        .run(&mut first, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(values(&first), tagged("old", 0..2, 30));
+
+    // The topic is deleted and made again, with a third partition and fewer records than the
+    // job had read: offsets 10..30 of partitions 0 and 1 now name records the job never saw.
+    client.delete_topic("reborn").await.unwrap();
+    client.create_topic("reborn", 3, 1).await.unwrap();
+    produce_tagged(&client, "reborn", 3, 10, "new").await;
+
+    let mut failing = Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0)).unwrap();
+    let error = failing.run(&mut Collect::default(), |_| {}).await.unwrap_err();
+    assert!(matches!(error, SchedulerError::DataLoss { position: 30, log_end: 10, .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("reborn/0 now ends at offset 10, before offset 30")
+            || text.contains("reborn/1 now ends at offset 10, before offset 30"),
+        "{text}"
+    );
+    assert!(text.contains("fail_on_data_loss"), "the error says how to go on: {text}");
+    drop(failing);
+
+    let mut second = Collect::default();
+    let mut resets = BTreeMap::new();
+    Scheduler::open(client.clone(), dir.path(), config(false), ManualClock::new(0))
+        .unwrap()
+        .run(&mut second, |p| {
+            for source in &p.sources {
+                if let Some(from) = source.reset_from {
+                    resets.insert(source.partition, (from, source.start_offset));
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(values(&second), tagged("new", 0..3, 10), "the new log read whole, the new partition too, once");
+    assert_eq!(
+        resets,
+        [(0, (30, 0)), (1, (30, 0))].into_iter().collect(),
+        "the progress says which partitions started over"
+    );
+
+    // Run again: nothing is read twice.
+    let mut third = Collect::default();
+    Scheduler::open(client, dir.path(), config(false), ManualClock::new(0))
+        .unwrap()
+        .run(&mut third, |_| {})
+        .await
+        .unwrap();
+    assert!(third.seen.is_empty(), "{:?}", third.seen);
+}
+
+/// A processor whose records outlive it: the scheduler runs in a task of its own.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Processor for Shared {
+    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
+        let mut seen = self.0.lock().unwrap();
+        for task in &batch.tasks {
+            seen.extend(task.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap()));
+        }
+        Ok(BatchOutput::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_a_topic_created_while_running_are_found_and_read_from_their_start() {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    client.create_topic("grow-a", 2, 1).await.unwrap();
+    produce_tagged(&client, "grow-a", 2, 20, "a").await;
+    let config = SchedulerConfig {
+        topic_pattern: Some("^grow-".into()),
+        partition_discovery_interval: Duration::from_millis(100),
+        ..SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(50))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut scheduler =
+        Scheduler::open(client.clone(), dir.path(), config, sluice_scheduler::SystemClock::new()).unwrap();
+    let stop = scheduler.stop_handle();
+    let shared = Shared::default();
+    let mut processor = shared.clone();
+    let running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
+    let wait_for = |count: usize| {
+        let shared = shared.clone();
+        async move {
+            for _ in 0..200 {
+                if shared.0.lock().unwrap().len() >= count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("only {} of {count} records arrived", shared.0.lock().unwrap().len());
+        }
+    };
+    wait_for(40).await;
+    // A new matching topic, its records produced before the job can have seen it.
+    client.create_topic("grow-b", 3, 1).await.unwrap();
+    produce_tagged(&client, "grow-b", 3, 20, "b").await;
+    produce_tagged(&client, "grow-a", 2, 5, "a2").await;
+    wait_for(105).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    running.await.unwrap().unwrap();
+    let mut seen = shared.0.lock().unwrap().clone();
+    seen.sort();
+    let mut expected = [tagged("a", 0..2, 20), tagged("b", 0..3, 20), tagged("a2", 0..2, 5)].concat();
+    expected.sort();
+    assert_eq!(seen, expected, "every record of both topics once, the new topic's from its start");
+}
