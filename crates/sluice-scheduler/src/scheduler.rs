@@ -444,6 +444,12 @@ impl<C: Clock> Scheduler<C> {
         Arc::clone(&self.stop)
     }
 
+    /// Makes `stop` this scheduler's stop flag (one made before the scheduler, e.g. by a
+    /// streaming context): setting it stops the run after the current batch.
+    pub fn set_stop_handle(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = stop;
+    }
+
     /// Stops the run gracefully on SIGTERM or SIGINT: the batch under way finishes and commits,
     /// then `run` returns. Call from within a tokio runtime.
     pub fn stop_on_signals(&self) -> std::io::Result<()> {

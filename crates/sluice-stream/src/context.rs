@@ -1,0 +1,158 @@
+//! A streaming job: its source, its streams and outputs, and the loop that runs them on the
+//! scheduler.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use sluice_client::{Client, ClientConfig};
+use sluice_scheduler::{Batch, BatchOutput, BatchProgress, Clock, Processor, Scheduler, SchedulerConfig, SystemClock};
+
+use crate::record::KafkaRecord;
+use crate::sink::Output;
+use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph};
+
+/// Why a job could not run or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The job's streams were built wrong (each problem listed).
+    #[error("the job is not valid: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// The brokers could not be reached.
+    #[error("connecting to the brokers: {0}")]
+    Connect(#[from] sluice_client::Error),
+    /// An output failed a batch (in a [`crate::testing::LocalJob`]; under the scheduler this is
+    /// [`sluice_scheduler::SchedulerError::Processing`]).
+    #[error("batch {batch_id} failed: {reason}")]
+    Batch {
+        /// The batch.
+        batch_id: u64,
+        /// What the output said.
+        reason: String,
+    },
+    /// The scheduler failed (planning, reading, an output, or the checkpoint log).
+    #[error(transparent)]
+    Scheduler(#[from] sluice_scheduler::SchedulerError),
+}
+
+/// What a job needs: where the brokers are, what to read and how (the scheduler's
+/// configuration: topics, batch interval, rates, trigger, starting offsets), and where its
+/// checkpoint log lives.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// The client's configuration (bootstrap brokers, timeouts, TLS, SASL).
+    pub client: ClientConfig,
+    /// The scheduler's configuration.
+    pub scheduler: SchedulerConfig,
+    /// The checkpoint directory (one job per directory).
+    pub checkpoint_dir: PathBuf,
+}
+
+impl StreamConfig {
+    /// Reads `topics` from `brokers` in batches of `batch_interval`, checkpointing in
+    /// `checkpoint_dir`; everything else as the defaults.
+    pub fn new<S: Into<String>>(
+        brokers: impl IntoIterator<Item = S>,
+        topics: impl IntoIterator<Item = S>,
+        batch_interval: std::time::Duration,
+        checkpoint_dir: impl Into<PathBuf>,
+    ) -> Self {
+        let brokers: Vec<String> = brokers.into_iter().map(Into::into).collect();
+        Self {
+            client: ClientConfig::new(brokers),
+            scheduler: SchedulerConfig::new(topics, batch_interval),
+            checkpoint_dir: checkpoint_dir.into(),
+        }
+    }
+}
+
+/// A streaming job being built, then run: Spark's `StreamingContext`.
+#[derive(Debug)]
+pub struct StreamingContext {
+    config: StreamConfig,
+    graph: SharedGraph,
+    stop: Arc<AtomicBool>,
+}
+
+impl StreamingContext {
+    /// A job with `config`; build its streams from [`StreamingContext::kafka_stream`].
+    pub fn new(config: StreamConfig) -> Self {
+        let interval_ms = u64::try_from(config.scheduler.batch_interval.as_millis()).unwrap_or(u64::MAX);
+        let graph = Arc::new(Mutex::new(Graph { interval_ms, ..Graph::default() }));
+        Self { config, graph, stop: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The records of the configured topics, one part per read task: Spark's
+    /// `KafkaUtils.createDirectStream`. May be called any number of times; each stream sees
+    /// every record of every batch.
+    pub fn kafka_stream(&self) -> DStream<KafkaRecord> {
+        DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.as_ref().clone())))
+    }
+
+    /// Setting this flag stops the job after the batch under way commits.
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Runs the job until its trigger or ending offsets say it is over, or it is stopped;
+    /// returns how many batches ran.
+    pub async fn run(self, on_progress: impl FnMut(&BatchProgress)) -> Result<u64, StreamError> {
+        self.run_with_clock(SystemClock::new(), on_progress).await
+    }
+
+    /// [`StreamingContext::run`] on a given clock (tests run on a manual one).
+    pub async fn run_with_clock<C: Clock>(
+        self,
+        clock: C,
+        on_progress: impl FnMut(&BatchProgress),
+    ) -> Result<u64, StreamError> {
+        let (outputs, errors) = {
+            let mut graph = lock(&self.graph);
+            (std::mem::take(&mut graph.outputs), std::mem::take(&mut graph.errors))
+        };
+        if !errors.is_empty() {
+            return Err(StreamError::Invalid(errors));
+        }
+        if outputs.is_empty() {
+            return Err(StreamError::Invalid(vec![
+                "no output: give a stream a sink (foreach_batch, to_sink) so that the job does something".into(),
+            ]));
+        }
+        let client = Client::connect(self.config.client.clone()).await?;
+        let interval_ms = lock(&self.graph).interval_ms;
+        let mut scheduler = Scheduler::open(client, &self.config.checkpoint_dir, self.config.scheduler.clone(), clock)?;
+        scheduler.set_stop_handle(Arc::clone(&self.stop));
+        let mut engine = Engine { outputs, interval_ms };
+        Ok(scheduler.run(&mut engine, on_progress).await?)
+    }
+}
+
+/// Runs a job's outputs on each batch.
+struct Engine {
+    outputs: Vec<Box<dyn Output>>,
+    interval_ms: u64,
+}
+
+impl Processor for Engine {
+    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
+        let records: Parts<KafkaRecord> = batch
+            .tasks
+            .iter()
+            .map(|task| {
+                let topic: Arc<str> = Arc::from(task.range.topic.as_str());
+                task.records().map(|record| KafkaRecord::from_ref(&topic, task.range.partition, &record)).collect()
+            })
+            .collect();
+        let input = BatchInput {
+            batch_id: batch.batch_id,
+            time_ms: batch.batch_id.saturating_add(1).saturating_mul(self.interval_ms),
+            rerun: batch.rerun,
+            records: Arc::new(records),
+        };
+        for output in &mut self.outputs {
+            output.run(&input).await?;
+        }
+        Ok(BatchOutput::default())
+    }
+}

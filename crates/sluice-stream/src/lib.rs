@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod context;
+pub mod record;
+pub mod sink;
+pub mod stream;
+pub mod testing;
+
+pub use context::{StreamConfig, StreamError, StreamingContext};
+pub use record::{split_csv, KafkaRecord, ParseError};
+pub use sink::{BatchInfo, ForEach, JsonLinesFiles, Sink, Stdout};
+pub use stream::{BatchInput, DStream, Parts};

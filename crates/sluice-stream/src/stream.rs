@@ -1,0 +1,365 @@
+//! Typed streams of micro-batches and their operators, in the manner of Spark Streaming's
+//! DStreams: each batch, a stream computes its items from its parents', split in parts (one per
+//! read task of the source, like an RDD's partitions) until an operator gathers them by key.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::record::KafkaRecord;
+use crate::sink::{BatchInfo, Output, SinkOutput};
+
+/// A batch's items, in parts.
+pub type Parts<T> = Vec<Vec<T>>;
+
+/// What every stream of a job sees of one batch.
+#[derive(Debug, Clone)]
+pub struct BatchInput {
+    /// The batch (ids are consecutive from 0 over the job's whole life, restarts included).
+    pub batch_id: u64,
+    /// The batch's time: the end of its interval, counted from the job's first batch
+    /// (`(batch_id + 1) × interval`, in ms). Deterministic, so a re-run sees the same.
+    pub time_ms: u64,
+    /// Whether the batch is the re-run of one begun before a crash or failure.
+    pub rerun: bool,
+    /// The source records, one part per read task.
+    pub records: Arc<Parts<KafkaRecord>>,
+}
+
+impl BatchInput {
+    pub(crate) fn info(&self) -> BatchInfo {
+        BatchInfo { batch_id: self.batch_id, time_ms: self.time_ms, rerun: self.rerun }
+    }
+}
+
+pub(crate) type Compute<T> = Box<dyn FnMut(&BatchInput) -> Option<Parts<T>> + Send>;
+
+/// What the streams of one job share: the batch interval, the outputs, and configuration
+/// errors found while the job was built (reported when it runs).
+#[derive(Default)]
+pub(crate) struct Graph {
+    pub(crate) interval_ms: u64,
+    pub(crate) outputs: Vec<Box<dyn Output>>,
+    pub(crate) errors: Vec<String>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("interval_ms", &self.interval_ms)
+            .field("outputs", &self.outputs.len())
+            .field("errors", &self.errors)
+            .finish()
+    }
+}
+
+pub(crate) type SharedGraph = Arc<Mutex<Graph>>;
+
+pub(crate) fn lock(graph: &SharedGraph) -> std::sync::MutexGuard<'_, Graph> {
+    graph.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A stream of micro-batches of `T`. Operators consume the stream and return a new one; an
+/// output operation (`foreach_batch`, a sink) registers it with the job. A stream's items are
+/// computed only for the outputs that use it; to use one stream twice, build it twice from the
+/// source (a source stream can be asked for any number of times).
+///
+/// Batches without output (a window between two slides) give `None` in a stream and reach no
+/// output.
+pub struct DStream<T> {
+    compute: Compute<T>,
+    graph: SharedGraph,
+}
+
+impl<T> std::fmt::Debug for DStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DStream").field("item", &std::any::type_name::<T>()).finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> DStream<T> {
+    pub(crate) fn new(graph: SharedGraph, compute: Compute<T>) -> Self {
+        Self { compute, graph }
+    }
+
+    fn derive<U: Send + 'static>(
+        self,
+        mut step: impl FnMut(&BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
+    ) -> DStream<U> {
+        let mut parent = self.compute;
+        DStream::new(self.graph, Box::new(move |input| parent(input).and_then(|parts| step(input, parts))))
+    }
+
+    fn record_error(&self, error: String) {
+        lock(&self.graph).errors.push(error);
+    }
+
+    fn interval_ms(&self) -> u64 {
+        lock(&self.graph).interval_ms
+    }
+
+    /// Each item mapped by `f`.
+    pub fn map<U: Send + 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> DStream<U> {
+        self.derive(move |_, parts| {
+            Some(parts.into_iter().map(|part| part.into_iter().map(&mut f).collect()).collect())
+        })
+    }
+
+    /// Each item mapped to any number of items.
+    pub fn flat_map<U: Send + 'static, I: IntoIterator<Item = U>>(
+        self,
+        mut f: impl FnMut(T) -> I + Send + 'static,
+    ) -> DStream<U> {
+        self.derive(move |_, parts| {
+            Some(parts.into_iter().map(|part| part.into_iter().flat_map(&mut f).collect()).collect())
+        })
+    }
+
+    /// The items for which `f` holds.
+    pub fn filter(self, mut f: impl FnMut(&T) -> bool + Send + 'static) -> DStream<T> {
+        self.derive(move |_, parts| {
+            Some(
+                parts
+                    .into_iter()
+                    .map(|mut part| {
+                        part.retain(&mut f);
+                        part
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole.
+    pub fn map_partitions<U: Send + 'static>(self, mut f: impl FnMut(Vec<T>) -> Vec<U> + Send + 'static) -> DStream<U> {
+        self.derive(move |_, parts| Some(parts.into_iter().map(&mut f).collect()))
+    }
+
+    /// Each item paired with a key.
+    pub fn key_by<K: Send + 'static>(self, mut f: impl FnMut(&T) -> K + Send + 'static) -> DStream<(K, T)> {
+        self.map(move |item| (f(&item), item))
+    }
+
+    /// The items of both streams (this one's parts first). A batch has output if either has.
+    pub fn union(self, other: DStream<T>) -> DStream<T> {
+        let mut left = self.compute;
+        let mut right = other.compute;
+        DStream::new(
+            self.graph,
+            Box::new(move |input| match (left(input), right(input)) {
+                (None, None) => None,
+                (l, r) => Some(l.unwrap_or_default().into_iter().chain(r.unwrap_or_default()).collect()),
+            }),
+        )
+    }
+
+    /// How many items each batch has (one item per batch with output).
+    pub fn count(self) -> DStream<u64> {
+        self.derive(|_, parts| Some(vec![vec![parts.iter().map(|p| p.len() as u64).sum()]]))
+    }
+
+    /// The `k` greatest items of each batch by `compare`, greatest first, in one part. With a
+    /// total order the result is the same whatever the order items arrived in.
+    pub fn top_k(self, k: usize, compare: impl Fn(&T, &T) -> Ordering + Send + 'static) -> DStream<T> {
+        self.derive(move |_, parts| {
+            let mut all: Vec<T> = parts.into_iter().flatten().collect();
+            let greatest_first = |a: &T, b: &T| compare(b, a);
+            if all.len() > k && k > 0 {
+                all.select_nth_unstable_by(k - 1, greatest_first);
+                all.truncate(k);
+            } else if k == 0 {
+                all.clear();
+            }
+            all.sort_by(greatest_first);
+            Some(vec![all])
+        })
+    }
+
+    /// Each item with how many times it occurs in the batch, in item order, in one part.
+    pub fn count_by_value(self) -> DStream<(T, u64)>
+    where
+        T: Hash + Eq + Ord + Clone,
+    {
+        self.map(|item| (item, 1u64)).reduce_by_key(|a, b| a + b)
+    }
+
+    /// Every batch's items over the last `length` of batches, every `slide` (both multiples
+    /// of the batch interval), like Spark's `window`. Batches in between have no output.
+    pub fn window(self, length: std::time::Duration, slide: std::time::Duration) -> DStream<T>
+    where
+        T: Clone,
+    {
+        let Some((length, slide)) = self.window_batches(length, slide) else { return self.nothing() };
+        let mut kept: std::collections::VecDeque<Parts<T>> = std::collections::VecDeque::new();
+        self.derive(move |input, parts| {
+            kept.push_back(parts);
+            while kept.len() > length {
+                kept.pop_front();
+            }
+            ((input.batch_id + 1) % slide == 0).then(|| kept.iter().flatten().cloned().collect())
+        })
+    }
+
+    /// The window's length and slide in batches, or a configuration error recorded.
+    pub(crate) fn window_batches(
+        &self,
+        length: std::time::Duration,
+        slide: std::time::Duration,
+    ) -> Option<(usize, u64)> {
+        let interval = self.interval_ms();
+        let (length_ms, slide_ms) = (length.as_millis(), slide.as_millis());
+        let whole = |ms: u128| interval > 0 && ms > 0 && ms % u128::from(interval) == 0;
+        if !whole(length_ms) || !whole(slide_ms) {
+            self.record_error(format!(
+                "a window of {length_ms} ms sliding every {slide_ms} ms: both must be positive multiples of the batch interval ({interval} ms)"
+            ));
+            return None;
+        }
+        let batches = |ms: u128| ms / u128::from(interval);
+        Some((usize::try_from(batches(length_ms)).ok()?, u64::try_from(batches(slide_ms)).ok()?))
+    }
+
+    fn nothing<U: Send + 'static>(self) -> DStream<U> {
+        DStream::new(self.graph, Box::new(|_| None))
+    }
+
+    /// Calls `f` with each batch's items (all parts, in order) — Spark's `foreachRDD`. An error
+    /// fails the batch, which is then re-run (after a restart, with the same records).
+    pub fn foreach_batch(self, f: impl FnMut(&BatchInfo, Vec<T>) -> Result<(), String> + Send + 'static) {
+        self.to_sink(crate::sink::ForEach(f));
+    }
+
+    /// Writes each batch's items to `sink`.
+    pub fn to_sink<S: crate::sink::Sink<T> + 'static>(self, sink: S) {
+        let output = SinkOutput { compute: self.compute, sink };
+        lock(&self.graph).outputs.push(Box::new(output));
+    }
+}
+
+/// Operators of streams of key-value pairs.
+impl<K, V> DStream<(K, V)>
+where
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Send + 'static,
+{
+    /// One item per key of the batch, its values combined by `f`, in key order, in one part.
+    pub fn reduce_by_key(self, f: impl Fn(V, V) -> V + Send + 'static) -> DStream<(K, V)> {
+        self.derive(move |_, parts| Some(vec![sorted(reduce_parts(parts, &f))]))
+    }
+
+    /// How many items each key has in the batch, in key order.
+    pub fn count_by_key(self) -> DStream<(K, u64)> {
+        self.map(|(key, _)| (key, 1u64)).reduce_by_key(|a, b| a + b)
+    }
+
+    /// The pairs of this stream and `other` with equal keys (an inner join within each batch),
+    /// in key order, then in the order they came. Use on windowed streams to join over windows.
+    pub fn join<W: Clone + Send + 'static>(self, other: DStream<(K, W)>) -> DStream<(K, (V, W))>
+    where
+        V: Clone,
+    {
+        let mut left = self.compute;
+        let mut right = other.compute;
+        DStream::new(
+            self.graph,
+            Box::new(move |input| {
+                let (l, r) = (left(input)?, right(input)?);
+                let mut by_key: HashMap<K, Vec<W>> = HashMap::new();
+                for (key, w) in r.into_iter().flatten() {
+                    by_key.entry(key).or_default().push(w);
+                }
+                let mut joined: Vec<(K, (V, W))> = Vec::new();
+                for (key, v) in l.into_iter().flatten() {
+                    if let Some(ws) = by_key.get(&key) {
+                        joined.extend(ws.iter().map(|w| (key.clone(), (v.clone(), w.clone()))));
+                    }
+                }
+                joined.sort_by(|a, b| a.0.cmp(&b.0));
+                Some(vec![joined])
+            }),
+        )
+    }
+
+    /// [`DStream::reduce_by_key`] over a sliding window (length and slide multiples of the
+    /// batch interval), like Spark's `reduceByKeyAndWindow`. With `inverse` (which undoes
+    /// `reduce`: `inverse(reduce(a, b), b) == a`), each slide adds the batches that entered and
+    /// takes out those that left instead of combining the whole window again; a key leaves the
+    /// result when no batch of the window has it.
+    pub fn reduce_by_key_and_window(
+        self,
+        reduce: impl Fn(V, V) -> V + Send + 'static,
+        inverse: Option<Box<dyn Fn(V, V) -> V + Send>>,
+        length: std::time::Duration,
+        slide: std::time::Duration,
+    ) -> DStream<(K, V)>
+    where
+        V: Clone,
+    {
+        let Some((length, slide)) = self.window_batches(length, slide) else { return self.nothing() };
+        let mut batches: std::collections::VecDeque<HashMap<K, V>> = std::collections::VecDeque::new();
+        // With an inverse: the window's running values, and how many of its batches have each key.
+        let mut running: HashMap<K, (V, usize)> = HashMap::new();
+        self.derive(move |input, parts| {
+            let reduced = reduce_parts(parts, &reduce);
+            if inverse.is_some() {
+                for (key, value) in &reduced {
+                    match running.remove(key) {
+                        Some((total, n)) => running.insert(key.clone(), (reduce(total, value.clone()), n + 1)),
+                        None => running.insert(key.clone(), (value.clone(), 1)),
+                    };
+                }
+            }
+            batches.push_back(reduced);
+            while batches.len() > length {
+                let Some(left) = batches.pop_front() else { break };
+                if let Some(inverse) = &inverse {
+                    for (key, value) in left {
+                        if let Some((total, n)) = running.remove(&key) {
+                            if n > 1 {
+                                running.insert(key, (inverse(total, value), n - 1));
+                            }
+                        }
+                    }
+                }
+            }
+            if (input.batch_id + 1) % slide != 0 {
+                return None;
+            }
+            let window: HashMap<K, V> = match &inverse {
+                Some(_) => running.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
+                None => {
+                    let mut all: HashMap<K, V> = HashMap::new();
+                    for batch in &batches {
+                        for (key, value) in batch {
+                            merge(&mut all, key.clone(), value.clone(), &reduce);
+                        }
+                    }
+                    all
+                }
+            };
+            Some(vec![sorted(window)])
+        })
+    }
+}
+
+fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &impl Fn(V, V) -> V) {
+    match into.remove(&key) {
+        Some(old) => into.insert(key, reduce(old, value)),
+        None => into.insert(key, value),
+    };
+}
+
+fn reduce_parts<K: Hash + Eq, V>(parts: Parts<(K, V)>, reduce: &impl Fn(V, V) -> V) -> HashMap<K, V> {
+    let mut out: HashMap<K, V> = HashMap::new();
+    for (key, value) in parts.into_iter().flatten() {
+        merge(&mut out, key, value, reduce);
+    }
+    out
+}
+
+fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
+    let mut items: Vec<(K, V)> = map.into_iter().collect();
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    items
+}
