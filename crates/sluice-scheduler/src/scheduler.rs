@@ -42,6 +42,9 @@ pub struct SchedulerConfig {
     /// Also read every topic whose name matches this regular expression (internal topics
     /// excluded), including topics created while the job runs (seen at the next discovery).
     pub topic_pattern: Option<String>,
+    /// Also read exactly these partitions (Spark's `assign`), whatever other partitions their
+    /// topics have. A partition not (yet) in the cluster is read once it appears.
+    pub assign: Vec<TopicPartition>,
     /// When batches run.
     pub trigger: Trigger,
     /// The interval rates are applied over (and the processing-time trigger's, usually).
@@ -90,6 +93,7 @@ impl SchedulerConfig {
         Self {
             topics: topics.into_iter().map(Into::into).collect(),
             topic_pattern: None,
+            assign: Vec::new(),
             trigger: Trigger::ProcessingTime(batch_interval),
             batch_interval,
             limits: RateLimits::default(),
@@ -547,7 +551,10 @@ impl<C: Clock> Scheduler<C> {
             // A pattern needs every topic's name.
             Some(_) => self.client.refresh_metadata(None).await.map_err(planning)?,
             None => {
-                let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+                let mut topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+                topics.extend(self.config.assign.iter().map(|(topic, _)| topic.as_str()));
+                topics.sort_unstable();
+                topics.dedup();
                 self.client.refresh_metadata(Some(&topics)).await.map_err(planning)?
             }
         };
@@ -560,22 +567,32 @@ impl<C: Clock> Scheduler<C> {
         // are all new to this job (as Spark does).
         let first = self.next_batch_id == 0 && self.last_start_ms.is_none();
         let (mut earliest, mut latest, mut by_time) = (Vec::new(), Vec::new(), Vec::new());
-        for topic in &topics {
-            let Some(described) = metadata.topics.get(topic) else { continue };
-            for partition in &described.partitions {
-                let key = (topic.clone(), partition.partition);
-                if self.positions.contains_key(&key) {
-                    continue;
+        let whole_topics = topics.iter().filter_map(|topic| metadata.topics.get(topic).map(|t| (topic, t)));
+        let mut found: Vec<TopicPartition> =
+            whole_topics.flat_map(|(topic, t)| t.partitions.iter().map(|p| (topic.clone(), p.partition))).collect();
+        found.extend(
+            self.config
+                .assign
+                .iter()
+                .filter(|(topic, partition)| {
+                    metadata.topics.get(topic).is_some_and(|t| t.partitions.iter().any(|p| p.partition == *partition))
+                })
+                .cloned(),
+        );
+        found.sort();
+        found.dedup();
+        for key in found {
+            if self.positions.contains_key(&key) {
+                continue;
+            }
+            match &self.config.starting_offsets {
+                StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => {
+                    let offset = offsets.get(&key).copied().unwrap_or_default();
+                    self.positions.insert(key, offset);
                 }
-                match &self.config.starting_offsets {
-                    StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => {
-                        let offset = offsets.get(&key).copied().unwrap_or_default();
-                        self.positions.insert(key, offset);
-                    }
-                    StartingOffsets::Latest if first => latest.push(key),
-                    StartingOffsets::Timestamp(_) if first => by_time.push(key),
-                    _ => earliest.push(key),
-                }
+                StartingOffsets::Latest if first => latest.push(key),
+                StartingOffsets::Timestamp(_) if first => by_time.push(key),
+                _ => earliest.push(key),
             }
         }
         let isolation = self.config.fetch.isolation;

@@ -471,3 +471,22 @@ async fn partitions_of_a_topic_created_while_running_are_found_and_read_from_the
     expected.sort();
     assert_eq!(seen, expected, "every record of both topics once, the new topic's from its start");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_partitions_are_read_and_no_others() {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    client.create_topic("split", 4, 1).await.unwrap();
+    produce_tagged(&client, "split", 4, 25, "s").await;
+    let config = SchedulerConfig {
+        assign: vec![("split".into(), 1), ("split".into(), 3)],
+        trigger: sluice_scheduler::Trigger::AvailableNow,
+        ..SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(100))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut collect = Collect::default();
+    Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap().run(&mut collect, |_| {}).await.unwrap();
+    let mut expected = [tagged("s", 1..2, 25), tagged("s", 3..4, 25)].concat();
+    expected.sort();
+    assert_eq!(values(&collect), expected, "partitions 1 and 3, all of them, once");
+}
