@@ -603,6 +603,10 @@ impl Client {
             })?;
             offsets.extend(found?);
         }
+        // A leader that leaves a partition out of its answer is an error, not an offset to skip.
+        if partitions.iter().any(|key| !offsets.contains_key(key)) {
+            return Err(missing_partition("(leader)", "ListOffsets"));
+        }
         Ok(offsets)
     }
 

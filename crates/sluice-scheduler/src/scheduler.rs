@@ -780,8 +780,8 @@ impl<C: Clock> Scheduler<C> {
     }
 
     /// Plans the next batch from where this one ends and starts reading it, so its data arrives
-    /// while this one is read and processed; only when its records are expected to fit in
-    /// `prefetch_max_bytes` (judged by the last batch's bytes per offset). Its intent is written
+    /// while this one is processed; only when its records are expected to fit in
+    /// `prefetch_max_bytes` (judged by this batch's bytes per offset). Its intent is written
     /// when it starts, as usual: until then the reads have no effect anywhere.
     async fn prefetch_next(&mut self, batch_id: u64, ranges: &[OffsetRange]) {
         // An empty batch says new data is not flowing: planning ahead would only cost a round trip.
@@ -868,9 +868,7 @@ impl<C: Clock> Scheduler<C> {
         self.pending = Some(intent);
         let intent_written = self.clock.now_ms();
         let tasks = reading.finish().await?;
-        // The next batch starts reading now, while this one is processed, when it is expected
-        // to fit.
-        self.prefetch_next(batch_id, &ranges).await;
+        let fetched = self.clock.now_ms();
         for task in &tasks {
             let key = (task.range.topic.clone(), task.range.partition);
             let known = self.known_high_watermarks.entry(key).or_insert(-1);
@@ -881,7 +879,9 @@ impl<C: Clock> Scheduler<C> {
             let bytes: usize = tasks.iter().map(RangeRecords::data_bytes).sum();
             self.bytes_per_offset = Some(bytes as f64 / offsets as f64);
         }
-        let fetched = self.clock.now_ms();
+        // The next batch starts reading now, while this one is processed, planned with the high
+        // watermarks and record sizes this one just saw.
+        self.prefetch_next(batch_id, &ranges).await;
         let mut lost: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         for task in &tasks {
             *lost.entry((task.range.topic.clone(), task.range.partition)).or_default() += task.lost_offsets;
