@@ -10,7 +10,7 @@ use sluice_scheduler::{Batch, BatchOutput, BatchProgress, Clock, Processor, Sche
 
 use crate::record::KafkaRecord;
 use crate::sink::Output;
-use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph};
+use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph, SourceRecords};
 
 /// Why a job could not run or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,8 @@ impl StreamingContext {
     /// `KafkaUtils.createDirectStream`. May be called any number of times; each stream sees
     /// every record of every batch.
     pub fn kafka_stream(&self) -> DStream<KafkaRecord> {
-        DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.as_ref().clone())))
+        lock(&self.graph).sources += 1;
+        DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.take())))
     }
 
     /// Setting this flag stops the job after the batch under way commits.
@@ -107,9 +108,9 @@ impl StreamingContext {
         clock: C,
         on_progress: impl FnMut(&BatchProgress),
     ) -> Result<u64, StreamError> {
-        let (outputs, errors) = {
+        let (outputs, errors, sources) = {
             let mut graph = lock(&self.graph);
-            (std::mem::take(&mut graph.outputs), std::mem::take(&mut graph.errors))
+            (std::mem::take(&mut graph.outputs), std::mem::take(&mut graph.errors), graph.sources)
         };
         if !errors.is_empty() {
             return Err(StreamError::Invalid(errors));
@@ -123,7 +124,7 @@ impl StreamingContext {
         let interval_ms = lock(&self.graph).interval_ms;
         let mut scheduler = Scheduler::open(client, &self.config.checkpoint_dir, self.config.scheduler.clone(), clock)?;
         scheduler.set_stop_handle(Arc::clone(&self.stop));
-        let mut engine = Engine { outputs, interval_ms };
+        let mut engine = Engine { outputs, interval_ms, sources };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
 }
@@ -132,6 +133,8 @@ impl StreamingContext {
 struct Engine {
     outputs: Vec<Box<dyn Output>>,
     interval_ms: u64,
+    /// Source streams in the job.
+    sources: usize,
 }
 
 impl Processor for Engine {
@@ -148,7 +151,7 @@ impl Processor for Engine {
             batch_id: batch.batch_id,
             time_ms: batch.batch_id.saturating_add(1).saturating_mul(self.interval_ms),
             rerun: batch.rerun,
-            records: Arc::new(records),
+            records: SourceRecords::new(records, self.sources),
         };
         for output in &mut self.outputs {
             output.run(&input).await?;

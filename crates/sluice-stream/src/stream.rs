@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::record::KafkaRecord;
@@ -14,7 +15,7 @@ use crate::sink::{BatchInfo, Output, SinkOutput};
 pub type Parts<T> = Vec<Vec<T>>;
 
 /// What every stream of a job sees of one batch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BatchInput {
     /// The batch (ids are consecutive from 0 over the job's whole life, restarts included).
     pub batch_id: u64,
@@ -24,7 +25,34 @@ pub struct BatchInput {
     /// Whether the batch is the re-run of one begun before a crash or failure.
     pub rerun: bool,
     /// The source records, one part per read task.
-    pub records: Arc<Parts<KafkaRecord>>,
+    pub(crate) records: SourceRecords,
+}
+
+/// A batch's source records, handed to each source stream of the job: copies to all but the
+/// last, which takes them (a job with one source copies nothing).
+#[derive(Debug, Default)]
+pub(crate) struct SourceRecords {
+    parts: Mutex<Option<Parts<KafkaRecord>>>,
+    takers_left: AtomicUsize,
+}
+
+impl SourceRecords {
+    /// Records for `takers` source streams.
+    pub(crate) fn new(parts: Parts<KafkaRecord>, takers: usize) -> Self {
+        Self { parts: Mutex::new(Some(parts)), takers_left: AtomicUsize::new(takers) }
+    }
+
+    /// The records: a copy, or for the last taker the records themselves.
+    pub(crate) fn take(&self) -> Parts<KafkaRecord> {
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = self.takers_left.fetch_sub(1, AtomicOrdering::SeqCst);
+        if left <= 1 {
+            // The last taker (or one more than expected, which finds them gone: none left).
+            parts.take().unwrap_or_default()
+        } else {
+            parts.clone().unwrap_or_default()
+        }
+    }
 }
 
 impl BatchInput {
@@ -42,6 +70,8 @@ pub(crate) struct Graph {
     pub(crate) interval_ms: u64,
     pub(crate) outputs: Vec<Box<dyn Output>>,
     pub(crate) errors: Vec<String>,
+    /// Source streams made (each takes the batch's records once per batch).
+    pub(crate) sources: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -89,6 +119,16 @@ impl<T: Send + 'static> DStream<T> {
     ) -> DStream<U> {
         let mut parent = self.compute;
         DStream::new(self.graph, Box::new(move |input| parent(input).and_then(|parts| step(input, parts))))
+    }
+
+    /// Like `derive`, for stateful steps that must see every batch: a batch without output
+    /// upstream comes to them empty.
+    fn derive_every_batch<U: Send + 'static>(
+        self,
+        mut step: impl FnMut(&BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
+    ) -> DStream<U> {
+        let mut parent = self.compute;
+        DStream::new(self.graph, Box::new(move |input| step(input, parent(input).unwrap_or_default())))
     }
 
     fn record_error(&self, error: String) {
@@ -192,7 +232,7 @@ impl<T: Send + 'static> DStream<T> {
     {
         let Some((length, slide)) = self.window_batches(length, slide) else { return self.nothing() };
         let mut kept: std::collections::VecDeque<Parts<T>> = std::collections::VecDeque::new();
-        self.derive(move |input, parts| {
+        self.derive_every_batch(move |input, parts| {
             kept.push_back(parts);
             while kept.len() > length {
                 kept.pop_front();
@@ -264,7 +304,9 @@ where
         DStream::new(
             self.graph,
             Box::new(move |input| {
-                let (l, r) = (left(input)?, right(input)?);
+                // Both sides compute every batch (a windowed side must see each one).
+                let (l, r) = (left(input), right(input));
+                let (l, r) = (l?, r?);
                 let mut by_key: HashMap<K, Vec<W>> = HashMap::new();
                 for (key, w) in r.into_iter().flatten() {
                     by_key.entry(key).or_default().push(w);
@@ -300,7 +342,7 @@ where
         let mut batches: std::collections::VecDeque<HashMap<K, V>> = std::collections::VecDeque::new();
         // With an inverse: the window's running values, and how many of its batches have each key.
         let mut running: HashMap<K, (V, usize)> = HashMap::new();
-        self.derive(move |input, parts| {
+        self.derive_every_batch(move |input, parts| {
             let reduced = reduce_parts(parts, &reduce);
             if inverse.is_some() {
                 for (key, value) in &reduced {
@@ -362,4 +404,33 @@ fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
     let mut items: Vec<(K, V)> = map.into_iter().collect();
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64) -> KafkaRecord {
+        KafkaRecord {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            timestamp: 0,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_source_gets_the_batch_and_the_last_takes_it_without_a_copy() {
+        let parts = vec![vec![record(0), record(1)], vec![record(7)]];
+        let records = SourceRecords::new(parts.clone(), 2);
+        assert_eq!(records.take(), parts, "the first of two gets a copy");
+        assert_eq!(records.take(), parts, "the last gets the records");
+        assert!(records.parts.lock().unwrap().is_none(), "taken, not copied");
+        assert_eq!(records.take(), Parts::new(), "a taker beyond the count finds none left");
+        let one = SourceRecords::new(parts.clone(), 1);
+        assert_eq!(one.take(), parts);
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::context::StreamError;
 use crate::sink::{BatchInfo, ForEach};
-use crate::stream::{lock, BatchInput, DStream, Graph, SharedGraph};
+use crate::stream::{lock, BatchInput, DStream, Graph, SharedGraph, SourceRecords};
 
 /// A job run in memory, batch by batch.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl LocalJob {
                 batch_id,
                 time_ms: (batch_id + 1).saturating_mul(interval_ms),
                 rerun: false,
-                records: Arc::default(),
+                records: SourceRecords::default(),
             };
             for output in &mut outputs {
                 runtime.block_on(output.run(&input)).map_err(|reason| StreamError::Batch { batch_id, reason })?;

@@ -136,3 +136,22 @@ fn an_output_error_fails_its_batch() {
     let error = job.run(2).unwrap_err();
     assert!(matches!(error, StreamError::Batch { batch_id: 1, .. }), "{error}");
 }
+
+#[test]
+fn windows_and_joins_count_batches_without_upstream_output_as_empty_ones() {
+    let job = LocalJob::new(SECOND);
+    // The inner window gives only at odd batches (each its own batch's items); over three
+    // batches, the outer one must forget batch 1 by batch 5 although nothing came at 2 and 4.
+    let input: Vec<Vec<u32>> = (0..6).map(|b| vec![b]).collect();
+    let outer = job.collect(job.queue_stream(input).window(SECOND, 2 * SECOND).window(3 * SECOND, SECOND));
+    // A join whose left side gives nothing at batch 0 still lets the right side's window see it.
+    let left = job.queue_stream(vec![vec![(1, "a")], vec![]]).window(2 * SECOND, 2 * SECOND);
+    let right = job.queue_stream(vec![vec![(1, 'x')], vec![(1, 'y')]]).window(2 * SECOND, SECOND);
+    let joined = job.collect(left.join(right));
+    job.run(6).unwrap();
+    assert_eq!(
+        batches(&outer),
+        vec![(0, vec![]), (1, vec![1]), (2, vec![1]), (3, vec![1, 3]), (4, vec![3]), (5, vec![3, 5])]
+    );
+    assert_eq!(batches(&joined), vec![(1, vec![(1, ("a", 'x')), (1, ("a", 'y'))]), (3, vec![]), (5, vec![])]);
+}
