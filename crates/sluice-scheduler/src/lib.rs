@@ -15,7 +15,7 @@ pub use fetch::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, RangeRec
 pub use plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 pub use rate::PidRateEstimator;
 pub use scheduler::{
-    Batch, BatchOutput, BatchProgress, Durations, PartitionProgress, Processor, Scheduler, SchedulerConfig,
-    SchedulerError, StartingOffsets,
+    Batch, BatchOutput, BatchProgress, Durations, PartitionProgress, Processor, RecoveredState, Scheduler,
+    SchedulerConfig, SchedulerError, StartingOffsets,
 };
 pub use trigger::{Trigger, TriggerState};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions};
+use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions, Snapshot};
 use sluice_client::{Client, Connection, FetchOptions, OffsetSpec};
 
 use crate::clock::Clock;
@@ -210,6 +210,20 @@ pub struct BatchOutput {
     pub state_delta: Vec<u8>,
     /// Markers the sinks need to recognise the batch when re-run (opaque).
     pub sink_markers: Vec<u8>,
+    /// The whole state after this batch, to be written after its commit as a snapshot
+    /// (recovery then starts from it instead of replaying every delta before it, and the log
+    /// can drop what it replaces).
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// The state a job had at its last committed batch, as the checkpoint log holds it: the latest
+/// snapshot and the deltas of the batches committed after it, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveredState {
+    /// The latest snapshot: the batch it was taken after, and its bytes.
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// `(batch_id, state_delta)` of each batch committed after the snapshot.
+    pub deltas: Vec<(u64, Vec<u8>)>,
 }
 
 /// The work done on each batch. `process` may run again for the same batch after a crash (with
@@ -348,6 +362,7 @@ pub struct Scheduler<C: Clock> {
     positions: BTreeMap<TopicPartition, i64>,
     /// An intent found open in the log: the first batch re-runs it.
     pending: Option<BatchIntent>,
+    recovered_state: Option<RecoveredState>,
     next_batch_id: u64,
     progress: VecDeque<BatchProgress>,
     stop: Arc<AtomicBool>,
@@ -413,6 +428,10 @@ impl<C: Clock> Scheduler<C> {
                 )));
             }
         }
+        let recovered_state = RecoveredState {
+            snapshot: recovered.snapshot.map(|s| (s.batch_id, s.state)),
+            deltas: recovered.deltas.into_iter().map(|c| (c.batch_id, c.state_delta)).collect(),
+        };
         let pattern = match &config.topic_pattern {
             Some(pattern) => Some(regex::Regex::new(pattern).map_err(|e| {
                 SchedulerError::Config(format!("topic_pattern {pattern:?} is not a valid regular expression: {e}"))
@@ -430,6 +449,7 @@ impl<C: Clock> Scheduler<C> {
             estimator,
             positions,
             pending,
+            recovered_state: Some(recovered_state),
             next_batch_id,
             progress: VecDeque::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -441,6 +461,13 @@ impl<C: Clock> Scheduler<C> {
             pattern,
             bytes_per_offset: None,
         })
+    }
+
+    /// The state recovered from the checkpoint log when it was opened (given once; later calls
+    /// get an empty one). A processor restores it before the first batch: with it, a re-run
+    /// batch sees the state its first run saw.
+    pub fn take_recovered_state(&mut self) -> RecoveredState {
+        self.recovered_state.take().unwrap_or_default()
     }
 
     /// A handle that stops the run after the current batch (e.g. on SIGTERM).
@@ -896,6 +923,10 @@ impl<C: Clock> Scheduler<C> {
             state_delta: output.state_delta,
             sink_markers: output.sink_markers,
         })?;
+        if let Some(state) = output.snapshot {
+            // Made durable with the commit, by the same sync.
+            self.log.append_snapshot(&Snapshot { batch_id, state })?;
+        }
         self.log.commit()?;
         self.pending = None;
         if let Some(group) = &self.config.commit_to_group {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::Tansu;
 use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, ManualClock, OffsetRange, Processor, RateLimits, Scheduler, SchedulerConfig,
-    SchedulerError,
+    Batch, BatchOutput, BatchProgress, ManualClock, OffsetRange, Processor, RateLimits, RecoveredState, Scheduler,
+    SchedulerConfig, SchedulerError,
 };
 
 const TOPIC: &str = "clicks";
@@ -72,7 +72,9 @@ impl Processor for Collect {
                 self.seen.push((task.range.partition, record.offset(), value));
             }
         }
-        Ok(BatchOutput { state_delta: batch.batch_id.to_le_bytes().to_vec(), sink_markers: Vec::new() })
+        // A snapshot after batch 0; each batch's delta is its id.
+        let snapshot = (batch.batch_id == 0).then(|| b"state after 0".to_vec());
+        Ok(BatchOutput { state_delta: batch.batch_id.to_le_bytes().to_vec(), snapshot, ..BatchOutput::default() })
     }
 }
 
@@ -145,6 +147,11 @@ async fn a_failed_batch_is_rerun_after_reopening_with_the_ranges_of_its_intent()
     let mut scheduler = Scheduler::open(client, dir.path(), bounded_config(), clock).unwrap();
     assert_eq!(scheduler.next_batch_id(), 2);
     assert_eq!(scheduler.positions().values().copied().collect::<Vec<_>>(), vec![400; 8]);
+    // The state as of batch 1: the snapshot taken after batch 0, then batch 1's delta.
+    let state = scheduler.take_recovered_state();
+    assert_eq!(state.snapshot, Some((0, b"state after 0".to_vec())));
+    assert_eq!(state.deltas, vec![(1, 1u64.to_le_bytes().to_vec())]);
+    assert_eq!(scheduler.take_recovered_state(), RecoveredState::default(), "given once");
     scheduler.run(&mut collect, |_| {}).await.unwrap();
     let rerun = collect.batches.iter().find(|(id, _, rerun)| *id == 2 && *rerun).expect("batch 2 ran again");
     assert_eq!(rerun.1, failed_ranges, "the same ranges as the intent");

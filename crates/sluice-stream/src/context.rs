@@ -10,6 +10,7 @@ use sluice_scheduler::{Batch, BatchOutput, BatchProgress, Clock, Processor, Sche
 
 use crate::record::KafkaRecord;
 use crate::sink::Output;
+use crate::state::JobState;
 use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph, SourceRecords};
 
 /// Why a job could not run or stopped.
@@ -34,6 +35,9 @@ pub enum StreamError {
     /// The scheduler failed (planning, reading, an output, or the checkpoint log).
     #[error(transparent)]
     Scheduler(#[from] sluice_scheduler::SchedulerError),
+    /// The state in the checkpoint could not be restored into this job.
+    #[error("restoring the job's state: {0}")]
+    State(String),
 }
 
 /// What a job needs: where the brokers are, what to read and how (the scheduler's
@@ -47,6 +51,10 @@ pub struct StreamConfig {
     pub scheduler: SchedulerConfig,
     /// The checkpoint directory (one job per directory).
     pub checkpoint_dir: PathBuf,
+    /// Every this many batches the whole state is written to the checkpoint log as a snapshot
+    /// (between snapshots each batch writes its changes). A restart replays the changes since
+    /// the latest snapshot, and the log drops what a snapshot replaces.
+    pub snapshot_every: u64,
 }
 
 impl StreamConfig {
@@ -63,6 +71,7 @@ impl StreamConfig {
             client: ClientConfig::new(brokers),
             scheduler: SchedulerConfig::new(topics, batch_interval),
             checkpoint_dir: checkpoint_dir.into(),
+            snapshot_every: 10,
         }
     }
 }
@@ -108,9 +117,15 @@ impl StreamingContext {
         clock: C,
         on_progress: impl FnMut(&BatchProgress),
     ) -> Result<u64, StreamError> {
-        let (outputs, errors, sources) = {
+        let (outputs, errors, sources, state) = {
             let mut graph = lock(&self.graph);
-            (std::mem::take(&mut graph.outputs), std::mem::take(&mut graph.errors), graph.sources)
+            let graph = &mut *graph;
+            (
+                std::mem::take(&mut graph.outputs),
+                std::mem::take(&mut graph.errors),
+                graph.sources,
+                std::mem::take(&mut graph.state),
+            )
         };
         if !errors.is_empty() {
             return Err(StreamError::Invalid(errors));
@@ -124,7 +139,10 @@ impl StreamingContext {
         let interval_ms = lock(&self.graph).interval_ms;
         let mut scheduler = Scheduler::open(client, &self.config.checkpoint_dir, self.config.scheduler.clone(), clock)?;
         scheduler.set_stop_handle(Arc::clone(&self.stop));
-        let mut engine = Engine { outputs, interval_ms, sources };
+        let recovered = scheduler.take_recovered_state();
+        state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
+        let snapshot_every = self.config.snapshot_every.max(1);
+        let mut engine = Engine { outputs, interval_ms, sources, state, snapshot_every };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
 }
@@ -135,6 +153,8 @@ struct Engine {
     interval_ms: u64,
     /// Source streams in the job.
     sources: usize,
+    state: JobState,
+    snapshot_every: u64,
 }
 
 impl Processor for Engine {
@@ -147,15 +167,18 @@ impl Processor for Engine {
                 task.records().map(|record| KafkaRecord::from_ref(&topic, task.range.partition, &record)).collect()
             })
             .collect();
-        let input = BatchInput {
-            batch_id: batch.batch_id,
-            time_ms: batch.batch_id.saturating_add(1).saturating_mul(self.interval_ms),
-            rerun: batch.rerun,
-            records: SourceRecords::new(records, self.sources),
-        };
+        let part_sources =
+            batch.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
+        let records = SourceRecords::new(records, self.sources);
+        let input = BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, part_sources);
         for output in &mut self.outputs {
             output.run(&input).await?;
         }
-        Ok(BatchOutput::default())
+        let snapshot_due = (batch.batch_id + 1) % self.snapshot_every == 0;
+        Ok(BatchOutput {
+            state_delta: self.state.take_delta()?,
+            snapshot: if snapshot_due { Some(self.state.snapshot()?) } else { None },
+            ..BatchOutput::default()
+        })
     }
 }

@@ -4,12 +4,17 @@
 #![warn(missing_docs)]
 
 pub mod context;
+mod event_time;
+mod keyed;
 pub mod record;
 pub mod sink;
+mod state;
 pub mod stream;
 pub mod testing;
 
 pub use context::{StreamConfig, StreamError, StreamingContext};
+pub use event_time::{Timed, Watermark, Windowed};
+pub use keyed::{KeyState, StateKey};
 pub use record::{split_csv, KafkaRecord, ParseError};
 pub use sink::{BatchInfo, ForEach, JsonLinesFiles, Sink, Stdout};
 pub use stream::{BatchInput, DStream, Parts};

@@ -8,8 +8,12 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 use crate::record::KafkaRecord;
 use crate::sink::{BatchInfo, Output, SinkOutput};
+use crate::state::{decode, encode, lock_state, JobState, Stateful};
 
 /// A batch's items, in parts.
 pub type Parts<T> = Vec<Vec<T>>;
@@ -26,6 +30,11 @@ pub struct BatchInput {
     pub rerun: bool,
     /// The source records, one part per read task.
     pub(crate) records: SourceRecords,
+    /// The partition each part of the source came from.
+    pub(crate) part_sources: Vec<(Arc<str>, i32)>,
+    /// The watermark of the stream being computed, published by its `with_watermark` steps
+    /// (the least of them when streams are combined).
+    pub(crate) watermark: Mutex<Option<i64>>,
 }
 
 /// A batch's source records, handed to each source stream of the job: copies to all but the
@@ -56,8 +65,39 @@ impl SourceRecords {
 }
 
 impl BatchInput {
+    /// A batch's input.
+    pub(crate) fn new(
+        batch_id: u64,
+        interval_ms: u64,
+        rerun: bool,
+        records: SourceRecords,
+        part_sources: Vec<(Arc<str>, i32)>,
+    ) -> Self {
+        Self {
+            batch_id,
+            time_ms: batch_id.saturating_add(1).saturating_mul(interval_ms),
+            rerun,
+            records,
+            part_sources,
+            watermark: Mutex::new(None),
+        }
+    }
+
     pub(crate) fn info(&self) -> BatchInfo {
         BatchInfo { batch_id: self.batch_id, time_ms: self.time_ms, rerun: self.rerun }
+    }
+
+    pub(crate) fn clear_watermark(&self) {
+        *self.watermark.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    pub(crate) fn publish_watermark(&self, watermark: i64) {
+        let mut current = self.watermark.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = Some(current.map_or(watermark, |w| w.min(watermark)));
+    }
+
+    pub(crate) fn watermark(&self) -> Option<i64> {
+        *self.watermark.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -72,6 +112,8 @@ pub(crate) struct Graph {
     pub(crate) errors: Vec<String>,
     /// Source streams made (each takes the batch's records once per batch).
     pub(crate) sources: usize,
+    /// The stateful operators, in the order they were made.
+    pub(crate) state: JobState,
 }
 
 impl std::fmt::Debug for Graph {
@@ -80,6 +122,7 @@ impl std::fmt::Debug for Graph {
             .field("interval_ms", &self.interval_ms)
             .field("outputs", &self.outputs.len())
             .field("errors", &self.errors)
+            .field("state", &self.state)
             .finish()
     }
 }
@@ -113,7 +156,12 @@ impl<T: Send + 'static> DStream<T> {
         Self { compute, graph }
     }
 
-    fn derive<U: Send + 'static>(
+    /// The stream's compute step and job, to build an operator around.
+    pub(crate) fn into_parts(self) -> (Compute<T>, SharedGraph) {
+        (self.compute, self.graph)
+    }
+
+    pub(crate) fn derive<U: Send + 'static>(
         self,
         mut step: impl FnMut(&BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
     ) -> DStream<U> {
@@ -131,11 +179,23 @@ impl<T: Send + 'static> DStream<T> {
         DStream::new(self.graph, Box::new(move |input| step(input, parent(input).unwrap_or_default())))
     }
 
-    fn record_error(&self, error: String) {
+    /// A stateful step: `state` is saved with each batch's commit and restored on restart
+    /// (as a delta per batch and in snapshots); the step sees every batch.
+    pub(crate) fn stateful<U: Send + 'static, S: Stateful + 'static>(
+        self,
+        state: S,
+        mut step: impl FnMut(&mut S, &BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
+    ) -> DStream<U> {
+        let state = Arc::new(Mutex::new(state));
+        lock(&self.graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
+        self.derive_every_batch(move |input, parts| step(&mut lock_state(&state), input, parts))
+    }
+
+    pub(crate) fn record_error(&self, error: String) {
         lock(&self.graph).errors.push(error);
     }
 
-    fn interval_ms(&self) -> u64 {
+    pub(crate) fn interval_ms(&self) -> u64 {
         lock(&self.graph).interval_ms
     }
 
@@ -225,19 +285,19 @@ impl<T: Send + 'static> DStream<T> {
     }
 
     /// Every batch's items over the last `length` of batches, every `slide` (both multiples
-    /// of the batch interval), like Spark's `window`. Batches in between have no output.
+    /// of the batch interval), like Spark's `window`. Batches in between have no output. The
+    /// window's batches are saved with each commit, so a restarted job's windows hold what
+    /// they held before.
     pub fn window(self, length: std::time::Duration, slide: std::time::Duration) -> DStream<T>
     where
-        T: Clone,
+        T: Clone + Serialize + DeserializeOwned,
     {
         let Some((length, slide)) = self.window_batches(length, slide) else { return self.nothing() };
-        let mut kept: std::collections::VecDeque<Parts<T>> = std::collections::VecDeque::new();
-        self.derive_every_batch(move |input, parts| {
-            kept.push_back(parts);
-            while kept.len() > length {
-                kept.pop_front();
-            }
-            ((input.batch_id + 1) % slide == 0).then(|| kept.iter().flatten().cloned().collect())
+        let state = WindowState { length, kept: std::collections::VecDeque::new(), added: None };
+        self.stateful(state, move |state, input, parts| {
+            state.added = Some(parts.clone());
+            state.push(parts);
+            ((input.batch_id + 1) % slide == 0).then(|| state.kept.iter().flatten().cloned().collect())
         })
     }
 
@@ -260,7 +320,7 @@ impl<T: Send + 'static> DStream<T> {
         Some((usize::try_from(batches(length_ms)).ok()?, u64::try_from(batches(slide_ms)).ok()?))
     }
 
-    fn nothing<U: Send + 'static>(self) -> DStream<U> {
+    pub(crate) fn nothing<U: Send + 'static>(self) -> DStream<U> {
         DStream::new(self.graph, Box::new(|_| None))
     }
 
@@ -336,63 +396,171 @@ where
         slide: std::time::Duration,
     ) -> DStream<(K, V)>
     where
-        V: Clone,
+        K: Serialize + DeserializeOwned,
+        V: Clone + Serialize + DeserializeOwned,
     {
         let Some((length, slide)) = self.window_batches(length, slide) else { return self.nothing() };
-        let mut batches: std::collections::VecDeque<HashMap<K, V>> = std::collections::VecDeque::new();
-        // With an inverse: the window's running values, and how many of its batches have each key.
-        let mut running: HashMap<K, (V, usize)> = HashMap::new();
-        self.derive_every_batch(move |input, parts| {
-            let reduced = reduce_parts(parts, &reduce);
-            if inverse.is_some() {
-                for (key, value) in &reduced {
-                    match running.remove(key) {
-                        Some((total, n)) => running.insert(key.clone(), (reduce(total, value.clone()), n + 1)),
-                        None => running.insert(key.clone(), (value.clone(), 1)),
-                    };
-                }
-            }
-            batches.push_back(reduced);
-            while batches.len() > length {
-                let Some(left) = batches.pop_front() else { break };
-                if let Some(inverse) = &inverse {
-                    for (key, value) in left {
-                        if let Some((total, n)) = running.remove(&key) {
-                            if n > 1 {
-                                running.insert(key, (inverse(total, value), n - 1));
-                            }
-                        }
-                    }
-                }
-            }
-            if (input.batch_id + 1) % slide != 0 {
-                return None;
-            }
-            let window: HashMap<K, V> = match &inverse {
-                Some(_) => running.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
-                None => {
-                    let mut all: HashMap<K, V> = HashMap::new();
-                    for batch in &batches {
-                        for (key, value) in batch {
-                            merge(&mut all, key.clone(), value.clone(), &reduce);
-                        }
-                    }
-                    all
-                }
-            };
-            Some(vec![sorted(window)])
+        let state = ReduceWindow {
+            reduce: Box::new(reduce),
+            inverse,
+            length,
+            batches: std::collections::VecDeque::new(),
+            running: HashMap::new(),
+            added: None,
+        };
+        self.stateful(state, move |state, input, parts| {
+            let reduced = sorted(reduce_parts(parts, &state.reduce));
+            state.added = Some(reduced.clone());
+            state.push(reduced);
+            ((input.batch_id + 1) % slide == 0).then(|| vec![state.window()])
         })
     }
 }
 
-fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &impl Fn(V, V) -> V) {
+/// A window's batches (`window`).
+struct WindowState<T> {
+    length: usize,
+    kept: std::collections::VecDeque<Parts<T>>,
+    /// The batch added last, not yet taken as a delta.
+    added: Option<Parts<T>>,
+}
+
+impl<T> WindowState<T> {
+    fn push(&mut self, parts: Parts<T>) {
+        self.kept.push_back(parts);
+        while self.kept.len() > self.length {
+            self.kept.pop_front();
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send> Stateful for WindowState<T> {
+    fn kind(&self) -> &'static str {
+        "window"
+    }
+
+    fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
+        self.added.take().map(|parts| encode(&parts)).transpose()
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        encode(&self.kept)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.kept = decode(snapshot)?;
+        Ok(())
+    }
+
+    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
+        self.push(decode(delta)?);
+        Ok(())
+    }
+}
+
+type Reduce<V> = Box<dyn Fn(V, V) -> V + Send>;
+
+/// A keyed window's batches, each reduced by key, oldest first.
+type WindowBatches<K, V> = std::collections::VecDeque<Vec<(K, V)>>;
+
+/// A keyed window's running values, and how many of its batches have each key, in key order.
+type RunningValues<K, V> = Vec<(K, (V, usize))>;
+
+/// A keyed window's batches, reduced, and with an inverse its running values
+/// (`reduce_by_key_and_window`).
+struct ReduceWindow<K, V> {
+    reduce: Reduce<V>,
+    inverse: Option<Reduce<V>>,
+    length: usize,
+    batches: WindowBatches<K, V>,
+    /// With an inverse: the window's running values, and how many of its batches have each key.
+    running: HashMap<K, (V, usize)>,
+    /// The batch added last, not yet taken as a delta.
+    added: Option<Vec<(K, V)>>,
+}
+
+impl<K: Hash + Eq + Ord + Clone, V: Clone> ReduceWindow<K, V> {
+    fn push(&mut self, reduced: Vec<(K, V)>) {
+        if self.inverse.is_some() {
+            for (key, value) in &reduced {
+                match self.running.remove(key) {
+                    Some((total, n)) => self.running.insert(key.clone(), ((self.reduce)(total, value.clone()), n + 1)),
+                    None => self.running.insert(key.clone(), (value.clone(), 1)),
+                };
+            }
+        }
+        self.batches.push_back(reduced);
+        while self.batches.len() > self.length {
+            let Some(left) = self.batches.pop_front() else { break };
+            if let Some(inverse) = &self.inverse {
+                for (key, value) in left {
+                    if let Some((total, n)) = self.running.remove(&key) {
+                        if n > 1 {
+                            self.running.insert(key, (inverse(total, value), n - 1));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The window's values by key, in key order.
+    fn window(&self) -> Vec<(K, V)> {
+        let window: HashMap<K, V> = match &self.inverse {
+            Some(_) => self.running.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
+            None => {
+                let mut all: HashMap<K, V> = HashMap::new();
+                for batch in &self.batches {
+                    for (key, value) in batch {
+                        merge(&mut all, key.clone(), value.clone(), &self.reduce);
+                    }
+                }
+                all
+            }
+        };
+        sorted(window)
+    }
+}
+
+impl<K, V> Stateful for ReduceWindow<K, V>
+where
+    K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Send,
+    V: Clone + Serialize + DeserializeOwned + Send,
+{
+    fn kind(&self) -> &'static str {
+        "reduce_by_key_and_window"
+    }
+
+    fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
+        self.added.take().map(|reduced| encode(&reduced)).transpose()
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        let running: HashMap<K, (V, usize)> = self.running.clone();
+        encode(&(&self.batches, sorted(running)))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let (batches, running): (WindowBatches<K, V>, RunningValues<K, V>) = decode(snapshot)?;
+        self.batches = batches;
+        self.running = running.into_iter().collect();
+        Ok(())
+    }
+
+    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
+        self.push(decode(delta)?);
+        Ok(())
+    }
+}
+
+fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &dyn Fn(V, V) -> V) {
     match into.remove(&key) {
         Some(old) => into.insert(key, reduce(old, value)),
         None => into.insert(key, value),
     };
 }
 
-fn reduce_parts<K: Hash + Eq, V>(parts: Parts<(K, V)>, reduce: &impl Fn(V, V) -> V) -> HashMap<K, V> {
+pub(crate) fn reduce_parts<K: Hash + Eq, V>(parts: Parts<(K, V)>, reduce: &dyn Fn(V, V) -> V) -> HashMap<K, V> {
     let mut out: HashMap<K, V> = HashMap::new();
     for (key, value) in parts.into_iter().flatten() {
         merge(&mut out, key, value, reduce);
@@ -400,7 +568,7 @@ fn reduce_parts<K: Hash + Eq, V>(parts: Parts<(K, V)>, reduce: &impl Fn(V, V) ->
     out
 }
 
-fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
+pub(crate) fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
     let mut items: Vec<(K, V)> = map.into_iter().collect();
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     items

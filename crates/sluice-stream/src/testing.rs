@@ -6,13 +6,25 @@ use std::time::Duration;
 
 use crate::context::StreamError;
 use crate::sink::{BatchInfo, ForEach};
-use crate::stream::{lock, BatchInput, DStream, Graph, SharedGraph, SourceRecords};
+use sluice_scheduler::RecoveredState;
 
-/// A job run in memory, batch by batch.
+use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph, SourceRecords};
+
+/// A job run in memory, batch by batch. Its state is saved as a job under the scheduler saves
+/// it (each batch's changes, and a snapshot every few batches), so a test can stop it after
+/// any batch and resume another job of the same streams from there, as after a crash.
 #[derive(Debug)]
 pub struct LocalJob {
     graph: SharedGraph,
+    interval_ms: u64,
+    snapshot_every: u64,
+    next_batch: Mutex<u64>,
+    /// `(batch_id, delta)` of every batch run, and `(batch_id, snapshot)` of every snapshot.
+    saved: Mutex<(Saved, Saved)>,
 }
+
+/// `(batch_id, bytes)` saved per batch.
+type Saved = Vec<(u64, Vec<u8>)>;
 
 /// What a stream gave, batch by batch (batches without output are absent).
 pub type Collected<T> = Arc<Mutex<Vec<(BatchInfo, Vec<T>)>>>;
@@ -21,16 +33,58 @@ impl LocalJob {
     /// A job whose batches are `batch_interval` apart.
     pub fn new(batch_interval: Duration) -> Self {
         let interval_ms = u64::try_from(batch_interval.as_millis()).unwrap_or(u64::MAX);
-        Self { graph: Arc::new(Mutex::new(Graph { interval_ms, ..Graph::default() })) }
+        Self {
+            graph: Arc::new(Mutex::new(Graph { interval_ms, ..Graph::default() })),
+            interval_ms,
+            snapshot_every: 3,
+            next_batch: Mutex::new(0),
+            saved: Mutex::default(),
+        }
+    }
+
+    /// Takes a snapshot of the state after every `every` batches (3 unless set).
+    pub fn snapshot_every(mut self, every: u64) -> Self {
+        self.snapshot_every = every.max(1);
+        self
+    }
+
+    /// What a checkpoint log would hold after batch `batch_id`: the latest snapshot up to it
+    /// and the changes of the batches after that snapshot.
+    pub fn checkpoint_after(&self, batch_id: u64) -> RecoveredState {
+        let saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+        let snapshot = saved.1.iter().rev().find(|(id, _)| *id <= batch_id).cloned();
+        let from = snapshot.as_ref().map_or(0, |(id, _)| id + 1);
+        let deltas = saved.0.iter().filter(|(id, _)| (from..=batch_id).contains(id)).cloned().collect();
+        RecoveredState { snapshot, deltas }
+    }
+
+    /// Restores the state `checkpoint` holds (from [`LocalJob::checkpoint_after`] of a job with
+    /// the same streams); the next batch run is the one after the checkpoint's last.
+    pub fn resume(&self, checkpoint: &RecoveredState) -> Result<(), StreamError> {
+        let state = std::mem::take(&mut lock(&self.graph).state);
+        let restored = state.restore(checkpoint.snapshot.as_ref(), &checkpoint.deltas).map_err(StreamError::State);
+        lock(&self.graph).state = state;
+        restored?;
+        let last = checkpoint.deltas.last().map(|(id, _)| *id).or(checkpoint.snapshot.as_ref().map(|(id, _)| *id));
+        *self.next_batch.lock().unwrap_or_else(PoisonError::into_inner) = last.map_or(0, |id| id + 1);
+        Ok(())
     }
 
     /// A stream whose batch `i` holds `batches[i]` (in one part), and nothing after the last.
     pub fn queue_stream<T: Clone + Send + 'static>(&self, batches: Vec<Vec<T>>) -> DStream<T> {
+        self.queue_stream_parts(batches.into_iter().map(|batch| vec![batch]).collect())
+    }
+
+    /// A stream whose batch `i` holds the parts `batches[i]` (as if read from one partition
+    /// each: part `p` counts as partition `p` for watermarks), and after the last as many
+    /// parts as the last had, empty.
+    pub fn queue_stream_parts<T: Clone + Send + 'static>(&self, batches: Vec<Parts<T>>) -> DStream<T> {
+        let parts = batches.last().map_or(1, Vec::len);
         DStream::new(
             Arc::clone(&self.graph),
             Box::new(move |input: &BatchInput| {
                 let batch = usize::try_from(input.batch_id).ok().and_then(|i| batches.get(i)).cloned();
-                Some(vec![batch.unwrap_or_default()])
+                Some(batch.unwrap_or_else(|| (0..parts).map(|_| Vec::new()).collect()))
             }),
         )
     }
@@ -46,30 +100,51 @@ impl LocalJob {
         collected
     }
 
-    /// Runs batches `0..count` through every output, in order.
+    /// Runs the next `count` batches (from batch 0, or from where [`LocalJob::resume`] left
+    /// it) through every output, in order, saving the state as it goes.
     pub fn run(&self, count: u64) -> Result<(), StreamError> {
-        let (mut outputs, errors, interval_ms) = {
+        let (mut outputs, errors, state) = {
             let mut graph = lock(&self.graph);
-            (std::mem::take(&mut graph.outputs), std::mem::take(&mut graph.errors), graph.interval_ms)
+            let graph = &mut *graph;
+            (std::mem::take(&mut graph.outputs), std::mem::take(&mut graph.errors), std::mem::take(&mut graph.state))
         };
+        let result = self.run_batches(&mut outputs, &errors, &state, count);
+        let mut graph = lock(&self.graph);
+        graph.outputs = outputs;
+        graph.errors = errors;
+        graph.state = state;
+        result
+    }
+
+    fn run_batches(
+        &self,
+        outputs: &mut [Box<dyn crate::sink::Output>],
+        errors: &[String],
+        state: &crate::state::JobState,
+        count: u64,
+    ) -> Result<(), StreamError> {
         if !errors.is_empty() {
-            return Err(StreamError::Invalid(errors));
+            return Err(StreamError::Invalid(errors.to_vec()));
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(|e| StreamError::Invalid(vec![format!("starting a runtime: {e}")]))?;
-        for batch_id in 0..count {
-            let input = BatchInput {
-                batch_id,
-                time_ms: (batch_id + 1).saturating_mul(interval_ms),
-                rerun: false,
-                records: SourceRecords::default(),
-            };
-            for output in &mut outputs {
+        let mut next = self.next_batch.lock().unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..count {
+            let batch_id = *next;
+            let input = BatchInput::new(batch_id, self.interval_ms, false, SourceRecords::default(), Vec::new());
+            for output in outputs.iter_mut() {
                 runtime.block_on(output.run(&input)).map_err(|reason| StreamError::Batch { batch_id, reason })?;
             }
+            let failed = |reason| StreamError::Batch { batch_id, reason };
+            let delta = state.take_delta().map_err(failed)?;
+            let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+            saved.0.push((batch_id, delta));
+            if (batch_id + 1) % self.snapshot_every == 0 {
+                saved.1.push((batch_id, state.snapshot().map_err(failed)?));
+            }
+            *next = batch_id + 1;
         }
-        lock(&self.graph).outputs = outputs;
         Ok(())
     }
 }

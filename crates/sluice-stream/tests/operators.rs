@@ -145,7 +145,7 @@ fn windows_and_joins_count_batches_without_upstream_output_as_empty_ones() {
     let input: Vec<Vec<u32>> = (0..6).map(|b| vec![b]).collect();
     let outer = job.collect(job.queue_stream(input).window(SECOND, 2 * SECOND).window(3 * SECOND, SECOND));
     // A join whose left side gives nothing at batch 0 still lets the right side's window see it.
-    let left = job.queue_stream(vec![vec![(1, "a")], vec![]]).window(2 * SECOND, 2 * SECOND);
+    let left = job.queue_stream(vec![vec![(1, "a".to_owned())], vec![]]).window(2 * SECOND, 2 * SECOND);
     let right = job.queue_stream(vec![vec![(1, 'x')], vec![(1, 'y')]]).window(2 * SECOND, SECOND);
     let joined = job.collect(left.join(right));
     job.run(6).unwrap();
@@ -153,5 +153,8 @@ fn windows_and_joins_count_batches_without_upstream_output_as_empty_ones() {
         batches(&outer),
         vec![(0, vec![]), (1, vec![1]), (2, vec![1]), (3, vec![1, 3]), (4, vec![3]), (5, vec![3, 5])]
     );
-    assert_eq!(batches(&joined), vec![(1, vec![(1, ("a", 'x')), (1, ("a", 'y'))]), (3, vec![]), (5, vec![])]);
+    assert_eq!(
+        batches(&joined),
+        vec![(1, vec![(1, ("a".to_owned(), 'x')), (1, ("a".to_owned(), 'y'))]), (3, vec![]), (5, vec![])]
+    );
 }

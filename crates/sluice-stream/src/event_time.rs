@@ -1,0 +1,377 @@
+//! Event time: windows by a time carried in the records rather than by batch, closed by a
+//! watermark, as in Spark's Structured Streaming (`withWatermark`, `window`).
+//!
+//! [`DStream::with_watermark`] stamps each item with its event time and tracks the greatest
+//! event time seen per source partition. The watermark is the least of those over the
+//! partitions that are not idle, minus the allowed lateness; it only moves forward, and a batch
+//! is judged by the watermark the batches before it left. An item older than that is late:
+//! dropped and counted, or kept and marked so that it can be sent elsewhere (a side output).
+//! [`DStream::reduce_by_key_and_event_window`] gathers items into tumbling or sliding windows
+//! and gives each window once, when the watermark passes its end (Spark's append mode).
+//!
+//! Batch time, not the wall clock, decides when a partition is idle, and all of it is saved with
+//! each batch's commit: a re-run batch gives what its first run gave.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::keyed::StateKey;
+use crate::state::{decode, encode, lock_state, Stateful};
+use crate::stream::{lock, BatchInput, DStream, Parts};
+
+/// An item with its event time (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timed<T> {
+    /// The item's event time.
+    pub time_ms: i64,
+    /// Whether the item came after the watermark had passed its time (only seen with
+    /// [`Watermark::keep_late`]).
+    pub late: bool,
+    /// The item.
+    pub item: T,
+}
+
+impl<T> Timed<T> {
+    /// The same event time and lateness, with the item mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Timed<U> {
+        Timed { time_ms: self.time_ms, late: self.late, item: f(self.item) }
+    }
+}
+
+/// How a stream's watermark is kept: Spark's `withWatermark(column, delay)`, per source
+/// partition, with idle partitions left out.
+#[derive(Debug, Clone)]
+pub struct Watermark {
+    allowed_lateness_ms: i64,
+    idle_after_ms: Option<u64>,
+    keep_late: bool,
+    late_records: Arc<AtomicU64>,
+}
+
+impl Watermark {
+    /// The watermark trails the greatest event time by `allowed_lateness`.
+    pub fn new(allowed_lateness: Duration) -> Self {
+        Self {
+            allowed_lateness_ms: i64::try_from(allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+            idle_after_ms: None,
+            keep_late: false,
+            late_records: Arc::default(),
+        }
+    }
+
+    /// A partition without records for `idle_after` of batch time does not hold the watermark
+    /// back (when every partition is idle, the greatest of them sets it, so windows still close
+    /// when input stops). Without this, a partition that stops holds it where it is.
+    pub fn idle_after(mut self, idle_after: Duration) -> Self {
+        self.idle_after_ms = Some(u64::try_from(idle_after.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Late items stay in the stream marked [`Timed::late`] (event-time windows skip them;
+    /// filter them out of a second stream built from the same source for a side output)
+    /// instead of being dropped.
+    pub fn keep_late(mut self) -> Self {
+        self.keep_late = true;
+        self
+    }
+
+    /// How many late items this process has seen (dropped, or kept and marked).
+    pub fn late_records(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.late_records)
+    }
+}
+
+/// Where a part's items come from: its source partition, or the part's place when the stream's
+/// parts are not the source's.
+type PartKey = (String, i32);
+
+/// A watermark's state: each partition's greatest event time and the batch time it last had
+/// records, and the watermark.
+#[derive(Default, Serialize, Deserialize)]
+struct WatermarkState {
+    partitions: BTreeMap<PartKey, (i64, u64)>,
+    watermark: Option<i64>,
+    #[serde(skip)]
+    changed: bool,
+}
+
+impl Stateful for WatermarkState {
+    fn kind(&self) -> &'static str {
+        "watermark"
+    }
+
+    fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
+        // Small (one entry per partition): the delta is the whole state.
+        if !std::mem::take(&mut self.changed) {
+            return Ok(None);
+        }
+        self.snapshot().map(Some)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        encode(self)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        *self = decode(snapshot)?;
+        Ok(())
+    }
+
+    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
+        self.restore(delta)
+    }
+}
+
+impl WatermarkState {
+    /// The watermark after a batch at `now` (batch time).
+    fn advance(&mut self, spec: &Watermark, now: u64) -> Option<i64> {
+        let active = self
+            .partitions
+            .values()
+            .filter(|(_, seen)| spec.idle_after_ms.is_none_or(|idle| now.saturating_sub(*seen) <= idle));
+        let held_by = match active.map(|(max, _)| *max).min() {
+            Some(least) => Some(least),
+            None => self.partitions.values().map(|(max, _)| *max).max(),
+        };
+        if let Some(held_by) = held_by {
+            let candidate = held_by.saturating_sub(spec.allowed_lateness_ms);
+            if self.watermark.is_none_or(|w| candidate > w) {
+                self.watermark = Some(candidate);
+                self.changed = true;
+            }
+        }
+        self.watermark
+    }
+}
+
+impl<T: Send + 'static> DStream<T> {
+    /// Stamps each item with its event time (`event_time_ms`) and keeps a watermark, per source
+    /// partition (apply it to the source's parts, before operators that gather or join them;
+    /// otherwise each part counts as a partition of its own). Items older than the watermark
+    /// left by earlier batches are late: dropped and counted, or with [`Watermark::keep_late`]
+    /// kept and marked.
+    pub fn with_watermark(
+        self,
+        spec: Watermark,
+        event_time_ms: impl Fn(&T) -> i64 + Send + 'static,
+    ) -> DStream<Timed<T>> {
+        self.stateful(WatermarkState::default(), move |state, input, parts| {
+            let before = state.watermark;
+            let now = input.time_ms;
+            let from_source = parts.len() == input.part_sources.len();
+            let mut out: Parts<Timed<T>> = Vec::with_capacity(parts.len());
+            for (index, part) in parts.into_iter().enumerate() {
+                let key: PartKey = match input.part_sources.get(index) {
+                    Some((topic, partition)) if from_source => (topic.to_string(), *partition),
+                    _ => (String::new(), i32::try_from(index).unwrap_or(i32::MAX)),
+                };
+                let mut timed = Vec::with_capacity(part.len());
+                let mut greatest: Option<i64> = None;
+                for item in part {
+                    let time_ms = event_time_ms(&item);
+                    greatest = Some(greatest.map_or(time_ms, |g| g.max(time_ms)));
+                    let late = before.is_some_and(|w| time_ms < w);
+                    if late {
+                        spec.late_records.fetch_add(1, Ordering::Relaxed);
+                        if !spec.keep_late {
+                            continue;
+                        }
+                    }
+                    timed.push(Timed { time_ms, late, item });
+                }
+                if let Some(greatest) = greatest {
+                    let entry = state.partitions.entry(key).or_insert((greatest, now));
+                    *entry = (entry.0.max(greatest), now);
+                    state.changed = true;
+                }
+                out.push(timed);
+            }
+            if let Some(watermark) = state.advance(&spec, now) {
+                input.publish_watermark(watermark);
+            }
+            Some(out)
+        })
+    }
+}
+
+/// An item of an event-time window `[start_ms, end_ms)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Windowed<T> {
+    /// The window's start (inclusive), ms since the epoch.
+    pub start_ms: i64,
+    /// The window's end (exclusive).
+    pub end_ms: i64,
+    /// The item.
+    pub item: T,
+}
+
+/// An event-time window operator's state: the open windows' values by key, and what changed
+/// since the last delta.
+struct EventWindows<K, V> {
+    reduce: Box<dyn Fn(V, V) -> V + Send>,
+    open: BTreeMap<i64, BTreeMap<K, V>>,
+    changed: BTreeSet<(i64, K)>,
+    closed: Vec<i64>,
+}
+
+/// A batch's changes to the open windows.
+#[derive(Serialize, Deserialize)]
+struct WindowChanges<K, V> {
+    values: Vec<(i64, K, V)>,
+    closed: Vec<i64>,
+}
+
+impl<K, V> Stateful for EventWindows<K, V>
+where
+    K: StateKey,
+    V: Clone + Send + Serialize + DeserializeOwned,
+{
+    fn kind(&self) -> &'static str {
+        "reduce_by_key_and_event_window"
+    }
+
+    fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
+        if self.changed.is_empty() && self.closed.is_empty() {
+            return Ok(None);
+        }
+        let values = std::mem::take(&mut self.changed)
+            .into_iter()
+            .filter_map(|(start, key)| {
+                let value = self.open.get(&start)?.get(&key)?.clone();
+                Some((start, key, value))
+            })
+            .collect();
+        encode(&WindowChanges { values, closed: std::mem::take(&mut self.closed) }).map(Some)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        encode(&self.open)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.open = decode(snapshot)?;
+        Ok(())
+    }
+
+    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
+        let changes: WindowChanges<K, V> = decode(delta)?;
+        for (start, key, value) in changes.values {
+            self.open.entry(start).or_default().insert(key, value);
+        }
+        for start in changes.closed {
+            self.open.remove(&start);
+        }
+        Ok(())
+    }
+}
+
+/// The starts of the windows of `length_ms` every `slide_ms` that hold `time_ms`, earliest
+/// first.
+fn window_starts(time_ms: i64, length_ms: i64, slide_ms: i64) -> impl Iterator<Item = i64> {
+    let last = time_ms.div_euclid(slide_ms).saturating_mul(slide_ms);
+    let count = length_ms / slide_ms;
+    (0..count).rev().map(move |i| last.saturating_sub(i.saturating_mul(slide_ms)))
+}
+
+impl<K, V> DStream<Timed<(K, V)>>
+where
+    K: StateKey,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
+{
+    /// Values combined by `reduce` per key and event-time window of `length`, starting every
+    /// `slide` (a tumbling window when they are equal; `length` must be a multiple of `slide`).
+    /// A window is given once, when the stream's watermark passes its end, its keys in order;
+    /// windows closing in the same batch come in start order. Late items are left out.
+    pub fn reduce_by_key_and_event_window(
+        self,
+        length: Duration,
+        slide: Duration,
+        reduce: impl Fn(V, V) -> V + Send + 'static,
+    ) -> DStream<Windowed<(K, V)>> {
+        let (length_ms, slide_ms) = (length.as_millis(), slide.as_millis());
+        let (Ok(length_ms), Ok(slide_ms)) = (i64::try_from(length_ms), i64::try_from(slide_ms)) else {
+            self.record_error(format!("an event-time window of {length_ms} ms every {slide_ms} ms is too long"));
+            return self.nothing();
+        };
+        if slide_ms <= 0 || length_ms <= 0 || length_ms % slide_ms != 0 {
+            self.record_error(format!(
+                "an event-time window of {length_ms} ms every {slide_ms} ms: both must be positive and the length a multiple of the slide"
+            ));
+            return self.nothing();
+        }
+        let state = Arc::new(Mutex::new(EventWindows::<K, V> {
+            reduce: Box::new(reduce),
+            open: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            closed: Vec::new(),
+        }));
+        let (mut parent, graph) = self.into_parts();
+        lock(&graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
+        DStream::new(
+            graph,
+            Box::new(move |input: &BatchInput| {
+                // The watermark this window sees is its upstream's, published while computing it.
+                input.clear_watermark();
+                let parts = parent(input).unwrap_or_default();
+                let watermark = input.watermark();
+                let mut state = lock_state(&state);
+                let state = &mut *state;
+                for timed in parts.into_iter().flatten().filter(|t| !t.late) {
+                    let (key, value) = timed.item;
+                    for start in window_starts(timed.time_ms, length_ms, slide_ms) {
+                        let window = state.open.entry(start).or_default();
+                        let combined = match window.remove(&key) {
+                            Some(old) => (state.reduce)(old, value.clone()),
+                            None => value.clone(),
+                        };
+                        window.insert(key.clone(), combined);
+                        state.changed.insert((start, key.clone()));
+                    }
+                }
+                let Some(watermark) = watermark else { return Some(vec![Vec::new()]) };
+                let mut out = Vec::new();
+                while let Some(entry) = state.open.first_entry() {
+                    let start = *entry.key();
+                    let end = start.saturating_add(length_ms);
+                    if end > watermark {
+                        break;
+                    }
+                    out.extend(entry.remove().into_iter().map(|item| Windowed { start_ms: start, end_ms: end, item }));
+                    state.changed.retain(|(s, _)| *s != start);
+                    state.closed.push(start);
+                }
+                Some(vec![out])
+            }),
+        )
+    }
+}
+
+impl<T: Send + 'static> DStream<Windowed<T>> {
+    /// The `k` greatest items of each window by `compare`, greatest first, windows in start
+    /// order, in one part.
+    pub fn top_k_per_window(
+        self,
+        k: usize,
+        compare: impl Fn(&T, &T) -> std::cmp::Ordering + Send + 'static,
+    ) -> DStream<Windowed<T>> {
+        self.derive(move |_, parts| {
+            let mut windows: BTreeMap<(i64, i64), Vec<Windowed<T>>> = BTreeMap::new();
+            for item in parts.into_iter().flatten() {
+                windows.entry((item.start_ms, item.end_ms)).or_default().push(item);
+            }
+            let mut out = Vec::new();
+            for (_, mut group) in windows {
+                // Stable: items comparing equal keep the order they came in.
+                group.sort_by(|a, b| compare(&b.item, &a.item));
+                group.truncate(k);
+                out.extend(group);
+            }
+            Some(vec![out])
+        })
+    }
+}
