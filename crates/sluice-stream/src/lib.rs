@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod clickstream;
 pub mod context;
 mod event_time;
 mod keyed;

@@ -1,0 +1,304 @@
+//! The clickstream example job, and a generator of realistic clicks for it.
+//!
+//! Clicks arrive as CSV lines `userId,itemId,timestamp` (ms since the epoch). The job keeps:
+//! - clicks per item over an event-time window (60 s, sliding every 10 s), and publishes the top
+//!   10 items of each window once the watermark passes its end;
+//! - per user, the recently clicked items as keyed state, given out as a session summary when
+//!   the user has clicked nothing for a while (a timeout in batch time).
+//!
+//! Run it with `cargo run -p sluice-stream --release --example clickstream`.
+//!
+//! ```
+//! use sluice_stream::clickstream::{ClickGenerator, GeneratorConfig};
+//!
+//! let mut clicks = ClickGenerator::new(GeneratorConfig { clicks_per_second: 100.0, ..GeneratorConfig::default() });
+//! let first = clicks.next_click();
+//! let second = clicks.next_click();
+//! assert_eq!(second.time_ms - first.time_ms, 10, "100 clicks/s of event time");
+//! assert!(first.to_line().starts_with("user-"));
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event_time::{Timed, Watermark, Windowed};
+use crate::keyed::KeyState;
+use crate::record::KafkaRecord;
+use crate::sink::Sink;
+use crate::stream::DStream;
+
+/// One click.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Click {
+    /// Who clicked.
+    pub user: String,
+    /// What was clicked.
+    pub item: String,
+    /// When (event time, ms since the epoch).
+    pub time_ms: i64,
+}
+
+impl Click {
+    /// The click as the CSV line the job reads.
+    pub fn to_line(&self) -> String {
+        format!("{},{},{}", self.user, self.item, self.time_ms)
+    }
+
+    /// The click as a record for `topic`: keyed by user (so a user's clicks share a partition
+    /// and stay in order), stamped with the click's time.
+    pub fn to_record(&self, topic: &str) -> sluice_client::ProducerRecord {
+        sluice_client::ProducerRecord {
+            key: Some(bytes::Bytes::from(self.user.clone())),
+            timestamp: Some(self.time_ms),
+            ..sluice_client::ProducerRecord::new(topic, self.to_line())
+        }
+    }
+}
+
+/// What the generator makes.
+#[derive(Debug, Clone)]
+pub struct GeneratorConfig {
+    /// Seed of the pseudo-random choices (the same seed gives the same clicks).
+    pub seed: u64,
+    /// Distinct users, clicking uniformly.
+    pub users: u32,
+    /// Distinct items, their popularity following Zipf's law: the item of rank `r` is clicked
+    /// in proportion to `1 / r^zipf_exponent`.
+    pub items: u32,
+    /// Zipf's exponent (about 1 for web page popularity).
+    pub zipf_exponent: f64,
+    /// Event time of the first click, ms since the epoch.
+    pub start_ms: i64,
+    /// Clicks per second of event time.
+    pub clicks_per_second: f64,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            users: 10_000,
+            items: 1_000,
+            zipf_exponent: 1.1,
+            start_ms: 1_700_000_000_000,
+            clicks_per_second: 1_000.0,
+        }
+    }
+}
+
+/// An endless, reproducible stream of clicks with skewed item popularity.
+#[derive(Debug, Clone)]
+pub struct ClickGenerator {
+    config: GeneratorConfig,
+    state: u64,
+    /// Cumulative popularity of the items by rank, ending at 1.
+    cumulative: Vec<f64>,
+    made: u64,
+}
+
+impl ClickGenerator {
+    /// A generator as `config` says.
+    pub fn new(config: GeneratorConfig) -> Self {
+        let weights: Vec<f64> =
+            (1..=config.items.max(1)).map(|rank| f64::from(rank).powf(-config.zipf_exponent)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut running = 0.0;
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                running += w / total;
+                running
+            })
+            .collect();
+        Self { state: config.seed, config, cumulative, made: 0 }
+    }
+
+    /// SplitMix64.
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The next click; event time advances by `1 / clicks_per_second` each click.
+    pub fn next_click(&mut self) -> Click {
+        let user = self.next_u64() % u64::from(self.config.users.max(1));
+        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let rank = self.cumulative.partition_point(|c| *c < unit).min(self.cumulative.len().saturating_sub(1));
+        let offset_ms = (self.made as f64 * 1000.0 / self.config.clicks_per_second.max(f64::MIN_POSITIVE)) as i64;
+        self.made += 1;
+        Click {
+            user: format!("user-{user}"),
+            item: format!("item-{}", rank + 1),
+            time_ms: self.config.start_ms + offset_ms,
+        }
+    }
+}
+
+impl Iterator for ClickGenerator {
+    type Item = Click;
+
+    fn next(&mut self) -> Option<Click> {
+        Some(self.next_click())
+    }
+}
+
+/// The job's settings.
+#[derive(Debug, Clone)]
+pub struct ClickstreamConfig {
+    /// Length of the event-time window items are counted over.
+    pub window: Duration,
+    /// How often a window starts.
+    pub slide: Duration,
+    /// How far behind the greatest event time the watermark trails.
+    pub allowed_lateness: Duration,
+    /// A partition without clicks for this long (batch time) no longer holds the watermark back.
+    pub idle_after: Duration,
+    /// Items published per window.
+    pub top: usize,
+    /// A user with no click for this long (batch time) ends their session.
+    pub session_timeout: Duration,
+    /// Recently clicked items kept per user (distinct, most recent last).
+    pub recent_items: usize,
+}
+
+impl Default for ClickstreamConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            slide: Duration::from_secs(10),
+            allowed_lateness: Duration::from_secs(5),
+            idle_after: Duration::from_secs(10),
+            top: 10,
+            session_timeout: Duration::from_secs(30),
+            recent_items: 5,
+        }
+    }
+}
+
+/// One of a window's top items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopItem {
+    /// The window's start (ms since the epoch).
+    pub window_start_ms: i64,
+    /// The window's end (exclusive).
+    pub window_end_ms: i64,
+    /// 1 for the most clicked; ties go to the item whose name sorts first.
+    pub rank: u32,
+    /// The item.
+    pub item: String,
+    /// Its clicks in the window.
+    pub clicks: u64,
+}
+
+/// A user's session, given when it times out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSession {
+    /// The user.
+    pub user: String,
+    /// Clicks in the session.
+    pub clicks: u64,
+    /// The distinct items clicked last, most recent last.
+    pub recent_items: Vec<String>,
+    /// Event time of the session's last click.
+    pub last_click_ms: i64,
+}
+
+/// Counters of a running clickstream job (of this process).
+#[derive(Debug, Clone, Default)]
+pub struct ClickstreamCounters {
+    /// Records that were not `user,item,timestamp`.
+    pub unparsable: Arc<AtomicU64>,
+    /// Clicks that came after the watermark passed them, dropped.
+    pub late: Arc<AtomicU64>,
+}
+
+/// A user's state: clicks so far, recent items, last click time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Session {
+    clicks: u64,
+    recent: VecDeque<String>,
+    last_click_ms: i64,
+}
+
+fn clicks(source: DStream<KafkaRecord>, unparsable: Arc<AtomicU64>) -> DStream<Click> {
+    source.flat_map(move |record: KafkaRecord| match record.csv::<(String, String, i64)>() {
+        Ok((user, item, time_ms)) => Some(Click { user, item, time_ms }),
+        Err(_) => {
+            unparsable.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    })
+}
+
+/// Builds the job on `source` (called once per stream the job reads, e.g.
+/// `|| ctx.kafka_stream()`): the top items of each window go to `top_items`, ended sessions to
+/// `sessions`.
+pub fn build(
+    source: impl Fn() -> DStream<KafkaRecord>,
+    config: &ClickstreamConfig,
+    top_items: impl Sink<TopItem> + 'static,
+    sessions: impl Sink<UserSession> + 'static,
+) -> ClickstreamCounters {
+    let counters = ClickstreamCounters::default();
+    let watermark = Watermark::new(config.allowed_lateness).idle_after(config.idle_after);
+    let late = watermark.late_records();
+    let top = config.top;
+    clicks(source(), Arc::clone(&counters.unparsable))
+        .with_watermark(watermark, |click| click.time_ms)
+        .map(|timed: Timed<Click>| timed.map(|click| (click.item, 1u64)))
+        .reduce_by_key_and_event_window(config.window, config.slide, |a, b| a + b)
+        .top_k_per_window(top, |a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .map_partitions(rank)
+        .to_sink(top_items);
+
+    let recent_items = config.recent_items;
+    // Clicks are parsed once more for the sessions (each stream is computed for its own output);
+    // unparsable records are counted once, above.
+    clicks(source(), Arc::default())
+        .map(|click| (click.user.clone(), click))
+        .map_with_state(Some(config.session_timeout), move |_, user: &String, click, state: &mut KeyState<Session>| {
+            match click {
+                Some(click) => {
+                    let mut session = state.get().cloned().unwrap_or_default();
+                    session.clicks += 1;
+                    session.recent.retain(|item| *item != click.item);
+                    session.recent.push_back(click.item);
+                    while session.recent.len() > recent_items {
+                        session.recent.pop_front();
+                    }
+                    session.last_click_ms = click.time_ms;
+                    state.update(session);
+                    None
+                }
+                None => state.get().map(|session| UserSession {
+                    user: user.clone(),
+                    clicks: session.clicks,
+                    recent_items: session.recent.iter().cloned().collect(),
+                    last_click_ms: session.last_click_ms,
+                }),
+            }
+        })
+        .to_sink(sessions);
+    ClickstreamCounters { late, ..counters }
+}
+
+/// Ranks each window's items (they come greatest first, windows in order).
+fn rank(items: Vec<Windowed<(String, u64)>>) -> Vec<TopItem> {
+    let mut out: Vec<TopItem> = Vec::with_capacity(items.len());
+    for windowed in items {
+        let rank = match out.last() {
+            Some(last) if last.window_start_ms == windowed.start_ms => last.rank + 1,
+            _ => 1,
+        };
+        let (item, clicks) = windowed.item;
+        out.push(TopItem { window_start_ms: windowed.start_ms, window_end_ms: windowed.end_ms, rank, item, clicks });
+    }
+    out
+}

@@ -1,0 +1,317 @@
+//! The clickstream example against a real Tansu broker, on a fixed generated input:
+//! - its top items per window and its user sessions equal what this test computes from the
+//!   input on its own;
+//! - killed with SIGKILL at random moments (20 times; `SLUICE_STREAM_KILLS` for more) and
+//!   restarted each time on the same checkpoint, it leaves output byte-identical to a run
+//!   without crashes.
+//!
+//! The job runs in a child process: this test binary again, with `CHILD_ENV` set. Kill delays
+//! come from a seed printed at the start (`SLUICE_KILL_SEED` replays it).
+
+// The test prints its seed and what the runs did.
+#![allow(clippy::print_stdout)]
+
+#[path = "../../sluice-client/tests/common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Tansu;
+use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use sluice_scheduler::{Clock, ManualClock, RateLimits, SystemClock};
+use sluice_stream::clickstream::{
+    self, Click, ClickGenerator, ClickstreamConfig, GeneratorConfig, TopItem, UserSession,
+};
+use sluice_stream::{JsonLinesFiles, StreamConfig, StreamingContext};
+
+const TOPIC: &str = "clicks";
+const PARTITIONS: i32 = 4;
+const CLICKS: usize = 12_000;
+const CHILD_ENV: &str = "SLUICE_CLICKSTREAM_CHILD";
+const KILL_TEST: &str = "killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes";
+
+/// 12,000 clicks by 2,000 users on 200 items (Zipf-skewed), 20 per second of event time: ten
+/// minutes, so that some fifty windows close.
+fn input() -> Vec<Click> {
+    let generator =
+        GeneratorConfig { seed: 7, users: 2_000, items: 200, clicks_per_second: 20.0, ..GeneratorConfig::default() };
+    ClickGenerator::new(generator).take(CLICKS).collect()
+}
+
+/// Each user's clicks go to one partition (user number mod 4), in order.
+fn partition_of(click: &Click) -> i32 {
+    let number: i32 = click.user.trim_start_matches("user-").parse().unwrap();
+    number % PARTITIONS
+}
+
+fn job_config() -> ClickstreamConfig {
+    ClickstreamConfig {
+        // Batch time runs at 20 ms a batch here: idle after 10 batches, sessions end after 15.
+        idle_after: Duration::from_millis(200),
+        session_timeout: Duration::from_millis(300),
+        ..ClickstreamConfig::default()
+    }
+}
+
+/// A broker holding the input (and one record that is not a click); returns each partition's
+/// record count.
+fn broker_with_clicks() -> (Tansu, BTreeMap<i32, i64>) {
+    let tansu = Tansu::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let counts = runtime.block_on(async {
+        let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+        client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+        let mut counts: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+        for click in input() {
+            let partition = partition_of(&click);
+            *counts.get_mut(&partition).unwrap() += 1;
+            drop(producer.send(ProducerRecord { partition: Some(partition), ..click.to_record(TOPIC) }).await.unwrap());
+        }
+        let garbage = ProducerRecord { partition: Some(0), ..ProducerRecord::new(TOPIC, "not a click") };
+        drop(producer.send(garbage).await.unwrap());
+        *counts.get_mut(&0).unwrap() += 1;
+        producer.flush().await;
+        counts
+    });
+    (tansu, counts)
+}
+
+/// Runs the job to the end of the input: batches of 20 ms, 30 records per partition each.
+async fn run_job<C: Clock>(broker: &str, dir: &Path, counts: &BTreeMap<i32, i64>, clock: C) -> (u64, u64, u64) {
+    let mut config = StreamConfig::new([broker], [TOPIC], Duration::from_millis(20), dir.join("checkpoint"));
+    config.scheduler.limits = RateLimits { max_per_partition: Some(1_500.0), min_per_partition: 0.0 };
+    config.scheduler.ending_offsets = Some(counts.iter().map(|(p, n)| ((TOPIC.to_owned(), *p), *n)).collect());
+    config.snapshot_every = 7;
+    let ctx = StreamingContext::new(config);
+    let counters = clickstream::build(
+        || ctx.kafka_stream(),
+        &job_config(),
+        JsonLinesFiles::new(dir.join("out/top-items")),
+        JsonLinesFiles::new(dir.join("out/sessions")),
+    );
+    let batches = ctx.run_with_clock(clock, |_| {}).await.unwrap();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+    (batches, load(&counters.unparsable), load(&counters.late))
+}
+
+fn read_lines<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|file| {
+            std::fs::read_to_string(file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<T>>()
+        })
+        .collect()
+}
+
+/// Checks the job's output against the input, computed here independently.
+fn check_output(out: &Path) {
+    let clicks = input();
+    let config = job_config();
+    let (length, slide, lateness) = (60_000i64, 10_000i64, 5_000i64);
+    assert_eq!(config.window.as_millis() as i64, length);
+    assert_eq!(config.slide.as_millis() as i64, slide);
+    assert_eq!(config.allowed_lateness.as_millis() as i64, lateness);
+
+    // Clicks per item per window.
+    let mut windows: BTreeMap<i64, BTreeMap<&str, u64>> = BTreeMap::new();
+    for click in &clicks {
+        let mut start = click.time_ms - click.time_ms.rem_euclid(slide);
+        while start > click.time_ms - length {
+            *windows.entry(start).or_default().entry(click.item.as_str()).or_default() += 1;
+            start -= slide;
+        }
+    }
+    let top_of = |start: i64| -> Vec<TopItem> {
+        let mut items: Vec<(&str, u64)> = windows[&start].iter().map(|(i, c)| (*i, *c)).collect();
+        items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        items
+            .iter()
+            .take(config.top)
+            .enumerate()
+            .map(|(rank, (item, clicks))| TopItem {
+                window_start_ms: start,
+                window_end_ms: start + length,
+                rank: rank as u32 + 1,
+                item: (*item).to_owned(),
+                clicks: *clicks,
+            })
+            .collect()
+    };
+    // Every window the slowest partition's last click closes must be out; none past the fastest's.
+    let mut last_per_partition: BTreeMap<i32, i64> = BTreeMap::new();
+    for click in &clicks {
+        last_per_partition.insert(partition_of(click), click.time_ms);
+    }
+    let must_close = last_per_partition.values().min().unwrap() - lateness;
+    let may_close = last_per_partition.values().max().unwrap() - lateness;
+
+    let top: Vec<TopItem> = read_lines(&out.join("top-items"));
+    let mut by_window: BTreeMap<i64, Vec<TopItem>> = BTreeMap::new();
+    for item in top {
+        by_window.entry(item.window_start_ms).or_default().push(item);
+    }
+    let required: Vec<i64> = windows.keys().copied().filter(|s| s + length <= must_close).collect();
+    assert!(required.len() > 40, "the input closes many windows: {}", required.len());
+    for start in &required {
+        assert!(by_window.contains_key(start), "window at {start} closed but was not published");
+    }
+    for (start, items) in &by_window {
+        assert!(start + length <= may_close, "window at {start} published before the watermark passed it");
+        assert_eq!(items, &top_of(*start), "top items of the window at {start}");
+    }
+
+    // Sessions: each user's sessions, in the order they ended, split the user's clicks in order.
+    let sessions: Vec<UserSession> = read_lines(&out.join("sessions"));
+    assert!(sessions.len() > 100, "sessions ended: {}", sessions.len());
+    let mut per_user: BTreeMap<&str, VecDeque<&Click>> = BTreeMap::new();
+    for click in &clicks {
+        per_user.entry(click.user.as_str()).or_default().push_back(click);
+    }
+    for session in &sessions {
+        let remaining = per_user.get_mut(session.user.as_str()).unwrap();
+        assert!(session.clicks as usize <= remaining.len(), "{session:?} has more clicks than the user made");
+        let segment: Vec<&Click> = remaining.drain(..session.clicks as usize).collect();
+        assert_eq!(segment.last().unwrap().time_ms, session.last_click_ms, "{session:?}");
+        let mut recent: Vec<String> = Vec::new();
+        for click in segment {
+            recent.retain(|i| *i != click.item);
+            recent.push(click.item.clone());
+        }
+        let keep = recent.len().saturating_sub(config.recent_items);
+        assert_eq!(session.recent_items, recent[keep..].to_vec(), "{session:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_publishes_the_top_items_and_sessions_computed_independently_from_its_input() {
+    let (tansu, counts) = tokio::task::spawn_blocking(broker_with_clicks).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (batches, unparsable, late) = run_job(&tansu.addr, dir.path(), &counts, ManualClock::new(0)).await;
+    println!("clickstream: {batches} batches");
+    assert!(batches > 90, "rate-limited into many batches: {batches}");
+    assert_eq!(unparsable, 1, "the record that is not a click");
+    assert_eq!(late, 0, "each partition's clicks come in time order, so none is late");
+    check_output(&dir.path().join("out"));
+}
+
+/// SplitMix64: kill delays from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+}
+
+/// Runs the job in a child process on `dir`; kills it after `kill_after` unless it finishes
+/// first. Returns whether it finished.
+fn child(dir: &Path, broker: &str, counts: &BTreeMap<i32, i64>, kill_after: Option<Duration>) -> bool {
+    let counts: Vec<String> = counts.values().map(i64::to_string).collect();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([KILL_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{}|{broker}|{}", dir.display(), counts.join(",")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    match kill_after {
+        Some(after) => {
+            let deadline = std::time::Instant::now() + after;
+            while std::time::Instant::now() < deadline {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "a child failed on its own: {status}");
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+            false
+        }
+        None => {
+            assert!(child.wait().unwrap().success(), "the last run must finish the job");
+            true
+        }
+    }
+}
+
+fn run_child(spec: &str) -> ! {
+    let mut fields = spec.split('|');
+    let (dir, broker, counts) = (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+    let counts: BTreeMap<i32, i64> =
+        counts.split(',').enumerate().map(|(p, n)| (p as i32, n.parse().unwrap())).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(run_job(broker, Path::new(dir), &counts, SystemClock::new()));
+    std::process::exit(0);
+}
+
+/// Every file under `dir`, relative path to bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for sub in ["top-items", "sessions"] {
+        for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            out.insert(path.strip_prefix(dir).unwrap().to_owned(), std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        run_child(&spec);
+    }
+    let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("clickstream SIGKILL test seed {seed} (replay with SLUICE_KILL_SEED={seed})");
+    let mut rng = Rng(seed);
+    let kills: u64 = std::env::var("SLUICE_STREAM_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let (tansu, counts) = broker_with_clicks();
+
+    let clean = tempfile::tempdir().unwrap();
+    assert!(child(clean.path(), &tansu.addr, &counts, None));
+    let expected = files(&clean.path().join("out"));
+    check_output(&clean.path().join("out"));
+
+    let crashed = tempfile::tempdir().unwrap();
+    let mut killed = 0;
+    let mut finished_early = 0;
+    while killed < kills {
+        // Often during start-up and recovery, often mid-batch.
+        let after = Duration::from_millis(30 + rng.below(250));
+        if child(crashed.path(), &tansu.addr, &counts, Some(after)) {
+            // The job finished before this kill: begin again (a finished job does nothing) until
+            // every kill has landed on a run under way.
+            finished_early += 1;
+            if finished_early > kills {
+                break;
+            }
+            let _ = std::fs::remove_dir_all(crashed.path().join("checkpoint"));
+            let _ = std::fs::remove_dir_all(crashed.path().join("out"));
+            continue;
+        }
+        killed += 1;
+    }
+    assert!(child(crashed.path(), &tansu.addr, &counts, None));
+    println!("{killed} kills, {finished_early} runs finished before their kill");
+    assert_eq!(killed, kills, "every kill landed on a running job");
+
+    let got = files(&crashed.path().join("out"));
+    assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same files");
+    for (path, bytes) in &expected {
+        assert!(got[path] == *bytes, "{} differs from the run without crashes", path.display());
+    }
+}
