@@ -6,6 +6,7 @@
 pub mod clickstream;
 pub mod context;
 mod event_time;
+mod kafka_sink;
 mod keyed;
 pub mod record;
 pub mod sink;
@@ -15,6 +16,7 @@ pub mod testing;
 
 pub use context::{StreamConfig, StreamError, StreamingContext};
 pub use event_time::{Timed, Watermark, Windowed};
+pub use kafka_sink::{KafkaSink, KafkaSinkCounters};
 pub use keyed::{KeyState, StateKey};
 pub use record::{split_csv, KafkaRecord, ParseError};
 pub use sink::{BatchInfo, ForEach, JsonLinesFiles, Sink, Stdout};

@@ -3,7 +3,10 @@
 //!   input on its own;
 //! - killed with SIGKILL at random moments (20 times; `SLUICE_STREAM_KILLS` for more) and
 //!   restarted each time on the same checkpoint, it leaves output byte-identical to a run
-//!   without crashes.
+//!   without crashes;
+//! - killed 10 times (`SLUICE_STREAM_KILLS`) while writing to Kafka, it loses no record: with
+//!   the idempotent sink the duplicates are counted, with the transactional sink each record is
+//!   committed once.
 //!
 //! The job runs in a child process: this test binary again, with `CHILD_ENV` set. Kill delays
 //! come from a seed printed at the start (`SLUICE_KILL_SEED` replays it).
@@ -20,18 +23,18 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Tansu;
-use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
+use sluice_protocol::record::ControlRecordType;
 use sluice_scheduler::{Clock, ManualClock, RateLimits, SystemClock};
 use sluice_stream::clickstream::{
     self, Click, ClickGenerator, ClickstreamConfig, GeneratorConfig, TopItem, UserSession,
 };
-use sluice_stream::{JsonLinesFiles, StreamConfig, StreamingContext};
+use sluice_stream::{JsonLinesFiles, KafkaSink, StreamConfig, StreamingContext};
 
 const TOPIC: &str = "clicks";
 const PARTITIONS: i32 = 4;
 const CLICKS: usize = 12_000;
 const CHILD_ENV: &str = "SLUICE_CLICKSTREAM_CHILD";
-const KILL_TEST: &str = "killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes";
 
 /// 12,000 clicks by 2,000 users on 200 items (Zipf-skewed), 20 per second of event time: ten
 /// minutes, so that some fifty windows close.
@@ -64,6 +67,9 @@ fn broker_with_clicks() -> (Tansu, BTreeMap<i32, i64>) {
     let counts = runtime.block_on(async {
         let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
         client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
+        for output in ["top-items", "sessions"] {
+            client.create_topic(output, 1, 1).await.unwrap();
+        }
         let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
         let mut counts: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
         for click in input() {
@@ -80,19 +86,66 @@ fn broker_with_clicks() -> (Tansu, BTreeMap<i32, i64>) {
     (tansu, counts)
 }
 
+/// Where the job writes: JSON-lines files under `out/`, or the topics `top-items` and
+/// `sessions` (idempotent, or transactional).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Files,
+    Kafka,
+    KafkaTransactions,
+}
+
+impl Output {
+    fn name(self) -> &'static str {
+        match self {
+            Output::Files => "files",
+            Output::Kafka => "kafka",
+            Output::KafkaTransactions => "kafka-transactions",
+        }
+    }
+
+    fn parse(name: &str) -> Self {
+        [Output::Files, Output::Kafka, Output::KafkaTransactions].into_iter().find(|o| o.name() == name).unwrap()
+    }
+}
+
+fn kafka_sink<T: serde::Serialize>(broker: &str, topic: &str, output: Output) -> KafkaSink<T> {
+    let sink = KafkaSink::json(ClientConfig::new([broker]), topic, format!("clickstream-{topic}"));
+    if output == Output::KafkaTransactions {
+        sink.transactional()
+    } else {
+        sink
+    }
+}
+
 /// Runs the job to the end of the input: batches of 20 ms, 30 records per partition each.
-async fn run_job<C: Clock>(broker: &str, dir: &Path, counts: &BTreeMap<i32, i64>, clock: C) -> (u64, u64, u64) {
+async fn run_job<C: Clock>(
+    broker: &str,
+    dir: &Path,
+    counts: &BTreeMap<i32, i64>,
+    clock: C,
+    output: Output,
+) -> (u64, u64, u64) {
     let mut config = StreamConfig::new([broker], [TOPIC], Duration::from_millis(20), dir.join("checkpoint"));
     config.scheduler.limits = RateLimits { max_per_partition: Some(1_500.0), min_per_partition: 0.0 };
     config.scheduler.ending_offsets = Some(counts.iter().map(|(p, n)| ((TOPIC.to_owned(), *p), *n)).collect());
     config.snapshot_every = 7;
     let ctx = StreamingContext::new(config);
-    let counters = clickstream::build(
-        || ctx.kafka_stream(),
-        &job_config(),
-        JsonLinesFiles::new(dir.join("out/top-items")),
-        JsonLinesFiles::new(dir.join("out/sessions")),
-    );
+    let source = || ctx.kafka_stream();
+    let counters = match output {
+        Output::Files => clickstream::build(
+            source,
+            &job_config(),
+            JsonLinesFiles::new(dir.join("out/top-items")),
+            JsonLinesFiles::new(dir.join("out/sessions")),
+        ),
+        Output::Kafka | Output::KafkaTransactions => clickstream::build(
+            source,
+            &job_config(),
+            kafka_sink::<TopItem>(broker, "top-items", output),
+            kafka_sink::<UserSession>(broker, "sessions", output),
+        ),
+    };
     let batches = ctx.run_with_clock(clock, |_| {}).await.unwrap();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
     (batches, load(&counters.unparsable), load(&counters.late))
@@ -193,7 +246,8 @@ fn check_output(out: &Path) {
 async fn the_example_publishes_the_top_items_and_sessions_computed_independently_from_its_input() {
     let (tansu, counts) = tokio::task::spawn_blocking(broker_with_clicks).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (batches, unparsable, late) = run_job(&tansu.addr, dir.path(), &counts, ManualClock::new(0)).await;
+    let (batches, unparsable, late) =
+        run_job(&tansu.addr, dir.path(), &counts, ManualClock::new(0), Output::Files).await;
     println!("clickstream: {batches} batches");
     assert!(batches > 90, "rate-limited into many batches: {batches}");
     assert_eq!(unparsable, 1, "the record that is not a click");
@@ -214,13 +268,21 @@ impl Rng {
     }
 }
 
-/// Runs the job in a child process on `dir`; kills it after `kill_after` unless it finishes
-/// first. Returns whether it finished.
-fn child(dir: &Path, broker: &str, counts: &BTreeMap<i32, i64>, kill_after: Option<Duration>) -> bool {
+/// Runs the job in a child process (the test `test`) on `dir`; kills it after `kill_after`
+/// unless it finishes first. Returns whether it finished.
+fn child(
+    test: &str,
+    output: Output,
+    dir: &Path,
+    broker: &str,
+    counts: &BTreeMap<i32, i64>,
+    kill_after: Option<Duration>,
+) -> bool {
     let counts: Vec<String> = counts.values().map(i64::to_string).collect();
+    let spec = format!("{}|{broker}|{}|{}", dir.display(), counts.join(","), output.name());
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([KILL_TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{}|{broker}|{}", dir.display(), counts.join(",")))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, spec)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -246,13 +308,15 @@ fn child(dir: &Path, broker: &str, counts: &BTreeMap<i32, i64>, kill_after: Opti
     }
 }
 
-fn run_child(spec: &str) -> ! {
-    let mut fields = spec.split('|');
-    let (dir, broker, counts) = (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+/// In a child process: runs the job as `spec` says, then exits.
+fn run_child_if_asked() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let fields: Vec<&str> = spec.split('|').collect();
+    let (dir, broker, counts, output) = (fields[0], fields[1], fields[2], Output::parse(fields[3]));
     let counts: BTreeMap<i32, i64> =
         counts.split(',').enumerate().map(|(p, n)| (p as i32, n.parse().unwrap())).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(run_job(broker, Path::new(dir), &counts, SystemClock::new()));
+    runtime.block_on(run_job(broker, Path::new(dir), &counts, SystemClock::new(), output));
     std::process::exit(0);
 }
 
@@ -268,50 +332,164 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-#[test]
-fn killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        run_child(&spec);
-    }
+/// The lines of the files of `sub` (in batch order).
+fn file_lines(out: &Path, sub: &str) -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+/// A job killed `kills` times (SIGKILL at random moments) and restarted each time on the same
+/// directory, then run to its end; returns the directory.
+fn crash_runs(test: &str, output: Output, broker: &str, counts: &BTreeMap<i32, i64>, kills: u64) -> tempfile::TempDir {
     let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
-    println!("clickstream SIGKILL test seed {seed} (replay with SLUICE_KILL_SEED={seed})");
+    println!("clickstream SIGKILL test ({}) seed {seed} (replay with SLUICE_KILL_SEED={seed})", output.name());
     let mut rng = Rng(seed);
-    let kills: u64 = std::env::var("SLUICE_STREAM_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let (tansu, counts) = broker_with_clicks();
-
-    let clean = tempfile::tempdir().unwrap();
-    assert!(child(clean.path(), &tansu.addr, &counts, None));
-    let expected = files(&clean.path().join("out"));
-    check_output(&clean.path().join("out"));
-
-    let crashed = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let mut killed = 0;
     let mut finished_early = 0;
     while killed < kills {
         // Often during start-up and recovery, often mid-batch.
         let after = Duration::from_millis(30 + rng.below(250));
-        if child(crashed.path(), &tansu.addr, &counts, Some(after)) {
-            // The job finished before this kill: begin again (a finished job does nothing) until
-            // every kill has landed on a run under way.
+        if child(test, output, dir.path(), broker, counts, Some(after)) {
+            // The job finished before this kill. With files, begin again (a finished job does
+            // nothing) until every kill has landed on a run under way; with Kafka, the topics
+            // hold the finished job's output, so the kills done are all there will be.
             finished_early += 1;
-            if finished_early > kills {
+            if output != Output::Files || finished_early > kills {
                 break;
             }
-            let _ = std::fs::remove_dir_all(crashed.path().join("checkpoint"));
-            let _ = std::fs::remove_dir_all(crashed.path().join("out"));
+            let _ = std::fs::remove_dir_all(dir.path().join("checkpoint"));
+            let _ = std::fs::remove_dir_all(dir.path().join("out"));
             continue;
         }
         killed += 1;
     }
-    assert!(child(crashed.path(), &tansu.addr, &counts, None));
+    assert!(child(test, output, dir.path(), broker, counts, None));
     println!("{killed} kills, {finished_early} runs finished before their kill");
-    assert_eq!(killed, kills, "every kill landed on a running job");
+    assert!(killed >= kills.min(5), "kills landed on running jobs: {killed}");
+    dir
+}
 
+fn kills(default: u64) -> u64 {
+    std::env::var("SLUICE_STREAM_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+const FILES_TEST: &str = "killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes";
+
+#[test]
+fn killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes() {
+    run_child_if_asked();
+    let (tansu, counts) = broker_with_clicks();
+    let clean = tempfile::tempdir().unwrap();
+    assert!(child(FILES_TEST, Output::Files, clean.path(), &tansu.addr, &counts, None));
+    let expected = files(&clean.path().join("out"));
+    check_output(&clean.path().join("out"));
+
+    let kills = kills(20);
+    let crashed = crash_runs(FILES_TEST, Output::Files, &tansu.addr, &counts, kills);
     let got = files(&crashed.path().join("out"));
     assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same files");
     for (path, bytes) in &expected {
         assert!(got[path] == *bytes, "{} differs from the run without crashes", path.display());
+    }
+}
+
+/// The values in `topic`/0: those outside transactions and those of committed transactions, in
+/// log order; and how many records aborted transactions left in the log.
+async fn committed_values(client: &Client, topic: &str) -> (Vec<String>, usize) {
+    let options = FetchOptions { max_wait: Duration::from_millis(50), ..FetchOptions::default() };
+    let mut committed = Vec::new();
+    let mut open: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    let mut aborted = 0;
+    let mut next = 0;
+    loop {
+        let fetched = client.fetch_partition(topic, 0, next, &options).await.unwrap();
+        if next >= fetched.high_watermark {
+            break;
+        }
+        let from = next;
+        for batch in fetched.records.batches.iter().filter(|b| b.header.last_offset() >= from) {
+            next = batch.header.last_offset() + 1;
+            let producer = batch.header.producer_id;
+            match batch.control_type() {
+                Some(ControlRecordType::Commit) => committed.extend(open.remove(&producer).unwrap_or_default()),
+                Some(ControlRecordType::Abort) => aborted += open.remove(&producer).map_or(0, |v| v.len()),
+                Some(_) => {}
+                None => {
+                    let values = batch.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap());
+                    if batch.header.is_transactional() {
+                        open.entry(producer).or_default().extend(values);
+                    } else {
+                        committed.extend(values);
+                    }
+                }
+            }
+        }
+    }
+    assert!(open.values().all(Vec::is_empty), "no transaction left open: {:?}", open.keys());
+    (committed, aborted)
+}
+
+/// The Kafka output of a crashed-and-restarted job, against a clean run's files: `(written,
+/// expected, aborted)` per topic.
+fn kafka_output(test: &str, output: Output, default_kills: u64) -> Vec<(Vec<String>, Vec<String>, usize)> {
+    let (tansu, counts) = broker_with_clicks();
+    let clean = tempfile::tempdir().unwrap();
+    assert!(child(test, Output::Files, clean.path(), &tansu.addr, &counts, None));
+    let _crashed = crash_runs(test, output, &tansu.addr, &counts, kills(default_kills));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client = runtime.block_on(Client::connect(ClientConfig::new([tansu.addr.as_str()]))).unwrap();
+    ["top-items", "sessions"]
+        .into_iter()
+        .map(|topic| {
+            let (written, aborted) = runtime.block_on(committed_values(&client, topic));
+            (written, file_lines(&clean.path().join("out"), topic), aborted)
+        })
+        .collect()
+}
+
+const KAFKA_TEST: &str = "killed_with_the_idempotent_kafka_sink_no_record_is_lost_and_duplicates_are_counted";
+
+#[test]
+fn killed_with_the_idempotent_kafka_sink_no_record_is_lost_and_duplicates_are_counted() {
+    run_child_if_asked();
+    for (written, expected, _) in kafka_output(KAFKA_TEST, Output::Kafka, 10) {
+        let mut remaining: BTreeMap<&str, usize> = BTreeMap::new();
+        for line in &written {
+            *remaining.entry(line).or_default() += 1;
+        }
+        for line in &expected {
+            let left = remaining.get_mut(line.as_str()).unwrap_or_else(|| panic!("lost: {line}"));
+            assert!(*left > 0, "lost: {line}");
+            *left -= 1;
+        }
+        let duplicates: usize = remaining.values().sum();
+        println!(
+            "idempotent Kafka sink: {} records expected, {} written, {duplicates} duplicates",
+            expected.len(),
+            written.len()
+        );
+        assert_eq!(written.len(), expected.len() + duplicates, "nothing but the expected records and their duplicates");
+    }
+}
+
+const TRANSACTIONS_TEST: &str = "killed_with_the_transactional_kafka_sink_each_record_is_committed_exactly_once";
+
+#[test]
+fn killed_with_the_transactional_kafka_sink_each_record_is_committed_exactly_once() {
+    run_child_if_asked();
+    for (committed, expected, aborted) in kafka_output(TRANSACTIONS_TEST, Output::KafkaTransactions, 10) {
+        println!(
+            "transactional Kafka sink: {} records committed, {aborted} in aborted transactions (Tansu shows them to \
+             read_committed consumers: it lists no aborted transactions in Fetch)",
+            committed.len()
+        );
+        assert_eq!(committed, expected, "committed once each, in batch order");
     }
 }

@@ -1,0 +1,210 @@
+//! Writing a stream to a Kafka topic with the sluice-client producer.
+//!
+//! Every batch's records are acknowledged before the batch commits, so none is lost. Whether a
+//! batch re-run after a crash writes its records again depends on the mode:
+//!
+//! - **Transactional** ([`KafkaSink::transactional`]): a batch's records go in one transaction,
+//!   which also commits the batch id as the offset of a marker (partition 0 of the output topic
+//!   in the group `sluice-sink-<sink id>`). A re-run batch whose marker is already there was
+//!   written in full by its first run and is not written again; one whose transaction did not
+//!   commit was aborted when the new producer started (it fences the old one). `read_committed`
+//!   consumers see each record once. Needs a broker with transactions; the records of aborted
+//!   transactions are hidden from consumers only by brokers that list them in Fetch (Kafka
+//!   does; Tansu 0.6 does not, see PEERS.md).
+//! - **Idempotent** (the default): the producer is idempotent, so its retries add nothing, and
+//!   the marker is committed after the batch's records are acknowledged. A crash between the
+//!   acknowledgement and the marker makes the re-run write the batch again: at least once, with
+//!   duplicates only from that window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sluice_client::{Client, ClientConfig, ConsumerGroupMetadata, Producer, ProducerConfig, ProducerRecord};
+
+use crate::sink::{BatchInfo, Sink};
+
+type ToRecord<T> = Box<dyn Fn(&T) -> Result<ProducerRecord, String> + Send + Sync>;
+
+/// Counters of a Kafka sink (this process's).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSinkCounters {
+    /// Records written (acknowledged, or committed in a transaction).
+    pub written: Arc<AtomicU64>,
+    /// Re-run batches found already written and not written again.
+    pub batches_skipped: Arc<AtomicU64>,
+}
+
+/// A sink writing each item as a record of a Kafka topic; see the module docs for what it
+/// guarantees in each mode.
+pub struct KafkaSink<T> {
+    client_config: ClientConfig,
+    producer_config: ProducerConfig,
+    topic: String,
+    sink_id: String,
+    transactional: bool,
+    to_record: ToRecord<T>,
+    started: Option<(Client, Producer)>,
+    counters: KafkaSinkCounters,
+}
+
+impl<T> std::fmt::Debug for KafkaSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.topic)
+            .field("sink_id", &self.sink_id)
+            .field("transactional", &self.transactional)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> KafkaSink<T> {
+    /// Writes to `topic` through the brokers of `client`; `to_record` makes an item's record
+    /// (its topic is set to `topic`). `sink_id` names the sink's marker group and transactional
+    /// id: unique per job and output, and the same on every run of the job.
+    pub fn new(
+        client: ClientConfig,
+        topic: impl Into<String>,
+        sink_id: impl Into<String>,
+        to_record: impl Fn(&T) -> Result<ProducerRecord, String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            client_config: client,
+            producer_config: ProducerConfig::default(),
+            topic: topic.into(),
+            sink_id: sink_id.into(),
+            transactional: false,
+            to_record: Box::new(to_record),
+            started: None,
+            counters: KafkaSinkCounters::default(),
+        }
+    }
+
+    /// Items as JSON values, without keys.
+    pub fn json(client: ClientConfig, topic: impl Into<String>, sink_id: impl Into<String>) -> Self
+    where
+        T: serde::Serialize,
+    {
+        let topic = topic.into();
+        let record_topic = topic.clone();
+        Self::new(client, topic, sink_id, move |item: &T| {
+            let value = serde_json::to_vec(item).map_err(|e| format!("an item is not JSON: {e}"))?;
+            Ok(ProducerRecord::new(record_topic.clone(), value))
+        })
+    }
+
+    /// Writes each batch in a transaction, committed with its marker: exactly once for
+    /// `read_committed` consumers.
+    pub fn transactional(mut self) -> Self {
+        self.transactional = true;
+        self
+    }
+
+    /// The producer's settings (batching, compression, acks); idempotence is always on.
+    pub fn producer_config(mut self, config: ProducerConfig) -> Self {
+        self.producer_config = config;
+        self
+    }
+
+    /// The sink's counters.
+    pub fn counters(&self) -> KafkaSinkCounters {
+        self.counters.clone()
+    }
+
+    fn group(&self) -> String {
+        format!("sluice-sink-{}", self.sink_id)
+    }
+
+    async fn start(&mut self) -> Result<(Client, Producer), String> {
+        let client = Client::connect(self.client_config.clone())
+            .await
+            .map_err(|e| format!("Kafka sink {}: connecting: {e}", self.sink_id))?;
+        let mut config = ProducerConfig { idempotent: true, ..self.producer_config.clone() };
+        if self.transactional {
+            config.transactional_id = Some(self.group());
+        }
+        // A transactional producer's start aborts a transaction its predecessor left open.
+        let producer = Producer::new(client.clone(), config)
+            .await
+            .map_err(|e| format!("Kafka sink {}: starting the producer: {e}", self.sink_id))?;
+        Ok((client, producer))
+    }
+
+    /// The batch after the last one written whole, as the marker says (0 if none).
+    async fn written_until(&self, client: &Client) -> Result<u64, String> {
+        let offsets = client
+            .group_offsets(&self.group())
+            .await
+            .map_err(|e| format!("Kafka sink {}: reading its marker: {e}", self.sink_id))?;
+        Ok(offsets.get(&(self.topic.clone(), 0)).map_or(0, |offset| u64::try_from(*offset).unwrap_or(0)))
+    }
+
+    async fn write_batch(&mut self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
+        if self.started.is_none() {
+            self.started = Some(self.start().await?);
+        }
+        let Some((client, producer)) = &self.started else { return Err("the producer did not start".into()) };
+        let id = &self.sink_id;
+        if batch.rerun && self.written_until(client).await? > batch.batch_id {
+            self.counters.batches_skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let records = items
+            .iter()
+            .map(|item| Ok(ProducerRecord { topic: self.topic.clone(), ..(self.to_record)(item)? }))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("Kafka sink {id}, batch {}: {e}", batch.batch_id))?;
+        let count = records.len() as u64;
+        let marker = [(self.topic.clone(), 0, i64::try_from(batch.batch_id + 1).unwrap_or(i64::MAX))];
+        let failed =
+            |what: &str, e: sluice_client::Error| format!("Kafka sink {id}, batch {}: {what}: {e}", batch.batch_id);
+        if self.transactional {
+            producer.begin_transaction().await.map_err(|e| failed("beginning the transaction", e))?;
+            let sent = async {
+                for record in records {
+                    drop(producer.send(record).await.map_err(|e| failed("sending", e))?);
+                }
+                producer
+                    .send_offsets_to_transaction(&marker, &ConsumerGroupMetadata::new(self.group()))
+                    .await
+                    .map_err(|e| failed("adding the marker to the transaction", e))?;
+                producer.commit_transaction().await.map_err(|e| failed("committing the transaction", e))
+            }
+            .await;
+            if let Err(e) = sent {
+                let _ = producer.abort_transaction().await;
+                return Err(e);
+            }
+        } else {
+            let mut deliveries = Vec::with_capacity(records.len());
+            for record in records {
+                deliveries.push(producer.send(record).await.map_err(|e| failed("sending", e))?);
+            }
+            for delivery in deliveries {
+                delivery.await.map_err(|e| failed("delivering", e))?;
+            }
+            client
+                .commit_group_offsets(&self.group(), &marker)
+                .await
+                .map_err(|e| failed("committing the marker", e))?;
+        }
+        self.counters.written.fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl<T: Send + Sync> Sink<T> for KafkaSink<T> {
+    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_batch(batch, &items).await;
+        if result.is_err() {
+            // Start afresh on the next batch (a transactional producer's start aborts whatever
+            // this one left open).
+            if let Some((_, producer)) = self.started.take() {
+                producer.close().await;
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,104 @@
+//! The Kafka sink against a real Tansu broker, batch by batch: a re-run batch its first run
+//! wrote whole is not written again (both modes); a transaction a crashed run left open is
+//! aborted by the next run's start; items that cannot be made records fail their batch.
+
+#[path = "../../sluice-client/tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::Tansu;
+use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
+use sluice_protocol::record::ControlRecordType;
+use sluice_stream::{BatchInfo, KafkaSink, Sink};
+
+async fn setup() -> (Tansu, Client) {
+    let tansu = Tansu::start();
+    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    client.create_topic("out", 1, 1).await.unwrap();
+    (tansu, client)
+}
+
+fn batch(batch_id: u64, rerun: bool) -> BatchInfo {
+    BatchInfo { batch_id, time_ms: (batch_id + 1) * 100, rerun }
+}
+
+/// The log of `out`/0: data values (with whether transactional) and markers.
+async fn log(client: &Client) -> Vec<String> {
+    let options = FetchOptions { max_wait: Duration::from_millis(50), ..FetchOptions::default() };
+    let fetched = client.fetch_partition("out", 0, 0, &options).await.unwrap();
+    let mut entries = Vec::new();
+    for batch in &fetched.records.batches {
+        match batch.control_type() {
+            Some(ControlRecordType::Commit) => entries.push("COMMIT".to_owned()),
+            Some(ControlRecordType::Abort) => entries.push("ABORT".to_owned()),
+            Some(other) => entries.push(format!("{other:?}")),
+            None => entries.extend(batch.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap())),
+        }
+    }
+    entries
+}
+
+fn sink(tansu: &Tansu) -> KafkaSink<u32> {
+    KafkaSink::json(ClientConfig::new([tansu.addr.as_str()]), "out", "test")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_sink_does_not_write_again_a_rerun_batch_it_wrote_whole() {
+    let (tansu, client) = setup().await;
+    let mut first = sink(&tansu);
+    first.write(&batch(0, false), vec![1, 2]).await.unwrap();
+    first.write(&batch(1, false), vec![3]).await.unwrap();
+    // A restarted job re-runs batch 1 (its commit did not reach the checkpoint), then goes on.
+    let mut second = sink(&tansu);
+    second.write(&batch(1, true), vec![3]).await.unwrap();
+    second.write(&batch(2, false), vec![4]).await.unwrap();
+    assert_eq!(second.counters().batches_skipped.load(Ordering::SeqCst), 1);
+    assert_eq!(second.counters().written.load(Ordering::SeqCst), 1);
+    assert_eq!(log(&client).await, ["1", "2", "3", "4"]);
+    // A re-run batch the first run did not finish is written.
+    let mut third = sink(&tansu);
+    third.write(&batch(3, true), vec![5]).await.unwrap();
+    assert_eq!(log(&client).await, ["1", "2", "3", "4", "5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_sink_writes_each_batch_once_and_aborts_what_a_crashed_run_left_open() {
+    let (tansu, client) = setup().await;
+    let mut first = sink(&tansu).transactional();
+    first.write(&batch(0, false), vec![1, 2]).await.unwrap();
+    // A run that crashed mid-batch: its transaction (same transactional id) holds a record.
+    let crashed = Producer::new(
+        client.clone(),
+        ProducerConfig { transactional_id: Some("sluice-sink-test".into()), ..ProducerConfig::default() },
+    )
+    .await
+    .unwrap();
+    crashed.begin_transaction().await.unwrap();
+    crashed.send(ProducerRecord::new("out", "9")).await.unwrap().await.unwrap();
+    drop(crashed);
+    // The restarted job's sink aborts it, writes the re-run batch 1, and skips batch 0 again.
+    let mut second = sink(&tansu).transactional();
+    second.write(&batch(1, true), vec![3]).await.unwrap();
+    let mut third = sink(&tansu).transactional();
+    third.write(&batch(1, true), vec![3]).await.unwrap();
+    assert_eq!(third.counters().batches_skipped.load(Ordering::SeqCst), 1, "batch 1 committed whole already");
+    assert_eq!(log(&client).await, ["1", "2", "COMMIT", "9", "ABORT", "3", "COMMIT"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_that_cannot_be_a_record_fails_its_batch_with_the_reason() {
+    let (tansu, client) = setup().await;
+    let mut sink = KafkaSink::new(ClientConfig::new([tansu.addr.as_str()]), "out", "picky", |n: &u32| {
+        if *n == 13 {
+            Err(format!("{n} is unlucky"))
+        } else {
+            Ok(ProducerRecord::new("ignored: the sink's topic wins", n.to_string()))
+        }
+    });
+    sink.write(&batch(0, false), vec![1]).await.unwrap();
+    let error = sink.write(&batch(1, false), vec![2, 13]).await.unwrap_err();
+    assert!(error.contains("batch 1") && error.contains("13 is unlucky"), "{error}");
+    assert_eq!(log(&client).await, ["1"], "nothing of the failed batch");
+}
