@@ -93,6 +93,8 @@ pub struct LogStats {
     /// Segment removals by compaction that failed (the segment stays and is tried again at a
     /// later commit; a failed removal does not poison the log).
     pub compaction_failures: u64,
+    /// Bytes of records appended since open (headers and payloads).
+    pub appended_bytes: u64,
 }
 
 /// A checkpoint log open for writing.
@@ -110,6 +112,7 @@ pub struct Log<S: Storage = FileStorage> {
     /// Held while deleting segments, so removals stay oldest first across threads.
     compaction: Mutex<()>,
     compaction_failures: AtomicU64,
+    appended_bytes: AtomicU64,
     poison: OnceLock<Poison>,
 }
 
@@ -184,6 +187,7 @@ impl<S: Storage> Log<S> {
             durable_seq: AtomicU64::new(durable),
             compaction: Mutex::new(()),
             compaction_failures: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
             poison: OnceLock::new(),
         };
         Ok((log, recovered))
@@ -273,6 +277,7 @@ impl<S: Storage> Log<S> {
             commit_syncs: state.syncs,
             segments,
             compaction_failures: self.compaction_failures.load(Ordering::Relaxed),
+            appended_bytes: self.appended_bytes.load(Ordering::Relaxed),
         })
     }
 
@@ -308,6 +313,7 @@ impl<S: Storage> Log<S> {
         let header = encode_record_header(meta, &parts)
             .ok_or(Error::RecordTooLarge { bytes: payload_len, limit: MAX_PAYLOAD_LEN })?;
         self.write_frame(&mut writer, &header, &parts, frame_len)?;
+        self.appended_bytes.fetch_add(frame_len, Ordering::Relaxed);
         writer.ledger.apply(op, seq);
         writer.next_seq = after;
         Ok(seq)

@@ -294,6 +294,9 @@ pub struct BatchProgress {
     pub sources: Vec<PartitionProgress>,
     /// Whether the batch re-ran an intent found open in the log.
     pub rerun: bool,
+    /// Bytes the batch wrote to the checkpoint log: its intent, its commit with the state's
+    /// changes, and a snapshot if one was taken.
+    pub checkpoint_bytes: u64,
 }
 
 impl BatchProgress {
@@ -886,6 +889,7 @@ impl<C: Clock> Scheduler<C> {
             None => self.start_read(batch_id, &ranges).await?,
         };
         let intent = BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
+        let appended_before = self.log.stats()?.appended_bytes;
         if !rerun {
             self.log.append_intent(&intent)?;
             self.log.commit()?;
@@ -928,6 +932,7 @@ impl<C: Clock> Scheduler<C> {
             self.log.append_snapshot(&Snapshot { batch_id, state })?;
         }
         self.log.commit()?;
+        let checkpoint_bytes = self.log.stats()?.appended_bytes.saturating_sub(appended_before);
         self.pending = None;
         if let Some(group) = &self.config.commit_to_group {
             let offsets: Vec<(String, i32, i64)> =
@@ -987,6 +992,7 @@ impl<C: Clock> Scheduler<C> {
                 })
                 .collect(),
             rerun,
+            checkpoint_bytes,
         };
         Ok((progress, reached_end))
     }

@@ -74,12 +74,12 @@ async fn run(broker: &str, checkpoint: &str, out: Option<&str>) -> Result<(), Bo
     let job = ClickstreamConfig::default();
     let counters = match out {
         Some(dir) => clickstream::build(
-            || ctx.kafka_stream(),
+            ctx.kafka_stream(),
             &job,
             JsonLinesFiles::new(format!("{dir}/top-items")),
             JsonLinesFiles::new(format!("{dir}/sessions")),
         ),
-        None => clickstream::build(|| ctx.kafka_stream(), &job, Stdout { max_items: 10 }, Stdout { max_items: 5 }),
+        None => clickstream::build(ctx.kafka_stream(), &job, Stdout { max_items: 10 }, Stdout { max_items: 5 }),
     };
     let stop = ctx.stop_handle();
     tokio::spawn(async move {

@@ -237,11 +237,10 @@ fn clicks(source: DStream<KafkaRecord>, unparsable: Arc<AtomicU64>) -> DStream<C
     })
 }
 
-/// Builds the job on `source` (called once per stream the job reads, e.g.
-/// `|| ctx.kafka_stream()`): the top items of each window go to `top_items`, ended sessions to
-/// `sessions`.
+/// Builds the job on `source` (e.g. `ctx.kafka_stream()`): the top items of each window go to
+/// `top_items`, ended sessions to `sessions`.
 pub fn build(
-    source: impl Fn() -> DStream<KafkaRecord>,
+    source: DStream<KafkaRecord>,
     config: &ClickstreamConfig,
     top_items: impl Sink<TopItem> + 'static,
     sessions: impl Sink<UserSession> + 'static,
@@ -250,7 +249,8 @@ pub fn build(
     let watermark = Watermark::new(config.allowed_lateness).idle_after(config.idle_after);
     let late = watermark.late_records();
     let top = config.top;
-    clicks(source(), Arc::clone(&counters.unparsable))
+    let (for_windows, for_sessions) = clicks(source, Arc::clone(&counters.unparsable)).tee();
+    for_windows
         .with_watermark(watermark, |click| click.time_ms)
         .map(|timed: Timed<Click>| timed.map(|click| (click.item, 1u64)))
         .reduce_by_key_and_event_window(config.window, config.slide, |a, b| a + b)
@@ -259,22 +259,19 @@ pub fn build(
         .to_sink(top_items);
 
     let recent_items = config.recent_items;
-    // Clicks are parsed once more for the sessions (each stream is computed for its own output);
-    // unparsable records are counted once, above.
-    clicks(source(), Arc::default())
-        .map(|click| (click.user.clone(), click))
+    for_sessions
+        .map(|click| (click.user, (click.item, click.time_ms)))
         .map_with_state(Some(config.session_timeout), move |_, user: &String, click, state: &mut KeyState<Session>| {
             match click {
-                Some(click) => {
-                    let mut session = state.get().cloned().unwrap_or_default();
+                Some((item, time_ms)) => {
+                    let session = state.get_or_insert_with(Session::default)?;
                     session.clicks += 1;
-                    session.recent.retain(|item| *item != click.item);
-                    session.recent.push_back(click.item);
+                    session.recent.retain(|recent| *recent != item);
+                    session.recent.push_back(item);
                     while session.recent.len() > recent_items {
                         session.recent.pop_front();
                     }
-                    session.last_click_ms = click.time_ms;
-                    state.update(session);
+                    session.last_click_ms = time_ms;
                     None
                 }
                 None => state.get().map(|session| UserSession {

@@ -13,6 +13,8 @@
 //! each batch's commit: a re-run batch gives what its first run gave.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keyed::StateKey;
 use crate::state::{decode, encode, lock_state, Stateful};
-use crate::stream::{lock, BatchInput, DStream, Parts};
+use crate::stream::{lock, merge, BatchInput, DStream, Parts};
 
 /// An item with its event time (ms since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,19 +212,27 @@ pub struct Windowed<T> {
     pub item: T,
 }
 
-/// An event-time window operator's state: the open windows' values by key, and what changed
-/// since the last delta.
+/// An event-time window operator's state: the open windows' values by key, and which windows
+/// changed or closed since the last delta.
 struct EventWindows<K, V> {
     reduce: Box<dyn Fn(V, V) -> V + Send>,
-    open: BTreeMap<i64, BTreeMap<K, V>>,
-    changed: BTreeSet<(i64, K)>,
+    open: BTreeMap<i64, HashMap<K, V>>,
+    changed: BTreeSet<i64>,
     closed: Vec<i64>,
 }
 
-/// A batch's changes to the open windows.
+/// A window's values in key order.
+fn window_contents<K: Ord + Clone, V: Clone>(window: &HashMap<K, V>) -> Vec<(K, V)> {
+    let mut values: Vec<(K, V)> = window.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    values
+}
+
+/// A batch's changes to the open windows: the whole contents of each window it changed (a
+/// batch usually adds to most keys of the windows it touches), and the windows it closed.
 #[derive(Serialize, Deserialize)]
 struct WindowChanges<K, V> {
-    values: Vec<(i64, K, V)>,
+    windows: Vec<(i64, Vec<(K, V)>)>,
     closed: Vec<i64>,
 }
 
@@ -239,34 +249,56 @@ where
         if self.changed.is_empty() && self.closed.is_empty() {
             return Ok(None);
         }
-        let values = std::mem::take(&mut self.changed)
+        let windows = std::mem::take(&mut self.changed)
             .into_iter()
-            .filter_map(|(start, key)| {
-                let value = self.open.get(&start)?.get(&key)?.clone();
-                Some((start, key, value))
-            })
+            .filter_map(|start| Some((start, window_contents(self.open.get(&start)?))))
             .collect();
-        encode(&WindowChanges { values, closed: std::mem::take(&mut self.closed) }).map(Some)
+        encode(&WindowChanges { windows, closed: std::mem::take(&mut self.closed) }).map(Some)
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        encode(&self.open)
+        let open: Vec<(i64, Vec<(K, V)>)> =
+            self.open.iter().map(|(start, window)| (*start, window_contents(window))).collect();
+        encode(&open)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.open = decode(snapshot)?;
+        let open: Vec<(i64, Vec<(K, V)>)> = decode(snapshot)?;
+        self.open = open.into_iter().map(|(start, values)| (start, values.into_iter().collect())).collect();
         Ok(())
     }
 
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
         let changes: WindowChanges<K, V> = decode(delta)?;
-        for (start, key, value) in changes.values {
-            self.open.entry(start).or_default().insert(key, value);
+        for (start, values) in changes.windows {
+            self.open.insert(start, values.into_iter().collect());
         }
         for start in changes.closed {
             self.open.remove(&start);
         }
         Ok(())
+    }
+}
+
+impl<K: StateKey, V: Clone> EventWindows<K, V> {
+    /// Adds a batch's items: reduced first per slide (every window is a run of whole slides),
+    /// then each slide's values into each window holding it.
+    fn add(&mut self, items: impl Iterator<Item = Timed<(K, V)>>, length_ms: i64, slide_ms: i64) {
+        let mut slides: BTreeMap<i64, HashMap<K, V>> = BTreeMap::new();
+        for timed in items.filter(|t| !t.late) {
+            let (key, value) = timed.item;
+            let slide = slides.entry(timed.time_ms.div_euclid(slide_ms).saturating_mul(slide_ms)).or_default();
+            merge(slide, key, value, &self.reduce);
+        }
+        for (slide_start, values) in slides {
+            for start in window_starts(slide_start, length_ms, slide_ms) {
+                let window = self.open.entry(start).or_default();
+                for (key, value) in &values {
+                    merge(window, key.clone(), value.clone(), &self.reduce);
+                }
+                self.changed.insert(start);
+            }
+        }
     }
 }
 
@@ -320,19 +352,7 @@ where
                 let parts = parent(input).unwrap_or_default();
                 let watermark = input.watermark();
                 let mut state = lock_state(&state);
-                let state = &mut *state;
-                for timed in parts.into_iter().flatten().filter(|t| !t.late) {
-                    let (key, value) = timed.item;
-                    for start in window_starts(timed.time_ms, length_ms, slide_ms) {
-                        let window = state.open.entry(start).or_default();
-                        let combined = match window.remove(&key) {
-                            Some(old) => (state.reduce)(old, value.clone()),
-                            None => value.clone(),
-                        };
-                        window.insert(key.clone(), combined);
-                        state.changed.insert((start, key.clone()));
-                    }
-                }
+                state.add(parts.into_iter().flatten(), length_ms, slide_ms);
                 let Some(watermark) = watermark else { return Some(vec![Vec::new()]) };
                 let mut out = Vec::new();
                 while let Some(entry) = state.open.first_entry() {
@@ -341,8 +361,10 @@ where
                     if end > watermark {
                         break;
                     }
-                    out.extend(entry.remove().into_iter().map(|item| Windowed { start_ms: start, end_ms: end, item }));
-                    state.changed.retain(|(s, _)| *s != start);
+                    let mut window: Vec<(K, V)> = entry.remove().into_iter().collect();
+                    window.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    out.extend(window.into_iter().map(|item| Windowed { start_ms: start, end_ms: end, item }));
+                    state.changed.remove(&start);
                     state.closed.push(start);
                 }
                 Some(vec![out])

@@ -2,7 +2,7 @@
 //! per-key timeout). The state lives in memory; each batch's changed keys are written with its
 //! commit, and the whole state in snapshots, so a restarted job resumes with it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use crate::hash::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -12,21 +12,34 @@ use serde::Serialize;
 use crate::state::{decode, encode, Stateful};
 use crate::stream::DStream;
 
-/// Bounds of a key kept in state: ordered (state is saved and outputs given in key order) and
-/// serializable.
-pub trait StateKey: Ord + Clone + Send + Serialize + DeserializeOwned + 'static {}
-impl<K: Ord + Clone + Send + Serialize + DeserializeOwned + 'static> StateKey for K {}
+/// Bounds of a key kept in state: hashed (state is kept in hash maps), ordered (state is saved
+/// and outputs given in key order, so they are the same in every run) and serializable.
+pub trait StateKey: Hash + Eq + Ord + Clone + Send + Serialize + DeserializeOwned + 'static {}
+impl<K: Hash + Eq + Ord + Clone + Send + Serialize + DeserializeOwned + 'static> StateKey for K {}
 
 /// Keys' states, and the keys changed since the last delta.
 struct KeyedState<K, S> {
     kind: &'static str,
-    states: BTreeMap<K, S>,
-    changed: BTreeSet<K>,
+    states: HashMap<K, S>,
+    changed: HashSet<K>,
 }
 
-impl<K: Ord, S> KeyedState<K, S> {
+impl<K: StateKey, S> KeyedState<K, S> {
     fn new(kind: &'static str) -> Self {
-        Self { kind, states: BTreeMap::new(), changed: BTreeSet::new() }
+        Self { kind, states: HashMap::default(), changed: HashSet::default() }
+    }
+
+    fn mark_changed(&mut self, key: &K) {
+        if !self.changed.contains(key) {
+            self.changed.insert(key.clone());
+        }
+    }
+
+    /// The states in key order.
+    fn sorted(&self) -> Vec<(&K, &S)> {
+        let mut states: Vec<(&K, &S)> = self.states.iter().collect();
+        states.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        states
     }
 }
 
@@ -39,17 +52,19 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         if self.changed.is_empty() {
             return Ok(None);
         }
-        let changed = std::mem::take(&mut self.changed);
+        let mut changed: Vec<K> = std::mem::take(&mut self.changed).into_iter().collect();
+        changed.sort_unstable();
         let delta: Vec<(&K, Option<&S>)> = changed.iter().map(|key| (key, self.states.get(key))).collect();
         encode(&delta).map(Some)
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        encode(&self.states)
+        encode(&self.sorted())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.states = decode(snapshot)?;
+        let states: Vec<(K, S)> = decode(snapshot)?;
+        self.states = states.into_iter().collect();
         Ok(())
     }
 
@@ -83,6 +98,23 @@ impl<S> KeyState<S> {
         self.value.as_ref()
     }
 
+    /// The key's state, to change in place (`None` while it times out: its state is removed
+    /// then).
+    pub fn get_mut(&mut self) -> Option<&mut S> {
+        if self.timing_out {
+            return None;
+        }
+        self.value.as_mut()
+    }
+
+    /// The key's state, set to `make()` first if it has none (`None` while it times out).
+    pub fn get_or_insert_with(&mut self, make: impl FnOnce() -> S) -> Option<&mut S> {
+        if self.timing_out {
+            return None;
+        }
+        Some(self.value.get_or_insert_with(make))
+    }
+
     /// Sets the key's state (ignored while it times out: its state is removed then).
     pub fn update(&mut self, value: S) {
         if !self.timing_out {
@@ -105,7 +137,7 @@ impl<S> KeyState<S> {
 /// Operators keeping state per key.
 impl<K, V> DStream<(K, V)>
 where
-    K: StateKey + Hash + Eq,
+    K: StateKey,
     V: Send + 'static,
 {
     /// Each key's state after every batch, Spark's `updateStateByKey`: `update` is called once
@@ -121,24 +153,26 @@ where
         S: Clone + PartialEq + Send + Serialize + DeserializeOwned + 'static,
     {
         self.stateful(KeyedState::<K, S>::new("update_state_by_key"), move |state, _, parts| {
-            let mut values: BTreeMap<K, Vec<V>> = BTreeMap::new();
+            let mut values: HashMap<K, Vec<V>> = HashMap::default();
             for (key, value) in parts.into_iter().flatten() {
                 values.entry(key).or_default().push(value);
             }
-            let keys: BTreeSet<K> = state.states.keys().chain(values.keys()).cloned().collect();
+            let mut keys: Vec<K> = state.states.keys().chain(values.keys()).cloned().collect();
+            keys.sort_unstable();
+            keys.dedup();
             for key in keys {
                 let new_values = values.remove(&key).unwrap_or_default();
                 let old = state.states.get(&key).cloned();
                 let new = update(new_values, old.clone());
                 if new != old {
+                    state.mark_changed(&key);
                     match new {
-                        Some(new) => state.states.insert(key.clone(), new),
+                        Some(new) => state.states.insert(key, new),
                         None => state.states.remove(&key),
                     };
-                    state.changed.insert(key);
                 }
             }
-            Some(vec![state.states.iter().map(|(k, s)| (k.clone(), s.clone())).collect()])
+            Some(vec![state.sorted().into_iter().map(|(k, s)| (k.clone(), s.clone())).collect()])
         })
     }
 
@@ -163,24 +197,29 @@ where
             let now = input.time_ms;
             let mut out = Vec::new();
             for (key, value) in parts.into_iter().flatten() {
-                let mut key_state = KeyState { value: state.states.remove(&key).map(|(s, _)| s), timing_out: false };
+                let (key, old) = match state.states.remove_entry(&key) {
+                    Some((key, (old, _))) => (key, Some(old)),
+                    None => (key, None),
+                };
+                let mut key_state = KeyState { value: old, timing_out: false };
                 out.extend(f(now, &key, Some(value), &mut key_state));
+                state.mark_changed(&key);
                 if let Some(value) = key_state.value {
-                    state.states.insert(key.clone(), (value, now));
+                    state.states.insert(key, (value, now));
                 }
-                state.changed.insert(key);
             }
             if let Some(timeout_ms) = timeout_ms {
-                let expired: Vec<K> = state
+                let mut expired: Vec<K> = state
                     .states
                     .iter()
                     .filter(|(_, (_, last))| now.saturating_sub(*last) > timeout_ms)
                     .map(|(key, _)| key.clone())
                     .collect();
+                expired.sort_unstable();
                 for key in expired {
                     let mut key_state = KeyState { value: state.states.remove(&key).map(|(s, _)| s), timing_out: true };
                     out.extend(f(now, &key, None, &mut key_state));
-                    state.changed.insert(key);
+                    state.mark_changed(&key);
                 }
             }
             Some(vec![out])

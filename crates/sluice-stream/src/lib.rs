@@ -6,6 +6,7 @@
 pub mod clickstream;
 pub mod context;
 mod event_time;
+mod hash;
 mod kafka_sink;
 mod keyed;
 pub mod record;

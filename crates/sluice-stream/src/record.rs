@@ -62,10 +62,14 @@ impl KafkaRecord {
     /// quoted with `"` (a doubled `""` inside stands for one quote).
     pub fn csv<T: serde::de::DeserializeOwned>(&self) -> Result<T, ParseError> {
         let line = self.value_str().ok_or_else(|| self.error("the value is null or not UTF-8"))?;
-        let fields = split_csv(line.trim_end_matches(['\r', '\n'])).map_err(|e| self.error(&e))?;
-        csv::StringRecord::from(fields)
-            .deserialize(None)
-            .map_err(|e| self.error(&format!("not the CSV columns expected: {e}")))
+        let line = line.trim_end_matches(['\r', '\n']);
+        let record = if line.contains('"') {
+            csv::StringRecord::from(split_csv(line).map_err(|e| self.error(&e))?)
+        } else {
+            // No quotes: the fields are what lies between the commas.
+            line.split(',').collect()
+        };
+        record.deserialize(None).map_err(|e| self.error(&format!("not the CSV columns expected: {e}")))
     }
 
     fn error(&self, problem: &str) -> ParseError {

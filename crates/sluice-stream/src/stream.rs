@@ -3,7 +3,6 @@
 //! read task of the source, like an RDD's partitions) until an operator gathers them by key.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::hash::HashMap;
 use crate::record::KafkaRecord;
 use crate::sink::{BatchInfo, Output, SinkOutput};
 use crate::state::{decode, encode, lock_state, JobState, Stateful};
@@ -254,6 +254,32 @@ impl<T: Send + 'static> DStream<T> {
         )
     }
 
+    /// Two streams of this one's items, computed once per batch and copied for the second:
+    /// for a stream that feeds two outputs (a parsed source used for two results, say).
+    pub fn tee(self) -> (DStream<T>, DStream<T>)
+    where
+        T: Clone,
+    {
+        let shared = Arc::new(Mutex::new(Tee { parent: self.compute, kept: None }));
+        let side = |me: usize| -> Compute<T> {
+            let shared = Arc::clone(&shared);
+            Box::new(move |input: &BatchInput| {
+                let mut tee = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                match tee.kept.take() {
+                    // The other side computed this batch and kept this side's copy.
+                    Some((batch_id, side, parts)) if batch_id == input.batch_id && side == me => parts,
+                    _ => {
+                        let parts = (tee.parent)(input);
+                        tee.kept = Some((input.batch_id, 1 - me, parts.clone()));
+                        parts
+                    }
+                }
+            })
+        };
+        let (first, second) = (side(0), side(1));
+        (DStream::new(Arc::clone(&self.graph), first), DStream::new(self.graph, second))
+    }
+
     /// How many items each batch has (one item per batch with output).
     pub fn count(self) -> DStream<u64> {
         self.derive(|_, parts| Some(vec![vec![parts.iter().map(|p| p.len() as u64).sum()]]))
@@ -367,7 +393,7 @@ where
                 // Both sides compute every batch (a windowed side must see each one).
                 let (l, r) = (left(input), right(input));
                 let (l, r) = (l?, r?);
-                let mut by_key: HashMap<K, Vec<W>> = HashMap::new();
+                let mut by_key: HashMap<K, Vec<W>> = HashMap::default();
                 for (key, w) in r.into_iter().flatten() {
                     by_key.entry(key).or_default().push(w);
                 }
@@ -405,7 +431,7 @@ where
             inverse,
             length,
             batches: std::collections::VecDeque::new(),
-            running: HashMap::new(),
+            running: HashMap::default(),
             added: None,
         };
         self.stateful(state, move |state, input, parts| {
@@ -415,6 +441,13 @@ where
             ((input.batch_id + 1) % slide == 0).then(|| vec![state.window()])
         })
     }
+}
+
+/// A stream computed for two (`tee`): the parent, and the batch the side that computed it kept
+/// for the other side.
+struct Tee<T> {
+    parent: Compute<T>,
+    kept: Option<(u64, usize, Option<Parts<T>>)>,
 }
 
 /// A window's batches (`window`).
@@ -509,7 +542,7 @@ impl<K: Hash + Eq + Ord + Clone, V: Clone> ReduceWindow<K, V> {
         let window: HashMap<K, V> = match &self.inverse {
             Some(_) => self.running.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
             None => {
-                let mut all: HashMap<K, V> = HashMap::new();
+                let mut all: HashMap<K, V> = HashMap::default();
                 for batch in &self.batches {
                     for (key, value) in batch {
                         merge(&mut all, key.clone(), value.clone(), &self.reduce);
@@ -553,7 +586,7 @@ where
     }
 }
 
-fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &dyn Fn(V, V) -> V) {
+pub(crate) fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &dyn Fn(V, V) -> V) {
     match into.remove(&key) {
         Some(old) => into.insert(key, reduce(old, value)),
         None => into.insert(key, value),
@@ -561,7 +594,7 @@ fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &d
 }
 
 pub(crate) fn reduce_parts<K: Hash + Eq, V>(parts: Parts<(K, V)>, reduce: &dyn Fn(V, V) -> V) -> HashMap<K, V> {
-    let mut out: HashMap<K, V> = HashMap::new();
+    let mut out: HashMap<K, V> = HashMap::default();
     for (key, value) in parts.into_iter().flatten() {
         merge(&mut out, key, value, reduce);
     }

@@ -131,16 +131,15 @@ async fn run_job<C: Clock>(
     config.scheduler.ending_offsets = Some(counts.iter().map(|(p, n)| ((TOPIC.to_owned(), *p), *n)).collect());
     config.snapshot_every = 7;
     let ctx = StreamingContext::new(config);
-    let source = || ctx.kafka_stream();
     let counters = match output {
         Output::Files => clickstream::build(
-            source,
+            ctx.kafka_stream(),
             &job_config(),
             JsonLinesFiles::new(dir.join("out/top-items")),
             JsonLinesFiles::new(dir.join("out/sessions")),
         ),
         Output::Kafka | Output::KafkaTransactions => clickstream::build(
-            source,
+            ctx.kafka_stream(),
             &job_config(),
             kafka_sink::<TopItem>(broker, "top-items", output),
             kafka_sink::<UserSession>(broker, "sessions", output),

@@ -158,3 +158,33 @@ fn windows_and_joins_count_batches_without_upstream_output_as_empty_ones() {
         vec![(1, vec![(1, ("a".to_owned(), 'x')), (1, ("a".to_owned(), 'y'))]), (3, vec![]), (5, vec![])]
     );
 }
+
+#[test]
+fn tee_computes_a_stream_once_per_batch_for_two_outputs() {
+    let job = LocalJob::new(SECOND);
+    let computed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&computed);
+    let (words, lengths) = job
+        .queue_stream(words(&["a bb", "ccc", ""]))
+        .map(move |w| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            w
+        })
+        .tee();
+    let words = job.collect(words);
+    let lengths = job.collect(lengths.map(|w| w.len()));
+    job.run(3).unwrap();
+    assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 3, "each word mapped once");
+    assert_eq!(
+        batches(&words),
+        vec![(0, vec!["a".to_owned(), "bb".to_owned()]), (1, vec!["ccc".to_owned()]), (2, vec![])]
+    );
+    assert_eq!(batches(&lengths), vec![(0, vec![1, 2]), (1, vec![3]), (2, vec![])]);
+
+    // A side without an output does not hold the other back.
+    let job = LocalJob::new(SECOND);
+    let (used, _unused) = job.queue_stream(vec![vec![1], vec![2]]).tee();
+    let used = job.collect(used);
+    job.run(2).unwrap();
+    assert_eq!(batches(&used), vec![(0, vec![1]), (1, vec![2])]);
+}
