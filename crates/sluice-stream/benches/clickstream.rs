@@ -10,7 +10,9 @@
 //!   batches: each batch's latency from when it was due to its commit, p50 and p99 (target: p99
 //!   under the interval + 50 ms).
 //!
-//! `cargo bench -p sluice-stream --bench clickstream`
+//! `cargo bench -p sluice-stream --bench clickstream` (`SLUICE_BENCH_VERBOSE=1` prints each batch's
+//! progress record; `SLUICE_BENCH_ENGINE_ONLY=RATE` runs only the job, at RATE clicks/s, for
+//! profiling)
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -218,8 +220,9 @@ fn main() {
         produce(&client, n).await;
         let config = ClickstreamConfig::default();
 
-        if std::env::var_os("SLUICE_BENCH_ENGINE_ONLY").is_some() {
-            let run = engine(&tansu.addr, n, Duration::from_millis(100), 5_000_000.0, &config).await;
+        if let Some(rate) = std::env::var("SLUICE_BENCH_ENGINE_ONLY").ok().and_then(|r| r.parse::<f64>().ok()) {
+            // Profiling aid: the job alone, reading at `rate` clicks/s in 100 ms batches.
+            let run = engine(&tansu.addr, n, Duration::from_millis(100), rate, &config).await;
             println!("engine only: {:.0} clicks/s, {:.3} us CPU/click", n as f64 / run.wall_s, run.cpu_s * 1e6 / n as f64);
             return;
         }

@@ -157,6 +157,38 @@ struct Engine {
     snapshot_every: u64,
 }
 
+impl Engine {
+    /// Runs every output on the batch, each on a thread of its own (outputs fed by one `tee`
+    /// wait for whichever computes the shared part first, then go on side by side).
+    async fn run_outputs(&mut self, input: Arc<BatchInput>) -> Result<(), String> {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let runtime = tokio::runtime::Handle::current();
+        let ran = tokio::task::spawn_blocking(move || {
+            let results: Vec<Result<(), String>> = match outputs.as_mut_slice() {
+                [only] => vec![runtime.block_on(only.run(&input))],
+                all => std::thread::scope(|scope| {
+                    let running: Vec<_> = all
+                        .iter_mut()
+                        .map(|output| {
+                            let (input, runtime) = (&input, &runtime);
+                            scope.spawn(move || runtime.block_on(output.run(input)))
+                        })
+                        .collect();
+                    running
+                        .into_iter()
+                        .map(|thread| thread.join().unwrap_or_else(|_| Err("an output panicked".to_owned())))
+                        .collect()
+                }),
+            };
+            (outputs, results)
+        })
+        .await;
+        let (outputs, results) = ran.map_err(|e| format!("the outputs stopped: {e}"))?;
+        self.outputs = outputs;
+        results.into_iter().collect()
+    }
+}
+
 impl Processor for Engine {
     async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
         let records: Parts<KafkaRecord> = batch
@@ -170,10 +202,8 @@ impl Processor for Engine {
         let part_sources =
             batch.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
         let records = SourceRecords::new(records, self.sources);
-        let input = BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, part_sources);
-        for output in &mut self.outputs {
-            output.run(&input).await?;
-        }
+        let input = Arc::new(BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, part_sources));
+        self.run_outputs(input).await?;
         let snapshot_due = (batch.batch_id + 1) % self.snapshot_every == 0;
         Ok(BatchOutput {
             state_delta: self.state.take_delta()?,

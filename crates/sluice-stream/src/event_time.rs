@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keyed::StateKey;
 use crate::state::{decode, encode, lock_state, Stateful};
-use crate::stream::{lock, merge, BatchInput, DStream, Parts};
+use crate::stream::{least_watermark, lock, merge, BatchInput, DStream, Parts, WatermarkCell};
 
 /// An item with its event time (ms since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +162,8 @@ impl<T: Send + 'static> DStream<T> {
         spec: Watermark,
         event_time_ms: impl Fn(&T) -> i64 + Send + 'static,
     ) -> DStream<Timed<T>> {
+        let cell: WatermarkCell = Arc::default();
+        let publish = Arc::clone(&cell);
         self.stateful(WatermarkState::default(), move |state, input, parts| {
             let before = state.watermark;
             let now = input.time_ms;
@@ -193,11 +195,10 @@ impl<T: Send + 'static> DStream<T> {
                 }
                 out.push(timed);
             }
-            if let Some(watermark) = state.advance(&spec, now) {
-                input.publish_watermark(watermark);
-            }
+            *lock_state(&publish) = state.advance(&spec, now);
             Some(out)
         })
+        .with_watermarks(vec![cell])
     }
 }
 
@@ -221,11 +222,9 @@ struct EventWindows<K, V> {
     closed: Vec<i64>,
 }
 
-/// A window's values in key order.
-fn window_contents<K: Ord + Clone, V: Clone>(window: &HashMap<K, V>) -> Vec<(K, V)> {
-    let mut values: Vec<(K, V)> = window.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    values
+/// A window's values (in no particular order: a window restored from them is the same).
+fn window_contents<K: Clone, V: Clone>(window: &HashMap<K, V>) -> Vec<(K, V)> {
+    window.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// A batch's changes to the open windows: the whole contents of each window it changed (a
@@ -342,15 +341,20 @@ where
             changed: BTreeSet::new(),
             closed: Vec::new(),
         }));
-        let (mut parent, graph) = self.into_parts();
+        let (mut parent, graph, watermarks) = self.into_parts();
+        if watermarks.is_empty() {
+            lock(&graph).errors.push(
+                "reduce_by_key_and_event_window on a stream without a watermark: apply with_watermark upstream".into(),
+            );
+        }
         lock(&graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
+        let window_watermarks = watermarks.clone();
         DStream::new(
             graph,
             Box::new(move |input: &BatchInput| {
-                // The watermark this window sees is its upstream's, published while computing it.
-                input.clear_watermark();
+                // Computing the parent sets its watermarks for this batch.
                 let parts = parent(input).unwrap_or_default();
-                let watermark = input.watermark();
+                let watermark = least_watermark(&window_watermarks);
                 let mut state = lock_state(&state);
                 state.add(parts.into_iter().flatten(), length_ms, slide_ms);
                 let Some(watermark) = watermark else { return Some(vec![Vec::new()]) };
@@ -370,6 +374,7 @@ where
                 Some(vec![out])
             }),
         )
+        .with_watermarks(watermarks)
     }
 }
 

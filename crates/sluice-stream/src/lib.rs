@@ -5,6 +5,7 @@
 
 pub mod clickstream;
 pub mod context;
+mod csv_fields;
 mod event_time;
 mod hash;
 mod kafka_sink;

@@ -63,13 +63,14 @@ impl KafkaRecord {
     pub fn csv<T: serde::de::DeserializeOwned>(&self) -> Result<T, ParseError> {
         let line = self.value_str().ok_or_else(|| self.error("the value is null or not UTF-8"))?;
         let line = line.trim_end_matches(['\r', '\n']);
-        let record = if line.contains('"') {
-            csv::StringRecord::from(split_csv(line).map_err(|e| self.error(&e))?)
+        let parsed = if line.contains('"') {
+            let fields = split_csv(line).map_err(|e| self.error(&e))?;
+            csv::StringRecord::from(fields).deserialize(None).map_err(|e| e.to_string())
         } else {
-            // No quotes: the fields are what lies between the commas.
-            line.split(',').collect()
+            // No quotes: the fields are what lies between the commas, read in place.
+            crate::csv_fields::from_line(line).map_err(|e| e.to_string())
         };
-        record.deserialize(None).map_err(|e| self.error(&format!("not the CSV columns expected: {e}")))
+        parsed.map_err(|e| self.error(&format!("not the CSV columns expected: {e}")))
     }
 
     fn error(&self, problem: &str) -> ParseError {

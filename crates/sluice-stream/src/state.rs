@@ -4,8 +4,7 @@
 //! snapshot with the later batches' changes applied, so a re-run batch sees exactly the state
 //! its first run saw.
 //!
-//! Both are encoded with postcard ([`sluice_checkpoint::encode_value`]): compact, pure Rust, and
-//! a value's bytes are the same in every run (keyed state is written in key order).
+//! Both are encoded with postcard ([`sluice_checkpoint::encode_value`]): compact and pure Rust.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -32,9 +32,6 @@ pub struct BatchInput {
     pub(crate) records: SourceRecords,
     /// The partition each part of the source came from.
     pub(crate) part_sources: Vec<(Arc<str>, i32)>,
-    /// The watermark of the stream being computed, published by its `with_watermark` steps
-    /// (the least of them when streams are combined).
-    pub(crate) watermark: Mutex<Option<i64>>,
 }
 
 /// A batch's source records, handed to each source stream of the job: copies to all but the
@@ -73,31 +70,11 @@ impl BatchInput {
         records: SourceRecords,
         part_sources: Vec<(Arc<str>, i32)>,
     ) -> Self {
-        Self {
-            batch_id,
-            time_ms: batch_id.saturating_add(1).saturating_mul(interval_ms),
-            rerun,
-            records,
-            part_sources,
-            watermark: Mutex::new(None),
-        }
+        Self { batch_id, time_ms: batch_id.saturating_add(1).saturating_mul(interval_ms), rerun, records, part_sources }
     }
 
     pub(crate) fn info(&self) -> BatchInfo {
         BatchInfo { batch_id: self.batch_id, time_ms: self.time_ms, rerun: self.rerun }
-    }
-
-    pub(crate) fn clear_watermark(&self) {
-        *self.watermark.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    pub(crate) fn publish_watermark(&self, watermark: i64) {
-        let mut current = self.watermark.lock().unwrap_or_else(PoisonError::into_inner);
-        *current = Some(current.map_or(watermark, |w| w.min(watermark)));
-    }
-
-    pub(crate) fn watermark(&self) -> Option<i64> {
-        *self.watermark.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -143,6 +120,25 @@ pub(crate) fn lock(graph: &SharedGraph) -> std::sync::MutexGuard<'_, Graph> {
 pub struct DStream<T> {
     compute: Compute<T>,
     graph: SharedGraph,
+    /// The watermarks of the `with_watermark` steps upstream (the stream's watermark is the
+    /// least of them), each set when its step computes a batch.
+    watermarks: Watermarks,
+}
+
+/// A `with_watermark` step's watermark as of the last batch it computed.
+pub(crate) type WatermarkCell = Arc<Mutex<Option<i64>>>;
+
+/// The watermarks a stream carries.
+pub(crate) type Watermarks = Vec<WatermarkCell>;
+
+/// The least of `watermarks` (`None` if any has none yet, or there are none).
+pub(crate) fn least_watermark(watermarks: &[WatermarkCell]) -> Option<i64> {
+    let mut least: Option<i64> = None;
+    for cell in watermarks {
+        let watermark = (*cell.lock().unwrap_or_else(PoisonError::into_inner))?;
+        least = Some(least.map_or(watermark, |l| l.min(watermark)));
+    }
+    least
 }
 
 impl<T> std::fmt::Debug for DStream<T> {
@@ -153,12 +149,18 @@ impl<T> std::fmt::Debug for DStream<T> {
 
 impl<T: Send + 'static> DStream<T> {
     pub(crate) fn new(graph: SharedGraph, compute: Compute<T>) -> Self {
-        Self { compute, graph }
+        Self { compute, graph, watermarks: Vec::new() }
     }
 
-    /// The stream's compute step and job, to build an operator around.
-    pub(crate) fn into_parts(self) -> (Compute<T>, SharedGraph) {
-        (self.compute, self.graph)
+    /// The same stream carrying `watermarks`.
+    pub(crate) fn with_watermarks(mut self, watermarks: Watermarks) -> Self {
+        self.watermarks = watermarks;
+        self
+    }
+
+    /// The stream's compute step, job and watermarks, to build an operator around.
+    pub(crate) fn into_parts(self) -> (Compute<T>, SharedGraph, Watermarks) {
+        (self.compute, self.graph, self.watermarks)
     }
 
     pub(crate) fn derive<U: Send + 'static>(
@@ -167,6 +169,7 @@ impl<T: Send + 'static> DStream<T> {
     ) -> DStream<U> {
         let mut parent = self.compute;
         DStream::new(self.graph, Box::new(move |input| parent(input).and_then(|parts| step(input, parts))))
+            .with_watermarks(self.watermarks)
     }
 
     /// Like `derive`, for stateful steps that must see every batch: a batch without output
@@ -177,6 +180,7 @@ impl<T: Send + 'static> DStream<T> {
     ) -> DStream<U> {
         let mut parent = self.compute;
         DStream::new(self.graph, Box::new(move |input| step(input, parent(input).unwrap_or_default())))
+            .with_watermarks(self.watermarks)
     }
 
     /// A stateful step: `state` is saved with each batch's commit and restored on restart
@@ -199,52 +203,53 @@ impl<T: Send + 'static> DStream<T> {
         lock(&self.graph).interval_ms
     }
 
-    /// Each item mapped by `f`.
-    pub fn map<U: Send + 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> DStream<U> {
-        self.derive(move |_, parts| {
-            Some(parts.into_iter().map(|part| part.into_iter().map(&mut f).collect()).collect())
-        })
+    /// Each item mapped by `f`. Like every element-wise operator, `f` runs on a batch's parts
+    /// in parallel when the batch is large, so it is `Fn + Sync` (Spark's functions are too).
+    pub fn map<U: Send + 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> DStream<U> {
+        self.derive_parts(move |part| part.into_iter().map(&f).collect())
     }
 
     /// Each item mapped to any number of items.
     pub fn flat_map<U: Send + 'static, I: IntoIterator<Item = U>>(
         self,
-        mut f: impl FnMut(T) -> I + Send + 'static,
+        f: impl Fn(T) -> I + Send + Sync + 'static,
     ) -> DStream<U> {
-        self.derive(move |_, parts| {
-            Some(parts.into_iter().map(|part| part.into_iter().flat_map(&mut f).collect()).collect())
+        self.derive_parts(move |part| {
+            // Most flat maps give about one item per item (parse or drop).
+            let mut out = Vec::with_capacity(part.len());
+            out.extend(part.into_iter().flat_map(&f));
+            out
         })
     }
 
     /// The items for which `f` holds.
-    pub fn filter(self, mut f: impl FnMut(&T) -> bool + Send + 'static) -> DStream<T> {
-        self.derive(move |_, parts| {
-            Some(
-                parts
-                    .into_iter()
-                    .map(|mut part| {
-                        part.retain(&mut f);
-                        part
-                    })
-                    .collect(),
-            )
+    pub fn filter(self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DStream<T> {
+        self.derive_parts(move |mut part| {
+            part.retain(&f);
+            part
         })
     }
 
     /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole.
-    pub fn map_partitions<U: Send + 'static>(self, mut f: impl FnMut(Vec<T>) -> Vec<U> + Send + 'static) -> DStream<U> {
-        self.derive(move |_, parts| Some(parts.into_iter().map(&mut f).collect()))
+    pub fn map_partitions<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
+        self.derive_parts(f)
     }
 
     /// Each item paired with a key.
-    pub fn key_by<K: Send + 'static>(self, mut f: impl FnMut(&T) -> K + Send + 'static) -> DStream<(K, T)> {
+    pub fn key_by<K: Send + 'static>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> DStream<(K, T)> {
         self.map(move |item| (f(&item), item))
+    }
+
+    /// Each part mapped by `f`, in parallel for large batches.
+    fn derive_parts<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
+        self.derive(move |_, parts| Some(par_parts(parts, &f)))
     }
 
     /// The items of both streams (this one's parts first). A batch has output if either has.
     pub fn union(self, other: DStream<T>) -> DStream<T> {
         let mut left = self.compute;
         let mut right = other.compute;
+        let watermarks = self.watermarks.into_iter().chain(other.watermarks).collect();
         DStream::new(
             self.graph,
             Box::new(move |input| match (left(input), right(input)) {
@@ -252,6 +257,7 @@ impl<T: Send + 'static> DStream<T> {
                 (l, r) => Some(l.unwrap_or_default().into_iter().chain(r.unwrap_or_default()).collect()),
             }),
         )
+        .with_watermarks(watermarks)
     }
 
     /// Two streams of this one's items, computed once per batch and copied for the second:
@@ -277,7 +283,11 @@ impl<T: Send + 'static> DStream<T> {
             })
         };
         let (first, second) = (side(0), side(1));
-        (DStream::new(Arc::clone(&self.graph), first), DStream::new(self.graph, second))
+        let watermarks = self.watermarks;
+        (
+            DStream::new(Arc::clone(&self.graph), first).with_watermarks(watermarks.clone()),
+            DStream::new(self.graph, second).with_watermarks(watermarks),
+        )
     }
 
     /// How many items each batch has (one item per batch with output).
@@ -387,6 +397,7 @@ where
     {
         let mut left = self.compute;
         let mut right = other.compute;
+        let watermarks = self.watermarks.into_iter().chain(other.watermarks).collect();
         DStream::new(
             self.graph,
             Box::new(move |input| {
@@ -407,6 +418,7 @@ where
                 Some(vec![joined])
             }),
         )
+        .with_watermarks(watermarks)
     }
 
     /// [`DStream::reduce_by_key`] over a sliding window (length and slide multiples of the
@@ -584,6 +596,45 @@ where
         self.push(decode(delta)?);
         Ok(())
     }
+}
+
+/// Items below which a batch's parts are worked through on the calling thread.
+const PARALLEL_FROM_ITEMS: usize = 8_192;
+
+/// `f` on each part, on up to as many threads as the machine has cores when there are enough
+/// items to be worth it; the parts stay in order.
+fn par_parts<T: Send, U: Send>(parts: Parts<T>, f: &(impl Fn(Vec<T>) -> Vec<U> + Sync)) -> Parts<U> {
+    let items: usize = parts.iter().map(Vec::len).sum();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(parts.len());
+    if threads <= 1 || items < PARALLEL_FROM_ITEMS {
+        return parts.into_iter().map(f).collect();
+    }
+    // Part i goes to group i mod threads; the calling thread works through group 0.
+    let mut groups: Vec<Vec<(usize, Vec<T>)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (index, part) in parts.into_iter().enumerate() {
+        if let Some(group) = groups.get_mut(index % threads) {
+            group.push((index, part));
+        }
+    }
+    let work = |group: Vec<(usize, Vec<T>)>| -> Vec<(usize, Vec<U>)> {
+        group.into_iter().map(|(index, part)| (index, f(part))).collect()
+    };
+    let mut groups = groups.into_iter();
+    let mine = groups.next().unwrap_or_default();
+    let mut done: Vec<(usize, Vec<U>)> = std::thread::scope(|scope| {
+        let others: Vec<_> = groups.map(|group| scope.spawn(move || work(group))).collect();
+        let mut done = work(mine);
+        for other in others {
+            match other.join() {
+                Ok(parts) => done.extend(parts),
+                // `f` panicked on that thread: go on panicking here, as it would have serially.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        done
+    });
+    done.sort_unstable_by_key(|(index, _)| *index);
+    done.into_iter().map(|(_, part)| part).collect()
 }
 
 pub(crate) fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &dyn Fn(V, V) -> V) {

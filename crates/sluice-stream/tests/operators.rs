@@ -188,3 +188,27 @@ fn tee_computes_a_stream_once_per_batch_for_two_outputs() {
     job.run(2).unwrap();
     assert_eq!(batches(&used), vec![(0, vec![1]), (1, vec![2])]);
 }
+
+#[test]
+fn large_batches_are_mapped_in_parallel_and_keep_their_parts_in_order() {
+    let job = LocalJob::new(SECOND);
+    // 4 parts of 5,000: above the size worked through on one thread.
+    let parts: Vec<Vec<u64>> = (0..4u64).map(|p| (p * 5_000..(p + 1) * 5_000).collect()).collect();
+    let threads = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let seen = std::sync::Arc::clone(&threads);
+    let out = job.collect(
+        job.queue_stream_parts(vec![parts])
+            .map(move |n| {
+                seen.lock().unwrap().insert(std::thread::current().id());
+                n * 2
+            })
+            .filter(|n| n % 3 != 0)
+            .flat_map(|n| [n, n + 1]),
+    );
+    job.run(1).unwrap();
+    let expected: Vec<u64> = (0..20_000u64).map(|n| n * 2).filter(|n| n % 3 != 0).flat_map(|n| [n, n + 1]).collect();
+    assert_eq!(batches(&out), vec![(0, expected)], "the same items in the same order as one thread gives");
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert!(threads.lock().unwrap().len() > 1, "more than one thread mapped the batch");
+    }
+}

@@ -321,3 +321,15 @@ fn a_checkpoint_of_another_job_is_refused_with_what_differs() {
     let message = error.to_string();
     assert!(message.contains(r#"["window"]"#) && message.contains(r#"["update_state_by_key"]"#), "{message}");
 }
+
+#[test]
+fn an_event_time_window_needs_a_watermark_upstream() {
+    let job = LocalJob::new(SECOND);
+    let unstamped = job
+        .queue_stream(vec![vec![(s("k"), 1u64)]])
+        .map(|item| Timed { time_ms: 0, late: false, item })
+        .reduce_by_key_and_event_window(10 * SECOND, 10 * SECOND, |a, b| a + b);
+    let _ = job.collect(unstamped);
+    let error = job.run(1).unwrap_err();
+    assert!(error.to_string().contains("apply with_watermark upstream"), "{error}");
+}
