@@ -704,6 +704,18 @@ pub(crate) async fn fetch_committed(
     group_id: &str,
     partitions: Option<&[(String, i32)]>,
 ) -> Result<BTreeMap<(String, i32), Option<i64>>> {
+    fetch_committed_as(coordinator, group_id, partitions, false).await
+}
+
+/// [`fetch_committed`], with `require_stable` (OffsetFetch v7+, KIP-447): the coordinator answers
+/// UNSTABLE_OFFSET_COMMIT while a transaction that commits offsets for these partitions is
+/// pending, instead of the offsets from before it.
+async fn fetch_committed_as(
+    coordinator: &Connection,
+    group_id: &str,
+    partitions: Option<&[(String, i32)]>,
+    require_stable: bool,
+) -> Result<BTreeMap<(String, i32), Option<i64>>> {
     let topics = partitions.map(|partitions| {
         let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
         for (topic, partition) in partitions {
@@ -718,7 +730,8 @@ pub(crate) async fn fetch_committed(
             })
             .collect()
     });
-    let request = OffsetFetchRequest { group_id: group_id.to_owned(), topics, ..OffsetFetchRequest::default() };
+    let request =
+        OffsetFetchRequest { group_id: group_id.to_owned(), topics, require_stable, ..OffsetFetchRequest::default() };
     let version = coordinator.version_for::<OffsetFetchRequest>(Some(OFFSET_FETCH_SINGLE_GROUP_MAX_VERSION))?;
     let response = coordinator.send_version(&request, version).await?;
     check_error(coordinator.broker(), "OffsetFetch", response.error_code)?;
@@ -756,6 +769,26 @@ impl Client {
             check_error(coordinator.broker(), "OffsetCommit", partition.error_code)?;
         }
         Ok(())
+    }
+
+    /// `group_id`'s committed offsets for `partitions`, waiting out transactions still deciding
+    /// offsets for them (`require_stable`, KIP-447; brokers before OffsetFetch v7 answer at once):
+    /// what a transactional writer reads to learn what its last transaction committed.
+    pub async fn stable_group_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<BTreeMap<(String, i32), Option<i64>>> {
+        let deadline = Instant::now() + self.config().connection.request_timeout;
+        loop {
+            let coordinator = self.group_coordinator(group_id).await?;
+            match fetch_committed_as(&coordinator, group_id, Some(partitions), true).await {
+                Err(Error::Broker { code: ErrorCode::UnstableOffsetCommit, .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Every offset `group_id` has committed.

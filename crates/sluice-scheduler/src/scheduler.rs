@@ -297,6 +297,11 @@ pub struct BatchProgress {
     /// Bytes the batch wrote to the checkpoint log: its intent, its commit with the state's
     /// changes, and a snapshot if one was taken.
     pub checkpoint_bytes: u64,
+    /// Set when the processor gave a snapshot larger than a checkpoint record may be
+    /// (`checkpoint.max_record_bytes`): it was left out, and recovery replays the deltas since
+    /// the last one written. Raise the limit or make the state smaller.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot_skipped: bool,
 }
 
 impl BatchProgress {
@@ -889,7 +894,7 @@ impl<C: Clock> Scheduler<C> {
             None => self.start_read(batch_id, &ranges).await?,
         };
         let intent = BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
-        let appended_before = self.log.stats()?.appended_bytes;
+        let appended_before = self.log.stats().map_or(0, |s| s.appended_bytes);
         if !rerun {
             self.log.append_intent(&intent)?;
             self.log.commit()?;
@@ -922,18 +927,25 @@ impl<C: Clock> Scheduler<C> {
         let output =
             processor.process(batch).await.map_err(|reason| SchedulerError::Processing { batch_id, reason })?;
         let processed = self.clock.now_ms();
+        // A snapshot too large for one record is left out (the deltas still hold the state);
+        // checked before the commit is appended, so that nothing is left half written.
+        let snapshot_limit = self.config.checkpoint.max_record_bytes.saturating_sub(64);
+        let (snapshot, snapshot_skipped) = match output.snapshot {
+            Some(state) if state.len() as u64 > snapshot_limit => (None, true),
+            snapshot => (snapshot, false),
+        };
         self.log.append_commit(&BatchCommit {
             batch_id,
             state_delta: output.state_delta,
             sink_markers: output.sink_markers,
         })?;
-        if let Some(state) = output.snapshot {
+        if let Some(state) = snapshot {
             // Made durable with the commit, by the same sync.
             self.log.append_snapshot(&Snapshot { batch_id, state })?;
         }
         self.log.commit()?;
-        let checkpoint_bytes = self.log.stats()?.appended_bytes.saturating_sub(appended_before);
         self.pending = None;
+        let checkpoint_bytes = self.log.stats().map_or(0, |s| s.appended_bytes.saturating_sub(appended_before));
         if let Some(group) = &self.config.commit_to_group {
             let offsets: Vec<(String, i32, i64)> =
                 ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();
@@ -993,6 +1005,7 @@ impl<C: Clock> Scheduler<C> {
                 .collect(),
             rerun,
             checkpoint_bytes,
+            snapshot_skipped,
         };
         Ok((progress, reached_end))
     }

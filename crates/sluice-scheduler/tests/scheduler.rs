@@ -501,3 +501,35 @@ async fn assigned_partitions_are_read_and_no_others() {
     expected.sort();
     assert_eq!(values(&collect), expected, "partitions 1 and 3, all of them, once");
 }
+
+/// Every batch gives a 4 KiB snapshot.
+struct BigSnapshots;
+
+impl Processor for BigSnapshots {
+    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
+        Ok(BatchOutput {
+            state_delta: batch.batch_id.to_le_bytes().to_vec(),
+            snapshot: Some(vec![7; 4096]),
+            ..BatchOutput::default()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_too_large_for_a_record_is_left_out_and_the_batch_still_commits() {
+    let (_tansu, client) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = bounded_config();
+    config.checkpoint.max_record_bytes = 2048;
+    let mut scheduler = Scheduler::open(client.clone(), dir.path(), config.clone(), ManualClock::new(0)).unwrap();
+    let mut progress: Vec<BatchProgress> = Vec::new();
+    scheduler.run(&mut BigSnapshots, |p| progress.push(p.clone())).await.unwrap();
+    assert_eq!(progress.len(), 5);
+    assert!(progress.iter().all(|p| p.snapshot_skipped), "every snapshot left out");
+    assert!(progress[0].to_json().contains("\"snapshot_skipped\":true"));
+    drop(scheduler);
+    let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
+    let state = scheduler.take_recovered_state();
+    assert_eq!(state.snapshot, None);
+    assert_eq!(state.deltas.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4], "every delta kept");
+}

@@ -55,6 +55,11 @@ pub struct StreamConfig {
     /// (between snapshots each batch writes its changes). A restart replays the changes since
     /// the latest snapshot, and the log drops what a snapshot replaces.
     pub snapshot_every: u64,
+    /// Whether a batch's outputs run side by side, each on a thread of its own (the default),
+    /// or one after the other in the order they were made (Spark's default, for outputs whose
+    /// order matters: data, then a marker that it is complete). Either way the batch commits
+    /// after all of them.
+    pub concurrent_outputs: bool,
 }
 
 impl StreamConfig {
@@ -72,6 +77,7 @@ impl StreamConfig {
             scheduler: SchedulerConfig::new(topics, batch_interval),
             checkpoint_dir: checkpoint_dir.into(),
             snapshot_every: 10,
+            concurrent_outputs: true,
         }
     }
 }
@@ -142,7 +148,8 @@ impl StreamingContext {
         let recovered = scheduler.take_recovered_state();
         state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
         let snapshot_every = self.config.snapshot_every.max(1);
-        let mut engine = Engine { outputs, interval_ms, sources, state, snapshot_every };
+        let concurrent_outputs = self.config.concurrent_outputs;
+        let mut engine = Engine { outputs, interval_ms, sources, state, snapshot_every, concurrent_outputs };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
 }
@@ -155,12 +162,20 @@ struct Engine {
     sources: usize,
     state: JobState,
     snapshot_every: u64,
+    concurrent_outputs: bool,
 }
 
 impl Engine {
-    /// Runs every output on the batch, each on a thread of its own (outputs fed by one `tee`
-    /// wait for whichever computes the shared part first, then go on side by side).
+    /// Runs every output on the batch, each on a thread of its own unless outputs are to run in
+    /// turn (outputs fed by one `tee` wait for whichever computes the shared part first, then go
+    /// on side by side).
     async fn run_outputs(&mut self, input: Arc<BatchInput>) -> Result<(), String> {
+        if !self.concurrent_outputs {
+            for output in &mut self.outputs {
+                output.run(&input).await?;
+            }
+            return Ok(());
+        }
         let mut outputs = std::mem::take(&mut self.outputs);
         let runtime = tokio::runtime::Handle::current();
         let ran = tokio::task::spawn_blocking(move || {
@@ -202,7 +217,8 @@ impl Processor for Engine {
         let part_sources =
             batch.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
         let records = SourceRecords::new(records, self.sources);
-        let input = Arc::new(BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, part_sources));
+        let input =
+            Arc::new(BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources)));
         self.run_outputs(input).await?;
         let snapshot_due = (batch.batch_id + 1) % self.snapshot_every == 0;
         Ok(BatchOutput {

@@ -70,7 +70,7 @@ impl Field<'_> {
     where
         N::Err: fmt::Display,
     {
-        self.text.trim().parse().map_err(|e| FieldError(format!("{:?} is not {what}: {e}", self.text)))
+        self.text.parse().map_err(|e| FieldError(format!("{:?} is not {what}: {e}", self.text)))
     }
 }
 

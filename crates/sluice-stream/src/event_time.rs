@@ -88,8 +88,8 @@ impl Watermark {
     }
 }
 
-/// Where a part's items come from: its source partition, or the part's place when the stream's
-/// parts are not the source's.
+/// Where a part's items come from: its source partition; ("", -1) for a stream whose parts are
+/// no longer the source's (the whole stream); ("", i) for part i of batches given in a test.
 type PartKey = (String, i32);
 
 /// A watermark's state: each partition's greatest event time and the batch time it last had
@@ -153,10 +153,10 @@ impl WatermarkState {
 
 impl<T: Send + 'static> DStream<T> {
     /// Stamps each item with its event time (`event_time_ms`) and keeps a watermark, per source
-    /// partition (apply it to the source's parts, before operators that gather or join them;
-    /// otherwise each part counts as a partition of its own). Items older than the watermark
-    /// left by earlier batches are late: dropped and counted, or with [`Watermark::keep_late`]
-    /// kept and marked.
+    /// partition: apply it to the source's parts (after element-wise operators, before those
+    /// that gather, union or join them; there the whole stream counts as one partition). Items
+    /// older than the watermark left by earlier batches are late: dropped and counted, or with
+    /// [`Watermark::keep_late`] kept and marked.
     pub fn with_watermark(
         self,
         spec: Watermark,
@@ -167,12 +167,22 @@ impl<T: Send + 'static> DStream<T> {
         self.stateful(WatermarkState::default(), move |state, input, parts| {
             let before = state.watermark;
             let now = input.time_ms;
-            let from_source = parts.len() == input.part_sources.len();
+            // The parts are the source's read tasks (one partition each) unless an operator
+            // upstream gathered or combined them: then the stream is taken as one whole.
+            let sources = match &input.part_sources {
+                Some(sources) if sources.len() == parts.len() => Some(sources.as_slice()),
+                Some(_) => None,
+                None => Some(&[][..]),
+            };
             let mut out: Parts<Timed<T>> = Vec::with_capacity(parts.len());
             for (index, part) in parts.into_iter().enumerate() {
-                let key: PartKey = match input.part_sources.get(index) {
-                    Some((topic, partition)) if from_source => (topic.to_string(), *partition),
-                    _ => (String::new(), i32::try_from(index).unwrap_or(i32::MAX)),
+                let key: PartKey = match sources {
+                    Some(sources) => match sources.get(index) {
+                        Some((topic, partition)) => (topic.to_string(), *partition),
+                        // Batches given in a test: each part is a partition.
+                        None => (String::new(), i32::try_from(index).unwrap_or(i32::MAX)),
+                    },
+                    None => (String::new(), -1),
                 };
                 let mut timed = Vec::with_capacity(part.len());
                 let mut greatest: Option<i64> = None;
@@ -286,7 +296,8 @@ impl<K: StateKey, V: Clone> EventWindows<K, V> {
         let mut slides: BTreeMap<i64, HashMap<K, V>> = BTreeMap::new();
         for timed in items.filter(|t| !t.late) {
             let (key, value) = timed.item;
-            let slide = slides.entry(timed.time_ms.div_euclid(slide_ms).saturating_mul(slide_ms)).or_default();
+            let Some(slide_start) = timed.time_ms.div_euclid(slide_ms).checked_mul(slide_ms) else { continue };
+            let slide = slides.entry(slide_start).or_default();
             merge(slide, key, value, &self.reduce);
         }
         for (slide_start, values) in slides {
@@ -302,11 +313,13 @@ impl<K: StateKey, V: Clone> EventWindows<K, V> {
 }
 
 /// The starts of the windows of `length_ms` every `slide_ms` that hold `time_ms`, earliest
-/// first.
+/// first (none for a time so near the ends of `i64` that a window's bounds overflow).
 fn window_starts(time_ms: i64, length_ms: i64, slide_ms: i64) -> impl Iterator<Item = i64> {
-    let last = time_ms.div_euclid(slide_ms).saturating_mul(slide_ms);
-    let count = length_ms / slide_ms;
-    (0..count).rev().map(move |i| last.saturating_sub(i.saturating_mul(slide_ms)))
+    let last = time_ms.div_euclid(slide_ms).checked_mul(slide_ms);
+    let first = last.and_then(|last| last.checked_sub(length_ms - slide_ms));
+    let fits = first.is_some() && last.and_then(|last| last.checked_add(length_ms)).is_some();
+    let (first, count) = if fits { (first.unwrap_or(0), length_ms / slide_ms) } else { (0, 0) };
+    (0..count).map(move |i| first + i * slide_ms)
 }
 
 impl<K, V> DStream<Timed<(K, V)>>

@@ -4,17 +4,23 @@
 //! batch re-run after a crash writes its records again depends on the mode:
 //!
 //! - **Transactional** ([`KafkaSink::transactional`]): a batch's records go in one transaction,
-//!   which also commits the batch id as the offset of a marker (partition 0 of the output topic
-//!   in the group `sluice-sink-<sink id>`). A re-run batch whose marker is already there was
-//!   written in full by its first run and is not written again; one whose transaction did not
-//!   commit was aborted when the new producer started (it fences the old one). `read_committed`
-//!   consumers see each record once. Needs a broker with transactions; the records of aborted
-//!   transactions are hidden from consumers only by brokers that list them in Fetch (Kafka
-//!   does; Tansu 0.6 does not, see PEERS.md).
+//!   which also commits a marker: the batch id + 1 as the offset of partition 0 of the output
+//!   topic in the group `sluice-sink-<sink id>`. A re-run batch whose marker says it is the last
+//!   batch written was written in full by its first run and is not written again (the marker
+//!   is read with `require_stable`, so a transaction still being decided is waited for); one
+//!   whose transaction did not commit was aborted when the new producer started (it fences the
+//!   old one). `read_committed` consumers see each record once. Needs a broker with
+//!   transactions; the records of aborted transactions are hidden from consumers only by brokers
+//!   that list them in Fetch (Kafka does; Tansu 0.6 does not, see PEERS.md).
 //! - **Idempotent** (the default): the producer is idempotent, so its retries add nothing, and
-//!   the marker is committed after the batch's records are acknowledged. A crash between the
-//!   acknowledgement and the marker makes the re-run write the batch again: at least once, with
-//!   duplicates only from that window.
+//!   the marker is committed after the batch's records are acknowledged. At least once: a batch
+//!   that fails after some of its records were acknowledged (a crash, a delivery error, a failed
+//!   marker commit) is written whole again by its re-run.
+//!
+//! A sink's id belongs to one job and checkpoint: a job started afresh on a new checkpoint
+//! directory should use a new id (a re-run is only skipped when the marker names exactly that
+//! batch, so an old marker cannot hide a new batch, but it can be mistaken for it when the ids
+//! meet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -131,11 +137,12 @@ impl<T> KafkaSink<T> {
 
     /// The batch after the last one written whole, as the marker says (0 if none).
     async fn written_until(&self, client: &Client) -> Result<u64, String> {
+        let marker = (self.topic.clone(), 0);
         let offsets = client
-            .group_offsets(&self.group())
+            .stable_group_offsets(&self.group(), std::slice::from_ref(&marker))
             .await
             .map_err(|e| format!("Kafka sink {}: reading its marker: {e}", self.sink_id))?;
-        Ok(offsets.get(&(self.topic.clone(), 0)).map_or(0, |offset| u64::try_from(*offset).unwrap_or(0)))
+        Ok(offsets.get(&marker).copied().flatten().map_or(0, |offset| u64::try_from(offset).unwrap_or(0)))
     }
 
     async fn write_batch(&mut self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
@@ -144,7 +151,9 @@ impl<T> KafkaSink<T> {
         }
         let Some((client, producer)) = &self.started else { return Err("the producer did not start".into()) };
         let id = &self.sink_id;
-        if batch.rerun && self.written_until(client).await? > batch.batch_id {
+        // The batch re-run is the one after the last committed, so its first run wrote it whole
+        // exactly when the marker is its own.
+        if batch.rerun && self.written_until(client).await? == batch.batch_id + 1 {
             self.counters.batches_skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }

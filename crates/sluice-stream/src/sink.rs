@@ -66,6 +66,7 @@ impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
 /// digits, so names sort in batch order) in a directory. Each file is written under a
 /// temporary name, synced, and renamed into place before the batch commits, so a batch's
 /// output appears whole or not at all; a re-run writes the same file again and replaces it.
+/// Give each sink a directory of its own.
 #[derive(Debug, Clone)]
 pub struct JsonLinesFiles {
     dir: PathBuf,

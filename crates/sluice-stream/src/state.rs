@@ -40,10 +40,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     sluice_checkpoint::decode_value(bytes).map_err(|e| e.to_string())
 }
 
-/// A batch's changes: (operator index, its delta) for the operators that changed.
+/// A batch's changes: (operator index, its kind, its delta) for the operators that changed.
 #[derive(Serialize, Deserialize)]
 struct Delta {
-    operators: Vec<(u32, Vec<u8>)>,
+    operators: Vec<(u32, String, Vec<u8>)>,
 }
 
 /// The whole state: (kind, state) of every stateful operator, in the order they were made.
@@ -77,8 +77,9 @@ impl JobState {
     pub(crate) fn take_delta(&self) -> Result<Vec<u8>, String> {
         let mut operators = Vec::new();
         for (index, op) in self.operators.iter().enumerate() {
-            if let Some(delta) = lock_state(op).take_delta()? {
-                operators.push((u32::try_from(index).map_err(|e| e.to_string())?, delta));
+            let mut op = lock_state(op);
+            if let Some(delta) = op.take_delta()? {
+                operators.push((u32::try_from(index).map_err(|e| e.to_string())?, op.kind().to_owned(), delta));
             }
         }
         if operators.is_empty() {
@@ -122,13 +123,14 @@ impl JobState {
                 continue;
             }
             let delta: Delta = decode(bytes).map_err(|e| format!("the state changes of batch {batch_id}: {e}"))?;
-            for (index, changes) in delta.operators {
-                let op = usize::try_from(index).ok().and_then(|i| self.operators.get(i)).ok_or_else(|| {
-                    format!(
-                        "the state changes of batch {batch_id} are for stateful operator {index} but this job has {}; a job can only resume from a checkpoint of the same job",
-                        self.operators.len()
-                    )
-                })?;
+            for (index, kind, changes) in delta.operators {
+                let op = usize::try_from(index).ok().and_then(|i| self.operators.get(i));
+                let Some(op) = op.filter(|op| lock_state(op).kind() == kind) else {
+                    return Err(format!(
+                        "the state changes of batch {batch_id} are for stateful operator {index}, a {kind}, but this job's stateful operators are {:?}; a job can only resume from a checkpoint of the same job (use a new checkpoint directory for a changed job)",
+                        self.kinds()
+                    ));
+                };
                 let mut op = lock_state(op);
                 op.apply_delta(&changes)
                     .map_err(|e| format!("applying the state changes of batch {batch_id} to {}: {e}", op.kind()))?;

@@ -30,8 +30,9 @@ pub struct BatchInput {
     pub rerun: bool,
     /// The source records, one part per read task.
     pub(crate) records: SourceRecords,
-    /// The partition each part of the source came from.
-    pub(crate) part_sources: Vec<(Arc<str>, i32)>,
+    /// The partition each part of the source came from; `None` when each part stands for a
+    /// partition of its own (batches given in a test).
+    pub(crate) part_sources: Option<Vec<(Arc<str>, i32)>>,
 }
 
 /// A batch's source records, handed to each source stream of the job: copies to all but the
@@ -68,7 +69,7 @@ impl BatchInput {
         interval_ms: u64,
         rerun: bool,
         records: SourceRecords,
-        part_sources: Vec<(Arc<str>, i32)>,
+        part_sources: Option<Vec<(Arc<str>, i32)>>,
     ) -> Self {
         Self { batch_id, time_ms: batch_id.saturating_add(1).saturating_mul(interval_ms), rerun, records, part_sources }
     }
@@ -131,14 +132,10 @@ pub(crate) type WatermarkCell = Arc<Mutex<Option<i64>>>;
 /// The watermarks a stream carries.
 pub(crate) type Watermarks = Vec<WatermarkCell>;
 
-/// The least of `watermarks` (`None` if any has none yet, or there are none).
+/// The least of `watermarks` that have a value (`None` if none has): a stream that has had no
+/// items yet does not hold the others back.
 pub(crate) fn least_watermark(watermarks: &[WatermarkCell]) -> Option<i64> {
-    let mut least: Option<i64> = None;
-    for cell in watermarks {
-        let watermark = (*cell.lock().unwrap_or_else(PoisonError::into_inner))?;
-        least = Some(least.map_or(watermark, |l| l.min(watermark)));
-    }
-    least
+    watermarks.iter().filter_map(|cell| *cell.lock().unwrap_or_else(PoisonError::into_inner)).min()
 }
 
 impl<T> std::fmt::Debug for DStream<T> {

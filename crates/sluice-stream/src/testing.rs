@@ -101,7 +101,8 @@ impl LocalJob {
     }
 
     /// Runs the next `count` batches (from batch 0, or from where [`LocalJob::resume`] left
-    /// it) through every output, in order, saving the state as it goes.
+    /// it) through every output, one after the other in the order they were made, saving the
+    /// state as it goes.
     pub fn run(&self, count: u64) -> Result<(), StreamError> {
         let (mut outputs, errors, state) = {
             let mut graph = lock(&self.graph);
@@ -132,7 +133,7 @@ impl LocalJob {
         let mut next = self.next_batch.lock().unwrap_or_else(PoisonError::into_inner);
         for _ in 0..count {
             let batch_id = *next;
-            let input = BatchInput::new(batch_id, self.interval_ms, false, SourceRecords::default(), Vec::new());
+            let input = BatchInput::new(batch_id, self.interval_ms, false, SourceRecords::default(), None);
             for output in outputs.iter_mut() {
                 runtime.block_on(output.run(&input)).map_err(|reason| StreamError::Batch { batch_id, reason })?;
             }

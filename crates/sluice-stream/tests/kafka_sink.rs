@@ -102,3 +102,14 @@ async fn an_item_that_cannot_be_a_record_fails_its_batch_with_the_reason() {
     assert!(error.contains("batch 1") && error.contains("13 is unlucky"), "{error}");
     assert_eq!(log(&client).await, ["1"], "nothing of the failed batch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_left_by_an_earlier_run_of_the_sink_id_does_not_hide_a_new_batch() {
+    let (tansu, client) = setup().await;
+    // A job that got to batch 999 with this sink id, then started afresh on a new checkpoint.
+    client.commit_group_offsets("sluice-sink-test", &[("out".to_owned(), 0, 1_000)]).await.unwrap();
+    let mut fresh = sink(&tansu);
+    fresh.write(&batch(5, true), vec![6]).await.unwrap();
+    assert_eq!(fresh.counters().batches_skipped.load(Ordering::SeqCst), 0);
+    assert_eq!(log(&client).await, ["6"], "batch 5 of the new job is written");
+}

@@ -333,3 +333,50 @@ fn an_event_time_window_needs_a_watermark_upstream() {
     let error = job.run(1).unwrap_err();
     assert!(error.to_string().contains("apply with_watermark upstream"), "{error}");
 }
+
+#[test]
+fn changes_saved_for_other_operators_are_refused_before_any_snapshot() {
+    let first = LocalJob::new(SECOND).snapshot_every(100);
+    let _ = first.collect(first.queue_stream(vec![vec![1u32]]).window(2 * SECOND, SECOND));
+    first.run(2).unwrap();
+    let other = LocalJob::new(SECOND);
+    let _ = other.collect(
+        other
+            .queue_stream(vec![vec![(s("k"), 1u32)]])
+            .update_state_by_key(|v: Vec<u32>, old: Option<u32>| Some(old.unwrap_or(0) + v.len() as u32)),
+    );
+    let checkpoint = first.checkpoint_after(1);
+    assert!(checkpoint.snapshot.is_none(), "only deltas");
+    let error = other.resume(&checkpoint).unwrap_err().to_string();
+    assert!(error.contains("a window") && error.contains(r#"["update_state_by_key"]"#), "{error}");
+}
+
+#[test]
+fn a_stream_without_items_yet_does_not_hold_back_the_watermark_of_one_with_items() {
+    let job = LocalJob::new(SECOND);
+    let clicks = job.queue_stream(pairs(&[&[("a", 1_000)], &[("a", 12_000)]]));
+    let views: DStream<(String, i64)> = job.queue_stream(vec![vec![], vec![]]);
+    let stamp = |stream: DStream<(String, i64)>| {
+        stream.with_watermark(Watermark::new(Duration::ZERO), |(_, t)| *t).map(|t| t.map(|(k, _)| (k, 1u64)))
+    };
+    let out = job.collect(stamp(clicks).union(stamp(views)).reduce_by_key_and_event_window(
+        10 * SECOND,
+        10 * SECOND,
+        |a, b| a + b,
+    ));
+    job.run(2).unwrap();
+    assert_eq!(batches(&out), vec![(0, vec![]), (1, vec![window(0, 10_000, "a", 1)])]);
+}
+
+#[test]
+fn event_times_at_the_ends_of_i64_neither_panic_nor_make_windows() {
+    let job = LocalJob::new(SECOND);
+    let input = vec![vec![(s("max"), i64::MAX - 5), (s("min"), i64::MIN + 5), (s("ok"), 1_000)]];
+    let out =
+        job.collect(windowed_counts(job.queue_stream(input), Watermark::new(Duration::ZERO), 10 * SECOND, 5 * SECOND));
+    job.run(1).unwrap();
+    // The watermark leaps to the greatest time (as in Spark); windows whose bounds do not fit
+    // in i64 are not made, the others close.
+    let items: Vec<(i64, String)> = batches(&out)[0].1.iter().map(|w| (w.start_ms, w.item.0.clone())).collect();
+    assert_eq!(items, vec![(-5_000, s("ok")), (0, s("ok"))]);
+}
