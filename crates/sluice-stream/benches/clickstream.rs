@@ -6,9 +6,10 @@
 //! - **Throughput:** the whole backlog as fast as the job goes (rate cap 5 M/s), in 100 ms and
 //!   1 s batches: records/s, the ratio to the hand-written loop, client CPU per record, peak RSS,
 //!   checkpoint bytes per batch (target: at least 1,000,000 clicks/s).
-//! - **Latency:** the same input read at 1,000,000 clicks/s (the rate cap), in 100 ms and 1 s
-//!   batches: each batch's latency from when it was due to its commit, p50 and p99 (target: p99
-//!   under the interval + 50 ms).
+//! - **Latency:** the same input read at 1,000,000 clicks/s (the rate cap) in 100 ms and 1 s
+//!   batches, and at 500,000 clicks/s in 100 ms batches: each batch's latency from when it was
+//!   due to its commit, p50 and p99 after the first batch (target: p99 under the interval +
+//!   50 ms).
 //!
 //! `cargo bench -p sluice-stream --bench clickstream` (`SLUICE_BENCH_VERBOSE=1` prints each batch's
 //! progress record; `SLUICE_BENCH_ENGINE_ONLY=RATE` runs only the job, at RATE clicks/s, for
@@ -192,21 +193,19 @@ async fn engine(broker: &str, n: usize, interval: Duration, rate: f64, config: &
     }
 }
 
-/// Each batch's latency, ms: from when it was due (the first batch's start plus a whole
-/// number of intervals) to its commit.
+/// Each batch's latency, ms, in batch order: from when it was due (the first batch's start plus
+/// a whole number of intervals) to its commit.
 fn latencies(progress: &[BatchProgress], interval: Duration) -> Vec<f64> {
     let interval = interval.as_millis() as u64;
     let Some(first) = progress.first() else { return Vec::new() };
-    let mut out: Vec<f64> = progress
+    progress
         .iter()
         .enumerate()
         .map(|(i, p)| {
             let due = first.timestamp_ms + i as u64 * interval;
             (p.timestamp_ms + p.durations.total_ms).saturating_sub(due) as f64
         })
-        .collect();
-    out.sort_by(f64::total_cmp);
-    out
+        .collect()
 }
 
 fn main() {
@@ -254,20 +253,28 @@ fn main() {
         }
         println!("\nvs by hand = the hand-written loop's wall time / the job's (both read the same topic from Tansu on this machine)");
 
-        println!("\n## Latency (read at 1,000,000 clicks/s)\n");
-        println!("| interval | batches | clicks/batch | latency p50 ms | latency p99 ms | target p99 ms |");
-        println!("| --- | --- | --- | --- | --- | --- |");
-        for interval in [Duration::from_millis(100), Duration::from_secs(1)] {
-            let run = engine(&tansu.addr, n, interval, 1_000_000.0, &config).await;
+        println!("\n## Latency (the input read at a given rate)\n");
+        println!("Each batch's latency runs from when it was due to its commit. The first batch also opens the checkpoint log, looks the partitions up and opens the read connections: it is shown apart, and the percentiles are over the batches after it.\n");
+        println!("| rate clicks/s | interval | batches | clicks/batch | first batch ms | latency p50 ms | latency p99 ms | target p99 ms |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for (rate, interval) in [
+            (1_000_000.0, Duration::from_millis(100)),
+            (500_000.0, Duration::from_millis(100)),
+            (1_000_000.0, Duration::from_secs(1)),
+        ] {
+            let run = engine(&tansu.addr, n, interval, rate, &config).await;
             let latency = latencies(&run.progress, interval);
+            let first = latency.first().copied().unwrap_or(0.0);
+            let mut after_first: Vec<f64> = latency.iter().skip(1).copied().collect();
+            after_first.sort_by(f64::total_cmp);
             let busy: Vec<&BatchProgress> = run.progress.iter().filter(|p| p.num_input_rows > 0).collect();
             let per_batch = busy.iter().map(|p| p.num_input_rows).sum::<u64>() as f64 / busy.len().max(1) as f64;
             println!(
-                "| {} ms | {} | {per_batch:.0} | {:.0} | {:.0} | {} |",
+                "| {rate:.0} | {} ms | {} | {per_batch:.0} | {first:.0} | {:.0} | {:.0} | {} |",
                 interval.as_millis(),
                 run.progress.len(),
-                percentile(&latency, 0.5),
-                percentile(&latency, 0.99),
+                percentile(&after_first, 0.5),
+                percentile(&after_first, 0.99),
                 interval.as_millis() + 50
             );
         }

@@ -4,6 +4,3 @@
 
 /// A hash map with the engine's hasher.
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
-/// A hash set with the engine's hasher.
-pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

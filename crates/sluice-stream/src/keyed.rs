@@ -3,7 +3,7 @@
 //! commit, and the whole state in snapshots, so a restarted job resumes with it. Outputs and
 //! timeouts go in key order, so a job gives the same in every run.
 
-use crate::hash::{HashMap, HashSet};
+use crate::hash::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -18,27 +18,59 @@ use crate::stream::DStream;
 pub trait StateKey: Hash + Eq + Ord + Clone + Send + Serialize + DeserializeOwned + 'static {}
 impl<K: Hash + Eq + Ord + Clone + Send + Serialize + DeserializeOwned + 'static> StateKey for K {}
 
-/// Keys' states, and the keys changed since the last delta.
+/// A key's place in the state: its state (`None` once removed, until the removal is taken into
+/// a delta) and whether it changed since the last delta.
+struct Slot<S> {
+    state: Option<S>,
+    dirty: bool,
+}
+
+/// Keys' states. A change marks the key's slot, so a batch costs one or two lookups per item
+/// and the delta is found by one pass over the slots.
 struct KeyedState<K, S> {
     kind: &'static str,
-    states: HashMap<K, S>,
-    changed: HashSet<K>,
+    slots: HashMap<K, Slot<S>>,
+    any_dirty: bool,
 }
 
 impl<K: StateKey, S> KeyedState<K, S> {
     fn new(kind: &'static str) -> Self {
-        Self { kind, states: HashMap::default(), changed: HashSet::default() }
+        Self { kind, slots: HashMap::default(), any_dirty: false }
     }
 
-    fn mark_changed(&mut self, key: &K) {
-        if !self.changed.contains(key) {
-            self.changed.insert(key.clone());
+    /// Takes `key`'s state out of its slot (to be set back with `set`).
+    fn take(&mut self, key: &K) -> Option<S> {
+        self.slots.get_mut(key).and_then(|slot| slot.state.take())
+    }
+
+    /// Sets `key`'s state (`None` removes it) and marks it changed.
+    fn set(&mut self, key: K, state: Option<S>) {
+        self.any_dirty = true;
+        match self.slots.get_mut(&key) {
+            Some(slot) => {
+                slot.state = state;
+                slot.dirty = true;
+            }
+            None => {
+                if state.is_some() {
+                    self.slots.insert(key, Slot { state, dirty: true });
+                }
+            }
         }
+    }
+
+    fn get(&self, key: &K) -> Option<&S> {
+        self.slots.get(key).and_then(|slot| slot.state.as_ref())
+    }
+
+    /// The keys with a state, and their states.
+    fn states(&self) -> impl Iterator<Item = (&K, &S)> {
+        self.slots.iter().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?)))
     }
 
     /// The states in key order.
     fn sorted(&self) -> Vec<(&K, &S)> {
-        let mut states: Vec<(&K, &S)> = self.states.iter().collect();
+        let mut states: Vec<(&K, &S)> = self.states().collect();
         states.sort_unstable_by(|a, b| a.0.cmp(b.0));
         states
     }
@@ -50,23 +82,28 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
     }
 
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
-        if self.changed.is_empty() {
+        if !std::mem::take(&mut self.any_dirty) {
             return Ok(None);
         }
         // In no particular order: applying a delta or restoring a snapshot gives the same
         // state whatever the order.
-        let changed = std::mem::take(&mut self.changed);
-        let delta: Vec<(&K, Option<&S>)> = changed.iter().map(|key| (key, self.states.get(key))).collect();
-        encode(&delta).map(Some)
+        let delta: Vec<(&K, Option<&S>)> =
+            self.slots.iter().filter(|(_, slot)| slot.dirty).map(|(key, slot)| (key, slot.state.as_ref())).collect();
+        let encoded = encode(&delta)?;
+        self.slots.retain(|_, slot| {
+            slot.dirty = false;
+            slot.state.is_some()
+        });
+        Ok(Some(encoded))
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        encode(&self.states.iter().collect::<Vec<(&K, &S)>>())
+        encode(&self.states().collect::<Vec<(&K, &S)>>())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let states: Vec<(K, S)> = decode(snapshot)?;
-        self.states = states.into_iter().collect();
+        self.slots = states.into_iter().map(|(key, state)| (key, Slot { state: Some(state), dirty: false })).collect();
         Ok(())
     }
 
@@ -74,8 +111,8 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         let delta: Vec<(K, Option<S>)> = decode(delta)?;
         for (key, state) in delta {
             match state {
-                Some(state) => self.states.insert(key, state),
-                None => self.states.remove(&key),
+                Some(state) => self.slots.insert(key, Slot { state: Some(state), dirty: false }),
+                None => self.slots.remove(&key),
             };
         }
         Ok(())
@@ -159,19 +196,15 @@ where
             for (key, value) in parts.into_iter().flatten() {
                 values.entry(key).or_default().push(value);
             }
-            let mut keys: Vec<K> = state.states.keys().chain(values.keys()).cloned().collect();
+            let mut keys: Vec<K> = state.states().map(|(key, _)| key.clone()).chain(values.keys().cloned()).collect();
             keys.sort_unstable();
             keys.dedup();
             for key in keys {
                 let new_values = values.remove(&key).unwrap_or_default();
-                let old = state.states.get(&key).cloned();
+                let old = state.get(&key).cloned();
                 let new = update(new_values, old.clone());
                 if new != old {
-                    state.mark_changed(&key);
-                    match new {
-                        Some(new) => state.states.insert(key, new),
-                        None => state.states.remove(&key),
-                    };
+                    state.set(key, new);
                 }
             }
             Some(vec![state.sorted().into_iter().map(|(k, s)| (k.clone(), s.clone())).collect()])
@@ -199,29 +232,21 @@ where
             let now = input.time_ms;
             let mut out = Vec::new();
             for (key, value) in parts.into_iter().flatten() {
-                let (key, old) = match state.states.remove_entry(&key) {
-                    Some((key, (old, _))) => (key, Some(old)),
-                    None => (key, None),
-                };
-                let mut key_state = KeyState { value: old, timing_out: false };
+                let mut key_state = KeyState { value: state.take(&key).map(|(s, _)| s), timing_out: false };
                 out.extend(f(now, &key, Some(value), &mut key_state));
-                state.mark_changed(&key);
-                if let Some(value) = key_state.value {
-                    state.states.insert(key, (value, now));
-                }
+                state.set(key, key_state.value.map(|value| (value, now)));
             }
             if let Some(timeout_ms) = timeout_ms {
                 let mut expired: Vec<K> = state
-                    .states
-                    .iter()
+                    .states()
                     .filter(|(_, (_, last))| now.saturating_sub(*last) > timeout_ms)
                     .map(|(key, _)| key.clone())
                     .collect();
                 expired.sort_unstable();
                 for key in expired {
-                    let mut key_state = KeyState { value: state.states.remove(&key).map(|(s, _)| s), timing_out: true };
+                    let mut key_state = KeyState { value: state.take(&key).map(|(s, _)| s), timing_out: true };
                     out.extend(f(now, &key, None, &mut key_state));
-                    state.mark_changed(&key);
+                    state.set(key, None);
                 }
             }
             Some(vec![out])
