@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Tansu;
+use common::{Rng, Tansu};
 use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{Batch, BatchOutput, Processor, RateLimits, Scheduler, SchedulerConfig, SystemClock};
 
@@ -71,19 +71,6 @@ fn run_child(dir: &Path, broker: &str, graceful: bool) -> ! {
     });
     println!("DONE");
     std::process::exit(0);
-}
-
-/// SplitMix64: kill delays from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n.max(1)
-    }
 }
 
 /// Batches a child began (id, ranges) and whether it finished the job.

@@ -23,7 +23,7 @@ mod common;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use common::Tansu;
+use common::{cpu_s, percentile, Tansu};
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
@@ -36,13 +36,6 @@ const TOPIC: &str = "clicks";
 
 fn records() -> usize {
     std::env::var("SLUICE_BENCH_RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000)
-}
-
-/// User + system CPU seconds of this process.
-fn cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    fields.get(11..13).map_or(0.0, |f| f.iter().map(|t| t.parse::<f64>().unwrap_or(0.0)).sum::<f64>()) / 100.0
 }
 
 /// Resets the peak resident set size (Linux 4.0+).
@@ -59,13 +52,6 @@ fn peak_rss_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     kib / 1024.0
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// 100,000 users and 10,000 items; 10,000 clicks per second of event time (100 s for 1 M).

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Tansu;
+use common::{Rng, Tansu};
 use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::record::ControlRecordType;
 use sluice_scheduler::{Clock, ManualClock, RateLimits, SystemClock};
@@ -252,19 +252,6 @@ async fn the_example_publishes_the_top_items_and_sessions_computed_independently
     assert_eq!(unparsable, 1, "the record that is not a click");
     assert_eq!(late, 0, "each partition's clicks come in time order, so none is late");
     check_output(&dir.path().join("out"));
-}
-
-/// SplitMix64: kill delays from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n.max(1)
-    }
 }
 
 /// Runs the job in a child process (the test `test`) on `dir`; kills it after `kill_after`
