@@ -4,7 +4,9 @@
 //! snapshot with the later batches' changes applied, so a re-run batch sees exactly the state
 //! its first run saw.
 //!
-//! Both are encoded with postcard ([`sluice_checkpoint::encode_value`]): compact and pure Rust.
+//! Each operator encodes its own state and changes with postcard
+//! ([`sluice_checkpoint::encode_value`]: compact, pure Rust); the job frames them together with
+//! each operator's index and kind, which a restore checks against the job's operators.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
