@@ -915,17 +915,16 @@ impl<C: Clock> Scheduler<C> {
             let bytes: usize = tasks.iter().map(RangeRecords::data_bytes).sum();
             self.bytes_per_offset = Some(bytes as f64 / offsets as f64);
         }
-        // The next batch starts reading now, while this one is processed, planned with the high
-        // watermarks and record sizes this one just saw.
-        self.prefetch_next(batch_id, &ranges).await;
         let mut lost: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         for task in &tasks {
             *lost.entry((task.range.topic.clone(), task.range.partition)).or_default() += task.lost_offsets;
         }
         let batch = Batch { batch_id, ranges: ranges.clone(), tasks, rerun };
         let rows = batch.record_count() as u64;
-        let output =
-            processor.process(batch).await.map_err(|reason| SchedulerError::Processing { batch_id, reason })?;
+        // The next batch is planned and starts reading while this one is processed, planned with
+        // the high watermarks and record sizes this one just saw.
+        let (_, output) = tokio::join!(self.prefetch_next(batch_id, &ranges), processor.process(batch));
+        let output = output.map_err(|reason| SchedulerError::Processing { batch_id, reason })?;
         let processed = self.clock.now_ms();
         // A snapshot too large for one record is left out (the deltas still hold the state);
         // checked before the commit is appended, so that nothing is left half written.
