@@ -147,7 +147,7 @@ impl StreamingContext {
         scheduler.set_stop_handle(Arc::clone(&self.stop));
         let recovered = scheduler.take_recovered_state();
         state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
-        let snapshot_every = self.config.snapshot_every.max(1);
+        let snapshot_every = self.config.snapshot_every;
         let concurrent_outputs = self.config.concurrent_outputs;
         let mut engine = Engine { outputs, interval_ms, sources, state, snapshot_every, concurrent_outputs };
         Ok(scheduler.run(&mut engine, on_progress).await?)
@@ -220,11 +220,7 @@ impl Processor for Engine {
         let input =
             Arc::new(BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources)));
         self.run_outputs(input).await?;
-        let snapshot_due = (batch.batch_id + 1) % self.snapshot_every == 0;
-        Ok(BatchOutput {
-            state_delta: self.state.take_delta()?,
-            snapshot: if snapshot_due { Some(self.state.snapshot()?) } else { None },
-            ..BatchOutput::default()
-        })
+        let (state_delta, snapshot) = self.state.end_batch(batch.batch_id, self.snapshot_every)?;
+        Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() })
     }
 }

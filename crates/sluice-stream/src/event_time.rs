@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keyed::StateKey;
 use crate::state::{decode, encode, lock_state, Stateful};
-use crate::stream::{least_watermark, lock, merge, BatchInput, DStream, Parts, WatermarkCell};
+use crate::stream::{greatest, least_watermark, lock, merge, BatchInput, DStream, Parts, WatermarkCell};
 
 /// An item with its event time (ms since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,9 +232,10 @@ struct EventWindows<K, V> {
     closed: Vec<i64>,
 }
 
-/// A window's values (in no particular order: a window restored from them is the same).
-fn window_contents<K: Clone, V: Clone>(window: &HashMap<K, V>) -> Vec<(K, V)> {
-    window.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+/// A window's values, borrowed for encoding (in no particular order: a window restored from
+/// them is the same).
+fn window_contents<K, V>(window: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    window.iter().collect()
 }
 
 /// A batch's changes to the open windows: the whole contents of each window it changed (a
@@ -266,7 +267,7 @@ where
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let open: Vec<(i64, Vec<(K, V)>)> =
+        let open: Vec<(i64, Vec<(&K, &V)>)> =
             self.open.iter().map(|(start, window)| (*start, window_contents(window))).collect();
         encode(&open)
     }
@@ -404,14 +405,8 @@ impl<T: Send + 'static> DStream<Windowed<T>> {
             for item in parts.into_iter().flatten() {
                 windows.entry((item.start_ms, item.end_ms)).or_default().push(item);
             }
-            let mut out = Vec::new();
-            for (_, mut group) in windows {
-                // Stable: items comparing equal keep the order they came in.
-                group.sort_by(|a, b| compare(&b.item, &a.item));
-                group.truncate(k);
-                out.extend(group);
-            }
-            Some(vec![out])
+            let out = windows.into_values().flat_map(|group| greatest(group, k, |a, b| compare(&a.item, &b.item)));
+            Some(vec![out.collect()])
         })
     }
 }

@@ -112,7 +112,7 @@ impl JobState {
     }
 
     /// The last batch's changes, encoded (empty when nothing changed).
-    pub(crate) fn take_delta(&self) -> Result<Vec<u8>, String> {
+    fn take_delta(&self) -> Result<Vec<u8>, String> {
         let mut changed = Vec::new();
         for (index, op) in self.operators.iter().enumerate() {
             let mut op = lock_state(op);
@@ -127,8 +127,16 @@ impl JobState {
         Ok(frame(&entries))
     }
 
+    /// What batch `batch_id` leaves for the checkpoint: its changes, and every
+    /// `snapshot_every` batches the whole state.
+    pub(crate) fn end_batch(&self, batch_id: u64, snapshot_every: u64) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        let delta = self.take_delta()?;
+        let snapshot_due = (batch_id + 1) % snapshot_every.max(1) == 0;
+        Ok((delta, if snapshot_due { Some(self.snapshot()?) } else { None }))
+    }
+
     /// The whole state, encoded.
-    pub(crate) fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
         let states = self
             .operators
             .iter()

@@ -295,18 +295,7 @@ impl<T: Send + 'static> DStream<T> {
     /// The `k` greatest items of each batch by `compare`, greatest first, in one part. With a
     /// total order the result is the same whatever the order items arrived in.
     pub fn top_k(self, k: usize, compare: impl Fn(&T, &T) -> Ordering + Send + 'static) -> DStream<T> {
-        self.derive(move |_, parts| {
-            let mut all: Vec<T> = parts.into_iter().flatten().collect();
-            let greatest_first = |a: &T, b: &T| compare(b, a);
-            if all.len() > k && k > 0 {
-                all.select_nth_unstable_by(k - 1, greatest_first);
-                all.truncate(k);
-            } else if k == 0 {
-                all.clear();
-            }
-            all.sort_by(greatest_first);
-            Some(vec![all])
-        })
+        self.derive(move |_, parts| Some(vec![greatest(parts.into_iter().flatten().collect(), k, &compare)]))
     }
 
     /// Each item with how many times it occurs in the batch, in item order, in one part.
@@ -326,10 +315,10 @@ impl<T: Send + 'static> DStream<T> {
         T: Clone + Serialize + DeserializeOwned,
     {
         let Some((length, slide)) = self.window_batches(length, slide) else { return self.nothing() };
-        let state = WindowState { length, kept: std::collections::VecDeque::new(), added: None };
+        let state = WindowState { length, kept: std::collections::VecDeque::new(), added: false };
         self.stateful(state, move |state, input, parts| {
-            state.added = Some(parts.clone());
             state.push(parts);
+            state.added = true;
             ((input.batch_id + 1) % slide == 0).then(|| state.kept.iter().flatten().cloned().collect())
         })
     }
@@ -441,12 +430,12 @@ where
             length,
             batches: std::collections::VecDeque::new(),
             running: HashMap::default(),
-            added: None,
+            added: false,
         };
         self.stateful(state, move |state, input, parts| {
-            let reduced = sorted(reduce_parts(parts, &state.reduce));
-            state.added = Some(reduced.clone());
+            let reduced = reduce_parts(parts, &state.reduce).into_iter().collect();
             state.push(reduced);
+            state.added = true;
             ((input.batch_id + 1) % slide == 0).then(|| vec![state.window()])
         })
     }
@@ -463,8 +452,8 @@ struct Tee<T> {
 struct WindowState<T> {
     length: usize,
     kept: std::collections::VecDeque<Parts<T>>,
-    /// The batch added last, not yet taken as a delta.
-    added: Option<Parts<T>>,
+    /// Whether the newest batch (`kept`'s last) is not yet taken as a delta.
+    added: bool,
 }
 
 impl<T> WindowState<T> {
@@ -482,7 +471,7 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for WindowState<T> {
     }
 
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
-        self.added.take().map(|parts| encode(&parts)).transpose()
+        newest_delta(&mut self.added, self.kept.back())
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
@@ -505,7 +494,7 @@ type Reduce<V> = Box<dyn Fn(V, V) -> V + Send>;
 /// A keyed window's batches, each reduced by key, oldest first.
 type WindowBatches<K, V> = std::collections::VecDeque<Vec<(K, V)>>;
 
-/// A keyed window's running values, and how many of its batches have each key, in key order.
+/// A keyed window's running values, and how many of its batches have each key.
 type RunningValues<K, V> = Vec<(K, (V, usize))>;
 
 /// A keyed window's batches, reduced, and with an inverse its running values
@@ -517,8 +506,8 @@ struct ReduceWindow<K, V> {
     batches: WindowBatches<K, V>,
     /// With an inverse: the window's running values, and how many of its batches have each key.
     running: HashMap<K, (V, usize)>,
-    /// The batch added last, not yet taken as a delta.
-    added: Option<Vec<(K, V)>>,
+    /// Whether the newest batch (`batches`' last) is not yet taken as a delta.
+    added: bool,
 }
 
 impl<K: Hash + Eq + Ord + Clone, V: Clone> ReduceWindow<K, V> {
@@ -574,12 +563,11 @@ where
     }
 
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
-        self.added.take().map(|reduced| encode(&reduced)).transpose()
+        newest_delta(&mut self.added, self.batches.back())
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let running: HashMap<K, (V, usize)> = self.running.clone();
-        encode(&(&self.batches, sorted(running)))
+        encode(&(&self.batches, self.running.iter().collect::<Vec<_>>()))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
@@ -593,6 +581,31 @@ where
         self.push(decode(delta)?);
         Ok(())
     }
+}
+
+/// A window's delta: its newest batch, if not taken yet (the window never drops the batch just
+/// pushed, as it holds at least one).
+fn newest_delta<B: Serialize>(added: &mut bool, newest: Option<&B>) -> Result<Option<Vec<u8>>, String> {
+    if !std::mem::take(added) {
+        return Ok(None);
+    }
+    newest.map(encode).transpose()
+}
+
+/// The `k` greatest of `items` by `compare`, greatest first; items comparing equal keep the
+/// order they came in (so the result is the same in every run).
+pub(crate) fn greatest<T>(items: Vec<T>, k: usize, compare: impl Fn(&T, &T) -> Ordering) -> Vec<T> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut indexed: Vec<(usize, T)> = items.into_iter().enumerate().collect();
+    let order = |a: &(usize, T), b: &(usize, T)| compare(&b.1, &a.1).then(a.0.cmp(&b.0));
+    if indexed.len() > k {
+        indexed.select_nth_unstable_by(k - 1, order);
+        indexed.truncate(k);
+    }
+    indexed.sort_unstable_by(order);
+    indexed.into_iter().map(|(_, item)| item).collect()
 }
 
 /// Items below which a batch's parts are worked through on the calling thread.

@@ -137,13 +137,12 @@ impl LocalJob {
             for output in outputs.iter_mut() {
                 runtime.block_on(output.run(&input)).map_err(|reason| StreamError::Batch { batch_id, reason })?;
             }
-            let failed = |reason| StreamError::Batch { batch_id, reason };
-            let delta = state.take_delta().map_err(failed)?;
+            let (delta, snapshot) = state
+                .end_batch(batch_id, self.snapshot_every)
+                .map_err(|reason| StreamError::Batch { batch_id, reason })?;
             let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
             saved.0.push((batch_id, delta));
-            if (batch_id + 1) % self.snapshot_every == 0 {
-                saved.1.push((batch_id, state.snapshot().map_err(failed)?));
-            }
+            saved.1.extend(snapshot.map(|snapshot| (batch_id, snapshot)));
             *next = batch_id + 1;
         }
         Ok(())
