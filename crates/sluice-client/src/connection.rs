@@ -13,6 +13,7 @@
 //! at the highest version both sides implement.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::resolve::resolve;
 use crate::sasl::SaslConfig;
 use crate::tls::TlsConfig;
 
@@ -187,12 +189,32 @@ impl Drop for Connection {
     }
 }
 
+/// Connects to the first of `addresses` that accepts, in order; fails with the last refusal.
+async fn connect_first(broker: &str, addresses: &[SocketAddr]) -> Result<TcpStream> {
+    let mut last_error = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(source) => last_error = Some(source),
+        }
+    }
+    let source = last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address to try"));
+    Err(Error::Connect { broker: broker.to_owned(), source: Arc::new(source) })
+}
+
 impl Connection {
     /// Connects to `broker` (`host:port`) and negotiates API versions.
+    ///
+    /// The host is resolved by [`resolve`](crate::resolve::resolve) (`/etc/hosts`, then DNS;
+    /// not glibc's NSS, which a static binary cannot load), and its addresses are tried in order
+    /// until one accepts; resolving and connecting share the connect timeout.
     pub async fn connect(broker: &str, config: ConnectionConfig) -> Result<Self> {
-        let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(broker)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(Error::Connect { broker: broker.to_owned(), source: Arc::new(source) }),
+        let resolve_and_connect = async {
+            let addresses = resolve(broker).await?;
+            connect_first(broker, &addresses).await
+        };
+        let stream = match tokio::time::timeout(config.connect_timeout, resolve_and_connect).await {
+            Ok(stream) => stream?,
             Err(_) => return Err(Error::ConnectTimeout { broker: broker.to_owned(), timeout: config.connect_timeout }),
         };
         // Requests are small and latency matters more than packet count.

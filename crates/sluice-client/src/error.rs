@@ -22,6 +22,23 @@ pub enum Error {
         /// The underlying I/O error.
         source: Arc<std::io::Error>,
     },
+    /// A broker address is not `host:port` (or `[ipv6]:port`). Retrying cannot help.
+    #[error("broker address {address:?} is not host:port: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it, and how to write it.
+        reason: String,
+    },
+    /// A broker's host name could not be turned into addresses: neither `/etc/hosts` nor DNS
+    /// knows it, or no nameserver answered (see [`crate::resolve`]).
+    #[error("cannot find the address of broker host {host}: {reason}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// What went wrong, and what to check.
+        reason: String,
+    },
     /// The TLS handshake with a broker failed (its certificate is not trusted, does not name the
     /// host, or the two sides share no protocol version or cipher suite).
     #[error("TLS handshake with broker {broker} failed: {reason} (check the CA file, the broker's certificate name, and that the port speaks TLS)")]
@@ -200,10 +217,12 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying the same operation may succeed (after reconnecting or refreshing
-    /// metadata): connection problems, timeouts, and retriable broker error codes.
+    /// metadata): connection problems (a host name that does not resolve among them, as the name
+    /// may appear in DNS later), timeouts, and retriable broker error codes.
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Connect { .. }
+            | Self::Resolve { .. }
             | Self::ConnectTimeout { .. }
             | Self::Disconnected { .. }
             | Self::RequestTimeout { .. } => true,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod group;
 pub mod partitioner;
 pub mod producer;
+pub mod resolve;
 pub mod sasl;
 pub mod tls;
 
