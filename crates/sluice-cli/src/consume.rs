@@ -1,0 +1,210 @@
+//! `sluice consume`: records of a topic printed in a kcat-style format or as JSON lines.
+
+use sluice_client::{
+    Client, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, Isolation, OffsetReset, OffsetSpec,
+    PartitionRecords, StartAt,
+};
+
+use crate::cli::ConsumeArgs;
+use crate::error::{CliError, CliResult};
+use crate::format::{json_line, Format};
+use crate::topics::partitions_of;
+use crate::{connect, out};
+
+/// Where `-o` says to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Beginning,
+    End,
+    Offset(i64),
+    FromEnd(i64),
+    Time(i64),
+}
+
+fn parse_start(text: &str) -> CliResult<Start> {
+    let bad = || {
+        CliError::Usage(format!(
+            "-o {text}: use `beginning`, `end`, an offset, `-N` (N before the end) or `@MS` (a timestamp)"
+        ))
+    };
+    Ok(match text {
+        "beginning" | "earliest" => Start::Beginning,
+        "end" | "latest" => Start::End,
+        _ => match (text.strip_prefix('-'), text.strip_prefix('@')) {
+            (Some(n), _) => Start::FromEnd(n.parse().map_err(|_| bad())?),
+            (_, Some(ms)) => Start::Time(ms.parse().map_err(|_| bad())?),
+            _ => Start::Offset(text.parse().map_err(|_| bad())?),
+        },
+    })
+}
+
+/// How each record is printed.
+enum Printer {
+    Format(Format),
+    Json,
+}
+
+impl Printer {
+    fn print(&self, text: &mut String, part: &PartitionRecords, record: &sluice_protocol::record::RecordRef<'_>) {
+        match self {
+            Self::Format(format) => format.write(text, &part.topic, part.partition, record),
+            Self::Json => json_line(text, &part.topic, part.partition, record),
+        }
+    }
+}
+
+pub async fn consume(args: ConsumeArgs) -> CliResult {
+    let printer = if args.json {
+        Printer::Json
+    } else {
+        Printer::Format(Format::parse(args.format.as_deref().unwrap_or("%s\\n")).map_err(CliError::Usage)?)
+    };
+    let start = parse_start(&args.offset)?;
+    let client = connect(&args.broker.brokers).await?;
+    let isolation = if args.read_committed { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
+    let config = ConsumerConfig {
+        isolation,
+        offset_reset: if start == Start::Beginning { OffsetReset::Earliest } else { OffsetReset::Latest },
+        ..ConsumerConfig::default()
+    };
+    let mut limit = Limit { left: args.count, exit_at_end: args.exit_at_end };
+    match &args.group {
+        Some(group) => {
+            if !matches!(start, Start::Beginning | Start::End) {
+                return Err(CliError::Usage(format!(
+                    "-o {} with --group: a group starts from its committed offsets; -o only says where partitions without one start (`beginning` or `end`)",
+                    args.offset
+                )));
+            }
+            by_group(client, group, &args.topic, config, &printer, &mut limit).await
+        }
+        None => by_assignment(client, &args, start, config, &printer, &mut limit).await,
+    }
+}
+
+/// When to stop.
+struct Limit {
+    left: Option<u64>,
+    exit_at_end: bool,
+}
+
+impl Limit {
+    /// Prints `parts`, up to the count; returns whether the count is reached.
+    fn print(&mut self, printer: &Printer, parts: &[PartitionRecords]) -> CliResult<bool> {
+        let mut text = String::new();
+        let mut done = false;
+        'parts: for part in parts {
+            for record in part.records() {
+                if self.left == Some(0) {
+                    done = true;
+                    break 'parts;
+                }
+                printer.print(&mut text, part, &record);
+                if let Some(left) = &mut self.left {
+                    *left -= 1;
+                }
+            }
+        }
+        out(&text)?;
+        Ok(done || self.left == Some(0))
+    }
+}
+
+async fn by_assignment(
+    client: Client,
+    args: &ConsumeArgs,
+    start: Start,
+    config: ConsumerConfig,
+    printer: &Printer,
+    limit: &mut Limit,
+) -> CliResult {
+    let topic = &args.topic;
+    let known: Vec<i32> = partitions_of(&client, topic).await?.iter().map(|p| p.partition).collect();
+    let partitions = if args.partitions.is_empty() { known.clone() } else { args.partitions.clone() };
+    if let Some(missing) = partitions.iter().find(|p| !known.contains(p)) {
+        return Err(CliError::Failed(format!("topic {topic} has no partition {missing} (it has {})", known.len())));
+    }
+    let keys: Vec<(String, i32)> = partitions.iter().map(|p| (topic.clone(), *p)).collect();
+    let starts = start_offsets(&client, &keys, start).await?;
+    let mut consumer = Consumer::new(client.clone(), config);
+    for (topic, partition) in &keys {
+        let at = starts.get(&(topic.clone(), *partition)).copied().map_or(StartAt::Latest, StartAt::Offset);
+        let at = match start {
+            Start::Beginning => StartAt::Earliest,
+            Start::End => StartAt::Latest,
+            _ => at,
+        };
+        consumer.assign(topic, *partition, at).await?;
+    }
+    loop {
+        let parts = consumer.poll().await?;
+        if limit.print(printer, &parts)? {
+            return Ok(());
+        }
+        if limit.exit_at_end && at_end(&consumer) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether every assigned partition has been read to the high watermark of its last fetch.
+fn at_end(consumer: &Consumer) -> bool {
+    consumer.progress().all(|(_, _, p)| p.high_watermark >= 0 && p.position >= p.high_watermark)
+}
+
+/// Offsets for `-o OFFSET`, `-o -N` and `-o @MS` (beginning and end are the consumer's own).
+async fn start_offsets(
+    client: &Client,
+    keys: &[(String, i32)],
+    start: Start,
+) -> CliResult<std::collections::BTreeMap<(String, i32), i64>> {
+    Ok(match start {
+        Start::Beginning | Start::End => Default::default(),
+        Start::Offset(offset) => keys.iter().map(|k| (k.clone(), offset)).collect(),
+        Start::Time(ms) => client.list_offsets(keys, OffsetSpec::Timestamp(ms)).await?,
+        Start::FromEnd(n) => {
+            let earliest = client.list_offsets(keys, OffsetSpec::Earliest).await?;
+            let ends = client.log_ends(keys, Isolation::ReadUncommitted).await?;
+            ends.into_iter()
+                .map(|(key, end)| {
+                    let first = earliest.get(&key).copied().unwrap_or(0);
+                    (key, end.saturating_sub(n).max(first))
+                })
+                .collect()
+        }
+    })
+}
+
+async fn by_group(
+    client: Client,
+    group: &str,
+    topic: &str,
+    config: ConsumerConfig,
+    printer: &Printer,
+    limit: &mut Limit,
+) -> CliResult {
+    partitions_of(&client, topic).await?;
+    let mut member = GroupConsumer::new(client, GroupConfig::new(group, [topic]), config);
+    let mut assigned = false;
+    let result = loop {
+        let event = tokio::select! {
+            event = member.poll() => event,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        };
+        match event? {
+            GroupEvent::Assigned(_) => assigned = true,
+            GroupEvent::Revoked(_) => assigned = false,
+            GroupEvent::Records(parts) => {
+                if limit.print(printer, &parts)? {
+                    break Ok(());
+                }
+                if limit.exit_at_end && assigned && at_end(member.consumer()) {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    // Commits what was printed and leaves the group at once (no wait for the session timeout).
+    member.close().await.map_err(|e| CliError::Failed(format!("leaving group {group}: {e}")))?;
+    result
+}

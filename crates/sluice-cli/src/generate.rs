@@ -1,0 +1,69 @@
+//! `sluice generate`: a synthetic clickstream for trying jobs out (the clickstream example's
+//! generator, with event time running from now at the given rate).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sluice_client::{Producer, ProducerConfig};
+use sluice_stream::clickstream::{ClickGenerator, GeneratorConfig};
+
+use crate::cli::GenerateArgs;
+use crate::connect;
+use crate::error::{CliError, CliResult};
+
+pub async fn generate(args: GenerateArgs) -> CliResult {
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        return Err(CliError::Usage(format!("--rate {}: clicks per second, 0 or more", args.rate)));
+    }
+    let client = connect(&args.broker.brokers).await?;
+    let exists = client
+        .refresh_metadata(Some(&[args.topic.as_str()]))
+        .await?
+        .topics
+        .get(&args.topic)
+        .is_some_and(|t| !t.error.is_error() && !t.partitions.is_empty());
+    if !exists {
+        client.create_topic(&args.topic, 4, 1).await?;
+    }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+    let config = GeneratorConfig {
+        seed: args.seed,
+        users: args.users,
+        items: args.items,
+        start_ms: now_ms,
+        // Event time advances as fast as the clicks are sent (1 ms apart when unpaced).
+        clicks_per_second: if args.rate > 0.0 { args.rate } else { 1000.0 },
+        ..GeneratorConfig::default()
+    };
+    let producer = Producer::new(client, ProducerConfig::default()).await?;
+    let started = Instant::now();
+    let mut pending = VecDeque::new();
+    let mut sent = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    for click in ClickGenerator::new(config) {
+        if args.count.is_some_and(|n| sent >= n) || args.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        if args.rate > 0.0 {
+            let due = started + Duration::from_secs_f64(sent as f64 / args.rate);
+            tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => {}
+                _ = &mut ctrl_c => break,
+            }
+        }
+        pending.push_back(producer.send(click.to_record(&args.topic)).await?);
+        sent += 1;
+        while pending.len() > 10_000 {
+            if let Some(delivery) = pending.pop_front() {
+                delivery.await?;
+            }
+        }
+    }
+    producer.flush().await;
+    for delivery in pending {
+        delivery.await?;
+    }
+    eprintln!("generated {sent} clicks to {} in {:.1} s", args.topic, started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The `sluice` binary: streaming jobs from a job file, and everyday Kafka tools.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+#![forbid(unsafe_code)]
+
+mod checkpoint;
+mod cli;
+mod consume;
+mod duration;
+mod error;
+mod format;
+mod generate;
+mod job;
+mod metrics;
+mod offsets;
+mod pipeline;
+mod produce;
+mod run;
+mod topics;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use cli::{Cli, Command};
+use error::CliError;
+use sluice_client::{Client, ClientConfig};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return report(&CliError::Failed(format!("starting the runtime: {e}"))),
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // Tasks still waiting on the network must not hold the exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+async fn dispatch(command: Command) -> error::CliResult {
+    match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Produce(args) => produce::produce(args).await,
+        Command::Consume(args) => consume::consume(args).await,
+        Command::Topics(args) => topics::topics(args).await,
+        Command::Offsets(args) => offsets::offsets(args).await,
+        Command::Checkpoint(args) => checkpoint::checkpoint(args),
+        Command::Generate(args) => generate::generate(args).await,
+    }
+}
+
+fn report(error: &CliError) -> ExitCode {
+    if let Some(message) = error.message() {
+        let _ = writeln!(std::io::stderr(), "sluice: {message}");
+    }
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(1))
+}
+
+/// Connects to the bootstrap brokers.
+async fn connect(brokers: &[String]) -> error::CliResult<Client> {
+    Client::connect(ClientConfig::new(brokers.iter().cloned()))
+        .await
+        .map_err(|e| CliError::Failed(format!("{e} (are the brokers {} right and running?)", brokers.join(","))))
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the command quietly.
+fn out(text: &str) -> error::CliResult {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(CliError::Failed(format!("writing to stdout: {e}"))),
+    }
+}

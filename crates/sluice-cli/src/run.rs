@@ -1,0 +1,140 @@
+//! `sluice run JOB.toml`: a job file's pipeline under the scheduler, with a progress line per
+//! batch, Prometheus metrics, and a graceful stop on SIGTERM or Ctrl-C.
+
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sluice_scheduler::{BatchProgress, RateLimits, StartingOffsets};
+use sluice_stream::{StreamConfig, StreamingContext};
+
+use crate::cli::RunArgs;
+use crate::error::{CliError, CliResult};
+use crate::job::{self, Job, StartSpec};
+use crate::metrics::{self, Metrics};
+
+fn stream_config(job: &Job, args: &RunArgs) -> StreamConfig {
+    let source = job.file.source.get_ref();
+    let brokers = args.brokers.clone().unwrap_or_else(|| source.brokers.clone());
+    let checkpoint = args.checkpoint_dir.clone().unwrap_or_else(|| job.file.checkpoint.get_ref().dir.clone());
+    let interval = source.batch_interval.get_ref().0;
+    let mut config = StreamConfig::new(brokers, source.topics.get_ref().clone(), interval, checkpoint);
+    config.scheduler.starting_offsets = match source.start {
+        StartSpec::Earliest => StartingOffsets::Earliest,
+        StartSpec::Latest => StartingOffsets::Latest,
+    };
+    if let Some(rate) = &source.max_rate_per_partition {
+        config.scheduler.limits = RateLimits { max_per_partition: Some(*rate.get_ref()), ..RateLimits::default() };
+    }
+    config.scheduler.backpressure = source.backpressure;
+    config.scheduler.commit_to_group.clone_from(&source.commit_to_group);
+    if let Some(every) = &job.file.checkpoint.get_ref().snapshot_every {
+        config.snapshot_every = u64::try_from(*every.get_ref()).unwrap_or(1);
+    }
+    config
+}
+
+/// The progress line: rows, rate, lag, latency.
+fn progress_line(p: &BatchProgress) -> String {
+    let lag: i64 = p.sources.iter().map(|s| s.lag).sum();
+    let rerun = if p.rerun { " (re-run after a crash)" } else { "" };
+    format!(
+        "batch {}: {} rows, {:.0} rows/s, lag {lag}, latency {} ms{rerun}",
+        p.batch_id, p.num_input_rows, p.processed_rows_per_second, p.durations.total_ms
+    )
+}
+
+fn describe(job: &Job) -> String {
+    let f = &job.file;
+    let source = f.source.get_ref();
+    let mut text = format!(
+        "job {}: reads {} from {} every {:?}",
+        job.name,
+        source.topics.get_ref().join(", "),
+        source.brokers.join(","),
+        source.batch_interval.get_ref().0
+    );
+    text.push_str(&format!(", {} filter(s)", f.filters.len()));
+    if let Some(a) = &f.aggregate {
+        let a = a.get_ref();
+        let by = a.key.as_ref().map_or_else(|| "everything".to_owned(), |k| k.get_ref().clone());
+        text.push_str(&format!(", {} by {by}", a.function.name()));
+    }
+    if let Some(w) = &f.window {
+        let w = w.get_ref();
+        let time = match w.time {
+            crate::job::TimeKind::Processing => "processing",
+            crate::job::TimeKind::Event => "event",
+        };
+        text.push_str(&format!(", {:?} {time}-time windows", w.length.get_ref().0));
+    }
+    if let Some(t) = &f.top {
+        text.push_str(&format!(", top {}", t.get_ref().k.get_ref()));
+    }
+    text.push_str(&format!(", {} sink(s), checkpoint {}", f.sinks.len(), f.checkpoint.get_ref().dir.display()));
+    text
+}
+
+pub async fn run(args: RunArgs) -> CliResult {
+    let job = job::load(&args.job).map_err(CliError::Job)?;
+    if args.check {
+        return crate::out(&format!("{}\n", describe(&job)));
+    }
+    let config = stream_config(&job, &args);
+    let client = config.client.clone();
+    let ctx = StreamingContext::new(config);
+    let counters = crate::pipeline::build(ctx.kafka_stream(), &job, &client);
+    let metrics: Arc<Mutex<Metrics>> = Arc::default();
+    if let Some(addr) = &args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Failed(format!("--metrics-addr {addr}: {e}")))?;
+        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), job.name.clone(), counters.clone()));
+    }
+    let stop = ctx.stop_handle();
+    tokio::spawn(stop_on_signal(Arc::clone(&stop)));
+    let mut batches = 0u64;
+    let result = ctx
+        .run(|p| {
+            metrics.lock().unwrap_or_else(PoisonError::into_inner).record(p);
+            batches += 1;
+            if !args.quiet {
+                let line = if args.progress_json { p.to_json() } else { progress_line(p) };
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+            if args.max_batches.is_some_and(|max| batches >= max) {
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+        .await;
+    match result {
+        Ok(ran) => {
+            if !args.quiet {
+                let _ = writeln!(std::io::stderr(), "stopped after {ran} batch(es)");
+            }
+            Ok(())
+        }
+        Err(e) => Err(CliError::Failed(format!("job {}: {e}", job.name))),
+    }
+}
+
+/// The first SIGTERM or SIGINT stops the job after the batch under way commits; a second one
+/// exits at once (the checkpoint makes the next run redo the unfinished batch).
+async fn stop_on_signal(stop: Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    for round in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if round == 0 {
+            let _ = writeln!(std::io::stderr(), "stopping once the batch under way commits (again to exit at once)");
+            stop.store(true, Ordering::SeqCst);
+        } else {
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The everyday tools against Tansu: `topics`, `produce`, `consume`, `offsets`, and the
+//! errors of bad flags.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../sluice-client/tests/common/mod.rs"]
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+use common::Tansu;
+
+/// Runs `sluice args...` against `broker`, with `stdin` piped in.
+fn sluice(broker: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("SLUICE_BROKERS", broker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "failed: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn topics_create_list_describe_delete() {
+    let tansu = Tansu::start();
+    let b = tansu.addr.as_str();
+    assert_eq!(
+        ok(&sluice(b, &["topics", "create", "orders", "--partitions", "3"], "")),
+        "created topic orders with 3 partitions\n"
+    );
+    let listed = ok(&sluice(b, &["topics", "list"], ""));
+    assert!(lines(&listed).contains(&"orders\t3 partitions"), "{listed}");
+    let json = ok(&sluice(b, &["topics", "list", "-J"], ""));
+    assert!(json.contains(r#"{"topic":"orders","partitions":3,"internal":false}"#), "{json}");
+    let described = ok(&sluice(b, &["topics", "describe", "orders"], ""));
+    let rows = lines(&described);
+    assert_eq!(rows[0], "topic orders: 3 partitions");
+    assert_eq!(rows.len(), 2 + 3, "{described}");
+    assert!(rows[2].starts_with("0\t") && rows[2].ends_with("\t0\t0"), "an empty partition: {}", rows[2]);
+    ok(&sluice(b, &["topics", "delete", "orders"], ""));
+    let after = ok(&sluice(b, &["topics", "list"], ""));
+    assert!(!after.contains("orders"), "{after}");
+    let missing = sluice(b, &["topics", "describe", "orders"], "");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("topic orders does not exist"));
+}
+
+#[test]
+fn produce_then_consume_in_every_format() {
+    let tansu = Tansu::start();
+    let b = tansu.addr.as_str();
+    ok(&sluice(b, &["topics", "create", "lines", "--partitions", "2"], ""));
+    // Keyed lines with a header, zstd-compressed, all to partition 1; then plain lines to 0.
+    let keyed: String = (0..50).map(|i| format!("k{i}:value {i}\n")).collect();
+    ok(&sluice(b, &["produce", "-t", "lines", "-K", ":", "-H", "source=test", "-z", "zstd", "-p", "1"], &keyed));
+    let plain: String = (0..30).map(|i| format!("plain {i}\n")).collect();
+    ok(&sluice(b, &["produce", "-t", "lines", "-p", "0", "-z", "gzip"], &plain));
+
+    let all = ok(&sluice(b, &["consume", "-t", "lines", "-o", "beginning", "-e", "-f", "%p|%o|%k|%s|%h|%K|%S\\n"], ""));
+    let all = lines(&all);
+    assert_eq!(all.len(), 80);
+    let p0: Vec<&str> = all.iter().copied().filter(|l| l.starts_with("0|")).collect();
+    let p1: Vec<&str> = all.iter().copied().filter(|l| l.starts_with("1|")).collect();
+    assert_eq!(p0, (0..30).map(|i| format!("0|{i}||plain {i}||-1|{}", format!("plain {i}").len())).collect::<Vec<_>>());
+    let expected: Vec<String> = (0..50)
+        .map(|i| format!("1|{i}|k{i}|value {i}|source=test|{}|{}", format!("k{i}").len(), format!("value {i}").len()))
+        .collect();
+    assert_eq!(p1, expected);
+
+    // The default format is the value; -o -N takes the last N of each partition; -p one partition.
+    let last = ok(&sluice(b, &["consume", "-t", "lines", "-o", "-2", "-p", "0", "-e"], ""));
+    assert_eq!(last, "plain 28\nplain 29\n");
+    let from = ok(&sluice(b, &["consume", "-t", "lines", "-o", "48", "-p", "1", "-e", "-f", "%k\\n"], ""));
+    assert_eq!(from, "k48\nk49\n");
+    // -c stops after that many records.
+    let counted = ok(&sluice(b, &["consume", "-t", "lines", "-o", "beginning", "-p", "1", "-c", "3"], ""));
+    assert_eq!(counted, "value 0\nvalue 1\nvalue 2\n");
+    // JSON lines in kcat's shape.
+    let json = ok(&sluice(b, &["consume", "-t", "lines", "-o", "beginning", "-p", "1", "-c", "1", "-J"], ""));
+    let record: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(record["topic"], "lines");
+    assert_eq!(record["partition"], 1);
+    assert_eq!(record["offset"], 0);
+    assert_eq!(record["key"], "k0");
+    assert_eq!(record["payload"], "value 0");
+    assert_eq!(record["headers"], serde_json::json!(["source", "test"]));
+    // A timestamp before every record starts at the beginning.
+    let by_time = ok(&sluice(b, &["consume", "-t", "lines", "-o", "@0", "-p", "0", "-e"], ""));
+    assert_eq!(lines(&by_time).len(), 30);
+}
+
+#[test]
+fn group_consume_commits_and_offsets_show_lag() {
+    let tansu = Tansu::start();
+    let b = tansu.addr.as_str();
+    ok(&sluice(b, &["topics", "create", "events", "--partitions", "2"], ""));
+    let input: String = (0..40).map(|i| format!("e{i}\n")).collect();
+    ok(&sluice(b, &["produce", "-t", "events"], &input));
+    let before = ok(&sluice(b, &["offsets", "-t", "events"], ""));
+    let rows = lines(&before);
+    assert_eq!(rows[0], "partition\tearliest\tlatest");
+    let total: i64 = rows[1..].iter().map(|r| r.split('\t').nth(2).unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 40, "{before}");
+
+    let consumed = ok(&sluice(b, &["consume", "-t", "events", "-G", "readers", "-o", "beginning", "-e"], ""));
+    let mut got: Vec<&str> = lines(&consumed);
+    got.sort_unstable();
+    let mut want: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+
+    ok(&sluice(b, &["produce", "-t", "events"], "late 1\nlate 2\nlate 3\n"));
+    let lag = ok(&sluice(b, &["offsets", "-t", "events", "-G", "readers"], ""));
+    assert!(lag.ends_with("total lag: 3\n"), "{lag}");
+    let json = ok(&sluice(b, &["offsets", "-t", "events", "-G", "readers", "-J"], ""));
+    let lags: i64 = lines(&json)
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lag"].as_i64().unwrap())
+        .sum();
+    assert_eq!(lags, 3);
+    // The group resumes where it committed.
+    let rest = ok(&sluice(b, &["consume", "-t", "events", "-G", "readers", "-e"], ""));
+    let mut rest = lines(&rest);
+    rest.sort_unstable();
+    assert_eq!(rest, ["late 1", "late 2", "late 3"]);
+}
+
+#[test]
+fn bad_flags_and_values_exit_2_with_the_reason() {
+    // None of these reach a broker.
+    let b = "127.0.0.1:1";
+    for (args, says) in [
+        (vec!["consume", "-t", "x", "--bogus"], "unexpected argument '--bogus'"),
+        (vec!["consume"], "--topic <TOPIC>"),
+        (vec!["consume", "-t", "x", "-o", "soon"], "-o soon: use `beginning`, `end`"),
+        (vec!["consume", "-t", "x", "-f", "%x"], "`%x` after `%` is not a token"),
+        (vec!["produce", "-t", "x", "-z", "brotli"], "invalid value 'brotli'"),
+        (vec!["produce", "-t", "x", "-H", "novalue"], "-H novalue: write a header as NAME=VALUE"),
+        (vec!["generate", "--duration", "10 days"], "`days` is not a unit"),
+        (vec!["topics", "create"], "<NAME>"),
+    ] {
+        let output = sluice(b, &args, "");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} should say {says:?}: {stderr}");
+    }
+    // A broker that is not there is a failure (1) that says so.
+    let output = sluice(b, &["topics", "list"], "");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("are the brokers 127.0.0.1:1 right and running?"));
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let top = ok(&sluice("", &["--help"], ""));
+    assert!(top.contains("Exit codes:") && top.contains("Examples:"), "{top}");
+    for command in ["run", "produce", "consume", "topics", "offsets", "checkpoint", "generate"] {
+        let help = ok(&sluice("", &[command, "--help"], ""));
+        let examples = help.split_once("Examples:\n").map(|(_, e)| e).unwrap_or_default();
+        assert!(
+            examples.lines().count() >= 2 && examples.contains("sluice "),
+            "{command} --help has no examples:\n{help}"
+        );
+    }
+}
