@@ -204,6 +204,10 @@ pub struct ConsumeArgs {
     /// Consume as a member of this consumer group (offsets committed as it goes).
     #[arg(short = 'G', long)]
     pub group: Option<String>,
+    /// With --group: the group session timeout (`10s`, the broker's minimum is usually 6 s). A
+    /// broker may hold a new member's join for part of it (Tansu 0.6 holds it for half).
+    #[arg(long, value_parser = crate::duration::parse_arg, default_value = "10s", requires = "group")]
+    pub session_timeout: std::time::Duration,
     /// Output format (see below); default `%s\n`.
     #[arg(short, long, conflicts_with = "json")]
     pub format: Option<String>,

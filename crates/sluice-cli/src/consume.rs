@@ -76,7 +76,7 @@ pub async fn consume(args: ConsumeArgs) -> CliResult {
                     args.offset
                 )));
             }
-            by_group(client, group, &args.topic, config, &printer, &mut limit).await
+            by_group(client, group, &args.topic, args.session_timeout, config, &printer, &mut limit).await
         }
         None => by_assignment(client, &args, start, config, &printer, &mut limit).await,
     }
@@ -179,12 +179,14 @@ async fn by_group(
     client: Client,
     group: &str,
     topic: &str,
+    session_timeout: std::time::Duration,
     config: ConsumerConfig,
     printer: &Printer,
     limit: &mut Limit,
 ) -> CliResult {
     partitions_of(&client, topic).await?;
-    let mut member = GroupConsumer::new(client, GroupConfig::new(group, [topic]), config);
+    let mut member =
+        GroupConsumer::new(client, GroupConfig { session_timeout, ..GroupConfig::new(group, [topic]) }, config);
     let mut assigned = false;
     let result = loop {
         let event = tokio::select! {

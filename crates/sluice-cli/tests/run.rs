@@ -99,6 +99,10 @@ dir = "{files}"
 
 [[sink]]
 type = "stdout"
+
+[[sink]]
+type = "kafka"
+topic = "revenue"
 "#,
         checkpoint = dir.join("checkpoint").display(),
         files = dir.join("out").display(),
@@ -131,6 +135,7 @@ fn expected(orders: &[(String, String, i64, i64)]) -> Vec<serde_json::Value> {
 fn produce_orders(broker: &str) -> Vec<(String, String, i64, i64)> {
     let orders = orders();
     ok(&sluice(broker, &["topics", "create", "orders", "--partitions", "1"], ""));
+    ok(&sluice(broker, &["topics", "create", "revenue", "--partitions", "1"], ""));
     let lines: String = orders.iter().map(|(c, r, a, t)| format!("{c},{r},{a},{t}\n")).collect();
     ok(&sluice(broker, &["produce", "-t", "orders"], &lines));
     orders
@@ -163,6 +168,9 @@ fn a_job_file_gives_what_an_independent_computation_gives() {
     let from_files: Vec<serde_json::Value> =
         files.iter().flat_map(|f| json_lines(&std::fs::read_to_string(f).unwrap())).collect();
     assert_eq!(from_files, want);
+    // And the Kafka sink published them.
+    let published = ok(&sluice(broker, &["consume", "-t", "revenue", "-o", "beginning", "-e"], ""));
+    assert_eq!(json_lines(&published), want);
     // One progress line per batch: rows, rate, lag, latency.
     let stderr = String::from_utf8_lossy(&output.stderr);
     let progress: Vec<&str> = stderr.lines().filter(|l| l.starts_with("batch ")).collect();

@@ -140,6 +140,42 @@ fn group_consume_commits_and_offsets_show_lag() {
 }
 
 #[test]
+fn produce_shows_progress_and_generate_makes_clicks() {
+    let tansu = Tansu::start();
+    let b = tansu.addr.as_str();
+    ok(&sluice(b, &["topics", "create", "p", "--partitions", "1"], ""));
+    let input: String = (0..1000).map(|i| format!("{i}\n")).collect();
+    let output = sluice(b, &["produce", "-t", "p", "--progress"], &input);
+    ok(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.rsplit('\r').next().unwrap();
+    assert!(
+        last.starts_with("1000 sent, 1000 acknowledged, 0 failed, ") && last.ends_with(" records/s\n"),
+        "{stderr:?}"
+    );
+
+    // `generate` creates its topic and writes `user,item,time` lines with event time from now.
+    let output =
+        sluice(b, &["generate", "-t", "clicks", "--count", "500", "--rate", "0", "--users", "20", "--items", "5"], "");
+    ok(&output);
+    let clicks = ok(&sluice(b, &["consume", "-t", "clicks", "-o", "beginning", "-e", "-f", "%k %s\n"], ""));
+    let clicks: Vec<&str> = lines(&clicks);
+    assert_eq!(clicks.len(), 500);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for line in clicks {
+        let (key, value) = line.split_once(' ').unwrap();
+        let fields: Vec<&str> = value.split(',').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert_eq!(key, fields[0], "keyed by user: {line}");
+        let user: u32 = fields[0].strip_prefix("user-").unwrap().parse().unwrap();
+        let item: u32 = fields[1].strip_prefix("item-").unwrap().parse().unwrap();
+        let time: i64 = fields[2].parse().unwrap();
+        assert!(user < 20 && (1..=5).contains(&item), "{line}");
+        assert!((now_ms - 60_000..now_ms + 60_000).contains(&time), "event time near now: {line}");
+    }
+}
+
+#[test]
 fn bad_flags_and_values_exit_2_with_the_reason() {
     // None of these reach a broker.
     let b = "127.0.0.1:1";
