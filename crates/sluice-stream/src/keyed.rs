@@ -232,9 +232,24 @@ where
             let now = input.time_ms;
             let mut out = Vec::new();
             for (key, value) in parts.into_iter().flatten() {
-                let mut key_state = KeyState { value: state.take(&key).map(|(s, _)| s), timing_out: false };
-                out.extend(f(now, &key, Some(value), &mut key_state));
-                state.set(key, key_state.value.map(|value| (value, now)));
+                state.any_dirty = true;
+                // One lookup per item: the slot is changed in place, and only a new key is
+                // inserted (a second lookup, once per key's life).
+                match state.slots.get_mut(&key) {
+                    Some(slot) => {
+                        let mut key_state = KeyState { value: slot.state.take().map(|(s, _)| s), timing_out: false };
+                        out.extend(f(now, &key, Some(value), &mut key_state));
+                        slot.state = key_state.value.map(|value| (value, now));
+                        slot.dirty = true;
+                    }
+                    None => {
+                        let mut key_state = KeyState { value: None, timing_out: false };
+                        out.extend(f(now, &key, Some(value), &mut key_state));
+                        if let Some(value) = key_state.value {
+                            state.slots.insert(key, Slot { state: Some((value, now)), dirty: true });
+                        }
+                    }
+                }
             }
             if let Some(timeout_ms) = timeout_ms {
                 let mut expired: Vec<K> = state
