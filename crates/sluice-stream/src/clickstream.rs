@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use compact_str::{format_compact, CompactString};
 use serde::{Deserialize, Serialize};
 
 use crate::event_time::{Timed, Watermark, Windowed};
@@ -31,13 +32,14 @@ use crate::record::KafkaRecord;
 use crate::sink::Sink;
 use crate::stream::DStream;
 
-/// One click.
+/// One click. Names are compact strings: up to 24 bytes live inline (user and item names
+/// here are about 10), so parsing, copying and dropping a click allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Click {
     /// Who clicked.
-    pub user: String,
+    pub user: CompactString,
     /// What was clicked.
-    pub item: String,
+    pub item: CompactString,
     /// When (event time, ms since the epoch).
     pub time_ms: i64,
 }
@@ -52,7 +54,7 @@ impl Click {
     /// and stay in order), stamped with the click's time.
     pub fn to_record(&self, topic: &str) -> sluice_client::ProducerRecord {
         sluice_client::ProducerRecord {
-            key: Some(bytes::Bytes::from(self.user.clone())),
+            key: Some(bytes::Bytes::copy_from_slice(self.user.as_bytes())),
             timestamp: Some(self.time_ms),
             ..sluice_client::ProducerRecord::new(topic, self.to_line())
         }
@@ -134,8 +136,8 @@ impl ClickGenerator {
         let offset_ms = (self.made as f64 * 1000.0 / self.config.clicks_per_second.max(f64::MIN_POSITIVE)) as i64;
         self.made += 1;
         Click {
-            user: format!("user-{user}"),
-            item: format!("item-{}", rank + 1),
+            user: format_compact!("user-{user}"),
+            item: format_compact!("item-{}", rank + 1),
             time_ms: self.config.start_ms + offset_ms,
         }
     }
@@ -223,12 +225,12 @@ pub struct ClickstreamCounters {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Session {
     clicks: u64,
-    recent: VecDeque<String>,
+    recent: VecDeque<CompactString>,
     last_click_ms: i64,
 }
 
 fn clicks(source: DStream<KafkaRecord>, unparsable: Arc<AtomicU64>) -> DStream<Click> {
-    source.flat_map(move |record: KafkaRecord| match record.csv::<(String, String, i64)>() {
+    source.flat_map(move |record: KafkaRecord| match record.csv::<(CompactString, CompactString, i64)>() {
         Ok((user, item, time_ms)) => Some(Click { user, item, time_ms }),
         Err(_) => {
             unparsable.fetch_add(1, Ordering::Relaxed);
@@ -261,8 +263,9 @@ pub fn build(
     let recent_items = config.recent_items;
     for_sessions
         .map(|click| (click.user, (click.item, click.time_ms)))
-        .map_with_state(Some(config.session_timeout), move |_, user: &String, click, state: &mut KeyState<Session>| {
-            match click {
+        .map_with_state(
+            Some(config.session_timeout),
+            move |_, user: &CompactString, click, state: &mut KeyState<Session>| match click {
                 Some((item, time_ms)) => {
                     let session = state.get_or_insert_with(Session::default)?;
                     session.clicks += 1;
@@ -275,19 +278,19 @@ pub fn build(
                     None
                 }
                 None => state.get().map(|session| UserSession {
-                    user: user.clone(),
+                    user: user.to_string(),
                     clicks: session.clicks,
-                    recent_items: session.recent.iter().cloned().collect(),
+                    recent_items: session.recent.iter().map(CompactString::to_string).collect(),
                     last_click_ms: session.last_click_ms,
                 }),
-            }
-        })
+            },
+        )
         .to_sink(sessions);
     ClickstreamCounters { late, ..counters }
 }
 
 /// Ranks each window's items (they come greatest first, windows in order).
-fn rank(items: Vec<Windowed<(String, u64)>>) -> Vec<TopItem> {
+fn rank(items: Vec<Windowed<(CompactString, u64)>>) -> Vec<TopItem> {
     let mut out: Vec<TopItem> = Vec::with_capacity(items.len());
     for windowed in items {
         let rank = match out.last() {
@@ -295,6 +298,7 @@ fn rank(items: Vec<Windowed<(String, u64)>>) -> Vec<TopItem> {
             _ => 1,
         };
         let (item, clicks) = windowed.item;
+        let item = item.into_string();
         out.push(TopItem { window_start_ms: windowed.start_ms, window_end_ms: windowed.end_ms, rank, item, clicks });
     }
     out

@@ -234,7 +234,7 @@ fn check_output(out: &Path) {
         let mut recent: Vec<String> = Vec::new();
         for click in segment {
             recent.retain(|i| *i != click.item);
-            recent.push(click.item.clone());
+            recent.push(click.item.to_string());
         }
         let keep = recent.len().saturating_sub(config.recent_items);
         assert_eq!(session.recent_items, recent[keep..].to_vec(), "{session:?}");
