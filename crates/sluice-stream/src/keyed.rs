@@ -31,11 +31,13 @@ struct KeyedState<K, S> {
     kind: &'static str,
     slots: HashMap<K, Slot<S>>,
     any_dirty: bool,
+    /// Slots emptied since the last delta (removed from the map once the delta has them).
+    any_removed: bool,
 }
 
 impl<K: StateKey, S> KeyedState<K, S> {
     fn new(kind: &'static str) -> Self {
-        Self { kind, slots: HashMap::default(), any_dirty: false }
+        Self { kind, slots: HashMap::default(), any_dirty: false, any_removed: false }
     }
 
     /// Takes `key`'s state out of its slot (to be set back with `set`).
@@ -46,6 +48,7 @@ impl<K: StateKey, S> KeyedState<K, S> {
     /// Sets `key`'s state (`None` removes it) and marks it changed.
     fn set(&mut self, key: K, state: Option<S>) {
         self.any_dirty = true;
+        self.any_removed |= state.is_none();
         match self.slots.get_mut(&key) {
             Some(slot) => {
                 slot.state = state;
@@ -87,14 +90,23 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         }
         // In no particular order: applying a delta or restoring a snapshot gives the same
         // state whatever the order.
-        let delta: Vec<(&K, Option<&S>)> =
-            self.slots.iter().filter(|(_, slot)| slot.dirty).map(|(key, slot)| (key, slot.state.as_ref())).collect();
-        let encoded = encode(&delta)?;
-        self.slots.retain(|_, slot| {
-            slot.dirty = false;
-            slot.state.is_some()
-        });
-        Ok(Some(encoded))
+        // One pass finds the changed slots and clears their marks; a second, only after
+        // removals, drops the emptied slots.
+        let delta: Vec<(&K, Option<&S>)> = self
+            .slots
+            .iter_mut()
+            .filter(|(_, slot)| slot.dirty)
+            .map(|(key, slot)| {
+                slot.dirty = false;
+                let slot: &Slot<S> = slot;
+                (key, slot.state.as_ref())
+            })
+            .collect();
+        let encoded = encode(&delta);
+        if std::mem::take(&mut self.any_removed) {
+            self.slots.retain(|_, slot| slot.state.is_some());
+        }
+        Ok(Some(encoded?))
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
@@ -239,6 +251,7 @@ where
                     Some(slot) => {
                         let mut key_state = KeyState { value: slot.state.take().map(|(s, _)| s), timing_out: false };
                         out.extend(f(now, &key, Some(value), &mut key_state));
+                        state.any_removed |= key_state.value.is_none();
                         slot.state = key_state.value.map(|value| (value, now));
                         slot.dirty = true;
                     }
