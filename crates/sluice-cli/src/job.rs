@@ -61,6 +61,8 @@ pub struct Source {
     /// Where partitions start on the job's first run.
     #[serde(default)]
     pub start: StartSpec,
+    /// Instead of `start`: the first record at or after this time (ms since the epoch).
+    pub start_time_ms: Option<Spanned<i64>>,
     /// Batch interval.
     #[serde(default = "default_interval")]
     pub batch_interval: Spanned<Dur>,
@@ -416,6 +418,11 @@ fn check_source(source: &Spanned<Source>) -> Result<(), Problem> {
     let s = source.get_ref();
     if s.topics.get_ref().is_empty() || s.topics.get_ref().iter().any(String::is_empty) {
         return Err((s.topics.span().start, "`source.topics`: name at least one topic".into()));
+    }
+    if let Some(time) = &s.start_time_ms {
+        if *time.get_ref() < 0 {
+            return Err((time.span().start, "`source.start_time_ms`: ms since the epoch, 0 or more".into()));
+        }
     }
     if s.brokers.is_empty() {
         return Err((source.span().start, "`source.brokers`: name at least one broker (`host:port`)".into()));

@@ -105,7 +105,11 @@ impl Metrics {
 /// Serves `render()` at `GET /metrics` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: SharedMetrics, job: String, counters: Counters) {
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else { continue };
+        let Ok((mut socket, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
         let body = {
             let metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
             metrics.render(&job, &counters)

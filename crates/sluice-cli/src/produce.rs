@@ -66,6 +66,9 @@ struct Progress {
     acknowledged: u64,
     failed: u64,
     first_error: Option<String>,
+    /// Bytes of input read, and in all when the input is files (for the bar).
+    read_bytes: u64,
+    total_bytes: Option<u64>,
 }
 
 impl Progress {
@@ -86,9 +89,21 @@ impl Progress {
         self.last_shown = Instant::now();
         let rate = self.acknowledged as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
         let end = if last { "\n" } else { "" };
+        let bar = match self.total_bytes {
+            Some(total) if total > 0 => {
+                let done = (self.read_bytes.min(total) * 20 / total) as usize;
+                format!(
+                    "[{}{}] {:3}% ",
+                    "#".repeat(done),
+                    ".".repeat(20 - done),
+                    self.read_bytes.min(total) * 100 / total
+                )
+            }
+            _ => String::new(),
+        };
         let _ = write!(
             std::io::stderr(),
-            "\r{} sent, {} acknowledged, {} failed, {rate:.0} records/s{end}",
+            "\r{bar}{} sent, {} acknowledged, {} failed, {rate:.0} records/s{end}",
             self.sent,
             self.acknowledged,
             self.failed
@@ -122,10 +137,24 @@ pub async fn produce(args: ProduceArgs) -> CliResult {
     let producer = Producer::new(client, config).await?;
     let show = args.progress || (!args.no_progress && std::io::stderr().is_terminal());
     let now = Instant::now();
-    let mut progress =
-        Progress { show, started: now, last_shown: now, sent: 0, acknowledged: 0, failed: 0, first_error: None };
-    let mut pending = VecDeque::new();
     let files = if args.files.is_empty() { vec![std::path::PathBuf::from("-")] } else { args.files.clone() };
+    // The bar needs the input's size: known for files, not for stdin.
+    let total_bytes = files
+        .iter()
+        .map(|f| if f.as_os_str() == "-" { None } else { std::fs::metadata(f).ok().map(|m| m.len()) })
+        .sum::<Option<u64>>();
+    let mut progress = Progress {
+        show,
+        started: now,
+        last_shown: now,
+        sent: 0,
+        acknowledged: 0,
+        failed: 0,
+        first_error: None,
+        read_bytes: 0,
+        total_bytes,
+    };
+    let mut pending = VecDeque::new();
     for file in &files {
         let result = if file.as_os_str() == "-" {
             send_lines(BufReader::new(tokio::io::stdin()), &producer, &shape, &mut pending, &mut progress).await
@@ -161,9 +190,11 @@ async fn send_lines(
     let mut line = String::new();
     loop {
         line.clear();
-        if reader.read_line(&mut line).await? == 0 {
+        let read = reader.read_line(&mut line).await?;
+        if read == 0 {
             return Ok(());
         }
+        progress.read_bytes += read as u64;
         let text = line.strip_suffix('\n').unwrap_or(&line);
         let text = text.strip_suffix('\r').unwrap_or(text);
         match producer.send(shape.record(text)).await {

@@ -19,9 +19,10 @@ fn stream_config(job: &Job, args: &RunArgs) -> StreamConfig {
     let checkpoint = args.checkpoint_dir.clone().unwrap_or_else(|| job.file.checkpoint.get_ref().dir.clone());
     let interval = source.batch_interval.get_ref().0;
     let mut config = StreamConfig::new(brokers, source.topics.get_ref().clone(), interval, checkpoint);
-    config.scheduler.starting_offsets = match source.start {
-        StartSpec::Earliest => StartingOffsets::Earliest,
-        StartSpec::Latest => StartingOffsets::Latest,
+    config.scheduler.starting_offsets = match (&source.start_time_ms, source.start) {
+        (Some(time), _) => StartingOffsets::Timestamp(*time.get_ref()),
+        (None, StartSpec::Earliest) => StartingOffsets::Earliest,
+        (None, StartSpec::Latest) => StartingOffsets::Latest,
     };
     if let Some(rate) = &source.max_rate_per_partition {
         config.scheduler.limits = RateLimits { max_per_partition: Some(*rate.get_ref()), ..RateLimits::default() };

@@ -338,6 +338,11 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
             "`filter.value`: use a string, a number or a boolean",
         ),
         (
+            good.replace("start = \"earliest\"", "start_time_ms = -5"),
+            "start_time_ms = -5".into(),
+            "`source.start_time_ms`: ms since the epoch, 0 or more",
+        ),
+        (
             good.replace("time = \"event\"", "time = \"event\"\nwatermark = \"1s\""),
             "watermark = \"0s\"".into(),
             "duplicate key `watermark`",

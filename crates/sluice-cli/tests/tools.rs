@@ -154,6 +154,18 @@ fn produce_shows_progress_and_generate_makes_clicks() {
         "{stderr:?}"
     );
 
+    // Reading a file, the line has a bar.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.txt");
+    std::fs::write(&file, &input).unwrap();
+    let output = sluice(b, &["produce", "-t", "p", "--progress", file.to_str().unwrap()], "");
+    ok(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.rsplit('\r').next().unwrap();
+    assert!(last.starts_with("[####################] 100% 1000 sent, 1000 acknowledged"), "{stderr:?}");
+    let consumed = ok(&sluice(b, &["consume", "-t", "p", "-o", "beginning", "-e"], ""));
+    assert_eq!(consumed, format!("{input}{input}"));
+
     // `generate` creates its topic and writes `user,item,time` lines with event time from now.
     let output =
         sluice(b, &["generate", "-t", "clicks", "--count", "500", "--rate", "0", "--users", "20", "--items", "5"], "");
