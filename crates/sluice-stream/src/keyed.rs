@@ -25,11 +25,18 @@ struct Slot<S> {
     dirty: bool,
 }
 
-/// Keys' states. A change marks the key's slot, so a batch costs one or two lookups per item
-/// and the delta is found by one pass over the slots.
+/// One shard of the keys' states.
+type Shard<K, S> = HashMap<K, Slot<S>>;
+
+/// Keys' states, in shards by key hash so that a large batch's items can be worked through on
+/// several threads (one per shard). A change marks the key's slot, so a batch costs one lookup
+/// per item and the delta is found by one pass over the slots. Nothing the state gives out
+/// depends on the sharding: outputs keep the items' order, deltas and snapshots are sets.
 struct KeyedState<K, S> {
     kind: &'static str,
-    slots: HashMap<K, Slot<S>>,
+    shards: Vec<Shard<K, S>>,
+    /// Picks a key's shard.
+    router: foldhash::fast::RandomState,
     any_dirty: bool,
     /// Slots emptied since the last delta (removed from the map once the delta has them).
     any_removed: bool,
@@ -37,38 +44,62 @@ struct KeyedState<K, S> {
 
 impl<K: StateKey, S> KeyedState<K, S> {
     fn new(kind: &'static str) -> Self {
-        Self { kind, slots: HashMap::default(), any_dirty: false, any_removed: false }
+        // As many shards as cores (at most 8): results do not depend on the number.
+        let shards = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 8);
+        Self {
+            kind,
+            shards: (0..shards).map(|_| HashMap::default()).collect(),
+            router: foldhash::fast::RandomState::default(),
+            any_dirty: false,
+            any_removed: false,
+        }
+    }
+
+    fn shard_of(&self, key: &K) -> usize {
+        use std::hash::BuildHasher as _;
+        // The shard count is at most 8, so the cast and the remainder cannot lose a shard.
+        (self.router.hash_one(key) % self.shards.len().max(1) as u64) as usize
+    }
+
+    fn shard(&self, key: &K) -> Option<&Shard<K, S>> {
+        self.shards.get(self.shard_of(key))
+    }
+
+    fn shard_mut(&mut self, key: &K) -> Option<&mut Shard<K, S>> {
+        let index = self.shard_of(key);
+        self.shards.get_mut(index)
     }
 
     /// Takes `key`'s state out of its slot (to be set back with `set`).
     fn take(&mut self, key: &K) -> Option<S> {
-        self.slots.get_mut(key).and_then(|slot| slot.state.take())
+        self.shard_mut(key)?.get_mut(key).and_then(|slot| slot.state.take())
     }
 
     /// Sets `key`'s state (`None` removes it) and marks it changed.
     fn set(&mut self, key: K, state: Option<S>) {
         self.any_dirty = true;
         self.any_removed |= state.is_none();
-        match self.slots.get_mut(&key) {
+        let Some(shard) = self.shard_mut(&key) else { return };
+        match shard.get_mut(&key) {
             Some(slot) => {
                 slot.state = state;
                 slot.dirty = true;
             }
             None => {
                 if state.is_some() {
-                    self.slots.insert(key, Slot { state, dirty: true });
+                    shard.insert(key, Slot { state, dirty: true });
                 }
             }
         }
     }
 
     fn get(&self, key: &K) -> Option<&S> {
-        self.slots.get(key).and_then(|slot| slot.state.as_ref())
+        self.shard(key)?.get(key).and_then(|slot| slot.state.as_ref())
     }
 
     /// The keys with a state, and their states.
     fn states(&self) -> impl Iterator<Item = (&K, &S)> {
-        self.slots.iter().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?)))
+        self.shards.iter().flatten().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?)))
     }
 
     /// The states in key order.
@@ -76,6 +107,15 @@ impl<K: StateKey, S> KeyedState<K, S> {
         let mut states: Vec<(&K, &S)> = self.states().collect();
         states.sort_unstable_by(|a, b| a.0.cmp(b.0));
         states
+    }
+
+    /// Puts a restored key's state in its shard, unchanged since the last delta.
+    fn restore_one(&mut self, key: K, state: Option<S>) {
+        let Some(shard) = self.shard_mut(&key) else { return };
+        match state {
+            Some(state) => shard.insert(key, Slot { state: Some(state), dirty: false }),
+            None => shard.remove(&key),
+        };
     }
 }
 
@@ -93,8 +133,9 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         // One pass finds the changed slots and clears their marks; a second, only after
         // removals, drops the emptied slots.
         let delta: Vec<(&K, Option<&S>)> = self
-            .slots
+            .shards
             .iter_mut()
+            .flatten()
             .filter(|(_, slot)| slot.dirty)
             .map(|(key, slot)| {
                 slot.dirty = false;
@@ -104,7 +145,9 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
             .collect();
         let encoded = encode(&delta);
         if std::mem::take(&mut self.any_removed) {
-            self.slots.retain(|_, slot| slot.state.is_some());
+            for shard in &mut self.shards {
+                shard.retain(|_, slot| slot.state.is_some());
+            }
         }
         Ok(Some(encoded?))
     }
@@ -115,17 +158,17 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let states: Vec<(K, S)> = decode(snapshot)?;
-        self.slots = states.into_iter().map(|(key, state)| (key, Slot { state: Some(state), dirty: false })).collect();
+        self.shards.iter_mut().for_each(HashMap::clear);
+        for (key, state) in states {
+            self.restore_one(key, Some(state));
+        }
         Ok(())
     }
 
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
         let delta: Vec<(K, Option<S>)> = decode(delta)?;
         for (key, state) in delta {
-            match state {
-                Some(state) => self.slots.insert(key, Slot { state: Some(state), dirty: false }),
-                None => self.slots.remove(&key),
-            };
+            self.restore_one(key, state);
         }
         Ok(())
     }
@@ -224,15 +267,17 @@ where
     }
 
     /// Spark's `mapWithState`: `f(time_ms, key, value, state)` is called for each item of the
-    /// batch, in the order they came, and may read, update or remove the key's state; what it
-    /// returns is the output. With a `timeout`, a key with a state that gets no value for that
-    /// long (in batch time) is timed out: `f` is called once more with no value and
-    /// [`KeyState::is_timing_out`], after the batch's items, in key order, and its state is
-    /// removed.
+    /// batch, in the order they came for each key, and may read, update or remove the key's
+    /// state; what it returns is the output, in the items' order. With a `timeout`, a key with a
+    /// state that gets no value for that long (in batch time) is timed out: `f` is called once
+    /// more with no value and [`KeyState::is_timing_out`], after the batch's items, in key
+    /// order, and its state is removed. A large batch's keys are worked through on several
+    /// threads at once (different keys, never one key on two threads), so `f` is `Fn + Sync`,
+    /// as Spark's function is.
     pub fn map_with_state<S, U>(
         self,
         timeout: Option<Duration>,
-        mut f: impl FnMut(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Send + 'static,
+        f: impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Send + Sync + 'static,
     ) -> DStream<U>
     where
         S: Clone + Send + Serialize + DeserializeOwned + 'static,
@@ -242,28 +287,7 @@ where
         // Each key's state and the batch time it last got a value.
         self.stateful(KeyedState::<K, (S, u64)>::new("map_with_state"), move |state, input, parts| {
             let now = input.time_ms;
-            let mut out = Vec::new();
-            for (key, value) in parts.into_iter().flatten() {
-                state.any_dirty = true;
-                // One lookup per item: the slot is changed in place, and only a new key is
-                // inserted (a second lookup, once per key's life).
-                match state.slots.get_mut(&key) {
-                    Some(slot) => {
-                        let mut key_state = KeyState { value: slot.state.take().map(|(s, _)| s), timing_out: false };
-                        out.extend(f(now, &key, Some(value), &mut key_state));
-                        state.any_removed |= key_state.value.is_none();
-                        slot.state = key_state.value.map(|value| (value, now));
-                        slot.dirty = true;
-                    }
-                    None => {
-                        let mut key_state = KeyState { value: None, timing_out: false };
-                        out.extend(f(now, &key, Some(value), &mut key_state));
-                        if let Some(value) = key_state.value {
-                            state.slots.insert(key, Slot { state: Some((value, now)), dirty: true });
-                        }
-                    }
-                }
-            }
+            let mut out = map_items(state, parts, now, &f);
             if let Some(timeout_ms) = timeout_ms {
                 let mut expired: Vec<K> = state
                     .states()
@@ -280,4 +304,88 @@ where
             Some(vec![out])
         })
     }
+}
+
+/// What a shard's part of a batch gave: outputs with their items' places, and whether a state
+/// changed or was removed.
+struct ShardOutcome<U> {
+    out: Vec<(usize, U)>,
+    changed: bool,
+    removed: bool,
+}
+
+/// `map_with_state`'s items: each to its key's shard, the shards worked through side by side
+/// when the batch is large; the outputs in the items' order.
+fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
+    state: &mut KeyedState<K, (S, u64)>,
+    parts: crate::stream::Parts<(K, V)>,
+    now: u64,
+    f: &(impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Sync),
+) -> Vec<U> {
+    let items: usize = parts.iter().map(Vec::len).sum();
+    let mut buckets: Vec<Vec<(usize, K, V)>> = state.shards.iter().map(|_| Vec::new()).collect();
+    for (place, (key, value)) in parts.into_iter().flatten().enumerate() {
+        let shard = state.shard_of(&key);
+        if let Some(bucket) = buckets.get_mut(shard) {
+            bucket.push((place, key, value));
+        }
+    }
+    let work = |shard: &mut Shard<K, (S, u64)>, bucket: Vec<(usize, K, V)>| map_shard(shard, bucket, now, f);
+    let outcomes: Vec<ShardOutcome<U>> = if items < crate::stream::PARALLEL_FROM_ITEMS || buckets.len() <= 1 {
+        state.shards.iter_mut().zip(buckets).map(|(shard, bucket)| work(shard, bucket)).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let mut pairs = state.shards.iter_mut().zip(buckets);
+            let mine = pairs.next();
+            let others: Vec<_> = pairs.map(|(shard, bucket)| scope.spawn(move || work(shard, bucket))).collect();
+            let mut outcomes: Vec<ShardOutcome<U>> =
+                mine.into_iter().map(|(shard, bucket)| work(shard, bucket)).collect();
+            for other in others {
+                match other.join() {
+                    Ok(outcome) => outcomes.push(outcome),
+                    // `f` panicked on that thread: go on panicking here, as it would have serially.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            outcomes
+        })
+    };
+    let mut out: Vec<(usize, U)> = Vec::new();
+    for outcome in outcomes {
+        state.any_dirty |= outcome.changed;
+        state.any_removed |= outcome.removed;
+        out.extend(outcome.out);
+    }
+    out.sort_unstable_by_key(|(place, _)| *place);
+    out.into_iter().map(|(_, item)| item).collect()
+}
+
+/// One shard's items, in their order: one lookup each, the slot changed in place, and only a
+/// new key inserted.
+fn map_shard<K: StateKey, V, S, U>(
+    shard: &mut Shard<K, (S, u64)>,
+    bucket: Vec<(usize, K, V)>,
+    now: u64,
+    f: &impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U>,
+) -> ShardOutcome<U> {
+    let mut outcome = ShardOutcome { out: Vec::new(), changed: !bucket.is_empty(), removed: false };
+    for (place, key, value) in bucket {
+        match shard.get_mut(&key) {
+            Some(slot) => {
+                let mut key_state = KeyState { value: slot.state.take().map(|(s, _)| s), timing_out: false };
+                outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, u)));
+                outcome.removed |= key_state.value.is_none();
+                slot.state = key_state.value.map(|value| (value, now));
+                slot.dirty = true;
+            }
+            None => {
+                let mut key_state = KeyState { value: None, timing_out: false };
+                outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, u)));
+                if let Some(value) = key_state.value {
+                    shard.insert(key, Slot { state: Some((value, now)), dirty: true });
+                }
+            }
+        }
+    }
+    outcome
 }

@@ -609,7 +609,7 @@ pub(crate) fn greatest<T>(items: Vec<T>, k: usize, compare: impl Fn(&T, &T) -> O
 }
 
 /// Items below which a batch's parts are worked through on the calling thread.
-const PARALLEL_FROM_ITEMS: usize = 8_192;
+pub(crate) const PARALLEL_FROM_ITEMS: usize = 8_192;
 
 /// `f` on each part, on up to as many threads as the machine has cores when there are enough
 /// items to be worth it; the parts stay in order.

@@ -380,3 +380,64 @@ fn event_times_at_the_ends_of_i64_neither_panic_nor_make_windows() {
     let items: Vec<(i64, String)> = batches(&out)[0].1.iter().map(|w| (w.start_ms, w.item.0.clone())).collect();
     assert_eq!(items, vec![(-5_000, s("ok")), (0, s("ok"))]);
 }
+
+/// Batches large enough that `map_with_state` works through its keys on several threads: the
+/// outputs keep the items' order, each key sees its values in order, and a job resumed after
+/// any batch goes on exactly as the uninterrupted one.
+#[test]
+fn map_with_state_on_large_batches_keeps_the_items_order_and_resumes_exactly() {
+    // 4 batches of 20,000 items over 997 keys (a prime, so keys spread unevenly over batches);
+    // every 7th item of a key removes its state.
+    let input: Vec<Vec<(String, u64)>> = (0..4u64)
+        .map(|batch| {
+            (0..20_000u64).map(|i| (format!("k{}", (batch * 20_000 + i) * 31 % 997), batch * 20_000 + i)).collect()
+        })
+        .collect();
+    // What the job must give, computed here item by item.
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let expected: Vec<(u64, Vec<String>)> = input
+        .iter()
+        .enumerate()
+        .map(|(batch, items)| {
+            let out = items
+                .iter()
+                .map(|(key, value)| {
+                    let count = counts.entry(key.clone()).or_default();
+                    *count += 1;
+                    let line = format!("{key} #{count} {value}");
+                    if *count % 7 == 0 {
+                        counts.remove(key);
+                    }
+                    line
+                })
+                .collect();
+            (batch as u64, out)
+        })
+        .collect();
+    let job_on = |job: &LocalJob| {
+        job.collect(job.queue_stream(input.clone()).map_with_state(
+            None,
+            |_, key: &String, value: Option<u64>, state: &mut KeyState<u64>| {
+                let count = state.get().copied().unwrap_or(0) + 1;
+                if count % 7 == 0 {
+                    state.remove();
+                } else {
+                    state.update(count);
+                }
+                Some(format!("{key} #{count} {}", value?))
+            },
+        ))
+    };
+    let whole = LocalJob::new(SECOND).snapshot_every(2);
+    let out = job_on(&whole);
+    whole.run(4).unwrap();
+    assert_eq!(batches(&out), expected);
+    for crash_after in 0..3 {
+        let resumed = LocalJob::new(SECOND).snapshot_every(2);
+        let out = job_on(&resumed);
+        resumed.resume(&whole.checkpoint_after(crash_after)).unwrap();
+        resumed.run(3 - crash_after).unwrap();
+        let after: Vec<_> = expected.iter().filter(|(id, _)| *id > crash_after).cloned().collect();
+        assert_eq!(batches(&out), after, "resumed after batch {crash_after}");
+    }
+}
