@@ -7,31 +7,16 @@
 #[path = "../../sluice-client/tests/common/mod.rs"]
 mod common;
 
+mod cli;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cli::{ok, sluice};
 use common::{Rng, Tansu};
-
-fn sluice(broker: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("SLUICE_BROKERS", broker)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(output.status.success(), "failed: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
 
 /// Orders as CSV `customer,region,amount,time`: event time 0..60 s, then one order far later
 /// that closes every window before it.

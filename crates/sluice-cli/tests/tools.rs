@@ -6,33 +6,10 @@
 #[path = "../../sluice-client/tests/common/mod.rs"]
 mod common;
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+mod cli;
 
+use cli::{lines, ok, sluice};
 use common::Tansu;
-
-/// Runs `sluice args...` against `broker`, with `stdin` piped in.
-fn sluice(broker: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("SLUICE_BROKERS", broker)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(output.status.success(), "failed: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn lines(text: &str) -> Vec<&str> {
-    text.lines().collect()
-}
 
 #[test]
 fn topics_create_list_describe_delete() {
