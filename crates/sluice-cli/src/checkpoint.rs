@@ -76,8 +76,20 @@ fn inspect(dir: &Path, batches: usize, as_json: bool) -> CliResult {
     let images: Vec<SegmentImage<'_>> = segments.iter().map(|(id, bytes)| SegmentImage { id: *id, bytes }).collect();
     let recovery = recover(&images, RecoveryMode::TruncateAtDamage)
         .map_err(|e| CliError::Failed(format!("reading the checkpoint in {}: {e}", dir.display())))?;
-    let recovered = replay(&recovery, batches.max(1))
-        .map_err(|e| CliError::Failed(format!("replaying the checkpoint in {}: {e}", dir.display())))?;
+    let recovered = match replay(&recovery, batches.max(1)) {
+        Ok(recovered) => recovered,
+        Err(e) => {
+            // The records are intact but do not make a valid history (a commit without its
+            // intent, a payload that does not decode): damage too.
+            out(&format!(
+                "checkpoint {}: {} segment(s), {} valid records\nDAMAGE: the records do not make a valid batch history: {e}\n",
+                dir.display(),
+                segments.len(),
+                recovery.records.len()
+            ))?;
+            return Err(CliError::Damaged);
+        }
+    };
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     for record in &recovery.records {
         let kind = match record.kind {

@@ -31,8 +31,10 @@ Exit codes:
   0  success (also a job stopped by SIGTERM or Ctrl-C after its batch committed)
   1  failure while working: broker unreachable, a request refused, a batch failed, I/O
   2  bad command line (unknown flag, missing or malformed value)
-  3  the job file is not valid (the message names the line, the field and what is allowed)
-  4  `checkpoint inspect` found damage in the log"
+  3  the job file cannot be read or is not valid (the message names the line, the field and
+     what is allowed)
+  4  `checkpoint inspect` found damage in the log
+  130  a second SIGTERM or Ctrl-C ended `run` at once (the next run redoes the batch under way)"
 }
 
 /// The commands.
@@ -121,7 +123,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
     /// Stop after this many batches.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batches: Option<u64>,
     /// No progress lines.
     #[arg(short, long)]

@@ -88,16 +88,24 @@ struct Limit {
     exit_at_end: bool,
 }
 
+/// What one `Limit::print` did.
+struct Printed {
+    /// The count is reached.
+    done: bool,
+    /// Per partition with records left unprinted, the offset of the first of them.
+    unprinted: Vec<(String, i32, i64)>,
+}
+
 impl Limit {
-    /// Prints `parts`, up to the count; returns whether the count is reached.
-    fn print(&mut self, printer: &Printer, parts: &[PartitionRecords]) -> CliResult<bool> {
+    /// Prints `parts`, up to the count.
+    fn print(&mut self, printer: &Printer, parts: &[PartitionRecords]) -> CliResult<Printed> {
         let mut text = String::new();
-        let mut done = false;
-        'parts: for part in parts {
+        let mut unprinted = Vec::new();
+        for part in parts {
             for record in part.records() {
                 if self.left == Some(0) {
-                    done = true;
-                    break 'parts;
+                    unprinted.push((part.topic.clone(), part.partition, record.offset()));
+                    break;
                 }
                 printer.print(&mut text, part, &record);
                 if let Some(left) = &mut self.left {
@@ -106,7 +114,7 @@ impl Limit {
             }
         }
         out(&text)?;
-        Ok(done || self.left == Some(0))
+        Ok(Printed { done: self.left == Some(0), unprinted })
     }
 }
 
@@ -138,7 +146,7 @@ async fn by_assignment(
     }
     loop {
         let parts = consumer.poll().await?;
-        if limit.print(printer, &parts)? {
+        if limit.print(printer, &parts)?.done {
             return Ok(());
         }
         if limit.exit_at_end && at_end(&consumer) {
@@ -147,9 +155,15 @@ async fn by_assignment(
     }
 }
 
-/// Whether every assigned partition has been read to the high watermark of its last fetch.
+/// Whether every assigned partition has been read to its end at the last fetch: the high
+/// watermark, or under read_committed the last stable offset (records after it wait for their
+/// transaction to end).
 fn at_end(consumer: &Consumer) -> bool {
-    consumer.progress().all(|(_, _, p)| p.high_watermark >= 0 && p.position >= p.high_watermark)
+    let committed = consumer.config().isolation == Isolation::ReadCommitted;
+    consumer.progress().all(|(_, _, p)| {
+        let end = if committed && p.last_stable_offset >= 0 { p.last_stable_offset } else { p.high_watermark };
+        p.high_watermark >= 0 && p.position >= end
+    })
 }
 
 /// Offsets for `-o OFFSET`, `-o -N` and `-o @MS` (beginning and end are the consumer's own).
@@ -197,7 +211,24 @@ async fn by_group(
             GroupEvent::Assigned(_) => assigned = true,
             GroupEvent::Revoked(_) => assigned = false,
             GroupEvent::Records(parts) => {
-                if limit.print(printer, &parts)? {
+                let printed = match limit.print(printer, &parts) {
+                    Ok(printed) => printed,
+                    Err(e) => {
+                        // stdout closed (`| head`) or failed: what this poll returned may not
+                        // have been read, so the group goes on from its first record.
+                        for part in &parts {
+                            if let Some(first) = part.records().next() {
+                                member.consumer().seek(&part.topic, part.partition, first.offset());
+                            }
+                        }
+                        break Err(e);
+                    }
+                };
+                // Records returned but not printed (the count was reached) stay for the group.
+                for (topic, partition, offset) in &printed.unprinted {
+                    member.consumer().seek(topic, *partition, *offset);
+                }
+                if printed.done {
                     break Ok(());
                 }
                 if limit.exit_at_end && assigned && at_end(member.consumer()) {
@@ -208,5 +239,8 @@ async fn by_group(
     };
     // Commits what was printed and leaves the group at once (no wait for the session timeout).
     member.close().await.map_err(|e| CliError::Failed(format!("leaving group {group}: {e}")))?;
-    result
+    match result {
+        Err(CliError::Closed) => Ok(()),
+        other => other,
+    }
 }

@@ -11,6 +11,8 @@ pub enum CliError {
     Job(String),
     /// `checkpoint inspect` found damage: exit code 4 (the report is already printed).
     Damaged,
+    /// Whoever read stdout closed it (`| head`): the command ends quietly, exit code 0.
+    Closed,
 }
 
 impl CliError {
@@ -21,6 +23,7 @@ impl CliError {
             Self::Usage(_) => 2,
             Self::Job(_) => 3,
             Self::Damaged => 4,
+            Self::Closed => 0,
         }
     }
 
@@ -28,7 +31,7 @@ impl CliError {
     pub fn message(&self) -> Option<&str> {
         match self {
             Self::Failed(m) | Self::Usage(m) | Self::Job(m) => Some(m),
-            Self::Damaged => None,
+            Self::Damaged | Self::Closed => None,
         }
     }
 }

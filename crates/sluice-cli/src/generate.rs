@@ -45,7 +45,8 @@ pub async fn generate(args: GenerateArgs) -> CliResult {
         if args.count.is_some_and(|n| sent >= n) || args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        let due = started + Duration::from_secs_f64(if args.rate > 0.0 { sent as f64 / args.rate } else { 0.0 });
+        let ahead = if args.rate > 0.0 { sent as f64 / args.rate } else { 0.0 };
+        let due = started + Duration::try_from_secs_f64(ahead).unwrap_or(Duration::MAX / 4);
         if due > Instant::now() {
             tokio::select! {
                 () = tokio::time::sleep_until(due.into()) => {}

@@ -19,7 +19,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        crate::duration::parse(&text).map(Dur).map_err(serde::de::Error::custom)
+        let duration = crate::duration::parse(&text).map_err(serde::de::Error::custom)?;
+        if duration.subsec_nanos() % 1_000_000 != 0 {
+            return Err(serde::de::Error::custom(format!("`{text}`: durations here are whole milliseconds")));
+        }
+        Ok(Dur(duration))
     }
 }
 
@@ -259,6 +263,10 @@ pub struct SinkSpec {
     /// Kafka: write each batch in a transaction.
     #[serde(default)]
     pub transactional: bool,
+    /// Kafka: the sink's id, naming its marker group and transactional id (default
+    /// `<job name>-<topic>`). It must stay the same across runs of the job and differ between
+    /// jobs: a changed id loses the sink's exactly-once re-runs, a shared one mixes two jobs'.
+    pub id: Option<String>,
     /// Files: the directory.
     pub dir: Option<PathBuf>,
 }
@@ -291,6 +299,11 @@ impl Job {
     /// The record format (raw when not given).
     pub fn format(&self) -> FormatKind {
         self.file.format.as_ref().map_or(FormatKind::Raw, |f| f.get_ref().kind)
+    }
+
+    /// A Kafka sink's id: its `id`, else `<job name>-<topic>`.
+    pub fn kafka_sink_id(&self, sink: &SinkSpec) -> String {
+        sink.id.clone().unwrap_or_else(|| format!("{}-{}", self.name, sink.topic.as_deref().unwrap_or_default()))
     }
 
     /// CSV columns (empty for other formats).
@@ -411,7 +424,28 @@ fn check(job: &Job, _text: &str) -> Result<(), Problem> {
             return Err((every.span().start, "`checkpoint.snapshot_every`: at least 1 (batches)".into()));
         }
     }
-    check_sinks(file)
+    check_sinks(file)?;
+    check_sink_ids(job)
+}
+
+/// Kafka sinks need ids that stay put: an explicit job `name` (not the file's name, which a
+/// copy or a rename changes), and no two sinks with one id.
+fn check_sink_ids(job: &Job) -> Result<(), Problem> {
+    let mut seen: Vec<String> = Vec::new();
+    for sink in job.file.sinks.iter().filter(|s| s.get_ref().kind == SinkKind::Kafka) {
+        if job.file.name.is_none() && sink.get_ref().id.is_none() {
+            return Err((
+                sink.span().start,
+                "a Kafka sink needs the job's `name` (or its own `id`): it names the sink's marker group and transactional id, which must stay the same across runs of the job and differ between jobs".into(),
+            ));
+        }
+        let id = job.kafka_sink_id(sink.get_ref());
+        if seen.contains(&id) {
+            return Err((sink.span().start, format!("two Kafka sinks have the id `{id}`: give each its own `id`")));
+        }
+        seen.push(id);
+    }
+    Ok(())
 }
 
 fn check_source(source: &Spanned<Source>) -> Result<(), Problem> {
@@ -528,8 +562,8 @@ fn check_sinks(file: &JobFile) -> Result<(), Problem> {
             SinkKind::Files if s.dir.is_none() => {
                 return Err((at, "`sink.dir` is missing: a files sink needs its directory".into()))
             }
-            SinkKind::Stdout | SinkKind::Files if s.topic.is_some() => {
-                return Err((at, "`sink.topic`: only Kafka sinks have a topic".into()))
+            SinkKind::Stdout | SinkKind::Files if s.topic.is_some() || s.id.is_some() => {
+                return Err((at, "`sink.topic` and `sink.id`: only Kafka sinks have them".into()))
             }
             SinkKind::Stdout | SinkKind::Kafka if s.dir.is_some() => {
                 return Err((at, "`sink.dir`: only files sinks have a directory".into()))

@@ -66,12 +66,13 @@ async fn connect(brokers: &[String]) -> error::CliResult<Client> {
         .map_err(|e| CliError::Failed(format!("{e} (are the brokers {} right and running?)", brokers.join(","))))
 }
 
-/// Writes to stdout; a closed pipe (`| head`) ends the command quietly.
+/// Writes to stdout; a closed pipe (`| head`) is [`CliError::Closed`], which ends the command
+/// quietly (exit 0).
 fn out(text: &str) -> error::CliResult {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::Closed),
         Err(e) => Err(CliError::Failed(format!("writing to stdout: {e}"))),
     }
 }

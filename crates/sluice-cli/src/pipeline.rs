@@ -49,7 +49,8 @@ impl Row {
 fn number(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
+        // Text such as `nan` or `inf` is not a number a sum or a mean can use.
+        Value::String(s) => s.trim().parse().ok().filter(|n: &f64| n.is_finite()),
         Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
 }
@@ -365,7 +366,7 @@ fn attach_sinks(out: DStream<Value>, job: &Job, client: &ClientConfig) {
             SinkKind::Files => this.to_sink(JsonLinesFiles::new(spec.dir.clone().unwrap_or_default())),
             SinkKind::Kafka => {
                 let topic = spec.topic.clone().unwrap_or_default();
-                let sink = KafkaSink::json(client.clone(), topic, format!("{}-{index}", job.name));
+                let sink = KafkaSink::json(client.clone(), topic, job.kafka_sink_id(spec));
                 this.to_sink(if spec.transactional { sink.transactional() } else { sink });
             }
         }

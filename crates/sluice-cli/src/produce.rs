@@ -27,10 +27,10 @@ struct Shape {
 }
 
 impl Shape {
-    fn record(&self, line: &str) -> ProducerRecord {
+    fn record(&self, line: &[u8]) -> ProducerRecord {
         let (key, value) = match &self.key_delimiter {
-            Some(delimiter) => match line.split_once(delimiter.as_str()) {
-                Some((key, value)) => (Some(Bytes::copy_from_slice(key.as_bytes())), value),
+            Some(delimiter) => match split_once(line, delimiter.as_bytes()) {
+                Some((key, value)) => (Some(Bytes::copy_from_slice(key)), value),
                 None => (None, line),
             },
             None => (self.key.clone(), line),
@@ -39,9 +39,18 @@ impl Shape {
             partition: self.partition,
             key,
             headers: self.headers.clone(),
-            ..ProducerRecord::new(self.topic.clone(), Bytes::copy_from_slice(value.as_bytes()))
+            ..ProducerRecord::new(self.topic.clone(), Bytes::copy_from_slice(value))
         }
     }
+}
+
+/// `line` split at the first `delimiter` (not empty), without it.
+fn split_once<'a>(line: &'a [u8], delimiter: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    if delimiter.is_empty() {
+        return None;
+    }
+    let at = line.windows(delimiter.len()).position(|w| w == delimiter)?;
+    Some((line.get(..at)?, line.get(at + delimiter.len()..)?))
 }
 
 fn headers(specs: &[String]) -> CliResult<Vec<RecordHeader>> {
@@ -155,22 +164,33 @@ pub async fn produce(args: ProduceArgs) -> CliResult {
         total_bytes,
     };
     let mut pending = VecDeque::new();
+    let mut read_error = None;
     for file in &files {
         let result = if file.as_os_str() == "-" {
             send_lines(BufReader::new(tokio::io::stdin()), &producer, &shape, &mut pending, &mut progress).await
         } else {
-            let opened = tokio::fs::File::open(file)
-                .await
-                .map_err(|e| CliError::Failed(format!("opening {}: {e}", file.display())))?;
-            send_lines(BufReader::new(opened), &producer, &shape, &mut pending, &mut progress).await
+            match tokio::fs::File::open(file).await {
+                Ok(opened) => send_lines(BufReader::new(opened), &producer, &shape, &mut pending, &mut progress).await,
+                Err(e) => Err(e),
+            }
         };
-        result.map_err(|e| CliError::Failed(format!("reading {}: {e}", file.display())))?;
+        if let Err(e) = result {
+            read_error = Some(format!("reading {}: {e}", file.display()));
+            break;
+        }
     }
+    // Whatever was sent is delivered and counted, even when reading stopped early.
     producer.flush().await;
     while let Some(delivery) = pending.pop_front() {
         progress.settle(delivery.await);
     }
     progress.tick(true);
+    if let Some(error) = read_error {
+        return Err(CliError::Failed(format!(
+            "{error}; {} records sent before it, {} acknowledged",
+            progress.sent, progress.acknowledged
+        )));
+    }
     if let Some(error) = progress.first_error {
         return Err(CliError::Failed(format!(
             "{} of {} records were not delivered; the first error: {error}",
@@ -187,16 +207,17 @@ async fn send_lines(
     pending: &mut VecDeque<DeliveryFuture>,
     progress: &mut Progress,
 ) -> std::io::Result<()> {
-    let mut line = String::new();
+    // Lines are bytes, not necessarily UTF-8 (as kcat takes them).
+    let mut line = Vec::new();
     loop {
         line.clear();
-        let read = reader.read_line(&mut line).await?;
+        let read = reader.read_until(b'\n', &mut line).await?;
         if read == 0 {
             return Ok(());
         }
         progress.read_bytes += read as u64;
-        let text = line.strip_suffix('\n').unwrap_or(&line);
-        let text = text.strip_suffix('\r').unwrap_or(text);
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
         match producer.send(shape.record(text)).await {
             Ok(delivery) => pending.push_back(delivery),
             Err(e) => {

@@ -73,6 +73,14 @@ fn describe(job: &Job) -> String {
         text.push_str(&format!(", top {}", t.get_ref().k.get_ref()));
     }
     text.push_str(&format!(", {} sink(s), checkpoint {}", f.sinks.len(), f.checkpoint.get_ref().dir.display()));
+    for sink in f.sinks.iter().map(|s| s.get_ref()).filter(|s| s.kind == crate::job::SinkKind::Kafka) {
+        let mode = if sink.transactional { "transactional" } else { "idempotent" };
+        text.push_str(&format!(
+            "\n  Kafka sink to {} ({mode}), id {}",
+            sink.topic.as_deref().unwrap_or_default(),
+            job.kafka_sink_id(sink)
+        ));
+    }
     text
 }
 
@@ -87,7 +95,11 @@ pub async fn run(args: RunArgs) -> CliResult {
     let counters = crate::pipeline::build(ctx.kafka_stream(), &job, &client);
     let metrics: Arc<Mutex<Metrics>> = Arc::default();
     if let Some(addr) = &args.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
+        // Resolved by sluice-client, not the C library (which a static binary cannot use).
+        let addresses = sluice_client::resolve::resolve(addr)
+            .await
+            .map_err(|e| CliError::Failed(format!("--metrics-addr {addr}: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(addresses.as_slice())
             .await
             .map_err(|e| CliError::Failed(format!("--metrics-addr {addr}: {e}")))?;
         tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), job.name.clone(), counters.clone()));

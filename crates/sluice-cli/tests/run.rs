@@ -323,6 +323,16 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
             "`filter.value`: use a string, a number or a boolean",
         ),
         (
+            good.replace("name = \"orders-by-region\"\n", ""),
+            "type = \"kafka\"".into(),
+            "a Kafka sink needs the job's `name` (or its own `id`)",
+        ),
+        (
+            good.replace("batch_interval = \"200ms\"", "batch_interval = \"0.5ms\""),
+            "batch_interval = \"0.5ms\"".into(),
+            "durations here are whole milliseconds",
+        ),
+        (
             good.replace("start = \"earliest\"", "start_time_ms = -5"),
             "start_time_ms = -5".into(),
             "`source.start_time_ms`: ms since the epoch, 0 or more",
@@ -360,6 +370,6 @@ fn the_clickstream_job_file_is_valid() {
     let checked = ok(&sluice("127.0.0.1:1", &["run", job, "--check"], ""));
     assert_eq!(
         checked,
-        "job clickstream-top-items: reads clicks from localhost:9092 every 1s, 0 filter(s), count by item, 60s event-time windows, top 10, 2 sink(s), checkpoint /tmp/sluice/clickstream-top-items\n"
+        "job clickstream-top-items: reads clicks from localhost:9092 every 1s, 0 filter(s), count by item, 60s event-time windows, top 10, 2 sink(s), checkpoint /tmp/sluice/clickstream-top-items\n  Kafka sink to top-items (idempotent), id clickstream-top-items-top-items\n"
     );
 }

@@ -11,9 +11,13 @@
 //!    AAAA records over UDP ([RFC 1035 §4](https://www.rfc-editor.org/rfc/rfc1035#section-4),
 //!    [RFC 3596](https://www.rfc-editor.org/rfc/rfc3596)), each given 2 seconds to answer.
 //!
-//! Addresses come IPv4 first, then IPv6. The name is looked up as given, as an absolute name:
-//! the `search`, `domain`, `ndots` and `options` lines of resolv.conf are not honoured, so a
-//! broker outside `/etc/hosts` needs its fully qualified name. A reply counts only if it carries
+//! Addresses come IPv4 first, then IPv6. Names are completed with resolv.conf's `search` (or
+//! `domain`) list as glibc does: a name with at least `ndots` dots (`options ndots:N`, by
+//! default one) is tried as given first, then with each search domain; a shorter one with the domains
+//! first; a name ending in `.` only as given. Other options are not honoured. In a build that is
+//! not statically linked, a name this finds nowhere is then asked of the C library too (NSS:
+//! LDAP, split DNS and the like); a static glibc build must not, as its NSS modules would have
+//! to match the glibc it was built with. A reply counts only if it carries
 //! the random id of the query and answers the question asked; CNAMEs are followed within the
 //! reply, not with further queries. There is no EDNS and no retry over TCP: a truncated reply
 //! gives the addresses it holds, or an error when it holds none.
@@ -80,8 +84,64 @@ pub async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>> {
     }
     // Both files are a few lines long; reading them on the runtime's thread is what glibc does.
     let hosts_text = std::fs::read_to_string(HOSTS_PATH).unwrap_or_default();
-    let nameservers = parse_resolv_conf(&std::fs::read_to_string(RESOLV_CONF_PATH).unwrap_or_default());
-    resolve_with(host_port, &hosts_text, &nameservers).await
+    let conf = std::fs::read_to_string(RESOLV_CONF_PATH).unwrap_or_default();
+    let nameservers = parse_resolv_conf(&conf);
+    let (search, ndots) = parse_search(&conf);
+    let mut first_error = None;
+    for name in candidates(host, &search, ndots) {
+        match resolve_with(&format!("{name}:{port}"), &hosts_text, &nameservers).await {
+            Ok(addresses) => return Ok(addresses),
+            // The error for the name as given says the most; keep the first otherwise.
+            Err(e) if name == host || first_error.is_none() => first_error = Some(e),
+            Err(_) => {}
+        }
+    }
+    #[cfg(not(target_feature = "crt-static"))]
+    if let Ok(found) = tokio::net::lookup_host(host_port).await {
+        let mut found: Vec<SocketAddr> = found.collect();
+        if !found.is_empty() {
+            found.sort_by_key(SocketAddr::is_ipv6);
+            return Ok(found);
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Error::Resolve { host: host.to_owned(), reason: "no name to look up".into() }))
+}
+
+/// resolv.conf's search list (`search`, or `domain`; the last such line counts, at most 6
+/// domains) and `ndots` (default 1, at most 15), as glibc reads them.
+pub fn parse_search(text: &str) -> (Vec<String>, usize) {
+    let mut search = Vec::new();
+    let mut ndots = 1;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        match fields.next() {
+            Some("search" | "domain") => {
+                search = fields.map(|d| d.trim_end_matches('.').to_owned()).filter(|d| !d.is_empty()).take(6).collect();
+            }
+            Some("options") => {
+                for option in fields {
+                    if let Some(n) = option.strip_prefix("ndots:").and_then(|n| n.parse::<usize>().ok()) {
+                        ndots = n.min(15);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (search, ndots)
+}
+
+/// The names to try for `name`, in glibc's order (see the [module docs](crate::resolve)).
+pub fn candidates(name: &str, search: &[String], ndots: usize) -> Vec<String> {
+    if let Some(absolute) = name.strip_suffix('.') {
+        return vec![absolute.to_owned()];
+    }
+    let searched = search.iter().map(|domain| format!("{name}.{domain}"));
+    if name.matches('.').count() >= ndots {
+        std::iter::once(name.to_owned()).chain(searched).collect()
+    } else {
+        searched.chain(std::iter::once(name.to_owned())).collect()
+    }
 }
 
 /// [`resolve`] with the host table's text and the nameservers given, so that tests need not
@@ -107,8 +167,9 @@ async fn lookup(name: &str, hosts_text: &str, nameservers: &[SocketAddr]) -> Res
     let found = ask_nameservers(name, nameservers).await.map_err(failed)?;
     if found.is_empty() {
         let reason = format!(
-            "neither {HOSTS_PATH} nor DNS knows the name (check its spelling, and give the fully \
-             qualified name: sluice does not use the search domains of {RESOLV_CONF_PATH})"
+            "neither {HOSTS_PATH} nor DNS knows the name, nor the name completed with the search \
+             domains of {RESOLV_CONF_PATH} (check its spelling; a broker's own name comes from \
+             its advertised listeners)"
         );
         return Err(failed(reason));
     }
@@ -924,6 +985,28 @@ nameserver 10.0.0.4
         assert!(err.is_retriable());
         let err = resolve_with("bad..name:9092", "", &[]).await.unwrap_err();
         assert!(err.to_string().contains("bad..name"), "{err}");
+    }
+
+    #[test]
+    fn search_domains_complete_names_as_glibc_does() {
+        let conf = "nameserver 10.0.0.10\nsearch ns.svc.cluster.local svc.cluster.local.\noptions ndots:5 timeout:2\n";
+        let (search, ndots) = parse_search(conf);
+        assert_eq!(search, ["ns.svc.cluster.local", "svc.cluster.local"]);
+        assert_eq!(ndots, 5);
+        // Fewer dots than ndots: the search domains first.
+        assert_eq!(
+            candidates("kafka-0.kafka-brokers", &search, ndots),
+            [
+                "kafka-0.kafka-brokers.ns.svc.cluster.local",
+                "kafka-0.kafka-brokers.svc.cluster.local",
+                "kafka-0.kafka-brokers"
+            ]
+        );
+        // Enough dots: as given first; a trailing dot: only as given.
+        assert_eq!(candidates("a.b.c.d.e.f", &search, ndots)[0], "a.b.c.d.e.f");
+        assert_eq!(candidates("kafka.example.com.", &search, ndots), ["kafka.example.com"]);
+        assert_eq!(parse_search("domain example.com\n"), (vec!["example.com".to_owned()], 1));
+        assert_eq!(candidates("kafka", &[], 1), ["kafka"]);
     }
 
     /// A nameserver that knows one name's IPv4 address and no IPv6 one, and sends a forged reply
