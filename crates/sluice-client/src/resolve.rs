@@ -1009,49 +1009,52 @@ nameserver 10.0.0.4
         assert_eq!(candidates("kafka", &[], 1), ["kafka"]);
     }
 
-    /// A nameserver that knows one name's IPv4 address and no IPv6 one, and sends a forged reply
-    /// (another id) before each true one.
-    async fn nameserver(known: &'static str, address: Ipv4Addr) -> SocketAddr {
+    /// A UDP nameserver on loopback sending, for each query, the datagrams `answer` makes of it.
+    async fn serve(answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static) -> SocketAddr {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = socket.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buffer = [0u8; 512];
             loop {
                 let (length, peer) = socket.recv_from(&mut buffer).await.unwrap();
-                let query = &buffer[..length];
-                let query_type = u16::from_be_bytes([query[length - 4], query[length - 3]]);
-                let asked = String::from_utf8_lossy(&query[12..length - 4]).to_lowercase();
-                let mut reply = query.to_vec();
-                reply[2..4].copy_from_slice(&RESPONSE.to_be_bytes());
-                if !asked.contains(known) {
-                    reply[3] |= RCODE_NAME_ERROR as u8;
-                } else if query_type == 1 {
-                    reply[7] = 1;
-                    reply.extend(record(&TO_QUESTION, 1, &address.octets()));
+                for datagram in answer(&buffer[..length]) {
+                    socket.send_to(&datagram, peer).await.unwrap();
                 }
-                let mut forged = reply.clone();
-                forged[0] ^= 0xff;
-                socket.send_to(&forged, peer).await.unwrap();
-                socket.send_to(&reply, peer).await.unwrap();
             }
         });
         local
     }
 
+    /// A nameserver that knows one name's IPv4 address and no IPv6 one, and sends a forged reply
+    /// (another id) before each true one.
+    async fn nameserver(known: &'static str, address: Ipv4Addr) -> SocketAddr {
+        serve(move |query| {
+            let length = query.len();
+            let query_type = u16::from_be_bytes([query[length - 4], query[length - 3]]);
+            let asked = String::from_utf8_lossy(&query[12..length - 4]).to_lowercase();
+            let mut reply = query.to_vec();
+            reply[2..4].copy_from_slice(&RESPONSE.to_be_bytes());
+            if !asked.contains(known) {
+                reply[3] |= RCODE_NAME_ERROR as u8;
+            } else if query_type == 1 {
+                reply[7] = 1;
+                reply.extend(record(&TO_QUESTION, 1, &address.octets()));
+            }
+            let mut forged = reply.clone();
+            forged[0] ^= 0xff;
+            vec![forged, reply]
+        })
+        .await
+    }
+
     /// A nameserver that answers everything with SERVFAIL.
     async fn failing_nameserver() -> SocketAddr {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = socket.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut buffer = [0u8; 512];
-            loop {
-                let (length, peer) = socket.recv_from(&mut buffer).await.unwrap();
-                let mut reply = buffer[..length].to_vec();
-                reply[2..4].copy_from_slice(&(RESPONSE | 2).to_be_bytes());
-                socket.send_to(&reply, peer).await.unwrap();
-            }
-        });
-        local
+        serve(|query| {
+            let mut reply = query.to_vec();
+            reply[2..4].copy_from_slice(&(RESPONSE | 2).to_be_bytes());
+            vec![reply]
+        })
+        .await
     }
 
     #[tokio::test]
