@@ -136,11 +136,10 @@ async fn by_assignment(
     let starts = start_offsets(&client, &keys, start).await?;
     let mut consumer = Consumer::new(client.clone(), config);
     for (topic, partition) in &keys {
-        let at = starts.get(&(topic.clone(), *partition)).copied().map_or(StartAt::Latest, StartAt::Offset);
         let at = match start {
             Start::Beginning => StartAt::Earliest,
             Start::End => StartAt::Latest,
-            _ => at,
+            _ => starts.get(&(topic.clone(), *partition)).copied().map_or(StartAt::Latest, StartAt::Offset),
         };
         consumer.assign(topic, *partition, at).await?;
     }

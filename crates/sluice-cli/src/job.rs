@@ -341,7 +341,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Job, String> {
         None => path.file_stem().map_or_else(|| "job".to_owned(), |s| s.to_string_lossy().into_owned()),
     };
     let job = Job { name, file };
-    check(&job, text).map_err(|(at, message)| format!("{}:{}: {message}", path.display(), line_of(text, at)))?;
+    check(&job).map_err(|(at, message)| format!("{}:{}: {message}", path.display(), line_of(text, at)))?;
     Ok(job)
 }
 
@@ -356,7 +356,7 @@ type Problem = (usize, String);
 /// Checks that a field named at `job.<what>` exists.
 type FieldCheck<'a> = dyn Fn(&Spanned<String>, &str) -> Result<(), Problem> + 'a;
 
-fn check(job: &Job, _text: &str) -> Result<(), Problem> {
+fn check(job: &Job) -> Result<(), Problem> {
     let file = &job.file;
     check_source(&file.source)?;
     if let Some(name) = &file.name {

@@ -155,19 +155,23 @@ impl Agg {
         }
     }
 
+    /// The aggregate's value (a count as an integer).
     fn value(&self, function: Function) -> Value {
         match function {
             Function::Count => json!(self.count),
-            Function::Sum => json!(self.sum),
-            Function::Min => json!(self.min),
-            Function::Max => json!(self.max),
-            Function::Avg => json!(self.sum / self.count.max(1) as f64),
+            _ => json!(self.number(function)),
         }
     }
 
-    /// For ranking: the aggregate's value as a number.
-    fn rank_value(&self, function: Function) -> f64 {
-        self.value(function).as_f64().unwrap_or(0.0)
+    /// The aggregate's value as a number, for ranking.
+    fn number(&self, function: Function) -> f64 {
+        match function {
+            Function::Count => self.count as f64,
+            Function::Sum => self.sum,
+            Function::Min => self.min,
+            Function::Max => self.max,
+            Function::Avg => self.sum / self.count.max(1) as f64,
+        }
     }
 }
 
@@ -206,7 +210,7 @@ impl Shape {
     /// Greatest value first; ties to the key that sorts first.
     fn ranking(function: Function) -> impl Fn(&(String, Agg), &(String, Agg)) -> std::cmp::Ordering + Send + Clone {
         move |a: &(String, Agg), b: &(String, Agg)| {
-            a.1.rank_value(function).total_cmp(&b.1.rank_value(function)).then_with(|| b.0.cmp(&a.0))
+            a.1.number(function).total_cmp(&b.1.number(function)).then_with(|| b.0.cmp(&a.0))
         }
     }
 }

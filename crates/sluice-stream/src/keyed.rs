@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::state::{decode, encode, Stateful};
-use crate::stream::DStream;
+use crate::stream::{on_each, DStream};
 
 /// Bounds of a key kept in state: hashed (state is kept in hash maps), ordered (state is saved
 /// and outputs given in key order, so they are the same in every run) and serializable.
@@ -330,26 +330,9 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
             bucket.push((place, key, value));
         }
     }
-    let work = |shard: &mut Shard<K, (S, u64)>, bucket: Vec<(usize, K, V)>| map_shard(shard, bucket, now, f);
-    let outcomes: Vec<ShardOutcome<U>> = if items < crate::stream::PARALLEL_FROM_ITEMS || buckets.len() <= 1 {
-        state.shards.iter_mut().zip(buckets).map(|(shard, bucket)| work(shard, bucket)).collect()
-    } else {
-        std::thread::scope(|scope| {
-            let mut pairs = state.shards.iter_mut().zip(buckets);
-            let mine = pairs.next();
-            let others: Vec<_> = pairs.map(|(shard, bucket)| scope.spawn(move || work(shard, bucket))).collect();
-            let mut outcomes: Vec<ShardOutcome<U>> =
-                mine.into_iter().map(|(shard, bucket)| work(shard, bucket)).collect();
-            for other in others {
-                match other.join() {
-                    Ok(outcome) => outcomes.push(outcome),
-                    // `f` panicked on that thread: go on panicking here, as it would have serially.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            outcomes
-        })
-    };
+    let parallel = items >= crate::stream::PARALLEL_FROM_ITEMS;
+    let pairs: Vec<_> = state.shards.iter_mut().zip(buckets).collect();
+    let outcomes = on_each(pairs, parallel, |(shard, bucket)| map_shard(shard, bucket, now, f));
     let mut out: Vec<(usize, U)> = Vec::new();
     for outcome in outcomes {
         state.any_dirty |= outcome.changed;

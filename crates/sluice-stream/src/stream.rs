@@ -629,22 +629,32 @@ fn par_parts<T: Send, U: Send>(parts: Parts<T>, f: &(impl Fn(Vec<T>) -> Vec<U> +
     let work = |group: Vec<(usize, Vec<T>)>| -> Vec<(usize, Vec<U>)> {
         group.into_iter().map(|(index, part)| (index, f(part))).collect()
     };
-    let mut groups = groups.into_iter();
-    let mine = groups.next().unwrap_or_default();
-    let mut done: Vec<(usize, Vec<U>)> = std::thread::scope(|scope| {
-        let others: Vec<_> = groups.map(|group| scope.spawn(move || work(group))).collect();
-        let mut done = work(mine);
+    let mut done: Vec<(usize, Vec<U>)> = on_each(groups, true, work).into_iter().flatten().collect();
+    done.sort_unstable_by_key(|(index, _)| *index);
+    done.into_iter().map(|(_, part)| part).collect()
+}
+
+/// `work` on each of `items`, each on a thread of its own when `parallel` (the calling thread
+/// takes the first); the results in the items' order. A panic in `work` goes on here, as it
+/// would have on the calling thread.
+pub(crate) fn on_each<T: Send, R: Send>(items: Vec<T>, parallel: bool, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if !parallel || items.len() <= 1 {
+        return items.into_iter().map(work).collect();
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let mut items = items.into_iter();
+        let mine = items.next();
+        let others: Vec<_> = items.map(|item| scope.spawn(move || work(item))).collect();
+        let mut results: Vec<R> = mine.into_iter().map(work).collect();
         for other in others {
             match other.join() {
-                Ok(parts) => done.extend(parts),
-                // `f` panicked on that thread: go on panicking here, as it would have serially.
+                Ok(result) => results.push(result),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        done
-    });
-    done.sort_unstable_by_key(|(index, _)| *index);
-    done.into_iter().map(|(_, part)| part).collect()
+        results
+    })
 }
 
 pub(crate) fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &dyn Fn(V, V) -> V) {
