@@ -375,6 +375,8 @@ pub struct Scheduler<C: Clock> {
     progress: VecDeque<BatchProgress>,
     stop: Arc<AtomicBool>,
     last_start_ms: Option<u64>,
+    /// When the batch under way was due (the trigger's grid); `None` for a run's first.
+    due_ms: Option<u64>,
     /// High watermarks the range fetches reported: a better "latest" than ListOffsets on brokers
     /// that answer it short (Tansu).
     known_high_watermarks: BTreeMap<TopicPartition, i64>,
@@ -462,6 +464,7 @@ impl<C: Clock> Scheduler<C> {
             progress: VecDeque::new(),
             stop: Arc::new(AtomicBool::new(false)),
             last_start_ms: None,
+            due_ms: None,
             known_high_watermarks: BTreeMap::new(),
             discovered_at_ms: None,
             read_connections: BTreeMap::new(),
@@ -535,6 +538,7 @@ impl<C: Clock> Scheduler<C> {
             if wait > 0 {
                 self.clock.sleep(wait).await;
             }
+            self.due_ms = trigger.due_ms();
             trigger.batch_started(self.clock.now_ms());
             let (progress, reached_end) = self.run_batch(processor).await?;
             ran += 1;
@@ -959,8 +963,8 @@ impl<C: Clock> Scheduler<C> {
         self.next_batch_id = batch_id + 1;
         let processing_ms = fetched.saturating_sub(intent_written) + processed.saturating_sub(fetched);
         if let Some(estimator) = &mut self.estimator {
-            let delay =
-                started.saturating_sub(self.last_start_ms.map_or(started, |s| s + millis(self.config.batch_interval)));
+            // Spark's scheduling delay: how long after it was due the batch started.
+            let delay = started.saturating_sub(self.due_ms.unwrap_or(started));
             estimator.update(committed, rows, processing_ms, delay);
         }
         let since_previous = self.last_start_ms.map_or(0, |s| started.saturating_sub(s));

@@ -1,13 +1,19 @@
 //! When batches run (Spark's triggers): every fixed processing-time interval, catching up
 //! without waiting when a batch overran; once; or available-now (everything present when the
 //! query starts, in as many rate-limited batches as it takes, then stop).
+//!
+//! Processing-time batches are due on a fixed grid, as Spark Streaming's batch times are: batch
+//! `n` of a run is due `n` intervals after the first started. A batch that overruns delays the
+//! next ones, which then start at once, back to back, until they are on the grid again; an
+//! overrun does not shift every later batch.
 
 use std::time::Duration;
 
 /// How batches are triggered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// A batch every interval; a batch that overruns is followed at once by the next.
+    /// A batch every interval, on a fixed grid from the first; a batch that overruns is
+    /// followed at once by the next, until the batches are back on the grid.
     ProcessingTime(Duration),
     /// One batch, then stop.
     Once,
@@ -19,7 +25,8 @@ pub enum Trigger {
 #[derive(Debug, Clone)]
 pub struct TriggerState {
     trigger: Trigger,
-    last_start_ms: Option<u64>,
+    /// When the run's first batch started: batch `n` is due `n` intervals later.
+    first_start_ms: Option<u64>,
     batches: u64,
     caught_up: bool,
 }
@@ -27,7 +34,7 @@ pub struct TriggerState {
 impl TriggerState {
     /// The state before the first batch.
     pub fn new(trigger: Trigger) -> Self {
-        Self { trigger, last_start_ms: None, batches: 0, caught_up: false }
+        Self { trigger, first_start_ms: None, batches: 0, caught_up: false }
     }
 
     /// How long to wait from `now_ms` before the next batch (`Some(0)`: start it now), or `None`
@@ -37,16 +44,21 @@ impl TriggerState {
             Trigger::Once if self.batches > 0 => None,
             Trigger::AvailableNow if self.caught_up => None,
             Trigger::Once | Trigger::AvailableNow => Some(0),
-            Trigger::ProcessingTime(interval) => {
-                let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-                Some(self.last_start_ms.map_or(0, |start| start.saturating_add(interval).saturating_sub(now_ms)))
-            }
+            Trigger::ProcessingTime(_) => Some(self.due_ms().map_or(0, |due| due.saturating_sub(now_ms))),
         }
+    }
+
+    /// When the next batch is due on the processing-time grid (`None` before the first batch,
+    /// and for the other triggers).
+    pub fn due_ms(&self) -> Option<u64> {
+        let Trigger::ProcessingTime(interval) = self.trigger else { return None };
+        let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        Some(self.first_start_ms?.saturating_add(interval.saturating_mul(self.batches)))
     }
 
     /// A batch starts at `now_ms`.
     pub fn batch_started(&mut self, now_ms: u64) {
-        self.last_start_ms = Some(now_ms);
+        self.first_start_ms.get_or_insert(now_ms);
         self.batches += 1;
     }
 
@@ -77,9 +89,16 @@ mod tests {
         assert_eq!(state.wait_ms(clock.now_ms()), Some(700));
         clock.advance(Duration::from_millis(700));
         state.batch_started(clock.now_ms());
-        clock.advance(Duration::from_millis(2_500)); // this one overran
+        clock.advance(Duration::from_millis(2_500)); // this one overran, to 3.5 s
         assert_eq!(state.wait_ms(clock.now_ms()), Some(0), "behind: no waiting");
-        assert_eq!(state.batches(), 2);
+        assert_eq!(state.due_ms(), Some(2_000));
+        state.batch_started(clock.now_ms());
+        clock.advance(Duration::from_millis(200)); // 3.7 s: batch 3 was due at 3 s
+        assert_eq!(state.wait_ms(clock.now_ms()), Some(0), "still behind");
+        state.batch_started(clock.now_ms());
+        clock.advance(Duration::from_millis(200)); // 3.9 s: batch 4 is due at 4 s
+        assert_eq!(state.wait_ms(clock.now_ms()), Some(100), "back on the grid, not 1 s after the last start");
+        assert_eq!(state.batches(), 4);
     }
 
     #[test]
