@@ -37,6 +37,16 @@ pub fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// [`encode_value`] appended to `out`: give it a buffer with room for the value, and a large
+/// value is encoded without the buffer growing (and being copied) on the way.
+pub fn encode_value_into<T: serde::Serialize>(value: &T, out: Vec<u8>) -> Result<Vec<u8>> {
+    postcard::to_extend(value, out).map_err(|source| Error::Payload {
+        action: "encode",
+        type_name: std::any::type_name::<T>(),
+        source,
+    })
+}
+
 /// Deserializes an engine value written by [`encode_value`].
 pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|source| Error::Payload {

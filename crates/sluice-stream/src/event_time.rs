@@ -115,7 +115,7 @@ impl Stateful for WatermarkState {
         self.snapshot().map(Some)
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         encode(self)
     }
 
@@ -266,7 +266,7 @@ where
         encode(&WindowChanges { windows, closed: std::mem::take(&mut self.closed) }).map(Some)
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         let open: Vec<(i64, Vec<(&K, &V)>)> =
             self.open.iter().map(|(start, window)| (*start, window_contents(window))).collect();
         encode(&open)

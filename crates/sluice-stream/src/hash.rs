@@ -3,4 +3,4 @@
 //! depends on their order: keyed results, state and deltas are sorted by key.
 
 /// A hash map with the engine's hasher.
-pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;

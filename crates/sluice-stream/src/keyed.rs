@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::state::{decode, encode, Stateful};
-use crate::stream::{on_each, DStream};
+use crate::state::{decode, encode_into, Stateful};
+use crate::stream::{on_each, par_map, DStream};
 
 /// Bounds of a key kept in state: hashed (state is kept in hash maps), ordered (state is saved
 /// and outputs given in key order, so they are the same in every run) and serializable.
@@ -40,6 +40,9 @@ struct KeyedState<K, S> {
     any_dirty: bool,
     /// Slots emptied since the last delta (removed from the map once the delta has them).
     any_removed: bool,
+    /// About how many bytes a key and its state took in the last delta: the shards' buffers
+    /// are made that large up front.
+    bytes_per_key: usize,
 }
 
 impl<K: StateKey, S> KeyedState<K, S> {
@@ -52,13 +55,12 @@ impl<K: StateKey, S> KeyedState<K, S> {
             router: foldhash::fast::RandomState::default(),
             any_dirty: false,
             any_removed: false,
+            bytes_per_key: 16,
         }
     }
 
     fn shard_of(&self, key: &K) -> usize {
-        use std::hash::BuildHasher as _;
-        // The shard count is at most 8, so the cast and the remainder cannot lose a shard.
-        (self.router.hash_one(key) % self.shards.len().max(1) as u64) as usize
+        route(&self.router, self.shards.len(), key)
     }
 
     fn shard(&self, key: &K) -> Option<&Shard<K, S>> {
@@ -109,6 +111,20 @@ impl<K: StateKey, S> KeyedState<K, S> {
         states
     }
 
+    /// Joins the shards' deltas, and remembers how many bytes a key took (to size the next).
+    fn join_shards(&mut self, pieces: Vec<Result<(usize, Vec<u8>), String>>) -> Result<Vec<u8>, String> {
+        let (bytes, per_key) = join_pieces(pieces)?;
+        if per_key > 0 {
+            self.bytes_per_key = per_key;
+        }
+        Ok(bytes)
+    }
+
+    /// Keys with a state (or emptied since the last delta).
+    fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+
     /// Puts a restored key's state in its shard, unchanged since the last delta.
     fn restore_one(&mut self, key: K, state: Option<S>) {
         let Some(shard) = self.shard_mut(&key) else { return };
@@ -128,22 +144,21 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         if !std::mem::take(&mut self.any_dirty) {
             return Ok(None);
         }
-        // In no particular order: applying a delta or restoring a snapshot gives the same
-        // state whatever the order.
-        // One pass finds the changed slots and clears their marks; a second, only after
-        // removals, drops the emptied slots.
-        let delta: Vec<(&K, Option<&S>)> = self
-            .shards
-            .iter_mut()
-            .flatten()
-            .filter(|(_, slot)| slot.dirty)
-            .map(|(key, slot)| {
+        // One pass per shard finds its changed slots and clears their marks (in no particular
+        // order: applying a delta gives the same state whatever the order); a second, only
+        // after removals, drops the emptied slots.
+        let parallel = self.len() >= crate::stream::PARALLEL_FROM_ITEMS;
+        let bytes_per_key = self.bytes_per_key;
+        let pieces = on_each(self.shards.iter_mut().collect(), parallel, |shard| {
+            let capacity = shard.len().saturating_mul(bytes_per_key);
+            let changed = shard.iter_mut().filter(|(_, slot)| slot.dirty).map(|(key, slot)| {
                 slot.dirty = false;
                 let slot: &Slot<S> = slot;
                 (key, slot.state.as_ref())
-            })
-            .collect();
-        let encoded = encode(&delta);
+            });
+            encode_each(changed, capacity)
+        });
+        let encoded = self.join_shards(pieces);
         if std::mem::take(&mut self.any_removed) {
             for shard in &mut self.shards {
                 shard.retain(|_, slot| slot.state.is_some());
@@ -152,26 +167,65 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         Ok(Some(encoded?))
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        encode(&self.states().collect::<Vec<(&K, &S)>>())
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        let parallel = self.len() >= crate::stream::PARALLEL_FROM_ITEMS;
+        let bytes_per_key = self.bytes_per_key;
+        let pieces = on_each(self.shards.iter_mut().collect(), parallel, |shard| {
+            let capacity = shard.len().saturating_mul(bytes_per_key);
+            encode_each(shard.iter().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?))), capacity)
+        });
+        join_pieces(pieces).map(|(bytes, _)| bytes)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let states: Vec<(K, S)> = decode(snapshot)?;
+        let shards: Vec<Vec<(K, S)>> = decode(snapshot)?;
         self.shards.iter_mut().for_each(HashMap::clear);
-        for (key, state) in states {
+        for (key, state) in shards.into_iter().flatten() {
             self.restore_one(key, Some(state));
         }
         Ok(())
     }
 
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
-        let delta: Vec<(K, Option<S>)> = decode(delta)?;
-        for (key, state) in delta {
+        let shards: Vec<Vec<(K, Option<S>)>> = decode(delta)?;
+        for (key, state) in shards.into_iter().flatten() {
             self.restore_one(key, state);
         }
         Ok(())
     }
+}
+
+/// A shard's entries encoded one after the other as they are reached, with their number: a
+/// list's elements in postcard, without its length.
+fn encode_each<T: Serialize>(entries: impl Iterator<Item = T>, capacity: usize) -> Result<(usize, Vec<u8>), String> {
+    let mut bytes = Vec::with_capacity(capacity);
+    let mut count = 0;
+    for entry in entries {
+        bytes = encode_into(&entry, bytes)?;
+        count += 1;
+    }
+    Ok((count, bytes))
+}
+
+/// The shards' entries as the encoding of a list of lists (one per shard): postcard writes a
+/// list as its length, then its elements. Also gives the bytes per entry.
+fn join_pieces(pieces: Vec<Result<(usize, Vec<u8>), String>>) -> Result<(Vec<u8>, usize), String> {
+    let pieces = pieces.into_iter().collect::<Result<Vec<_>, String>>()?;
+    let size: usize = pieces.iter().map(|(_, bytes)| bytes.len()).sum();
+    let entries: usize = pieces.iter().map(|(count, _)| count).sum();
+    let mut out = encode_into(&pieces.len(), Vec::with_capacity(size + 10 * (pieces.len() + 1)))?;
+    for (count, bytes) in pieces {
+        out = encode_into(&count, out)?;
+        out.extend_from_slice(&bytes);
+    }
+    Ok((out, size.checked_div(entries).unwrap_or(0)))
+}
+
+/// The shard of `shards` that holds `key`.
+fn route<K: Hash>(router: &foldhash::fast::RandomState, shards: usize, key: &K) -> usize {
+    use std::hash::BuildHasher as _;
+    // The shard count is at most 8, so the cast and the remainder cannot lose a shard.
+    (router.hash_one(key) % shards.max(1) as u64) as usize
 }
 
 /// A key's state as [`DStream::map_with_state`]'s function sees it: Spark's `State`.
@@ -314,8 +368,8 @@ struct ShardOutcome<U> {
     removed: bool,
 }
 
-/// `map_with_state`'s items: each to its key's shard, the shards worked through side by side
-/// when the batch is large; the outputs in the items' order.
+/// `map_with_state`'s items: each to its key's shard (the parts side by side when the batch
+/// is large), then the shards worked through side by side; the outputs in the items' order.
 fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     state: &mut KeyedState<K, (S, u64)>,
     parts: crate::stream::Parts<(K, V)>,
@@ -323,16 +377,39 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     f: &(impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Sync),
 ) -> Vec<U> {
     let items: usize = parts.iter().map(Vec::len).sum();
-    let mut buckets: Vec<Vec<(usize, K, V)>> = state.shards.iter().map(|_| Vec::new()).collect();
-    for (place, (key, value)) in parts.into_iter().flatten().enumerate() {
-        let shard = state.shard_of(&key);
-        if let Some(bucket) = buckets.get_mut(shard) {
-            bucket.push((place, key, value));
+    let parallel = items >= crate::stream::PARALLEL_FROM_ITEMS;
+    let shards = state.shards.len();
+    // Each part's items by shard, with their places in the batch.
+    let mut next_place = 0;
+    let numbered: Vec<(usize, Vec<(K, V)>)> = parts
+        .into_iter()
+        .map(|part| {
+            let first = next_place;
+            next_place += part.len();
+            (first, part)
+        })
+        .collect();
+    let router = &state.router;
+    let split = par_map(numbered, parallel, &|(first, part): (usize, Vec<(K, V)>)| {
+        // Room for a fair share and then some, so that the buckets seldom grow.
+        let room = part.len() / shards + part.len() / 16 + 1;
+        let mut buckets: Vec<Vec<(usize, K, V)>> = (0..shards).map(|_| Vec::with_capacity(room)).collect();
+        for (place, (key, value)) in (first..).zip(part) {
+            if let Some(bucket) = buckets.get_mut(route(router, shards, &key)) {
+                bucket.push((place, key, value));
+            }
+        }
+        buckets
+    });
+    // Each shard's buckets in the parts' order: a key's items stay in the order they came.
+    let mut by_shard: Vec<Vec<Vec<(usize, K, V)>>> = (0..shards).map(|_| Vec::with_capacity(split.len())).collect();
+    for buckets in split {
+        for (shard, bucket) in by_shard.iter_mut().zip(buckets) {
+            shard.push(bucket);
         }
     }
-    let parallel = items >= crate::stream::PARALLEL_FROM_ITEMS;
-    let pairs: Vec<_> = state.shards.iter_mut().zip(buckets).collect();
-    let outcomes = on_each(pairs, parallel, |(shard, bucket)| map_shard(shard, bucket, now, f));
+    let pairs: Vec<_> = state.shards.iter_mut().zip(by_shard).collect();
+    let outcomes = on_each(pairs, parallel, |(shard, buckets)| map_shard(shard, buckets, now, f));
     let mut out: Vec<(usize, U)> = Vec::new();
     for outcome in outcomes {
         state.any_dirty |= outcome.changed;
@@ -347,12 +424,12 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
 /// new key inserted.
 fn map_shard<K: StateKey, V, S, U>(
     shard: &mut Shard<K, (S, u64)>,
-    bucket: Vec<(usize, K, V)>,
+    buckets: Vec<Vec<(usize, K, V)>>,
     now: u64,
     f: &impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U>,
 ) -> ShardOutcome<U> {
-    let mut outcome = ShardOutcome { out: Vec::new(), changed: !bucket.is_empty(), removed: false };
-    for (place, key, value) in bucket {
+    let mut outcome = ShardOutcome { out: Vec::new(), changed: buckets.iter().any(|b| !b.is_empty()), removed: false };
+    for (place, key, value) in buckets.into_iter().flatten() {
         match shard.get_mut(&key) {
             Some(slot) => {
                 let mut key_state = KeyState { value: slot.state.take().map(|(s, _)| s), timing_out: false };

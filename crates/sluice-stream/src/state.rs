@@ -20,7 +20,7 @@ pub(crate) trait Stateful: Send {
     /// The changes since the last call (the last batch's), or `None` if there were none.
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String>;
     /// The whole state.
-    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    fn snapshot(&mut self) -> Result<Vec<u8>, String>;
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
     /// Applies one batch's changes, as `take_delta` gave them.
@@ -36,6 +36,11 @@ pub(crate) fn lock_state<S: ?Sized>(state: &Mutex<S>) -> std::sync::MutexGuard<'
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     sluice_checkpoint::encode_value(value).map_err(|e| e.to_string())
+}
+
+/// [`encode`] appended to `out` (made with room for the value, so that it does not grow).
+pub(crate) fn encode_into<T: Serialize>(value: &T, out: Vec<u8>) -> Result<Vec<u8>, String> {
+    sluice_checkpoint::encode_value_into(value, out).map_err(|e| e.to_string())
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
@@ -142,7 +147,7 @@ impl JobState {
             .iter()
             .enumerate()
             .map(|(index, op)| {
-                let op = lock_state(op);
+                let mut op = lock_state(op);
                 Ok((u32::try_from(index).map_err(|e| e.to_string())?, op.kind(), op.snapshot()?))
             })
             .collect::<Result<Vec<_>, String>>()?;

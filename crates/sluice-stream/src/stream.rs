@@ -474,7 +474,7 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for WindowState<T> {
         newest_delta(&mut self.added, self.kept.back())
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         encode(&self.kept)
     }
 
@@ -566,7 +566,7 @@ where
         newest_delta(&mut self.added, self.batches.back())
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         encode(&(&self.batches, self.running.iter().collect::<Vec<_>>()))
     }
 
@@ -615,23 +615,29 @@ pub(crate) const PARALLEL_FROM_ITEMS: usize = 8_192;
 /// items to be worth it; the parts stay in order.
 fn par_parts<T: Send, U: Send>(parts: Parts<T>, f: &(impl Fn(Vec<T>) -> Vec<U> + Sync)) -> Parts<U> {
     let items: usize = parts.iter().map(Vec::len).sum();
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(parts.len());
-    if threads <= 1 || items < PARALLEL_FROM_ITEMS {
-        return parts.into_iter().map(f).collect();
+    par_map(parts, items >= PARALLEL_FROM_ITEMS, f)
+}
+
+/// `f` on each of `items`, spread over up to as many threads as the machine has cores when
+/// `parallel`; the results in the items' order.
+pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, parallel: bool, f: &(impl Fn(T) -> R + Sync)) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(items.len());
+    if threads <= 1 || !parallel {
+        return items.into_iter().map(f).collect();
     }
-    // Part i goes to group i mod threads; the calling thread works through group 0.
-    let mut groups: Vec<Vec<(usize, Vec<T>)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (index, part) in parts.into_iter().enumerate() {
+    // Item i goes to group i mod threads; the calling thread works through group 0.
+    let mut groups: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (index, item) in items.into_iter().enumerate() {
         if let Some(group) = groups.get_mut(index % threads) {
-            group.push((index, part));
+            group.push((index, item));
         }
     }
-    let work = |group: Vec<(usize, Vec<T>)>| -> Vec<(usize, Vec<U>)> {
-        group.into_iter().map(|(index, part)| (index, f(part))).collect()
+    let work = |group: Vec<(usize, T)>| -> Vec<(usize, R)> {
+        group.into_iter().map(|(index, item)| (index, f(item))).collect()
     };
-    let mut done: Vec<(usize, Vec<U>)> = on_each(groups, true, work).into_iter().flatten().collect();
+    let mut done: Vec<(usize, R)> = on_each(groups, true, work).into_iter().flatten().collect();
     done.sort_unstable_by_key(|(index, _)| *index);
-    done.into_iter().map(|(_, part)| part).collect()
+    done.into_iter().map(|(_, result)| result).collect()
 }
 
 /// `work` on each of `items`, each on a thread of its own when `parallel` (the calling thread
@@ -657,11 +663,16 @@ pub(crate) fn on_each<T: Send, R: Send>(items: Vec<T>, parallel: bool, work: imp
     })
 }
 
+/// `value` put in `into` under `key`, reduced with the value there if any (one lookup).
 pub(crate) fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V, reduce: &dyn Fn(V, V) -> V) {
-    match into.remove(&key) {
-        Some(old) => into.insert(key, reduce(old, value)),
-        None => into.insert(key, value),
-    };
+    match into.entry(key) {
+        hashbrown::hash_map::Entry::Occupied(entry) => {
+            entry.replace_entry_with(|_, old| Some(reduce(old, value)));
+        }
+        hashbrown::hash_map::Entry::Vacant(entry) => {
+            entry.insert(value);
+        }
+    }
 }
 
 pub(crate) fn reduce_parts<K: Hash + Eq, V>(parts: Parts<(K, V)>, reduce: &dyn Fn(V, V) -> V) -> HashMap<K, V> {
