@@ -40,9 +40,11 @@ struct KeyedState<K, S> {
     any_dirty: bool,
     /// Slots emptied since the last delta (removed from the map once the delta has them).
     any_removed: bool,
-    /// About how many bytes a key and its state took in the last delta: the shards' buffers
-    /// are made that large up front.
+    /// About how many bytes a key and its state took in the last delta (a snapshot's buffers
+    /// are made that large per key up front).
     bytes_per_key: usize,
+    /// Each shard's last delta, bytes (its next delta's buffer is made about that large).
+    delta_bytes: Vec<usize>,
 }
 
 impl<K: StateKey, S> KeyedState<K, S> {
@@ -56,6 +58,7 @@ impl<K: StateKey, S> KeyedState<K, S> {
             any_dirty: false,
             any_removed: false,
             bytes_per_key: 16,
+            delta_bytes: Vec::new(),
         }
     }
 
@@ -148,9 +151,10 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         // order: applying a delta gives the same state whatever the order); a second, only
         // after removals, drops the emptied slots.
         let parallel = self.len() >= crate::stream::PARALLEL_FROM_ITEMS;
-        let bytes_per_key = self.bytes_per_key;
-        let pieces = on_each(self.shards.iter_mut().collect(), parallel, |shard| {
-            let capacity = shard.len().saturating_mul(bytes_per_key);
+        let last_sizes = std::mem::take(&mut self.delta_bytes).into_iter().chain(std::iter::repeat(0));
+        let work: Vec<_> = self.shards.iter_mut().zip(last_sizes).collect();
+        let pieces = on_each(work, parallel, |(shard, last_size)| {
+            let capacity = last_size.saturating_add(last_size / 8);
             let changed = shard.iter_mut().filter(|(_, slot)| slot.dirty).map(|(key, slot)| {
                 slot.dirty = false;
                 let slot: &Slot<S> = slot;
@@ -158,6 +162,7 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
             });
             encode_each(changed, capacity)
         });
+        self.delta_bytes = pieces.iter().map(|piece| piece.as_ref().map_or(0, |(_, bytes)| bytes.len())).collect();
         let encoded = self.join_shards(pieces);
         if std::mem::take(&mut self.any_removed) {
             for shard in &mut self.shards {
