@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
-#![forbid(unsafe_code)]
+// Unsafe only to call the C library's mallopt (`memory`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod clickstream;
@@ -10,6 +11,7 @@ mod event_time;
 mod hash;
 mod kafka_sink;
 mod keyed;
+mod memory;
 pub mod record;
 pub mod sink;
 mod state;
@@ -20,6 +22,7 @@ pub use context::{StreamConfig, StreamError, StreamingContext};
 pub use event_time::{Timed, Watermark, Windowed};
 pub use kafka_sink::{KafkaSink, KafkaSinkCounters};
 pub use keyed::{KeyState, StateKey};
+pub use memory::keep_freed_memory;
 pub use record::{split_csv, KafkaRecord, ParseError};
 pub use sink::{BatchInfo, ForEach, JsonLinesFiles, Sink, Stdout};
 pub use stream::{BatchInput, DStream, Parts};
