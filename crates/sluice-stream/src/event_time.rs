@@ -223,27 +223,41 @@ pub struct Windowed<T> {
     pub item: T,
 }
 
-/// An event-time window operator's state: the open windows' values by key, and which windows
-/// changed or closed since the last delta.
+/// An event-time window operator's state, kept per slide rather than per window: every window
+/// is a run of whole slides, so each item is reduced into one slide's values, and a window's
+/// values are its slides' reduced together when it is given. A batch then changes one or two
+/// slides, not every window holding them (a sliding window of six slides would otherwise take
+/// each item six times, and write six windows to the checkpoint).
 struct EventWindows<K, V> {
     reduce: Box<dyn Fn(V, V) -> V + Send>,
-    open: BTreeMap<i64, HashMap<K, V>>,
+    /// Each slide's values by key, for the slides a window still to be given holds.
+    slides: BTreeMap<i64, HashMap<K, V>>,
+    /// Windows ending at or before this were given (the watermark they were given at).
+    given_until: Option<i64>,
+    /// Slides changed since the last delta.
     changed: BTreeSet<i64>,
-    closed: Vec<i64>,
+    /// Slides dropped since the last delta (every window holding them given).
+    dropped: Vec<i64>,
+    /// Whether `given_until` moved since the last delta.
+    given_changed: bool,
 }
 
-/// A window's values, borrowed for encoding (in no particular order: a window restored from
-/// them is the same).
-fn window_contents<K, V>(window: &HashMap<K, V>) -> Vec<(&K, &V)> {
-    window.iter().collect()
+/// Slides' values, by slide start, as encoded.
+type EncodedSlides<K, V> = Vec<(i64, Vec<(K, V)>)>;
+
+/// A slide's values, borrowed for encoding (in no particular order: a slide restored from them
+/// is the same).
+fn slide_contents<K, V>(slide: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    slide.iter().collect()
 }
 
-/// A batch's changes to the open windows: the whole contents of each window it changed (a
-/// batch usually adds to most keys of the windows it touches), and the windows it closed.
+/// A batch's changes: the whole contents of each slide it changed, the slides it dropped, and
+/// where the given windows end.
 #[derive(Serialize, Deserialize)]
-struct WindowChanges<K, V> {
-    windows: Vec<(i64, Vec<(K, V)>)>,
-    closed: Vec<i64>,
+struct SlideChanges<K, V> {
+    slides: EncodedSlides<K, V>,
+    dropped: Vec<i64>,
+    given_until: Option<i64>,
 }
 
 impl<K, V> Stateful for EventWindows<K, V>
@@ -256,60 +270,101 @@ where
     }
 
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
-        if self.changed.is_empty() && self.closed.is_empty() {
+        if self.changed.is_empty() && self.dropped.is_empty() && !self.given_changed {
             return Ok(None);
         }
-        let windows = std::mem::take(&mut self.changed)
+        self.given_changed = false;
+        let slides = std::mem::take(&mut self.changed)
             .into_iter()
-            .filter_map(|start| Some((start, window_contents(self.open.get(&start)?))))
+            .filter_map(|start| Some((start, slide_contents(self.slides.get(&start)?))))
             .collect();
-        encode(&WindowChanges { windows, closed: std::mem::take(&mut self.closed) }).map(Some)
+        let dropped = std::mem::take(&mut self.dropped);
+        encode(&SlideChanges { slides, dropped, given_until: self.given_until }).map(Some)
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        let open: Vec<(i64, Vec<(&K, &V)>)> =
-            self.open.iter().map(|(start, window)| (*start, window_contents(window))).collect();
-        encode(&open)
+        let slides: Vec<(i64, Vec<(&K, &V)>)> =
+            self.slides.iter().map(|(start, slide)| (*start, slide_contents(slide))).collect();
+        encode(&(self.given_until, slides))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let open: Vec<(i64, Vec<(K, V)>)> = decode(snapshot)?;
-        self.open = open.into_iter().map(|(start, values)| (start, values.into_iter().collect())).collect();
+        let (given_until, slides): (Option<i64>, EncodedSlides<K, V>) = decode(snapshot)?;
+        self.given_until = given_until;
+        self.slides = slides.into_iter().map(|(start, values)| (start, values.into_iter().collect())).collect();
         Ok(())
     }
 
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
-        let changes: WindowChanges<K, V> = decode(delta)?;
-        for (start, values) in changes.windows {
-            self.open.insert(start, values.into_iter().collect());
+        let changes: SlideChanges<K, V> = decode(delta)?;
+        for (start, values) in changes.slides {
+            self.slides.insert(start, values.into_iter().collect());
         }
-        for start in changes.closed {
-            self.open.remove(&start);
+        for start in changes.dropped {
+            self.slides.remove(&start);
         }
+        self.given_until = changes.given_until;
         Ok(())
     }
 }
 
 impl<K: StateKey, V: Clone> EventWindows<K, V> {
-    /// Adds a batch's items: reduced first per slide (every window is a run of whole slides),
-    /// then each slide's values into each window holding it.
+    /// Adds a batch's items, each reduced into its slide's values (items too near the ends of
+    /// `i64` for a window to hold them are left out).
     fn add(&mut self, items: impl Iterator<Item = Timed<(K, V)>>, length_ms: i64, slide_ms: i64) {
-        let mut slides: BTreeMap<i64, HashMap<K, V>> = BTreeMap::new();
+        let mut last_changed = None;
         for timed in items.filter(|t| !t.late) {
             let (key, value) = timed.item;
             let Some(slide_start) = timed.time_ms.div_euclid(slide_ms).checked_mul(slide_ms) else { continue };
-            let slide = slides.entry(slide_start).or_default();
-            merge(slide, key, value, &self.reduce);
-        }
-        for (slide_start, values) in slides {
-            for start in window_starts(slide_start, length_ms, slide_ms) {
-                let window = self.open.entry(start).or_default();
-                for (key, value) in &values {
-                    merge(window, key.clone(), value.clone(), &self.reduce);
-                }
-                self.changed.insert(start);
+            if window_starts(slide_start, length_ms, slide_ms).next().is_none() {
+                continue;
+            }
+            merge(self.slides.entry(slide_start).or_default(), key, value, &self.reduce);
+            if last_changed != Some(slide_start) {
+                self.changed.insert(slide_start);
+                last_changed = Some(slide_start);
             }
         }
+    }
+
+    /// The windows the watermark passed since the last call (each with a slide's values), in
+    /// start order, each window's keys in order; then the slides no window still needs dropped.
+    fn close(&mut self, watermark: i64, length_ms: i64, slide_ms: i64) -> Vec<Windowed<(K, V)>> {
+        let given_until = self.given_until;
+        let due = |start: &i64| {
+            let end = start.saturating_add(length_ms);
+            end <= watermark && given_until.is_none_or(|given| end > given)
+        };
+        let starts: BTreeSet<i64> =
+            self.slides.keys().flat_map(|slide| window_starts(*slide, length_ms, slide_ms)).filter(due).collect();
+        let mut out = Vec::new();
+        for start in starts {
+            let end = start.saturating_add(length_ms);
+            let mut window: HashMap<K, V> = HashMap::default();
+            for slide in self.slides.range(start..end).map(|(_, slide)| slide) {
+                for (key, value) in slide {
+                    merge(&mut window, key.clone(), value.clone(), &self.reduce);
+                }
+            }
+            let mut window: Vec<(K, V)> = window.into_iter().collect();
+            window.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.extend(window.into_iter().map(|item| Windowed { start_ms: start, end_ms: end, item }));
+        }
+        if given_until.is_none_or(|given| watermark > given) {
+            self.given_until = Some(watermark);
+            self.given_changed = true;
+        }
+        // A slide is needed until the last window holding it (the one it starts) is given.
+        while let Some(entry) = self.slides.first_entry() {
+            if entry.key().saturating_add(length_ms) > watermark {
+                break;
+            }
+            let start = *entry.key();
+            entry.remove();
+            self.changed.remove(&start);
+            self.dropped.push(start);
+        }
+        out
     }
 }
 
@@ -332,6 +387,8 @@ where
     /// `slide` (a tumbling window when they are equal; `length` must be a multiple of `slide`).
     /// A window is given once, when the stream's watermark passes its end, its keys in order;
     /// windows closing in the same batch come in start order. Late items are left out.
+    /// `reduce` must be associative and commutative (as Spark's is for windowed reductions):
+    /// values are reduced per slide first, and a window's slides together when it is given.
     pub fn reduce_by_key_and_event_window(
         self,
         length: Duration,
@@ -351,9 +408,11 @@ where
         }
         let state = Arc::new(Mutex::new(EventWindows::<K, V> {
             reduce: Box::new(reduce),
-            open: BTreeMap::new(),
+            slides: BTreeMap::new(),
+            given_until: None,
             changed: BTreeSet::new(),
-            closed: Vec::new(),
+            dropped: Vec::new(),
+            given_changed: false,
         }));
         let (mut parent, graph, watermarks) = self.into_parts();
         if watermarks.is_empty() {
@@ -372,20 +431,7 @@ where
                 let mut state = lock_state(&state);
                 state.add(parts.into_iter().flatten(), length_ms, slide_ms);
                 let Some(watermark) = watermark else { return Some(vec![Vec::new()]) };
-                let mut out = Vec::new();
-                while let Some(entry) = state.open.first_entry() {
-                    let start = *entry.key();
-                    let end = start.saturating_add(length_ms);
-                    if end > watermark {
-                        break;
-                    }
-                    let mut window: Vec<(K, V)> = entry.remove().into_iter().collect();
-                    window.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                    out.extend(window.into_iter().map(|item| Windowed { start_ms: start, end_ms: end, item }));
-                    state.changed.remove(&start);
-                    state.closed.push(start);
-                }
-                Some(vec![out])
+                Some(vec![state.close(watermark, length_ms, slide_ms)])
             }),
         )
         .with_watermarks(watermarks)
