@@ -27,9 +27,6 @@ use sluice_client::{Client, ClientConfig};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Batches allocate and free tens of megabytes: keep freed memory rather than fault it in
-    // afresh each batch.
-    sluice_stream::keep_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return report(&CliError::Failed(format!("starting the runtime: {e}"))),

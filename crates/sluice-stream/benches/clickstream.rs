@@ -195,8 +195,6 @@ fn latencies(progress: &[BatchProgress], interval: Duration) -> Vec<f64> {
 }
 
 fn main() {
-    // As the sluice binary does; for the hand-written loop as much as for the job.
-    let kept = sluice_stream::keep_freed_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let n = records();
@@ -204,7 +202,6 @@ fn main() {
         let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
         client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
         println!("clickstream job against Tansu 0.6.0 on {}: {n} clicks over {PARTITIONS} partitions", tansu.addr);
-        println!("allocator told to keep freed memory (sluice_stream::keep_freed_memory): {kept}");
         produce(&client, n).await;
         let config = ClickstreamConfig::default();
 

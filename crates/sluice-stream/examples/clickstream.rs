@@ -22,7 +22,6 @@ const TOPIC: &str = "clicks";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    sluice_stream::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["generate", broker, rest @ ..] => {

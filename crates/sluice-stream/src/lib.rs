@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
-// Unsafe only to call the C library's mallopt (`memory`).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod clickstream;
@@ -11,7 +10,6 @@ mod event_time;
 mod hash;
 mod kafka_sink;
 mod keyed;
-mod memory;
 pub mod record;
 pub mod sink;
 mod state;
@@ -22,7 +20,6 @@ pub use context::{StreamConfig, StreamError, StreamingContext};
 pub use event_time::{Timed, Watermark, Windowed};
 pub use kafka_sink::{KafkaSink, KafkaSinkCounters};
 pub use keyed::{KeyState, StateKey};
-pub use memory::keep_freed_memory;
 pub use record::{split_csv, KafkaRecord, ParseError};
 pub use sink::{BatchInfo, ForEach, JsonLinesFiles, Sink, Stdout};
 pub use stream::{BatchInput, DStream, Parts};
