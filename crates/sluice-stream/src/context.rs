@@ -206,14 +206,12 @@ impl Engine {
 
 impl Processor for Engine {
     async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
-        let records: Parts<KafkaRecord> = batch
-            .tasks
-            .iter()
-            .map(|task| {
-                let topic: Arc<str> = Arc::from(task.range.topic.as_str());
-                task.records().map(|record| KafkaRecord::from_ref(&topic, task.range.partition, &record)).collect()
-            })
-            .collect();
+        // The read tasks' records, the tasks side by side when the batch is large.
+        let large = batch.record_count() >= crate::stream::PARALLEL_FROM_ITEMS;
+        let records: Parts<KafkaRecord> = crate::stream::par_map(batch.tasks.iter().collect(), large, &|task| {
+            let topic: Arc<str> = Arc::from(task.range.topic.as_str());
+            task.records().map(|record| KafkaRecord::from_ref(&topic, task.range.partition, &record)).collect()
+        });
         let part_sources =
             batch.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
         let records = SourceRecords::new(records, self.sources);
