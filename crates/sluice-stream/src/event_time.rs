@@ -327,8 +327,9 @@ impl<K: StateKey, V: Clone> EventWindows<K, V> {
         }
     }
 
-    /// The windows the watermark passed since the last call (each with a slide's values), in
-    /// start order, each window's keys in order; then the slides no window still needs dropped.
+    /// The windows the watermark passed since the last call, each its slides' values reduced
+    /// together, in start order, each window's keys in order; then the slides no window still
+    /// needs are dropped.
     fn close(&mut self, watermark: i64, length_ms: i64, slide_ms: i64) -> Vec<Windowed<(K, V)>> {
         let given_until = self.given_until;
         let due = |start: &i64| {
