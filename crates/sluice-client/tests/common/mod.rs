@@ -26,8 +26,21 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker on a free port.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(&format!("127.0.0.1:{port}"))
+        Self::start_free(&[])
+    }
+
+    /// A broker on a port free when asked for. Another test's broker may take the same port
+    /// before this one binds it (tests run side by side); this one then exits, and a fresh
+    /// port is tried.
+    fn start_free(extra: &[&str]) -> Self {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let addr = format!("127.0.0.1:{port}");
+            if let Some(tansu) = Self::try_start(&addr, &addr, extra) {
+                return tansu;
+            }
+        }
+        panic!("Tansu exited at start on five free ports in a row");
     }
 
     /// Starts a broker on `addr` (`127.0.0.1:PORT`), e.g. where a stopped one was.
@@ -53,12 +66,17 @@ impl Tansu {
 
     /// A broker on a free port that requires SASL authentication (`--authentication`).
     pub fn start_authenticating() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        Self::start_with(&addr, &addr, &["--authentication"])
+        Self::start_free(&["--authentication"])
     }
 
     fn start_with(addr: &str, advertised: &str, extra: &[&str]) -> Self {
+        Self::try_start(addr, advertised, extra)
+            .unwrap_or_else(|| panic!("Tansu exited at start on {addr} (is the port taken?)"))
+    }
+
+    /// Starts the broker and waits until it accepts connections; `None` if it exited instead
+    /// (its port taken by another broker, which may be what accepted the connection).
+    fn try_start(addr: &str, advertised: &str, extra: &[&str]) -> Option<Self> {
         let binary = std::env::var_os("SLUICE_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/tansu"));
@@ -77,13 +95,20 @@ impl Tansu {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let tansu = Self { addr: addr.to_owned(), child };
+        let mut tansu = Self { addr: addr.to_owned(), child };
         let deadline = Instant::now() + Duration::from_secs(10);
+        let exited = |tansu: &mut Self| tansu.child.try_wait().ok().flatten().is_some();
         while TcpStream::connect(&tansu.addr).is_err() {
+            if exited(&mut tansu) {
+                return None;
+            }
             assert!(Instant::now() < deadline, "Tansu did not accept connections on {} within 10 s", tansu.addr);
             std::thread::sleep(Duration::from_millis(20));
         }
-        tansu
+        // A broker that lost its port to another exits soon after that one accepted (14 ms
+        // after it was started, measured).
+        std::thread::sleep(Duration::from_millis(100));
+        (!exited(&mut tansu)).then_some(tansu)
     }
 }
 
