@@ -312,17 +312,25 @@ impl<K: StateKey, V: Clone> EventWindows<K, V> {
     /// Adds a batch's items, each reduced into its slide's values (items too near the ends of
     /// `i64` for a window to hold them are left out).
     fn add(&mut self, items: impl Iterator<Item = Timed<(K, V)>>, length_ms: i64, slide_ms: i64) {
-        let mut last_changed = None;
+        // The last item's slide and whether a window holds it: judged (and the slide marked
+        // changed) once per run of items in one slide, not per item.
+        let mut current: Option<(i64, bool)> = None;
         for timed in items.filter(|t| !t.late) {
             let (key, value) = timed.item;
             let Some(slide_start) = timed.time_ms.div_euclid(slide_ms).checked_mul(slide_ms) else { continue };
-            if window_starts(slide_start, length_ms, slide_ms).next().is_none() {
-                continue;
-            }
-            merge(self.slides.entry(slide_start).or_default(), key, value, &self.reduce);
-            if last_changed != Some(slide_start) {
-                self.changed.insert(slide_start);
-                last_changed = Some(slide_start);
+            let held = match current {
+                Some((start, held)) if start == slide_start => held,
+                _ => {
+                    let held = window_starts(slide_start, length_ms, slide_ms).next().is_some();
+                    if held {
+                        self.changed.insert(slide_start);
+                    }
+                    current = Some((slide_start, held));
+                    held
+                }
+            };
+            if held {
+                merge(self.slides.entry(slide_start).or_default(), key, value, &self.reduce);
             }
         }
     }

@@ -40,10 +40,8 @@ struct KeyedState<K, S> {
     any_dirty: bool,
     /// Slots emptied since the last delta (removed from the map once the delta has them).
     any_removed: bool,
-    /// About how many bytes a key and its state took in the last delta (a snapshot's buffers
-    /// are made that large per key up front).
-    bytes_per_key: usize,
-    /// Each shard's last delta, bytes (its next delta's buffer is made about that large).
+    /// Each shard's last delta, bytes (its next delta's buffer, and a snapshot's, start that
+    /// large).
     delta_bytes: Vec<usize>,
 }
 
@@ -57,7 +55,6 @@ impl<K: StateKey, S> KeyedState<K, S> {
             router: foldhash::fast::RandomState::default(),
             any_dirty: false,
             any_removed: false,
-            bytes_per_key: 16,
             delta_bytes: Vec::new(),
         }
     }
@@ -114,15 +111,6 @@ impl<K: StateKey, S> KeyedState<K, S> {
         states
     }
 
-    /// Joins the shards' deltas, and remembers how many bytes a key took (to size the next).
-    fn join_shards(&mut self, pieces: Vec<Result<(usize, Vec<u8>), String>>) -> Result<Vec<u8>, String> {
-        let (bytes, per_key) = join_pieces(pieces)?;
-        if per_key > 0 {
-            self.bytes_per_key = per_key;
-        }
-        Ok(bytes)
-    }
-
     /// Keys with a state (or emptied since the last delta).
     fn len(&self) -> usize {
         self.shards.iter().map(HashMap::len).sum()
@@ -163,7 +151,7 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
             encode_each(changed, capacity)
         });
         self.delta_bytes = pieces.iter().map(|piece| piece.as_ref().map_or(0, |(_, bytes)| bytes.len())).collect();
-        let encoded = self.join_shards(pieces);
+        let encoded = join_pieces(pieces);
         if std::mem::take(&mut self.any_removed) {
             for shard in &mut self.shards {
                 shard.retain(|_, slot| slot.state.is_some());
@@ -174,12 +162,13 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         let parallel = self.len() >= crate::stream::PARALLEL_FROM_ITEMS;
-        let bytes_per_key = self.bytes_per_key;
-        let pieces = on_each(self.shards.iter_mut().collect(), parallel, |shard| {
-            let capacity = shard.len().saturating_mul(bytes_per_key);
-            encode_each(shard.iter().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?))), capacity)
+        // A snapshot holds at least what a delta does.
+        let last_sizes = self.delta_bytes.clone().into_iter().chain(std::iter::repeat(0));
+        let work: Vec<_> = self.shards.iter_mut().zip(last_sizes).collect();
+        let pieces = on_each(work, parallel, |(shard, last_size)| {
+            encode_each(shard.iter().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?))), last_size)
         });
-        join_pieces(pieces).map(|(bytes, _)| bytes)
+        join_pieces(pieces)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
@@ -213,17 +202,16 @@ fn encode_each<T: Serialize>(entries: impl Iterator<Item = T>, capacity: usize) 
 }
 
 /// The shards' entries as the encoding of a list of lists (one per shard): postcard writes a
-/// list as its length, then its elements. Also gives the bytes per entry.
-fn join_pieces(pieces: Vec<Result<(usize, Vec<u8>), String>>) -> Result<(Vec<u8>, usize), String> {
+/// list as its length, then its elements.
+fn join_pieces(pieces: Vec<Result<(usize, Vec<u8>), String>>) -> Result<Vec<u8>, String> {
     let pieces = pieces.into_iter().collect::<Result<Vec<_>, String>>()?;
     let size: usize = pieces.iter().map(|(_, bytes)| bytes.len()).sum();
-    let entries: usize = pieces.iter().map(|(count, _)| count).sum();
     let mut out = encode_into(&pieces.len(), Vec::with_capacity(size + 10 * (pieces.len() + 1)))?;
     for (count, bytes) in pieces {
         out = encode_into(&count, out)?;
         out.extend_from_slice(&bytes);
     }
-    Ok((out, size.checked_div(entries).unwrap_or(0)))
+    Ok(out)
 }
 
 /// The shard of `shards` that holds `key`.
