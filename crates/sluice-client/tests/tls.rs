@@ -143,7 +143,7 @@ async fn produces_and_consumes_over_tls_and_refuses_untrusted_brokers() {
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let (tls_addr, mtls_addr) = (free_addr(), free_addr());
-    let tansu = Tansu::start_advertising(&free_addr(), &tls_addr);
+    let tansu = Tansu::start_free_advertising(&tls_addr);
     let _stunnel = Stunnel::start(dir.path(), &tls_addr, &mtls_addr, &tansu.addr);
     let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
 
@@ -167,7 +167,7 @@ async fn mutual_tls_presents_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let (tls_addr, mtls_addr) = (free_addr(), free_addr());
-    let tansu = Tansu::start_advertising(&free_addr(), &mtls_addr);
+    let tansu = Tansu::start_free_advertising(&mtls_addr);
     let _stunnel = Stunnel::start(dir.path(), &tls_addr, &mtls_addr, &tansu.addr);
     let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
 

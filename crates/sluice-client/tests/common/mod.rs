@@ -26,17 +26,17 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker on a free port.
     pub fn start() -> Self {
-        Self::start_free(&[])
+        Self::start_free(None, &[])
     }
 
-    /// A broker on a port free when asked for. Another test's broker may take the same port
-    /// before this one binds it (tests run side by side); this one then exits, and a fresh
-    /// port is tried.
-    fn start_free(extra: &[&str]) -> Self {
+    /// A broker on a port free when asked for, advertising `advertised` (else its own address).
+    /// Another test's broker may take the same port before this one binds it (tests run side by
+    /// side); this one then exits, and a fresh port is tried.
+    fn start_free(advertised: Option<&str>, extra: &[&str]) -> Self {
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let addr = format!("127.0.0.1:{port}");
-            if let Some(tansu) = Self::try_start(&addr, &addr, extra, true) {
+            if let Some(tansu) = Self::try_start(&addr, advertised.unwrap_or(&addr), extra, true) {
                 return tansu;
             }
         }
@@ -53,8 +53,7 @@ impl Tansu {
     pub fn start_behind_proxy() -> (Self, proxy::Proxy) {
         let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let tansu = Self::start_advertising(&format!("127.0.0.1:{port}"), &proxy_addr);
+        let tansu = Self::start_free(Some(&proxy_addr), &[]);
         let proxy = proxy::Proxy::start(proxy_listener, tansu.addr.clone());
         (tansu, proxy)
     }
@@ -64,9 +63,14 @@ impl Tansu {
         Self::start_with(addr, advertised, &[])
     }
 
+    /// A broker on a free port advertising `advertised` (a proxy in front of it).
+    pub fn start_free_advertising(advertised: &str) -> Self {
+        Self::start_free(Some(advertised), &[])
+    }
+
     /// A broker on a free port that requires SASL authentication (`--authentication`).
     pub fn start_authenticating() -> Self {
-        Self::start_free(&["--authentication"])
+        Self::start_free(None, &["--authentication"])
     }
 
     fn start_with(addr: &str, advertised: &str, extra: &[&str]) -> Self {
