@@ -151,19 +151,23 @@ pub async fn fetch_range(
     range: &OffsetRange,
     options: &FetchOptions,
 ) -> Result<RangeRecords, FetchRangeError> {
-    fetch_range_via(client, None, range, options, DataLoss::Fail).await
+    fetch_range_via(client, None, range, options, DataLoss::Fail, None).await
 }
 
 /// [`fetch_range`] over `connection`, a connection of the caller's own to the leader, with a
-/// policy for offsets the log no longer holds.
+/// policy for offsets the log no longer holds, and the record bytes per offset earlier reads
+/// saw, if known: then even the range's first fetch asks for little more than the range
+/// rather than `options.max_bytes` (a broker sends whole batches up to the limit, all of them
+/// past the range's end wasted on both sides).
 pub async fn fetch_range_on(
     client: &Client,
     connection: &Connection,
     range: &OffsetRange,
     options: &FetchOptions,
     on_loss: DataLoss,
+    bytes_per_offset: Option<f64>,
 ) -> Result<RangeRecords, FetchRangeError> {
-    fetch_range_via(client, Some(connection), range, options, on_loss).await
+    fetch_range_via(client, Some(connection), range, options, on_loss, bytes_per_offset).await
 }
 
 async fn fetch_range_via(
@@ -172,6 +176,7 @@ async fn fetch_range_via(
     range: &OffsetRange,
     options: &FetchOptions,
     on_loss: DataLoss,
+    mut per_offset: Option<f64>,
 ) -> Result<RangeRecords, FetchRangeError> {
     let mut batches = Vec::new();
     let mut position = range.from;
@@ -185,8 +190,8 @@ async fn fetch_range_via(
         until: range.until,
         source,
     };
-    // Record bytes per offset seen so far, to ask for little more than the rest of the range.
-    let mut per_offset: Option<f64> = None;
+    // `per_offset`: record bytes per offset, from earlier reads and then from this range's
+    // fetches, to ask for little more than the rest of the range.
     while position < range.until {
         let options =
             &FetchOptions { max_bytes: fetch_size(options.max_bytes, per_offset, range.until - position), ..*options };

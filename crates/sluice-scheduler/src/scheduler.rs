@@ -785,12 +785,13 @@ impl<C: Clock> Scheduler<C> {
             let (client, options, limit) = (self.client.clone(), self.config.fetch, Arc::clone(&limit));
             let attempts = self.config.task_attempts.max(1);
             let on_loss = if self.config.fail_on_data_loss { DataLoss::Fail } else { DataLoss::Skip };
+            let per_offset = self.bytes_per_offset;
             running.spawn(async move {
                 let _slot = limit.acquire_owned().await;
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match fetch_range_on(&client, &connection, &task, &options, on_loss).await {
+                    match fetch_range_on(&client, &connection, &task, &options, on_loss, per_offset).await {
                         Ok(records) => return Ok((index, records)),
                         Err(e) if attempt >= attempts => return Err((attempt, e)),
                         Err(_) => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
