@@ -268,7 +268,8 @@ pub struct Durations {
     pub fetching_ms: u64,
     /// The processor.
     pub processing_ms: u64,
-    /// Writing and syncing the commit.
+    /// Writing and syncing the commit (after the snapshot of the batch before, if one is still
+    /// being written).
     pub committing_ms: u64,
     /// The whole batch.
     pub total_ms: u64,
@@ -295,7 +296,8 @@ pub struct BatchProgress {
     /// Whether the batch re-ran an intent found open in the log.
     pub rerun: bool,
     /// Bytes the batch wrote to the checkpoint log: its intent, its commit with the state's
-    /// changes, and a snapshot if one was taken.
+    /// changes, and the snapshot of the batch before if that batch took one (a snapshot is
+    /// written in the background while the next batch runs).
     pub checkpoint_bytes: u64,
     /// Set when the processor gave a snapshot larger than a checkpoint record may be
     /// (`checkpoint.max_record_bytes`): it was left out, and recovery replays the deltas since
@@ -387,6 +389,12 @@ pub struct Scheduler<C: Clock> {
     pattern: Option<regex::Regex>,
     /// Record bytes per offset in the last batch read, to judge whether a prefetch fits.
     bytes_per_offset: Option<f64>,
+    /// The last committed batch's snapshot, written in the background once the next batch's
+    /// intent is durable (the deltas hold the state until then).
+    snapshot_to_write: Option<Snapshot>,
+    /// That write, awaited before the next commit (a snapshot must be of the last committed
+    /// batch) and at the end of a run.
+    snapshot_writing: Option<tokio::task::JoinHandle<Result<(), sluice_checkpoint::Error>>>,
 }
 
 fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
@@ -471,6 +479,8 @@ impl<C: Clock> Scheduler<C> {
             prefetched: None,
             pattern,
             bytes_per_offset: None,
+            snapshot_to_write: None,
+            snapshot_writing: None,
         })
     }
 
@@ -553,7 +563,37 @@ impl<C: Clock> Scheduler<C> {
                 break;
             }
         }
+        self.write_snapshot_now().await?;
         Ok(ran)
+    }
+
+    /// Starts writing the last committed batch's snapshot, if it has one not yet written.
+    fn start_snapshot_write(&mut self) {
+        if let Some(snapshot) = self.snapshot_to_write.take() {
+            let log = Arc::clone(&self.log);
+            self.snapshot_writing = Some(tokio::task::spawn_blocking(move || {
+                log.append_snapshot(&snapshot)?;
+                log.commit()
+            }));
+        }
+    }
+
+    /// Waits for the snapshot being written, if any.
+    async fn snapshot_written(&mut self) -> Result<(), SchedulerError> {
+        let Some(writing) = self.snapshot_writing.take() else { return Ok(()) };
+        let batch_id = self.next_batch_id;
+        writing.await.map_err(|e| SchedulerError::Processing {
+            batch_id,
+            reason: format!("writing the state snapshot stopped: {e}"),
+        })??;
+        Ok(())
+    }
+
+    /// Writes the last committed batch's snapshot, if not yet written, and waits for it.
+    async fn write_snapshot_now(&mut self) -> Result<(), SchedulerError> {
+        self.snapshot_written().await?;
+        self.start_snapshot_write();
+        self.snapshot_written().await
     }
 
     fn write_progress(&self, progress: &BatchProgress) -> Result<(), SchedulerError> {
@@ -907,6 +947,9 @@ impl<C: Clock> Scheduler<C> {
         // Until the commit is durable this batch is open: if anything below fails, a later run
         // (in this process or after a restart) re-runs it with the same ranges.
         self.pending = Some(intent);
+        // The batch before's snapshot is written while this one runs; its sync would otherwise
+        // have held up that batch's commit, or this one's intent.
+        self.start_snapshot_write();
         let intent_written = self.clock.now_ms();
         let tasks = reading.finish().await?;
         let fetched = self.clock.now_ms();
@@ -938,17 +981,17 @@ impl<C: Clock> Scheduler<C> {
             Some(state) if state.len() as u64 > snapshot_limit => (None, true),
             snapshot => (snapshot, false),
         };
+        self.snapshot_written().await?;
         self.log.append_commit(&BatchCommit {
             batch_id,
             state_delta: output.state_delta,
             sink_markers: output.sink_markers,
         })?;
-        if let Some(state) = snapshot {
-            // Made durable with the commit, by the same sync.
-            self.log.append_snapshot(&Snapshot { batch_id, state })?;
-        }
         self.log.commit()?;
         self.pending = None;
+        // Written once the next batch's intent is durable (or at the end of the run): the
+        // commit's delta holds this batch's changes until then.
+        self.snapshot_to_write = snapshot.map(|state| Snapshot { batch_id, state });
         let checkpoint_bytes = self.log.stats().map_or(0, |s| s.appended_bytes.saturating_sub(appended_before));
         if let Some(group) = &self.config.commit_to_group {
             let offsets: Vec<(String, i32, i64)> =
