@@ -10,25 +10,28 @@ use common::Tansu;
 use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, OffsetRange};
 
+/// Produces 1,000 records to partition 0 of `topic`, in batches of at most `batch_size_bytes`;
+/// record `i`'s value is `value(i)`.
+async fn produce(client: &Client, topic: &str, batch_size_bytes: usize, value: impl Fn(usize) -> String) {
+    let config = ProducerConfig { batch_size_bytes, linger: Duration::from_millis(1), ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..1_000 {
+        let record = ProducerRecord { partition: Some(0), ..ProducerRecord::new(topic, value(i)) };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
     let tansu = Tansu::start();
     let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
     client.create_topic("ranges", 1, 1).await.unwrap();
     // Small batches of uneven sizes, so ranges start and end inside batches.
-    let config =
-        ProducerConfig { batch_size_bytes: 700, linger: Duration::from_millis(1), ..ProducerConfig::default() };
-    let producer = Producer::new(client.clone(), config).await.unwrap();
-    let mut deliveries = Vec::new();
-    for i in 0..1_000 {
-        let value = format!("{i}-{}", "x".repeat(i % 37));
-        deliveries.push(
-            producer.send(ProducerRecord { partition: Some(0), ..ProducerRecord::new("ranges", value) }).await.unwrap(),
-        );
-    }
-    for delivery in deliveries {
-        delivery.await.unwrap();
-    }
+    produce(&client, "ranges", 700, |i| format!("{i}-{}", "x".repeat(i % 37))).await;
     // Small fetches too, so a range takes several.
     let options = FetchOptions { max_bytes: 2_000, max_wait: Duration::from_millis(100), ..FetchOptions::default() };
     for (from, until) in [(0, 1_000), (123, 789), (500, 501), (999, 1_000), (42, 42)] {
@@ -74,19 +77,7 @@ async fn a_known_record_size_keeps_a_ranges_first_fetch_near_the_range() {
     let (_tansu, proxy) = Tansu::start_behind_proxy();
     let client = Client::connect(ClientConfig::new([proxy.addr.as_str()])).await.unwrap();
     client.create_topic("sized", 1, 1).await.unwrap();
-    let config =
-        ProducerConfig { batch_size_bytes: 2_000, linger: Duration::from_millis(1), ..ProducerConfig::default() };
-    let producer = Producer::new(client.clone(), config).await.unwrap();
-    let mut deliveries = Vec::new();
-    for i in 0..1_000 {
-        let value = format!("{i:04}-{}", "x".repeat(195));
-        deliveries.push(
-            producer.send(ProducerRecord { partition: Some(0), ..ProducerRecord::new("sized", value) }).await.unwrap(),
-        );
-    }
-    for delivery in deliveries {
-        delivery.await.unwrap();
-    }
+    produce(&client, "sized", 2_000, |i| format!("{i:04}-{}", "x".repeat(195))).await;
     proxy.faults.cut_after_response_bytes.store(100_000, std::sync::atomic::Ordering::SeqCst);
     let options = FetchOptions { max_bytes: 1 << 20, max_wait: Duration::from_millis(100), ..FetchOptions::default() };
     let range = OffsetRange { topic: "sized".into(), partition: 0, from: 0, until: 50 };
