@@ -176,6 +176,8 @@ async fn fetch_range_via(
     range: &OffsetRange,
     options: &FetchOptions,
     on_loss: DataLoss,
+    // Record bytes per offset, from earlier reads and then from this range's fetches, to ask
+    // for little more than the rest of the range.
     mut per_offset: Option<f64>,
 ) -> Result<RangeRecords, FetchRangeError> {
     let mut batches = Vec::new();
@@ -190,8 +192,6 @@ async fn fetch_range_via(
         until: range.until,
         source,
     };
-    // `per_offset`: record bytes per offset, from earlier reads and then from this range's
-    // fetches, to ask for little more than the rest of the range.
     while position < range.until {
         let options =
             &FetchOptions { max_bytes: fetch_size(options.max_bytes, per_offset, range.until - position), ..*options };

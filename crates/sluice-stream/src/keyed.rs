@@ -163,7 +163,7 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         let parallel = self.len() >= crate::stream::PARALLEL_FROM_ITEMS;
         // A snapshot holds at least what a delta does.
-        let last_sizes = self.delta_bytes.clone().into_iter().chain(std::iter::repeat(0));
+        let last_sizes = self.delta_bytes.iter().copied().chain(std::iter::repeat(0));
         let work: Vec<_> = self.shards.iter_mut().zip(last_sizes).collect();
         let pieces = on_each(work, parallel, |(shard, last_size)| {
             encode_each(shard.iter().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?))), last_size)

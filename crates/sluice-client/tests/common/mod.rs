@@ -45,7 +45,8 @@ impl Tansu {
 
     /// Starts a broker on `addr` (`127.0.0.1:PORT`), e.g. where a stopped one was.
     pub fn start_on(addr: &str) -> Self {
-        Self::start_advertising(addr, addr)
+        Self::try_start(addr, addr, &[], false)
+            .unwrap_or_else(|| panic!("Tansu exited at start on {addr} (is the port taken?)"))
     }
 
     /// A broker on a free port behind a fault proxy: the broker advertises the proxy's address,
@@ -58,11 +59,6 @@ impl Tansu {
         (tansu, proxy)
     }
 
-    /// Starts a broker listening on `addr` and advertising `advertised`.
-    pub fn start_advertising(addr: &str, advertised: &str) -> Self {
-        Self::start_with(addr, advertised, &[])
-    }
-
     /// A broker on a free port advertising `advertised` (a proxy in front of it).
     pub fn start_free_advertising(advertised: &str) -> Self {
         Self::start_free(Some(advertised), &[])
@@ -71,11 +67,6 @@ impl Tansu {
     /// A broker on a free port that requires SASL authentication (`--authentication`).
     pub fn start_authenticating() -> Self {
         Self::start_free(None, &["--authentication"])
-    }
-
-    fn start_with(addr: &str, advertised: &str, extra: &[&str]) -> Self {
-        Self::try_start(addr, advertised, extra, false)
-            .unwrap_or_else(|| panic!("Tansu exited at start on {addr} (is the port taken?)"))
     }
 
     /// Starts the broker and waits until it accepts connections; `None` if it exited instead
