@@ -6,15 +6,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sluice_protocol::error_code::ErrorCode;
+use sluice_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use sluice_protocol::messages::create_topics_request::CreatableTopic;
 use sluice_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
 use sluice_protocol::messages::delete_topics_request::DeleteTopicState;
 use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use sluice_protocol::messages::fetch_response::FetchableTopicResponse;
 use sluice_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use sluice_protocol::messages::metadata_request::MetadataRequestTopic;
 use sluice_protocol::messages::{
-    CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
-    MetadataResponse,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, FetchRequest,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse,
 };
 use sluice_protocol::primitives::Uuid;
 use sluice_protocol::record::{decode_records, DecodeOptions, DecodedRecords};
@@ -314,8 +316,9 @@ impl Client {
         state.backoff.insert(address.to_owned(), (failures, now.checked_add(wait).unwrap_or(now)));
     }
 
-    /// Creates a topic and waits (up to the request timeout) until the cluster reports a leader
-    /// for each of its partitions.
+    /// Creates a topic and waits (up to the request timeout) until the leader of each of its
+    /// partitions serves it: Kafka lists a new partition's leader in its metadata a moment before
+    /// that broker has the log open, and answers NOT_LEADER_OR_FOLLOWER in between.
     pub async fn create_topic(&self, name: &str, partitions: i32, replication_factor: i16) -> Result<()> {
         let topic =
             CreatableTopic { name: name.into(), num_partitions: partitions, replication_factor, ..Default::default() };
@@ -329,6 +332,35 @@ impl Client {
         for topic in &response.topics {
             crate::connection::check_error(connection.broker(), "CreateTopics", topic.error_code)?;
         }
+        self.wait_until_served(name, partitions, connection.broker()).await
+    }
+
+    /// Grows `topic` to `partitions` partitions in all (CreatePartitions; a topic never shrinks)
+    /// and waits, as [`Client::create_topic`] does, until the leader of each serves it. Keyed
+    /// records map to other partitions afterwards.
+    pub async fn create_partitions(&self, topic: &str, partitions: i32) -> Result<()> {
+        let request = CreatePartitionsRequest {
+            // No assignments (null, not an empty list): the controller places the new partitions.
+            topics: vec![CreatePartitionsTopic {
+                name: topic.into(),
+                count: partitions,
+                assignments: None,
+                ..Default::default()
+            }],
+            timeout_ms: self.broker_timeout_ms(),
+            ..CreatePartitionsRequest::default()
+        };
+        let connection = self.controller().await?;
+        let response = connection.send(&request).await?;
+        for result in &response.results {
+            crate::connection::check_error(connection.broker(), "CreatePartitions", result.error_code)?;
+        }
+        self.wait_until_served(topic, partitions, connection.broker()).await
+    }
+
+    /// Waits (up to the request timeout) until the metadata lists `partitions` partitions of
+    /// `topic` with leaders, and each leader answers ListOffsets for its partition.
+    async fn wait_until_served(&self, name: &str, partitions: i32, admin: &str) -> Result<()> {
         let deadline = Instant::now() + self.inner.config.connection.request_timeout;
         loop {
             let metadata = self.refresh_metadata(Some(&[name])).await?;
@@ -337,11 +369,19 @@ impl Client {
                     && t.partitions.iter().all(|p| p.leader >= 0)
             });
             if ready {
-                return Ok(());
+                let all: Vec<(String, i32)> = (0..partitions).map(|p| (name.to_owned(), p)).collect();
+                match self.list_offsets(&all, OffsetSpec::Earliest).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if !e.is_retriable() => return Err(e),
+                    Err(_) => {}
+                }
             }
             if Instant::now() >= deadline {
-                let broker = connection.broker().to_owned();
-                return Err(Error::Broker { broker, api: "Metadata", code: ErrorCode::LeaderNotAvailable });
+                return Err(Error::Broker {
+                    broker: admin.to_owned(),
+                    api: "Metadata",
+                    code: ErrorCode::LeaderNotAvailable,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -353,7 +393,9 @@ impl Client {
         i32::try_from((self.inner.config.connection.request_timeout / 2).as_millis()).unwrap_or(i32::MAX)
     }
 
-    /// Deletes a topic.
+    /// Deletes a topic and waits (up to the request timeout) until the cluster's metadata no
+    /// longer lists it: Kafka answers DeleteTopics once the controller has decided, and brokers
+    /// learn of it a moment later.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let connection = self.controller().await?;
         let version = connection.version_for::<DeleteTopicsRequest>(None)?;
@@ -368,6 +410,19 @@ impl Client {
         let response = connection.send_version(&request, version).await?;
         for topic in &response.responses {
             crate::connection::check_error(connection.broker(), "DeleteTopics", topic.error_code)?;
+        }
+        let deadline = Instant::now() + self.inner.config.connection.request_timeout;
+        loop {
+            let metadata = self.refresh_metadata(Some(&[name])).await?;
+            let gone = metadata.topics.get(name).is_none_or(|t| t.error == ErrorCode::UnknownTopicOrPartition);
+            if gone {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let broker = connection.broker().to_owned();
+                return Err(Error::Broker { broker, api: "Metadata", code: ErrorCode::RequestTimedOut });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut state = self.state();
         let mut metadata = (*state.metadata).clone();
@@ -384,6 +439,9 @@ impl Client {
         }
     }
 }
+
+/// A partition to probe: topic, partition, offset to fetch at.
+type Probe = (String, i32, i64);
 
 /// ListOffsets partitions of one request, by topic.
 type OffsetsByTopic<'a> = BTreeMap<&'a str, Vec<ListOffsetsPartition>>;
@@ -462,8 +520,79 @@ pub struct FetchedPartition {
     pub records: DecodedRecords,
 }
 
-/// Fetch v13+ names topics by id; the fetches here name them.
+/// The last Fetch version that names topics; v13+ (KIP-516) names them by topic id.
 const FETCH_BY_NAME_MAX_VERSION: i16 = 12;
+
+/// How a fetch names its topics: by id at the newest version both sides speak where the broker
+/// has Fetch v13+ and the metadata gives every topic's id (Kafka 3+), else by name at v12 at
+/// most. By id, a fetch of a topic deleted and made again under the same name is answered
+/// UNKNOWN_TOPIC_ID rather than read from the new topic's log as if it were the old one.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchNaming {
+    /// The Fetch version to send.
+    pub version: i16,
+    ids: HashMap<String, Uuid>,
+    names: HashMap<Uuid, String>,
+}
+
+impl FetchNaming {
+    /// The naming for a fetch of `topics` from `connection`'s broker, with the ids `metadata`
+    /// knows.
+    pub(crate) fn new<'a>(
+        connection: &Connection,
+        metadata: &ClusterMetadata,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self> {
+        let newest = connection.version_for::<FetchRequest>(None)?;
+        let mut ids = HashMap::new();
+        if newest > FETCH_BY_NAME_MAX_VERSION {
+            for topic in topics {
+                match metadata.topics.get(topic).map(|t| t.topic_id).filter(|id| *id != Uuid::ZERO) {
+                    Some(id) => ids.insert(topic.to_owned(), id),
+                    None => {
+                        ids.clear();
+                        break;
+                    }
+                };
+            }
+        }
+        let version = if ids.is_empty() {
+            connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?
+        } else {
+            newest
+        };
+        let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
+        Ok(Self { version, ids, names })
+    }
+
+    /// `topic`'s part of a request, named as this naming says.
+    pub(crate) fn topic(&self, topic: &str, partitions: Vec<FetchPartition>) -> FetchTopic {
+        let topic_id = self.ids.get(topic).copied().unwrap_or_default();
+        FetchTopic { topic: topic.to_owned(), topic_id, partitions, ..Default::default() }
+    }
+
+    /// The name of an answered topic (`None`: an id this fetch did not ask about).
+    pub(crate) fn name_of(&self, answer: &FetchableTopicResponse) -> Option<String> {
+        if self.version > FETCH_BY_NAME_MAX_VERSION {
+            self.names.get(&answer.topic_id).cloned()
+        } else {
+            Some(answer.topic.clone())
+        }
+    }
+}
+
+/// Whether a fetch's partition error means the metadata is out of date (the leader moved, or
+/// the topic is not the one the metadata names any more): refresh it and fetch again.
+pub(crate) fn stale_metadata(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeaderOrFollower
+            | ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownTopicId
+            | ErrorCode::InconsistentTopicId
+    )
+}
 
 impl Client {
     /// Looks up an offset of `topic`/`partition` on its leader.
@@ -490,29 +619,42 @@ impl Client {
         isolation: Isolation,
     ) -> Result<BTreeMap<(String, i32), i64>> {
         let listed = self.list_offsets(partitions, OffsetSpec::Latest).await?;
-        // Tansu answers a zero-wait fetch with no partitions at all; a short wait gets the
-        // watermark, and one byte is enough (the broker returns at most the batch at `listed`).
-        let probe = FetchOptions { max_wait: Duration::from_millis(50), min_bytes: 1, max_bytes: 1, isolation };
+        // One probing fetch per leader, all its partitions at once (a broker serves a
+        // connection's requests one at a time, so one fetch per partition would queue up).
+        let mut by_leader: HashMap<String, (Arc<Connection>, Vec<Probe>)> = HashMap::new();
+        for ((topic, partition), offset) in &listed {
+            let connection = self.leader(topic, *partition).await?;
+            let entry = by_leader.entry(connection.broker().to_owned()).or_insert_with(|| (connection, Vec::new()));
+            entry.1.push((topic.clone(), *partition, *offset));
+        }
         let mut probes = tokio::task::JoinSet::new();
-        for ((topic, partition), listed) in listed {
-            let client = self.clone();
+        let metadata = self.metadata();
+        for (_, (connection, wanted)) in by_leader {
+            let naming = FetchNaming::new(&connection, &metadata, wanted.iter().map(|(t, _, _)| t.as_str()))?;
             probes.spawn(async move {
-                let high_watermark = match client.fetch_partition(&topic, partition, listed, &probe).await {
-                    Ok(fetched) => fetched.high_watermark,
-                    // A broker with nothing at `listed` may leave the partition out of its answer.
-                    Err(Error::Broker { code: ErrorCode::UnknownTopicOrPartition, .. }) => listed,
-                    Err(e) => return Err(e),
-                };
-                Ok(((topic, partition), listed.max(high_watermark)))
+                // Kafka answers a zero-wait fetch with every partition. Tansu leaves them all
+                // out; a short wait gets it to answer.
+                let mut found = high_watermarks_on(&connection, &naming, &wanted, isolation, Duration::ZERO).await?;
+                let missing: Vec<Probe> =
+                    wanted.into_iter().filter(|(t, p, _)| !found.contains_key(&(t.clone(), *p))).collect();
+                if !missing.is_empty() {
+                    let wait = Duration::from_millis(50);
+                    found.extend(high_watermarks_on(&connection, &naming, &missing, isolation, wait).await?);
+                }
+                Ok::<_, Error>(found)
             });
         }
-        let mut ends = BTreeMap::new();
+        let mut ends = listed.clone();
         while let Some(joined) = probes.join_next().await {
-            let (key, end) = joined.map_err(|e| Error::Disconnected {
+            let found = joined.map_err(|e| Error::Disconnected {
                 broker: "(leader)".into(),
                 reason: format!("a log end probe stopped: {e}"),
             })??;
-            ends.insert(key, end);
+            for (key, high_watermark) in found {
+                if let Some(end) = ends.get_mut(&key) {
+                    *end = (*end).max(high_watermark);
+                }
+            }
         }
         Ok(ends)
     }
@@ -635,21 +777,20 @@ impl Client {
         offset: i64,
         options: &FetchOptions,
     ) -> Result<FetchedPartition> {
-        let request = fetch_request(topic, partition, offset, options);
-        let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
+        let naming = FetchNaming::new(connection, &self.metadata(), [topic])?;
+        let request = fetch_request(&naming, topic, partition, offset, options);
+        let version = naming.version;
         let response = connection.send_version(&request, version).await?;
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
         let answer = response
             .responses
             .into_iter()
+            .filter(|t| naming.name_of(t).as_deref() == Some(topic))
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index == partition)
             .ok_or_else(|| missing_partition(connection.broker(), "Fetch"))?;
         let error = ErrorCode::from_code(answer.error_code);
-        if matches!(
-            error,
-            ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition | ErrorCode::FencedLeaderEpoch
-        ) {
+        if stale_metadata(error) {
             self.refresh_metadata(Some(&[topic])).await?;
         }
         let decode = DecodeOptions { min_offset: offset, ..DecodeOptions::default() };
@@ -678,23 +819,68 @@ impl Client {
     }
 }
 
+/// The high watermarks `connection`'s broker reports for `partitions` (topic, partition, offset to
+/// fetch at), asking for one byte of each and waiting up to `max_wait`; partitions the broker
+/// leaves out or answers with an error are not in the result.
+async fn high_watermarks_on(
+    connection: &Connection,
+    naming: &FetchNaming,
+    partitions: &[Probe],
+    isolation: Isolation,
+    max_wait: Duration,
+) -> Result<BTreeMap<(String, i32), i64>> {
+    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    for (topic, partition, offset) in partitions {
+        topics.entry(topic).or_default().push(FetchPartition {
+            partition: *partition,
+            fetch_offset: *offset,
+            partition_max_bytes: 1,
+            ..Default::default()
+        });
+    }
+    let request = FetchRequest {
+        max_wait_ms: i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX),
+        min_bytes: 1,
+        max_bytes: 1,
+        isolation_level: i8::from(isolation == Isolation::ReadCommitted),
+        topics: topics.into_iter().map(|(topic, partitions)| naming.topic(topic, partitions)).collect(),
+        ..FetchRequest::default()
+    };
+    let response = connection.send_version(&request, naming.version).await?;
+    crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
+    Ok(response
+        .responses
+        .into_iter()
+        .filter_map(|t| naming.name_of(&t).map(|name| (name, t.partitions)))
+        .flat_map(|(topic, partitions)| {
+            partitions
+                .into_iter()
+                .filter(|p| p.error_code == 0)
+                .map(move |p| ((topic.clone(), p.partition_index), p.high_watermark))
+        })
+        .collect())
+}
+
 /// A fetch of one partition from `offset`.
-fn fetch_request(topic: &str, partition: i32, offset: i64, options: &FetchOptions) -> FetchRequest {
+fn fetch_request(
+    naming: &FetchNaming,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    options: &FetchOptions,
+) -> FetchRequest {
+    let wanted = FetchPartition {
+        partition,
+        fetch_offset: offset,
+        partition_max_bytes: options.max_bytes,
+        ..Default::default()
+    };
     FetchRequest {
         max_wait_ms: i32::try_from(options.max_wait.as_millis()).unwrap_or(i32::MAX),
         min_bytes: options.min_bytes,
         max_bytes: options.max_bytes,
         isolation_level: i8::from(options.isolation == Isolation::ReadCommitted),
-        topics: vec![FetchTopic {
-            topic: topic.into(),
-            partitions: vec![FetchPartition {
-                partition,
-                fetch_offset: offset,
-                partition_max_bytes: options.max_bytes,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+        topics: vec![naming.topic(topic, vec![wanted])],
         ..FetchRequest::default()
     }
 }

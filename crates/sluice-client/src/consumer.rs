@@ -8,16 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::error_code::ErrorCode;
-use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use sluice_protocol::messages::fetch_request::FetchPartition;
 use sluice_protocol::messages::{FetchRequest, FetchResponse};
 use sluice_protocol::record::{decode_records, ControlRecordType, DecodeOptions, RecordBatch, RecordRef};
 
-use crate::client::{Client, Isolation, OffsetSpec};
+use crate::client::{stale_metadata, Client, FetchNaming, Isolation, OffsetSpec};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-
-/// Fetch v13+ names topics by id; this consumer names them.
-const FETCH_BY_NAME_MAX_VERSION: i16 = 12;
 
 /// What to do when a position is outside the partition's log (OFFSET_OUT_OF_RANGE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +125,9 @@ impl PartitionProgress {
 type TopicPartition = (String, i32);
 
 /// Fetches in flight, each answering for its group of partitions.
-type FetchTasks = tokio::task::JoinSet<(Vec<TopicPartition>, Result<(Arc<Connection>, FetchResponse)>)>;
+/// A fetch's answer: the connection it went on, how it named topics, the response.
+type Fetched = (Arc<Connection>, FetchNaming, FetchResponse);
+type FetchTasks = tokio::task::JoinSet<(Vec<TopicPartition>, Result<Fetched>)>;
 
 /// Consumes assigned partitions.
 #[derive(Debug)]
@@ -231,8 +230,8 @@ impl Consumer {
                 continue;
             };
             match fetched {
-                Ok((connection, response)) => {
-                    self.absorb(&connection, response, &mut out).await?;
+                Ok((connection, naming, response)) => {
+                    self.absorb(&connection, &naming, response, &mut out).await?;
                     if streaming && self.epoch == epoch {
                         // This group's next fetch goes out now, while the caller works.
                         self.spawn_fetch(&mut fetches, connection, &group);
@@ -293,19 +292,20 @@ impl Consumer {
             let share = self.config.prefetch_max_bytes / self.assigned.len() * group.len();
             max_bytes = max_bytes.min(i32::try_from(share.max(1)).unwrap_or(i32::MAX));
         }
-        let request = FetchRequest { max_bytes, ..self.fetch_request(group) };
+        let naming = FetchNaming::new(&connection, &self.client.metadata(), group.iter().map(|(t, _)| t.as_str()));
+        let request = naming.map(|naming| (FetchRequest { max_bytes, ..self.fetch_request(&naming, group) }, naming));
         let group = group.to_vec();
         fetches.spawn(async move {
             let fetched = async {
-                let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?;
-                let response = connection.send_version(&request, version).await?;
-                Ok::<_, Error>((connection, response))
+                let (request, naming) = request?;
+                let response = connection.send_version(&request, naming.version).await?;
+                Ok::<_, Error>((connection, naming, response))
             };
             (group, fetched.await)
         });
     }
 
-    fn fetch_request(&self, partitions: &[TopicPartition]) -> FetchRequest {
+    fn fetch_request(&self, naming: &FetchNaming, partitions: &[TopicPartition]) -> FetchRequest {
         let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
         for (topic, partition) in partitions {
             let position = self.assigned.get(&(topic.clone(), *partition)).map_or(0, |p| p.position);
@@ -321,10 +321,7 @@ impl Consumer {
             min_bytes: self.config.min_bytes,
             max_bytes: self.config.max_bytes,
             isolation_level: i8::from(self.config.isolation == Isolation::ReadCommitted),
-            topics: topics
-                .into_iter()
-                .map(|(topic, partitions)| FetchTopic { topic: topic.to_owned(), partitions, ..Default::default() })
-                .collect(),
+            topics: topics.into_iter().map(|(topic, partitions)| naming.topic(topic, partitions)).collect(),
             ..FetchRequest::default()
         }
     }
@@ -333,13 +330,15 @@ impl Consumer {
     async fn absorb(
         &mut self,
         connection: &Connection,
+        naming: &FetchNaming,
         response: FetchResponse,
         out: &mut Vec<PartitionRecords>,
     ) -> Result<()> {
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
         for topic in response.responses {
+            let Some(name) = naming.name_of(&topic) else { continue };
             for answer in topic.partitions {
-                let key = (topic.topic.clone(), answer.partition_index);
+                let key = (name.clone(), answer.partition_index);
                 let Some(progress) = self.assigned.get(&key).copied() else { continue };
                 match ErrorCode::from_code(answer.error_code) {
                     ErrorCode::None => {}
@@ -347,10 +346,9 @@ impl Consumer {
                         self.reset(&key, progress.position).await?;
                         continue;
                     }
-                    ErrorCode::NotLeaderOrFollower
-                    | ErrorCode::UnknownTopicOrPartition
-                    | ErrorCode::FencedLeaderEpoch => {
-                        // Leadership moved: look again, fetch again next poll.
+                    code if stale_metadata(code) => {
+                        // Leadership moved, or the topic is not the one the metadata names:
+                        // look again, fetch again next poll.
                         self.client.refresh_metadata(Some(&[key.0.as_str()])).await?;
                         continue;
                     }

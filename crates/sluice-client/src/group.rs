@@ -216,6 +216,23 @@ const KEY_TYPE_GROUP: i8 = 0;
 
 /// The address of the coordinator of `key` (a group id, or with key type 1 a transactional id).
 pub(crate) async fn find_coordinator_of(client: &Client, key: &str, key_type: i8) -> Result<String> {
+    // A coordinator is "not available" while its internal topic is being created (the first
+    // lookup on a new cluster creates __consumer_offsets or __transaction_state) or its partition
+    // moves: ask again, for up to the request timeout.
+    let deadline = Instant::now() + client.config().connection.request_timeout;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match find_coordinator_once(client, key, key_type).await {
+            Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn find_coordinator_once(client: &Client, key: &str, key_type: i8) -> Result<String> {
     let broker = client.any_broker().await?;
     let version = broker.version_for::<FindCoordinatorRequest>(None)?;
     // v4 (KIP-699) looks up a list of keys; earlier versions one.
@@ -753,6 +770,41 @@ impl Client {
         self.connection_to(&address).await
     }
 
+    /// Runs `call` on `group_id`'s coordinator, finding it again and retrying (for up to the
+    /// request timeout) while the answer says the coordinator moved, is not there yet, or is
+    /// still loading the group's offsets: a cluster's first group lookup creates
+    /// `__consumer_offsets`, and its coordinators answer NOT_COORDINATOR or
+    /// COORDINATOR_LOAD_IN_PROGRESS until they have loaded it.
+    async fn at_group_coordinator<T, F, Fut>(&self, group_id: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut(Arc<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + self.config().connection.request_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let answer = match self.group_coordinator(group_id).await {
+                Ok(coordinator) => call(coordinator).await,
+                Err(e) => Err(e),
+            };
+            let again = match &answer {
+                Err(Error::Broker { code, .. }) => matches!(
+                    code,
+                    ErrorCode::NotCoordinator
+                        | ErrorCode::CoordinatorNotAvailable
+                        | ErrorCode::CoordinatorLoadInProgress
+                ),
+                Err(other) => other.is_retriable(),
+                Ok(_) => false,
+            };
+            if !again || Instant::now() + backoff >= deadline {
+                return answer;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
     /// Commits `offsets` (topic, partition, next offset to consume) for `group_id` outside any
     /// membership (generation -1), as a job that assigns its own partitions does so that lag
     /// tools see its progress. The coordinator refuses it while the group has active members.
@@ -763,12 +815,17 @@ impl Client {
             topics: commit_topics(offsets),
             ..OffsetCommitRequest::default()
         };
-        let coordinator = self.group_coordinator(group_id).await?;
-        let response = coordinator.send(&request).await?;
-        for partition in response.topics.iter().flat_map(|t| t.partitions.iter()) {
-            check_error(coordinator.broker(), "OffsetCommit", partition.error_code)?;
-        }
-        Ok(())
+        self.at_group_coordinator(group_id, |coordinator| {
+            let request = &request;
+            async move {
+                let response = coordinator.send(request).await?;
+                for partition in response.topics.iter().flat_map(|t| t.partitions.iter()) {
+                    check_error(coordinator.broker(), "OffsetCommit", partition.error_code)?;
+                }
+                Ok(())
+            }
+        })
+        .await
     }
 
     /// `group_id`'s committed offsets for `partitions`, waiting out transactions still deciding
@@ -781,8 +838,12 @@ impl Client {
     ) -> Result<BTreeMap<(String, i32), Option<i64>>> {
         let deadline = Instant::now() + self.config().connection.request_timeout;
         loop {
-            let coordinator = self.group_coordinator(group_id).await?;
-            match fetch_committed_as(&coordinator, group_id, Some(partitions), true).await {
+            let answer = self
+                .at_group_coordinator(group_id, |coordinator| async move {
+                    fetch_committed_as(&coordinator, group_id, Some(partitions), true).await
+                })
+                .await;
+            match answer {
                 Err(Error::Broker { code: ErrorCode::UnstableOffsetCommit, .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -793,12 +854,17 @@ impl Client {
 
     /// Every offset `group_id` has committed.
     pub async fn group_offsets(&self, group_id: &str) -> Result<BTreeMap<(String, i32), i64>> {
-        let coordinator = self.group_coordinator(group_id).await?;
-        let committed = match fetch_committed(&coordinator, group_id, None).await {
+        let everything =
+            self.at_group_coordinator(group_id, |coordinator| async move {
+                fetch_committed(&coordinator, group_id, None).await
+            })
+            .await;
+        let committed = match everything {
             Ok(committed) => committed,
-            // Tansu 0.6 answers the "all topics" form with a null topic list, which the schema
-            // does not allow: ask for every partition of every topic instead.
             Err(Error::Decode { .. }) => {
+                let coordinator = self.group_coordinator(group_id).await?;
+                // Tansu 0.6 answers the "all topics" form with a null topic list, which the
+                // schema does not allow: ask for every partition of every topic instead.
                 let metadata = self.refresh_metadata(None).await?;
                 let partitions: Vec<(String, i32)> = metadata
                     .topics

@@ -565,6 +565,9 @@ impl Producer {
     }
 }
 
+/// Gets an idempotent producer's id and epoch from any broker, trying again (for up to the
+/// request timeout) while the answer is retriable: a broker that has just started answers
+/// COORDINATOR_LOAD_IN_PROGRESS until it has loaded its producer-id state.
 async fn init_producer_id(client: &Client) -> Result<(i64, i16)> {
     let request = InitProducerIdRequest {
         transactional_id: None,
@@ -573,10 +576,23 @@ async fn init_producer_id(client: &Client) -> Result<(i64, i16)> {
         producer_epoch: -1,
         ..InitProducerIdRequest::default()
     };
-    let connection = client.any_broker().await?;
-    let response = connection.send(&request).await?;
-    check_error(connection.broker(), "InitProducerId", response.error_code)?;
-    Ok((response.producer_id, response.producer_epoch))
+    let deadline = Instant::now() + client.config().connection.request_timeout;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let answer = async {
+            let connection = client.any_broker().await?;
+            let response = connection.send(&request).await?;
+            check_error(connection.broker(), "InitProducerId", response.error_code)?;
+            Ok::<_, Error>((response.producer_id, response.producer_epoch))
+        };
+        match answer.await {
+            Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Moves a partition's open batch to its ready queue, numbering it.

@@ -42,6 +42,9 @@ pub(super) struct Transaction {
     partitions: HashSet<(String, i32)>,
 }
 
+/// The last EndTxn version of the transaction protocol v1 (v5 bumps the epoch at every end).
+const END_TXN_V1_MAX_VERSION: i16 = 4;
+
 /// Whether a coordinator's answer asks to try again (after finding it again where it moved).
 fn retry_code(code: ErrorCode) -> Option<bool> {
     match code {
@@ -304,7 +307,11 @@ impl Producer {
             ..EndTxnRequest::default()
         };
         let client = self.shared.client.clone();
-        txn.call(&client, &request, None, |r| r.error_code).await?;
+        // EndTxn v5 is the transaction protocol v2 (KIP-890 part 2: partitions join through
+        // Produce v12+, the epoch is bumped at every end); this producer speaks v1 (Produce up to
+        // v11, AddPartitionsToTxn), which Kafka 4 serves beside v2, so it ends transactions at v4
+        // at most and keeps its epoch.
+        txn.call(&client, &request, Some(END_TXN_V1_MAX_VERSION), |r| r.error_code).await?;
         txn.open = false;
         txn.partitions.clear();
         Ok(())
