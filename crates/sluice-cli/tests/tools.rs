@@ -1,4 +1,4 @@
-//! The everyday tools against Tansu: `topics`, `produce`, `consume`, `offsets`, and the
+//! The everyday tools against a real broker: `topics`, `produce`, `consume`, `offsets`, and the
 //! errors of bad flags.
 
 #![allow(clippy::unwrap_used)]
@@ -12,45 +12,49 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use cli::{lines, ok, sluice};
-use common::Tansu;
+use common::unique;
 
 #[test]
 fn topics_create_list_describe_delete() {
-    let tansu = Tansu::start();
-    let b = tansu.addr.as_str();
+    let b = common::shared().addr.as_str();
+    let orders = unique("orders");
     assert_eq!(
-        ok(&sluice(b, &["topics", "create", "orders", "--partitions", "3"], "")),
-        "created topic orders with 3 partitions\n"
+        ok(&sluice(b, &["topics", "create", orders.as_str(), "--partitions", "3"], "")),
+        format!("created topic {orders} with 3 partitions\n")
     );
     let listed = ok(&sluice(b, &["topics", "list"], ""));
-    assert!(lines(&listed).contains(&"orders\t3 partitions"), "{listed}");
+    assert!(lines(&listed).contains(&format!("{orders}\t3 partitions").as_str()), "{listed}");
     let json = ok(&sluice(b, &["topics", "list", "-J"], ""));
-    assert!(json.contains(r#"{"topic":"orders","partitions":3,"internal":false}"#), "{json}");
-    let described = ok(&sluice(b, &["topics", "describe", "orders"], ""));
+    assert!(json.contains(&format!(r#"{{"topic":"{orders}","partitions":3,"internal":false}}"#)), "{json}");
+    let described = ok(&sluice(b, &["topics", "describe", orders.as_str()], ""));
     let rows = lines(&described);
-    assert_eq!(rows[0], "topic orders: 3 partitions");
+    assert_eq!(rows[0], format!("topic {orders}: 3 partitions"));
     assert_eq!(rows.len(), 2 + 3, "{described}");
     assert!(rows[2].starts_with("0\t") && rows[2].ends_with("\t0\t0"), "an empty partition: {}", rows[2]);
-    ok(&sluice(b, &["topics", "delete", "orders"], ""));
+    ok(&sluice(b, &["topics", "delete", orders.as_str()], ""));
     let after = ok(&sluice(b, &["topics", "list"], ""));
-    assert!(!after.contains("orders"), "{after}");
-    let missing = sluice(b, &["topics", "describe", "orders"], "");
+    assert!(!after.contains(orders.as_str()), "{after}");
+    let missing = sluice(b, &["topics", "describe", orders.as_str()], "");
     assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("topic orders does not exist"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains(&format!("topic {orders} does not exist")));
 }
 
 #[test]
 fn produce_then_consume_in_every_format() {
-    let tansu = Tansu::start();
-    let b = tansu.addr.as_str();
-    ok(&sluice(b, &["topics", "create", "lines", "--partitions", "2"], ""));
+    let b = common::shared().addr.as_str();
+    let topic = unique("lines");
+    ok(&sluice(b, &["topics", "create", topic.as_str(), "--partitions", "2"], ""));
     // Keyed lines with a header, zstd-compressed, all to partition 1; then plain lines to 0.
     let keyed: String = (0..50).map(|i| format!("k{i}:value {i}\n")).collect();
-    ok(&sluice(b, &["produce", "-t", "lines", "-K", ":", "-H", "source=test", "-z", "zstd", "-p", "1"], &keyed));
+    ok(&sluice(b, &["produce", "-t", topic.as_str(), "-K", ":", "-H", "source=test", "-z", "zstd", "-p", "1"], &keyed));
     let plain: String = (0..30).map(|i| format!("plain {i}\n")).collect();
-    ok(&sluice(b, &["produce", "-t", "lines", "-p", "0", "-z", "gzip"], &plain));
+    ok(&sluice(b, &["produce", "-t", topic.as_str(), "-p", "0", "-z", "gzip"], &plain));
 
-    let all = ok(&sluice(b, &["consume", "-t", "lines", "-o", "beginning", "-e", "-f", "%p|%o|%k|%s|%h|%K|%S\\n"], ""));
+    let all = ok(&sluice(
+        b,
+        &["consume", "-t", topic.as_str(), "-o", "beginning", "-e", "-f", "%p|%o|%k|%s|%h|%K|%S\\n"],
+        "",
+    ));
     let all = lines(&all);
     assert_eq!(all.len(), 80);
     let p0: Vec<&str> = all.iter().copied().filter(|l| l.starts_with("0|")).collect();
@@ -62,61 +66,63 @@ fn produce_then_consume_in_every_format() {
     assert_eq!(p1, expected);
 
     // The default format is the value; -o -N takes the last N of each partition; -p one partition.
-    let last = ok(&sluice(b, &["consume", "-t", "lines", "-o", "-2", "-p", "0", "-e"], ""));
+    let last = ok(&sluice(b, &["consume", "-t", topic.as_str(), "-o", "-2", "-p", "0", "-e"], ""));
     assert_eq!(last, "plain 28\nplain 29\n");
-    let from = ok(&sluice(b, &["consume", "-t", "lines", "-o", "48", "-p", "1", "-e", "-f", "%k\\n"], ""));
+    let from = ok(&sluice(b, &["consume", "-t", topic.as_str(), "-o", "48", "-p", "1", "-e", "-f", "%k\\n"], ""));
     assert_eq!(from, "k48\nk49\n");
     // -c stops after that many records.
-    let counted = ok(&sluice(b, &["consume", "-t", "lines", "-o", "beginning", "-p", "1", "-c", "3"], ""));
+    let counted = ok(&sluice(b, &["consume", "-t", topic.as_str(), "-o", "beginning", "-p", "1", "-c", "3"], ""));
     assert_eq!(counted, "value 0\nvalue 1\nvalue 2\n");
     // JSON lines in kcat's shape.
-    let json = ok(&sluice(b, &["consume", "-t", "lines", "-o", "beginning", "-p", "1", "-c", "1", "-J"], ""));
+    let json = ok(&sluice(b, &["consume", "-t", topic.as_str(), "-o", "beginning", "-p", "1", "-c", "1", "-J"], ""));
     let record: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
-    assert_eq!(record["topic"], "lines");
+    assert_eq!(record["topic"], topic.as_str());
     assert_eq!(record["partition"], 1);
     assert_eq!(record["offset"], 0);
     assert_eq!(record["key"], "k0");
     assert_eq!(record["payload"], "value 0");
     assert_eq!(record["headers"], serde_json::json!(["source", "test"]));
     // A timestamp before every record starts at the beginning.
-    let by_time = ok(&sluice(b, &["consume", "-t", "lines", "-o", "@0", "-p", "0", "-e"], ""));
+    let by_time = ok(&sluice(b, &["consume", "-t", topic.as_str(), "-o", "@0", "-p", "0", "-e"], ""));
     assert_eq!(lines(&by_time).len(), 30);
 }
 
 #[test]
 fn group_consume_commits_and_offsets_show_lag() {
-    let tansu = Tansu::start();
-    let b = tansu.addr.as_str();
-    ok(&sluice(b, &["topics", "create", "events", "--partitions", "2"], ""));
+    let b = common::shared().addr.as_str();
+    let events = unique("events");
+    let readers = unique("readers");
+    ok(&sluice(b, &["topics", "create", events.as_str(), "--partitions", "2"], ""));
     let input: String = (0..40).map(|i| format!("e{i}\n")).collect();
-    ok(&sluice(b, &["produce", "-t", "events"], &input));
-    let before = ok(&sluice(b, &["offsets", "-t", "events"], ""));
+    ok(&sluice(b, &["produce", "-t", events.as_str()], &input));
+    let before = ok(&sluice(b, &["offsets", "-t", events.as_str()], ""));
     let rows = lines(&before);
     assert_eq!(rows[0], "partition\tearliest\tlatest");
     let total: i64 = rows[1..].iter().map(|r| r.split('\t').nth(2).unwrap().parse::<i64>().unwrap()).sum();
     assert_eq!(total, 40, "{before}");
 
-    let consumed = ok(&sluice(b, &["consume", "-t", "events", "-G", "readers", "-o", "beginning", "-e"], ""));
+    let consumed =
+        ok(&sluice(b, &["consume", "-t", events.as_str(), "-G", readers.as_str(), "-o", "beginning", "-e"], ""));
     let mut got: Vec<&str> = lines(&consumed);
     got.sort_unstable();
     let mut want: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
     want.sort_unstable();
     assert_eq!(got, want);
 
-    ok(&sluice(b, &["produce", "-t", "events"], "late 1\nlate 2\nlate 3\n"));
+    ok(&sluice(b, &["produce", "-t", events.as_str()], "late 1\nlate 2\nlate 3\n"));
     // -c stops the group's read early: what was fetched but not printed stays for the group.
-    let one = ok(&sluice(b, &["consume", "-t", "events", "-G", "readers", "-c", "1"], ""));
+    let one = ok(&sluice(b, &["consume", "-t", events.as_str(), "-G", readers.as_str(), "-c", "1"], ""));
     assert_eq!(one.lines().count(), 1);
-    let lag = ok(&sluice(b, &["offsets", "-t", "events", "-G", "readers"], ""));
+    let lag = ok(&sluice(b, &["offsets", "-t", events.as_str(), "-G", readers.as_str()], ""));
     assert!(lag.ends_with("total lag: 2\n"), "{lag}");
-    let json = ok(&sluice(b, &["offsets", "-t", "events", "-G", "readers", "-J"], ""));
+    let json = ok(&sluice(b, &["offsets", "-t", events.as_str(), "-G", readers.as_str(), "-J"], ""));
     let lags: i64 = lines(&json)
         .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lag"].as_i64().unwrap())
         .sum();
     assert_eq!(lags, 2);
     // The group resumes where it committed.
-    let rest = ok(&sluice(b, &["consume", "-t", "events", "-G", "readers", "-e"], ""));
+    let rest = ok(&sluice(b, &["consume", "-t", events.as_str(), "-G", readers.as_str(), "-e"], ""));
     let mut rest: Vec<&str> = lines(&rest);
     rest.push(one.trim_end());
     rest.sort_unstable();
@@ -125,11 +131,12 @@ fn group_consume_commits_and_offsets_show_lag() {
 
 #[test]
 fn produce_shows_progress_and_generate_makes_clicks() {
-    let tansu = Tansu::start();
-    let b = tansu.addr.as_str();
-    ok(&sluice(b, &["topics", "create", "p", "--partitions", "1"], ""));
+    let b = common::shared().addr.as_str();
+    let p = unique("p");
+    let clicks = unique("clicks");
+    ok(&sluice(b, &["topics", "create", p.as_str(), "--partitions", "1"], ""));
     let input: String = (0..1000).map(|i| format!("{i}\n")).collect();
-    let output = sluice(b, &["produce", "-t", "p", "--progress"], &input);
+    let output = sluice(b, &["produce", "-t", p.as_str(), "--progress"], &input);
     ok(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.rsplit('\r').next().unwrap();
@@ -142,17 +149,17 @@ fn produce_shows_progress_and_generate_makes_clicks() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lines.txt");
     std::fs::write(&file, &input).unwrap();
-    let output = sluice(b, &["produce", "-t", "p", "--progress", file.to_str().unwrap()], "");
+    let output = sluice(b, &["produce", "-t", p.as_str(), "--progress", file.to_str().unwrap()], "");
     ok(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.rsplit('\r').next().unwrap();
     assert!(last.starts_with("[####################] 100% 1000 sent, 1000 acknowledged"), "{stderr:?}");
-    let consumed = ok(&sluice(b, &["consume", "-t", "p", "-o", "beginning", "-e"], ""));
+    let consumed = ok(&sluice(b, &["consume", "-t", p.as_str(), "-o", "beginning", "-e"], ""));
     assert_eq!(consumed, format!("{input}{input}"));
 
     // Lines need not be UTF-8.
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["produce", "-t", "p", "-p", "0"])
+        .args(["produce", "-t", p.as_str(), "-p", "0"])
         .env("SLUICE_BROKERS", b)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -164,14 +171,17 @@ fn produce_shows_progress_and_generate_makes_clicks() {
         })
         .unwrap();
     ok(&output);
-    let raw = ok(&sluice(b, &["consume", "-t", "p", "-o", "-2", "-e", "-f", "%S\n"], ""));
+    let raw = ok(&sluice(b, &["consume", "-t", p.as_str(), "-o", "-2", "-e", "-f", "%S\n"], ""));
     assert_eq!(raw, "8\n4\n");
 
     // `generate` creates its topic and writes `user,item,time` lines with event time from now.
-    let output =
-        sluice(b, &["generate", "-t", "clicks", "--count", "500", "--rate", "0", "--users", "20", "--items", "5"], "");
+    let output = sluice(
+        b,
+        &["generate", "-t", clicks.as_str(), "--count", "500", "--rate", "0", "--users", "20", "--items", "5"],
+        "",
+    );
     ok(&output);
-    let clicks = ok(&sluice(b, &["consume", "-t", "clicks", "-o", "beginning", "-e", "-f", "%k %s\n"], ""));
+    let clicks = ok(&sluice(b, &["consume", "-t", clicks.as_str(), "-o", "beginning", "-e", "-f", "%k %s\n"], ""));
     let clicks: Vec<&str> = lines(&clicks);
     assert_eq!(clicks.len(), 500);
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;

@@ -1,10 +1,14 @@
-//! Produce and consume throughput of sluice, rskafka and kcat (librdkafka 2.16) against one Tansu
-//! broker, on the same topics in one run: 1,000,000 x 100-byte records (set
+//! Produce and consume throughput of sluice, the Java client (kafka-clients 4.4, the reference),
+//! rskafka and kcat (librdkafka 2.16) against one broker (Apache Kafka 4.4 by default, Tansu with
+//! `SLUICE_TEST_BROKER=tansu`), on the same topics in one run: 1,000,000 x 100-byte records (set
 //! `SLUICE_BENCH_RECORDS` to change), 1 and 8 partitions.
 //!
 //! Each client runs as its own process under GNU time, so its wall time, CPU time (user + system)
-//! and peak RSS are its own; the broker's CPU is read from /proc before and after. Printed: records/s,
-//! client CPU microseconds per record, broker CPU, peak RSS, and sluice's ratios to the others.
+//! and peak RSS are its own; the broker's CPU is read from /proc before and after. The Java
+//! client (`JavaPeer perf-produce` / `perf-consume`) times itself from its first send or poll to
+//! the last record, so the JVM's start-up is left out of its records/s and CPU. Printed:
+//! records/s, client and broker CPU microseconds per record, peak RSS, and sluice's ratios to the
+//! others.
 //! Run: `cargo bench -p sluice-client --bench clients` (needs `scripts/install-peers.sh`).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line program
 
@@ -48,12 +52,12 @@ fn main() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         return runtime.block_on(child(&args[pos + 1..]));
     }
-    let tansu = common::Tansu::start();
-    let pid = tansu.pid();
+    let broker = common::Broker::start();
+    let pid = broker.pid();
     let n = records();
-    println!("clients against Tansu 0.6.0 on {}, {n} records of {VALUE_BYTES} bytes", tansu.addr);
+    println!("clients against {} on {}, {n} records of {VALUE_BYTES} bytes", broker.kind.name(), broker.addr);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = runtime.block_on(Client::connect(ClientConfig::new([tansu.addr.as_str()]))).unwrap();
+    let client = runtime.block_on(Client::connect(ClientConfig::new([broker.addr.as_str()]))).unwrap();
     let input = std::env::temp_dir().join(format!("sluice-bench-{}.txt", std::process::id()));
     let mut file = std::fs::File::create(&input).unwrap();
     for i in 0..n {
@@ -62,36 +66,78 @@ fn main() {
     }
     drop(file);
     let mut table = Vec::new();
+    let mut sluice_topic = String::new();
     for partitions in [1, 8] {
-        for who in ["sluice", "rskafka", "kcat"] {
-            let topic = format!("produce-{who}-{partitions}");
+        for who in CLIENTS {
+            let topic = common::unique(&format!("produce-{who}-{partitions}"));
             runtime.block_on(client.create_topic(&topic, partitions, 1)).unwrap();
             let run = match who {
-                "kcat" => timed(pid, kcat(&["-P", "-b", &tansu.addr, "-t", &topic, "-X", "linger.ms=5"]), Some(&input)),
-                _ => {
-                    timed(pid, myself(&[&format!("produce-{who}"), &tansu.addr, &topic, &partitions.to_string()]), None)
+                "kcat" => {
+                    timed(pid, kcat(&["-P", "-b", &broker.addr, "-t", &topic, "-X", "linger.ms=5"]), Some(&input))
                 }
+                "java" => java(pid, &["perf-produce", &broker.addr, &topic, &n.to_string(), &VALUE_BYTES.to_string()]),
+                _ => timed(
+                    pid,
+                    myself(&[&format!("produce-{who}"), &broker.addr, &topic, &partitions.to_string()]),
+                    None,
+                ),
             };
+            if who == "sluice" {
+                sluice_topic = topic;
+            }
             table.push(("produce", partitions, who, run));
         }
         // Every consumer reads the same records: those sluice produced.
-        let topic = format!("produce-sluice-{partitions}");
-        for who in ["sluice", "rskafka", "kcat"] {
+        let topic = sluice_topic.clone();
+        for who in CLIENTS {
             let run = match who {
+                "java" => java(pid, &["perf-consume", &broker.addr, &topic, &n.to_string()]),
                 "kcat" => timed(
                     pid,
-                    kcat(&["-C", "-b", &tansu.addr, "-t", &topic, "-o", "beginning", "-e", "-q", "-c", &n.to_string()]),
+                    kcat(&[
+                        "-C",
+                        "-b",
+                        &broker.addr,
+                        "-t",
+                        &topic,
+                        "-o",
+                        "beginning",
+                        "-e",
+                        "-q",
+                        "-c",
+                        &n.to_string(),
+                    ]),
                     None,
                 ),
-                _ => {
-                    timed(pid, myself(&[&format!("consume-{who}"), &tansu.addr, &topic, &partitions.to_string()]), None)
-                }
+                _ => timed(
+                    pid,
+                    myself(&[&format!("consume-{who}"), &broker.addr, &topic, &partitions.to_string()]),
+                    None,
+                ),
             };
             table.push(("consume", partitions, who, run));
         }
     }
     let _ = std::fs::remove_file(&input);
     print_table(&table, n);
+}
+
+/// The clients measured, sluice first.
+const CLIENTS: [&str; 4] = ["sluice", "java", "rskafka", "kcat"];
+
+/// Runs the Java peer (`JavaPeer ARGS`) under GNU time; its records/s and CPU are the ones it
+/// measured itself, from its first send or poll to its last record (the JVM's start-up left out).
+fn java(broker_pid: u32, args: &[&str]) -> Run {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/java-peer");
+    let mut command = Command::new(path);
+    command.env("JAVA_PEER_OPTS", "-Xmx1g").arg("JavaPeer").args(args);
+    let report = std::env::temp_dir().join(format!("sluice-bench-java-{}", std::process::id()));
+    let mut run = timed_to(broker_pid, command, None, Some(&report));
+    let line = std::fs::read_to_string(&report).unwrap();
+    let measured: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    run.wall_s = measured["seconds"].as_f64().unwrap();
+    run.cpu_s = measured["cpu_seconds"].as_f64().unwrap();
+    run
 }
 
 fn myself(args: &[&str]) -> Command {
@@ -110,10 +156,24 @@ fn kcat(args: &[&str]) -> Command {
 /// Runs `command` under GNU time (stdin from `input`), returning its wall time, CPU and RSS and
 /// the broker's CPU over the same interval.
 fn timed(broker_pid: u32, command: Command, input: Option<&std::path::Path>) -> Run {
+    timed_to(broker_pid, command, input, None)
+}
+
+/// [`timed`], with the command's stdout written to `stdout` (else dropped).
+fn timed_to(
+    broker_pid: u32,
+    command: Command,
+    input: Option<&std::path::Path>,
+    stdout: Option<&std::path::Path>,
+) -> Run {
     let report = std::env::temp_dir().join(format!("sluice-bench-time-{}", std::process::id()));
     let mut timed = Command::new("/usr/bin/time");
     timed.args(["-f", "%e %U %S %M", "-o"]).arg(&report).arg(command.get_program()).args(command.get_args());
-    timed.stdout(Stdio::null());
+    timed.envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    match stdout {
+        Some(path) => timed.stdout(std::fs::File::create(path).unwrap()),
+        None => timed.stdout(Stdio::null()),
+    };
     if let Some(input) = input {
         timed.stdin(std::fs::File::open(input).unwrap());
     }
@@ -138,7 +198,7 @@ fn process_cpu_s(pid: u32) -> f64 {
 
 fn print_table(table: &[(&str, i32, &str, Run)], n: usize) {
     println!();
-    println!("| phase | partitions | client | records/s | client CPU us/record | broker CPU % | client peak RSS MiB | sluice speed ratio | sluice CPU ratio |");
+    println!("| phase | partitions | client | records/s | client CPU us/record | broker CPU us/record | client peak RSS MiB | sluice speed ratio | sluice CPU ratio |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (phase, partitions, who, run) in table {
         let sluice =
@@ -152,13 +212,14 @@ fn print_table(table: &[(&str, i32, &str, Run)], n: usize) {
             (ratio(run.wall_s, sluice.wall_s), ratio(run.cpu_s, sluice.cpu_s))
         };
         println!(
-            "| {phase} | {partitions} | {who} | {:.0} | {cpu_us:.3} | {:.0} | {:.0} | {speed} | {cpu} |",
+            "| {phase} | {partitions} | {who} | {:.0} | {cpu_us:.3} | {:.3} | {:.0} | {speed} | {cpu} |",
             rate,
-            100.0 * run.broker_cpu_s / run.wall_s,
+            run.broker_cpu_s * 1e6 / n as f64,
             run.peak_rss_kb as f64 / 1024.0
         );
     }
     println!("\nspeed ratio = the peer's wall time / sluice's; CPU ratio = the peer's client CPU / sluice's (above 1: sluice better)");
+    println!("broker CPU per record: the broker process's CPU over the client's run (the Java client's run includes its JVM start-up)");
 }
 
 async fn child(args: &[String]) {

@@ -1,5 +1,6 @@
-//! The connection layer against a real Tansu broker: version negotiation, requests in flight,
-//! timeouts, refused and lost connections.
+//! The connection layer against a real broker (Apache Kafka, or Tansu with
+//! `SLUICE_TEST_BROKER=tansu`): version negotiation, requests in flight, timeouts, refused and
+//! lost connections.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::Tansu;
+use common::{unique, Broker, Kind};
 use sluice_client::{Connection, ConnectionConfig, Error};
 use sluice_protocol::compression::Compression;
 use sluice_protocol::error_code::ErrorCode;
@@ -33,6 +34,7 @@ async fn create_topic(connection: &Connection, name: &str, partitions: i32) {
     };
     let response = connection.send(&request).await.unwrap();
     assert_eq!(response.topics[0].error_code, 0, "create {name}: {:?}", response.topics[0]);
+    common::wait_for_leaders(connection, name, partitions).await;
 }
 
 fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
@@ -56,25 +58,41 @@ fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negotiates_api_versions_with_the_broker() {
-    let tansu = Tansu::start();
-    let connection = Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap();
+    let broker = common::shared();
+    let connection = Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap();
     let produce = connection.broker_versions(ProduceRequest::API_KEY).unwrap();
-    assert_eq!((produce.min, produce.max), (0, 11), "Tansu 0.6.0 advertises Produce 0..11");
     assert_eq!(connection.version_for::<FetchRequest>(None).unwrap(), 17);
     assert_eq!(connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap(), 12);
     assert_eq!(connection.version_for::<MetadataRequest>(None).unwrap(), 12);
-    // CreatePartitions is not offered by Tansu: no common version, and the error says so.
-    let err = connection.version_for::<CreatePartitionsRequest>(None).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { broker_max: -1, .. }), "{err}");
-    assert!(err.to_string().contains(&tansu.addr));
+    match broker.kind {
+        Kind::Kafka => {
+            // Kafka 4 removed old versions (KIP-896): Fetch starts at v4, ListOffsets at v1,
+            // OffsetCommit at v2. What sluice picks is the newest both speak, never below the floor.
+            assert!(produce.max >= 12, "Kafka 4.4 speaks Produce up to v13: {produce:?}");
+            assert_eq!(connection.broker_versions(FetchRequest::API_KEY).unwrap().min, 4);
+            assert_eq!(connection.broker_versions(ListOffsetsRequest::API_KEY).unwrap().min, 1);
+            assert_eq!(connection.broker_versions(OffsetCommitRequest::API_KEY).unwrap().min, 2);
+            assert!(connection.version_for::<CreatePartitionsRequest>(None).unwrap() >= 3);
+            // Asking for a version below the broker's floor is refused before anything is sent.
+            let err = connection.version_for::<FetchRequest>(Some(3)).unwrap_err();
+            assert!(matches!(err, Error::UnsupportedVersion { .. }), "{err}");
+        }
+        Kind::Tansu => {
+            assert_eq!((produce.min, produce.max), (0, 11), "Tansu 0.6.0 advertises Produce 0..11");
+            // CreatePartitions is not offered by Tansu: no common version, and the error says so.
+            let err = connection.version_for::<CreatePartitionsRequest>(None).unwrap_err();
+            assert!(matches!(err, Error::UnsupportedVersion { broker_max: -1, .. }), "{err}");
+            assert!(err.to_string().contains(&broker.addr));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produces_and_fetches_records_with_every_codec() {
-    let tansu = Tansu::start();
-    let connection = Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap();
+    let broker = common::shared();
+    let connection = Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap();
     for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-        let topic = format!("connection-{}", codec.name());
+        let topic = unique(&format!("connection-{}", codec.name()));
         create_topic(&connection, &topic, 1).await;
         let records: Vec<Record> = (0..100)
             .map(|i| Record {
@@ -102,8 +120,8 @@ async fn produces_and_fetches_records_with_every_codec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_requests_in_flight_each_get_their_own_response() {
-    let tansu = Tansu::start();
-    let connection = Arc::new(Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap());
+    let broker = common::shared();
+    let connection = Arc::new(Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap());
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
         let connection = Arc::clone(&connection);
@@ -131,20 +149,21 @@ async fn many_requests_in_flight_each_get_their_own_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_outlives_its_timeout_fails_and_the_connection_stays_usable() {
-    let tansu = Tansu::start();
+    let broker = common::shared();
     let config = ConnectionConfig { request_timeout: Duration::from_millis(300), ..ConnectionConfig::default() };
-    let connection = Connection::connect(&tansu.addr, config).await.unwrap();
-    create_topic(&connection, "slow", 1).await;
+    let connection = Connection::connect(&broker.addr, config).await.unwrap();
+    let slow = unique("slow");
+    create_topic(&connection, &slow, 1).await;
     // An empty topic: the broker holds the fetch for max_wait_ms (2 s), past the 300 ms timeout.
     let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
-    let err = connection.send_version(&fetch_request("slow", 0, 2_000), version).await.unwrap_err();
+    let err = connection.send_version(&fetch_request(&slow, 0, 2_000), version).await.unwrap_err();
     assert!(matches!(err, Error::RequestTimeout { .. }), "{err}");
     assert!(err.is_retriable());
     // Wait for the late response to arrive: nobody waits for it any more, so it is discarded
     // and does not confuse the next request.
     tokio::time::sleep(Duration::from_millis(1_800)).await;
     let metadata = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap();
-    assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some("slow")));
+    assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some(slow.as_str())));
     assert!(!connection.is_closed());
 }
 
@@ -160,8 +179,8 @@ async fn a_refused_connection_names_the_broker_and_what_to_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_fail_promptly_when_the_broker_dies() {
-    let tansu = Tansu::start();
-    let connection = Arc::new(Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap());
+    let broker = Broker::start();
+    let connection = Arc::new(Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap());
     create_topic(&connection, "dying", 1).await;
     let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
     let waiting = {
@@ -170,7 +189,7 @@ async fn requests_in_flight_fail_promptly_when_the_broker_dies() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killed = Instant::now();
-    drop(tansu);
+    broker.kill(1);
     let err = waiting.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err}");
     assert!(killed.elapsed() < Duration::from_secs(5), "failed after {:?}, not promptly", killed.elapsed());
@@ -181,16 +200,18 @@ async fn requests_in_flight_fail_promptly_when_the_broker_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_over_the_frame_limit_is_a_non_retriable_error() {
-    let tansu = Tansu::start();
-    // Room for ApiVersions and Metadata, not for a fetch of 100 records.
-    let config = ConnectionConfig { max_frame_bytes: 2_000, ..ConnectionConfig::default() };
-    let connection = Connection::connect(&tansu.addr, config).await.unwrap();
-    create_topic(&connection, "big", 1).await;
+    let broker = common::shared();
+    // Room for ApiVersions and a small Metadata answer, not for a fetch of 100 records.
+    let setup = Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap();
+    let big = unique("big");
+    create_topic(&setup, &big, 1).await;
     let records: Vec<Record> =
         (0..100).map(|i| Record { offset: i, value: Some(vec![b'x'; 100].into()), ..Record::default() }).collect();
-    common::produce_batch(&connection, "big", 0, &BatchHeader::default(), &records).await;
+    common::produce_batch(&setup, &big, 0, &BatchHeader::default(), &records).await;
+    let config = ConnectionConfig { max_frame_bytes: 2_000, ..ConnectionConfig::default() };
+    let connection = Connection::connect(&broker.addr, config).await.unwrap();
     let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
-    let err = connection.send_version(&fetch_request("big", 0, 100), version).await.unwrap_err();
+    let err = connection.send_version(&fetch_request(&big, 0, 100), version).await.unwrap_err();
     assert!(matches!(err, Error::ResponseTooLarge { max: 2_000, .. }), "{err}");
     assert!(!err.is_retriable(), "retrying would fetch the same oversized response");
     assert!(err.to_string().contains("max_frame_bytes"), "{err}");
@@ -248,20 +269,21 @@ async fn falls_back_to_apiversions_v0_for_an_older_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_caller_gives_up_is_forgotten_and_its_late_answer_ignored() {
-    let tansu = Tansu::start();
-    let connection = Connection::connect(&tansu.addr, ConnectionConfig::default()).await.unwrap();
-    create_topic(&connection, "abandoned", 1).await;
+    let broker = common::shared();
+    let connection = Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap();
+    let abandoned = unique("abandoned");
+    create_topic(&connection, &abandoned, 1).await;
     let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
     // The broker holds this fetch for a second; the caller stops waiting after 100 ms.
-    let request = fetch_request("abandoned", 0, 1_000);
+    let request = fetch_request(&abandoned, 0, 1_000);
     tokio::select! {
-        _ = connection.send_version(&request, version) => panic!("the broker should still be waiting"),
+        r = connection.send_version(&request, version) => panic!("the broker should still be waiting: {r:?}"),
         () = tokio::time::sleep(Duration::from_millis(100)) => {}
     }
     assert_eq!(connection.in_flight(), 0, "a dropped request leaves nothing behind");
     // Its answer arrives later, for nobody; the next request is unaffected.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let metadata = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap();
-    assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some("abandoned")));
+    assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some(abandoned.as_str())));
     assert_eq!(connection.in_flight(), 0);
 }

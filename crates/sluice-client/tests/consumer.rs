@@ -1,10 +1,10 @@
-//! The consumer with assigned partitions against a real Tansu broker.
+//! The consumer with assigned partitions against a real broker.
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::Tansu;
+use common::unique;
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
@@ -43,30 +43,31 @@ async fn consume(consumer: &mut Consumer, expected: usize) -> BTreeMap<i32, Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_assigned_partitions_in_order_and_reports_lag() {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-    client.create_topic("consumed", 3, 1).await.unwrap();
-    produce(&client, "consumed", 3, 0, 900).await;
+    let consumed = unique("consumed");
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    client.create_topic(&consumed, 3, 1).await.unwrap();
+    produce(&client, &consumed, 3, 0, 900).await;
 
     let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
     for partition in 0..3 {
-        consumer.assign("consumed", partition, StartAt::Earliest).await.unwrap();
+        consumer.assign(&consumed, partition, StartAt::Earliest).await.unwrap();
     }
     let seen = consume(&mut consumer, 900).await;
     for (partition, values) in &seen {
         let expected: Vec<String> = (0..900).filter(|i| i % 3 == *partition as usize).map(|i| i.to_string()).collect();
         assert_eq!(values, &expected, "partition {partition}: every record, in order, once");
-        let progress = consumer.partition_progress("consumed", *partition).unwrap();
+        let progress = consumer.partition_progress(&consumed, *partition).unwrap();
         assert_eq!((progress.position, progress.high_watermark, progress.lag()), (300, 300, 0));
     }
 
     // Starting at the end sees only what is produced afterwards.
     let mut tail = Consumer::new(client.clone(), ConsumerConfig::default());
     for partition in 0..3 {
-        tail.assign("consumed", partition, StartAt::Latest).await.unwrap();
-        assert_eq!(tail.partition_progress("consumed", partition).unwrap().position, 300);
+        tail.assign(&consumed, partition, StartAt::Latest).await.unwrap();
+        assert_eq!(tail.partition_progress(&consumed, partition).unwrap().position, 300);
     }
-    produce(&client, "consumed", 3, 900, 30).await;
+    produce(&client, &consumed, 3, 900, 30).await;
     let seen = consume(&mut tail, 30).await;
     let mut values: Vec<usize> = seen.values().flatten().map(|v| v.parse().unwrap()).collect();
     values.sort_unstable();
@@ -74,9 +75,9 @@ async fn consumes_assigned_partitions_in_order_and_reports_lag() {
 
     // Seeking back re-reads from there. Partitions 1 and 2 have unread records too (the 30
     // produced above): let them go, so that the records read next can only be partition 0's.
-    consumer.unassign("consumed", 1);
-    consumer.unassign("consumed", 2);
-    consumer.seek("consumed", 0, 297);
+    consumer.unassign(&consumed, 1);
+    consumer.unassign(&consumed, 2);
+    consumer.seek(&consumed, 0, 297);
     let again = consume(&mut consumer, 13).await;
     assert_eq!(
         again[&0],
@@ -86,24 +87,25 @@ async fn consumes_assigned_partitions_in_order_and_reports_lag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetching_within_a_small_memory_bound_reads_everything_and_a_seek_discards_it() {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-    client.create_topic("prefetched", 2, 1).await.unwrap();
-    produce(&client, "prefetched", 2, 0, 4_000).await;
+    let prefetched = unique("prefetched");
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    client.create_topic(&prefetched, 2, 1).await.unwrap();
+    produce(&client, &prefetched, 2, 0, 4_000).await;
 
     // 4 KiB for all prefetched responses: each fetch returns about one batch per partition.
     let config =
         ConsumerConfig { prefetch_max_bytes: 4 << 10, partition_max_bytes: 2 << 10, ..ConsumerConfig::default() };
     let mut consumer = Consumer::new(client.clone(), config);
     for partition in 0..2 {
-        consumer.assign("prefetched", partition, StartAt::Earliest).await.unwrap();
+        consumer.assign(&prefetched, partition, StartAt::Earliest).await.unwrap();
     }
     let seen = consume(&mut consumer, 1_000).await;
     let taken = seen.values().map(Vec::len).sum::<usize>();
     assert!(taken >= 1_000);
     // A prefetch is now in flight from the current positions; seeking must not return it.
-    consumer.seek("prefetched", 1, 1);
-    consumer.seek("prefetched", 0, 0);
+    consumer.seek(&prefetched, 1, 1);
+    consumer.seek(&prefetched, 0, 0);
     let mut values: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for _ in 0..500 {
         for part in consumer.poll().await.unwrap() {

@@ -1,4 +1,4 @@
-//! Consumer groups against a real Tansu broker: members split partitions, a leaving member's
+//! Consumer groups against a real broker: members split partitions, a leaving member's
 //! partitions move to the others without loss or duplicates, committed offsets survive the
 //! group, and static members keep their partitions across a restart.
 
@@ -9,22 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Tansu;
+use common::{unique, Broker, Kind};
 use sluice_client::{
     Client, ClientConfig, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, Producer,
     ProducerConfig, ProducerRecord,
 };
 
-const TOPIC: &str = "grouped";
 const PARTITIONS: i32 = 3;
 
-async fn produce(client: &Client, from: usize, count: usize) {
+async fn produce(client: &Client, topic: &str, from: usize, count: usize) {
     let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
     let mut deliveries = Vec::new();
     for i in from..from + count {
         let record = ProducerRecord {
             partition: Some((i % PARTITIONS as usize) as i32),
-            ..ProducerRecord::new(TOPIC, format!("{i}"))
+            ..ProducerRecord::new(topic, format!("{i}"))
         };
         deliveries.push(producer.send(record).await.unwrap());
     }
@@ -33,7 +32,7 @@ async fn produce(client: &Client, from: usize, count: usize) {
     }
 }
 
-fn group_config(group: &str, instance: Option<&str>) -> GroupConfig {
+fn group_config(topic: &str, group: &str, instance: Option<&str>) -> GroupConfig {
     GroupConfig {
         session_timeout: Duration::from_secs(10),
         rebalance_timeout: Duration::from_secs(15),
@@ -41,7 +40,7 @@ fn group_config(group: &str, instance: Option<&str>) -> GroupConfig {
         group_instance_id: instance.map(Into::into),
         // The members below commit after each batch they process, and when partitions are revoked.
         auto_commit_interval: None,
-        ..GroupConfig::new(group, [TOPIC])
+        ..GroupConfig::new(group, [topic])
     }
 }
 
@@ -124,24 +123,27 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     }
 }
 
-async fn setup() -> (Tansu, Client) {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-    client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
-    (tansu, client)
+/// The shared broker, a client, and a new topic of three partitions.
+async fn setup() -> (&'static Broker, Client, String) {
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let topic = unique("grouped");
+    client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
+    (broker, client, topic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_split_partitions_and_take_over_a_leaving_members_without_loss_or_duplicates() {
-    let (tansu, client) = setup().await;
-    produce(&client, 0, 300).await;
+    let (broker, client, topic) = setup().await;
+    let g1 = unique("g1");
+    produce(&client, &topic, 0, 300).await;
     let seen = Arc::new(Seen::default());
     let (stop_a, stop_b) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
 
-    let a = spawn_member(&tansu.addr, "a", group_config("g1", None), Arc::clone(&seen), Arc::clone(&stop_a));
+    let a = spawn_member(&broker.addr, "a", group_config(&topic, &g1, None), Arc::clone(&seen), Arc::clone(&stop_a));
     wait_until("a owns every partition", Duration::from_secs(20), || seen.assignment("a").len() == 3).await;
 
-    let b = spawn_member(&tansu.addr, "b", group_config("g1", None), Arc::clone(&seen), Arc::clone(&stop_b));
+    let b = spawn_member(&broker.addr, "b", group_config(&topic, &g1, None), Arc::clone(&seen), Arc::clone(&stop_b));
     wait_until("a and b split the partitions", Duration::from_secs(30), || {
         let (in_a, in_b) = (seen.assignment("a"), seen.assignment("b"));
         let all: BTreeSet<i32> = in_a.iter().chain(&in_b).copied().collect();
@@ -152,25 +154,27 @@ async fn members_split_partitions_and_take_over_a_leaving_members_without_loss_o
     eprintln!("split: a {:?}, b {:?}", seen.assignment("a"), seen.assignment("b"));
 
     // The admin view agrees: two members of a stable consumer group, owning the three partitions.
-    let described = client.describe_group("g1").await.unwrap();
+    let described = client.describe_group(&g1).await.unwrap();
     assert_eq!((described.state.as_str(), described.protocol_type.as_str()), ("Stable", "consumer"));
-    if described.protocol.is_empty() {
-        eprintln!("note: Tansu 0.6 leaves DescribeGroups' protocol (the chosen assignor) empty; Kafka says \"range\"");
-    } else {
-        assert_eq!(described.protocol, "range");
-    }
     assert_eq!(described.members.len(), 2);
     let mut owned: Vec<(String, i32)> = described.members.iter().flat_map(|m| m.assignment.clone()).collect();
     owned.sort();
-    if owned.is_empty() {
-        eprintln!("note: Tansu 0.6 leaves DescribeGroups' member assignments empty; Kafka returns each member's");
-    } else {
-        assert_eq!(owned, (0..PARTITIONS).map(|p| (TOPIC.to_owned(), p)).collect::<Vec<_>>());
+    match broker.kind {
+        Kind::Kafka => {
+            assert_eq!(described.protocol, "range");
+            assert_eq!(owned, (0..PARTITIONS).map(|p| (topic.clone(), p)).collect::<Vec<_>>());
+        }
+        Kind::Tansu => {
+            // Tansu 0.6 leaves DescribeGroups' protocol (the chosen assignor) and the members'
+            // assignments empty.
+            assert!(described.protocol.is_empty() && owned.is_empty());
+            eprintln!("note: Tansu 0.6 leaves DescribeGroups' protocol and member assignments empty; Kafka fills both");
+        }
     }
     let listed = client.list_groups().await.unwrap();
-    assert!(listed.iter().any(|g| g.group_id == "g1" && g.protocol_type == "consumer"), "{listed:?}");
+    assert!(listed.iter().any(|g| g.group_id == g1 && g.protocol_type == "consumer"), "{listed:?}");
 
-    produce(&client, 300, 300).await;
+    produce(&client, &topic, 300, 300).await;
     wait_until("600 records consumed", Duration::from_secs(30), || seen.consumed_count() >= 600).await;
     {
         let consumed = seen.consumed.lock().unwrap();
@@ -182,7 +186,7 @@ async fn members_split_partitions_and_take_over_a_leaving_members_without_loss_o
     stop_a.store(true, Ordering::SeqCst);
     a.await.unwrap();
     wait_until("b owns every partition", Duration::from_secs(30), || seen.assignment("b").len() == 3).await;
-    produce(&client, 600, 300).await;
+    produce(&client, &topic, 600, 300).await;
     wait_until("900 records consumed", Duration::from_secs(30), || seen.consumed_count() >= 900).await;
     stop_b.store(true, Ordering::SeqCst);
     b.await.unwrap();
@@ -194,18 +198,20 @@ async fn members_split_partitions_and_take_over_a_leaving_members_without_loss_o
     assert_eq!(values, expected, "every record consumed exactly once");
 
     // The group's committed offsets are at the end of every partition.
-    let committed = client.group_offsets("g1").await.unwrap();
+    let committed = client.group_offsets(&g1).await.unwrap();
     for partition in 0..PARTITIONS {
-        assert_eq!(committed.get(&(TOPIC.to_owned(), partition)), Some(&300), "partition {partition}");
+        assert_eq!(committed.get(&(topic.clone(), partition)), Some(&300), "partition {partition}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_member_resumes_from_committed_offsets() {
-    let (_tansu, client) = setup().await;
-    produce(&client, 0, 90).await;
+    let (_broker, client, topic) = setup().await;
+    let g2 = unique("g2");
+    produce(&client, &topic, 0, 90).await;
     let consumer = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
-    let config = GroupConfig { auto_commit_interval: Some(Duration::from_secs(3600)), ..group_config("g2", None) };
+    let config =
+        GroupConfig { auto_commit_interval: Some(Duration::from_secs(3600)), ..group_config(&topic, &g2, None) };
 
     // The first member reads everything and closes: close commits (auto-commit is on).
     let mut first = GroupConsumer::new(client.clone(), config.clone(), consumer.clone());
@@ -219,10 +225,10 @@ async fn a_new_member_resumes_from_committed_offsets() {
     }
     assert_eq!(count, 90);
     first.close().await.unwrap();
-    let committed = client.group_offsets("g2").await.unwrap();
+    let committed = client.group_offsets(&g2).await.unwrap();
     assert_eq!(committed.values().copied().collect::<Vec<_>>(), vec![30; 3], "close committed the positions");
 
-    produce(&client, 90, 30).await;
+    produce(&client, &topic, 90, 30).await;
     let mut second = GroupConsumer::new(client.clone(), config, consumer);
     let mut values = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -244,13 +250,16 @@ async fn a_new_member_resumes_from_committed_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_restarting_within_the_session_keeps_its_partitions() {
-    let (tansu, client) = setup().await;
-    produce(&client, 0, 30).await;
+    let (broker, client, topic) = setup().await;
+    let g3 = unique("g3");
+    produce(&client, &topic, 0, 30).await;
     let seen = Arc::new(Seen::default());
     let stop_a = Arc::new(AtomicBool::new(false));
     let stop_b = Arc::new(AtomicBool::new(false));
-    let a = spawn_member(&tansu.addr, "a", group_config("g3", Some("a")), Arc::clone(&seen), Arc::clone(&stop_a));
-    let b = spawn_member(&tansu.addr, "b", group_config("g3", Some("b")), Arc::clone(&seen), Arc::clone(&stop_b));
+    let a =
+        spawn_member(&broker.addr, "a", group_config(&topic, &g3, Some("a")), Arc::clone(&seen), Arc::clone(&stop_a));
+    let b =
+        spawn_member(&broker.addr, "b", group_config(&topic, &g3, Some("b")), Arc::clone(&seen), Arc::clone(&stop_b));
     wait_until("a and b split the partitions", Duration::from_secs(30), || {
         seen.assignment("a").len() + seen.assignment("b").len() == 3
             && !seen.assignment("a").is_empty()
@@ -263,7 +272,8 @@ async fn a_static_member_restarting_within_the_session_keeps_its_partitions() {
     stop_a.store(true, Ordering::SeqCst);
     a.await.unwrap();
     let stop_a = Arc::new(AtomicBool::new(false));
-    let a = spawn_member(&tansu.addr, "a", group_config("g3", Some("a")), Arc::clone(&seen), Arc::clone(&stop_a));
+    let a =
+        spawn_member(&broker.addr, "a", group_config(&topic, &g3, Some("a")), Arc::clone(&seen), Arc::clone(&stop_a));
     wait_until("a is back", Duration::from_secs(30), || !seen.assignment("a").is_empty()).await;
     // Give a rebalance, if one were triggered, time to reach b.
     tokio::time::sleep(Duration::from_secs(1)).await;

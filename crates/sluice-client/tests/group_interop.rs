@@ -10,19 +10,28 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::Tansu;
+use common::unique;
 use serde_json::Value;
 use sluice_client::{
     Client, ClientConfig, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, Producer,
     ProducerConfig, ProducerRecord,
 };
 
-const TOPIC: &str = "shared";
 const PARTITIONS: i32 = 4;
-const GROUP: &str = "mixed";
+
+/// The topic and group of this test (unique: the broker may be shared).
+fn topic() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| unique("shared"))
+}
+
+fn group() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| unique("mixed"))
+}
 
 /// A confluent-kafka consumer in the group: prints `{"assigned": [...]}` on each assignment and
 /// `{"value": "..."}` per record (committed synchronously before the next), and closes (leaving
@@ -77,7 +86,7 @@ impl RdMember {
         let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/python");
         assert!(python.exists(), "no peer python at {} (run scripts/install-peers.sh)", python.display());
         let mut child = Command::new(python)
-            .args(["-c", MEMBER_PY, addr, GROUP, TOPIC])
+            .args(["-c", MEMBER_PY, addr, group(), topic()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -118,7 +127,7 @@ fn spawn_sluice_member(addr: &str, seen: Arc<Seen>, stop: Arc<AtomicBool>) -> to
             rebalance_timeout: Duration::from_secs(15),
             heartbeat_interval: Duration::from_millis(200),
             auto_commit_interval: None,
-            ..GroupConfig::new(GROUP, [TOPIC])
+            ..GroupConfig::new(group(), [topic()])
         };
         let consumer = ConsumerConfig {
             offset_reset: OffsetReset::Earliest,
@@ -158,7 +167,7 @@ async fn produce(client: &Client, from: usize, count: usize) {
     for i in from..from + count {
         let partition = Some((i % PARTITIONS as usize) as i32);
         deliveries.push(
-            producer.send(ProducerRecord { partition, ..ProducerRecord::new(TOPIC, format!("{i}")) }).await.unwrap(),
+            producer.send(ProducerRecord { partition, ..ProducerRecord::new(topic(), format!("{i}")) }).await.unwrap(),
         );
     }
     for delivery in deliveries {
@@ -176,17 +185,17 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_and_librdkafka_share_a_group_each_as_leader() {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-    client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    client.create_topic(topic(), PARTITIONS, 1).await.unwrap();
     produce(&client, 0, 400).await;
     let seen = Arc::new(Seen::default());
 
     // librdkafka joins first and leads; sluice joins and is assigned half by librdkafka.
-    let first = RdMember::start(&tansu.addr, "librdkafka-1", &seen);
+    let first = RdMember::start(&broker.addr, "librdkafka-1", &seen);
     wait_until("librdkafka owns every partition", || seen.assignment("librdkafka-1").len() == 4).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let sluice = spawn_sluice_member(&tansu.addr, Arc::clone(&seen), Arc::clone(&stop));
+    let sluice = spawn_sluice_member(&broker.addr, Arc::clone(&seen), Arc::clone(&stop));
     wait_until("librdkafka's range assignment gives each member two partitions", || {
         seen.assignment("sluice").len() == 2 && seen.assignment("librdkafka-1").len() == 2
     })
@@ -198,7 +207,7 @@ async fn sluice_and_librdkafka_share_a_group_each_as_leader() {
     // librdkafka leaves; sluice takes everything, then leads and assigns a new librdkafka member.
     first.stop();
     wait_until("sluice owns every partition", || seen.assignment("sluice").len() == 4).await;
-    let second = RdMember::start(&tansu.addr, "librdkafka-2", &seen);
+    let second = RdMember::start(&broker.addr, "librdkafka-2", &seen);
     wait_until("sluice's range assignment gives each member two partitions", || {
         seen.assignment("sluice").len() == 2 && seen.assignment("librdkafka-2").len() == 2
     })
@@ -220,6 +229,6 @@ async fn sluice_and_librdkafka_share_a_group_each_as_leader() {
     let mut values: Vec<usize> = consumed.iter().map(|(_, v)| v.parse().unwrap()).collect();
     values.sort_unstable();
     assert_eq!(values, (0..800).collect::<Vec<_>>(), "every record consumed exactly once across the group");
-    let committed = client.group_offsets(GROUP).await.unwrap();
+    let committed = client.group_offsets(group()).await.unwrap();
     assert_eq!(committed.values().copied().collect::<Vec<_>>(), vec![200; 4], "committed offsets at the end");
 }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::Tansu;
+use common::unique;
 use serde_json::Value;
 use sluice_client::{Client, ClientConfig, Connection};
 use sluice_protocol::compression::Compression;
@@ -85,13 +85,13 @@ async fn sluice_fetch(connection: &Connection, topic: &str) -> (Vec<Seen>, Vec<C
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_reads_what_librdkafka_produces_with_every_codec() {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     for codec in CODECS {
-        let topic = format!("from-librdkafka-{}", codec.name());
+        let topic = unique(&format!("from-librdkafka-{}", codec.name()));
         client.create_topic(&topic, 1, 1).await.unwrap();
         let mut child = kcat()
-            .args(["-P", "-b", &tansu.addr, "-t", &topic, "-p", "0", "-z", codec.name(), "-K", "\t"])
+            .args(["-P", "-b", &broker.addr, "-t", &topic, "-p", "0", "-z", codec.name(), "-K", "\t"])
             .args(["-H", "source=kcat", "-H", "dup=1", "-H", "dup=2", "-X", "linger.ms=200"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
@@ -105,7 +105,7 @@ async fn sluice_reads_what_librdkafka_produces_with_every_codec() {
         let output = child.wait_with_output().unwrap();
         assert!(output.status.success(), "kcat produce failed: {}", String::from_utf8_lossy(&output.stderr));
 
-        let expected = kcat_consume(&tansu.addr, &topic, RECORDS);
+        let expected = kcat_consume(&broker.addr, &topic, RECORDS);
         assert_eq!(expected.len(), RECORDS, "{codec:?}: librdkafka reads back what it wrote");
         let connection = client.leader(&topic, 0).await.unwrap();
         let (seen, codecs) = sluice_fetch(&connection, &topic).await;
@@ -116,10 +116,10 @@ async fn sluice_reads_what_librdkafka_produces_with_every_codec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_reads_what_sluice_produces_with_every_codec() {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     for codec in CODECS {
-        let topic = format!("from-sluice-{}", codec.name());
+        let topic = unique(&format!("from-sluice-{}", codec.name()));
         client.create_topic(&topic, 1, 1).await.unwrap();
         let records: Vec<Record> = (0..RECORDS as i64)
             .map(|i| Record {
@@ -139,7 +139,7 @@ async fn librdkafka_reads_what_sluice_produces_with_every_codec() {
             common::produce_batch(&connection, &topic, 0, &BatchHeader::with_compression(codec), &records).await;
         assert_eq!(answer.error_code, 0, "{codec:?}");
 
-        let seen = kcat_consume(&tansu.addr, &topic, RECORDS);
+        let seen = kcat_consume(&broker.addr, &topic, RECORDS);
         let text = |b: &Option<bytes::Bytes>| b.as_ref().map(|b| String::from_utf8(b.to_vec()).unwrap());
         let expected: Vec<Seen> = records
             .iter()
@@ -154,13 +154,14 @@ async fn librdkafka_reads_what_sluice_produces_with_every_codec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_land_in_the_same_partitions_as_librdkafkas_murmur2_partitioner() {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     let partitions = 7;
-    client.create_topic("keyed", partitions, 1).await.unwrap();
+    let keyed = unique("keyed");
+    client.create_topic(&keyed, partitions, 1).await.unwrap();
     let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
     let mut child = kcat()
-        .args(["-P", "-b", &tansu.addr, "-t", "keyed", "-K", ":", "-X", "topic.partitioner=murmur2_random"])
+        .args(["-P", "-b", &broker.addr, "-t", &keyed, "-K", ":", "-X", "topic.partitioner=murmur2_random"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -170,7 +171,7 @@ async fn keys_land_in_the_same_partitions_as_librdkafkas_murmur2_partitioner() {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "kcat produce failed: {}", String::from_utf8_lossy(&output.stderr));
     let output = kcat()
-        .args(["-C", "-b", &tansu.addr, "-t", "keyed", "-o", "beginning", "-e", "-f", "%k %p\\n"])
+        .args(["-C", "-b", &broker.addr, "-t", &keyed, "-o", "beginning", "-e", "-f", "%k %p\\n"])
         .args(["-c", &keys.len().to_string()])
         .output()
         .unwrap();

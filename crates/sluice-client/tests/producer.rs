@@ -1,4 +1,4 @@
-//! The producer against a real Tansu broker: key partitioning, order and offsets, batching,
+//! The producer against a real broker: key partitioning, order and offsets, batching,
 //! backpressure, codecs and acks, idempotent batch numbering, flush.
 
 mod common;
@@ -6,14 +6,14 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::Tansu;
+use common::unique;
 use sluice_client::partitioner::partition_for_key;
 use sluice_client::{Acks, Client, ClientConfig, Error, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::compression::Compression;
 use sluice_protocol::record::RecordBatch;
 
-async fn client(tansu: &Tansu) -> Client {
-    Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap()
+async fn client(broker: &common::Broker) -> Client {
+    Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap()
 }
 
 /// Every batch of a partition, fetched from the start to the high watermark.
@@ -38,9 +38,10 @@ fn values(batches: &[RecordBatch]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_land_by_key_in_send_order_with_their_offsets() {
-    let tansu = Tansu::start();
-    let client = client(&tansu).await;
-    client.create_topic("keyed", 8, 1).await.unwrap();
+    let keyed = unique("keyed");
+    let broker = common::shared();
+    let client = client(broker).await;
+    client.create_topic(&keyed, 8, 1).await.unwrap();
     let config = ProducerConfig { compression: Compression::Lz4, ..ProducerConfig::default() };
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let (producer_id, _) = producer.producer_id();
@@ -49,7 +50,7 @@ async fn keyed_records_land_by_key_in_send_order_with_their_offsets() {
     let mut deliveries = Vec::new();
     for i in 0..5_000 {
         let key = format!("user-{}", i % 100);
-        let record = ProducerRecord::new("keyed", format!("{key}:{i}")).key(key.clone());
+        let record = ProducerRecord::new(&keyed, format!("{key}:{i}")).key(key.clone());
         deliveries.push((key, i, producer.send(record).await.unwrap()));
     }
     let mut sent: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
@@ -65,7 +66,7 @@ async fn keyed_records_land_by_key_in_send_order_with_their_offsets() {
             (0..records.len() as i64).collect::<Vec<_>>(),
             "partition {partition}: offsets in send order"
         );
-        let batches = fetch_all(&client, "keyed", *partition).await;
+        let batches = fetch_all(&client, &keyed, *partition).await;
         let expected: Vec<String> = records.iter().map(|(_, v)| v.clone()).collect();
         assert_eq!(values(&batches), expected, "partition {partition}: the log holds the records in send order");
         // Idempotent numbering: every batch carries the producer id, sequences follow each other.
@@ -82,28 +83,30 @@ async fn keyed_records_land_by_key_in_send_order_with_their_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linger_gathers_records_into_few_batches() {
-    let tansu = Tansu::start();
-    let client = client(&tansu).await;
-    client.create_topic("lingering", 1, 1).await.unwrap();
+    let lingering = unique("lingering");
+    let broker = common::shared();
+    let client = client(broker).await;
+    client.create_topic(&lingering, 1, 1).await.unwrap();
     let config = ProducerConfig { linger: Duration::from_millis(100), ..ProducerConfig::default() };
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut deliveries = Vec::new();
     for i in 0..1_000 {
-        deliveries.push(producer.send(ProducerRecord::new("lingering", format!("{i}"))).await.unwrap());
+        deliveries.push(producer.send(ProducerRecord::new(&lingering, format!("{i}"))).await.unwrap());
     }
     for delivery in deliveries {
         delivery.await.unwrap();
     }
-    let batches = fetch_all(&client, "lingering", 0).await;
+    let batches = fetch_all(&client, &lingering, 0).await;
     assert_eq!(batches.iter().map(RecordBatch::len).sum::<usize>(), 1_000);
     assert!(batches.len() <= 10, "1000 records sent within the linger went out in {} batches", batches.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_waits_while_the_buffer_is_full() {
-    let tansu = Tansu::start();
-    let client = client(&tansu).await;
-    client.create_topic("bounded", 1, 1).await.unwrap();
+    let bounded = unique("bounded");
+    let broker = common::shared();
+    let client = client(broker).await;
+    client.create_topic(&bounded, 1, 1).await.unwrap();
     // Room for two 1 KB records (each counted with its per-record overhead); batches wait a
     // minute unless flushed.
     let config = ProducerConfig {
@@ -113,7 +116,7 @@ async fn send_waits_while_the_buffer_is_full() {
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client.clone(), config).await.unwrap();
-    let record = || ProducerRecord::new("bounded", vec![b'x'; 1_000]);
+    let record = || ProducerRecord::new(&bounded, vec![b'x'; 1_000]);
     let first = producer.send(record()).await.unwrap();
     let second = producer.send(record()).await.unwrap();
     let third = tokio::time::timeout(Duration::from_millis(300), producer.send(record())).await;
@@ -124,7 +127,7 @@ async fn send_waits_while_the_buffer_is_full() {
     let third = tokio::time::timeout(Duration::from_secs(5), producer.send(record())).await;
     assert!(third.is_ok(), "acknowledged records free their memory");
     // A record larger than the buffer can never fit: an error, not a wait forever.
-    let err = producer.send(ProducerRecord::new("bounded", vec![b'x'; 10_000])).await.unwrap_err();
+    let err = producer.send(ProducerRecord::new(&bounded, vec![b'x'; 10_000])).await.unwrap_err();
     assert!(matches!(err, Error::RecordTooLarge { .. }), "{err}");
     // Sends that fail after taking their memory (an unknown topic) give it back.
     producer.flush().await;
@@ -138,8 +141,8 @@ async fn send_waits_while_the_buffer_is_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_codec_and_acks_setting_delivers_everything() {
-    let tansu = Tansu::start();
-    let client = client(&tansu).await;
+    let broker = common::shared();
+    let client = client(broker).await;
     let codecs = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
     for (i, (codec, acks, idempotent)) in codecs
         .iter()
@@ -147,7 +150,7 @@ async fn every_codec_and_acks_setting_delivers_everything() {
         .chain([(Compression::Snappy, Acks::Leader, false), (Compression::None, Acks::None, false)])
         .enumerate()
     {
-        let topic = format!("codec-{i}");
+        let topic = unique(&format!("codec-{i}"));
         client.create_topic(&topic, 2, 1).await.unwrap();
         let config = ProducerConfig { compression: codec, acks, idempotent, ..ProducerConfig::default() };
         let producer = Producer::new(client.clone(), config).await.unwrap();
@@ -174,15 +177,16 @@ async fn every_codec_and_acks_setting_delivers_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_sends_without_waiting_for_linger_and_unknown_topics_are_errors() {
-    let tansu = Tansu::start();
-    let client = client(&tansu).await;
-    client.create_topic("flushed", 1, 1).await.unwrap();
+    let flushed = unique("flushed");
+    let broker = common::shared();
+    let client = client(broker).await;
+    client.create_topic(&flushed, 1, 1).await.unwrap();
     let config = ProducerConfig { linger: Duration::from_secs(600), ..ProducerConfig::default() };
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let deliveries: Vec<_> = {
         let mut d = Vec::new();
         for i in 0..10 {
-            d.push(producer.send(ProducerRecord::new("flushed", format!("{i}"))).await.unwrap());
+            d.push(producer.send(ProducerRecord::new(&flushed, format!("{i}"))).await.unwrap());
         }
         d
     };

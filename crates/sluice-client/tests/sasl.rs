@@ -1,18 +1,26 @@
-//! SASL against a real Tansu broker started with `--authentication`.
+//! SASL against a real broker.
 //!
-//! Tansu 0.6.0 offers SCRAM-SHA-256 and SCRAM-SHA-512 but, with the in-memory storage we can run
-//! here, cannot keep SCRAM credentials (only its Postgres storage stores them; see the notes
-//! below): every login is refused as `unknown-user`. So what is checked against the broker is
-//! that sluice runs the handshake and the first SCRAM round trip with a real SCRAM server and
-//! reports the refusal clearly; the SCRAM proof itself is checked against RFC 7677's example in
-//! the unit tests (`sasl.rs`).
+//! On Apache Kafka (the default) the shared broker has a SASL_PLAINTEXT listener offering PLAIN,
+//! SCRAM-SHA-256 and SCRAM-SHA-512 for the user `alice`, and one offering SCRAM-SHA-512 only
+//! (`scripts/kafka.sh --sasl`): logins succeed with every mechanism and a wrong password fails
+//! with an error that says so.
+//!
+//! Tansu 0.6.0 (`SLUICE_TEST_BROKER=tansu`, started with `--authentication`) offers SCRAM but,
+//! with the in-memory storage we can run, cannot keep SCRAM credentials: every login is refused as
+//! `unknown-user`. There, what is checked is that sluice runs the handshake and the first SCRAM
+//! round trip with a real SCRAM server and reports the refusal clearly.
 
 mod common;
 
 use std::time::Duration;
 
-use common::Tansu;
-use sluice_client::{Client, ClientConfig, Error, SaslConfig, SaslMechanism};
+use common::{unique, Broker, Kind};
+use sluice_client::{
+    Client, ClientConfig, Consumer, ConsumerConfig, Error, Producer, ProducerConfig, ProducerRecord, SaslConfig,
+    SaslMechanism, StartAt,
+};
+
+const MECHANISMS: [SaslMechanism; 3] = [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512];
 
 fn config(addr: &str, sasl: Option<SaslConfig>) -> ClientConfig {
     let mut config = ClientConfig::new([addr]);
@@ -21,17 +29,76 @@ fn config(addr: &str, sasl: Option<SaslConfig>) -> ClientConfig {
     config
 }
 
+/// The SASL listener of the shared Kafka broker (`None` on Tansu).
+fn kafka_sasl() -> Option<&'static str> {
+    let broker = common::shared();
+    (broker.kind == Kind::Kafka).then(|| broker.sasl_addr.as_deref().expect("the shared Kafka broker has SASL"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scram_reaches_the_brokers_scram_server_and_a_refusal_is_reported_clearly() {
-    let tansu = Tansu::start_authenticating();
+async fn logins_succeed_with_every_mechanism_and_the_session_works() {
+    let Some(addr) = kafka_sasl() else {
+        eprintln!("SKIPPED on Tansu: its memory storage keeps no SASL credentials, so no login can succeed");
+        return;
+    };
+    for mechanism in MECHANISMS {
+        let sasl = SaslConfig::new(mechanism, "alice", "alice-secret");
+        let client = Client::connect(config(addr, Some(sasl))).await.unwrap_or_else(|e| panic!("{mechanism:?}: {e}"));
+        // Every connection the client opens after metadata authenticates too: produce and read back.
+        let topic = unique(&format!("sasl-{}", mechanism.name()));
+        client.create_topic(&topic, 1, 1).await.unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+        let delivery = producer.send(ProducerRecord::new(&topic, "authenticated")).await.unwrap();
+        assert_eq!(delivery.await.unwrap().offset, 0);
+        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+        consumer.assign(&topic, 0, StartAt::Earliest).await.unwrap();
+        let mut values = Vec::new();
+        for _ in 0..20 {
+            for part in consumer.poll().await.unwrap() {
+                values.extend(part.records().map(|r| r.value().unwrap().to_vec()));
+            }
+            if !values.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(values, vec![b"authenticated".to_vec()], "{mechanism:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_user_fails_with_an_error_that_says_so() {
+    let Some(addr) = kafka_sasl() else {
+        scram_refusals_on_tansu().await;
+        return;
+    };
+    for mechanism in MECHANISMS {
+        for (user, password) in [("alice", "not-her-password"), ("mallory", "alice-secret")] {
+            let sasl = SaslConfig::new(mechanism, user, password);
+            let error = Client::connect(config(addr, Some(sasl))).await.unwrap_err();
+            match &error {
+                Error::Authentication { mechanism: name, reason, broker } => {
+                    assert_eq!(*name, mechanism.name());
+                    assert_eq!(broker, addr);
+                    assert!(reason.contains("Authentication failed"), "{mechanism:?} {user}: {error}");
+                }
+                other => panic!("{mechanism:?} {user}: expected an authentication error, got {other}"),
+            }
+            assert!(error.to_string().contains("check the user name, password and mechanism"), "{error}");
+            assert!(!error.is_retriable(), "retrying a refused login cannot help: {error}");
+        }
+    }
+}
+
+/// Tansu: sluice's SCRAM client-first message reaches the broker's SCRAM server, which answers
+/// with a SCRAM error attribute (RFC 5802 `e=`) that sluice passes on.
+async fn scram_refusals_on_tansu() {
+    let tansu = Broker::start_tansu_authenticating();
     for mechanism in [SaslMechanism::ScramSha256, SaslMechanism::ScramSha512] {
         let sasl = SaslConfig::new(mechanism, "alice", "alice-secret");
         let error = Client::connect(config(&tansu.addr, Some(sasl))).await.unwrap_err();
         match &error {
             Error::Authentication { mechanism: name, reason, .. } => {
                 assert_eq!(*name, mechanism.name());
-                // The broker's SCRAM server parsed sluice's client-first message and answered
-                // with a SCRAM error attribute (RFC 5802 `e=`), which sluice passes on.
                 assert!(reason.contains("unknown-user"), "{error}");
             }
             other => panic!("{mechanism:?}: expected an authentication error, got {other}"),
@@ -40,22 +107,50 @@ async fn scram_reaches_the_brokers_scram_server_and_a_refusal_is_reported_clearl
     }
     eprintln!(
         "note: Tansu 0.6.0's in-memory storage accepts AlterUserScramCredentials but keeps nothing, so no SCRAM \
-         login can succeed against it; a successful login is not checked against a broker here"
+         login can succeed against it; checked here: the refusal is reported clearly"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mechanism_the_broker_does_not_offer_fails_the_connection() {
-    let tansu = Tansu::start_authenticating();
+    let broker = common::shared();
+    let (_tansu, addr) = match broker.kind {
+        Kind::Kafka => (None, broker.sasl_scram_only_addr.clone().expect("a SCRAM-SHA-512-only listener")),
+        Kind::Tansu => {
+            let tansu = Broker::start_tansu_authenticating();
+            let addr = tansu.addr.clone();
+            (Some(tansu), addr)
+        }
+    };
     let sasl = SaslConfig::new(SaslMechanism::Plain, "alice", "alice-secret");
-    let error = Client::connect(config(&tansu.addr, Some(sasl))).await.unwrap_err();
-    assert!(matches!(error, Error::Authentication { mechanism: "PLAIN", .. } | Error::Disconnected { .. }), "{error}");
-    eprintln!("PLAIN against Tansu (which offers only SCRAM): {error}");
+    let error = Client::connect(config(&addr, Some(sasl))).await.unwrap_err();
+    eprintln!("PLAIN against a broker that does not offer it: {error}");
+    match broker.kind {
+        // Kafka answers the handshake with UNSUPPORTED_SASL_MECHANISM and the mechanisms it has.
+        Kind::Kafka => {
+            assert!(matches!(error, Error::Authentication { mechanism: "PLAIN", .. }), "{error}");
+            assert!(error.to_string().contains("SCRAM-SHA-512"), "the error names what the broker offers: {error}");
+        }
+        Kind::Tansu => {
+            assert!(
+                matches!(error, Error::Authentication { mechanism: "PLAIN", .. } | Error::Disconnected { .. }),
+                "{error}"
+            )
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_sasl_an_authenticating_broker_refuses_requests() {
-    let tansu = Tansu::start_authenticating();
-    let result = Client::connect(config(&tansu.addr, None)).await;
-    assert!(result.is_err(), "a broker that requires authentication must refuse an unauthenticated client");
+async fn without_sasl_an_authenticating_listener_refuses_requests() {
+    let broker = common::shared();
+    let (_tansu, addr) = match broker.kind {
+        Kind::Kafka => (None, broker.sasl_addr.clone().unwrap()),
+        Kind::Tansu => {
+            let tansu = Broker::start_tansu_authenticating();
+            let addr = tansu.addr.clone();
+            (Some(tansu), addr)
+        }
+    };
+    let result = Client::connect(config(&addr, None)).await;
+    assert!(result.is_err(), "a listener that requires authentication must refuse an unauthenticated client");
 }

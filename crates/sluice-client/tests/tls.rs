@@ -1,6 +1,8 @@
-//! TLS against a real TLS terminator: Debian's stunnel4 in front of Tansu, with certificates made
-//! by the openssl command line for each run. The broker advertises stunnel's address, so every
-//! connection the client makes (bootstrap and after metadata) is encrypted.
+//! TLS against a real broker: Apache Kafka's own TLS listeners (one with server authentication,
+//! one requiring a client certificate; `scripts/kafka.sh --tls` makes their test CA), or with
+//! `SLUICE_TEST_BROKER=tansu`, which has no TLS, Debian's stunnel4 terminating TLS in front of
+//! Tansu. Either way the broker advertises its TLS address, so every connection the client makes
+//! (bootstrap and after metadata) is encrypted. Certificates are made by the openssl command line.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Tansu;
+use common::{unique, Broker, Kind};
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Error, Producer, ProducerConfig, ProducerRecord, StartAt, TlsConfig,
 };
@@ -68,15 +70,15 @@ fn make_certificates(dir: &Path) {
 }
 
 /// stunnel4 terminating TLS on `tls_addr` (and, requiring a client certificate, on `mtls_addr`)
-/// and forwarding to the broker.
+/// and forwarding to the brokers behind them (Tansu has no TLS of its own).
 struct Stunnel(Child);
 
 impl Stunnel {
-    fn start(dir: &Path, tls_addr: &str, mtls_addr: &str, broker: &str) -> Self {
+    fn start(dir: &Path, tls_addr: &str, tls_broker: &str, mtls_addr: &str, mtls_broker: &str) -> Self {
         let config = format!(
             "foreground = yes\npid =\ndebug = 3\n\
-             [kafka]\naccept = {tls_addr}\nconnect = {broker}\ncert = server.pem\nkey = server.key\n\
-             [kafka-mtls]\naccept = {mtls_addr}\nconnect = {broker}\ncert = server.pem\nkey = server.key\n\
+             [kafka]\naccept = {tls_addr}\nconnect = {tls_broker}\ncert = server.pem\nkey = server.key\n\
+             [kafka-mtls]\naccept = {mtls_addr}\nconnect = {mtls_broker}\ncert = server.pem\nkey = server.key\n\
              verifyChain = yes\nCAfile = ca.pem\n"
         );
         std::fs::write(dir.join("stunnel.conf"), config).unwrap();
@@ -138,45 +140,96 @@ async fn round_trip(client: &Client, topic: &str) {
     assert_eq!(values, (0..100).map(|i| format!("secret {i}")).collect::<Vec<_>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn produces_and_consumes_over_tls_and_refuses_untrusted_brokers() {
+/// Where TLS is served and the files to trust and present, kept alive for a test.
+struct TlsBroker {
+    tls_addr: String,
+    mtls_addr: String,
+    ca: Vec<u8>,
+    client_cert: Vec<u8>,
+    client_key: Vec<u8>,
+    /// A CA that signed nothing the broker has.
+    other_ca: Vec<u8>,
+    _dir: tempfile::TempDir,
+    _tansu: Option<(Broker, Broker, Stunnel)>,
+}
+
+fn tls_broker() -> TlsBroker {
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
-    let (tls_addr, mtls_addr) = (free_addr(), free_addr());
-    let tansu = Tansu::start_free_advertising(&tls_addr);
-    let _stunnel = Stunnel::start(dir.path(), &tls_addr, &mtls_addr, &tansu.addr);
-    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let read = |path: &Path| std::fs::read(path).unwrap();
+    let broker = common::shared();
+    match broker.kind {
+        Kind::Kafka => {
+            let tls = broker.tls.as_ref().expect("the shared Kafka broker has TLS listeners");
+            TlsBroker {
+                tls_addr: tls.addr.clone(),
+                mtls_addr: tls.mutual_addr.clone(),
+                ca: read(&tls.ca),
+                client_cert: read(&tls.client_cert),
+                client_key: read(&tls.client_key),
+                other_ca: read(&dir.path().join("other-ca.pem")),
+                _dir: dir,
+                _tansu: None,
+            }
+        }
+        Kind::Tansu => {
+            // One broker advertising the TLS address, one the mutual-TLS address.
+            let (tls_addr, mtls_addr) = (free_addr(), free_addr());
+            let tls = Broker::start_tansu_advertising(&tls_addr);
+            let mtls = Broker::start_tansu_advertising(&mtls_addr);
+            let stunnel = Stunnel::start(dir.path(), &tls_addr, &tls.addr, &mtls_addr, &mtls.addr);
+            TlsBroker {
+                tls_addr,
+                mtls_addr,
+                ca: read(&dir.path().join("ca.pem")),
+                client_cert: read(&dir.path().join("client.pem")),
+                client_key: read(&dir.path().join("client.key")),
+                other_ca: read(&dir.path().join("other-ca.pem")),
+                _dir: dir,
+                _tansu: Some((tls, mtls, stunnel)),
+            }
+        }
+    }
+}
 
-    let client = Client::connect(tls_client_config(&tls_addr, TlsConfig::new(&read("ca.pem")).unwrap())).await.unwrap();
-    round_trip(&client, "encrypted").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produces_and_consumes_over_tls_and_refuses_untrusted_brokers() {
+    let broker = tls_broker();
+    let tls_addr = &broker.tls_addr;
+    let client = Client::connect(tls_client_config(tls_addr, TlsConfig::new(&broker.ca).unwrap())).await.unwrap();
+    round_trip(&client, &unique("encrypted")).await;
 
     // A broker whose certificate does not chain to the trusted CA is refused, saying why.
-    let untrusted = TlsConfig::new(&read("other-ca.pem")).unwrap();
-    let error = Client::connect(tls_client_config(&tls_addr, untrusted)).await.unwrap_err();
+    let untrusted = TlsConfig::new(&broker.other_ca).unwrap();
+    let error = Client::connect(tls_client_config(tls_addr, untrusted)).await.unwrap_err();
     assert!(matches!(error, Error::Tls { .. }), "{error}");
     assert!(error.to_string().contains("CA file"), "{error}");
 
     // A certificate for another name is refused too.
-    let wrong_name = TlsConfig::new(&read("ca.pem")).unwrap().server_name("kafka.example.com");
-    let error = Client::connect(tls_client_config(&tls_addr, wrong_name)).await.unwrap_err();
+    let wrong_name = TlsConfig::new(&broker.ca).unwrap().server_name("kafka.example.com");
+    let error = Client::connect(tls_client_config(tls_addr, wrong_name)).await.unwrap_err();
     assert!(matches!(error, Error::Tls { .. }), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_presents_the_client_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    make_certificates(dir.path());
-    let (tls_addr, mtls_addr) = (free_addr(), free_addr());
-    let tansu = Tansu::start_free_advertising(&mtls_addr);
-    let _stunnel = Stunnel::start(dir.path(), &tls_addr, &mtls_addr, &tansu.addr);
-    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let broker = tls_broker();
+    let mtls_addr = &broker.mtls_addr;
 
-    // Without a client certificate the terminator hangs up during or right after the handshake.
-    let anonymous = Client::connect(tls_client_config(&mtls_addr, TlsConfig::new(&read("ca.pem")).unwrap())).await;
+    // Without a client certificate the broker hangs up during or right after the handshake.
+    let anonymous = Client::connect(tls_client_config(mtls_addr, TlsConfig::new(&broker.ca).unwrap())).await;
     assert!(anonymous.is_err(), "a client without a certificate must not get through");
 
-    let identity =
-        TlsConfig::with_client_certificate(&read("ca.pem"), &read("client.pem"), &read("client.key")).unwrap();
-    let client = Client::connect(tls_client_config(&mtls_addr, identity)).await.unwrap();
-    round_trip(&client, "mutual").await;
+    // A certificate the broker's CA did not sign is refused as well.
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let stranger = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let foreign =
+        TlsConfig::with_client_certificate(&broker.ca, &stranger("client.pem"), &stranger("client.key")).unwrap();
+    let refused = Client::connect(tls_client_config(mtls_addr, foreign)).await;
+    assert!(refused.is_err(), "a client certificate from another CA must not get through");
+
+    let identity = TlsConfig::with_client_certificate(&broker.ca, &broker.client_cert, &broker.client_key).unwrap();
+    let client = Client::connect(tls_client_config(mtls_addr, identity)).await.unwrap();
+    round_trip(&client, &unique("mutual")).await;
 }

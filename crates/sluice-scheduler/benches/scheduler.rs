@@ -1,5 +1,5 @@
 //! The scheduler's cost, beside a plain sluice-client consume of the same topic in the same run
-//! (Tansu started here; `scripts/install-peers.sh` installs it):
+//! (a broker started here: Apache Kafka 4.4, or Tansu with `SLUICE_TEST_BROKER=tansu`):
 //!
 //! - per-batch overhead with empty input: planning (ListOffsets), the intent and commit records
 //!   each synced to disk, and the bookkeeping, over 8 empty partitions;
@@ -18,7 +18,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{cpu_s, percentile, Tansu};
+use common::{cpu_s, percentile, Broker};
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
@@ -132,11 +132,11 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let n = records();
-        let tansu = Tansu::start();
-        let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+        let broker = Broker::start();
+        let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
         client.create_topic("empty", PARTITIONS, 1).await.unwrap();
         client.create_topic("flow", PARTITIONS, 1).await.unwrap();
-        println!("scheduler against Tansu 0.6.0 on {}, {n} records of 100 bytes, {PARTITIONS} partitions", tansu.addr);
+        println!("scheduler against {} on {}, {n} records of 100 bytes, {PARTITIONS} partitions", broker.kind.name(), broker.addr);
 
         let empty = empty_batches(&client, "empty", 201).await;
         println!(

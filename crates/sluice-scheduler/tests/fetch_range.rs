@@ -1,4 +1,4 @@
-//! Reading planned ranges from a real Tansu broker: exactly the offsets of the range, across
+//! Reading planned ranges from a real broker: exactly the offsets of the range, across
 //! batch boundaries, and a clear error for offsets the log does not hold.
 
 #[path = "../../sluice-client/tests/common/mod.rs"]
@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Tansu;
+use common::{unique, Broker};
 use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, OffsetRange};
 
@@ -27,15 +27,16 @@ async fn produce(client: &Client, topic: &str, batch_size_bytes: usize, value: i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-    client.create_topic("ranges", 1, 1).await.unwrap();
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let ranges = unique("ranges");
+    client.create_topic(&ranges, 1, 1).await.unwrap();
     // Small batches of uneven sizes, so ranges start and end inside batches.
-    produce(&client, "ranges", 700, |i| format!("{i}-{}", "x".repeat(i % 37))).await;
+    produce(&client, &ranges, 700, |i| format!("{i}-{}", "x".repeat(i % 37))).await;
     // Small fetches too, so a range takes several.
     let options = FetchOptions { max_bytes: 2_000, max_wait: Duration::from_millis(100), ..FetchOptions::default() };
     for (from, until) in [(0, 1_000), (123, 789), (500, 501), (999, 1_000), (42, 42)] {
-        let range = OffsetRange { topic: "ranges".into(), partition: 0, from, until };
+        let range = OffsetRange { topic: ranges.clone(), partition: 0, from, until };
         let read = fetch_range(&client, &range, &options).await.unwrap();
         let offsets: Vec<i64> = read.records().map(|r| r.offset()).collect();
         assert_eq!(offsets, (from..until).collect::<Vec<_>>(), "{from}..{until}");
@@ -46,7 +47,7 @@ async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
         }
     }
 
-    let past_the_end = OffsetRange { topic: "ranges".into(), partition: 0, from: 990, until: 1_010 };
+    let past_the_end = OffsetRange { topic: ranges.clone(), partition: 0, from: 990, until: 1_010 };
     let error = fetch_range(&client, &past_the_end, &options).await.unwrap_err();
     match &error {
         FetchRangeError::Unavailable { missing_from, high_watermark, .. } => {
@@ -57,11 +58,11 @@ async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
 
     // Beyond the log's end altogether (the job's position from a topic since re-created): the
     // error says so, or under Skip the range reads as lost.
-    let beyond = OffsetRange { topic: "ranges".into(), partition: 0, from: 1_500, until: 1_600 };
+    let beyond = OffsetRange { topic: ranges.clone(), partition: 0, from: 1_500, until: 1_600 };
     let error = fetch_range(&client, &beyond, &options).await.unwrap_err();
     assert!(matches!(error, FetchRangeError::Truncated { position: 1_500, log_end: 1_000, .. }), "{error}");
     assert!(error.to_string().contains("re-created"), "{error}");
-    let connection = sluice_client::Connection::connect(&tansu.addr, Default::default()).await.unwrap();
+    let connection = sluice_client::Connection::connect(&broker.addr, Default::default()).await.unwrap();
     let skipped = fetch_range_on(&client, &connection, &beyond, &options, DataLoss::Skip, None).await.unwrap();
     assert_eq!((skipped.record_count(), skipped.lost_offsets, skipped.high_watermark), (0, 100, 1_000));
 }
@@ -74,13 +75,14 @@ async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
 /// the hint, while without it the broker sends the log's 200 KB and the cut ends the read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_record_size_keeps_a_ranges_first_fetch_near_the_range() {
-    let (_tansu, proxy) = Tansu::start_behind_proxy();
+    let (_broker, proxy) = Broker::start_behind_proxy();
     let client = Client::connect(ClientConfig::new([proxy.addr.as_str()])).await.unwrap();
-    client.create_topic("sized", 1, 1).await.unwrap();
-    produce(&client, "sized", 2_000, |i| format!("{i:04}-{}", "x".repeat(195))).await;
+    let sized = unique("sized");
+    client.create_topic(&sized, 1, 1).await.unwrap();
+    produce(&client, &sized, 2_000, |i| format!("{i:04}-{}", "x".repeat(195))).await;
     proxy.faults.cut_after_response_bytes.store(100_000, std::sync::atomic::Ordering::SeqCst);
     let options = FetchOptions { max_bytes: 1 << 20, max_wait: Duration::from_millis(100), ..FetchOptions::default() };
-    let range = OffsetRange { topic: "sized".into(), partition: 0, from: 0, until: 50 };
+    let range = OffsetRange { topic: sized.clone(), partition: 0, from: 0, until: 50 };
 
     let connection = sluice_client::Connection::connect(&proxy.addr, Default::default()).await.unwrap();
     let read = fetch_range_on(&client, &connection, &range, &options, DataLoss::Fail, Some(220.0)).await.unwrap();

@@ -1,4 +1,4 @@
-//! Real crashes: a child process runs the scheduler over 8 partitions of a Tansu topic and is
+//! Real crashes: a child process runs the scheduler over 8 partitions of a topic and is
 //! killed with SIGKILL at random moments, 20 times (`SLUICE_SCHEDULER_KILLS` for more), each
 //! time restarted on the same checkpoint directory; a last run finishes the bounded job. Then the
 //! log's committed batches must cover every offset of every partition exactly once, in order, and
@@ -21,24 +21,23 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Rng, Tansu};
+use common::{unique, Rng};
 use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{Batch, BatchOutput, Processor, RateLimits, Scheduler, SchedulerConfig, SystemClock};
 
 const CHILD_ENV: &str = "SLUICE_SCHEDULER_KILL_CHILD";
 const TEST_NAME: &str = "committed_ranges_cover_every_offset_once_across_sigkills";
-const TOPIC: &str = "killed";
 const PARTITIONS: i32 = 8;
 const PER_PARTITION: i64 = 4_000;
 
-fn config() -> SchedulerConfig {
-    let ending = (0..PARTITIONS).map(|p| ((TOPIC.to_owned(), p), PER_PARTITION)).collect();
+fn config(topic: &str) -> SchedulerConfig {
+    let ending = (0..PARTITIONS).map(|p| ((topic.to_owned(), p), PER_PARTITION)).collect();
     let mut config = SchedulerConfig {
         // 10 records per partition per 10 ms batch: 400 batches for the whole job, so that the
         // kills land while it runs.
         limits: RateLimits { max_per_partition: Some(1_000.0), min_per_partition: 0.0 },
         ending_offsets: Some(ending),
-        ..SchedulerConfig::new([TOPIC], Duration::from_millis(10))
+        ..SchedulerConfig::new([topic], Duration::from_millis(10))
     };
     // Keep every committed batch listed, so the check can see all of them.
     config.checkpoint.retain_batches = 100_000;
@@ -59,11 +58,14 @@ impl Processor for Report {
     }
 }
 
-fn run_child(dir: &Path, broker: &str, graceful: bool) -> ! {
+/// Runs the job as a child process: `spec` is `DIR|BROKER|TOPIC`.
+fn run_child(spec: &str, graceful: bool) -> ! {
+    let mut parts = spec.splitn(3, '|');
+    let (dir, broker, topic) = (Path::new(parts.next().unwrap()), parts.next().unwrap(), parts.next().unwrap());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
-        let mut scheduler = Scheduler::open(client, dir, config(), SystemClock::new()).unwrap();
+        let mut scheduler = Scheduler::open(client, dir, config(topic), SystemClock::new()).unwrap();
         if graceful {
             scheduler.stop_on_signals().unwrap();
         }
@@ -78,10 +80,10 @@ type ChildReport = (Vec<(u64, String)>, bool);
 
 /// Runs one child; kills it after `kill_after` unless it finishes first. Returns the batches it
 /// began processing and whether it finished the job.
-fn child(dir: &Path, broker: &str, kill_after: Option<Duration>) -> (Vec<(u64, String)>, bool) {
+fn child(dir: &Path, broker: &str, topic: &str, kill_after: Option<Duration>) -> (Vec<(u64, String)>, bool) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{}|{broker}", dir.display()))
+        .env(CHILD_ENV, format!("{}|{broker}|{topic}", dir.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -117,26 +119,27 @@ fn child(dir: &Path, broker: &str, kill_after: Option<Duration>) -> (Vec<(u64, S
     (seen.0.clone(), seen.1)
 }
 
-/// A broker with the job's topic filled.
-fn broker_with_data() -> Tansu {
-    let tansu = Tansu::start();
+/// The shared broker's address and a new topic for the job, filled.
+fn broker_with_data() -> (String, String) {
+    let broker = common::shared();
+    let topic = unique("killed");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-        client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
+        let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+        client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
         let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
         for i in 0..PER_PARTITION * i64::from(PARTITIONS) {
             let partition = Some((i % i64::from(PARTITIONS)) as i32);
             drop(
                 producer
-                    .send(ProducerRecord { partition, ..ProducerRecord::new(TOPIC, format!("{i}")) })
+                    .send(ProducerRecord { partition, ..ProducerRecord::new(&topic, format!("{i}")) })
                     .await
                     .unwrap(),
             );
         }
         producer.flush().await;
     });
-    tansu
+    (broker.addr.clone(), topic)
 }
 
 const GRACEFUL_TEST_NAME: &str = "sigterm_lets_the_batch_under_way_commit_and_leaves_nothing_open";
@@ -151,14 +154,13 @@ fn reported_batch(line: &str) -> Option<u64> {
 #[test]
 fn sigterm_lets_the_batch_under_way_commit_and_leaves_nothing_open() {
     if let Ok(spec) = std::env::var(GRACEFUL_CHILD_ENV) {
-        let (dir, broker) = spec.split_once('|').unwrap();
-        run_child(Path::new(dir), broker, true);
+        run_child(&spec, true);
     }
-    let tansu = broker_with_data();
+    let (broker, topic) = broker_with_data();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([GRACEFUL_TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(GRACEFUL_CHILD_ENV, format!("{}|{}", dir.path().display(), tansu.addr))
+        .env(GRACEFUL_CHILD_ENV, format!("{}|{broker}|{topic}", dir.path().display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -177,7 +179,7 @@ fn sigterm_lets_the_batch_under_way_commit_and_leaves_nothing_open() {
     assert!(rest.iter().any(|l| l.ends_with("DONE")), "run returned normally");
     begun.extend(rest.iter().filter_map(|l| reported_batch(l)));
 
-    let (_, recovered) = sluice_checkpoint::Log::open(dir.path(), config().checkpoint).unwrap();
+    let (_, recovered) = sluice_checkpoint::Log::open(dir.path(), config(&topic).checkpoint).unwrap();
     assert!(recovered.pending.is_empty(), "no batch left open: the one under way committed");
     let last = recovered.last_committed.expect("batches committed").intent.batch_id;
     assert_eq!(Some(&last), begun.iter().max(), "the last batch begun is the last committed");
@@ -187,8 +189,7 @@ fn sigterm_lets_the_batch_under_way_commit_and_leaves_nothing_open() {
 #[test]
 fn committed_ranges_cover_every_offset_once_across_sigkills() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
-        let (dir, broker) = spec.split_once('|').unwrap();
-        run_child(Path::new(dir), broker, false);
+        run_child(&spec, false);
     }
     let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -197,7 +198,7 @@ fn committed_ranges_cover_every_offset_once_across_sigkills() {
     let mut rng = Rng(seed);
     let kills: u64 = std::env::var("SLUICE_SCHEDULER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
 
-    let tansu = broker_with_data();
+    let (broker, topic) = broker_with_data();
 
     let dir = tempfile::tempdir().unwrap();
     let mut processed: Vec<(u64, String)> = Vec::new();
@@ -205,17 +206,17 @@ fn committed_ranges_cover_every_offset_once_across_sigkills() {
     for _ in 0..kills {
         // Often during start-up and recovery, often mid-batch.
         let after = Duration::from_millis(20 + rng.below(250));
-        let (seen, done) = child(dir.path(), &tansu.addr, Some(after));
+        let (seen, done) = child(dir.path(), &broker, &topic, Some(after));
         finished_early += u64::from(done);
         processed.extend(seen);
     }
-    let (seen, done) = child(dir.path(), &tansu.addr, None);
+    let (seen, done) = child(dir.path(), &broker, &topic, None);
     assert!(done);
     processed.extend(seen);
     println!("{kills} kills, {} batches begun, {finished_early} runs finished before their kill", processed.len());
 
     // The log's committed batches, in id order.
-    let (_, recovered) = sluice_checkpoint::Log::open(dir.path(), config().checkpoint).unwrap();
+    let (_, recovered) = sluice_checkpoint::Log::open(dir.path(), config(&topic).checkpoint).unwrap();
     assert!(recovered.pending.is_empty(), "the finished job leaves no open intent");
     let mut committed: BTreeMap<u64, String> = BTreeMap::new();
     for intent in &recovered.history {

@@ -1,7 +1,10 @@
 //! The clickstream job on 1,000,000 clicks over 8 partitions (`SLUICE_BENCH_RECORDS`), against
-//! Tansu started here, beside a hand-written loop over a plain sluice-client consumer that
-//! computes the same results (what a user would write without the engine: split on commas,
-//! count per window and item in hash maps, keep sessions in a hash map), in the same run.
+//! a broker started here (Apache Kafka 4.4, or Tansu with `SLUICE_TEST_BROKER=tansu`), beside a
+//! hand-written loop over a plain sluice-client consumer that computes the same results (what a
+//! user would write without the engine: split on commas, count per window and item in hash maps,
+//! keep sessions in a hash map), and beside the engine a Kafka user would pick instead: the same
+//! query as a Kafka Streams 4.4 application (`scripts/peers/java/ClickstreamStreams.java`), on the
+//! same broker and input, in the same run.
 //!
 //! - **Throughput:** the whole backlog as fast as the job goes (rate cap 5 M/s), in 100 ms and
 //!   1 s batches: records/s, the ratio to the hand-written loop, client CPU per record, peak RSS,
@@ -10,6 +13,12 @@
 //!   batches, and at 500,000 clicks/s in 100 ms batches: each batch's latency from when it was
 //!   due to its commit, p50 and p99 after the first batch (target: p99 under the interval +
 //!   50 ms).
+//!
+//! - **Against Kafka Streams:** the backlog read by each (clicks/s, CPU, peak RSS of the whole
+//!   process), then live input at 10,000 clicks/s with event time = wall time for 100 s, each
+//!   window's top items published how long after the window closed (window end + 5 s lateness).
+//!   Goals: at least 5x its clicks/s, at most 1/10 of its peak RSS, its latency or better.
+//!   (`SLUICE_BENCH_SKIP_STREAMS=1` leaves this part out.)
 //!
 //! `cargo bench -p sluice-stream --bench clickstream` (`SLUICE_BENCH_VERBOSE=1` prints each batch's
 //! progress record; `SLUICE_BENCH_ENGINE_ONLY=RATE` runs only the job, at RATE clicks/s, for
@@ -23,12 +32,14 @@ mod common;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use common::{cpu_s, percentile, Tansu};
+use common::{cpu_s, percentile, Broker};
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
 use sluice_scheduler::{BatchProgress, RateLimits};
-use sluice_stream::clickstream::{self, ClickGenerator, ClickstreamConfig, GeneratorConfig, TopItem, UserSession};
+use sluice_stream::clickstream::{
+    self, Click, ClickGenerator, ClickstreamConfig, GeneratorConfig, TopItem, UserSession,
+};
 use sluice_stream::{BatchInfo, ForEach, StreamConfig, StreamingContext};
 
 const PARTITIONS: i32 = 8;
@@ -54,15 +65,38 @@ fn peak_rss_mib() -> f64 {
     kib / 1024.0
 }
 
-/// 100,000 users and 10,000 items; 10,000 clicks per second of event time (100 s for 1 M).
-async fn produce(client: &Client, n: usize) {
-    let generator =
-        GeneratorConfig { users: 100_000, items: 10_000, clicks_per_second: 10_000.0, ..GeneratorConfig::default() };
+/// The clicks: 100,000 users and 10,000 items; 10,000 clicks per second of event time (100 s
+/// for 1 M).
+fn generator() -> ClickGenerator {
+    ClickGenerator::new(GeneratorConfig {
+        users: 100_000,
+        items: 10_000,
+        clicks_per_second: 10_000.0,
+        ..GeneratorConfig::default()
+    })
+}
+
+/// A user's clicks go to one partition.
+fn partition_of(click: &Click) -> i32 {
+    click.user.trim_start_matches("user-").parse::<i32>().unwrap() % PARTITIONS
+}
+
+/// Writes the `n` clicks to `topic`; with `flush`, then one click per partition ten minutes of
+/// event time later, which closes every window (Kafka Streams publishes a window only once a
+/// later event time comes).
+async fn produce(client: &Client, topic: &str, n: usize, flush: bool) {
     let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
-    for click in ClickGenerator::new(generator).take(n) {
-        let user: i32 = click.user.trim_start_matches("user-").parse().unwrap();
-        let record = ProducerRecord { partition: Some(user % PARTITIONS), ..click.to_record(TOPIC) };
+    let mut last = 0;
+    for click in generator().take(n) {
+        last = click.time_ms;
+        let record = ProducerRecord { partition: Some(partition_of(&click)), ..click.to_record(topic) };
         drop(producer.send(record).await.unwrap());
+    }
+    if flush {
+        for partition in 0..PARTITIONS {
+            let click = Click { user: "flush".into(), item: "flush".into(), time_ms: last + 600_000 };
+            drop(producer.send(ProducerRecord { partition: Some(partition), ..click.to_record(topic) }).await.unwrap());
+        }
     }
     producer.flush().await;
 }
@@ -70,11 +104,11 @@ async fn produce(client: &Client, n: usize) {
 /// The job's results by hand over a plain consumer: top items of each window closed by the
 /// watermark (per partition, least of them), and sessions (timed out by batch count here,
 /// which never happens in a run this short, as in the job). Returns (wall s, CPU s, windows).
-async fn by_hand(client: &Client, n: usize, config: &ClickstreamConfig) -> (f64, f64, usize) {
+async fn by_hand(client: &Client, topic: &str, n: usize, config: &ClickstreamConfig) -> (f64, f64, usize) {
     let (start, cpu) = (Instant::now(), cpu_s());
     let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
     for partition in 0..PARTITIONS {
-        consumer.assign(TOPIC, partition, StartAt::Earliest).await.unwrap();
+        consumer.assign(topic, partition, StartAt::Earliest).await.unwrap();
     }
     let (length, slide) = (config.window.as_millis() as i64, config.slide.as_millis() as i64);
     let lateness = config.allowed_lateness.as_millis() as i64;
@@ -134,10 +168,31 @@ struct EngineRun {
     progress: Vec<BatchProgress>,
 }
 
-/// The clickstream job over the whole input, reading at most `rate` clicks/s.
-async fn engine(broker: &str, n: usize, interval: Duration, rate: f64, config: &ClickstreamConfig) -> EngineRun {
+/// The clickstream job over the whole input of `topic`, reading at most `rate` clicks/s.
+async fn engine(
+    broker: &str,
+    topic: &str,
+    n: usize,
+    interval: Duration,
+    rate: f64,
+    config: &ClickstreamConfig,
+) -> EngineRun {
+    engine_until(broker, topic, interval, rate, config, |rows, _| rows >= n as u64, |_| {}).await
+}
+
+/// The clickstream job on `topic` until `done(rows read, elapsed)`; `published` sees each
+/// window's end as its top items are handed to the sink.
+async fn engine_until(
+    broker: &str,
+    topic: &str,
+    interval: Duration,
+    rate: f64,
+    config: &ClickstreamConfig,
+    mut done: impl FnMut(u64, Duration) -> bool,
+    published: impl Fn(i64) + Send + Sync + 'static,
+) -> EngineRun {
     let dir = tempfile::tempdir().unwrap();
-    let mut stream = StreamConfig::new([broker], [TOPIC], interval, dir.path().join("checkpoint"));
+    let mut stream = StreamConfig::new([broker], [topic], interval, dir.path().join("checkpoint"));
     stream.scheduler.limits =
         RateLimits { max_per_partition: Some(rate / f64::from(PARTITIONS)), min_per_partition: 0.0 };
     stream.scheduler.min_partitions = 8;
@@ -148,7 +203,10 @@ async fn engine(broker: &str, n: usize, interval: Duration, rate: f64, config: &
         ctx.kafka_stream(),
         config,
         ForEach(move |_: &BatchInfo, items: Vec<TopItem>| {
-            counted.fetch_add(items.iter().filter(|i| i.rank == 1).count(), std::sync::atomic::Ordering::Relaxed);
+            for first in items.iter().filter(|i| i.rank == 1) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                published(first.window_end_ms);
+            }
             Ok(())
         }),
         ForEach(|_: &BatchInfo, _: Vec<UserSession>| Ok(())),
@@ -164,7 +222,7 @@ async fn engine(broker: &str, n: usize, interval: Duration, rate: f64, config: &
         if std::env::var_os("SLUICE_BENCH_VERBOSE").is_some() {
             println!("{}", p.to_json());
         }
-        if rows >= n as u64 {
+        if done(rows, start.elapsed()) {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     })
@@ -198,21 +256,21 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let n = records();
-        let tansu = Tansu::start();
-        let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
+        let broker = Broker::start();
+        let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
         client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
-        println!("clickstream job against Tansu 0.6.0 on {}: {n} clicks over {PARTITIONS} partitions", tansu.addr);
-        produce(&client, n).await;
+        println!("clickstream job against {} on {}: {n} clicks over {PARTITIONS} partitions", broker.kind.name(), broker.addr);
+        produce(&client, TOPIC, n, false).await;
         let config = ClickstreamConfig::default();
 
         if let Some(rate) = std::env::var("SLUICE_BENCH_ENGINE_ONLY").ok().and_then(|r| r.parse::<f64>().ok()) {
             // Profiling aid: the job alone, reading at `rate` clicks/s in 100 ms batches.
-            let run = engine(&tansu.addr, n, Duration::from_millis(100), rate, &config).await;
+            let run = engine(&broker.addr, TOPIC, n, Duration::from_millis(100), rate, &config).await;
             println!("engine only: {:.0} clicks/s, {:.3} us CPU/click", n as f64 / run.wall_s, run.cpu_s * 1e6 / n as f64);
             return;
         }
         reset_peak_rss();
-        let (hand_s, hand_cpu, hand_windows) = by_hand(&client, n, &config).await;
+        let (hand_s, hand_cpu, hand_windows) = by_hand(&client, TOPIC, n, &config).await;
         let hand_rss = peak_rss_mib();
         println!("\n## Throughput (backlog, rate cap 5 M/s)\n");
         println!("| run | clicks/s | vs by hand | windows published | batches | client CPU us/click | peak RSS MiB | checkpoint bytes/batch |");
@@ -222,8 +280,9 @@ fn main() {
             n as f64 / hand_s,
             hand_cpu * 1e6 / n as f64
         );
+        let mut backlog_100ms = None;
         for interval in [Duration::from_millis(100), Duration::from_secs(1)] {
-            let run = engine(&tansu.addr, n, interval, 5_000_000.0, &config).await;
+            let run = engine(&broker.addr, TOPIC, n, interval, 5_000_000.0, &config).await;
             let batches = run.progress.len();
             let checkpoint: u64 = run.progress.iter().map(|p| p.checkpoint_bytes).sum();
             println!(
@@ -236,8 +295,11 @@ fn main() {
                 run.peak_rss_mib,
                 checkpoint as f64 / batches.max(1) as f64
             );
+            if interval == Duration::from_millis(100) {
+                backlog_100ms = Some((n as f64 / run.wall_s, run.cpu_s, run.peak_rss_mib));
+            }
         }
-        println!("\nvs by hand = the hand-written loop's wall time / the job's (both read the same topic from Tansu on this machine)");
+        println!("\nvs by hand = the hand-written loop's wall time / the job's (both read the same topic from the same broker on this machine)");
 
         println!("\n## Latency (the input read at a given rate)\n");
         println!("Each batch's latency runs from when it was due to its commit. The first batch also opens the checkpoint log, looks the partitions up and opens the read connections: it is shown apart, and the percentiles are over the batches after it.\n");
@@ -248,7 +310,7 @@ fn main() {
             (500_000.0, Duration::from_millis(100)),
             (1_000_000.0, Duration::from_secs(1)),
         ] {
-            let run = engine(&tansu.addr, n, interval, rate, &config).await;
+            let run = engine(&broker.addr, TOPIC, n, interval, rate, &config).await;
             let latency = latencies(&run.progress, interval);
             let first = latency.first().copied().unwrap_or(0.0);
             let mut after_first: Vec<f64> = latency.iter().skip(1).copied().collect();
@@ -264,5 +326,181 @@ fn main() {
                 interval.as_millis() + 50
             );
         }
+
+        if broker.kind == common::Kind::Kafka && std::env::var_os("SLUICE_BENCH_SKIP_STREAMS").is_none() {
+            against_kafka_streams(&client, &broker.addr, n, &config, backlog_100ms.unwrap()).await;
+        }
     });
+}
+
+/// What a Kafka Streams run printed, and what GNU time said of its process.
+struct StreamsRun {
+    clicks_per_s: f64,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+    /// Each published window's end and the wall-clock ms it was published at.
+    published: Vec<(i64, i64)>,
+}
+
+/// Runs `ClickstreamStreams` on `input` under GNU time, with `args` after the four positional
+/// ones; with `stop_after`, sends it SIGTERM then (a live run without an end).
+fn kafka_streams(broker: &str, input: &str, args: &[&str], stop_after: Option<Duration>) -> StreamsRun {
+    let java = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/java-peer");
+    let output = common::unique("top-items-streams");
+    let app = common::unique("clickstream-streams");
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        runtime.block_on(async {
+            let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
+            client.create_topic(&output, 1, 1).await.unwrap();
+        })
+    });
+    let report = std::env::temp_dir().join(format!("sluice-bench-streams-{}", std::process::id()));
+    let mut child = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%e %U %S %M", "-o"])
+        .arg(&report)
+        .arg(java)
+        .env("JAVA_PEER_OPTS", "-Xmx1g")
+        .args(["ClickstreamStreams", broker, input, &output, &app])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("/usr/bin/time and .peers/bin/java-peer (scripts/install-peers.sh)");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+    });
+    if let Some(after) = stop_after {
+        std::thread::sleep(after);
+        // /usr/bin/time passes SIGTERM on to the JVM, which closes the application.
+        let _ = std::process::Command::new("pkill").args(["-TERM", "-f", &app]).status();
+    }
+    let status = child.wait().unwrap();
+    assert!(stop_after.is_some() || status.success(), "Kafka Streams failed: {status}");
+    let lines = reader.join().unwrap();
+    let values: Vec<serde_json::Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let time = std::fs::read_to_string(&report).unwrap_or_default();
+    let fields: Vec<f64> =
+        time.lines().last().unwrap_or("").split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let processed = values.iter().find(|v| v.get("processed").is_some());
+    StreamsRun {
+        clicks_per_s: processed.map_or(0.0, |p| p["processed"].as_f64().unwrap() / p["seconds"].as_f64().unwrap()),
+        cpu_s: fields.get(1).copied().unwrap_or(0.0) + fields.get(2).copied().unwrap_or(0.0),
+        peak_rss_mib: fields.get(3).copied().unwrap_or(0.0) / 1024.0,
+        published: values
+            .iter()
+            .filter_map(|v| Some((v.get("window_end")?.as_i64()?, v.get("emitted_ms")?.as_i64()?)))
+            .collect(),
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Produces clicks at `rate` per second for `duration`, each with its wall-clock time as event
+/// time, to `topic`.
+async fn produce_live(client: &Client, topic: &str, rate: usize, duration: Duration) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let mut clicks = generator();
+    let start = Instant::now();
+    let mut sent = 0usize;
+    while start.elapsed() < duration {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as usize;
+        let now = wall_ms();
+        while sent < due {
+            let click = Click { time_ms: now, ..clicks.next().unwrap() };
+            let record = ProducerRecord { partition: Some(partition_of(&click)), ..click.to_record(topic) };
+            drop(producer.send(record).await.unwrap());
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    producer.flush().await;
+}
+
+/// How long after each window closed (its end plus the allowed lateness, in wall-clock time)
+/// its top items were published: p50 and max, ms, and how many windows.
+fn publication_delays(published: &[(i64, i64)], lateness: Duration) -> (f64, f64, usize) {
+    let mut delays: Vec<f64> =
+        published.iter().map(|(end, at)| (at - end - lateness.as_millis() as i64) as f64).collect();
+    delays.sort_by(f64::total_cmp);
+    (percentile(&delays, 0.5), delays.last().copied().unwrap_or(0.0), delays.len())
+}
+
+async fn against_kafka_streams(
+    client: &Client,
+    broker: &str,
+    n: usize,
+    config: &ClickstreamConfig,
+    (sluice_rate, sluice_cpu, sluice_rss): (f64, f64, f64),
+) {
+    println!("\n## Against Kafka Streams 4.4 (the same query, broker and input)\n");
+    // The same clicks, and a click per partition ten minutes later that closes every window.
+    let input = common::unique("clicks-streams");
+    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
+    produce(client, &input, n, true).await;
+    let expect = (n + PARTITIONS as usize).to_string();
+    let streams = kafka_streams(broker, &input, &["--expect", &expect, "--threads", "1"], None);
+    println!("| backlog of {n} clicks | clicks/s | CPU us/click | peak RSS MiB |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| sluice-stream, 100 ms batches | {sluice_rate:.0} | {:.3} | {sluice_rss:.0} |",
+        sluice_cpu * 1e6 / n as f64
+    );
+    println!(
+        "| Kafka Streams 4.4 (1 thread, at_least_once, JVM -Xmx1g; its own timing, start-up left out) | {:.0} | {:.3} | {:.0} |",
+        streams.clicks_per_s,
+        streams.cpu_s * 1e6 / n as f64,
+        streams.peak_rss_mib
+    );
+    println!(
+        "\nsluice / Kafka Streams: {:.1}x the clicks/s (goal >= 5x), {:.3} of the peak RSS (goal <= 0.1)",
+        sluice_rate / streams.clicks_per_s.max(1.0),
+        sluice_rss / streams.peak_rss_mib.max(1.0)
+    );
+
+    // Live: 10,000 clicks/s for 100 s, event time = wall time; each engine on a topic of its own.
+    let (rate, duration) = (10_000, Duration::from_secs(100));
+    let lateness = config.allowed_lateness;
+    println!(
+        "\n| live, {rate} clicks/s for {} s | windows published | published after the window closed, p50 ms | max ms |",
+        duration.as_secs()
+    );
+    println!("| --- | --- | --- | --- |");
+    let live = common::unique("clicks-live-sluice");
+    client.create_topic(&live, PARTITIONS, 1).await.unwrap();
+    let published = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&published);
+    let producing = tokio::spawn({
+        let (client, live) = (client.clone(), live.clone());
+        async move { produce_live(&client, &live, rate, duration).await }
+    });
+    let idle = duration + Duration::from_secs(10);
+    engine_until(
+        broker,
+        &live,
+        Duration::from_millis(100),
+        1e9,
+        &ClickstreamConfig { idle_after: Duration::from_secs(10), ..config.clone() },
+        |_, elapsed| elapsed > idle,
+        move |end| record.lock().unwrap().push((end, wall_ms())),
+    )
+    .await;
+    producing.await.unwrap();
+    let (p50, max, windows) = publication_delays(&published.lock().unwrap(), lateness);
+    println!("| sluice-stream, 100 ms batches | {windows} | {p50:.0} | {max:.0} |");
+
+    let live = common::unique("clicks-live-streams");
+    client.create_topic(&live, PARTITIONS, 1).await.unwrap();
+    let producing = tokio::spawn({
+        let (client, live) = (client.clone(), live.clone());
+        async move { produce_live(&client, &live, rate, duration).await }
+    });
+    let streams = kafka_streams(broker, &live, &["--threads", "1"], Some(idle));
+    producing.await.unwrap();
+    let (p50, max, windows) = publication_delays(&streams.published, lateness);
+    println!("| Kafka Streams 4.4 (commit.interval.ms 100) | {windows} | {p50:.0} | {max:.0} |");
 }

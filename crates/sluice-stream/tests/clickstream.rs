@@ -1,4 +1,4 @@
-//! The clickstream example against a real Tansu broker, on a fixed generated input:
+//! The clickstream example against a real broker, on a fixed generated input:
 //! - its top items per window and its user sessions equal what this test computes from the
 //!   input on its own;
 //! - killed with SIGKILL at random moments (20 times; `SLUICE_STREAM_KILLS` for more) and
@@ -6,7 +6,8 @@
 //!   without crashes;
 //! - killed 10 times (`SLUICE_STREAM_KILLS`) while writing to Kafka, it loses no record: with
 //!   the idempotent sink the duplicates are counted, with the transactional sink each record is
-//!   committed once.
+//!   committed once, as a `read_committed` reader (sluice's consumer, and the Java client's on
+//!   Apache Kafka) sees it.
 //!
 //! The job runs in a child process: this test binary again, with `CHILD_ENV` set. Kill delays
 //! come from a seed printed at the start (`SLUICE_KILL_SEED` replays it).
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Rng, Tansu};
+use common::{unique, Kind, Rng};
 use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::record::ControlRecordType;
 use sluice_scheduler::{Clock, ManualClock, RateLimits, SystemClock};
@@ -31,7 +32,6 @@ use sluice_stream::clickstream::{
 };
 use sluice_stream::{JsonLinesFiles, KafkaSink, StreamConfig, StreamingContext};
 
-const TOPIC: &str = "clicks";
 const PARTITIONS: i32 = 4;
 const CLICKS: usize = 12_000;
 const CHILD_ENV: &str = "SLUICE_CLICKSTREAM_CHILD";
@@ -59,31 +59,50 @@ fn job_config() -> ClickstreamConfig {
     }
 }
 
-/// A broker holding the input (and one record that is not a click); returns each partition's
-/// record count.
-fn broker_with_clicks() -> (Tansu, BTreeMap<i32, i64>) {
-    let tansu = Tansu::start();
+/// The topics of one test's job (the broker may be shared): `PREFIX-clicks`, `PREFIX-top-items`
+/// and `PREFIX-sessions`.
+#[derive(Debug, Clone)]
+struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    fn clicks(&self) -> String {
+        format!("{}-clicks", self.prefix)
+    }
+
+    fn output(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+}
+
+/// The broker's address and new topics, the input holding the clicks (and one record that is not
+/// a click); returns each partition's record count too.
+fn broker_with_clicks() -> (String, Topics, BTreeMap<i32, i64>) {
+    let broker = common::shared();
+    let topics = Topics { prefix: unique("clickstream") };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let counts = runtime.block_on(async {
-        let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-        client.create_topic(TOPIC, PARTITIONS, 1).await.unwrap();
+        let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+        client.create_topic(&topics.clicks(), PARTITIONS, 1).await.unwrap();
         for output in ["top-items", "sessions"] {
-            client.create_topic(output, 1, 1).await.unwrap();
+            client.create_topic(&topics.output(output), 1, 1).await.unwrap();
         }
         let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
         let mut counts: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
         for click in input() {
             let partition = partition_of(&click);
             *counts.get_mut(&partition).unwrap() += 1;
-            drop(producer.send(ProducerRecord { partition: Some(partition), ..click.to_record(TOPIC) }).await.unwrap());
+            let record = ProducerRecord { partition: Some(partition), ..click.to_record(&topics.clicks()) };
+            drop(producer.send(record).await.unwrap());
         }
-        let garbage = ProducerRecord { partition: Some(0), ..ProducerRecord::new(TOPIC, "not a click") };
+        let garbage = ProducerRecord { partition: Some(0), ..ProducerRecord::new(topics.clicks(), "not a click") };
         drop(producer.send(garbage).await.unwrap());
         *counts.get_mut(&0).unwrap() += 1;
         producer.flush().await;
         counts
     });
-    (tansu, counts)
+    (broker.addr.clone(), topics, counts)
 }
 
 /// Where the job writes: JSON-lines files under `out/`, or the topics `top-items` and
@@ -121,14 +140,16 @@ fn kafka_sink<T: serde::Serialize>(broker: &str, topic: &str, output: Output) ->
 /// Runs the job to the end of the input: batches of 20 ms, 30 records per partition each.
 async fn run_job<C: Clock>(
     broker: &str,
+    topics: &Topics,
     dir: &Path,
     counts: &BTreeMap<i32, i64>,
     clock: C,
     output: Output,
 ) -> (u64, u64, u64) {
-    let mut config = StreamConfig::new([broker], [TOPIC], Duration::from_millis(20), dir.join("checkpoint"));
+    let clicks = topics.clicks();
+    let mut config = StreamConfig::new([broker], [clicks.as_str()], Duration::from_millis(20), dir.join("checkpoint"));
     config.scheduler.limits = RateLimits { max_per_partition: Some(1_500.0), min_per_partition: 0.0 };
-    config.scheduler.ending_offsets = Some(counts.iter().map(|(p, n)| ((TOPIC.to_owned(), *p), *n)).collect());
+    config.scheduler.ending_offsets = Some(counts.iter().map(|(p, n)| ((clicks.clone(), *p), *n)).collect());
     config.snapshot_every = 7;
     let ctx = StreamingContext::new(config);
     let counters = match output {
@@ -141,8 +162,8 @@ async fn run_job<C: Clock>(
         Output::Kafka | Output::KafkaTransactions => clickstream::build(
             ctx.kafka_stream(),
             &job_config(),
-            kafka_sink::<TopItem>(broker, "top-items", output),
-            kafka_sink::<UserSession>(broker, "sessions", output),
+            kafka_sink::<TopItem>(broker, &topics.output("top-items"), output),
+            kafka_sink::<UserSession>(broker, &topics.output("sessions"), output),
         ),
     };
     let batches = ctx.run_with_clock(clock, |_| {}).await.unwrap();
@@ -243,10 +264,10 @@ fn check_output(out: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_publishes_the_top_items_and_sessions_computed_independently_from_its_input() {
-    let (tansu, counts) = tokio::task::spawn_blocking(broker_with_clicks).await.unwrap();
+    let (broker, topics, counts) = tokio::task::spawn_blocking(broker_with_clicks).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (batches, unparsable, late) =
-        run_job(&tansu.addr, dir.path(), &counts, ManualClock::new(0), Output::Files).await;
+        run_job(&broker, &topics, dir.path(), &counts, ManualClock::new(0), Output::Files).await;
     println!("clickstream: {batches} batches");
     assert!(batches > 90, "rate-limited into many batches: {batches}");
     assert_eq!(unparsable, 1, "the record that is not a click");
@@ -254,18 +275,25 @@ async fn the_example_publishes_the_top_items_and_sessions_computed_independently
     check_output(&dir.path().join("out"));
 }
 
+/// What a child job reads: the broker, the topics, each input partition's record count.
+struct Job {
+    broker: String,
+    topics: Topics,
+    counts: BTreeMap<i32, i64>,
+}
+
+impl Job {
+    fn new() -> Self {
+        let (broker, topics, counts) = broker_with_clicks();
+        Self { broker, topics, counts }
+    }
+}
+
 /// Runs the job in a child process (the test `test`) on `dir`; kills it after `kill_after`
 /// unless it finishes first. Returns whether it finished.
-fn child(
-    test: &str,
-    output: Output,
-    dir: &Path,
-    broker: &str,
-    counts: &BTreeMap<i32, i64>,
-    kill_after: Option<Duration>,
-) -> bool {
-    let counts: Vec<String> = counts.values().map(i64::to_string).collect();
-    let spec = format!("{}|{broker}|{}|{}", dir.display(), counts.join(","), output.name());
+fn child(test: &str, output: Output, dir: &Path, job: &Job, kill_after: Option<Duration>) -> bool {
+    let counts: Vec<String> = job.counts.values().map(i64::to_string).collect();
+    let spec = format!("{}|{}|{}|{}|{}", dir.display(), job.broker, counts.join(","), output.name(), job.topics.prefix);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, spec)
@@ -299,10 +327,11 @@ fn run_child_if_asked() {
     let Ok(spec) = std::env::var(CHILD_ENV) else { return };
     let fields: Vec<&str> = spec.split('|').collect();
     let (dir, broker, counts, output) = (fields[0], fields[1], fields[2], Output::parse(fields[3]));
+    let topics = Topics { prefix: fields[4].to_owned() };
     let counts: BTreeMap<i32, i64> =
         counts.split(',').enumerate().map(|(p, n)| (p as i32, n.parse().unwrap())).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(run_job(broker, Path::new(dir), &counts, SystemClock::new(), output));
+    runtime.block_on(run_job(broker, &topics, Path::new(dir), &counts, SystemClock::new(), output));
     std::process::exit(0);
 }
 
@@ -330,7 +359,7 @@ fn file_lines(out: &Path, sub: &str) -> Vec<String> {
 
 /// A job killed `kills` times (SIGKILL at random moments) and restarted each time on the same
 /// directory, then run to its end; returns the directory.
-fn crash_runs(test: &str, output: Output, broker: &str, counts: &BTreeMap<i32, i64>, kills: u64) -> tempfile::TempDir {
+fn crash_runs(test: &str, output: Output, job: &Job, kills: u64) -> tempfile::TempDir {
     let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
@@ -342,7 +371,7 @@ fn crash_runs(test: &str, output: Output, broker: &str, counts: &BTreeMap<i32, i
     while killed < kills {
         // Often during start-up and recovery, often mid-batch.
         let after = Duration::from_millis(30 + rng.below(250));
-        if child(test, output, dir.path(), broker, counts, Some(after)) {
+        if child(test, output, dir.path(), job, Some(after)) {
             // The job finished before this kill. With files, begin again (a finished job does
             // nothing) until every kill has landed on a run under way; with Kafka, the topics
             // hold the finished job's output, so the kills done are all there will be.
@@ -356,7 +385,7 @@ fn crash_runs(test: &str, output: Output, broker: &str, counts: &BTreeMap<i32, i
         }
         killed += 1;
     }
-    assert!(child(test, output, dir.path(), broker, counts, None));
+    assert!(child(test, output, dir.path(), job, None));
     println!("{killed} kills, {finished_early} runs finished before their kill");
     assert!(killed >= kills.min(5), "kills landed on running jobs: {killed}");
     dir
@@ -371,14 +400,14 @@ const FILES_TEST: &str = "killed_and_restarted_the_job_leaves_output_byte_identi
 #[test]
 fn killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes() {
     run_child_if_asked();
-    let (tansu, counts) = broker_with_clicks();
+    let job = Job::new();
     let clean = tempfile::tempdir().unwrap();
-    assert!(child(FILES_TEST, Output::Files, clean.path(), &tansu.addr, &counts, None));
+    assert!(child(FILES_TEST, Output::Files, clean.path(), &job, None));
     let expected = files(&clean.path().join("out"));
     check_output(&clean.path().join("out"));
 
     let kills = kills(20);
-    let crashed = crash_runs(FILES_TEST, Output::Files, &tansu.addr, &counts, kills);
+    let crashed = crash_runs(FILES_TEST, Output::Files, &job, kills);
     let got = files(&crashed.path().join("out"));
     assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same files");
     for (path, bytes) in &expected {
@@ -422,22 +451,35 @@ async fn committed_values(client: &Client, topic: &str) -> (Vec<String>, usize) 
     (committed, aborted)
 }
 
-/// The Kafka output of a crashed-and-restarted job, against a clean run's files: `(written,
-/// expected, aborted)` per topic.
-fn kafka_output(test: &str, output: Output, default_kills: u64) -> Vec<(Vec<String>, Vec<String>, usize)> {
-    let (tansu, counts) = broker_with_clicks();
+/// The Kafka output of a crashed-and-restarted job, against a clean run's files, per output
+/// (file name under `out/`, and its topic).
+struct KafkaOutput {
+    name: &'static str,
+    topic: String,
+    /// Values outside transactions and those of committed transactions, in log order.
+    written: Vec<String>,
+    /// What the run without crashes wrote to its files.
+    expected: Vec<String>,
+    /// Records aborted transactions left in the log.
+    aborted: usize,
+}
+
+fn kafka_output(test: &str, output: Output, default_kills: u64) -> (Job, Vec<KafkaOutput>) {
+    let job = Job::new();
     let clean = tempfile::tempdir().unwrap();
-    assert!(child(test, Output::Files, clean.path(), &tansu.addr, &counts, None));
-    let _crashed = crash_runs(test, output, &tansu.addr, &counts, kills(default_kills));
+    assert!(child(test, Output::Files, clean.path(), &job, None));
+    let _crashed = crash_runs(test, output, &job, kills(default_kills));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let client = runtime.block_on(Client::connect(ClientConfig::new([tansu.addr.as_str()]))).unwrap();
-    ["top-items", "sessions"]
+    let client = runtime.block_on(Client::connect(ClientConfig::new([job.broker.as_str()]))).unwrap();
+    let outputs = ["top-items", "sessions"]
         .into_iter()
-        .map(|topic| {
-            let (written, aborted) = runtime.block_on(committed_values(&client, topic));
-            (written, file_lines(&clean.path().join("out"), topic), aborted)
+        .map(|name| {
+            let topic = job.topics.output(name);
+            let (written, aborted) = runtime.block_on(committed_values(&client, &topic));
+            KafkaOutput { name, topic, written, expected: file_lines(&clean.path().join("out"), name), aborted }
         })
-        .collect()
+        .collect();
+    (job, outputs)
 }
 
 const KAFKA_TEST: &str = "killed_with_the_idempotent_kafka_sink_no_record_is_lost_and_duplicates_are_counted";
@@ -445,7 +487,7 @@ const KAFKA_TEST: &str = "killed_with_the_idempotent_kafka_sink_no_record_is_los
 #[test]
 fn killed_with_the_idempotent_kafka_sink_no_record_is_lost_and_duplicates_are_counted() {
     run_child_if_asked();
-    for (written, expected, _) in kafka_output(KAFKA_TEST, Output::Kafka, 10) {
+    for KafkaOutput { written, expected, .. } in kafka_output(KAFKA_TEST, Output::Kafka, 10).1 {
         let mut remaining: BTreeMap<&str, usize> = BTreeMap::new();
         for line in &written {
             *remaining.entry(line).or_default() += 1;
@@ -470,12 +512,58 @@ const TRANSACTIONS_TEST: &str = "killed_with_the_transactional_kafka_sink_each_r
 #[test]
 fn killed_with_the_transactional_kafka_sink_each_record_is_committed_exactly_once() {
     run_child_if_asked();
-    for (committed, expected, aborted) in kafka_output(TRANSACTIONS_TEST, Output::KafkaTransactions, 10) {
+    let (job, outputs) = kafka_output(TRANSACTIONS_TEST, Output::KafkaTransactions, 10);
+    for out in outputs {
         println!(
-            "transactional Kafka sink: {} records committed, {aborted} in aborted transactions (Tansu shows them to \
-             read_committed consumers: it lists no aborted transactions in Fetch)",
-            committed.len()
+            "transactional Kafka sink ({}): {} records committed, {} in aborted transactions",
+            out.name,
+            out.written.len(),
+            out.aborted
         );
-        assert_eq!(committed, expected, "committed once each, in batch order");
+        assert_eq!(out.written, out.expected, "{}: committed once each, in batch order", out.name);
+        // What read_committed readers see: sluice's consumer, and on Apache Kafka the Java client's.
+        let read = read_committed(&job.broker, &out.topic);
+        match common::kind() {
+            Kind::Kafka => {
+                assert_eq!(read, out.expected, "{}: a read_committed consumer sees each record once", out.name);
+                let java = common::java::consume_values(&job.broker, &out.topic, true);
+                assert_eq!(java, out.expected, "{}: the Java client's read_committed consumer agrees", out.name);
+            }
+            Kind::Tansu => {
+                assert_eq!(read.len(), out.expected.len() + out.aborted);
+                println!(
+                    "note: on Tansu a read_committed consumer also sees the {} aborted records (Tansu lists no \
+                     aborted transactions in Fetch)",
+                    out.aborted
+                );
+            }
+        }
     }
+}
+
+/// Every value of `topic`/0 a read_committed sluice consumer sees, in order.
+fn read_committed(broker: &str, topic: &str) -> Vec<String> {
+    use sluice_client::{Consumer, ConsumerConfig, Isolation, StartAt};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
+        let end = client.log_end(topic, 0, Isolation::ReadCommitted).await.unwrap();
+        let config = ConsumerConfig {
+            isolation: Isolation::ReadCommitted,
+            max_wait: Duration::from_millis(50),
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(client, config);
+        consumer.assign(topic, 0, StartAt::Earliest).await.unwrap();
+        let mut values = Vec::new();
+        for _ in 0..1_000 {
+            if consumer.partition_progress(topic, 0).is_some_and(|p| p.position >= end) {
+                return values;
+            }
+            for part in consumer.poll().await.unwrap() {
+                values.extend(part.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap()));
+            }
+        }
+        panic!("{topic}: the read_committed consumer did not reach offset {end}");
+    })
 }

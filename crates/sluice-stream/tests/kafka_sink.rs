@@ -1,4 +1,4 @@
-//! The Kafka sink against a real Tansu broker, batch by batch: a re-run batch its first run
+//! The Kafka sink against a real broker, batch by batch: a re-run batch its first run
 //! wrote whole is not written again (both modes); a transaction a crashed run left open is
 //! aborted by the next run's start; items that cannot be made records fail their batch.
 
@@ -8,26 +8,61 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::Tansu;
-use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
+use common::unique;
+use sluice_client::{Client, ClientConfig, FetchOptions, Isolation, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::record::ControlRecordType;
 use sluice_stream::{BatchInfo, KafkaSink, Sink};
 
-async fn setup() -> (Tansu, Client) {
-    let tansu = Tansu::start();
-    let client = Client::connect(ClientConfig::new([tansu.addr.as_str()])).await.unwrap();
-    client.create_topic("out", 1, 1).await.unwrap();
-    (tansu, client)
+/// A test's output topic and sink id (the broker may be shared), and a client.
+struct Setup {
+    broker: String,
+    client: Client,
+    topic: String,
+    id: String,
+}
+
+async fn setup() -> Setup {
+    let broker = common::shared().addr.clone();
+    let client = Client::connect(ClientConfig::new([broker.as_str()])).await.unwrap();
+    let topic = unique("out");
+    client.create_topic(&topic, 1, 1).await.unwrap();
+    Setup { broker, client, topic, id: unique("test") }
+}
+
+impl Setup {
+    fn sink(&self) -> KafkaSink<u32> {
+        KafkaSink::json(ClientConfig::new([self.broker.as_str()]), &self.topic, &self.id)
+    }
+
+    /// The log of the topic's partition 0: data values and markers, once no transaction is open
+    /// (Kafka writes a transaction's markers after EndTxn has answered).
+    async fn log(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let options = FetchOptions {
+                max_wait: Duration::from_millis(20),
+                isolation: Isolation::ReadCommitted,
+                ..FetchOptions::default()
+            };
+            let fetched = self.client.fetch_partition(&self.topic, 0, 0, &options).await.unwrap();
+            if fetched.last_stable_offset == fetched.high_watermark {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a transaction is still open after 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        log(&self.client, &self.topic).await
+    }
 }
 
 fn batch(batch_id: u64, rerun: bool) -> BatchInfo {
     BatchInfo { batch_id, time_ms: (batch_id + 1) * 100, rerun }
 }
 
-/// The log of `out`/0: data values (with whether transactional) and markers.
-async fn log(client: &Client) -> Vec<String> {
+/// The log of `topic`/0: data values and markers.
+async fn log(client: &Client, topic: &str) -> Vec<String> {
     let options = FetchOptions { max_wait: Duration::from_millis(50), ..FetchOptions::default() };
-    let fetched = client.fetch_partition("out", 0, 0, &options).await.unwrap();
+    let fetched = client.fetch_partition(topic, 0, 0, &options).await.unwrap();
     let mut entries = Vec::new();
     for batch in &fetched.records.batches {
         match batch.control_type() {
@@ -40,57 +75,53 @@ async fn log(client: &Client) -> Vec<String> {
     entries
 }
 
-fn sink(tansu: &Tansu) -> KafkaSink<u32> {
-    KafkaSink::json(ClientConfig::new([tansu.addr.as_str()]), "out", "test")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_sink_does_not_write_again_a_rerun_batch_it_wrote_whole() {
-    let (tansu, client) = setup().await;
-    let mut first = sink(&tansu);
+    let setup = setup().await;
+    let mut first = setup.sink();
     first.write(&batch(0, false), vec![1, 2]).await.unwrap();
     first.write(&batch(1, false), vec![3]).await.unwrap();
     // A restarted job re-runs batch 1 (its commit did not reach the checkpoint), then goes on.
-    let mut second = sink(&tansu);
+    let mut second = setup.sink();
     second.write(&batch(1, true), vec![3]).await.unwrap();
     second.write(&batch(2, false), vec![4]).await.unwrap();
     assert_eq!(second.counters().batches_skipped.load(Ordering::SeqCst), 1);
     assert_eq!(second.counters().written.load(Ordering::SeqCst), 1);
-    assert_eq!(log(&client).await, ["1", "2", "3", "4"]);
+    assert_eq!(setup.log().await, ["1", "2", "3", "4"]);
     // A re-run batch the first run did not finish is written.
-    let mut third = sink(&tansu);
+    let mut third = setup.sink();
     third.write(&batch(3, true), vec![5]).await.unwrap();
-    assert_eq!(log(&client).await, ["1", "2", "3", "4", "5"]);
+    assert_eq!(setup.log().await, ["1", "2", "3", "4", "5"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transactional_sink_writes_each_batch_once_and_aborts_what_a_crashed_run_left_open() {
-    let (tansu, client) = setup().await;
-    let mut first = sink(&tansu).transactional();
+    let setup = setup().await;
+    let mut first = setup.sink().transactional();
     first.write(&batch(0, false), vec![1, 2]).await.unwrap();
     // A run that crashed mid-batch: its transaction (same transactional id) holds a record.
     let crashed = Producer::new(
-        client.clone(),
-        ProducerConfig { transactional_id: Some("sluice-sink-test".into()), ..ProducerConfig::default() },
+        setup.client.clone(),
+        ProducerConfig { transactional_id: Some(format!("sluice-sink-{}", setup.id)), ..ProducerConfig::default() },
     )
     .await
     .unwrap();
     crashed.begin_transaction().await.unwrap();
-    crashed.send(ProducerRecord::new("out", "9")).await.unwrap().await.unwrap();
+    crashed.send(ProducerRecord::new(&setup.topic, "9")).await.unwrap().await.unwrap();
     drop(crashed);
     // The restarted job's sink aborts it, writes the re-run batch 1, and skips batch 0 again.
-    let mut second = sink(&tansu).transactional();
+    let mut second = setup.sink().transactional();
     second.write(&batch(1, true), vec![3]).await.unwrap();
-    let mut third = sink(&tansu).transactional();
+    let mut third = setup.sink().transactional();
     third.write(&batch(1, true), vec![3]).await.unwrap();
     assert_eq!(third.counters().batches_skipped.load(Ordering::SeqCst), 1, "batch 1 committed whole already");
-    assert_eq!(log(&client).await, ["1", "2", "COMMIT", "9", "ABORT", "3", "COMMIT"]);
+    assert_eq!(setup.log().await, ["1", "2", "COMMIT", "9", "ABORT", "3", "COMMIT"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_that_cannot_be_a_record_fails_its_batch_with_the_reason() {
-    let (tansu, client) = setup().await;
-    let mut sink = KafkaSink::new(ClientConfig::new([tansu.addr.as_str()]), "out", "picky", |n: &u32| {
+    let setup = setup().await;
+    let mut sink = KafkaSink::new(ClientConfig::new([setup.broker.as_str()]), &setup.topic, &setup.id, |n: &u32| {
         if *n == 13 {
             Err(format!("{n} is unlucky"))
         } else {
@@ -100,16 +131,17 @@ async fn an_item_that_cannot_be_a_record_fails_its_batch_with_the_reason() {
     sink.write(&batch(0, false), vec![1]).await.unwrap();
     let error = sink.write(&batch(1, false), vec![2, 13]).await.unwrap_err();
     assert!(error.contains("batch 1") && error.contains("13 is unlucky"), "{error}");
-    assert_eq!(log(&client).await, ["1"], "nothing of the failed batch");
+    assert_eq!(setup.log().await, ["1"], "nothing of the failed batch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marker_left_by_an_earlier_run_of_the_sink_id_does_not_hide_a_new_batch() {
-    let (tansu, client) = setup().await;
+    let setup = setup().await;
     // A job that got to batch 999 with this sink id, then started afresh on a new checkpoint.
-    client.commit_group_offsets("sluice-sink-test", &[("out".to_owned(), 0, 1_000)]).await.unwrap();
-    let mut fresh = sink(&tansu);
+    let marker_group = format!("sluice-sink-{}", setup.id);
+    setup.client.commit_group_offsets(&marker_group, &[(setup.topic.clone(), 0, 1_000)]).await.unwrap();
+    let mut fresh = setup.sink();
     fresh.write(&batch(5, true), vec![6]).await.unwrap();
     assert_eq!(fresh.counters().batches_skipped.load(Ordering::SeqCst), 0);
-    assert_eq!(log(&client).await, ["6"], "batch 5 of the new job is written");
+    assert_eq!(setup.log().await, ["6"], "batch 5 of the new job is written");
 }

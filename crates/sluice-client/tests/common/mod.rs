@@ -1,9 +1,20 @@
-//! A real Tansu broker for integration tests: started on a free loopback port, stopped (killed)
-//! when dropped. The binary comes from `scripts/install-peers.sh` (`.peers/bin/tansu`) or
-//! `$SLUICE_TANSU`.
+//! Real brokers for integration tests, chosen by `SLUICE_TEST_BROKER`:
+//!
+//! - `kafka` (the default): Apache Kafka 4.4 in KRaft mode, started by `scripts/kafka.sh` from the
+//!   jars `scripts/install-peers.sh` put in `.peers/kafka/lib`. A JVM takes seconds to start, so
+//!   the tests of one binary share one broker ([`shared`]), and a whole `cargo test` run shares
+//!   the one named by `SLUICE_TEST_KAFKA_DIR` (a directory `kafka.sh start` made; `scripts/test.sh`
+//!   starts it) when that is set. The shared broker also has SASL and TLS listeners.
+//! - `tansu`: Tansu 0.6.0 (`.peers/bin/tansu`, or `$SLUICE_TANSU`), in memory, 0.1 s to start.
+//!
+//! Tests sharing a broker name their topics, groups and transactional ids with [`unique`].
+//! Tests that stop, kill or restart a broker, or put a proxy in front of it, start their own
+//! ([`Broker::start`], [`Broker::start_cluster`], [`Broker::start_behind_proxy`]); it is stopped
+//! when dropped, and a Kafka broker also once this process has exited (`kafka.sh --watch`).
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod java;
 pub mod proxy;
 
 use bytes::BytesMut;
@@ -13,115 +24,444 @@ use sluice_protocol::messages::produce_response::PartitionProduceResponse;
 use sluice_protocol::messages::ProduceRequest;
 use sluice_protocol::record::{encode_batch, BatchHeader, Record};
 
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub struct Tansu {
-    pub addr: String,
-    child: Child,
+/// Which broker implementation the tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Apache Kafka 4.4 (KRaft): the reference.
+    Kafka,
+    /// Tansu 0.6.0 (memory storage): a second implementation, with known deviations.
+    Tansu,
 }
 
-impl Tansu {
-    /// Starts a broker on a free port.
+impl Kind {
+    /// The implementation and version, for what tests and benchmarks print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kafka => "Apache Kafka 4.4.0",
+            Self::Tansu => "Tansu 0.6.0",
+        }
+    }
+}
+
+/// The broker implementation chosen by `SLUICE_TEST_BROKER` (`kafka`, the default, or `tansu`).
+pub fn kind() -> Kind {
+    match std::env::var("SLUICE_TEST_BROKER").as_deref() {
+        Ok("kafka") | Ok("") | Err(_) => Kind::Kafka,
+        Ok("tansu") => Kind::Tansu,
+        Ok(other) => panic!("SLUICE_TEST_BROKER={other}: expected `kafka` or `tansu`"),
+    }
+}
+
+/// `prefix` made unique among the tests of every process sharing a broker: topic, group and
+/// transactional-id names.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The broker the tests of this process share (started on first use).
+pub fn shared() -> &'static Broker {
+    static SHARED: OnceLock<Broker> = OnceLock::new();
+    SHARED.get_or_init(|| match kind() {
+        Kind::Tansu => Broker::start_tansu(None, &[]),
+        Kind::Kafka => match std::env::var_os("SLUICE_TEST_KAFKA_DIR") {
+            Some(dir) => Broker::attach_kafka(Path::new(&dir)),
+            None => Broker::start_kafka(&KafkaOptions { nodes: 1, sasl: true, tls: true, external: None }),
+        },
+    })
+}
+
+/// A broker (or cluster) started by a test: stopped when dropped, unless it is a shared one this
+/// process only attached to.
+#[derive(Debug)]
+pub struct Broker {
+    pub kind: Kind,
+    /// The first node's plaintext listener.
+    pub addr: String,
+    /// Every node's plaintext listener.
+    pub bootstrap: Vec<String>,
+    /// Kafka: the listeners and files of the SASL and TLS options (`None` when not started so).
+    /// SASL users: `alice` / `alice-secret`, for PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512.
+    pub sasl_addr: Option<String>,
+    /// Kafka with SASL: a listener offering SCRAM-SHA-512 only.
+    pub sasl_scram_only_addr: Option<String>,
+    pub tls: Option<TlsListeners>,
+    /// Kafka with a proxy in front: the listener the proxy forwards to.
+    external: Option<String>,
+    process: Process,
+}
+
+/// A Kafka broker's TLS listeners and the test CA's files.
+#[derive(Debug, Clone)]
+pub struct TlsListeners {
+    /// Server authentication only.
+    pub addr: String,
+    /// A client certificate signed by the CA required.
+    pub mutual_addr: String,
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+#[derive(Debug)]
+enum Process {
+    Tansu {
+        child: Mutex<Option<Child>>,
+        extra: Vec<String>,
+        advertised: String,
+    },
+    /// `pids` by node id; `owned`: stop the cluster when dropped.
+    Kafka {
+        dir: PathBuf,
+        pids: Mutex<HashMap<u32, u32>>,
+        owned: bool,
+    },
+}
+
+struct KafkaOptions<'a> {
+    nodes: u32,
+    sasl: bool,
+    tls: bool,
+    external: Option<&'a str>,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+impl Broker {
+    /// A one-node broker of its own, on a free port.
     pub fn start() -> Self {
-        Self::start_free(None, &[])
+        match kind() {
+            Kind::Tansu => Self::start_tansu(None, &[]),
+            Kind::Kafka => Self::start_kafka(&KafkaOptions { nodes: 1, sasl: false, tls: false, external: None }),
+        }
     }
 
-    /// A broker on a port free when asked for, advertising `advertised` (else its own address).
-    /// Another test's broker may take the same port before this one binds it (tests run side by
-    /// side); this one then exits, and a fresh port is tried.
-    fn start_free(advertised: Option<&str>, extra: &[&str]) -> Self {
+    /// A cluster of `nodes` Kafka nodes (combined broker and controller each; topics default to
+    /// `min(nodes, 3)` replicas). Kafka only: Tansu has no clusters; the caller says so and skips.
+    pub fn start_cluster(nodes: u32) -> Self {
+        assert_eq!(kind(), Kind::Kafka, "a cluster needs Apache Kafka (SLUICE_TEST_BROKER=kafka)");
+        Self::start_kafka(&KafkaOptions { nodes, sasl: false, tls: false, external: None })
+    }
+
+    /// A broker of its own on a free port behind a fault proxy: the broker advertises the proxy's
+    /// address, so every connection the client makes (bootstrap and after metadata) goes through
+    /// it. (Kafka: on a listener of its own; its inter-broker traffic does not cross the proxy.)
+    /// `addr` stays the broker's own; clients connect to the proxy's.
+    pub fn start_behind_proxy() -> (Self, proxy::Proxy) {
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
+        let broker = match kind() {
+            Kind::Tansu => Self::start_tansu(Some(&proxy_addr), &[]),
+            Kind::Kafka => {
+                Self::start_kafka(&KafkaOptions { nodes: 1, sasl: false, tls: false, external: Some(&proxy_addr) })
+            }
+        };
+        let upstream = broker.external.clone().unwrap_or_else(|| broker.addr.clone());
+        let proxy = proxy::Proxy::start(proxy_listener, upstream);
+        (broker, proxy)
+    }
+
+    /// Tansu only: a broker on a free port advertising `advertised` (a TLS terminator in front).
+    pub fn start_tansu_advertising(advertised: &str) -> Self {
+        Self::start_tansu(Some(advertised), &[])
+    }
+
+    /// Tansu only: a broker on a free port that requires SASL (`--authentication`).
+    pub fn start_tansu_authenticating() -> Self {
+        Self::start_tansu(None, &["--authentication"])
+    }
+
+    /// The first node's process id (for reading its CPU time), if it runs.
+    pub fn pid(&self) -> u32 {
+        match &self.process {
+            Process::Tansu { child, .. } => child.lock().unwrap().as_ref().map_or(0, Child::id),
+            Process::Kafka { pids, .. } => pids.lock().unwrap().get(&1).copied().unwrap_or(0),
+        }
+    }
+
+    /// Every node's process id.
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.process {
+            Process::Tansu { .. } => vec![self.pid()],
+            Process::Kafka { pids, .. } => {
+                let pids = pids.lock().unwrap();
+                let mut ids: Vec<_> = pids.keys().copied().collect();
+                ids.sort_unstable();
+                ids.iter().map(|id| pids[id]).collect()
+            }
+        }
+    }
+
+    /// Kills node `node` (1-based) with SIGKILL: a crash. Kafka keeps its storage, so
+    /// [`Broker::restart`] brings back what it had acknowledged; Tansu's memory storage is lost.
+    pub fn kill(&self, node: u32) {
+        match &self.process {
+            Process::Tansu { child, .. } => {
+                if let Some(mut child) = child.lock().unwrap().take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Process::Kafka { pids, .. } => {
+                assert!(self.owns(), "a test must not kill the shared broker");
+                if let Some(pid) = pids.lock().unwrap().remove(&node) {
+                    // `kill -9` by PID, then wait until the process is gone.
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+                        assert!(Instant::now() < deadline, "node {node} (pid {pid}) survived SIGKILL");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts node `node` again on the same address after [`Broker::kill`], and waits until it
+    /// answers (Kafka: with its storage as it was; Tansu: empty).
+    pub fn restart(&self, node: u32) {
+        match &self.process {
+            Process::Tansu { child, extra, advertised } => {
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                let started = spawn_tansu(&self.addr, advertised, &extra, false)
+                    .unwrap_or_else(|| panic!("Tansu exited at start on {} (is the port taken?)", self.addr));
+                *child.lock().unwrap() = Some(started);
+            }
+            Process::Kafka { dir, pids, .. } => {
+                let output = kafka_sh(&["restart", &dir.to_string_lossy(), &node.to_string()]);
+                let line = output.lines().find(|l| l.starts_with("node ")).expect("kafka.sh restart prints the node");
+                let pid = line.split_whitespace().nth(2).and_then(|p| p.parse().ok()).expect("a pid");
+                pids.lock().unwrap().insert(node, pid);
+            }
+        }
+    }
+
+    /// Where the Kafka cluster keeps its files (`None` for Tansu).
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.process {
+            Process::Kafka { dir, .. } => Some(dir),
+            Process::Tansu { .. } => None,
+        }
+    }
+
+    fn owns(&self) -> bool {
+        !matches!(self.process, Process::Kafka { owned: false, .. })
+    }
+
+    fn start_tansu(advertised: Option<&str>, extra: &[&str]) -> Self {
+        // A port free when asked for may be taken by another test's broker before this one binds
+        // it; this one then exits, and a fresh port is tried.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let addr = format!("127.0.0.1:{port}");
-            if let Some(tansu) = Self::try_start(&addr, advertised.unwrap_or(&addr), extra, true) {
-                return tansu;
+            let advertised = advertised.unwrap_or(&addr).to_owned();
+            if let Some(child) = spawn_tansu(&addr, &advertised, extra, true) {
+                return Self {
+                    kind: Kind::Tansu,
+                    bootstrap: vec![addr.clone()],
+                    addr,
+                    sasl_addr: None,
+                    sasl_scram_only_addr: None,
+                    tls: None,
+                    external: None,
+                    process: Process::Tansu {
+                        child: Mutex::new(Some(child)),
+                        extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+                        advertised,
+                    },
+                };
             }
         }
         panic!("Tansu exited at start on five free ports in a row");
     }
 
-    /// Starts a broker on `addr` (`127.0.0.1:PORT`), e.g. where a stopped one was.
-    pub fn start_on(addr: &str) -> Self {
-        Self::try_start(addr, addr, &[], false)
-            .unwrap_or_else(|| panic!("Tansu exited at start on {addr} (is the port taken?)"))
-    }
-
-    /// A broker on a free port behind a fault proxy: the broker advertises the proxy's address,
-    /// so every connection the client makes (bootstrap and after metadata) goes through it.
-    pub fn start_behind_proxy() -> (Self, proxy::Proxy) {
-        let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
-        let tansu = Self::start_free(Some(&proxy_addr), &[]);
-        let proxy = proxy::Proxy::start(proxy_listener, tansu.addr.clone());
-        (tansu, proxy)
-    }
-
-    /// A broker on a free port advertising `advertised` (a proxy in front of it).
-    pub fn start_free_advertising(advertised: &str) -> Self {
-        Self::start_free(Some(advertised), &[])
-    }
-
-    /// A broker on a free port that requires SASL authentication (`--authentication`).
-    pub fn start_authenticating() -> Self {
-        Self::start_free(None, &["--authentication"])
-    }
-
-    /// Starts the broker and waits until it accepts connections; `None` if it exited instead
-    /// (its port taken by another broker, which may be what accepted the connection). With
-    /// `confirm`, it must still run a little after accepting (for a port that was only found
-    /// free; a given address returns as soon as it accepts, as tests that time a restart need).
-    fn try_start(addr: &str, advertised: &str, extra: &[&str], confirm: bool) -> Option<Self> {
-        let binary = std::env::var_os("SLUICE_TANSU")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/tansu"));
-        assert!(
-            binary.exists(),
-            "no Tansu broker at {} (run scripts/install-peers.sh, or set SLUICE_TANSU)",
-            binary.display()
+    fn start_kafka(options: &KafkaOptions<'_>) -> Self {
+        let nodes = options.nodes.to_string();
+        let watch = std::process::id().to_string();
+        let mut args = vec!["start", "--nodes", &nodes, "--watch", &watch, "--heap", "384m"];
+        if options.sasl {
+            args.push("--sasl");
+        }
+        if options.tls {
+            args.push("--tls");
+        }
+        if let Some(external) = options.external {
+            args.extend(["--external", external]);
+        }
+        let started = Instant::now();
+        let output = kafka_sh(&args);
+        eprintln!(
+            "[test broker: Apache Kafka, {} node(s), started in {:.1} s]",
+            options.nodes,
+            started.elapsed().as_secs_f64()
         );
-        let url = format!("tcp://{addr}");
-        let advertised = format!("tcp://{advertised}");
-        let child = Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
-            .args(["--storage-engine", "memory://tansu/"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut tansu = Self { addr: addr.to_owned(), child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let exited = |tansu: &mut Self| tansu.child.try_wait().ok().flatten().is_some();
-        while TcpStream::connect(&tansu.addr).is_err() {
-            if exited(&mut tansu) {
-                return None;
+        Self::from_kafka_info(&output, true)
+    }
+
+    /// The broker described by `DIR/info` (started by someone else, e.g. `scripts/test.sh`).
+    fn attach_kafka(dir: &Path) -> Self {
+        let info = std::fs::read_to_string(dir.join("info"))
+            .unwrap_or_else(|e| panic!("SLUICE_TEST_KAFKA_DIR={}: cannot read its info file: {e}", dir.display()));
+        Self::from_kafka_info(&info, false)
+    }
+
+    fn from_kafka_info(info: &str, owned: bool) -> Self {
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        let mut pids = HashMap::new();
+        for line in info.lines() {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            if key == "node" {
+                let parts: Vec<&str> = value.split_whitespace().collect();
+                pids.insert(parts[0].parse().unwrap(), parts[1].parse().unwrap());
+            } else {
+                fields.insert(key, value);
             }
-            assert!(Instant::now() < deadline, "Tansu did not accept connections on {} within 10 s", tansu.addr);
-            std::thread::sleep(Duration::from_millis(20));
         }
-        if confirm {
-            // A broker that lost its port to another exits soon after that one accepted (14 ms
-            // after it was started, measured).
-            std::thread::sleep(Duration::from_millis(100));
+        let list = |key: &str| fields.get(key).map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>());
+        let bootstrap = list("bootstrap").expect("kafka.sh printed no bootstrap address");
+        let tls = list("tls").map(|addrs| TlsListeners {
+            addr: addrs[0].clone(),
+            mutual_addr: list("mtls").unwrap()[0].clone(),
+            ca: PathBuf::from(fields["ca"]),
+            client_cert: PathBuf::from(fields["client_cert"]),
+            client_key: PathBuf::from(fields["client_key"]),
+        });
+        Self {
+            kind: Kind::Kafka,
+            addr: bootstrap[0].clone(),
+            bootstrap,
+            sasl_addr: list("sasl").map(|a| a[0].clone()),
+            sasl_scram_only_addr: list("sasl_scram").map(|a| a[0].clone()),
+            tls,
+            external: fields.get("external").map(|s| (*s).to_owned()),
+            process: Process::Kafka { dir: PathBuf::from(fields["dir"]), pids: Mutex::new(pids), owned },
         }
-        (!exited(&mut tansu)).then_some(tansu)
     }
 }
 
-impl Tansu {
-    /// The broker's process id (for reading its CPU time).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Tansu {
+impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &self.process {
+            Process::Tansu { child, .. } => {
+                if let Some(mut child) = child.lock().unwrap().take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Process::Kafka { dir, owned: true, .. } => {
+                let _ = Command::new("bash")
+                    .arg(repo_root().join("scripts/kafka.sh"))
+                    .args(["stop", &dir.to_string_lossy()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            Process::Kafka { owned: false, .. } => {}
+        }
+    }
+}
+
+/// Runs `scripts/kafka.sh ARGS`, panicking with its error output if it fails; returns its stdout.
+fn kafka_sh(args: &[&str]) -> String {
+    let output = Command::new("bash")
+        .arg(repo_root().join("scripts/kafka.sh"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .expect("bash runs scripts/kafka.sh");
+    assert!(
+        output.status.success(),
+        "scripts/kafka.sh {} failed (run scripts/install-peers.sh first; SLUICE_TEST_BROKER=tansu runs the tests on \
+         Tansu):\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Starts Tansu on `addr` and waits until it accepts connections; `None` if it exited instead
+/// (its port taken by another broker, which may be what accepted the connection). With
+/// `confirm`, it must still run a little after accepting (for a port that was only found free;
+/// a given address returns as soon as it accepts, as tests that time a restart need).
+fn spawn_tansu(addr: &str, advertised: &str, extra: &[&str], confirm: bool) -> Option<Child> {
+    let binary =
+        std::env::var_os("SLUICE_TANSU").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".peers/bin/tansu"));
+    assert!(
+        binary.exists(),
+        "no Tansu broker at {} (run scripts/install-peers.sh, or set SLUICE_TANSU)",
+        binary.display()
+    );
+    let url = format!("tcp://{addr}");
+    let advertised = format!("tcp://{advertised}");
+    let mut child = Command::new(&binary)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+        .args(["--storage-engine", "memory://tansu/"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = |child: &mut Child| child.try_wait().ok().flatten().is_some();
+    while TcpStream::connect(addr).is_err() {
+        if exited(&mut child) {
+            return None;
+        }
+        assert!(Instant::now() < deadline, "Tansu did not accept connections on {addr} within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if confirm {
+        // A broker that lost its port to another exits soon after that one accepted (14 ms
+        // after it was started, measured).
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (!exited(&mut child)).then_some(child)
+}
+
+/// Waits (10 s at most) until `connection`'s broker, a one-node cluster's only broker, serves
+/// each of the `partitions` of `topic`: Kafka opens a new topic's logs a moment after CreateTopics
+/// answers (even after its metadata lists the leader), and a produce or fetch in between is
+/// refused. For tests that create topics with raw requests.
+pub async fn wait_for_leaders(connection: &Connection, topic: &str, partitions: i32) {
+    use sluice_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use sluice_protocol::messages::ListOffsetsRequest;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: topic.to_owned(),
+                partitions: (0..partitions)
+                    .map(|p| ListOffsetsPartition { partition_index: p, timestamp: -2, ..Default::default() })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let response = connection.send(&request).await.unwrap();
+        let served = response.topics.iter().flat_map(|t| &t.partitions).filter(|p| p.error_code == 0).count();
+        if served == usize::try_from(partitions).unwrap() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic}: no leader for every partition within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

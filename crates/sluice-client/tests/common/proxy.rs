@@ -99,7 +99,7 @@ async fn pump(
         let budget = faults.cut_after_response_bytes.load(Ordering::Relaxed);
         if response && budget > 0 && carried + n as u64 > budget {
             // Forward only part of this chunk, then cut: the client sees a response end mid-frame.
-            let keep = (budget - carried) as usize;
+            let keep = budget.saturating_sub(carried) as usize;
             let _ = to.write_all(&data[..keep]).await;
             return;
         }
