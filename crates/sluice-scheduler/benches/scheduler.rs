@@ -132,7 +132,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let n = records();
-        let broker = Broker::start();
+        let broker = Broker::start_for_benchmark();
         let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
         client.create_topic("empty", PARTITIONS, 1).await.unwrap();
         client.create_topic("flow", PARTITIONS, 1).await.unwrap();

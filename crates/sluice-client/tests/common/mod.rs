@@ -74,7 +74,9 @@ pub fn shared() -> &'static Broker {
         Kind::Tansu => Broker::start_tansu(None, &[]),
         Kind::Kafka => match std::env::var_os("SLUICE_TEST_KAFKA_DIR") {
             Some(dir) => Broker::attach_kafka(Path::new(&dir)),
-            None => Broker::start_kafka(&KafkaOptions { nodes: 1, sasl: true, tls: true, external: None }),
+            None => {
+                Broker::start_kafka(&KafkaOptions { nodes: 1, heap: TEST_HEAP, sasl: true, tls: true, external: None })
+            }
         },
     })
 }
@@ -128,10 +130,14 @@ enum Process {
 
 struct KafkaOptions<'a> {
     nodes: u32,
+    heap: &'a str,
     sasl: bool,
     tls: bool,
     external: Option<&'a str>,
 }
+
+/// The heap of a test broker's JVM: enough for the tests, small beside the machine's memory.
+const TEST_HEAP: &str = "384m";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -142,7 +148,20 @@ impl Broker {
     pub fn start() -> Self {
         match kind() {
             Kind::Tansu => Self::start_tansu(None, &[]),
-            Kind::Kafka => Self::start_kafka(&KafkaOptions { nodes: 1, sasl: false, tls: false, external: None }),
+            Kind::Kafka => {
+                Self::start_kafka(&KafkaOptions { nodes: 1, heap: TEST_HEAP, sasl: false, tls: false, external: None })
+            }
+        }
+    }
+
+    /// A one-node broker of its own for a benchmark: as [`Broker::start`], Kafka with a heap of
+    /// 1 GiB (a small test heap makes its collector a cost the clients measured would pay).
+    pub fn start_for_benchmark() -> Self {
+        match kind() {
+            Kind::Tansu => Self::start_tansu(None, &[]),
+            Kind::Kafka => {
+                Self::start_kafka(&KafkaOptions { nodes: 1, heap: "1g", sasl: false, tls: false, external: None })
+            }
         }
     }
 
@@ -150,7 +169,7 @@ impl Broker {
     /// `min(nodes, 3)` replicas). Kafka only: Tansu has no clusters; the caller says so and skips.
     pub fn start_cluster(nodes: u32) -> Self {
         assert_eq!(kind(), Kind::Kafka, "a cluster needs Apache Kafka (SLUICE_TEST_BROKER=kafka)");
-        Self::start_kafka(&KafkaOptions { nodes, sasl: false, tls: false, external: None })
+        Self::start_kafka(&KafkaOptions { nodes, heap: TEST_HEAP, sasl: false, tls: false, external: None })
     }
 
     /// A broker of its own on a free port behind a fault proxy: the broker advertises the proxy's
@@ -162,9 +181,13 @@ impl Broker {
         let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
         let broker = match kind() {
             Kind::Tansu => Self::start_tansu(Some(&proxy_addr), &[]),
-            Kind::Kafka => {
-                Self::start_kafka(&KafkaOptions { nodes: 1, sasl: false, tls: false, external: Some(&proxy_addr) })
-            }
+            Kind::Kafka => Self::start_kafka(&KafkaOptions {
+                nodes: 1,
+                heap: TEST_HEAP,
+                sasl: false,
+                tls: false,
+                external: Some(&proxy_addr),
+            }),
         };
         let upstream = broker.external.clone().unwrap_or_else(|| broker.addr.clone());
         let proxy = proxy::Proxy::start(proxy_listener, upstream);
@@ -288,7 +311,7 @@ impl Broker {
     fn start_kafka(options: &KafkaOptions<'_>) -> Self {
         let nodes = options.nodes.to_string();
         let watch = std::process::id().to_string();
-        let mut args = vec!["start", "--nodes", &nodes, "--watch", &watch, "--heap", "384m"];
+        let mut args = vec!["start", "--nodes", &nodes, "--watch", &watch, "--heap", options.heap];
         if options.sasl {
             args.push("--sasl");
         }
