@@ -95,6 +95,31 @@ fn kafka_protocol_reads_and_rewrites_sluice_bytes_identically_for_every_shared_v
     assert!(checked > 5_000, "only {checked} cases were comparable");
 }
 
+/// The newest version both implement, which the test above compares up to.
+fn newest_shared<S: Message, K: KpMessage>() -> i16 {
+    S::MAX_VERSION.min(K::VERSIONS.max)
+}
+
+/// The versions Kafka 4.4 added (sluice has them from `scripts/codegen/kafka-4.4-overlay.json`)
+/// are compared wherever kafka-protocol 0.18 knows them too. It stops short of OffsetCommit 10,
+/// OffsetFetch 10, TxnOffsetCommit 6, ListOffsets 11, ApiVersions 5 and DeleteGroups 3, which
+/// only the round-trip tests cover.
+#[test]
+fn the_versions_kafka_4_4_added_are_compared_where_kafka_protocol_has_them() {
+    use kafka_protocol::messages as kp;
+    use sluice_protocol::messages as ours;
+    assert_eq!(newest_shared::<ours::ProduceRequest, kp::ProduceRequest>(), 13);
+    assert_eq!(newest_shared::<ours::ProduceResponse, kp::ProduceResponse>(), 13);
+    assert_eq!(newest_shared::<ours::FetchRequest, kp::FetchRequest>(), 18);
+    assert_eq!(newest_shared::<ours::FetchResponse, kp::FetchResponse>(), 18);
+    assert_eq!(newest_shared::<ours::MetadataRequest, kp::MetadataRequest>(), 13);
+    assert_eq!(newest_shared::<ours::MetadataResponse, kp::MetadataResponse>(), 13);
+    assert_eq!(newest_shared::<ours::DescribeGroupsRequest, kp::DescribeGroupsRequest>(), 6);
+    assert_eq!(newest_shared::<ours::DescribeGroupsResponse, kp::DescribeGroupsResponse>(), 6);
+    assert_eq!(newest_shared::<ours::TxnOffsetCommitRequest, kp::TxnOffsetCommitRequest>(), 5);
+    assert_eq!(newest_shared::<ours::TxnOffsetCommitResponse, kp::TxnOffsetCommitResponse>(), 5);
+}
+
 /// The Fetch v16 fixture, read by both: the same fields, and the same bytes back.
 #[test]
 fn both_read_tansus_fetch_response_the_same_way() {

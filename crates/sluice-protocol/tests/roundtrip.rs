@@ -114,3 +114,45 @@ fn decode_errors_name_the_field_and_position() {
     assert!(text.contains("MetadataResponse.brokers"), "{text}");
     assert!(text.contains("at byte"), "{text}");
 }
+
+#[test]
+fn the_versions_kafka_4_4_added_change_only_what_their_schemas_say() {
+    use sluice_protocol::messages::describe_groups_response::DescribedGroup;
+    use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use sluice_protocol::messages::produce_request::TopicProduceData;
+    use sluice_protocol::messages::*;
+    use sluice_protocol::primitives::Uuid;
+    use sluice_protocol::EncodeError;
+
+    // Fetch v18 carries a follower's high watermark in a tagged field, written only when set: a
+    // consumer's v18 request is byte for byte its v17 request.
+    let topic =
+        FetchTopic { topic_id: Uuid([7; 16]), partitions: vec![FetchPartition::default()], ..FetchTopic::default() };
+    let fetch = FetchRequest { topics: vec![topic], ..FetchRequest::default() };
+    assert_eq!(encode_to_bytes(&fetch, 18).unwrap(), encode_to_bytes(&fetch, 17).unwrap());
+
+    // Produce v13 names topics by id only; both name and id are ignorable, so each version
+    // drops the one it cannot carry.
+    let topic = TopicProduceData { name: "clicks".into(), topic_id: Uuid([7; 16]), ..TopicProduceData::default() };
+    let produce = ProduceRequest { topic_data: vec![topic], ..ProduceRequest::default() };
+    let v13: ProduceRequest = decode_exact(encode_to_bytes(&produce, 13).unwrap(), 13).unwrap();
+    assert_eq!((v13.topic_data[0].name.as_str(), v13.topic_data[0].topic_id), ("", Uuid([7; 16])));
+    let v12: ProduceRequest = decode_exact(encode_to_bytes(&produce, 12).unwrap(), 12).unwrap();
+    assert_eq!((v12.topic_data[0].name.as_str(), v12.topic_data[0].topic_id), ("clicks", Uuid::ZERO));
+
+    // Metadata v13 ends with a request-level error code (ignorable before).
+    let metadata = MetadataResponse { error_code: 129, ..MetadataResponse::default() };
+    let v13: MetadataResponse = decode_exact(encode_to_bytes(&metadata, 13).unwrap(), 13).unwrap();
+    assert_eq!(v13.error_code, 129);
+    let v12: MetadataResponse = decode_exact(encode_to_bytes(&metadata, 12).unwrap(), 12).unwrap();
+    assert_eq!(v12.error_code, 0);
+
+    // DescribeGroups v6's per-group message is not ignorable: v5 cannot carry it.
+    let group =
+        DescribedGroup { error_code: 69, error_message: Some("no such group".into()), ..DescribedGroup::default() };
+    let described = DescribeGroupsResponse { groups: vec![group], ..DescribeGroupsResponse::default() };
+    let v6: DescribeGroupsResponse = decode_exact(encode_to_bytes(&described, 6).unwrap(), 6).unwrap();
+    assert_eq!(v6.groups[0].error_message.as_deref(), Some("no such group"));
+    let err = encode_to_bytes(&described, 5).unwrap_err();
+    assert!(matches!(err, EncodeError::FieldNotInVersion { field: "error_message", .. }), "{err}");
+}

@@ -334,21 +334,21 @@ pub struct ApiInfo {
 
 /// Every API this crate implements, by API key.
 pub const SUPPORTED_APIS: &[ApiInfo] = &[
-    ApiInfo { key: 0, name: "Produce", min_version: 0, max_version: 11, flexible_min_version: Some(9) },
-    ApiInfo { key: 1, name: "Fetch", min_version: 0, max_version: 17, flexible_min_version: Some(12) },
-    ApiInfo { key: 2, name: "ListOffsets", min_version: 0, max_version: 10, flexible_min_version: Some(6) },
-    ApiInfo { key: 3, name: "Metadata", min_version: 0, max_version: 12, flexible_min_version: Some(9) },
-    ApiInfo { key: 8, name: "OffsetCommit", min_version: 0, max_version: 9, flexible_min_version: Some(8) },
-    ApiInfo { key: 9, name: "OffsetFetch", min_version: 0, max_version: 9, flexible_min_version: Some(6) },
+    ApiInfo { key: 0, name: "Produce", min_version: 0, max_version: 13, flexible_min_version: Some(9) },
+    ApiInfo { key: 1, name: "Fetch", min_version: 0, max_version: 18, flexible_min_version: Some(12) },
+    ApiInfo { key: 2, name: "ListOffsets", min_version: 0, max_version: 11, flexible_min_version: Some(6) },
+    ApiInfo { key: 3, name: "Metadata", min_version: 0, max_version: 13, flexible_min_version: Some(9) },
+    ApiInfo { key: 8, name: "OffsetCommit", min_version: 0, max_version: 10, flexible_min_version: Some(8) },
+    ApiInfo { key: 9, name: "OffsetFetch", min_version: 0, max_version: 10, flexible_min_version: Some(6) },
     ApiInfo { key: 10, name: "FindCoordinator", min_version: 0, max_version: 6, flexible_min_version: Some(3) },
     ApiInfo { key: 11, name: "JoinGroup", min_version: 0, max_version: 9, flexible_min_version: Some(6) },
     ApiInfo { key: 12, name: "Heartbeat", min_version: 0, max_version: 4, flexible_min_version: Some(4) },
     ApiInfo { key: 13, name: "LeaveGroup", min_version: 0, max_version: 5, flexible_min_version: Some(4) },
     ApiInfo { key: 14, name: "SyncGroup", min_version: 0, max_version: 5, flexible_min_version: Some(4) },
-    ApiInfo { key: 15, name: "DescribeGroups", min_version: 0, max_version: 5, flexible_min_version: Some(5) },
+    ApiInfo { key: 15, name: "DescribeGroups", min_version: 0, max_version: 6, flexible_min_version: Some(5) },
     ApiInfo { key: 16, name: "ListGroups", min_version: 0, max_version: 5, flexible_min_version: Some(3) },
     ApiInfo { key: 17, name: "SaslHandshake", min_version: 0, max_version: 1, flexible_min_version: None },
-    ApiInfo { key: 18, name: "ApiVersions", min_version: 0, max_version: 4, flexible_min_version: Some(3) },
+    ApiInfo { key: 18, name: "ApiVersions", min_version: 0, max_version: 5, flexible_min_version: Some(3) },
     ApiInfo { key: 19, name: "CreateTopics", min_version: 0, max_version: 7, flexible_min_version: Some(5) },
     ApiInfo { key: 20, name: "DeleteTopics", min_version: 0, max_version: 6, flexible_min_version: Some(4) },
     ApiInfo { key: 21, name: "DeleteRecords", min_version: 0, max_version: 2, flexible_min_version: Some(2) },
@@ -357,11 +357,11 @@ pub const SUPPORTED_APIS: &[ApiInfo] = &[
     ApiInfo { key: 24, name: "AddPartitionsToTxn", min_version: 0, max_version: 5, flexible_min_version: Some(3) },
     ApiInfo { key: 25, name: "AddOffsetsToTxn", min_version: 0, max_version: 4, flexible_min_version: Some(3) },
     ApiInfo { key: 26, name: "EndTxn", min_version: 0, max_version: 5, flexible_min_version: Some(3) },
-    ApiInfo { key: 28, name: "TxnOffsetCommit", min_version: 0, max_version: 4, flexible_min_version: Some(3) },
+    ApiInfo { key: 28, name: "TxnOffsetCommit", min_version: 0, max_version: 6, flexible_min_version: Some(3) },
     ApiInfo { key: 32, name: "DescribeConfigs", min_version: 0, max_version: 4, flexible_min_version: Some(4) },
     ApiInfo { key: 36, name: "SaslAuthenticate", min_version: 0, max_version: 2, flexible_min_version: Some(2) },
     ApiInfo { key: 37, name: "CreatePartitions", min_version: 0, max_version: 3, flexible_min_version: Some(2) },
-    ApiInfo { key: 42, name: "DeleteGroups", min_version: 0, max_version: 2, flexible_min_version: Some(2) },
+    ApiInfo { key: 42, name: "DeleteGroups", min_version: 0, max_version: 3, flexible_min_version: Some(2) },
 ];
 
 /// The API with this key, if this crate implements it.
