@@ -126,6 +126,20 @@ impl ClusterMetadata {
         Self { cluster_id: response.cluster_id, controller_id: response.controller_id, brokers, topics }
     }
 
+    /// The id of every one of `topics`, or `None` if there are none or any id is unknown
+    /// (missing, or zero: brokers before Metadata v10 report no ids): for requests that name
+    /// topics by id (KIP-516), which name all of theirs that way or none.
+    pub(crate) fn topic_ids<'a>(&self, topics: impl IntoIterator<Item = &'a str>) -> Option<HashMap<String, Uuid>> {
+        let ids: Option<HashMap<String, Uuid>> = topics
+            .into_iter()
+            .map(|topic| {
+                let id = self.topics.get(topic).map(|t| t.topic_id).filter(|id| *id != Uuid::ZERO)?;
+                Some((topic.to_owned(), id))
+            })
+            .collect();
+        ids.filter(|ids| !ids.is_empty())
+    }
+
     /// The leader of `topic`/`partition`, if known.
     pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
         let topic = self.topics.get(topic)?;
@@ -194,6 +208,18 @@ impl Client {
         };
         let connection = self.any_broker().await?;
         let response = connection.send(&request).await?;
+        // Metadata v13 has a request-level error code, for REBOOTSTRAP_REQUIRED (KIP-1102): the
+        // broker holds this client's view of the cluster to be stale. (Kafka 4.4 sends that code
+        // only to ApiVersions v5, which sluice does not use.) The connection is dropped, so the
+        // next attempt asks another broker or connects anew, and the error is retriable
+        // (`Error::is_retriable`), so callers that retry refresh again. Any other code is an error.
+        let code = ErrorCode::from_code(response.error_code);
+        if code != ErrorCode::None {
+            if code == ErrorCode::RebootstrapRequired {
+                self.forget_connection(&connection);
+            }
+            return Err(Error::Broker { broker: connection.broker().to_owned(), api: "Metadata", code });
+        }
         let mut fresh = ClusterMetadata::from_response(response);
         let mut state = self.state();
         if topics.is_some() {
@@ -298,6 +324,14 @@ impl Client {
                 self.note_failure(address);
                 Err(e)
             }
+        }
+    }
+
+    /// Takes `connection` out of the pool (requests already holding it finish on it).
+    fn forget_connection(&self, connection: &Arc<Connection>) {
+        let mut state = self.state();
+        if state.connections.get(connection.broker()).is_some_and(|pooled| Arc::ptr_eq(pooled, connection)) {
+            state.connections.remove(connection.broker());
         }
     }
 
@@ -544,22 +578,10 @@ impl FetchNaming {
         topics: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self> {
         let newest = connection.version_for::<FetchRequest>(None)?;
-        let mut ids = HashMap::new();
-        if newest > FETCH_BY_NAME_MAX_VERSION {
-            for topic in topics {
-                match metadata.topics.get(topic).map(|t| t.topic_id).filter(|id| *id != Uuid::ZERO) {
-                    Some(id) => ids.insert(topic.to_owned(), id),
-                    None => {
-                        ids.clear();
-                        break;
-                    }
-                };
-            }
-        }
-        let version = if ids.is_empty() {
-            connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?
-        } else {
-            newest
+        let ids = if newest > FETCH_BY_NAME_MAX_VERSION { metadata.topic_ids(topics) } else { None };
+        let (version, ids) = match ids {
+            Some(ids) => (newest, ids),
+            None => (connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME_MAX_VERSION))?, HashMap::new()),
         };
         let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
         Ok(Self { version, ids, names })

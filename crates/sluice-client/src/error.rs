@@ -213,12 +213,27 @@ pub enum Error {
         /// The error code.
         code: ErrorCode,
     },
+    /// The broker answered with an error code and a message saying why (DescribeGroups v6+).
+    #[error("broker {broker} answered {api} with {code}: {message}")]
+    BrokerMessage {
+        /// The broker address.
+        broker: String,
+        /// The API name.
+        api: &'static str,
+        /// The error code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
 }
 
 impl Error {
     /// Whether retrying the same operation may succeed (after reconnecting or refreshing
     /// metadata): connection problems (a host name that does not resolve among them, as the name
-    /// may appear in DNS later), timeouts, and retriable broker error codes.
+    /// may appear in DNS later), timeouts, and retriable broker error codes. REBOOTSTRAP_REQUIRED
+    /// (KIP-1102) counts too: the broker says the client's view of the cluster is stale, and the
+    /// client has dropped that broker's connection (see [`crate::Client::refresh_metadata`]), so
+    /// the next attempt starts over from another broker or a new connection.
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Connect { .. }
@@ -226,7 +241,8 @@ impl Error {
             | Self::ConnectTimeout { .. }
             | Self::Disconnected { .. }
             | Self::RequestTimeout { .. } => true,
-            Self::Broker { code, .. } => code.is_retriable(),
+            Self::Broker { code: ErrorCode::RebootstrapRequired, .. } => true,
+            Self::Broker { code, .. } | Self::BrokerMessage { code, .. } => code.is_retriable(),
             _ => false,
         }
     }

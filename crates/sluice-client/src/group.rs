@@ -36,7 +36,7 @@ use sluice_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use sluice_protocol::messages::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest, FindCoordinatorRequest,
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, Message, OffsetCommitRequest,
-    OffsetFetchRequest, SyncGroupRequest,
+    OffsetCommitResponse, OffsetFetchRequest, SyncGroupRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -48,6 +48,8 @@ use crate::error::{Error, Result};
 
 /// OffsetFetch v8+ batches several groups; one group per request is all this client asks.
 const OFFSET_FETCH_SINGLE_GROUP_MAX_VERSION: i16 = 7;
+/// The last OffsetCommit version that names topics; v10 (KIP-848) names them by topic id.
+const OFFSET_COMMIT_BY_NAME_MAX_VERSION: i16 = 9;
 
 /// How a [`GroupConsumer`] takes part in its group.
 #[derive(Debug, Clone)]
@@ -622,7 +624,7 @@ impl GroupConsumer {
 
     async fn commit_once(&self, request: &OffsetCommitRequest, generation: i32) -> Result<()> {
         let coordinator = self.shared.coordinator().await?;
-        let response = coordinator.send(request).await?;
+        let response = send_offset_commit(&coordinator, request).await?;
         for partition in response.topics.iter().flat_map(|t| t.partitions.iter()) {
             let code = ErrorCode::from_code(partition.error_code);
             match code {
@@ -712,6 +714,12 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
             Err(_) => shared.forget_coordinator().await,
         }
     }
+}
+
+/// Sends an OffsetCommit, naming its topics (v9 at most).
+async fn send_offset_commit(coordinator: &Connection, request: &OffsetCommitRequest) -> Result<OffsetCommitResponse> {
+    let version = coordinator.version_for::<OffsetCommitRequest>(Some(OFFSET_COMMIT_BY_NAME_MAX_VERSION))?;
+    coordinator.send_version(request, version).await
 }
 
 /// A group's committed offsets, from its coordinator: for `partitions`, or every partition the
@@ -818,7 +826,7 @@ impl Client {
         self.at_group_coordinator(group_id, |coordinator| {
             let request = &request;
             async move {
-                let response = coordinator.send(request).await?;
+                let response = send_offset_commit(&coordinator, request).await?;
                 for partition in response.topics.iter().flat_map(|t| t.partitions.iter()) {
                     check_error(coordinator.broker(), "OffsetCommit", partition.error_code)?;
                 }
@@ -977,6 +985,10 @@ impl Client {
     }
 
     /// A group's state, members and their partitions, from its coordinator.
+    ///
+    /// A group the coordinator does not know is an error (GROUP_ID_NOT_FOUND, with the broker's
+    /// message) from brokers with DescribeGroups v6 (Kafka 4); older ones describe it as `Dead`,
+    /// with no members.
     pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription> {
         let coordinator = self.group_coordinator(group_id).await?;
         let request = DescribeGroupsRequest { groups: vec![group_id.to_owned()], ..DescribeGroupsRequest::default() };
@@ -987,7 +999,15 @@ impl Client {
             api: "DescribeGroups",
             code: ErrorCode::GroupIdNotFound,
         })?;
-        check_error(coordinator.broker(), "DescribeGroups", group.error_code)?;
+        let code = ErrorCode::from_code(group.error_code);
+        if code != ErrorCode::None {
+            let (broker, api) = (coordinator.broker().to_owned(), "DescribeGroups");
+            // v6+ says why, e.g. which group was not found.
+            return Err(match group.error_message {
+                Some(message) => Error::BrokerMessage { broker, api, code, message },
+                None => Error::Broker { broker, api, code },
+            });
+        }
         let consumer = group.protocol_type == PROTOCOL_TYPE;
         let members = group
             .members

@@ -26,12 +26,14 @@ use bytes::{Bytes, BytesMut};
 use sluice_protocol::compression::Compression;
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use sluice_protocol::messages::produce_response::TopicProduceResponse;
 use sluice_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse};
+use sluice_protocol::primitives::Uuid;
 use sluice_protocol::record::{set_producer_state, BatchBuilder, BatchHeader, RecordHeader, ATTR_TRANSACTIONAL};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::client::Client;
+use crate::client::{Client, ClusterMetadata};
 use crate::connection::{check_error, Connection};
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
@@ -809,7 +811,81 @@ fn encode(shared: &Shared, batch: &mut SealedBatch) -> Result<()> {
     Ok(())
 }
 
-fn produce_request(config: &ProducerConfig, batches: &[SealedBatch]) -> ProduceRequest {
+/// The last Produce version that names topics; v13 (KIP-516) names them by topic id.
+const PRODUCE_BY_NAME_MAX_VERSION: i16 = 12;
+
+/// The last Produce version a transaction of the transaction protocol v1 may use: Kafka takes
+/// Produce v12+ inside a transaction for the protocol v2 (KIP-890 part 2), in which a partition
+/// joins the transaction with its first produce. This producer speaks v1 (AddPartitionsToTxn,
+/// EndTxn at most v4; see `txn.rs`).
+const PRODUCE_TXN_V1_MAX_VERSION: i16 = 11;
+
+/// How a Produce request names its topics, and at which version it is sent: by id at the
+/// newest version both sides speak where that is v13+ and the metadata gives every topic's id,
+/// else by name at v12 at most (v11 at most for a transactional producer).
+#[derive(Debug, Clone)]
+struct ProduceNaming {
+    version: i16,
+    /// Topic ids by name; empty when topics are named by name.
+    ids: HashMap<String, Uuid>,
+}
+
+impl ProduceNaming {
+    /// The naming for a request to `connection`'s broker holding `topics`, with the ids
+    /// `metadata` knows.
+    fn new<'a>(
+        connection: &Connection,
+        metadata: &ClusterMetadata,
+        topics: impl IntoIterator<Item = &'a str>,
+        transactional: bool,
+    ) -> Result<Self> {
+        let newest = connection.version_for::<ProduceRequest>(None)?;
+        let naming = Self::choose(newest, metadata, topics, transactional);
+        // A lower version than the newest must still be one the broker takes.
+        connection.version_for::<ProduceRequest>(Some(naming.version))?;
+        Ok(naming)
+    }
+
+    /// The naming when `newest` is the newest version both sides speak.
+    fn choose<'a>(
+        newest: i16,
+        metadata: &ClusterMetadata,
+        topics: impl IntoIterator<Item = &'a str>,
+        transactional: bool,
+    ) -> Self {
+        let by_name = Self { version: newest.min(PRODUCE_BY_NAME_MAX_VERSION), ids: HashMap::new() };
+        if transactional {
+            return Self { version: newest.min(PRODUCE_TXN_V1_MAX_VERSION), ..by_name };
+        }
+        if newest <= PRODUCE_BY_NAME_MAX_VERSION {
+            return by_name;
+        }
+        match metadata.topic_ids(topics) {
+            Some(ids) => Self { version: newest, ids },
+            None => by_name,
+        }
+    }
+
+    fn by_id(&self) -> bool {
+        self.version > PRODUCE_BY_NAME_MAX_VERSION
+    }
+
+    /// `topic`'s id, zero when topics are named by name.
+    fn topic_id(&self, topic: &str) -> Uuid {
+        self.ids.get(topic).copied().unwrap_or_default()
+    }
+
+    /// Whether `answer` is the broker's answer for `topic`.
+    fn answers(&self, answer: &TopicProduceResponse, topic: &str) -> bool {
+        if self.by_id() {
+            self.ids.get(topic) == Some(&answer.topic_id)
+        } else {
+            answer.name == topic
+        }
+    }
+}
+
+fn produce_request(config: &ProducerConfig, naming: &ProduceNaming, batches: &[SealedBatch]) -> ProduceRequest {
     let mut topics: HashMap<&str, Vec<PartitionProduceData>> = HashMap::new();
     for batch in batches {
         let data =
@@ -824,7 +900,9 @@ fn produce_request(config: &ProducerConfig, batches: &[SealedBatch]) -> ProduceR
         topic_data: topics
             .into_iter()
             .map(|(name, partition_data)| TopicProduceData {
+                // v13 carries only the id, v12 and below only the name.
                 name: name.to_owned(),
+                topic_id: naming.topic_id(name),
                 partition_data,
                 ..Default::default()
             })
@@ -836,11 +914,14 @@ fn produce_request(config: &ProducerConfig, batches: &[SealedBatch]) -> ProduceR
 /// Enqueues one request on `connection` and completes its batches from the answer on a
 /// separate task (or at once for acks=0, which gets no answer).
 async fn send_round(shared: &Arc<Shared>, connection: &Arc<Connection>, batches: Vec<SealedBatch>) {
-    let request = produce_request(&shared.config, &batches);
-    let version = match connection.version_for::<ProduceRequest>(None) {
-        Ok(version) => version,
+    let topics = batches.iter().map(|b| b.partition.0.as_str());
+    let transactional = shared.config.transactional_id.is_some();
+    let naming = match ProduceNaming::new(connection, &shared.client.metadata(), topics, transactional) {
+        Ok(naming) => naming,
         Err(e) => return fail_all(shared, batches, &e),
     };
+    let request = produce_request(&shared.config, &naming, &batches);
+    let version = naming.version;
     if shared.config.acks == Acks::None {
         match connection.send_without_response(&request, version).await {
             Ok(()) => batches.into_iter().for_each(|batch| finish(shared, batch, Ok(-1))),
@@ -854,7 +935,7 @@ async fn send_round(shared: &Arc<Shared>, connection: &Arc<Connection>, batches:
             let broker = connection.broker().to_owned();
             tokio::spawn(async move {
                 match in_flight.response().await {
-                    Ok(response) => handle_response(&shared, &broker, batches, &response),
+                    Ok(response) => handle_response(&shared, &broker, &naming, batches, &response),
                     Err(e) => fail_all(&shared, batches, &e),
                 }
             });
@@ -870,13 +951,19 @@ fn fail_all(shared: &Arc<Shared>, batches: Vec<SealedBatch>, error: &Error) {
     }
 }
 
-fn handle_response(shared: &Arc<Shared>, broker: &str, batches: Vec<SealedBatch>, response: &ProduceResponse) {
+fn handle_response(
+    shared: &Arc<Shared>,
+    broker: &str,
+    naming: &ProduceNaming,
+    batches: Vec<SealedBatch>,
+    response: &ProduceResponse,
+) {
     for batch in batches {
         let (topic, partition) = &batch.partition;
         let answer = response
             .responses
             .iter()
-            .filter(|t| &t.name == topic)
+            .filter(|t| naming.answers(t, topic))
             .flat_map(|t| t.partition_responses.iter())
             .find(|p| p.index == *partition);
         let Some(answer) = answer else {
@@ -897,7 +984,14 @@ fn handle_response(shared: &Arc<Shared>, broker: &str, batches: Vec<SealedBatch>
                 retry_or_fail(shared, batch, error);
             }
             code => {
-                if matches!(code, ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition) {
+                // UNKNOWN_TOPIC_ID (v13): the broker does not know the id the metadata gave (the
+                // topic was deleted, or made again under the same name); fresh metadata has the
+                // current one, and the batch is retried with it.
+                let stale = matches!(
+                    code,
+                    ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition | ErrorCode::UnknownTopicId
+                );
+                if stale {
                     let client = shared.client.clone();
                     let topic = topic.clone();
                     tokio::spawn(async move { client.refresh_metadata(Some(&[topic.as_str()])).await });
@@ -974,4 +1068,90 @@ fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
 /// buffer memory.
 fn complete(batch: SealedBatch, outcome: &Result<i64>) {
     batch.completion.outcome.complete(outcome.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_protocol::messages::produce_response::PartitionProduceResponse;
+    use sluice_protocol::messages::{decode_exact, encode_to_bytes};
+
+    use super::*;
+    use crate::client::TopicMetadata;
+
+    const CLICKS: Uuid = Uuid([1; 16]);
+    const ORDERS: Uuid = Uuid([2; 16]);
+
+    /// Metadata naming `topics` with these ids (zero: the broker gave none).
+    fn metadata(topics: &[(&str, Uuid)]) -> ClusterMetadata {
+        let topic = |id| TopicMetadata { topic_id: id, error: ErrorCode::None, is_internal: false, partitions: vec![] };
+        let topics: BTreeMap<String, TopicMetadata> =
+            topics.iter().map(|(name, id)| ((*name).to_owned(), topic(*id))).collect();
+        ClusterMetadata { topics, ..ClusterMetadata::default() }
+    }
+
+    fn batch(topic: &str, partition: i32) -> SealedBatch {
+        let memory = Arc::new(Semaphore::new(0));
+        SealedBatch {
+            partition: (topic.to_owned(), partition),
+            builder: None,
+            completion: Completion::new(topic, partition, &memory),
+            sequence: 0,
+            payload: Some(Bytes::from_static(b"records")),
+            deadline: Instant::now(),
+            not_before: Instant::now(),
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn topics_are_named_by_id_only_where_the_broker_and_the_metadata_allow_it() {
+        let both = metadata(&[("clicks", CLICKS), ("orders", ORDERS)]);
+        let naming = ProduceNaming::choose(13, &both, ["clicks", "orders"], false);
+        assert_eq!((naming.version, naming.topic_id("orders")), (13, ORDERS));
+        // One topic without an id: the whole request names topics, at v12.
+        let one = metadata(&[("clicks", CLICKS), ("orders", Uuid::ZERO)]);
+        let naming = ProduceNaming::choose(13, &one, ["clicks", "orders"], false);
+        assert_eq!((naming.version, naming.topic_id("clicks")), (12, Uuid::ZERO));
+        let naming = ProduceNaming::choose(13, &both, ["clicks", "unknown"], false);
+        assert_eq!(naming.version, 12);
+        // A broker without v13 (Tansu 0.6 stops at v11).
+        let naming = ProduceNaming::choose(11, &both, ["clicks"], false);
+        assert_eq!((naming.version, naming.topic_id("clicks")), (11, Uuid::ZERO));
+        // A transaction of the protocol v1 never goes past v11, ids or not.
+        let naming = ProduceNaming::choose(13, &both, ["clicks"], true);
+        assert_eq!((naming.version, naming.topic_id("clicks")), (11, Uuid::ZERO));
+        let naming = ProduceNaming::choose(9, &both, ["clicks"], true);
+        assert_eq!(naming.version, 9);
+    }
+
+    #[test]
+    fn a_v13_request_carries_topic_ids_and_its_answers_map_back_by_id() {
+        let both = metadata(&[("clicks", CLICKS), ("orders", ORDERS)]);
+        let naming = ProduceNaming::choose(13, &both, ["clicks", "orders"], false);
+        let request = produce_request(&ProducerConfig::default(), &naming, &[batch("clicks", 0), batch("orders", 1)]);
+        let sent: ProduceRequest = decode_exact(encode_to_bytes(&request, 13).unwrap(), 13).unwrap();
+        let mut ids: Vec<(Uuid, &str)> = sent.topic_data.iter().map(|t| (t.topic_id, t.name.as_str())).collect();
+        ids.sort_by_key(|(id, _)| id.0);
+        assert_eq!(ids, [(CLICKS, ""), (ORDERS, "")], "v13 carries ids and no names");
+
+        let answer = |name: &str, topic_id| TopicProduceResponse {
+            name: name.to_owned(),
+            topic_id,
+            partition_responses: vec![PartitionProduceResponse::default()],
+            ..TopicProduceResponse::default()
+        };
+        let response = ProduceResponse { responses: vec![answer("", ORDERS)], ..ProduceResponse::default() };
+        let received: ProduceResponse = decode_exact(encode_to_bytes(&response, 13).unwrap(), 13).unwrap();
+        assert!(naming.answers(&received.responses[0], "orders"));
+        assert!(!naming.answers(&received.responses[0], "clicks"));
+
+        // By name (v12), the answer's name decides and ids are not sent.
+        let naming = ProduceNaming::choose(12, &both, ["clicks"], false);
+        let request = produce_request(&ProducerConfig::default(), &naming, &[batch("clicks", 0)]);
+        assert_eq!((request.topic_data[0].name.as_str(), request.topic_data[0].topic_id), ("clicks", Uuid::ZERO));
+        assert!(naming.answers(&answer("clicks", Uuid::ZERO), "clicks"));
+        assert!(!naming.answers(&answer("orders", CLICKS), "clicks"));
+    }
 }

@@ -61,11 +61,15 @@ async fn negotiates_api_versions_with_the_broker() {
     let broker = common::shared();
     let connection = Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap();
     let produce = connection.broker_versions(ProduceRequest::API_KEY).unwrap();
-    assert_eq!(connection.version_for::<FetchRequest>(None).unwrap(), 17);
     assert_eq!(connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap(), 12);
-    assert_eq!(connection.version_for::<MetadataRequest>(None).unwrap(), 12);
     match broker.kind {
         Kind::Kafka => {
+            // Kafka 4.4's newest versions, which sluice speaks too.
+            assert_eq!(connection.version_for::<ProduceRequest>(None).unwrap(), 13);
+            assert_eq!(connection.version_for::<FetchRequest>(None).unwrap(), 18);
+            assert_eq!(connection.version_for::<MetadataRequest>(None).unwrap(), 13);
+            assert_eq!(connection.version_for::<ListOffsetsRequest>(None).unwrap(), 11);
+            assert_eq!(connection.version_for::<DescribeGroupsRequest>(None).unwrap(), 6);
             // Kafka 4 removed old versions (KIP-896): Fetch starts at v4, ListOffsets at v1,
             // OffsetCommit at v2. What sluice picks is the newest both speak, never below the floor.
             assert!(produce.max >= 12, "Kafka 4.4 speaks Produce up to v13: {produce:?}");
@@ -79,6 +83,8 @@ async fn negotiates_api_versions_with_the_broker() {
         }
         Kind::Tansu => {
             assert_eq!((produce.min, produce.max), (0, 11), "Tansu 0.6.0 advertises Produce 0..11");
+            assert_eq!(connection.version_for::<FetchRequest>(None).unwrap(), 17);
+            assert_eq!(connection.version_for::<MetadataRequest>(None).unwrap(), 12);
             // CreatePartitions is not offered by Tansu: no common version, and the error says so.
             let err = connection.version_for::<CreatePartitionsRequest>(None).unwrap_err();
             assert!(matches!(err, Error::UnsupportedVersion { broker_max: -1, .. }), "{err}");

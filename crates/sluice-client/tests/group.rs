@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::{unique, Broker, Kind};
 use sluice_client::{
-    Client, ClientConfig, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, Producer,
+    Client, ClientConfig, ConsumerConfig, Error, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, Producer,
     ProducerConfig, ProducerRecord,
 };
+use sluice_protocol::error_code::ErrorCode;
 
 const PARTITIONS: i32 = 3;
 
@@ -286,4 +287,27 @@ async fn a_static_member_restarting_within_the_session_keeps_its_partitions() {
     a.await.unwrap();
     b.await.unwrap();
     drop(client);
+}
+
+/// Kafka 4 answers DescribeGroups v6 for a group it does not know with GROUP_ID_NOT_FOUND and a
+/// message, which the error carries; brokers before v6 describe such a group as `Dead`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describing_a_group_nobody_made_says_it_is_not_there() {
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let nobody = unique("nobody");
+    let described = client.describe_group(&nobody).await;
+    match broker.kind {
+        Kind::Kafka => {
+            let err = described.unwrap_err();
+            let Error::BrokerMessage { code: ErrorCode::GroupIdNotFound, message, .. } = &err else {
+                panic!("expected GROUP_ID_NOT_FOUND with a message: {err}");
+            };
+            assert!(!message.is_empty() && err.to_string().contains(message.as_str()), "{err}");
+        }
+        Kind::Tansu => match described {
+            Ok(group) => assert!(group.members.is_empty(), "{group:?}"),
+            Err(err) => eprintln!("note: Tansu 0.6 answers DescribeGroups for an unknown group with {err}"),
+        },
+    }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::unique;
+use common::{unique, Kind};
 use sluice_client::partitioner::partition_for_key;
 use sluice_client::{Acks, Client, ClientConfig, Error, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::compression::Compression;
@@ -196,5 +196,37 @@ async fn flush_sends_without_waiting_for_linger_and_unknown_topics_are_errors() 
     }
     let err = producer.send(ProducerRecord::new("no-such-topic", "x")).await.unwrap_err();
     assert!(matches!(&err, Error::UnknownTopic { topic } if topic == "no-such-topic"), "{err}");
+    producer.close().await;
+}
+
+/// Against Kafka the producer names topics by id (Produce v13). A topic deleted and made again
+/// under the same name gets a new id; a producer whose metadata still has the old one is answered
+/// UNKNOWN_TOPIC_ID, refreshes its metadata and delivers to the new topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_follows_a_topic_made_again_under_the_same_name() {
+    let remade = unique("remade");
+    let broker = common::shared();
+    let admin = client(broker).await;
+    admin.create_topic(&remade, 1, 1).await.unwrap();
+    let producing = client(broker).await;
+    let producer = Producer::new(producing.clone(), ProducerConfig::default()).await.unwrap();
+    let record = |value: &str| ProducerRecord { partition: Some(0), ..ProducerRecord::new(&remade, value.to_owned()) };
+    assert_eq!(producer.send(record("before")).await.unwrap().await.unwrap().offset, 0);
+    let old_id = producing.metadata().topics[&remade].topic_id;
+
+    admin.delete_topic(&remade).await.unwrap();
+    admin.create_topic(&remade, 1, 1).await.unwrap();
+    let delivered = producer.send(record("after")).await.unwrap().await.unwrap();
+    assert_eq!(delivered.offset, 0, "written at the start of the new topic");
+    assert_eq!(values(&fetch_all(&admin, &remade, 0).await), ["after"]);
+    let new_id = producing.metadata().topics[&remade].topic_id;
+    match broker.kind {
+        Kind::Kafka => {
+            assert_ne!(admin.metadata().topics[&remade].topic_id, old_id, "a new topic, a new id");
+            assert_eq!(new_id, admin.metadata().topics[&remade].topic_id, "the producer's metadata was refreshed");
+        }
+        // Tansu 0.6 speaks Produce up to v11, by name: the old id does not matter.
+        Kind::Tansu => assert_eq!(new_id, old_id, "nothing asked the producer to refresh its metadata"),
+    }
     producer.close().await;
 }

@@ -44,6 +44,9 @@ pub(super) struct Transaction {
 
 /// The last EndTxn version of the transaction protocol v1 (v5 bumps the epoch at every end).
 const END_TXN_V1_MAX_VERSION: i16 = 4;
+/// The last TxnOffsetCommit version of the transaction protocol v1: v5 is the same request for
+/// the protocol v2 (KIP-890), and v6 names topics by id (KIP-1319).
+const TXN_OFFSET_COMMIT_V1_MAX_VERSION: i16 = 4;
 
 /// Whether a coordinator's answer asks to try again (after finding it again where it moved).
 fn retry_code(code: ErrorCode) -> Option<bool> {
@@ -256,7 +259,8 @@ impl Producer {
         let deadline = Instant::now() + client.config().connection.request_timeout;
         loop {
             let coordinator = client.group_coordinator(&group_id).await?;
-            let response = coordinator.send(&commit).await?;
+            let version = coordinator.version_for::<TxnOffsetCommitRequest>(Some(TXN_OFFSET_COMMIT_V1_MAX_VERSION))?;
+            let response = coordinator.send_version(&commit, version).await?;
             let code = response
                 .topics
                 .iter()
@@ -309,8 +313,8 @@ impl Producer {
         let client = self.shared.client.clone();
         // EndTxn v5 is the transaction protocol v2 (KIP-890 part 2: partitions join through
         // Produce v12+, the epoch is bumped at every end); this producer speaks v1 (Produce up to
-        // v11, AddPartitionsToTxn), which Kafka 4 serves beside v2, so it ends transactions at v4
-        // at most and keeps its epoch.
+        // v11, see `PRODUCE_TXN_V1_MAX_VERSION`; AddPartitionsToTxn; TxnOffsetCommit up to v4),
+        // which Kafka 4 serves beside v2, so it ends transactions at v4 at most and keeps its epoch.
         txn.call(&client, &request, Some(END_TXN_V1_MAX_VERSION), |r| r.error_code).await?;
         txn.open = false;
         txn.partitions.clear();

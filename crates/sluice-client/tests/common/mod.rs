@@ -513,7 +513,9 @@ pub async fn produce_batch(
         }],
         ..Default::default()
     };
-    let mut response = connection.send(&request).await.unwrap();
+    // Produce v13 names topics by id; this names them, so it stays at v12 at most.
+    let version = connection.version_for::<ProduceRequest>(Some(12)).unwrap();
+    let mut response = connection.send_version(&request, version).await.unwrap();
     response.responses.remove(0).partition_responses.remove(0)
 }
 
