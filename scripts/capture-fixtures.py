@@ -334,7 +334,8 @@ def produce_request_batches(frame: Frame) -> list[tuple[str, int, list[dict]]]:
     r.i16(); r.i32()  # acks, timeout
     out = []
     for _ in range(r.array_len(flex)):
-        topic = r.string(flex)
+        # v13 (KIP-516) names the topic by its id.
+        topic = r.raw(16).hex() if frame.api_version >= 13 else r.string(flex)
         for _ in range(r.array_len(flex)):
             partition = r.i32()
             records = r.bytes_(flex) or b""

@@ -36,6 +36,7 @@ if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <(fuzz list); fi
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates fuzz 2>/dev/null || echo '+changes')"
 echo "fuzz.sh: generating seed corpora from fixtures/"
 cargo run --quiet --release -p sluice-protocol --example fuzz_seeds -- fixtures fuzz/corpus
+cargo run --quiet --release -p sluice-protocol --example fuzz_seeds -- fixtures/kafka-4.4 fuzz/corpus
 echo "fuzz.sh: building ${#targets[@]} targets"
 fuzz build --sanitizer none --debug-assertions
 

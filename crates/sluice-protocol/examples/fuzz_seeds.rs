@@ -25,7 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in manifest["fixtures"].as_array().into_iter().flatten() {
         let file = f["file"].as_str().unwrap_or_default();
         let raw = std::fs::read(fixtures.join(file))?;
-        let name = file.trim_end_matches(".bin");
+        // Seeds are named after their fixture set (`fixtures`, `kafka-4.4`) and file.
+        let set = fixtures.file_name().and_then(|n| n.to_str()).unwrap_or("fixtures");
+        let name = format!("{set}-{}", file.trim_end_matches(".bin"));
+        let name = name.as_str();
         let mut seeds = vec![("frame_decode".to_string(), [&[7u8][..], &raw].concat())];
         let Some(mut body) = FrameDecoder::default().decode(&mut BytesMut::from(&raw[..]))? else {
             continue;

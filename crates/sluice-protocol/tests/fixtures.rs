@@ -1,6 +1,7 @@
-//! Golden bytes from real peers (librdkafka 2.16 against Tansu 0.6.0; see `fixtures/README.md`):
-//! every captured frame decodes, re-encodes to the same bytes, and carries the content the
-//! capture script produced (records, keys, headers, timestamps, offsets, group assignments).
+//! Golden bytes from real peers (librdkafka 2.16 against Tansu 0.6.0, `fixtures/README.md`; the
+//! Java client 4.4 against Apache Kafka 4.4, `fixtures/kafka-4.4/README.md`): every captured
+//! frame decodes, re-encodes to the same bytes, and carries the content the capture script
+//! produced (records, keys, headers, timestamps, offsets, group assignments).
 
 use std::path::PathBuf;
 
@@ -17,10 +18,28 @@ fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// The librdkafka/Tansu set's manifest entries.
 fn manifest() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures_dir().join("manifest.json")).expect("fixtures/manifest.json");
+    manifest_of("")
+}
+
+/// The Java client/Apache Kafka 4.4 set's manifest entries (their `file` relative to `fixtures/`).
+fn kafka_manifest() -> Vec<Value> {
+    manifest_of("kafka-4.4")
+}
+
+fn manifest_of(set: &str) -> Vec<Value> {
+    let path = fixtures_dir().join(set).join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let manifest: Value = serde_json::from_str(&text).unwrap();
-    manifest["fixtures"].as_array().unwrap().clone()
+    let mut entries = manifest["fixtures"].as_array().unwrap().clone();
+    if !set.is_empty() {
+        for entry in &mut entries {
+            let file = format!("{set}/{}", entry["file"].as_str().unwrap());
+            entry["file"] = Value::String(file);
+        }
+    }
+    entries
 }
 
 fn fixture(name: &str) -> Value {
@@ -91,9 +110,10 @@ macro_rules! check_by_key {
 
 #[test]
 fn every_fixture_decodes_and_re_encodes_byte_for_byte() {
-    let all = manifest();
-    assert!(all.len() >= 40, "expected the full fixture set, found {}", all.len());
-    for f in &all {
+    let (tansu, kafka) = (manifest(), kafka_manifest());
+    assert!(tansu.len() >= 40, "expected the full librdkafka/Tansu set, found {}", tansu.len());
+    assert!(kafka.len() >= 50, "expected the full Java/Kafka 4.4 set, found {}", kafka.len());
+    for f in tansu.iter().chain(&kafka) {
         check_by_key!(f;
             ProduceRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
             OffsetFetchRequest, FindCoordinatorRequest, JoinGroupRequest, HeartbeatRequest,
@@ -248,4 +268,59 @@ fn join_and_sync_group_carry_the_consumer_protocol_subscription_and_assignment()
     assert_eq!(assignment, planned, "the broker hands back what the leader planned");
     let partitions: Vec<i32> = assignment.assigned_partitions.iter().flat_map(|t| t.partitions.clone()).collect();
     assert_eq!(partitions.len(), 3, "one member owns all three partitions");
+}
+
+#[test]
+fn java_produce_requests_and_kafka_fetch_responses_carry_the_records_for_every_codec() {
+    let all = kafka_manifest();
+    let find = |prefix: String| all.iter().find(|f| f["file"].as_str().unwrap().starts_with(&prefix)).unwrap();
+    for (codec, bits) in CODECS {
+        // Produce v13 names the topic by id (KIP-516), as the Java client 4.4 sends it.
+        let f = find(format!("kafka-4.4/produce-{codec}-v"));
+        let file = f["file"].as_str().unwrap();
+        assert_eq!(version(f), 13, "{file}");
+        let request: ProduceRequest = check_request(f);
+        let topic = &request.topic_data[0];
+        assert!(topic.name.is_empty() && topic.topic_id != sluice_protocol::primitives::Uuid::ZERO, "{file}");
+        let records = topic.partition_data[0].records.clone().expect("records");
+        let decoded = decode_records(&records, &DecodeOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(decoded.batches.len(), 1, "{file}");
+        assert_eq!(decoded.batches[0].header.attributes & 7, bits, "{file}: codec bits");
+        let all_records: Vec<RecordRef<'_>> = decoded.records().collect();
+        assert_records_match(file, &all_records, f["records"].as_array().unwrap());
+
+        // The broker's answer to the Java consumer's Fetch v18: the same records, the same id.
+        let f = find(format!("kafka-4.4/fetch-{codec}-v"));
+        let file = f["file"].as_str().unwrap();
+        let response: FetchResponse = check_response::<FetchRequest>(f);
+        assert_eq!(response.responses[0].topic_id, topic.topic_id, "{file}: the topic id the producer used");
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!((partition.error_code, partition.high_watermark), (0, 10), "{file}");
+        let records = partition.records.clone().expect("records");
+        let decoded = decode_records(&records, &DecodeOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let all_records: Vec<RecordRef<'_>> = decoded.records().collect();
+        assert_records_match(file, &all_records, f["records"].as_array().unwrap());
+    }
+}
+
+#[test]
+fn kafka_4_4_answers_the_java_client_at_its_newest_versions() {
+    let all = kafka_manifest();
+    let f = |name: &str| all.iter().find(|f| f["file"] == format!("kafka-4.4/{name}")).unwrap();
+    let versions: ApiVersionsResponse = check_response::<ApiVersionsRequest>(f("apiversions-response-v5.bin"));
+    let range = |key: i16| versions.api_keys.iter().find(|k| k.api_key == key).map(|k| (k.min_version, k.max_version));
+    assert_eq!(range(ProduceRequest::API_KEY), Some((0, 13)));
+    assert_eq!(range(FetchRequest::API_KEY), Some((4, 18)), "Kafka 4 removed Fetch v0-3 (KIP-896)");
+    assert_eq!(range(MetadataRequest::API_KEY), Some((0, 13)));
+    assert_eq!(range(ListOffsetsRequest::API_KEY), Some((1, 11)));
+    // The transaction protocol the broker offers (KIP-890): the finalized transaction.version.
+    let tv = versions.finalized_features.iter().find(|f| f.name == "transaction.version").map(|f| f.max_version_level);
+    assert_eq!(tv, Some(2), "{:?}", versions.finalized_features);
+
+    let metadata: MetadataResponse = check_response::<MetadataRequest>(f("metadata-response-v13.bin"));
+    assert_eq!(metadata.error_code, 0);
+    let end: EndTxnResponse = check_response::<EndTxnRequest>(f("txn-endtxn-response-v5.bin"));
+    let init: InitProducerIdResponse = check_response::<InitProducerIdRequest>(f("txn-initproducerid-response-v5.bin"));
+    assert_eq!(end.producer_id, init.producer_id, "EndTxn v5 answers with the producer id");
+    assert_eq!(end.producer_epoch, init.producer_epoch + 1, "and the epoch it bumped at the end (transactions v2)");
 }
