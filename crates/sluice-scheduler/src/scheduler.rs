@@ -675,7 +675,7 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         let isolation = self.config.fetch.isolation;
-        let (earliest, latest, by_time) = tokio::try_join!(
+        let looked_up = tokio::try_join!(
             self.client.list_offsets(&earliest, OffsetSpec::Earliest),
             self.client.log_ends(&latest, isolation),
             async {
@@ -686,8 +686,18 @@ impl<C: Clock> Scheduler<C> {
                     _ => Ok(BTreeMap::new()),
                 }
             },
-        )
-        .map_err(planning)?;
+        );
+        let (earliest, latest, by_time) = match looked_up {
+            Ok(found) => found,
+            // A partition that has just appeared is listed a moment before its leader serves it
+            // (Kafka answers NOT_LEADER_OR_FOLLOWER meanwhile): the partitions found after the
+            // first batch are taken up at a later discovery, the next batch's.
+            Err(e) if !first && e.is_retriable() => {
+                self.discovered_at_ms = None;
+                return Ok(());
+            }
+            Err(e) => return Err(planning(e)),
+        };
         // -1: no record that late; such a partition starts at its end.
         let (found, after_all): (BTreeMap<_, _>, BTreeMap<_, _>) =
             by_time.into_iter().partition(|(_, offset)| *offset >= 0);

@@ -432,6 +432,22 @@ async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_sta
     assert!(third.seen.is_empty(), "{:?}", third.seen);
 }
 
+/// Waits (10 s at most) until `shared` holds `count` records; fails with the job's own error if
+/// it stopped instead.
+async fn wait_for(shared: &Shared, count: usize, running: &mut tokio::task::JoinHandle<Result<u64, SchedulerError>>) {
+    for _ in 0..200 {
+        if shared.0.lock().unwrap().len() >= count {
+            return;
+        }
+        if running.is_finished() {
+            let have = shared.0.lock().unwrap().len();
+            panic!("the job stopped with {have} of {count} records: {:?}", running.await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("only {} of {count} records arrived", shared.0.lock().unwrap().len());
+}
+
 /// A processor whose records outlive it: the scheduler runs in a task of its own.
 #[derive(Clone, Default)]
 struct Shared(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
@@ -465,25 +481,13 @@ async fn partitions_of_a_topic_created_while_running_are_found_and_read_from_the
     let stop = scheduler.stop_handle();
     let shared = Shared::default();
     let mut processor = shared.clone();
-    let running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
-    let wait_for = |count: usize| {
-        let shared = shared.clone();
-        async move {
-            for _ in 0..200 {
-                if shared.0.lock().unwrap().len() >= count {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("only {} of {count} records arrived", shared.0.lock().unwrap().len());
-        }
-    };
-    wait_for(40).await;
+    let mut running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
+    wait_for(&shared, 40, &mut running).await;
     // A new matching topic, its records produced before the job can have seen it.
     client.create_topic(&grow_b, 3, 1).await.unwrap();
     produce_tagged(&client, &grow_b, 3, 20, "b").await;
     produce_tagged(&client, &grow_a, 2, 5, "a2").await;
-    wait_for(105).await;
+    wait_for(&shared, 105, &mut running).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     running.await.unwrap().unwrap();
     let mut seen = shared.0.lock().unwrap().clone();
@@ -517,20 +521,8 @@ async fn partitions_added_to_a_topic_while_running_are_found_and_read_from_their
     let stop = scheduler.stop_handle();
     let shared = Shared::default();
     let mut processor = shared.clone();
-    let running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
-    let wait_for = |count: usize| {
-        let shared = shared.clone();
-        async move {
-            for _ in 0..200 {
-                if shared.0.lock().unwrap().len() >= count {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("only {} of {count} records arrived", shared.0.lock().unwrap().len());
-        }
-    };
-    wait_for(40).await;
+    let mut running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
+    wait_for(&shared, 40, &mut running).await;
     client.create_partitions(&topic, 4).await.unwrap();
     // Records in the new partitions right away, before the job can have seen them.
     let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
@@ -544,7 +536,7 @@ async fn partitions_added_to_a_topic_while_running_are_found_and_read_from_their
         }
     }
     producer.flush().await;
-    wait_for(100).await;
+    wait_for(&shared, 100, &mut running).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     running.await.unwrap().unwrap();
     let mut seen = shared.0.lock().unwrap().clone();
