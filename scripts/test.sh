@@ -58,7 +58,9 @@ fi
 scripts/kafka.sh stop "$kafka_dir"
 
 step "interop subset against Tansu 0.6.0 (a second broker implementation)"
-SLUICE_TEST_BROKER=tansu cargo test --release \
-    -p sluice-client --test client --test connection --test producer --test consumer --test transactions \
+# --workspace with the test targets named: the crates are built with the same features as above,
+# so nothing is compiled again (selecting packages with -p would build them anew).
+SLUICE_TEST_BROKER=tansu cargo test --release --workspace \
+    --test client --test connection --test producer --test consumer --test transactions \
     --test group --test group_interop --test interop --test sasl --test tls \
-    -p sluice-scheduler --test scheduler -p sluice-stream --test kafka_sink --test job -- --show-output
+    --test scheduler --test kafka_sink --test job -- --show-output
