@@ -142,12 +142,22 @@ pub struct Consumer {
     prefetch: Option<FetchTasks>,
     /// Connections of this consumer's own for fetching, per broker and slot.
     fetch_connections: HashMap<(String, usize), Arc<Connection>>,
+    /// An error met by a poll that returned other partitions' records; the next poll reports it.
+    deferred: Option<Error>,
 }
 
 impl Consumer {
     /// A consumer with nothing assigned yet.
     pub fn new(client: Client, config: ConsumerConfig) -> Self {
-        Self { client, config, assigned: BTreeMap::new(), epoch: 0, prefetch: None, fetch_connections: HashMap::new() }
+        Self {
+            client,
+            config,
+            assigned: BTreeMap::new(),
+            epoch: 0,
+            prefetch: None,
+            fetch_connections: HashMap::new(),
+            deferred: None,
+        }
     }
 
     /// Positions changed other than by `poll`: fetches sent ahead are stale.
@@ -209,7 +219,14 @@ impl Consumer {
     /// takes any others already in, and sends each answered group of partitions its next fetch
     /// at once, so the brokers keep working while the caller processes. A seek, assign or
     /// offset reset discards what is in flight.
+    ///
+    /// A partition's error never costs another partition its records: the poll returns the
+    /// records it has (their positions moved past them) and the next poll reports the error, as
+    /// the Java consumer does. The failed partition's position stays where it was.
     pub async fn poll(&mut self) -> Result<Vec<PartitionRecords>> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         let streaming = self.config.prefetch_max_bytes > 0;
         let epoch = self.epoch;
         let mut fetches = match self.prefetch.take() {
@@ -231,7 +248,9 @@ impl Consumer {
             };
             match fetched {
                 Ok((connection, naming, response)) => {
-                    self.absorb(&connection, &naming, response, &mut out).await?;
+                    if let Err(e) = self.absorb(&connection, &naming, response, &mut out).await {
+                        failure = failure.or(Some(e));
+                    }
                     if streaming && self.epoch == epoch {
                         // This group's next fetch goes out now, while the caller works.
                         self.spawn_fetch(&mut fetches, connection, &group);
@@ -243,11 +262,15 @@ impl Consumer {
         if streaming && self.epoch == epoch && failure.is_none() && !lost {
             self.prefetch = Some(fetches);
         }
-        // A failed fetch fails the poll unless other fetches brought records (their positions
-        // moved: returning without them would skip records). The next poll fetches afresh.
+        // A failure fails the poll unless records came with it (their positions moved:
+        // returning without them would skip them); then the next poll reports it.
         match failure {
             Some(e) if out.is_empty() => Err(e),
-            _ => Ok(out),
+            Some(e) => {
+                self.deferred = Some(e);
+                Ok(out)
+            }
+            None => Ok(out),
         }
     }
 
@@ -327,6 +350,8 @@ impl Consumer {
     }
 
     /// Applies one broker's answer: records out, positions and watermarks updated, errors handled.
+    /// A partition's error does not stop the others: it is returned once every other partition
+    /// of the answer is in `out`, and the failed partition's position does not move.
     async fn absorb(
         &mut self,
         connection: &Connection,
@@ -335,33 +360,40 @@ impl Consumer {
         out: &mut Vec<PartitionRecords>,
     ) -> Result<()> {
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
+        let mut failure = None;
         for topic in response.responses {
             let Some(name) = naming.name_of(&topic) else { continue };
             for answer in topic.partitions {
                 let key = (name.clone(), answer.partition_index);
                 let Some(progress) = self.assigned.get(&key).copied() else { continue };
-                match ErrorCode::from_code(answer.error_code) {
-                    ErrorCode::None => {}
-                    ErrorCode::OffsetOutOfRange => {
-                        self.reset(&key, progress.position).await?;
-                        continue;
-                    }
+                let handled = match ErrorCode::from_code(answer.error_code) {
+                    ErrorCode::None => Ok(false),
+                    ErrorCode::OffsetOutOfRange => self.reset(&key, progress.position).await.map(|()| true),
+                    // Leadership moved, or the topic is not the one the metadata names: look
+                    // again, fetch again next poll.
                     code if stale_metadata(code) => {
-                        // Leadership moved, or the topic is not the one the metadata names:
-                        // look again, fetch again next poll.
-                        self.client.refresh_metadata(Some(&[key.0.as_str()])).await?;
+                        self.client.refresh_metadata(Some(&[key.0.as_str()])).await.map(|_| true)
+                    }
+                    code => Err(Error::Broker { broker: connection.broker().to_owned(), api: "Fetch", code }),
+                };
+                match handled {
+                    Ok(false) => {}
+                    Ok(true) => continue,
+                    Err(e) => {
+                        failure = failure.or(Some(e));
                         continue;
                     }
-                    code => return Err(Error::Broker { broker: connection.broker().to_owned(), api: "Fetch", code }),
                 }
                 let decode = DecodeOptions { min_offset: progress.position, ..DecodeOptions::default() };
                 let decoded = match &answer.records {
-                    Some(bytes) => decode_records(bytes, &decode).map_err(|source| Error::Decode {
-                        broker: connection.broker().to_owned(),
-                        api: "Fetch",
-                        version: -1,
-                        source,
-                    })?,
+                    Some(bytes) => match decode_records(bytes, &decode) {
+                        Ok(decoded) => decoded,
+                        Err(source) => {
+                            let broker = connection.broker().to_owned();
+                            failure = failure.or(Some(Error::Decode { broker, api: "Fetch", version: -1, source }));
+                            continue;
+                        }
+                    },
                     None => Default::default(),
                 };
                 let aborted: Vec<(i64, i64)> = answer
@@ -391,7 +423,7 @@ impl Consumer {
                 }
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     async fn reset(&mut self, key: &TopicPartition, position: i64) -> Result<()> {

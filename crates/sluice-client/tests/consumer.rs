@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use common::unique;
 use sluice_client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
+    Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
 use sluice_protocol::compression::Compression;
 
@@ -121,4 +121,62 @@ async fn prefetching_within_a_small_memory_bound_reads_everything_and_a_seek_dis
     };
     assert_eq!(values[&0], expected(0, 0), "partition 0 again from offset 0, in order, once");
     assert_eq!(values[&1], expected(1, 1), "partition 1 again from offset 1, in order, once");
+}
+
+/// One partition's error must not cost the others their records: partition 3 is read from far
+/// past its end (out of range, with no reset allowed) in the same fetch that brings partitions
+/// 0-2 their records. The poll returns those records and the next poll reports the error; once
+/// partition 3 is put back in range, every record of every partition has been read once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_error_does_not_lose_the_other_partitions_records() {
+    let topic = unique("partition-error");
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    client.create_topic(&topic, 4, 1).await.unwrap();
+    produce(&client, &topic, 4, 0, 400).await;
+
+    for prefetch_max_bytes in [0, 64 << 20] {
+        let config = ConsumerConfig {
+            offset_reset: OffsetReset::Error,
+            // One request for all four partitions: their answers come in one response.
+            fetch_requests_per_broker: 1,
+            prefetch_max_bytes,
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(client.clone(), config);
+        for partition in 0..4 {
+            consumer.assign(&topic, partition, StartAt::Earliest).await.unwrap();
+        }
+        consumer.seek(&topic, 3, 1_000_000);
+        let mut seen: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        let mut errors = Vec::new();
+        for _ in 0..100 {
+            match consumer.poll().await {
+                Ok(parts) => {
+                    for part in parts {
+                        let values = part.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap());
+                        seen.entry(part.partition).or_default().extend(values);
+                    }
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    consumer.seek(&topic, 3, 0);
+                }
+            }
+            if seen.values().map(Vec::len).sum::<usize>() >= 400 {
+                break;
+            }
+        }
+        assert_eq!(errors.len(), 1, "the out-of-range partition is reported once: {errors:?}");
+        assert!(errors[0].contains("1000000"), "the error names the offset: {}", errors[0]);
+        for partition in 0..4 {
+            let expected: Vec<String> =
+                (0..400).filter(|i| i % 4 == partition as usize).map(|i| i.to_string()).collect();
+            assert_eq!(
+                seen.get(&partition),
+                Some(&expected),
+                "prefetch {prefetch_max_bytes}: partition {partition} once, in order"
+            );
+        }
+    }
 }
