@@ -171,9 +171,16 @@ cmd_start() {
     local rf=$((nodes < 3 ? nodes : 3))
     local min_isr=$((rf > 1 ? 2 : 1))
     # A cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid
-    # prints), made here to spare a JVM start.
+    # prints), made here to spare a JVM start. Like Kafka's own Uuid.randomUuid, never one that
+    # starts with '-', which the storage tool would take for an option (one id in 64 did).
     local cluster_id
-    cluster_id="$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')"
+    cluster_id="$(python3 -c '
+import base64, os
+while True:
+    id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not id.startswith("-"):
+        print(id)
+        break')"
 
     cat >"$dir/log4j2.properties" <<'EOF'
 status = error

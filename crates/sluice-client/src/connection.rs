@@ -41,8 +41,13 @@ pub struct ConnectionConfig {
     pub client_id: Option<String>,
     /// How long to wait for the TCP connection.
     pub connect_timeout: Duration,
-    /// How long to wait for each response.
+    /// How long to wait for each response. A request that outlives it closes its connection,
+    /// which may be half-open (the broker gone without a word); the next request makes a new one.
     pub request_timeout: Duration,
+    /// Idle time before TCP keepalive probes start (then every 10 s, at most 3 unanswered on
+    /// Linux), so that a connection whose peer vanished is noticed while no request waits on it.
+    /// `None` leaves keepalive off.
+    pub keepalive: Option<Duration>,
     /// Most frames queued for the writer; further requests wait (backpressure).
     pub max_queued_requests: usize,
     /// Largest response frame accepted.
@@ -59,6 +64,7 @@ impl Default for ConnectionConfig {
             client_id: Some("sluice".into()),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            keepalive: Some(Duration::from_secs(60)),
             max_queued_requests: 256,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             tls: None,
@@ -93,6 +99,8 @@ struct Shared {
     pending: Mutex<HashMap<i32, oneshot::Sender<Reply>>>,
     /// Why the connection closed, once it has.
     closed: Mutex<Option<Closed>>,
+    /// The reader and writer tasks, stopped (and the socket with them) when the connection closes.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Shared {
@@ -114,6 +122,9 @@ impl Shared {
         drop(closed);
         for (_, waiter) in self.pending().drain() {
             let _ = waiter.send(Err(reason.clone()));
+        }
+        for task in self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            task.abort();
         }
     }
 }
@@ -151,7 +162,10 @@ impl<R: Request> InFlight<R> {
     pub async fn response(self) -> Result<R::Response> {
         let Self { broker, api, version, timeout, deadline, response, _guard, .. } = self;
         let body = match tokio::time::timeout_at(deadline, response).await {
-            Err(_) => return Err(Error::RequestTimeout { broker, api, version, timeout }),
+            Err(_) => {
+                _guard.shared.close(timed_out(api, version, timeout));
+                return Err(Error::RequestTimeout { broker, api, version, timeout });
+            }
             Ok(Err(_)) => return Err(closed_error(broker, Closed::Lost("the connection shut down".into()))),
             Ok(Ok(Err(reason))) => return Err(closed_error(broker, reason)),
             Ok(Ok(Ok(body))) => body,
@@ -160,6 +174,12 @@ impl<R: Request> InFlight<R> {
             decode_response::<R>(body, version).map_err(|source| Error::Decode { broker, api, version, source })?;
         Ok(response)
     }
+}
+
+/// Why a connection closed after a request went unanswered: the peer may be gone (a half-open
+/// connection answers nothing), so nothing else is sent on it.
+fn timed_out(api: &str, version: i16, timeout: Duration) -> Closed {
+    Closed::Lost(format!("no answer to {api} v{version} within {timeout:?}; the connection was closed"))
 }
 
 fn closed_error(broker: String, reason: Closed) -> Error {
@@ -219,6 +239,12 @@ impl Connection {
         };
         // Requests are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
+        if let Some(idle) = config.keepalive {
+            let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+            #[cfg(target_os = "linux")]
+            let keepalive = keepalive.with_interval(Duration::from_secs(10)).with_retries(3);
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        }
         let shared = Arc::new(Shared::default());
         let (writer, queue) = mpsc::channel(config.max_queued_requests.max(1));
         let decoder = FrameDecoder::new(config.max_frame_bytes);
@@ -246,6 +272,7 @@ impl Connection {
                 ]
             }
         };
+        shared.tasks.lock().unwrap_or_else(PoisonError::into_inner).extend(tasks.iter().map(JoinHandle::abort_handle));
         let mut connection = Self {
             broker: broker.to_owned(),
             config,
@@ -346,7 +373,10 @@ impl Connection {
             return Err(self.closed_error(reason));
         }
         match tokio::time::timeout_at(deadline, self.writer.send(frame.freeze())).await {
-            Err(_) => return Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout }),
+            Err(_) => {
+                self.shared.close(timed_out(api, version, timeout));
+                return Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout });
+            }
             Ok(Err(_)) => {
                 let reason = self.shared.closed_reason().unwrap_or_else(|| Closed::Lost("the writer stopped".into()));
                 return Err(self.closed_error(reason));
@@ -384,6 +414,7 @@ impl Connection {
             }
             Err(_) => {
                 let timeout = self.config.request_timeout;
+                self.shared.close(timed_out(api, version, timeout));
                 Err(Error::RequestTimeout { broker: self.broker.clone(), api, version, timeout })
             }
         }

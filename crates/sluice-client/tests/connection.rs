@@ -154,7 +154,7 @@ async fn many_requests_in_flight_each_get_their_own_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_outlives_its_timeout_fails_and_the_connection_stays_usable() {
+async fn a_request_that_outlives_its_timeout_fails_and_closes_its_connection() {
     let broker = common::shared();
     let config = ConnectionConfig { request_timeout: Duration::from_millis(300), ..ConnectionConfig::default() };
     let connection = Connection::connect(&broker.addr, config).await.unwrap();
@@ -165,12 +165,12 @@ async fn a_request_that_outlives_its_timeout_fails_and_the_connection_stays_usab
     let err = connection.send_version(&fetch_request(&slow, 0, 2_000), version).await.unwrap_err();
     assert!(matches!(err, Error::RequestTimeout { .. }), "{err}");
     assert!(err.is_retriable());
-    // Wait for the late response to arrive: nobody waits for it any more, so it is discarded
-    // and does not confuse the next request.
-    tokio::time::sleep(Duration::from_millis(1_800)).await;
-    let metadata = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap();
-    assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some(slow.as_str())));
-    assert!(!connection.is_closed());
+    // A connection that let a request time out may be half-open (the broker gone without a
+    // word): nothing more is sent on it, and the error says why.
+    assert!(connection.is_closed());
+    let err = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap_err();
+    assert!(matches!(err, Error::Disconnected { .. }) && err.to_string().contains("no answer to Fetch"), "{err}");
+    assert!(err.is_retriable());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,4 +292,40 @@ async fn a_request_whose_caller_gives_up_is_forgotten_and_its_late_answer_ignore
     let metadata = connection.send(&MetadataRequest { topics: None, ..Default::default() }).await.unwrap();
     assert!(metadata.topics.iter().any(|t| t.name.as_deref() == Some(abandoned.as_str())));
     assert_eq!(connection.in_flight(), 0);
+}
+
+/// TCP keepalive is on by default (probes after 60 s idle), so a connection whose peer vanished
+/// is noticed even while no request waits on it; `keepalive: None` leaves it off. Read from the
+/// kernel's own table (`/proc/net/tcp`: timer 2 is the keepalive timer, its expiry in 1/100 s).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_keep_alive_unless_told_not_to() {
+    for (keepalive, expected) in [(Some(Duration::from_secs(60)), Some(60)), (None, None)] {
+        // A listener that accepts and never answers: the connection waits for ApiVersions.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = ConnectionConfig { keepalive, request_timeout: Duration::from_secs(3), ..Default::default() };
+        let addr = format!("127.0.0.1:{port}");
+        let connecting = tokio::spawn(async move { Connection::connect(&addr, config).await });
+        let (_accepted, _) = listener.accept().unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let client_side = table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f[2].ends_with(&format!(":{port:04X}")) && f[3] == "01")
+            .expect("the client's socket is in /proc/net/tcp");
+        // "tr:tm->when", e.g. "02:00001770": timer kind and when it fires.
+        let (timer, when) = client_side[5].split_once(':').unwrap();
+        let seconds = u64::from_str_radix(when, 16).unwrap() / 100;
+        match expected {
+            Some(idle) => {
+                assert_eq!(timer, "02", "keepalive timer armed: {client_side:?}");
+                assert!((idle - 5..=idle).contains(&seconds), "first probe after ~{idle} s, not {seconds} s");
+            }
+            None => assert_eq!(timer, "00", "no timer without keepalive: {client_side:?}"),
+        }
+        connecting.abort();
+    }
 }

@@ -106,6 +106,38 @@ async fn the_producer_loses_and_duplicates_nothing_while_connections_keep_being_
     assert_eq!(total, 2_000);
 }
 
+/// A connection that goes silent without closing (the proxy swallows its bytes, as a half-open
+/// connection does) is given up when a request on it times out, and the next attempt opens a new
+/// one: records sent after the freeze are all delivered, once, within their delivery timeout.
+/// Before, the timed-out connection stayed in the pool and every retry went to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_connection_is_replaced_after_a_request_on_it_times_out() {
+    let frozen = unique("frozen");
+    let (_broker, proxy) = Broker::start_behind_proxy();
+    let mut client_config = config(&proxy.addr);
+    client_config.connection.request_timeout = Duration::from_secs(1);
+    let client = Client::connect(client_config).await.unwrap();
+    client.create_topic(&frozen, 1, 1).await.unwrap();
+    let producer_config = ProducerConfig {
+        retry_backoff: Duration::from_millis(10),
+        delivery_timeout: Duration::from_secs(15),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), producer_config).await.unwrap();
+    producer.send(ProducerRecord::new(&frozen, "record-0")).await.unwrap().await.unwrap();
+
+    proxy.freeze_all();
+    let started = std::time::Instant::now();
+    for i in 1..=5 {
+        let delivery = producer.send(ProducerRecord::new(&frozen, format!("record-{i}"))).await.unwrap();
+        delivery.await.unwrap_or_else(|e| panic!("record-{i} was not delivered after the freeze: {e}"));
+    }
+    eprintln!("five records delivered {:?} after the connections froze", started.elapsed());
+    // The client's other requests get through too (metadata, fetch) on new connections.
+    let values: Vec<String> = read_partition(&client, &frozen, 0).await.into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values, (0..=5).map(|i| format!("record-{i}")).collect::<Vec<_>>());
+}
+
 /// kill -9 of the broker with records in flight, then the broker started again on the same
 /// address: the producer delivers everything by itself. On Kafka every record acknowledged
 /// (acks=all) before the kill is still in the log after the restart, and nothing is written twice.

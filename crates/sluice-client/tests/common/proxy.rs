@@ -1,6 +1,7 @@
 //! A TCP proxy for fault tests: sits between the client and the broker and can slice what it
 //! forwards into tiny writes, delay it, and cut connections — all at once on demand, or each one
-//! after it has carried a given number of response bytes.
+//! after it has carried a given number of response bytes — or freeze them: a frozen connection
+//! stays open and swallows everything, as a half-open one does.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct Proxy {
     pub addr: String,
     pub faults: Arc<Faults>,
     cut_all: watch::Sender<u64>,
+    freeze_all: watch::Sender<u64>,
     task: JoinHandle<()>,
 }
 
@@ -38,16 +40,25 @@ impl Proxy {
         let addr = listener.local_addr().unwrap().to_string();
         let faults = Arc::new(Faults::default());
         let (cut_all, generation) = watch::channel(0u64);
+        let (freeze_all, frozen) = watch::channel(0u64);
         let task = {
             let faults = Arc::clone(&faults);
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let Ok(broker) = TcpStream::connect(&upstream).await else { continue };
-                    tokio::spawn(forward_connection(client, broker, Arc::clone(&faults), generation.clone()));
+                    let (generation, mut frozen) = (generation.clone(), frozen.clone());
+                    frozen.mark_unchanged();
+                    tokio::spawn(forward_connection(client, broker, Arc::clone(&faults), generation, frozen));
                 }
             })
         };
-        Self { addr, faults, cut_all, task }
+        Self { addr, faults, cut_all, freeze_all, task }
+    }
+
+    /// Freezes every open connection now: from here on it forwards nothing in either direction
+    /// and never closes. Connections made later work.
+    pub fn freeze_all(&self) {
+        self.freeze_all.send_modify(|g| *g += 1);
     }
 
     /// Cuts every open connection now.
@@ -67,12 +78,13 @@ async fn forward_connection(
     broker: TcpStream,
     faults: Arc<Faults>,
     mut generation: watch::Receiver<u64>,
+    frozen: watch::Receiver<u64>,
 ) {
     generation.mark_unchanged();
     let (client_read, client_write) = client.into_split();
     let (broker_read, broker_write) = broker.into_split();
-    let up = pump(client_read, broker_write, Arc::clone(&faults), false);
-    let down = pump(broker_read, client_write, Arc::clone(&faults), true);
+    let up = pump(client_read, broker_write, Arc::clone(&faults), false, frozen.clone());
+    let down = pump(broker_read, client_write, Arc::clone(&faults), true, frozen);
     tokio::select! {
         _ = up => {}
         _ = down => {}
@@ -82,11 +94,13 @@ async fn forward_connection(
 }
 
 /// Copies one direction; returns when either side closes or the response-byte budget runs out.
+/// Once the connection is frozen (`frozen` changed since it was made), what is read is dropped.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     faults: Arc<Faults>,
     response: bool,
+    frozen: watch::Receiver<u64>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut carried = 0u64;
@@ -94,6 +108,9 @@ async fn pump(
         let Ok(n) = from.read(&mut buf).await else { return };
         if n == 0 {
             return;
+        }
+        if frozen.has_changed().unwrap_or(false) {
+            continue;
         }
         let mut data = &buf[..n];
         let budget = faults.cut_after_response_bytes.load(Ordering::Relaxed);
