@@ -1,4 +1,4 @@
-//! A sluice member and librdkafka members (confluent-kafka 2.16, see PEERS.md) in one consumer
+//! A sluice member and librdkafka members (confluent-kafka 2.16, see docs/brokers.md) in one consumer
 //! group: librdkafka as the leader assigns sluice its partitions, sluice as the leader assigns
 //! librdkafka's; both decode each other's subscription and assignment payloads, share the
 //! committed offsets, and between them consume every record exactly once.

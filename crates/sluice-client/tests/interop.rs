@@ -1,5 +1,5 @@
 //! Interop both ways with librdkafka 2.16 (kcat on the librdkafka inside the confluent-kafka
-//! wheel; see PEERS.md), for every codec: what librdkafka produces, sluice reads identically to
+//! wheel; see docs/brokers.md), for every codec: what librdkafka produces, sluice reads identically to
 //! how librdkafka itself reads it back; what sluice produces, librdkafka reads exactly as written.
 
 mod common;

@@ -11,7 +11,7 @@
 //!   whose transaction did not commit was aborted when the new producer started (it fences the
 //!   old one). `read_committed` consumers see each record once. Needs a broker with
 //!   transactions; the records of aborted transactions are hidden from consumers only by brokers
-//!   that list them in Fetch (Kafka does; Tansu 0.6 does not, see PEERS.md).
+//!   that list them in Fetch (Kafka does; Tansu 0.6 does not, see docs/brokers.md).
 //! - **Idempotent** (the default): the producer is idempotent, so its retries add nothing, and
 //!   the marker is committed after the batch's records are acknowledged. At least once: a batch
 //!   that fails after some of its records were acknowledged (a crash, a delivery error, a failed
