@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::unique;
+use common::{unique, Kind};
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
@@ -131,6 +131,13 @@ async fn prefetching_within_a_small_memory_bound_reads_everything_and_a_seek_dis
 async fn a_partition_error_does_not_lose_the_other_partitions_records() {
     let topic = unique("partition-error");
     let broker = common::shared();
+    if broker.kind == Kind::Tansu {
+        // docs/brokers.md: a fetch past Tansu's log end comes back empty, without an error.
+        eprintln!(
+            "SKIPPED on Tansu: it answers a fetch past the log end with no records instead of OFFSET_OUT_OF_RANGE"
+        );
+        return;
+    }
     let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     client.create_topic(&topic, 4, 1).await.unwrap();
     produce(&client, &topic, 4, 0, 400).await;

@@ -85,15 +85,18 @@ async fn forward_connection(
     let (broker_read, broker_write) = broker.into_split();
     let up = pump(client_read, broker_write, Arc::clone(&faults), false, frozen.clone());
     let down = pump(broker_read, client_write, Arc::clone(&faults), true, frozen);
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
-        _ = generation.changed() => {}
+    let counted = tokio::select! {
+        counted = up => counted,
+        counted = down => counted,
+        _ = generation.changed() => false,
+    };
+    if !counted {
+        faults.cuts.fetch_add(1, Ordering::Relaxed);
     }
-    faults.cuts.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Copies one direction; returns when either side closes or the response-byte budget runs out.
+/// A cut for the budget is counted here, before the client can see it (true: counted).
 /// Once the connection is frozen (`frozen` changed since it was made), what is read is dropped.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
@@ -101,13 +104,13 @@ async fn pump(
     faults: Arc<Faults>,
     response: bool,
     frozen: watch::Receiver<u64>,
-) {
+) -> bool {
     let mut buf = vec![0u8; 64 * 1024];
     let mut carried = 0u64;
     loop {
-        let Ok(n) = from.read(&mut buf).await else { return };
+        let Ok(n) = from.read(&mut buf).await else { return false };
         if n == 0 {
-            return;
+            return false;
         }
         if frozen.has_changed().unwrap_or(false) {
             continue;
@@ -118,7 +121,8 @@ async fn pump(
             // Forward only part of this chunk, then cut: the client sees a response end mid-frame.
             let keep = budget.saturating_sub(carried) as usize;
             let _ = to.write_all(&data[..keep]).await;
-            return;
+            faults.cuts.fetch_add(1, Ordering::Relaxed);
+            return true;
         }
         carried += n as u64;
         while !data.is_empty() {
@@ -131,7 +135,7 @@ async fn pump(
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             if to.write_all(&data[..slice]).await.is_err() {
-                return;
+                return false;
             }
             data = &data[slice..];
         }
