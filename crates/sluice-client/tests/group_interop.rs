@@ -6,15 +6,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::member::{PeerMember, Seen};
 use common::unique;
-use serde_json::Value;
 use sluice_client::{
     Client, ClientConfig, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, Producer,
     ProducerConfig, ProducerRecord,
@@ -58,64 +57,13 @@ c.close()
 out({"closed": True})
 "#;
 
-#[derive(Default)]
-struct Seen {
-    consumed: Mutex<Vec<(String, String)>>,
-    assignments: Mutex<BTreeMap<String, Vec<i32>>>,
-}
-
-impl Seen {
-    fn count(&self) -> usize {
-        self.consumed.lock().unwrap().len()
-    }
-
-    fn assignment(&self, member: &str) -> Vec<i32> {
-        self.assignments.lock().unwrap().get(member).cloned().unwrap_or_default()
-    }
-}
-
-/// A librdkafka member process and the thread reading what it prints.
-struct RdMember {
-    child: Child,
-    stdin: ChildStdin,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl RdMember {
-    fn start(addr: &str, name: &str, seen: &Arc<Seen>) -> Self {
-        let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/python");
-        assert!(python.exists(), "no peer python at {} (run scripts/install-peers.sh)", python.display());
-        let mut child = Command::new(python)
-            .args(["-c", MEMBER_PY, addr, group(), topic()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (seen, name) = (Arc::clone(seen), name.to_owned());
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-                if let Some(value) = v["value"].as_str() {
-                    seen.consumed.lock().unwrap().push((name.clone(), value.to_owned()));
-                } else if let Some(partitions) = v["assigned"].as_array() {
-                    let partitions = partitions.iter().map(|p| p.as_i64().unwrap() as i32).collect();
-                    seen.assignments.lock().unwrap().insert(name.clone(), partitions);
-                } else if v.get("revoked").is_some() || v.get("closed").is_some() {
-                    seen.assignments.lock().unwrap().remove(&name);
-                }
-            }
-        });
-        Self { child, stdin, reader }
-    }
-
-    fn stop(mut self) {
-        writeln!(self.stdin, "stop").unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the librdkafka member failed: {status}");
-        self.reader.join().unwrap();
-    }
+/// A librdkafka member (confluent-kafka) running `MEMBER_PY`.
+fn rd_member(addr: &str, name: &str, seen: &Arc<Seen>) -> PeerMember {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/python");
+    assert!(python.exists(), "no peer python at {} (run scripts/install-peers.sh)", python.display());
+    let mut command = Command::new(python);
+    command.args(["-c", MEMBER_PY, addr, group(), topic()]);
+    PeerMember::start(command, "librdkafka", name, seen)
 }
 
 fn spawn_sluice_member(addr: &str, seen: Arc<Seen>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
@@ -192,7 +140,7 @@ async fn sluice_and_librdkafka_share_a_group_each_as_leader() {
     let seen = Arc::new(Seen::default());
 
     // librdkafka joins first and leads; sluice joins and is assigned half by librdkafka.
-    let first = RdMember::start(&broker.addr, "librdkafka-1", &seen);
+    let first = rd_member(&broker.addr, "librdkafka-1", &seen);
     wait_until("librdkafka owns every partition", || seen.assignment("librdkafka-1").len() == 4).await;
     let stop = Arc::new(AtomicBool::new(false));
     let sluice = spawn_sluice_member(&broker.addr, Arc::clone(&seen), Arc::clone(&stop));
@@ -207,7 +155,7 @@ async fn sluice_and_librdkafka_share_a_group_each_as_leader() {
     // librdkafka leaves; sluice takes everything, then leads and assigns a new librdkafka member.
     first.stop();
     wait_until("sluice owns every partition", || seen.assignment("sluice").len() == 4).await;
-    let second = RdMember::start(&broker.addr, "librdkafka-2", &seen);
+    let second = rd_member(&broker.addr, "librdkafka-2", &seen);
     wait_until("sluice's range assignment gives each member two partitions", || {
         seen.assignment("sluice").len() == 2 && seen.assignment("librdkafka-2").len() == 2
     })

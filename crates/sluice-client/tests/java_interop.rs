@@ -10,15 +10,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::java::{self, JavaRecord};
+use common::member::{PeerMember, Seen};
 use common::unique;
-use serde_json::Value;
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, Isolation, OffsetReset,
     Producer, ProducerConfig, ProducerRecord, StartAt,
@@ -243,64 +242,13 @@ async fn the_java_consumer_reads_what_sluice_writes_with_every_codec() {
     }
 }
 
-/// What the members of the group test saw.
-#[derive(Default)]
-struct Seen {
-    consumed: Mutex<Vec<(String, String)>>,
-    assignments: Mutex<BTreeMap<String, Vec<i32>>>,
-}
-
-impl Seen {
-    fn count(&self) -> usize {
-        self.consumed.lock().unwrap().len()
-    }
-
-    fn assignment(&self, member: &str) -> Vec<i32> {
-        self.assignments.lock().unwrap().get(member).cloned().unwrap_or_default()
-    }
-}
-
-/// A Java group member process and the thread reading what it prints.
-struct JavaMember {
-    child: Child,
-    stdin: ChildStdin,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl JavaMember {
-    fn start(broker: &str, topic: &str, group: &str, name: &str, seen: &Arc<Seen>) -> Self {
-        let mut child = java::java_peer()
-            .args(["group-member", broker, topic, group, "--protocol", "classic", "--assignor", "range"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (seen, name) = (Arc::clone(seen), name.to_owned());
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-                if let Some(value) = v["value"].as_str() {
-                    seen.consumed.lock().unwrap().push((name.clone(), value.to_owned()));
-                } else if let Some(partitions) = v["assigned"].as_array() {
-                    let partitions = partitions.iter().map(|p| p.as_i64().unwrap() as i32).collect();
-                    seen.assignments.lock().unwrap().insert(name.clone(), partitions);
-                } else if v.get("revoked").is_some() || v.get("closed").is_some() {
-                    seen.assignments.lock().unwrap().remove(&name);
-                }
-            }
-        });
-        Self { child, stdin, reader }
-    }
-
-    fn stop(mut self) {
-        writeln!(self.stdin, "stop").unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the Java member failed: {status}");
-        self.reader.join().unwrap();
-    }
+/// A Java group member (classic protocol, range assignor).
+fn java_member(broker: &str, topic: &str, group: &str, name: &str, seen: &Arc<Seen>) -> PeerMember {
+    let mut command = java::java_peer();
+    command
+        .args(["group-member", broker, topic, group, "--protocol", "classic", "--assignor", "range"])
+        .stderr(Stdio::null());
+    PeerMember::start(command, "Java", name, seen)
 }
 
 fn spawn_sluice_member(
@@ -377,7 +325,7 @@ async fn sluice_and_java_members_share_a_group_each_as_leader() {
     let seen = Arc::new(Seen::default());
 
     // The Java member joins first and leads: its range assignment gives sluice half.
-    let first = JavaMember::start(&broker, &topic, &group, "java-1", &seen);
+    let first = java_member(&broker, &topic, &group, "java-1", &seen);
     wait_until("the Java member owns every partition", || seen.assignment("java-1").len() == 4).await;
     let stop = Arc::new(AtomicBool::new(false));
     let sluice = spawn_sluice_member(&topic, &group, Arc::clone(&seen), Arc::clone(&stop));
@@ -392,7 +340,7 @@ async fn sluice_and_java_members_share_a_group_each_as_leader() {
     // The Java member leaves; sluice takes everything, then leads and assigns a new Java member.
     tokio::task::block_in_place(|| first.stop());
     wait_until("sluice owns every partition", || seen.assignment("sluice").len() == 4).await;
-    let second = JavaMember::start(&broker, &topic, &group, "java-2", &seen);
+    let second = java_member(&broker, &topic, &group, "java-2", &seen);
     wait_until("sluice's range assignment gives each member two partitions", || {
         seen.assignment("sluice").len() == 2 && seen.assignment("java-2").len() == 2
     })

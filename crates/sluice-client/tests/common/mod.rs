@@ -15,6 +15,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod java;
+pub mod member;
 pub mod proxy;
 
 use bytes::BytesMut;
