@@ -8,6 +8,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{unique, Broker, Kind};
@@ -432,6 +434,22 @@ async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_sta
     assert!(third.seen.is_empty(), "{:?}", third.seen);
 }
 
+/// A job with `config` running in a task of its own, its records gathered in the returned
+/// `Shared`; the directory holds its checkpoint (keep it until the job ends).
+fn run_in_background(
+    client: &Client,
+    config: SchedulerConfig,
+) -> (tempfile::TempDir, Arc<AtomicBool>, Shared, tokio::task::JoinHandle<Result<u64, SchedulerError>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scheduler =
+        Scheduler::open(client.clone(), dir.path(), config, sluice_scheduler::SystemClock::new()).unwrap();
+    let stop = scheduler.stop_handle();
+    let shared = Shared::default();
+    let mut processor = shared.clone();
+    let running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
+    (dir, stop, shared, running)
+}
+
 /// Waits (10 s at most) until `shared` holds `count` records; fails with the job's own error if
 /// it stopped instead.
 async fn wait_for(shared: &Shared, count: usize, running: &mut tokio::task::JoinHandle<Result<u64, SchedulerError>>) {
@@ -475,13 +493,7 @@ async fn partitions_of_a_topic_created_while_running_are_found_and_read_from_the
         partition_discovery_interval: Duration::from_millis(100),
         ..SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(50))
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut scheduler =
-        Scheduler::open(client.clone(), dir.path(), config, sluice_scheduler::SystemClock::new()).unwrap();
-    let stop = scheduler.stop_handle();
-    let shared = Shared::default();
-    let mut processor = shared.clone();
-    let mut running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
+    let (_dir, stop, shared, mut running) = run_in_background(&client, config);
     wait_for(&shared, 40, &mut running).await;
     // A new matching topic, its records produced before the job can have seen it.
     client.create_topic(&grow_b, 3, 1).await.unwrap();
@@ -515,13 +527,7 @@ async fn partitions_added_to_a_topic_while_running_are_found_and_read_from_their
         partition_discovery_interval: Duration::from_millis(100),
         ..SchedulerConfig::new([&topic], Duration::from_millis(50))
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut scheduler =
-        Scheduler::open(client.clone(), dir.path(), config, sluice_scheduler::SystemClock::new()).unwrap();
-    let stop = scheduler.stop_handle();
-    let shared = Shared::default();
-    let mut processor = shared.clone();
-    let mut running = tokio::spawn(async move { scheduler.run(&mut processor, |_| {}).await });
+    let (_dir, stop, shared, mut running) = run_in_background(&client, config);
     wait_for(&shared, 40, &mut running).await;
     client.create_partitions(&topic, 4).await.unwrap();
     // Records in the new partitions right away, before the job can have seen them.
