@@ -99,7 +99,8 @@ struct Shared {
     pending: Mutex<HashMap<i32, oneshot::Sender<Reply>>>,
     /// Why the connection closed, once it has.
     closed: Mutex<Option<Closed>>,
-    /// The reader and writer tasks, stopped (and the socket with them) when the connection closes.
+    /// The reader and writer tasks, stopped (and the socket with them) when the connection closes
+    /// or its handle is dropped.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -123,6 +124,10 @@ impl Shared {
         for (_, waiter) in self.pending().drain() {
             let _ = waiter.send(Err(reason.clone()));
         }
+        self.stop_tasks();
+    }
+
+    fn stop_tasks(&self) {
         for task in self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
             task.abort();
         }
@@ -198,14 +203,11 @@ pub struct Connection {
     writer: mpsc::Sender<Bytes>,
     next_correlation_id: AtomicI32,
     versions: HashMap<i16, VersionRange>,
-    tasks: [JoinHandle<()>; 2],
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.shared.stop_tasks();
     }
 }
 
@@ -272,7 +274,8 @@ impl Connection {
                 ]
             }
         };
-        shared.tasks.lock().unwrap_or_else(PoisonError::into_inner).extend(tasks.iter().map(JoinHandle::abort_handle));
+        *shared.tasks.lock().unwrap_or_else(PoisonError::into_inner) =
+            tasks.iter().map(JoinHandle::abort_handle).collect();
         let mut connection = Self {
             broker: broker.to_owned(),
             config,
@@ -280,7 +283,6 @@ impl Connection {
             writer,
             next_correlation_id: AtomicI32::new(0),
             versions: HashMap::new(),
-            tasks,
         };
         connection.versions = connection.negotiate_versions().await?;
         if let Some(sasl) = connection.config.sasl.clone() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::fetch_request::FetchPartition;
+use sluice_protocol::messages::fetch_response::PartitionData;
 use sluice_protocol::messages::{FetchRequest, FetchResponse};
 use sluice_protocol::record::{decode_records, ControlRecordType, DecodeOptions, RecordBatch, RecordRef};
 
@@ -364,66 +365,64 @@ impl Consumer {
         for topic in response.responses {
             let Some(name) = naming.name_of(&topic) else { continue };
             for answer in topic.partitions {
-                let key = (name.clone(), answer.partition_index);
-                let Some(progress) = self.assigned.get(&key).copied() else { continue };
-                let handled = match ErrorCode::from_code(answer.error_code) {
-                    ErrorCode::None => Ok(false),
-                    ErrorCode::OffsetOutOfRange => self.reset(&key, progress.position).await.map(|()| true),
-                    // Leadership moved, or the topic is not the one the metadata names: look
-                    // again, fetch again next poll.
-                    code if stale_metadata(code) => {
-                        self.client.refresh_metadata(Some(&[key.0.as_str()])).await.map(|_| true)
-                    }
-                    code => Err(Error::Broker { broker: connection.broker().to_owned(), api: "Fetch", code }),
-                };
-                match handled {
-                    Ok(false) => {}
-                    Ok(true) => continue,
-                    Err(e) => {
-                        failure = failure.or(Some(e));
-                        continue;
-                    }
-                }
-                let decode = DecodeOptions { min_offset: progress.position, ..DecodeOptions::default() };
-                let decoded = match &answer.records {
-                    Some(bytes) => match decode_records(bytes, &decode) {
-                        Ok(decoded) => decoded,
-                        Err(source) => {
-                            let broker = connection.broker().to_owned();
-                            failure = failure.or(Some(Error::Decode { broker, api: "Fetch", version: -1, source }));
-                            continue;
-                        }
-                    },
-                    None => Default::default(),
-                };
-                let aborted: Vec<(i64, i64)> = answer
-                    .aborted_transactions
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|a| (a.producer_id, a.first_offset))
-                    .collect();
-                let batches = match self.config.isolation {
-                    Isolation::ReadCommitted => filter_aborted(decoded.batches, &aborted),
-                    Isolation::ReadUncommitted => {
-                        decoded.batches.into_iter().filter(|b| !b.header.is_control()).collect()
-                    }
-                };
-                if let Some(updated) = self.assigned.get_mut(&key) {
-                    updated.position = decoded.next_offset.unwrap_or(updated.position).max(updated.position);
-                    updated.high_watermark = answer.high_watermark;
-                    updated.last_stable_offset = answer.last_stable_offset;
-                }
-                if !batches.is_empty() {
-                    out.push(PartitionRecords {
-                        topic: key.0,
-                        partition: key.1,
-                        batches,
-                        high_watermark: answer.high_watermark,
-                    });
+                match self.absorb_partition(connection, (name.clone(), answer.partition_index), answer).await {
+                    Ok(Some(records)) => out.push(records),
+                    Ok(None) => {}
+                    Err(e) => failure = failure.or(Some(e)),
                 }
             }
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Applies one partition's answer: its records (none if it had none, or is not assigned, or
+    /// its error was handled here), its position and watermarks moved past them.
+    async fn absorb_partition(
+        &mut self,
+        connection: &Connection,
+        key: TopicPartition,
+        answer: PartitionData,
+    ) -> Result<Option<PartitionRecords>> {
+        let Some(progress) = self.assigned.get(&key).copied() else { return Ok(None) };
+        match ErrorCode::from_code(answer.error_code) {
+            ErrorCode::None => {}
+            ErrorCode::OffsetOutOfRange => {
+                self.reset(&key, progress.position).await?;
+                return Ok(None);
+            }
+            code if stale_metadata(code) => {
+                // Leadership moved, or the topic is not the one the metadata names: look
+                // again, fetch again next poll.
+                self.client.refresh_metadata(Some(&[key.0.as_str()])).await?;
+                return Ok(None);
+            }
+            code => return Err(Error::Broker { broker: connection.broker().to_owned(), api: "Fetch", code }),
+        }
+        let decode = DecodeOptions { min_offset: progress.position, ..DecodeOptions::default() };
+        let decoded = match &answer.records {
+            Some(bytes) => decode_records(bytes, &decode).map_err(|source| Error::Decode {
+                broker: connection.broker().to_owned(),
+                api: "Fetch",
+                version: -1,
+                source,
+            })?,
+            None => Default::default(),
+        };
+        let aborted: Vec<(i64, i64)> =
+            answer.aborted_transactions.unwrap_or_default().iter().map(|a| (a.producer_id, a.first_offset)).collect();
+        let batches = match self.config.isolation {
+            Isolation::ReadCommitted => filter_aborted(decoded.batches, &aborted),
+            Isolation::ReadUncommitted => decoded.batches.into_iter().filter(|b| !b.header.is_control()).collect(),
+        };
+        if let Some(updated) = self.assigned.get_mut(&key) {
+            updated.position = decoded.next_offset.unwrap_or(updated.position).max(updated.position);
+            updated.high_watermark = answer.high_watermark;
+            updated.last_stable_offset = answer.last_stable_offset;
+        }
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(PartitionRecords { topic: key.0, partition: key.1, batches, high_watermark: answer.high_watermark }))
     }
 
     async fn reset(&mut self, key: &TopicPartition, position: i64) -> Result<()> {
