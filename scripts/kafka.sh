@@ -3,7 +3,8 @@
 # benchmarks and the demo. The jars come from scripts/install-peers.sh (.peers/kafka/lib).
 #
 #   scripts/kafka.sh start [OPTIONS]
-#       --nodes N        N nodes, each a combined broker and controller (default 1)
+#       --nodes N        N nodes, each a combined broker and controller (default 1); topics get
+#                        min(N, 3) replicas, and min.insync.replicas is 2 when they have more than one
 #       --sasl           a SASL_PLAINTEXT listener per node, "sasl": PLAIN, SCRAM-SHA-256 and
 #                        SCRAM-SHA-512, user "alice" with password "alice-secret" (all three); and
 #                        one, "sasl_scram", offering SCRAM-SHA-512 only
@@ -29,6 +30,9 @@
 #     ports with the same storage.
 #   scripts/kafka.sh stop DIR          stop every node of DIR (SIGTERM, SIGKILL after 20 s) and remove DIR
 #   scripts/kafka.sh kill DIR ID       SIGKILL node ID (a crash); "DIR/node-ID/run" starts it again
+#   scripts/kafka.sh stop-node DIR ID  stop node ID cleanly (SIGTERM: a controlled shutdown that
+#                                      moves its leaderships first; SIGKILL after 30 s), as a
+#                                      rolling restart does; "restart" starts it again
 #   scripts/kafka.sh restart DIR ID    start node ID again (after kill), wait until it answers
 #
 # Needs Java 17+ and the jars (scripts/install-peers.sh). KAFKA_LIB=DIR overrides where the jars are.
@@ -234,7 +238,7 @@ EOF
             echo "transaction.state.log.replication.factor=$rf"
             echo "transaction.state.log.min.isr=$min_isr"
             echo "transaction.state.log.num.partitions=10"
-            echo "min.insync.replicas=1"
+            echo "min.insync.replicas=$min_isr"
             echo "group.initial.rebalance.delay.ms=0"
             echo "auto.create.topics.enable=false"
             echo "delete.topic.enable=true"
@@ -381,6 +385,18 @@ case "$cmd" in
         p="$(node_pid "$1" "$2")"
         [ -n "$p" ] || die "no node $2 in $1"
         kill -KILL "$p" 2>/dev/null || true
+        ;;
+    stop-node)
+        [ $# -eq 2 ] || usage
+        p="$(node_pid "$1" "$2")"
+        [ -n "$p" ] || die "no node $2 in $1"
+        kill -TERM "$p" 2>/dev/null || true
+        for _ in $(seq 1 300); do running "$p" || break; sleep 0.1; done
+        if running "$p"; then
+            log "node $2 (pid $p) still runs 30 s after SIGTERM; killing it"
+            kill -KILL "$p" 2>/dev/null || true
+            for _ in $(seq 1 100); do running "$p" || break; sleep 0.1; done
+        fi
         ;;
     restart)
         [ $# -eq 2 ] || usage

@@ -35,8 +35,13 @@ pub struct ClientConfig {
     pub reconnect_backoff: Duration,
     /// The longest wait between reconnects.
     pub reconnect_backoff_max: Duration,
-    /// Metadata older than this is refreshed before it is used.
+    /// Metadata older than this is refreshed before a leader is looked up in it (Java's
+    /// `metadata.max.age.ms`).
     pub metadata_max_age: Duration,
+    /// The shortest wait between two refreshes of metadata found out of date (a leader that
+    /// moved, a broker that cannot be reached; Java's `retry.backoff.ms`): an election takes a
+    /// moment to reach every broker's metadata, and asking again at once only adds load.
+    pub metadata_refresh_backoff: Duration,
 }
 
 impl ClientConfig {
@@ -48,6 +53,7 @@ impl ClientConfig {
             reconnect_backoff: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(1),
             metadata_max_age: Duration::from_secs(300),
+            metadata_refresh_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -142,8 +148,36 @@ impl ClusterMetadata {
 
     /// The leader of `topic`/`partition`, if known.
     pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
-        let topic = self.topics.get(topic)?;
-        topic.partitions.iter().find(|p| p.partition == partition).map(|p| p.leader).filter(|l| *l >= 0)
+        self.partition(topic, partition).map(|p| p.leader).filter(|l| *l >= 0)
+    }
+
+    /// The leader epoch of `topic`/`partition`, -1 if unknown (sent with fetches, so that a
+    /// broker that is no longer, or not yet, the leader of that epoch refuses them, KIP-320).
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.partition(topic, partition).map_or(-1, |p| p.leader_epoch)
+    }
+
+    fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionMetadata> {
+        self.topics.get(topic)?.partitions.iter().find(|p| p.partition == partition)
+    }
+
+    /// Keeps the cached entry of every partition of `cached` for which `self` (a newer answer,
+    /// from a broker that may lag behind the controller) names an older leader epoch, as the
+    /// Java client does (KIP-320): metadata never moves a partition back to a former leader.
+    /// A topic whose id changed was made anew, and its epochs start over.
+    fn keep_newer_leaders(&mut self, cached: &ClusterMetadata) {
+        for (name, topic) in &mut self.topics {
+            let Some(old) = cached.topics.get(name).filter(|old| old.topic_id == topic.topic_id) else { continue };
+            for partition in &mut topic.partitions {
+                let newer = old
+                    .partitions
+                    .iter()
+                    .find(|p| p.partition == partition.partition && p.leader_epoch > partition.leader_epoch);
+                if let Some(newer) = newer.filter(|_| partition.leader_epoch >= 0) {
+                    *partition = newer.clone();
+                }
+            }
+        }
     }
 }
 
@@ -157,12 +191,21 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     state: Mutex<State>,
+    /// Held while metadata found out of date is refreshed: callers that find it so at the same
+    /// time wait for one refresh rather than each make their own.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     metadata: Arc<ClusterMetadata>,
+    /// When the last full refresh was sent.
     refreshed_at: Option<Instant>,
+    /// When the last refresh (of any topics) was sent, for `metadata_refresh_backoff`.
+    asked_at: Option<Instant>,
+    /// Since when the metadata is known to be out of date (a connection failed, a leader moved);
+    /// cleared by a full refresh sent after it.
+    stale_since: Option<Instant>,
     connections: HashMap<String, Arc<Connection>>,
     /// Per address: consecutive failures and when the next attempt is allowed.
     backoff: HashMap<String, (u32, Instant)>,
@@ -175,7 +218,8 @@ impl Client {
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let state = State { jitter_seed: seed | 1, ..State::default() };
-        let client = Self { inner: Arc::new(Inner { config, state: Mutex::new(state) }) };
+        let inner = Inner { config, state: Mutex::new(state), refreshing: tokio::sync::Mutex::new(()) };
+        let client = Self { inner: Arc::new(inner) };
         client.refresh_metadata(None).await?;
         Ok(client)
     }
@@ -206,8 +250,10 @@ impl Client {
             allow_auto_topic_creation: false,
             ..MetadataRequest::default()
         };
+        let asked_at = Instant::now();
+        self.state().asked_at = Some(asked_at);
         let connection = self.any_broker().await?;
-        let response = connection.send(&request).await?;
+        let response = connection.send(&request).await.inspect_err(|_| self.forget_connection(&connection))?;
         // Metadata v13 has a request-level error code, for REBOOTSTRAP_REQUIRED (KIP-1102): the
         // broker holds this client's view of the cluster to be stale. (Kafka 4.4 sends that code
         // only to ApiVersions v5, which sluice does not use.) The connection is dropped, so the
@@ -222,6 +268,7 @@ impl Client {
         }
         let mut fresh = ClusterMetadata::from_response(response);
         let mut state = self.state();
+        fresh.keep_newer_leaders(&state.metadata);
         if topics.is_some() {
             // A partial answer updates those topics and keeps the rest.
             let mut merged = (*state.metadata).clone();
@@ -231,18 +278,62 @@ impl Client {
         state.metadata = Arc::new(fresh);
         if topics.is_none() {
             // Only a full answer makes the whole cache fresh.
-            state.refreshed_at = Some(Instant::now());
+            state.refreshed_at = Some(asked_at);
+            if state.stale_since.is_some_and(|since| since <= asked_at) {
+                state.stale_since = None;
+            }
         }
         Ok(Arc::clone(&state.metadata))
     }
 
-    /// The metadata, refreshed first if older than `metadata_max_age`.
+    /// The metadata, refreshed first if it is older than `metadata_max_age` or was found out of
+    /// date ([`Client::invalidate_metadata`]).
     pub async fn fresh_metadata(&self) -> Result<Arc<ClusterMetadata>> {
-        let stale = self.state().refreshed_at.is_none_or(|at| at.elapsed() > self.inner.config.metadata_max_age);
-        if stale {
-            return self.refresh_metadata(None).await;
-        }
+        self.refresh_if_due().await?;
         Ok(self.metadata())
+    }
+
+    /// Marks the cached metadata out of date: the next leader lookup asks the cluster again
+    /// (no sooner than `metadata_refresh_backoff` after the last refresh). The client does this
+    /// itself when a connection fails or a broker answers that it is not the leader; callers
+    /// that read on connections of their own do it on such errors of theirs
+    /// ([`Client::note_error`]).
+    pub fn invalidate_metadata(&self) {
+        let mut state = self.state();
+        state.stale_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Marks the metadata out of date if `error` says it may be: the broker could not be
+    /// reached or stopped answering, or it is not (or no longer) the partition's leader.
+    pub fn note_error(&self, error: &Error) {
+        if error.suggests_stale_metadata() {
+            self.invalidate_metadata();
+        }
+    }
+
+    /// Refreshes the metadata (of every topic) if it is out of date or older than
+    /// `metadata_max_age`; one refresh for all callers that find it so at once.
+    async fn refresh_if_due(&self) -> Result<()> {
+        let config = &self.inner.config;
+        let due = |state: &State| {
+            state.stale_since.is_some() || state.refreshed_at.is_none_or(|at| at.elapsed() > config.metadata_max_age)
+        };
+        if !due(&self.state()) {
+            return Ok(());
+        }
+        let _refreshing = self.inner.refreshing.lock().await;
+        let wait = {
+            let state = self.state();
+            if !due(&state) {
+                // Refreshed by another caller meanwhile.
+                return Ok(());
+            }
+            state.asked_at.map(|at| (at + config.metadata_refresh_backoff).saturating_duration_since(Instant::now()))
+        };
+        if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+            tokio::time::sleep(wait).await;
+        }
+        self.refresh_metadata(None).await.map(drop)
     }
 
     /// A connection to any broker: a live pooled one, else the known brokers and then the
@@ -283,16 +374,30 @@ impl Client {
         self.connection_to(&address).await
     }
 
-    /// A connection to the leader of `topic`/`partition`, refreshing metadata if the leader is
-    /// unknown.
+    /// A connection to the leader of `topic`/`partition`, refreshing metadata first if the
+    /// leader is unknown, or the metadata out of date or older than `metadata_max_age`.
     pub async fn leader(&self, topic: &str, partition: i32) -> Result<Arc<Connection>> {
+        let address = self.leader_address(topic, partition).await?;
+        self.connection_to(&address).await
+    }
+
+    /// The `host:port` of the leader of `topic`/`partition` (for callers that keep connections
+    /// of their own), refreshing metadata as [`Client::leader`] does.
+    pub async fn leader_address(&self, topic: &str, partition: i32) -> Result<String> {
+        self.refresh_if_due().await?;
         let leader = match self.metadata().leader(topic, partition) {
             Some(leader) => leader,
             None => self.refresh_metadata(Some(&[topic])).await?.leader(topic, partition).ok_or_else(|| {
                 Error::Broker { broker: "(metadata)".into(), api: "Metadata", code: ErrorCode::LeaderNotAvailable }
             })?,
         };
-        self.broker(leader).await
+        if let Some(address) = self.metadata().brokers.get(&leader) {
+            return Ok(address.clone());
+        }
+        self.refresh_metadata(None).await?.brokers.get(&leader).cloned().ok_or_else(|| Error::Disconnected {
+            broker: format!("node {leader}"),
+            reason: "the cluster does not list this broker".into(),
+        })
     }
 
     /// The pooled connection to `address`, or a new one; after a failure, waits out the
@@ -338,6 +443,8 @@ impl Client {
     fn note_failure(&self, address: &str) {
         let config = &self.inner.config;
         let mut state = self.state();
+        // The broker may have left the cluster, or its partitions moved to others.
+        state.stale_since.get_or_insert_with(Instant::now);
         // xorshift64: jitter needs no cryptographic quality.
         state.jitter_seed ^= state.jitter_seed << 13;
         state.jitter_seed ^= state.jitter_seed >> 7;
@@ -603,19 +710,6 @@ impl FetchNaming {
     }
 }
 
-/// Whether a fetch's partition error means the metadata is out of date (the leader moved, or
-/// the topic is not the one the metadata names any more): refresh it and fetch again.
-pub(crate) fn stale_metadata(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::NotLeaderOrFollower
-            | ErrorCode::UnknownTopicOrPartition
-            | ErrorCode::FencedLeaderEpoch
-            | ErrorCode::UnknownTopicId
-            | ErrorCode::InconsistentTopicId
-    )
-}
-
 impl Client {
     /// Looks up an offset of `topic`/`partition` on its leader.
     pub async fn list_offset(&self, topic: &str, partition: i32, spec: OffsetSpec) -> Result<i64> {
@@ -668,10 +762,12 @@ impl Client {
         }
         let mut ends = listed.clone();
         while let Some(joined) = probes.join_next().await {
-            let found = joined.map_err(|e| Error::Disconnected {
-                broker: "(leader)".into(),
-                reason: format!("a log end probe stopped: {e}"),
-            })??;
+            let found = joined
+                .map_err(|e| Error::Disconnected {
+                    broker: "(leader)".into(),
+                    reason: format!("a log end probe stopped: {e}"),
+                })?
+                .inspect_err(|e| self.note_error(e))?;
             for (key, high_watermark) in found {
                 if let Some(end) = ends.get_mut(&key) {
                     *end = (*end).max(high_watermark);
@@ -698,14 +794,15 @@ impl Client {
             ..DeleteRecordsRequest::default()
         };
         let connection = self.leader(topic, partition).await?;
-        let response = connection.send(&request).await?;
+        let response = connection.send(&request).await.inspect_err(|e| self.note_error(e))?;
         let answer = response
             .topics
             .iter()
             .flat_map(|t| t.partitions.iter())
             .find(|p| p.partition_index == partition)
             .ok_or_else(|| missing_partition(connection.broker(), "DeleteRecords"))?;
-        crate::connection::check_error(connection.broker(), "DeleteRecords", answer.error_code)?;
+        crate::connection::check_error(connection.broker(), "DeleteRecords", answer.error_code)
+            .inspect_err(|e| self.note_error(e))?;
         Ok(answer.low_watermark)
     }
 
@@ -765,7 +862,7 @@ impl Client {
                 broker: "(leader)".into(),
                 reason: format!("the ListOffsets task stopped: {e}"),
             })?;
-            offsets.extend(found?);
+            offsets.extend(found.inspect_err(|e| self.note_error(e))?);
         }
         // A leader that leaves a partition out of its answer is an error, not an offset to skip.
         if partitions.iter().any(|key| !offsets.contains_key(key)) {
@@ -799,11 +896,14 @@ impl Client {
         offset: i64,
         options: &FetchOptions,
     ) -> Result<FetchedPartition> {
-        let naming = FetchNaming::new(connection, &self.metadata(), [topic])?;
-        let request = fetch_request(&naming, topic, partition, offset, options);
+        let metadata = self.metadata();
+        let naming = FetchNaming::new(connection, &metadata, [topic])?;
+        let epoch = metadata.leader_epoch(topic, partition);
+        let request = fetch_request(&naming, topic, partition, offset, epoch, options);
         let version = naming.version;
-        let response = connection.send_version(&request, version).await?;
-        crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
+        let response = connection.send_version(&request, version).await.inspect_err(|e| self.note_error(e))?;
+        crate::connection::check_error(connection.broker(), "Fetch", response.error_code)
+            .inspect_err(|e| self.note_error(e))?;
         let answer = response
             .responses
             .into_iter()
@@ -812,8 +912,9 @@ impl Client {
             .find(|p| p.partition_index == partition)
             .ok_or_else(|| missing_partition(connection.broker(), "Fetch"))?;
         let error = ErrorCode::from_code(answer.error_code);
-        if stale_metadata(error) {
-            self.refresh_metadata(Some(&[topic])).await?;
+        if error.means_stale_metadata() {
+            // The next leader lookup asks the cluster again.
+            self.invalidate_metadata();
         }
         let decode = DecodeOptions { min_offset: offset, ..DecodeOptions::default() };
         let records = match &answer.records {
@@ -883,16 +984,18 @@ async fn high_watermarks_on(
         .collect())
 }
 
-/// A fetch of one partition from `offset`.
+/// A fetch of one partition from `offset`, of the leader of `leader_epoch` (-1: any).
 fn fetch_request(
     naming: &FetchNaming,
     topic: &str,
     partition: i32,
     offset: i64,
+    leader_epoch: i32,
     options: &FetchOptions,
 ) -> FetchRequest {
     let wanted = FetchPartition {
         partition,
+        current_leader_epoch: leader_epoch,
         fetch_offset: offset,
         partition_max_bytes: options.max_bytes,
         ..Default::default()
@@ -918,4 +1021,44 @@ pub(crate) fn broker_address(host: &str, port: i32) -> String {
 
 fn missing_partition(broker: &str, api: &'static str) -> Error {
     Error::Broker { broker: broker.to_owned(), api, code: ErrorCode::UnknownTopicOrPartition }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_partition(topic_id: Uuid, leader: i32, leader_epoch: i32) -> ClusterMetadata {
+        let partition = PartitionMetadata {
+            partition: 0,
+            leader,
+            leader_epoch,
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2, 3],
+            error: ErrorCode::None,
+        };
+        let topic = TopicMetadata { topic_id, error: ErrorCode::None, is_internal: false, partitions: vec![partition] };
+        ClusterMetadata { topics: [("t".to_owned(), topic)].into(), ..ClusterMetadata::default() }
+    }
+
+    #[test]
+    fn metadata_from_a_lagging_broker_never_moves_a_partition_back_to_an_older_leader() {
+        let id = Uuid([7; 16]);
+        let cached = one_partition(id, 2, 5);
+        // A broker that has not yet heard of the election names the former leader.
+        let mut lagging = one_partition(id, 1, 4);
+        lagging.keep_newer_leaders(&cached);
+        assert_eq!((lagging.leader("t", 0), lagging.leader_epoch("t", 0)), (Some(2), 5));
+        // A newer epoch is taken.
+        let mut newer = one_partition(id, 3, 6);
+        newer.keep_newer_leaders(&cached);
+        assert_eq!((newer.leader("t", 0), newer.leader_epoch("t", 0)), (Some(3), 6));
+        // A topic made anew (another id) starts its epochs over.
+        let mut remade = one_partition(Uuid([8; 16]), 1, 0);
+        remade.keep_newer_leaders(&cached);
+        assert_eq!((remade.leader("t", 0), remade.leader_epoch("t", 0)), (Some(1), 0));
+        // A broker that reports no epochs (-1) is taken as it is.
+        let mut unversioned = one_partition(id, 1, -1);
+        unversioned.keep_newer_leaders(&cached);
+        assert_eq!(unversioned.leader("t", 0), Some(1));
+    }
 }

@@ -13,7 +13,7 @@ use sluice_protocol::messages::fetch_response::PartitionData;
 use sluice_protocol::messages::{FetchRequest, FetchResponse};
 use sluice_protocol::record::{decode_records, ControlRecordType, DecodeOptions, RecordBatch, RecordRef};
 
-use crate::client::{stale_metadata, Client, FetchNaming, Isolation, OffsetSpec};
+use crate::client::{Client, FetchNaming, Isolation, OffsetSpec};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 
@@ -224,18 +224,28 @@ impl Consumer {
     /// A partition's error never costs another partition its records: the poll returns the
     /// records it has (their positions moved past them) and the next poll reports the error, as
     /// the Java consumer does. The failed partition's position stays where it was.
+    ///
+    /// Transient faults are not errors of the poll: a leader that moved, a broker that cannot
+    /// be reached or stopped answering, a partition without a leader for a moment. The
+    /// metadata is marked out of date (the next poll fetches from the leaders it then names),
+    /// and a poll that got nothing at all waits `metadata_refresh_backoff` before it returns,
+    /// so that a caller polling in a loop does not spin while the cluster recovers.
     pub async fn poll(&mut self) -> Result<Vec<PartitionRecords>> {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
         let streaming = self.config.prefetch_max_bytes > 0;
         let epoch = self.epoch;
+        let mut failure = None;
         let mut fetches = match self.prefetch.take() {
             Some(prefetched) if !prefetched.is_empty() => prefetched,
-            _ => self.send_fetches().await?,
+            _ => {
+                let (fetches, unsent) = self.send_fetches().await;
+                failure = unsent;
+                fetches
+            }
         };
         let mut out = Vec::new();
-        let mut failure = None;
         let mut lost = false;
         let mut waited = false;
         loop {
@@ -263,37 +273,52 @@ impl Consumer {
         if streaming && self.epoch == epoch && failure.is_none() && !lost {
             self.prefetch = Some(fetches);
         }
-        // A failure fails the poll unless records came with it (their positions moved:
-        // returning without them would skip them); then the next poll reports it.
         match failure {
+            None => Ok(out),
+            Some(e) if e.is_retriable() => {
+                self.client.note_error(&e);
+                if out.is_empty() {
+                    tokio::time::sleep(self.client.config().metadata_refresh_backoff).await;
+                }
+                Ok(out)
+            }
+            // A failure fails the poll unless records came with it (their positions moved:
+            // returning without them would skip them); then the next poll reports it.
             Some(e) if out.is_empty() => Err(e),
             Some(e) => {
                 self.deferred = Some(e);
                 Ok(out)
             }
-            None => Ok(out),
         }
     }
 
     /// Sends the fetches for every assigned partition from its position: per leader, the
-    /// partitions split into up to `fetch_requests_per_broker` groups, one request each.
-    async fn send_fetches(&mut self) -> Result<FetchTasks> {
-        let mut by_leader: HashMap<String, (Arc<Connection>, Vec<TopicPartition>)> = HashMap::new();
+    /// partitions split into up to `fetch_requests_per_broker` groups, one request each. A
+    /// leader that cannot be reached (or is unknown) holds up only its own partitions: their
+    /// fetches are not sent, and the first such error is returned beside the others.
+    async fn send_fetches(&mut self) -> (FetchTasks, Option<Error>) {
+        let mut failure = None;
+        let mut by_leader: HashMap<String, Vec<TopicPartition>> = HashMap::new();
         for (topic, partition) in self.assigned.keys() {
-            let connection = self.client.leader(topic, *partition).await?;
-            let entry = by_leader.entry(connection.broker().to_owned()).or_insert_with(|| (connection, Vec::new()));
-            entry.1.push((topic.clone(), *partition));
+            match self.client.leader(topic, *partition).await {
+                Ok(connection) => {
+                    by_leader.entry(connection.broker().to_owned()).or_default().push((topic.clone(), *partition))
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
         }
         let mut fetches = tokio::task::JoinSet::new();
         let connections = self.config.fetch_connections_per_broker.max(1);
-        for (broker, (_, partitions)) in by_leader {
+        for (broker, partitions) in by_leader {
             let requests = self.config.fetch_requests_per_broker.clamp(1, partitions.len().max(1));
             for (index, group) in partitions.chunks(partitions.len().div_ceil(requests).max(1)).enumerate() {
-                let connection = self.fetch_connection(&broker, index % connections).await?;
-                self.spawn_fetch(&mut fetches, connection, group);
+                match self.fetch_connection(&broker, index % connections).await {
+                    Ok(connection) => self.spawn_fetch(&mut fetches, connection, group),
+                    Err(e) => failure = failure.or(Some(e)),
+                }
             }
         }
-        Ok(fetches)
+        (fetches, failure)
     }
 
     /// The consumer's own fetch connection number `slot` to `broker`, made if needed.
@@ -330,11 +355,13 @@ impl Consumer {
     }
 
     fn fetch_request(&self, naming: &FetchNaming, partitions: &[TopicPartition]) -> FetchRequest {
+        let metadata = self.client.metadata();
         let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
         for (topic, partition) in partitions {
             let position = self.assigned.get(&(topic.clone(), *partition)).map_or(0, |p| p.position);
             topics.entry(topic.as_str()).or_default().push(FetchPartition {
                 partition: *partition,
+                current_leader_epoch: metadata.leader_epoch(topic, *partition),
                 fetch_offset: position,
                 partition_max_bytes: self.config.partition_max_bytes,
                 ..Default::default()
@@ -390,10 +417,12 @@ impl Consumer {
                 self.reset(&key, progress.position).await?;
                 return Ok(None);
             }
-            code if stale_metadata(code) => {
-                // Leadership moved, or the topic is not the one the metadata names: look
-                // again, fetch again next poll.
-                self.client.refresh_metadata(Some(&[key.0.as_str()])).await?;
+            code if code.means_stale_metadata() => {
+                // Leadership moved, or the topic is not the one the metadata names: the next
+                // poll looks again (after the refresh backoff) and fetches from the leader
+                // named then; fetches in flight to the old one are dropped.
+                self.client.invalidate_metadata();
+                self.positions_moved();
                 return Ok(None);
             }
             code => return Err(Error::Broker { broker: connection.broker().to_owned(), api: "Fetch", code }),

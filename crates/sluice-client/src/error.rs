@@ -246,4 +246,19 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether the error says the client's metadata may be out of date: the broker could not be
+    /// reached or stopped answering (it may have left the cluster, its partitions moved), or it
+    /// is not (or no longer) the leader the metadata named, or knows the topic by another id.
+    pub fn suggests_stale_metadata(&self) -> bool {
+        match self {
+            Self::Connect { .. }
+            | Self::Resolve { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::Disconnected { .. }
+            | Self::RequestTimeout { .. } => true,
+            Self::Broker { code, .. } | Self::BrokerMessage { code, .. } => code.means_stale_metadata(),
+            _ => false,
+        }
+    }
 }

@@ -76,6 +76,12 @@ pub struct GroupConfig {
     pub auto_commit_interval: Option<Duration>,
     /// Wait between attempts when the coordinator is busy or moving.
     pub retry_backoff: Duration,
+    /// How often the subscribed topics' partition counts are looked up: partitions added to a
+    /// topic (CreatePartitions) make the member rejoin, so that the group shares them out.
+    /// A partition that appeared after the member first saw its topic, with no committed
+    /// offset, starts at its earliest offset (its records are all new), whatever
+    /// `offset_reset` says.
+    pub partition_discovery_interval: Duration,
 }
 
 impl GroupConfig {
@@ -91,6 +97,7 @@ impl GroupConfig {
             assignors: vec![Arc::new(RangeAssignor), Arc::new(RoundRobinAssignor)],
             auto_commit_interval: Some(Duration::from_secs(5)),
             retry_backoff: Duration::from_millis(100),
+            partition_discovery_interval: Duration::from_secs(30),
         }
     }
 }
@@ -198,11 +205,27 @@ impl Shared {
     }
 }
 
+/// Whether a commit's error is the group changing under the member (a rebalance, a new
+/// generation, the coordinator moving) or a transient fault: the member rejoins or commits
+/// again later, and its positions are still there.
+fn group_in_flux(error: &Error) -> bool {
+    match error {
+        Error::Broker { code, .. } | Error::BrokerMessage { code, .. } => {
+            matches!(code, ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId)
+                || coordinator_moved(error)
+        }
+        other => other.is_retriable(),
+    }
+}
+
 /// Whether an error means the coordinator moved or went away: look it up again.
 fn coordinator_moved(error: &Error) -> bool {
     match error {
         Error::Broker { code, .. } => {
-            matches!(code, ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable)
+            matches!(
+                code,
+                ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable | ErrorCode::CoordinatorLoadInProgress
+            )
         }
         other => other.is_retriable(),
     }
@@ -269,6 +292,13 @@ pub struct GroupConsumer {
     /// The current assignment has been reported as revoked; the next poll rejoins.
     revoked: bool,
     last_commit: Instant,
+    /// Each subscribed topic's partition count when this member first saw it: partitions
+    /// numbered from there on were added while it ran.
+    first_counts: BTreeMap<String, usize>,
+    /// The partition counts the group last shared out, and when they were last compared with
+    /// the cluster's.
+    counts: BTreeMap<String, usize>,
+    counted_at: Instant,
 }
 
 impl Drop for GroupConsumer {
@@ -300,6 +330,9 @@ impl GroupConsumer {
             assignment: Vec::new(),
             revoked: false,
             last_commit: Instant::now(),
+            first_counts: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            counted_at: Instant::now(),
         }
     }
 
@@ -349,12 +382,29 @@ impl GroupConsumer {
                 self.revoked = true;
                 return Ok(GroupEvent::Revoked(self.assignment.clone()));
             }
-            return self.rejoin().await.map(GroupEvent::Assigned);
+            return match self.rejoin().await {
+                Ok(assigned) => Ok(GroupEvent::Assigned(assigned)),
+                // A transient fault (the coordinator moving, a leader lost): the next poll
+                // rejoins again.
+                Err(e) if group_in_flux(&e) => {
+                    tokio::time::sleep(self.config.retry_backoff).await;
+                    Ok(GroupEvent::Records(Vec::new()))
+                }
+                Err(e) => Err(e),
+            };
         }
         if let Some(interval) = self.config.auto_commit_interval {
             if self.last_commit.elapsed() >= interval {
-                self.commit().await?;
+                match self.commit().await {
+                    // The coordinator moving, a rebalance starting: the next poll commits again
+                    // (or rejoins); the positions are still there.
+                    Err(e) if group_in_flux(&e) => {}
+                    other => other?,
+                }
             }
+        }
+        if self.counted_at.elapsed() >= self.config.partition_discovery_interval {
+            self.check_partition_counts().await;
         }
         if self.assignment.is_empty() {
             // Nothing to fetch: wait as long as a fetch would, then let the caller look again.
@@ -364,7 +414,32 @@ impl GroupConsumer {
         self.consumer.poll().await.map(GroupEvent::Records)
     }
 
+    /// Compares the subscribed topics' partition counts with those the group last shared out;
+    /// partitions added make the member rejoin (the group's leader then shares them out too).
+    /// A failed lookup is tried again at the next interval.
+    async fn check_partition_counts(&mut self) {
+        self.counted_at = Instant::now();
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        let Ok(metadata) = self.shared.client.refresh_metadata(Some(&topics)).await else { return };
+        let grown = self.counts.iter().any(|(topic, count)| {
+            metadata.topics.get(topic).is_some_and(|t| t.error == ErrorCode::None && t.partitions.len() > *count)
+        });
+        if grown {
+            let (_, generation, _) = self.shared.snapshot();
+            self.shared.request_rejoin(generation);
+        }
+    }
+
     async fn rejoin(&mut self) -> Result<Vec<(String, i32)>> {
+        let result = self.rejoin_once().await;
+        if result.is_err() {
+            // The next poll tries again, rather than go on owning partitions it fetches nothing of.
+            self.shared.rejoin.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    async fn rejoin_once(&mut self) -> Result<Vec<(String, i32)>> {
         for (topic, partition) in std::mem::take(&mut self.assignment) {
             self.consumer.unassign(&topic, partition);
         }
@@ -379,16 +454,26 @@ impl GroupConsumer {
                     self.shared.forget_coordinator().await;
                     tokio::time::sleep(self.config.retry_backoff).await;
                 }
-                Err(e) => {
-                    self.shared.rejoin.store(true, Ordering::SeqCst);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         };
-        let committed = self.committed(&assigned).await?;
+        self.note_partition_counts().await;
+        let committed = loop {
+            match self.committed(&assigned).await {
+                Err(e) if coordinator_moved(&e) && Instant::now() < deadline => {
+                    self.shared.forget_coordinator().await;
+                    tokio::time::sleep(self.config.retry_backoff).await;
+                }
+                committed => break committed?,
+            }
+        };
         for (topic, partition) in &assigned {
+            let added =
+                usize::try_from(*partition).is_ok_and(|p| self.first_counts.get(topic).is_some_and(|n| p >= *n));
             let start = match committed.get(&(topic.clone(), *partition)).copied().flatten() {
                 Some(offset) => StartAt::Offset(offset),
+                // Added while this member ran: every record of it is new.
+                None if added => StartAt::Earliest,
                 None => match self.consumer.config().offset_reset {
                     OffsetReset::Earliest => StartAt::Earliest,
                     OffsetReset::Latest => StartAt::Latest,
@@ -406,6 +491,23 @@ impl GroupConsumer {
         self.assignment.clone_from(&assigned);
         self.last_commit = Instant::now();
         Ok(assigned)
+    }
+
+    /// Takes the subscribed topics' partition counts from the metadata the group was shared out
+    /// by (the leader refreshed it; a follower's may be older, and is refreshed if so).
+    async fn note_partition_counts(&mut self) {
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        let Ok(metadata) = self.shared.client.refresh_metadata(Some(&topics)).await else { return };
+        for topic in &self.config.topics {
+            let Some(count) =
+                metadata.topics.get(topic).filter(|t| t.error == ErrorCode::None).map(|t| t.partitions.len())
+            else {
+                continue;
+            };
+            self.first_counts.entry(topic.clone()).or_insert(count);
+            self.counts.insert(topic.clone(), count);
+        }
+        self.counted_at = Instant::now();
     }
 
     /// One JoinGroup and SyncGroup round: `Some(assignment)` when the member is in, `None` when
@@ -603,12 +705,13 @@ impl GroupConsumer {
             topics: commit_topics(offsets),
             ..OffsetCommitRequest::default()
         };
-        let mut attempts = 0;
+        // As Java's commitSync: a coordinator moving (or being elected) is waited out, for up to
+        // the request timeout.
+        let deadline = Instant::now() + self.client_timeout();
         loop {
-            attempts += 1;
             let result = self.commit_once(&request, generation).await;
             match result {
-                Err(e) if coordinator_moved(&e) && attempts < 3 => {
+                Err(e) if coordinator_moved(&e) && Instant::now() + self.config.retry_backoff < deadline => {
                     self.shared.forget_coordinator().await;
                     tokio::time::sleep(self.config.retry_backoff).await;
                 }

@@ -304,6 +304,9 @@ struct PartitionQueue {
     ready: VecDeque<SealedBatch>,
     in_flight: usize,
     next_sequence: i32,
+    /// The sequence the broker is known to expect next: every batch numbered below it has
+    /// been acknowledged.
+    acked_sequence: i32,
 }
 
 #[derive(Debug, Default)]
@@ -674,6 +677,7 @@ async fn reset_producer(shared: &Shared) {
             sequence = sequence.saturating_add(i32::try_from(batch.completion.records).unwrap_or(i32::MAX));
         }
         queue.next_sequence = sequence;
+        queue.acked_sequence = 0;
     }
     state.reset_producer = false;
 }
@@ -975,6 +979,18 @@ fn handle_response(
             ErrorCode::None => finish(shared, batch, Ok(answer.base_offset)),
             // The broker had already written this batch (a resend after a lost answer).
             ErrorCode::DuplicateSequenceNumber => finish(shared, batch, Ok(-1)),
+            // Out of order although every earlier batch of the partition was acknowledged: the
+            // broker and the producer disagree on the sequence, and no resend can mend that. The
+            // producer starts over with a new id (KIP-360) and the batch is sent again under it.
+            ErrorCode::OutOfOrderSequenceNumber
+                if shared.config.idempotent
+                    && shared.config.transactional_id.is_none()
+                    && shared.state().queue(topic, *partition).acked_sequence == batch.sequence =>
+            {
+                shared.state().reset_producer = true;
+                let code = ErrorCode::OutOfOrderSequenceNumber;
+                retry_or_fail(shared, batch, Error::Broker { broker: broker.to_owned(), api: "Produce", code });
+            }
             // The broker has no state for this producer: it wrote nothing of this batch. An
             // idempotent producer starts over with a new id; a transaction cannot go on.
             ErrorCode::UnknownProducerId if shared.config.transactional_id.is_none() => {
@@ -983,21 +999,11 @@ fn handle_response(
                     Error::Broker { broker: broker.to_owned(), api: "Produce", code: ErrorCode::UnknownProducerId };
                 retry_or_fail(shared, batch, error);
             }
-            code => {
-                // UNKNOWN_TOPIC_ID (v13): the broker does not know the id the metadata gave (the
-                // topic was deleted, or made again under the same name); fresh metadata has the
-                // current one, and the batch is retried with it.
-                let stale = matches!(
-                    code,
-                    ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition | ErrorCode::UnknownTopicId
-                );
-                if stale {
-                    let client = shared.client.clone();
-                    let topic = topic.clone();
-                    tokio::spawn(async move { client.refresh_metadata(Some(&[topic.as_str()])).await });
-                }
-                retry_or_fail(shared, batch, Error::Broker { broker: broker.to_owned(), api: "Produce", code });
-            }
+            // NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_ID (v13: the broker does not know the id
+            // the metadata gave, the topic was deleted or made again under the same name) and
+            // the like mark the metadata out of date in `retry_or_fail`: the batch is retried
+            // with the leader and id fresh metadata names.
+            code => retry_or_fail(shared, batch, Error::Broker { broker: broker.to_owned(), api: "Produce", code }),
         }
     }
 }
@@ -1017,6 +1023,8 @@ fn should_retry(config: &ProducerConfig, error: &Error) -> bool {
 }
 
 fn retry_or_fail(shared: &Arc<Shared>, batch: SealedBatch, error: Error) {
+    // A leader that moved or cannot be reached: the next send looks it up again.
+    shared.client.note_error(&error);
     let now = Instant::now();
     if !should_retry(&shared.config, &error) {
         return finish(shared, batch, Err(error));
@@ -1050,14 +1058,24 @@ fn requeue(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
 /// Completes a batch's records with their offsets (or the error) and frees its in-flight slot.
 fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
     let (topic, partition) = batch.partition.clone();
+    let following = batch.sequence.saturating_add(i32::try_from(batch.completion.records).unwrap_or(i32::MAX));
     complete(batch, &outcome);
     let mut state = shared.state();
     if let Some(queue) = state.queues.get_mut(&topic).and_then(|q| q.get_mut(&partition)) {
         queue.in_flight = queue.in_flight.saturating_sub(1);
+        if outcome.is_ok() {
+            queue.acked_sequence = queue.acked_sequence.max(following);
+        }
     }
     if let Err(e) = outcome {
         if shared.config.transactional_id.is_some() && state.transaction_failure.is_none() {
             state.transaction_failure = Some(e);
+        } else if shared.config.idempotent && shared.config.transactional_id.is_none() {
+            // A batch given up leaves a gap in the partition's sequence that the broker would
+            // answer with OUT_OF_ORDER_SEQUENCE_NUMBER for every later batch: as the Java
+            // producer does (KIP-360), the producer starts over with a new id and renumbers
+            // what it has not delivered.
+            state.reset_producer = true;
         }
     }
     drop(state);

@@ -395,6 +395,28 @@ impl ErrorCode {
         self.code() != 0
     }
 
+    /// Whether the code says the sender's cluster metadata is out of date: the broker is not
+    /// (or no longer, or not yet) the leader of the partition, there is no leader at the
+    /// moment, the leader's log directory failed, or the topic is not the one the sender's
+    /// metadata names (deleted, or made again under the same name). The Java client refreshes
+    /// its metadata on these.
+    #[must_use]
+    pub const fn means_stale_metadata(self) -> bool {
+        matches!(
+            self,
+            Self::NotLeaderOrFollower
+                | Self::LeaderNotAvailable
+                | Self::ReplicaNotAvailable
+                | Self::UnknownTopicOrPartition
+                | Self::KafkaStorageError
+                | Self::FencedLeaderEpoch
+                | Self::UnknownLeaderEpoch
+                | Self::NotController
+                | Self::UnknownTopicId
+                | Self::InconsistentTopicId
+        )
+    }
+
     /// `Ok(())` for [`ErrorCode::None`], `Err(self)` for every error, so a response field can be
     /// checked with `?`.
     pub const fn into_result(self) -> Result<(), Self> {

@@ -141,9 +141,25 @@ fn fetch_size(max_bytes: i32, per_offset: Option<f64>, remaining: i64) -> i32 {
     }
 }
 
-/// Fetches in a row that may bring nothing new (a leader moving, a broker answering without the
-/// partition) before the range is given up as unavailable.
+/// Fetches in a row that may bring nothing new while the broker says there is more (an open
+/// transaction in the way, a leader whose log is still being read) before the range's next
+/// offsets are called unavailable.
 const MAX_STALLED_FETCHES: u32 = 20;
+
+impl FetchRangeError {
+    /// Whether reading again a moment later, from the leader fresh metadata names, may succeed:
+    /// the leader could not be reached, moved, or answered with a retriable error; or the
+    /// offsets are not in its log *yet* (a new leader's high watermark lags behind the old
+    /// one's for a moment after an election). Offsets deleted from the log, a log that ends
+    /// before the range, or a corrupt answer are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Client { source, .. } => source.is_retriable(),
+            Self::Unavailable { missing_from, log_start, .. } => *log_start <= *missing_from,
+            Self::Truncated { .. } => false,
+        }
+    }
+}
 
 /// Fetches `range` from its partition's leader, as many fetches as it takes.
 pub async fn fetch_range(
@@ -151,7 +167,9 @@ pub async fn fetch_range(
     range: &OffsetRange,
     options: &FetchOptions,
 ) -> Result<RangeRecords, FetchRangeError> {
-    fetch_range_via(client, None, range, options, DataLoss::Fail, None).await
+    let mut reader = RangeReader::new(range.clone(), DataLoss::Fail, None);
+    reader.read(client, None, options).await?;
+    Ok(reader.finish())
 }
 
 /// [`fetch_range`] over `connection`, a connection of the caller's own to the leader, with a
@@ -167,129 +185,195 @@ pub async fn fetch_range_on(
     on_loss: DataLoss,
     bytes_per_offset: Option<f64>,
 ) -> Result<RangeRecords, FetchRangeError> {
-    fetch_range_via(client, Some(connection), range, options, on_loss, bytes_per_offset).await
+    let mut reader = RangeReader::new(range.clone(), on_loss, bytes_per_offset);
+    reader.read(client, Some(connection), options).await?;
+    Ok(reader.finish())
 }
 
-async fn fetch_range_via(
-    client: &Client,
-    connection: Option<&Connection>,
-    range: &OffsetRange,
-    options: &FetchOptions,
+/// A range being read. What was read is kept when a read fails, so that a read interrupted by
+/// a transient fault ([`FetchRangeError::is_transient`]) goes on from where it stopped, on a
+/// connection to the partition's leader as it is then.
+#[derive(Debug)]
+pub struct RangeReader {
+    range: OffsetRange,
     on_loss: DataLoss,
-    // Record bytes per offset, from earlier reads and then from this range's fetches, to ask
-    // for little more than the rest of the range.
-    mut per_offset: Option<f64>,
-) -> Result<RangeRecords, FetchRangeError> {
-    let mut batches = Vec::new();
-    let mut position = range.from;
-    let mut stalled = 0;
-    let mut high_watermark = -1;
-    let mut lost = 0;
-    let client_error = |source| FetchRangeError::Client {
-        topic: range.topic.clone(),
-        partition: range.partition,
-        from: range.from,
-        until: range.until,
-        source,
-    };
-    while position < range.until {
-        let options =
-            &FetchOptions { max_bytes: fetch_size(options.max_bytes, per_offset, range.until - position), ..*options };
-        let fetched = match connection {
-            Some(connection) => {
-                client.fetch_partition_on(connection, &range.topic, range.partition, position, options).await
-            }
-            None => client.fetch_partition(&range.topic, range.partition, position, options).await,
+    /// Record bytes per offset, from earlier reads and then from this range's fetches, to ask
+    /// for little more than the rest of the range.
+    per_offset: Option<f64>,
+    batches: Vec<RecordBatch>,
+    position: i64,
+    high_watermark: i64,
+    lost: i64,
+}
+
+impl RangeReader {
+    /// A reader of `range` from its start, with a policy for offsets the log no longer holds
+    /// and the record bytes per offset earlier reads saw, if known.
+    pub fn new(range: OffsetRange, on_loss: DataLoss, bytes_per_offset: Option<f64>) -> Self {
+        let position = range.from;
+        Self {
+            range,
+            on_loss,
+            per_offset: bytes_per_offset,
+            batches: Vec::new(),
+            position,
+            high_watermark: -1,
+            lost: 0,
         }
-        .map_err(client_error)?;
-        let unavailable = |high_watermark, log_start| FetchRangeError::Unavailable {
+    }
+
+    /// The range.
+    pub fn range(&self) -> &OffsetRange {
+        &self.range
+    }
+
+    /// The next offset to read.
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    /// Whether every offset of the range was read (or, under [`DataLoss::Skip`], found lost).
+    pub fn is_done(&self) -> bool {
+        self.position >= self.range.until
+    }
+
+    /// The records read.
+    pub fn finish(self) -> RangeRecords {
+        let Self { range, batches, high_watermark, lost, .. } = self;
+        RangeRecords { range, batches, high_watermark, lost_offsets: lost }
+    }
+
+    pub(crate) fn client_error(&self, source: ClientError) -> FetchRangeError {
+        let range = &self.range;
+        FetchRangeError::Client {
             topic: range.topic.clone(),
             partition: range.partition,
-            missing_from: position,
+            from: range.from,
             until: range.until,
+            source,
+        }
+    }
+
+    fn unavailable(&self, high_watermark: i64, log_start: i64) -> FetchRangeError {
+        FetchRangeError::Unavailable {
+            topic: self.range.topic.clone(),
+            partition: self.range.partition,
+            missing_from: self.position,
+            until: self.range.until,
             log_start,
             high_watermark,
-        };
-        if stalled >= MAX_STALLED_FETCHES {
-            return Err(unavailable(fetched.high_watermark, fetched.log_start_offset));
         }
-        // OFFSET_OUT_OF_RANGE may come without the log's bounds (Kafka sends -1): ask for them.
-        let mut log_start = fetched.log_start_offset;
-        let mut log_end = fetched.high_watermark;
-        if fetched.error == ErrorCode::OffsetOutOfRange && (log_start < 0 || log_end < 0) {
-            let key = [(range.topic.clone(), range.partition)];
-            let (starts, ends) = tokio::try_join!(
-                client.list_offsets(&key, sluice_client::OffsetSpec::Earliest),
-                client.log_ends(&key, options.isolation),
-            )
-            .map_err(client_error)?;
-            log_start = starts.get(&key[0]).copied().unwrap_or(-1);
-            log_end = ends.get(&key[0]).copied().unwrap_or(-1);
-        }
-        // The log now ends before the position: the topic was re-created or its log truncated.
-        // What the range still wanted is gone; under Skip the next plan starts the partition
-        // over from its log start.
-        let outrun = matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange)
-            && log_end >= 0
-            && log_end < position;
-        if outrun {
-            if on_loss == DataLoss::Fail {
-                return Err(FetchRangeError::Truncated {
-                    topic: range.topic.clone(),
-                    partition: range.partition,
-                    from: range.from,
-                    until: range.until,
-                    position,
-                    log_end,
-                });
+    }
+
+    /// Reads the rest of the range over `connection` (the client's shared connection to the
+    /// leader if `None`), as many fetches as it takes. On an error, what was read so far is
+    /// kept; reading again goes on from there.
+    pub async fn read(
+        &mut self,
+        client: &Client,
+        connection: Option<&Connection>,
+        options: &FetchOptions,
+    ) -> Result<(), FetchRangeError> {
+        let range = self.range.clone();
+        let mut stalled = 0;
+        while self.position < range.until {
+            let position = self.position;
+            let options = &FetchOptions {
+                max_bytes: fetch_size(options.max_bytes, self.per_offset, range.until - position),
+                ..*options
+            };
+            let fetched = match connection {
+                Some(connection) => {
+                    client.fetch_partition_on(connection, &range.topic, range.partition, position, options).await
+                }
+                None => client.fetch_partition(&range.topic, range.partition, position, options).await,
             }
-            lost += range.until - position;
-            high_watermark = log_end;
-            break;
-        }
-        // The log no longer starts at or before the position: records were deleted (retention,
-        // DeleteRecords). Whether the broker says OFFSET_OUT_OF_RANGE or (Tansu) answers from
-        // the log start, this is data loss.
-        let deleted = matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange) && log_start > position;
-        if deleted {
-            match on_loss {
-                DataLoss::Fail => return Err(unavailable(log_end, log_start)),
-                DataLoss::Skip => {
-                    let resume = log_start.min(range.until);
-                    lost += resume - position;
-                    position = resume;
-                    continue;
+            .map_err(|e| self.client_error(e))?;
+            if stalled >= MAX_STALLED_FETCHES {
+                return Err(self.unavailable(fetched.high_watermark, fetched.log_start_offset));
+            }
+            // OFFSET_OUT_OF_RANGE may come without the log's bounds (Kafka sends -1): ask for them.
+            let mut log_start = fetched.log_start_offset;
+            let mut log_end = fetched.high_watermark;
+            if fetched.error == ErrorCode::OffsetOutOfRange && (log_start < 0 || log_end < 0) {
+                let key = [(range.topic.clone(), range.partition)];
+                let (starts, ends) = tokio::try_join!(
+                    client.list_offsets(&key, sluice_client::OffsetSpec::Earliest),
+                    client.log_ends(&key, options.isolation),
+                )
+                .map_err(|e| self.client_error(e))?;
+                log_start = starts.get(&key[0]).copied().unwrap_or(-1);
+                log_end = ends.get(&key[0]).copied().unwrap_or(-1);
+            }
+            // The log now ends before the position: the topic was re-created or its log
+            // truncated. What the range still wanted is gone; under Skip the next plan starts
+            // the partition over from its log start.
+            let outrun = matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange)
+                && log_end >= 0
+                && log_end < position;
+            if outrun {
+                if self.on_loss == DataLoss::Fail {
+                    return Err(FetchRangeError::Truncated {
+                        topic: range.topic.clone(),
+                        partition: range.partition,
+                        from: range.from,
+                        until: range.until,
+                        position,
+                        log_end,
+                    });
+                }
+                self.lost += range.until - position;
+                self.high_watermark = log_end;
+                self.position = range.until;
+                break;
+            }
+            // The log no longer starts at or before the position: records were deleted
+            // (retention, DeleteRecords). Whether the broker says OFFSET_OUT_OF_RANGE or (Tansu)
+            // answers from the log start, this is data loss.
+            let deleted =
+                matches!(fetched.error, ErrorCode::None | ErrorCode::OffsetOutOfRange) && log_start > position;
+            if deleted {
+                match self.on_loss {
+                    DataLoss::Fail => return Err(self.unavailable(log_end, log_start)),
+                    DataLoss::Skip => {
+                        let resume = log_start.min(range.until);
+                        self.lost += resume - position;
+                        self.position = resume;
+                        continue;
+                    }
                 }
             }
-        }
-        match fetched.error {
-            ErrorCode::None => {}
-            ErrorCode::OffsetOutOfRange => return Err(unavailable(fetched.high_watermark, fetched.log_start_offset)),
-            code if code.is_retriable() => {
+            match fetched.error {
+                ErrorCode::None => {}
+                ErrorCode::OffsetOutOfRange => {
+                    return Err(self.unavailable(fetched.high_watermark, fetched.log_start_offset))
+                }
+                // A leader that moved, an election under way: the caller reads again from the
+                // leader fresh metadata names (the client has marked its metadata out of date).
+                code => {
+                    let broker = connection.map_or("(leader)", Connection::broker).to_owned();
+                    return Err(self.client_error(ClientError::Broker { broker, api: "Fetch", code }));
+                }
+            }
+            self.high_watermark = self.high_watermark.max(fetched.high_watermark);
+            let next = fetched.records.next_offset.unwrap_or(position);
+            if next <= position {
+                // Nothing new: the range reaches past what the log holds, for now at least (a
+                // new leader's high watermark lags a moment behind the old one's).
+                if fetched.high_watermark <= position {
+                    return Err(self.unavailable(fetched.high_watermark, fetched.log_start_offset));
+                }
                 stalled += 1;
                 continue;
             }
-            code => {
-                return Err(client_error(ClientError::Broker { broker: "(leader)".into(), api: "Fetch", code }));
-            }
+            stalled = 0;
+            let bytes: usize = fetched.records.batches.iter().map(RecordBatch::data_len).sum();
+            self.per_offset = Some(bytes as f64 / (next - position) as f64);
+            self.position = next;
+            self.batches.extend(fetched.records.batches.into_iter().filter(|b| b.header.base_offset < range.until));
         }
-        high_watermark = high_watermark.max(fetched.high_watermark);
-        let next = fetched.records.next_offset.unwrap_or(position);
-        if next <= position {
-            // Nothing new: the range reaches past what the log holds.
-            if fetched.high_watermark <= position {
-                return Err(unavailable(fetched.high_watermark, fetched.log_start_offset));
-            }
-            stalled += 1;
-            continue;
-        }
-        stalled = 0;
-        let bytes: usize = fetched.records.batches.iter().map(RecordBatch::data_len).sum();
-        per_offset = Some(bytes as f64 / (next - position) as f64);
-        position = next;
-        batches.extend(fetched.records.batches.into_iter().filter(|b| b.header.base_offset < range.until));
+        Ok(())
     }
-    Ok(RangeRecords { range: range.clone(), batches, high_watermark, lost_offsets: lost })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ pub mod scheduler;
 pub mod trigger;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use fetch::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, RangeRecords};
+pub use fetch::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, RangeReader, RangeRecords};
 pub use plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 pub use rate::PidRateEstimator;
 pub use scheduler::{

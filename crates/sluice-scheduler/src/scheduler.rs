@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions, Snapshot};
-use sluice_client::{Client, Connection, FetchOptions, OffsetSpec};
+use sluice_client::{Client, Connection, ConnectionConfig, FetchOptions, OffsetSpec};
 
 use crate::clock::Clock;
-use crate::fetch::{fetch_range_on, DataLoss, FetchRangeError, RangeRecords};
+use crate::fetch::{DataLoss, FetchRangeError, RangeReader, RangeRecords};
 use crate::plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 use crate::rate::PidRateEstimator;
 use crate::trigger::{Trigger, TriggerState};
@@ -62,8 +62,14 @@ pub struct SchedulerConfig {
     /// The next batch is planned and read while the current one is processed, when its records
     /// are expected to take at most this many bytes; 0 turns prefetching off.
     pub prefetch_max_bytes: usize,
-    /// Attempts per read task before the batch fails.
+    /// Attempts per read task before the batch fails, for failures that are not transient
+    /// (a corrupt answer, say; transient faults are retried for `fault_timeout`).
     pub task_attempts: u32,
+    /// How long planning a batch, or a read task, may keep failing on transient faults (a
+    /// leader moving, a broker restarting, a connection cut or frozen, a new leader's high
+    /// watermark catching up) before the batch fails. Until then it is retried with backoff,
+    /// from the leader fresh metadata names, a read going on from where it stopped.
+    pub fault_timeout: Duration,
     /// Offsets deleted from the log before the job read them fail the batch (true, the
     /// default), or are skipped and counted in the progress records (Spark's `failOnDataLoss`).
     pub fail_on_data_loss: bool,
@@ -103,6 +109,7 @@ impl SchedulerConfig {
             read_connections_per_broker: 2,
             prefetch_max_bytes: 256 << 20,
             task_attempts: 3,
+            fault_timeout: Duration::from_secs(300),
             fail_on_data_loss: true,
             starting_offsets: StartingOffsets::Earliest,
             ending_offsets: None,
@@ -133,7 +140,7 @@ pub enum SchedulerError {
         source: sluice_client::Error,
     },
     /// A read task kept failing.
-    #[error("batch {batch_id}: a read task failed {attempts} times, last: {source}")]
+    #[error("batch {batch_id}: a read task gave up after {attempts} attempts, last: {source}")]
     Task {
         /// The batch.
         batch_id: u64,
@@ -359,6 +366,93 @@ struct Plan {
     resets: BTreeMap<TopicPartition, i64>,
 }
 
+/// The scheduler's own read connections, per broker and slot (reads long enough to hold up a
+/// shared connection, and a broker serves one connection's requests in order). Shared with the
+/// read tasks, which look up their partition's leader each time they (re)try.
+#[derive(Debug)]
+struct ReadPool {
+    config: ConnectionConfig,
+    connections: std::sync::Mutex<BTreeMap<(String, usize), Arc<Connection>>>,
+}
+
+impl ReadPool {
+    fn new(config: ConnectionConfig) -> Self {
+        Self { config, connections: std::sync::Mutex::default() }
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, usize), Arc<Connection>>> {
+        self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Connection number `slot` to the current leader of `topic`/`partition`, made if needed.
+    async fn to_leader(
+        &self,
+        client: &Client,
+        topic: &str,
+        partition: i32,
+        slot: usize,
+    ) -> Result<Arc<Connection>, sluice_client::Error> {
+        let broker = client.leader_address(topic, partition).await?;
+        let key = (broker, slot);
+        if let Some(connection) = self.connections().get(&key).filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(connection));
+        }
+        let connection =
+            Connection::connect(&key.0, self.config.clone()).await.inspect_err(|e| client.note_error(e))?;
+        let connection = Arc::new(connection);
+        let mut connections = self.connections();
+        let pooled = connections.entry(key).or_insert_with(|| Arc::clone(&connection));
+        if pooled.is_closed() {
+            *pooled = Arc::clone(&connection);
+        }
+        Ok(Arc::clone(pooled))
+    }
+}
+
+/// The first wait before a transient fault is retried; doubled per retry up to
+/// [`MAX_FAULT_BACKOFF`].
+const FIRST_FAULT_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_FAULT_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Reads one task's range, retrying transient faults for `fault_timeout` (from the leader
+/// fresh metadata names, going on from where the read stopped) and other failures up to
+/// `attempts` times in all.
+async fn read_task(
+    client: &Client,
+    pool: &ReadPool,
+    slot: usize,
+    mut reader: RangeReader,
+    options: &FetchOptions,
+    attempts: u32,
+    fault_timeout: Duration,
+) -> Result<RangeRecords, (u32, FetchRangeError)> {
+    let deadline = std::time::Instant::now() + fault_timeout;
+    let mut backoff = FIRST_FAULT_BACKOFF;
+    let mut attempt = 0;
+    let (topic, partition) = (reader.range().topic.clone(), reader.range().partition);
+    loop {
+        attempt += 1;
+        let read = match pool.to_leader(client, &topic, partition, slot).await {
+            Ok(connection) => reader.read(client, Some(&connection), options).await,
+            Err(e) => Err(reader.client_error(e)),
+        };
+        let error = match read {
+            Ok(()) => return Ok(reader.finish()),
+            Err(error) => error,
+        };
+        let retry =
+            if error.is_transient() { std::time::Instant::now() + backoff < deadline } else { attempt < attempts };
+        if !retry {
+            return Err((attempt, error));
+        }
+        if let FetchRangeError::Client { source, .. } = &error {
+            client.note_error(source);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_FAULT_BACKOFF);
+    }
+}
+
 /// Runs micro-batches over Kafka partitions with a write-ahead checkpoint log.
 #[derive(Debug)]
 pub struct Scheduler<C: Clock> {
@@ -384,7 +478,7 @@ pub struct Scheduler<C: Clock> {
     known_high_watermarks: BTreeMap<TopicPartition, i64>,
     /// When partitions were last looked up (clock ms).
     discovered_at_ms: Option<u64>,
-    read_connections: BTreeMap<(String, usize), Arc<Connection>>,
+    read_connections: Arc<ReadPool>,
     prefetched: Option<Prefetched>,
     pattern: Option<regex::Regex>,
     /// Record bytes per offset in the last batch read, to judge whether a prefetch fits.
@@ -459,6 +553,7 @@ impl<C: Clock> Scheduler<C> {
         let interval = millis(config.batch_interval);
         let estimator = config.backpressure.then(|| PidRateEstimator::new(interval));
         Ok(Self {
+            read_connections: Arc::new(ReadPool::new(client.config().connection.clone())),
             client,
             log: Arc::new(log),
             log_prepared: false,
@@ -475,7 +570,6 @@ impl<C: Clock> Scheduler<C> {
             due_ms: None,
             known_high_watermarks: BTreeMap::new(),
             discovered_at_ms: None,
-            read_connections: BTreeMap::new(),
             prefetched: None,
             pattern,
             bytes_per_offset: None,
@@ -624,7 +718,6 @@ impl<C: Clock> Scheduler<C> {
         if self.discovered_at_ms.is_some_and(|at| now.saturating_sub(at) < interval) {
             return Ok(());
         }
-        self.discovered_at_ms = Some(now);
         let planning = |source| SchedulerError::Planning { batch_id, source };
         let metadata = match &self.pattern {
             // A pattern needs every topic's name.
@@ -692,10 +785,7 @@ impl<C: Clock> Scheduler<C> {
             // A partition that has just appeared is listed a moment before its leader serves it
             // (Kafka answers NOT_LEADER_OR_FOLLOWER meanwhile): the partitions found after the
             // first batch are taken up at a later discovery, the next batch's.
-            Err(e) if !first && e.is_retriable() => {
-                self.discovered_at_ms = None;
-                return Ok(());
-            }
+            Err(e) if !first && e.is_retriable() => return Ok(()),
             Err(e) => return Err(planning(e)),
         };
         // -1: no record that late; such a partition starts at its end.
@@ -704,7 +794,29 @@ impl<C: Clock> Scheduler<C> {
         let keys: Vec<TopicPartition> = after_all.into_keys().collect();
         let ends = self.client.log_ends(&keys, isolation).await.map_err(planning)?;
         self.positions.extend(earliest.into_iter().chain(latest).chain(found).chain(ends));
+        self.discovered_at_ms = Some(now);
         Ok(())
+    }
+
+    /// [`Scheduler::plan`], retried with backoff while it fails on transient faults (a leader
+    /// moving, a broker restarting), for `fault_timeout` at most.
+    async fn plan_through_faults(&mut self, batch_id: u64) -> Result<Plan, SchedulerError> {
+        let deadline = std::time::Instant::now() + self.config.fault_timeout;
+        let mut backoff = FIRST_FAULT_BACKOFF;
+        loop {
+            match self.plan(batch_id).await {
+                Err(SchedulerError::Planning { source, .. })
+                    if source.is_retriable()
+                        && std::time::Instant::now() + backoff < deadline
+                        && !self.stop.load(Ordering::SeqCst) =>
+                {
+                    self.client.note_error(&source);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_FAULT_BACKOFF);
+                }
+                planned => return planned,
+            }
+        }
     }
 
     async fn plan(&mut self, batch_id: u64) -> Result<Plan, SchedulerError> {
@@ -810,43 +922,23 @@ impl<C: Clock> Scheduler<C> {
         Ok(truncated)
     }
 
-    /// The scheduler's own read connection number `slot` to `broker` (reads long enough to
-    /// hold up a shared connection, and a broker serves one connection's requests in order).
-    async fn read_connection(&mut self, broker: &str, slot: usize) -> Result<Arc<Connection>, sluice_client::Error> {
-        let key = (broker.to_owned(), slot);
-        if let Some(connection) = self.read_connections.get(&key).filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(connection));
-        }
-        let connection = Arc::new(Connection::connect(broker, self.client.config().connection.clone()).await?);
-        self.read_connections.insert(key, Arc::clone(&connection));
-        Ok(connection)
-    }
-
     /// Starts the read tasks of a batch in the background.
-    async fn start_read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Result<Reading, SchedulerError> {
+    fn start_read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Reading {
         let tasks = split_ranges(ranges, self.config.min_partitions);
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_concurrent_tasks.max(1)));
         let slots = self.config.read_connections_per_broker.max(1);
         let mut running = tokio::task::JoinSet::new();
         for (index, task) in tasks.into_iter().enumerate() {
-            let planning = |source| SchedulerError::Planning { batch_id, source };
-            let leader = self.client.leader(&task.topic, task.partition).await.map_err(planning)?;
-            let connection = self.read_connection(leader.broker(), index % slots).await.map_err(planning)?;
-            let (client, options, limit) = (self.client.clone(), self.config.fetch, Arc::clone(&limit));
-            let attempts = self.config.task_attempts.max(1);
+            let (client, pool, options, limit) =
+                (self.client.clone(), Arc::clone(&self.read_connections), self.config.fetch, Arc::clone(&limit));
+            let (attempts, fault_timeout) = (self.config.task_attempts.max(1), self.config.fault_timeout);
             let on_loss = if self.config.fail_on_data_loss { DataLoss::Fail } else { DataLoss::Skip };
-            let per_offset = self.bytes_per_offset;
+            let reader = RangeReader::new(task, on_loss, self.bytes_per_offset);
             running.spawn(async move {
                 let _slot = limit.acquire_owned().await;
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match fetch_range_on(&client, &connection, &task, &options, on_loss, per_offset).await {
-                        Ok(records) => return Ok((index, records)),
-                        Err(e) if attempt >= attempts => return Err((attempt, e)),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
-                    }
-                }
+                read_task(&client, &pool, index % slots, reader, &options, attempts, fault_timeout)
+                    .await
+                    .map(|records| (index, records))
             });
         }
         let collect = async move {
@@ -866,7 +958,7 @@ impl<C: Clock> Scheduler<C> {
             read.sort_by_key(|(index, _)| *index);
             Ok(read.into_iter().map(|(_, records)| records).collect())
         };
-        Ok(Reading { handle: Some(tokio::spawn(collect)), batch_id })
+        Reading { handle: Some(tokio::spawn(collect)), batch_id }
     }
 
     /// Plans the next batch from where this one ends and starts reading it, so its data arrives
@@ -902,9 +994,8 @@ impl<C: Clock> Scheduler<C> {
         if next_offsets == 0 || estimate > self.config.prefetch_max_bytes as f64 {
             return;
         }
-        if let Ok(reading) = self.start_read(batch_id + 1, &plan.ranges).await {
-            self.prefetched = Some(Prefetched { plan, reading });
-        }
+        let reading = self.start_read(batch_id + 1, &plan.ranges);
+        self.prefetched = Some(Prefetched { plan, reading });
     }
 
     /// Plans (or takes the open intent), writes the intent, reads, processes, commits.
@@ -929,7 +1020,7 @@ impl<C: Clock> Scheduler<C> {
                         let log = Arc::clone(&self.log);
                         tokio::task::spawn_blocking(move || log.prepare())
                     });
-                    let planned = self.plan(batch_id).await;
+                    let planned = self.plan_through_faults(batch_id).await;
                     if let Some(preparing) = preparing {
                         preparing.await.map_err(|e| SchedulerError::Processing {
                             batch_id,
@@ -946,7 +1037,7 @@ impl<C: Clock> Scheduler<C> {
         // durable; nothing is processed before the intent is.
         let mut reading = match reading.take() {
             Some(reading) => reading,
-            None => self.start_read(batch_id, &ranges).await?,
+            None => self.start_read(batch_id, &ranges),
         };
         let intent = BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
         let appended_before = self.log.stats().map_or(0, |s| s.appended_bytes);

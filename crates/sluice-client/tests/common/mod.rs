@@ -14,6 +14,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod cluster;
 pub mod java;
 pub mod member;
 pub mod proxy;
@@ -226,7 +227,7 @@ impl Broker {
         }
     }
 
-    /// Kills node `node` (1-based) with SIGKILL: a crash. Kafka keeps its storage, so
+    /// Kills node `node` (1-based; Kafka's node id) with SIGKILL: a crash. Kafka keeps its storage, so
     /// [`Broker::restart`] brings back what it had acknowledged; Tansu's memory storage is lost.
     pub fn kill(&self, node: u32) {
         match &self.process {
@@ -249,6 +250,15 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Stops Kafka node `node` (1-based) cleanly, as a rolling restart does: SIGTERM, and the
+    /// node's controlled shutdown moves its leaderships to the others first. Kafka only.
+    pub fn stop_node(&self, node: u32) {
+        let Process::Kafka { dir, pids, .. } = &self.process else { panic!("stop_node needs Apache Kafka") };
+        assert!(self.owns(), "a test must not stop the shared broker");
+        kafka_sh(&["stop-node", &dir.to_string_lossy(), &node.to_string()]);
+        pids.lock().unwrap().remove(&node);
     }
 
     /// Starts node `node` again on the same address after [`Broker::kill`], and waits until it
