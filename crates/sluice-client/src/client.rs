@@ -902,6 +902,7 @@ impl Client {
         let request = fetch_request(&naming, topic, partition, offset, epoch, options);
         let version = naming.version;
         let response = connection.send_version(&request, version).await.inspect_err(|e| self.note_error(e))?;
+        connection.throttle(response.throttle_time_ms);
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)
             .inspect_err(|e| self.note_error(e))?;
         let answer = response

@@ -102,6 +102,9 @@ struct Shared {
     /// The reader and writer tasks, stopped (and the socket with them) when the connection closes
     /// or its handle is dropped.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Until when the broker asked this client to send nothing more (a quota's throttle time,
+    /// KIP-219): the writer holds further requests until then.
+    throttled_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Shared {
@@ -125,6 +128,10 @@ impl Shared {
             let _ = waiter.send(Err(reason.clone()));
         }
         self.stop_tasks();
+    }
+
+    fn throttled_until(&self) -> Option<tokio::time::Instant> {
+        *self.throttled_until.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stop_tasks(&self) {
@@ -422,6 +429,19 @@ impl Connection {
         }
     }
 
+    /// Honours a throttle time a broker sent with a response (`throttle_time_ms`, KIP-219: a
+    /// client over its quota is answered at once and told how long to hold off): requests
+    /// queued from now on are written once it has passed.
+    pub fn throttle(&self, throttle_time_ms: i32) {
+        let Ok(ms) = u64::try_from(throttle_time_ms) else { return };
+        if ms == 0 {
+            return;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        let mut throttled = self.shared.throttled_until.lock().unwrap_or_else(PoisonError::into_inner);
+        *throttled = Some(throttled.map_or(until, |at| at.max(until)));
+    }
+
     fn closed_error(&self, reason: Closed) -> Error {
         closed_error(self.broker.clone(), reason)
     }
@@ -513,6 +533,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut queue: mpsc::Receiver<B
     let mut out = BufWriter::with_capacity(64 * 1024, write);
     let result: std::io::Result<()> = async {
         while let Some(frame) = queue.recv().await {
+            if let Some(until) = shared.throttled_until() {
+                tokio::time::sleep_until(until).await;
+            }
             out.write_all(&frame).await?;
             // Coalesce whatever else is already queued into the same flush.
             while let Ok(frame) = queue.try_recv() {

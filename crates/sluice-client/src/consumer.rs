@@ -387,6 +387,7 @@ impl Consumer {
         response: FetchResponse,
         out: &mut Vec<PartitionRecords>,
     ) -> Result<()> {
+        connection.throttle(response.throttle_time_ms);
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
         let mut failure = None;
         for topic in response.responses {

@@ -936,10 +936,13 @@ async fn send_round(shared: &Arc<Shared>, connection: &Arc<Connection>, batches:
     match connection.enqueue(&request, version).await {
         Ok(in_flight) => {
             let shared = Arc::clone(shared);
-            let broker = connection.broker().to_owned();
+            let connection = Arc::clone(connection);
             tokio::spawn(async move {
                 match in_flight.response().await {
-                    Ok(response) => handle_response(&shared, &broker, &naming, batches, &response),
+                    Ok(response) => {
+                        connection.throttle(response.throttle_time_ms);
+                        handle_response(&shared, connection.broker(), &naming, batches, &response);
+                    }
                     Err(e) => fail_all(&shared, batches, &e),
                 }
             });

@@ -329,3 +329,22 @@ async fn connections_keep_alive_unless_told_not_to() {
         connecting.abort();
     }
 }
+
+/// A throttle time a broker sends with a response (KIP-219: a client over its quota is answered
+/// at once and told how long to hold off) holds the connection's next requests until it has
+/// passed: a request queued right after a 300 ms throttle is answered no sooner than 300 ms
+/// later (a lower bound, which no machine's speed can break).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_connection_holds_its_next_requests_until_the_throttle_time_has_passed() {
+    let broker = common::shared();
+    let connection = Connection::connect(&broker.addr, ConnectionConfig::default()).await.unwrap();
+    connection.send(&ApiVersionsRequest::default()).await.unwrap();
+    connection.throttle(300);
+    let asked = Instant::now();
+    connection.send(&ApiVersionsRequest::default()).await.unwrap();
+    assert!(asked.elapsed() >= Duration::from_millis(300), "answered {:?} after a 300 ms throttle", asked.elapsed());
+    // Zero and negative throttle times (brokers before KIP-219 send 0) hold nothing up.
+    connection.throttle(0);
+    connection.throttle(-5);
+    connection.send(&ApiVersionsRequest::default()).await.unwrap();
+}

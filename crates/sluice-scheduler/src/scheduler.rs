@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions, Snapshot};
-use sluice_client::{Client, Connection, ConnectionConfig, FetchOptions, OffsetSpec};
+use sluice_client::{Client, ClusterMetadata, Connection, ConnectionConfig, FetchOptions, OffsetSpec};
+use sluice_protocol::error_code::ErrorCode;
 
 use crate::clock::Clock;
 use crate::fetch::{DataLoss, FetchRangeError, RangeReader, RangeRecords};
@@ -183,6 +184,19 @@ pub enum SchedulerError {
         position: i64,
         /// The partition's log end now.
         log_end: i64,
+    },
+    /// A partition the job has read is no longer in the cluster (its topic was deleted, or made
+    /// again with fewer partitions), and `fail_on_data_loss` is on.
+    #[error("planning batch {batch_id}: {topic}/{partition}, which this job had read up to offset {position}, is no longer in the cluster (the topic was deleted, or re-created with fewer partitions), so records may have been lost (turn fail_on_data_loss off to drop it and go on)")]
+    PartitionGone {
+        /// The batch being planned.
+        batch_id: u64,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The job's position in it.
+        position: i64,
     },
     /// The log holds an intent whose ranges this scheduler cannot use.
     #[error("checkpoint: {0}")]
@@ -725,11 +739,14 @@ impl<C: Clock> Scheduler<C> {
             None => {
                 let mut topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
                 topics.extend(self.config.assign.iter().map(|(topic, _)| topic.as_str()));
+                // And the topics the job has positions in (from its checkpoint), to see them gone.
+                topics.extend(self.positions.keys().map(|(topic, _)| topic.as_str()));
                 topics.sort_unstable();
                 topics.dedup();
                 self.client.refresh_metadata(Some(&topics)).await.map_err(planning)?
             }
         };
+        self.prune_gone(batch_id, &metadata)?;
         let mut topics = self.config.topics.clone();
         if let Some(pattern) = &self.pattern {
             let matching = metadata.topics.iter().filter(|(name, t)| !t.is_internal && pattern.is_match(name));
@@ -811,12 +828,43 @@ impl<C: Clock> Scheduler<C> {
                         && !self.stop.load(Ordering::SeqCst) =>
                 {
                     self.client.note_error(&source);
+                    // The partitions are looked up again too: one may be gone.
+                    self.discovered_at_ms = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_FAULT_BACKOFF);
                 }
                 planned => return planned,
             }
         }
+    }
+
+    /// Drops the positions of partitions no longer in the cluster (the topic deleted, or made
+    /// again with fewer partitions), as Spark does: their records from the job's position on
+    /// are gone, which fails the batch under `fail_on_data_loss`. Without this, planning would
+    /// ask for the offsets of a partition that does not exist, forever.
+    fn prune_gone(&mut self, batch_id: u64, metadata: &ClusterMetadata) -> Result<(), SchedulerError> {
+        let gone: Vec<TopicPartition> = self
+            .positions
+            .keys()
+            .filter(|(topic, partition)| match metadata.topics.get(topic) {
+                None => true,
+                Some(t) if t.error == ErrorCode::UnknownTopicOrPartition => true,
+                Some(t) if t.error == ErrorCode::None => !t.partitions.iter().any(|p| p.partition == *partition),
+                // Another topic-level error (an election under way): not a verdict.
+                Some(_) => false,
+            })
+            .cloned()
+            .collect();
+        for key in gone {
+            let position = self.positions.get(&key).copied().unwrap_or_default();
+            if self.config.fail_on_data_loss {
+                let (topic, partition) = key;
+                return Err(SchedulerError::PartitionGone { batch_id, topic, partition, position });
+            }
+            self.positions.remove(&key);
+            self.known_high_watermarks.remove(&key);
+        }
+        Ok(())
     }
 
     async fn plan(&mut self, batch_id: u64) -> Result<Plan, SchedulerError> {

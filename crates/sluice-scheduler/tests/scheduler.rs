@@ -436,6 +436,54 @@ async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_sta
 
 /// A job with `config` running in a task of its own, its records gathered in the returned
 /// `Shared`; the directory holds its checkpoint (keep it until the job ends).
+/// A topic deleted and made again with fewer partitions: the job's checkpoint has positions in
+/// partitions that no longer exist. Before, planning asked for their offsets forever, whatever
+/// `fail_on_data_loss` said; now the job fails saying which partition is gone, or drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_gone_from_the_cluster_fail_the_job_or_are_dropped_from_its_checkpoint() {
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let shrunk = unique("shrunk");
+    client.create_topic(&shrunk, 3, 1).await.unwrap();
+    produce_tagged(&client, &shrunk, 3, 20, "old").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |fail_on_data_loss| SchedulerConfig {
+        trigger: sluice_scheduler::Trigger::AvailableNow,
+        fail_on_data_loss,
+        // Anything else still failing would otherwise be retried for minutes.
+        fault_timeout: Duration::from_secs(5),
+        ..SchedulerConfig::new([&shrunk], Duration::from_millis(100))
+    };
+    let mut first = Collect::default();
+    Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0))
+        .unwrap()
+        .run(&mut first, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(values(&first), tagged("old", 0..3, 20));
+
+    client.delete_topic(&shrunk).await.unwrap();
+    client.create_topic(&shrunk, 1, 1).await.unwrap();
+    // Fewer records than the job had read of partition 0, so that its new log is seen to be new.
+    produce_tagged(&client, &shrunk, 1, 10, "new").await;
+
+    let mut failing = Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0)).unwrap();
+    let error = failing.run(&mut Collect::default(), |_| {}).await.unwrap_err();
+    assert!(matches!(error, SchedulerError::PartitionGone { position: 20, .. }), "{error}");
+    assert!(error.to_string().contains("no longer in the cluster"), "{error}");
+    drop(failing);
+
+    let mut second = Collect::default();
+    let mut sources = std::collections::BTreeSet::new();
+    Scheduler::open(client.clone(), dir.path(), config(false), ManualClock::new(0))
+        .unwrap()
+        .run(&mut second, |p| sources.extend(p.sources.iter().map(|s| s.partition)))
+        .await
+        .unwrap();
+    assert_eq!(values(&second), tagged("new", 0..1, 10), "the new partition read whole, once");
+    assert_eq!(sources, [0].into(), "the gone partitions are no longer planned");
+}
+
 fn run_in_background(
     client: &Client,
     config: SchedulerConfig,
