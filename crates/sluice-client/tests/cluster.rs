@@ -118,7 +118,7 @@ async fn producer_consumer_and_group_ride_through_a_leader_kill_a_rolling_restar
     let client = Client::connect(config.clone()).await.unwrap();
     let topic = unique("riding");
     client.create_topic(&topic, PARTITIONS, 3).await.unwrap();
-    cluster::wait_in_sync(&client, &[&topic], 3).await;
+    cluster::wait_in_sync(&client).await;
 
     // Each party has a client of its own, as separate applications would.
     let stop_producing = Arc::new(AtomicBool::new(false));
@@ -159,10 +159,10 @@ async fn producer_consumer_and_group_ride_through_a_leader_kill_a_rolling_restar
     }
 
     wait_for("the consumer, before the faults", &consumed, 5_000).await;
-    cluster::kill_leader(&cluster, &client, &[&topic, "__consumer_offsets"], Duration::from_secs(3)).await;
+    cluster::kill_leader(&cluster, &client, &topic, Duration::from_secs(3)).await;
     let so_far = consumed.lock().unwrap().len();
     wait_for("the consumer, after the leader kill", &consumed, so_far + 5_000).await;
-    cluster::rolling_restart(&cluster, &client, &[&topic, "__consumer_offsets"]).await;
+    cluster::rolling_restart(&cluster, &client).await;
     eprintln!("[fault: {ADDED} partitions added]");
     client.create_partitions(&topic, PARTITIONS + ADDED).await.unwrap();
     partitions.store((PARTITIONS + ADDED) as usize, Ordering::SeqCst);

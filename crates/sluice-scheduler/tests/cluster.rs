@@ -105,7 +105,7 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
     let client = Client::connect(ClientConfig::new(cluster.bootstrap.clone())).await.unwrap();
     let topic = unique("survive");
     client.create_topic(&topic, PARTITIONS, 3).await.unwrap();
-    cluster::wait_in_sync(&client, &[&topic], 3).await;
+    cluster::wait_in_sync(&client).await;
 
     let producing = Arc::new(AtomicBool::new(false));
     let producer = tokio::spawn(produce_until(client.clone(), topic.clone(), Arc::clone(&producing)));
@@ -124,9 +124,9 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
         );
 
     wait_for_progress(&seen, 0, 2_000, &mut running).await;
-    cluster::kill_leader(&cluster, &client, &[&topic], Duration::from_secs(3)).await;
+    cluster::kill_leader(&cluster, &client, &topic, Duration::from_secs(3)).await;
     wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
-    cluster::rolling_restart(&cluster, &client, &[&topic]).await;
+    cluster::rolling_restart(&cluster, &client).await;
     wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
 
     producing.store(true, Ordering::SeqCst);

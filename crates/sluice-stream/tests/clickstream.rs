@@ -9,6 +9,10 @@
 //!   committed once, as a `read_committed` reader (sluice's consumer, and the Java client's on
 //!   Apache Kafka) sees it.
 //!
+//! - on a three-node Apache Kafka cluster, run through a leader killed and brought back and a
+//!   rolling restart of every node, it never stops: its files are byte-identical to a run
+//!   without faults, and its transactional sink's output holds every record once.
+//!
 //! The job runs in a child process: this test binary again, with `CHILD_ENV` set. Kill delays
 //! come from a seed printed at the start (`SLUICE_KILL_SEED` replays it).
 
@@ -23,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{unique, Kind, Rng};
+use common::{cluster, unique, Broker, Kind, Rng};
 use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::record::ControlRecordType;
 use sluice_scheduler::{Clock, ManualClock, RateLimits, SystemClock};
@@ -76,17 +80,25 @@ impl Topics {
     }
 }
 
-/// The broker's address and new topics, the input holding the clicks (and one record that is not
-/// a click); returns each partition's record count too.
+/// The shared broker's address and new topics, the input holding the clicks (and one record that
+/// is not a click); returns each partition's record count too.
 fn broker_with_clicks() -> (String, Topics, BTreeMap<i32, i64>) {
     let broker = common::shared();
+    let (topics, counts) = clicks_on(&broker.addr, 1);
+    (broker.addr.clone(), topics, counts)
+}
+
+/// New topics with `replicas` replicas on the cluster `bootstrap` (addresses separated by
+/// commas), the input holding the clicks (and one record that is not a click); returns each
+/// partition's record count too.
+fn clicks_on(bootstrap: &str, replicas: i16) -> (Topics, BTreeMap<i32, i64>) {
     let topics = Topics { prefix: unique("clickstream") };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let counts = runtime.block_on(async {
-        let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-        client.create_topic(&topics.clicks(), PARTITIONS, 1).await.unwrap();
+        let client = Client::connect(ClientConfig::new(bootstrap.split(','))).await.unwrap();
+        client.create_topic(&topics.clicks(), PARTITIONS, replicas).await.unwrap();
         for output in ["top-items", "sessions"] {
-            client.create_topic(&topics.output(output), 1, 1).await.unwrap();
+            client.create_topic(&topics.output(output), 1, replicas).await.unwrap();
         }
         let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
         let mut counts: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
@@ -102,7 +114,7 @@ fn broker_with_clicks() -> (String, Topics, BTreeMap<i32, i64>) {
         producer.flush().await;
         counts
     });
-    (broker.addr.clone(), topics, counts)
+    (topics, counts)
 }
 
 /// Where the job writes: JSON-lines files under `out/`, or the topics `top-items` and
@@ -129,7 +141,7 @@ impl Output {
 }
 
 fn kafka_sink<T: serde::Serialize>(broker: &str, topic: &str, output: Output) -> KafkaSink<T> {
-    let sink = KafkaSink::json(ClientConfig::new([broker]), topic, format!("clickstream-{topic}"));
+    let sink = KafkaSink::json(ClientConfig::new(broker.split(',')), topic, format!("clickstream-{topic}"));
     if output == Output::KafkaTransactions {
         sink.transactional()
     } else {
@@ -137,7 +149,11 @@ fn kafka_sink<T: serde::Serialize>(broker: &str, topic: &str, output: Output) ->
     }
 }
 
-/// Runs the job to the end of the input: batches of 20 ms, 30 records per partition each.
+/// The usual rate: 30 records per partition in each 20 ms batch.
+const RATE: f64 = 1_500.0;
+
+/// Runs the job to the end of the input (on the brokers `broker` names, separated by commas):
+/// batches of 20 ms, each taking `rate` × 20 ms records of each partition.
 async fn run_job<C: Clock>(
     broker: &str,
     topics: &Topics,
@@ -145,10 +161,12 @@ async fn run_job<C: Clock>(
     counts: &BTreeMap<i32, i64>,
     clock: C,
     output: Output,
+    rate: f64,
 ) -> (u64, u64, u64) {
     let clicks = topics.clicks();
-    let mut config = StreamConfig::new([broker], [clicks.as_str()], Duration::from_millis(20), dir.join("checkpoint"));
-    config.scheduler.limits = RateLimits { max_per_partition: Some(1_500.0), min_per_partition: 0.0 };
+    let mut config =
+        StreamConfig::new(broker.split(','), [clicks.as_str()], Duration::from_millis(20), dir.join("checkpoint"));
+    config.scheduler.limits = RateLimits { max_per_partition: Some(rate), min_per_partition: 0.0 };
     config.scheduler.ending_offsets = Some(counts.iter().map(|(p, n)| ((clicks.clone(), *p), *n)).collect());
     config.snapshot_every = 7;
     let ctx = StreamingContext::new(config);
@@ -267,7 +285,7 @@ async fn the_example_publishes_the_top_items_and_sessions_computed_independently
     let (broker, topics, counts) = tokio::task::spawn_blocking(broker_with_clicks).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (batches, unparsable, late) =
-        run_job(&broker, &topics, dir.path(), &counts, ManualClock::new(0), Output::Files).await;
+        run_job(&broker, &topics, dir.path(), &counts, ManualClock::new(0), Output::Files, RATE).await;
     println!("clickstream: {batches} batches");
     assert!(batches > 90, "rate-limited into many batches: {batches}");
     assert_eq!(unparsable, 1, "the record that is not a click");
@@ -331,7 +349,7 @@ fn run_child_if_asked() {
     let counts: BTreeMap<i32, i64> =
         counts.split(',').enumerate().map(|(p, n)| (p as i32, n.parse().unwrap())).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(run_job(broker, &topics, Path::new(dir), &counts, SystemClock::new(), output));
+    runtime.block_on(run_job(broker, &topics, Path::new(dir), &counts, SystemClock::new(), output, RATE));
     std::process::exit(0);
 }
 
@@ -470,7 +488,7 @@ fn kafka_output(test: &str, output: Output, default_kills: u64) -> (Job, Vec<Kaf
     assert!(child(test, Output::Files, clean.path(), &job, None));
     let _crashed = crash_runs(test, output, &job, kills(default_kills));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let client = runtime.block_on(Client::connect(ClientConfig::new([job.broker.as_str()]))).unwrap();
+    let client = runtime.block_on(Client::connect(ClientConfig::new(job.broker.split(',')))).unwrap();
     let outputs = ["top-items", "sessions"]
         .into_iter()
         .map(|name| {
@@ -546,7 +564,7 @@ fn read_committed(broker: &str, topic: &str) -> Vec<String> {
     use sluice_client::{Consumer, ConsumerConfig, Isolation, StartAt};
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
+        let client = Client::connect(ClientConfig::new(broker.split(','))).await.unwrap();
         let end = client.log_end(topic, 0, Isolation::ReadCommitted).await.unwrap();
         let config = ConsumerConfig {
             isolation: Isolation::ReadCommitted,
@@ -566,4 +584,73 @@ fn read_committed(broker: &str, topic: &str) -> Vec<String> {
         }
         panic!("{topic}: the read_committed consumer did not reach offset {end}");
     })
+}
+
+/// On a three-node cluster (replication factor 3, `min.insync.replicas` 2) the job runs, slowed
+/// to three records per partition a batch so that it is under way through the faults, while the
+/// leader of its input is killed with SIGKILL and brought back, and then every node is restarted
+/// in turn. Two runs at once: one writing files, one writing to Kafka in transactions. Neither
+/// stops; the files are byte-identical to those of a run without faults, and the transactional
+/// sink's topics hold every record once, as a read_committed consumer sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_job_rides_through_a_leader_kill_and_a_rolling_restart() {
+    if common::kind() != Kind::Kafka {
+        println!("SKIPPED: a leader kill and a rolling restart need a three-node cluster, and Tansu has none");
+        return;
+    }
+    const SLOW: f64 = 150.0;
+    let began = std::time::Instant::now();
+    let cluster = Broker::start_cluster(3);
+    let bootstrap = cluster.bootstrap.join(",");
+    let (topics, counts) = {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || clicks_on(&bootstrap, 3)).await.unwrap()
+    };
+    let clean = tempfile::tempdir().unwrap();
+    run_job(&bootstrap, &topics, clean.path(), &counts, ManualClock::new(0), Output::Files, SLOW).await;
+    println!("[the run without faults done at {:.0} s]", began.elapsed().as_secs_f64());
+
+    let (files_dir, transactions_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |output: Output, dir: PathBuf| {
+        let (bootstrap, topics, counts) = (bootstrap.clone(), topics.clone(), counts.clone());
+        tokio::spawn(async move { run_job(&bootstrap, &topics, &dir, &counts, SystemClock::new(), output, SLOW).await })
+    };
+    let files_run = start(Output::Files, files_dir.path().to_owned());
+    let transactions_run = start(Output::KafkaTransactions, transactions_dir.path().to_owned());
+    let client = Client::connect(ClientConfig::new(cluster.bootstrap.clone())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster::kill_leader(&cluster, &client, &topics.clicks(), Duration::from_secs(3)).await;
+    let running = [&files_run, &transactions_run].iter().filter(|run| !run.is_finished()).count();
+    println!(
+        "[{running} of the 2 runs still under way after the leader kill, at {:.0} s]",
+        began.elapsed().as_secs_f64()
+    );
+    assert_eq!(running, 2, "both runs must be under way through the leader kill (slow them down further)");
+    cluster::rolling_restart(&cluster, &client).await;
+    let running = [&files_run, &transactions_run].iter().filter(|run| !run.is_finished()).count();
+    println!(
+        "[{running} of the 2 runs still under way after the rolling restart, at {:.0} s]",
+        began.elapsed().as_secs_f64()
+    );
+    assert!(running > 0, "a run must be under way through the rolling restart (slow them down further)");
+    files_run.await.unwrap();
+    transactions_run.await.unwrap();
+    println!("[both runs done at {:.0} s]", began.elapsed().as_secs_f64());
+
+    let expected = files(&clean.path().join("out"));
+    let got = files(&files_dir.path().join("out"));
+    assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same files");
+    for (path, bytes) in &expected {
+        assert!(got[path] == *bytes, "{} differs from the run without faults", path.display());
+    }
+    for name in ["top-items", "sessions"] {
+        let topic = topics.output(name);
+        let (written, aborted) = committed_values(&client, &topic).await;
+        let expected = file_lines(&clean.path().join("out"), name);
+        println!("transactional sink ({name}): {} records committed, {aborted} in aborted transactions", written.len());
+        assert_eq!(written, expected, "{name}: committed once each, in batch order");
+        let bootstrap = bootstrap.clone();
+        let read = tokio::task::spawn_blocking(move || read_committed(&bootstrap, &topic)).await.unwrap();
+        assert_eq!(read, expected, "{name}: a read_committed consumer sees each record once");
+    }
 }

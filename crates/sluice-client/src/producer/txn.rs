@@ -105,16 +105,19 @@ impl Transaction {
         let api = R::NAME.strip_suffix("Request").unwrap_or(R::NAME);
         let deadline = Instant::now() + client.config().connection.request_timeout;
         loop {
-            let coordinator = self.coordinator(client).await?;
-            let broker = coordinator.broker().to_owned();
-            let sent = match coordinator.version_for::<R>(cap) {
-                Ok(version) => coordinator.send_version(request, version).await,
+            // A coordinator that cannot be found or reached (its broker down, its partition
+            // moving) is looked up again, like one that answers it is not the coordinator.
+            let sent = match self.coordinator(client).await {
+                Ok(coordinator) => match coordinator.version_for::<R>(cap) {
+                    Ok(version) => coordinator.send_version(request, version).await.map(|r| (coordinator, r)),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             let error = match sent {
-                Ok(response) => match ErrorCode::from_code(code(&response)) {
+                Ok((coordinator, response)) => match ErrorCode::from_code(code(&response)) {
                     ErrorCode::None => return Ok(response),
-                    code => Error::Broker { broker, api, code },
+                    code => Error::Broker { broker: coordinator.broker().to_owned(), api, code },
                 },
                 Err(e) => e,
             };
@@ -126,6 +129,7 @@ impl Transaction {
                 Some(find_again) if Instant::now() < deadline => {
                     if find_again {
                         self.coordinator = None;
+                        client.note_error(&error);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -258,24 +262,39 @@ impl Producer {
         // TxnOffsetCommit goes to the group's coordinator, not the transaction's.
         let deadline = Instant::now() + client.config().connection.request_timeout;
         loop {
-            let coordinator = client.group_coordinator(&group_id).await?;
-            let version = coordinator.version_for::<TxnOffsetCommitRequest>(Some(TXN_OFFSET_COMMIT_V1_MAX_VERSION))?;
-            let response = coordinator.send_version(&commit, version).await?;
-            let code = response
-                .topics
-                .iter()
-                .flat_map(|t| t.partitions.iter())
-                .map(|p| ErrorCode::from_code(p.error_code))
-                .find(|c| *c != ErrorCode::None);
-            match code {
-                None => return Ok(()),
-                Some(code) if retry_code(code).is_some() && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let answer = async {
+                let coordinator = client.group_coordinator(&group_id).await?;
+                let version =
+                    coordinator.version_for::<TxnOffsetCommitRequest>(Some(TXN_OFFSET_COMMIT_V1_MAX_VERSION))?;
+                let response = coordinator.send_version(&commit, version).await?;
+                let code = response
+                    .topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter())
+                    .map(|p| ErrorCode::from_code(p.error_code))
+                    .find(|c| *c != ErrorCode::None);
+                match code {
+                    None => Ok(()),
+                    Some(code) => {
+                        Err(Error::Broker { broker: coordinator.broker().to_owned(), api: "TxnOffsetCommit", code })
+                    }
                 }
-                Some(code) => {
-                    return Err(Error::Broker { broker: coordinator.broker().to_owned(), api: "TxnOffsetCommit", code })
-                }
+            };
+            let error = match answer.await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            // The group's coordinator moving or unreachable, or busy: look again, for up to the
+            // request timeout.
+            let again = match &error {
+                Error::Broker { code, .. } => retry_code(*code).is_some(),
+                other => other.is_retriable(),
+            };
+            if !again || Instant::now() >= deadline {
+                return Err(error);
             }
+            client.note_error(&error);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
