@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Long SIGKILL campaigns for the scheduler and the streaming engine, beyond the 20 (10 for each
-# Kafka sink) kills the test suite runs. Each kills a job at random moments COUNT times against a
-# Tansu broker the test starts, restarts it each time, and checks:
+# Long crash campaigns for the scheduler and the streaming engine, beyond the 20 (10 for each
+# Kafka sink) kills and the two cluster faults the test suite runs. The first four kill a job at
+# random moments COUNT times against the test broker (Apache Kafka by default), restart it each
+# time, and check:
 #   scheduler   committed ranges cover every offset of 8 partitions exactly once
 #   files       the clickstream job's JSON-lines output is byte-identical to a run without crashes
 #   kafka       the clickstream job writing to Kafka loses nothing (duplicates counted)
 #   txn         ... with transactions, each record committed once
+# The last leaves the job running and breaks the cluster under it instead:
+#   cluster     COUNT random faults on a three-node Kafka cluster (a partition's leader or any node
+#               killed with SIGKILL, or a node stopped cleanly, each started again after 0.5-5 s)
+#               while a job reads from it and a producer writes to it: every record read exactly
+#               once; prints the longest stall each kind of fault caused
 #
-#   scripts/crash-test.sh COUNT [scheduler|files|kafka|txn|all]   (default: 200 all)
+#   scripts/crash-test.sh COUNT [scheduler|files|kafka|txn|cluster|all]   (default: 200 all;
+#   "all" runs COUNT/4 cluster faults, each takes about 15 s)
 #
 # (The Kafka campaigns run COUNT/10 rounds of about 10 kills each: a job writing to Kafka is not
 # started afresh on the same topics.)
@@ -18,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-200}
 which=${2:-all}
-[ -x .peers/bin/tansu ] || scripts/install-peers.sh
+[ -d .peers/kafka/lib ] && [ -x .peers/bin/tansu ] || scripts/install-peers.sh
 
 stream() {
   SLUICE_STREAM_KILLS=$count cargo test --release -p sluice-stream --test clickstream -- --exact "$1" --nocapture
@@ -38,7 +45,12 @@ case $which in
       --exact committed_ranges_cover_every_offset_once_across_sigkills --nocapture ;;&
   files|all) stream killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_crashes ;;&
   kafka|all) kafka_rounds killed_with_the_idempotent_kafka_sink_no_record_is_lost_and_duplicates_are_counted ;;&
-  txn|all) kafka_rounds killed_with_the_transactional_kafka_sink_each_record_is_committed_exactly_once ;;
-  scheduler|files|kafka) ;;
-  *) echo "unknown campaign: $which (scheduler, files, kafka, txn or all)" >&2; exit 2 ;;
+  txn|all) kafka_rounds killed_with_the_transactional_kafka_sink_each_record_is_committed_exactly_once ;;&
+  cluster|all)
+    faults=$count
+    [ "$which" = all ] && faults=$(( (count + 3) / 4 ))
+    SLUICE_CLUSTER_FAULTS=$faults cargo test --release -p sluice-scheduler --test cluster -- \
+      --exact a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolling_restart --nocapture ;;
+  scheduler|files|kafka|txn) ;;
+  *) echo "unknown campaign: $which (scheduler, files, kafka, txn, cluster or all)" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 //! The micro-batch loop. Each batch: plan the offset ranges, write them as the batch's intent
-//! to the checkpoint log and make it durable, read the ranges (tasks in parallel, each retried a
-//! bounded number of times), hand the records to the processor, and when it returns, write the
+//! to the checkpoint log and make it durable, read the ranges (tasks in parallel, each retried
+//! from its partition's current leader through transient faults, for `fault_timeout`), hand the
+//! records to the processor, and when it returns, write the
 //! batch's commit and make it durable. On open, the log says where to resume: after the last
 //! committed batch, re-running an intent that has no commit with exactly its ranges.
 

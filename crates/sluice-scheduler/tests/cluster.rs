@@ -2,6 +2,11 @@
 //! `min.insync.replicas` 2) that changes under a running job, as clusters do: the leader of
 //! the partitions killed and brought back, then a rolling restart of every node. The job never
 //! stops, and reads every record of the log exactly once.
+//!
+//! `SLUICE_CLUSTER_FAULTS=N` (`scripts/crash-test.sh N cluster`) runs N random faults instead:
+//! a node killed with SIGKILL (the leader of a partition, or any node) or stopped cleanly, and
+//! started again after a random while; the seed is printed (`SLUICE_FAULT_SEED` replays it),
+//! and so is the longest stall each kind of fault caused.
 
 #[path = "../../sluice-client/tests/common/mod.rs"]
 mod common;
@@ -11,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cluster, unique, Broker, Kind};
+use common::{cluster, unique, Broker, Kind, Rng};
 use sluice_client::{Acks, Client, ClientConfig, Isolation, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{Batch, BatchOutput, Processor, Scheduler, SchedulerConfig, SystemClock};
 
@@ -64,16 +69,16 @@ async fn produce_until(client: Client, topic: String, stop: Arc<AtomicBool>) -> 
         }
     }
     let mut acknowledged = BTreeSet::new();
-    let mut failed = 0;
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for (value, delivery) in deliveries {
         match delivery.await {
             Ok(_) => {
                 acknowledged.insert(value);
             }
-            Err(_) => failed += 1,
+            Err(e) => *failures.entry(e.to_string()).or_default() += 1,
         }
     }
-    eprintln!("[producer: {} records acknowledged, {failed} failed]", acknowledged.len());
+    eprintln!("[producer: {} records acknowledged, failures: {failures:?}]", acknowledged.len());
     acknowledged
 }
 
@@ -124,10 +129,55 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
         );
 
     wait_for_progress(&seen, 0, 2_000, &mut running).await;
-    cluster::kill_leader(&cluster, &client, &topic, Duration::from_secs(3)).await;
-    wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
-    cluster::rolling_restart(&cluster, &client).await;
-    wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
+    let mut faults: Vec<(&str, Instant)> = Vec::new();
+    match std::env::var("SLUICE_CLUSTER_FAULTS").ok().and_then(|n| n.parse::<u32>().ok()) {
+        None => {
+            faults.push(("leader SIGKILL", Instant::now()));
+            cluster::kill_leader(&cluster, &client, &topic, Duration::from_secs(3)).await;
+            wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
+            faults.push(("rolling restart", Instant::now()));
+            cluster::rolling_restart(&cluster, &client).await;
+            wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
+        }
+        Some(count) => {
+            let seed = std::env::var("SLUICE_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+            });
+            eprintln!("[{count} random faults, seed {seed} (replay with SLUICE_FAULT_SEED={seed})]");
+            let mut rng = Rng(seed | 1);
+            for _ in 0..count {
+                let down = Duration::from_millis(500 + rng.below(4_500));
+                let node = u32::try_from(1 + rng.below(3)).unwrap();
+                match rng.below(3) {
+                    0 => {
+                        faults.push(("leader SIGKILL", Instant::now()));
+                        let partition = i32::try_from(rng.below(PARTITIONS as u64)).unwrap();
+                        let leader = cluster::leader_of(&client, &topic, partition).await;
+                        eprintln!("[fault: SIGKILL node {leader}, the leader of {topic}/{partition}]");
+                        tokio::task::block_in_place(|| cluster.kill(leader));
+                        tokio::time::sleep(down).await;
+                        tokio::task::block_in_place(|| cluster.restart(leader));
+                    }
+                    1 => {
+                        faults.push(("node SIGKILL", Instant::now()));
+                        eprintln!("[fault: SIGKILL node {node}]");
+                        tokio::task::block_in_place(|| cluster.kill(node));
+                        tokio::time::sleep(down).await;
+                        tokio::task::block_in_place(|| cluster.restart(node));
+                    }
+                    _ => {
+                        faults.push(("clean restart", Instant::now()));
+                        eprintln!("[fault: clean restart of node {node}]");
+                        tokio::task::block_in_place(|| cluster.stop_node(node));
+                        tokio::time::sleep(down).await;
+                        tokio::task::block_in_place(|| cluster.restart(node));
+                    }
+                }
+                cluster::wait_in_sync(&client).await;
+                wait_for_progress(&seen, seen.count(), 500, &mut running).await;
+            }
+        }
+    }
 
     producing.store(true, Ordering::SeqCst);
     let acknowledged = producer.await.unwrap();
@@ -152,12 +202,21 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
     }
     let unread: Vec<&String> = acknowledged.difference(&values).take(5).collect();
     assert!(unread.is_empty(), "acknowledged records the job never read: {unread:?}");
+    // The longest stall each kind of fault caused: the longest time between two batches from
+    // the fault until the next one.
     let commits = commits.lock().unwrap();
-    let longest = commits.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-    eprintln!(
-        "[job: {} records in {} batches; longest time between two batches {:.1} s]",
-        seen.len(),
-        commits.len(),
-        longest.as_secs_f64()
-    );
+    let mut stalls: BTreeMap<&str, (u32, Duration)> = BTreeMap::new();
+    for (i, (kind, at)) in faults.iter().enumerate() {
+        let until = faults.get(i + 1).map_or(Instant::now(), |(_, next)| *next);
+        let mut times: Vec<Instant> = commits.iter().copied().filter(|t| *t >= *at && *t < until).collect();
+        times.insert(0, *at);
+        let longest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+        let entry = stalls.entry(kind).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(longest);
+    }
+    eprintln!("[job: {} records in {} batches, none lost, none twice]", seen.len(), commits.len());
+    for (kind, (count, longest)) in stalls {
+        eprintln!("[{kind}: {count} faults, longest stall {:.1} s]", longest.as_secs_f64());
+    }
 }
