@@ -236,11 +236,7 @@ impl Error {
     /// the next attempt starts over from another broker or a new connection.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Self::Connect { .. }
-            | Self::Resolve { .. }
-            | Self::ConnectTimeout { .. }
-            | Self::Disconnected { .. }
-            | Self::RequestTimeout { .. } => true,
+            _ if self.is_transport() => true,
             Self::Broker { code: ErrorCode::RebootstrapRequired, .. } => true,
             Self::Broker { code, .. } | Self::BrokerMessage { code, .. } => code.is_retriable(),
             _ => false,
@@ -252,13 +248,22 @@ impl Error {
     /// is not (or no longer) the leader the metadata named, or knows the topic by another id.
     pub fn suggests_stale_metadata(&self) -> bool {
         match self {
-            Self::Connect { .. }
-            | Self::Resolve { .. }
-            | Self::ConnectTimeout { .. }
-            | Self::Disconnected { .. }
-            | Self::RequestTimeout { .. } => true,
+            _ if self.is_transport() => true,
             Self::Broker { code, .. } | Self::BrokerMessage { code, .. } => code.means_stale_metadata(),
             _ => false,
         }
+    }
+
+    /// Whether the broker could not be reached or stopped answering (resolving, connecting,
+    /// the connection lost, a request timed out).
+    fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Resolve { .. }
+                | Self::ConnectTimeout { .. }
+                | Self::Disconnected { .. }
+                | Self::RequestTimeout { .. }
+        )
     }
 }

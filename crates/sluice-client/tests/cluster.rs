@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cluster, unique, Broker, Kind};
+use common::{cluster, unique};
 use sluice_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, Isolation,
-    OffsetReset, PartitionRecords, Producer, ProducerConfig, ProducerRecord, StartAt,
+    Acks, Client, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, Isolation, OffsetReset,
+    PartitionRecords, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
 
 const PARTITIONS: i32 = 4;
@@ -98,7 +98,7 @@ async fn member(client: Client, topic: String, group: String, seen: Seen, stop: 
     member.close().await.unwrap();
 }
 
-/// Waits (120 s at most) until `seen` holds `count` records, or `more` beyond `from`.
+/// Waits (120 s at most) until `seen` holds `count` records.
 async fn wait_for(what: &str, seen: &Seen, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while seen.lock().unwrap().len() < count {
@@ -109,13 +109,8 @@ async fn wait_for(what: &str, seen: &Seen, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_consumer_and_group_ride_through_a_leader_kill_a_rolling_restart_and_added_partitions() {
-    if common::kind() != Kind::Kafka {
-        eprintln!("SKIPPED: a leader kill and a rolling restart need a three-node cluster, and Tansu has none");
-        return;
-    }
-    let cluster = Broker::start_cluster(3);
-    let config = ClientConfig::new(cluster.bootstrap.clone());
-    let client = Client::connect(config.clone()).await.unwrap();
+    let Some((cluster, client)) = cluster::start_or_skip().await else { return };
+    let config = client.config().clone();
     let topic = unique("riding");
     client.create_topic(&topic, PARTITIONS, 3).await.unwrap();
     cluster::wait_in_sync(&client).await;

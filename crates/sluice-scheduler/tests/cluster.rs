@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cluster, unique, Broker, Kind, Rng};
-use sluice_client::{Acks, Client, ClientConfig, Isolation, Producer, ProducerConfig, ProducerRecord};
+use common::{cluster, unique, Rng};
+use sluice_client::{Acks, Client, Isolation, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{Batch, BatchOutput, Processor, Scheduler, SchedulerConfig, SystemClock};
 
 const PARTITIONS: i32 = 4;
@@ -102,12 +102,7 @@ async fn wait_for_progress(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolling_restart() {
-    if common::kind() != Kind::Kafka {
-        eprintln!("SKIPPED: a leader kill and a rolling restart need a three-node cluster, and Tansu has none");
-        return;
-    }
-    let cluster = Broker::start_cluster(3);
-    let client = Client::connect(ClientConfig::new(cluster.bootstrap.clone())).await.unwrap();
+    let Some((cluster, client)) = cluster::start_or_skip().await else { return };
     let topic = unique("survive");
     client.create_topic(&topic, PARTITIONS, 3).await.unwrap();
     cluster::wait_in_sync(&client).await;

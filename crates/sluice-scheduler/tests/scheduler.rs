@@ -364,6 +364,31 @@ fn tagged(tag: &str, partitions: std::ops::Range<i32>, count: usize) -> Vec<Stri
     values
 }
 
+/// A job reading `topic` to where it ends now (its read tasks tried once, transient faults
+/// retried for 5 s, so that a wrong turn fails the test rather than stall it for minutes).
+fn until_now(topic: &str, fail_on_data_loss: bool) -> SchedulerConfig {
+    SchedulerConfig {
+        trigger: sluice_scheduler::Trigger::AvailableNow,
+        fail_on_data_loss,
+        task_attempts: 1,
+        fault_timeout: Duration::from_secs(5),
+        ..SchedulerConfig::new([topic], Duration::from_millis(100))
+    }
+}
+
+/// Runs a job with `config` on the checkpoint in `dir` until its trigger ends it; what it read,
+/// and each batch's progress handed to `on_progress`.
+async fn run_on(
+    client: &Client,
+    dir: &std::path::Path,
+    config: SchedulerConfig,
+    on_progress: impl FnMut(&BatchProgress),
+) -> Result<Collect, SchedulerError> {
+    let mut collect = Collect::default();
+    Scheduler::open(client.clone(), dir, config, ManualClock::new(0))?.run(&mut collect, on_progress).await?;
+    Ok(collect)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_start_with_its_new_partitions() {
     let broker = common::shared();
@@ -372,18 +397,7 @@ async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_sta
     client.create_topic(&reborn, 2, 1).await.unwrap();
     produce_tagged(&client, &reborn, 2, 30, "old").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = |fail_on_data_loss| SchedulerConfig {
-        trigger: sluice_scheduler::Trigger::AvailableNow,
-        fail_on_data_loss,
-        task_attempts: 1,
-        ..SchedulerConfig::new([&reborn], Duration::from_millis(100))
-    };
-    let mut first = Collect::default();
-    Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0))
-        .unwrap()
-        .run(&mut first, |_| {})
-        .await
-        .unwrap();
+    let first = run_on(&client, dir.path(), until_now(&reborn, true), |_| {}).await.unwrap();
     assert_eq!(values(&first), tagged("old", 0..2, 30));
 
     // The topic is deleted and made again, with a third partition and fewer records than the
@@ -392,8 +406,7 @@ async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_sta
     client.create_topic(&reborn, 3, 1).await.unwrap();
     produce_tagged(&client, &reborn, 3, 10, "new").await;
 
-    let mut failing = Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0)).unwrap();
-    let error = failing.run(&mut Collect::default(), |_| {}).await.unwrap_err();
+    let error = run_on(&client, dir.path(), until_now(&reborn, true), |_| {}).await.err().unwrap();
     assert!(matches!(error, SchedulerError::DataLoss { position: 30, log_end: 10, .. }), "{error}");
     let text = error.to_string();
     assert!(
@@ -402,21 +415,17 @@ async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_sta
         "{text}"
     );
     assert!(text.contains("fail_on_data_loss"), "the error says how to go on: {text}");
-    drop(failing);
 
-    let mut second = Collect::default();
     let mut resets = BTreeMap::new();
-    Scheduler::open(client.clone(), dir.path(), config(false), ManualClock::new(0))
-        .unwrap()
-        .run(&mut second, |p| {
-            for source in &p.sources {
-                if let Some(from) = source.reset_from {
-                    resets.insert(source.partition, (from, source.start_offset));
-                }
+    let second = run_on(&client, dir.path(), until_now(&reborn, false), |p| {
+        for source in &p.sources {
+            if let Some(from) = source.reset_from {
+                resets.insert(source.partition, (from, source.start_offset));
             }
-        })
-        .await
-        .unwrap();
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(values(&second), tagged("new", 0..3, 10), "the new log read whole, the new partition too, once");
     assert_eq!(
         resets,
@@ -425,17 +434,10 @@ async fn a_topic_re_created_under_the_job_fails_it_or_is_read_again_from_its_sta
     );
 
     // Run again: nothing is read twice.
-    let mut third = Collect::default();
-    Scheduler::open(client, dir.path(), config(false), ManualClock::new(0))
-        .unwrap()
-        .run(&mut third, |_| {})
-        .await
-        .unwrap();
+    let third = run_on(&client, dir.path(), until_now(&reborn, false), |_| {}).await.unwrap();
     assert!(third.seen.is_empty(), "{:?}", third.seen);
 }
 
-/// A job with `config` running in a task of its own, its records gathered in the returned
-/// `Shared`; the directory holds its checkpoint (keep it until the job ends).
 /// A topic deleted and made again with fewer partitions: the job's checkpoint has positions in
 /// partitions that no longer exist. Before, planning asked for their offsets forever, whatever
 /// `fail_on_data_loss` said; now the job fails saying which partition is gone, or drops it.
@@ -447,19 +449,7 @@ async fn partitions_gone_from_the_cluster_fail_the_job_or_are_dropped_from_its_c
     client.create_topic(&shrunk, 3, 1).await.unwrap();
     produce_tagged(&client, &shrunk, 3, 20, "old").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = |fail_on_data_loss| SchedulerConfig {
-        trigger: sluice_scheduler::Trigger::AvailableNow,
-        fail_on_data_loss,
-        // Anything else still failing would otherwise be retried for minutes.
-        fault_timeout: Duration::from_secs(5),
-        ..SchedulerConfig::new([&shrunk], Duration::from_millis(100))
-    };
-    let mut first = Collect::default();
-    Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0))
-        .unwrap()
-        .run(&mut first, |_| {})
-        .await
-        .unwrap();
+    let first = run_on(&client, dir.path(), until_now(&shrunk, true), |_| {}).await.unwrap();
     assert_eq!(values(&first), tagged("old", 0..3, 20));
 
     client.delete_topic(&shrunk).await.unwrap();
@@ -467,23 +457,22 @@ async fn partitions_gone_from_the_cluster_fail_the_job_or_are_dropped_from_its_c
     // Fewer records than the job had read of partition 0, so that its new log is seen to be new.
     produce_tagged(&client, &shrunk, 1, 10, "new").await;
 
-    let mut failing = Scheduler::open(client.clone(), dir.path(), config(true), ManualClock::new(0)).unwrap();
-    let error = failing.run(&mut Collect::default(), |_| {}).await.unwrap_err();
+    let error = run_on(&client, dir.path(), until_now(&shrunk, true), |_| {}).await.err().unwrap();
     assert!(matches!(error, SchedulerError::PartitionGone { position: 20, .. }), "{error}");
     assert!(error.to_string().contains("no longer in the cluster"), "{error}");
-    drop(failing);
 
-    let mut second = Collect::default();
     let mut sources = std::collections::BTreeSet::new();
-    Scheduler::open(client.clone(), dir.path(), config(false), ManualClock::new(0))
-        .unwrap()
-        .run(&mut second, |p| sources.extend(p.sources.iter().map(|s| s.partition)))
-        .await
-        .unwrap();
+    let second = run_on(&client, dir.path(), until_now(&shrunk, false), |p| {
+        sources.extend(p.sources.iter().map(|s| s.partition));
+    })
+    .await
+    .unwrap();
     assert_eq!(values(&second), tagged("new", 0..1, 10), "the new partition read whole, once");
     assert_eq!(sources, [0].into(), "the gone partitions are no longer planned");
 }
 
+/// A job with `config` running in a task of its own, its records gathered in the returned
+/// `Shared`; the directory holds its checkpoint (keep it until the job ends).
 fn run_in_background(
     client: &Client,
     config: SchedulerConfig,

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{cluster, unique, Broker, Kind, Rng};
+use common::{cluster, unique, Kind, Rng};
 use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::record::ControlRecordType;
 use sluice_scheduler::{Clock, ManualClock, RateLimits, SystemClock};
@@ -594,13 +594,9 @@ fn read_committed(broker: &str, topic: &str) -> Vec<String> {
 /// sink's topics hold every record once, as a read_committed consumer sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_the_job_rides_through_a_leader_kill_and_a_rolling_restart() {
-    if common::kind() != Kind::Kafka {
-        println!("SKIPPED: a leader kill and a rolling restart need a three-node cluster, and Tansu has none");
-        return;
-    }
     const SLOW: f64 = 150.0;
     let began = std::time::Instant::now();
-    let cluster = Broker::start_cluster(3);
+    let Some((cluster, client)) = cluster::start_or_skip().await else { return };
     let bootstrap = cluster.bootstrap.join(",");
     let (topics, counts) = {
         let bootstrap = bootstrap.clone();
@@ -617,7 +613,6 @@ async fn on_a_cluster_the_job_rides_through_a_leader_kill_and_a_rolling_restart(
     };
     let files_run = start(Output::Files, files_dir.path().to_owned());
     let transactions_run = start(Output::KafkaTransactions, transactions_dir.path().to_owned());
-    let client = Client::connect(ClientConfig::new(cluster.bootstrap.clone())).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster::kill_leader(&cluster, &client, &topics.clicks(), Duration::from_secs(3)).await;
     let running = [&files_run, &transactions_run].iter().filter(|run| !run.is_finished()).count();

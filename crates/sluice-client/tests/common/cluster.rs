@@ -6,9 +6,21 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_client::Client;
+use sluice_client::{Client, ClientConfig};
 
-use super::Broker;
+use super::{Broker, Kind};
+
+/// A three-node Kafka cluster of the test's own and a client of it; `None` on Tansu, which has
+/// no clusters (the test's output says it skipped, and why).
+pub async fn start_or_skip() -> Option<(Broker, Client)> {
+    if super::kind() != Kind::Kafka {
+        eprintln!("SKIPPED: leader kills and rolling restarts need a three-node cluster, and Tansu has none");
+        return None;
+    }
+    let cluster = Broker::start_cluster(3);
+    let client = Client::connect(ClientConfig::new(cluster.bootstrap.clone())).await.unwrap();
+    Some((cluster, client))
+}
 
 /// Waits (90 s at most) until no partition in the cluster is leaderless or under-replicated
 /// (every replica in sync), as a fresh metadata answer says: what an operator waits for between
