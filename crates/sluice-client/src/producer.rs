@@ -14,7 +14,7 @@
 
 mod txn;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -289,8 +289,10 @@ struct SealedBatch {
     /// The records, until the batch is first sent (then `payload`).
     builder: Option<BatchBuilder>,
     completion: Completion,
-    /// Per-partition batch order; also the idempotent base sequence.
+    /// The idempotent base sequence (renumbered when the producer gets a new id).
     sequence: i32,
+    /// Per-partition seal order, never renumbered nor wrapped.
+    ordinal: u64,
     /// The encoded batch, kept so that a retry resends exactly the same bytes.
     payload: Option<Bytes>,
     deadline: Instant,
@@ -302,8 +304,10 @@ struct SealedBatch {
 struct PartitionQueue {
     open: Option<OpenBatch>,
     ready: VecDeque<SealedBatch>,
-    in_flight: usize,
+    /// The ordinals of the batches sent and not back yet.
+    in_flight: BTreeSet<u64>,
     next_sequence: i32,
+    next_ordinal: u64,
     /// The sequence the broker is known to expect next: every batch numbered below it has
     /// been acknowledged.
     acked_sequence: i32,
@@ -329,7 +333,7 @@ impl State {
         self.queues
             .values()
             .flat_map(HashMap::values)
-            .all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight == 0)
+            .all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight.is_empty())
     }
 
     /// The queue of `topic`/`partition`, created if new; the topic name is copied only then.
@@ -607,12 +611,15 @@ fn seal(queue: &mut PartitionQueue, partition: TopicPartition, config: &Producer
     let count = i32::try_from(open.builder.len()).unwrap_or(i32::MAX);
     // Kafka's sequence numbers wrap at i32::MAX.
     queue.next_sequence = sequence.checked_add(count).unwrap_or_else(|| count - (i32::MAX - sequence) - 1);
+    let ordinal = queue.next_ordinal;
+    queue.next_ordinal += 1;
     let now = Instant::now();
     queue.ready.push_back(SealedBatch {
         partition,
         builder: Some(open.builder),
         completion: open.completion,
         sequence,
+        ordinal,
         payload: None,
         deadline: now + config.delivery_timeout,
         not_before: now,
@@ -647,7 +654,7 @@ async fn run_sender(shared: Arc<Shared>) {
 /// Whether the producer must be reset now: asked for, and nothing in flight any more.
 fn reset_due(shared: &Shared) -> bool {
     let state = shared.state();
-    state.reset_producer && state.queues.values().flat_map(HashMap::values).all(|q| q.in_flight == 0)
+    state.reset_producer && state.queues.values().flat_map(HashMap::values).all(|q| q.in_flight.is_empty())
 }
 
 /// Gets a new producer id and renumbers every undelivered batch from sequence 0 per partition
@@ -722,17 +729,18 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
                     earliest(linger_end);
                 }
             }
-            while !resetting && queue.in_flight < config.max_in_flight_per_partition {
-                match queue.ready.front() {
-                    Some(batch) if batch.not_before <= now => {}
-                    Some(batch) => {
-                        earliest(batch.not_before);
-                        break;
-                    }
-                    None => break,
+            while !resetting {
+                let Some(batch) = queue.ready.front() else { break };
+                if !may_send(queue, batch, config.max_in_flight_per_partition) {
+                    // Waits for batches in flight, whose answers wake the sender.
+                    break;
+                }
+                if batch.not_before > now {
+                    earliest(batch.not_before);
+                    break;
                 }
                 if let Some(batch) = queue.ready.pop_front() {
-                    queue.in_flight += 1;
+                    queue.in_flight.insert(batch.ordinal);
                     due.push(batch);
                 }
             }
@@ -743,6 +751,21 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
         shared.idle.notify_waiters();
     }
     (due, next)
+}
+
+/// Whether `batch`, the first of its partition's ready queue, may be sent now. Two rules keep
+/// a partition's batches in a window the broker can check for duplicates (it remembers the last
+/// five batches of each producer and partition):
+/// - a batch goes only if fewer than `window` batches separate it from the oldest batch not yet
+///   acknowledged, so a batch whose answer was lost is resent before the broker forgets it;
+/// - a batch sent before (its answer was lost or refused) goes again only when no batch sealed
+///   before it is still in flight: those come back first, acknowledged or to be resent, else a
+///   later batch could reach the broker ahead of an earlier one it then never takes in order.
+fn may_send(queue: &PartitionQueue, batch: &SealedBatch, window: usize) -> bool {
+    let oldest = queue.in_flight.first().map_or(batch.ordinal, |&first| first.min(batch.ordinal));
+    let within_window = batch.ordinal - oldest < window as u64;
+    let resend_in_order = batch.payload.is_none() || oldest == batch.ordinal;
+    within_window && resend_in_order
 }
 
 /// Encodes the batches and sends them to their leaders. A request holds at most one batch per
@@ -1050,9 +1073,9 @@ fn requeue(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
     batch.last_error = Some(error);
     let mut state = shared.state();
     let queue = state.queue(&batch.partition.0, batch.partition.1);
-    queue.in_flight = queue.in_flight.saturating_sub(1);
-    // Back in sequence order, ahead of anything sealed after it.
-    let position = queue.ready.iter().position(|b| b.sequence > batch.sequence).unwrap_or(queue.ready.len());
+    queue.in_flight.remove(&batch.ordinal);
+    // Back in seal order, ahead of anything sealed after it.
+    let position = queue.ready.iter().position(|b| b.ordinal > batch.ordinal).unwrap_or(queue.ready.len());
     queue.ready.insert(position, batch);
     drop(state);
     shared.wake.notify_one();
@@ -1062,10 +1085,11 @@ fn requeue(shared: &Arc<Shared>, mut batch: SealedBatch, error: Error) {
 fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
     let (topic, partition) = batch.partition.clone();
     let following = batch.sequence.saturating_add(i32::try_from(batch.completion.records).unwrap_or(i32::MAX));
+    let ordinal = batch.ordinal;
     complete(batch, &outcome);
     let mut state = shared.state();
     if let Some(queue) = state.queues.get_mut(&topic).and_then(|q| q.get_mut(&partition)) {
-        queue.in_flight = queue.in_flight.saturating_sub(1);
+        queue.in_flight.remove(&ordinal);
         if outcome.is_ok() {
             queue.acked_sequence = queue.acked_sequence.max(following);
         }
@@ -1119,6 +1143,7 @@ mod tests {
             builder: None,
             completion: Completion::new(topic, partition, &memory),
             sequence: 0,
+            ordinal: 0,
             payload: Some(Bytes::from_static(b"records")),
             deadline: Instant::now(),
             not_before: Instant::now(),
@@ -1174,5 +1199,24 @@ mod tests {
         assert_eq!((request.topic_data[0].name.as_str(), request.topic_data[0].topic_id), ("clicks", Uuid::ZERO));
         assert!(naming.answers(&answer("clicks", Uuid::ZERO), "clicks"));
         assert!(!naming.answers(&answer("orders", CLICKS), "clicks"));
+    }
+
+    #[test]
+    fn a_partition_sends_within_a_window_of_five_and_resends_only_in_order() {
+        let fresh = |ordinal| SealedBatch { ordinal, payload: None, ..batch("clicks", 0) };
+        let resent = |ordinal| SealedBatch { ordinal, ..batch("clicks", 0) };
+        let queue = |in_flight: &[u64]| PartitionQueue { in_flight: in_flight.iter().copied().collect(), ..PartitionQueue::default() };
+
+        assert!(may_send(&queue(&[]), &fresh(7), 5));
+        assert!(may_send(&queue(&[3, 4, 5, 6]), &fresh(7), 5));
+        // Batch 3's answer is still out: batch 8 would be the sixth after it.
+        assert!(!may_send(&queue(&[3, 7]), &fresh(8), 5), "acknowledged 4..6 do not widen the window");
+        // Batch 5 comes back to be resent while 4, sent before it, is still out: it waits.
+        assert!(!may_send(&queue(&[4, 6]), &resent(5), 5));
+        assert!(!may_send(&queue(&[2]), &resent(5), 5));
+        // Batches sent after it do not hold it back: they reach the broker first and are
+        // refused as out of order, or were in order because it had been written.
+        assert!(may_send(&queue(&[6, 7]), &resent(5), 5));
+        assert!(may_send(&queue(&[]), &resent(5), 5));
     }
 }
