@@ -7,7 +7,8 @@
 #                        min(N, 3) replicas, and min.insync.replicas is 2 when they have more than one
 #       --sasl           a SASL_PLAINTEXT listener per node, "sasl": PLAIN, SCRAM-SHA-256 and
 #                        SCRAM-SHA-512, user "alice" with password "alice-secret" (all three); and
-#                        one, "sasl_scram", offering SCRAM-SHA-512 only
+#                        one, "sasl_scram", offering SCRAM-SHA-512 only; a SASL session lasts 5 s
+#                        (connections.max.reauth.ms), so clients must log in again (KIP-368)
 #       --tls            two TLS listeners per node, server certificate from a test CA made here
 #                        (DIR/tls/ca.pem): "tls" (no client certificate) and "mtls" (a client
 #                        certificate signed by the CA required: DIR/tls/client.{pem,key})
@@ -259,6 +260,10 @@ EOF
                 echo "listener.name.sasl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
                 echo "listener.name.scram.sasl.enabled.mechanisms=SCRAM-SHA-512"
                 echo "listener.name.scram.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                # Short sessions: a client that does not log in again in time loses its connection.
+                for mechanism in sasl.plain sasl.scram-sha-256 sasl.scram-sha-512 scram.scram-sha-512; do
+                    echo "listener.name.$mechanism.connections.max.reauth.ms=5000"
+                done
             fi
             if [ "$tls" = 1 ]; then
                 for name in tls mtls; do

@@ -11,10 +11,16 @@
 //! On connect the client asks the broker which API versions it speaks (ApiVersions, KIP-511;
 //! v3 first, falling back to v0 for brokers that refuse it) and from then on sends each request
 //! at the highest version both sides implement.
+//!
+//! With SASL, the connection logs in after ApiVersions. When the broker gives the login a session
+//! lifetime (`connections.max.reauth.ms`, KIP-368), the writer logs in again on the same socket
+//! between 85 % and 95 % of it: it stops taking queued requests, sends the handshake and tokens,
+//! waits for their answers and goes on (answers to earlier requests still arrive meanwhile). A
+//! failed re-login closes the connection; the next request makes a new one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 use sluice_protocol::header::{decode_response, encode_request, peek_correlation_id};
-use sluice_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, Message, Request};
+use sluice_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, Message, Request, SaslAuthenticateRequest};
 use sluice_protocol::DecodeError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -31,7 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::resolve::resolve;
-use crate::sasl::SaslConfig;
+use crate::sasl::{SaslChannel, SaslConfig};
 use crate::tls::TlsConfig;
 
 /// How a connection behaves.
@@ -105,6 +111,35 @@ struct Shared {
     /// Until when the broker asked this client to send nothing more (a quota's throttle time,
     /// KIP-219): the writer holds further requests until then.
     throttled_until: Mutex<Option<tokio::time::Instant>>,
+    next_correlation_id: AtomicI32,
+    /// What the writer needs to log in again before the SASL session ends (KIP-368).
+    relogin: Mutex<Option<Relogin>>,
+    /// How many times the connection logged in again.
+    relogins: AtomicU64,
+}
+
+/// A SASL session with an end: who logs in again, and when.
+#[derive(Debug, Clone)]
+struct Relogin {
+    config: SaslConfig,
+    /// The SaslAuthenticate version.
+    version: i16,
+    client_id: Option<String>,
+    broker: String,
+    timeout: Duration,
+    due: tokio::time::Instant,
+}
+
+impl Relogin {
+    /// When to log in again, for a session of `lifetime` that began at `started`: at a random
+    /// point between 85 % and 95 % of it, so that connections opened together do not all log in
+    /// again at once.
+    fn due(started: tokio::time::Instant, lifetime: Duration) -> tokio::time::Instant {
+        let mut random = [0u8; 2];
+        let _ = getrandom::getrandom(&mut random);
+        let fraction = 0.85 + 0.10 * f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX);
+        started + lifetime.mul_f64(fraction)
+    }
 }
 
 impl Shared {
@@ -128,6 +163,14 @@ impl Shared {
             let _ = waiter.send(Err(reason.clone()));
         }
         self.stop_tasks();
+    }
+
+    fn next_correlation_id(&self) -> i32 {
+        self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX
+    }
+
+    fn relogin_due(&self) -> Option<tokio::time::Instant> {
+        self.relogin.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|r| r.due)
     }
 
     fn throttled_until(&self) -> Option<tokio::time::Instant> {
@@ -208,7 +251,6 @@ pub struct Connection {
     config: ConnectionConfig,
     shared: Arc<Shared>,
     writer: mpsc::Sender<Bytes>,
-    next_correlation_id: AtomicI32,
     versions: HashMap<i16, VersionRange>,
 }
 
@@ -283,19 +325,36 @@ impl Connection {
         };
         *shared.tasks.lock().unwrap_or_else(PoisonError::into_inner) =
             tasks.iter().map(JoinHandle::abort_handle).collect();
-        let mut connection = Self {
-            broker: broker.to_owned(),
-            config,
-            shared,
-            writer,
-            next_correlation_id: AtomicI32::new(0),
-            versions: HashMap::new(),
-        };
+        let mut connection = Self { broker: broker.to_owned(), config, shared, writer, versions: HashMap::new() };
         connection.versions = connection.negotiate_versions().await?;
         if let Some(sasl) = connection.config.sasl.clone() {
-            crate::sasl::authenticate(&connection, &sasl).await?;
+            connection.log_in(sasl).await?;
         }
         Ok(connection)
+    }
+
+    /// Logs in with SASL; a session with an end is handed to the writer to renew.
+    async fn log_in(&self, config: SaslConfig) -> Result<()> {
+        let version = self.version_for::<SaslAuthenticateRequest>(None)?;
+        let started = tokio::time::Instant::now();
+        let lifetime = crate::sasl::authenticate(&mut Direct(self), &config, version).await?;
+        if let Some(lifetime) = lifetime {
+            let relogin = Relogin {
+                config,
+                version,
+                client_id: self.config.client_id.clone(),
+                broker: self.broker.clone(),
+                timeout: self.config.request_timeout,
+                due: Relogin::due(started, lifetime),
+            };
+            *self.shared.relogin.lock().unwrap_or_else(PoisonError::into_inner) = Some(relogin);
+        }
+        Ok(())
+    }
+
+    /// How many times the connection logged in again because its SASL session was ending.
+    pub fn relogins(&self) -> u64 {
+        self.shared.relogins.load(Ordering::Relaxed)
     }
 
     /// The broker's address.
@@ -370,7 +429,7 @@ impl Connection {
     async fn enqueue_within<R: Request>(&self, request: &R, version: i16, timeout: Duration) -> Result<InFlight<R>> {
         let api = api_name::<R>();
         let deadline = tokio::time::Instant::now() + timeout;
-        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let correlation_id = self.shared.next_correlation_id();
         let mut frame = BytesMut::new();
         encode_request(&mut frame, correlation_id, self.config.client_id.as_deref(), version, request)
             .map_err(|source| Error::Encode { broker: self.broker.clone(), api, version, source })?;
@@ -408,7 +467,7 @@ impl Connection {
     /// handed to the writer.
     pub async fn send_without_response<R: Request>(&self, request: &R, version: i16) -> Result<()> {
         let api = api_name::<R>();
-        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let correlation_id = self.shared.next_correlation_id();
         let mut frame = BytesMut::new();
         encode_request(&mut frame, correlation_id, self.config.client_id.as_deref(), version, request)
             .map_err(|source| Error::Encode { broker: self.broker.clone(), api, version, source })?;
@@ -531,22 +590,110 @@ fn dispatch(shared: &Shared, frame: Bytes) -> std::result::Result<(), Closed> {
 
 async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut queue: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
     let mut out = BufWriter::with_capacity(64 * 1024, write);
-    let result: std::io::Result<()> = async {
-        while let Some(frame) = queue.recv().await {
+    let written = |e: std::io::Error| Closed::Lost(format!("write failed: {e}"));
+    let result: std::result::Result<(), Closed> = async {
+        loop {
+            let relogin_due = shared.relogin_due();
+            let frame = tokio::select! {
+                biased;
+                () = sleep_until(relogin_due) => {
+                    relogin(&mut out, &shared).await?;
+                    continue;
+                }
+                frame = queue.recv() => frame,
+            };
+            let Some(frame) = frame else { break };
             if let Some(until) = shared.throttled_until() {
                 tokio::time::sleep_until(until).await;
             }
-            out.write_all(&frame).await?;
+            out.write_all(&frame).await.map_err(written)?;
             // Coalesce whatever else is already queued into the same flush.
             while let Ok(frame) = queue.try_recv() {
-                out.write_all(&frame).await?;
+                out.write_all(&frame).await.map_err(written)?;
             }
-            out.flush().await?;
+            out.flush().await.map_err(written)?;
         }
-        out.shutdown().await
+        out.shutdown().await.map_err(written)
     }
     .await;
-    if let Err(e) = result {
-        shared.close(Closed::Lost(format!("write failed: {e}")));
+    if let Err(reason) = result {
+        shared.close(reason);
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs in again on the writer, with nothing else sent meanwhile, and schedules the next time.
+async fn relogin<W: AsyncWrite + Unpin>(
+    out: &mut BufWriter<W>,
+    shared: &Arc<Shared>,
+) -> std::result::Result<(), Closed> {
+    let Some(relogin) = shared.relogin.lock().unwrap_or_else(PoisonError::into_inner).clone() else { return Ok(()) };
+    let started = tokio::time::Instant::now();
+    let mut channel = WriterChannel { out, shared, relogin: &relogin };
+    let lifetime = crate::sasl::authenticate(&mut channel, &relogin.config, relogin.version)
+        .await
+        .map_err(|e| Closed::Lost(format!("logging in again before the SASL session ended failed: {e}")))?;
+    shared.relogins.fetch_add(1, Ordering::Relaxed);
+    let mut next = shared.relogin.lock().unwrap_or_else(PoisonError::into_inner);
+    *next = lifetime.map(|lifetime| Relogin { due: Relogin::due(started, lifetime), ..relogin });
+    Ok(())
+}
+
+/// A login's requests on a connection's own request path (a new connection: nothing else is
+/// sent on it yet).
+struct Direct<'a>(&'a Connection);
+
+impl SaslChannel for Direct<'_> {
+    fn broker(&self) -> &str {
+        &self.0.broker
+    }
+
+    async fn send<R: Request + Sync>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+        self.0.send_version(request, version).await
+    }
+}
+
+/// A re-login's requests, written by the writer itself while it holds every other request back.
+struct WriterChannel<'a, W> {
+    out: &'a mut BufWriter<W>,
+    shared: &'a Arc<Shared>,
+    relogin: &'a Relogin,
+}
+
+impl<W: AsyncWrite + Unpin> SaslChannel for WriterChannel<'_, W> {
+    fn broker(&self) -> &str {
+        &self.relogin.broker
+    }
+
+    async fn send<R: Request + Sync>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+        let broker = self.relogin.broker.clone();
+        let api = api_name::<R>();
+        let correlation_id = self.shared.next_correlation_id();
+        let mut frame = BytesMut::new();
+        encode_request(&mut frame, correlation_id, self.relogin.client_id.as_deref(), version, request)
+            .map_err(|source| Error::Encode { broker: broker.clone(), api, version, source })?;
+        let (reply, response) = oneshot::channel();
+        self.shared.pending().insert(correlation_id, reply);
+        let _guard = PendingGuard { shared: Arc::clone(self.shared), correlation_id };
+        let lost = |e: std::io::Error| closed_error(broker.clone(), Closed::Lost(format!("write failed: {e}")));
+        self.out.write_all(&frame).await.map_err(lost)?;
+        self.out.flush().await.map_err(lost)?;
+        let timeout = self.relogin.timeout;
+        let body = match tokio::time::timeout(timeout, response).await {
+            Err(_) => return Err(Error::RequestTimeout { broker, api, version, timeout }),
+            Ok(Err(_)) => return Err(closed_error(broker, Closed::Lost("the connection shut down".into()))),
+            Ok(Ok(Err(reason))) => return Err(closed_error(broker, reason)),
+            Ok(Ok(Ok(body))) => body,
+        };
+        let (_, response) =
+            decode_response::<R>(body, version).map_err(|source| Error::Decode { broker, api, version, source })?;
+        Ok(response)
     }
 }

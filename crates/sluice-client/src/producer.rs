@@ -729,8 +729,10 @@ fn take_due_batches(shared: &Shared) -> (Vec<SealedBatch>, Option<Instant>) {
                     earliest(linger_end);
                 }
             }
-            while !resetting {
-                let Some(batch) = queue.ready.front() else { break };
+            if resetting {
+                continue;
+            }
+            while let Some(batch) = queue.ready.front() {
                 if !may_send(queue, batch, config.max_in_flight_per_partition) {
                     // Waits for batches in flight, whose answers wake the sender.
                     break;
@@ -1205,7 +1207,10 @@ mod tests {
     fn a_partition_sends_within_a_window_of_five_and_resends_only_in_order() {
         let fresh = |ordinal| SealedBatch { ordinal, payload: None, ..batch("clicks", 0) };
         let resent = |ordinal| SealedBatch { ordinal, ..batch("clicks", 0) };
-        let queue = |in_flight: &[u64]| PartitionQueue { in_flight: in_flight.iter().copied().collect(), ..PartitionQueue::default() };
+        let queue = |in_flight: &[u64]| PartitionQueue {
+            in_flight: in_flight.iter().copied().collect(),
+            ..PartitionQueue::default()
+        };
 
         assert!(may_send(&queue(&[]), &fresh(7), 5));
         assert!(may_send(&queue(&[3, 4, 5, 6]), &fresh(7), 5));

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use common::{unique, Broker, Kind};
 use sluice_client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, Error, Producer, ProducerConfig, ProducerRecord, SaslConfig,
-    SaslMechanism, StartAt,
+    Client, ClientConfig, Connection, ConnectionConfig, Consumer, ConsumerConfig, Error, Producer, ProducerConfig,
+    ProducerRecord, SaslConfig, SaslMechanism, StartAt,
 };
+use sluice_protocol::messages::MetadataRequest;
 
 const MECHANISMS: [SaslMechanism; 3] = [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512];
 
@@ -63,6 +64,74 @@ async fn logins_succeed_with_every_mechanism_and_the_session_works() {
         }
         assert_eq!(values, vec![b"authenticated".to_vec()], "{mechanism:?}");
     }
+}
+
+/// The broker's SASL sessions last 5 s (`connections.max.reauth.ms`; KIP-368) and it closes a
+/// connection used after that. Connections log in again on the same socket before then, with
+/// every mechanism, while requests keep flowing; a consumer reads a producer's records across
+/// several sessions without losing its connection. Before, the first request after 5 s found the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_renewed_on_the_same_connection_before_the_broker_ends_them() {
+    let Some(addr) = kafka_sasl() else {
+        eprintln!("SKIPPED on Tansu: its memory storage keeps no SASL credentials, so no login can succeed");
+        return;
+    };
+    const RUN: Duration = Duration::from_secs(13);
+    let connections = MECHANISMS.map(|mechanism| async move {
+        let sasl = SaslConfig::new(mechanism, "alice", "alice-secret");
+        let config = ConnectionConfig { sasl: Some(sasl), ..ConnectionConfig::default() };
+        let connection = Connection::connect(addr, config).await.unwrap_or_else(|e| panic!("{mechanism:?}: {e}"));
+        let started = std::time::Instant::now();
+        let mut requests = 0;
+        while started.elapsed() < RUN {
+            let metadata = connection.send(&MetadataRequest::default()).await;
+            metadata.unwrap_or_else(|e| panic!("{mechanism:?}: request {requests} after {:?}: {e}", started.elapsed()));
+            requests += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!connection.is_closed(), "{mechanism:?}");
+        (mechanism, requests, connection.relogins())
+    });
+
+    let topic = unique("sasl-sessions");
+    let sasl = SaslConfig::new(SaslMechanism::ScramSha512, "alice", "alice-secret");
+    let client = Client::connect(config(addr, Some(sasl))).await.unwrap();
+    client.create_topic(&topic, 1, 1).await.unwrap();
+    let leader = client.leader(&topic, 0).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let produce = async {
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        while started.elapsed() < RUN {
+            producer.send(ProducerRecord::new(&topic, format!("record-{sent}"))).await.unwrap().await.unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent
+    };
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign(&topic, 0, StartAt::Earliest).await.unwrap();
+    let consume = async {
+        let mut values = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < RUN + Duration::from_secs(5) {
+            for part in consumer.poll().await.unwrap() {
+                values.extend(part.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap()));
+            }
+        }
+        values
+    };
+    let [plain, scram_256, scram_512] = connections;
+    let (plain, scram_256, scram_512, sent, read) = tokio::join!(plain, scram_256, scram_512, produce, consume);
+    for (mechanism, requests, relogins) in [plain, scram_256, scram_512] {
+        eprintln!("{mechanism:?}: {requests} requests on one connection, {relogins} logins after the first");
+        assert!(relogins >= 2, "{mechanism:?}: 13 s of 5 s sessions need at least two more logins, saw {relogins}");
+    }
+    assert_eq!(read, (0..sent).map(|i| format!("record-{i}")).collect::<Vec<_>>());
+    let still = client.leader(&topic, 0).await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&leader, &still), "the client kept its connection to the leader");
+    assert!(leader.relogins() >= 2, "the leader's connection logged in again ({})", leader.relogins());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
