@@ -55,13 +55,11 @@ pub struct ConsumerConfig {
     /// What OFFSET_OUT_OF_RANGE does.
     pub offset_reset: OffsetReset,
     /// A broker's partitions are fetched with up to this many requests in flight at once, so the
-    /// broker can build one response while the client reads and decodes another.
+    /// broker can build one response while the client reads and decodes another. Each request
+    /// goes on a connection of the consumer's own: brokers serve a connection's requests one at
+    /// a time, and a fetch waiting out `max_wait` for partitions at their end must not hold back
+    /// another whose partitions have records.
     pub fetch_requests_per_broker: usize,
-    /// Fetch requests to one broker are spread over this many connections of the consumer's own.
-    /// Brokers serve a connection's requests one at a time: fetches that wait for data (long
-    /// polls) on the client's shared connection would hold up everything else sent on it, and
-    /// more connections let a broker work on several fetches at once.
-    pub fetch_connections_per_broker: usize,
     /// Prefetch: as `poll` returns, the next fetches are already sent, so the broker works
     /// while the caller processes. Their responses may hold up to this many bytes in all
     /// (split evenly among the leaders); 0 turns prefetching off.
@@ -79,7 +77,6 @@ impl Default for ConsumerConfig {
             offset_reset: OffsetReset::Latest,
             prefetch_max_bytes: 64 << 20,
             fetch_requests_per_broker: 4,
-            fetch_connections_per_broker: 2,
         }
     }
 }
@@ -139,8 +136,12 @@ pub struct Consumer {
     /// Bumped whenever positions change other than by `poll` (assign, unassign, seek, reset),
     /// so that a poll sees when answers in hand have gone stale.
     epoch: u64,
-    /// Fetches sent ahead from the current positions; dropped (aborted) when they move.
+    /// Fetches in flight from the current positions (sent ahead, or not answered by the last
+    /// poll); dropped (aborted) when the positions move.
     prefetch: Option<FetchTasks>,
+    /// Without prefetching: the groups of partitions the last poll got answers for, whose next
+    /// fetch the next poll sends (on the same connection) beside those still in flight.
+    answered: Vec<(Arc<Connection>, Vec<TopicPartition>)>,
     /// Connections of this consumer's own for fetching, per broker and slot.
     fetch_connections: HashMap<(String, usize), Arc<Connection>>,
     /// An error met by a poll that returned other partitions' records; the next poll reports it.
@@ -156,6 +157,7 @@ impl Consumer {
             assigned: BTreeMap::new(),
             epoch: 0,
             prefetch: None,
+            answered: Vec::new(),
             fetch_connections: HashMap::new(),
             deferred: None,
         }
@@ -165,6 +167,7 @@ impl Consumer {
     fn positions_moved(&mut self) {
         self.epoch += 1;
         self.prefetch = None;
+        self.answered.clear();
     }
 
     /// How this consumer fetches.
@@ -215,11 +218,12 @@ impl Consumer {
 
     /// Returns the partitions that had records, advancing their positions past what is returned.
     ///
-    /// Without prefetching, each poll sends one round of fetches and waits for all of them. With
-    /// prefetching, fetches stay in flight between polls: a poll waits for the first answer,
-    /// takes any others already in, and sends each answered group of partitions its next fetch
-    /// at once, so the brokers keep working while the caller processes. A seek, assign or
-    /// offset reset discards what is in flight.
+    /// A poll waits for the first answer and takes any others already in; fetches not answered
+    /// yet stay in flight for the next poll, so partitions at their end, whose fetches wait out
+    /// `max_wait` at the broker, never hold back records that others have. With prefetching,
+    /// each answered group of partitions gets its next fetch at once, so the brokers keep
+    /// working while the caller processes; without, at the next poll. A seek, assign or offset
+    /// reset discards what is in flight.
     ///
     /// A partition's error never costs another partition its records: the poll returns the
     /// records it has (their positions moved past them) and the next poll reports the error, as
@@ -238,8 +242,14 @@ impl Consumer {
         let epoch = self.epoch;
         let mut failure = None;
         let mut fetches = match self.prefetch.take() {
-            Some(prefetched) if !prefetched.is_empty() => prefetched,
+            Some(mut in_flight) if !in_flight.is_empty() || !self.answered.is_empty() => {
+                for (connection, group) in std::mem::take(&mut self.answered) {
+                    self.spawn_fetch(&mut in_flight, connection, &group);
+                }
+                in_flight
+            }
             _ => {
+                self.answered.clear();
                 let (fetches, unsent) = self.send_fetches().await;
                 failure = unsent;
                 fetches
@@ -249,8 +259,8 @@ impl Consumer {
         let mut lost = false;
         let mut waited = false;
         loop {
-            // Wait for the first answer; then, when streaming, take only what has already come.
-            let joined = if !waited || !streaming { fetches.join_next().await } else { fetches.try_join_next() };
+            // Wait for the first answer; then take only what has already come.
+            let joined = if waited { fetches.try_join_next() } else { fetches.join_next().await };
             waited = true;
             let Some(joined) = joined else { break };
             let Ok((group, fetched)) = joined else {
@@ -265,13 +275,17 @@ impl Consumer {
                     if streaming && self.epoch == epoch {
                         // This group's next fetch goes out now, while the caller works.
                         self.spawn_fetch(&mut fetches, connection, &group);
+                    } else if self.epoch == epoch {
+                        self.answered.push((connection, group));
                     }
                 }
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
-        if streaming && self.epoch == epoch && failure.is_none() && !lost {
+        if self.epoch == epoch && failure.is_none() && !lost {
             self.prefetch = Some(fetches);
+        } else {
+            self.answered.clear();
         }
         match failure {
             None => Ok(out),
@@ -308,11 +322,10 @@ impl Consumer {
             }
         }
         let mut fetches = tokio::task::JoinSet::new();
-        let connections = self.config.fetch_connections_per_broker.max(1);
         for (broker, partitions) in by_leader {
             let requests = self.config.fetch_requests_per_broker.clamp(1, partitions.len().max(1));
             for (index, group) in partitions.chunks(partitions.len().div_ceil(requests).max(1)).enumerate() {
-                match self.fetch_connection(&broker, index % connections).await {
+                match self.fetch_connection(&broker, index).await {
                     Ok(connection) => self.spawn_fetch(&mut fetches, connection, group),
                     Err(e) => failure = failure.or(Some(e)),
                 }

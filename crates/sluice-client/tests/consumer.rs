@@ -187,3 +187,48 @@ async fn a_partition_error_does_not_lose_the_other_partitions_records() {
         }
     }
 }
+
+/// Partitions at their end have fetches waiting out `max_wait` at the broker; a record produced
+/// to another partition meanwhile comes with the next poll, not after them, with prefetching and
+/// without. Before, two of the four fetches shared each connection (a broker serves a
+/// connection's requests one at a time, so the second waited behind the first's long poll), and
+/// without prefetching a poll waited for every fetch: the record came after `max_wait` (20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_waiting_at_the_end_of_its_partitions_holds_back_no_other_partitions_records() {
+    let topic = unique("long-poll");
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    client.create_topic(&topic, 4, 1).await.unwrap();
+    let max_wait = std::time::Duration::from_secs(20);
+    for prefetch_max_bytes in [64 << 20, 0] {
+        let config = ConsumerConfig { max_wait, prefetch_max_bytes, ..ConsumerConfig::default() };
+        let mut consumer = Consumer::new(client.clone(), config);
+        for partition in 0..4 {
+            consumer.assign(&topic, partition, StartAt::Latest).await.unwrap();
+        }
+        let producer_client = client.clone();
+        let topic_name = topic.clone();
+        let produced = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let producer = Producer::new(producer_client, ProducerConfig::default()).await.unwrap();
+            for partition in [2, 3] {
+                let record = ProducerRecord { partition: Some(partition), ..ProducerRecord::new(&topic_name, "late") };
+                producer.send(record).await.unwrap().await.unwrap();
+            }
+        });
+        let started = std::time::Instant::now();
+        let mut seen = Vec::new();
+        while seen.len() < 2 && started.elapsed() < max_wait {
+            for part in consumer.poll().await.unwrap() {
+                seen.extend(part.records().map(|_| part.partition));
+            }
+        }
+        produced.await.unwrap();
+        let waited = started.elapsed();
+        seen.sort_unstable();
+        assert_eq!(seen, [2, 3], "prefetch {prefetch_max_bytes}");
+        // Not a timing measurement: the records are there after about a second; with the fault
+        // they come only when the long polls of partitions 0 and 1 end, max_wait later.
+        assert!(waited < max_wait / 2, "prefetch {prefetch_max_bytes}: the records came after {waited:?}");
+    }
+}
