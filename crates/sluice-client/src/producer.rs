@@ -439,7 +439,8 @@ impl Producer {
         let (producer_id, producer_epoch) = if let Some(id) = &config.transactional_id {
             config.acks = Acks::All;
             config.max_in_flight_per_partition = config.max_in_flight_per_partition.clamp(1, 5);
-            let (ids, state) = txn::Transaction::init(&client, id, config.transaction_timeout).await?;
+            let (ids, state) =
+                txn::Transaction::init(&client, id, config.transaction_timeout, config.delivery_timeout).await?;
             transaction = Some(tokio::sync::Mutex::new(state));
             ids
         } else if config.idempotent {

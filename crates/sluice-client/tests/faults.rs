@@ -1,15 +1,18 @@
 //! Faults between the client and the broker, through a TCP proxy: writes sliced into tiny
-//! pieces, and connections cut mid-response over and over while producing. No acknowledged record
-//! is lost, none is written twice (idempotence), and the client recovers by itself.
+//! pieces, connections cut mid-response over and over, connections frozen (open, but carrying
+//! nothing, as half-open ones do). No acknowledged record is lost, none is written twice
+//! (idempotence), consumers and groups read on, and the client recovers by itself.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::riding::{self, Seen};
 use common::{unique, Broker, Kind};
-use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ClientConfig, FetchOptions, Isolation, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::compression::Compression;
 
 fn config(bootstrap: &str) -> ClientConfig {
@@ -247,4 +250,89 @@ async fn the_producer_recovers_by_itself_when_the_broker_is_killed_and_restarted
         after_restart.len(),
         log.len()
     );
+}
+
+/// An idempotent producer, a consumer and a consumer group of two members, each with a client of
+/// its own, through the proxy while every connection is cut three times, then connections are
+/// cut mid-response over and over for two seconds, then every connection freezes (the requests
+/// on them time out after 5 s and new connections are made). Nobody's calls fail; every
+/// acknowledged record is in the log once, the consumer reads every offset once and the group
+/// every offset at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_consumer_and_group_ride_through_cut_and_frozen_connections() {
+    const PARTITIONS: i32 = 4;
+    let topic = unique("riding");
+    let (_broker, proxy) = Broker::start_behind_proxy();
+    let config = config(&proxy.addr);
+    let client = Client::connect(config.clone()).await.unwrap();
+    client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
+
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let partitions = Arc::new(AtomicUsize::new(PARTITIONS as usize));
+    let producing = tokio::spawn(riding::produce(
+        Client::connect(config.clone()).await.unwrap(),
+        topic.clone(),
+        Arc::clone(&partitions),
+        Arc::clone(&stop_producing),
+        50_000,
+    ));
+    let stop_consuming = Arc::new(AtomicBool::new(false));
+    let consumed = Seen::default();
+    let consuming = tokio::spawn(riding::consumer(
+        Client::connect(config.clone()).await.unwrap(),
+        topic.clone(),
+        Arc::clone(&partitions),
+        consumed.clone(),
+        stop_consuming.clone(),
+    ));
+    let group = unique("riders");
+    let grouped = Seen::default();
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let client = Client::connect(config.clone()).await.unwrap();
+        let args = (topic.clone(), group.clone(), grouped.clone(), stop_consuming.clone());
+        members.push(tokio::spawn(riding::member(client, args.0, args.1, args.2, args.3)));
+    }
+    let progress = |what: &'static str| {
+        let (consumed, grouped) = (consumed.clone(), grouped.clone());
+        async move {
+            let (read, grouped_so_far) = (consumed.lock().unwrap().len(), grouped.lock().unwrap().len());
+            riding::wait_for(what, &consumed, read + 2_000).await;
+            riding::wait_for(what, &grouped, grouped_so_far + 2_000).await;
+        }
+    };
+
+    progress("before the faults").await;
+    eprintln!("[fault: every connection cut, three times]");
+    for _ in 0..3 {
+        proxy.cut_all();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    progress("after the cuts").await;
+    eprintln!("[fault: connections cut after 256 KiB of answers, for 2 s]");
+    proxy.faults.cut_after_response_bytes.store(256 << 10, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.faults.cut_after_response_bytes.store(0, Ordering::Relaxed);
+    progress("after the cuts mid-answer").await;
+    eprintln!("[fault: every connection frozen]");
+    let frozen = std::time::Instant::now();
+    proxy.freeze_all();
+    progress("after the freeze").await;
+    eprintln!("[both readers went on {:.1} s after the freeze]", frozen.elapsed().as_secs_f64());
+    stop_producing.store(true, Ordering::SeqCst);
+    let acknowledged = producing.await.unwrap();
+    let cuts = proxy.faults.cuts.load(Ordering::Relaxed);
+    assert!(cuts >= 3, "the faults must actually happen (only {cuts} cuts)");
+
+    let keys: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (topic.clone(), p)).collect();
+    let ends = client.log_ends(&keys, Isolation::ReadUncommitted).await.unwrap();
+    let total = usize::try_from(ends.values().sum::<i64>()).unwrap();
+    riding::wait_for("the consumer", &consumed, total).await;
+    riding::wait_to_cover("the group", &grouped, total).await;
+    stop_consuming.store(true, Ordering::SeqCst);
+    consuming.await.unwrap();
+    for member in members {
+        member.await.unwrap();
+    }
+    riding::check(&ends, &acknowledged, &consumed, &grouped);
 }

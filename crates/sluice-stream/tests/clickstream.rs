@@ -10,8 +10,9 @@
 //!   Apache Kafka) sees it.
 //!
 //! - on a three-node Apache Kafka cluster, run through a leader killed and brought back and a
-//!   rolling restart of every node, it never stops: its files are byte-identical to a run
-//!   without faults, and its transactional sink's output holds every record once.
+//!   rolling restart of every node, and through a proxy that cuts and freezes its connections,
+//!   it never stops: its files are byte-identical to a run without faults, and its
+//!   transactional sink's output holds every record once.
 //!
 //! The job runs in a child process: this test binary again, with `CHILD_ENV` set. Kill delays
 //! come from a seed printed at the start (`SLUICE_KILL_SEED` replays it).
@@ -140,8 +141,8 @@ impl Output {
     }
 }
 
-fn kafka_sink<T: serde::Serialize>(broker: &str, topic: &str, output: Output) -> KafkaSink<T> {
-    let sink = KafkaSink::json(ClientConfig::new(broker.split(',')), topic, format!("clickstream-{topic}"));
+fn kafka_sink<T: serde::Serialize>(client: &ClientConfig, topic: &str, output: Output) -> KafkaSink<T> {
+    let sink = KafkaSink::json(client.clone(), topic, format!("clickstream-{topic}"));
     if output == Output::KafkaTransactions {
         sink.transactional()
     } else {
@@ -152,10 +153,15 @@ fn kafka_sink<T: serde::Serialize>(broker: &str, topic: &str, output: Output) ->
 /// The usual rate: 30 records per partition in each 20 ms batch.
 const RATE: f64 = 1_500.0;
 
-/// Runs the job to the end of the input (on the brokers `broker` names, separated by commas):
-/// batches of 20 ms, each taking `rate` × 20 ms records of each partition.
+/// The client of a job on the brokers `bootstrap` names, separated by commas.
+fn client_of(bootstrap: &str) -> ClientConfig {
+    ClientConfig::new(bootstrap.split(','))
+}
+
+/// Runs the job to the end of the input (its source and its Kafka sinks with `client`): batches
+/// of 20 ms, each taking `rate` × 20 ms records of each partition.
 async fn run_job<C: Clock>(
-    broker: &str,
+    client: &ClientConfig,
     topics: &Topics,
     dir: &Path,
     counts: &BTreeMap<i32, i64>,
@@ -164,8 +170,13 @@ async fn run_job<C: Clock>(
     rate: f64,
 ) -> (u64, u64, u64) {
     let clicks = topics.clicks();
-    let mut config =
-        StreamConfig::new(broker.split(','), [clicks.as_str()], Duration::from_millis(20), dir.join("checkpoint"));
+    let mut config = StreamConfig::new(
+        client.bootstrap.iter().map(String::as_str),
+        [clicks.as_str()],
+        Duration::from_millis(20),
+        dir.join("checkpoint"),
+    );
+    config.client = client.clone();
     config.scheduler.limits = RateLimits { max_per_partition: Some(rate), min_per_partition: 0.0 };
     config.scheduler.ending_offsets = Some(counts.iter().map(|(p, n)| ((clicks.clone(), *p), *n)).collect());
     config.snapshot_every = 7;
@@ -180,8 +191,8 @@ async fn run_job<C: Clock>(
         Output::Kafka | Output::KafkaTransactions => clickstream::build(
             ctx.kafka_stream(),
             &job_config(),
-            kafka_sink::<TopItem>(broker, &topics.output("top-items"), output),
-            kafka_sink::<UserSession>(broker, &topics.output("sessions"), output),
+            kafka_sink::<TopItem>(client, &topics.output("top-items"), output),
+            kafka_sink::<UserSession>(client, &topics.output("sessions"), output),
         ),
     };
     let batches = ctx.run_with_clock(clock, |_| {}).await.unwrap();
@@ -285,7 +296,7 @@ async fn the_example_publishes_the_top_items_and_sessions_computed_independently
     let (broker, topics, counts) = tokio::task::spawn_blocking(broker_with_clicks).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (batches, unparsable, late) =
-        run_job(&broker, &topics, dir.path(), &counts, ManualClock::new(0), Output::Files, RATE).await;
+        run_job(&client_of(&broker), &topics, dir.path(), &counts, ManualClock::new(0), Output::Files, RATE).await;
     println!("clickstream: {batches} batches");
     assert!(batches > 90, "rate-limited into many batches: {batches}");
     assert_eq!(unparsable, 1, "the record that is not a click");
@@ -349,7 +360,7 @@ fn run_child_if_asked() {
     let counts: BTreeMap<i32, i64> =
         counts.split(',').enumerate().map(|(p, n)| (p as i32, n.parse().unwrap())).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(run_job(broker, &topics, Path::new(dir), &counts, SystemClock::new(), output, RATE));
+    runtime.block_on(run_job(&client_of(broker), &topics, Path::new(dir), &counts, SystemClock::new(), output, RATE));
     std::process::exit(0);
 }
 
@@ -586,6 +597,66 @@ fn read_committed(broker: &str, topic: &str) -> Vec<String> {
     })
 }
 
+/// The job slowed to three records per partition a batch (so that it is under way through
+/// faults), run twice at once with the system clock: writing files, and writing to Kafka in
+/// transactions.
+const SLOW: f64 = 150.0;
+
+struct FaultedRuns {
+    files_dir: tempfile::TempDir,
+    transactions_dir: tempfile::TempDir,
+    files: tokio::task::JoinHandle<(u64, u64, u64)>,
+    transactions: tokio::task::JoinHandle<(u64, u64, u64)>,
+}
+
+impl FaultedRuns {
+    fn start(client: &ClientConfig, topics: &Topics, counts: &BTreeMap<i32, i64>) -> Self {
+        let (files_dir, transactions_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let start = |output: Output, dir: PathBuf| {
+            let (client, topics, counts) = (client.clone(), topics.clone(), counts.clone());
+            tokio::spawn(
+                async move { run_job(&client, &topics, &dir, &counts, SystemClock::new(), output, SLOW).await },
+            )
+        };
+        let files = start(Output::Files, files_dir.path().to_owned());
+        let transactions = start(Output::KafkaTransactions, transactions_dir.path().to_owned());
+        Self { files_dir, transactions_dir, files, transactions }
+    }
+
+    /// How many of the two runs are still under way.
+    fn running(&self) -> usize {
+        [&self.files, &self.transactions].iter().filter(|run| !run.is_finished()).count()
+    }
+
+    /// Waits for both runs, then checks: the files are byte-identical to those of the run
+    /// without faults in `clean`, and the transactional sink's topics hold every record of that
+    /// run once, in order, as a read_committed consumer sees them.
+    async fn finish(self, clean: &Path, client: &Client, bootstrap: &str, topics: &Topics) {
+        self.files.await.unwrap();
+        self.transactions.await.unwrap();
+        let expected = files(&clean.join("out"));
+        let got = files(&self.files_dir.path().join("out"));
+        assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same files");
+        for (path, bytes) in &expected {
+            assert!(got[path] == *bytes, "{} differs from the run without faults", path.display());
+        }
+        for name in ["top-items", "sessions"] {
+            let topic = topics.output(name);
+            let (written, aborted) = committed_values(client, &topic).await;
+            let expected = file_lines(&clean.join("out"), name);
+            println!(
+                "transactional sink ({name}): {} records committed, {aborted} in aborted transactions",
+                written.len()
+            );
+            assert_eq!(written, expected, "{name}: committed once each, in batch order");
+            let bootstrap = bootstrap.to_owned();
+            let read = tokio::task::spawn_blocking(move || read_committed(&bootstrap, &topic)).await.unwrap();
+            assert_eq!(read, expected, "{name}: a read_committed consumer sees each record once");
+        }
+        drop(self.transactions_dir);
+    }
+}
+
 /// On a three-node cluster (replication factor 3, `min.insync.replicas` 2) the job runs, slowed
 /// to three records per partition a batch so that it is under way through the faults, while the
 /// leader of its input is killed with SIGKILL and brought back, and then every node is restarted
@@ -594,7 +665,6 @@ fn read_committed(broker: &str, topic: &str) -> Vec<String> {
 /// sink's topics hold every record once, as a read_committed consumer sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_the_job_rides_through_a_leader_kill_and_a_rolling_restart() {
-    const SLOW: f64 = 150.0;
     let began = std::time::Instant::now();
     let Some((cluster, client)) = cluster::start_or_skip().await else { return };
     let bootstrap = cluster.bootstrap.join(",");
@@ -603,49 +673,73 @@ async fn on_a_cluster_the_job_rides_through_a_leader_kill_and_a_rolling_restart(
         tokio::task::spawn_blocking(move || clicks_on(&bootstrap, 3)).await.unwrap()
     };
     let clean = tempfile::tempdir().unwrap();
-    run_job(&bootstrap, &topics, clean.path(), &counts, ManualClock::new(0), Output::Files, SLOW).await;
+    run_job(&client_of(&bootstrap), &topics, clean.path(), &counts, ManualClock::new(0), Output::Files, SLOW).await;
     println!("[the run without faults done at {:.0} s]", began.elapsed().as_secs_f64());
 
-    let (files_dir, transactions_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let start = |output: Output, dir: PathBuf| {
-        let (bootstrap, topics, counts) = (bootstrap.clone(), topics.clone(), counts.clone());
-        tokio::spawn(async move { run_job(&bootstrap, &topics, &dir, &counts, SystemClock::new(), output, SLOW).await })
-    };
-    let files_run = start(Output::Files, files_dir.path().to_owned());
-    let transactions_run = start(Output::KafkaTransactions, transactions_dir.path().to_owned());
+    let runs = FaultedRuns::start(&client_of(&bootstrap), &topics, &counts);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster::kill_leader(&cluster, &client, &topics.clicks(), Duration::from_secs(3)).await;
-    let running = [&files_run, &transactions_run].iter().filter(|run| !run.is_finished()).count();
+    let running = runs.running();
     println!(
         "[{running} of the 2 runs still under way after the leader kill, at {:.0} s]",
         began.elapsed().as_secs_f64()
     );
     assert_eq!(running, 2, "both runs must be under way through the leader kill (slow them down further)");
     cluster::rolling_restart(&cluster, &client).await;
-    let running = [&files_run, &transactions_run].iter().filter(|run| !run.is_finished()).count();
+    let running = runs.running();
     println!(
         "[{running} of the 2 runs still under way after the rolling restart, at {:.0} s]",
         began.elapsed().as_secs_f64()
     );
     assert!(running > 0, "a run must be under way through the rolling restart (slow them down further)");
-    files_run.await.unwrap();
-    transactions_run.await.unwrap();
-    println!("[both runs done at {:.0} s]", began.elapsed().as_secs_f64());
+    runs.finish(clean.path(), &client, &bootstrap, &topics).await;
+    println!("[both runs done and checked at {:.0} s]", began.elapsed().as_secs_f64());
+}
 
-    let expected = files(&clean.path().join("out"));
-    let got = files(&files_dir.path().join("out"));
-    assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same files");
-    for (path, bytes) in &expected {
-        assert!(got[path] == *bytes, "{} differs from the run without faults", path.display());
+/// Through a TCP proxy in front of one broker (its only advertised listener), the job runs as on
+/// the cluster, writing files and writing to Kafka in transactions at once, while every
+/// connection is cut three times, then connections are cut mid-answer for two seconds, then
+/// every connection freezes (open, carrying nothing; requests on them time out after 5 s).
+/// Neither run stops; the files are byte-identical to a run without faults, and the
+/// transactional sink's topics hold every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_proxy_the_job_rides_through_cut_and_frozen_connections() {
+    let began = std::time::Instant::now();
+    let (broker, proxy) = common::Broker::start_behind_proxy();
+    let mut client_config = client_of(&proxy.addr);
+    client_config.connection.request_timeout = Duration::from_secs(5);
+    let (topics, counts) = {
+        let addr = proxy.addr.clone();
+        tokio::task::spawn_blocking(move || clicks_on(&addr, 1)).await.unwrap()
+    };
+    // The run without faults goes straight to the broker, meanwhile.
+    let clean = tempfile::tempdir().unwrap();
+    let clean_run = {
+        let (direct, topics, counts, dir) =
+            (client_of(&broker.addr), topics.clone(), counts.clone(), clean.path().to_owned());
+        tokio::spawn(
+            async move { run_job(&direct, &topics, &dir, &counts, ManualClock::new(0), Output::Files, SLOW).await },
+        )
+    };
+    let runs = FaultedRuns::start(&client_config, &topics, &counts);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("[fault: every connection cut, three times, at {:.0} s]", began.elapsed().as_secs_f64());
+    for _ in 0..3 {
+        proxy.cut_all();
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for name in ["top-items", "sessions"] {
-        let topic = topics.output(name);
-        let (written, aborted) = committed_values(&client, &topic).await;
-        let expected = file_lines(&clean.path().join("out"), name);
-        println!("transactional sink ({name}): {} records committed, {aborted} in aborted transactions", written.len());
-        assert_eq!(written, expected, "{name}: committed once each, in batch order");
-        let bootstrap = bootstrap.clone();
-        let read = tokio::task::spawn_blocking(move || read_committed(&bootstrap, &topic)).await.unwrap();
-        assert_eq!(read, expected, "{name}: a read_committed consumer sees each record once");
-    }
+    println!("[fault: connections cut after 64 KiB of answers, for 2 s]");
+    proxy.faults.cut_after_response_bytes.store(64 << 10, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.faults.cut_after_response_bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+    println!("[fault: every connection frozen, at {:.0} s]", began.elapsed().as_secs_f64());
+    proxy.freeze_all();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(runs.running(), 2, "both runs must be under way through the faults (slow them down further)");
+    clean_run.await.unwrap();
+    let client = Client::connect(client_config.clone()).await.unwrap();
+    runs.finish(clean.path(), &client, &proxy.addr, &topics).await;
+    let cuts = proxy.faults.cuts.load(std::sync::atomic::Ordering::Relaxed);
+    println!("[both runs done and checked at {:.0} s; {cuts} connections cut]", began.elapsed().as_secs_f64());
+    assert!(cuts >= 3, "the faults must actually happen (only {cuts} cuts)");
 }

@@ -40,6 +40,9 @@ pub(super) struct Transaction {
     open: bool,
     /// Partitions already added to the open transaction.
     partitions: HashSet<(String, i32)>,
+    /// How long a request to a coordinator is tried again while the coordinator moves, cannot
+    /// be reached, or does not answer (its connection frozen): the producer's delivery timeout.
+    retry_for: Duration,
 }
 
 /// The last EndTxn version of the transaction protocol v1 (v5 bumps the epoch at every end).
@@ -58,8 +61,14 @@ fn retry_code(code: ErrorCode) -> Option<bool> {
 }
 
 impl Transaction {
-    /// Finds the coordinator of `id` and gets a producer id and epoch from it.
-    pub(super) async fn init(client: &Client, id: &str, timeout: Duration) -> Result<((i64, i16), Self)> {
+    /// Finds the coordinator of `id` and gets a producer id and epoch from it, for transactions
+    /// of `timeout`; requests to coordinators are retried for `retry_for`.
+    pub(super) async fn init(
+        client: &Client,
+        id: &str,
+        timeout: Duration,
+        retry_for: Duration,
+    ) -> Result<((i64, i16), Self)> {
         let mut state = Self {
             id: id.to_owned(),
             producer_id: -1,
@@ -67,6 +76,7 @@ impl Transaction {
             coordinator: None,
             open: false,
             partitions: HashSet::new(),
+            retry_for,
         };
         let request = InitProducerIdRequest {
             transactional_id: Some(id.to_owned()),
@@ -92,9 +102,11 @@ impl Transaction {
     }
 
     /// Sends `request` to the transaction coordinator (at the highest version both sides speak,
-    /// at most `cap`), finding it again and retrying (for up to the request timeout) while it
-    /// moves, loads, or is finishing the previous transaction; `code` picks the error code that
-    /// decides.
+    /// at most `cap`), finding it again and retrying (for up to `retry_for`) while it moves,
+    /// loads, cannot be reached, does not answer, or is finishing the previous transaction;
+    /// `code` picks the error code that decides. Every request a transaction sends is safe to
+    /// repeat: a partition or group added twice is added once, an EndTxn repeated after the
+    /// transaction ended is answered as the first was.
     async fn call<R: Request>(
         &mut self,
         client: &Client,
@@ -103,7 +115,7 @@ impl Transaction {
         code: impl Fn(&R::Response) -> i16,
     ) -> Result<R::Response> {
         let api = R::NAME.strip_suffix("Request").unwrap_or(R::NAME);
-        let deadline = Instant::now() + client.config().connection.request_timeout;
+        let deadline = Instant::now() + self.retry_for;
         loop {
             // A coordinator that cannot be found or reached (its broker down, its partition
             // moving) is looked up again, like one that answers it is not the coordinator.
@@ -260,7 +272,7 @@ impl Producer {
             ..TxnOffsetCommitRequest::default()
         };
         // TxnOffsetCommit goes to the group's coordinator, not the transaction's.
-        let deadline = Instant::now() + client.config().connection.request_timeout;
+        let deadline = Instant::now() + txn.retry_for;
         loop {
             let answer = async {
                 let coordinator = client.group_coordinator(&group_id).await?;
@@ -284,8 +296,8 @@ impl Producer {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            // The group's coordinator moving or unreachable, or busy: look again, for up to the
-            // request timeout.
+            // The group's coordinator moving, unreachable or silent, or busy: look again, for up
+            // to `retry_for`.
             let again = match &error {
                 Error::Broker { code, .. } => retry_code(*code).is_some(),
                 other => other.is_retriable(),

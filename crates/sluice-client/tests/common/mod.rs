@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod java;
 pub mod member;
 pub mod proxy;
+pub mod riding;
 
 use bytes::BytesMut;
 use sluice_client::Connection;

@@ -1,0 +1,164 @@
+//! A producer, a consumer and a consumer group running side by side while faults happen
+//! (`cluster.rs`: a changing cluster; `faults.rs`: connections cut and frozen), and the checks
+//! that none of them lost or repeated what it must not: every acknowledged record in the log
+//! once, the consumer reading every offset once, the group every offset at least once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_client::{
+    Acks, Client, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, PartitionRecords,
+    Producer, ProducerConfig, ProducerRecord, StartAt,
+};
+
+/// (partition, offset, value) of every record seen, in the order seen.
+pub type Seen = Arc<Mutex<Vec<(i32, i64, String)>>>;
+
+fn note(seen: &Seen, parts: &[PartitionRecords]) {
+    let mut seen = seen.lock().unwrap();
+    for part in parts {
+        for record in part.records() {
+            let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
+            seen.push((part.partition, record.offset(), value));
+        }
+    }
+}
+
+/// Produces the values 0, 1, 2, ... spread over the topic's partitions (as many as
+/// `partitions` says at the time), about 10,000 a second, until `stop` is set and at least
+/// `at_least` are sent; returns the values acknowledged.
+pub async fn produce(
+    client: Client,
+    topic: String,
+    partitions: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    at_least: usize,
+) -> Vec<String> {
+    let config = ProducerConfig {
+        acks: Acks::All,
+        idempotent: true,
+        linger: Duration::from_millis(5),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config).await.unwrap();
+    let mut deliveries = Vec::new();
+    let mut n: usize = 0;
+    while n < at_least || !stop.load(Ordering::SeqCst) {
+        let count = partitions.load(Ordering::SeqCst);
+        let partition = i32::try_from(n % count).unwrap();
+        let record = ProducerRecord { partition: Some(partition), ..ProducerRecord::new(&topic, n.to_string()) };
+        deliveries.push((n.to_string(), producer.send(record).await.unwrap()));
+        n += 1;
+        if n % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut acknowledged = Vec::new();
+    let mut failures = BTreeMap::new();
+    for (value, delivery) in deliveries {
+        match delivery.await {
+            Ok(_) => acknowledged.push(value),
+            Err(e) => *failures.entry(e.to_string()).or_insert(0) += 1,
+        }
+    }
+    eprintln!("[producer: {n} records sent, {} acknowledged, failures: {failures:?}]", acknowledged.len());
+    acknowledged
+}
+
+/// A consumer assigning itself the topic's partitions (taking up added ones when `partitions`
+/// grows), polling until `stop`; what it reads goes to `seen`. Panics if a poll fails.
+pub async fn consumer(client: Client, topic: String, partitions: Arc<AtomicUsize>, seen: Seen, stop: Arc<AtomicBool>) {
+    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    let mut assigned = 0;
+    while !stop.load(Ordering::SeqCst) {
+        while assigned < partitions.load(Ordering::SeqCst) {
+            consumer.assign(&topic, i32::try_from(assigned).unwrap(), StartAt::Earliest).await.unwrap();
+            assigned += 1;
+        }
+        let parts = consumer.poll().await.unwrap_or_else(|e| panic!("the consumer's poll failed: {e}"));
+        note(&seen, &parts);
+    }
+}
+
+/// A member of `group` polling until `stop`; what it sees goes to `seen`. Panics if a poll
+/// fails.
+pub async fn member(client: Client, topic: String, group: String, seen: Seen, stop: Arc<AtomicBool>) {
+    let config = GroupConfig {
+        session_timeout: Duration::from_secs(10),
+        rebalance_timeout: Duration::from_secs(30),
+        heartbeat_interval: Duration::from_millis(500),
+        auto_commit_interval: Some(Duration::from_millis(500)),
+        partition_discovery_interval: Duration::from_secs(1),
+        ..GroupConfig::new(group, [topic])
+    };
+    let consumer = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
+    let mut member = GroupConsumer::new(client, config, consumer);
+    while !stop.load(Ordering::SeqCst) {
+        match member.poll().await {
+            Ok(GroupEvent::Records(parts)) => note(&seen, &parts),
+            Ok(_) => {}
+            Err(e) => panic!("a group member's poll failed: {e}"),
+        }
+    }
+    member.close().await.unwrap();
+}
+
+/// Waits (120 s at most) until `seen` holds `count` records.
+pub async fn wait_for(what: &str, seen: &Seen, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().len() < count {
+        assert!(Instant::now() < deadline, "{what}: {} of {count} records within 120 s", seen.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (120 s at most) until `seen` covers `total` distinct offsets.
+pub async fn wait_to_cover(what: &str, seen: &Seen, total: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let covered: BTreeSet<(i32, i64)> = seen.lock().unwrap().iter().map(|(p, o, _)| (*p, *o)).collect();
+        if covered.len() >= total {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} read {} of {total} offsets within 120 s", covered.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks, given each partition's log end: every acknowledged value is in the log (as the
+/// consumer read it) and no value twice; the consumer read each offset of each partition once,
+/// in order; the group read every offset at least once.
+pub fn check(ends: &BTreeMap<(String, i32), i64>, acknowledged: &[String], consumed: &Seen, grouped: &Seen) {
+    let consumed = consumed.lock().unwrap().clone();
+    let mut in_log = BTreeMap::new();
+    for (partition, offset, value) in &consumed {
+        if let Some(earlier) = in_log.insert(value.clone(), (*partition, *offset)) {
+            panic!("{value} is in the log twice: at {earlier:?} and at ({partition}, {offset})");
+        }
+    }
+    let missing: Vec<&String> = acknowledged.iter().filter(|v| !in_log.contains_key(*v)).take(5).collect();
+    assert!(missing.is_empty(), "acknowledged but not in the log: {missing:?}");
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (partition, offset, _) in &consumed {
+        by_partition.entry(*partition).or_default().push(*offset);
+    }
+    for ((_, partition), end) in ends {
+        let offsets = by_partition.remove(partition).unwrap_or_default();
+        assert_eq!(offsets, (0..*end).collect::<Vec<_>>(), "the consumer, partition {partition}: every offset once");
+    }
+    let grouped = grouped.lock().unwrap();
+    let covered: BTreeSet<(i32, i64)> = grouped.iter().map(|(p, o, _)| (*p, *o)).collect();
+    for ((_, partition), end) in ends {
+        let gaps: Vec<i64> = (0..*end).filter(|o| !covered.contains(&(*partition, *o))).take(5).collect();
+        assert!(gaps.is_empty(), "the group never read offsets {gaps:?} of partition {partition}");
+    }
+    eprintln!(
+        "[{} records in the log; {} acknowledged; the group read {} ({} again after a rebalance)]",
+        consumed.len(),
+        acknowledged.len(),
+        grouped.len(),
+        grouped.len() - covered.len()
+    );
+}
