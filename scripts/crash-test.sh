@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long crash campaigns for the scheduler and the streaming engine, beyond the 20 (10 for each
-# Kafka sink) kills and the two cluster faults the test suite runs. The first four kill a job at
+# Kafka sink) kills and the four cluster faults the test suite runs. The first four kill a job at
 # random moments COUNT times against the test broker (Apache Kafka by default), restart it each
 # time, and check:
 #   scheduler   committed ranges cover every offset of 8 partitions exactly once
@@ -9,9 +9,10 @@
 #   txn         ... with transactions, each record committed once
 # The last leaves the job running and breaks the cluster under it instead:
 #   cluster     COUNT random faults on a three-node Kafka cluster (a partition's leader or any node
-#               killed with SIGKILL, or a node stopped cleanly, each started again after 0.5-5 s)
-#               while a job reads from it and a producer writes to it: every record read exactly
-#               once; prints the longest stall each kind of fault caused
+#               killed with SIGKILL, or a node stopped cleanly, each started again after 0.5-5 s;
+#               or every connection to a node cut, or frozen, by the proxy in front of it) while
+#               a job reads from it and a producer writes to it, both through the proxies: every
+#               record read exactly once; prints the longest stall each kind of fault caused
 #
 #   scripts/crash-test.sh COUNT [scheduler|files|kafka|txn|cluster|all]   (default: 200 all;
 #   "all" runs COUNT/4 cluster faults, each takes about 15 s)

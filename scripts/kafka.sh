@@ -17,9 +17,10 @@
 #       --watch PID      stop the nodes and remove DIR once process PID has exited (a test process
 #                        that may not get to stop them itself)
 #       --config K=V     an extra server property for every node (repeatable)
-#       --external ADDR  one node only: one more listener, "EXTERNAL", advertised as ADDR (a proxy in
-#                        front of the node; inter-broker traffic stays on PLAINTEXT); prints
-#                        "external 127.0.0.1:PORT", the address the proxy forwards to
+#       --external ADDR,...  one more listener per node, "EXTERNAL", node i's advertised as the
+#                        i-th ADDR (a proxy in front of each node; inter-broker traffic stays on
+#                        PLAINTEXT); prints "external 127.0.0.1:PORT,...", the addresses the
+#                        proxies forward to
 #     Formats storage, starts the nodes on free loopback ports, and waits (60 s at most) until every
 #     node answers ApiVersions and the metadata lists every broker. Prints, one per line:
 #       bootstrap HOST:PORT,...        the PLAINTEXT listeners
@@ -145,7 +146,11 @@ cmd_start() {
         esac
     done
     case "$nodes" in ''|*[!0-9]*|0) die "bad --nodes '$nodes'" ;; esac
-    [ -z "$external" ] || [ "$nodes" = 1 ] || die "--external needs --nodes 1"
+    local externals=()
+    if [ -n "$external" ]; then
+        IFS=, read -r -a externals <<<"$external"
+        [ "${#externals[@]}" = "$nodes" ] || die "--external needs one address per node ($nodes)"
+    fi
     command -v java >/dev/null 2>&1 || die "java not found (Kafka 4.4 needs Java 17 or newer)"
     [ -f "$LIB/kafka_2.13-4.4.0.jar" ] || die "no Kafka jars in $LIB: run scripts/install-peers.sh"
     if [ -z "$dir" ]; then
@@ -160,7 +165,7 @@ cmd_start() {
     [ "$tls" = 1 ] && per=$((per + 2))
     [ -n "$external" ] && per=$((per + 1))
     mapfile -t ports < <(free_ports $((nodes * per)))
-    local external_port="" plain=() controller=() sasl_ports=() scram_ports=() tls_ports=() mtls_ports=() voters="" i j
+    local external_ports=() plain=() controller=() sasl_ports=() scram_ports=() tls_ports=() mtls_ports=() voters="" i j
     for ((i = 0; i < nodes; i++)); do
         j=$((i * per))
         plain+=("${ports[j]}")
@@ -168,7 +173,7 @@ cmd_start() {
         j=$((j + 2))
         if [ "$sasl" = 1 ]; then sasl_ports+=("${ports[j]}"); scram_ports+=("${ports[j + 1]}"); j=$((j + 2)); fi
         if [ "$tls" = 1 ]; then tls_ports+=("${ports[j]}"); mtls_ports+=("${ports[j + 1]}"); j=$((j + 2)); fi
-        [ -n "$external" ] && external_port="${ports[j]}"
+        if [ -n "$external" ]; then external_ports+=("${ports[j]}"); fi
         voters+="${voters:+,}$((i + 1))@127.0.0.1:${controller[i]}"
     done
     [ "$tls" = 1 ] && make_tls "$dir/tls"
@@ -218,8 +223,8 @@ EOF
             protocols+=",TLS:SSL,MTLS:SSL"
         fi
         if [ -n "$external" ]; then
-            listeners+=",EXTERNAL://127.0.0.1:$external_port"
-            advertised+=",EXTERNAL://$external"
+            listeners+=",EXTERNAL://127.0.0.1:${external_ports[i]}"
+            advertised+=",EXTERNAL://${externals[i]}"
             protocols+=",EXTERNAL:PLAINTEXT"
         fi
         {
@@ -341,7 +346,10 @@ EOF
         echo "client_cert $dir/tls/client.pem"
         echo "client_key $dir/tls/client.key"
     fi
-    [ -n "$external" ] && echo "external 127.0.0.1:$external_port"
+    if [ -n "$external" ]; then
+        joined=(); for p in "${external_ports[@]}"; do joined+=("127.0.0.1:$p"); done
+        echo "external $(join "${joined[@]}")"
+    fi
     echo "dir $dir"
     for ((i = 1; i <= nodes; i++)); do
         echo "node $i $(cat "$dir/node-$i/pid") ${plain[i - 1]}"

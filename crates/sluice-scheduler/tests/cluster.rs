@@ -1,12 +1,15 @@
 //! The micro-batch loop on a three-node Apache Kafka cluster (replication factor 3,
-//! `min.insync.replicas` 2) that changes under a running job, as clusters do: the leader of
-//! the partitions killed and brought back, then a rolling restart of every node. The job never
-//! stops, and reads every record of the log exactly once.
+//! `min.insync.replicas` 2), each node behind a fault proxy that the job and its producer go
+//! through, that changes under a running job, as clusters do: the leader of the partitions
+//! killed and brought back, every connection cut, every connection frozen (open, carrying
+//! nothing), then a rolling restart of every node. The job never stops, and reads every record
+//! of the log exactly once.
 //!
 //! `SLUICE_CLUSTER_FAULTS=N` (`scripts/crash-test.sh N cluster`) runs N random faults instead:
 //! a node killed with SIGKILL (the leader of a partition, or any node) or stopped cleanly, and
-//! started again after a random while; the seed is printed (`SLUICE_FAULT_SEED` replays it),
-//! and so is the longest stall each kind of fault caused.
+//! started again after a random while, or the connections to a node cut or frozen; the seed is
+//! printed (`SLUICE_FAULT_SEED` replays it), and so is the longest stall each kind of fault
+//! caused.
 
 #[path = "../../sluice-client/tests/common/mod.rs"]
 mod common;
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{cluster, unique, Rng};
-use sluice_client::{Acks, Client, Isolation, Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Acks, Client, ClientConfig, Isolation, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{Batch, BatchOutput, Processor, Scheduler, SchedulerConfig, SystemClock};
 
 const PARTITIONS: i32 = 4;
@@ -100,19 +103,40 @@ async fn wait_for_progress(
     }
 }
 
+/// Waits until the job has read `more` records past the log end as it is now (records produced
+/// after now), so that it must have fetched since (not only worked through what it had
+/// prefetched).
+async fn wait_past_the_log_end(
+    client: &Client,
+    topic: &str,
+    seen: &Seen,
+    more: usize,
+    running: &mut tokio::task::JoinHandle<Result<u64, sluice_scheduler::SchedulerError>>,
+) {
+    let keys: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (topic.to_owned(), p)).collect();
+    let ends = client.log_ends(&keys, Isolation::ReadUncommitted).await.unwrap();
+    let end = usize::try_from(ends.values().sum::<i64>()).unwrap();
+    wait_for_progress(seen, end, more, running).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolling_restart() {
-    let Some((cluster, client)) = cluster::start_or_skip().await else { return };
+    let Some((cluster, client, proxies)) = cluster::start_behind_proxies_or_skip().await else { return };
     let topic = unique("survive");
     client.create_topic(&topic, PARTITIONS, 3).await.unwrap();
     cluster::wait_in_sync(&client).await;
+    // The job and its producer reach the nodes through the proxies; a request on a frozen
+    // connection is given up after 5 s.
+    let mut proxied = ClientConfig::new(proxies.iter().map(|p| p.addr.clone()));
+    proxied.connection.request_timeout = Duration::from_secs(5);
+    let proxied = Client::connect(proxied).await.unwrap();
 
     let producing = Arc::new(AtomicBool::new(false));
-    let producer = tokio::spawn(produce_until(client.clone(), topic.clone(), Arc::clone(&producing)));
+    let producer = tokio::spawn(produce_until(proxied.clone(), topic.clone(), Arc::clone(&producing)));
     let dir = tempfile::tempdir().unwrap();
     let config =
         SchedulerConfig { max_concurrent_tasks: 4, ..SchedulerConfig::new([&topic], Duration::from_millis(200)) };
-    let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, SystemClock::new()).unwrap();
+    let mut scheduler = Scheduler::open(proxied.clone(), dir.path(), config, SystemClock::new()).unwrap();
     let stop = scheduler.stop_handle();
     let seen = Seen::default();
     let mut processor = seen.clone();
@@ -129,10 +153,18 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
         None => {
             faults.push(("leader SIGKILL", Instant::now()));
             cluster::kill_leader(&cluster, &client, &topic, Duration::from_secs(3)).await;
-            wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
+            wait_past_the_log_end(&client, &topic, &seen, 2_000, &mut running).await;
+            faults.push(("connections cut", Instant::now()));
+            eprintln!("[fault: every connection to every node cut]");
+            proxies.iter().for_each(common::proxy::Proxy::cut_all);
+            wait_past_the_log_end(&client, &topic, &seen, 2_000, &mut running).await;
+            faults.push(("connections frozen", Instant::now()));
+            eprintln!("[fault: every connection to every node frozen]");
+            proxies.iter().for_each(common::proxy::Proxy::freeze_all);
+            wait_past_the_log_end(&client, &topic, &seen, 2_000, &mut running).await;
             faults.push(("rolling restart", Instant::now()));
             cluster::rolling_restart(&cluster, &client).await;
-            wait_for_progress(&seen, seen.count(), 2_000, &mut running).await;
+            wait_past_the_log_end(&client, &topic, &seen, 2_000, &mut running).await;
         }
         Some(count) => {
             let seed = std::env::var("SLUICE_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
@@ -143,7 +175,8 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
             for _ in 0..count {
                 let down = Duration::from_millis(500 + rng.below(4_500));
                 let node = u32::try_from(1 + rng.below(3)).unwrap();
-                match rng.below(3) {
+                let proxy = &proxies[node as usize - 1];
+                match rng.below(5) {
                     0 => {
                         faults.push(("leader SIGKILL", Instant::now()));
                         let partition = i32::try_from(rng.below(PARTITIONS as u64)).unwrap();
@@ -160,6 +193,16 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
                         tokio::time::sleep(down).await;
                         tokio::task::block_in_place(|| cluster.restart(node));
                     }
+                    2 => {
+                        faults.push(("connections cut", Instant::now()));
+                        eprintln!("[fault: every connection to node {node} cut]");
+                        proxy.cut_all();
+                    }
+                    3 => {
+                        faults.push(("connections frozen", Instant::now()));
+                        eprintln!("[fault: every connection to node {node} frozen]");
+                        proxy.freeze_all();
+                    }
                     _ => {
                         faults.push(("clean restart", Instant::now()));
                         eprintln!("[fault: clean restart of node {node}]");
@@ -169,7 +212,7 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
                     }
                 }
                 cluster::wait_in_sync(&client).await;
-                wait_for_progress(&seen, seen.count(), 500, &mut running).await;
+                wait_past_the_log_end(&client, &topic, &seen, 500, &mut running).await;
             }
         }
     }

@@ -13,13 +13,32 @@ use super::{Broker, Kind};
 /// A three-node Kafka cluster of the test's own and a client of it; `None` on Tansu, which has
 /// no clusters (the test's output says it skipped, and why).
 pub async fn start_or_skip() -> Option<(Broker, Client)> {
-    if super::kind() != Kind::Kafka {
-        eprintln!("SKIPPED: leader kills and rolling restarts need a three-node cluster, and Tansu has none");
+    if !kafka_or_say_why_not() {
         return None;
     }
     let cluster = Broker::start_cluster(3);
     let client = Client::connect(ClientConfig::new(cluster.bootstrap.clone())).await.unwrap();
     Some((cluster, client))
+}
+
+/// Whether the tests run on Apache Kafka; if not, says that the cluster test skips, and why.
+fn kafka_or_say_why_not() -> bool {
+    let kafka = super::kind() == Kind::Kafka;
+    if !kafka {
+        eprintln!("SKIPPED: leader kills and rolling restarts need a three-node cluster, and Tansu has none");
+    }
+    kafka
+}
+
+/// As [`start_or_skip`], each node behind a fault proxy of its own
+/// ([`Broker::start_cluster_behind_proxies`]); the client goes straight to the nodes.
+pub async fn start_behind_proxies_or_skip() -> Option<(Broker, Client, Vec<super::proxy::Proxy>)> {
+    if !kafka_or_say_why_not() {
+        return None;
+    }
+    let (cluster, proxies) = Broker::start_cluster_behind_proxies(3);
+    let client = Client::connect(ClientConfig::new(cluster.bootstrap.clone())).await.unwrap();
+    Some((cluster, client, proxies))
 }
 
 /// Waits (90 s at most) until no partition in the cluster is leaderless or under-replicated

@@ -99,8 +99,8 @@ pub struct Broker {
     /// Kafka with SASL: a listener offering SCRAM-SHA-512 only.
     pub sasl_scram_only_addr: Option<String>,
     pub tls: Option<TlsListeners>,
-    /// Kafka with a proxy in front: the listener the proxy forwards to.
-    external: Option<String>,
+    /// Kafka with proxies in front: per node, the listener its proxy forwards to.
+    external: Vec<String>,
     process: Process,
 }
 
@@ -192,9 +192,28 @@ impl Broker {
                 external: Some(&proxy_addr),
             }),
         };
-        let upstream = broker.external.clone().unwrap_or_else(|| broker.addr.clone());
+        let upstream = broker.external.first().cloned().unwrap_or_else(|| broker.addr.clone());
         let proxy = proxy::Proxy::start(proxy_listener, upstream);
         (broker, proxy)
+    }
+
+    /// A cluster of `nodes` Kafka nodes, each behind a fault proxy of its own that its
+    /// advertised listener names: a client bootstrapped from the proxies' addresses reaches
+    /// every node through its proxy. `bootstrap` stays the nodes' own listeners, for a client
+    /// the faults should not touch.
+    pub fn start_cluster_behind_proxies(nodes: u32) -> (Self, Vec<proxy::Proxy>) {
+        assert_eq!(kind(), Kind::Kafka, "a cluster needs Apache Kafka (SLUICE_TEST_BROKER=kafka)");
+        let listeners: Vec<TcpListener> = (0..nodes).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let addresses: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+        let joined = addresses.join(",");
+        let options = KafkaOptions { nodes, heap: TEST_HEAP, sasl: false, tls: false, external: Some(&joined) };
+        let cluster = Self::start_kafka(&options);
+        let proxies = listeners
+            .into_iter()
+            .zip(cluster.external.clone())
+            .map(|(listener, upstream)| proxy::Proxy::start(listener, upstream))
+            .collect();
+        (cluster, proxies)
     }
 
     /// Tansu only: a broker on a free port advertising `advertised` (a TLS terminator in front).
@@ -308,7 +327,7 @@ impl Broker {
                     sasl_addr: None,
                     sasl_scram_only_addr: None,
                     tls: None,
-                    external: None,
+                    external: Vec::new(),
                     process: Process::Tansu {
                         child: Mutex::new(Some(child)),
                         extra: extra.iter().map(|s| (*s).to_owned()).collect(),
@@ -378,7 +397,7 @@ impl Broker {
             sasl_addr: list("sasl").map(|a| a[0].clone()),
             sasl_scram_only_addr: list("sasl_scram").map(|a| a[0].clone()),
             tls,
-            external: fields.get("external").map(|s| (*s).to_owned()),
+            external: list("external").unwrap_or_default(),
             process: Process::Kafka { dir: PathBuf::from(fields["dir"]), pids: Mutex::new(pids), owned },
         }
     }
