@@ -114,6 +114,8 @@ struct Shared {
     next_correlation_id: AtomicI32,
     /// What the writer needs to log in again before the SASL session ends (KIP-368).
     relogin: Mutex<Option<Relogin>>,
+    /// Wakes the writer when the first login hands it a session to renew.
+    relogin_scheduled: tokio::sync::Notify,
     /// How many times the connection logged in again.
     relogins: AtomicU64,
 }
@@ -348,6 +350,9 @@ impl Connection {
                 due: Relogin::due(started, lifetime),
             };
             *self.shared.relogin.lock().unwrap_or_else(PoisonError::into_inner) = Some(relogin);
+            // The writer may be waiting for requests with no renewal in view: a connection that
+            // gets none must still log in again in time.
+            self.shared.relogin_scheduled.notify_one();
         }
         Ok(())
     }
@@ -600,6 +605,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut queue: mpsc::Receiver<B
                     relogin(&mut out, &shared).await?;
                     continue;
                 }
+                () = shared.relogin_scheduled.notified() => continue,
                 frame = queue.recv() => frame,
             };
             let Some(frame) = frame else { break };
@@ -607,8 +613,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut queue: mpsc::Receiver<B
                 tokio::time::sleep_until(until).await;
             }
             out.write_all(&frame).await.map_err(written)?;
-            // Coalesce whatever else is already queued into the same flush.
-            while let Ok(frame) = queue.try_recv() {
+            // Coalesce whatever else is already queued into the same flush, unless it is time to
+            // log in again (a busy connection must not put that off until its session ends).
+            while shared.relogin_due().is_none_or(|due| due > tokio::time::Instant::now()) {
+                let Ok(frame) = queue.try_recv() else { break };
                 out.write_all(&frame).await.map_err(written)?;
             }
             out.flush().await.map_err(written)?;

@@ -68,9 +68,9 @@ async fn logins_succeed_with_every_mechanism_and_the_session_works() {
 
 /// The broker's SASL sessions last 5 s (`connections.max.reauth.ms`; KIP-368) and it closes a
 /// connection used after that. Connections log in again on the same socket before then, with
-/// every mechanism, while requests keep flowing; a consumer reads a producer's records across
-/// several sessions without losing its connection. Before, the first request after 5 s found the
-/// connection closed.
+/// every mechanism, while requests keep flowing and while none do; a consumer reads a
+/// producer's records across several sessions without losing its connection. Before, the first
+/// request after 5 s found the connection closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_renewed_on_the_same_connection_before_the_broker_ends_them() {
     let Some(addr) = kafka_sasl() else {
@@ -122,8 +122,20 @@ async fn sessions_are_renewed_on_the_same_connection_before_the_broker_ends_them
         }
         values
     };
+    // A connection that sends nothing after its login renews its session all the same.
+    let idle = async {
+        let sasl = SaslConfig::new(SaslMechanism::ScramSha256, "alice", "alice-secret");
+        let config = ConnectionConfig { sasl: Some(sasl), ..ConnectionConfig::default() };
+        let connection = Connection::connect(addr, config).await.unwrap();
+        tokio::time::sleep(RUN).await;
+        let answer = connection.send(&MetadataRequest::default()).await;
+        answer.unwrap_or_else(|e| panic!("the first request after {RUN:?} idle: {e}"));
+        connection.relogins()
+    };
     let [plain, scram_256, scram_512] = connections;
-    let (plain, scram_256, scram_512, sent, read) = tokio::join!(plain, scram_256, scram_512, produce, consume);
+    let (plain, scram_256, scram_512, idle, sent, read) =
+        tokio::join!(plain, scram_256, scram_512, idle, produce, consume);
+    assert!(idle >= 2, "the idle connection logged in again {idle} times in 13 s of 5 s sessions");
     for (mechanism, requests, relogins) in [plain, scram_256, scram_512] {
         eprintln!("{mechanism:?}: {requests} requests on one connection, {relogins} logins after the first");
         assert!(relogins >= 2, "{mechanism:?}: 13 s of 5 s sessions need at least two more logins, saw {relogins}");

@@ -271,12 +271,14 @@ async fn misuse_is_a_clear_error() {
 async fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
     let (broker, client, topics) = setup(&[("fenced", 1)]).await;
     let fenced = &topics[0];
-    // The old producer's client gives up sooner, for the Tansu case below.
+    // The old producer gives up sooner, for the Tansu case below (a connection closed is worth
+    // retrying for the delivery timeout).
     let mut config = ClientConfig::new([broker.addr.as_str()]);
     config.connection.request_timeout = Duration::from_secs(3);
     let old_client = Client::connect(config).await.unwrap();
     let single = unique("single");
-    let old = Producer::new(old_client, transactional(&single)).await.unwrap();
+    let old_config = ProducerConfig { delivery_timeout: Duration::from_secs(10), ..transactional(&single) };
+    let old = Producer::new(old_client, old_config).await.unwrap();
     old.begin_transaction().await.unwrap();
     send_values(&old, fenced, 0, 0..3).await;
 
