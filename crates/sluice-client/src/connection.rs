@@ -568,17 +568,28 @@ async fn read_frames<R: AsyncRead + Unpin>(read: &mut R, shared: &Shared, decode
                 Err(e) => return Closed::Lost(format!("bad frame from the broker: {e}")),
             }
         }
-        // Reserve the rest of a frame whose size is known in one go, else a chunk.
-        let wanted = match decoder.frame_len(&buf) {
-            Ok(Some(total)) => total.saturating_sub(buf.len()).max(READ_CHUNK),
-            _ => READ_CHUNK,
-        };
-        buf.reserve(wanted);
+        buf.reserve(read_reserve(&decoder, &buf, READ_CHUNK, RESERVE_AHEAD));
         match read.read_buf(&mut buf).await {
             Ok(0) => return Closed::Lost("the broker closed the connection".into()),
             Ok(_) => {}
             Err(e) => return Closed::Lost(format!("read failed: {e}")),
         }
+    }
+}
+
+/// Room made ahead of what has arrived of a frame, whatever its length prefix claims.
+const RESERVE_AHEAD: usize = 1 << 20;
+
+/// How much room to make before the next read, `buf` holding what has arrived of the next
+/// frame: the rest of the frame if its size is known, but never more than `ahead` or what has
+/// arrived already, whichever is larger (and at least one `chunk`), so the buffer grows with the
+/// bytes that come rather than with what the length prefix claims. A peer that sends a prefix
+/// of 100 MiB and nothing more gets `ahead`, not 100 MiB; a frame larger than `ahead` that does
+/// arrive takes a few doubling reads.
+fn read_reserve(decoder: &FrameDecoder, buf: &BytesMut, chunk: usize, ahead: usize) -> usize {
+    match decoder.frame_len(buf) {
+        Ok(Some(total)) => total.saturating_sub(buf.len()).min(buf.len().max(ahead)).max(chunk),
+        _ => chunk,
     }
 }
 
@@ -703,5 +714,31 @@ impl<W: AsyncWrite + Unpin> SaslChannel for WriterChannel<'_, W> {
         let (_, response) =
             decode_response::<R>(body, version).map_err(|source| Error::Decode { broker, api, version, source })?;
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_length_prefix_alone_reserves_little_and_the_buffer_grows_with_what_arrives() {
+        const CHUNK: usize = 64 * 1024;
+        const AHEAD: usize = 1 << 20;
+        let reserve = |buf: &BytesMut| read_reserve(&FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES), buf, CHUNK, AHEAD);
+        let claim: i32 = 100 * 1024 * 1024 - 4;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&claim.to_be_bytes());
+        assert_eq!(reserve(&buf), AHEAD, "a bare prefix claiming 100 MiB");
+        buf.extend_from_slice(&vec![0; 3 << 20]);
+        assert_eq!(reserve(&buf), buf.len(), "doubling as the frame arrives");
+        // A frame under `ahead`: the whole rest at once, as before.
+        let mut small = BytesMut::new();
+        small.extend_from_slice(&500_000i32.to_be_bytes());
+        assert_eq!(reserve(&small), 500_000);
+        // Near the end of the frame: only what is missing (at least a chunk).
+        small.extend_from_slice(&vec![0; 499_000]);
+        assert_eq!(reserve(&small), CHUNK, "never below a chunk");
+        assert_eq!(reserve(&BytesMut::new()), CHUNK, "nothing yet");
     }
 }
