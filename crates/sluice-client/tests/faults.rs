@@ -6,13 +6,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::riding::{self, Seen};
+use common::riding::{self, Riders};
 use common::{unique, Broker, Kind};
-use sluice_client::{Client, ClientConfig, FetchOptions, Isolation, Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ClientConfig, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::compression::Compression;
 
 fn config(bootstrap: &str) -> ClientConfig {
@@ -267,34 +266,9 @@ async fn producer_consumer_and_group_ride_through_cut_and_frozen_connections() {
     let client = Client::connect(config.clone()).await.unwrap();
     client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
 
-    let stop_producing = Arc::new(AtomicBool::new(false));
-    let partitions = Arc::new(AtomicUsize::new(PARTITIONS as usize));
-    let producing = tokio::spawn(riding::produce(
-        Client::connect(config.clone()).await.unwrap(),
-        topic.clone(),
-        Arc::clone(&partitions),
-        Arc::clone(&stop_producing),
-        50_000,
-    ));
-    let stop_consuming = Arc::new(AtomicBool::new(false));
-    let consumed = Seen::default();
-    let consuming = tokio::spawn(riding::consumer(
-        Client::connect(config.clone()).await.unwrap(),
-        topic.clone(),
-        Arc::clone(&partitions),
-        consumed.clone(),
-        stop_consuming.clone(),
-    ));
-    let group = unique("riders");
-    let grouped = Seen::default();
-    let mut members = Vec::new();
-    for _ in 0..2 {
-        let client = Client::connect(config.clone()).await.unwrap();
-        let args = (topic.clone(), group.clone(), grouped.clone(), stop_consuming.clone());
-        members.push(tokio::spawn(riding::member(client, args.0, args.1, args.2, args.3)));
-    }
+    let riders = Riders::start(&config, &topic, PARTITIONS, 50_000).await;
     let progress = |what: &'static str| {
-        let (consumed, grouped) = (consumed.clone(), grouped.clone());
+        let (consumed, grouped) = (riders.consumed.clone(), riders.grouped.clone());
         async move {
             let (read, grouped_so_far) = (consumed.lock().unwrap().len(), grouped.lock().unwrap().len());
             riding::wait_for(what, &consumed, read + 2_000).await;
@@ -319,20 +293,7 @@ async fn producer_consumer_and_group_ride_through_cut_and_frozen_connections() {
     proxy.freeze_all();
     progress("after the freeze").await;
     eprintln!("[both readers went on {:.1} s after the freeze]", frozen.elapsed().as_secs_f64());
-    stop_producing.store(true, Ordering::SeqCst);
-    let acknowledged = producing.await.unwrap();
     let cuts = proxy.faults.cuts.load(Ordering::Relaxed);
     assert!(cuts >= 3, "the faults must actually happen (only {cuts} cuts)");
-
-    let keys: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (topic.clone(), p)).collect();
-    let ends = client.log_ends(&keys, Isolation::ReadUncommitted).await.unwrap();
-    let total = usize::try_from(ends.values().sum::<i64>()).unwrap();
-    riding::wait_for("the consumer", &consumed, total).await;
-    riding::wait_to_cover("the group", &grouped, total).await;
-    stop_consuming.store(true, Ordering::SeqCst);
-    consuming.await.unwrap();
-    for member in members {
-        member.await.unwrap();
-    }
-    riding::check(&ends, &acknowledged, &consumed, &grouped);
+    riders.finish(&client).await;
 }

@@ -9,9 +9,88 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_client::{
-    Acks, Client, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, PartitionRecords,
-    Producer, ProducerConfig, ProducerRecord, StartAt,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, Isolation,
+    OffsetReset, PartitionRecords, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
+
+/// A producer, a consumer and a group of two members on `topic`, each with a client of its own
+/// (as separate applications would have), running until [`Riders::finish`].
+pub struct Riders {
+    topic: String,
+    /// How many partitions the producer spreads over and the consumer reads; raise it when
+    /// partitions are added.
+    pub partitions: Arc<AtomicUsize>,
+    /// What the consumer read.
+    pub consumed: Seen,
+    /// What the group's members read.
+    pub grouped: Seen,
+    stop_producing: Arc<AtomicBool>,
+    stop_consuming: Arc<AtomicBool>,
+    producing: tokio::task::JoinHandle<Vec<String>>,
+    consuming: tokio::task::JoinHandle<()>,
+    members: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Riders {
+    /// Starts them, with clients made from `config`; the producer sends at least `at_least`.
+    pub async fn start(config: &ClientConfig, topic: &str, partitions: i32, at_least: usize) -> Self {
+        let connect = || async { Client::connect(config.clone()).await.unwrap() };
+        let partitions = Arc::new(AtomicUsize::new(usize::try_from(partitions).unwrap()));
+        let (stop_producing, stop_consuming) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let producing = tokio::spawn(produce(
+            connect().await,
+            topic.to_owned(),
+            Arc::clone(&partitions),
+            Arc::clone(&stop_producing),
+            at_least,
+        ));
+        let consumed = Seen::default();
+        let consuming = tokio::spawn(consumer(
+            connect().await,
+            topic.to_owned(),
+            Arc::clone(&partitions),
+            consumed.clone(),
+            Arc::clone(&stop_consuming),
+        ));
+        let group = super::unique("riders");
+        let grouped = Seen::default();
+        let mut members = Vec::new();
+        for _ in 0..2 {
+            let (client, stop) = (connect().await, Arc::clone(&stop_consuming));
+            members.push(tokio::spawn(member(client, topic.to_owned(), group.clone(), grouped.clone(), stop)));
+        }
+        Self {
+            topic: topic.to_owned(),
+            partitions,
+            consumed,
+            grouped,
+            stop_producing,
+            stop_consuming,
+            producing,
+            consuming,
+            members,
+        }
+    }
+
+    /// Stops the producer, waits (with `client`) until the consumer has read every record and
+    /// the group every offset, stops them and runs [`check`].
+    pub async fn finish(self, client: &Client) {
+        self.stop_producing.store(true, Ordering::SeqCst);
+        let acknowledged = self.producing.await.unwrap();
+        let count = i32::try_from(self.partitions.load(Ordering::SeqCst)).unwrap();
+        let keys: Vec<(String, i32)> = (0..count).map(|p| (self.topic.clone(), p)).collect();
+        let ends = client.log_ends(&keys, Isolation::ReadUncommitted).await.unwrap();
+        let total = usize::try_from(ends.values().sum::<i64>()).unwrap();
+        wait_for("the consumer", &self.consumed, total).await;
+        wait_to_cover("the group", &self.grouped, total).await;
+        self.stop_consuming.store(true, Ordering::SeqCst);
+        self.consuming.await.unwrap();
+        for member in self.members {
+            member.await.unwrap();
+        }
+        check(&ends, &acknowledged, &self.consumed, &self.grouped);
+    }
+}
 
 /// (partition, offset, value) of every record seen, in the order seen.
 pub type Seen = Arc<Mutex<Vec<(i32, i64, String)>>>;
@@ -29,7 +108,7 @@ fn note(seen: &Seen, parts: &[PartitionRecords]) {
 /// Produces the values 0, 1, 2, ... spread over the topic's partitions (as many as
 /// `partitions` says at the time), about 10,000 a second, until `stop` is set and at least
 /// `at_least` are sent; returns the values acknowledged.
-pub async fn produce(
+async fn produce(
     client: Client,
     topic: String,
     partitions: Arc<AtomicUsize>,
@@ -69,7 +148,7 @@ pub async fn produce(
 
 /// A consumer assigning itself the topic's partitions (taking up added ones when `partitions`
 /// grows), polling until `stop`; what it reads goes to `seen`. Panics if a poll fails.
-pub async fn consumer(client: Client, topic: String, partitions: Arc<AtomicUsize>, seen: Seen, stop: Arc<AtomicBool>) {
+async fn consumer(client: Client, topic: String, partitions: Arc<AtomicUsize>, seen: Seen, stop: Arc<AtomicBool>) {
     let mut consumer = Consumer::new(client, ConsumerConfig::default());
     let mut assigned = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -84,7 +163,7 @@ pub async fn consumer(client: Client, topic: String, partitions: Arc<AtomicUsize
 
 /// A member of `group` polling until `stop`; what it sees goes to `seen`. Panics if a poll
 /// fails.
-pub async fn member(client: Client, topic: String, group: String, seen: Seen, stop: Arc<AtomicBool>) {
+async fn member(client: Client, topic: String, group: String, seen: Seen, stop: Arc<AtomicBool>) {
     let config = GroupConfig {
         session_timeout: Duration::from_secs(10),
         rebalance_timeout: Duration::from_secs(30),
@@ -115,7 +194,7 @@ pub async fn wait_for(what: &str, seen: &Seen, count: usize) {
 }
 
 /// Waits (120 s at most) until `seen` covers `total` distinct offsets.
-pub async fn wait_to_cover(what: &str, seen: &Seen, total: usize) {
+async fn wait_to_cover(what: &str, seen: &Seen, total: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let covered: BTreeSet<(i32, i64)> = seen.lock().unwrap().iter().map(|(p, o, _)| (*p, *o)).collect();
@@ -130,7 +209,7 @@ pub async fn wait_to_cover(what: &str, seen: &Seen, total: usize) {
 /// Checks, given each partition's log end: every acknowledged value is in the log (as the
 /// consumer read it) and no value twice; the consumer read each offset of each partition once,
 /// in order; the group read every offset at least once.
-pub fn check(ends: &BTreeMap<(String, i32), i64>, acknowledged: &[String], consumed: &Seen, grouped: &Seen) {
+fn check(ends: &BTreeMap<(String, i32), i64>, acknowledged: &[String], consumed: &Seen, grouped: &Seen) {
     let consumed = consumed.lock().unwrap().clone();
     let mut in_log = BTreeMap::new();
     for (partition, offset, value) in &consumed {
