@@ -218,19 +218,32 @@ impl<R: Request> InFlight<R> {
     /// Waits for and decodes the response, within what is left of the request timeout.
     pub async fn response(self) -> Result<R::Response> {
         let Self { broker, api, version, timeout, deadline, response, _guard, .. } = self;
-        let body = match tokio::time::timeout_at(deadline, response).await {
-            Err(_) => {
-                _guard.shared.close(timed_out(api, version, timeout));
-                return Err(Error::RequestTimeout { broker, api, version, timeout });
-            }
-            Ok(Err(_)) => return Err(closed_error(broker, Closed::Lost("the connection shut down".into()))),
-            Ok(Ok(Err(reason))) => return Err(closed_error(broker, reason)),
-            Ok(Ok(Ok(body))) => body,
-        };
-        let (_, response) =
-            decode_response::<R>(body, version).map_err(|source| Error::Decode { broker, api, version, source })?;
-        Ok(response)
+        let answer = receive::<R>(broker, api, version, (timeout, deadline), response).await;
+        if matches!(answer, Err(Error::RequestTimeout { .. })) {
+            _guard.shared.close(timed_out(api, version, timeout));
+        }
+        answer
     }
+}
+
+/// Waits until `deadline` (the end of the request's `timeout`) for the answer to `api` v`version`
+/// and decodes it; no answer by then is [`Error::RequestTimeout`].
+async fn receive<R: Request>(
+    broker: String,
+    api: &'static str,
+    version: i16,
+    (timeout, deadline): (Duration, tokio::time::Instant),
+    response: oneshot::Receiver<Reply>,
+) -> Result<R::Response> {
+    let body = match tokio::time::timeout_at(deadline, response).await {
+        Err(_) => return Err(Error::RequestTimeout { broker, api, version, timeout }),
+        Ok(Err(_)) => return Err(closed_error(broker, Closed::Lost("the connection shut down".into()))),
+        Ok(Ok(Err(reason))) => return Err(closed_error(broker, reason)),
+        Ok(Ok(Ok(body))) => body,
+    };
+    let (_, response) =
+        decode_response::<R>(body, version).map_err(|source| Error::Decode { broker, api, version, source })?;
+    Ok(response)
 }
 
 /// Why a connection closed after a request went unanswered: the peer may be gone (a half-open
@@ -705,15 +718,9 @@ impl<W: AsyncWrite + Unpin> SaslChannel for WriterChannel<'_, W> {
         self.out.write_all(&frame).await.map_err(lost)?;
         self.out.flush().await.map_err(lost)?;
         let timeout = self.relogin.timeout;
-        let body = match tokio::time::timeout(timeout, response).await {
-            Err(_) => return Err(Error::RequestTimeout { broker, api, version, timeout }),
-            Ok(Err(_)) => return Err(closed_error(broker, Closed::Lost("the connection shut down".into()))),
-            Ok(Ok(Err(reason))) => return Err(closed_error(broker, reason)),
-            Ok(Ok(Ok(body))) => body,
-        };
-        let (_, response) =
-            decode_response::<R>(body, version).map_err(|source| Error::Decode { broker, api, version, source })?;
-        Ok(response)
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A re-login that gets no answer fails, and that closes the connection.
+        receive::<R>(broker, api, version, (timeout, deadline), response).await
     }
 }
 
