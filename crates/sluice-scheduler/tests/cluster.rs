@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cluster, unique, Rng};
-use sluice_client::{Acks, Client, ClientConfig, Isolation, Producer, ProducerConfig, ProducerRecord};
+use common::{cluster, riding, unique, Rng};
+use sluice_client::{Client, ClientConfig, Isolation, Producer, ProducerRecord};
 use sluice_scheduler::{Batch, BatchOutput, Processor, Scheduler, SchedulerConfig, SystemClock};
 
 const PARTITIONS: i32 = 4;
@@ -51,13 +51,7 @@ impl Processor for Seen {
 /// Produces `partition:n` values round the partitions until `stop`, idempotent with acks=all;
 /// returns the values acknowledged.
 async fn produce_until(client: Client, topic: String, stop: Arc<AtomicBool>) -> BTreeSet<String> {
-    let config = ProducerConfig {
-        acks: Acks::All,
-        idempotent: true,
-        linger: Duration::from_millis(5),
-        ..ProducerConfig::default()
-    };
-    let producer = Producer::new(client, config).await.unwrap();
+    let producer = Producer::new(client, riding::durable_producer()).await.unwrap();
     let mut deliveries = Vec::new();
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -71,18 +65,7 @@ async fn produce_until(client: Client, topic: String, stop: Arc<AtomicBool>) -> 
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let mut acknowledged = BTreeSet::new();
-    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
-    for (value, delivery) in deliveries {
-        match delivery.await {
-            Ok(_) => {
-                acknowledged.insert(value);
-            }
-            Err(e) => *failures.entry(e.to_string()).or_default() += 1,
-        }
-    }
-    eprintln!("[producer: {} records acknowledged, failures: {failures:?}]", acknowledged.len());
-    acknowledged
+    riding::acknowledged(deliveries).await.into_iter().collect()
 }
 
 /// Waits (120 s at most) until the job has seen `more` records beyond `from`; fails with the

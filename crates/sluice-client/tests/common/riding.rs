@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, Isolation,
-    OffsetReset, PartitionRecords, Producer, ProducerConfig, ProducerRecord, StartAt,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, DeliveryFuture, GroupConfig, GroupConsumer, GroupEvent,
+    Isolation, OffsetReset, PartitionRecords, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
 
 /// A producer, a consumer and a group of two members on `topic`, each with a client of its own
@@ -115,13 +115,7 @@ async fn produce(
     stop: Arc<AtomicBool>,
     at_least: usize,
 ) -> Vec<String> {
-    let config = ProducerConfig {
-        acks: Acks::All,
-        idempotent: true,
-        linger: Duration::from_millis(5),
-        ..ProducerConfig::default()
-    };
-    let producer = Producer::new(client, config).await.unwrap();
+    let producer = Producer::new(client, durable_producer()).await.unwrap();
     let mut deliveries = Vec::new();
     let mut n: usize = 0;
     while n < at_least || !stop.load(Ordering::SeqCst) {
@@ -134,15 +128,27 @@ async fn produce(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    acknowledged(deliveries).await
+}
+
+/// The producer the fault tests write with: idempotent, acks=all, 5 ms linger.
+pub fn durable_producer() -> ProducerConfig {
+    ProducerConfig { acks: Acks::All, idempotent: true, linger: Duration::from_millis(5), ..ProducerConfig::default() }
+}
+
+/// Awaits every delivery; returns the values acknowledged, and prints how many were sent and
+/// the failures by error text.
+pub async fn acknowledged(deliveries: Vec<(String, DeliveryFuture)>) -> Vec<String> {
+    let sent = deliveries.len();
     let mut acknowledged = Vec::new();
-    let mut failures = BTreeMap::new();
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for (value, delivery) in deliveries {
         match delivery.await {
             Ok(_) => acknowledged.push(value),
-            Err(e) => *failures.entry(e.to_string()).or_insert(0) += 1,
+            Err(e) => *failures.entry(e.to_string()).or_default() += 1,
         }
     }
-    eprintln!("[producer: {n} records sent, {} acknowledged, failures: {failures:?}]", acknowledged.len());
+    eprintln!("[producer: {sent} records sent, {} acknowledged, failures: {failures:?}]", acknowledged.len());
     acknowledged
 }
 
