@@ -34,10 +34,12 @@ fn records() -> usize {
 struct Count(u64);
 
 impl Processor for Count {
-    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
-        for task in &batch.tasks {
-            for record in task.records() {
-                self.0 += u64::from(record.value().is_some_and(|v| !v.is_empty()));
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+            for task in &piece.tasks {
+                for record in task.records() {
+                    self.0 += u64::from(record.value().is_some_and(|v| !v.is_empty()));
+                }
             }
         }
         Ok(BatchOutput::default())

@@ -2,6 +2,9 @@
 //! fewer, whatever batch boundaries the broker's log has. A task of a batch reads its range this
 //! way, so that a batch re-run after a crash sees the same records.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use sluice_client::{Client, Connection, Error as ClientError, FetchOptions};
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::record::{RecordBatch, RecordRef};
@@ -141,6 +144,56 @@ fn fetch_size(max_bytes: i32, per_offset: Option<f64>, remaining: i64) -> i32 {
     }
 }
 
+/// The record bytes the read tasks of one piece of a batch may bring between them. Before each
+/// fetch a task reserves its share of what is left (at least 64 KiB), and stops, its range not
+/// done, once nothing is left; after it, what the fetch brought replaces the reservation. A
+/// broker sends no more than asked for except when the first record batch alone is larger, so
+/// the tasks bring at most the budget, 64 KiB, and the first record batch of each fetch.
+/// Reading goes on from there in the next piece.
+#[derive(Debug)]
+pub struct ReadBudget {
+    limit: usize,
+    sharers: usize,
+    used: AtomicUsize,
+}
+
+impl ReadBudget {
+    /// A budget of `limit` record bytes (at least one) for `sharers` tasks reading at once.
+    pub fn new(limit: usize, sharers: usize) -> Self {
+        Self { limit: limit.max(1), sharers: sharers.max(1), used: AtomicUsize::new(0) }
+    }
+
+    /// Record bytes brought so far.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Reserves what one fetch may ask for now: a share of what is left (0: nothing is left).
+    fn reserve(&self) -> usize {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let Some(left) = self.limit.checked_sub(used).filter(|left| *left > 0) else { return 0 };
+            let share = (left / self.sharers).max(MIN_BUDGETED_FETCH);
+            match self.used.compare_exchange_weak(used, used + share, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return share,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// A fetch that reserved `reserved` brought `brought` bytes.
+    fn settle(&self, reserved: usize, brought: usize) {
+        if brought >= reserved {
+            self.used.fetch_add(brought - reserved, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(reserved - brought, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The least a fetch under a [`ReadBudget`] asks for, however little is left of it.
+const MIN_BUDGETED_FETCH: usize = 64 * 1024;
+
 /// Fetches in a row that may bring nothing new while the broker says there is more (an open
 /// transaction in the way, a leader whose log is still being read) before the range's next
 /// offsets are called unavailable.
@@ -204,6 +257,9 @@ pub struct RangeReader {
     position: i64,
     high_watermark: i64,
     lost: i64,
+    /// Where the records not yet taken by [`RangeReader::take_piece`] start.
+    piece_from: i64,
+    budget: Option<Arc<ReadBudget>>,
 }
 
 impl RangeReader {
@@ -219,6 +275,28 @@ impl RangeReader {
             position,
             high_watermark: -1,
             lost: 0,
+            piece_from: position,
+            budget: None,
+        }
+    }
+
+    /// Reads from now on stop once `budget` is spent (by this reader and the others sharing
+    /// it), the range not done; `None` reads the whole range.
+    pub fn set_budget(&mut self, budget: Option<Arc<ReadBudget>>) {
+        self.budget = budget;
+    }
+
+    /// The records read since the last piece was taken, as the range they cover (from where
+    /// that piece ended up to the position reached); reading goes on from the position.
+    pub fn take_piece(&mut self) -> RangeRecords {
+        let until = self.position.min(self.range.until);
+        let range = OffsetRange { from: self.piece_from, until, ..self.range.clone() };
+        self.piece_from = until;
+        RangeRecords {
+            range,
+            batches: std::mem::take(&mut self.batches),
+            high_watermark: self.high_watermark,
+            lost_offsets: std::mem::take(&mut self.lost),
         }
     }
 
@@ -237,10 +315,9 @@ impl RangeReader {
         self.position >= self.range.until
     }
 
-    /// The records read.
-    pub fn finish(self) -> RangeRecords {
-        let Self { range, batches, high_watermark, lost, .. } = self;
-        RangeRecords { range, batches, high_watermark, lost_offsets: lost }
+    /// The records read and not yet taken as a piece.
+    pub fn finish(mut self) -> RangeRecords {
+        self.take_piece()
     }
 
     pub(crate) fn client_error(&self, source: ClientError) -> FetchRangeError {
@@ -266,8 +343,9 @@ impl RangeReader {
     }
 
     /// Reads the rest of the range over `connection` (the client's shared connection to the
-    /// leader if `None`), as many fetches as it takes. On an error, what was read so far is
-    /// kept; reading again goes on from there.
+    /// leader if `None`), as many fetches as it takes, or until its [`ReadBudget`] is spent
+    /// (then [`RangeReader::is_done`] says whether the range was finished). On an error, what
+    /// was read so far is kept; reading again goes on from there.
     pub async fn read(
         &mut self,
         client: &Client,
@@ -278,17 +356,37 @@ impl RangeReader {
         let mut stalled = 0;
         while self.position < range.until {
             let position = self.position;
-            let options = &FetchOptions {
-                max_bytes: fetch_size(options.max_bytes, self.per_offset, range.until - position),
-                ..*options
+            let mut max_bytes = fetch_size(options.max_bytes, self.per_offset, range.until - position);
+            let reserved = match &self.budget {
+                Some(budget) => match budget.reserve() {
+                    0 => return Ok(()),
+                    share => {
+                        max_bytes = max_bytes.min(i32::try_from(share).unwrap_or(i32::MAX));
+                        Some((Arc::clone(budget), share))
+                    }
+                },
+                None => None,
             };
+            let options = &FetchOptions { max_bytes, ..*options };
             let fetched = match connection {
                 Some(connection) => {
                     client.fetch_partition_on(connection, &range.topic, range.partition, position, options).await
                 }
                 None => client.fetch_partition(&range.topic, range.partition, position, options).await,
+            };
+            // What the fetch brought and is kept replaces its reservation (nothing, on an
+            // error or when nothing new came).
+            let kept = |fetched: &sluice_client::FetchedPartition| -> usize {
+                let next = fetched.records.next_offset.unwrap_or(position);
+                if fetched.error != ErrorCode::None || next <= position {
+                    return 0;
+                }
+                fetched.records.batches.iter().map(RecordBatch::data_len).sum()
+            };
+            if let Some((budget, share)) = reserved {
+                budget.settle(share, fetched.as_ref().map_or(0, kept));
             }
-            .map_err(|e| self.client_error(e))?;
+            let fetched = fetched.map_err(|e| self.client_error(e))?;
             if stalled >= MAX_STALLED_FETCHES {
                 return Err(self.unavailable(fetched.high_watermark, fetched.log_start_offset));
             }

@@ -11,8 +11,8 @@ pub mod scheduler;
 pub mod trigger;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use fetch::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, RangeReader, RangeRecords};
-pub use plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
+pub use fetch::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, RangeReader, RangeRecords, ReadBudget};
+pub use plan::{cap_offsets, plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 pub use rate::PidRateEstimator;
 pub use scheduler::{
     Batch, BatchOutput, BatchProgress, Durations, PartitionProgress, Processor, RecoveredState, Scheduler,

@@ -99,6 +99,26 @@ pub fn plan_batch(
         .collect()
 }
 
+/// Shrinks `ranges` so that together they span at most about `max_offsets` offsets (a byte
+/// budget over the record bytes per offset), each keeping a share in proportion to its
+/// length, at least one offset: a backlog is worked through in batches of bounded size, every
+/// partition moving. Ranges within the cap are returned as they are.
+pub fn cap_offsets(ranges: Vec<OffsetRange>, max_offsets: i64) -> Vec<OffsetRange> {
+    let total: i64 = ranges.iter().map(OffsetRange::len).sum();
+    if total <= max_offsets {
+        return ranges;
+    }
+    let scale = max_offsets.max(1) as f64 / total as f64;
+    ranges
+        .into_iter()
+        .map(|range| {
+            let len = range.len();
+            let share = ((len as f64 * scale) as i64).clamp(len.min(1), len);
+            OffsetRange { until: range.from + share, ..range }
+        })
+        .collect()
+}
+
 /// Splits the non-empty ranges into tasks so that there are at least `min_partitions` of them,
 /// each range into a number of consecutive pieces proportional to its size (Spark's
 /// `minPartitions`); with fewer than `min_partitions` wanted, or enough ranges already, the
@@ -177,6 +197,20 @@ mod tests {
     fn a_partition_behind_its_start_plans_an_empty_range_not_a_negative_one() {
         let plan = plan_batch(&[input(0, 100, 40)], &RateLimits::default(), 1_000, None);
         assert_eq!((plan[0].from, plan[0].until), (100, 100));
+    }
+
+    #[test]
+    fn a_cap_shares_the_offsets_by_length_and_keeps_every_lagging_partition_moving() {
+        let range = |partition, from, until| OffsetRange { topic: "t".into(), partition, from, until };
+        let ranges = vec![range(0, 100, 900), range(1, 0, 200), range(2, 5, 6), range(3, 7, 7)];
+        // Within the cap: unchanged.
+        assert_eq!(cap_offsets(ranges.clone(), 1_001), ranges);
+        // 1,001 offsets into 100: 800 -> 79, 200 -> 19, 1 -> 1 (never none), 0 -> 0.
+        let capped = cap_offsets(ranges.clone(), 100);
+        assert_eq!(untils(&capped), vec![179, 19, 6, 7]);
+        assert!(capped.iter().zip(&ranges).all(|(c, r)| c.from == r.from));
+        // A cap of nothing still moves each lagging partition by one.
+        assert_eq!(untils(&cap_offsets(ranges, 0)), vec![101, 1, 6, 7]);
     }
 
     #[test]

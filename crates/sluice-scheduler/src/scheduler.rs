@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,8 +17,8 @@ use sluice_client::{Client, ClusterMetadata, Connection, ConnectionConfig, Fetch
 use sluice_protocol::error_code::ErrorCode;
 
 use crate::clock::Clock;
-use crate::fetch::{DataLoss, FetchRangeError, RangeReader, RangeRecords};
-use crate::plan::{plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
+use crate::fetch::{DataLoss, FetchRangeError, RangeReader, RangeRecords, ReadBudget};
+use crate::plan::{cap_offsets, plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 use crate::rate::PidRateEstimator;
 use crate::trigger::{Trigger, TriggerState};
 
@@ -35,6 +35,11 @@ pub enum StartingOffsets {
     /// there is none.
     Timestamp(i64),
 }
+
+/// The default [`SchedulerConfig::max_batch_bytes`]: 32 MiB, an eighth of a 256 MiB budget for
+/// a whole job (the records of the batch and the one read ahead, and what processing makes of
+/// them).
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// How a [`Scheduler`] runs.
 #[derive(Debug, Clone)]
@@ -61,6 +66,15 @@ pub struct SchedulerConfig {
     pub max_concurrent_tasks: usize,
     /// Connections of the scheduler's own to each broker that read tasks are spread over.
     pub read_connections_per_broker: usize,
+    /// The most record bytes a batch holds in memory at once (the records as fetched,
+    /// decompressed): batches are planned to stay within it (from the record bytes per offset
+    /// the last batch read, or a first fetch), whatever the rate limits, so that a backlog is
+    /// worked through in many bounded batches (Spark's `maxBytesPerTrigger`, on by default).
+    /// A batch that still holds more (an intent written ahead under a larger budget, records
+    /// larger than the last ones) is read and handed to the processor in pieces of at most
+    /// about this many bytes. With the next batch or piece read ahead, the records of at most
+    /// two are in memory. 0: no limit (each batch read whole, as large as the rates allow).
+    pub max_batch_bytes: usize,
     /// The next batch is planned and read while the current one is processed, when its records
     /// are expected to take at most this many bytes; 0 turns prefetching off.
     pub prefetch_max_bytes: usize,
@@ -109,6 +123,7 @@ impl SchedulerConfig {
             min_partitions: 0,
             max_concurrent_tasks: 8,
             read_connections_per_broker: 2,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             prefetch_max_bytes: 256 << 20,
             task_attempts: 3,
             fault_timeout: Duration::from_secs(300),
@@ -204,24 +219,153 @@ pub enum SchedulerError {
     Inconsistent(String),
 }
 
-/// One batch handed to the processor: its id, its planned ranges (one per partition) and the
-/// records of each read task.
+/// One batch handed to the processor: its id, its planned ranges (one per partition), and its
+/// records, in one piece or (when they hold more than [`SchedulerConfig::max_batch_bytes`]) in
+/// several, taken with [`Batch::next_piece`] until it gives `None`.
 #[derive(Debug)]
 pub struct Batch {
     /// The batch id (consecutive from 0).
     pub batch_id: u64,
     /// The planned range of every partition, empty ones included.
     pub ranges: Vec<OffsetRange>,
-    /// The records, one entry per read task, in range order.
-    pub tasks: Vec<RangeRecords>,
     /// Whether this batch is the re-run of an intent found open in the log.
     pub rerun: bool,
+    pieces: Pieces,
+}
+
+/// Records of a batch, from its read tasks: all of them, or the next bounded piece. Each
+/// task's piece covers the consecutive offsets after its previous piece's.
+#[derive(Debug)]
+pub struct Piece {
+    /// The piece's records, one entry per read task of the batch, in the same order in every
+    /// piece (a task whose range was done in an earlier piece has an empty one).
+    pub tasks: Vec<RangeRecords>,
+    /// The piece's place in the batch, from 0.
+    pub index: usize,
+    /// Whether it is the batch's last piece (a batch of one piece: its first and last).
+    pub last: bool,
+}
+
+impl Piece {
+    /// Records in the piece.
+    pub fn record_count(&self) -> usize {
+        self.tasks.iter().map(RangeRecords::record_count).sum()
+    }
+}
+
+/// A batch's pieces: the first, read before the batch was handed over, and the read of the
+/// next, which starts as soon as the one before is taken (so at most two are held).
+#[derive(Debug)]
+struct Pieces {
+    /// Each read task's range.
+    task_ranges: Vec<OffsetRange>,
+    first: Option<Vec<RangeRecords>>,
+    /// The first piece is the last.
+    first_is_last: bool,
+    reading: Option<Reading>,
+    context: ReadContext,
+    given: usize,
+    tally: Arc<Mutex<Tally>>,
+}
+
+/// What a batch's pieces held, for its progress record, summed as they are taken.
+#[derive(Debug, Default)]
+struct Tally {
+    records: usize,
+    bytes: usize,
+    pieces: usize,
+    high_watermarks: BTreeMap<TopicPartition, i64>,
+    lost: BTreeMap<TopicPartition, i64>,
+    /// The last piece was taken.
+    done: bool,
+    /// Reading a later piece failed (reported as the batch's failure, whatever the processor
+    /// made of it).
+    error: Option<SchedulerError>,
+}
+
+impl Tally {
+    fn add(&mut self, tasks: &[RangeRecords]) {
+        self.pieces += 1;
+        for task in tasks {
+            self.records += task.record_count();
+            self.bytes += task.data_bytes();
+            let key = (task.range.topic.clone(), task.range.partition);
+            let known = self.high_watermarks.entry(key.clone()).or_insert(-1);
+            *known = (*known).max(task.high_watermark);
+            *self.lost.entry(key).or_default() += task.lost_offsets;
+        }
+    }
+}
+
+/// The records each reader brought since its last piece, one entry per task of the batch
+/// (`task_ranges`; empty for the tasks done before), and the readers whose range is not done.
+fn cut_piece(
+    task_ranges: &[OffsetRange],
+    mut readers: Vec<TaskReader>,
+) -> (Vec<RangeRecords>, Vec<TaskReader>) {
+    let mut tasks: Vec<RangeRecords> = task_ranges
+        .iter()
+        .map(|range| RangeRecords {
+            range: OffsetRange { from: range.until, ..range.clone() },
+            batches: Vec::new(),
+            high_watermark: -1,
+            lost_offsets: 0,
+        })
+        .collect();
+    for (index, reader) in &mut readers {
+        if let Some(task) = tasks.get_mut(*index) {
+            *task = reader.take_piece();
+        }
+    }
+    readers.retain(|(_, reader)| !reader.is_done());
+    (tasks, readers)
 }
 
 impl Batch {
-    /// Records in the batch.
-    pub fn record_count(&self) -> usize {
-        self.tasks.iter().map(RangeRecords::record_count).sum()
+    /// The batch's next piece of records (the first call gives the first), or `None` once all
+    /// were given. A processor takes every piece before it returns (the batch fails
+    /// otherwise); with the default budget most batches come in one piece.
+    pub async fn next_piece(&mut self) -> Result<Option<Piece>, SchedulerError> {
+        let pieces = &mut self.pieces;
+        let (tasks, last) = if let Some(tasks) = pieces.first.take() {
+            (tasks, pieces.first_is_last)
+        } else if let Some(mut reading) = pieces.reading.take() {
+            let read = reading.finish().await;
+            let readers = match read {
+                Ok(readers) => readers,
+                Err(e) => {
+                    let reason = e.to_string();
+                    pieces.tally().error = Some(e);
+                    return Err(SchedulerError::Processing { batch_id: self.batch_id, reason });
+                }
+            };
+            let (tasks, rest) = cut_piece(&pieces.task_ranges, readers);
+            pieces.tally().add(&tasks);
+            let last = rest.is_empty();
+            if !last {
+                pieces.reading = Some(pieces.context.start(self.batch_id, rest));
+            }
+            (tasks, last)
+        } else {
+            return Ok(None);
+        };
+        if last {
+            pieces.tally().done = true;
+        } else if pieces.reading.is_none() {
+            return Err(SchedulerError::Processing {
+                batch_id: self.batch_id,
+                reason: "the batch's next piece is not being read".into(),
+            });
+        }
+        let index = pieces.given;
+        pieces.given += 1;
+        Ok(Some(Piece { tasks, index, last }))
+    }
+}
+
+impl Pieces {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -251,7 +395,9 @@ pub struct RecoveredState {
 /// The work done on each batch. `process` may run again for the same batch after a crash (with
 /// the same ranges and records): sinks must make that harmless.
 pub trait Processor: Send {
-    /// Processes one batch; an error leaves the batch uncommitted.
+    /// Processes one batch, taking its records with [`Batch::next_piece`] until it gives `None`
+    /// (in one piece, or in bounded pieces when the batch is larger than the memory budget);
+    /// an error leaves the batch uncommitted.
     fn process(&mut self, batch: Batch) -> impl std::future::Future<Output = Result<BatchOutput, String>> + Send;
 }
 
@@ -306,6 +452,12 @@ pub struct BatchProgress {
     pub timestamp_ms: u64,
     /// Records in the batch.
     pub num_input_rows: u64,
+    /// Record bytes the batch read (decompressed, whole record batches as fetched): what
+    /// [`SchedulerConfig::max_batch_bytes`] bounds.
+    pub num_input_bytes: u64,
+    /// How many pieces the batch was read and processed in (1 unless it held more than
+    /// `max_batch_bytes`).
+    pub pieces: usize,
     /// Records per second arriving: this batch's records over the time since the previous
     /// batch started.
     pub input_rows_per_second: f64,
@@ -338,15 +490,19 @@ impl BatchProgress {
 /// Bytes per offset assumed for the first prefetch, before a batch has measured them.
 const ASSUMED_BYTES_PER_OFFSET: f64 = 256.0;
 
+/// A read task's reader and the task's place in its batch.
+type TaskReader = (usize, RangeReader);
+
 /// Read tasks running in the background; aborted if dropped unfinished.
 #[derive(Debug)]
 struct Reading {
-    handle: Option<tokio::task::JoinHandle<Result<Vec<RangeRecords>, SchedulerError>>>,
+    handle: Option<tokio::task::JoinHandle<Result<Vec<TaskReader>, SchedulerError>>>,
     batch_id: u64,
 }
 
 impl Reading {
-    async fn finish(&mut self) -> Result<Vec<RangeRecords>, SchedulerError> {
+    /// The readers with their task's index, each done or stopped by the read budget.
+    async fn finish(&mut self) -> Result<Vec<TaskReader>, SchedulerError> {
         let batch_id = self.batch_id;
         match self.handle.take() {
             Some(handle) => handle.await.unwrap_or_else(|e| {
@@ -429,6 +585,65 @@ impl ReadPool {
 const FIRST_FAULT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_FAULT_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How read tasks run: what the scheduler gives each batch, which reads its later pieces with it.
+#[derive(Debug, Clone)]
+struct ReadContext {
+    client: Client,
+    pool: Arc<ReadPool>,
+    options: FetchOptions,
+    attempts: u32,
+    fault_timeout: Duration,
+    max_concurrent_tasks: usize,
+    slots: usize,
+    /// Record bytes per piece (0: no limit).
+    piece_bytes: usize,
+}
+
+impl ReadContext {
+    /// Starts `readers` in the background, each as a read task, until their ranges are done or
+    /// they brought a piece's worth of bytes between them.
+    fn start(&self, batch_id: u64, readers: Vec<TaskReader>) -> Reading {
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.max_concurrent_tasks.max(1)));
+        let sharers = readers.len().min(self.max_concurrent_tasks.max(1));
+        let budget = (self.piece_bytes > 0).then(|| Arc::new(ReadBudget::new(self.piece_bytes, sharers)));
+        let mut running = tokio::task::JoinSet::new();
+        for (index, mut reader) in readers {
+            reader.set_budget(budget.clone());
+            let (context, limit) = (self.clone(), Arc::clone(&limit));
+            running.spawn(async move {
+                let _slot = limit.acquire_owned().await;
+                context.read_task(index % context.slots.max(1), reader).await.map(|reader| (index, reader))
+            });
+        }
+        let collect = async move {
+            let mut read = Vec::new();
+            while let Some(joined) = running.join_next().await {
+                match joined {
+                    Ok(Ok(done)) => read.push(done),
+                    Ok(Err((attempts, source))) => {
+                        return Err(SchedulerError::Task { batch_id, attempts, source: Box::new(source) })
+                    }
+                    Err(e) => {
+                        let reason = format!("a read task panicked: {e}");
+                        return Err(SchedulerError::Processing { batch_id, reason });
+                    }
+                }
+            }
+            read.sort_by_key(|(index, _)| *index);
+            Ok(read)
+        };
+        Reading { handle: Some(tokio::spawn(collect)), batch_id }
+    }
+
+    /// Reads one task's range (or its share of a piece), retrying transient faults for
+    /// `fault_timeout` (from the leader fresh metadata names, going on from where the read
+    /// stopped) and other failures up to `attempts` times in all.
+    async fn read_task(&self, slot: usize, reader: RangeReader) -> Result<RangeReader, (u32, FetchRangeError)> {
+        let attempts = self.attempts.max(1);
+        read_task(&self.client, &self.pool, slot, reader, &self.options, attempts, self.fault_timeout).await
+    }
+}
+
 /// Reads one task's range, retrying transient faults for `fault_timeout` (from the leader
 /// fresh metadata names, going on from where the read stopped) and other failures up to
 /// `attempts` times in all.
@@ -440,7 +655,7 @@ async fn read_task(
     options: &FetchOptions,
     attempts: u32,
     fault_timeout: Duration,
-) -> Result<RangeRecords, (u32, FetchRangeError)> {
+) -> Result<RangeReader, (u32, FetchRangeError)> {
     let deadline = std::time::Instant::now() + fault_timeout;
     let mut backoff = FIRST_FAULT_BACKOFF;
     let mut attempt = 0;
@@ -452,7 +667,7 @@ async fn read_task(
             Err(e) => Err(reader.client_error(e)),
         };
         let error = match read {
-            Ok(()) => return Ok(reader.finish()),
+            Ok(()) => return Ok(reader),
             Err(error) => error,
         };
         let retry =
@@ -934,8 +1149,42 @@ impl<C: Clock> Scheduler<C> {
             });
         }
         let rate = self.estimator.as_ref().and_then(PidRateEstimator::rate);
-        let ranges = plan_batch(&inputs, &self.config.limits, millis(self.config.batch_interval), rate);
+        let mut ranges = plan_batch(&inputs, &self.config.limits, millis(self.config.batch_interval), rate);
+        // One batch of everything under `Trigger::Once` (read in pieces if larger than the
+        // budget), as Spark's `Once` ignores `maxOffsetsPerTrigger`.
+        let capped = self.config.max_batch_bytes > 0 && self.config.trigger != Trigger::Once;
+        if capped && ranges.iter().any(|r| !r.is_empty()) {
+            let per_offset = match self.bytes_per_offset {
+                Some(per_offset) => per_offset,
+                None => self.probe_bytes_per_offset(&ranges).await,
+            };
+            // A tenth under the budget: record sizes vary around the estimate.
+            let max_offsets = self.config.max_batch_bytes as f64 * 0.9 / per_offset.max(1.0);
+            ranges = cap_offsets(ranges, max_offsets as i64);
+        }
         Ok(Plan { ranges, latest: latest_offsets, resets })
+    }
+
+    /// Record bytes per offset, from one small fetch at the start of the longest range, for
+    /// the first batch a run plans (later ones use what the batch before read); the assumed
+    /// figure if the fetch fails or brings nothing. Kept as the estimate until a batch is read.
+    async fn probe_bytes_per_offset(&mut self, ranges: &[OffsetRange]) -> f64 {
+        let Some(range) = ranges.iter().max_by_key(|r| r.len()) else { return ASSUMED_BYTES_PER_OFFSET };
+        let options = FetchOptions { max_bytes: 64 * 1024, ..self.config.fetch };
+        let fetched = self.client.fetch_partition(&range.topic, range.partition, range.from, &options).await;
+        let Ok(fetched) = fetched else { return ASSUMED_BYTES_PER_OFFSET };
+        let (Some(first), Some(next)) =
+            (fetched.records.batches.first().map(|b| b.header.base_offset), fetched.records.next_offset)
+        else {
+            return ASSUMED_BYTES_PER_OFFSET;
+        };
+        let bytes: usize = fetched.records.batches.iter().map(sluice_protocol::record::RecordBatch::data_len).sum();
+        if next <= first || bytes == 0 {
+            return ASSUMED_BYTES_PER_OFFSET;
+        }
+        let per_offset = bytes as f64 / (next - first) as f64;
+        self.bytes_per_offset = Some(per_offset);
+        per_offset
     }
 
     /// The partitions whose log now ends before the position the job reached (the topic was
@@ -971,43 +1220,29 @@ impl<C: Clock> Scheduler<C> {
         Ok(truncated)
     }
 
-    /// Starts the read tasks of a batch in the background.
-    fn start_read(&mut self, batch_id: u64, ranges: &[OffsetRange]) -> Reading {
-        let tasks = split_ranges(ranges, self.config.min_partitions);
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_concurrent_tasks.max(1)));
-        let slots = self.config.read_connections_per_broker.max(1);
-        let mut running = tokio::task::JoinSet::new();
-        for (index, task) in tasks.into_iter().enumerate() {
-            let (client, pool, options, limit) =
-                (self.client.clone(), Arc::clone(&self.read_connections), self.config.fetch, Arc::clone(&limit));
-            let (attempts, fault_timeout) = (self.config.task_attempts.max(1), self.config.fault_timeout);
-            let on_loss = if self.config.fail_on_data_loss { DataLoss::Fail } else { DataLoss::Skip };
-            let reader = RangeReader::new(task, on_loss, self.bytes_per_offset);
-            running.spawn(async move {
-                let _slot = limit.acquire_owned().await;
-                read_task(&client, &pool, index % slots, reader, &options, attempts, fault_timeout)
-                    .await
-                    .map(|records| (index, records))
-            });
+    /// How this scheduler's read tasks run.
+    fn read_context(&self) -> ReadContext {
+        ReadContext {
+            client: self.client.clone(),
+            pool: Arc::clone(&self.read_connections),
+            options: self.config.fetch,
+            attempts: self.config.task_attempts,
+            fault_timeout: self.config.fault_timeout,
+            max_concurrent_tasks: self.config.max_concurrent_tasks,
+            slots: self.config.read_connections_per_broker,
+            piece_bytes: self.config.max_batch_bytes,
         }
-        let collect = async move {
-            let mut read = Vec::new();
-            while let Some(joined) = running.join_next().await {
-                match joined {
-                    Ok(Ok(done)) => read.push(done),
-                    Ok(Err((attempts, source))) => {
-                        return Err(SchedulerError::Task { batch_id, attempts, source: Box::new(source) })
-                    }
-                    Err(e) => {
-                        let reason = format!("a read task panicked: {e}");
-                        return Err(SchedulerError::Processing { batch_id, reason });
-                    }
-                }
-            }
-            read.sort_by_key(|(index, _)| *index);
-            Ok(read.into_iter().map(|(_, records)| records).collect())
-        };
-        Reading { handle: Some(tokio::spawn(collect)), batch_id }
+    }
+
+    /// Starts the read tasks of a batch's first piece in the background.
+    fn start_read(&self, batch_id: u64, ranges: &[OffsetRange]) -> Reading {
+        let on_loss = if self.config.fail_on_data_loss { DataLoss::Fail } else { DataLoss::Skip };
+        let readers = split_ranges(ranges, self.config.min_partitions)
+            .into_iter()
+            .map(|task| RangeReader::new(task, on_loss, self.bytes_per_offset))
+            .enumerate()
+            .collect();
+        self.read_context().start(batch_id, readers)
     }
 
     /// Plans the next batch from where this one ends and starts reading it, so its data arrives
@@ -1101,28 +1336,61 @@ impl<C: Clock> Scheduler<C> {
         // have held up that batch's commit, or this one's intent.
         self.start_snapshot_write();
         let intent_written = self.clock.now_ms();
-        let tasks = reading.finish().await?;
+        // The first piece (in most batches, all of it).
+        let task_ranges = split_ranges(&ranges, self.config.min_partitions);
+        let (first, rest) = cut_piece(&task_ranges, reading.finish().await?);
         let fetched = self.clock.now_ms();
-        for task in &tasks {
-            let key = (task.range.topic.clone(), task.range.partition);
-            let known = self.known_high_watermarks.entry(key).or_insert(-1);
-            *known = (*known).max(task.high_watermark);
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let first_is_last = rest.is_empty();
+        let mut pieces = Pieces {
+            task_ranges,
+            first: None,
+            first_is_last,
+            reading: None,
+            context: self.read_context(),
+            given: 0,
+            tally: Arc::clone(&tally),
+        };
+        pieces.tally().add(&first);
+        pieces.first = Some(first);
+        if !first_is_last {
+            pieces.reading = Some(pieces.context.start(batch_id, rest));
         }
         let offsets: i64 = ranges.iter().map(OffsetRange::len).sum();
-        if offsets > 0 {
-            let bytes: usize = tasks.iter().map(RangeRecords::data_bytes).sum();
-            self.bytes_per_offset = Some(bytes as f64 / offsets as f64);
-        }
-        let mut lost: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        for task in &tasks {
-            *lost.entry((task.range.topic.clone(), task.range.partition)).or_default() += task.lost_offsets;
-        }
-        let batch = Batch { batch_id, ranges: ranges.clone(), tasks, rerun };
-        let rows = batch.record_count() as u64;
+        let learn = |scheduler: &mut Self, tally: &Tally| {
+            for (key, high_watermark) in &tally.high_watermarks {
+                let known = scheduler.known_high_watermarks.entry(key.clone()).or_insert(-1);
+                *known = (*known).max(*high_watermark);
+            }
+            if offsets > 0 {
+                scheduler.bytes_per_offset = Some(tally.bytes as f64 / offsets as f64);
+            }
+        };
+        learn(self, &pieces.tally());
+        let batch = Batch { batch_id, ranges: ranges.clone(), rerun, pieces };
         // The next batch is planned and starts reading while this one is processed, planned with
-        // the high watermarks and record sizes this one just saw.
-        let (_, output) = tokio::join!(self.prefetch_next(batch_id, &ranges), processor.process(batch));
+        // the high watermarks and record sizes this one just saw; not while the later pieces of
+        // a batch larger than the budget are read (that would hold three pieces' records).
+        let prefetch = async {
+            if first_is_last {
+                self.prefetch_next(batch_id, &ranges).await;
+            }
+        };
+        let (_, output) = tokio::join!(prefetch, processor.process(batch));
+        let mut tally = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(error) = tally.error.take() {
+            return Err(error);
+        }
         let output = output.map_err(|reason| SchedulerError::Processing { batch_id, reason })?;
+        if !tally.done {
+            let reason = "the processor returned before taking all of the batch's records (Batch::next_piece until it gives None)".to_owned();
+            return Err(SchedulerError::Processing { batch_id, reason });
+        }
+        if !first_is_last {
+            learn(self, &tally);
+        }
+        let (rows, lost) = (tally.records as u64, tally.lost);
+        let (input_bytes, pieces) = (tally.bytes as u64, tally.pieces);
         let processed = self.clock.now_ms();
         // A snapshot too large for one record is left out (the deltas still hold the state);
         // checked before the commit is appended, so that nothing is left half written.
@@ -1176,6 +1444,8 @@ impl<C: Clock> Scheduler<C> {
             batch_id,
             timestamp_ms: started,
             num_input_rows: rows,
+            num_input_bytes: input_bytes,
+            pieces,
             input_rows_per_second: per_second(since_previous),
             processed_rows_per_second: per_second(total),
             durations: Durations {

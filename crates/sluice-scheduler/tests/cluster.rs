@@ -36,12 +36,14 @@ impl Seen {
 }
 
 impl Processor for Seen {
-    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
-        let mut seen = self.0.lock().unwrap();
-        for task in &batch.tasks {
-            for record in task.records() {
-                let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
-                seen.push((task.range.partition, record.offset(), value));
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+            let mut seen = self.0.lock().unwrap();
+            for task in &piece.tasks {
+                for record in task.records() {
+                    let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
+                    seen.push((task.range.partition, record.offset(), value));
+                }
             }
         }
         Ok(BatchOutput::default())

@@ -48,7 +48,8 @@ fn config(topic: &str) -> SchedulerConfig {
 struct Report;
 
 impl Processor for Report {
-    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+        while batch.next_piece().await.map_err(|e| e.to_string())?.is_some() {}
         let ranges: Vec<String> =
             batch.ranges.iter().map(|r| format!("{}:{}-{}", r.partition, r.from, r.until)).collect();
         println!("PROCESS {} {}", batch.batch_id, ranges.join(","));

@@ -15,8 +15,8 @@ use std::time::Duration;
 use common::{unique, Broker, Kind};
 use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, ManualClock, OffsetRange, Processor, RateLimits, RecoveredState, Scheduler,
-    SchedulerConfig, SchedulerError,
+    Batch, BatchOutput, BatchProgress, ManualClock, OffsetRange, Processor, RangeRecords, RateLimits, RecoveredState,
+    Scheduler, SchedulerConfig, SchedulerError,
 };
 
 const PARTITIONS: i32 = 8;
@@ -61,20 +61,25 @@ fn bounded_config(topic: &str) -> SchedulerConfig {
 struct Collect {
     seen: Vec<(i32, i64, String)>,
     batches: Vec<(u64, Vec<OffsetRange>, bool)>,
+    /// Each piece's batch and record bytes.
+    pieces: Vec<(u64, usize)>,
     fail_at: Option<u64>,
 }
 
 impl Processor for Collect {
-    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
         self.batches.push((batch.batch_id, batch.ranges.clone(), batch.rerun));
         if self.fail_at == Some(batch.batch_id) {
             self.fail_at = None;
             return Err("the sink is down".into());
         }
-        for task in &batch.tasks {
-            for record in task.records() {
-                let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
-                self.seen.push((task.range.partition, record.offset(), value));
+        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+            self.pieces.push((batch.batch_id, piece.tasks.iter().map(RangeRecords::data_bytes).sum()));
+            for task in &piece.tasks {
+                for record in task.records() {
+                    let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
+                    self.seen.push((task.range.partition, record.offset(), value));
+                }
             }
         }
         // A snapshot after batch 0; each batch's delta is its id.
@@ -508,10 +513,12 @@ async fn wait_for(shared: &Shared, count: usize, running: &mut tokio::task::Join
 struct Shared(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Processor for Shared {
-    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
-        let mut seen = self.0.lock().unwrap();
-        for task in &batch.tasks {
-            seen.extend(task.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap()));
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+            let mut seen = self.0.lock().unwrap();
+            for task in &piece.tasks {
+                seen.extend(task.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap()));
+            }
         }
         Ok(BatchOutput::default())
     }
@@ -613,7 +620,8 @@ async fn assigned_partitions_are_read_and_no_others() {
 struct BigSnapshots;
 
 impl Processor for BigSnapshots {
-    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+        while batch.next_piece().await.map_err(|e| e.to_string())?.is_some() {}
         Ok(BatchOutput {
             state_delta: batch.batch_id.to_le_bytes().to_vec(),
             snapshot: Some(vec![7; 4096]),
@@ -639,4 +647,140 @@ async fn a_snapshot_too_large_for_a_record_is_left_out_and_the_batch_still_commi
     let state = scheduler.take_recovered_state();
     assert_eq!(state.snapshot, None);
     assert_eq!(state.deltas.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4], "every delta kept");
+}
+
+/// Partitions and records per partition of the backlog topic: 80,000 records of 100 bytes.
+const BACKLOG_PARTITIONS: i32 = 4;
+const BACKLOG_PER_PARTITION: i64 = 20_000;
+
+/// A new topic of 4 partitions holding 20,000 records of 100 bytes each (`partition:offset`
+/// padded with dots), about 9 MB of record data in record batches of at most 16 KiB.
+async fn backlog_setup() -> (Client, String) {
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let topic = unique("backlog");
+    client.create_topic(&topic, BACKLOG_PARTITIONS, 1).await.unwrap();
+    let config = ProducerConfig { batch_size_bytes: 16 << 10, ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let mut deliveries = Vec::new();
+    for n in 0..BACKLOG_PER_PARTITION {
+        for partition in 0..BACKLOG_PARTITIONS {
+            let value = format!("{partition}:{n:.<98}");
+            let record = ProducerRecord { partition: Some(partition), ..ProducerRecord::new(&topic, value) };
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    (client, topic)
+}
+
+/// Reads the backlog topic to its end with at most `max_batch_bytes` per batch.
+fn backlog_config(topic: &str, max_batch_bytes: usize) -> SchedulerConfig {
+    let ending = (0..BACKLOG_PARTITIONS).map(|p| ((topic.to_owned(), p), BACKLOG_PER_PARTITION)).collect();
+    SchedulerConfig {
+        max_batch_bytes,
+        ending_offsets: Some(ending),
+        ..SchedulerConfig::new([topic], Duration::from_millis(100))
+    }
+}
+
+/// Every record of the backlog topic was seen once, in offset order per partition.
+fn assert_backlog_seen_once(seen: &[(i32, i64, String)]) {
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (partition, offset, value) in seen {
+        assert_eq!(value.trim_end_matches('.'), format!("{partition}:{offset}"), "the record at {partition}/{offset}");
+        by_partition.entry(*partition).or_default().push(*offset);
+    }
+    assert_eq!(by_partition.len(), BACKLOG_PARTITIONS as usize);
+    for (partition, offsets) in by_partition {
+        assert!(
+            offsets.iter().copied().eq(0..BACKLOG_PER_PARTITION),
+            "partition {partition}: every offset once, in order ({} seen)",
+            offsets.len()
+        );
+    }
+}
+
+/// The most record bytes a piece may hold over the budget: the least a budgeted fetch asks for
+/// (64 KiB), and per task the record batches at the ends of its fetches (16 KiB here) that a
+/// broker sends whole.
+const OVER_BUDGET: usize = (64 << 10) + BACKLOG_PARTITIONS as usize * 2 * (16 << 10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_worked_through_in_batches_that_each_keep_within_the_byte_budget() {
+    let (client, topic) = backlog_setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 1 << 20;
+    let mut scheduler =
+        Scheduler::open(client, dir.path(), backlog_config(&topic, budget), ManualClock::new(0)).unwrap();
+    let mut collect = Collect::default();
+    let mut progress: Vec<BatchProgress> = Vec::new();
+    scheduler.run(&mut collect, |p| progress.push(p.clone())).await.unwrap();
+
+    assert_backlog_seen_once(&collect.seen);
+    let total: u64 = progress.iter().map(|p| p.num_input_bytes).sum();
+    let sizes: Vec<u64> = progress.iter().map(|p| p.num_input_bytes).collect();
+    assert!(total > 8_000_000, "the backlog holds about 9 MB of record data, read {total}");
+    // No rate limit: the budget alone splits the backlog, each batch within it.
+    assert!(progress.len() >= 9, "{} batches for {total} bytes: {sizes:?}", progress.len());
+    for p in &progress {
+        assert!(p.num_input_bytes <= budget as u64, "batch {} read {} bytes: {sizes:?}", p.batch_id, p.num_input_bytes);
+        assert_eq!(p.pieces, 1, "batch {} was planned within the budget and read whole", p.batch_id);
+    }
+    // Each batch but the last is planned close to the budget, not far under it.
+    let full = &sizes[..sizes.len() - 1];
+    assert!(full.iter().all(|&bytes| bytes > budget as u64 / 2), "{sizes:?}");
+    assert_eq!(progress.iter().map(|p| p.num_input_rows).sum::<u64>(), 80_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_written_ahead_batch_larger_than_the_budget_is_processed_exactly_in_bounded_pieces() {
+    let (client, topic) = backlog_setup().await;
+    // Without a budget, the whole backlog is one batch; its processing fails, leaving its
+    // intent open in the log.
+    let dir = tempfile::tempdir().unwrap();
+    let config = SchedulerConfig { trigger: sluice_scheduler::Trigger::Once, ..backlog_config(&topic, 0) };
+    let mut scheduler = Scheduler::open(client.clone(), dir.path(), config.clone(), ManualClock::new(0)).unwrap();
+    let mut failing = Collect { fail_at: Some(0), ..Collect::default() };
+    assert!(scheduler.run(&mut failing, |_| {}).await.is_err());
+    assert_eq!(failing.batches[0].1.iter().map(OffsetRange::len).sum::<i64>(), 80_000, "one batch of everything");
+    drop(scheduler);
+
+    // Reopened with a budget of 512 KiB: the open intent is re-run with its ranges, read and
+    // handed over in pieces, none much over the budget.
+    let budget = 512 << 10;
+    let config = SchedulerConfig { max_batch_bytes: budget, ..config };
+    let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, ManualClock::new(0)).unwrap();
+    let mut pieces = Collect::default();
+    let mut progress: Vec<BatchProgress> = Vec::new();
+    scheduler.run(&mut pieces, |p| progress.push(p.clone())).await.unwrap();
+    assert_eq!(progress.len(), 1);
+    let rerun = &progress[0];
+    assert!(rerun.rerun);
+    assert_eq!(pieces.batches[0].1, failing.batches[0].1, "the ranges written ahead");
+    let sizes: Vec<usize> = pieces.pieces.iter().map(|(_, bytes)| *bytes).collect();
+    assert!(rerun.pieces >= 16, "{} pieces: {sizes:?}", rerun.pieces);
+    assert_eq!(rerun.pieces, sizes.len());
+    assert!(sizes.iter().all(|&bytes| bytes <= budget + OVER_BUDGET), "{sizes:?}");
+    assert_eq!(rerun.num_input_rows, 80_000);
+
+    // The same records, once each and in order, as the batch read whole sees them.
+    assert_backlog_seen_once(&pieces.seen);
+    let whole_dir = tempfile::tempdir().unwrap();
+    let config = SchedulerConfig { trigger: sluice_scheduler::Trigger::Once, ..backlog_config(&topic, 0) };
+    let mut whole = Collect::default();
+    Scheduler::open(client, whole_dir.path(), config, ManualClock::new(0))
+        .unwrap()
+        .run(&mut whole, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(whole.pieces.len(), 1);
+    let by_partition = |seen: &[(i32, i64, String)]| {
+        let mut seen = seen.to_vec();
+        seen.sort_by_key(|(partition, _, _)| *partition);
+        seen
+    };
+    assert_eq!(by_partition(&pieces.seen), by_partition(&whole.seen));
 }

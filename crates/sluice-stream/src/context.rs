@@ -205,19 +205,25 @@ impl Engine {
 }
 
 impl Processor for Engine {
-    async fn process(&mut self, batch: Batch) -> Result<BatchOutput, String> {
-        // The read tasks' records, the tasks side by side when the batch is large.
-        let large = batch.record_count() >= crate::stream::PARALLEL_FROM_ITEMS;
-        let records: Parts<KafkaRecord> = crate::stream::par_map(batch.tasks.iter().collect(), large, &|task| {
-            let topic: Arc<str> = Arc::from(task.range.topic.as_str());
-            task.records().map(|record| KafkaRecord::from_ref(&topic, task.range.partition, &record)).collect()
-        });
-        let part_sources =
-            batch.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
-        let records = SourceRecords::new(records, self.sources);
-        let input =
-            Arc::new(BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources)));
-        self.run_outputs(input).await?;
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+        // Piece by piece (a batch within the memory budget is one piece): each runs through
+        // the outputs as it comes, which gather what they need whole until the last.
+        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+            // The read tasks' records, the tasks side by side when the piece is large.
+            let large = piece.record_count() >= crate::stream::PARALLEL_FROM_ITEMS;
+            let records: Parts<KafkaRecord> = crate::stream::par_map(piece.tasks.iter().collect(), large, &|task| {
+                let topic: Arc<str> = Arc::from(task.range.topic.as_str());
+                task.records().map(|record| KafkaRecord::from_ref(&topic, task.range.partition, &record)).collect()
+            });
+            let part_sources =
+                piece.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
+            // The fetched batches are not needed past here: the records share their bytes.
+            drop(piece.tasks);
+            let records = SourceRecords::new(records, self.sources);
+            let input = BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources))
+                .in_piece(piece.index, piece.last);
+            self.run_outputs(Arc::new(input)).await?;
+        }
         let (state_delta, snapshot) = self.state.end_batch(batch.batch_id, self.snapshot_every)?;
         Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() })
     }

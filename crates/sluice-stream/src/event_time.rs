@@ -164,7 +164,9 @@ impl<T: Send + 'static> DStream<T> {
     ) -> DStream<Timed<T>> {
         let cell: WatermarkCell = Arc::default();
         let publish = Arc::clone(&cell);
-        self.stateful(WatermarkState::default(), move |state, input, parts| {
+        // Each piece of a batch as it comes, against the watermark earlier batches left; the
+        // watermark moves once the batch's last piece is in.
+        self.stateful_per_piece(WatermarkState::default(), move |state, input, parts| {
             let before = state.watermark;
             let now = input.time_ms;
             // The parts are the source's read tasks (one partition each) unless an operator
@@ -205,7 +207,9 @@ impl<T: Send + 'static> DStream<T> {
                 }
                 out.push(timed);
             }
-            *lock_state(&publish) = state.advance(&spec, now);
+            if input.last_piece {
+                *lock_state(&publish) = state.advance(&spec, now);
+            }
             Some(out)
         })
         .with_watermarks(vec![cell])
@@ -434,11 +438,15 @@ where
         DStream::new(
             graph,
             Box::new(move |input: &BatchInput| {
-                // Computing the parent sets its watermarks for this batch.
+                // Each piece is added as it comes; computing the parent's last piece sets its
+                // watermarks for this batch, and the windows they close are given then.
                 let parts = parent(input).unwrap_or_default();
-                let watermark = least_watermark(&window_watermarks);
                 let mut state = lock_state(&state);
                 state.add(parts.into_iter().flatten(), length_ms, slide_ms);
+                if !input.last_piece {
+                    return None;
+                }
+                let watermark = least_watermark(&window_watermarks);
                 let Some(watermark) = watermark else { return Some(vec![Vec::new()]) };
                 Some(vec![state.close(watermark, length_ms, slide_ms)])
             }),

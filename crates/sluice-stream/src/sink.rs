@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
-use crate::stream::{BatchInput, Compute};
+use crate::stream::{BatchInput, Compute, Gather};
 
 /// The batch a sink is writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,11 +119,13 @@ pub(crate) trait Output: Send {
 pub(crate) struct SinkOutput<T, S> {
     pub(crate) compute: Compute<T>,
     pub(crate) sink: S,
+    /// The batch's items, gathered over its pieces: a sink writes a batch whole.
+    pub(crate) pieces: Gather<T>,
 }
 
 impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
     fn run<'a>(&'a mut self, input: &'a BatchInput) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        let parts = (self.compute)(input);
+        let parts = self.pieces.add(input, (self.compute)(input)).flatten();
         let info = input.info();
         Box::pin(async move {
             match parts {

@@ -33,6 +33,13 @@ pub struct BatchInput {
     /// The partition each part of the source came from; `None` when each part stands for a
     /// partition of its own (batches given in a test).
     pub(crate) part_sources: Option<Vec<(Arc<str>, i32)>>,
+    /// Which piece of the batch this is (from 0): a batch larger than the memory budget comes
+    /// in pieces, each with one part per read task of the batch (the same tasks in each).
+    pub(crate) piece: usize,
+    /// Whether it is the batch's last piece. Element-wise operators work through each piece
+    /// as it comes; reductions fold each piece in; operators that need the whole batch gather
+    /// the pieces and run on the last.
+    pub(crate) last_piece: bool,
 }
 
 /// A batch's source records, handed to each source stream of the job: copies to all but the
@@ -71,7 +78,15 @@ impl BatchInput {
         records: SourceRecords,
         part_sources: Option<Vec<(Arc<str>, i32)>>,
     ) -> Self {
-        Self { batch_id, time_ms: batch_id.saturating_add(1).saturating_mul(interval_ms), rerun, records, part_sources }
+        let time_ms = batch_id.saturating_add(1).saturating_mul(interval_ms);
+        Self { batch_id, time_ms, rerun, records, part_sources, piece: 0, last_piece: true }
+    }
+
+    /// The input as piece `index` of its batch, the last or not.
+    pub(crate) fn in_piece(mut self, index: usize, last: bool) -> Self {
+        self.piece = index;
+        self.last_piece = last;
+        self
     }
 
     pub(crate) fn info(&self) -> BatchInfo {
@@ -80,6 +95,40 @@ impl BatchInput {
 }
 
 pub(crate) type Compute<T> = Box<dyn FnMut(&BatchInput) -> Option<Parts<T>> + Send>;
+
+/// A batch's parts gathered over its pieces, for an operator that needs the whole batch: the
+/// same parts, in the same order, as had the batch come in one piece.
+pub(crate) struct Gather<T> {
+    parts: Option<Parts<T>>,
+}
+
+impl<T> Default for Gather<T> {
+    fn default() -> Self {
+        Self { parts: None }
+    }
+}
+
+impl<T> Gather<T> {
+    /// Adds a piece's parts (`None`: the piece had no output upstream). Gives `None` until
+    /// the last piece, then the batch's parts (`None` if no piece had output).
+    pub(crate) fn add(&mut self, input: &BatchInput, parts: Option<Parts<T>>) -> Option<Option<Parts<T>>> {
+        if input.piece == 0 {
+            // A batch begins (a batch that failed part way left its pieces here).
+            self.parts = None;
+        }
+        match (&mut self.parts, parts) {
+            (_, None) => {}
+            (None, Some(parts)) => self.parts = Some(parts),
+            (Some(all), Some(parts)) if all.len() == parts.len() => {
+                for (into, part) in all.iter_mut().zip(parts) {
+                    into.extend(part);
+                }
+            }
+            (Some(all), Some(parts)) => all.extend(parts),
+        }
+        input.last_piece.then(|| self.parts.take())
+    }
+}
 
 /// What the streams of one job share: the batch interval, the outputs, and configuration
 /// errors found while the job was built (reported when it runs).
@@ -160,13 +209,61 @@ impl<T: Send + 'static> DStream<T> {
         (self.compute, self.graph, self.watermarks)
     }
 
+    /// A step on the whole batch: its pieces gathered, `step` run on the last.
     pub(crate) fn derive<U: Send + 'static>(
+        self,
+        mut step: impl FnMut(&BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
+    ) -> DStream<U> {
+        let mut parent = self.compute;
+        let mut gather = Gather::default();
+        DStream::new(
+            self.graph,
+            Box::new(move |input| gather.add(input, parent(input)).flatten().and_then(|parts| step(input, parts))),
+        )
+        .with_watermarks(self.watermarks)
+    }
+
+    /// A step on each piece of a batch as it comes (element-wise operators).
+    fn derive_per_piece<U: Send + 'static>(
         self,
         mut step: impl FnMut(&BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
     ) -> DStream<U> {
         let mut parent = self.compute;
         DStream::new(self.graph, Box::new(move |input| parent(input).and_then(|parts| step(input, parts))))
             .with_watermarks(self.watermarks)
+    }
+
+    /// A reduction: `fold` takes in each piece's parts as it comes, `finish` gives the batch's
+    /// result on the last piece (`None` folded in if no piece had output upstream, and then
+    /// no output unless `every_batch`, for stateful steps that must see every batch).
+    pub(crate) fn fold_pieces<A: Send + 'static, U: Send + 'static>(
+        self,
+        every_batch: bool,
+        mut fold: impl FnMut(&mut Option<A>, Parts<T>) + Send + 'static,
+        mut finish: impl FnMut(&BatchInput, Option<A>) -> Option<Parts<U>> + Send + 'static,
+    ) -> DStream<U> {
+        let mut parent = self.compute;
+        let mut folded: Option<A> = None;
+        DStream::new(
+            self.graph,
+            Box::new(move |input| {
+                if input.piece == 0 {
+                    folded = None;
+                }
+                if let Some(parts) = parent(input) {
+                    fold(&mut folded, parts);
+                }
+                if !input.last_piece {
+                    return None;
+                }
+                let folded = folded.take();
+                if folded.is_none() && !every_batch {
+                    return None;
+                }
+                finish(input, folded)
+            }),
+        )
+        .with_watermarks(self.watermarks)
     }
 
     /// Like `derive`, for stateful steps that must see every batch: a batch without output
@@ -176,20 +273,49 @@ impl<T: Send + 'static> DStream<T> {
         mut step: impl FnMut(&BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
     ) -> DStream<U> {
         let mut parent = self.compute;
-        DStream::new(self.graph, Box::new(move |input| step(input, parent(input).unwrap_or_default())))
-            .with_watermarks(self.watermarks)
+        let mut gather = Gather::default();
+        DStream::new(
+            self.graph,
+            Box::new(move |input| {
+                gather.add(input, parent(input)).and_then(|parts| step(input, parts.unwrap_or_default()))
+            }),
+        )
+        .with_watermarks(self.watermarks)
     }
 
     /// A stateful step: `state` is saved with each batch's commit and restored on restart
-    /// (as a delta per batch and in snapshots); the step sees every batch.
+    /// (as a delta per batch and in snapshots); the step sees every batch, whole.
     pub(crate) fn stateful<U: Send + 'static, S: Stateful + 'static>(
         self,
         state: S,
         mut step: impl FnMut(&mut S, &BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
     ) -> DStream<U> {
+        let state = self.register(state);
+        self.derive_every_batch(move |input, parts| step(&mut lock_state(&state), input, parts))
+    }
+
+    /// A stateful step that sees every piece of every batch as it comes (a batch without
+    /// output upstream comes to it as one empty piece); it knows the last by
+    /// `input.last_piece`.
+    pub(crate) fn stateful_per_piece<U: Send + 'static, S: Stateful + 'static>(
+        self,
+        state: S,
+        mut step: impl FnMut(&mut S, &BatchInput, Parts<T>) -> Option<Parts<U>> + Send + 'static,
+    ) -> DStream<U> {
+        let state = self.register(state);
+        let mut parent = self.compute;
+        DStream::new(
+            self.graph,
+            Box::new(move |input| step(&mut lock_state(&state), input, parent(input).unwrap_or_default())),
+        )
+        .with_watermarks(self.watermarks)
+    }
+
+    /// `state` registered with the job, to be saved and restored.
+    fn register<S: Stateful + 'static>(&self, state: S) -> Arc<Mutex<S>> {
         let state = Arc::new(Mutex::new(state));
         lock(&self.graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
-        self.derive_every_batch(move |input, parts| step(&mut lock_state(&state), input, parts))
+        state
     }
 
     pub(crate) fn record_error(&self, error: String) {
@@ -227,9 +353,10 @@ impl<T: Send + 'static> DStream<T> {
         })
     }
 
-    /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole.
+    /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole
+    /// (in a batch that comes in pieces, once the last piece is in).
     pub fn map_partitions<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
-        self.derive_parts(f)
+        self.derive(move |_, parts| Some(par_parts(parts, &f)))
     }
 
     /// Each item paired with a key.
@@ -237,9 +364,9 @@ impl<T: Send + 'static> DStream<T> {
         self.map(move |item| (f(&item), item))
     }
 
-    /// Each part mapped by `f`, in parallel for large batches.
+    /// Each part of each piece mapped by `f`, in parallel for large pieces.
     fn derive_parts<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
-        self.derive(move |_, parts| Some(par_parts(parts, &f)))
+        self.derive_per_piece(move |_, parts| Some(par_parts(parts, &f)))
     }
 
     /// The items of both streams (this one's parts first). A batch has output if either has.
@@ -270,10 +397,10 @@ impl<T: Send + 'static> DStream<T> {
                 let mut tee = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 match tee.kept.take() {
                     // The other side computed this batch and kept this side's copy.
-                    Some((batch_id, side, parts)) if batch_id == input.batch_id && side == me => parts,
+                    Some((at, side, parts)) if at == (input.batch_id, input.piece) && side == me => parts,
                     _ => {
                         let parts = (tee.parent)(input);
-                        tee.kept = Some((input.batch_id, 1 - me, parts.clone()));
+                        tee.kept = Some(((input.batch_id, input.piece), 1 - me, parts.clone()));
                         parts
                     }
                 }
@@ -289,7 +416,13 @@ impl<T: Send + 'static> DStream<T> {
 
     /// How many items each batch has (one item per batch with output).
     pub fn count(self) -> DStream<u64> {
-        self.derive(|_, parts| Some(vec![vec![parts.iter().map(|p| p.len() as u64).sum()]]))
+        self.fold_pieces(
+            false,
+            |count: &mut Option<u64>, parts| {
+                *count.get_or_insert(0) += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+            },
+            |_, count| Some(vec![vec![count.unwrap_or(0)]]),
+        )
     }
 
     /// The `k` greatest items of each batch by `compare`, greatest first, in one part. With a
@@ -354,7 +487,7 @@ impl<T: Send + 'static> DStream<T> {
 
     /// Writes each batch's items to `sink`.
     pub fn to_sink<S: crate::sink::Sink<T> + 'static>(self, sink: S) {
-        let output = SinkOutput { compute: self.compute, sink };
+        let output = SinkOutput { compute: self.compute, sink, pieces: Gather::default() };
         lock(&self.graph).outputs.push(Box::new(output));
     }
 }
@@ -366,8 +499,16 @@ where
     V: Send + 'static,
 {
     /// One item per key of the batch, its values combined by `f`, in key order, in one part.
+    /// `f` must be associative and commutative (as Spark's): a batch that comes in pieces is
+    /// reduced piece by piece as they come.
     pub fn reduce_by_key(self, f: impl Fn(V, V) -> V + Send + 'static) -> DStream<(K, V)> {
-        self.derive(move |_, parts| Some(vec![sorted(reduce_parts(parts, &f))]))
+        self.fold_pieces(
+            false,
+            move |reduced: &mut Option<HashMap<K, V>>, parts| {
+                reduce_into(reduced.get_or_insert_with(HashMap::default), parts, &f)
+            },
+            |_, reduced| reduced.map(|reduced| vec![sorted(reduced)]),
+        )
     }
 
     /// How many items each key has in the batch, in key order.
@@ -383,13 +524,15 @@ where
     {
         let mut left = self.compute;
         let mut right = other.compute;
+        let (mut left_pieces, mut right_pieces) = (Gather::default(), Gather::default());
         let watermarks = self.watermarks.into_iter().chain(other.watermarks).collect();
         DStream::new(
             self.graph,
             Box::new(move |input| {
-                // Both sides compute every batch (a windowed side must see each one).
-                let (l, r) = (left(input), right(input));
-                let (l, r) = (l?, r?);
+                // Both sides compute every piece of every batch (a windowed side must see each
+                // one); the join is made on the last.
+                let (l, r) = (left_pieces.add(input, left(input)), right_pieces.add(input, right(input)));
+                let (l, r) = (l??, r??);
                 let mut by_key: HashMap<K, Vec<W>> = HashMap::default();
                 for (key, w) in r.into_iter().flatten() {
                     by_key.entry(key).or_default().push(w);
@@ -432,21 +575,33 @@ where
             running: HashMap::default(),
             added: false,
         };
-        self.stateful(state, move |state, input, parts| {
-            let reduced = reduce_parts(parts, &state.reduce).into_iter().collect();
-            state.push(reduced);
-            state.added = true;
-            ((input.batch_id + 1) % slide == 0).then(|| vec![state.window()])
-        })
+        let state = self.register(state);
+        let fold_state = Arc::clone(&state);
+        self.fold_pieces(
+            true,
+            move |reduced: &mut Option<HashMap<K, V>>, parts| {
+                let reduce = &lock_state(&fold_state).reduce;
+                reduce_into(reduced.get_or_insert_with(HashMap::default), parts, reduce);
+            },
+            move |input, reduced| {
+                let mut state = lock_state(&state);
+                state.push(reduced.unwrap_or_default().into_iter().collect());
+                state.added = true;
+                ((input.batch_id + 1) % slide == 0).then(|| vec![state.window()])
+            },
+        )
     }
 }
 
-/// A stream computed for two (`tee`): the parent, and the batch the side that computed it kept
-/// for the other side.
+/// A stream computed for two (`tee`): the parent, and the batch piece the side that computed
+/// it kept for the other side.
 struct Tee<T> {
     parent: Compute<T>,
-    kept: Option<(u64, usize, Option<Parts<T>>)>,
+    kept: Option<(PieceId, usize, Option<Parts<T>>)>,
 }
+
+/// A batch and one of its pieces.
+type PieceId = (u64, usize);
 
 /// A window's batches (`window`).
 struct WindowState<T> {
@@ -675,12 +830,11 @@ pub(crate) fn merge<K: Hash + Eq, V>(into: &mut HashMap<K, V>, key: K, value: V,
     }
 }
 
-pub(crate) fn reduce_parts<K: Hash + Eq, V>(parts: Parts<(K, V)>, reduce: &dyn Fn(V, V) -> V) -> HashMap<K, V> {
-    let mut out: HashMap<K, V> = HashMap::default();
+/// `parts`' values reduced into `into` by key.
+pub(crate) fn reduce_into<K: Hash + Eq, V>(into: &mut HashMap<K, V>, parts: Parts<(K, V)>, reduce: &dyn Fn(V, V) -> V) {
     for (key, value) in parts.into_iter().flatten() {
-        merge(&mut out, key, value, reduce);
+        merge(into, key, value, reduce);
     }
-    out
 }
 
 pub(crate) fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {

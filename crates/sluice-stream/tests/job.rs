@@ -87,3 +87,105 @@ async fn clicks_per_item_over_a_job_match_the_input_and_each_batch_file_is_whole
     }
     assert_eq!(counted, expected);
 }
+
+/// What [`piece_outputs`] collected: each output's items of each batch.
+#[derive(Debug, Default, PartialEq)]
+struct Outputs {
+    counts: Vec<(String, u64)>,
+    windows: Vec<(i64, String, u64)>,
+    totals: Vec<u64>,
+    one_user: Vec<(i64, String)>,
+    sessions: Vec<(String, usize)>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Outputs>>;
+
+/// A job with an operator of each kind on the clicks: a reduction (clicks per item), event-time
+/// windows behind a watermark ranked per window, a count, an element-wise filter into a sink,
+/// and keyed state (`update_state_by_key`, which takes the batch whole).
+fn piece_outputs(ctx: &StreamingContext, outputs: &Shared) {
+    let clicks = || ctx.kafka_stream().flat_map(|record: KafkaRecord| record.csv::<(String, String, i64)>().ok());
+    let out = std::sync::Arc::clone(outputs);
+    clicks().map(|(_, item, _)| (item, 1u64)).reduce_by_key(|a, b| a + b).foreach_batch(move |_, items| {
+        out.lock().unwrap().counts.extend(items);
+        Ok(())
+    });
+    let out = std::sync::Arc::clone(outputs);
+    clicks()
+        .with_watermark(sluice_stream::Watermark::new(Duration::from_secs(1)), |(_, _, time)| *time)
+        .map(|timed| timed.map(|(_, item, _)| (item, 1u64)))
+        .reduce_by_key_and_event_window(Duration::from_secs(10), Duration::from_secs(5), |a, b| a + b)
+        .top_k_per_window(3, |a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .foreach_batch(move |_, items| {
+            let items = items.into_iter().map(|w| (w.start_ms, w.item.0, w.item.1));
+            {
+                out.lock().unwrap().windows.extend(items);
+                Ok(())
+            }
+        });
+    let out = std::sync::Arc::clone(outputs);
+    clicks().count().foreach_batch(move |_, items| {
+        out.lock().unwrap().totals.extend(items);
+        Ok(())
+    });
+    let out = std::sync::Arc::clone(outputs);
+    clicks().filter(|(user, _, _)| user == "user-3").map(|(_, item, time)| (time, item)).foreach_batch(
+        move |_, items| {
+            out.lock().unwrap().one_user.extend(items);
+            Ok(())
+        },
+    );
+    let out = std::sync::Arc::clone(outputs);
+    clicks()
+        .map(|(user, item, _)| (user, item))
+        .update_state_by_key(|items: Vec<String>, seen: Option<usize>| Some(seen.unwrap_or(0) + items.len()))
+        .foreach_batch(move |_, items| {
+            out.lock().unwrap().sessions.extend(items);
+            Ok(())
+        });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_memory_budget_gives_in_pieces_the_output_it_gives_whole() {
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let topic = unique("clicks");
+    client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
+    let producer =
+        Producer::new(client.clone(), ProducerConfig { batch_size_bytes: 16 << 10, ..ProducerConfig::default() })
+            .await
+            .unwrap();
+    for i in 0u64..40_000 {
+        let line = format!("user-{},item-{},{}", i % 31, (i * i + 7 * i) % 97 % (1 + i % 13), 1_700_000_000_000 + i);
+        let partition = Some((i % PARTITIONS as u64) as i32);
+        drop(producer.send(ProducerRecord { partition, ..ProducerRecord::new(&topic, line) }).await.unwrap());
+    }
+    producer.flush().await;
+
+    // One batch of everything (Trigger::Once), read whole, then with a budget of 128 KiB.
+    let mut runs = Vec::new();
+    for budget in [0, 128 << 10] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            StreamConfig::new([broker.addr.as_str()], [topic.as_str()], Duration::from_secs(1), dir.path());
+        config.scheduler.trigger = Trigger::Once;
+        config.scheduler.max_batch_bytes = budget;
+        let ctx = StreamingContext::new(config);
+        let outputs = Shared::default();
+        piece_outputs(&ctx, &outputs);
+        let mut pieces = Vec::new();
+        ctx.run_with_clock(ManualClock::new(0), |p| pieces.push((p.pieces, p.num_input_rows))).await.unwrap();
+        let outputs = std::mem::take(&mut *outputs.lock().unwrap());
+        runs.push((pieces, outputs));
+    }
+    let (whole, in_pieces) = (&runs[0], &runs[1]);
+    assert_eq!(whole.0, vec![(1, 40_000)], "one batch, one piece");
+    assert_eq!(in_pieces.0.len(), 1, "one batch");
+    assert!(in_pieces.0[0].0 >= 8, "about 2 MB of clicks in pieces of 128 KiB: {:?}", in_pieces.0);
+    assert_eq!(in_pieces.0[0].1, 40_000);
+    assert_eq!(whole.1.totals, vec![40_000]);
+    assert_eq!(whole.1.one_user.len(), 40_000 / 31 + 1);
+    assert!(whole.1.windows.len() >= 3 * 3, "windows closed by the batch's watermark: {:?}", whole.1.windows);
+    assert_eq!(whole.1.counts.iter().map(|(_, n)| n).sum::<u64>(), 40_000);
+    assert_eq!(in_pieces.1, whole.1, "the same output, item for item and in order");
+}
