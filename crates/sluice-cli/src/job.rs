@@ -27,6 +27,50 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A size in bytes written as `256MiB`, `1GiB`, `512KiB`, `64MB`, or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl Size {
+    fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        let digits = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(digits);
+        let unit_bytes: usize = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}`; sizes are a number and B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
+        };
+        let number: usize =
+            number.parse().map_err(|_| format!("`{text}`: a size is a whole number and a unit, e.g. `256MiB`"))?;
+        number.checked_mul(unit_bytes).map(Size).ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => usize::try_from(bytes).map(Size).map_err(serde::de::Error::custom),
+            Written::Text(text) => Size::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// The whole job file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +92,8 @@ pub struct JobFile {
     pub top: Option<Spanned<Top>>,
     /// Where progress and state are kept.
     pub checkpoint: Spanned<Checkpoint>,
+    /// How much memory the job's records may take.
+    pub memory: Option<Spanned<Memory>>,
     /// Where results go.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<Spanned<SinkSpec>>,
@@ -249,6 +295,16 @@ pub struct Checkpoint {
     pub dir: PathBuf,
     /// A snapshot of the state every this many batches.
     pub snapshot_every: Option<Spanned<i64>>,
+}
+
+/// `[memory]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    /// The budget for the job's records, fetched and as rows (default 256 MiB; `0` for no
+    /// limit): batches hold at most an eighth of it, and a backlog is worked through in as many
+    /// as it takes.
+    pub budget: Spanned<Size>,
 }
 
 /// `[[sink]]`.
@@ -579,4 +635,21 @@ fn check_sinks(file: &JobFile) -> Result<(), Problem> {
 
 fn list(names: &[String]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Size;
+
+    #[test]
+    fn sizes_are_a_number_and_a_unit() {
+        assert_eq!(Size::parse("256MiB"), Ok(Size(256 << 20)));
+        assert_eq!(Size::parse("1GiB"), Ok(Size(1 << 30)));
+        assert_eq!(Size::parse("64 MB"), Ok(Size(64_000_000)));
+        assert_eq!(Size::parse("4096"), Ok(Size(4096)));
+        assert_eq!(Size::parse("0"), Ok(Size(0)));
+        assert!(Size::parse("256 mb").unwrap_err().contains("unknown unit `mb`"));
+        assert!(Size::parse("MiB").unwrap_err().contains("whole number"));
+        assert!(Size::parse("99999999999999999999GiB").is_err());
+    }
 }

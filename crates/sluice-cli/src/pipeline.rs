@@ -14,52 +14,166 @@ use sluice_stream::{
 
 use crate::job::{Aggregate, Filter, FormatKind, Function, Job, Op, SinkKind, TimeKind};
 
-/// One parsed record: its fields, and the record's own (`_key`, `_topic`, ...).
+/// One parsed record, kept compact: the record itself (its key and value share the fetched
+/// bytes) and where each CSV column lies in the value, rather than a map of owned strings.
 #[derive(Debug, Clone)]
 pub struct Row {
-    fields: Map<String, Value>,
-    record: Arc<KafkaRecordMeta>,
+    record: KafkaRecord,
+    fields: Fields,
 }
 
-/// The record fields of a row, shared by its copies.
-#[derive(Debug)]
-struct KafkaRecordMeta {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    timestamp: i64,
-    key: Option<String>,
+/// A row's fields, by format.
+#[derive(Debug, Clone)]
+enum Fields {
+    /// CSV: each column as a byte range of the value, or (quoted, with escapes) its text.
+    Csv(Box<[Cell]>),
+    /// JSON: the object.
+    Json(Box<Map<String, Value>>),
+    /// Raw: the value is the field `value`.
+    Raw,
 }
 
-impl Row {
-    /// The value of `field` (`Null` when the row does not have it).
-    fn get(&self, field: &str) -> Value {
-        match field {
-            "_key" => self.record.key.clone().map_or(Value::Null, Value::String),
-            "_topic" => Value::String(self.record.topic.to_string()),
-            "_partition" => json!(self.record.partition),
-            "_offset" => json!(self.record.offset),
-            "_timestamp" => json!(self.record.timestamp),
-            _ => self.fields.get(field).cloned().unwrap_or(Value::Null),
+/// A CSV column.
+#[derive(Debug, Clone)]
+enum Cell {
+    /// Bytes `start..end` of the value.
+    Span(u32, u32),
+    /// A quoted column's text.
+    Text(Box<str>),
+}
+
+/// A field of the job file, resolved against the format once, when the job is built.
+#[derive(Debug, Clone)]
+enum Field {
+    Key,
+    Topic,
+    Partition,
+    Offset,
+    Timestamp,
+    /// A CSV column, by position.
+    Column(usize),
+    /// A JSON object's field, or `value` of a raw record.
+    Named(String),
+}
+
+impl Field {
+    fn resolve(name: &str, columns: &[String]) -> Self {
+        match name {
+            "_key" => Self::Key,
+            "_topic" => Self::Topic,
+            "_partition" => Self::Partition,
+            "_offset" => Self::Offset,
+            "_timestamp" => Self::Timestamp,
+            _ => columns.iter().position(|c| c == name).map_or_else(|| Self::Named(name.to_owned()), Self::Column),
         }
     }
 }
 
-/// A value as a number: JSON numbers, and text that reads as one (CSV fields are text).
-fn number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => n.as_f64(),
-        // Text such as `nan` or `inf` is not a number a sum or a mean can use.
-        Value::String(s) => s.trim().parse().ok().filter(|n: &f64| n.is_finite()),
-        Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => None,
+/// A field's value as a row holds it.
+#[derive(Debug, Clone, Copy)]
+enum Val<'a> {
+    Null,
+    Text(&'a str),
+    Json(&'a Value),
+    Int(i64),
+}
+
+impl Val<'_> {
+    /// The value as a number: JSON numbers, and text that reads as one (CSV fields are text).
+    fn number(self) -> Option<f64> {
+        match self {
+            Self::Json(value) => number(value),
+            // Text such as `nan` or `inf` is not a number a sum or a mean can use.
+            Self::Text(s) => s.trim().parse().ok().filter(|n: &f64| n.is_finite()),
+            Self::Int(n) => Some(n as f64),
+            Self::Null => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Text(s) => Some(s),
+            Self::Json(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_bool(self) -> Option<bool> {
+        match self {
+            Self::Json(value) => value.as_bool(),
+            _ => None,
+        }
+    }
+
+    /// The value as a grouping key: text as it is, anything else as its JSON.
+    fn key_text(self) -> String {
+        match self {
+            Self::Text(s) => s.to_owned(),
+            Self::Json(Value::String(s)) => s.clone(),
+            Self::Json(other) => other.to_string(),
+            Self::Int(n) => n.to_string(),
+            Self::Null => Value::Null.to_string(),
+        }
     }
 }
 
-/// A value as a grouping key: text as it is, anything else as its JSON.
-fn key_text(value: &Value) -> String {
+impl Row {
+    /// The value of `field` (`Null` when the row does not have it).
+    fn get(&self, field: &Field) -> Val<'_> {
+        let record = &self.record;
+        match (field, &self.fields) {
+            (Field::Key, _) => record.key_str().map_or(Val::Null, Val::Text),
+            (Field::Topic, _) => Val::Text(&record.topic),
+            (Field::Partition, _) => Val::Int(i64::from(record.partition)),
+            (Field::Offset, _) => Val::Int(record.offset),
+            (Field::Timestamp, _) => Val::Int(record.timestamp),
+            (Field::Column(index), Fields::Csv(cells)) => match cells.get(*index) {
+                Some(Cell::Span(start, end)) => record
+                    .value_str()
+                    .and_then(|text| text.get(*start as usize..*end as usize))
+                    .map_or(Val::Null, Val::Text),
+                Some(Cell::Text(text)) => Val::Text(text),
+                None => Val::Null,
+            },
+            (Field::Named(name), Fields::Json(fields)) => fields.get(name).map_or(Val::Null, Val::Json),
+            (Field::Named(name), Fields::Raw) if name == "value" => record.value_str().map_or(Val::Null, Val::Text),
+            _ => Val::Null,
+        }
+    }
+
+    /// The row as a JSON object of its fields (CSV columns by name).
+    fn into_json(self, columns: &[String]) -> Value {
+        match self.fields {
+            Fields::Json(fields) => Value::Object(*fields),
+            Fields::Raw => {
+                let mut fields = Map::new();
+                let value = self.record.value_str().map_or(Value::Null, |t| Value::String(t.to_owned()));
+                fields.insert("value".into(), value);
+                Value::Object(fields)
+            }
+            Fields::Csv(_) => Value::Object(
+                columns
+                    .iter()
+                    .enumerate()
+                    .map(|(index, name)| {
+                        let value = self
+                            .get(&Field::Column(index))
+                            .as_str()
+                            .map_or(Value::Null, |t| Value::String(t.to_owned()));
+                        (name.clone(), value)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A JSON value as a number (JSON numbers, and strings that read as one).
+fn number(value: &Value) -> Option<f64> {
     match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => Val::Text(s).number(),
+        Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
 }
 
@@ -74,48 +188,56 @@ pub struct Counters {
     pub late: Arc<AtomicU64>,
 }
 
-fn parse_record(record: &KafkaRecord, format: FormatKind, columns: &[String]) -> Option<Row> {
-    let text = record.value_str();
-    let fields = match format {
-        FormatKind::Raw => {
-            let mut fields = Map::new();
-            fields.insert("value".into(), text.map_or(Value::Null, |t| Value::String(t.to_owned())));
-            fields
-        }
-        FormatKind::Json => match serde_json::from_str::<Value>(text?) {
-            Ok(Value::Object(fields)) => fields,
-            _ => return None,
-        },
-        FormatKind::Csv => {
-            let values = sluice_stream::split_csv(text?).ok()?;
-            if values.len() != columns.len() {
-                return None;
-            }
-            columns.iter().cloned().zip(values.into_iter().map(Value::String)).collect()
-        }
+/// A CSV line's columns: byte ranges of the line unless a column is quoted (then the columns
+/// as `split_csv` reads them); `None` if the line does not have `count` columns.
+fn csv_cells(line: &str, count: usize) -> Option<Box<[Cell]>> {
+    let cells: Box<[Cell]> = if line.contains('"') {
+        sluice_stream::split_csv(line).ok()?.into_iter().map(|text| Cell::Text(text.into_boxed_str())).collect()
+    } else {
+        let mut start = 0;
+        line.split(',')
+            .map(|column| {
+                let cell = Cell::Span(u32::try_from(start).ok()?, u32::try_from(start + column.len()).ok()?);
+                start += column.len() + 1;
+                Some(cell)
+            })
+            .collect::<Option<_>>()?
     };
-    let meta = KafkaRecordMeta {
-        topic: Arc::clone(&record.topic),
-        partition: record.partition,
-        offset: record.offset,
-        timestamp: record.timestamp,
-        key: record.key_str().map(str::to_owned),
-    };
-    Some(Row { fields, record: Arc::new(meta) })
+    (cells.len() == count).then_some(cells)
 }
 
-fn compare(filter: &Filter, row: &Row) -> bool {
-    let value = row.get(filter.field.get_ref());
+fn parse_record(record: KafkaRecord, format: FormatKind, columns: &[String]) -> Option<Row> {
+    let fields = match format {
+        FormatKind::Raw => Fields::Raw,
+        FormatKind::Json => match serde_json::from_str::<Value>(record.value_str()?) {
+            Ok(Value::Object(fields)) => Fields::Json(Box::new(fields)),
+            _ => return None,
+        },
+        FormatKind::Csv => Fields::Csv(csv_cells(record.value_str()?, columns.len())?),
+    };
+    Some(Row { record, fields })
+}
+
+/// A filter with its field resolved.
+#[derive(Debug, Clone)]
+struct Compare {
+    filter: Filter,
+    field: Field,
+}
+
+fn compare(compare: &Compare, row: &Row) -> bool {
+    let filter = &compare.filter;
+    let value = row.get(&compare.field);
     if filter.op == Op::Contains {
         let toml::Value::String(needle) = filter.value.get_ref() else { return false };
         return value.as_str().is_some_and(|text| text.contains(needle.as_str()));
     }
     let ordering = match filter.value.get_ref() {
-        toml::Value::Integer(n) => number(&value).and_then(|v| v.partial_cmp(&(*n as f64))),
-        toml::Value::Float(f) => number(&value).and_then(|v| v.partial_cmp(f)),
+        toml::Value::Integer(n) => value.number().and_then(|v| v.partial_cmp(&(*n as f64))),
+        toml::Value::Float(f) => value.number().and_then(|v| v.partial_cmp(f)),
         toml::Value::String(s) => value.as_str().map(|v| v.cmp(s.as_str())).or_else(|| {
             // A JSON number compared with text written as a number.
-            number(&value).zip(s.parse::<f64>().ok()).and_then(|(a, b)| a.partial_cmp(&b))
+            value.number().zip(s.parse::<f64>().ok()).and_then(|(a, b)| a.partial_cmp(&b))
         }),
         toml::Value::Boolean(b) => value.as_bool().map(|v| v.cmp(b)),
         _ => None,
@@ -220,17 +342,23 @@ pub fn build(source: DStream<KafkaRecord>, job: &Job, client: &ClientConfig) -> 
     let counters = Counters::default();
     let (format, columns) = (job.format(), job.columns());
     let unparsable = Arc::clone(&counters.unparsable);
+    let parse_columns = columns.clone();
     let rows = source.flat_map(move |record: KafkaRecord| {
-        let row = parse_record(&record, format, &columns);
+        let row = parse_record(record, format, &parse_columns);
         if row.is_none() {
             unparsable.fetch_add(1, Ordering::Relaxed);
         }
         row
     });
-    let filters: Vec<Filter> = job.file.filters.iter().map(|f| f.get_ref().clone()).collect();
+    let filters: Vec<Compare> = job
+        .file
+        .filters
+        .iter()
+        .map(|f| Compare { filter: f.get_ref().clone(), field: Field::resolve(f.get_ref().field.get_ref(), &columns) })
+        .collect();
     let rows = if filters.is_empty() { rows } else { rows.filter(move |row| filters.iter().all(|f| compare(f, row))) };
     let (out, late) = match &job.file.aggregate {
-        None => (rows.map(|row: Row| Value::Object(row.fields)), None),
+        None => (rows.map(move |row: Row| row.into_json(&columns)), None),
         Some(aggregate) => aggregated(rows, job, aggregate.get_ref(), &counters),
     };
     attach_sinks(out, job, client);
@@ -246,14 +374,15 @@ fn aggregated(
 ) -> (DStream<Value>, Option<Arc<AtomicU64>>) {
     let shape = Shape::new(aggregate);
     let function = aggregate.function;
-    let key = aggregate.key.as_ref().map(|k| k.get_ref().clone());
-    let field = aggregate.field.as_ref().map(|f| f.get_ref().clone());
+    let columns = job.columns();
+    let key = aggregate.key.as_ref().map(|k| Field::resolve(k.get_ref(), &columns));
+    let field = aggregate.field.as_ref().map(|f| Field::resolve(f.get_ref(), &columns));
     let unusable = Arc::clone(&counters.unusable);
     let keyed = move |row: &Row| -> Option<(String, Agg)> {
-        let key = key.as_ref().map_or_else(|| "all".to_owned(), |k| key_text(&row.get(k)));
+        let key = key.as_ref().map_or_else(|| "all".to_owned(), |k| row.get(k).key_text());
         let agg = match &field {
             None => Some(Agg::of(1.0)),
-            Some(field) => number(&row.get(field)).map(Agg::of),
+            Some(field) => row.get(field).number().map(Agg::of),
         };
         if agg.is_none() {
             unusable.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +406,7 @@ fn aggregated(
         Some(window) => {
             let length = window.length.get_ref().0;
             let slide = window.slide.as_ref().map_or(length, |s| s.get_ref().0);
-            let time_field = window.time_field.as_ref().map(|f| f.get_ref().clone()).unwrap_or_default();
+            let time_field = Field::resolve(window.time_field.as_ref().map_or("", |f| f.get_ref().as_str()), &columns);
             let mut watermark = Watermark::new(window.watermark.map_or(std::time::Duration::ZERO, |d| d.0));
             if let Some(idle) = window.idle_after {
                 watermark = watermark.idle_after(idle.0);
@@ -286,7 +415,7 @@ fn aggregated(
             let unusable = Arc::clone(&counters.unusable);
             let timed = rows
                 .flat_map(move |row: Row| {
-                    let time = number(&row.get(&time_field)).filter(|t| t.is_finite()).map(|t| t as i64);
+                    let time = row.get(&time_field).number().filter(|t| t.is_finite()).map(|t| t as i64);
                     let keyed = keyed(&row);
                     if time.is_none() {
                         unusable.fetch_add(1, Ordering::Relaxed);
@@ -374,5 +503,56 @@ fn attach_sinks(out: DStream<Value>, job: &Job, client: &ClientConfig) {
                 this.to_sink(if spec.transactional { sink.transactional() } else { sink });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(value: &str) -> KafkaRecord {
+        KafkaRecord {
+            topic: Arc::from("clicks"),
+            partition: 3,
+            offset: 42,
+            timestamp: 1_700_000_000_000,
+            key: Some(bytes::Bytes::from_static(b"k1")),
+            value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_csv_row_keeps_where_its_columns_lie_and_reads_them_as_split_csv_does() {
+        let columns: Vec<String> = ["user", "item", "time"].map(String::from).to_vec();
+        let field = |name: &str| Field::resolve(name, &columns);
+        let row = parse_record(record("u7,item-3,1700000000123"), FormatKind::Csv, &columns).unwrap();
+        assert!(matches!(&row.fields, Fields::Csv(cells) if cells.iter().all(|c| matches!(c, Cell::Span(..)))));
+        assert_eq!(row.get(&field("item")).as_str(), Some("item-3"));
+        assert_eq!(row.get(&field("time")).number(), Some(1_700_000_000_123.0));
+        assert_eq!(row.get(&field("_key")).key_text(), "k1");
+        assert_eq!(row.get(&field("_partition")).key_text(), "3");
+        assert_eq!(row.get(&field("_offset")).number(), Some(42.0));
+        assert_eq!(row.get(&field("_topic")).as_str(), Some("clicks"));
+        assert_eq!(row.get(&field("missing")).key_text(), "null");
+        assert_eq!(row.into_json(&columns), json!({"user": "u7", "item": "item-3", "time": "1700000000123"}));
+        // Quoted columns, an empty one, a quote inside: as split_csv reads them.
+        let row = parse_record(record(r#""a, b",,"say ""hi""""#), FormatKind::Csv, &columns).unwrap();
+        assert_eq!(row.into_json(&columns), json!({"user": "a, b", "item": "", "time": "say \"hi\""}));
+        // The wrong number of columns, or a broken quote: not a row.
+        assert!(parse_record(record("a,b"), FormatKind::Csv, &columns).is_none());
+        assert!(parse_record(record(r#""a,b,c"#), FormatKind::Csv, &columns).is_none());
+    }
+
+    #[test]
+    fn json_and_raw_rows_give_their_fields() {
+        let row = parse_record(record(r#"{"item": "i", "n": 2.5, "ok": true}"#), FormatKind::Json, &[]).unwrap();
+        assert_eq!(row.get(&Field::resolve("n", &[])).number(), Some(2.5));
+        assert_eq!(row.get(&Field::resolve("ok", &[])).as_bool(), Some(true));
+        assert_eq!(row.get(&Field::resolve("n", &[])).key_text(), "2.5");
+        assert!(parse_record(record("[1]"), FormatKind::Json, &[]).is_none());
+        let row = parse_record(record("hello"), FormatKind::Raw, &[]).unwrap();
+        assert_eq!(row.get(&Field::resolve("value", &[])).as_str(), Some("hello"));
+        assert_eq!(row.into_json(&[]), json!({"value": "hello"}));
     }
 }

@@ -19,6 +19,9 @@ fn stream_config(job: &Job, args: &RunArgs) -> StreamConfig {
     let checkpoint = args.checkpoint_dir.clone().unwrap_or_else(|| job.file.checkpoint.get_ref().dir.clone());
     let interval = source.batch_interval.get_ref().0;
     let mut config = StreamConfig::new(brokers, source.topics.get_ref().clone(), interval, checkpoint);
+    if let Some(memory) = &job.file.memory {
+        config = config.with_memory_budget(memory.get_ref().budget.get_ref().0);
+    }
     config.scheduler.starting_offsets = match (&source.start_time_ms, source.start) {
         (Some(time), _) => StartingOffsets::Timestamp(*time.get_ref()),
         (None, StartSpec::Earliest) => StartingOffsets::Earliest,

@@ -11,7 +11,9 @@ use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::fetch_request::FetchPartition;
 use sluice_protocol::messages::fetch_response::PartitionData;
 use sluice_protocol::messages::{FetchRequest, FetchResponse};
-use sluice_protocol::record::{decode_records, ControlRecordType, DecodeOptions, RecordBatch, RecordRef};
+use sluice_protocol::record::{
+    decode_records, ControlRecordType, DecodeOptions, RecordBatch, RecordRef, DEFAULT_MAX_DECOMPRESSED_BYTES,
+};
 
 use crate::client::{Client, FetchNaming, Isolation, OffsetSpec};
 use crate::connection::Connection;
@@ -64,6 +66,13 @@ pub struct ConsumerConfig {
     /// while the caller processes. Their responses may hold up to this many bytes in all
     /// (split evenly among the leaders); 0 turns prefetching off.
     pub prefetch_max_bytes: usize,
+    /// The most bytes the compressed batches of one fetch response may expand to together
+    /// (64 MiB): a partition's records stop before the batch that would pass it, and the
+    /// partitions after it are not decoded, all read again by the next fetch from where they
+    /// stand. A response of many small, highly compressed batches (which anyone who may write
+    /// to the topic can make) then costs bounded memory. A partition's first batch may always
+    /// expand to the per-batch limit (64 MiB), so reading goes on.
+    pub max_decompressed_bytes: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -77,6 +86,7 @@ impl Default for ConsumerConfig {
             offset_reset: OffsetReset::Latest,
             prefetch_max_bytes: 64 << 20,
             fetch_requests_per_broker: 4,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
         }
     }
 }
@@ -403,10 +413,13 @@ impl Consumer {
         connection.throttle(response.throttle_time_ms);
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
         let mut failure = None;
+        // What the response's compressed batches may still expand to.
+        let mut allowance = self.config.max_decompressed_bytes;
         for topic in response.responses {
             let Some(name) = naming.name_of(&topic) else { continue };
             for answer in topic.partitions {
-                match self.absorb_partition(connection, (name.clone(), answer.partition_index), answer).await {
+                let key = (name.clone(), answer.partition_index);
+                match self.absorb_partition(connection, key, answer, &mut allowance).await {
                     Ok(Some(records)) => out.push(records),
                     Ok(None) => {}
                     Err(e) => failure = failure.or(Some(e)),
@@ -423,6 +436,7 @@ impl Consumer {
         connection: &Connection,
         key: TopicPartition,
         answer: PartitionData,
+        allowance: &mut usize,
     ) -> Result<Option<PartitionRecords>> {
         let Some(progress) = self.assigned.get(&key).copied() else { return Ok(None) };
         match ErrorCode::from_code(answer.error_code) {
@@ -441,7 +455,17 @@ impl Consumer {
             }
             code => return Err(Error::Broker { broker: connection.broker().to_owned(), api: "Fetch", code }),
         }
-        let decode = DecodeOptions { min_offset: progress.position, ..DecodeOptions::default() };
+        let has_records = answer.records.as_ref().is_some_and(|records| !records.is_empty());
+        if has_records && *allowance == 0 {
+            // The response's batches expanded as far as they may: this partition's are read
+            // again by the next fetch, from its position.
+            return Ok(None);
+        }
+        let decode = DecodeOptions {
+            min_offset: progress.position,
+            max_total_decompressed_bytes: *allowance,
+            ..DecodeOptions::default()
+        };
         let decoded = match &answer.records {
             Some(bytes) => decode_records(bytes, &decode).map_err(|source| Error::Decode {
                 broker: connection.broker().to_owned(),
@@ -451,6 +475,13 @@ impl Consumer {
             })?,
             None => Default::default(),
         };
+        let expanded: usize = decoded
+            .batches
+            .iter()
+            .filter(|b| b.header.compression() != sluice_protocol::compression::Compression::None)
+            .map(RecordBatch::data_len)
+            .sum();
+        *allowance = allowance.saturating_sub(expanded);
         let aborted: Vec<(i64, i64)> =
             answer.aborted_transactions.unwrap_or_default().iter().map(|a| (a.producer_id, a.first_offset)).collect();
         let batches = match self.config.isolation {

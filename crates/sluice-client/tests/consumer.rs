@@ -239,3 +239,55 @@ async fn a_fetch_waiting_at_the_end_of_its_partitions_holds_back_no_other_partit
         assert!(waited < max_wait / 2, "prefetch {prefetch_max_bytes}: the records came after {waited:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_of_highly_compressed_batches_expands_no_further_than_the_limit_and_loses_nothing() {
+    let topic = unique("zeros");
+    let broker = common::shared();
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    client.create_topic(&topic, 2, 1).await.unwrap();
+    // 200 records of 256 KiB of zeros, one per zstd batch: 50 MiB that take a few KiB on the wire.
+    let config =
+        ProducerConfig { compression: Compression::Zstd, batch_size_bytes: 300 << 10, ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..200u32 {
+        let mut value = vec![0u8; 256 << 10];
+        value[..4].copy_from_slice(&i.to_be_bytes());
+        let record = ProducerRecord { partition: Some((i % 2) as i32), ..ProducerRecord::new(&topic, value) };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+
+    let limit = 2 << 20;
+    let config = ConsumerConfig {
+        max_decompressed_bytes: limit,
+        fetch_requests_per_broker: 1,
+        prefetch_max_bytes: 0,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client.clone(), config);
+    for partition in 0..2 {
+        consumer.assign(&topic, partition, StartAt::Earliest).await.unwrap();
+    }
+    let mut seen: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    let mut polls = 0;
+    while seen.values().map(Vec::len).sum::<usize>() < 200 && polls < 1_000 {
+        polls += 1;
+        let parts = consumer.poll().await.unwrap();
+        let expanded: usize = parts.iter().flat_map(|p| &p.batches).map(|b| b.data_len()).sum();
+        // The limit, and at most one batch past it (the first of a response always decodes).
+        assert!(expanded <= limit + (257 << 10), "a poll expanded to {expanded} bytes");
+        for part in parts {
+            let values = part.records().map(|r| u32::from_be_bytes(r.value().unwrap()[..4].try_into().unwrap()));
+            seen.entry(part.partition).or_default().extend(values);
+        }
+    }
+    for (partition, values) in &seen {
+        let expected: Vec<u32> = (0..200).filter(|i| i % 2 == *partition as u32).collect();
+        assert_eq!(values, &expected, "partition {partition}: every record, in order, once");
+    }
+    assert!(polls >= 25, "50 MiB in polls of at most about 2 MiB: {polls}");
+}

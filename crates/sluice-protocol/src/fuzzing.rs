@@ -74,7 +74,11 @@ pub fn primitives(raw: &[u8]) {
 /// `record_batch`: record-set decoding over arbitrary bytes with the CRC gate on (what a client
 /// does) never panics.
 pub fn record_batch(data: &[u8]) {
-    let options = DecodeOptions { max_decompressed_bytes: 1 << 20, ..DecodeOptions::default() };
+    let options = DecodeOptions {
+        max_decompressed_bytes: 1 << 20,
+        max_total_decompressed_bytes: 4 << 20,
+        ..DecodeOptions::default()
+    };
     let _ = decode_records(&Bytes::copy_from_slice(data), &options);
 }
 

@@ -299,10 +299,7 @@ impl Tally {
 
 /// The records each reader brought since its last piece, one entry per task of the batch
 /// (`task_ranges`; empty for the tasks done before), and the readers whose range is not done.
-fn cut_piece(
-    task_ranges: &[OffsetRange],
-    mut readers: Vec<TaskReader>,
-) -> (Vec<RangeRecords>, Vec<TaskReader>) {
+fn cut_piece(task_ranges: &[OffsetRange], mut readers: Vec<TaskReader>) -> (Vec<RangeRecords>, Vec<TaskReader>) {
     let mut tasks: Vec<RangeRecords> = task_ranges
         .iter()
         .map(|range| RangeRecords {

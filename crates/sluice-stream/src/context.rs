@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use sluice_client::{Client, ClientConfig};
-use sluice_scheduler::{Batch, BatchOutput, BatchProgress, Clock, Processor, Scheduler, SchedulerConfig, SystemClock};
+use sluice_scheduler::{
+    Batch, BatchOutput, BatchProgress, Clock, Processor, RangeRecords, Scheduler, SchedulerConfig, SystemClock,
+};
 
 use crate::record::KafkaRecord;
 use crate::sink::Output;
@@ -60,7 +62,18 @@ pub struct StreamConfig {
     /// order matters: data, then a marker that it is complete). Either way the batch commits
     /// after all of them.
     pub concurrent_outputs: bool,
+    /// The memory the job's records may take, fetched and as the job makes them into items (0:
+    /// no limit). Set with [`StreamConfig::with_memory_budget`], which also bounds the
+    /// scheduler's batches by it; [`DEFAULT_MEMORY_BUDGET`] unless set.
+    pub memory_budget: usize,
 }
+
+/// The memory budget a job has unless given another: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
+/// Records run through the job at once per byte of the memory budget: 1/2048, 131,072 records
+/// at 256 MiB (each record, with the rows and keys a job makes of it, takes a few hundred bytes).
+const BUDGET_BYTES_PER_RUN_RECORD: usize = 2048;
 
 impl StreamConfig {
     /// Reads `topics` from `brokers` in batches of `batch_interval`, checkpointing in
@@ -78,6 +91,31 @@ impl StreamConfig {
             checkpoint_dir: checkpoint_dir.into(),
             snapshot_every: 10,
             concurrent_outputs: true,
+            memory_budget: 0,
+        }
+        .with_memory_budget(DEFAULT_MEMORY_BUDGET)
+    }
+
+    /// Bounds the memory the job's records take to about `bytes` (0: no limit), whatever the
+    /// rates and however large the backlog: each batch holds at most an eighth of it in records
+    /// as fetched (the scheduler's `max_batch_bytes`; with the next batch read ahead, two
+    /// eighths), and the records are run through the job in runs of `bytes / 2048` (what the
+    /// job makes of each run, rows and keys, is dropped or folded in before the next). What an
+    /// operator keeps over a batch (keyed state, windows, the items a sink writes) comes on top.
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self.scheduler.max_batch_bytes = bytes / 8;
+        if bytes > 0 {
+            self.scheduler.prefetch_max_bytes = bytes / 8;
+        }
+        self
+    }
+
+    /// Records run through the job at once.
+    fn records_per_run(&self) -> usize {
+        match self.memory_budget {
+            0 => usize::MAX,
+            bytes => (bytes / BUDGET_BYTES_PER_RUN_RECORD).max(1),
         }
     }
 }
@@ -149,10 +187,15 @@ impl StreamingContext {
         state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
         let snapshot_every = self.config.snapshot_every;
         let concurrent_outputs = self.config.concurrent_outputs;
-        let mut engine = Engine { outputs, interval_ms, sources, state, snapshot_every, concurrent_outputs };
+        let records_per_run = self.config.records_per_run();
+        let mut engine =
+            Engine { outputs, interval_ms, sources, state, snapshot_every, concurrent_outputs, records_per_run };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
 }
+
+/// The least records of one read task in a run.
+const MIN_RECORDS_PER_TASK_RUN: usize = 256;
 
 /// Runs a job's outputs on each batch.
 struct Engine {
@@ -163,6 +206,8 @@ struct Engine {
     state: JobState,
     snapshot_every: u64,
     concurrent_outputs: bool,
+    /// Records of a piece run through the job at once, over all its read tasks.
+    records_per_run: usize,
 }
 
 impl Engine {
@@ -206,23 +251,39 @@ impl Engine {
 
 impl Processor for Engine {
     async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
-        // Piece by piece (a batch within the memory budget is one piece): each runs through
-        // the outputs as it comes, which gather what they need whole until the last.
+        // Piece by piece (a batch within the memory budget is one piece from the scheduler),
+        // and each in runs of at most `records_per_run` records, so that what the job makes of
+        // the records (rows, keys) is held for one run at a time, not the batch: each run goes
+        // through the outputs as it comes, and they gather what they need whole until the last.
+        let mut run = 0;
         while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
-            // The read tasks' records, the tasks side by side when the piece is large.
-            let large = piece.record_count() >= crate::stream::PARALLEL_FROM_ITEMS;
-            let records: Parts<KafkaRecord> = crate::stream::par_map(piece.tasks.iter().collect(), large, &|task| {
-                let topic: Arc<str> = Arc::from(task.range.topic.as_str());
-                task.records().map(|record| KafkaRecord::from_ref(&topic, task.range.partition, &record)).collect()
-            });
-            let part_sources =
+            let part_sources: Vec<(Arc<str>, i32)> =
                 piece.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
-            // The fetched batches are not needed past here: the records share their bytes.
-            drop(piece.tasks);
-            let records = SourceRecords::new(records, self.sources);
-            let input = BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources))
-                .in_piece(piece.index, piece.last);
-            self.run_outputs(Arc::new(input)).await?;
+            let counts: Vec<usize> = piece.tasks.iter().map(RangeRecords::record_count).collect();
+            let per_task = (self.records_per_run / counts.len().max(1)).max(MIN_RECORDS_PER_TASK_RUN);
+            let runs = counts.iter().map(|n| n.div_ceil(per_task)).max().unwrap_or(0).max(1);
+            let mut records: Vec<_> = piece.tasks.iter().map(|task| task.records()).collect();
+            for index in 0..runs {
+                // The next records of each task, the tasks side by side when there are many.
+                let large =
+                    counts.iter().map(|n| (*n).min(per_task)).sum::<usize>() >= crate::stream::PARALLEL_FROM_ITEMS;
+                let taken: Vec<_> = records.iter_mut().zip(&part_sources).collect();
+                let parts: Parts<KafkaRecord> =
+                    crate::stream::par_map(taken, large, &|(records, (topic, partition))| {
+                        records
+                            .by_ref()
+                            .take(per_task)
+                            .map(|record| KafkaRecord::from_ref(topic, *partition, &record))
+                            .collect()
+                    });
+                let records = SourceRecords::new(parts, self.sources);
+                let last = piece.last && index + 1 == runs;
+                let input =
+                    BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources.clone()))
+                        .in_piece(run, last);
+                self.run_outputs(Arc::new(input)).await?;
+                run += 1;
+            }
         }
         let (state_delta, snapshot) = self.state.end_batch(batch.batch_id, self.snapshot_every)?;
         Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() })

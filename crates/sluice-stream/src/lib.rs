@@ -16,7 +16,7 @@ mod state;
 pub mod stream;
 pub mod testing;
 
-pub use context::{StreamConfig, StreamError, StreamingContext};
+pub use context::{StreamConfig, StreamError, StreamingContext, DEFAULT_MEMORY_BUDGET};
 pub use event_time::{Timed, Watermark, Windowed};
 pub use kafka_sink::{KafkaSink, KafkaSinkCounters};
 pub use keyed::{KeyState, StateKey};

@@ -183,6 +183,12 @@ pub struct DecodeOptions {
     pub verify_crc: bool,
     /// The most bytes one compressed batch may expand to.
     pub max_decompressed_bytes: usize,
+    /// The most bytes the compressed batches of the record set may expand to together: decoding
+    /// stops before a batch that would take them past it, and the set ends there (its
+    /// `next_offset` is where to fetch again), so a small fetch of many highly compressed
+    /// batches cannot expand without bound. The first batch may always expand to
+    /// `max_decompressed_bytes`, so that decoding goes on however low this is.
+    pub max_total_decompressed_bytes: usize,
     /// Records before this offset are dropped, and batches wholly before it are skipped unread.
     pub min_offset: i64,
 }
@@ -193,7 +199,12 @@ pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { verify_crc: true, max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES, min_offset: i64::MIN }
+        Self {
+            verify_crc: true,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_total_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            min_offset: i64::MIN,
+        }
     }
 }
 
@@ -221,10 +232,13 @@ impl DecodedRecords {
     }
 }
 
-/// Decodes a record set: whole batches of any magic, a truncated tail reported as partial.
+/// Decodes a record set: whole batches of any magic, a truncated tail reported as partial; the
+/// set ends early where its compressed batches would expand past
+/// `options.max_total_decompressed_bytes`.
 pub fn decode_records(data: &Bytes, options: &DecodeOptions) -> Result<DecodedRecords, DecodeError> {
     let mut out = DecodedRecords::default();
     let mut position = 0usize;
+    let mut expanded = 0usize;
     while let Some(header) = data.get(position..) {
         let Some(total) = entry_len(header)? else {
             out.partial_bytes = header.len();
@@ -235,7 +249,29 @@ pub fn decode_records(data: &Bytes, options: &DecodeOptions) -> Result<DecodedRe
             break;
         };
         let entry = data.slice_ref(entry);
-        let next = decode_entry(&entry, options, &mut out.batches).map_err(|e| e.at(position, data.len()))?;
+        let first = out.next_offset.is_none();
+        let room = options.max_total_decompressed_bytes.saturating_sub(expanded);
+        let limited = !first && room < options.max_decompressed_bytes;
+        let entry_options = match limited {
+            true => DecodeOptions { max_decompressed_bytes: room, ..*options },
+            false => *options,
+        };
+        let before = out.batches.len();
+        let next = match decode_entry(&entry, &entry_options, &mut out.batches) {
+            Ok(next) => next,
+            Err(e) if limited && matches!(e.root_cause(), DecodeError::DecompressedTooLarge { .. }) => {
+                // Past the total: the set ends before this batch.
+                out.batches.truncate(before);
+                break;
+            }
+            Err(e) => return Err(e.at(position, data.len())),
+        };
+        let new = out.batches.get(before..).unwrap_or_default();
+        expanded += new
+            .iter()
+            .filter(|b| b.header.compression() != Compression::None)
+            .map(RecordBatch::data_len)
+            .sum::<usize>();
         out.next_offset = Some(next);
         position += total;
     }

@@ -293,6 +293,37 @@ fn a_bomb_batch_is_refused_by_the_decompression_limit() {
     }
 }
 
+#[test]
+fn many_small_bombs_expand_no_further_than_the_total_limit_and_the_set_ends_before_them() {
+    // 200 batches of one 1 MiB record of zeros: zstd makes each a few dozen bytes, so the whole
+    // set is a few KiB (well inside one fetch) and would expand to 200 MiB.
+    let zeros = Record { value: Some(Bytes::from(vec![0u8; 1 << 20])), ..record(0, 0, None, None) };
+    let batches: Vec<Batch> = (0..200)
+        .map(|i| {
+            let header = BatchHeader { base_offset: i, ..BatchHeader::with_compression(Compression::Zstd) };
+            (header, vec![Record { offset: i, ..zeros.clone() }])
+        })
+        .collect();
+    let bytes = encode(&batches);
+    assert!(bytes.len() < 100 << 10, "{} bytes on the wire", bytes.len());
+    let options = DecodeOptions { max_total_decompressed_bytes: 8 << 20, ..DecodeOptions::default() };
+    let decoded = decode_records(&bytes, &options).unwrap();
+    let expanded: usize = decoded.batches.iter().map(RecordBatch::data_len).sum();
+    assert!(expanded <= 8 << 20, "{expanded} bytes");
+    assert_eq!(decoded.batches.len(), 7, "seven whole batches of just over 1 MiB fit in 8 MiB");
+    assert_eq!(decoded.next_offset, Some(7), "the next fetch starts at the first batch left out");
+    // Decoding on from there gives the next ones: nothing is lost, only deferred.
+    let rest = bytes.slice(encode(&batches[..7]).len()..);
+    let next = decode_records(&rest, &options).unwrap();
+    assert_eq!(next.batches.first().map(|b| b.header.base_offset), Some(7));
+    // However low the total, the first batch is decoded (up to the per-batch limit), so a
+    // reader always moves on.
+    let tiny = DecodeOptions { max_total_decompressed_bytes: 1, ..DecodeOptions::default() };
+    assert_eq!(decode_records(&bytes, &tiny).unwrap().batches.len(), 1);
+    // By default the total is 64 MiB.
+    assert_eq!(decode_records(&bytes, &DecodeOptions::default()).unwrap().batches.len(), 63);
+}
+
 /// A record's key, value, headers, offset gap and timestamp offset.
 type RecordSpec = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, u16, i32);
 
