@@ -323,7 +323,8 @@ pub struct GenerateArgs {
     /// The topic (created with 4 partitions when missing).
     #[arg(short, long, default_value = "clicks")]
     pub topic: String,
-    /// Clicks per second (0: as fast as possible).
+    /// Clicks per second, their event times that far apart (0: as fast as possible, event
+    /// times 1 ms apart, ending now when `--count` is given).
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
     /// Stop after this many clicks.

@@ -30,8 +30,13 @@ pub async fn generate(args: GenerateArgs) -> CliResult {
         seed: args.seed,
         users: args.users,
         items: args.items,
-        start_ms: now_ms,
-        // Event time advances as fast as the clicks are sent (1 ms apart when unpaced).
+        // Unpaced, the clicks are 1 ms apart in event time, far faster than time passes: a
+        // counted run ends at the present rather than starting there, as brokers refuse
+        // timestamps far in the future (Kafka: more than an hour, by default).
+        start_ms: match (args.rate > 0.0, args.count) {
+            (false, Some(count)) => now_ms.saturating_sub(i64::try_from(count).unwrap_or(i64::MAX)),
+            _ => now_ms,
+        },
         clicks_per_second: if args.rate > 0.0 { args.rate } else { 1000.0 },
         ..GeneratorConfig::default()
     };

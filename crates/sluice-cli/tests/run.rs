@@ -215,6 +215,31 @@ fn a_job_file_gives_what_an_independent_computation_gives() {
 }
 
 #[test]
+fn under_a_small_memory_budget_a_job_file_works_through_its_backlog_in_many_batches_with_the_same_results() {
+    let broker = common::shared().addr.as_str();
+    let topics = Topics::new();
+    let orders = produce_orders(broker, &topics);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("orders.toml");
+    // 64 KiB: batches planned at 8 KiB of records (each still brings the one record batch of
+    // about 75 KB the orders were produced in), run through the job 16 records at a time.
+    let text =
+        job_file(dir.path(), broker, &topics).replace("[checkpoint]", "[memory]\nbudget = \"64KiB\"\n\n[checkpoint]");
+    std::fs::write(&job, text).unwrap();
+    let output = sluice(broker, &["run", job.to_str().unwrap(), "--max-batches", "30", "--progress-json"], "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(json_lines(&ok(&output)), expected(&orders), "{stderr}");
+    let progress: Vec<serde_json::Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let rows: Vec<u64> = progress.iter().map(|p| p["num_input_rows"].as_u64().unwrap()).collect();
+    assert_eq!(rows.iter().sum::<u64>(), orders.len() as u64, "{rows:?}");
+    let batches = rows.iter().filter(|r| **r > 0).count();
+    assert!((5..=25).contains(&batches), "the backlog in several batches of about 300: {rows:?}");
+    for p in &progress {
+        assert!(p["num_input_bytes"].as_u64().unwrap() <= (8 << 10) + (80 << 10), "{p}");
+    }
+}
+
+#[test]
 fn metrics_are_served_and_sigterm_stops_after_a_commit() {
     let broker = common::shared().addr.as_str();
     let topics = Topics::new();

@@ -273,6 +273,9 @@ struct Pieces {
 struct Tally {
     records: usize,
     bytes: usize,
+    /// Offsets the record batches read span (more than the ranges when a record batch reaches
+    /// past a range's end): `bytes` over these is the log's record bytes per offset.
+    batch_offsets: i64,
     pieces: usize,
     high_watermarks: BTreeMap<TopicPartition, i64>,
     lost: BTreeMap<TopicPartition, i64>,
@@ -289,6 +292,8 @@ impl Tally {
         for task in tasks {
             self.records += task.record_count();
             self.bytes += task.data_bytes();
+            self.batch_offsets +=
+                task.batches.iter().map(|b| b.header.last_offset() - b.header.base_offset + 1).sum::<i64>();
             let key = (task.range.topic.clone(), task.range.partition);
             let known = self.high_watermarks.entry(key.clone()).or_insert(-1);
             *known = (*known).max(task.high_watermark);
@@ -1353,14 +1358,15 @@ impl<C: Clock> Scheduler<C> {
         if !first_is_last {
             pieces.reading = Some(pieces.context.start(batch_id, rest));
         }
-        let offsets: i64 = ranges.iter().map(OffsetRange::len).sum();
         let learn = |scheduler: &mut Self, tally: &Tally| {
             for (key, high_watermark) in &tally.high_watermarks {
                 let known = scheduler.known_high_watermarks.entry(key.clone()).or_insert(-1);
                 *known = (*known).max(*high_watermark);
             }
-            if offsets > 0 {
-                scheduler.bytes_per_offset = Some(tally.bytes as f64 / offsets as f64);
+            // Over the offsets the record batches span, not the ranges': a range smaller than
+            // one record batch still brings all of it.
+            if tally.batch_offsets > 0 {
+                scheduler.bytes_per_offset = Some(tally.bytes as f64 / tally.batch_offsets as f64);
             }
         };
         learn(self, &pieces.tally());

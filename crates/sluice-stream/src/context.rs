@@ -71,9 +71,10 @@ pub struct StreamConfig {
 /// The memory budget a job has unless given another: 256 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
 
-/// Records run through the job at once per byte of the memory budget: 1/2048, 131,072 records
-/// at 256 MiB (each record, with the rows and keys a job makes of it, takes a few hundred bytes).
-const BUDGET_BYTES_PER_RUN_RECORD: usize = 2048;
+/// Records run through the job at once per byte of the memory budget: 1/4096, 65,536 records
+/// at 256 MiB (each record, with the rows and keys a job makes of it, takes a few hundred bytes,
+/// and a few stages of a run may be held at once).
+const BUDGET_BYTES_PER_RUN_RECORD: usize = 4096;
 
 impl StreamConfig {
     /// Reads `topics` from `brokers` in batches of `batch_interval`, checkpointing in
@@ -99,7 +100,7 @@ impl StreamConfig {
     /// Bounds the memory the job's records take to about `bytes` (0: no limit), whatever the
     /// rates and however large the backlog: each batch holds at most an eighth of it in records
     /// as fetched (the scheduler's `max_batch_bytes`; with the next batch read ahead, two
-    /// eighths), and the records are run through the job in runs of `bytes / 2048` (what the
+    /// eighths), and the records are run through the job in runs of `bytes / 4096` (what the
     /// job makes of each run, rows and keys, is dropped or folded in before the next). What an
     /// operator keeps over a batch (keyed state, windows, the items a sink writes) comes on top.
     pub fn with_memory_budget(mut self, bytes: usize) -> Self {

@@ -162,14 +162,16 @@ async fn a_batch_larger_than_the_memory_budget_gives_in_pieces_the_output_it_giv
     }
     producer.flush().await;
 
-    // One batch of everything (Trigger::Once), read whole, then with a budget of 128 KiB.
+    // One batch of everything (Trigger::Once), read and run through the job whole (no memory
+    // budget), then under a budget of 1 MiB: read in pieces of 128 KiB, each run through the
+    // job 256 records at a time.
     let mut runs = Vec::new();
-    for budget in [0, 128 << 10] {
+    for budget in [0, 1 << 20] {
         let dir = tempfile::tempdir().unwrap();
         let mut config =
-            StreamConfig::new([broker.addr.as_str()], [topic.as_str()], Duration::from_secs(1), dir.path());
+            StreamConfig::new([broker.addr.as_str()], [topic.as_str()], Duration::from_secs(1), dir.path())
+                .with_memory_budget(budget);
         config.scheduler.trigger = Trigger::Once;
-        config.scheduler.max_batch_bytes = budget;
         let ctx = StreamingContext::new(config);
         let outputs = Shared::default();
         piece_outputs(&ctx, &outputs);

@@ -19,6 +19,7 @@ pub mod java;
 pub mod member;
 pub mod proxy;
 pub mod riding;
+pub mod streams;
 
 use bytes::BytesMut;
 use sluice_client::Connection;
