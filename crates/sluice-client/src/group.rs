@@ -753,7 +753,21 @@ impl GroupConsumer {
     pub async fn close(mut self) -> Result<()> {
         self.heartbeat.abort();
         let commit = if self.config.auto_commit_interval.is_some() && !self.assignment.is_empty() {
-            self.commit().await
+            // A commit the group refuses because this member is no longer in it (its session
+            // ran out, say, while its connections were frozen) is not a failure of the close:
+            // the partitions are another member's now, read from the last committed offsets
+            // (at least once), as Java's consumer treats it on close.
+            match self.commit().await {
+                Err(Error::Broker { code, .. })
+                    if matches!(
+                        code,
+                        ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration | ErrorCode::RebalanceInProgress
+                    ) =>
+                {
+                    Ok(())
+                }
+                commit => commit,
+            }
         } else {
             Ok(())
         };
