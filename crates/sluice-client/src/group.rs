@@ -758,14 +758,10 @@ impl GroupConsumer {
             // the partitions are another member's now, read from the last committed offsets
             // (at least once), as Java's consumer treats it on close.
             match self.commit().await {
-                Err(Error::Broker { code, .. })
-                    if matches!(
-                        code,
-                        ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration | ErrorCode::RebalanceInProgress
-                    ) =>
-                {
-                    Ok(())
-                }
+                Err(Error::Broker {
+                    code: ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration | ErrorCode::RebalanceInProgress,
+                    ..
+                }) => Ok(()),
                 commit => commit,
             }
         } else {
