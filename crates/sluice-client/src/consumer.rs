@@ -475,13 +475,7 @@ impl Consumer {
             })?,
             None => Default::default(),
         };
-        let expanded: usize = decoded
-            .batches
-            .iter()
-            .filter(|b| b.header.compression() != sluice_protocol::compression::Compression::None)
-            .map(RecordBatch::data_len)
-            .sum();
-        *allowance = allowance.saturating_sub(expanded);
+        *allowance = allowance.saturating_sub(decoded.decompressed_bytes);
         let aborted: Vec<(i64, i64)> =
             answer.aborted_transactions.unwrap_or_default().iter().map(|a| (a.producer_id, a.first_offset)).collect();
         let batches = match self.config.isolation {

@@ -260,8 +260,7 @@ struct Pieces {
     /// Each read task's range.
     task_ranges: Vec<OffsetRange>,
     first: Option<Vec<RangeRecords>>,
-    /// The first piece is the last.
-    first_is_last: bool,
+    /// The next piece's read (none after the first piece when that is the last).
     reading: Option<Reading>,
     context: ReadContext,
     given: usize,
@@ -330,7 +329,7 @@ impl Batch {
     pub async fn next_piece(&mut self) -> Result<Option<Piece>, SchedulerError> {
         let pieces = &mut self.pieces;
         let (tasks, last) = if let Some(tasks) = pieces.first.take() {
-            (tasks, pieces.first_is_last)
+            (tasks, pieces.reading.is_none())
         } else if let Some(mut reading) = pieces.reading.take() {
             let read = reading.finish().await;
             let readers = match read {
@@ -1347,7 +1346,6 @@ impl<C: Clock> Scheduler<C> {
         let mut pieces = Pieces {
             task_ranges,
             first: None,
-            first_is_last,
             reading: None,
             context: self.read_context(),
             given: 0,

@@ -221,6 +221,9 @@ pub struct DecodedRecords {
     /// The offset after the last batch read or skipped, where the next fetch should start; `None`
     /// if the set held no whole batch.
     pub next_offset: Option<i64>,
+    /// Bytes the set's compressed batches expanded to (what
+    /// [`DecodeOptions::max_total_decompressed_bytes`] bounds).
+    pub decompressed_bytes: usize,
 }
 
 impl DecodedRecords {
@@ -238,7 +241,6 @@ impl DecodedRecords {
 pub fn decode_records(data: &Bytes, options: &DecodeOptions) -> Result<DecodedRecords, DecodeError> {
     let mut out = DecodedRecords::default();
     let mut position = 0usize;
-    let mut expanded = 0usize;
     while let Some(header) = data.get(position..) {
         let Some(total) = entry_len(header)? else {
             out.partial_bytes = header.len();
@@ -250,7 +252,7 @@ pub fn decode_records(data: &Bytes, options: &DecodeOptions) -> Result<DecodedRe
         };
         let entry = data.slice_ref(entry);
         let first = out.next_offset.is_none();
-        let room = options.max_total_decompressed_bytes.saturating_sub(expanded);
+        let room = options.max_total_decompressed_bytes.saturating_sub(out.decompressed_bytes);
         let limited = !first && room < options.max_decompressed_bytes;
         let entry_options = match limited {
             true => DecodeOptions { max_decompressed_bytes: room, ..*options },
@@ -267,7 +269,7 @@ pub fn decode_records(data: &Bytes, options: &DecodeOptions) -> Result<DecodedRe
             Err(e) => return Err(e.at(position, data.len())),
         };
         let new = out.batches.get(before..).unwrap_or_default();
-        expanded += new
+        out.decompressed_bytes += new
             .iter()
             .filter(|b| b.header.compression() != Compression::None)
             .map(RecordBatch::data_len)
