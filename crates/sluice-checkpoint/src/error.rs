@@ -109,7 +109,8 @@ pub enum Error {
     /// A record would exceed the configured maximum record size.
     #[error(
         "checkpoint record of {bytes} bytes exceeds the limit of {limit} bytes; raise \
-         Options::max_record_bytes or split the state into smaller snapshots"
+         Options::max_record_bytes or make the batch's metadata, state delta or sink markers smaller \
+         (a snapshot is split into parts instead)"
     )]
     RecordTooLarge {
         /// Size of the record that was refused.

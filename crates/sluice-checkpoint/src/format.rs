@@ -10,8 +10,13 @@ use crc32fast::Hasher;
 
 /// First eight bytes of every segment. Non-zero, so zero-filled space never looks like a header.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SLUICECK";
-/// Version of the segment and record layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the segment and record layout that this build writes.
+///
+/// Version 2 added snapshot parts (record kind 4); a version 1 segment is read as it is, a
+/// newer one is refused.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version this build reads.
+pub const MIN_READ_VERSION: u32 = 1;
 /// Size of the segment header; the first record starts right after it.
 pub const SEGMENT_HEADER_LEN: usize = 40;
 /// Size of a record header; the payload follows it.
@@ -53,6 +58,9 @@ pub enum RecordKind {
     Commit,
     /// Full keyed state as of a committed batch.
     Snapshot,
+    /// One piece of a snapshot too large for one record; the snapshot is whole once its
+    /// last piece is in the log (format version 2).
+    SnapshotPart,
 }
 
 impl RecordKind {
@@ -62,6 +70,15 @@ impl RecordKind {
             Self::Intent => 1,
             Self::Commit => 2,
             Self::Snapshot => 3,
+            Self::SnapshotPart => 4,
+        }
+    }
+
+    /// The first format version with this kind of record.
+    pub fn since_version(self) -> u32 {
+        match self {
+            Self::Intent | Self::Commit | Self::Snapshot => 1,
+            Self::SnapshotPart => 2,
         }
     }
 
@@ -71,6 +88,7 @@ impl RecordKind {
             1 => Some(Self::Intent),
             2 => Some(Self::Commit),
             3 => Some(Self::Snapshot),
+            4 => Some(Self::SnapshotPart),
             _ => None,
         }
     }
@@ -124,10 +142,10 @@ impl SegmentHeader {
             ));
         }
         let version = read_u32(header, 8).unwrap_or_default();
-        if version != FORMAT_VERSION {
+        if !(MIN_READ_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "format version {version} is not supported (this build reads version \
-                 {FORMAT_VERSION}); open the log with the sluice release that wrote it"
+                "format version {version} is not supported (this build reads versions \
+                 {MIN_READ_VERSION} to {FORMAT_VERSION}); open the log with the sluice release that wrote it"
             ));
         }
         if read_u32(header, 12) != Some(0) || read_u32(header, 32) != Some(0) {

@@ -7,7 +7,10 @@
 //! * an intent's batch id is above the last committed one and not below any pending intent
 //!   (writing the same id again re-plans that batch and supersedes the earlier intent);
 //! * a commit completes the oldest pending intent;
-//! * a snapshot captures the state of the last committed batch.
+//! * a snapshot captures the state of the last committed batch; one too large for a record is
+//!   written as parts `0..parts` in a row, and counts once its last part is in the log (parts
+//!   left unfinished by a crash are ignored; anything else appended ends them). Replaying a
+//!   compacted log, the first parts of an older snapshot may be gone; the rest are ignored.
 //!
 //! The ledger also knows what compaction may delete: nothing the latest durable snapshot or the
 //! last `retain_batches` committed batches still need.
@@ -16,7 +19,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::{Error, Result};
 use crate::format::{segment_file_name, RecordKind};
-use crate::payload::{batch_id_of, decode_commit, decode_intent, decode_snapshot, BatchCommit, BatchIntent, Snapshot};
+use crate::payload::{batch_id_of, decode_commit, decode_intent, decode_snapshot, decode_snapshot_part};
+use crate::payload::{BatchCommit, BatchIntent, Snapshot};
 use crate::recover::{RecordView, Recovery, StopPoint};
 
 /// An append, as the ledger sees it.
@@ -25,15 +29,25 @@ pub(crate) enum BatchOp {
     Intent(u64),
     Commit(u64),
     Snapshot(u64),
+    /// Part `part` of the `parts` records of a snapshot of `batch`.
+    SnapshotPart {
+        batch: u64,
+        part: u32,
+        parts: u32,
+    },
 }
 
 impl BatchOp {
-    fn from_record(kind: RecordKind, batch_id: u64) -> Self {
-        match kind {
-            RecordKind::Intent => Self::Intent(batch_id),
-            RecordKind::Commit => Self::Commit(batch_id),
-            RecordKind::Snapshot => Self::Snapshot(batch_id),
-        }
+    fn of_record(kind: RecordKind, payload: &[u8]) -> Result<Self, String> {
+        Ok(match kind {
+            RecordKind::Intent => Self::Intent(batch_id_of(payload)?),
+            RecordKind::Commit => Self::Commit(batch_id_of(payload)?),
+            RecordKind::Snapshot => Self::Snapshot(batch_id_of(payload)?),
+            RecordKind::SnapshotPart => {
+                let part = decode_snapshot_part(payload)?;
+                Self::SnapshotPart { batch: part.batch_id, part: part.part, parts: part.parts }
+            }
+        })
     }
 }
 
@@ -41,6 +55,18 @@ impl BatchOp {
 struct CommittedMark {
     intent_seq: Option<u64>,
     commit_seq: u64,
+}
+
+/// The parts of a snapshot written so far.
+#[derive(Debug, Clone, Copy)]
+struct PartialSnapshot {
+    batch: u64,
+    parts: u32,
+    next_part: u32,
+    first_seq: u64,
+    /// False when the log starts after its first part (compaction deleted it, keeping a later
+    /// snapshot): the parts are ignored.
+    whole: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +88,7 @@ pub(crate) struct Ledger {
     pending: BTreeMap<u64, u64>,
     recent: VecDeque<CommittedMark>,
     snapshot: Option<SnapshotMark>,
+    partial: Option<PartialSnapshot>,
 }
 
 impl Ledger {
@@ -74,6 +101,7 @@ impl Ledger {
             pending: BTreeMap::new(),
             recent: VecDeque::new(),
             snapshot: None,
+            partial: None,
         }
     }
 
@@ -88,6 +116,7 @@ impl Ledger {
             BatchOp::Intent(batch) => self.check_intent(batch),
             BatchOp::Commit(batch) => self.check_commit(batch),
             BatchOp::Snapshot(batch) => self.check_snapshot(batch),
+            BatchOp::SnapshotPart { batch, part, parts } => self.check_snapshot_part(batch, part, parts),
         }
     }
 
@@ -127,6 +156,23 @@ impl Ledger {
         }
     }
 
+    fn check_snapshot_part(&self, batch: u64, part: u32, parts: u32) -> Result<(), String> {
+        self.check_snapshot(batch)?;
+        match self.partial {
+            _ if part == 0 => Ok(()),
+            Some(p) if p.batch == batch && p.parts == parts && p.next_part == part => Ok(()),
+            None if !self.require_intents => Ok(()),
+            Some(p) => Err(format!(
+                "snapshot part {part} of {parts} of batch {batch} does not follow the parts written so far \
+                 (part {} of {} of batch {} is next)",
+                p.next_part, p.parts, p.batch
+            )),
+            None => {
+                Err(format!("snapshot part {part} of {parts} of batch {batch} does not follow its part {}", part - 1))
+            }
+        }
+    }
+
     fn check_not_committed(&self, batch: u64) -> Result<(), String> {
         match self.last_committed {
             Some(last) if last >= batch => Err(format!("batch {batch} is not after the last committed batch {last}")),
@@ -136,6 +182,7 @@ impl Ledger {
 
     /// Records an op that passed [`Ledger::check`] as record `seq`.
     pub(crate) fn apply(&mut self, op: BatchOp, seq: u64) {
+        let partial = self.partial.take();
         match op {
             BatchOp::Intent(batch) => {
                 self.pending.insert(batch, seq);
@@ -148,11 +195,24 @@ impl Ledger {
                     self.recent.pop_front();
                 }
             }
-            BatchOp::Snapshot(_) => {
-                let oldest_pending = self.pending.values().copied().min().unwrap_or(seq);
-                self.snapshot = Some(SnapshotMark { keep_from: oldest_pending.min(seq) });
+            BatchOp::Snapshot(_) => self.snapshot_complete(seq),
+            BatchOp::SnapshotPart { batch, part, parts } => {
+                let partial = partial.filter(|_| part > 0);
+                let first_seq = partial.map_or(seq, |p| p.first_seq);
+                let whole = partial.map_or(part == 0, |p| p.whole);
+                if part + 1 < parts {
+                    self.partial = Some(PartialSnapshot { batch, parts, next_part: part + 1, first_seq, whole });
+                } else if whole {
+                    self.snapshot_complete(first_seq);
+                }
             }
         }
+    }
+
+    /// A snapshot whose first record is `first_seq` is whole.
+    fn snapshot_complete(&mut self, first_seq: u64) {
+        let oldest_pending = self.pending.values().copied().min().unwrap_or(first_seq);
+        self.snapshot = Some(SnapshotMark { keep_from: oldest_pending.min(first_seq) });
     }
 
     /// Records before this sequence number are no longer needed once every record applied so
@@ -219,7 +279,10 @@ pub fn replay(recovery: &Recovery<'_>, history_len: usize) -> Result<Recovered> 
 struct Picks<'r, 'a> {
     pending: BTreeMap<u64, &'r RecordView<'a>>,
     last_commit: Option<(&'r RecordView<'a>, Option<&'r RecordView<'a>>)>,
-    snapshot: Option<&'r RecordView<'a>>,
+    /// The latest whole snapshot: one record, or its parts in order.
+    snapshot: Option<Vec<&'r RecordView<'a>>>,
+    /// Parts of a snapshot not yet whole.
+    partial: Vec<&'r RecordView<'a>>,
     deltas: Vec<&'r RecordView<'a>>,
     history: VecDeque<Option<&'r RecordView<'a>>>,
 }
@@ -229,8 +292,7 @@ pub(crate) fn replay_with_ledger(recovery: &Recovery<'_>, history_len: usize) ->
     let mut ledger = Ledger::new(history_len, compacted);
     let mut picks = Picks::default();
     for record in &recovery.records {
-        let batch = batch_id_of(record.payload).map_err(|p| inconsistent(record, p))?;
-        let op = BatchOp::from_record(record.kind, batch);
+        let op = BatchOp::of_record(record.kind, record.payload).map_err(|p| inconsistent(record, p))?;
         ledger.check(op).map_err(|p| inconsistent(record, p))?;
         ledger.apply(op, record.seq);
         picks.record(op, record, history_len);
@@ -245,6 +307,9 @@ pub(crate) fn replay_with_ledger(recovery: &Recovery<'_>, history_len: usize) ->
 
 impl<'r, 'a> Picks<'r, 'a> {
     fn record(&mut self, op: BatchOp, record: &'r RecordView<'a>, history_len: usize) {
+        if !matches!(op, BatchOp::SnapshotPart { part, .. } if part > 0) {
+            self.partial.clear();
+        }
         match op {
             BatchOp::Intent(batch) => {
                 self.pending.insert(batch, record);
@@ -259,8 +324,18 @@ impl<'r, 'a> Picks<'r, 'a> {
                 }
             }
             BatchOp::Snapshot(_) => {
-                self.snapshot = Some(record);
+                self.snapshot = Some(vec![record]);
                 self.deltas.clear();
+            }
+            BatchOp::SnapshotPart { part, parts, .. } => {
+                // Parts whose first one was compacted away stay out.
+                if part == 0 || !self.partial.is_empty() {
+                    self.partial.push(record);
+                }
+                if part + 1 == parts && self.partial.len() == parts as usize {
+                    self.snapshot = Some(std::mem::take(&mut self.partial));
+                    self.deltas.clear();
+                }
             }
         }
     }
@@ -280,7 +355,7 @@ impl<'r, 'a> Picks<'r, 'a> {
         Ok(Recovered {
             last_committed,
             pending: decode_all(self.pending.into_values(), decode_intent)?,
-            snapshot: self.snapshot.map(|r| decode_record(r, decode_snapshot)).transpose()?,
+            snapshot: self.snapshot.map(|records| decode_snapshot_records(&records)).transpose()?,
             deltas: decode_all(self.deltas.into_iter(), decode_commit)?,
             history: decode_all(self.history.into_iter().flatten(), decode_intent)?,
             start_seq: recovery.start_seq,
@@ -294,6 +369,23 @@ impl<'r, 'a> Picks<'r, 'a> {
 
 fn decode_record<T>(record: &RecordView<'_>, decode: fn(&[u8]) -> Result<T, String>) -> Result<T> {
     decode(record.payload).map_err(|p| inconsistent(record, format!("payload does not decode: {p}")))
+}
+
+/// A snapshot from its one record, or from its parts joined in order.
+fn decode_snapshot_records(records: &[&RecordView<'_>]) -> Result<Snapshot> {
+    match records {
+        [single] if single.kind == RecordKind::Snapshot => decode_record(single, decode_snapshot),
+        parts => {
+            let mut snapshot = Snapshot::default();
+            snapshot.state.reserve(parts.iter().map(|part| part.payload.len()).sum());
+            for part in parts {
+                let decoded = decode_snapshot_part(part.payload).map_err(|p| inconsistent(part, p))?;
+                snapshot.batch_id = decoded.batch_id;
+                snapshot.state.extend_from_slice(decoded.piece);
+            }
+            Ok(snapshot)
+        }
+    }
 }
 
 fn decode_all<'r, 'a: 'r, T>(
@@ -359,6 +451,55 @@ mod tests {
         ledger.apply(BatchOp::Commit(2), 4);
         // Pending intent 2 (record 2) was still needed by the snapshot; retention keeps batch 2.
         assert_eq!(ledger.compaction_floor(), Some(2));
+    }
+
+    fn part(batch: u64, part: u32, parts: u32) -> BatchOp {
+        BatchOp::SnapshotPart { batch, part, parts }
+    }
+
+    #[test]
+    fn a_snapshot_in_parts_counts_once_whole_and_keeps_its_first_part() {
+        let mut ledger = Ledger::new(1, false);
+        ledger.apply(BatchOp::Intent(1), 0);
+        ledger.apply(BatchOp::Commit(1), 1);
+        assert!(ledger.check(part(1, 1, 3)).unwrap_err().contains("does not follow its part 0"));
+        assert!(ledger.check(part(2, 0, 3)).is_err(), "not the last committed batch");
+        ledger.apply(part(1, 0, 3), 2);
+        assert!(ledger.check(part(1, 2, 3)).unwrap_err().contains("part 1 of 3 of batch 1 is next"));
+        assert!(ledger.check(part(1, 1, 4)).is_err(), "a different count");
+        ledger.apply(part(1, 1, 3), 3);
+        assert_eq!(ledger.compaction_floor(), None, "not whole yet");
+        ledger.apply(part(1, 2, 3), 4);
+        assert_eq!(ledger.compaction_floor(), Some(0), "whole; batch 1 is retained from its intent");
+        ledger.apply(BatchOp::Intent(2), 5);
+        ledger.apply(BatchOp::Commit(2), 6);
+        assert_eq!(ledger.compaction_floor(), Some(2), "the snapshot needs its first part");
+    }
+
+    #[test]
+    fn parts_left_unfinished_are_ended_by_the_next_record_and_ignored() {
+        let mut ledger = Ledger::new(1, false);
+        ledger.apply(BatchOp::Intent(1), 0);
+        ledger.apply(BatchOp::Commit(1), 1);
+        ledger.apply(part(1, 0, 3), 2);
+        ledger.apply(part(1, 1, 3), 3);
+        // The writer crashed; after restart it goes on with the next batch.
+        ledger.apply(BatchOp::Intent(2), 4);
+        assert!(ledger.check(part(1, 2, 3)).is_err(), "the unfinished parts cannot be resumed");
+        assert!(ledger.check(part(1, 0, 2)).is_ok(), "a new snapshot of batch 1 may start");
+        assert_eq!(ledger.compaction_floor(), None);
+    }
+
+    #[test]
+    fn a_compacted_replay_ignores_parts_whose_first_part_was_deleted() {
+        let mut ledger = Ledger::new(1, true);
+        assert!(ledger.check(part(1, 1, 3)).is_ok());
+        ledger.apply(part(1, 1, 3), 7);
+        ledger.apply(part(1, 2, 3), 8);
+        assert_eq!(ledger.snapshot.map(|s| s.keep_from), None, "no snapshot from a part of one");
+        ledger.apply(BatchOp::Intent(2), 9);
+        ledger.require_intents();
+        assert!(ledger.check(part(2, 1, 3)).is_err(), "a live writer writes parts from the first");
     }
 
     #[test]

@@ -14,11 +14,11 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use crate::error::{Error, Result, StorageOp};
 use crate::format::{
-    align_up, encode_record_header, segment_file_name, RecordKind, RecordMeta, SegmentHeader, MAX_PAYLOAD_LEN,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    align_up, encode_record_header, read_u32, segment_file_name, RecordKind, RecordMeta, SegmentHeader, FORMAT_VERSION,
+    MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::ledger::{replay_with_ledger, BatchOp, Ledger, Recovered};
-use crate::payload::{encode_commit, encode_intent, encode_snapshot, Encoded};
+use crate::payload::{encode_commit, encode_intent, encode_snapshot, encode_snapshot_part, snapshot_parts, Encoded};
 use crate::payload::{BatchCommit, BatchIntent, Snapshot};
 use crate::recover::{recover, Cut, RecoveryMode, SegmentExtent, SegmentImage};
 use crate::storage::{FileStorage, SegmentFile, SegmentSync, Storage};
@@ -45,7 +45,8 @@ pub struct Options {
     pub retain_batches: usize,
     /// What to do with damage before the tail. Default [`RecoveryMode::Strict`].
     pub recovery_mode: RecoveryMode,
-    /// Largest record payload accepted by the append methods. Default 256 MiB.
+    /// Largest record payload accepted by the append methods. Default 256 MiB. A snapshot
+    /// larger than this is written as several records of at most this size.
     pub max_record_bytes: u64,
 }
 
@@ -126,6 +127,8 @@ struct Writer<G: SegmentFile> {
 
 struct Active<G> {
     id: u64,
+    /// Format version in the segment's header.
+    version: u32,
     segment: G,
     write_pos: u64,
     synced_pos: u64,
@@ -212,9 +215,28 @@ impl<S: Storage> Log<S> {
     /// Appends a state snapshot of the last committed batch (not durable until
     /// [`Log::commit`]). Once it is durable, segments it makes unnecessary are deleted, keeping
     /// [`Options::retain_batches`] committed batches.
+    ///
+    /// A snapshot larger than [`Options::max_record_bytes`] is written as several records in a
+    /// row, so state of any size can be snapshotted and compaction keeps working; recovery
+    /// counts it only once every part is in the log. Returns the sequence number of its last
+    /// record.
     pub fn append_snapshot(&self, snapshot: &Snapshot) -> Result<u64> {
-        let encoded = encode_snapshot(snapshot);
-        self.append(BatchOp::Snapshot(snapshot.batch_id), RecordKind::Snapshot, encoded)
+        let parts = snapshot_parts(snapshot, self.options.max_record_bytes)
+            .map_err(|problem| Error::InvalidOperation { problem })?;
+        let Some(parts) = parts else {
+            let encoded = encode_snapshot(snapshot);
+            return self.append(BatchOp::Snapshot(snapshot.batch_id), RecordKind::Snapshot, encoded);
+        };
+        self.check_poison()?;
+        // One hold of the lock for every part: nothing else gets between them.
+        let mut writer = self.lock_writer()?;
+        let mut last = None;
+        for part in &parts {
+            let op = BatchOp::SnapshotPart { batch: part.batch_id, part: part.part, parts: part.parts };
+            let encoded = encode_snapshot_part(part).map_err(|problem| Error::InvalidOperation { problem })?;
+            last = Some(self.append_locked(&mut writer, op, RecordKind::SnapshotPart, &encoded)?);
+        }
+        last.ok_or_else(|| Error::InvalidOperation { problem: "a snapshot split into no parts".into() })
     }
 
     /// Creates the segment the next record goes to if there is none yet (a new log), so that
@@ -289,13 +311,23 @@ impl<S: Storage> Log<S> {
     fn append(&self, op: BatchOp, kind: RecordKind, encoded: Result<Encoded<'_>, String>) -> Result<u64> {
         self.check_poison()?;
         let encoded = encoded.map_err(|problem| Error::InvalidOperation { problem })?;
+        let mut writer = self.lock_writer()?;
+        self.append_locked(&mut writer, op, kind, &encoded)
+    }
+
+    fn append_locked(
+        &self,
+        writer: &mut MutexGuard<'_, Writer<S::Segment>>,
+        op: BatchOp,
+        kind: RecordKind,
+        encoded: &Encoded<'_>,
+    ) -> Result<u64> {
         let payload_len = encoded.len();
         if payload_len > self.options.max_record_bytes {
             let limit = self.options.max_record_bytes;
             return Err(Error::RecordTooLarge { bytes: payload_len, limit });
         }
         let parts = encoded.parts();
-        let mut writer = self.lock_writer()?;
         // Again under the lock: a commit on another thread may have failed meanwhile.
         self.check_poison()?;
         writer.ledger.check(op).map_err(|problem| Error::InvalidOperation { problem })?;
@@ -304,15 +336,15 @@ impl<S: Storage> Log<S> {
             return Err(Error::InvalidOperation { problem });
         };
         let frame_len = RECORD_HEADER_LEN as u64 + payload_len;
-        if writer.needs_roll(frame_len) {
-            self.roll(&mut writer, frame_len)?;
+        if writer.needs_roll(frame_len, kind) {
+            self.roll(writer, frame_len)?;
         }
         let seq = writer.next_seq;
         let durable_seq = self.durable_seq.load(Ordering::Acquire).min(seq);
         let meta = RecordMeta { kind, seq, durable_seq };
         let header = encode_record_header(meta, &parts)
             .ok_or(Error::RecordTooLarge { bytes: payload_len, limit: MAX_PAYLOAD_LEN })?;
-        self.write_frame(&mut writer, &header, &parts, frame_len)?;
+        self.write_frame(writer, &header, &parts, frame_len)?;
         self.appended_bytes.fetch_add(frame_len, Ordering::Relaxed);
         writer.ledger.apply(op, seq);
         writer.next_seq = after;
@@ -376,7 +408,7 @@ impl<S: Storage> Log<S> {
         let first_seq = writer.next_seq;
         writer.segments.push_back(SegmentMeta { id, first_seq });
         let start = SEGMENT_HEADER_LEN as u64;
-        writer.active = Some(Active { id, segment, write_pos: start, synced_pos: start });
+        writer.active = Some(Active { id, version: FORMAT_VERSION, segment, write_pos: start, synced_pos: start });
         Ok(())
     }
 
@@ -489,8 +521,12 @@ impl<S: Storage> Log<S> {
 }
 
 impl<G: SegmentFile> Writer<G> {
-    fn needs_roll(&self, frame_len: u64) -> bool {
-        self.active.as_ref().is_none_or(|a| a.write_pos.saturating_add(frame_len) > a.segment.len())
+    /// Whether a record must go to a new segment: it does not fit the active one, or its kind
+    /// is newer than the active segment's format version (a log written by an older release).
+    fn needs_roll(&self, frame_len: u64, kind: RecordKind) -> bool {
+        self.active
+            .as_ref()
+            .is_none_or(|a| a.write_pos.saturating_add(frame_len) > a.segment.len() || a.version < kind.since_version())
     }
 
     /// The oldest segment if it lies wholly before `floor`; never the active one.
@@ -605,7 +641,8 @@ fn prepare_active<S: Storage>(
     let syncer = segment.syncer();
     syncer.sync_range(0, sync_end).map_err(|source| storage_error(StorageOp::OpenSync, name.clone(), source))?;
     syncer.sync_file().map_err(|source| storage_error(StorageOp::OpenSync, name, source))?;
-    Ok(Active { id: extent.id, segment, write_pos: extent.end, synced_pos: extent.end })
+    let version = read_u32(segment.bytes(), 8).unwrap_or(FORMAT_VERSION);
+    Ok(Active { id: extent.id, version, segment, write_pos: extent.end, synced_pos: extent.end })
 }
 
 /// The configured size, or a page-rounded size that fits one record too big for it.

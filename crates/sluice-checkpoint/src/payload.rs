@@ -1,4 +1,4 @@
-//! The three record payloads and their binary encoding.
+//! The record payloads and their binary encoding.
 //!
 //! The log knows batch ids and Kafka offset ranges, because recovery must pair intents with
 //! commits; everything else (metadata, state deltas, sink markers, snapshots) is opaque bytes
@@ -127,6 +127,56 @@ pub(crate) fn encode_snapshot(snapshot: &Snapshot) -> Result<Encoded<'_>, String
     Ok(Encoded { parts: vec![Part::Owned(head), Part::Borrowed(&snapshot.state)] })
 }
 
+/// Bytes a snapshot part's payload has besides its piece of state: batch id, part, parts, and
+/// the piece's length.
+pub(crate) const SNAPSHOT_PART_OVERHEAD: u64 = 8 + 4 + 4 + 4;
+
+/// One piece of a snapshot written as several records: the `part`-th of `parts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SnapshotPart<'a> {
+    pub(crate) batch_id: u64,
+    pub(crate) part: u32,
+    pub(crate) parts: u32,
+    pub(crate) piece: &'a [u8],
+}
+
+/// Splits a snapshot into parts whose payloads are at most `max_payload` bytes each, or
+/// `None` if it fits one snapshot record. Fails if even one byte of state per part does not
+/// fit, or if there would be more than `u32::MAX` parts.
+pub(crate) fn snapshot_parts(snapshot: &Snapshot, max_payload: u64) -> Result<Option<Vec<SnapshotPart<'_>>>, String> {
+    let whole = 12 + snapshot.state.len() as u64;
+    if whole <= max_payload {
+        return Ok(None);
+    }
+    let piece_len = max_payload.saturating_sub(SNAPSHOT_PART_OVERHEAD).min(u64::from(u32::MAX));
+    let piece_len = usize::try_from(piece_len).unwrap_or(usize::MAX);
+    if piece_len == 0 {
+        return Err(format!(
+            "a snapshot of {} bytes does not fit one record of at most {max_payload} bytes, and parts of it \
+             need more than {SNAPSHOT_PART_OVERHEAD} bytes each",
+            snapshot.state.len()
+        ));
+    }
+    let pieces: Vec<&[u8]> = snapshot.state.chunks(piece_len).collect();
+    let parts = u32::try_from(pieces.len())
+        .map_err(|_| format!("a snapshot of {} bytes needs more than 2^32 parts", snapshot.state.len()))?;
+    Ok(Some(
+        (0u32..)
+            .zip(pieces)
+            .map(|(part, piece)| SnapshotPart { batch_id: snapshot.batch_id, part, parts, piece })
+            .collect(),
+    ))
+}
+
+pub(crate) fn encode_snapshot_part<'a>(part: &SnapshotPart<'a>) -> Result<Encoded<'a>, String> {
+    let mut head = Vec::with_capacity(20);
+    head.extend_from_slice(&part.batch_id.to_le_bytes());
+    head.extend_from_slice(&part.part.to_le_bytes());
+    head.extend_from_slice(&part.parts.to_le_bytes());
+    head.extend_from_slice(&len_u32(part.piece.len(), "snapshot part")?.to_le_bytes());
+    Ok(Encoded { parts: vec![Part::Owned(head), Part::Borrowed(part.piece)] })
+}
+
 fn len_u32(len: usize, what: &str) -> Result<u32, String> {
     u32::try_from(len).map_err(|_| format!("{what} of {len} bytes do not fit a 32-bit length"))
 }
@@ -178,6 +228,21 @@ pub(crate) fn decode_snapshot(payload: &[u8]) -> Result<Snapshot, String> {
     let state = r.blob_u32("snapshot state")?.to_vec();
     r.finish()?;
     Ok(Snapshot { batch_id, state })
+}
+
+/// A snapshot part, its piece borrowed from the payload. A part is one of at least two (a
+/// snapshot that fits one record is written as one).
+pub(crate) fn decode_snapshot_part(payload: &[u8]) -> Result<SnapshotPart<'_>, String> {
+    let mut r = Reader::new(payload);
+    let batch_id = r.u64("batch id")?;
+    let part = r.u32("part")?;
+    let parts = r.u32("parts")?;
+    let piece = r.blob_u32("snapshot part")?;
+    r.finish()?;
+    if parts < 2 || part >= parts {
+        return Err(format!("part {part} of {parts} is not a part of a snapshot in several parts"));
+    }
+    Ok(SnapshotPart { batch_id, part, parts, piece })
 }
 
 /// Checked little-endian reader; every method fails instead of reading past the end.

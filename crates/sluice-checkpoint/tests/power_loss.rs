@@ -23,6 +23,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) -> SimReport {
         total.acknowledged_commits += report.acknowledged_commits;
         total.appends += report.appends;
         total.compacted_restarts += report.compacted_restarts;
+        total.snapshots_in_parts += report.snapshots_in_parts;
     }
     total
 }
@@ -41,6 +42,7 @@ fn run_parallel(count: u64) -> SimReport {
         acknowledged_commits: a.acknowledged_commits + b.acknowledged_commits,
         appends: a.appends + b.appends,
         compacted_restarts: a.compacted_restarts + b.compacted_restarts,
+        snapshots_in_parts: a.snapshots_in_parts + b.snapshots_in_parts,
     }
 }
 
@@ -52,6 +54,7 @@ fn ten_thousand_seeded_crash_points_lose_no_acknowledged_commit() {
     assert!(report.power_losses >= 10_000, "{report:?}");
     assert!(report.acknowledged_commits > 10_000, "the workload must commit: {report:?}");
     assert!(report.compacted_restarts > 1_000, "compaction must be exercised: {report:?}");
+    assert!(report.snapshots_in_parts > 1_000, "snapshots in parts must be exercised: {report:?}");
 }
 
 /// More crash points: `SLUICE_TORTURE_CRASHES=1000000 cargo test --release -p

@@ -22,8 +22,18 @@ const CHILD_DIR_ENV: &str = "SLUICE_CKPT_KILL_CHILD_DIR";
 const TEST_NAME: &str = "every_acknowledged_commit_survives_sigkill";
 
 fn options() -> Options {
-    // Small segments so that roll-over, snapshots and compaction all happen under fire.
-    Options { segment_size_bytes: 64 * 1024, retain_batches: 3, ..Options::default() }
+    // Small segments so that roll-over, snapshots and compaction all happen under fire, and
+    // snapshots (SNAPSHOT_BYTES) larger than a record, written in parts across segments.
+    Options { segment_size_bytes: 64 * 1024, retain_batches: 3, max_record_bytes: 8 * 1024, ..Options::default() }
+}
+
+/// A snapshot: the 8-byte state, then padding to this size.
+const SNAPSHOT_BYTES: usize = 20_000;
+
+fn snapshot_state(state: u64) -> Vec<u8> {
+    let mut bytes = state.to_le_bytes().to_vec();
+    bytes.resize(SNAPSHOT_BYTES, 0xab);
+    bytes
 }
 
 /// State after a batch: FNV-1a chained over each batch's delta.
@@ -41,8 +51,11 @@ fn delta_of(batch: u64) -> Vec<u8> {
 
 /// State rebuilt from what recovery handed back.
 fn rebuilt_state(recovered: &Recovered) -> u64 {
-    let base =
-        recovered.snapshot.as_ref().map_or(INITIAL_STATE, |s| u64::from_le_bytes(s.state[..8].try_into().unwrap()));
+    let base = recovered.snapshot.as_ref().map_or(INITIAL_STATE, |s| {
+        let state = u64::from_le_bytes(s.state[..8].try_into().unwrap());
+        assert_eq!(s.state, snapshot_state(state), "a snapshot recovered whole");
+        state
+    });
     recovered.deltas.iter().fold(base, |state, d| fold(state, &d.state_delta))
 }
 
@@ -73,7 +86,7 @@ fn run_child(dir: &Path) -> ! {
         log.append_commit(&BatchCommit { batch_id: batch, state_delta: delta, sink_markers: vec![] })
             .expect("commit record");
         if batch % 16 == 15 {
-            log.append_snapshot(&Snapshot { batch_id: batch, state: state.to_le_bytes().to_vec() }).expect("snapshot");
+            log.append_snapshot(&Snapshot { batch_id: batch, state: snapshot_state(state) }).expect("snapshot");
         }
         log.commit().expect("commit");
         println!("ACK {batch}");

@@ -474,11 +474,6 @@ pub struct BatchProgress {
     /// changes, and the snapshot of the batch before if that batch took one (a snapshot is
     /// written in the background while the next batch runs).
     pub checkpoint_bytes: u64,
-    /// Set when the processor gave a snapshot larger than a checkpoint record may be
-    /// (`checkpoint.max_record_bytes`): it was left out, and recovery replays the deltas since
-    /// the last one written. Raise the limit or make the state smaller.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot_skipped: bool,
 }
 
 impl BatchProgress {
@@ -1393,13 +1388,7 @@ impl<C: Clock> Scheduler<C> {
         let (rows, lost) = (tally.records as u64, tally.lost);
         let (input_bytes, pieces) = (tally.bytes as u64, tally.pieces);
         let processed = self.clock.now_ms();
-        // A snapshot too large for one record is left out (the deltas still hold the state);
-        // checked before the commit is appended, so that nothing is left half written.
-        let snapshot_limit = self.config.checkpoint.max_record_bytes.saturating_sub(64);
-        let (snapshot, snapshot_skipped) = match output.snapshot {
-            Some(state) if state.len() as u64 > snapshot_limit => (None, true),
-            snapshot => (snapshot, false),
-        };
+        let snapshot = output.snapshot;
         self.snapshot_written().await?;
         self.log.append_commit(&BatchCommit {
             batch_id,
@@ -1473,7 +1462,6 @@ impl<C: Clock> Scheduler<C> {
                 .collect(),
             rerun,
             checkpoint_bytes,
-            snapshot_skipped,
         };
         Ok((progress, reached_end))
     }

@@ -631,22 +631,31 @@ impl Processor for BigSnapshots {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_too_large_for_a_record_is_left_out_and_the_batch_still_commits() {
+async fn a_snapshot_larger_than_a_checkpoint_record_is_written_in_parts_and_lets_the_log_compact() {
     let (_broker, client, topic) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = bounded_config(&topic);
     config.checkpoint.max_record_bytes = 2048;
+    config.checkpoint.segment_size_bytes = 4096;
+    config.checkpoint.retain_batches = 1;
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config.clone(), ManualClock::new(0)).unwrap();
     let mut progress: Vec<BatchProgress> = Vec::new();
     scheduler.run(&mut BigSnapshots, |p| progress.push(p.clone())).await.unwrap();
     assert_eq!(progress.len(), 5);
-    assert!(progress.iter().all(|p| p.snapshot_skipped), "every snapshot left out");
-    assert!(progress[0].to_json().contains("\"snapshot_skipped\":true"));
     drop(scheduler);
+    let segments = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("ckpt".as_ref()))
+        .count();
     let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
     let state = scheduler.take_recovered_state();
-    assert_eq!(state.snapshot, None);
-    assert_eq!(state.deltas.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4], "every delta kept");
+    assert_eq!(state.snapshot, Some((4, vec![7; 4096])), "the last batch's snapshot, whole");
+    assert!(state.deltas.is_empty(), "the snapshot replaces every delta");
+    // Five batches wrote 20 KiB of snapshots in parts, one part per 4 KiB segment; compaction
+    // deleted the older ones (batch 4's intent, batch 3's snapshot written while batch 4 ran,
+    // and batch 4's commit and snapshot are kept).
+    assert!(!dir.path().join("00000000000000000000.ckpt").exists(), "the first segment was compacted away");
+    assert!(segments <= 8, "{segments} segments after compaction");
 }
 
 /// Partitions and records per partition of the backlog topic: 80,000 records of 100 bytes.

@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::format::RecordKind;
 use crate::ledger::Recovered;
 use crate::log::{Log, Options};
-use crate::payload::{encode_commit, encode_intent, encode_snapshot};
+use crate::payload::{encode_commit, encode_intent, encode_snapshot, encode_snapshot_part, snapshot_parts};
 use crate::payload::{BatchCommit, BatchIntent, OffsetRange, Snapshot};
 use crate::recover::{recover, RecoveryMode, SegmentImage};
 
@@ -120,6 +120,8 @@ pub struct SimReport {
     pub appends: u64,
     /// Restarts that found a compacted log (older segments deleted after a snapshot).
     pub compacted_restarts: u64,
+    /// Snapshots appended as several records (larger than `Options::max_record_bytes`).
+    pub snapshots_in_parts: u64,
 }
 
 type Step<T = ()> = Result<T, String>;
@@ -254,6 +256,9 @@ impl Sim {
         };
         let bytes = encode_intent(&intent)?.parts().concat();
         let result = self.log()?.append_intent(&intent);
+        if self.too_large(&bytes) {
+            return self.expect_too_large(result);
+        }
         if self.appended(result, RecordKind::Intent, bytes)? && self.model.pending.last() != Some(&batch_id) {
             self.model.pending.push(batch_id);
         }
@@ -269,6 +274,11 @@ impl Sim {
             sink_markers: pattern(seq ^ 0xff, usize::from(marker_bytes)),
         };
         let result = self.log()?.append_commit(&commit);
+        // The size is checked first, then the batch protocol.
+        let bytes = encode_commit(&commit)?.parts().concat();
+        if self.too_large(&bytes) {
+            return self.expect_too_large(result);
+        }
         if self.model.pending.is_empty() {
             return self.expect_refusal(result.map(|_| ()));
         }
@@ -276,7 +286,6 @@ impl Sim {
         // if it does not, committing this batch id again overwrites the entry.
         let state = fold_state(self.model.state, &commit.state_delta);
         self.model.states.insert(batch_id, state);
-        let bytes = encode_commit(&commit)?.parts().concat();
         if self.appended(result, RecordKind::Commit, bytes)? {
             self.model.state = state;
             self.model.last_committed = Some(batch_id);
@@ -294,9 +303,46 @@ impl Sim {
         if self.model.last_committed.is_none() {
             return self.expect_refusal(result.map(|_| ()));
         }
-        let bytes = encode_snapshot(&snapshot)?.parts().concat();
-        self.appended(result, RecordKind::Snapshot, bytes)?;
+        // A snapshot too large for one record is written as parts, one record each.
+        let records = match snapshot_parts(&snapshot, self.options.max_record_bytes)? {
+            None => vec![(RecordKind::Snapshot, encode_snapshot(&snapshot)?.parts().concat())],
+            Some(parts) => parts
+                .iter()
+                .map(|part| Ok((RecordKind::SnapshotPart, encode_snapshot_part(part)?.parts().concat())))
+                .collect::<Step<Vec<_>>>()?,
+        };
+        let last = records.len() as u64 - 1;
+        let result = result.and_then(|seq| match seq.checked_sub(last) {
+            Some(first) if first == self.model.next_seq => Ok(first),
+            _ => Err(Error::InvalidOperation { problem: format!("snapshot's last record is {seq}") }),
+        });
+        if let Err(Error::InvalidOperation { problem }) = &result {
+            return Err(format!("{} records of a snapshot were not appended as expected: {problem}", records.len()));
+        }
+        // On a storage failure, the parts before the failing one were appended and it may have
+        // landed: every part is booked at the sequence number it would have.
+        let mut records = records.into_iter();
+        let first = records.next().ok_or("a snapshot of no records")?;
+        for (i, (kind, bytes)) in records.enumerate() {
+            self.model.appended.insert(self.model.next_seq + 1 + i as u64, (kind, bytes));
+        }
+        if self.appended(result, first.0, first.1)? {
+            self.model.next_seq += last;
+            self.report.appends += last;
+            self.report.snapshots_in_parts += u64::from(last > 0);
+        }
         Ok(())
+    }
+
+    fn too_large(&self, payload: &[u8]) -> bool {
+        payload.len() as u64 > self.options.max_record_bytes
+    }
+
+    fn expect_too_large(&self, result: crate::Result<u64>) -> Step {
+        match result {
+            Err(Error::RecordTooLarge { .. }) => Ok(()),
+            other => Err(format!("a record over max_record_bytes gave {other:?}, not RecordTooLarge")),
+        }
     }
 
     fn sync(&mut self) -> Step {
@@ -481,6 +527,7 @@ pub fn run_seed(seed: u64, steps: usize) -> Result<SimReport, SimFailure> {
     let options = Options {
         segment_size_bytes: 1024 << rng.below(5),
         retain_batches: 1 + rng.below(4) as usize,
+        max_record_bytes: 2048 + rng.below(4) * 1024,
         ..Options::default()
     };
     let with_seed = |mut failure: SimFailure| {
@@ -502,7 +549,7 @@ fn random_op(rng: &mut SplitMix64) -> SimOp {
         0..=16 => SimOp::Intent { ranges: rng.below(4) as u8, metadata_bytes: rng.below(64) as u16 },
         17..=24 => SimOp::IntentNext { ranges: rng.below(4) as u8, metadata_bytes: rng.below(900) as u16 },
         25..=54 => SimOp::Commit { delta_bytes: rng.below(1500) as u16, marker_bytes: rng.below(32) as u8 },
-        55..=62 => SimOp::Snapshot { padding_bytes: rng.below(600) as u16 },
+        55..=62 => SimOp::Snapshot { padding_bytes: rng.below(6000) as u16 },
         63..=91 => SimOp::Sync,
         92..=93 => SimOp::Kill,
         94..=95 => SimOp::PowerLoss { seed: rng.next_u64() },

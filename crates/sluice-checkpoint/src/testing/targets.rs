@@ -76,6 +76,8 @@ pub fn ops(data: &[u8]) {
     let options = Options {
         segment_size_bytes: 1024 * (1 + u64::from(input.segment_kib % 64)),
         retain_batches: 1 + usize::from(input.retain_batches % 8),
+        // From 1 KiB (snapshots in parts, some intents and commits refused) to 32 KiB.
+        max_record_bytes: 1024 * (1 + u64::from(input.segment_kib >> 6) * 10),
         ..Options::default()
     };
     let mut sim = Sim::new(options).unwrap_or_else(|failure| panic!("{failure}"));
