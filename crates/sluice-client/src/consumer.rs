@@ -156,6 +156,9 @@ pub struct Consumer {
     fetch_connections: HashMap<(String, usize), Arc<Connection>>,
     /// An error met by a poll that returned other partitions' records; the next poll reports it.
     deferred: Option<Error>,
+    /// Responses absorbed so far: each starts its decompression allowance at a partition one
+    /// further on, so that partitions late in the answers are not always the ones left over.
+    responses_absorbed: usize,
 }
 
 impl Consumer {
@@ -170,6 +173,7 @@ impl Consumer {
             answered: Vec::new(),
             fetch_connections: HashMap::new(),
             deferred: None,
+            responses_absorbed: 0,
         }
     }
 
@@ -415,15 +419,21 @@ impl Consumer {
         let mut failure = None;
         // What the response's compressed batches may still expand to.
         let mut allowance = self.config.max_decompressed_bytes;
+        let mut answers = Vec::new();
         for topic in response.responses {
             let Some(name) = naming.name_of(&topic) else { continue };
-            for answer in topic.partitions {
-                let key = (name.clone(), answer.partition_index);
-                match self.absorb_partition(connection, key, answer, &mut allowance).await {
-                    Ok(Some(records)) => out.push(records),
-                    Ok(None) => {}
-                    Err(e) => failure = failure.or(Some(e)),
-                }
+            answers.extend(topic.partitions.into_iter().map(|answer| ((name.clone(), answer.partition_index), answer)));
+        }
+        let count = answers.len();
+        if count > 0 {
+            answers.rotate_left(self.responses_absorbed % count);
+        }
+        self.responses_absorbed = self.responses_absorbed.wrapping_add(1);
+        for (key, answer) in answers {
+            match self.absorb_partition(connection, key, answer, &mut allowance).await {
+                Ok(Some(records)) => out.push(records),
+                Ok(None) => {}
+                Err(e) => failure = failure.or(Some(e)),
             }
         }
         failure.map_or(Ok(()), Err)
