@@ -8,9 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sluice_client::ClientConfig;
-use sluice_stream::{
-    BatchInfo, DStream, ForEach, JsonLinesFiles, KafkaRecord, KafkaSink, Sink, Timed, Watermark, Windowed,
-};
+use sluice_stream::{BatchInfo, DStream, JsonLinesFiles, KafkaRecord, KafkaSink, Sink, Timed, Watermark, Windowed};
 
 use crate::job::{Aggregate, Filter, FormatKind, Function, Job, Op, SinkKind, TimeKind};
 
@@ -467,9 +465,11 @@ fn ranked_batch(
     }
 }
 
-/// JSON lines on stdout, each batch written at once.
-fn stdout_sink() -> impl Sink<Value> {
-    ForEach(|_: &BatchInfo, items: Vec<Value>| {
+/// JSON lines on stdout, each piece of a batch written at once.
+struct JsonStdout;
+
+impl Sink<Value> for JsonStdout {
+    async fn write(&mut self, _: &BatchInfo, items: Vec<Value>) -> Result<(), String> {
         use std::io::Write as _;
         let mut text = String::new();
         for item in &items {
@@ -478,7 +478,11 @@ fn stdout_sink() -> impl Sink<Value> {
         }
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| format!("writing to stdout: {e}"))
-    })
+    }
+
+    fn takes_pieces(&self) -> bool {
+        true
+    }
 }
 
 fn attach_sinks(out: DStream<Value>, job: &Job, client: &ClientConfig) {
@@ -495,7 +499,7 @@ fn attach_sinks(out: DStream<Value>, job: &Job, client: &ClientConfig) {
         rest = next;
         let spec = sink.get_ref();
         match spec.kind {
-            SinkKind::Stdout => this.to_sink(stdout_sink()),
+            SinkKind::Stdout => this.to_sink(JsonStdout),
             SinkKind::Files => this.to_sink(JsonLinesFiles::new(spec.dir.clone().unwrap_or_default())),
             SinkKind::Kafka => {
                 let topic = spec.topic.clone().unwrap_or_default();

@@ -17,6 +17,10 @@
 //!   that fails after some of its records were acknowledged (a crash, a delivery error, a failed
 //!   marker commit) is written whole again by its re-run.
 //!
+//! A batch larger than the job's memory budget is written piece by piece as it is computed (in
+//! one transaction, or with one marker after its last piece), so its records are never all
+//! held at once.
+//!
 //! A sink's id belongs to one job and checkpoint: a job started afresh on a new checkpoint
 //! directory should use a new id (a re-run is only skipped when the marker names exactly that
 //! batch, so an old marker cannot hide a new batch, but it can be mistaken for it when the ids
@@ -50,7 +54,21 @@ pub struct KafkaSink<T> {
     transactional: bool,
     to_record: ToRecord<T>,
     started: Option<(Client, Producer)>,
+    /// The batch being written, piece by piece.
+    writing: Option<Writing>,
     counters: KafkaSinkCounters,
+}
+
+/// A batch part way through being written.
+#[derive(Debug, Clone, Copy)]
+struct Writing {
+    batch_id: u64,
+    /// Whether the batch was found already written (decided at its first item).
+    skip: Option<bool>,
+    /// Whether its transaction was begun.
+    in_transaction: bool,
+    /// Records sent so far.
+    sent: u64,
 }
 
 impl<T> std::fmt::Debug for KafkaSink<T> {
@@ -81,6 +99,7 @@ impl<T> KafkaSink<T> {
             transactional: false,
             to_record: Box::new(to_record),
             started: None,
+            writing: None,
             counters: KafkaSinkCounters::default(),
         }
     }
@@ -145,43 +164,59 @@ impl<T> KafkaSink<T> {
         Ok(offsets.get(&marker).copied().flatten().map_or(0, |offset| u64::try_from(offset).unwrap_or(0)))
     }
 
-    async fn write_batch(&mut self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
-        if self.started.is_none() {
-            self.started = Some(self.start().await?);
+    /// Writes one piece of a batch (the whole batch when it comes in one).
+    async fn write_piece(&mut self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
+        let id = self.sink_id.clone();
+        let failed =
+            |what: &str, e: sluice_client::Error| format!("Kafka sink {id}, batch {}: {what}: {e}", batch.batch_id);
+        let mut writing = match self.writing.take() {
+            Some(writing) if writing.batch_id == batch.batch_id && batch.piece > 0 => writing,
+            Some(_) | None if batch.piece > 0 => {
+                return Err(format!(
+                    "Kafka sink {id}: piece {} of batch {} came without the pieces before it",
+                    batch.piece, batch.batch_id
+                ));
+            }
+            _ => Writing { batch_id: batch.batch_id, skip: None, in_transaction: false, sent: 0 },
+        };
+        // Kept from here on, so that a failure aborts the transaction it holds.
+        self.writing = Some(writing);
+        if writing.skip.is_none() && !items.is_empty() {
+            if self.started.is_none() {
+                self.started = Some(self.start().await?);
+            }
+            let Some((client, _)) = &self.started else { return Err("the producer did not start".into()) };
+            // The batch re-run is the one after the last committed, so its first run wrote it
+            // whole exactly when the marker is its own.
+            writing.skip = Some(batch.rerun && self.written_until(client).await? == batch.batch_id + 1);
+            self.writing = Some(writing);
         }
-        let Some((client, producer)) = &self.started else { return Err("the producer did not start".into()) };
-        let id = &self.sink_id;
-        // The batch re-run is the one after the last committed, so its first run wrote it whole
-        // exactly when the marker is its own.
-        if batch.rerun && self.written_until(client).await? == batch.batch_id + 1 {
-            self.counters.batches_skipped.fetch_add(1, Ordering::Relaxed);
+        let started = self.started.as_ref().filter(|_| writing.skip == Some(false));
+        let Some((client, producer)) = started else {
+            // Found written already, or nothing to write in the batch so far (the producer
+            // starts at its first item).
+            if batch.last_piece {
+                self.writing = None;
+                if writing.skip == Some(true) {
+                    self.counters.batches_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             return Ok(());
-        }
+        };
         let records = items
             .iter()
             .map(|item| Ok(ProducerRecord { topic: self.topic.clone(), ..(self.to_record)(item)? }))
             .collect::<Result<Vec<_>, String>>()
             .map_err(|e| format!("Kafka sink {id}, batch {}: {e}", batch.batch_id))?;
-        let count = records.len() as u64;
-        let marker = [(self.topic.clone(), 0, i64::try_from(batch.batch_id + 1).unwrap_or(i64::MAX))];
-        let failed =
-            |what: &str, e: sluice_client::Error| format!("Kafka sink {id}, batch {}: {what}: {e}", batch.batch_id);
-        if self.transactional {
+        if self.transactional && !writing.in_transaction && !records.is_empty() {
             producer.begin_transaction().await.map_err(|e| failed("beginning the transaction", e))?;
-            let sent = async {
-                for record in records {
-                    drop(producer.send(record).await.map_err(|e| failed("sending", e))?);
-                }
-                producer
-                    .send_offsets_to_transaction(&marker, &ConsumerGroupMetadata::new(self.group()))
-                    .await
-                    .map_err(|e| failed("adding the marker to the transaction", e))?;
-                producer.commit_transaction().await.map_err(|e| failed("committing the transaction", e))
-            }
-            .await;
-            if let Err(e) = sent {
-                let _ = producer.abort_transaction().await;
-                return Err(e);
+            writing.in_transaction = true;
+            self.writing = Some(writing);
+        }
+        let count = records.len() as u64;
+        if self.transactional {
+            for record in records {
+                drop(producer.send(record).await.map_err(|e| failed("sending", e))?);
             }
         } else {
             let mut deliveries = Vec::with_capacity(records.len());
@@ -191,29 +226,60 @@ impl<T> KafkaSink<T> {
             for delivery in deliveries {
                 delivery.await.map_err(|e| failed("delivering", e))?;
             }
-            client
-                .commit_group_offsets(&self.group(), &marker)
-                .await
-                .map_err(|e| failed("committing the marker", e))?;
         }
-        self.counters.written.fetch_add(count, Ordering::Relaxed);
+        writing.sent += count;
+        self.writing = Some(writing);
+        if !batch.last_piece {
+            return Ok(());
+        }
+        if writing.sent > 0 {
+            let marker = [(self.topic.clone(), 0, i64::try_from(batch.batch_id + 1).unwrap_or(i64::MAX))];
+            if self.transactional {
+                producer
+                    .send_offsets_to_transaction(&marker, &ConsumerGroupMetadata::new(self.group()))
+                    .await
+                    .map_err(|e| failed("adding the marker to the transaction", e))?;
+                producer.commit_transaction().await.map_err(|e| failed("committing the transaction", e))?;
+            } else {
+                client
+                    .commit_group_offsets(&self.group(), &marker)
+                    .await
+                    .map_err(|e| failed("committing the marker", e))?;
+            }
+            self.counters.written.fetch_add(writing.sent, Ordering::Relaxed);
+        }
+        self.writing = None;
         Ok(())
+    }
+
+    /// After a failed piece: aborts the batch's transaction if one was begun, and stops the
+    /// producer so that the next batch starts afresh (a transactional producer's start aborts
+    /// whatever this one left open).
+    async fn reset(&mut self) {
+        let writing = self.writing.take();
+        if let Some((_, producer)) = self.started.take() {
+            if writing.is_some_and(|w| w.in_transaction) {
+                let _ = producer.abort_transaction().await;
+            }
+            producer.close().await;
+        }
     }
 }
 
 impl<T: Send + Sync> Sink<T> for KafkaSink<T> {
     async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
-        if items.is_empty() {
-            return Ok(());
+        if batch.piece == 0 && self.writing.is_some() {
+            // The batch before failed part way (in another output): start afresh.
+            self.reset().await;
         }
-        let result = self.write_batch(batch, &items).await;
+        let result = self.write_piece(batch, &items).await;
         if result.is_err() {
-            // Start afresh on the next batch (a transactional producer's start aborts whatever
-            // this one left open).
-            if let Some((_, producer)) = self.started.take() {
-                producer.close().await;
-            }
+            self.reset().await;
         }
         result
+    }
+
+    fn takes_pieces(&self) -> bool {
+        true
     }
 }

@@ -8,8 +8,10 @@ use std::pin::Pin;
 
 use crate::stream::{BatchInput, Compute, Gather};
 
-/// The batch a sink is writing.
+/// The batch a sink is writing, and which piece of it for a sink that takes batches in pieces
+/// ([`Sink::takes_pieces`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchInfo {
     /// The batch id (consecutive over the job's life).
     pub batch_id: u64,
@@ -18,14 +20,43 @@ pub struct BatchInfo {
     /// Whether this is a re-run of a batch begun before a crash or failure: a sink that is not
     /// idempotent may find part of this batch's output already written.
     pub rerun: bool,
+    /// Which piece of the batch this is, from 0 (always 0 for a sink given batches whole).
+    pub piece: usize,
+    /// Whether it is the batch's last piece (always true for a sink given batches whole).
+    pub last_piece: bool,
+    /// Items of this batch given to the sink in its earlier pieces.
+    pub items_before: u64,
+}
+
+impl BatchInfo {
+    /// A batch given whole.
+    pub fn new(batch_id: u64, time_ms: u64, rerun: bool) -> Self {
+        Self { batch_id, time_ms, rerun, piece: 0, last_piece: true, items_before: 0 }
+    }
+
+    /// The same batch's piece `piece`, `items_before` items after its start.
+    pub fn with_piece(self, piece: usize, last_piece: bool, items_before: u64) -> Self {
+        Self { piece, last_piece, items_before, ..self }
+    }
 }
 
 /// A destination for a stream's batches. `write` may be called again for the same batch (same
 /// id, same items) after a crash or failure; a sink that replaces rather than appends makes the
 /// output exactly once.
 pub trait Sink<T>: Send {
-    /// Writes one batch's items; an error fails the batch (it is re-run).
+    /// Writes one batch's items (or one piece's, see [`Sink::takes_pieces`]); an error fails
+    /// the batch (it is re-run, from its first piece).
     fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Whether the sink takes a batch larger than the job's memory budget piece by piece, so
+    /// that the batch's output is never held whole: `write` is called once per piece, in
+    /// order, the last piece included even when it has no items ([`BatchInfo::piece`],
+    /// [`BatchInfo::last_piece`]). Such a sink finishes the batch (makes it visible, commits
+    /// its transaction) at the last piece; a batch that fails part way starts again at piece 0.
+    /// False (the default): the pieces' items are gathered and written at once.
+    fn takes_pieces(&self) -> bool {
+        false
+    }
 }
 
 /// A closure as a sink.
@@ -48,25 +79,35 @@ pub struct Stdout {
 
 impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
     async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
-        let mut out = std::io::stdout().lock();
-        let rule = "-------------------------------------------";
-        let mut text = format!("{rule}\nTime: {} ms (batch {})\n{rule}\n", batch.time_ms, batch.batch_id);
-        for item in items.iter().take(self.max_items) {
+        let mut text = String::new();
+        if batch.piece == 0 {
+            let rule = "-------------------------------------------";
+            text = format!("{rule}\nTime: {} ms (batch {})\n{rule}\n", batch.time_ms, batch.batch_id);
+        }
+        let room = (self.max_items as u64).saturating_sub(batch.items_before);
+        for item in items.iter().take(usize::try_from(room).unwrap_or(usize::MAX)) {
             text.push_str(&format!("{item:?}\n"));
         }
-        if items.len() > self.max_items {
+        let total = batch.items_before + items.len() as u64;
+        if total > self.max_items as u64 && batch.items_before <= self.max_items as u64 {
             text.push_str("...\n");
         }
-        text.push('\n');
-        out.write_all(text.as_bytes()).map_err(|e| format!("writing to stdout: {e}"))
+        if batch.last_piece {
+            text.push('\n');
+        }
+        std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| format!("writing to stdout: {e}"))
+    }
+
+    fn takes_pieces(&self) -> bool {
+        true
     }
 }
 
 /// One JSON-lines file per batch with output, `batch-<id>.jsonl` (the id zero-padded to 20
 /// digits, so names sort in batch order) in a directory. Each file is written under a
-/// temporary name, synced, and renamed into place before the batch commits, so a batch's
-/// output appears whole or not at all; a re-run writes the same file again and replaces it.
-/// Give each sink a directory of its own.
+/// temporary name (a batch in pieces appends each piece to it), synced, and renamed into
+/// place before the batch commits, so a batch's output appears whole or not at all; a re-run
+/// writes the same file again and replaces it. Give each sink a directory of its own.
 #[derive(Debug, Clone)]
 pub struct JsonLinesFiles {
     dir: PathBuf,
@@ -83,20 +124,42 @@ impl JsonLinesFiles {
         self.dir.join(format!("batch-{batch_id:020}.jsonl"))
     }
 
-    fn write_file<T: serde::Serialize>(&self, batch_id: u64, items: &[T]) -> Result<(), String> {
+    /// Writes a piece of a batch to its temporary file (created afresh at piece 0) and, at the
+    /// last piece, syncs it and renames it into place (or removes it if the batch had no items).
+    fn write_piece<T: serde::Serialize>(&self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
+        let batch_id = batch.batch_id;
         let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
-        std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
-        let target = self.file_of(batch_id);
         let temporary = self.dir.join(format!(".batch-{batch_id:020}.jsonl.tmp"));
-        let mut text = Vec::with_capacity(items.len() * 32);
-        for item in items {
-            serde_json::to_writer(&mut text, item)
-                .map_err(|e| format!("batch {batch_id}: an item is not JSON: {e}"))?;
-            text.push(b'\n');
+        let whole_batch_empty = batch.items_before == 0 && items.is_empty();
+        if batch.piece == 0 && whole_batch_empty && batch.last_piece {
+            return Ok(());
         }
-        let mut file = std::fs::File::create(&temporary).map_err(|e| io("creating", &temporary, e))?;
-        file.write_all(&text).map_err(|e| io("writing", &temporary, e))?;
+        if !items.is_empty() || batch.piece == 0 {
+            let mut text = Vec::with_capacity(items.len() * 32);
+            for item in items {
+                serde_json::to_writer(&mut text, item)
+                    .map_err(|e| format!("batch {batch_id}: an item is not JSON: {e}"))?;
+                text.push(b'\n');
+            }
+            std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
+            let mut options = std::fs::OpenOptions::new();
+            if batch.piece == 0 {
+                options.write(true).create(true).truncate(true);
+            } else {
+                options.append(true);
+            }
+            let mut file = options.open(&temporary).map_err(|e| io("opening", &temporary, e))?;
+            file.write_all(&text).map_err(|e| io("writing", &temporary, e))?;
+        }
+        if !batch.last_piece {
+            return Ok(());
+        }
+        if whole_batch_empty {
+            return std::fs::remove_file(&temporary).map_err(|e| io("removing", &temporary, e));
+        }
+        let file = std::fs::File::open(&temporary).map_err(|e| io("opening", &temporary, e))?;
         file.sync_all().map_err(|e| io("syncing", &temporary, e))?;
+        let target = self.file_of(batch_id);
         std::fs::rename(&temporary, &target).map_err(|e| io("renaming into place", &target, e))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", &self.dir, e))
     }
@@ -104,10 +167,11 @@ impl JsonLinesFiles {
 
 impl<T: serde::Serialize + Send> Sink<T> for JsonLinesFiles {
     async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        self.write_file(batch.batch_id, &items)
+        self.write_piece(batch, &items)
+    }
+
+    fn takes_pieces(&self) -> bool {
+        true
     }
 }
 
@@ -119,17 +183,38 @@ pub(crate) trait Output: Send {
 pub(crate) struct SinkOutput<T, S> {
     pub(crate) compute: Compute<T>,
     pub(crate) sink: S,
-    /// The batch's items, gathered over its pieces: a sink writes a batch whole.
+    /// For a sink that takes batches whole: the batch's items, gathered over its pieces.
     pub(crate) pieces: Gather<T>,
+    /// For a sink that takes pieces: items given to it in the batch's earlier pieces.
+    pub(crate) items_before: u64,
+}
+
+impl<T, S> SinkOutput<T, S> {
+    pub(crate) fn new(compute: Compute<T>, sink: S) -> Self {
+        Self { compute, sink, pieces: Gather::default(), items_before: 0 }
+    }
 }
 
 impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
     fn run<'a>(&'a mut self, input: &'a BatchInput) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        let parts = self.pieces.add(input, (self.compute)(input)).flatten();
         let info = input.info();
+        let write = if self.sink.takes_pieces() {
+            // Every piece goes to the sink, empty or not: the first starts the batch, the last
+            // finishes it.
+            if info.piece == 0 {
+                self.items_before = 0;
+            }
+            let items: Vec<T> = (self.compute)(input).into_iter().flatten().flatten().collect();
+            let before = self.items_before;
+            self.items_before += items.len() as u64;
+            Some((info.with_piece(info.piece, info.last_piece, before), items))
+        } else {
+            let parts = self.pieces.add(input, (self.compute)(input)).flatten();
+            parts.map(|parts| (info.with_piece(0, true, 0), parts.into_iter().flatten().collect()))
+        };
         Box::pin(async move {
-            match parts {
-                Some(parts) => self.sink.write(&info, parts.into_iter().flatten().collect()).await,
+            match write {
+                Some((info, items)) => self.sink.write(&info, items).await,
                 None => Ok(()),
             }
         })

@@ -90,7 +90,7 @@ impl BatchInput {
     }
 
     pub(crate) fn info(&self) -> BatchInfo {
-        BatchInfo { batch_id: self.batch_id, time_ms: self.time_ms, rerun: self.rerun }
+        BatchInfo::new(self.batch_id, self.time_ms, self.rerun).with_piece(self.piece, self.last_piece, 0)
     }
 }
 
@@ -487,7 +487,7 @@ impl<T: Send + 'static> DStream<T> {
 
     /// Writes each batch's items to `sink`.
     pub fn to_sink<S: crate::sink::Sink<T> + 'static>(self, sink: S) {
-        let output = SinkOutput { compute: self.compute, sink, pieces: Gather::default() };
+        let output = SinkOutput::new(self.compute, sink);
         lock(&self.graph).outputs.push(Box::new(output));
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::unique;
 use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{ManualClock, RateLimits, Trigger};
-use sluice_stream::{JsonLinesFiles, KafkaRecord, StreamConfig, StreamingContext};
+use sluice_stream::{BatchInfo, JsonLinesFiles, KafkaRecord, Sink, StreamConfig, StreamingContext};
 
 const PARTITIONS: i32 = 4;
 
@@ -96,6 +96,26 @@ struct Outputs {
     totals: Vec<u64>,
     one_user: Vec<(i64, String)>,
     sessions: Vec<(String, usize)>,
+    /// Lines of the JSON-lines files sink (a map-only output), sorted: a sink that takes a
+    /// batch in pieces writes them in the order the pieces come.
+    file_lines: Vec<String>,
+    /// Writes a sink that takes pieces got, and the items it got.
+    piece_writes: Vec<(usize, bool, u64, usize)>,
+}
+
+/// A sink that takes batches in pieces and records each write: (piece, last, items before,
+/// items).
+struct PieceLog(Shared);
+
+impl Sink<String> for PieceLog {
+    async fn write(&mut self, batch: &BatchInfo, items: Vec<String>) -> Result<(), String> {
+        self.0.lock().unwrap().piece_writes.push((batch.piece, batch.last_piece, batch.items_before, items.len()));
+        Ok(())
+    }
+
+    fn takes_pieces(&self) -> bool {
+        true
+    }
 }
 
 type Shared = std::sync::Arc<std::sync::Mutex<Outputs>>;
@@ -103,7 +123,7 @@ type Shared = std::sync::Arc<std::sync::Mutex<Outputs>>;
 /// A job with an operator of each kind on the clicks: a reduction (clicks per item), event-time
 /// windows behind a watermark ranked per window, a count, an element-wise filter into a sink,
 /// and keyed state (`update_state_by_key`, which takes the batch whole).
-fn piece_outputs(ctx: &StreamingContext, outputs: &Shared) {
+fn piece_outputs(ctx: &StreamingContext, outputs: &Shared, files: &std::path::Path) {
     let clicks = || ctx.kafka_stream().flat_map(|record: KafkaRecord| record.csv::<(String, String, i64)>().ok());
     let out = std::sync::Arc::clone(outputs);
     clicks().map(|(_, item, _)| (item, 1u64)).reduce_by_key(|a, b| a + b).foreach_batch(move |_, items| {
@@ -135,6 +155,8 @@ fn piece_outputs(ctx: &StreamingContext, outputs: &Shared) {
             Ok(())
         },
     );
+    clicks().filter(|(user, _, _)| user == "user-5").to_sink(JsonLinesFiles::new(files));
+    clicks().map(|(_, item, _)| item).to_sink(PieceLog(std::sync::Arc::clone(outputs)));
     let out = std::sync::Arc::clone(outputs);
     clicks()
         .map(|(user, item, _)| (user, item))
@@ -174,10 +196,16 @@ async fn a_batch_larger_than_the_memory_budget_gives_in_pieces_the_output_it_giv
         config.scheduler.trigger = Trigger::Once;
         let ctx = StreamingContext::new(config);
         let outputs = Shared::default();
-        piece_outputs(&ctx, &outputs);
+        let files = dir.path().join("files");
+        piece_outputs(&ctx, &outputs, &files);
         let mut pieces = Vec::new();
         ctx.run_with_clock(ManualClock::new(0), |p| pieces.push((p.pieces, p.num_input_rows))).await.unwrap();
-        let outputs = std::mem::take(&mut *outputs.lock().unwrap());
+        let mut outputs = std::mem::take(&mut *outputs.lock().unwrap());
+        let file_names: Vec<_> = std::fs::read_dir(&files).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(file_names, ["batch-00000000000000000000.jsonl"], "one file, no temporary one left");
+        let text = std::fs::read_to_string(files.join("batch-00000000000000000000.jsonl")).unwrap();
+        outputs.file_lines = text.lines().map(str::to_owned).collect();
+        outputs.file_lines.sort();
         runs.push((pieces, outputs));
     }
     let (whole, in_pieces) = (&runs[0], &runs[1]);
@@ -189,5 +217,16 @@ async fn a_batch_larger_than_the_memory_budget_gives_in_pieces_the_output_it_giv
     assert_eq!(whole.1.one_user.len(), 40_000 / 31 + 1);
     assert!(whole.1.windows.len() >= 3 * 3, "windows closed by the batch's watermark: {:?}", whole.1.windows);
     assert_eq!(whole.1.counts.iter().map(|(_, n)| n).sum::<u64>(), 40_000);
-    assert_eq!(in_pieces.1, whole.1, "the same output, item for item and in order");
+    assert_eq!(whole.1.file_lines.len(), 40_000 / 31 + 1);
+    assert_eq!(whole.1.piece_writes, vec![(0, true, 0, 40_000)], "the sink that takes pieces, given one");
+    // Given the batch piece by piece, never whole.
+    let writes = &in_pieces.1.piece_writes;
+    assert!(writes.len() >= 8, "{writes:?}");
+    assert!(writes.iter().enumerate().all(|(i, w)| w.0 == i && w.1 == (i + 1 == writes.len())), "{writes:?}");
+    assert!(writes.windows(2).all(|w| w[1].2 == w[0].2 + w[0].3 as u64), "items before: {writes:?}");
+    assert_eq!(writes.iter().map(|w| w.3).sum::<usize>(), 40_000);
+    assert!(writes.iter().all(|w| w.3 < 40_000 / 4), "each piece a part: {writes:?}");
+    let (mut whole, mut in_pieces) = (std::mem::take(&mut runs[0].1), std::mem::take(&mut runs[1].1));
+    (whole.piece_writes, in_pieces.piece_writes) = (vec![], vec![]);
+    assert_eq!(in_pieces, whole, "the same output, item for item and in order");
 }

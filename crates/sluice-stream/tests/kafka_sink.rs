@@ -1,6 +1,8 @@
 //! The Kafka sink against a real broker, batch by batch: a re-run batch its first run
 //! wrote whole is not written again (both modes); a transaction a crashed run left open is
-//! aborted by the next run's start; items that cannot be made records fail their batch.
+//! aborted by the next run's start; items that cannot be made records fail their batch; a
+//! batch in pieces is written as one (one transaction, one marker), and one abandoned part way
+//! is aborted when it starts again.
 
 #[path = "../../sluice-client/tests/common/mod.rs"]
 mod common;
@@ -56,7 +58,57 @@ impl Setup {
 }
 
 fn batch(batch_id: u64, rerun: bool) -> BatchInfo {
-    BatchInfo { batch_id, time_ms: (batch_id + 1) * 100, rerun }
+    BatchInfo::new(batch_id, (batch_id + 1) * 100, rerun)
+}
+
+/// Piece `piece` of a batch of `pieces`, after `before` items.
+fn piece(batch_id: u64, rerun: bool, piece: usize, pieces: usize, before: u64) -> BatchInfo {
+    batch(batch_id, rerun).with_piece(piece, piece + 1 == pieces, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_sink_writes_a_batch_in_pieces_as_one_transaction_and_aborts_one_abandoned_part_way() {
+    let setup = setup().await;
+    let mut sink = setup.sink().transactional();
+    sink.write(&piece(0, false, 0, 3, 0), vec![1, 2]).await.unwrap();
+    sink.write(&piece(0, false, 1, 3, 2), vec![]).await.unwrap();
+    sink.write(&piece(0, false, 2, 3, 2), vec![3]).await.unwrap();
+    // Batch 1 fails after its second piece (another output failed); it runs again from piece 0.
+    sink.write(&piece(1, false, 0, 3, 0), vec![4]).await.unwrap();
+    sink.write(&piece(1, false, 1, 3, 1), vec![5]).await.unwrap();
+    sink.write(&piece(1, true, 0, 3, 0), vec![4]).await.unwrap();
+    sink.write(&piece(1, true, 1, 3, 1), vec![5]).await.unwrap();
+    sink.write(&piece(1, true, 2, 3, 2), vec![6]).await.unwrap();
+    assert_eq!(sink.counters().written.load(Ordering::SeqCst), 6);
+    assert_eq!(setup.log().await, ["1", "2", "3", "COMMIT", "4", "5", "ABORT", "4", "5", "6", "COMMIT"]);
+    // A piece without the pieces before it is refused, not written as if it were a batch.
+    let error = setup.sink().transactional().write(&piece(2, false, 1, 3, 0), vec![7]).await.unwrap_err();
+    assert!(error.contains("piece 1 of batch 2 came without the pieces before it"), "{error}");
+    // A re-run of a batch written whole is skipped in every piece.
+    let mut restarted = setup.sink().transactional();
+    for p in 0..3 {
+        restarted.write(&piece(1, true, p, 3, p as u64), vec![4 + p as u32]).await.unwrap();
+    }
+    assert_eq!(restarted.counters().batches_skipped.load(Ordering::SeqCst), 1);
+    assert_eq!(restarted.counters().written.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_sink_writes_its_marker_after_a_batch_s_last_piece() {
+    let setup = setup().await;
+    let mut sink = setup.sink();
+    sink.write(&piece(0, false, 0, 2, 0), vec![1, 2]).await.unwrap();
+    // A restart now: the marker does not name batch 0, so its re-run writes it (at least once).
+    let mut restarted = setup.sink();
+    restarted.write(&piece(0, true, 0, 2, 0), vec![1, 2]).await.unwrap();
+    restarted.write(&piece(0, true, 1, 2, 2), vec![3]).await.unwrap();
+    assert_eq!(restarted.counters().batches_skipped.load(Ordering::SeqCst), 0);
+    // Now it does: a further re-run is skipped.
+    let mut again = setup.sink();
+    again.write(&piece(0, true, 0, 2, 0), vec![1, 2]).await.unwrap();
+    again.write(&piece(0, true, 1, 2, 2), vec![3]).await.unwrap();
+    assert_eq!(again.counters().batches_skipped.load(Ordering::SeqCst), 1);
+    assert_eq!(setup.log().await, ["1", "2", "1", "2", "3"]);
 }
 
 /// The log of `topic`/0: data values and markers.
