@@ -5,6 +5,7 @@
 //!
 //! - **Backlog:** the job from the earliest offset until every click is processed: clicks/s and
 //!   peak RSS (goal: at most 256 MiB).
+//! - **Smaller budget:** the backlog again with `[memory] budget = "64MiB"` in the job file.
 //! - **Steady state:** the same job in 100 ms batches capped at 1,000,000 clicks/s (250,000 per
 //!   partition), for 8 s: peak RSS (goal: at most 128 MiB).
 //! - **Against Kafka Streams:** the same query as a Kafka Streams 4.4 application
@@ -46,20 +47,34 @@ struct Run {
     largest_batch: u64,
 }
 
+/// The smaller memory budget the backlog is also run under.
+const SMALL_BUDGET: &str = "64MiB";
+
 /// The clickstream job file reading `topic`, in batches of `interval`, at most `rate` clicks per
-/// second per partition if given; its Kafka sink writes to `output`.
-fn job_file(dir: &Path, topic: &str, output: &str, interval: &str, rate: Option<u64>) -> std::path::PathBuf {
+/// second per partition if given, within a memory budget if given; its Kafka sink writes to
+/// `output`.
+fn job_file(
+    dir: &Path,
+    topic: &str,
+    output: &str,
+    interval: &str,
+    rate: Option<u64>,
+    budget: Option<&str>,
+) -> std::path::PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(manifest.join("jobs/clickstream.toml")).unwrap();
     let mut source = format!("topics = [\"{topic}\"]");
     if let Some(rate) = rate {
         source.push_str(&format!("\nmax_rate_per_partition = {rate}"));
     }
-    let text = text
+    let mut text = text
         .replace("topics = [\"clicks\"]", &source)
         .replace("batch_interval = \"1s\"", &format!("batch_interval = \"{interval}\""))
         .replace("topic = \"top-items\"", &format!("topic = \"{output}\""));
-    let path = dir.join(format!("job-{interval}.toml"));
+    if let Some(budget) = budget {
+        text.push_str(&format!("\n[memory]\nbudget = \"{budget}\"\n"));
+    }
+    let path = dir.join(format!("job-{interval}-{}.toml", budget.unwrap_or("default")));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -150,8 +165,9 @@ fn main() {
             broker.addr
         );
         let dir = tempfile::tempdir().unwrap();
-        let backlog_job = job_file(dir.path(), &topic, &output, "1s", None);
-        let steady_job = job_file(dir.path(), &topic, &output, "100ms", Some(250_000));
+        let backlog_job = job_file(dir.path(), &topic, &output, "1s", None, None);
+        let small_job = job_file(dir.path(), &topic, &output, "1s", None, Some(SMALL_BUDGET));
+        let steady_job = job_file(dir.path(), &topic, &output, "100ms", Some(250_000), None);
         let baseline = std::env::var_os("SLUICE_BENCH_BASELINE").map(std::path::PathBuf::from);
         let mut binaries = vec![("sluice", sluice.to_path_buf())];
         binaries.extend(baseline.map(|path| ("baseline", path)));
@@ -166,6 +182,8 @@ fn main() {
             println!("{}", row(&format!("{name}: 1 M clicks/s, 100 ms batches, 8 s (goal <= 128 MiB)"), &steady));
             backlog.get_or_insert(run_backlog);
         }
+        let small = run(sluice, &broker.addr, &small_job, n, None);
+        println!("{}", row(&format!("sluice: backlog, 1 s batches, [memory] budget = \"{SMALL_BUDGET}\""), &small));
         if std::env::var_os("SLUICE_BENCH_SKIP_STREAMS").is_some() {
             return;
         }
@@ -178,11 +196,13 @@ fn main() {
             streams.cpu_s * 1e6 / n as f64,
             streams.peak_rss_mib
         );
-        let our_rate = ours.clicks as f64 / ours.wall_s;
-        println!(
-            "\nsluice run / Kafka Streams on the backlog: {:.1}x the clicks/s, {:.3} of the peak RSS",
-            our_rate / streams.clicks_per_s.max(1.0),
-            ours.peak_rss_mib / streams.peak_rss_mib.max(1.0)
-        );
+        println!();
+        for (settings, ours) in [("default settings", &ours), (SMALL_BUDGET, &small)] {
+            println!(
+                "sluice run ({settings}) / Kafka Streams on the backlog: {:.1}x the clicks/s, {:.3} of the peak RSS",
+                ours.clicks as f64 / ours.wall_s / streams.clicks_per_s.max(1.0),
+                ours.peak_rss_mib / streams.peak_rss_mib.max(1.0)
+            );
+        }
     });
 }

@@ -531,6 +531,8 @@ struct Plan {
     ranges: Vec<OffsetRange>,
     latest: Vec<i64>,
     resets: BTreeMap<TopicPartition, i64>,
+    /// The memory budget, not a rate limit, left records out: the next batch may start at once.
+    cut_by_budget: bool,
 }
 
 /// The scheduler's own read connections, per broker and slot (reads long enough to hold up a
@@ -699,6 +701,8 @@ pub struct Scheduler<C: Clock> {
     last_start_ms: Option<u64>,
     /// When the batch under way was due (the trigger's grid); `None` for a run's first.
     due_ms: Option<u64>,
+    /// The batch under way was cut short by the memory budget: the next starts at once.
+    cut_by_budget: bool,
     /// High watermarks the range fetches reported: a better "latest" than ListOffsets on brokers
     /// that answer it short (Tansu).
     known_high_watermarks: BTreeMap<TopicPartition, i64>,
@@ -794,6 +798,7 @@ impl<C: Clock> Scheduler<C> {
             stop: Arc::new(AtomicBool::new(false)),
             last_start_ms: None,
             due_ms: None,
+            cut_by_budget: false,
             known_high_watermarks: BTreeMap::new(),
             discovered_at_ms: None,
             prefetched: None,
@@ -864,6 +869,9 @@ impl<C: Clock> Scheduler<C> {
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
         while !self.stop.load(Ordering::SeqCst) && !self.bounded_run_done() {
+            if std::mem::take(&mut self.cut_by_budget) {
+                trigger.start_next_now(self.clock.now_ms());
+            }
             let Some(wait) = trigger.wait_ms(self.clock.now_ms()) else { break };
             if wait > 0 {
                 self.clock.sleep(wait).await;
@@ -1149,6 +1157,7 @@ impl<C: Clock> Scheduler<C> {
         // One batch of everything under `Trigger::Once` (read in pieces if larger than the
         // budget), as Spark's `Once` ignores `maxOffsetsPerTrigger`.
         let capped = self.config.max_batch_bytes > 0 && self.config.trigger != Trigger::Once;
+        let mut cut_by_budget = false;
         if capped && ranges.iter().any(|r| !r.is_empty()) {
             let per_offset = match self.bytes_per_offset {
                 Some(per_offset) => per_offset,
@@ -1156,9 +1165,12 @@ impl<C: Clock> Scheduler<C> {
             };
             // A tenth under the budget: record sizes vary around the estimate.
             let max_offsets = self.config.max_batch_bytes as f64 * 0.9 / per_offset.max(1.0);
+            let planned: i64 = ranges.iter().map(OffsetRange::len).sum();
             ranges = cap_offsets(ranges, max_offsets as i64);
+            let unlimited = self.config.limits.max_per_partition.is_none() && rate.is_none();
+            cut_by_budget = unlimited && ranges.iter().map(OffsetRange::len).sum::<i64>() < planned;
         }
-        Ok(Plan { ranges, latest: latest_offsets, resets })
+        Ok(Plan { ranges, latest: latest_offsets, resets, cut_by_budget })
     }
 
     /// Record bytes per offset, from one small fetch at the start of the longest range, for
@@ -1283,11 +1295,11 @@ impl<C: Clock> Scheduler<C> {
         let batch_id = self.next_batch_id;
         let started = self.clock.now_ms();
         let mut reading = None;
-        let (Plan { ranges, latest, resets }, rerun) = match self.pending.take() {
+        let (Plan { ranges, latest, resets, cut_by_budget }, rerun) = match self.pending.take() {
             Some(intent) => {
                 let ranges: Vec<OffsetRange> = intent.ranges.iter().map(from_log_range).collect();
                 let latest = ranges.iter().map(|r| r.until).collect();
-                (Plan { ranges, latest, resets: BTreeMap::new() }, true)
+                (Plan { ranges, latest, resets: BTreeMap::new(), cut_by_budget: false }, true)
             }
             None => match self.prefetched.take().filter(|p| p.reading.batch_id == batch_id) {
                 Some(prefetched) => {
@@ -1312,6 +1324,7 @@ impl<C: Clock> Scheduler<C> {
                 }
             },
         };
+        self.cut_by_budget = cut_by_budget;
         let planned = self.clock.now_ms();
         // Reading has no effect anywhere, so it starts at once, while the intent is made
         // durable; nothing is processed before the intent is.

@@ -13,7 +13,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// A batch every interval, on a fixed grid from the first; a batch that overruns is
-    /// followed at once by the next, until the batches are back on the grid.
+    /// followed at once by the next, until the batches are back on the grid. So is a batch the
+    /// memory budget cut short of a backlog when no rate limit applies (the grid moves with it):
+    /// a backlog is worked through as fast as the job goes, in batches within the budget.
     ProcessingTime(Duration),
     /// One batch, then stop.
     Once,
@@ -27,6 +29,8 @@ pub struct TriggerState {
     trigger: Trigger,
     /// When the run's first batch started: batch `n` is due `n` intervals later.
     first_start_ms: Option<u64>,
+    /// How far batches started early have moved the grid back.
+    moved_back_ms: u64,
     batches: u64,
     caught_up: bool,
 }
@@ -34,7 +38,7 @@ pub struct TriggerState {
 impl TriggerState {
     /// The state before the first batch.
     pub fn new(trigger: Trigger) -> Self {
-        Self { trigger, first_start_ms: None, batches: 0, caught_up: false }
+        Self { trigger, first_start_ms: None, moved_back_ms: 0, batches: 0, caught_up: false }
     }
 
     /// How long to wait from `now_ms` before the next batch (`Some(0)`: start it now), or `None`
@@ -53,7 +57,19 @@ impl TriggerState {
     pub fn due_ms(&self) -> Option<u64> {
         let Trigger::ProcessingTime(interval) = self.trigger else { return None };
         let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-        Some(self.first_start_ms?.saturating_add(interval.saturating_mul(self.batches)))
+        Some(
+            self.first_start_ms?
+                .saturating_add(interval.saturating_mul(self.batches))
+                .saturating_sub(self.moved_back_ms),
+        )
+    }
+
+    /// Makes the next batch due at `now_ms` if it was due later, moving the grid with it (the
+    /// batches after it are due an interval apart from it).
+    pub fn start_next_now(&mut self, now_ms: u64) {
+        if let Some(due) = self.due_ms().filter(|due| *due > now_ms) {
+            self.moved_back_ms = self.moved_back_ms.saturating_add(due - now_ms);
+        }
     }
 
     /// A batch starts at `now_ms`.
@@ -99,6 +115,22 @@ mod tests {
         clock.advance(Duration::from_millis(200)); // 3.9 s: batch 4 is due at 4 s
         assert_eq!(state.wait_ms(clock.now_ms()), Some(100), "back on the grid, not 1 s after the last start");
         assert_eq!(state.batches(), 4);
+    }
+
+    #[test]
+    fn a_batch_started_early_moves_the_grid() {
+        let clock = ManualClock::new(0);
+        let mut state = TriggerState::new(Trigger::ProcessingTime(Duration::from_secs(1)));
+        state.batch_started(clock.now_ms());
+        clock.advance(Duration::from_millis(300));
+        state.start_next_now(clock.now_ms());
+        assert_eq!(state.wait_ms(clock.now_ms()), Some(0));
+        state.batch_started(clock.now_ms());
+        clock.advance(Duration::from_millis(200));
+        assert_eq!(state.wait_ms(clock.now_ms()), Some(800), "an interval after the early batch");
+        clock.advance(Duration::from_millis(2_000)); // behind: starting now changes nothing
+        state.start_next_now(clock.now_ms());
+        assert_eq!(state.due_ms(), Some(1_300));
     }
 
     #[test]

@@ -753,6 +753,27 @@ async fn a_backlog_is_worked_through_in_batches_that_each_keep_within_the_byte_b
     let full = &sizes[..sizes.len() - 1];
     assert!(full.iter().all(|&bytes| bytes > budget as u64 / 2), "{sizes:?}");
     assert_eq!(progress.iter().map(|p| p.num_input_rows).sum::<u64>(), 80_000);
+    // Cut short by the budget with no rate limit, each batch is followed at once, not on the
+    // 100 ms grid (the manual clock moves only when the scheduler waits).
+    let starts: Vec<u64> = progress.iter().map(|p| p.timestamp_ms).collect();
+    assert!(starts.iter().all(|&t| t == 0), "{starts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_rate_limit_a_backlog_cut_by_the_budget_still_waits_for_the_interval() {
+    let (client, topic) = backlog_setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = SchedulerConfig {
+        // 200,000 records/s per partition: 20,000 per 100 ms batch, more than the budget holds.
+        limits: RateLimits { max_per_partition: Some(200_000.0), min_per_partition: 0.0 },
+        ..backlog_config(&topic, 1 << 20)
+    };
+    let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
+    let mut progress: Vec<BatchProgress> = Vec::new();
+    scheduler.run(&mut Collect::default(), |p| progress.push(p.clone())).await.unwrap();
+    let starts: Vec<u64> = progress.iter().map(|p| p.timestamp_ms).collect();
+    assert!(progress.len() >= 9, "{starts:?}");
+    assert!(starts.windows(2).all(|w| w[1] >= w[0] + 100), "one batch per interval: {starts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@
 //!
 //! `cargo bench -p sluice-stream --bench clickstream` (`SLUICE_BENCH_VERBOSE=1` prints each batch's
 //! progress record; `SLUICE_BENCH_ENGINE_ONLY=RATE` runs only the job, at RATE clicks/s, for
-//! profiling)
+//! profiling; `SLUICE_BENCH_MEMORY_BUDGET=BYTES` sets the job's memory budget, 0 for none)
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -197,6 +197,9 @@ async fn engine_until(
     stream.scheduler.limits =
         RateLimits { max_per_partition: Some(rate / f64::from(PARTITIONS)), min_per_partition: 0.0 };
     stream.scheduler.min_partitions = 8;
+    if let Some(budget) = std::env::var("SLUICE_BENCH_MEMORY_BUDGET").ok().and_then(|b| b.parse().ok()) {
+        stream = stream.with_memory_budget(budget);
+    }
     let ctx = StreamingContext::new(stream);
     let windows = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = std::sync::Arc::clone(&windows);
