@@ -531,8 +531,9 @@ struct Plan {
     ranges: Vec<OffsetRange>,
     latest: Vec<i64>,
     resets: BTreeMap<TopicPartition, i64>,
-    /// The memory budget, not a rate limit, left records out: the next batch may start at once.
-    cut_by_budget: bool,
+    /// The memory budget cut the plan short: the share it kept of what the rate limit allowed
+    /// (0 without a rate limit); the next batch is due that share of an interval later.
+    cut_by_budget: Option<f64>,
 }
 
 /// The scheduler's own read connections, per broker and slot (reads long enough to hold up a
@@ -701,8 +702,8 @@ pub struct Scheduler<C: Clock> {
     last_start_ms: Option<u64>,
     /// When the batch under way was due (the trigger's grid); `None` for a run's first.
     due_ms: Option<u64>,
-    /// The batch under way was cut short by the memory budget: the next starts at once.
-    cut_by_budget: bool,
+    /// The batch under way was cut short by the memory budget: see `Plan::cut_by_budget`.
+    cut_by_budget: Option<f64>,
     /// High watermarks the range fetches reported: a better "latest" than ListOffsets on brokers
     /// that answer it short (Tansu).
     known_high_watermarks: BTreeMap<TopicPartition, i64>,
@@ -798,7 +799,7 @@ impl<C: Clock> Scheduler<C> {
             stop: Arc::new(AtomicBool::new(false)),
             last_start_ms: None,
             due_ms: None,
-            cut_by_budget: false,
+            cut_by_budget: None,
             known_high_watermarks: BTreeMap::new(),
             discovered_at_ms: None,
             prefetched: None,
@@ -869,8 +870,8 @@ impl<C: Clock> Scheduler<C> {
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
         while !self.stop.load(Ordering::SeqCst) && !self.bounded_run_done() {
-            if std::mem::take(&mut self.cut_by_budget) {
-                trigger.start_next_now(self.clock.now_ms());
+            if let Some(share) = self.cut_by_budget.take() {
+                trigger.cut_short(share);
             }
             let Some(wait) = trigger.wait_ms(self.clock.now_ms()) else { break };
             if wait > 0 {
@@ -1157,7 +1158,7 @@ impl<C: Clock> Scheduler<C> {
         // One batch of everything under `Trigger::Once` (read in pieces if larger than the
         // budget), as Spark's `Once` ignores `maxOffsetsPerTrigger`.
         let capped = self.config.max_batch_bytes > 0 && self.config.trigger != Trigger::Once;
-        let mut cut_by_budget = false;
+        let mut cut_by_budget = None;
         if capped && ranges.iter().any(|r| !r.is_empty()) {
             let per_offset = match self.bytes_per_offset {
                 Some(per_offset) => per_offset,
@@ -1167,8 +1168,11 @@ impl<C: Clock> Scheduler<C> {
             let max_offsets = self.config.max_batch_bytes as f64 * 0.9 / per_offset.max(1.0);
             let planned: i64 = ranges.iter().map(OffsetRange::len).sum();
             ranges = cap_offsets(ranges, max_offsets as i64);
+            let kept: i64 = ranges.iter().map(OffsetRange::len).sum();
             let unlimited = self.config.limits.max_per_partition.is_none() && rate.is_none();
-            cut_by_budget = unlimited && ranges.iter().map(OffsetRange::len).sum::<i64>() < planned;
+            if kept < planned {
+                cut_by_budget = Some(if unlimited { 0.0 } else { kept as f64 / planned as f64 });
+            }
         }
         Ok(Plan { ranges, latest: latest_offsets, resets, cut_by_budget })
     }
@@ -1299,7 +1303,7 @@ impl<C: Clock> Scheduler<C> {
             Some(intent) => {
                 let ranges: Vec<OffsetRange> = intent.ranges.iter().map(from_log_range).collect();
                 let latest = ranges.iter().map(|r| r.until).collect();
-                (Plan { ranges, latest, resets: BTreeMap::new(), cut_by_budget: false }, true)
+                (Plan { ranges, latest, resets: BTreeMap::new(), cut_by_budget: None }, true)
             }
             None => match self.prefetched.take().filter(|p| p.reading.batch_id == batch_id) {
                 Some(prefetched) => {

@@ -13,9 +13,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// A batch every interval, on a fixed grid from the first; a batch that overruns is
-    /// followed at once by the next, until the batches are back on the grid. So is a batch the
-    /// memory budget cut short of a backlog when no rate limit applies (the grid moves with it):
-    /// a backlog is worked through as fast as the job goes, in batches within the budget.
+    /// followed at once by the next, until the batches are back on the grid. A batch the memory
+    /// budget cut short of its plan is followed sooner (the grid moves with it): at once when no
+    /// rate limit applies, so that a backlog is worked through as fast as the job goes; under a
+    /// rate limit, after the share of the interval it read of what the limit allowed, so that
+    /// the limit is reached but not passed.
     ProcessingTime(Duration),
     /// One batch, then stop.
     Once,
@@ -29,8 +31,10 @@ pub struct TriggerState {
     trigger: Trigger,
     /// When the run's first batch started: batch `n` is due `n` intervals later.
     first_start_ms: Option<u64>,
-    /// How far batches started early have moved the grid back.
+    /// How far batches cut short have moved the grid back.
     moved_back_ms: u64,
+    /// When the batch under way started.
+    last_start_ms: u64,
     batches: u64,
     caught_up: bool,
 }
@@ -38,7 +42,7 @@ pub struct TriggerState {
 impl TriggerState {
     /// The state before the first batch.
     pub fn new(trigger: Trigger) -> Self {
-        Self { trigger, first_start_ms: None, moved_back_ms: 0, batches: 0, caught_up: false }
+        Self { trigger, first_start_ms: None, moved_back_ms: 0, last_start_ms: 0, batches: 0, caught_up: false }
     }
 
     /// How long to wait from `now_ms` before the next batch (`Some(0)`: start it now), or `None`
@@ -64,17 +68,22 @@ impl TriggerState {
         )
     }
 
-    /// Makes the next batch due at `now_ms` if it was due later, moving the grid with it (the
-    /// batches after it are due an interval apart from it).
-    pub fn start_next_now(&mut self, now_ms: u64) {
-        if let Some(due) = self.due_ms().filter(|due| *due > now_ms) {
-            self.moved_back_ms = self.moved_back_ms.saturating_add(due - now_ms);
-        }
+    /// The batch under way read `share` (0 to 1) of what its plan allowed before the memory
+    /// budget cut it short: the next is due that share of an interval after it started (if that
+    /// is sooner than the grid says), moving the grid with it (the batches after it are due an
+    /// interval apart from it).
+    pub fn cut_short(&mut self, share: f64) {
+        let Trigger::ProcessingTime(interval) = self.trigger else { return };
+        let Some(due) = self.due_ms() else { return };
+        let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let sooner = self.last_start_ms.saturating_add((share.clamp(0.0, 1.0) * interval as f64) as u64);
+        self.moved_back_ms = self.moved_back_ms.saturating_add(due.saturating_sub(sooner));
     }
 
     /// A batch starts at `now_ms`.
     pub fn batch_started(&mut self, now_ms: u64) {
         self.first_start_ms.get_or_insert(now_ms);
+        self.last_start_ms = now_ms;
         self.batches += 1;
     }
 
@@ -118,19 +127,27 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_started_early_moves_the_grid() {
+    fn a_batch_cut_short_moves_the_grid_by_the_share_it_did_not_read() {
         let clock = ManualClock::new(0);
         let mut state = TriggerState::new(Trigger::ProcessingTime(Duration::from_secs(1)));
         state.batch_started(clock.now_ms());
         clock.advance(Duration::from_millis(300));
-        state.start_next_now(clock.now_ms());
+        state.cut_short(0.0); // no rate limit: at once
         assert_eq!(state.wait_ms(clock.now_ms()), Some(0));
         state.batch_started(clock.now_ms());
         clock.advance(Duration::from_millis(200));
-        assert_eq!(state.wait_ms(clock.now_ms()), Some(800), "an interval after the early batch");
-        clock.advance(Duration::from_millis(2_000)); // behind: starting now changes nothing
-        state.start_next_now(clock.now_ms());
-        assert_eq!(state.due_ms(), Some(1_300));
+        assert_eq!(state.due_ms(), Some(1_000), "an interval after it was due (it started late)");
+        state.cut_short(0.25); // a quarter of what the rate limit allowed
+        assert_eq!(state.due_ms(), Some(550));
+        assert_eq!(state.wait_ms(clock.now_ms()), Some(50));
+        clock.advance(Duration::from_millis(50));
+        state.batch_started(clock.now_ms());
+        clock.advance(Duration::from_millis(900)); // 1,450 ms: this one overran
+        state.cut_short(0.5);
+        assert_eq!(state.wait_ms(clock.now_ms()), Some(0), "due at 1,050: at once");
+        state.batch_started(clock.now_ms());
+        state.cut_short(1.0); // read all it was allowed: the grid stays
+        assert_eq!(state.due_ms(), Some(2_050));
     }
 
     #[test]
