@@ -301,7 +301,7 @@ pub struct Checkpoint {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Memory {
-    /// The budget for the job's records, fetched and as rows (default 256 MiB; `0` for no
+    /// The budget for the job's records, fetched and as rows (default 64 MiB; `0` for no
     /// limit): batches hold at most an eighth of it, and a backlog is worked through in as many
     /// as it takes.
     pub budget: Spanned<Size>,
