@@ -295,6 +295,11 @@ impl Connection {
     /// not glibc's NSS, which a static binary cannot load), and its addresses are tried in order
     /// until one accepts; resolving and connecting share the connect timeout.
     pub async fn connect(broker: &str, config: ConnectionConfig) -> Result<Self> {
+        if let Some(reason) =
+            config.sasl.as_ref().filter(|_| config.tls.is_none()).and_then(SaslConfig::refusal_without_tls)
+        {
+            return Err(Error::Authentication { broker: broker.to_owned(), mechanism: "PLAIN", reason });
+        }
         let resolve_and_connect = async {
             let addresses = resolve(broker).await?;
             connect_first(broker, &addresses).await

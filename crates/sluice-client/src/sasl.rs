@@ -53,6 +53,9 @@ pub struct SaslConfig {
     pub username: String,
     /// The password.
     pub password: String,
+    /// Whether a PLAIN login may go over a connection without TLS, where anyone on the path
+    /// reads the password (false: such a connection is refused before it is made).
+    pub allow_plain_without_tls: bool,
 }
 
 impl fmt::Debug for SaslConfig {
@@ -61,6 +64,7 @@ impl fmt::Debug for SaslConfig {
             .field("mechanism", &self.mechanism)
             .field("username", &self.username)
             .field("password", &"<hidden>")
+            .field("allow_plain_without_tls", &self.allow_plain_without_tls)
             .finish()
     }
 }
@@ -68,7 +72,24 @@ impl fmt::Debug for SaslConfig {
 impl SaslConfig {
     /// Credentials for `mechanism`.
     pub fn new(mechanism: SaslMechanism, username: impl Into<String>, password: impl Into<String>) -> Self {
-        Self { mechanism, username: username.into(), password: password.into() }
+        Self { mechanism, username: username.into(), password: password.into(), allow_plain_without_tls: false }
+    }
+
+    /// Lets a PLAIN login go over a connection without TLS (a listener on a trusted network);
+    /// without this, such a connection is refused with an error that says why.
+    pub fn allow_plain_without_tls(mut self) -> Self {
+        self.allow_plain_without_tls = true;
+        self
+    }
+
+    /// Why connections with these credentials and no TLS must not be made, if they must not.
+    pub(crate) fn refusal_without_tls(&self) -> Option<String> {
+        (self.mechanism == SaslMechanism::Plain && !self.allow_plain_without_tls).then(|| {
+            "refusing to send a PLAIN password over a connection without TLS, where anyone on the path \
+             can read it: enable TLS, use SCRAM-SHA-256/512, or allow it explicitly \
+             (SaslConfig::allow_plain_without_tls)"
+                .to_owned()
+        })
     }
 }
 

@@ -25,7 +25,8 @@ const MECHANISMS: [SaslMechanism; 3] = [SaslMechanism::Plain, SaslMechanism::Scr
 
 fn config(addr: &str, sasl: Option<SaslConfig>) -> ClientConfig {
     let mut config = ClientConfig::new([addr]);
-    config.connection.sasl = sasl;
+    // The test listeners are SASL without TLS, on loopback.
+    config.connection.sasl = sasl.map(SaslConfig::allow_plain_without_tls);
     config.connection.request_timeout = Duration::from_secs(5);
     config
 }
@@ -79,7 +80,7 @@ async fn sessions_are_renewed_on_the_same_connection_before_the_broker_ends_them
     };
     const RUN: Duration = Duration::from_secs(13);
     let connections = MECHANISMS.map(|mechanism| async move {
-        let sasl = SaslConfig::new(mechanism, "alice", "alice-secret");
+        let sasl = SaslConfig::new(mechanism, "alice", "alice-secret").allow_plain_without_tls();
         let config = ConnectionConfig { sasl: Some(sasl), ..ConnectionConfig::default() };
         let connection = Connection::connect(addr, config).await.unwrap_or_else(|e| panic!("{mechanism:?}: {e}"));
         let started = std::time::Instant::now();
@@ -190,6 +191,25 @@ async fn scram_refusals_on_tansu() {
         "note: Tansu 0.6.0's in-memory storage accepts AlterUserScramCredentials but keeps nothing, so no SCRAM \
          login can succeed against it; checked here: the refusal is reported clearly"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_password_is_not_sent_without_tls_unless_allowed() {
+    // Refused before anything is sent: no broker needed, and none listens on port 9.
+    let mut config = ClientConfig::new(["127.0.0.1:9"]);
+    config.connection.sasl = Some(SaslConfig::new(SaslMechanism::Plain, "alice", "alice-secret"));
+    let error = Client::connect(config.clone()).await.unwrap_err();
+    assert!(matches!(error, Error::Authentication { mechanism: "PLAIN", .. }), "{error}");
+    assert!(error.to_string().contains("without TLS"), "{error}");
+    // SCRAM does not send the password; allowed PLAIN goes on to connect (and finds no broker).
+    for sasl in [
+        SaslConfig::new(SaslMechanism::ScramSha256, "alice", "alice-secret"),
+        SaslConfig::new(SaslMechanism::Plain, "alice", "alice-secret").allow_plain_without_tls(),
+    ] {
+        config.connection.sasl = Some(sasl);
+        let error = Client::connect(config.clone()).await.unwrap_err();
+        assert!(!matches!(error, Error::Authentication { .. }), "{error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

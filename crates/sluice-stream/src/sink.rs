@@ -126,6 +126,10 @@ impl JsonLinesFiles {
 
     /// Writes a piece of a batch to its temporary file (created afresh at piece 0) and, at the
     /// last piece, syncs it and renames it into place (or removes it if the batch had no items).
+    ///
+    /// The temporary file is created exclusively (a file or symbolic link left at its name by a
+    /// crashed run is removed first, never followed) and reopened for the later pieces without
+    /// following links; directories the sink makes are synced into their parents.
     fn write_piece<T: serde::Serialize>(&self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
         let batch_id = batch.batch_id;
         let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
@@ -141,12 +145,17 @@ impl JsonLinesFiles {
                     .map_err(|e| format!("batch {batch_id}: an item is not JSON: {e}"))?;
                 text.push(b'\n');
             }
-            std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
             let mut options = std::fs::OpenOptions::new();
             if batch.piece == 0 {
-                options.write(true).create(true).truncate(true);
+                create_dir_synced(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
+                match std::fs::remove_file(&temporary) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &temporary, e)),
+                    _ => {}
+                }
+                options.write(true).create_new(true);
             } else {
                 options.append(true);
+                no_follow(&mut options);
             }
             let mut file = options.open(&temporary).map_err(|e| io("opening", &temporary, e))?;
             file.write_all(&text).map_err(|e| io("writing", &temporary, e))?;
@@ -157,12 +166,49 @@ impl JsonLinesFiles {
         if whole_batch_empty {
             return std::fs::remove_file(&temporary).map_err(|e| io("removing", &temporary, e));
         }
-        let file = std::fs::File::open(&temporary).map_err(|e| io("opening", &temporary, e))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        no_follow(&mut options);
+        let file = options.open(&temporary).map_err(|e| io("opening", &temporary, e))?;
         file.sync_all().map_err(|e| io("syncing", &temporary, e))?;
         let target = self.file_of(batch_id);
         std::fs::rename(&temporary, &target).map_err(|e| io("renaming into place", &target, e))?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", &self.dir, e))
+        sync_dir(&self.dir).map_err(|e| io("syncing", &self.dir, e))
     }
+}
+
+/// Opens without following a symbolic link at the path's last component.
+fn no_follow(options: &mut std::fs::OpenOptions) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    #[cfg(not(unix))]
+    let _ = options;
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and its missing parents, each made durable in the directory holding it.
+fn create_dir_synced(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for path in missing.iter().rev() {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 impl<T: serde::Serialize + Send> Sink<T> for JsonLinesFiles {
@@ -218,5 +264,39 @@ impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
                 None => Ok(()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_sink_replaces_what_is_left_at_its_temporary_name_and_never_follows_a_link() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = JsonLinesFiles::new(root.path().join("made/by/the/sink"));
+        std::fs::create_dir_all(&sink.dir).unwrap();
+        let outside = root.path().join("outside.txt");
+        std::fs::write(&outside, "keep me").unwrap();
+        let temporary = sink.dir.join(format!(".batch-{:020}.jsonl.tmp", 3));
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&outside, &temporary).unwrap();
+        let batch = BatchInfo::new(3, 400, true);
+        sink.write_piece(&batch.with_piece(0, false, 0), &[1, 2]).unwrap();
+        sink.write_piece(&batch.with_piece(1, true, 2), &[3]).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me", "the link was not followed");
+        assert_eq!(std::fs::read_to_string(sink.file_of(3)).unwrap(), "1\n2\n3\n");
+        assert!(!temporary.exists());
+    }
+
+    #[test]
+    fn the_file_sink_makes_its_directories_and_writes_nothing_for_an_empty_batch() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = JsonLinesFiles::new(root.path().join("a/b"));
+        sink.write_piece::<u32>(&BatchInfo::new(0, 100, false), &[]).unwrap();
+        assert!(!sink.dir.exists(), "nothing to write, nothing made");
+        sink.write_piece(&BatchInfo::new(1, 200, false), &["x"]).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&sink.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from(format!("batch-{:020}.jsonl", 1))]);
     }
 }
