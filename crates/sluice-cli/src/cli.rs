@@ -43,7 +43,7 @@ pub enum Command {
     /// Run a streaming job described by a job file.
     #[command(after_help = "Examples:
   sluice run jobs/clickstream.toml
-  sluice run job.toml --metrics-addr 0.0.0.0:9100     # Prometheus metrics at /metrics
+  sluice run job.toml --metrics-addr 127.0.0.1:9100   # Prometheus metrics at /metrics (loopback only)
   sluice run job.toml --brokers kafka-1:9092 --quiet  # override the job's brokers, no progress lines
 
 Prints one progress line per batch on stderr (rows, rate, lag, latency). SIGTERM or Ctrl-C stops

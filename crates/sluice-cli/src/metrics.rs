@@ -102,9 +102,23 @@ impl Metrics {
     }
 }
 
-/// Serves `render()` at `GET /metrics` on `listener` until the process ends.
+/// Connections served at once. Further ones wait in the kernel's listen queue, where they hold
+/// no file descriptor of the job's: however many connect, the job keeps the descriptors its
+/// checkpoint and brokers need.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Largest request head read; a longer one is answered as not found.
+const MAX_REQUEST_BYTES: usize = 8192;
+
+/// How long a connection may take to send its request and take the answer.
+const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `render()` at `GET /metrics` on `listener` until the process ends, to at most
+/// [`MAX_CONNECTIONS`] connections at once, each for at most 5 s.
 pub async fn serve(listener: TcpListener, metrics: SharedMetrics, job: String, counters: Counters) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
         let Ok((mut socket, _)) = listener.accept().await else {
             // Out of file descriptors, say: wait rather than spin.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -115,28 +129,33 @@ pub async fn serve(listener: TcpListener, metrics: SharedMetrics, job: String, c
             metrics.render(&job, &counters)
         };
         tokio::spawn(async move {
-            // One request per connection; the request line is all that matters, but the whole
-            // head is read so that closing does not reset the connection under the client.
-            let mut head = Vec::new();
-            let mut chunk = [0u8; 1024];
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                match tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                    _ => return,
-                }
-            }
-            let head = String::from_utf8_lossy(&head);
-            let response = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
+            let _permit = permit;
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, answer(&mut socket, &body)).await;
         });
     }
+}
+
+/// Reads one request's head and answers it.
+async fn answer(socket: &mut tokio::net::TcpStream, body: &str) {
+    // One request per connection; the request line is all that matters, but the whole head is
+    // read so that closing does not reset the connection under the client.
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
+        match socket.read(&mut chunk).await {
+            Ok(n) if n > 0 => head.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let response = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+    };
+    let _ = socket.write_all(response.as_bytes()).await;
+    let _ = socket.shutdown().await;
 }

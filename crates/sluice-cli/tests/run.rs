@@ -262,6 +262,20 @@ fn metrics_are_served_and_sigterm_stops_after_a_commit() {
         assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended early: {seen}");
         seen.push_str(&line);
     }
+    // Far more idle connections than the server serves at once: it keeps at most its cap of
+    // them open (the rest wait in the listen queue), and the job keeps committing.
+    let descriptors = || std::fs::read_dir(format!("/proc/{}/fd", child.id())).unwrap().count();
+    let before = descriptors();
+    let idle: Vec<_> = (0..64).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = descriptors();
+    assert!(during <= before + 16 + 2, "{before} descriptors before 64 idle connections, {during} with them");
+    while !seen.contains("batch 5:") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended early: {seen}");
+        seen.push_str(&line);
+    }
+    drop(idle);
     let metrics = http_get(&addr, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
     let lag = format!(
