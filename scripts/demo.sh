@@ -67,7 +67,7 @@ step "topics"
 
 job="$work/clickstream.toml"
 sed -e "s|^brokers = .*|brokers = [\"$broker\"]|" \
-    -e "s|^dir = \"/tmp/sluice/clickstream-top-items\"|dir = \"$work/checkpoint\"|" \
+    -e "s|^dir = \"sluice-state/clickstream-top-items\"|dir = \"$work/checkpoint\"|" \
     crates/sluice-cli/jobs/clickstream.toml >"$job"
 if [ "$seconds" -lt 60 ]; then
     sed -i -e 's|^length = "60s"|length = "10s"|' -e 's|^slide = "10s"|slide = "2s"|' \

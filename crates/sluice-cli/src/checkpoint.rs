@@ -96,6 +96,7 @@ fn inspect(dir: &Path, batches: usize, as_json: bool) -> CliResult {
             RecordKind::Intent => "intents",
             RecordKind::Commit => "commits",
             RecordKind::Snapshot => "snapshots",
+            RecordKind::SnapshotPart => "snapshot parts (of snapshots too large for one record)",
             _ => "other",
         };
         let tally = tallies.entry(kind).or_default();
