@@ -180,8 +180,9 @@ impl Ledger {
         }
     }
 
-    /// Records an op that passed [`Ledger::check`] as record `seq`.
-    pub(crate) fn apply(&mut self, op: BatchOp, seq: u64) {
+    /// Records an op that passed [`Ledger::check`] as record `seq`. True when it made a
+    /// snapshot whole (a snapshot record, or a snapshot's last part after all the others).
+    pub(crate) fn apply(&mut self, op: BatchOp, seq: u64) -> bool {
         let partial = self.partial.take();
         match op {
             BatchOp::Intent(batch) => {
@@ -195,7 +196,10 @@ impl Ledger {
                     self.recent.pop_front();
                 }
             }
-            BatchOp::Snapshot(_) => self.snapshot_complete(seq),
+            BatchOp::Snapshot(_) => {
+                self.snapshot_complete(seq);
+                return true;
+            }
             BatchOp::SnapshotPart { batch, part, parts } => {
                 let partial = partial.filter(|_| part > 0);
                 let first_seq = partial.map_or(seq, |p| p.first_seq);
@@ -204,9 +208,11 @@ impl Ledger {
                     self.partial = Some(PartialSnapshot { batch, parts, next_part: part + 1, first_seq, whole });
                 } else if whole {
                     self.snapshot_complete(first_seq);
+                    return true;
                 }
             }
         }
+        false
     }
 
     /// A snapshot whose first record is `first_seq` is whole.
@@ -294,8 +300,8 @@ pub(crate) fn replay_with_ledger(recovery: &Recovery<'_>, history_len: usize) ->
     for record in &recovery.records {
         let op = BatchOp::of_record(record.kind, record.payload).map_err(|p| inconsistent(record, p))?;
         ledger.check(op).map_err(|p| inconsistent(record, p))?;
-        ledger.apply(op, record.seq);
-        picks.record(op, record, history_len);
+        let snapshot_whole = ledger.apply(op, record.seq);
+        picks.record(op, record, history_len, snapshot_whole);
     }
     ledger.require_intents();
     if compacted && picks.snapshot.is_none() {
@@ -306,10 +312,8 @@ pub(crate) fn replay_with_ledger(recovery: &Recovery<'_>, history_len: usize) ->
 }
 
 impl<'r, 'a> Picks<'r, 'a> {
-    fn record(&mut self, op: BatchOp, record: &'r RecordView<'a>, history_len: usize) {
-        if !matches!(op, BatchOp::SnapshotPart { part, .. } if part > 0) {
-            self.partial.clear();
-        }
+    /// Picks `record`; `snapshot_whole` is the ledger's word that it made a snapshot whole.
+    fn record(&mut self, op: BatchOp, record: &'r RecordView<'a>, history_len: usize, snapshot_whole: bool) {
         match op {
             BatchOp::Intent(batch) => {
                 self.pending.insert(batch, record);
@@ -323,20 +327,21 @@ impl<'r, 'a> Picks<'r, 'a> {
                     self.history.pop_front();
                 }
             }
-            BatchOp::Snapshot(_) => {
-                self.snapshot = Some(vec![record]);
-                self.deltas.clear();
-            }
-            BatchOp::SnapshotPart { part, parts, .. } => {
-                // Parts whose first one was compacted away stay out.
-                if part == 0 || !self.partial.is_empty() {
-                    self.partial.push(record);
+            BatchOp::Snapshot(_) => self.partial.clear(),
+            BatchOp::SnapshotPart { part, .. } => {
+                if part == 0 {
+                    self.partial.clear();
                 }
-                if part + 1 == parts && self.partial.len() == parts as usize {
-                    self.snapshot = Some(std::mem::take(&mut self.partial));
-                    self.deltas.clear();
-                }
+                self.partial.push(record);
             }
+        }
+        if snapshot_whole {
+            let mut records = std::mem::take(&mut self.partial);
+            if records.is_empty() {
+                records.push(record);
+            }
+            self.snapshot = Some(records);
+            self.deltas.clear();
         }
     }
 
