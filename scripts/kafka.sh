@@ -12,6 +12,9 @@
 #       --tls            two TLS listeners per node, server certificate from a test CA made here
 #                        (DIR/tls/ca.pem): "tls" (no client certificate) and "mtls" (a client
 #                        certificate signed by the CA required: DIR/tls/client.{pem,key})
+#       --sasl --tls     also a SASL_SSL listener per node, "sasl_tls": PLAIN, SCRAM-SHA-256,
+#                        SCRAM-SHA-512 (alice as above) and OAUTHBEARER (Kafka's unsecured
+#                        validator: an unsigned JWT, "alg":"none", with "sub" and "exp" claims)
 #       --dir DIR        keep everything in DIR (default: a new temporary directory)
 #       --heap SIZE      JVM heap per node (default 512m)
 #       --watch PID      stop the nodes and remove DIR once process PID has exited (a test process
@@ -26,6 +29,7 @@
 #       bootstrap HOST:PORT,...        the PLAINTEXT listeners
 #       sasl HOST:PORT,...             with --sasl (and "sasl_scram HOST:PORT,...")
 #       tls HOST:PORT,...  / mtls ...  with --tls; then "ca FILE", "client_cert FILE", "client_key FILE"
+#       sasl_tls HOST:PORT,...         with --sasl and --tls
 #       dir DIR
 #       node ID PID PORT               one line per node (PORT: its PLAINTEXT listener)
 #     The same lines are kept in DIR/info. Each node's log is DIR/node-ID/server.log; DIR/node-ID/run restarts a stopped node on the same
@@ -163,9 +167,10 @@ cmd_start() {
     local per=2
     [ "$sasl" = 1 ] && per=$((per + 2))
     [ "$tls" = 1 ] && per=$((per + 2))
+    [ "$sasl" = 1 ] && [ "$tls" = 1 ] && per=$((per + 1))
     [ -n "$external" ] && per=$((per + 1))
     mapfile -t ports < <(free_ports $((nodes * per)))
-    local external_ports=() plain=() controller=() sasl_ports=() scram_ports=() tls_ports=() mtls_ports=() voters="" i j
+    local external_ports=() plain=() controller=() sasl_ports=() scram_ports=() tls_ports=() mtls_ports=() sasl_tls_ports=() voters="" i j
     for ((i = 0; i < nodes; i++)); do
         j=$((i * per))
         plain+=("${ports[j]}")
@@ -173,6 +178,7 @@ cmd_start() {
         j=$((j + 2))
         if [ "$sasl" = 1 ]; then sasl_ports+=("${ports[j]}"); scram_ports+=("${ports[j + 1]}"); j=$((j + 2)); fi
         if [ "$tls" = 1 ]; then tls_ports+=("${ports[j]}"); mtls_ports+=("${ports[j + 1]}"); j=$((j + 2)); fi
+        if [ "$sasl" = 1 ] && [ "$tls" = 1 ]; then sasl_tls_ports+=("${ports[j]}"); j=$((j + 1)); fi
         if [ -n "$external" ]; then external_ports+=("${ports[j]}"); fi
         voters+="${voters:+,}$((i + 1))@127.0.0.1:${controller[i]}"
     done
@@ -221,6 +227,11 @@ EOF
             listeners+=",TLS://127.0.0.1:${tls_ports[i]},MTLS://127.0.0.1:${mtls_ports[i]}"
             advertised+=",TLS://127.0.0.1:${tls_ports[i]},MTLS://127.0.0.1:${mtls_ports[i]}"
             protocols+=",TLS:SSL,MTLS:SSL"
+        fi
+        if [ "$sasl" = 1 ] && [ "$tls" = 1 ]; then
+            listeners+=",SASL_TLS://127.0.0.1:${sasl_tls_ports[i]}"
+            advertised+=",SASL_TLS://127.0.0.1:${sasl_tls_ports[i]}"
+            protocols+=",SASL_TLS:SASL_SSL"
         fi
         if [ -n "$external" ]; then
             listeners+=",EXTERNAL://127.0.0.1:${external_ports[i]}"
@@ -279,6 +290,16 @@ EOF
                 done
                 echo "listener.name.tls.ssl.client.auth=none"
                 echo "listener.name.mtls.ssl.client.auth=required"
+            fi
+            if [ "$sasl" = 1 ] && [ "$tls" = 1 ]; then
+                echo "listener.name.sasl_tls.ssl.keystore.type=PEM"
+                echo "listener.name.sasl_tls.ssl.keystore.location=$dir/tls/server.keystore.pem"
+                echo "listener.name.sasl_tls.ssl.client.auth=none"
+                echo "listener.name.sasl_tls.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER"
+                echo "listener.name.sasl_tls.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$USER_NAME=\"$USER_PASSWORD\";"
+                echo "listener.name.sasl_tls.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                echo "listener.name.sasl_tls.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                echo "listener.name.sasl_tls.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
             fi
             local kv
             for kv in ${extra[@]+"${extra[@]}"}; do echo "$kv"; done
@@ -345,6 +366,10 @@ EOF
         echo "ca $dir/tls/ca.pem"
         echo "client_cert $dir/tls/client.pem"
         echo "client_key $dir/tls/client.key"
+    fi
+    if [ "$sasl" = 1 ] && [ "$tls" = 1 ]; then
+        joined=(); for p in "${sasl_tls_ports[@]}"; do joined+=("127.0.0.1:$p"); done
+        echo "sasl_tls $(join "${joined[@]}")"
     fi
     if [ -n "$external" ]; then
         joined=(); for p in "${external_ports[@]}"; do joined+=("127.0.0.1:$p"); done

@@ -41,11 +41,12 @@ pub enum Error {
     },
     /// The TLS handshake with a broker failed (its certificate is not trusted, does not name the
     /// host, or the two sides share no protocol version or cipher suite).
-    #[error("TLS handshake with broker {broker} failed: {reason} (check the CA file, the broker's certificate name, and that the port speaks TLS)")]
+    #[error("TLS handshake with broker {broker} failed: {reason}")]
     Tls {
         /// The broker address.
         broker: String,
-        /// What rustls reported.
+        /// What went wrong (the certificate's issuer unknown, its names not the one expected,
+        /// ...) and what to check.
         reason: String,
     },
     /// SASL authentication with a broker failed.

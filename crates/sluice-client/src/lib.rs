@@ -29,4 +29,4 @@ pub use group::{
 };
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use sasl::{SaslConfig, SaslMechanism};
-pub use tls::TlsConfig;
+pub use tls::{Crypto, Identity, TlsConfig, Trust};

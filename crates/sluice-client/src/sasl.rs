@@ -2,7 +2,9 @@
 //! names a mechanism with SaslHandshake v1 and exchanges its tokens in SaslAuthenticate requests.
 //! PLAIN (RFC 4616) sends the name and password in one token (use it over TLS only);
 //! SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677) prove knowledge of the password without
-//! sending it, and check that the broker knows it too.
+//! sending it, and check that the broker knows it too. OAUTHBEARER (RFC 7628, KIP-255) sends a
+//! bearer token the caller got from its identity provider: a fixed one, or one read from a file
+//! at every login, so a token refreshed in the file is picked up by the next re-login.
 //!
 //! A broker with `connections.max.reauth.ms` gives each login a session lifetime and closes a
 //! connection used after it (KIP-368). The connection logs in again on the same socket before
@@ -10,6 +12,7 @@
 //! [`Connection`](crate::connection::Connection).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -31,6 +34,8 @@ pub enum SaslMechanism {
     ScramSha256,
     /// Salted challenge-response with SHA-512.
     ScramSha512,
+    /// A bearer token (OAuth 2), in clear (inside TLS).
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -40,7 +45,15 @@ impl SaslMechanism {
             Self::Plain => "PLAIN",
             Self::ScramSha256 => "SCRAM-SHA-256",
             Self::ScramSha512 => "SCRAM-SHA-512",
+            Self::OAuthBearer => "OAUTHBEARER",
         }
+    }
+
+    /// The mechanism of this name (as Kafka and librdkafka spell it, any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Plain, Self::ScramSha256, Self::ScramSha512, Self::OAuthBearer]
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -49,10 +62,13 @@ impl SaslMechanism {
 pub struct SaslConfig {
     /// The mechanism.
     pub mechanism: SaslMechanism,
-    /// The user name.
+    /// The user name (OAUTHBEARER: unused).
     pub username: String,
-    /// The password.
+    /// The password (OAUTHBEARER: the token, unless `token_file` is set).
     pub password: String,
+    /// OAUTHBEARER: a file holding the token, read again at every login (surrounding white space
+    /// ignored).
+    pub token_file: Option<PathBuf>,
     /// Whether a PLAIN login may go over a connection without TLS, where anyone on the path
     /// reads the password (false: such a connection is refused before it is made).
     pub allow_plain_without_tls: bool,
@@ -64,6 +80,7 @@ impl fmt::Debug for SaslConfig {
             .field("mechanism", &self.mechanism)
             .field("username", &self.username)
             .field("password", &"<hidden>")
+            .field("token_file", &self.token_file)
             .field("allow_plain_without_tls", &self.allow_plain_without_tls)
             .finish()
     }
@@ -72,7 +89,24 @@ impl fmt::Debug for SaslConfig {
 impl SaslConfig {
     /// Credentials for `mechanism`.
     pub fn new(mechanism: SaslMechanism, username: impl Into<String>, password: impl Into<String>) -> Self {
-        Self { mechanism, username: username.into(), password: password.into(), allow_plain_without_tls: false }
+        Self {
+            mechanism,
+            username: username.into(),
+            password: password.into(),
+            token_file: None,
+            allow_plain_without_tls: false,
+        }
+    }
+
+    /// OAUTHBEARER with a fixed token.
+    pub fn oauth_bearer(token: impl Into<String>) -> Self {
+        Self::new(SaslMechanism::OAuthBearer, "", token)
+    }
+
+    /// OAUTHBEARER with the token in `path`, read at every login (so a re-login before the
+    /// broker's session ends sends the token the file holds then).
+    pub fn oauth_bearer_file(path: impl Into<PathBuf>) -> Self {
+        Self { token_file: Some(path.into()), ..Self::new(SaslMechanism::OAuthBearer, "", "") }
     }
 
     /// Lets a PLAIN login go over a connection without TLS (a listener on a trusted network);
@@ -134,6 +168,7 @@ pub(crate) async fn authenticate<C: SaslChannel>(
         }
         SaslMechanism::ScramSha256 => scram::<Sha256Hash, C>(&mut exchange, config).await?,
         SaslMechanism::ScramSha512 => scram::<Sha512Hash, C>(&mut exchange, config).await?,
+        SaslMechanism::OAuthBearer => oauth_bearer(&mut exchange, config).await?,
     }
     let lifetime = u64::try_from(exchange.session_lifetime_ms).ok().filter(|&ms| ms > 0);
     Ok(lifetime.map(Duration::from_millis))
@@ -178,6 +213,40 @@ fn plain_token(username: &str, password: &str) -> Vec<u8> {
     token.push(0);
     token.extend_from_slice(password.as_bytes());
     token
+}
+
+/// RFC 7628 section 3.1: no channel binding, no authorization id, the `auth` key and nothing
+/// else (Kafka's SASL extensions are not sent).
+fn oauth_bearer_token(token: &str) -> Vec<u8> {
+    format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes()
+}
+
+async fn oauth_bearer<C: SaslChannel>(exchange: &mut Exchange<'_, C>, config: &SaslConfig) -> Result<()> {
+    let token = match &config.token_file {
+        None => config.password.clone(),
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| exchange.failed(format!("cannot read the token file {}: {e}", path.display())))?
+            .trim()
+            .to_owned(),
+    };
+    if token.is_empty() || token.contains(|c: char| c.is_ascii_control() || c == ' ') {
+        let what = if token.is_empty() { "is empty" } else { "holds spaces or control characters" };
+        return Err(exchange.failed(format!("the OAUTHBEARER token {what}")));
+    }
+    let answer = exchange.token(oauth_bearer_token(&token)).await?;
+    if answer.is_empty() {
+        return Ok(());
+    }
+    // A refusal comes as a JSON error (RFC 7628 section 3.2.2) the client acknowledges with a
+    // single 0x01; the broker then fails the exchange, naming why.
+    let status = String::from_utf8_lossy(&answer).into_owned();
+    match exchange.token(vec![0x01]).await {
+        Err(Error::Authentication { broker, mechanism, reason }) => {
+            Err(Error::Authentication { broker, mechanism, reason: format!("{reason} ({status})") })
+        }
+        Err(other) => Err(other),
+        Ok(_) => Err(exchange.failed(format!("the broker refused the token: {status}"))),
+    }
 }
 
 async fn scram<H: ScramHash, C: SaslChannel>(exchange: &mut Exchange<'_, C>, config: &SaslConfig) -> Result<()> {
@@ -333,6 +402,19 @@ impl<H: ScramHash> ScramClient<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 7628 section 4.1's initial client response, without the host and port keys.
+    #[test]
+    fn the_oauthbearer_initial_response_is_rfc_7628s() {
+        assert_eq!(oauth_bearer_token("vF9dft4qmT"), b"n,,\x01auth=Bearer vF9dft4qmT\x01\x01");
+    }
+
+    #[test]
+    fn mechanisms_are_found_by_their_names_in_any_case() {
+        assert_eq!(SaslMechanism::from_name("scram-sha-512"), Some(SaslMechanism::ScramSha512));
+        assert_eq!(SaslMechanism::from_name("OAUTHBEARER"), Some(SaslMechanism::OAuthBearer));
+        assert_eq!(SaslMechanism::from_name("GSSAPI"), None);
+    }
 
     /// RFC 7677 section 3: the SCRAM-SHA-256 example exchange.
     #[test]

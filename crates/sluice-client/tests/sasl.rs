@@ -255,3 +255,53 @@ async fn without_sasl_an_authenticating_listener_refuses_requests() {
     let result = Client::connect(config(&addr, None)).await;
     assert!(result.is_err(), "a listener that requires authentication must refuse an unauthenticated client");
 }
+
+/// The shared Kafka broker's SASL_SSL listener and its CA (`None` on Tansu, which has neither).
+fn kafka_sasl_tls() -> Option<(&'static str, sluice_client::TlsConfig)> {
+    let broker = common::shared();
+    (broker.kind == Kind::Kafka).then(|| {
+        let addr = broker.sasl_tls_addr.as_deref().expect("the shared Kafka broker has SASL over TLS");
+        let ca = std::fs::read(&broker.tls.as_ref().expect("and TLS").ca).unwrap();
+        (addr, sluice_client::TlsConfig::new(&ca).unwrap())
+    })
+}
+
+/// Over Kafka's SASL_SSL listener: PLAIN (no allowance needed inside TLS), both SCRAMs, and
+/// OAUTHBEARER with a fixed token and with a token file (read at login) log in and work; a
+/// token Kafka's validator refuses (expired) fails with the broker's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mechanism_logs_in_over_tls_oauthbearer_included() {
+    let Some((addr, tls)) = kafka_sasl_tls() else {
+        eprintln!("SKIPPED on Tansu: it has no TLS listener and keeps no SASL credentials");
+        return;
+    };
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), format!("{}\n", common::unsecured_jwt("bob", 3600))).unwrap();
+    let logins = [
+        ("PLAIN", SaslConfig::new(SaslMechanism::Plain, "alice", "alice-secret")),
+        ("SCRAM-SHA-256", SaslConfig::new(SaslMechanism::ScramSha256, "alice", "alice-secret")),
+        ("SCRAM-SHA-512", SaslConfig::new(SaslMechanism::ScramSha512, "alice", "alice-secret")),
+        ("OAUTHBEARER token", SaslConfig::oauth_bearer(common::unsecured_jwt("bob", 3600))),
+        ("OAUTHBEARER file", SaslConfig::oauth_bearer_file(token_file.path())),
+    ];
+    for (what, sasl) in logins {
+        let mut config = ClientConfig::new([addr]);
+        config.connection.tls = Some(tls.clone());
+        config.connection.sasl = Some(sasl);
+        config.connection.request_timeout = Duration::from_secs(5);
+        let client = Client::connect(config).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let topic = unique("sasl-tls");
+        client.create_topic(&topic, 1, 1).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+        let delivery = producer.send(ProducerRecord::new(&topic, what)).await.unwrap();
+        assert_eq!(delivery.await.unwrap_or_else(|e| panic!("{what}: {e}")).offset, 0);
+    }
+
+    let mut config = ClientConfig::new([addr]);
+    config.connection.tls = Some(tls);
+    config.connection.sasl = Some(SaslConfig::oauth_bearer(common::unsecured_jwt("bob", -3600)));
+    let error = Client::connect(config).await.unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, Error::Authentication { mechanism: "OAUTHBEARER", .. }), "{error:?}");
+    assert!(text.contains("invalid_token") || text.contains("expir"), "{text}");
+}

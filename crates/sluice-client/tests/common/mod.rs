@@ -99,6 +99,9 @@ pub struct Broker {
     pub sasl_addr: Option<String>,
     /// Kafka with SASL: a listener offering SCRAM-SHA-512 only.
     pub sasl_scram_only_addr: Option<String>,
+    /// Kafka with SASL and TLS: a SASL_SSL listener offering PLAIN, SCRAM-SHA-256/512 and
+    /// OAUTHBEARER (unsigned tokens: [`unsecured_jwt`]).
+    pub sasl_tls_addr: Option<String>,
     pub tls: Option<TlsListeners>,
     /// Kafka with proxies in front: per node, the listener its proxy forwards to.
     external: Vec<String>,
@@ -327,6 +330,7 @@ impl Broker {
                     addr,
                     sasl_addr: None,
                     sasl_scram_only_addr: None,
+                    sasl_tls_addr: None,
                     tls: None,
                     external: Vec::new(),
                     process: Process::Tansu {
@@ -397,6 +401,7 @@ impl Broker {
             bootstrap,
             sasl_addr: list("sasl").map(|a| a[0].clone()),
             sasl_scram_only_addr: list("sasl_scram").map(|a| a[0].clone()),
+            sasl_tls_addr: list("sasl_tls").map(|a| a[0].clone()),
             tls,
             external: list("external").unwrap_or_default(),
             process: Process::Kafka { dir: PathBuf::from(fields["dir"]), pids: Mutex::new(pids), owned },
@@ -552,6 +557,16 @@ pub async fn produce_batch(
 }
 
 /// SplitMix64: reproducible choices (kill delays) from a seed a test prints.
+/// An unsigned JWT (`"alg":"none"`) for `subject`, valid for `seconds` from now: what Kafka's
+/// unsecured OAUTHBEARER validator accepts (the test broker's "sasl_tls" listener).
+pub fn unsecured_jwt(subject: &str, seconds: i64) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = format!(r#"{{"sub":"{subject}","iat":{now},"exp":{}}}"#, now + seconds);
+    format!("{}.{}.", b64.encode(r#"{"alg":"none"}"#), b64.encode(claims))
+}
+
 pub struct Rng(pub u64);
 
 impl Rng {
