@@ -106,6 +106,8 @@ pub struct BrokerArgs {
         value_delimiter = ','
     )]
     pub brokers: Vec<String>,
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 }
 
 /// `sluice run`.
@@ -134,6 +136,9 @@ pub struct RunArgs {
     /// Only check the job file and print what the job does.
     #[arg(long)]
     pub check: bool,
+    /// TLS and SASL (over the job file's `[security]`).
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 }
 
 /// A compression codec.

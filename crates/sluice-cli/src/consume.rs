@@ -60,7 +60,7 @@ pub async fn consume(args: ConsumeArgs) -> CliResult {
         Printer::Format(Format::parse(args.format.as_deref().unwrap_or("%s\\n")).map_err(CliError::Usage)?)
     };
     let start = parse_start(&args.offset)?;
-    let client = connect(&args.broker.brokers).await?;
+    let client = connect(&args.broker).await?;
     let isolation = if args.read_committed { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
     let config = ConsumerConfig {
         isolation,

@@ -15,7 +15,7 @@ pub async fn generate(args: GenerateArgs) -> CliResult {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         return Err(CliError::Usage(format!("--rate {}: clicks per second, 0 or more", args.rate)));
     }
-    let client = connect(&args.broker.brokers).await?;
+    let client = connect(&args.broker).await?;
     let exists = client
         .refresh_metadata(Some(&[args.topic.as_str()]))
         .await?

@@ -94,6 +94,8 @@ pub struct JobFile {
     pub checkpoint: Spanned<Checkpoint>,
     /// How much memory the job's records may take.
     pub memory: Option<Spanned<Memory>>,
+    /// TLS and SASL for every connection to the brokers.
+    pub security: Option<crate::security::SecuritySpec>,
     /// Where results go.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<Spanned<SinkSpec>>,

@@ -15,6 +15,7 @@ mod offsets;
 mod pipeline;
 mod produce;
 mod run;
+mod security;
 mod topics;
 
 use std::io::Write as _;
@@ -59,11 +60,18 @@ fn report(error: &CliError) -> ExitCode {
     ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(1))
 }
 
-/// Connects to the bootstrap brokers.
-async fn connect(brokers: &[String]) -> error::CliResult<Client> {
-    Client::connect(ClientConfig::new(brokers.iter().cloned()))
-        .await
-        .map_err(|e| CliError::Failed(format!("{e} (are the brokers {} right and running?)", brokers.join(","))))
+/// Connects to the bootstrap brokers, with the TLS and SASL the flags ask for.
+async fn connect(args: &cli::BrokerArgs) -> error::CliResult<Client> {
+    let security = security::Security::new(None, &args.security)?;
+    let brokers = security.brokers.as_ref().unwrap_or(&args.brokers);
+    let mut config = ClientConfig::new(brokers.iter().cloned());
+    security.apply(&mut config.connection)?;
+    Client::connect(config).await.map_err(|e| match e {
+        sluice_client::Error::Tls { .. } | sluice_client::Error::Authentication { .. } => {
+            CliError::Failed(e.to_string())
+        }
+        e => CliError::Failed(format!("{e} (are the brokers {} right and running?)", brokers.join(","))),
+    })
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is [`CliError::Closed`], which ends the command

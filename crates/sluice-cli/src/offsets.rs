@@ -9,7 +9,7 @@ use crate::topics::partitions_of;
 use crate::{connect, out};
 
 pub async fn offsets(args: OffsetsArgs) -> CliResult {
-    let client = connect(&args.broker.brokers).await?;
+    let client = connect(&args.broker).await?;
     let topic = &args.topic;
     let partitions = partitions_of(&client, topic).await?;
     let keys: Vec<(String, i32)> = partitions.iter().map(|p| (topic.clone(), p.partition)).collect();

@@ -140,7 +140,7 @@ pub async fn produce(args: ProduceArgs) -> CliResult {
         Codec::Lz4 => Compression::Lz4,
         Codec::Zstd => Compression::Zstd,
     };
-    let client = connect(&args.broker.brokers).await?;
+    let client = connect(&args.broker).await?;
     crate::topics::partitions_of(&client, &args.topic).await?;
     let config = ProducerConfig { acks, compression, idempotent: acks == Acks::All, ..ProducerConfig::default() };
     let producer = Producer::new(client, config).await?;

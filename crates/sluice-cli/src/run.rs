@@ -12,13 +12,15 @@ use crate::cli::RunArgs;
 use crate::error::{CliError, CliResult};
 use crate::job::{self, Job, StartSpec};
 use crate::metrics::{self, Metrics};
+use crate::security::Security;
 
-fn stream_config(job: &Job, args: &RunArgs) -> StreamConfig {
+fn stream_config(job: &Job, args: &RunArgs, security: &Security) -> CliResult<StreamConfig> {
     let source = job.file.source.get_ref();
-    let brokers = args.brokers.clone().unwrap_or_else(|| source.brokers.clone());
+    let brokers = security.brokers.clone().or_else(|| args.brokers.clone()).unwrap_or_else(|| source.brokers.clone());
     let checkpoint = args.checkpoint_dir.clone().unwrap_or_else(|| job.file.checkpoint.get_ref().dir.clone());
     let interval = source.batch_interval.get_ref().0;
     let mut config = StreamConfig::new(brokers, source.topics.get_ref().clone(), interval, checkpoint);
+    security.apply(&mut config.client.connection)?;
     if let Some(memory) = &job.file.memory {
         config = config.with_memory_budget(memory.get_ref().budget.get_ref().0);
     }
@@ -35,7 +37,7 @@ fn stream_config(job: &Job, args: &RunArgs) -> StreamConfig {
     if let Some(every) = &job.file.checkpoint.get_ref().snapshot_every {
         config.snapshot_every = u64::try_from(*every.get_ref()).unwrap_or(1);
     }
-    config
+    Ok(config)
 }
 
 /// The progress line: rows, rate, lag, latency.
@@ -48,7 +50,7 @@ fn progress_line(p: &BatchProgress) -> String {
     )
 }
 
-fn describe(job: &Job) -> String {
+fn describe(job: &Job, security: &Security) -> String {
     let f = &job.file;
     let source = f.source.get_ref();
     let mut text = format!(
@@ -58,6 +60,7 @@ fn describe(job: &Job) -> String {
         source.brokers.join(","),
         source.batch_interval.get_ref().0
     );
+    text.push_str(&format!(" ({})", security.describe()));
     text.push_str(&format!(", {} filter(s)", f.filters.len()));
     if let Some(a) = &f.aggregate {
         let a = a.get_ref();
@@ -89,10 +92,11 @@ fn describe(job: &Job) -> String {
 
 pub async fn run(args: RunArgs) -> CliResult {
     let job = job::load(&args.job).map_err(CliError::Job)?;
+    let security = Security::new(job.file.security.as_ref(), &args.security)?;
     if args.check {
-        return crate::out(&format!("{}\n", describe(&job)));
+        return crate::out(&format!("{}\n", describe(&job, &security)));
     }
-    let config = stream_config(&job, &args);
+    let config = stream_config(&job, &args, &security)?;
     let client = config.client.clone();
     let ctx = StreamingContext::new(config);
     let counters = crate::pipeline::build(ctx.kafka_stream(), &job, &client);

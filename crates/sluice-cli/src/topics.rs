@@ -9,7 +9,7 @@ use crate::error::{CliError, CliResult};
 use crate::{connect, out};
 
 pub async fn topics(args: TopicsArgs) -> CliResult {
-    let client = connect(&args.broker.brokers).await?;
+    let client = connect(&args.broker).await?;
     match args.action {
         TopicsAction::List { json, all } => list(&client, json, all).await,
         TopicsAction::Create { name, partitions, replication_factor } => {
