@@ -109,9 +109,12 @@ fn inspect(dir: &Path, batches: usize, as_json: bool) -> CliResult {
     let stop =
         |p: &sluice_checkpoint::StopPoint| json!({"segment": p.segment_id, "offset": p.offset, "problem": p.problem});
     let damaged = recovered.damage.is_some();
+    // Made by the scheduler beside the segments; what the Kafka sinks' marker groups carry.
+    let id = std::fs::read_to_string(dir.join(sluice_scheduler::CHECKPOINT_ID_FILE)).ok().map(|t| t.trim().to_owned());
     let text = if as_json {
         let document = json!({
             "dir": dir.display().to_string(),
+            "id": id,
             "segments": segments.len(),
             "disk_bytes": disk_bytes,
             "records": tallies.iter().map(|(k, t)| (k.to_string(), json!({"count": t.records, "bytes": t.bytes}))).collect::<serde_json::Map<_, _>>(),
@@ -126,8 +129,9 @@ fn inspect(dir: &Path, batches: usize, as_json: bool) -> CliResult {
         format!("{document}\n")
     } else {
         let mut text = format!(
-            "checkpoint {}: {} segment(s), {} on disk\n",
+            "checkpoint {} (id {}): {} segment(s), {} on disk\n",
             dir.display(),
+            id.as_deref().unwrap_or("none"),
             segments.len(),
             human_bytes(disk_bytes as usize)
         );

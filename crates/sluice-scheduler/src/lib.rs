@@ -16,6 +16,6 @@ pub use plan::{cap_offsets, plan_batch, split_ranges, OffsetRange, PartitionPlan
 pub use rate::PidRateEstimator;
 pub use scheduler::{
     Batch, BatchOutput, BatchProgress, Durations, PartitionProgress, Processor, RecoveredState, Scheduler,
-    SchedulerConfig, SchedulerError, StartingOffsets,
+    SchedulerConfig, SchedulerError, StartingOffsets, CHECKPOINT_ID_FILE,
 };
 pub use trigger::{Trigger, TriggerState};

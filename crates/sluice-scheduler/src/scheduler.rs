@@ -177,6 +177,14 @@ pub enum SchedulerError {
     /// The configuration cannot be used.
     #[error("configuration: {0}")]
     Config(String),
+    /// The checkpoint's identity could not be read or made.
+    #[error("the checkpoint id in {path}: {reason}")]
+    CheckpointId {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The progress file could not be written.
     #[error("writing progress to {path}: {source}")]
     Progress {
@@ -687,6 +695,7 @@ async fn read_task(
 pub struct Scheduler<C: Clock> {
     client: Client,
     log: Arc<Log>,
+    checkpoint_id: u64,
     /// Whether the log's first segment was made ready beside the first planning.
     log_prepared: bool,
     config: SchedulerConfig,
@@ -740,6 +749,43 @@ fn from_log_range(range: &sluice_checkpoint::OffsetRange) -> OffsetRange {
     }
 }
 
+/// The file beside the checkpoint log's segments that holds the checkpoint's identity.
+pub const CHECKPOINT_ID_FILE: &str = "checkpoint-id";
+
+/// The checkpoint's identity: a random number made when its log is new (and for a log from
+/// before identities, when first opened), kept in [`CHECKPOINT_ID_FILE`] (16 hex digits).
+/// Outputs that remember which batches they hold (a Kafka sink's markers) key them by it, so
+/// that a new checkpoint, whose batch ids start again at 0, never takes an old batch's output
+/// for its own.
+fn checkpoint_id(dir: &Path, fresh: bool) -> Result<u64, SchedulerError> {
+    let path = dir.join(CHECKPOINT_ID_FILE);
+    let failed = |reason: String| SchedulerError::CheckpointId { path: path.display().to_string(), reason };
+    if !fresh {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return u64::from_str_radix(text.trim(), 16)
+                    .map_err(|_| failed(format!("it holds {text:?}, not 16 hexadecimal digits")));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(format!("reading it: {e}"))),
+        }
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| failed(format!("no randomness to make one: {e}")))?;
+    let id = u64::from_le_bytes(bytes);
+    // Whole or not at all: a temporary file, synced, renamed over the name, the directory synced.
+    let temporary = dir.join(format!("{CHECKPOINT_ID_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, format!("{id:016x}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| failed(format!("writing it: {e}")))?;
+    Ok(id)
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -752,7 +798,10 @@ impl<C: Clock> Scheduler<C> {
         config: SchedulerConfig,
         clock: C,
     ) -> Result<Self, SchedulerError> {
-        let (log, recovered) = Log::open(checkpoint_dir, config.checkpoint.clone())?;
+        let (log, recovered) = Log::open(checkpoint_dir.as_ref(), config.checkpoint.clone())?;
+        // Nothing was ever begun in this log, so nothing outside it can carry its id yet.
+        let fresh = recovered.last_committed.is_none() && recovered.pending.is_empty();
+        let checkpoint_id = checkpoint_id(checkpoint_dir.as_ref(), fresh)?;
         let mut positions = BTreeMap::new();
         let mut next_batch_id = 0;
         if let Some(last) = &recovered.last_committed {
@@ -787,6 +836,7 @@ impl<C: Clock> Scheduler<C> {
             read_connections: Arc::new(ReadPool::new(client.config().connection.clone())),
             client,
             log: Arc::new(log),
+            checkpoint_id,
             log_prepared: false,
             config,
             clock,
@@ -815,6 +865,12 @@ impl<C: Clock> Scheduler<C> {
     /// batch sees the state its first run saw.
     pub fn take_recovered_state(&mut self) -> RecoveredState {
         self.recovered_state.take().unwrap_or_default()
+    }
+
+    /// The checkpoint's identity: random, made with its log (see [`CHECKPOINT_ID_FILE`]). It
+    /// stays the same across runs on this checkpoint and differs for a new one.
+    pub fn checkpoint_id(&self) -> u64 {
+        self.checkpoint_id
     }
 
     /// A handle that stops the run after the current batch (e.g. on SIGTERM).
@@ -1481,5 +1537,33 @@ impl<C: Clock> Scheduler<C> {
             checkpoint_bytes,
         };
         Ok((progress, reached_end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_keeps_its_id_and_a_new_one_gets_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = checkpoint_id(dir.path(), true).unwrap();
+        assert_eq!(checkpoint_id(dir.path(), false).unwrap(), first, "the same checkpoint, reopened");
+        let stored = std::fs::read_to_string(dir.path().join(CHECKPOINT_ID_FILE)).unwrap();
+        assert_eq!(stored, format!("{first:016x}\n"));
+        // A log with nothing begun is a new checkpoint, whatever a leftover file says.
+        assert_ne!(checkpoint_id(dir.path(), true).unwrap(), first);
+        // A log from before checkpoint ids gets one when first opened, and keeps it.
+        std::fs::remove_file(dir.path().join(CHECKPOINT_ID_FILE)).unwrap();
+        let upgraded = checkpoint_id(dir.path(), false).unwrap();
+        assert_eq!(checkpoint_id(dir.path(), false).unwrap(), upgraded);
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_id_is_an_error_that_says_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CHECKPOINT_ID_FILE), "not hex\n").unwrap();
+        let error = checkpoint_id(dir.path(), false).unwrap_err().to_string();
+        assert!(error.contains("\"not hex\\n\", not 16 hexadecimal digits"), "{error}");
     }
 }

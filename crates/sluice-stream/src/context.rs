@@ -190,8 +190,17 @@ impl StreamingContext {
         let snapshot_every = self.config.snapshot_every;
         let concurrent_outputs = self.config.concurrent_outputs;
         let records_per_run = self.config.records_per_run();
-        let mut engine =
-            Engine { outputs, interval_ms, sources, state, snapshot_every, concurrent_outputs, records_per_run };
+        let checkpoint_id = scheduler.checkpoint_id();
+        let mut engine = Engine {
+            outputs,
+            interval_ms,
+            sources,
+            state,
+            snapshot_every,
+            concurrent_outputs,
+            records_per_run,
+            checkpoint_id,
+        };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
 }
@@ -210,6 +219,7 @@ struct Engine {
     concurrent_outputs: bool,
     /// Records of a piece run through the job at once, over all its read tasks.
     records_per_run: usize,
+    checkpoint_id: u64,
 }
 
 impl Engine {
@@ -282,7 +292,8 @@ impl Processor for Engine {
                 let last = piece.last && index + 1 == runs;
                 let input =
                     BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources.clone()))
-                        .in_piece(run, last);
+                        .in_piece(run, last)
+                        .of_checkpoint(self.checkpoint_id);
                 self.run_outputs(Arc::new(input)).await?;
                 run += 1;
             }

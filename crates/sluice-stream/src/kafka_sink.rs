@@ -5,7 +5,8 @@
 //!
 //! - **Transactional** ([`KafkaSink::transactional`]): a batch's records go in one transaction,
 //!   which also commits a marker: the batch id + 1 as the offset of partition 0 of the output
-//!   topic in the group `sluice-sink-<sink id>`. A re-run batch whose marker says it is the last
+//!   topic in the group `sluice-sink-<sink id>-<checkpoint id>` (the transactional id is
+//!   `sluice-sink-<sink id>`). A re-run batch whose marker says it is the last
 //!   batch written was written in full by its first run and is not written again (the marker
 //!   is read with `require_stable`, so a transaction still being decided is waited for); one
 //!   whose transaction did not commit was aborted when the new producer started (it fences the
@@ -21,10 +22,11 @@
 //! one transaction, or with one marker after its last piece), so its records are never all
 //! held at once.
 //!
-//! A sink's id belongs to one job and checkpoint: a job started afresh on a new checkpoint
-//! directory should use a new id (a re-run is only skipped when the marker names exactly that
-//! batch, so an old marker cannot hide a new batch, but it can be mistaken for it when the ids
-//! meet).
+//! The markers of a checkpoint are its own: its id, random and made with the checkpoint, names
+//! their group, so a job started afresh on a new (or reset) checkpoint, whose batch ids start
+//! again at 0, never finds an earlier checkpoint's marker and takes its new batches for written.
+//! The transactional id stays the sink's, so a new run still fences (and aborts the open
+//! transaction of) whatever ran before it, on any checkpoint.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -135,8 +137,14 @@ impl<T> KafkaSink<T> {
         self.counters.clone()
     }
 
-    fn group(&self) -> String {
+    /// The transactional id: the sink's, whatever the checkpoint.
+    fn transactional_id(&self) -> String {
         format!("sluice-sink-{}", self.sink_id)
+    }
+
+    /// The group holding the markers of the checkpoint `checkpoint_id`.
+    fn marker_group(&self, checkpoint_id: u64) -> String {
+        format!("sluice-sink-{}-{checkpoint_id:016x}", self.sink_id)
     }
 
     async fn start(&mut self) -> Result<(Client, Producer), String> {
@@ -145,7 +153,7 @@ impl<T> KafkaSink<T> {
             .map_err(|e| format!("Kafka sink {}: connecting: {e}", self.sink_id))?;
         let mut config = ProducerConfig { idempotent: true, ..self.producer_config.clone() };
         if self.transactional {
-            config.transactional_id = Some(self.group());
+            config.transactional_id = Some(self.transactional_id());
         }
         // A transactional producer's start aborts a transaction its predecessor left open.
         let producer = Producer::new(client.clone(), config)
@@ -154,11 +162,12 @@ impl<T> KafkaSink<T> {
         Ok((client, producer))
     }
 
-    /// The batch after the last one written whole, as the marker says (0 if none).
-    async fn written_until(&self, client: &Client) -> Result<u64, String> {
+    /// The batch after the last one of the checkpoint written whole, as its marker says (0 if
+    /// none).
+    async fn written_until(&self, client: &Client, checkpoint_id: u64) -> Result<u64, String> {
         let marker = (self.topic.clone(), 0);
         let offsets = client
-            .stable_group_offsets(&self.group(), std::slice::from_ref(&marker))
+            .stable_group_offsets(&self.marker_group(checkpoint_id), std::slice::from_ref(&marker))
             .await
             .map_err(|e| format!("Kafka sink {}: reading its marker: {e}", self.sink_id))?;
         Ok(offsets.get(&marker).copied().flatten().map_or(0, |offset| u64::try_from(offset).unwrap_or(0)))
@@ -188,7 +197,8 @@ impl<T> KafkaSink<T> {
             let Some((client, _)) = &self.started else { return Err("the producer did not start".into()) };
             // The batch re-run is the one after the last committed, so its first run wrote it
             // whole exactly when the marker is its own.
-            writing.skip = Some(batch.rerun && self.written_until(client).await? == batch.batch_id + 1);
+            writing.skip =
+                Some(batch.rerun && self.written_until(client, batch.checkpoint_id).await? == batch.batch_id + 1);
             self.writing = Some(writing);
         }
         let started = self.started.as_ref().filter(|_| writing.skip == Some(false));
@@ -236,13 +246,16 @@ impl<T> KafkaSink<T> {
             let marker = [(self.topic.clone(), 0, i64::try_from(batch.batch_id + 1).unwrap_or(i64::MAX))];
             if self.transactional {
                 producer
-                    .send_offsets_to_transaction(&marker, &ConsumerGroupMetadata::new(self.group()))
+                    .send_offsets_to_transaction(
+                        &marker,
+                        &ConsumerGroupMetadata::new(self.marker_group(batch.checkpoint_id)),
+                    )
                     .await
                     .map_err(|e| failed("adding the marker to the transaction", e))?;
                 producer.commit_transaction().await.map_err(|e| failed("committing the transaction", e))?;
             } else {
                 client
-                    .commit_group_offsets(&self.group(), &marker)
+                    .commit_group_offsets(&self.marker_group(batch.checkpoint_id), &marker)
                     .await
                     .map_err(|e| failed("committing the marker", e))?;
             }

@@ -26,12 +26,21 @@ pub struct BatchInfo {
     pub last_piece: bool,
     /// Items of this batch given to the sink in its earlier pieces.
     pub items_before: u64,
+    /// The identity of the checkpoint the batch belongs to (random, made with the checkpoint;
+    /// 0 when there is none, as in tests): batch ids start again at 0 on a new checkpoint, so a
+    /// sink that remembers which batches it wrote keys them by this too.
+    pub checkpoint_id: u64,
 }
 
 impl BatchInfo {
     /// A batch given whole.
     pub fn new(batch_id: u64, time_ms: u64, rerun: bool) -> Self {
-        Self { batch_id, time_ms, rerun, piece: 0, last_piece: true, items_before: 0 }
+        Self { batch_id, time_ms, rerun, piece: 0, last_piece: true, items_before: 0, checkpoint_id: 0 }
+    }
+
+    /// The same batch, of the checkpoint `id`.
+    pub fn with_checkpoint_id(self, id: u64) -> Self {
+        Self { checkpoint_id: id, ..self }
     }
 
     /// The same batch's piece `piece`, `items_before` items after its start.

@@ -40,6 +40,8 @@ pub struct BatchInput {
     /// as it comes; reductions fold each piece in; operators that need the whole batch gather
     /// the pieces and run on the last.
     pub(crate) last_piece: bool,
+    /// The checkpoint's identity (0 in tests without one).
+    pub(crate) checkpoint_id: u64,
 }
 
 /// A batch's source records, handed to each source stream of the job: copies to all but the
@@ -79,7 +81,13 @@ impl BatchInput {
         part_sources: Option<Vec<(Arc<str>, i32)>>,
     ) -> Self {
         let time_ms = batch_id.saturating_add(1).saturating_mul(interval_ms);
-        Self { batch_id, time_ms, rerun, records, part_sources, piece: 0, last_piece: true }
+        Self { batch_id, time_ms, rerun, records, part_sources, piece: 0, last_piece: true, checkpoint_id: 0 }
+    }
+
+    /// The input of a batch of the checkpoint `id`.
+    pub(crate) fn of_checkpoint(mut self, id: u64) -> Self {
+        self.checkpoint_id = id;
+        self
     }
 
     /// The input as piece `index` of its batch, the last or not.
@@ -90,7 +98,9 @@ impl BatchInput {
     }
 
     pub(crate) fn info(&self) -> BatchInfo {
-        BatchInfo::new(self.batch_id, self.time_ms, self.rerun).with_piece(self.piece, self.last_piece, 0)
+        BatchInfo::new(self.batch_id, self.time_ms, self.rerun)
+            .with_piece(self.piece, self.last_piece, 0)
+            .with_checkpoint_id(self.checkpoint_id)
     }
 }
 

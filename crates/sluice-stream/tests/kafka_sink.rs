@@ -187,13 +187,84 @@ async fn an_item_that_cannot_be_a_record_fails_its_batch_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_marker_left_by_an_earlier_run_of_the_sink_id_does_not_hide_a_new_batch() {
+async fn a_marker_of_an_earlier_checkpoint_does_not_hide_a_new_checkpoint_s_batch() {
     let setup = setup().await;
-    // A job that got to batch 999 with this sink id, then started afresh on a new checkpoint.
-    let marker_group = format!("sluice-sink-{}", setup.id);
-    setup.client.commit_group_offsets(&marker_group, &[(setup.topic.clone(), 0, 1_000)]).await.unwrap();
-    let mut fresh = setup.sink();
-    fresh.write(&batch(5, true), vec![6]).await.unwrap();
-    assert_eq!(fresh.counters().batches_skipped.load(Ordering::SeqCst), 0);
-    assert_eq!(setup.log().await, ["6"], "batch 5 of the new job is written");
+    // Checkpoint A wrote batch 0 (its marker: 1), then the job started afresh on checkpoint B,
+    // whose batch 0 failed before the sink and is re-run: the same batch id, the same marker
+    // offset, but another checkpoint's.
+    let (a, b) = (0x0a0a_0a0a_0a0a_0a0a, 0x0b0b_0b0b_0b0b_0b0b);
+    let mut on_a = setup.sink().transactional();
+    on_a.write(&batch(0, false).with_checkpoint_id(a), vec![1]).await.unwrap();
+    let mut on_b = setup.sink().transactional();
+    on_b.write(&batch(0, true).with_checkpoint_id(b), vec![2]).await.unwrap();
+    assert_eq!(on_b.counters().batches_skipped.load(Ordering::SeqCst), 0, "A's marker is not B's");
+    // Within B, markers work as ever: its batch 0 re-run again is skipped.
+    let mut again = setup.sink().transactional();
+    again.write(&batch(0, true).with_checkpoint_id(b), vec![2]).await.unwrap();
+    assert_eq!(again.counters().batches_skipped.load(Ordering::SeqCst), 1);
+    assert_eq!(setup.log().await, ["1", "COMMIT", "2", "COMMIT"]);
+}
+
+/// The whole job: a transactional Kafka sink's job runs on a checkpoint, the checkpoint is
+/// reset (its directory removed), and the job runs again; its first batch fails before the sink
+/// (an output ahead of it refuses once), so it is re-run. Every batch of the second run is
+/// published, none skipped: read_committed sees each input record once per run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_checkpoint_reset_a_job_publishes_its_new_batches_none_skipped() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use sluice_scheduler::{ManualClock, Trigger};
+    use sluice_stream::{KafkaRecord, StreamConfig, StreamingContext};
+
+    let setup = setup().await;
+    let input = unique("reset-input");
+    setup.client.create_topic(&input, 1, 1).await.unwrap();
+    let producer = Producer::new(setup.client.clone(), ProducerConfig::default()).await.unwrap();
+    for i in 0..20 {
+        drop(producer.send(ProducerRecord::new(&input, i.to_string())).await.unwrap());
+    }
+    producer.flush().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let run = |fail_first: bool| {
+        let (setup_broker, topic, id, input, checkpoint) =
+            (setup.broker.clone(), setup.topic.clone(), setup.id.clone(), input.clone(), checkpoint.clone());
+        async move {
+            let mut config =
+                StreamConfig::new([setup_broker.as_str()], [input.as_str()], Duration::from_millis(100), checkpoint);
+            config.scheduler.trigger = Trigger::AvailableNow;
+            // In order: the refusing output runs before the sink.
+            config.concurrent_outputs = false;
+            let ctx = StreamingContext::new(config);
+            let (values, to_publish) =
+                ctx.kafka_stream().map(|record: KafkaRecord| record.value_str().unwrap_or_default().to_owned()).tee();
+            let refused = Arc::new(AtomicBool::new(!fail_first));
+            values.foreach_batch(move |_, _| {
+                if refused.swap(true, Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("refusing once".into())
+                }
+            });
+            let sink = KafkaSink::new(ClientConfig::new([setup_broker.as_str()]), topic, id, |v: &String| {
+                Ok(ProducerRecord::new("", v.clone()))
+            });
+            to_publish.to_sink(sink.transactional());
+            ctx.run_with_clock(ManualClock::new(0), |_| {}).await
+        }
+    };
+    run(false).await.unwrap();
+    let first: Vec<String> = setup.log().await.into_iter().filter(|v| v != "COMMIT").collect();
+    assert_eq!(first.len(), 20, "{first:?}");
+
+    std::fs::remove_dir_all(&checkpoint).unwrap();
+    let error = run(true).await.unwrap_err();
+    assert!(error.to_string().contains("refusing once"), "{error}");
+    run(false).await.unwrap();
+    let both: Vec<String> = setup.log().await.into_iter().filter(|v| v != "COMMIT").collect();
+    let mut expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    expected.extend(expected.clone());
+    assert_eq!(both, expected, "the second run's batches are all published, once");
 }
