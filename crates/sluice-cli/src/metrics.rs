@@ -1,104 +1,173 @@
-//! Prometheus metrics of a running job, served as text at `/metrics` on `--metrics-addr`.
+//! Prometheus metrics of a running job, served at `/metrics` on `--metrics-addr` in the
+//! Prometheus text format, by the `prometheus-client` library: counters and gauges read at each
+//! scrape, and histograms (in seconds, Prometheus's base unit) of batch durations by phase and
+//! of the client's request latencies by API and broker.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use sluice_scheduler::BatchProgress;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
 use crate::pipeline::Counters;
 
-/// What the metrics report, updated after each batch.
-#[derive(Debug, Default)]
+/// Labels of one sample: name and value pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// What the job reports, updated after each batch and by the client's requests.
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    state: Arc<Mutex<State>>,
+    batch_seconds: Family<Labels, Histogram>,
+}
+
+/// Totals and the last batch, read at each scrape.
+#[derive(Debug, Default)]
+struct State {
     batches: u64,
     input_rows: u64,
     checkpoint_bytes: u64,
     last: Option<BatchProgress>,
 }
 
-/// Metrics shared between the job and the server.
-pub type SharedMetrics = Arc<Mutex<Metrics>>;
+/// Histograms from 1 ms to about 65 s, doubling.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The client's request latencies, by API and broker.
+#[derive(Debug)]
+pub struct RequestLatencies(Family<Labels, Histogram>);
+
+impl Default for RequestLatencies {
+    fn default() -> Self {
+        Self(Family::new_with_constructor(seconds_histogram as fn() -> Histogram))
+    }
+}
+
+impl sluice_client::RequestObserver for RequestLatencies {
+    fn request_done(&self, broker: &str, api: &'static str, elapsed: Duration, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        let labels = vec![("api", api.to_owned()), ("broker", broker.to_owned()), ("outcome", outcome.to_owned())];
+        self.0.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+}
 
 impl Metrics {
+    /// The metrics of the job `job`, whose pipeline counts into `counters` and whose
+    /// connections tell `requests` of their requests.
+    pub fn new(job: &str, counters: Counters, requests: Arc<RequestLatencies>) -> Self {
+        let labels = [(Cow::Borrowed("job"), Cow::Owned(job.to_owned()))];
+        let mut registry = Registry::with_prefix_and_labels("sluice", labels.into_iter());
+        let state = Arc::new(Mutex::new(State::default()));
+        registry.register_collector(Box::new(Scrape { state: Arc::clone(&state), counters }));
+        let batch_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register(
+            "batch_duration_seconds",
+            "Committed batches' durations, by phase (planning, intent, fetching, processing, committing, total)",
+            batch_seconds.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Kafka requests' latencies, from queued to answered, by API, broker and outcome",
+            requests.0.clone(),
+        );
+        Self { registry, state, batch_seconds }
+    }
+
     /// Counts a committed batch.
-    pub fn record(&mut self, progress: &BatchProgress) {
-        self.batches += 1;
-        self.input_rows += progress.num_input_rows;
-        self.checkpoint_bytes += progress.checkpoint_bytes;
-        self.last = Some(progress.clone());
+    pub fn record(&self, progress: &BatchProgress) {
+        let d = &progress.durations;
+        for (phase, ms) in phases(d) {
+            self.batch_seconds.get_or_create(&vec![("phase", phase.to_owned())]).observe(ms as f64 / 1000.0);
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.batches += 1;
+        state.input_rows += progress.num_input_rows;
+        state.checkpoint_bytes += progress.checkpoint_bytes;
+        state.last = Some(progress.clone());
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, job: &str, counters: &Counters) -> String {
+    pub fn render(&self) -> String {
         let mut text = String::new();
-        let job = job.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(text, "{name}{{job=\"{job}\"{labels}}} {value}");
-            }
-        };
-        let one = |v: f64| vec![(String::new(), v)];
-        metric("sluice_batches_total", "counter", "Batches committed by this process.", &one(self.batches as f64));
-        metric(
-            "sluice_input_rows_total",
-            "counter",
-            "Records read by committed batches.",
-            &one(self.input_rows as f64),
-        );
-        metric(
-            "sluice_checkpoint_bytes_total",
-            "counter",
-            "Bytes written to the checkpoint log.",
-            &one(self.checkpoint_bytes as f64),
-        );
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
-        metric(
-            "sluice_unparsable_records_total",
-            "counter",
-            "Records not in the job's format.",
-            &one(load(&counters.unparsable)),
-        );
-        metric(
-            "sluice_unusable_rows_total",
-            "counter",
-            "Rows without a usable aggregated field or event time.",
-            &one(load(&counters.unusable)),
-        );
-        metric("sluice_late_rows_total", "counter", "Rows behind the watermark, dropped.", &one(load(&counters.late)));
-        if let Some(last) = &self.last {
-            metric("sluice_last_batch_id", "gauge", "Id of the last committed batch.", &one(last.batch_id as f64));
-            metric("sluice_last_batch_rows", "gauge", "Records in the last batch.", &one(last.num_input_rows as f64));
-            metric(
-                "sluice_input_rows_per_second",
-                "gauge",
-                "Records per second arriving, at the last batch.",
-                &one(last.input_rows_per_second),
-            );
-            let d = &last.durations;
-            let phases: Vec<(String, f64)> = [
-                ("planning", d.planning_ms),
-                ("intent", d.intent_ms),
-                ("fetching", d.fetching_ms),
-                ("processing", d.processing_ms),
-                ("committing", d.committing_ms),
-                ("total", d.total_ms),
-            ]
-            .iter()
-            .map(|(phase, ms)| (format!(",phase=\"{phase}\""), *ms as f64))
-            .collect();
-            metric("sluice_last_batch_duration_ms", "gauge", "The last batch's phases, ms.", &phases);
-            let lags: Vec<(String, f64)> = last
-                .sources
-                .iter()
-                .map(|p| (format!(",topic=\"{}\",partition=\"{}\"", p.topic, p.partition), p.lag as f64))
-                .collect();
-            metric("sluice_partition_lag_records", "gauge", "Records after the last batch's end.", &lags);
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+fn phases(d: &sluice_scheduler::Durations) -> [(&'static str, u64); 6] {
+    [
+        ("planning", d.planning_ms),
+        ("intent", d.intent_ms),
+        ("fetching", d.fetching_ms),
+        ("processing", d.processing_ms),
+        ("committing", d.committing_ms),
+        ("total", d.total_ms),
+    ]
+}
+
+/// The counters and gauges read at a scrape.
+#[derive(Debug)]
+struct Scrape {
+    state: Arc<Mutex<State>>,
+    counters: Counters,
+}
+
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauges(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, samples: &[(Labels, f64)]) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0.0).metric_type())?;
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = &mut encoder;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(e, "batches", "Batches committed by this process.", state.batches)?;
+        counter(e, "input_rows", "Records read by committed batches.", state.input_rows)?;
+        counter(e, "checkpoint_bytes", "Bytes written to the checkpoint log.", state.checkpoint_bytes)?;
+        counter(e, "unparsable_records", "Records not in the job's format.", load(&self.counters.unparsable))?;
+        let unusable = load(&self.counters.unusable);
+        counter(e, "unusable_rows", "Rows without a usable aggregated field or event time.", unusable)?;
+        counter(e, "late_rows", "Rows behind the watermark, dropped.", load(&self.counters.late))?;
+        let Some(last) = &state.last else { return Ok(()) };
+        let one = |v: f64| [(Labels::new(), v)];
+        gauges(e, "last_batch_id", "Id of the last committed batch.", &one(last.batch_id as f64))?;
+        gauges(e, "last_batch_rows", "Records in the last batch.", &one(last.num_input_rows as f64))?;
+        let rate = last.input_rows_per_second;
+        gauges(e, "input_rows_per_second", "Records per second arriving, at the last batch.", &one(rate))?;
+        let durations: Vec<(Labels, f64)> = phases(&last.durations)
+            .iter()
+            .map(|(phase, ms)| (vec![("phase", (*phase).to_owned())], *ms as f64 / 1000.0))
+            .collect();
+        gauges(e, "last_batch_duration_seconds", "The last batch's phases.", &durations)?;
+        let lags: Vec<(Labels, f64)> = last
+            .sources
+            .iter()
+            .map(|p| (vec![("topic", p.topic.clone()), ("partition", p.partition.to_string())], p.lag as f64))
+            .collect();
+        gauges(e, "partition_lag_records", "Records after the last batch's end.", &lags)
     }
 }
 
@@ -115,7 +184,7 @@ const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(
 
 /// Serves `render()` at `GET /metrics` on `listener` until the process ends, to at most
 /// [`MAX_CONNECTIONS`] connections at once, each for at most 5 s.
-pub async fn serve(listener: TcpListener, metrics: SharedMetrics, job: String, counters: Counters) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
@@ -124,10 +193,7 @@ pub async fn serve(listener: TcpListener, metrics: SharedMetrics, job: String, c
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
-        let body = {
-            let metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
-            metrics.render(&job, &counters)
-        };
+        let body = metrics.render();
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, answer(&mut socket, &body)).await;
@@ -158,4 +224,50 @@ async fn answer(socket: &mut tokio::net::TcpStream, body: &str) {
     };
     let _ = socket.write_all(response.as_bytes()).await;
     let _ = socket.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_counters_gauges_and_histograms_in_seconds() {
+        let requests = Arc::<RequestLatencies>::default();
+        let metrics = Metrics::new("clicks \"top\"", Counters::default(), Arc::clone(&requests));
+        let progress = BatchProgress {
+            batch_id: 7,
+            timestamp_ms: 0,
+            num_input_rows: 40,
+            num_input_bytes: 4000,
+            pieces: 1,
+            input_rows_per_second: 400.0,
+            processed_rows_per_second: 800.0,
+            durations: sluice_scheduler::Durations {
+                planning_ms: 2,
+                intent_ms: 1,
+                fetching_ms: 20,
+                processing_ms: 30,
+                committing_ms: 3,
+                total_ms: 56,
+            },
+            sources: Vec::new(),
+            rerun: false,
+            checkpoint_bytes: 100,
+        };
+        metrics.record(&progress);
+        sluice_client::RequestObserver::request_done(&*requests, "b:9092", "Fetch", Duration::from_millis(3), true);
+        let text = metrics.render();
+        for line in [
+            "# TYPE sluice_batches_total counter",
+            r#"sluice_batches_total{job="clicks \"top\""} 1"#,
+            r#"sluice_input_rows_total{job="clicks \"top\""} 40"#,
+            r#"sluice_last_batch_duration_seconds{job="clicks \"top\"",phase="processing"} 0.03"#,
+            "# TYPE sluice_batch_duration_seconds histogram",
+            r#"sluice_batch_duration_seconds_bucket{job="clicks \"top\"",phase="processing",le="0.032"} 1"#,
+            r#"sluice_batch_duration_seconds_count{job="clicks \"top\"",phase="total"} 1"#,
+            r#"sluice_request_duration_seconds_count{job="clicks \"top\"",api="Fetch",broker="b:9092",outcome="ok"} 1"#,
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+    }
 }

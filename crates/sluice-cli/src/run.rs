@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use sluice_scheduler::{BatchProgress, RateLimits, StartingOffsets};
 use sluice_stream::{StreamConfig, StreamingContext};
@@ -96,11 +96,16 @@ pub async fn run(args: RunArgs) -> CliResult {
     if args.check {
         return crate::out(&format!("{}\n", describe(&job, &security)));
     }
-    let config = stream_config(&job, &args, &security)?;
+    let mut config = stream_config(&job, &args, &security)?;
+    // Request latencies are measured only for a job that serves its metrics.
+    let requests = args.metrics_addr.as_ref().map(|_| Arc::<metrics::RequestLatencies>::default());
+    if let Some(requests) = &requests {
+        config.client.connection.observer = Some(Arc::clone(requests) as Arc<dyn sluice_client::RequestObserver>);
+    }
     let client = config.client.clone();
     let ctx = StreamingContext::new(config);
     let counters = crate::pipeline::build(ctx.kafka_stream(), &job, &client);
-    let metrics: Arc<Mutex<Metrics>> = Arc::default();
+    let metrics = Arc::new(Metrics::new(&job.name, counters, requests.unwrap_or_default()));
     if let Some(addr) = &args.metrics_addr {
         // Resolved by sluice-client, not the C library (which a static binary cannot use).
         let addresses = sluice_client::resolve::resolve(addr)
@@ -109,14 +114,14 @@ pub async fn run(args: RunArgs) -> CliResult {
         let listener = tokio::net::TcpListener::bind(addresses.as_slice())
             .await
             .map_err(|e| CliError::Failed(format!("--metrics-addr {addr}: {e}")))?;
-        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), job.name.clone(), counters.clone()));
+        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
     }
     let stop = ctx.stop_handle();
     tokio::spawn(stop_on_signal(Arc::clone(&stop)));
     let mut batches = 0u64;
     let result = ctx
         .run(|p| {
-            metrics.lock().unwrap_or_else(PoisonError::into_inner).record(p);
+            metrics.record(p);
             batches += 1;
             if !args.quiet {
                 let line = if args.progress_json { p.to_json() } else { progress_line(p) };

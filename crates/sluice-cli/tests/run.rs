@@ -286,8 +286,13 @@ fn metrics_are_served_and_sigterm_stops_after_a_commit() {
         "sluice_batches_total{job=\"orders-by-region\"} ",
         "sluice_input_rows_total{job=\"orders-by-region\"} 3001",
         &lag,
-        "sluice_last_batch_duration_ms{job=\"orders-by-region\",phase=\"processing\"} ",
+        "sluice_last_batch_duration_seconds{job=\"orders-by-region\",phase=\"processing\"} ",
         "# TYPE sluice_late_rows_total counter",
+        "# TYPE sluice_batch_duration_seconds histogram",
+        "sluice_batch_duration_seconds_bucket{job=\"orders-by-region\",phase=\"total\",le=\"+Inf\"} ",
+        "# TYPE sluice_request_duration_seconds histogram",
+        "sluice_request_duration_seconds_count{job=\"orders-by-region\",api=\"Fetch\",broker=",
+        ",api=\"Produce\",",
     ] {
         assert!(metrics.contains(name), "no {name} in\n{metrics}");
     }

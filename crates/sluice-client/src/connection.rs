@@ -62,6 +62,17 @@ pub struct ConnectionConfig {
     pub tls: Option<TlsConfig>,
     /// Authenticate every connection with SASL (`None`: no authentication).
     pub sasl: Option<SaslConfig>,
+    /// Told how long each request took (for metrics; `None`: nobody).
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+/// Told of every request a connection finishes, answered or not: its latency from being queued
+/// to its answer decoded (or its failure), as the Java client's `request-latency` metrics do.
+/// Called on the task awaiting the answer: keep it quick (a histogram observation).
+pub trait RequestObserver: Send + Sync + std::fmt::Debug {
+    /// `api` (`"Produce"`, `"Fetch"`, ...) to `broker` took `elapsed`; `ok` is false when it
+    /// failed (timed out, the connection lost, an undecodable answer).
+    fn request_done(&self, broker: &str, api: &'static str, elapsed: Duration, ok: bool);
 }
 
 impl Default for ConnectionConfig {
@@ -75,6 +86,7 @@ impl Default for ConnectionConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             tls: None,
             sasl: None,
+            observer: None,
         }
     }
 }
@@ -210,6 +222,8 @@ pub struct InFlight<R> {
     timeout: Duration,
     deadline: tokio::time::Instant,
     response: oneshot::Receiver<Reply>,
+    /// When it was queued, and who is told how long it took.
+    observed: Option<(tokio::time::Instant, Arc<dyn RequestObserver>)>,
     _guard: PendingGuard,
     _request: std::marker::PhantomData<fn() -> R>,
 }
@@ -217,8 +231,12 @@ pub struct InFlight<R> {
 impl<R: Request> InFlight<R> {
     /// Waits for and decodes the response, within what is left of the request timeout.
     pub async fn response(self) -> Result<R::Response> {
-        let Self { broker, api, version, timeout, deadline, response, _guard, .. } = self;
+        let Self { broker, api, version, timeout, deadline, response, observed, _guard, .. } = self;
+        let observed = observed.map(|(started, observer)| (started, observer, broker.clone()));
         let answer = receive::<R>(broker, api, version, (timeout, deadline), response).await;
+        if let Some((started, observer, broker)) = observed {
+            observer.request_done(&broker, api, started.elapsed(), answer.is_ok());
+        }
         if matches!(answer, Err(Error::RequestTimeout { .. })) {
             _guard.shared.close(timed_out(api, version, timeout));
         }
@@ -451,7 +469,8 @@ impl Connection {
 
     async fn enqueue_within<R: Request>(&self, request: &R, version: i16, timeout: Duration) -> Result<InFlight<R>> {
         let api = api_name::<R>();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
         let correlation_id = self.shared.next_correlation_id();
         let mut frame = BytesMut::new();
         encode_request(&mut frame, correlation_id, self.config.client_id.as_deref(), version, request)
@@ -481,6 +500,7 @@ impl Connection {
             timeout,
             deadline,
             response,
+            observed: self.config.observer.as_ref().map(|observer| (started, Arc::clone(observer))),
             _guard: guard,
             _request: std::marker::PhantomData,
         })

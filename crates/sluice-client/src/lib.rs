@@ -20,7 +20,7 @@ pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
     TopicMetadata,
 };
-pub use connection::{Connection, ConnectionConfig, InFlight, VersionRange};
+pub use connection::{Connection, ConnectionConfig, InFlight, RequestObserver, VersionRange};
 pub use consumer::{Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt};
 pub use error::{Error, Result};
 pub use group::{

@@ -348,3 +348,34 @@ async fn a_throttled_connection_holds_its_next_requests_until_the_throttle_time_
     connection.throttle(-5);
     connection.send(&ApiVersionsRequest::default()).await.unwrap();
 }
+
+/// What a request observer was told.
+#[derive(Debug, Default)]
+struct Observed(std::sync::Mutex<Vec<(String, &'static str, Duration, bool)>>);
+
+impl sluice_client::RequestObserver for Observed {
+    fn request_done(&self, broker: &str, api: &'static str, elapsed: Duration, ok: bool) {
+        self.0.lock().unwrap().push((broker.to_owned(), api, elapsed, ok));
+    }
+}
+
+/// An observer hears of each request once, with its API, broker and a latency that covers
+/// the broker holding a long-poll Fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_observer_is_told_each_request_s_latency() {
+    let broker = common::shared();
+    let observed = Arc::new(Observed::default());
+    let observer: Arc<dyn sluice_client::RequestObserver> = Arc::clone(&observed) as _;
+    let config = ConnectionConfig { observer: Some(observer), ..ConnectionConfig::default() };
+    let connection = Connection::connect(&broker.addr, config).await.unwrap();
+    let topic = unique("observed");
+    create_topic(&connection, &topic, 1).await;
+    let before = observed.0.lock().unwrap().len();
+    connection.send(&MetadataRequest::default()).await.unwrap();
+    connection.send_version(&fetch_request(&topic, 0, 300), FETCH_BY_NAME).await.unwrap();
+    let seen = observed.0.lock().unwrap();
+    let [metadata, fetch] = &seen[before..] else { panic!("{seen:?}") };
+    assert_eq!((metadata.0.as_str(), metadata.1, metadata.3), (broker.addr.as_str(), "Metadata", true));
+    assert_eq!((fetch.1, fetch.3), ("Fetch", true));
+    assert!(fetch.2 >= Duration::from_millis(250), "the broker held the empty fetch: {:?}", fetch.2);
+}

@@ -172,6 +172,14 @@ impl Broker {
         }
     }
 
+    /// A one-node Kafka broker of its own for a benchmark over TLS: as
+    /// [`Broker::start_for_benchmark`], with the TLS listeners of [`Broker::tls`] (and their test
+    /// CA). Kafka only: Tansu has no TLS of its own.
+    pub fn start_for_benchmark_with_tls() -> Self {
+        assert_eq!(kind(), Kind::Kafka, "a broker with TLS listeners needs Apache Kafka (SLUICE_TEST_BROKER=kafka)");
+        Self::start_kafka(&KafkaOptions { nodes: 1, heap: "1g", sasl: false, tls: true, external: None })
+    }
+
     /// A cluster of `nodes` Kafka nodes (combined broker and controller each; topics default to
     /// `min(nodes, 3)` replicas). Kafka only: Tansu has no clusters; the caller says so and skips.
     pub fn start_cluster(nodes: u32) -> Self {
