@@ -227,18 +227,10 @@ fn a_wrong_password_an_unknown_ca_a_wrong_name_and_plain_over_plaintext_fail_nam
     );
 }
 
-#[test]
-fn a_job_runs_over_sasl_and_tls_set_in_its_job_file() {
-    let Some(l) = listeners() else { return };
-    let input = unique("secure-input");
-    let output = unique("secure-output");
-    ok(&sluice_env(&["topics", "-b", &l.plain, "create", &input, "--partitions", "2"], &[], ""));
-    ok(&sluice_env(&["topics", "-b", &l.plain, "create", &output], &[], ""));
-    let clicks: String = (0..300).map(|i| format!("user-{i},item-{},{}\n", i % 3, 1_700_000_000_000_i64 + i)).collect();
-    ok(&sluice_env(&["produce", "-b", &l.plain, "-t", &input], &[], &clicks));
-
-    let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("secure.toml");
+/// A job file reading `input` from `brokers` and publishing its counts per item to `output` in
+/// transactions, with this `[security]` table.
+fn secure_job(dir: &Path, brokers: &str, input: &str, output: &str, security: &str) -> PathBuf {
+    let job = dir.join(format!("{output}.toml"));
     std::fs::write(
         &job,
         format!(
@@ -262,43 +254,98 @@ function = "count"
 dir = "{checkpoint}"
 
 [security]
-ca = "{ca}"
-sasl_mechanism = "SCRAM-SHA-512"
-username = "alice"
-password_env = "SECURE_JOB_PASSWORD"
+{security}
 
 [[sink]]
 type = "kafka"
 topic = "{output}"
 transactional = true
 "#,
-            brokers = l.sasl_tls,
-            ca = l.ca.display(),
-            checkpoint = dir.path().join("checkpoint").display(),
+            checkpoint = dir.join(format!("{output}-checkpoint")).display(),
         ),
     )
     .unwrap();
-    let job = path(&job);
-    let described = ok(&sluice_env(&["run", job, "--check"], &[], ""));
-    assert!(
-        described.contains(&format!("TLS (graviola) trusting {}, SASL SCRAM-SHA-512", l.ca.display())),
-        "{described}"
-    );
+    job
+}
 
-    let (code, stderr) = failure(&sluice_env(&["run", job, "--max-batches", "1"], &[], ""));
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("SECURE_JOB_PASSWORD is not set"), "{stderr}");
+#[test]
+fn a_job_runs_over_tls_mutual_tls_and_every_sasl_mechanism_set_in_its_job_file() {
+    let Some(l) = listeners() else { return };
+    let input = unique("secure-input");
+    ok(&sluice_env(&["topics", "-b", &l.plain, "create", &input, "--partitions", "2"], &[], ""));
+    let clicks: String = (0..300).map(|i| format!("user-{i},item-{},{}\n", i % 3, 1_700_000_000_000_i64 + i)).collect();
+    ok(&sluice_env(&["produce", "-b", &l.plain, "-t", &input], &[], &clicks));
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "alice-secret\n").unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, common::unsecured_jwt("bob", 3600)).unwrap();
 
-    ok(&sluice_env(&["run", job, "--max-batches", "3", "--quiet"], &[("SECURE_JOB_PASSWORD", "alice-secret")], ""));
-    let counts = ok(&sluice_env(
-        &["consume", "-b", &l.tls, "--tls-ca", path(&l.ca), "-t", &output, "-o", "beginning", "-e", "--read-committed"],
-        &[],
-        "",
-    ));
-    let mut total = 0;
-    for line in lines(&counts) {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        total += row["count"].as_i64().unwrap_or_else(|| panic!("{line}"));
+    let ca = format!("ca = {:?}", l.ca.display().to_string());
+    let user = "username = \"alice\"\npassword_env = \"SECURE_JOB_PASSWORD\"";
+    let ways = [
+        ("tls", &l.tls, ca.clone()),
+        (
+            "mutual-tls",
+            &l.mtls,
+            format!(
+                "{ca}\ncertificate = {:?}\nkey = {:?}",
+                l.client_cert.display().to_string(),
+                l.client_key.display().to_string()
+            ),
+        ),
+        (
+            "plain",
+            &l.sasl_tls,
+            format!(
+                "{ca}\nsasl_mechanism = \"PLAIN\"\nusername = \"alice\"\npassword_file = {:?}",
+                path(&password_file)
+            ),
+        ),
+        ("scram-sha-256", &l.sasl_tls, format!("{ca}\nsasl_mechanism = \"SCRAM-SHA-256\"\n{user}")),
+        ("scram-sha-512", &l.sasl_tls, format!("{ca}\nsasl_mechanism = \"SCRAM-SHA-512\"\n{user}")),
+        (
+            "oauthbearer",
+            &l.sasl_tls,
+            format!("{ca}\nsasl_mechanism = \"OAUTHBEARER\"\ntoken_file = {:?}", path(&token_file)),
+        ),
+    ];
+    for (name, brokers, security) in ways {
+        let output = unique(&format!("secure-{name}"));
+        ok(&sluice_env(&["topics", "-b", &l.plain, "create", &output], &[], ""));
+        let job = secure_job(dir.path(), brokers, &input, &output, &security);
+        let job = path(&job);
+        if name == "scram-sha-512" {
+            let described = ok(&sluice_env(&["run", job, "--check"], &[], ""));
+            let expected = format!("TLS (graviola) trusting {}, SASL SCRAM-SHA-512", l.ca.display());
+            assert!(described.contains(&expected), "{described}");
+            let (code, stderr) = failure(&sluice_env(&["run", job, "--max-batches", "1"], &[], ""));
+            assert_eq!(code, Some(1), "{stderr}");
+            assert!(stderr.contains("SECURE_JOB_PASSWORD is not set"), "{stderr}");
+        }
+        ok(&sluice_env(&["run", job, "--max-batches", "3", "--quiet"], &[("SECURE_JOB_PASSWORD", "alice-secret")], ""));
+        let counts = ok(&sluice_env(
+            &[
+                "consume",
+                "-b",
+                &l.tls,
+                "--tls-ca",
+                path(&l.ca),
+                "-t",
+                &output,
+                "-o",
+                "beginning",
+                "-e",
+                "--read-committed",
+            ],
+            &[],
+            "",
+        ));
+        let mut total = 0;
+        for line in lines(&counts) {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            total += row["count"].as_i64().unwrap_or_else(|| panic!("{name}: {line}"));
+        }
+        assert_eq!(total, 300, "{name}: {counts}");
     }
-    assert_eq!(total, 300, "{counts}");
 }
