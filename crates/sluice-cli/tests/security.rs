@@ -13,9 +13,9 @@ mod common;
 mod cli;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use cli::{lines, ok};
+use cli::{lines, ok, sluice_env};
 use common::{unique, Kind};
 
 /// The shared Kafka broker's listeners and files (`None` on Tansu).
@@ -47,25 +47,6 @@ fn listeners() -> Option<Listeners> {
         client_cert: tls.client_cert,
         client_key: tls.client_key,
     })
-}
-
-/// `sluice args...` with these environment variables (and none of the caller's SLUICE_*).
-fn sluice_env(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
-    use std::io::Write as _;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("SLUICE_")) {
-        command.env_remove(var);
-    }
-    let mut child = command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn failure(output: &Output) -> (Option<i32>, String) {

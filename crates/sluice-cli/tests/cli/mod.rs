@@ -7,9 +7,19 @@ use std::process::{Command, Output, Stdio};
 
 /// Runs `sluice args...` against `broker` (`SLUICE_BROKERS`), with `stdin` piped in.
 pub fn sluice(broker: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    sluice_env(args, &[("SLUICE_BROKERS", broker)], stdin)
+}
+
+/// Runs `sluice args...` with these environment variables and none of the caller's other
+/// `SLUICE_*` ones, with `stdin` piped in.
+pub fn sluice_env(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("SLUICE_")) {
+        command.env_remove(var);
+    }
+    let mut child = command
         .args(args)
-        .env("SLUICE_BROKERS", broker)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
