@@ -14,10 +14,7 @@ tree_of() {
 }
 
 # Every feature of the workspace's crates except `default` and `aws-lc-rs`, as `crate/feature`.
-features=$(cargo metadata --no-deps --format-version 1 | python3 -c '
-import json, sys
-meta = json.load(sys.stdin)
-print(",".join(sorted(p["name"] + "/" + f for p in meta["packages"] for f in p["features"] if f not in ("default", "aws-lc-rs"))))')
+features=$(scripts/no-c-features.sh)
 
 for what in default "all but aws-lc-rs"; do
     if [ "$what" = default ]; then tree=$(tree_of); else tree=$(tree_of --features "$features"); fi

@@ -431,6 +431,6 @@ fn the_clickstream_job_file_is_valid() {
     let checked = ok(&sluice("127.0.0.1:1", &["run", job, "--check"], ""));
     assert_eq!(
         checked,
-        "job clickstream-top-items: reads clicks from localhost:9092 every 1s, 0 filter(s), count by item, 60s event-time windows, top 10, 2 sink(s), checkpoint sluice-state/clickstream-top-items\n  Kafka sink to top-items (idempotent), id clickstream-top-items-top-items\n"
+        "job clickstream-top-items: reads clicks from localhost:9092 every 1s (plaintext), 0 filter(s), count by item, 60s event-time windows, top 10, 2 sink(s), checkpoint sluice-state/clickstream-top-items\n  Kafka sink to top-items (idempotent), id clickstream-top-items-top-items\n"
     );
 }
