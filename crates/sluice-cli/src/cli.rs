@@ -168,14 +168,15 @@ pub struct ProduceArgs {
     pub files: Vec<PathBuf>,
     /// Split each line at the first DELIM into key and value (kcat's -K).
     #[arg(short = 'K', long, value_name = "DELIM", conflicts_with = "key")]
-    pub key_delimiter: Option<String>,
+    pub key_delimiter: Option<std::ffi::OsString>,
     /// The same key for every record.
     #[arg(short, long)]
-    pub key: Option<String>,
+    pub key: Option<std::ffi::OsString>,
     /// A header for every record, `name=value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
-    pub headers: Vec<String>,
-    /// Send every record to this partition (default: by key, or round-robin without one).
+    pub headers: Vec<std::ffi::OsString>,
+    /// Send every record to this partition (default: by key; records without one fill a batch
+    /// of one partition, then of the next, as kcat's and the Java client's sticky partitioners).
     #[arg(short, long)]
     pub partition: Option<i32>,
     /// Compression codec.

@@ -6,10 +6,10 @@ use sluice_client::{
 };
 
 use crate::cli::ConsumeArgs;
+use crate::connect;
 use crate::error::{CliError, CliResult};
 use crate::format::{json_line, Format};
 use crate::topics::partitions_of;
-use crate::{connect, out};
 
 /// Where `-o` says to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ enum Printer {
 }
 
 impl Printer {
-    fn print(&self, text: &mut String, part: &PartitionRecords, record: &sluice_protocol::record::RecordRef<'_>) {
+    fn print(&self, text: &mut Vec<u8>, part: &PartitionRecords, record: &sluice_protocol::record::RecordRef<'_>) {
         match self {
             Self::Format(format) => format.write(text, &part.topic, part.partition, record),
             Self::Json => json_line(text, &part.topic, part.partition, record),
@@ -67,7 +67,7 @@ pub async fn consume(args: ConsumeArgs) -> CliResult {
         offset_reset: if start == Start::Beginning { OffsetReset::Earliest } else { OffsetReset::Latest },
         ..ConsumerConfig::default()
     };
-    let mut limit = Limit { left: args.count, exit_at_end: args.exit_at_end };
+    let mut limit = Limit { left: args.count, exit_at_end: args.exit_at_end, buffer: Vec::new() };
     match &args.group {
         Some(group) => {
             if !matches!(start, Start::Beginning | Start::End) {
@@ -86,6 +86,8 @@ pub async fn consume(args: ConsumeArgs) -> CliResult {
 struct Limit {
     left: Option<u64>,
     exit_at_end: bool,
+    /// The output of a poll, written at once (kept for the next poll's).
+    buffer: Vec<u8>,
 }
 
 /// What one `Limit::print` did.
@@ -99,7 +101,8 @@ struct Printed {
 impl Limit {
     /// Prints `parts`, up to the count.
     fn print(&mut self, printer: &Printer, parts: &[PartitionRecords]) -> CliResult<Printed> {
-        let mut text = String::new();
+        let mut text = std::mem::take(&mut self.buffer);
+        text.clear();
         let mut unprinted = Vec::new();
         for part in parts {
             for record in part.records() {
@@ -113,7 +116,9 @@ impl Limit {
                 }
             }
         }
-        out(&text)?;
+        let written = crate::out_bytes(&text);
+        self.buffer = text;
+        written?;
         Ok(Printed { done: self.left == Some(0), unprinted })
     }
 }
@@ -143,8 +148,14 @@ async fn by_assignment(
         };
         consumer.assign(topic, *partition, at).await?;
     }
+    // SIGINT or SIGTERM: what was printed stays printed (each poll's output is written whole).
+    let stop = crate::signals::stop();
+    tokio::pin!(stop);
     loop {
-        let parts = consumer.poll().await?;
+        let parts = tokio::select! {
+            parts = consumer.poll() => parts?,
+            () = &mut stop => return Ok(()),
+        };
         if limit.print(printer, &parts)?.done {
             return Ok(());
         }
@@ -201,10 +212,13 @@ async fn by_group(
     let mut member =
         GroupConsumer::new(client, GroupConfig { session_timeout, ..GroupConfig::new(group, [topic]) }, config);
     let mut assigned = false;
+    // SIGINT or SIGTERM: commit what was printed and leave the group, as at the end.
+    let stop = crate::signals::stop();
+    tokio::pin!(stop);
     let result = loop {
         let event = tokio::select! {
             event = member.poll() => event,
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            () = &mut stop => break Ok(()),
         };
         match event? {
             GroupEvent::Assigned(_) => assigned = true,

@@ -1,8 +1,11 @@
-//! kcat-style output formats (`-f '%p:%o %s\n'`) and JSON lines for consumed records.
+//! kcat-style output formats (`-f '%p:%o %s\n'`) and JSON lines for consumed records. A format
+//! writes keys, values and header values as their exact bytes, as kcat does; JSON, which holds
+//! text only, writes one that is not UTF-8 as `{"base64": "..."}` (its exact bytes, in standard
+//! base64) where kcat's shape has a string.
 
-use std::fmt::Write as _;
-
-use serde_json::json;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde_json::{json, Value};
 use sluice_protocol::record::RecordRef;
 
 /// One piece of a format string.
@@ -86,56 +89,65 @@ impl Format {
     }
 
     /// Appends `record` of `topic`/`partition` to `out` in this format.
-    pub fn write(&self, out: &mut String, topic: &str, partition: i32, record: &RecordRef<'_>) {
+    pub fn write(&self, out: &mut Vec<u8>, topic: &str, partition: i32, record: &RecordRef<'_>) {
+        let mut number = itoa::Buffer::new();
         for piece in &self.pieces {
             match piece {
-                Piece::Text(text) => out.push_str(text),
-                Piece::Topic => out.push_str(topic),
-                Piece::Partition => {
-                    let _ = write!(out, "{partition}");
-                }
-                Piece::Offset => {
-                    let _ = write!(out, "{}", record.offset());
-                }
-                Piece::Key => out.push_str(&String::from_utf8_lossy(record.key().unwrap_or_default())),
-                Piece::Value => out.push_str(&String::from_utf8_lossy(record.value().unwrap_or_default())),
+                Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
+                Piece::Topic => out.extend_from_slice(topic.as_bytes()),
+                Piece::Partition => out.extend_from_slice(number.format(partition).as_bytes()),
+                Piece::Offset => out.extend_from_slice(number.format(record.offset()).as_bytes()),
+                Piece::Key => out.extend_from_slice(record.key().unwrap_or_default()),
+                Piece::Value => out.extend_from_slice(record.value().unwrap_or_default()),
                 Piece::KeyLength => {
-                    let _ = write!(out, "{}", record.key().map_or(-1, |k| k.len() as i64));
+                    out.extend_from_slice(number.format(record.key().map_or(-1, |k| k.len() as i64)).as_bytes());
                 }
                 Piece::ValueLength => {
-                    let _ = write!(out, "{}", record.value().map_or(-1, |v| v.len() as i64));
+                    out.extend_from_slice(number.format(record.value().map_or(-1, |v| v.len() as i64)).as_bytes());
                 }
-                Piece::Timestamp => {
-                    let _ = write!(out, "{}", record.timestamp());
-                }
+                Piece::Timestamp => out.extend_from_slice(number.format(record.timestamp()).as_bytes()),
                 Piece::Headers => {
-                    let headers: Vec<String> = record
-                        .headers()
-                        .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(value.unwrap_or_default())))
-                        .collect();
-                    out.push_str(&headers.join(","));
+                    for (i, (name, value)) in record.headers().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(name.as_bytes());
+                        out.push(b'=');
+                        out.extend_from_slice(value.unwrap_or_default());
+                    }
                 }
             }
         }
     }
 }
 
+/// Bytes as a JSON value: a string when they are UTF-8, else `{"base64": "..."}`.
+fn text(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => json!({ "base64": BASE64.encode(bytes) }),
+    }
+}
+
 /// `record` as one JSON line, in kcat's `-J` shape (headers as a flat `[name, value, ...]` list;
-/// null keys and values as `null`; bytes that are not UTF-8 replaced).
-pub fn json_line(out: &mut String, topic: &str, partition: i32, record: &RecordRef<'_>) {
-    let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
-    let headers: Vec<Option<String>> =
-        record.headers().flat_map(|(name, value)| [Some(name.to_owned()), text(value)]).collect();
+/// null keys and values as `null`; bytes that are not UTF-8 as `{"base64": "..."}`).
+pub fn json_line(out: &mut Vec<u8>, topic: &str, partition: i32, record: &RecordRef<'_>) {
+    let headers: Vec<Value> = record
+        .headers()
+        .flat_map(|(name, value)| [Value::String(name.to_owned()), value.map_or(Value::Null, text)])
+        .collect();
     let line = json!({
         "topic": topic,
         "partition": partition,
         "offset": record.offset(),
         "ts": record.timestamp(),
         "headers": headers,
-        "key": text(record.key()),
-        "payload": text(record.value()),
+        "key": record.key().map_or(Value::Null, text),
+        "payload": record.value().map_or(Value::Null, text),
     });
-    let _ = writeln!(out, "{line}");
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &line);
+    out.push(b'\n');
 }
 
 #[cfg(test)]

@@ -44,19 +44,20 @@ pub async fn generate(args: GenerateArgs) -> CliResult {
     let started = Instant::now();
     let mut pending = VecDeque::new();
     let mut sent = 0u64;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // SIGINT or SIGTERM: stop generating, deliver what was sent.
+    let stop = crate::signals::stop();
+    tokio::pin!(stop);
     for click in ClickGenerator::new(config) {
         if args.count.is_some_and(|n| sent >= n) || args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
         let ahead = if args.rate > 0.0 { sent as f64 / args.rate } else { 0.0 };
         let due = started + Duration::try_from_secs_f64(ahead).unwrap_or(Duration::MAX / 4);
-        if due > Instant::now() {
-            tokio::select! {
-                () = tokio::time::sleep_until(due.into()) => {}
-                _ = &mut ctrl_c => break,
-            }
+        let wait = tokio::time::sleep_until(due.into());
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            () = wait => {}
         }
         pending.push_back(producer.send(click.to_record(&args.topic)).await?);
         sent += 1;

@@ -16,6 +16,7 @@ mod pipeline;
 mod produce;
 mod run;
 mod security;
+mod signals;
 mod topics;
 
 use std::io::Write as _;
@@ -77,8 +78,13 @@ async fn connect(args: &cli::BrokerArgs) -> error::CliResult<Client> {
 /// Writes to stdout; a closed pipe (`| head`) is [`CliError::Closed`], which ends the command
 /// quietly (exit 0).
 fn out(text: &str) -> error::CliResult {
+    out_bytes(text.as_bytes())
+}
+
+/// [`out`] for bytes, which need not be UTF-8.
+fn out_bytes(bytes: &[u8]) -> error::CliResult {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::Closed),
         Err(e) => Err(CliError::Failed(format!("writing to stdout: {e}"))),

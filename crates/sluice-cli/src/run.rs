@@ -146,20 +146,7 @@ pub async fn run(args: RunArgs) -> CliResult {
 /// The first SIGTERM or SIGINT stops the job after the batch under way commits; a second one
 /// exits at once (the checkpoint makes the next run redo the unfinished batch).
 async fn stop_on_signal(stop: Arc<std::sync::atomic::AtomicBool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    for round in 0.. {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        if round == 0 {
-            let _ = writeln!(std::io::stderr(), "stopping once the batch under way commits (again to exit at once)");
-            stop.store(true, Ordering::SeqCst);
-        } else {
-            std::process::exit(130);
-        }
-    }
+    crate::signals::stop().await;
+    let _ = writeln!(std::io::stderr(), "stopping once the batch under way commits (again to exit at once)");
+    stop.store(true, Ordering::SeqCst);
 }

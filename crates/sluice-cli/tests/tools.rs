@@ -236,3 +236,107 @@ fn every_command_has_help_with_examples() {
         );
     }
 }
+
+fn kcat() -> Command {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/kcat");
+    assert!(path.exists(), "no kcat wrapper at {} (run scripts/install-peers.sh)", path.display());
+    Command::new(path)
+}
+
+/// Runs `command` with `stdin` piped in; its stdout (it must succeed).
+fn run_ok(mut command: Command, stdin: &[u8]) -> Vec<u8> {
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+/// Keys, values and headers that are not UTF-8, written by kcat and by `sluice produce`, read
+/// back by `sluice consume -f` byte for byte as kcat reads them; `-J` gives them as base64.
+#[test]
+fn consume_prints_the_exact_bytes_kcat_prints() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let b = common::shared().addr.as_str();
+    let topic = unique("raw-bytes");
+    ok(&sluice(b, &["topics", "create", topic.as_str()], ""));
+    let raw_header = std::ffi::OsStr::from_bytes(b"h1=v\xff");
+    let mut by_kcat = kcat();
+    by_kcat.args(["-P", "-b", b, "-t", &topic, "-K", ":", "-H"]).arg(raw_header).args(["-H", "h2=plain"]);
+    run_ok(by_kcat, b"k\xff:v\xfe\xff\x80-end\nplain:value\n:empty key\n");
+    let mut by_sluice = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    by_sluice.args(["produce", "-b", b, "-t", &topic, "-K", ":", "-H"]).arg(raw_header);
+    run_ok(by_sluice, b"k2\xff:v2\xfe\nx:y\n");
+
+    let format = "%t|%p|%o|%k|%s|%K|%S|%h\\n";
+    let mut read_by_kcat = kcat();
+    read_by_kcat.args(["-C", "-b", b, "-t", &topic, "-o", "beginning", "-e", "-q", "-f", format]);
+    let kcat_bytes = run_ok(read_by_kcat, b"");
+    let sluice_bytes = sluice(b, &["consume", "-t", topic.as_str(), "-o", "beginning", "-e", "-f", format], "");
+    assert!(sluice_bytes.status.success(), "{}", String::from_utf8_lossy(&sluice_bytes.stderr));
+    assert_eq!(sluice_bytes.stdout, kcat_bytes, "\nsluice: {:?}\nkcat:   {:?}", sluice_bytes.stdout, kcat_bytes);
+    assert!(kcat_bytes.windows(11).any(|w| w == b"k\xff|v\xfe\xff\x80-end"), "{kcat_bytes:?}");
+
+    let json = ok(&sluice(b, &["consume", "-t", topic.as_str(), "-o", "beginning", "-c", "1", "-J"], ""));
+    let first: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(first["key"], serde_json::json!({"base64": "a/8="}));
+    assert_eq!(first["payload"], serde_json::json!({"base64": "dv7/gC1lbmQ="}));
+    assert_eq!(first["headers"], serde_json::json!(["h1", {"base64": "dv8="}, "h2", "plain"]));
+}
+
+/// `produce` reads lines as `kcat -P` does: a `\r` before the `\n` stays in the value, empty
+/// lines are not sent, and a last line needs no `\n`.
+#[test]
+fn produce_takes_lines_as_kcat_does() {
+    let b = common::shared().addr.as_str();
+    let (ours, theirs) = (unique("lines-sluice"), unique("lines-kcat"));
+    let input = b"crlf\r\n\nafter an empty line\n\n\nlast without newline";
+    for topic in [&ours, &theirs] {
+        ok(&sluice(b, &["topics", "create", topic.as_str()], ""));
+    }
+    let mut by_sluice = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    by_sluice.args(["produce", "-b", b, "-t", &ours]);
+    run_ok(by_sluice, input);
+    let mut by_kcat = kcat();
+    by_kcat.args(["-P", "-b", b, "-t", &theirs]);
+    run_ok(by_kcat, input);
+    let format = ["-o", "beginning", "-e", "-f", "%S:%s\\n"];
+    let read = |topic: &str| sluice(b, &[&["consume", "-t", topic][..], &format[..]].concat(), "").stdout;
+    assert_eq!(read(&ours), b"5:crlf\r\n19:after an empty line\n20:last without newline\n");
+    assert_eq!(read(&ours), read(&theirs));
+}
+
+/// SIGTERM, as `kill`, `timeout` and container stops send, ends `consume -G` as Ctrl-C does:
+/// what it printed is committed and it leaves the group at once (exit 0).
+#[test]
+fn sigterm_commits_and_leaves_the_group() {
+    use std::io::{BufRead as _, BufReader};
+    let b = common::shared().addr.as_str();
+    let topic = unique("terminated");
+    let group = unique("terminated-readers");
+    ok(&sluice(b, &["topics", "create", topic.as_str(), "--partitions", "2"], ""));
+    let input: String = (0..100).map(|i| format!("r{i}\n")).collect();
+    ok(&sluice(b, &["produce", "-t", topic.as_str()], &input));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["consume", "-b", b, "-t", &topic, "-G", &group, "-o", "beginning"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    for printed in 0..100 {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "consume ended after {printed} records");
+    }
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(sluice_client::Client::connect(sluice_client::ClientConfig::new([b]))).unwrap();
+    let committed = runtime.block_on(client.group_offsets(&group)).unwrap();
+    assert_eq!(committed.values().sum::<i64>(), 100, "{committed:?}");
+    let described = runtime.block_on(client.describe_group(&group)).unwrap();
+    assert_eq!(described.state, "Empty", "the member left: {described:?}");
+}

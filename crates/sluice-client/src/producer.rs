@@ -160,6 +160,13 @@ pub struct DeliveryFuture {
 }
 
 impl DeliveryFuture {
+    /// Whether `other` is the delivery of a record in the same batch as this one's: a batch is
+    /// acknowledged or fails whole, so one of its deliveries tells the outcome of all (a caller
+    /// producing many records can keep one future per batch).
+    pub fn same_batch(&self, other: &DeliveryFuture) -> bool {
+        Arc::ptr_eq(&self.outcome, &other.outcome)
+    }
+
     fn metadata(&self, outcome: &Result<i64>) -> Result<RecordMetadata> {
         let offset = match outcome {
             Ok(base) if *base >= 0 => base.saturating_add(self.index as i64),

@@ -20,6 +20,7 @@ pub mod member;
 pub mod proxy;
 pub mod riding;
 pub mod streams;
+pub mod timing;
 
 use bytes::BytesMut;
 use sluice_client::Connection;
