@@ -214,6 +214,11 @@ struct State {
 
 impl Client {
     /// Connects to the first reachable bootstrap broker and loads the cluster's metadata.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the client being built is dropped with the future, and its connections are
+    /// closed. Calling again starts over.
     pub async fn connect(config: ClientConfig) -> Result<Self> {
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
@@ -239,6 +244,12 @@ impl Client {
     }
 
     /// Asks a broker for the metadata of `topics` (all topics if `None`) and updates the cache.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the cache changes only once an answer has arrived, so a dropped call leaves it as
+    /// it was; a connection it opened stays pooled, and it counts as the last refresh for
+    /// `metadata_refresh_backoff`. Calling again is fine.
     pub async fn refresh_metadata(&self, topics: Option<&[&str]>) -> Result<Arc<ClusterMetadata>> {
         let request = MetadataRequest {
             topics: topics.map(|names| {
@@ -288,6 +299,11 @@ impl Client {
 
     /// The metadata, refreshed first if it is older than `metadata_max_age` or was found out of
     /// date ([`Client::invalidate_metadata`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future releases the refresh lock, so another caller can refresh,
+    /// and leaves the cache as [`Client::refresh_metadata`] does. Calling again is fine.
     pub async fn fresh_metadata(&self) -> Result<Arc<ClusterMetadata>> {
         self.refresh_if_due().await?;
         Ok(self.metadata())
@@ -338,6 +354,11 @@ impl Client {
 
     /// A connection to any broker: a live pooled one, else the known brokers and then the
     /// bootstrap list, in order.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a connection still being made is closed when the future is dropped; one already
+    /// made stays pooled. Calling again is fine.
     pub async fn any_broker(&self) -> Result<Arc<Connection>> {
         let candidates: Vec<String> = {
             let state = self.state();
@@ -360,6 +381,11 @@ impl Client {
     }
 
     /// A connection to broker `node_id`, as the cached metadata places it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: metadata already refreshed is kept, and a connection still being made is closed
+    /// when the future is dropped; one already made stays pooled. Calling again is fine.
     pub async fn broker(&self, node_id: i32) -> Result<Arc<Connection>> {
         let address = self.metadata().brokers.get(&node_id).cloned();
         let address = match address {
@@ -376,6 +402,11 @@ impl Client {
 
     /// A connection to the leader of `topic`/`partition`, refreshing metadata first if the
     /// leader is unknown, or the metadata out of date or older than `metadata_max_age`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: metadata already refreshed is kept, and a connection still being made is closed
+    /// when the future is dropped; one already made stays pooled. Calling again is fine.
     pub async fn leader(&self, topic: &str, partition: i32) -> Result<Arc<Connection>> {
         let address = self.leader_address(topic, partition).await?;
         self.connection_to(&address).await
@@ -383,6 +414,11 @@ impl Client {
 
     /// The `host:port` of the leader of `topic`/`partition` (for callers that keep connections
     /// of their own), refreshing metadata as [`Client::leader`] does.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it sends only Metadata requests, and metadata already refreshed is kept.
+    /// Calling again is fine.
     pub async fn leader_address(&self, topic: &str, partition: i32) -> Result<String> {
         self.refresh_if_due().await?;
         let leader = match self.metadata().leader(topic, partition) {
@@ -460,6 +496,12 @@ impl Client {
     /// Creates a topic and waits (up to the request timeout) until the leader of each of its
     /// partitions serves it: Kafka lists a new partition's leader in its metadata a moment before
     /// that broker has the log open, and answers NOT_LEADER_OR_FOLLOWER in between.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the CreateTopics request is queued, the topic may still be created after
+    /// the future is dropped, and calling again then fails with `TopicAlreadyExists`. Look the topic
+    /// up in the metadata before calling again.
     pub async fn create_topic(&self, name: &str, partitions: i32, replication_factor: i16) -> Result<()> {
         let topic =
             CreatableTopic { name: name.into(), num_partitions: partitions, replication_factor, ..Default::default() };
@@ -479,6 +521,12 @@ impl Client {
     /// Grows `topic` to `partitions` partitions in all (CreatePartitions; a topic never shrinks)
     /// and waits, as [`Client::create_topic`] does, until the leader of each serves it. Keyed
     /// records map to other partitions afterwards.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the CreatePartitions request is queued, the partitions may still be
+    /// added after the future is dropped, and calling again then fails with `InvalidPartitions` (the
+    /// topic already has that many). Look the topic up in the metadata before calling again.
     pub async fn create_partitions(&self, topic: &str, partitions: i32) -> Result<()> {
         let request = CreatePartitionsRequest {
             // No assignments (null, not an empty list): the controller places the new partitions.
@@ -537,6 +585,12 @@ impl Client {
     /// Deletes a topic and waits (up to the request timeout) until the cluster's metadata no
     /// longer lists it: Kafka answers DeleteTopics once the controller has decided, and brokers
     /// learn of it a moment later.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the DeleteTopics request is queued, the topic may still be deleted after
+    /// the future is dropped, while the cached metadata still lists it; calling again may then fail
+    /// with `UnknownTopicOrPartition`.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let connection = self.controller().await?;
         let version = connection.version_for::<DeleteTopicsRequest>(None)?;
@@ -712,6 +766,11 @@ impl FetchNaming {
 
 impl Client {
     /// Looks up an offset of `topic`/`partition` on its leader.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads. Dropping the future aborts the ListOffsets tasks it started and
+    /// discards their answers. Calling again is fine.
     pub async fn list_offset(&self, topic: &str, partition: i32, spec: OffsetSpec) -> Result<i64> {
         let key = (topic.to_owned(), partition);
         let offsets = self.list_offsets(std::slice::from_ref(&key), spec).await?;
@@ -721,6 +780,11 @@ impl Client {
     /// The log end offset: the larger of what ListOffsets(latest) says and a fetch's high
     /// watermark (some brokers, Tansu among them, answer ListOffsets(latest) short of the log
     /// end: the base offset of the last batch + 1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads. Dropping the future aborts the ListOffsets and Fetch tasks it started and
+    /// discards their answers. Calling again is fine.
     pub async fn log_end(&self, topic: &str, partition: i32, isolation: Isolation) -> Result<i64> {
         let key = (topic.to_owned(), partition);
         let ends = self.log_ends(std::slice::from_ref(&key), isolation).await?;
@@ -729,6 +793,11 @@ impl Client {
 
     /// [`Client::log_end`] of many partitions: one ListOffsets per leader, then the probing
     /// fetches all at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads. Dropping the future aborts the ListOffsets and Fetch tasks it started and
+    /// discards their answers. Calling again is fine.
     pub async fn log_ends(
         &self,
         partitions: &[(String, i32)],
@@ -779,6 +848,11 @@ impl Client {
 
     /// Deletes the records of `topic`/`partition` before `before_offset` (moves the log start
     /// offset, as retention does); returns the new log start offset.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: once the DeleteRecords request is queued, the records may still be deleted after
+    /// the future is dropped. Calling again with the same offset asks for the same deletion.
     pub async fn delete_records(&self, topic: &str, partition: i32, before_offset: i64) -> Result<i64> {
         let request = DeleteRecordsRequest {
             topics: vec![DeleteRecordsTopic {
@@ -808,6 +882,11 @@ impl Client {
 
     /// Looks up an offset of many partitions at once: one ListOffsets request per leader, the
     /// leaders asked in parallel.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads. Dropping the future aborts the ListOffsets tasks it started and
+    /// discards their answers. Calling again is fine.
     pub async fn list_offsets(
         &self,
         partitions: &[(String, i32)],
@@ -874,6 +953,12 @@ impl Client {
     /// Fetches `topic`/`partition` from `offset` on its leader and decodes the records (those
     /// before `offset` in the first batch dropped). A partition error comes back in
     /// [`FetchedPartition::error`]; leadership errors also refresh the metadata.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a fetch only reads, and its late answer is discarded. The broker still answers it
+    /// first, so later requests on the same connection may wait up to `options.max_wait` behind it.
+    /// Calling again is fine.
     pub async fn fetch_partition(
         &self,
         topic: &str,
@@ -888,6 +973,12 @@ impl Client {
     /// [`Client::fetch_partition`] on a given connection to the partition's leader (for callers
     /// that keep connections of their own, so that their fetches do not queue behind other
     /// requests on the shared one).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a fetch only reads, and its late answer is discarded. The broker still answers it
+    /// first, so later requests on the same connection may wait up to `options.max_wait` behind it.
+    /// Calling again is fine.
     pub async fn fetch_partition_on(
         &self,
         connection: &Connection,

@@ -230,6 +230,13 @@ pub struct InFlight<R> {
 
 impl<R: Request> InFlight<R> {
     /// Waits for and decodes the response, within what is left of the request timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future forgets the request, so its late response is discarded and
+    /// the connection stays usable. The request was already handed to the writer, and the broker may
+    /// still act on it. Unlike a timeout, a dropped wait neither closes the connection nor tells the
+    /// observer.
     pub async fn response(self) -> Result<R::Response> {
         let Self { broker, api, version, timeout, deadline, response, observed, _guard, .. } = self;
         let observed = observed.map(|(started, observer)| (started, observer, broker.clone()));
@@ -312,6 +319,11 @@ impl Connection {
     /// The host is resolved by [`resolve`](crate::resolve::resolve) (`/etc/hosts`, then DNS;
     /// not glibc's NSS, which a static binary cannot load), and its addresses are tried in order
     /// until one accepts; resolving and connecting share the connect timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes the socket and stops the reader and writer tasks if
+    /// they were started; nothing is kept. Calling again makes a new connection.
     pub async fn connect(broker: &str, config: ConnectionConfig) -> Result<Self> {
         if let Some(reason) =
             config.sasl.as_ref().filter(|_| config.tls.is_none()).and_then(SaslConfig::refusal_without_tls)
@@ -438,6 +450,12 @@ impl Connection {
     }
 
     /// Sends `request` at the highest version both sides implement and waits for the response.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the connection stays usable, and the response, should it come, is discarded. If
+    /// the request was already queued, the writer still sends it and the broker may act on it; calling
+    /// again sends it a second time.
     pub async fn send<R: Request>(&self, request: &R) -> Result<R::Response> {
         let version = self.version_for::<R>(None)?;
         self.send_version(request, version).await
@@ -445,6 +463,12 @@ impl Connection {
 
     /// Sends `request` at `version` and waits for the response. The request timeout covers
     /// both waiting for room in the send queue and waiting for the answer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the connection stays usable, and the response, should it come, is discarded. If
+    /// the request was already queued, the writer still sends it and the broker may act on it; calling
+    /// again sends it a second time.
     pub async fn send_version<R: Request>(&self, request: &R, version: i16) -> Result<R::Response> {
         self.enqueue(request, version).await?.response().await
     }
@@ -452,6 +476,12 @@ impl Connection {
     /// Like [`Connection::send_version`], with its own timeout in place of the configured one:
     /// for requests the broker may hold on purpose for longer, such as JoinGroup (which waits
     /// for the whole group to rejoin).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the connection stays usable, and the response, should it come, is discarded. If
+    /// the request was already queued, the writer still sends it and the broker may act on it; calling
+    /// again sends it a second time.
     pub async fn send_version_within<R: Request>(
         &self,
         request: &R,
@@ -463,6 +493,12 @@ impl Connection {
 
     /// Hands `request` to the writer (waiting for room in the send queue) and returns without
     /// waiting for the response, so that several requests can be pipelined in a known order.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the frame is queued in the step that completes the future, so a dropped call has
+    /// queued nothing and the connection stays usable. Dropping the returned [`InFlight`] instead
+    /// leaves the request to be sent and its response discarded.
     pub async fn enqueue<R: Request>(&self, request: &R, version: i16) -> Result<InFlight<R>> {
         self.enqueue_within(request, version, self.config.request_timeout).await
     }
@@ -508,6 +544,11 @@ impl Connection {
 
     /// Queues a request the broker does not answer (Produce with acks=0) and returns once it is
     /// handed to the writer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the frame is queued in the step that completes the future, so a dropped call has
+    /// sent nothing and the connection stays usable. Calling again is fine.
     pub async fn send_without_response<R: Request>(&self, request: &R, version: i16) -> Result<()> {
         let api = api_name::<R>();
         let correlation_id = self.shared.next_correlation_id();

@@ -156,6 +156,9 @@ pub struct Consumer {
     fetch_connections: HashMap<(String, usize), Arc<Connection>>,
     /// An error met by a poll that returned other partitions' records; the next poll reports it.
     deferred: Option<Error>,
+    /// Records whose positions have moved, not yet returned: kept here, not in the poll's
+    /// future, so that a poll dropped part way loses none (the next poll returns them).
+    undelivered: Vec<PartitionRecords>,
     /// Responses absorbed so far: each starts its decompression allowance at a partition one
     /// further on, so that partitions late in the answers are not always the ones left over.
     responses_absorbed: usize,
@@ -173,6 +176,7 @@ impl Consumer {
             answered: Vec::new(),
             fetch_connections: HashMap::new(),
             deferred: None,
+            undelivered: Vec::new(),
             responses_absorbed: 0,
         }
     }
@@ -197,6 +201,7 @@ impl Consumer {
             StartAt::Latest => self.log_end(topic, partition).await?,
         };
         let progress = PartitionProgress { position, high_watermark: -1, last_stable_offset: -1 };
+        self.forget_undelivered(topic, partition);
         self.assigned.insert((topic.to_owned(), partition), progress);
         self.positions_moved();
         Ok(())
@@ -205,6 +210,7 @@ impl Consumer {
     /// Stops consuming `topic`/`partition`.
     pub fn unassign(&mut self, topic: &str, partition: i32) {
         self.assigned.remove(&(topic.to_owned(), partition));
+        self.forget_undelivered(topic, partition);
         self.positions_moved();
     }
 
@@ -212,8 +218,15 @@ impl Consumer {
     pub fn seek(&mut self, topic: &str, partition: i32, offset: i64) {
         if let Some(progress) = self.assigned.get_mut(&(topic.to_owned(), partition)) {
             progress.position = offset;
+            self.forget_undelivered(topic, partition);
             self.positions_moved();
         }
+    }
+
+    /// Records of `topic`/`partition` a dropped poll left are not returned once the partition
+    /// is assigned again, unassigned or sought: the caller has said where it goes on from.
+    fn forget_undelivered(&mut self, topic: &str, partition: i32) {
+        self.undelivered.retain(|r| r.topic != topic || r.partition != partition);
     }
 
     /// The assigned partitions and where each stands.
@@ -248,7 +261,16 @@ impl Consumer {
     /// metadata is marked out of date (the next poll fetches from the leaders it then names),
     /// and a poll that got nothing at all waits `metadata_refresh_backoff` before it returns,
     /// so that a caller polling in a loop does not spin while the cluster recovers.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: records are returned once and only once whatever the poll is dropped at.
+    /// A poll dropped after some positions moved keeps those records for the next poll, which
+    /// returns them at once; fetches in flight are dropped and sent again from the positions.
     pub async fn poll(&mut self) -> Result<Vec<PartitionRecords>> {
+        if !self.undelivered.is_empty() {
+            return Ok(std::mem::take(&mut self.undelivered));
+        }
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
@@ -269,7 +291,6 @@ impl Consumer {
                 fetches
             }
         };
-        let mut out = Vec::new();
         let mut lost = false;
         let mut waited = false;
         loop {
@@ -283,7 +304,7 @@ impl Consumer {
             };
             match fetched {
                 Ok((connection, naming, response)) => {
-                    if let Err(e) = self.absorb(&connection, &naming, response, &mut out).await {
+                    if let Err(e) = self.absorb(&connection, &naming, response).await {
                         failure = failure.or(Some(e));
                     }
                     if streaming && self.epoch == epoch {
@@ -301,6 +322,7 @@ impl Consumer {
         } else {
             self.answered.clear();
         }
+        let out = std::mem::take(&mut self.undelivered);
         match failure {
             None => Ok(out),
             Some(e) if e.is_retriable() => {
@@ -406,14 +428,8 @@ impl Consumer {
 
     /// Applies one broker's answer: records out, positions and watermarks updated, errors handled.
     /// A partition's error does not stop the others: it is returned once every other partition
-    /// of the answer is in `out`, and the failed partition's position does not move.
-    async fn absorb(
-        &mut self,
-        connection: &Connection,
-        naming: &FetchNaming,
-        response: FetchResponse,
-        out: &mut Vec<PartitionRecords>,
-    ) -> Result<()> {
+    /// of the answer is in `undelivered`, and the failed partition's position does not move.
+    async fn absorb(&mut self, connection: &Connection, naming: &FetchNaming, response: FetchResponse) -> Result<()> {
         connection.throttle(response.throttle_time_ms);
         crate::connection::check_error(connection.broker(), "Fetch", response.error_code)?;
         let mut failure = None;
@@ -431,7 +447,7 @@ impl Consumer {
         self.responses_absorbed = self.responses_absorbed.wrapping_add(1);
         for (key, answer) in answers {
             match self.absorb_partition(connection, key, answer, &mut allowance).await {
-                Ok(Some(records)) => out.push(records),
+                Ok(Some(records)) => self.undelivered.push(records),
                 Ok(None) => {}
                 Err(e) => failure = failure.or(Some(e)),
             }

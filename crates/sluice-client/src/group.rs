@@ -301,6 +301,21 @@ pub struct GroupConsumer {
     counted_at: Instant,
 }
 
+/// Held while a rejoin is under way: dropped before it is `done` (failed, or its future
+/// dropped), it asks for another.
+struct RejoinUnfinished {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Drop for RejoinUnfinished {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.rejoin.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
         self.heartbeat.abort();
@@ -368,6 +383,13 @@ impl GroupConsumer {
     }
 
     /// Takes the next step: reports a pending rebalance, rejoins, or fetches records.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped at any await, the member loses nothing and the next poll goes on. A rejoin dropped part
+    /// way is started again by the next poll (an Assigned event follows as usual; the group may take one more round);
+    /// records whose positions moved are returned by the next poll (see Consumer::poll); a commit dropped part way
+    /// may still be applied, which is harmless (the same offsets).
     pub async fn poll(&mut self) -> Result<GroupEvent> {
         if let Some(error) = self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner).take() {
             return Err(error);
@@ -431,16 +453,19 @@ impl GroupConsumer {
     }
 
     async fn rejoin(&mut self) -> Result<Vec<(String, i32)>> {
+        // Failed or dropped part way (a caller's timeout), the next poll rejoins again, rather
+        // than go on owning partitions it fetches nothing of.
+        let mut unfinished = RejoinUnfinished { shared: Arc::clone(&self.shared), done: false };
         let result = self.rejoin_once().await;
-        if result.is_err() {
-            // The next poll tries again, rather than go on owning partitions it fetches nothing of.
-            self.shared.rejoin.store(true, Ordering::SeqCst);
-        }
+        unfinished.done = result.is_ok();
         result
     }
 
     async fn rejoin_once(&mut self) -> Result<Vec<(String, i32)>> {
-        for (topic, partition) in std::mem::take(&mut self.assignment) {
+        self.assignment.clear();
+        // Everything the consumer has, including partitions a dropped rejoin had begun to assign.
+        let assigned: Vec<(String, i32)> = self.consumer.progress().map(|(t, p, _)| (t.to_owned(), p)).collect();
+        for (topic, partition) in assigned {
             self.consumer.unassign(&topic, partition);
         }
         self.revoked = false;
@@ -681,6 +706,10 @@ impl GroupConsumer {
 
     /// Commits the position of every owned partition: the offset after the last record `poll`
     /// returned. Records returned are taken as processed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the commit may or may not reach the coordinator; committing again commits the same offsets.
     pub async fn commit(&mut self) -> Result<()> {
         let offsets: Vec<(String, i32, i64)> =
             self.consumer.progress().map(|(topic, partition, p)| (topic.to_owned(), partition, p.position)).collect();
@@ -691,6 +720,10 @@ impl GroupConsumer {
     /// generation. A group that has moved on refuses with `REBALANCE_IN_PROGRESS`,
     /// `ILLEGAL_GENERATION` or `UNKNOWN_MEMBER_ID` (as [`Error::Broker`]), and the member
     /// rejoins at the next `poll`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the commit may or may not reach the coordinator; committing again is harmless.
     pub async fn commit_offsets(&mut self, offsets: &[(String, i32, i64)]) -> Result<()> {
         if offsets.is_empty() {
             self.last_commit = Instant::now();
@@ -742,6 +775,10 @@ impl GroupConsumer {
     }
 
     /// The group's committed offsets for `partitions` (`None` where nothing is committed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn committed(&self, partitions: &[(String, i32)]) -> Result<BTreeMap<(String, i32), Option<i64>>> {
         let coordinator = self.shared.coordinator().await?;
         fetch_committed(&coordinator, &self.config.group_id, Some(partitions)).await
@@ -750,6 +787,12 @@ impl GroupConsumer {
     /// Leaves the group: commits positions if auto-commit is on, then sends LeaveGroup so the
     /// others take over at once (a static member does not leave; its partitions wait for it
     /// until the session timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: the member is gone with the future (the close takes it by value) and its heartbeats have
+    /// stopped, but it may not have committed or left; the group then waits for its session to time out before
+    /// sharing out its partitions, which are read again from the last committed offsets.
     pub async fn close(mut self) -> Result<()> {
         self.heartbeat.abort();
         let commit = if self.config.auto_commit_interval.is_some() && !self.assignment.is_empty() {
@@ -886,6 +929,10 @@ async fn fetch_committed_as(
 
 impl Client {
     /// A pooled connection to `group_id`'s coordinator.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only looks up (a connection it made may stay in the pool).
     pub async fn group_coordinator(&self, group_id: &str) -> Result<Arc<Connection>> {
         let address = find_coordinator(self, group_id).await?;
         self.connection_to(&address).await
@@ -929,6 +976,10 @@ impl Client {
     /// Commits `offsets` (topic, partition, next offset to consume) for `group_id` outside any
     /// membership (generation -1), as a job that assigns its own partitions does so that lag
     /// tools see its progress. The coordinator refuses it while the group has active members.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the commit may or may not reach the coordinator; committing again is harmless.
     pub async fn commit_group_offsets(&self, group_id: &str, offsets: &[(String, i32, i64)]) -> Result<()> {
         let request = OffsetCommitRequest {
             group_id: group_id.to_owned(),
@@ -952,6 +1003,10 @@ impl Client {
     /// `group_id`'s committed offsets for `partitions`, waiting out transactions still deciding
     /// offsets for them (`require_stable`, KIP-447; brokers before OffsetFetch v7 answer at once):
     /// what a transactional writer reads to learn what its last transaction committed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn stable_group_offsets(
         &self,
         group_id: &str,
@@ -974,6 +1029,10 @@ impl Client {
     }
 
     /// Every offset `group_id` has committed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn group_offsets(&self, group_id: &str) -> Result<BTreeMap<(String, i32), i64>> {
         let everything =
             self.at_group_coordinator(group_id, |coordinator| async move {
@@ -1079,6 +1138,10 @@ pub struct GroupMemberDescription {
 
 impl Client {
     /// Every group on every broker of the cluster.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
         let metadata = self.refresh_metadata(None).await?;
         let mut groups = Vec::new();
@@ -1102,6 +1165,10 @@ impl Client {
     /// A group the coordinator does not know is an error (GROUP_ID_NOT_FOUND, with the broker's
     /// message) from brokers with DescribeGroups v6 (Kafka 4); older ones describe it as `Dead`,
     /// with no members.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription> {
         let coordinator = self.group_coordinator(group_id).await?;
         let request = DescribeGroupsRequest { groups: vec![group_id.to_owned()], ..DescribeGroupsRequest::default() };

@@ -438,6 +438,11 @@ fn now_ms() -> i64 {
 
 impl Producer {
     /// Starts a producer on `client` (and, when idempotent, gets a producer id).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is left behind but, for an idempotent or transactional producer, a producer id the broker
+    /// handed out (it expires unused; a transactional id's InitProducerId may have fenced its previous producer).
     pub async fn new(client: Client, mut config: ProducerConfig) -> Result<Self> {
         let mut transaction = None;
         if config.transactional_id.is_some() {
@@ -480,6 +485,12 @@ impl Producer {
 
     /// Buffers `record` for sending, waiting while the buffer is full, and returns a future of
     /// its acknowledgement.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a send dropped before it returns has not buffered the record (nothing of it is sent) and gives
+    /// back the buffer room it waited for; sending the record again is the way on. Once it has returned, the record
+    /// goes out whether or not its DeliveryFuture is awaited.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
         let shared = &self.shared;
         let size = record_size(&record);
@@ -557,6 +568,10 @@ impl Producer {
 
     /// Sends everything buffered now (without waiting for `linger`) and waits until all of it
     /// is acknowledged or has failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: what is buffered is sent anyway; flushing again waits for it.
     pub async fn flush(&self) {
         loop {
             let idle = self.shared.idle.notified();
@@ -575,6 +590,11 @@ impl Producer {
     }
 
     /// Flushes, then stops the producer; later sends fail with [`Error::ProducerClosed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped, the producer goes with it (its background sender stops), so
+    /// records still buffered may never be sent. Await `flush` first where that matters.
     pub async fn close(self) {
         self.flush().await;
         self.shared.state().closed = true;

@@ -76,6 +76,12 @@ const RCODE_NAME_ERROR: u16 = 3;
 /// Never returns an empty list. Fails with [`Error::InvalidAddress`] if `host_port` is not
 /// `host:port`, and with [`Error::Resolve`] if the name has no address or no nameserver answered.
 /// A missing `/etc/hosts` or `/etc/resolv.conf` counts as empty, as in glibc.
+///
+/// # Cancel safety
+///
+/// Cancel safe: it keeps no state, and dropping the future closes its UDP sockets, so replies to
+/// queries already sent are dropped. In a build not statically linked, a C library lookup already
+/// under way runs to its end on a blocking thread. Calling again is fine.
 pub async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>> {
     let (host, port) = split_host_port(host_port)?;
     // A literal needs neither file; the container may not have them.

@@ -215,6 +215,12 @@ impl FetchRangeError {
 }
 
 /// Fetches `range` from its partition's leader, as many fetches as it takes.
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads; what was read so far is dropped with the future, and calling again
+/// starts the range over. A fetch already sent is still answered by the broker, and its answer is
+/// discarded.
 pub async fn fetch_range(
     client: &Client,
     range: &OffsetRange,
@@ -230,6 +236,12 @@ pub async fn fetch_range(
 /// saw, if known: then even the range's first fetch asks for little more than the range
 /// rather than `options.max_bytes` (a broker sends whole batches up to the limit, all of them
 /// past the range's end wasted on both sides).
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads; what was read so far is dropped with the future, and calling again
+/// starts the range over. A fetch already sent is still answered, and later requests on
+/// `connection` may wait up to `options.max_wait` behind it.
 pub async fn fetch_range_on(
     client: &Client,
     connection: &Connection,
@@ -346,6 +358,13 @@ impl RangeReader {
     /// leader if `None`), as many fetches as it takes, or until its [`ReadBudget`] is spent
     /// (then [`RangeReader::is_done`] says whether the range was finished). On an error, what
     /// was read so far is kept; reading again goes on from there.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe with a [`ReadBudget`]: a fetch's reservation is settled only when the fetch
+    /// returns, so dropping the future during a fetch leaves that share counted as used, and the
+    /// readers sharing the budget stop sooner. Otherwise cancel safe: the position and the records
+    /// kept change only after a fetch has returned, so calling again goes on from where it was.
     pub async fn read(
         &mut self,
         client: &Client,

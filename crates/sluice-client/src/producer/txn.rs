@@ -209,6 +209,11 @@ impl Producer {
     /// Opens a transaction: records sent from now until [`Producer::commit_transaction`] or
     /// [`Producer::abort_transaction`] become visible to `read_committed` consumers together, or
     /// not at all.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the only wait is for the transaction lock, so a dropped call changes nothing.
+    /// Calling again is fine.
     pub async fn begin_transaction(&self) -> Result<()> {
         let mut txn = self.transaction_state()?.lock().await;
         if txn.open {
@@ -226,6 +231,12 @@ impl Producer {
     /// Commits consumed `offsets` (topic, partition, next offset to consume) for `group` as part
     /// of the open transaction: they take effect if and only if the transaction commits. This is
     /// how a consume-transform-produce loop is exactly once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after AddOffsetsToTxn or TxnOffsetCommit was queued, the offsets may
+    /// or may not end up in the transaction, and nothing tells which. Call it again with the same
+    /// offsets (both requests are safe to repeat), or abort, before committing.
     pub async fn send_offsets_to_transaction(
         &self,
         offsets: &[(String, i32, i64)],
@@ -312,12 +323,26 @@ impl Producer {
 
     /// Sends everything buffered, then commits the open transaction. If any of its records
     /// failed, nothing is committed: the error is returned and the transaction must be aborted.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after EndTxn was queued, the broker may still commit the transaction
+    /// while this producer keeps it open, and records sent next may not join a new one. Call
+    /// `commit_transaction` again before sending more (a repeated EndTxn is answered as the first
+    /// was). Dropped earlier, while waiting for the lock or the flush, it leaves the transaction open.
     pub async fn commit_transaction(&self) -> Result<()> {
         self.end_transaction(true).await
     }
 
     /// Waits for what was sent to finish, then aborts the open transaction: its records and
     /// offsets are discarded for `read_committed` consumers.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after EndTxn was queued, the broker may still abort the transaction
+    /// while this producer keeps it open, and records sent next may not join a new one. Call
+    /// `abort_transaction` again before sending more (a repeated EndTxn is answered as the first
+    /// was). Dropped earlier, while waiting for the lock or the flush, it leaves the transaction open.
     pub async fn abort_transaction(&self) -> Result<()> {
         self.end_transaction(false).await
     }

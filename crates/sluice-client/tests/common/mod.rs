@@ -14,6 +14,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod cancel;
 pub mod cluster;
 pub mod java;
 pub mod member;
