@@ -2,7 +2,6 @@
 //! batch, Prometheus metrics, and a graceful stop on SIGTERM or Ctrl-C.
 
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sluice_scheduler::{BatchProgress, RateLimits, StartingOffsets};
@@ -117,7 +116,7 @@ pub async fn run(args: RunArgs) -> CliResult {
         tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
     }
     let stop = ctx.stop_handle();
-    tokio::spawn(stop_on_signal(Arc::clone(&stop)));
+    tokio::spawn(stop_on_signal(stop.clone()));
     let mut batches = 0u64;
     let result = ctx
         .run(|p| {
@@ -128,7 +127,7 @@ pub async fn run(args: RunArgs) -> CliResult {
                 let _ = writeln!(std::io::stderr(), "{line}");
             }
             if args.max_batches.is_some_and(|max| batches >= max) {
-                stop.store(true, Ordering::SeqCst);
+                stop.cancel();
             }
         })
         .await;
@@ -143,10 +142,11 @@ pub async fn run(args: RunArgs) -> CliResult {
     }
 }
 
-/// The first SIGTERM or SIGINT stops the job after the batch under way commits; a second one
-/// exits at once (the checkpoint makes the next run redo the unfinished batch).
-async fn stop_on_signal(stop: Arc<std::sync::atomic::AtomicBool>) {
+/// The first SIGTERM or SIGINT stops the job after the batch under way commits (at once when
+/// it is waiting for the next batch); a second one exits at once (the checkpoint makes the next
+/// run redo the unfinished batch).
+async fn stop_on_signal(stop: sluice_stream::CancellationToken) {
     crate::signals::stop().await;
     let _ = writeln!(std::io::stderr(), "stopping once the batch under way commits (again to exit at once)");
-    stop.store(true, Ordering::SeqCst);
+    stop.cancel();
 }

@@ -249,19 +249,9 @@ fn metrics_are_served_and_sigterm_stops_after_a_commit() {
     std::fs::write(&job, job_file(dir.path(), broker, &topics)).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", job.to_str().unwrap(), "--metrics-addr", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut stderr) = spawn_run(&job, &["--metrics-addr", &addr]);
     let mut seen = String::new();
-    while !seen.contains("batch 2:") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended early: {seen}");
-        seen.push_str(&line);
-    }
+    read_until(&mut stderr, &mut seen, "batch 2:");
     // Far more idle connections than the server serves at once: it keeps at most its cap of
     // them open (the rest wait in the listen queue), and the job keeps committing.
     let descriptors = || std::fs::read_dir(format!("/proc/{}/fd", child.id())).unwrap().count();
@@ -270,11 +260,7 @@ fn metrics_are_served_and_sigterm_stops_after_a_commit() {
     std::thread::sleep(Duration::from_millis(300));
     let during = descriptors();
     assert!(during <= before + 16 + 2, "{before} descriptors before 64 idle connections, {during} with them");
-    while !seen.contains("batch 5:") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended early: {seen}");
-        seen.push_str(&line);
-    }
+    read_until(&mut stderr, &mut seen, "batch 5:");
     drop(idle);
     let metrics = http_get(&addr, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
@@ -308,6 +294,59 @@ fn metrics_are_served_and_sigterm_stops_after_a_commit() {
     assert!(rest.contains("stopping once the batch under way commits"), "{rest}");
     assert!(rest.trim_end().ends_with("batch(es)"), "{rest}");
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// `sluice run JOB ARGS...` started, its stderr piped.
+fn spawn_run(job: &Path, args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(job)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    (child, stderr)
+}
+
+/// Reads `stderr` into `seen` until it holds `wanted`.
+fn read_until(stderr: &mut BufReader<std::process::ChildStderr>, seen: &mut String, wanted: &str) {
+    while !seen.contains(wanted) {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended early: {seen}");
+        seen.push_str(&line);
+    }
+}
+
+/// SIGTERM while the job waits out a long batch interval ends the wait: the job stops at once,
+/// not at the next batch.
+#[test]
+fn sigterm_during_a_ten_second_interval_stops_the_job_at_once() {
+    let broker = common::shared().addr.as_str();
+    let topics = Topics::new();
+    produce_orders(broker, &topics);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("orders.toml");
+    let text = job_file(dir.path(), broker, &topics).replace("batch_interval = \"200ms\"", "batch_interval = \"10s\"");
+    assert!(text.contains("batch_interval = \"10s\""));
+    std::fs::write(&job, text).unwrap();
+    let (mut child, mut stderr) = spawn_run(&job, &[]);
+    let mut seen = String::new();
+    // The first batch runs at once; the second is 10 s away.
+    read_until(&mut stderr, &mut seen, "batch 0:");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let stopped_in = started.elapsed();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}\n{rest}");
+    assert!(rest.trim_end().ends_with("stopped after 1 batch(es)"), "{seen}{rest}");
+    // Generous (a loaded machine), and still far below the 9.5 s left of the interval.
+    assert!(stopped_in < Duration::from_secs(5), "stopped {stopped_in:?} after SIGTERM");
 }
 
 fn http_get(addr: &str, path: &str) -> String {

@@ -15,7 +15,6 @@
 #[path = "../../sluice-client/tests/common/mod.rs"]
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{cpu_s, percentile, Broker};
@@ -119,7 +118,7 @@ async fn empty_batches(client: &Client, topic: &str, batches: usize) -> Vec<f64>
             durations.push(last.elapsed().as_secs_f64() * 1000.0);
             last = Instant::now();
             if durations.len() >= batches {
-                stop.store(true, Ordering::SeqCst);
+                stop.cancel();
             }
         })
         .await

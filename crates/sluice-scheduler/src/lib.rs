@@ -18,4 +18,6 @@ pub use scheduler::{
     Batch, BatchOutput, BatchProgress, Durations, PartitionProgress, Processor, RecoveredState, Scheduler,
     SchedulerConfig, SchedulerError, StartingOffsets, CHECKPOINT_ID_FILE,
 };
+/// How a run is stopped: see [`Scheduler::stop_handle`].
+pub use tokio_util::sync::CancellationToken;
 pub use trigger::{Trigger, TriggerState};

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use serde::Serialize;
 use sluice_checkpoint::{BatchCommit, BatchIntent, Log, Options as LogOptions, Snapshot};
 use sluice_client::{Client, ClusterMetadata, Connection, ConnectionConfig, FetchOptions, OffsetSpec};
 use sluice_protocol::error_code::ErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::fetch::{DataLoss, FetchRangeError, RangeReader, RangeRecords, ReadBudget};
@@ -707,7 +707,7 @@ pub struct Scheduler<C: Clock> {
     recovered_state: Option<RecoveredState>,
     next_batch_id: u64,
     progress: VecDeque<BatchProgress>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     last_start_ms: Option<u64>,
     /// When the batch under way was due (the trigger's grid); `None` for a run's first.
     due_ms: Option<u64>,
@@ -846,7 +846,7 @@ impl<C: Clock> Scheduler<C> {
             recovered_state: Some(recovered_state),
             next_batch_id,
             progress: VecDeque::new(),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: CancellationToken::new(),
             last_start_ms: None,
             due_ms: None,
             cut_by_budget: None,
@@ -873,14 +873,15 @@ impl<C: Clock> Scheduler<C> {
         self.checkpoint_id
     }
 
-    /// A handle that stops the run after the current batch (e.g. on SIGTERM).
-    pub fn stop_handle(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.stop)
+    /// A token that stops the run: cancelled, it lets the batch under way finish and commit,
+    /// and ends a wait for the next batch at once (e.g. on SIGTERM).
+    pub fn stop_handle(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
-    /// Makes `stop` this scheduler's stop flag (one made before the scheduler, e.g. by a
-    /// streaming context): setting it stops the run after the current batch.
-    pub fn set_stop_handle(&mut self, stop: Arc<AtomicBool>) {
+    /// Makes `stop` this scheduler's stop token (one made before the scheduler, e.g. by a
+    /// streaming context): cancelling it stops the run as [`Scheduler::stop_handle`]'s does.
+    pub fn set_stop_handle(&mut self, stop: CancellationToken) {
         self.stop = stop;
     }
 
@@ -890,13 +891,13 @@ impl<C: Clock> Scheduler<C> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
-        let stop = Arc::clone(&self.stop);
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = terminate.recv() => {}
                 _ = interrupt.recv() => {}
             }
-            stop.store(true, Ordering::SeqCst);
+            stop.cancel();
         });
         Ok(())
     }
@@ -918,6 +919,14 @@ impl<C: Clock> Scheduler<C> {
 
     /// Runs batches until the trigger says the run is over, a stop is requested, or a batch
     /// fails. `on_progress` sees each batch's progress record.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped at any await, it loses and repeats nothing. A batch whose commit is
+    /// durable counts as done (its positions have moved; only its progress record and its
+    /// informational group commit may be missing); a batch whose intent is durable but not its
+    /// commit is re-run by the next `run` with the same ranges and `rerun` set, as after a
+    /// crash, so a processor must give a re-run batch the output its first run would have.
     pub async fn run<P: Processor>(
         &mut self,
         processor: &mut P,
@@ -925,13 +934,16 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<u64, SchedulerError> {
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
-        while !self.stop.load(Ordering::SeqCst) && !self.bounded_run_done() {
+        while !self.stop.is_cancelled() && !self.bounded_run_done() {
             if let Some(share) = self.cut_by_budget.take() {
                 trigger.cut_short(share);
             }
             let Some(wait) = trigger.wait_ms(self.clock.now_ms()) else { break };
             if wait > 0 {
-                self.clock.sleep(wait).await;
+                tokio::select! {
+                    () = self.clock.sleep(wait) => {}
+                    () = self.stop.cancelled() => break,
+                }
             }
             self.due_ms = trigger.due_ms();
             trigger.batch_started(self.clock.now_ms());
@@ -965,9 +977,13 @@ impl<C: Clock> Scheduler<C> {
 
     /// Waits for the snapshot being written, if any.
     async fn snapshot_written(&mut self) -> Result<(), SchedulerError> {
-        let Some(writing) = self.snapshot_writing.take() else { return Ok(()) };
+        // Taken only once done: a run dropped while it waits leaves the write to be awaited
+        // by the next one, never running beside a later commit.
+        let Some(writing) = self.snapshot_writing.as_mut() else { return Ok(()) };
+        let written = writing.await;
+        self.snapshot_writing = None;
         let batch_id = self.next_batch_id;
-        writing.await.map_err(|e| SchedulerError::Processing {
+        written.map_err(|e| SchedulerError::Processing {
             batch_id,
             reason: format!("writing the state snapshot stopped: {e}"),
         })??;
@@ -1102,12 +1118,16 @@ impl<C: Clock> Scheduler<C> {
                 Err(SchedulerError::Planning { source, .. })
                     if source.is_retriable()
                         && std::time::Instant::now() + backoff < deadline
-                        && !self.stop.load(Ordering::SeqCst) =>
+                        && !self.stop.is_cancelled() =>
                 {
                     self.client.note_error(&source);
                     // The partitions are looked up again too: one may be gone.
                     self.discovered_at_ms = None;
-                    tokio::time::sleep(backoff).await;
+                    // A stop ends the wait; the planning after it is the last try.
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.stop.cancelled() => {}
+                    }
                     backoff = (backoff * 2).min(MAX_FAULT_BACKOFF);
                 }
                 planned => return planned,
@@ -1323,7 +1343,7 @@ impl<C: Clock> Scheduler<C> {
         if empty
             || self.config.prefetch_max_bytes == 0
             || self.config.trigger == Trigger::Once
-            || self.stop.load(Ordering::SeqCst)
+            || self.stop.is_cancelled()
         {
             return;
         }
@@ -1469,7 +1489,13 @@ impl<C: Clock> Scheduler<C> {
             sink_markers: output.sink_markers,
         })?;
         self.log.commit()?;
+        // The batch is done: everything it changes in the scheduler changes before the next
+        // await, so that a run dropped there neither repeats nor forgets it.
         self.pending = None;
+        for range in &ranges {
+            self.positions.insert((range.topic.clone(), range.partition), range.until);
+        }
+        self.next_batch_id = batch_id + 1;
         // Written once the next batch's intent is durable (or at the end of the run): the
         // commit's delta holds this batch's changes until then.
         self.snapshot_to_write = snapshot.map(|state| Snapshot { batch_id, state });
@@ -1481,11 +1507,6 @@ impl<C: Clock> Scheduler<C> {
             let _ = self.client.commit_group_offsets(group, &offsets).await;
         }
         let committed = self.clock.now_ms();
-
-        for range in &ranges {
-            self.positions.insert((range.topic.clone(), range.partition), range.until);
-        }
-        self.next_batch_id = batch_id + 1;
         let processing_ms = fetched.saturating_sub(intent_written) + processed.saturating_sub(fetched);
         if let Some(estimator) = &mut self.estimator {
             // Spark's scheduling delay: how long after it was due the batch started.

@@ -208,7 +208,7 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
     let ends = client.log_ends(&keys, Isolation::ReadUncommitted).await.unwrap();
     let total: i64 = ends.values().sum();
     wait_for_progress(&seen, 0, usize::try_from(total).unwrap(), &mut running).await;
-    stop.store(true, Ordering::SeqCst);
+    stop.cancel();
     running.await.unwrap().expect("the job ran through every fault");
 
     let seen = seen.0.lock().unwrap().clone();

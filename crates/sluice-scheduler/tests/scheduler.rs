@@ -8,15 +8,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{unique, Broker, Kind};
 use sluice_client::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, ManualClock, OffsetRange, Processor, RangeRecords, RateLimits, RecoveredState,
-    Scheduler, SchedulerConfig, SchedulerError,
+    Batch, BatchOutput, BatchProgress, CancellationToken, ManualClock, OffsetRange, Processor, RangeRecords,
+    RateLimits, RecoveredState, Scheduler, SchedulerConfig, SchedulerError,
 };
 
 const PARTITIONS: i32 = 8;
@@ -185,6 +183,90 @@ async fn running_again_after_a_failure_in_the_same_process_reruns_the_open_batch
     let rerun = collect.batches.iter().find(|(id, _, rerun)| *id == 1 && *rerun).expect("batch 1 ran again");
     assert_eq!(rerun.1, failed_ranges);
     assert_exactly_once(&collect.seen);
+}
+
+/// Records read: (partition, offset, value).
+type Seen = Vec<(i32, i64, String)>;
+
+/// Keeps what each batch read, by batch id: a re-run replaces its first run's records, as an
+/// idempotent output does; a re-run must have its first run's ranges.
+#[derive(Default)]
+struct ByBatch {
+    batches: BTreeMap<u64, (Vec<OffsetRange>, Seen)>,
+    /// Batches given as re-runs, and batches given a second time.
+    reruns: usize,
+    again: usize,
+}
+
+impl Processor for ByBatch {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+        if let Some((ranges, _)) = self.batches.get(&batch.batch_id) {
+            assert_eq!(ranges, &batch.ranges, "batch {} again, with other ranges", batch.batch_id);
+            assert!(batch.rerun, "batch {} again, not as a re-run", batch.batch_id);
+            self.again += 1;
+        }
+        self.reruns += usize::from(batch.rerun);
+        self.batches.insert(batch.batch_id, (batch.ranges.clone(), Vec::new()));
+        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+            let mut records = Vec::new();
+            for task in &piece.tasks {
+                for record in task.records() {
+                    let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
+                    records.push((task.range.partition, record.offset(), value));
+                }
+            }
+            // Yields between pieces' bookkeeping, so a drop can land inside processing too.
+            tokio::task::yield_now().await;
+            self.batches.get_mut(&batch.batch_id).unwrap().1.extend(records);
+        }
+        let snapshot = (batch.batch_id % 3 == 0).then(|| batch.batch_id.to_le_bytes().to_vec());
+        Ok(BatchOutput { state_delta: batch.batch_id.to_le_bytes().to_vec(), snapshot, ..BatchOutput::default() })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_dropped_at_any_await_loses_nothing_and_repeats_no_committed_batch() {
+    let (_broker, client, topic) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = SchedulerConfig {
+        // 50 records per partition per batch: 20 batches.
+        limits: RateLimits { max_per_partition: Some(500.0), min_per_partition: 0.0 },
+        // An await after each commit too.
+        commit_to_group: Some(unique("dropped")),
+        ..bounded_config(&topic)
+    };
+    let mut scheduler = Scheduler::open(client.clone(), dir.path(), config.clone(), ManualClock::new(0)).unwrap();
+    let mut processor = ByBatch::default();
+    let mut dropped = 0;
+    // Each batch's run is dropped at its first await, then (run again) at its second, and so
+    // on until the batch commits; then the next batch's the same way: planning, the intent's
+    // sync, reading, processing, the commit's sync, the snapshot's.
+    let mut pendings = 0;
+    loop {
+        let before = scheduler.next_batch_id();
+        let run = scheduler.run(&mut processor, |_| {});
+        match common::cancel::drop_after(pendings, run).await {
+            Some(ran) => {
+                ran.unwrap();
+                break;
+            }
+            None => dropped += 1,
+        }
+        pendings = if scheduler.next_batch_id() == before { pendings + 1 } else { 0 };
+        assert!(dropped < 20_000, "no end after {dropped} dropped runs");
+    }
+    let seen: Vec<(i32, i64, String)> = processor.batches.values().flat_map(|(_, records)| records.clone()).collect();
+    assert_exactly_once(&seen);
+    assert_eq!(processor.batches.keys().copied().collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
+    assert_eq!(scheduler.next_batch_id(), 20);
+    assert!(dropped > 2 * 20, "only {dropped} runs were dropped");
+    assert!(processor.reruns > 0, "no run was dropped between a batch's intent and its commit");
+    // And the checkpoint agrees: reopened, the job is done.
+    drop(scheduler);
+    let reopened = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
+    assert_eq!(reopened.next_batch_id(), 20);
+    assert_eq!(reopened.positions().values().copied().collect::<Vec<_>>(), vec![PER_PARTITION; 8]);
+    eprintln!("{dropped} runs dropped, {} batches re-run, {} processed again", processor.reruns, processor.again);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,7 +563,7 @@ async fn partitions_gone_from_the_cluster_fail_the_job_or_are_dropped_from_its_c
 fn run_in_background(
     client: &Client,
     config: SchedulerConfig,
-) -> (tempfile::TempDir, Arc<AtomicBool>, Shared, tokio::task::JoinHandle<Result<u64, SchedulerError>>) {
+) -> (tempfile::TempDir, CancellationToken, Shared, tokio::task::JoinHandle<Result<u64, SchedulerError>>) {
     let dir = tempfile::tempdir().unwrap();
     let mut scheduler =
         Scheduler::open(client.clone(), dir.path(), config, sluice_scheduler::SystemClock::new()).unwrap();
@@ -544,7 +626,7 @@ async fn partitions_of_a_topic_created_while_running_are_found_and_read_from_the
     produce_tagged(&client, &grow_b, 3, 20, "b").await;
     produce_tagged(&client, &grow_a, 2, 5, "a2").await;
     wait_for(&shared, 105, &mut running).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.cancel();
     running.await.unwrap().unwrap();
     let mut seen = shared.0.lock().unwrap().clone();
     seen.sort();
@@ -587,7 +669,7 @@ async fn partitions_added_to_a_topic_while_running_are_found_and_read_from_their
     }
     producer.flush().await;
     wait_for(&shared, 100, &mut running).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.cancel();
     running.await.unwrap().unwrap();
     let mut seen = shared.0.lock().unwrap().clone();
     seen.sort();

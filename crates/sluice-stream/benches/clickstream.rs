@@ -227,7 +227,7 @@ async fn engine_until(
             println!("{}", p.to_json());
         }
         if done(rows, start.elapsed()) {
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            stop.cancel();
         }
     })
     .await

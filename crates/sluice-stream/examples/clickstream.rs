@@ -84,7 +84,7 @@ async fn run(broker: &str, checkpoint: &str, out: Option<&str>) -> Result<(), Bo
     let stop = ctx.stop_handle();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        stop.cancel();
     });
     let batches = ctx
         .run(|p| {

@@ -2,12 +2,12 @@
 //! scheduler.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use sluice_client::{Client, ClientConfig};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, Clock, Processor, RangeRecords, Scheduler, SchedulerConfig, SystemClock,
+    Batch, BatchOutput, BatchProgress, CancellationToken, Clock, Processor, RangeRecords, Scheduler, SchedulerConfig,
+    SystemClock,
 };
 
 use crate::record::KafkaRecord;
@@ -127,7 +127,7 @@ impl StreamConfig {
 pub struct StreamingContext {
     config: StreamConfig,
     graph: SharedGraph,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 }
 
 impl StreamingContext {
@@ -135,7 +135,7 @@ impl StreamingContext {
     pub fn new(config: StreamConfig) -> Self {
         let interval_ms = u64::try_from(config.scheduler.batch_interval.as_millis()).unwrap_or(u64::MAX);
         let graph = Arc::new(Mutex::new(Graph { interval_ms, ..Graph::default() }));
-        Self { config, graph, stop: Arc::new(AtomicBool::new(false)) }
+        Self { config, graph, stop: CancellationToken::new() }
     }
 
     /// The records of the configured topics, one part per read task: Spark's
@@ -146,13 +146,21 @@ impl StreamingContext {
         DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.take())))
     }
 
-    /// Setting this flag stops the job after the batch under way commits.
-    pub fn stop_handle(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.stop)
+    /// A token that stops the job: cancelled, it lets the batch under way commit, and ends a
+    /// wait for the next batch at once.
+    pub fn stop_handle(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Runs the job until its trigger or ending offsets say it is over, or it is stopped;
     /// returns how many batches ran.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future is a crash without the process ending: the job's state in memory is
+    /// gone with it, and the next run on the same checkpoint directory (a new context) recovers
+    /// as after a crash, re-running the batch that had not committed. To stop between batches,
+    /// cancel [`StreamingContext::stop_handle`] instead.
     pub async fn run(self, on_progress: impl FnMut(&BatchProgress)) -> Result<u64, StreamError> {
         self.run_with_clock(SystemClock::new(), on_progress).await
     }
@@ -184,7 +192,7 @@ impl StreamingContext {
         let client = Client::connect(self.config.client.clone()).await?;
         let interval_ms = lock(&self.graph).interval_ms;
         let mut scheduler = Scheduler::open(client, &self.config.checkpoint_dir, self.config.scheduler.clone(), clock)?;
-        scheduler.set_stop_handle(Arc::clone(&self.stop));
+        scheduler.set_stop_handle(self.stop.clone());
         let recovered = scheduler.take_recovered_state();
         state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
         let snapshot_every = self.config.snapshot_every;

@@ -22,6 +22,8 @@ pub use kafka_sink::{KafkaSink, KafkaSinkCounters};
 pub use keyed::{KeyState, StateKey};
 pub use record::{split_csv, KafkaRecord, ParseError};
 pub use sink::{BatchInfo, ForEach, JsonLinesFiles, Sink, Stdout};
+/// How a running job is stopped: see [`StreamingContext::stop_handle`].
+pub use sluice_scheduler::CancellationToken;
 pub use stream::{BatchInput, DStream, Parts};
 
 /// The workspace README's examples, compiled and run as doctests.
