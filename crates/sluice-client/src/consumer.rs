@@ -194,6 +194,11 @@ impl Consumer {
     }
 
     /// Starts consuming `topic`/`partition` from `start`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the partition is assigned only once its start is known; dropped before,
+    /// nothing changed.
     pub async fn assign(&mut self, topic: &str, partition: i32, start: StartAt) -> Result<()> {
         let position = match start {
             StartAt::Offset(offset) => offset,
@@ -231,12 +236,30 @@ impl Consumer {
 
     /// The assigned partitions and where each stands.
     pub fn progress(&self) -> impl Iterator<Item = (&str, i32, PartitionProgress)> {
-        self.assigned.iter().map(|((topic, partition), p)| (topic.as_str(), *partition, *p))
+        self.assigned
+            .iter()
+            .map(|((topic, partition), p)| (topic.as_str(), *partition, self.returned(topic, *partition, *p)))
+    }
+
+    /// `progress` with its position at the first record kept for the next poll, if a dropped
+    /// poll left any: a position is always the offset after the last record returned, so that
+    /// committing it never skips a record nobody received.
+    fn returned(&self, topic: &str, partition: i32, mut progress: PartitionProgress) -> PartitionProgress {
+        let kept = self
+            .undelivered
+            .iter()
+            .filter(|r| r.topic == topic && r.partition == partition)
+            .filter_map(|r| r.records().next().map(|record| record.offset()))
+            .min();
+        if let Some(offset) = kept {
+            progress.position = progress.position.min(offset);
+        }
+        progress
     }
 
     /// Where `topic`/`partition` stands, if assigned.
     pub fn partition_progress(&self, topic: &str, partition: i32) -> Option<PartitionProgress> {
-        self.assigned.get(&(topic.to_owned(), partition)).copied()
+        self.assigned.get(&(topic.to_owned(), partition)).map(|p| self.returned(topic, partition, *p))
     }
 
     async fn log_end(&self, topic: &str, partition: i32) -> Result<i64> {

@@ -941,13 +941,18 @@ impl<C: Clock> Scheduler<C> {
             let Some(wait) = trigger.wait_ms(self.clock.now_ms()) else { break };
             if wait > 0 {
                 tokio::select! {
-                    () = self.clock.sleep(wait) => {}
+                    biased;
                     () = self.stop.cancelled() => break,
+                    () = self.clock.sleep(wait) => {}
                 }
             }
             self.due_ms = trigger.due_ms();
             trigger.batch_started(self.clock.now_ms());
-            let (progress, reached_end) = self.run_batch(processor).await?;
+            let (progress, reached_end) = match self.run_batch(processor).await {
+                // Stopped while planning waited out a fault: nothing was begun, a clean stop.
+                Err(SchedulerError::Planning { .. }) if self.stop.is_cancelled() && self.pending.is_none() => break,
+                ran => ran?,
+            };
             ran += 1;
             self.write_progress(&progress)?;
             on_progress(&progress);
@@ -1125,8 +1130,9 @@ impl<C: Clock> Scheduler<C> {
                     self.discovered_at_ms = None;
                     // A stop ends the wait; the planning after it is the last try.
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        biased;
                         () = self.stop.cancelled() => {}
+                        () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(MAX_FAULT_BACKOFF);
                 }

@@ -196,6 +196,8 @@ struct ByBatch {
     /// Batches given as re-runs, and batches given a second time.
     reruns: usize,
     again: usize,
+    /// Every batch id given, in order.
+    given: Vec<u64>,
 }
 
 impl Processor for ByBatch {
@@ -206,6 +208,7 @@ impl Processor for ByBatch {
             self.again += 1;
         }
         self.reruns += usize::from(batch.rerun);
+        self.given.push(batch.batch_id);
         self.batches.insert(batch.batch_id, (batch.ranges.clone(), Vec::new()));
         while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
             let mut records = Vec::new();
@@ -244,6 +247,7 @@ async fn the_run_dropped_at_any_await_loses_nothing_and_repeats_no_committed_bat
     let mut pendings = 0;
     loop {
         let before = scheduler.next_batch_id();
+        let given_before = processor.given.len();
         let run = scheduler.run(&mut processor, |_| {});
         match common::cancel::drop_after(pendings, run).await {
             Some(ran) => {
@@ -252,6 +256,8 @@ async fn the_run_dropped_at_any_await_loses_nothing_and_repeats_no_committed_bat
             }
             None => dropped += 1,
         }
+        let given = processor.given.get(given_before..).unwrap_or_default();
+        assert!(given.iter().all(|id| *id >= before), "a committed batch given again: {given:?} from {before}");
         pendings = if scheduler.next_batch_id() == before { pendings + 1 } else { 0 };
         assert!(dropped < 20_000, "no end after {dropped} dropped runs");
     }
