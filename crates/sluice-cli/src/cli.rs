@@ -16,6 +16,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Report more of what happens on stderr: -v reconnects, retries and rebalances, -vv each
+    /// request, -vvv everything. Without it, warnings only (or what RUST_LOG says, e.g.
+    /// RUST_LOG=sluice_client=debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
 
 const fn const_format_help() -> &'static str {

@@ -29,6 +29,7 @@ use sluice_client::{Client, ClientConfig};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    report_events(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return report(&CliError::Failed(format!("starting the runtime: {e}"))),
@@ -52,6 +53,31 @@ async fn dispatch(command: Command) -> error::CliResult {
         Command::Checkpoint(args) => checkpoint::checkpoint(args),
         Command::Generate(args) => generate::generate(args).await,
     }
+}
+
+/// Prints the library crates' events (reconnects, retries, rebalances, data loss, slow syncs) on
+/// stderr: warnings by default, more with each -v; RUST_LOG, when set and no -v is given, says
+/// which (as env_logger and tracing users write it).
+fn report_events(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if verbose == 0 && !directives.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "sluice: RUST_LOG={directives:?} is not understood ({e}); warnings only"
+                );
+                tracing_subscriber::EnvFilter::new(level)
+            })
+        }
+        _ => tracing_subscriber::EnvFilter::new(level),
+    };
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn report(error: &CliError) -> ExitCode {

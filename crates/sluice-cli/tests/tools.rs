@@ -11,7 +11,7 @@ mod cli;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use cli::{lines, ok, sluice};
+use cli::{lines, ok, sluice, sluice_env};
 use common::unique;
 
 #[test]
@@ -127,6 +127,21 @@ fn group_consume_commits_and_offsets_show_lag() {
     rest.push(one.trim_end());
     rest.sort_unstable();
     assert_eq!(rest, ["late 1", "late 2", "late 3"]);
+
+    // -v tells of the member joining its group on stderr; RUST_LOG does as -v does; without
+    // either, warnings only.
+    let group = ["consume", "-t", events.as_str(), "-G", readers.as_str(), "-e"];
+    let stderr = |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    let verbose = sluice(b, &[&["-v"][..], &group[..]].concat(), "");
+    ok(&verbose);
+    let joined = format!("joined group={readers}");
+    assert!(stderr(&verbose).contains(&joined), "{}", stderr(&verbose));
+    let logged = sluice_env(&group, &[("SLUICE_BROKERS", b), ("RUST_LOG", "sluice_client=info")], "");
+    ok(&logged);
+    assert!(stderr(&logged).contains(&joined), "{}", stderr(&logged));
+    let quiet = sluice(b, &group, "");
+    ok(&quiet);
+    assert!(!stderr(&quiet).contains("joined"), "{}", stderr(&quiet));
 }
 
 #[test]

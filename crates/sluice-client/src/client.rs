@@ -453,7 +453,9 @@ impl Client {
             Ok(connection) => {
                 let connection = Arc::new(connection);
                 let mut state = self.state();
-                state.backoff.remove(address);
+                if let Some((failures, _)) = state.backoff.remove(address) {
+                    tracing::info!(broker = address, failures, "reconnected");
+                }
                 // Another task may have connected meanwhile: keep one, drop the other.
                 let pooled = state.connections.entry(address.to_owned()).or_insert_with(|| Arc::clone(&connection));
                 if pooled.is_closed() {
@@ -462,7 +464,13 @@ impl Client {
                 Ok(Arc::clone(pooled))
             }
             Err(e) => {
-                self.note_failure(address);
+                let (failures, wait) = self.note_failure(address);
+                // A broker restarting misses a try or two; more is worth a warning.
+                if failures >= 3 {
+                    tracing::warn!(broker = address, failures, retry_in = ?wait, error = %e, "cannot connect");
+                } else {
+                    tracing::info!(broker = address, failures, retry_in = ?wait, error = %e, "cannot connect");
+                }
                 Err(e)
             }
         }
@@ -476,7 +484,8 @@ impl Client {
         }
     }
 
-    fn note_failure(&self, address: &str) {
+    /// Counts a failure to connect to `address`: how many in a row, and the wait before the next try.
+    fn note_failure(&self, address: &str) -> (u32, Duration) {
         let config = &self.inner.config;
         let mut state = self.state();
         // The broker may have left the cluster, or its partitions moved to others.
@@ -491,6 +500,7 @@ impl Client {
         let wait = (base.saturating_mul(jitter_permille) / 1000).min(config.reconnect_backoff_max);
         let now = Instant::now();
         state.backoff.insert(address.to_owned(), (failures, now.checked_add(wait).unwrap_or(now)));
+        (failures, wait)
     }
 
     /// Creates a topic and waits (up to the request timeout) until the leader of each of its

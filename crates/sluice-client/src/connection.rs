@@ -114,6 +114,8 @@ type Reply = std::result::Result<Bytes, Closed>;
 /// State shared by the connection handle and its reader and writer tasks.
 #[derive(Debug, Default)]
 struct Shared {
+    /// The broker's address, for the events this connection reports.
+    broker: String,
     pending: Mutex<HashMap<i32, oneshot::Sender<Reply>>>,
     /// Why the connection closed, once it has.
     closed: Mutex<Option<Closed>>,
@@ -170,6 +172,12 @@ impl Shared {
     fn close(&self, reason: Closed) {
         let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
         if closed.is_none() {
+            match &reason {
+                Closed::Lost(why) => tracing::info!(broker = %self.broker, reason = %why, "connection closed"),
+                Closed::FrameTooLarge { size, max } => {
+                    tracing::warn!(broker = %self.broker, size, max, "connection closed: a response larger than allowed");
+                }
+            }
             *closed = Some(reason.clone());
         }
         drop(closed);
@@ -240,7 +248,13 @@ impl<R: Request> InFlight<R> {
     pub async fn response(self) -> Result<R::Response> {
         let Self { broker, api, version, timeout, deadline, response, observed, _guard, .. } = self;
         let observed = observed.map(|(started, observer)| (started, observer, broker.clone()));
-        let answer = receive::<R>(broker, api, version, (timeout, deadline), response).await;
+        let span = tracing::debug_span!("request", broker = %broker, api, version);
+        let answer = tracing::Instrument::instrument(
+            receive::<R>(broker, api, version, (timeout, deadline), response),
+            span.clone(),
+        )
+        .await;
+        span.in_scope(|| tracing::trace!(ok = answer.is_ok(), "answered"));
         if let Some((started, observer, broker)) = observed {
             observer.request_done(&broker, api, started.elapsed(), answer.is_ok());
         }
@@ -346,7 +360,7 @@ impl Connection {
             let keepalive = keepalive.with_interval(Duration::from_secs(10)).with_retries(3);
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         }
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared { broker: broker.to_owned(), ..Shared::default() });
         let (writer, queue) = mpsc::channel(config.max_queued_requests.max(1));
         let decoder = FrameDecoder::new(config.max_frame_bytes);
         let tasks = match &config.tls {

@@ -399,16 +399,24 @@ impl GroupConsumer {
                 if self.config.auto_commit_interval.is_some() {
                     // Best effort: a group already past this generation refuses the commit, and
                     // the records are then consumed again by their next owner.
-                    let _ = self.commit().await;
+                    if let Err(e) = self.commit().await {
+                        tracing::info!(group = %self.config.group_id, error = %e, "commit before the rebalance refused; the next owner reads from the last commit");
+                    }
                 }
                 self.revoked = true;
+                tracing::info!(group = %self.config.group_id, partitions = ?self.assignment, "rebalance: partitions revoked");
                 return Ok(GroupEvent::Revoked(self.assignment.clone()));
             }
             return match self.rejoin().await {
-                Ok(assigned) => Ok(GroupEvent::Assigned(assigned)),
+                Ok(assigned) => {
+                    let (member, generation, _) = self.shared.snapshot();
+                    tracing::info!(group = %self.config.group_id, member = %member, generation, partitions = ?assigned, "joined");
+                    Ok(GroupEvent::Assigned(assigned))
+                }
                 // A transient fault (the coordinator moving, a leader lost): the next poll
                 // rejoins again.
                 Err(e) if group_in_flux(&e) => {
+                    tracing::info!(group = %self.config.group_id, error = %e, "rejoin failed; trying again");
                     tokio::time::sleep(self.config.retry_backoff).await;
                     Ok(GroupEvent::Records(Vec::new()))
                 }
@@ -857,17 +865,27 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
         match answer {
             Ok((coordinator, code)) => match ErrorCode::from_code(code) {
                 ErrorCode::None => {}
-                ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration => shared.request_rejoin(generation),
-                ErrorCode::UnknownMemberId => shared.forget_member_id(),
+                ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration => {
+                    tracing::debug!(group = %shared.group_id, generation, ?code, "rebalance: rejoin requested");
+                    shared.request_rejoin(generation);
+                }
+                ErrorCode::UnknownMemberId => {
+                    tracing::info!(group = %shared.group_id, "the coordinator no longer knows this member; joining anew");
+                    shared.forget_member_id();
+                }
                 ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable => shared.forget_coordinator().await,
                 code => {
                     let error = Error::Broker { broker: coordinator.broker().to_owned(), api: "Heartbeat", code };
+                    tracing::error!(group = %shared.group_id, error = %error, "heartbeat refused");
                     *shared.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                     shared.request_rejoin(generation);
                 }
             },
             // The connection broke or timed out: find the coordinator again at the next beat.
-            Err(_) => shared.forget_coordinator().await,
+            Err(e) => {
+                tracing::info!(group = %shared.group_id, error = %e, "heartbeat failed; looking up the coordinator again");
+                shared.forget_coordinator().await;
+            }
         }
     }
 }

@@ -1082,10 +1082,13 @@ fn retry_or_fail(shared: &Arc<Shared>, batch: SealedBatch, error: Error) {
     // A leader that moved or cannot be reached: the next send looks it up again.
     shared.client.note_error(&error);
     let now = Instant::now();
+    let (topic, partition) = (&batch.partition.0, batch.partition.1);
     if !should_retry(&shared.config, &error) {
+        tracing::warn!(topic = %topic, partition, error = %error, "batch failed");
         return finish(shared, batch, Err(error));
     }
     if now >= batch.deadline {
+        tracing::warn!(topic = %topic, partition, error = %error, "batch failed: out of delivery time");
         let (topic, partition) = batch.partition.clone();
         let timeout = shared.config.delivery_timeout;
         return finish(
@@ -1094,6 +1097,7 @@ fn retry_or_fail(shared: &Arc<Shared>, batch: SealedBatch, error: Error) {
             Err(Error::DeliveryTimeout { topic, partition, timeout, last_error: error.to_string() }),
         );
     }
+    tracing::info!(topic = %topic, partition, error = %error, "batch sent again");
     requeue(shared, batch, error);
 }
 

@@ -786,6 +786,9 @@ fn checkpoint_id(dir: &Path, fresh: bool) -> Result<u64, SchedulerError> {
     Ok(id)
 }
 
+/// A checkpoint sync that takes this long is reported.
+const SLOW_SYNC: Duration = Duration::from_secs(1);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -799,6 +802,16 @@ impl<C: Clock> Scheduler<C> {
         clock: C,
     ) -> Result<Self, SchedulerError> {
         let (log, recovered) = Log::open(checkpoint_dir.as_ref(), config.checkpoint.clone())?;
+        let dir = checkpoint_dir.as_ref().display();
+        if let Some(torn) = &recovered.torn {
+            tracing::warn!(checkpoint = %dir, segment = torn.segment_id, offset = torn.offset, problem = %torn.problem, "recovery cut a torn tail (writes never synced before the last run ended)");
+        }
+        if let Some(damage) = &recovered.damage {
+            tracing::error!(checkpoint = %dir, segment = damage.segment_id, offset = damage.offset, problem = %damage.problem, "recovery truncated the checkpoint at damage; later batches are forgotten");
+        }
+        if let Some(intent) = recovered.pending.first() {
+            tracing::warn!(checkpoint = %dir, batch_id = intent.batch_id, "a batch was begun and not committed when the last run ended; it runs again first, with the same offsets");
+        }
         // Nothing was ever begun in this log, so nothing outside it can carry its id yet.
         let fresh = recovered.last_committed.is_none() && recovered.pending.is_empty();
         let checkpoint_id = checkpoint_id(checkpoint_dir.as_ref(), fresh)?;
@@ -948,7 +961,8 @@ impl<C: Clock> Scheduler<C> {
             }
             self.due_ms = trigger.due_ms();
             trigger.batch_started(self.clock.now_ms());
-            let (progress, reached_end) = match self.run_batch(processor).await {
+            let span = tracing::info_span!("batch", id = self.next_batch_id);
+            let (progress, reached_end) = match tracing::Instrument::instrument(self.run_batch(processor), span).await {
                 // Stopped while planning waited out a fault: nothing was begun, a clean stop.
                 Err(SchedulerError::Planning { .. }) if self.stop.is_cancelled() && self.pending.is_none() => break,
                 ran => ran?,
@@ -1125,6 +1139,7 @@ impl<C: Clock> Scheduler<C> {
                         && std::time::Instant::now() + backoff < deadline
                         && !self.stop.is_cancelled() =>
                 {
+                    tracing::warn!(batch_id, error = %source, retry_in = ?backoff, "planning failed on a transient fault");
                     self.client.note_error(&source);
                     // The partitions are looked up again too: one may be gone.
                     self.discovered_at_ms = None;
@@ -1164,6 +1179,7 @@ impl<C: Clock> Scheduler<C> {
                 let (topic, partition) = key;
                 return Err(SchedulerError::PartitionGone { batch_id, topic, partition, position });
             }
+            tracing::warn!(batch_id, topic = %key.0, partition = key.1, position, "partition gone from the cluster; dropped from the job (fail_on_data_loss is off)");
             self.positions.remove(&key);
             self.known_high_watermarks.remove(&key);
         }
@@ -1209,6 +1225,7 @@ impl<C: Clock> Scheduler<C> {
                     return Err(SchedulerError::DataLoss { batch_id, topic, partition, position: from, log_end: end });
                 }
                 // Skipped: the log as it is now is read from its start, all of it new to the job.
+                tracing::warn!(batch_id, topic = %key.0, partition = key.1, position = from, log_end = end, "log now ends before the job's position; read again from its start (fail_on_data_loss is off)");
                 self.known_high_watermarks.insert(key.clone(), end);
                 let start = starts.get(&key).copied().unwrap_or(0).min(end);
                 positions.insert(key.clone(), start);
@@ -1381,7 +1398,7 @@ impl<C: Clock> Scheduler<C> {
         let batch_id = self.next_batch_id;
         let started = self.clock.now_ms();
         let mut reading = None;
-        let (Plan { ranges, latest, resets, cut_by_budget }, rerun) = match self.pending.take() {
+        let (Plan { ranges, mut latest, resets, cut_by_budget }, rerun) = match self.pending.take() {
             Some(intent) => {
                 let ranges: Vec<OffsetRange> = intent.ranges.iter().map(from_log_range).collect();
                 let latest = ranges.iter().map(|r| r.until).collect();
@@ -1484,7 +1501,22 @@ impl<C: Clock> Scheduler<C> {
         if !first_is_last {
             learn(self, &tally);
         }
+        if rerun {
+            // A re-run's plan is its intent's ranges: where its partitions end now comes from
+            // what the reads just saw, so that its progress shows the input left, not lag 0.
+            latest = ranges
+                .iter()
+                .map(|r| {
+                    self.known_high_watermarks
+                        .get(&(r.topic.clone(), r.partition))
+                        .map_or(r.until, |hw| (*hw).max(r.until))
+                })
+                .collect();
+        }
         let (rows, lost) = (tally.records as u64, tally.lost);
+        for ((topic, partition), offsets) in lost.iter().filter(|(_, n)| **n > 0) {
+            tracing::warn!(batch_id, topic = %topic, partition, offsets, "offsets gone before they were read (retention or deletion); skipped (fail_on_data_loss is off)");
+        }
         let (input_bytes, pieces) = (tally.bytes as u64, tally.pieces);
         let processed = self.clock.now_ms();
         let snapshot = output.snapshot;
@@ -1494,7 +1526,11 @@ impl<C: Clock> Scheduler<C> {
             state_delta: output.state_delta,
             sink_markers: output.sink_markers,
         })?;
+        let syncing = std::time::Instant::now();
         self.log.commit()?;
+        if syncing.elapsed() >= SLOW_SYNC {
+            tracing::warn!(batch_id, took = ?syncing.elapsed(), "slow checkpoint sync of the batch's commit");
+        }
         // The batch is done: everything it changes in the scheduler changes before the next
         // await, so that a run dropped there neither repeats nor forgets it.
         self.pending = None;
@@ -1510,7 +1546,9 @@ impl<C: Clock> Scheduler<C> {
             let offsets: Vec<(String, i32, i64)> =
                 ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();
             // Informational: a failure here does not undo the batch.
-            let _ = self.client.commit_group_offsets(group, &offsets).await;
+            if let Err(e) = self.client.commit_group_offsets(group, &offsets).await {
+                tracing::warn!(batch_id, group = %group, error = %e, "committing the batch's offsets to the group failed (lag tools see older offsets)");
+            }
         }
         let committed = self.clock.now_ms();
         let processing_ms = fetched.saturating_sub(intent_written) + processed.saturating_sub(fetched);

@@ -165,9 +165,14 @@ async fn a_failed_batch_is_rerun_after_reopening_with_the_ranges_of_its_intent()
     assert_eq!(state.snapshot, Some((0, b"state after 0".to_vec())));
     assert_eq!(state.deltas, vec![(1, 1u64.to_le_bytes().to_vec())]);
     assert_eq!(scheduler.take_recovered_state(), RecoveredState::default(), "given once");
-    scheduler.run(&mut collect, |_| {}).await.unwrap();
+    let mut progress: Vec<BatchProgress> = Vec::new();
+    scheduler.run(&mut collect, |p| progress.push(p.clone())).await.unwrap();
     let rerun = collect.batches.iter().find(|(id, _, rerun)| *id == 2 && *rerun).expect("batch 2 ran again");
     assert_eq!(rerun.1, failed_ranges, "the same ranges as the intent");
+    // The re-run's progress shows the input left after it (batches 3 and 4), not lag 0.
+    let again = progress.iter().find(|p| p.batch_id == 2).unwrap();
+    assert!(again.rerun);
+    assert_eq!(again.sources.iter().map(|s| s.lag).sum::<i64>(), 8 * 400, "{:?}", again.sources);
     assert_exactly_once(&collect.seen);
 }
 

@@ -11,10 +11,10 @@ pub fn sluice(broker: &str, args: &[&str], stdin: &str) -> Output {
 }
 
 /// Runs `sluice args...` with these environment variables and none of the caller's other
-/// `SLUICE_*` ones, with `stdin` piped in.
+/// `SLUICE_*` ones (nor its `RUST_LOG`), with `stdin` piped in.
 pub fn sluice_env(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("SLUICE_")) {
+    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("SLUICE_") || var == "RUST_LOG") {
         command.env_remove(var);
     }
     let mut child = command
