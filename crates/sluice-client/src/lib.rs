@@ -21,7 +21,9 @@ pub use client::{
     TopicMetadata,
 };
 pub use connection::{Connection, ConnectionConfig, InFlight, RequestObserver, VersionRange};
-pub use consumer::{Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt};
+pub use consumer::{
+    filter_aborted, Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt,
+};
 pub use error::{Error, Result};
 pub use group::{
     ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupDescription, GroupEvent, GroupListing,

@@ -487,7 +487,15 @@ impl RangeReader {
             let bytes: usize = fetched.records.batches.iter().map(RecordBatch::data_len).sum();
             self.per_offset = Some(bytes as f64 / (next - position) as f64);
             self.position = next;
-            self.batches.extend(fetched.records.batches.into_iter().filter(|b| b.header.base_offset < range.until));
+            let batches = match options.isolation {
+                // The batches of aborted transactions (and the markers) are left out, as Kafka's
+                // read_committed consumers leave them, by the aborted transactions the answer lists.
+                sluice_client::Isolation::ReadCommitted => {
+                    sluice_client::filter_aborted(fetched.records.batches, &fetched.aborted_transactions)
+                }
+                sluice_client::Isolation::ReadUncommitted => fetched.records.batches,
+            };
+            self.batches.extend(batches.into_iter().filter(|b| b.header.base_offset < range.until));
         }
         Ok(())
     }
