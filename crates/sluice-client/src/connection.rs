@@ -249,12 +249,9 @@ impl<R: Request> InFlight<R> {
         let Self { broker, api, version, timeout, deadline, response, observed, _guard, .. } = self;
         let observed = observed.map(|(started, observer)| (started, observer, broker.clone()));
         let span = tracing::debug_span!("request", broker = %broker, api, version);
-        let answer = tracing::Instrument::instrument(
-            receive::<R>(broker, api, version, (timeout, deadline), response),
-            span.clone(),
-        )
-        .await;
-        span.in_scope(|| tracing::trace!(ok = answer.is_ok(), "answered"));
+        let answer =
+            tracing::Instrument::instrument(receive::<R>(broker, api, version, (timeout, deadline), response), span)
+                .await;
         if let Some((started, observer, broker)) = observed {
             observer.request_done(&broker, api, started.elapsed(), answer.is_ok());
         }

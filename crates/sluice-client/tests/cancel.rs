@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::cancel::drop_after;
 use common::unique;
 use sluice_client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset,
-    PartitionRecords, Producer, ProducerConfig, ProducerRecord, StartAt,
+    Client, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, PartitionRecords, Producer,
+    ProducerConfig, ProducerRecord, StartAt,
 };
 
 const PARTITIONS: i32 = 4;
@@ -20,10 +20,7 @@ const RECORDS: usize = 4_000;
 
 /// A new topic of 4 partitions holding `RECORDS` records valued `0`, `1`, ... round the partitions.
 async fn setup(name: &str) -> (Client, String) {
-    let broker = common::shared();
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let topic = unique(name);
-    client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
+    let (_, client, topic) = common::new_topic(name, PARTITIONS).await;
     // Small batches, so that the records take many fetches.
     let config = ProducerConfig { batch_size_bytes: 512, ..ProducerConfig::default() };
     let producer = Producer::new(client.clone(), config).await.unwrap();
@@ -203,10 +200,7 @@ async fn a_group_poll_dropped_at_any_await_keeps_the_assignment_and_returns_ever
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_dropped_at_any_await_sends_nothing_and_sending_again_sends_once() {
-    let broker = common::shared();
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let topic = unique("cancel-producer");
-    client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
+    let (_, client, topic) = common::new_topic("cancel-producer", PARTITIONS).await;
     // A small buffer, so that sends wait for room; keyless records, so that the first looks
     // up the topic's partitions.
     let config = ProducerConfig { buffer_memory_bytes: 2_048, batch_size_bytes: 1_024, ..ProducerConfig::default() };

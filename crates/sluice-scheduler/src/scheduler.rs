@@ -983,6 +983,17 @@ impl<C: Clock> Scheduler<C> {
         Ok(ran)
     }
 
+    /// Makes what was appended to the log durable; a sync slower than [`SLOW_SYNC`] is reported.
+    fn sync_log(&self, batch_id: u64, record: &str) -> Result<(), SchedulerError> {
+        let syncing = std::time::Instant::now();
+        self.log.commit()?;
+        let took = syncing.elapsed();
+        if took >= SLOW_SYNC {
+            tracing::warn!(batch_id, record, ?took, "slow checkpoint sync");
+        }
+        Ok(())
+    }
+
     /// Starts writing the last committed batch's snapshot, if it has one not yet written.
     fn start_snapshot_write(&mut self) {
         if let Some(snapshot) = self.snapshot_to_write.take() {
@@ -1439,7 +1450,7 @@ impl<C: Clock> Scheduler<C> {
         let appended_before = self.log.stats().map_or(0, |s| s.appended_bytes);
         if !rerun {
             self.log.append_intent(&intent)?;
-            self.log.commit()?;
+            self.sync_log(batch_id, "intent")?;
         }
         // Until the commit is durable this batch is open: if anything below fails, a later run
         // (in this process or after a restart) re-runs it with the same ranges.
@@ -1526,11 +1537,7 @@ impl<C: Clock> Scheduler<C> {
             state_delta: output.state_delta,
             sink_markers: output.sink_markers,
         })?;
-        let syncing = std::time::Instant::now();
-        self.log.commit()?;
-        if syncing.elapsed() >= SLOW_SYNC {
-            tracing::warn!(batch_id, took = ?syncing.elapsed(), "slow checkpoint sync of the batch's commit");
-        }
+        self.sync_log(batch_id, "commit")?;
         // The batch is done: everything it changes in the scheduler changes before the next
         // await, so that a run dropped there neither repeats nor forgets it.
         self.pending = None;

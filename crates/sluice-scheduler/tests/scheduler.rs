@@ -493,10 +493,7 @@ async fn run_on(
 /// there only the read_uncommitted half holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_committed_leaves_out_the_records_of_aborted_transactions() {
-    let broker = common::shared();
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let topic = unique("aborted");
-    client.create_topic(&topic, 1, 1).await.unwrap();
+    let (broker, client, topic) = common::new_topic("aborted", 1).await;
     let config = ProducerConfig { transactional_id: Some(unique("aborter")), ..ProducerConfig::default() };
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let transactions = [(0..5, true), (5..8, false), (8..10, true), (10..12, false), (12..13, true)];

@@ -87,6 +87,17 @@ pub fn shared() -> &'static Broker {
     })
 }
 
+/// The shared broker, a client of it, and a new topic named after `prefix` with `partitions`
+/// partitions (replication 1).
+pub async fn new_topic(prefix: &str, partitions: i32) -> (&'static Broker, sluice_client::Client, String) {
+    let broker = shared();
+    let client =
+        sluice_client::Client::connect(sluice_client::ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let topic = unique(prefix);
+    client.create_topic(&topic, partitions, 1).await.unwrap();
+    (broker, client, topic)
+}
+
 /// A broker (or cluster) started by a test: stopped when dropped, unless it is a shared one this
 /// process only attached to.
 #[derive(Debug)]
