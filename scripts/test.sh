@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the peers (Apache Kafka 4.4 and the Java
-# client, Tansu, librdkafka clients), checks formatting, lints, the no-C promise and the generated
-# code, smoke-runs every fuzz target, builds the static binary and runs it in an empty chroot, runs
+# client, Tansu, librdkafka clients), checks formatting, lints, the no-C promise, the feature
+# combinations, the minimum Rust version and the generated code, smoke-runs every fuzz target, builds the static binary and runs it in an empty chroot, runs
 # the demo briefly, then runs every test in release mode against Apache Kafka (one broker with
 # SASL and TLS listeners shared by the tests; tests that kill, restart or proxy a broker start
 # their own), and an interop subset against Tansu. `.ci/run` calls exactly this.
@@ -28,6 +28,14 @@ fi
 
 step "no C in the shipped crates"
 scripts/check-no-c.sh
+
+step "feature combinations (scripts/check-features.sh)"
+scripts/check-features.sh
+
+step "minimum supported Rust version: the workspace checks with the rust-version it declares"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+rustup toolchain install "$msrv" --profile minimal --no-self-update >/dev/null
+CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --workspace --lib --bins
 
 step "clippy"
 # Every feature but aws-lc-rs, the opt-in provider whose C build CI has no need to pay for.

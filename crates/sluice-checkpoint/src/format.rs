@@ -288,13 +288,13 @@ fn put(out: &mut [u8], at: usize, bytes: &[u8]) {
 }
 
 /// Little-endian u32 at `at`, if the bytes are there.
-pub fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let raw = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(raw.try_into().ok()?))
 }
 
 /// Little-endian u64 at `at`, if the bytes are there.
-pub fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+pub(crate) fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
     let raw = bytes.get(at..at.checked_add(8)?)?;
     Some(u64::from_le_bytes(raw.try_into().ok()?))
 }

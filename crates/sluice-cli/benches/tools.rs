@@ -21,8 +21,7 @@
 //! Run: `cargo bench -p sluice-cli --bench tools` (needs `scripts/install-peers.sh`).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line program
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -67,7 +67,7 @@ pub async fn generate(args: GenerateArgs) -> CliResult {
             }
         }
     }
-    producer.flush().await;
+    producer.flush().await?;
     for delivery in pending {
         delivery.await?;
     }

@@ -569,7 +569,7 @@ fn check_window(window: &Spanned<Window>, file: &JobFile, known: &FieldCheck<'_>
     if length.is_zero() || slide.is_zero() {
         return Err((w.length.span().start, "`window.length` and `window.slide`: longer than 0".into()));
     }
-    if length.as_millis() % slide.as_millis() != 0 {
+    if !length.as_millis().is_multiple_of(slide.as_millis()) {
         return Err((
             slide_at,
             format!("`window.slide`: the length ({length:?}) must be a multiple of the slide ({slide:?})"),

@@ -469,7 +469,7 @@ fn ranked_batch(
 struct JsonStdout;
 
 impl Sink<Value> for JsonStdout {
-    async fn write(&mut self, _: &BatchInfo, items: Vec<Value>) -> Result<(), String> {
+    async fn write(&mut self, _: &BatchInfo, items: Vec<Value>) -> Result<(), sluice_stream::BoxError> {
         use std::io::Write as _;
         let mut text = String::new();
         for item in &items {
@@ -477,7 +477,10 @@ impl Sink<Value> for JsonStdout {
             text.push('\n');
         }
         let mut stdout = std::io::stdout().lock();
-        stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| format!("writing to stdout: {e}"))
+        Ok(stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("writing to stdout: {e}"))?)
     }
 
     fn takes_pieces(&self) -> bool {

@@ -415,8 +415,12 @@ pub async fn produce(args: ProduceArgs) -> CliResult {
         let _ = reader.await;
     }
     // Whatever was sent is delivered and counted, even when reading stopped early.
-    producer.flush().await;
+    let flushed = producer.flush().await;
     pending.settle_all(&mut progress).await;
+    // Each delivery counted its failure; the flush's error stands only if none did.
+    if let (Err(error), None) = (flushed, &progress.first_error) {
+        progress.first_error = Some(error.to_string());
+    }
     progress.tick(true);
     if stopped {
         let _ = writeln!(

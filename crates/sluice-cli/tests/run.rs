@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 mod cli;
 
@@ -21,7 +20,7 @@ use common::{unique, Rng};
 /// Orders as CSV `customer,region,amount,time`: event time 0..60 s, then one order far later
 /// that closes every window before it.
 fn orders() -> Vec<(String, String, i64, i64)> {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let regions = ["north", "south", "east", "west", "test"];
     let mut orders: Vec<(String, String, i64, i64)> = (0..3000)
         .map(|i| {

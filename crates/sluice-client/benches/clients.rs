@@ -12,8 +12,7 @@
 //! Run: `cargo bench -p sluice-client --bench clients` (needs `scripts/install-peers.sh`).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line program
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::io::Write;
 use std::process::Command;
@@ -204,7 +203,7 @@ async fn produce_sluice(broker: &str, topic: &str, partitions: i32, n: usize) {
         };
         last = Some(producer.send(record).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     last.unwrap().await.unwrap();
 }
 

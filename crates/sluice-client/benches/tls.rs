@@ -33,8 +33,7 @@
 //! Run: `cargo bench -p sluice-client --bench tls` (needs `scripts/install-peers.sh`).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line program
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -343,7 +342,7 @@ async fn produce(crypto: Crypto, addr: &str, ca: &[u8], topic: &str, n: usize) -
         let record = ProducerRecord { partition: Some(0), ..ProducerRecord::new(topic, value(i)) };
         last = Some(producer.send(record).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     last.unwrap().await.unwrap();
     json!({ "wall_s": start.elapsed().as_secs_f64(), "cpu_s": common::cpu_s() - cpu })
 }

@@ -28,7 +28,9 @@ use bytes::{Bytes, BytesMut};
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 use sluice_protocol::header::{decode_response, encode_request, peek_correlation_id};
-use sluice_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, Message, Request, SaslAuthenticateRequest};
+#[cfg(feature = "sasl")]
+use sluice_protocol::messages::SaslAuthenticateRequest;
+use sluice_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, Message, Request};
 use sluice_protocol::DecodeError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -36,9 +38,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+#[cfg(feature = "resolver")]
 use crate::resolve::resolve;
+#[cfg(feature = "sasl")]
 use crate::sasl::{SaslChannel, SaslConfig};
+#[cfg(feature = "tls")]
 use crate::tls::TlsConfig;
+
+mod login;
+use login::{relogin, Relogin};
 
 /// How a connection behaves.
 #[derive(Debug, Clone)]
@@ -58,9 +66,11 @@ pub struct ConnectionConfig {
     pub max_queued_requests: usize,
     /// Largest response frame accepted.
     pub max_frame_bytes: usize,
-    /// Encrypt connections with TLS (`None`: plaintext).
+    /// Encrypt connections with TLS (`None`: plaintext). Feature `tls`.
+    #[cfg(feature = "tls")]
     pub tls: Option<TlsConfig>,
-    /// Authenticate every connection with SASL (`None`: no authentication).
+    /// Authenticate every connection with SASL (`None`: no authentication). Feature `sasl`.
+    #[cfg(feature = "sasl")]
     pub sasl: Option<SaslConfig>,
     /// Told how long each request took (for metrics; `None`: nobody).
     pub observer: Option<Arc<dyn RequestObserver>>,
@@ -84,7 +94,9 @@ impl Default for ConnectionConfig {
             keepalive: Some(Duration::from_secs(60)),
             max_queued_requests: 256,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "sasl")]
             sasl: None,
             observer: None,
         }
@@ -134,30 +146,6 @@ struct Shared {
     relogins: AtomicU64,
 }
 
-/// A SASL session with an end: who logs in again, and when.
-#[derive(Debug, Clone)]
-struct Relogin {
-    config: SaslConfig,
-    /// The SaslAuthenticate version.
-    version: i16,
-    client_id: Option<String>,
-    broker: String,
-    timeout: Duration,
-    due: tokio::time::Instant,
-}
-
-impl Relogin {
-    /// When to log in again, for a session of `lifetime` that began at `started`: at a random
-    /// point between 85 % and 95 % of it, so that connections opened together do not all log in
-    /// again at once.
-    fn due(started: tokio::time::Instant, lifetime: Duration) -> tokio::time::Instant {
-        let mut random = [0u8; 2];
-        let _ = getrandom::getrandom(&mut random);
-        let fraction = 0.85 + 0.10 * f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX);
-        started + lifetime.mul_f64(fraction)
-    }
-}
-
 impl Shared {
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<Reply>>> {
         // A panic while holding the lock cannot leave the map inconsistent: keep using it.
@@ -192,7 +180,7 @@ impl Shared {
     }
 
     fn relogin_due(&self) -> Option<tokio::time::Instant> {
-        self.relogin.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|r| r.due)
+        self.relogin.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(Relogin::due_at)
     }
 
     fn throttled_until(&self) -> Option<tokio::time::Instant> {
@@ -327,7 +315,7 @@ async fn connect_first(broker: &str, addresses: &[SocketAddr]) -> Result<TcpStre
 impl Connection {
     /// Connects to `broker` (`host:port`) and negotiates API versions.
     ///
-    /// The host is resolved by [`resolve`](crate::resolve::resolve) (`/etc/hosts`, then DNS;
+    /// The host is resolved by the client's resolver (`sluice_client::resolve`, `/etc/hosts` then DNS;
     /// not glibc's NSS, which a static binary cannot load), and its addresses are tried in order
     /// until one accepts; resolving and connecting share the connect timeout.
     ///
@@ -336,9 +324,12 @@ impl Connection {
     /// Cancel safe: dropping the future closes the socket and stops the reader and writer tasks if
     /// they were started; nothing is kept. Calling again makes a new connection.
     pub async fn connect(broker: &str, config: ConnectionConfig) -> Result<Self> {
-        if let Some(reason) =
-            config.sasl.as_ref().filter(|_| config.tls.is_none()).and_then(SaslConfig::refusal_without_tls)
-        {
+        #[cfg(feature = "tls")]
+        let tls = config.tls.clone();
+        #[cfg(not(feature = "tls"))]
+        let tls: Option<std::convert::Infallible> = None;
+        #[cfg(feature = "sasl")]
+        if let Some(reason) = config.sasl.as_ref().filter(|_| tls.is_none()).and_then(SaslConfig::refusal_without_tls) {
             return Err(Error::Authentication { broker: broker.to_owned(), mechanism: "PLAIN", reason });
         }
         let resolve_and_connect = async {
@@ -360,7 +351,7 @@ impl Connection {
         let shared = Arc::new(Shared { broker: broker.to_owned(), ..Shared::default() });
         let (writer, queue) = mpsc::channel(config.max_queued_requests.max(1));
         let decoder = FrameDecoder::new(config.max_frame_bytes);
-        let tasks = match &config.tls {
+        let tasks = match tls {
             None => {
                 let (read, write) = stream.into_split();
                 [
@@ -368,6 +359,9 @@ impl Connection {
                     tokio::spawn(write_loop(write, queue, Arc::clone(&shared))),
                 ]
             }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match never {},
+            #[cfg(feature = "tls")]
             Some(tls) => {
                 let handshake = tls.handshake(broker, stream);
                 let stream = match tokio::time::timeout(config.connect_timeout, handshake).await {
@@ -388,32 +382,11 @@ impl Connection {
             tasks.iter().map(JoinHandle::abort_handle).collect();
         let mut connection = Self { broker: broker.to_owned(), config, shared, writer, versions: HashMap::new() };
         connection.versions = connection.negotiate_versions().await?;
+        #[cfg(feature = "sasl")]
         if let Some(sasl) = connection.config.sasl.clone() {
             connection.log_in(sasl).await?;
         }
         Ok(connection)
-    }
-
-    /// Logs in with SASL; a session with an end is handed to the writer to renew.
-    async fn log_in(&self, config: SaslConfig) -> Result<()> {
-        let version = self.version_for::<SaslAuthenticateRequest>(None)?;
-        let started = tokio::time::Instant::now();
-        let lifetime = crate::sasl::authenticate(&mut Direct(self), &config, version).await?;
-        if let Some(lifetime) = lifetime {
-            let relogin = Relogin {
-                config,
-                version,
-                client_id: self.config.client_id.clone(),
-                broker: self.broker.clone(),
-                timeout: self.config.request_timeout,
-                due: Relogin::due(started, lifetime),
-            };
-            *self.shared.relogin.lock().unwrap_or_else(PoisonError::into_inner) = Some(relogin);
-            // The writer may be waiting for requests with no renewal in view: a connection that
-            // gets none must still log in again in time.
-            self.shared.relogin_scheduled.notify_one();
-        }
-        Ok(())
     }
 
     /// How many times the connection logged in again because its SASL session was ending.
@@ -629,7 +602,7 @@ fn api_name<R: Request>() -> &'static str {
 }
 
 /// `Err(Error::Broker)` for a non-zero error code.
-pub fn check_error(broker: &str, api: &'static str, code: i16) -> Result<()> {
+pub(crate) fn check_error(broker: &str, api: &'static str, code: i16) -> Result<()> {
     match ErrorCode::from_code(code) {
         ErrorCode::None => Ok(()),
         code => Err(Error::Broker { broker: broker.to_owned(), api, code }),
@@ -681,6 +654,22 @@ fn read_reserve(decoder: &FrameDecoder, buf: &BytesMut, chunk: usize, ahead: usi
         Ok(Some(total)) => total.saturating_sub(buf.len()).min(buf.len().max(ahead)).max(chunk),
         _ => chunk,
     }
+}
+
+/// The addresses of `host_port`, from the C library's resolver through tokio (a build without
+/// the `resolver` feature), IPv4 first.
+#[cfg(not(feature = "resolver"))]
+async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>> {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host).to_owned();
+    let found = tokio::net::lookup_host(host_port)
+        .await
+        .map_err(|e| Error::Resolve { host: host.clone(), reason: e.to_string() })?;
+    let mut found: Vec<SocketAddr> = found.collect();
+    if found.is_empty() {
+        return Err(Error::Resolve { host, reason: "the name has no address".into() });
+    }
+    found.sort_by_key(SocketAddr::is_ipv6);
+    Ok(found)
 }
 
 /// Hands a response to the request waiting for it.
@@ -735,69 +724,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Logs in again on the writer, with nothing else sent meanwhile, and schedules the next time.
-async fn relogin<W: AsyncWrite + Unpin>(
-    out: &mut BufWriter<W>,
-    shared: &Arc<Shared>,
-) -> std::result::Result<(), Closed> {
-    let Some(relogin) = shared.relogin.lock().unwrap_or_else(PoisonError::into_inner).clone() else { return Ok(()) };
-    let started = tokio::time::Instant::now();
-    let mut channel = WriterChannel { out, shared, relogin: &relogin };
-    let lifetime = crate::sasl::authenticate(&mut channel, &relogin.config, relogin.version)
-        .await
-        .map_err(|e| Closed::Lost(format!("logging in again before the SASL session ended failed: {e}")))?;
-    shared.relogins.fetch_add(1, Ordering::Relaxed);
-    let mut next = shared.relogin.lock().unwrap_or_else(PoisonError::into_inner);
-    *next = lifetime.map(|lifetime| Relogin { due: Relogin::due(started, lifetime), ..relogin });
-    Ok(())
-}
-
-/// A login's requests on a connection's own request path (a new connection: nothing else is
-/// sent on it yet).
-struct Direct<'a>(&'a Connection);
-
-impl SaslChannel for Direct<'_> {
-    fn broker(&self) -> &str {
-        &self.0.broker
-    }
-
-    async fn send<R: Request + Sync>(&mut self, request: &R, version: i16) -> Result<R::Response> {
-        self.0.send_version(request, version).await
-    }
-}
-
-/// A re-login's requests, written by the writer itself while it holds every other request back.
-struct WriterChannel<'a, W> {
-    out: &'a mut BufWriter<W>,
-    shared: &'a Arc<Shared>,
-    relogin: &'a Relogin,
-}
-
-impl<W: AsyncWrite + Unpin> SaslChannel for WriterChannel<'_, W> {
-    fn broker(&self) -> &str {
-        &self.relogin.broker
-    }
-
-    async fn send<R: Request + Sync>(&mut self, request: &R, version: i16) -> Result<R::Response> {
-        let broker = self.relogin.broker.clone();
-        let api = api_name::<R>();
-        let correlation_id = self.shared.next_correlation_id();
-        let mut frame = BytesMut::new();
-        encode_request(&mut frame, correlation_id, self.relogin.client_id.as_deref(), version, request)
-            .map_err(|source| Error::Encode { broker: broker.clone(), api, version, source })?;
-        let (reply, response) = oneshot::channel();
-        self.shared.pending().insert(correlation_id, reply);
-        let _guard = PendingGuard { shared: Arc::clone(self.shared), correlation_id };
-        let lost = |e: std::io::Error| closed_error(broker.clone(), Closed::Lost(format!("write failed: {e}")));
-        self.out.write_all(&frame).await.map_err(lost)?;
-        self.out.flush().await.map_err(lost)?;
-        let timeout = self.relogin.timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        // A re-login that gets no answer fails, and that closes the connection.
-        receive::<R>(broker, api, version, (timeout, deadline), response).await
     }
 }
 

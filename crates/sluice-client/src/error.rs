@@ -198,6 +198,14 @@ pub enum Error {
     /// The producer was closed before the record was sent.
     #[error("the producer is closed")]
     ProducerClosed,
+    /// Records sent since the last flush were not delivered ([`crate::Producer::flush`]).
+    #[error("{records} records were not delivered; the first failure: {source}")]
+    Undelivered {
+        /// How many.
+        records: u64,
+        /// The first failure.
+        source: Box<Error>,
+    },
     /// A topic the producer was asked to write to does not exist.
     #[error("topic {topic} does not exist (create it first, or check the name)")]
     UnknownTopic {

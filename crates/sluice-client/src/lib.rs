@@ -3,19 +3,22 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod assignor;
-pub mod client;
-pub mod connection;
-pub mod consumer;
-pub mod error;
-pub mod group;
-pub mod partitioner;
-pub mod producer;
+mod assignor;
+mod client;
+mod connection;
+mod consumer;
+mod error;
+mod group;
+mod partitioner;
+mod producer;
+#[cfg(feature = "resolver")]
 pub mod resolve;
+#[cfg(feature = "sasl")]
 pub mod sasl;
+#[cfg(feature = "tls")]
 pub mod tls;
 
-pub use assignor::{Assignor, GroupMember, RangeAssignor, RoundRobinAssignor};
+pub use assignor::{Assignment, Assignor, GroupMember, RangeAssignor, RoundRobinAssignor};
 pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
     TopicMetadata,
@@ -29,6 +32,9 @@ pub use group::{
     ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupDescription, GroupEvent, GroupListing,
     GroupMemberDescription,
 };
+pub use partitioner::partition_for_key;
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+#[cfg(feature = "sasl")]
 pub use sasl::{SaslConfig, SaslMechanism};
+#[cfg(feature = "tls")]
 pub use tls::{Crypto, Identity, TlsConfig, Trust};

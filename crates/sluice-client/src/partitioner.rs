@@ -3,7 +3,7 @@
 //! with the same key land in the same partition whichever client produced them.
 
 /// Kafka's murmur2 hash (MurmurHash2, seed 0x9747b28c), as `Utils.murmur2` computes it.
-pub fn murmur2(data: &[u8]) -> i32 {
+pub(crate) fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;

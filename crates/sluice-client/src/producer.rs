@@ -333,6 +333,8 @@ struct State {
     /// its log): nothing new is sent until every batch in flight is back, then the producer gets
     /// a new id and renumbers what it has not delivered yet.
     reset_producer: bool,
+    /// Records not delivered since the last `flush`, and the first error: `flush` reports them.
+    undelivered: Option<(u64, Error)>,
 }
 
 impl State {
@@ -393,31 +395,10 @@ impl Drop for Producer {
     }
 }
 
-/// A map keyed by topic names and partition numbers, looked up once per record: FNV-1a rather
-/// than SipHash, since the keys come from the application, not from an attacker.
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-
-/// FNV-1a, 64-bit.
-#[derive(Debug)]
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
+/// A map keyed by topic names and partition numbers, looked up once per record: foldhash (the
+/// workspace's one hasher, seeded per map) rather than SipHash, which costs more than the
+/// lookup's other work.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The most a new batch's buffer reserves up front (it grows beyond when needed).
 const MAX_PREALLOCATED_BATCH_BYTES: usize = 1 << 20;
@@ -567,12 +548,24 @@ impl Producer {
     }
 
     /// Sends everything buffered now (without waiting for `linger`) and waits until all of it
-    /// is acknowledged or has failed.
+    /// is acknowledged or has failed. Fails with [`Error::Undelivered`] when records sent since
+    /// the last flush were not delivered (each record's [`DeliveryFuture`] says which), so that
+    /// a caller that dropped the futures still learns of it.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: what is buffered is sent anyway; flushing again waits for it.
-    pub async fn flush(&self) {
+    /// Cancel safe: what is buffered is sent anyway; flushing again waits for it and reports
+    /// the failures the dropped flush did not.
+    pub async fn flush(&self) -> Result<()> {
+        self.sent_all().await;
+        match self.shared.state().undelivered.take() {
+            Some((records, first)) => Err(Error::Undelivered { records, source: Box::new(first) }),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until everything buffered is acknowledged or has failed.
+    async fn sent_all(&self) {
         loop {
             let idle = self.shared.idle.notified();
             tokio::pin!(idle);
@@ -589,16 +582,18 @@ impl Producer {
         }
     }
 
-    /// Flushes, then stops the producer; later sends fail with [`Error::ProducerClosed`].
+    /// Flushes, then stops the producer; later sends fail with [`Error::ProducerClosed`]. Fails
+    /// as [`Producer::flush`] does (the producer is stopped either way).
     ///
     /// # Cancel safety
     ///
     /// Not cancel safe: dropped, the producer goes with it (its background sender stops), so
     /// records still buffered may never be sent. Await `flush` first where that matters.
-    pub async fn close(self) {
-        self.flush().await;
+    pub async fn close(self) -> Result<()> {
+        let flushed = self.flush().await;
         self.shared.state().closed = true;
         self.shared.memory.close();
+        flushed
     }
 }
 
@@ -732,7 +727,11 @@ fn expire_ready(shared: &Shared, error: &Error) {
     for batch in expired {
         let (topic, partition) = batch.partition.clone();
         let timeout = shared.config.delivery_timeout;
-        complete(batch, &Err(Error::DeliveryTimeout { topic, partition, timeout, last_error: error.to_string() }));
+        complete(
+            shared,
+            batch,
+            &Err(Error::DeliveryTimeout { topic, partition, timeout, last_error: error.to_string() }),
+        );
     }
 }
 
@@ -1120,7 +1119,7 @@ fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
     let (topic, partition) = batch.partition.clone();
     let following = batch.sequence.saturating_add(i32::try_from(batch.completion.records).unwrap_or(i32::MAX));
     let ordinal = batch.ordinal;
-    complete(batch, &outcome);
+    complete(shared, batch, &outcome);
     let mut state = shared.state();
     if let Some(queue) = state.queues.get_mut(&topic).and_then(|q| q.get_mut(&partition)) {
         queue.in_flight.remove(&ordinal);
@@ -1144,8 +1143,16 @@ fn finish(shared: &Arc<Shared>, batch: SealedBatch, outcome: Result<i64>) {
 }
 
 /// Resolves the batch's records' futures with their offsets (or the error) and releases their
-/// buffer memory.
-fn complete(batch: SealedBatch, outcome: &Result<i64>) {
+/// buffer memory; a failure is kept for the next `flush`.
+fn complete(shared: &Shared, batch: SealedBatch, outcome: &Result<i64>) {
+    if let Err(error) = outcome {
+        let records = batch.completion.records as u64;
+        let mut state = shared.state();
+        match &mut state.undelivered {
+            Some((undelivered, _)) => *undelivered += records,
+            None => state.undelivered = Some((records, error.clone())),
+        }
+    }
     batch.completion.outcome.complete(outcome.clone());
 }
 

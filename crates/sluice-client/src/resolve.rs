@@ -115,7 +115,7 @@ pub async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>> {
 
 /// resolv.conf's search list (`search`, or `domain`; the last such line counts, at most 6
 /// domains) and `ndots` (default 1, at most 15), as glibc reads them.
-pub fn parse_search(text: &str) -> (Vec<String>, usize) {
+pub(crate) fn parse_search(text: &str) -> (Vec<String>, usize) {
     let mut search = Vec::new();
     let mut ndots = 1;
     for line in text.lines() {
@@ -138,7 +138,7 @@ pub fn parse_search(text: &str) -> (Vec<String>, usize) {
 }
 
 /// The names to try for `name`, in glibc's order (see the [module docs](crate::resolve)).
-pub fn candidates(name: &str, search: &[String], ndots: usize) -> Vec<String> {
+pub(crate) fn candidates(name: &str, search: &[String], ndots: usize) -> Vec<String> {
     if let Some(absolute) = name.strip_suffix('.') {
         return vec![absolute.to_owned()];
     }
@@ -183,14 +183,7 @@ async fn lookup(name: &str, hosts_text: &str, nameservers: &[SocketAddr]) -> Res
 }
 
 /// Splits `host:port`, or `[ipv6]:port`, into its host (without brackets) and port.
-///
-/// ```
-/// use sluice_client::resolve::split_host_port;
-/// assert_eq!(split_host_port("localhost:9092").unwrap(), ("localhost", 9092));
-/// assert_eq!(split_host_port("[::1]:9092").unwrap(), ("::1", 9092));
-/// assert!(split_host_port("localhost").is_err());
-/// ```
-pub fn split_host_port(host_port: &str) -> Result<(&str, u16)> {
+pub(crate) fn split_host_port(host_port: &str) -> Result<(&str, u16)> {
     let invalid = |reason: String| Error::InvalidAddress { address: host_port.to_owned(), reason };
     let missing_port = || invalid("the port is missing (write host:port, e.g. localhost:9092, or [::1]:9092)".into());
     let (host, port) = match host_port.strip_prefix('[') {
@@ -225,15 +218,7 @@ pub fn split_host_port(host_port: &str) -> Result<(&str, u16)> {
 /// first, each once. A line is an address followed by names (canonical name and aliases);
 /// `#` starts a comment; names compare case-insensitively; lines whose address does not parse
 /// are skipped.
-///
-/// ```
-/// use std::net::IpAddr;
-/// use sluice_client::resolve::parse_hosts;
-/// let hosts = "::1 localhost ip6-localhost\n127.0.0.1 localhost # loopback\n";
-/// let expected: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
-/// assert_eq!(parse_hosts(hosts, "LocalHost"), expected);
-/// ```
-pub fn parse_hosts(text: &str, name: &str) -> Vec<IpAddr> {
+pub(crate) fn parse_hosts(text: &str, name: &str) -> Vec<IpAddr> {
     let mut addresses = Vec::new();
     for line in text.lines() {
         let line = line.split_once('#').map_or(line, |(before, _)| before);
@@ -250,15 +235,7 @@ pub fn parse_hosts(text: &str, name: &str) -> Vec<IpAddr> {
 /// names on its `nameserver` lines, port 53, at most the first three; `127.0.0.1:53` when it
 /// names none, as glibc does. Other lines are ignored, and so are IPv6 addresses scoped by
 /// interface name (`fe80::1%eth0`; a numeric scope, `fe80::1%2`, is kept).
-///
-/// ```
-/// use std::net::SocketAddr;
-/// use sluice_client::resolve::parse_resolv_conf;
-/// let servers = parse_resolv_conf("search example.com\nnameserver 10.0.0.2\n");
-/// assert_eq!(servers, ["10.0.0.2:53".parse::<SocketAddr>().unwrap()]);
-/// assert_eq!(parse_resolv_conf(""), ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]);
-/// ```
-pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+pub(crate) fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
     let mut servers: Vec<SocketAddr> = text
         .lines()
         .filter_map(|line| {
@@ -296,7 +273,7 @@ fn nameserver_address(field: &str) -> Option<SocketAddr> {
 
 /// Which records a DNS query asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryType {
+pub(crate) enum QueryType {
     /// IPv4 addresses (RFC 1035 §3.4.1).
     A,
     /// IPv6 addresses (RFC 3596 §2.1).
@@ -305,7 +282,7 @@ pub enum QueryType {
 
 impl QueryType {
     /// The type's code on the wire (1 for A, 28 for AAAA).
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             Self::A => 1,
             Self::Aaaa => 28,
@@ -316,13 +293,8 @@ impl QueryType {
 /// A DNS query (RFC 1035 §4.1) with id `id`, asking recursively for the `query_type` records of
 /// `name` (absolute; a trailing dot is allowed). Fails with [`Error::Resolve`] for a name DNS
 /// cannot carry: an empty label, a label over 63 bytes, or over 255 bytes in all.
-///
-/// ```
-/// use sluice_client::resolve::{encode_query, QueryType};
-/// let query = encode_query(0x1234, "kafka", QueryType::A).unwrap();
-/// assert_eq!(query, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05kafka\x00\x00\x01\x00\x01");
-/// ```
-pub fn encode_query(id: u16, name: &str, query_type: QueryType) -> Result<Vec<u8>> {
+#[cfg(test)]
+pub(crate) fn encode_query(id: u16, name: &str, query_type: QueryType) -> Result<Vec<u8>> {
     encode(id, name, query_type).map_err(|reason| Error::Resolve { host: name.to_owned(), reason })
 }
 
@@ -370,7 +342,8 @@ fn check_name(name: &str) -> Result<&str, String> {
 /// records. Fails with [`Error::Resolve`] if the reply's id is not `id`, if it answers another
 /// question, if the server reported an error, if the bytes are malformed (never a panic), or if it
 /// was truncated (TC) and holds no address.
-pub fn decode_reply(reply: &[u8], id: u16, name: &str, query_type: QueryType) -> Result<Vec<IpAddr>> {
+#[cfg(test)]
+pub(crate) fn decode_reply(reply: &[u8], id: u16, name: &str, query_type: QueryType) -> Result<Vec<IpAddr>> {
     decode(reply, id, name, query_type).map_err(|reason| Error::Resolve { host: name.to_owned(), reason })
 }
 
@@ -1090,5 +1063,41 @@ nameserver 10.0.0.4
         let server = nameserver("kafka", Ipv4Addr::new(10, 1, 2, 3)).await;
         let addresses = resolve_with("kafka.test:9092", "10.9.9.9 KAFKA.test\n", &[server]).await.unwrap();
         assert_eq!(addresses, [socket("10.9.9.9:9092")]);
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    #[test]
+    fn split_host_port_example() {
+        use super::*;
+        assert_eq!(split_host_port("localhost:9092").unwrap(), ("localhost", 9092));
+        assert_eq!(split_host_port("[::1]:9092").unwrap(), ("::1", 9092));
+        assert!(split_host_port("localhost").is_err());
+    }
+
+    #[test]
+    fn parse_hosts_example() {
+        use super::*;
+        use std::net::IpAddr;
+        let hosts = "::1 localhost ip6-localhost\n127.0.0.1 localhost # loopback\n";
+        let expected: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(parse_hosts(hosts, "LocalHost"), expected);
+    }
+
+    #[test]
+    fn parse_resolv_conf_example() {
+        use super::*;
+        use std::net::SocketAddr;
+        let servers = parse_resolv_conf("search example.com\nnameserver 10.0.0.2\n");
+        assert_eq!(servers, ["10.0.0.2:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(parse_resolv_conf(""), ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn encode_query_example() {
+        use super::*;
+        let query = encode_query(0x1234, "kafka", QueryType::A).unwrap();
+        assert_eq!(query, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05kafka\x00\x00\x01\x00\x01");
     }
 }

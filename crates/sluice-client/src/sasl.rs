@@ -267,6 +267,8 @@ async fn scram<H: ScramHash, C: SaslChannel>(exchange: &mut Exchange<'_, C>, con
 trait ScramHash {
     fn hmac(key: &[u8], data: &[u8]) -> Vec<u8>;
     fn hash(data: &[u8]) -> Vec<u8>;
+    /// Hi() of RFC 5802: PBKDF2 with HMAC as the pseudo-random function, one block.
+    fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8>;
 }
 
 macro_rules! scram_hash {
@@ -281,6 +283,11 @@ macro_rules! scram_hash {
             }
             fn hash(data: &[u8]) -> Vec<u8> {
                 <$digest>::digest(data).to_vec()
+            }
+            fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+                let mut out = vec![0; <$digest as Digest>::output_size()];
+                pbkdf2::pbkdf2_hmac::<$digest>(password, salt, iterations, &mut out);
+                out
             }
         }
     };
@@ -324,19 +331,6 @@ impl<H: ScramHash> ScramClient<H> {
         format!("n,,{}", self.client_first_bare)
     }
 
-    /// Hi(): PBKDF2 with HMAC as the pseudo-random function, one block.
-    fn salted_password(&self, salt: &[u8], iterations: u32) -> Vec<u8> {
-        let mut block = salt.to_vec();
-        block.extend_from_slice(&1u32.to_be_bytes());
-        let mut u = H::hmac(self.password.as_bytes(), &block);
-        let mut result = u.clone();
-        for _ in 1..iterations {
-            u = H::hmac(self.password.as_bytes(), &u);
-            result.iter_mut().zip(&u).for_each(|(r, x)| *r ^= x);
-        }
-        result
-    }
-
     fn final_message(&mut self, server_first: &str) -> std::result::Result<String, String> {
         let mut nonce = None;
         let mut salt = None;
@@ -366,7 +360,7 @@ impl<H: ScramHash> ScramClient<H> {
                 "the broker asks for {iterations} iterations, outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"
             ));
         }
-        let salted = self.salted_password(&salt, iterations);
+        let salted = H::salted_password(self.password.as_bytes(), &salt, iterations);
         let client_key = H::hmac(&salted, b"Client Key");
         let stored_key = H::hash(&client_key);
         let without_proof = format!("c=biws,r={nonce}");

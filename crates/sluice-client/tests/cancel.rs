@@ -3,7 +3,7 @@
 //! drops them), and the next call goes on: nothing lost, nothing returned or sent twice, and the
 //! group member keeps its assignment.
 
-mod common;
+use sluice_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

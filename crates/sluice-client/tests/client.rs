@@ -2,7 +2,7 @@
 //! `SLUICE_TEST_BROKER=tansu`): bootstrap, metadata, leaders, admin, reconnecting after the broker
 //! comes back.
 
-mod common;
+use sluice_testkit as common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! reads every offset once, and a consumer group of two members reads every record at least
 //! once with no gap, the added partitions from their start. Nobody's calls fail.
 
-mod common;
+use sluice_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `SLUICE_TEST_BROKER=tansu`): version negotiation, requests in flight, timeouts, refused and
 //! lost connections.
 
-mod common;
+use sluice_testkit as common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The consumer with assigned partitions against a real broker.
 
-mod common;
+use sluice_testkit as common;
 
 use std::collections::BTreeMap;
 

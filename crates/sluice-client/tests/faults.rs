@@ -3,7 +3,7 @@
 //! nothing, as half-open ones do). No acknowledged record is lost, none is written twice
 //! (idempotence), consumers and groups read on, and the client recovers by itself.
 
-mod common;
+use sluice_testkit as common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;

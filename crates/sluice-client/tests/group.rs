@@ -2,7 +2,7 @@
 //! partitions move to the others without loss or duplicates, committed offsets survive the
 //! group, and static members keep their partitions across a restart.
 
-mod common;
+use sluice_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

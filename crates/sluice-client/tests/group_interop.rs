@@ -3,7 +3,7 @@
 //! librdkafka's; both decode each other's subscription and assignment payloads, share the
 //! committed offsets, and between them consume every record exactly once.
 
-mod common;
+use sluice_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! wheel; see docs/brokers.md), for every codec: what librdkafka produces, sluice reads identically to
 //! how librdkafka itself reads it back; what sluice produces, librdkafka reads exactly as written.
 
-mod common;
+use sluice_testkit as common;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -180,6 +180,6 @@ async fn keys_land_in_the_same_partitions_as_librdkafkas_murmur2_partitioner() {
     for line in placed.lines() {
         let (key, partition) = line.split_once(' ').unwrap();
         let partition: i32 = partition.parse().unwrap();
-        assert_eq!(sluice_client::partitioner::partition_for_key(key.as_bytes(), partitions), partition, "key {key}");
+        assert_eq!(sluice_client::partition_for_key(key.as_bytes(), partitions), partition, "key {key}");
     }
 }

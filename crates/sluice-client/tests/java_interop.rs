@@ -7,7 +7,7 @@
 //! - a consumer group of sluice and Java members (classic protocol, range), each side leading
 //!   once, consumes 10,000 records exactly once across a member leaving.
 
-mod common;
+use sluice_testkit as common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -56,7 +56,7 @@ async fn sluice_read(
             let fetched_any = !fetched.records.batches.is_empty();
             let kept = match isolation {
                 Isolation::ReadCommitted => {
-                    sluice_client::consumer::filter_aborted(fetched.records.batches, &fetched.aborted_transactions)
+                    sluice_client::filter_aborted(fetched.records.batches, &fetched.aborted_transactions)
                 }
                 Isolation::ReadUncommitted => fetched.records.batches,
             };
@@ -304,7 +304,7 @@ async fn produce_numbers(client: &Client, topic: &str, numbers: std::ops::Range<
         let record = ProducerRecord { partition: Some((i % 4) as i32), ..ProducerRecord::new(topic, i.to_string()) };
         drop(producer.send(record).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

@@ -1,13 +1,13 @@
 //! The producer against a real broker: key partitioning, order and offsets, batching,
 //! backpressure, codecs and acks, idempotent batch numbering, flush.
 
-mod common;
+use sluice_testkit as common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{unique, Kind};
-use sluice_client::partitioner::partition_for_key;
+use sluice_client::partition_for_key;
 use sluice_client::{Acks, Client, ClientConfig, Error, FetchOptions, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::compression::Compression;
 use sluice_protocol::record::RecordBatch;
@@ -121,7 +121,7 @@ async fn send_waits_while_the_buffer_is_full() {
     let second = producer.send(record()).await.unwrap();
     let third = tokio::time::timeout(Duration::from_millis(300), producer.send(record())).await;
     assert!(third.is_err(), "a send beyond buffer_memory_bytes must wait");
-    producer.flush().await;
+    producer.flush().await.unwrap();
     first.await.unwrap();
     second.await.unwrap();
     let third = tokio::time::timeout(Duration::from_secs(5), producer.send(record())).await;
@@ -130,7 +130,7 @@ async fn send_waits_while_the_buffer_is_full() {
     let err = producer.send(ProducerRecord::new(&bounded, vec![b'x'; 10_000])).await.unwrap_err();
     assert!(matches!(err, Error::RecordTooLarge { .. }), "{err}");
     // Sends that fail after taking their memory (an unknown topic) give it back.
-    producer.flush().await;
+    producer.flush().await.unwrap();
     for _ in 0..3 {
         let unknown = ProducerRecord::new("no-such-topic", vec![b'x'; 1_000]);
         assert!(matches!(producer.send(unknown).await, Err(Error::UnknownTopic { .. })));
@@ -160,7 +160,7 @@ async fn every_codec_and_acks_setting_delivers_everything() {
                 ProducerRecord { partition: Some(n % 2), ..ProducerRecord::new(topic.clone(), format!("{n}")) };
             deliveries.push(producer.send(record).await.unwrap());
         }
-        producer.flush().await;
+        producer.flush().await.unwrap();
         for delivery in deliveries {
             let metadata = delivery.await.unwrap();
             assert_eq!(metadata.offset >= 0, acks != Acks::None, "{codec:?} {acks:?}: offsets known unless acks=0");
@@ -190,13 +190,16 @@ async fn flush_sends_without_waiting_for_linger_and_unknown_topics_are_errors() 
         }
         d
     };
-    tokio::time::timeout(Duration::from_secs(10), producer.flush()).await.expect("flush does not wait for the linger");
+    tokio::time::timeout(Duration::from_secs(10), producer.flush())
+        .await
+        .expect("flush does not wait for the linger")
+        .unwrap();
     for (i, delivery) in deliveries.into_iter().enumerate() {
         assert_eq!(delivery.await.unwrap().offset, i as i64);
     }
     let err = producer.send(ProducerRecord::new("no-such-topic", "x")).await.unwrap_err();
     assert!(matches!(&err, Error::UnknownTopic { topic } if topic == "no-such-topic"), "{err}");
-    producer.close().await;
+    producer.close().await.unwrap();
 }
 
 /// Against Kafka the producer names topics by id (Produce v13). A topic deleted and made again
@@ -228,5 +231,34 @@ async fn the_producer_follows_a_topic_made_again_under_the_same_name() {
         // Tansu 0.6 speaks Produce up to v11, by name: the old id does not matter.
         Kind::Tansu => assert_eq!(new_id, old_id, "nothing asked the producer to refresh its metadata"),
     }
-    producer.close().await;
+    producer.close().await.unwrap();
+}
+
+/// A record the broker refuses (larger than its `message.max.bytes`) fails its delivery and the
+/// next flush, which says how many records were lost even when the caller dropped their
+/// futures; a failure is reported once, and `close` reports as `flush` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_and_close_report_records_that_were_not_delivered() {
+    let broker = common::shared();
+    if broker.kind == Kind::Tansu {
+        eprintln!("SKIPPED on Tansu: Tansu 0.6 takes records of any size (no message.max.bytes), so none is refused");
+        return;
+    }
+    let topic = unique("refused");
+    let client = client(broker).await;
+    client.create_topic(&topic, 1, 1).await.unwrap();
+    let config =
+        ProducerConfig { batch_size_bytes: 4 << 20, buffer_memory_bytes: 16 << 20, ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+    // Kafka's default message.max.bytes is 1 MiB (and a bit).
+    drop(producer.send(ProducerRecord::new(&topic, vec![b'x'; 2 << 20])).await.unwrap());
+    let error = producer.flush().await.unwrap_err();
+    let Error::Undelivered { records: 1, source } = &error else { panic!("{error:?}") };
+    assert!(source.to_string().contains("MESSAGE_TOO_LARGE") || source.to_string().contains("too large"), "{error}");
+    producer.send(ProducerRecord::new(&topic, "fits")).await.unwrap().await.unwrap();
+    producer.flush().await.expect("the failure was reported once, and nothing failed since");
+    drop(producer.send(ProducerRecord::new(&topic, vec![b'y'; 2 << 20])).await.unwrap());
+    let error = producer.close().await.unwrap_err();
+    assert!(matches!(error, Error::Undelivered { records: 1, .. }), "{error}");
+    assert_eq!(values(&fetch_all(&client, &topic, 0).await), ["fits"]);
 }

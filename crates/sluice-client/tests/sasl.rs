@@ -10,7 +10,7 @@
 //! `unknown-user`. There, what is checked is that sluice runs the handshake and the first SCRAM
 //! round trip with a real SCRAM server and reports the refusal clearly.
 
-mod common;
+use sluice_testkit as common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! Tansu. Either way the broker advertises its TLS address, so every connection the client makes
 //! (bootstrap and after metadata) is encrypted. Certificates are made by the openssl command line.
 
-mod common;
+use sluice_testkit as common;
 
 use std::net::TcpListener;
 use std::path::Path;

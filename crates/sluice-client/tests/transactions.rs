@@ -3,7 +3,7 @@
 //! transaction take effect only when it commits; a second producer with the same transactional
 //! id fences the first; a `read_committed` consumer sees committed records only.
 
-mod common;
+use sluice_testkit as common;
 
 use std::time::Duration;
 

@@ -94,6 +94,12 @@ pub enum DecodeError {
         /// CRC computed over the batch.
         computed: u32,
     },
+    /// A payload compressed with a codec this build leaves out (its cargo feature is off).
+    #[error("{codec} data, but this build of sluice-protocol has no {codec} (enable its `{codec}` feature)")]
+    CodecNotBuilt {
+        /// The codec name (also its feature's name).
+        codec: &'static str,
+    },
     /// A compressed payload that could not be decompressed.
     #[error("{codec} decompression failed: {detail}")]
     Decompress {
@@ -170,6 +176,12 @@ impl DecodeError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EncodeError {
+    /// A codec this build leaves out (its cargo feature is off).
+    #[error("{codec} compression asked for, but this build of sluice-protocol has no {codec} (enable its `{codec}` feature)")]
+    CodecNotBuilt {
+        /// The codec name (also its feature's name).
+        codec: &'static str,
+    },
     /// A string, byte array or array longer than the wire format can express.
     #[error("{what} is {length} long, more than the maximum of {max}")]
     TooLong {

@@ -12,8 +12,7 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +32,8 @@ fn records() -> usize {
 struct Count(u64);
 
 impl Processor for Count {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
-        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
+        while let Some(piece) = batch.next_piece().await? {
             for task in &piece.tasks {
                 for record in task.records() {
                     self.0 += u64::from(record.value().is_some_and(|v| !v.is_empty()));
@@ -52,7 +51,7 @@ async fn produce(client: &Client, topic: &str, n: usize) {
         let partition = Some((i % PARTITIONS as usize) as i32);
         drop(producer.send(ProducerRecord { partition, ..ProducerRecord::new(topic, value.clone()) }).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 }
 
 async fn plain_consume(client: &Client, topic: &str, n: usize) -> (f64, f64) {

@@ -166,17 +166,23 @@ pub enum SchedulerError {
         /// The last failure.
         source: Box<FetchRangeError>,
     },
-    /// The processor failed the batch; its intent stays open and is re-run on restart.
-    #[error("batch {batch_id} failed in processing: {reason}")]
+    /// The processor failed the batch (or the scheduler's own work on it did); its intent
+    /// stays open and is re-run on restart.
+    #[error("batch {batch_id} failed in processing: {source}")]
     Processing {
         /// The batch.
         batch_id: u64,
-        /// What the processor said.
-        reason: String,
+        /// The processor's error, whole (downcast it to the type the processor gave).
+        source: crate::BoxError,
     },
-    /// The configuration cannot be used.
-    #[error("configuration: {0}")]
-    Config(String),
+    /// `topic_pattern` is not a regular expression.
+    #[error("topic_pattern {pattern:?} is not a valid regular expression: {source}")]
+    TopicPattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        source: crate::BoxError,
+    },
     /// The checkpoint's identity could not be read or made.
     #[error("the checkpoint id in {path}: {reason}")]
     CheckpointId {
@@ -345,7 +351,7 @@ impl Batch {
                 Err(e) => {
                     let reason = e.to_string();
                     pieces.tally().error = Some(e);
-                    return Err(SchedulerError::Processing { batch_id: self.batch_id, reason });
+                    return Err(SchedulerError::Processing { batch_id: self.batch_id, source: reason.into() });
                 }
             };
             let (tasks, rest) = cut_piece(&pieces.task_ranges, readers);
@@ -363,7 +369,7 @@ impl Batch {
         } else if pieces.reading.is_none() {
             return Err(SchedulerError::Processing {
                 batch_id: self.batch_id,
-                reason: "the batch's next piece is not being read".into(),
+                source: "the batch's next piece is not being read".into(),
             });
         }
         let index = pieces.given;
@@ -407,7 +413,10 @@ pub trait Processor: Send {
     /// Processes one batch, taking its records with [`Batch::next_piece`] until it gives `None`
     /// (in one piece, or in bounded pieces when the batch is larger than the memory budget);
     /// an error leaves the batch uncommitted.
-    fn process(&mut self, batch: Batch) -> impl std::future::Future<Output = Result<BatchOutput, String>> + Send;
+    fn process(
+        &mut self,
+        batch: Batch,
+    ) -> impl std::future::Future<Output = Result<BatchOutput, crate::BoxError>> + Send;
 }
 
 /// One partition in a progress record.
@@ -510,9 +519,9 @@ impl Reading {
         let batch_id = self.batch_id;
         match self.handle.take() {
             Some(handle) => handle.await.unwrap_or_else(|e| {
-                Err(SchedulerError::Processing { batch_id, reason: format!("the read tasks stopped: {e}") })
+                Err(SchedulerError::Processing { batch_id, source: format!("the read tasks stopped: {e}").into() })
             }),
-            None => Err(SchedulerError::Processing { batch_id, reason: "the read tasks were already taken".into() }),
+            None => Err(SchedulerError::Processing { batch_id, source: "the read tasks were already taken".into() }),
         }
     }
 }
@@ -632,7 +641,7 @@ impl ReadContext {
                     }
                     Err(e) => {
                         let reason = format!("a read task panicked: {e}");
-                        return Err(SchedulerError::Processing { batch_id, reason });
+                        return Err(SchedulerError::Processing { batch_id, source: reason.into() });
                     }
                 }
             }
@@ -729,6 +738,35 @@ pub struct Scheduler<C: Clock> {
     /// That write, awaited before the next commit (a snapshot must be of the last committed
     /// batch) and at the end of a run.
     snapshot_writing: Option<tokio::task::JoinHandle<Result<(), sluice_checkpoint::Error>>>,
+    /// A batch's intent or commit being written and synced on the blocking pool; what it
+    /// changes in the scheduler changes once it is durable.
+    log_writing: Option<LogWrite>,
+}
+
+/// A record being appended to the checkpoint log and synced, on the blocking pool.
+#[derive(Debug)]
+struct LogWrite {
+    durable: Durable,
+    /// How long the sync took.
+    writing: tokio::task::JoinHandle<Result<Duration, sluice_checkpoint::Error>>,
+}
+
+/// What a log write makes true once it is durable.
+#[derive(Debug)]
+enum Durable {
+    /// The batch is open: until its commit is durable, a later run re-runs it.
+    Intent(BatchIntent),
+    /// The batch is done: its partitions go on from its ranges' ends.
+    Commit { batch_id: u64, ranges: Vec<OffsetRange>, snapshot: Option<Vec<u8>> },
+}
+
+impl Durable {
+    fn batch_id(&self) -> u64 {
+        match self {
+            Self::Intent(intent) => intent.batch_id,
+            Self::Commit { batch_id, .. } => *batch_id,
+        }
+    }
 }
 
 fn to_log_range(range: &OffsetRange) -> sluice_checkpoint::OffsetRange {
@@ -838,9 +876,10 @@ impl<C: Clock> Scheduler<C> {
             deltas: recovered.deltas.into_iter().map(|c| (c.batch_id, c.state_delta)).collect(),
         };
         let pattern = match &config.topic_pattern {
-            Some(pattern) => Some(regex::Regex::new(pattern).map_err(|e| {
-                SchedulerError::Config(format!("topic_pattern {pattern:?} is not a valid regular expression: {e}"))
-            })?),
+            Some(pattern) => Some(
+                regex::Regex::new(pattern)
+                    .map_err(|e| SchedulerError::TopicPattern { pattern: pattern.clone(), source: Box::new(e) })?,
+            ),
             None => None,
         };
         let interval = millis(config.batch_interval);
@@ -870,6 +909,7 @@ impl<C: Clock> Scheduler<C> {
             bytes_per_offset: None,
             snapshot_to_write: None,
             snapshot_writing: None,
+            log_writing: None,
         })
     }
 
@@ -935,8 +975,10 @@ impl<C: Clock> Scheduler<C> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: dropped at any await, it loses and repeats nothing. A batch whose commit is
-    /// durable counts as done (its positions have moved; only its progress record and its
+    /// Cancel safe: dropped at any await, it loses and repeats nothing. An intent or commit
+    /// being written when the run is dropped is finished on the blocking pool and taken into
+    /// account by the next `run` before anything else (until then [`Scheduler::positions`] may
+    /// not show it). A batch whose commit is durable counts as done (its positions have moved; only its progress record and its
     /// informational group commit may be missing); a batch whose intent is durable but not its
     /// commit is re-run by the next `run` with the same ranges and `rerun` set, as after a
     /// crash, so a processor must give a re-run batch the output its first run would have.
@@ -945,6 +987,7 @@ impl<C: Clock> Scheduler<C> {
         processor: &mut P,
         mut on_progress: impl FnMut(&BatchProgress),
     ) -> Result<u64, SchedulerError> {
+        self.log_written().await?;
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
         while !self.stop.is_cancelled() && !self.bounded_run_done() {
@@ -983,13 +1026,57 @@ impl<C: Clock> Scheduler<C> {
         Ok(ran)
     }
 
-    /// Makes what was appended to the log durable; a sync slower than [`SLOW_SYNC`] is reported.
-    fn sync_log(&self, batch_id: u64, record: &str) -> Result<(), SchedulerError> {
-        let syncing = std::time::Instant::now();
-        self.log.commit()?;
-        let took = syncing.elapsed();
+    /// Appends a batch's intent or commit to the log and syncs it, on the blocking pool (a sync
+    /// takes milliseconds, seconds on a slow disk, and must not hold an async worker); a sync
+    /// slower than [`SLOW_SYNC`] is reported. Once durable, the batch is open or committed.
+    async fn write_log(
+        &mut self,
+        durable: Durable,
+        append: impl FnOnce(&Log) -> Result<u64, sluice_checkpoint::Error> + Send + 'static,
+    ) -> Result<(), SchedulerError> {
+        self.log_written().await?;
+        let log = Arc::clone(&self.log);
+        let writing = tokio::task::spawn_blocking(move || {
+            append(&log)?;
+            let syncing = std::time::Instant::now();
+            log.commit()?;
+            Ok(syncing.elapsed())
+        });
+        self.log_writing = Some(LogWrite { durable, writing });
+        self.log_written().await
+    }
+
+    /// Waits for the log write under way, if any, and makes its effect. Cancel safe: a run
+    /// dropped while it waits leaves the write here, and the next run waits for it (and takes
+    /// its effect) before anything else, so that a batch durable in the log is never planned
+    /// again nor forgotten.
+    async fn log_written(&mut self) -> Result<(), SchedulerError> {
+        let Some(write) = self.log_writing.as_mut() else { return Ok(()) };
+        let written = (&mut write.writing).await;
+        let Some(LogWrite { durable, .. }) = self.log_writing.take() else { return Ok(()) };
+        let batch_id = durable.batch_id();
+        let record = if matches!(durable, Durable::Intent(_)) { "intent" } else { "commit" };
+        let took = written.map_err(|e| SchedulerError::Processing {
+            batch_id,
+            source: format!("writing the batch's {record} to the checkpoint log stopped: {e}").into(),
+        })??;
         if took >= SLOW_SYNC {
             tracing::warn!(batch_id, record, ?took, "slow checkpoint sync");
+        }
+        match durable {
+            // Until the commit is durable this batch is open: if anything after fails, a later
+            // run (in this process or after a restart) re-runs it with the same ranges.
+            Durable::Intent(intent) => self.pending = Some(intent),
+            Durable::Commit { batch_id, ranges, snapshot } => {
+                self.pending = None;
+                for range in &ranges {
+                    self.positions.insert((range.topic.clone(), range.partition), range.until);
+                }
+                self.next_batch_id = batch_id + 1;
+                // Written once the next batch's intent is durable (or at the end of the run):
+                // the commit's delta holds this batch's changes until then.
+                self.snapshot_to_write = snapshot.map(|state| Snapshot { batch_id, state });
+            }
         }
         Ok(())
     }
@@ -1015,7 +1102,7 @@ impl<C: Clock> Scheduler<C> {
         let batch_id = self.next_batch_id;
         written.map_err(|e| SchedulerError::Processing {
             batch_id,
-            reason: format!("writing the state snapshot stopped: {e}"),
+            source: format!("writing the state snapshot stopped: {e}").into(),
         })??;
         Ok(())
     }
@@ -1406,6 +1493,8 @@ impl<C: Clock> Scheduler<C> {
 
     /// Plans (or takes the open intent), writes the intent, reads, processes, commits.
     async fn run_batch<P: Processor>(&mut self, processor: &mut P) -> Result<(BatchProgress, bool), SchedulerError> {
+        // A write a dropped run left under way comes first: it may open or commit a batch.
+        self.log_written().await?;
         let batch_id = self.next_batch_id;
         let started = self.clock.now_ms();
         let mut reading = None;
@@ -1430,7 +1519,7 @@ impl<C: Clock> Scheduler<C> {
                     if let Some(preparing) = preparing {
                         preparing.await.map_err(|e| SchedulerError::Processing {
                             batch_id,
-                            reason: format!("preparing the checkpoint log stopped: {e}"),
+                            source: format!("preparing the checkpoint log stopped: {e}").into(),
                         })??;
                         self.log_prepared = true;
                     }
@@ -1448,13 +1537,12 @@ impl<C: Clock> Scheduler<C> {
         };
         let intent = BatchIntent { batch_id, ranges: ranges.iter().map(to_log_range).collect(), metadata: Vec::new() };
         let appended_before = self.log.stats().map_or(0, |s| s.appended_bytes);
-        if !rerun {
-            self.log.append_intent(&intent)?;
-            self.sync_log(batch_id, "intent")?;
+        if rerun {
+            self.pending = Some(intent);
+        } else {
+            let durable = Durable::Intent(intent.clone());
+            self.write_log(durable, move |log| log.append_intent(&intent)).await?;
         }
-        // Until the commit is durable this batch is open: if anything below fails, a later run
-        // (in this process or after a restart) re-runs it with the same ranges.
-        self.pending = Some(intent);
         // The batch before's snapshot is written while this one runs; its sync would otherwise
         // have held up that batch's commit, or this one's intent.
         self.start_snapshot_write();
@@ -1504,10 +1592,10 @@ impl<C: Clock> Scheduler<C> {
         if let Some(error) = tally.error.take() {
             return Err(error);
         }
-        let output = output.map_err(|reason| SchedulerError::Processing { batch_id, reason })?;
+        let output = output.map_err(|source| SchedulerError::Processing { batch_id, source })?;
         if !tally.done {
             let reason = "the processor returned before taking all of the batch's records (Batch::next_piece until it gives None)".to_owned();
-            return Err(SchedulerError::Processing { batch_id, reason });
+            return Err(SchedulerError::Processing { batch_id, source: reason.into() });
         }
         if !first_is_last {
             learn(self, &tally);
@@ -1532,22 +1620,11 @@ impl<C: Clock> Scheduler<C> {
         let processed = self.clock.now_ms();
         let snapshot = output.snapshot;
         self.snapshot_written().await?;
-        self.log.append_commit(&BatchCommit {
-            batch_id,
-            state_delta: output.state_delta,
-            sink_markers: output.sink_markers,
-        })?;
-        self.sync_log(batch_id, "commit")?;
-        // The batch is done: everything it changes in the scheduler changes before the next
-        // await, so that a run dropped there neither repeats nor forgets it.
-        self.pending = None;
-        for range in &ranges {
-            self.positions.insert((range.topic.clone(), range.partition), range.until);
-        }
-        self.next_batch_id = batch_id + 1;
-        // Written once the next batch's intent is durable (or at the end of the run): the
-        // commit's delta holds this batch's changes until then.
-        self.snapshot_to_write = snapshot.map(|state| Snapshot { batch_id, state });
+        let commit = BatchCommit { batch_id, state_delta: output.state_delta, sink_markers: output.sink_markers };
+        // Once durable, the batch is done: what it changes in the scheduler changes then,
+        // before any other await, so that a run dropped later neither repeats nor forgets it.
+        let durable = Durable::Commit { batch_id, ranges: ranges.clone(), snapshot };
+        self.write_log(durable, move |log| log.append_commit(&commit)).await?;
         let checkpoint_bytes = self.log.stats().map_or(0, |s| s.appended_bytes.saturating_sub(appended_before));
         if let Some(group) = &self.config.commit_to_group {
             let offsets: Vec<(String, i32, i64)> =

@@ -11,8 +11,7 @@
 //! printed (`SLUICE_FAULT_SEED` replays it), and so is the longest stall each kind of fault
 //! caused.
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +35,8 @@ impl Seen {
 }
 
 impl Processor for Seen {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
-        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
+        while let Some(piece) = batch.next_piece().await? {
             let mut seen = self.0.lock().unwrap();
             for task in &piece.tasks {
                 for record in task.records() {
@@ -156,7 +155,7 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
             });
             eprintln!("[{count} random faults, seed {seed} (replay with SLUICE_FAULT_SEED={seed})]");
-            let mut rng = Rng(seed | 1);
+            let mut rng = Rng::new(seed | 1);
             for _ in 0..count {
                 let down = Duration::from_millis(500 + rng.below(4_500));
                 let node = u32::try_from(1 + rng.below(3)).unwrap();

@@ -1,8 +1,7 @@
 //! Reading planned ranges from a real broker: exactly the offsets of the range, across
 //! batch boundaries, and a clear error for offsets the log does not hold.
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::time::Duration;
 

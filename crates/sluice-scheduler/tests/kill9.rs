@@ -11,8 +11,7 @@
 // The child reports on stdout, and the test prints its seed.
 #![allow(clippy::print_stdout)]
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -48,8 +47,8 @@ fn config(topic: &str) -> SchedulerConfig {
 struct Report;
 
 impl Processor for Report {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
-        while batch.next_piece().await.map_err(|e| e.to_string())?.is_some() {}
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
+        while batch.next_piece().await?.is_some() {}
         let ranges: Vec<String> =
             batch.ranges.iter().map(|r| format!("{}:{}-{}", r.partition, r.from, r.until)).collect();
         println!("PROCESS {} {}", batch.batch_id, ranges.join(","));
@@ -138,7 +137,7 @@ fn broker_with_data() -> (String, String) {
                     .unwrap(),
             );
         }
-        producer.flush().await;
+        producer.flush().await.unwrap();
     });
     (broker.addr.clone(), topic)
 }
@@ -196,7 +195,7 @@ fn committed_ranges_cover_every_offset_once_across_sigkills() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
     println!("scheduler SIGKILL test seed {seed} (replay with SLUICE_KILL_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let kills: u64 = std::env::var("SLUICE_SCHEDULER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
 
     let (broker, topic) = broker_with_data();

@@ -4,8 +4,7 @@
 //! once in rate-limited batches, and a batch that fails is re-run after reopening with exactly
 //! the ranges its intent recorded.
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,13 +64,13 @@ struct Collect {
 }
 
 impl Processor for Collect {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
         self.batches.push((batch.batch_id, batch.ranges.clone(), batch.rerun));
         if self.fail_at == Some(batch.batch_id) {
             self.fail_at = None;
-            return Err("the sink is down".into());
+            return Err(Box::new(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "the sink is down")));
         }
-        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+        while let Some(piece) = batch.next_piece().await? {
             self.pieces.push((batch.batch_id, piece.tasks.iter().map(RangeRecords::data_bytes).sum()));
             for task in &piece.tasks {
                 for record in task.records() {
@@ -153,6 +152,9 @@ async fn a_failed_batch_is_rerun_after_reopening_with_the_ranges_of_its_intent()
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), bounded_config(&topic), clock.clone()).unwrap();
     let error = scheduler.run(&mut collect, |_| {}).await.unwrap_err();
     assert!(matches!(error, SchedulerError::Processing { batch_id: 2, .. }), "{error}");
+    // The processor's error is the source, whole: its type and kind are there to act on.
+    let source = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused), "{error:?}");
     let failed_ranges = collect.batches.last().unwrap().1.clone();
     drop(scheduler);
 
@@ -206,7 +208,7 @@ struct ByBatch {
 }
 
 impl Processor for ByBatch {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
         if let Some((ranges, _)) = self.batches.get(&batch.batch_id) {
             assert_eq!(ranges, &batch.ranges, "batch {} again, with other ranges", batch.batch_id);
             assert!(batch.rerun, "batch {} again, not as a re-run", batch.batch_id);
@@ -215,7 +217,7 @@ impl Processor for ByBatch {
         self.reruns += usize::from(batch.rerun);
         self.given.push(batch.batch_id);
         self.batches.insert(batch.batch_id, (batch.ranges.clone(), Vec::new()));
-        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+        while let Some(piece) = batch.next_piece().await? {
             let mut records = Vec::new();
             for task in &piece.tasks {
                 for record in task.records() {
@@ -227,7 +229,7 @@ impl Processor for ByBatch {
             tokio::task::yield_now().await;
             self.batches.get_mut(&batch.batch_id).unwrap().1.extend(records);
         }
-        let snapshot = (batch.batch_id % 3 == 0).then(|| batch.batch_id.to_le_bytes().to_vec());
+        let snapshot = batch.batch_id.is_multiple_of(3).then(|| batch.batch_id.to_le_bytes().to_vec());
         Ok(BatchOutput { state_delta: batch.batch_id.to_le_bytes().to_vec(), snapshot, ..BatchOutput::default() })
     }
 }
@@ -296,7 +298,7 @@ async fn a_topic_pattern_reads_every_matching_topic_and_no_other() {
             drop(producer.send(record).await.unwrap());
         }
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let config = SchedulerConfig {
@@ -347,7 +349,7 @@ async fn lost_setup() -> Option<(Client, String)> {
                 .unwrap(),
         );
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     assert_eq!(client.delete_records(&topic, 0, 40).await.unwrap(), 40, "the new log start");
     Some((client, topic))
 }
@@ -409,7 +411,7 @@ async fn starting_at_a_timestamp_skips_what_came_before_it() {
                         .unwrap(),
                 );
             }
-            producer.flush().await;
+            producer.flush().await.unwrap();
         }
     };
     send_all(0).await;
@@ -447,7 +449,7 @@ async fn produce_tagged(client: &Client, topic: &str, partitions: i32, count: us
             );
         }
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 }
 
 fn values(collect: &Collect) -> Vec<String> {
@@ -656,8 +658,8 @@ async fn wait_for(shared: &Shared, count: usize, running: &mut tokio::task::Join
 struct Shared(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Processor for Shared {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
-        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
+        while let Some(piece) = batch.next_piece().await? {
             let mut seen = self.0.lock().unwrap();
             for task in &piece.tasks {
                 seen.extend(task.records().map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap()));
@@ -728,7 +730,7 @@ async fn partitions_added_to_a_topic_while_running_are_found_and_read_from_their
             drop(producer.send(record).await.unwrap());
         }
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     wait_for(&shared, 100, &mut running).await;
     stop.cancel();
     running.await.unwrap().unwrap();
@@ -763,8 +765,8 @@ async fn assigned_partitions_are_read_and_no_others() {
 struct BigSnapshots;
 
 impl Processor for BigSnapshots {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
-        while batch.next_piece().await.map_err(|e| e.to_string())?.is_some() {}
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
+        while batch.next_piece().await?.is_some() {}
         Ok(BatchOutput {
             state_delta: batch.batch_id.to_le_bytes().to_vec(),
             snapshot: Some(vec![7; 4096]),

@@ -26,8 +26,7 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -99,7 +98,7 @@ async fn produce(client: &Client, topic: &str, n: usize, flush: bool) {
             drop(producer.send(ProducerRecord { partition: Some(partition), ..click.to_record(topic) }).await.unwrap());
         }
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 }
 
 /// The job's results by hand over a plain consumer: top items of each window closed by the
@@ -359,7 +358,7 @@ async fn produce_live(client: &Client, topic: &str, rate: usize, duration: Durat
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 }
 
 /// How long after each window closed (its end plus the allowed lateness, in wall-clock time)

@@ -63,7 +63,7 @@ async fn generate(broker: &str, count: u64, rate: f64) -> Result<(), Box<dyn std
         }
         drop(producer.send(clicks.next_click().to_record(TOPIC)).await?);
     }
-    producer.flush().await;
+    producer.flush().await?;
     println!("{count} clicks in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

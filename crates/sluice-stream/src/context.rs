@@ -10,10 +10,12 @@ use sluice_scheduler::{
     SystemClock,
 };
 
+use crate::pool::par_map;
 use crate::record::KafkaRecord;
 use crate::sink::Output;
 use crate::state::JobState;
 use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph, SourceRecords};
+use crate::BoxError;
 
 /// Why a job could not run or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +27,14 @@ pub enum StreamError {
     /// The brokers could not be reached.
     #[error("connecting to the brokers: {0}")]
     Connect(#[from] sluice_client::Error),
-    /// An output failed a batch (in a [`crate::testing::LocalJob`]; under the scheduler this is
+    /// An output failed a batch (in a `testing::LocalJob`, feature `testing`; under the scheduler this is
     /// [`sluice_scheduler::SchedulerError::Processing`]).
-    #[error("batch {batch_id} failed: {reason}")]
+    #[error("batch {batch_id} failed: {source}")]
     Batch {
         /// The batch.
         batch_id: u64,
-        /// What the output said.
-        reason: String,
+        /// The output's error, whole.
+        source: BoxError,
     },
     /// The scheduler failed (planning, reading, an output, or the checkpoint log).
     #[error(transparent)]
@@ -69,7 +71,7 @@ pub struct StreamConfig {
 }
 
 /// The memory budget a job has unless given another: 64 MiB (the clickstream job runs as fast
-/// under it as under 256 MiB; see the sluice-cli README).
+/// under it as under 256 MiB; see BENCHMARKS.md).
 pub const DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
 
 /// Records run through the job at once per byte of the memory budget: 1/4096, 16,384 records
@@ -166,7 +168,7 @@ impl StreamingContext {
     }
 
     /// [`StreamingContext::run`] on a given clock (tests run on a manual one).
-    pub async fn run_with_clock<C: Clock>(
+    pub async fn run_with_clock<C: Clock + 'static>(
         self,
         clock: C,
         on_progress: impl FnMut(&BatchProgress),
@@ -191,10 +193,19 @@ impl StreamingContext {
         }
         let client = Client::connect(self.config.client.clone()).await?;
         let interval_ms = lock(&self.graph).interval_ms;
-        let mut scheduler = Scheduler::open(client, &self.config.checkpoint_dir, self.config.scheduler.clone(), clock)?;
+        // Opening the log reads and recovers it (and syncs, when it is new), and restoring the
+        // state decodes it: on the blocking pool, not an async worker.
+        let (dir, config) = (self.config.checkpoint_dir.clone(), self.config.scheduler.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut scheduler = Scheduler::open(client, dir, config, clock)?;
+            let recovered = scheduler.take_recovered_state();
+            state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
+            Ok::<_, StreamError>((scheduler, state))
+        })
+        .await;
+        let (mut scheduler, state) =
+            opened.map_err(|e| StreamError::State(format!("opening the checkpoint stopped: {e}")))??;
         scheduler.set_stop_handle(self.stop.clone());
-        let recovered = scheduler.take_recovered_state();
-        state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
         let snapshot_every = self.config.snapshot_every;
         let concurrent_outputs = self.config.concurrent_outputs;
         let records_per_run = self.config.records_per_run();
@@ -231,77 +242,147 @@ struct Engine {
 }
 
 impl Engine {
-    /// Runs every output on the batch, each on a thread of its own unless outputs are to run in
-    /// turn (outputs fed by one `tee` wait for whichever computes the shared part first, then go
-    /// on side by side).
-    async fn run_outputs(&mut self, input: Arc<BatchInput>) -> Result<(), String> {
+    /// Runs every output on one run of a batch's records: each computes its items off the
+    /// async workers, then writes them; the outputs side by side (each a task of the batch's),
+    /// or one after the other in the order they were made.
+    async fn run_outputs(&mut self, input: Arc<BatchInput>) -> Result<(), BoxError> {
+        let outputs = std::mem::take(&mut self.outputs);
         if !self.concurrent_outputs {
-            for output in &mut self.outputs {
-                output.run(&input).await?;
+            for output in outputs {
+                self.outputs.push(run_output(output, Arc::clone(&input)).await?);
             }
             return Ok(());
         }
-        let mut outputs = std::mem::take(&mut self.outputs);
-        let runtime = tokio::runtime::Handle::current();
-        let ran = tokio::task::spawn_blocking(move || {
-            let results: Vec<Result<(), String>> = match outputs.as_mut_slice() {
-                [only] => vec![runtime.block_on(only.run(&input))],
-                all => std::thread::scope(|scope| {
-                    let running: Vec<_> = all
-                        .iter_mut()
-                        .map(|output| {
-                            let (input, runtime) = (&input, &runtime);
-                            scope.spawn(move || runtime.block_on(output.run(input)))
-                        })
-                        .collect();
-                    running
-                        .into_iter()
-                        .map(|thread| thread.join().unwrap_or_else(|_| Err("an output panicked".to_owned())))
-                        .collect()
-                }),
-            };
-            (outputs, results)
-        })
-        .await;
-        let (outputs, results) = ran.map_err(|e| format!("the outputs stopped: {e}"))?;
-        self.outputs = outputs;
-        results.into_iter().collect()
+        // Tasks of this batch: dropped with it (a run dropped part way), they stop at their next
+        // await and write nothing more.
+        let mut running = tokio::task::JoinSet::new();
+        for (index, output) in outputs.into_iter().enumerate() {
+            let input = Arc::clone(&input);
+            running.spawn(async move { (index, run_output(output, input).await) });
+        }
+        let mut done = Vec::new();
+        let mut failed: Option<BoxError> = None;
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok((index, Ok(output))) => done.push((index, output)),
+                Ok((_, Err(e))) => {
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert_with(|| format!("an output stopped: {e}").into());
+                }
+            }
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        done.sort_by_key(|(index, _)| *index);
+        self.outputs = done.into_iter().map(|(_, output)| output).collect();
+        Ok(())
     }
 }
 
+/// One output on one run of records: its items computed on the blocking pool (where its
+/// operators spread large batches over the compute pool), then written.
+async fn run_output(mut output: Box<dyn Output>, input: Arc<BatchInput>) -> Result<Box<dyn Output>, BoxError> {
+    let mut output = off_workers(move || {
+        output.compute(&input);
+        output
+    })
+    .await?;
+    output.write().await?;
+    Ok(output)
+}
+
+/// Runs CPU work on tokio's blocking pool (reused threads, never an async worker) and waits
+/// for it; a panic in `work` is an error here. Not on the compute pool itself: outputs fed by
+/// one `tee` wait on each other's lock, which a compute pool thread must never do while other
+/// work queues behind it.
+async fn off_workers<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Result<R, BoxError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("the job's computation stopped: {e}").into())
+}
+
+/// Where a read task's records were left: the next record batch, and records of it already
+/// taken.
+#[derive(Debug, Clone, Copy, Default)]
+struct RecordCursor {
+    batch: usize,
+    record: usize,
+}
+
+/// Up to `n` records of `task` from `at` on (skipping control batches and offsets outside the
+/// range, as [`RangeRecords::records`] does), moving `at` past them.
+fn take_records(
+    task: &RangeRecords,
+    at: &mut RecordCursor,
+    n: usize,
+    topic: &Arc<str>,
+    partition: i32,
+) -> Vec<KafkaRecord> {
+    let (from, until) = (task.range.from, task.range.until);
+    let mut taken = Vec::with_capacity(n.min(task.record_count()));
+    while taken.len() < n {
+        let Some(batch) = task.batches.get(at.batch) else { break };
+        let mut records = batch.records().skip(at.record);
+        let mut batch_done = batch.header.is_control();
+        while !batch_done && taken.len() < n {
+            match records.next() {
+                Some(record) => {
+                    at.record += 1;
+                    if record.offset() >= from && record.offset() < until {
+                        taken.push(KafkaRecord::from_ref(topic, partition, &record));
+                    }
+                }
+                None => batch_done = true,
+            }
+        }
+        if batch_done {
+            *at = RecordCursor { batch: at.batch + 1, record: 0 };
+        }
+    }
+    taken
+}
+
 impl Processor for Engine {
-    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, BoxError> {
         // Piece by piece (a batch within the memory budget is one piece from the scheduler),
         // and each in runs of at most `records_per_run` records, so that what the job makes of
         // the records (rows, keys) is held for one run at a time, not the batch: each run goes
         // through the outputs as it comes, and they gather what they need whole until the last.
         let mut run = 0;
-        while let Some(piece) = batch.next_piece().await.map_err(|e| e.to_string())? {
-            let part_sources: Vec<(Arc<str>, i32)> =
-                piece.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect();
+        while let Some(piece) = batch.next_piece().await? {
+            let piece = Arc::new(piece);
+            let part_sources: Arc<Vec<(Arc<str>, i32)>> = Arc::new(
+                piece.tasks.iter().map(|task| (Arc::from(task.range.topic.as_str()), task.range.partition)).collect(),
+            );
             let counts: Vec<usize> = piece.tasks.iter().map(RangeRecords::record_count).collect();
             let per_task = (self.records_per_run / counts.len().max(1)).max(MIN_RECORDS_PER_TASK_RUN);
             let runs = counts.iter().map(|n| n.div_ceil(per_task)).max().unwrap_or(0).max(1);
-            let mut records: Vec<_> = piece.tasks.iter().map(|task| task.records()).collect();
+            let large = counts.iter().map(|n| (*n).min(per_task)).sum::<usize>() >= crate::pool::PARALLEL_FROM_ITEMS;
+            let mut cursors = vec![RecordCursor::default(); piece.tasks.len()];
             for index in 0..runs {
                 // The next records of each task, the tasks side by side when there are many.
-                let large =
-                    counts.iter().map(|n| (*n).min(per_task)).sum::<usize>() >= crate::stream::PARALLEL_FROM_ITEMS;
-                let taken: Vec<_> = records.iter_mut().zip(&part_sources).collect();
-                let parts: Parts<KafkaRecord> =
-                    crate::stream::par_map(taken, large, &|(records, (topic, partition))| {
-                        records
-                            .by_ref()
-                            .take(per_task)
-                            .map(|record| KafkaRecord::from_ref(topic, *partition, &record))
-                            .collect()
+                let (tasks, sources) = (Arc::clone(&piece), Arc::clone(&part_sources));
+                let (parts, moved) = off_workers(move || {
+                    let taken: Vec<_> = tasks.tasks.iter().zip(cursors.iter_mut()).zip(sources.iter()).collect();
+                    let parts: Parts<KafkaRecord> = par_map(taken, large, &|((task, at), (topic, partition))| {
+                        take_records(task, at, per_task, topic, *partition)
                     });
+                    (parts, cursors)
+                })
+                .await?;
+                cursors = moved;
                 let records = SourceRecords::new(parts, self.sources);
                 let last = piece.last && index + 1 == runs;
-                let input =
-                    BatchInput::new(batch.batch_id, self.interval_ms, batch.rerun, records, Some(part_sources.clone()))
-                        .in_piece(run, last)
-                        .of_checkpoint(self.checkpoint_id);
+                let input = BatchInput::new(
+                    batch.batch_id,
+                    self.interval_ms,
+                    batch.rerun,
+                    records,
+                    Some(part_sources.as_ref().clone()),
+                )
+                .in_piece(run, last)
+                .of_checkpoint(self.checkpoint_id);
                 self.run_outputs(Arc::new(input)).await?;
                 run += 1;
             }

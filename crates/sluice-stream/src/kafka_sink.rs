@@ -34,8 +34,47 @@ use std::sync::Arc;
 use sluice_client::{Client, ClientConfig, ConsumerGroupMetadata, Producer, ProducerConfig, ProducerRecord};
 
 use crate::sink::{BatchInfo, Sink};
+use crate::BoxError;
 
-type ToRecord<T> = Box<dyn Fn(&T) -> Result<ProducerRecord, String> + Send + Sync>;
+type ToRecord<T> = Box<dyn Fn(&T) -> Result<ProducerRecord, BoxError> + Send + Sync>;
+
+/// Why a [`KafkaSink`] failed a batch (the batch fails, and is re-run).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaSinkError {
+    /// A call to the cluster failed.
+    #[error("Kafka sink {sink}, batch {batch_id}: {what}: {source}")]
+    Client {
+        /// The sink's id.
+        sink: String,
+        /// The batch.
+        batch_id: u64,
+        /// What the sink was doing.
+        what: &'static str,
+        /// The client's error.
+        source: sluice_client::Error,
+    },
+    /// The sink's function failed to make an item's record.
+    #[error("Kafka sink {sink}, batch {batch_id}: making an item's record: {source}")]
+    Record {
+        /// The sink's id.
+        sink: String,
+        /// The batch.
+        batch_id: u64,
+        /// The function's error.
+        source: BoxError,
+    },
+    /// A piece of a batch came without the pieces before it.
+    #[error("Kafka sink {sink}: piece {piece} of batch {batch_id} came without the pieces before it")]
+    PieceOutOfOrder {
+        /// The sink's id.
+        sink: String,
+        /// The batch.
+        batch_id: u64,
+        /// The piece.
+        piece: usize,
+    },
+}
 
 /// Counters of a Kafka sink (this process's).
 #[derive(Debug, Clone, Default)]
@@ -91,7 +130,7 @@ impl<T> KafkaSink<T> {
         client: ClientConfig,
         topic: impl Into<String>,
         sink_id: impl Into<String>,
-        to_record: impl Fn(&T) -> Result<ProducerRecord, String> + Send + Sync + 'static,
+        to_record: impl Fn(&T) -> Result<ProducerRecord, BoxError> + Send + Sync + 'static,
     ) -> Self {
         Self {
             client_config: client,
@@ -147,58 +186,58 @@ impl<T> KafkaSink<T> {
         format!("sluice-sink-{}-{checkpoint_id:016x}", self.sink_id)
     }
 
-    async fn start(&mut self) -> Result<(Client, Producer), String> {
-        let client = Client::connect(self.client_config.clone())
-            .await
-            .map_err(|e| format!("Kafka sink {}: connecting: {e}", self.sink_id))?;
+    async fn start(&mut self) -> Result<(Client, Producer), (&'static str, sluice_client::Error)> {
+        let client = Client::connect(self.client_config.clone()).await.map_err(|e| ("connecting", e))?;
         let mut config = ProducerConfig { idempotent: true, ..self.producer_config.clone() };
         if self.transactional {
             config.transactional_id = Some(self.transactional_id());
         }
         // A transactional producer's start aborts a transaction its predecessor left open.
-        let producer = Producer::new(client.clone(), config)
-            .await
-            .map_err(|e| format!("Kafka sink {}: starting the producer: {e}", self.sink_id))?;
+        let producer = Producer::new(client.clone(), config).await.map_err(|e| ("starting the producer", e))?;
         Ok((client, producer))
     }
 
     /// The batch after the last one of the checkpoint written whole, as its marker says (0 if
     /// none).
-    async fn written_until(&self, client: &Client, checkpoint_id: u64) -> Result<u64, String> {
+    async fn written_until(&self, client: &Client, checkpoint_id: u64) -> Result<u64, sluice_client::Error> {
         let marker = (self.topic.clone(), 0);
-        let offsets = client
-            .stable_group_offsets(&self.marker_group(checkpoint_id), std::slice::from_ref(&marker))
-            .await
-            .map_err(|e| format!("Kafka sink {}: reading its marker: {e}", self.sink_id))?;
+        let offsets =
+            client.stable_group_offsets(&self.marker_group(checkpoint_id), std::slice::from_ref(&marker)).await?;
         Ok(offsets.get(&marker).copied().flatten().map_or(0, |offset| u64::try_from(offset).unwrap_or(0)))
     }
 
     /// Writes one piece of a batch (the whole batch when it comes in one).
-    async fn write_piece(&mut self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
-        let id = self.sink_id.clone();
-        let failed =
-            |what: &str, e: sluice_client::Error| format!("Kafka sink {id}, batch {}: {what}: {e}", batch.batch_id);
+    async fn write_piece(&mut self, batch: &BatchInfo, items: &[T]) -> Result<(), KafkaSinkError> {
+        let (sink, batch_id) = (self.sink_id.clone(), batch.batch_id);
+        let failed = |what: &'static str, source: sluice_client::Error| KafkaSinkError::Client {
+            sink: sink.clone(),
+            batch_id,
+            what,
+            source,
+        };
         let mut writing = match self.writing.take() {
             Some(writing) if writing.batch_id == batch.batch_id && batch.piece > 0 => writing,
             Some(_) | None if batch.piece > 0 => {
-                return Err(format!(
-                    "Kafka sink {id}: piece {} of batch {} came without the pieces before it",
-                    batch.piece, batch.batch_id
-                ));
+                return Err(KafkaSinkError::PieceOutOfOrder { sink, batch_id, piece: batch.piece });
             }
             _ => Writing { batch_id: batch.batch_id, skip: None, in_transaction: false, sent: 0 },
         };
         // Kept from here on, so that a failure aborts the transaction it holds.
         self.writing = Some(writing);
         if writing.skip.is_none() && !items.is_empty() {
-            if self.started.is_none() {
-                self.started = Some(self.start().await?);
-            }
-            let Some((client, _)) = &self.started else { return Err("the producer did not start".into()) };
+            let started = match self.started.take() {
+                Some(started) => started,
+                None => self.start().await.map_err(|(what, e)| failed(what, e))?,
+            };
             // The batch re-run is the one after the last committed, so its first run wrote it
             // whole exactly when the marker is its own.
-            writing.skip =
-                Some(batch.rerun && self.written_until(client, batch.checkpoint_id).await? == batch.batch_id + 1);
+            let written_until = match batch.rerun {
+                true => self.written_until(&started.0, batch.checkpoint_id).await,
+                false => Ok(0),
+            };
+            self.started = Some(started);
+            let written_until = written_until.map_err(|e| failed("reading its marker", e))?;
+            writing.skip = Some(batch.rerun && written_until == batch.batch_id + 1);
             self.writing = Some(writing);
         }
         let started = self.started.as_ref().filter(|_| writing.skip == Some(false));
@@ -216,8 +255,8 @@ impl<T> KafkaSink<T> {
         let records = items
             .iter()
             .map(|item| Ok(ProducerRecord { topic: self.topic.clone(), ..(self.to_record)(item)? }))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| format!("Kafka sink {id}, batch {}: {e}", batch.batch_id))?;
+            .collect::<Result<Vec<_>, BoxError>>()
+            .map_err(|source| KafkaSinkError::Record { sink: sink.clone(), batch_id, source })?;
         if self.transactional && !writing.in_transaction && !records.is_empty() {
             producer.begin_transaction().await.map_err(|e| failed("beginning the transaction", e))?;
             writing.in_transaction = true;
@@ -271,16 +310,22 @@ impl<T> KafkaSink<T> {
     async fn reset(&mut self) {
         let writing = self.writing.take();
         if let Some((_, producer)) = self.started.take() {
+            // The batch has failed already: these only tidy up, and the next producer's start
+            // aborts whatever they leave (the failures are reported, not returned).
             if writing.is_some_and(|w| w.in_transaction) {
-                let _ = producer.abort_transaction().await;
+                if let Err(e) = producer.abort_transaction().await {
+                    tracing::warn!(sink = %self.sink_id, error = %e, "aborting the failed batch's transaction failed (the next producer aborts it)");
+                }
             }
-            producer.close().await;
+            if let Err(e) = producer.close().await {
+                tracing::warn!(sink = %self.sink_id, error = %e, "closing the failed batch's producer");
+            }
         }
     }
 }
 
 impl<T: Send + Sync> Sink<T> for KafkaSink<T> {
-    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
+    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
         if batch.piece == 0 && self.writing.is_some() {
             // The batch before failed part way (in another output): start afresh.
             self.reset().await;
@@ -289,7 +334,7 @@ impl<T: Send + Sync> Sink<T> for KafkaSink<T> {
         if result.is_err() {
             self.reset().await;
         }
-        result
+        Ok(result?)
     }
 
     fn takes_pieces(&self) -> bool {

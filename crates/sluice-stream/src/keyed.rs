@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::pool::{on_each, par_map};
 use crate::state::{decode, encode_into, Stateful};
-use crate::stream::{on_each, par_map, DStream};
+use crate::stream::DStream;
 
 /// Bounds of a key kept in state: hashed (state is kept in hash maps), ordered (state is saved
 /// and outputs given in key order, so they are the same in every run) and serializable.
@@ -138,7 +139,7 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         // One pass per shard finds its changed slots and clears their marks (in no particular
         // order: applying a delta gives the same state whatever the order); a second, only
         // after removals, drops the emptied slots.
-        let parallel = self.len() >= crate::stream::PARALLEL_FROM_ITEMS;
+        let parallel = self.len() >= crate::pool::PARALLEL_FROM_ITEMS;
         let last_sizes = std::mem::take(&mut self.delta_bytes).into_iter().chain(std::iter::repeat(0));
         let work: Vec<_> = self.shards.iter_mut().zip(last_sizes).collect();
         let pieces = on_each(work, parallel, |(shard, last_size)| {
@@ -161,7 +162,7 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        let parallel = self.len() >= crate::stream::PARALLEL_FROM_ITEMS;
+        let parallel = self.len() >= crate::pool::PARALLEL_FROM_ITEMS;
         // A snapshot holds at least what a delta does.
         let last_sizes = self.delta_bytes.iter().copied().chain(std::iter::repeat(0));
         let work: Vec<_> = self.shards.iter_mut().zip(last_sizes).collect();
@@ -370,7 +371,7 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     f: &(impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Sync),
 ) -> Vec<U> {
     let items: usize = parts.iter().map(Vec::len).sum();
-    let parallel = items >= crate::stream::PARALLEL_FROM_ITEMS;
+    let parallel = items >= crate::pool::PARALLEL_FROM_ITEMS;
     let shards = state.shards.len();
     // Each part's items by shard, with their places in the batch.
     let mut next_place = 0;

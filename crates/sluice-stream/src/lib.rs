@@ -3,25 +3,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "demo")]
 pub mod clickstream;
-pub mod context;
+mod context;
 mod csv_fields;
 mod event_time;
 mod hash;
 mod kafka_sink;
 mod keyed;
-pub mod record;
-pub mod sink;
+mod pool;
+mod record;
+mod sink;
 mod state;
-pub mod stream;
+mod stream;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use context::{StreamConfig, StreamError, StreamingContext, DEFAULT_MEMORY_BUDGET};
 pub use event_time::{Timed, Watermark, Windowed};
-pub use kafka_sink::{KafkaSink, KafkaSinkCounters};
+pub use kafka_sink::{KafkaSink, KafkaSinkCounters, KafkaSinkError};
 pub use keyed::{KeyState, StateKey};
 pub use record::{split_csv, KafkaRecord, ParseError};
 pub use sink::{BatchInfo, ForEach, JsonLinesFiles, Sink, Stdout};
+/// The error a sink, a `foreach_batch` closure or a stateful operator gives: any error, kept
+/// whole as the source of the batch's failure.
+pub use sluice_scheduler::BoxError;
 /// How a running job is stopped: see [`StreamingContext::stop_handle`].
 pub use sluice_scheduler::CancellationToken;
 pub use stream::{BatchInput, DStream, Parts};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use crate::stream::{BatchInput, Compute, Gather};
+use crate::BoxError;
 
 /// The batch a sink is writing, and which piece of it for a sink that takes batches in pieces
 /// ([`Sink::takes_pieces`]).
@@ -54,8 +55,11 @@ impl BatchInfo {
 /// output exactly once.
 pub trait Sink<T>: Send {
     /// Writes one batch's items (or one piece's, see [`Sink::takes_pieces`]); an error fails
-    /// the batch (it is re-run, from its first piece).
-    fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> impl Future<Output = Result<(), String>> + Send;
+    /// the batch (it is re-run, from its first piece), and is the source of the job's error.
+    ///
+    /// Called on an async worker: a sink that blocks (files, a blocking client) does that work
+    /// on the blocking pool (`tokio::task::spawn_blocking`), as [`JsonLinesFiles`] does.
+    fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// Whether the sink takes a batch larger than the job's memory budget piece by piece, so
     /// that the batch's output is never held whole: `write` is called once per piece, in
@@ -72,8 +76,8 @@ pub trait Sink<T>: Send {
 #[derive(Debug)]
 pub struct ForEach<F>(pub F);
 
-impl<T: Send, F: FnMut(&BatchInfo, Vec<T>) -> Result<(), String> + Send> Sink<T> for ForEach<F> {
-    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
+impl<T: Send, F: FnMut(&BatchInfo, Vec<T>) -> Result<(), BoxError> + Send> Sink<T> for ForEach<F> {
+    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
         (self.0)(batch, items)
     }
 }
@@ -87,7 +91,7 @@ pub struct Stdout {
 }
 
 impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
-    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
+    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
         let mut text = String::new();
         if batch.piece == 0 {
             let rule = "-------------------------------------------";
@@ -104,7 +108,7 @@ impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
         if batch.last_piece {
             text.push('\n');
         }
-        std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| format!("writing to stdout: {e}"))
+        Ok(std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| format!("writing to stdout: {e}"))?)
     }
 
     fn takes_pieces(&self) -> bool {
@@ -220,9 +224,12 @@ fn create_dir_synced(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl<T: serde::Serialize + Send> Sink<T> for JsonLinesFiles {
-    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), String> {
-        self.write_piece(batch, &items)
+impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
+    /// Encodes, writes, syncs and renames on the blocking pool.
+    async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
+        let (sink, batch) = (self.clone(), *batch);
+        let written = tokio::task::spawn_blocking(move || sink.write_piece(&batch, &items)).await;
+        Ok(written.map_err(|e| format!("writing batch {}'s file stopped: {e}", batch.batch_id))??)
     }
 
     fn takes_pieces(&self) -> bool {
@@ -232,7 +239,11 @@ impl<T: serde::Serialize + Send> Sink<T> for JsonLinesFiles {
 
 /// An output of the job: a stream's computation and where its items go.
 pub(crate) trait Output: Send {
-    fn run<'a>(&'a mut self, input: &'a BatchInput) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+    /// Computes the output's items for one run of a batch's records and keeps them for
+    /// [`Output::write`] (CPU work: called off the async workers).
+    fn compute(&mut self, input: &BatchInput);
+    /// Writes what `compute` kept, if anything.
+    fn write(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>>;
 }
 
 pub(crate) struct SinkOutput<T, S> {
@@ -242,18 +253,20 @@ pub(crate) struct SinkOutput<T, S> {
     pub(crate) pieces: Gather<T>,
     /// For a sink that takes pieces: items given to it in the batch's earlier pieces.
     pub(crate) items_before: u64,
+    /// What the last `compute` made, for `write`.
+    ready: Option<(BatchInfo, Vec<T>)>,
 }
 
 impl<T, S> SinkOutput<T, S> {
     pub(crate) fn new(compute: Compute<T>, sink: S) -> Self {
-        Self { compute, sink, pieces: Gather::default(), items_before: 0 }
+        Self { compute, sink, pieces: Gather::default(), items_before: 0, ready: None }
     }
 }
 
 impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
-    fn run<'a>(&'a mut self, input: &'a BatchInput) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    fn compute(&mut self, input: &BatchInput) {
         let info = input.info();
-        let write = if self.sink.takes_pieces() {
+        self.ready = if self.sink.takes_pieces() {
             // Every piece goes to the sink, empty or not: the first starts the batch, the last
             // finishes it.
             if info.piece == 0 {
@@ -267,8 +280,12 @@ impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
             let parts = self.pieces.add(input, (self.compute)(input)).flatten();
             parts.map(|parts| (info.with_piece(0, true, 0), parts.into_iter().flatten().collect()))
         };
+    }
+
+    fn write(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
+        let ready = self.ready.take();
         Box::pin(async move {
-            match write {
+            match ready {
                 Some((info, items)) => self.sink.write(&info, items).await,
                 None => Ok(()),
             }

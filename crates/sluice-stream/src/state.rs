@@ -136,7 +136,7 @@ impl JobState {
     /// `snapshot_every` batches the whole state.
     pub(crate) fn end_batch(&self, batch_id: u64, snapshot_every: u64) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
         let delta = self.take_delta()?;
-        let snapshot_due = (batch_id + 1) % snapshot_every.max(1) == 0;
+        let snapshot_due = (batch_id + 1).is_multiple_of(snapshot_every.max(1));
         Ok((delta, if snapshot_due { Some(self.snapshot()?) } else { None }))
     }
 

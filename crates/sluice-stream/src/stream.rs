@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::hash::HashMap;
+use crate::pool::{par_map, PARALLEL_FROM_ITEMS};
 use crate::record::KafkaRecord;
 use crate::sink::{BatchInfo, Output, SinkOutput};
 use crate::state::{decode, encode, lock_state, JobState, Stateful};
@@ -474,7 +475,7 @@ impl<T: Send + 'static> DStream<T> {
     ) -> Option<(usize, u64)> {
         let interval = self.interval_ms();
         let (length_ms, slide_ms) = (length.as_millis(), slide.as_millis());
-        let whole = |ms: u128| interval > 0 && ms > 0 && ms % u128::from(interval) == 0;
+        let whole = |ms: u128| interval > 0 && ms > 0 && ms.is_multiple_of(u128::from(interval));
         if !whole(length_ms) || !whole(slide_ms) {
             self.record_error(format!(
                 "a window of {length_ms} ms sliding every {slide_ms} ms: both must be positive multiples of the batch interval ({interval} ms)"
@@ -491,7 +492,7 @@ impl<T: Send + 'static> DStream<T> {
 
     /// Calls `f` with each batch's items (all parts, in order) — Spark's `foreachRDD`. An error
     /// fails the batch, which is then re-run (after a restart, with the same records).
-    pub fn foreach_batch(self, f: impl FnMut(&BatchInfo, Vec<T>) -> Result<(), String> + Send + 'static) {
+    pub fn foreach_batch(self, f: impl FnMut(&BatchInfo, Vec<T>) -> Result<(), crate::BoxError> + Send + 'static) {
         self.to_sink(crate::sink::ForEach(f));
     }
 
@@ -773,59 +774,11 @@ pub(crate) fn greatest<T>(items: Vec<T>, k: usize, compare: impl Fn(&T, &T) -> O
     indexed.into_iter().map(|(_, item)| item).collect()
 }
 
-/// Items below which a batch's parts are worked through on the calling thread.
-pub(crate) const PARALLEL_FROM_ITEMS: usize = 8_192;
-
-/// `f` on each part, on up to as many threads as the machine has cores when there are enough
-/// items to be worth it; the parts stay in order.
+/// `f` on each part, spread over the compute pool when there are enough items to be worth it;
+/// the parts stay in order.
 fn par_parts<T: Send, U: Send>(parts: Parts<T>, f: &(impl Fn(Vec<T>) -> Vec<U> + Sync)) -> Parts<U> {
     let items: usize = parts.iter().map(Vec::len).sum();
     par_map(parts, items >= PARALLEL_FROM_ITEMS, f)
-}
-
-/// `f` on each of `items`, spread over up to as many threads as the machine has cores when
-/// `parallel`; the results in the items' order.
-pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, parallel: bool, f: &(impl Fn(T) -> R + Sync)) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(items.len());
-    if threads <= 1 || !parallel {
-        return items.into_iter().map(f).collect();
-    }
-    // Item i goes to group i mod threads; the calling thread works through group 0.
-    let mut groups: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (index, item) in items.into_iter().enumerate() {
-        if let Some(group) = groups.get_mut(index % threads) {
-            group.push((index, item));
-        }
-    }
-    let work = |group: Vec<(usize, T)>| -> Vec<(usize, R)> {
-        group.into_iter().map(|(index, item)| (index, f(item))).collect()
-    };
-    let mut done: Vec<(usize, R)> = on_each(groups, true, work).into_iter().flatten().collect();
-    done.sort_unstable_by_key(|(index, _)| *index);
-    done.into_iter().map(|(_, result)| result).collect()
-}
-
-/// `work` on each of `items`, each on a thread of its own when `parallel` (the calling thread
-/// takes the first); the results in the items' order. A panic in `work` goes on here, as it
-/// would have on the calling thread.
-pub(crate) fn on_each<T: Send, R: Send>(items: Vec<T>, parallel: bool, work: impl Fn(T) -> R + Sync) -> Vec<R> {
-    if !parallel || items.len() <= 1 {
-        return items.into_iter().map(work).collect();
-    }
-    let work = &work;
-    std::thread::scope(|scope| {
-        let mut items = items.into_iter();
-        let mine = items.next();
-        let others: Vec<_> = items.map(|item| scope.spawn(move || work(item))).collect();
-        let mut results: Vec<R> = mine.into_iter().map(work).collect();
-        for other in others {
-            match other.join() {
-                Ok(result) => results.push(result),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        results
-    })
 }
 
 /// `value` put in `into` under `key`, reduced with the value there if any (one lookup).

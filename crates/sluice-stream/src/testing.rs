@@ -135,11 +135,12 @@ impl LocalJob {
             let batch_id = *next;
             let input = BatchInput::new(batch_id, self.interval_ms, false, SourceRecords::default(), None);
             for output in outputs.iter_mut() {
-                runtime.block_on(output.run(&input)).map_err(|reason| StreamError::Batch { batch_id, reason })?;
+                output.compute(&input);
+                runtime.block_on(output.write()).map_err(|source| StreamError::Batch { batch_id, source })?;
             }
             let (delta, snapshot) = state
                 .end_batch(batch_id, self.snapshot_every)
-                .map_err(|reason| StreamError::Batch { batch_id, reason })?;
+                .map_err(|reason| StreamError::Batch { batch_id, source: reason.into() })?;
             let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
             saved.0.push((batch_id, delta));
             saved.1.extend(snapshot.map(|snapshot| (batch_id, snapshot)));

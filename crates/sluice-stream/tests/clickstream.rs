@@ -20,8 +20,7 @@
 // The test prints its seed and what the runs did.
 #![allow(clippy::print_stdout)]
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -112,7 +111,7 @@ fn clicks_on(bootstrap: &str, replicas: i16) -> (Topics, BTreeMap<i32, i64>) {
         let garbage = ProducerRecord { partition: Some(0), ..ProducerRecord::new(topics.clicks(), "not a click") };
         drop(producer.send(garbage).await.unwrap());
         *counts.get_mut(&0).unwrap() += 1;
-        producer.flush().await;
+        producer.flush().await.unwrap();
         counts
     });
     (topics, counts)
@@ -160,7 +159,7 @@ fn client_of(bootstrap: &str) -> ClientConfig {
 
 /// Runs the job to the end of the input (its source and its Kafka sinks with `client`): batches
 /// of 20 ms, each taking `rate` × 20 ms records of each partition.
-async fn run_job<C: Clock>(
+async fn run_job<C: Clock + 'static>(
     client: &ClientConfig,
     topics: &Topics,
     dir: &Path,
@@ -393,7 +392,7 @@ fn crash_runs(test: &str, output: Output, job: &Job, kills: u64) -> tempfile::Te
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
     println!("clickstream SIGKILL test ({}) seed {seed} (replay with SLUICE_KILL_SEED={seed})", output.name());
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut killed = 0;
     let mut finished_early = 0;

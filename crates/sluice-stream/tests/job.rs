@@ -1,8 +1,7 @@
 //! A job against a real broker: clicks `user,item,timestamp` counted per item with the
 //! counts checked against the input, written as JSON-lines files that appear whole per batch.
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,7 +27,7 @@ async fn produce_clicks(client: &Client, topic: &str) -> BTreeMap<String, u64> {
     }
     // A record that is not a click: counted as unparsable, not as an item.
     drop(producer.send(ProducerRecord { partition: Some(0), ..ProducerRecord::new(topic, "garbage") }).await.unwrap());
-    producer.flush().await;
+    producer.flush().await.unwrap();
     expected
 }
 
@@ -108,7 +107,7 @@ struct Outputs {
 struct PieceLog(Shared);
 
 impl Sink<String> for PieceLog {
-    async fn write(&mut self, batch: &BatchInfo, items: Vec<String>) -> Result<(), String> {
+    async fn write(&mut self, batch: &BatchInfo, items: Vec<String>) -> Result<(), sluice_stream::BoxError> {
         self.0.lock().unwrap().piece_writes.push((batch.piece, batch.last_piece, batch.items_before, items.len()));
         Ok(())
     }
@@ -182,7 +181,7 @@ async fn a_batch_larger_than_the_memory_budget_gives_in_pieces_the_output_it_giv
         let partition = Some((i % PARTITIONS as u64) as i32);
         drop(producer.send(ProducerRecord { partition, ..ProducerRecord::new(&topic, line) }).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 
     // One batch of everything (Trigger::Once), read and run through the job whole (no memory
     // budget), then under a budget of 1 MiB: read in pieces of 128 KiB, each run through the

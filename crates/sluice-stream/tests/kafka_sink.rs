@@ -4,8 +4,7 @@
 //! batch in pieces is written as one (one transaction, one marker), and one abandoned part way
 //! is aborted when it starts again.
 
-#[path = "../../sluice-client/tests/common/mod.rs"]
-mod common;
+use sluice_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use common::unique;
 use sluice_client::{Client, ClientConfig, FetchOptions, Isolation, Producer, ProducerConfig, ProducerRecord};
 use sluice_protocol::record::ControlRecordType;
-use sluice_stream::{BatchInfo, KafkaSink, Sink};
+use sluice_stream::{BatchInfo, KafkaSink, KafkaSinkError, Sink};
 
 /// A test's output topic and sink id (the broker may be shared), and a client.
 struct Setup {
@@ -83,7 +82,11 @@ async fn a_transactional_sink_writes_a_batch_in_pieces_as_one_transaction_and_ab
     assert_eq!(setup.log().await, ["1", "2", "3", "COMMIT", "4", "5", "ABORT", "4", "5", "6", "COMMIT"]);
     // A piece without the pieces before it is refused, not written as if it were a batch.
     let error = setup.sink().transactional().write(&piece(2, false, 1, 3, 0), vec![7]).await.unwrap_err();
-    assert!(error.contains("piece 1 of batch 2 came without the pieces before it"), "{error}");
+    assert!(error.to_string().contains("piece 1 of batch 2 came without the pieces before it"), "{error}");
+    assert!(
+        matches!(error.downcast_ref(), Some(KafkaSinkError::PieceOutOfOrder { batch_id: 2, piece: 1, .. })),
+        "a typed error: {error:?}"
+    );
     // A re-run of a batch written whole is skipped in every piece.
     let mut restarted = setup.sink().transactional();
     for p in 0..3 {
@@ -175,14 +178,19 @@ async fn an_item_that_cannot_be_a_record_fails_its_batch_with_the_reason() {
     let setup = setup().await;
     let mut sink = KafkaSink::new(ClientConfig::new([setup.broker.as_str()]), &setup.topic, &setup.id, |n: &u32| {
         if *n == 13 {
-            Err(format!("{n} is unlucky"))
+            Err(format!("{n} is unlucky").into())
         } else {
             Ok(ProducerRecord::new("ignored: the sink's topic wins", n.to_string()))
         }
     });
     sink.write(&batch(0, false), vec![1]).await.unwrap();
     let error = sink.write(&batch(1, false), vec![2, 13]).await.unwrap_err();
-    assert!(error.contains("batch 1") && error.contains("13 is unlucky"), "{error}");
+    assert!(error.to_string().contains("batch 1") && error.to_string().contains("13 is unlucky"), "{error}");
+    // The function's own error is the source, whole.
+    let Some(KafkaSinkError::Record { batch_id: 1, source, .. }) = error.downcast_ref() else {
+        panic!("a typed error: {error:?}")
+    };
+    assert_eq!(source.to_string(), "13 is unlucky");
     assert_eq!(setup.log().await, ["1"], "nothing of the failed batch");
 }
 
@@ -224,7 +232,7 @@ async fn after_a_checkpoint_reset_a_job_publishes_its_new_batches_none_skipped()
     for i in 0..20 {
         drop(producer.send(ProducerRecord::new(&input, i.to_string())).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("checkpoint");

@@ -405,7 +405,7 @@ fn map_with_state_on_large_batches_keeps_the_items_order_and_resumes_exactly() {
                     let count = counts.entry(key.clone()).or_default();
                     *count += 1;
                     let line = format!("{key} #{count} {value}");
-                    if *count % 7 == 0 {
+                    if (*count).is_multiple_of(7) {
                         counts.remove(key);
                     }
                     line

@@ -124,7 +124,7 @@ async fn produce(
         let record = ProducerRecord { partition: Some(partition), ..ProducerRecord::new(&topic, n.to_string()) };
         deliveries.push((n.to_string(), producer.send(record).await.unwrap()));
         n += 1;
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

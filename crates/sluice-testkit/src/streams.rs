@@ -19,8 +19,8 @@ pub struct StreamsRun {
 /// ones; with `stop_after`, sends it SIGTERM then (a live run without an end).
 pub fn kafka_streams(broker: &str, input: &str, args: &[&str], stop_after: Option<Duration>) -> StreamsRun {
     let java = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers/bin/java-peer");
-    let output = crate::common::unique("top-items-streams");
-    let app = crate::common::unique("clickstream-streams");
+    let output = crate::unique("top-items-streams");
+    let app = crate::unique("clickstream-streams");
     let runtime = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {
         runtime.block_on(async {

@@ -12,7 +12,9 @@
 //! ([`Broker::start`], [`Broker::start_cluster`], [`Broker::start_behind_proxy`]); it is stopped
 //! when dropped, and a Kafka broker also once this process has exited (`kafka.sh --watch`).
 
-#![allow(dead_code)] // each test binary uses a different part
+// Test support: it prints what the tests should show, and its helpers panic on what a test
+// cannot go on without.
+#![allow(clippy::print_stdout, missing_debug_implementations)]
 
 pub mod cancel;
 pub mod cluster;
@@ -588,18 +590,8 @@ pub fn unsecured_jwt(subject: &str, seconds: i64) -> String {
     format!("{}.{}.", b64.encode(r#"{"alg":"none"}"#), b64.encode(claims))
 }
 
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// A number below `n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n.max(1)
-    }
-}
+/// The workspace's seeded generator (the checkpoint simulator's): `Rng::new(seed)`.
+pub use sluice_checkpoint::testing::SplitMix64 as Rng;
 
 /// User + system CPU seconds of this process (benchmarks).
 pub fn cpu_s() -> f64 {
