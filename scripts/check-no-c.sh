@@ -2,7 +2,8 @@
 # The no-C promise: the shipped crates' normal and build dependencies contain no `*-sys` crate, no
 # C build step (cc, cmake, bindgen) and no C-backed crypto (ring, aws-lc, openssl), with the
 # default features and with every feature but `aws-lc-rs` (the opt-in TLS provider for users who
-# accept C). Dev-dependencies (benchmark and interop peers) may use C and are not checked. Also
+# accept C). Dev-dependencies (benchmark and interop peers) and sluice-testkit (the tests' harness,
+# not published) may use C and are not checked. Also
 # checks that `aws-lc-rs` really is the only way AWS-LC gets in, so the exception stays honest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bad_pattern='(-sys$|^cc$|^cmake$|^bindgen$|^openssl|^ring$|^aws-lc)'
 
 tree_of() {
-    cargo tree --workspace -e normal,build --prefix none --format '{p}' "$@" | awk '{print $1}' | sort -u
+    cargo tree --workspace --exclude sluice-testkit -e normal,build --prefix none --format '{p}' "$@" | awk '{print $1}' | sort -u
 }
 
 # Every feature of the workspace's crates except `default` and `aws-lc-rs`, as `crate/feature`.

@@ -68,18 +68,7 @@ pub fn plan_batch(
     interval_ms: u64,
     backpressure_rate: Option<f64>,
 ) -> Vec<OffsetRange> {
-    let lag = |p: &PartitionPlanInput| (p.latest - p.from).max(0);
-    let total_lag: i64 = inputs.iter().map(lag).sum();
-    let rates: Vec<Option<f64>> = inputs
-        .iter()
-        .map(|p| match backpressure_rate.filter(|r| *r > 0.0) {
-            Some(rate) => {
-                let share = if total_lag > 0 { lag(p) as f64 / total_lag as f64 * rate } else { 0.0 };
-                Some(limits.max_per_partition.map_or(share, |max| share.min(max)))
-            }
-            None => limits.max_per_partition,
-        })
-        .collect();
+    let rates = partition_rates(inputs, limits, backpressure_rate);
     let limited = rates.iter().flatten().sum::<f64>() > 0.0;
     let seconds = interval_ms as f64 / 1000.0;
     inputs
@@ -97,6 +86,40 @@ pub fn plan_batch(
             OffsetRange { topic: p.topic.clone(), partition: p.partition, from: p.from, until: until.max(p.from) }
         })
         .collect()
+}
+
+/// Each partition's rate in records per second under `limits` and the backpressure rate
+/// (shared by lag), `None` where nothing limits it.
+fn partition_rates(
+    inputs: &[PartitionPlanInput],
+    limits: &RateLimits,
+    backpressure_rate: Option<f64>,
+) -> Vec<Option<f64>> {
+    let lag = |p: &PartitionPlanInput| (p.latest - p.from).max(0);
+    let total_lag: i64 = inputs.iter().map(lag).sum();
+    inputs
+        .iter()
+        .map(|p| match backpressure_rate.filter(|r| *r > 0.0) {
+            Some(rate) => {
+                let share = if total_lag > 0 { lag(p) as f64 / total_lag as f64 * rate } else { 0.0 };
+                Some(limits.max_per_partition.map_or(share, |max| share.min(max)))
+            }
+            None => limits.max_per_partition,
+        })
+        .collect()
+}
+
+/// How many offsets the limits allow a batch of `interval_ms` in all, however much the
+/// partitions hold (`None` when nothing limits the rate): what a batch cut short by the memory
+/// budget measures the share it kept against.
+pub(crate) fn allowed_offsets(
+    inputs: &[PartitionPlanInput],
+    limits: &RateLimits,
+    interval_ms: u64,
+    backpressure_rate: Option<f64>,
+) -> Option<f64> {
+    let per_second: f64 = partition_rates(inputs, limits, backpressure_rate).iter().flatten().sum();
+    (per_second > 0.0).then(|| per_second * interval_ms as f64 / 1000.0)
 }
 
 /// Shrinks `ranges` so that together they span at most about `max_offsets` offsets (a byte
@@ -154,6 +177,15 @@ mod tests {
 
     fn untils(ranges: &[OffsetRange]) -> Vec<i64> {
         ranges.iter().map(|r| r.until).collect()
+    }
+
+    #[test]
+    fn the_allowance_is_the_limits_over_the_interval_whatever_the_partitions_hold() {
+        let inputs = [input(0, 0, 100), input(1, 0, 1_000_000)];
+        let per_partition = RateLimits { max_per_partition: Some(1_000.0), min_per_partition: 0.0 };
+        assert_eq!(allowed_offsets(&inputs, &per_partition, 500, None), Some(1_000.0));
+        assert_eq!(allowed_offsets(&inputs, &RateLimits::default(), 500, None), None, "no limit");
+        assert_eq!(allowed_offsets(&inputs, &RateLimits::default(), 500, Some(4_000.0)), Some(2_000.0));
     }
 
     #[test]
