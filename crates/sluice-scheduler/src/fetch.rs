@@ -118,13 +118,37 @@ impl RangeRecords {
 
     /// The records with offsets in the range, in order.
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        self.records_from(RecordPosition::default()).map(|(_, record)| record)
+    }
+
+    /// [`RangeRecords::records`] from `position` on, each with the position just after it: a
+    /// reader that takes the records a run at a time goes on where it stopped without reading
+    /// the record batches before it again.
+    pub fn records_from(&self, position: RecordPosition) -> impl Iterator<Item = (RecordPosition, RecordRef<'_>)> {
         let (from, until) = (self.range.from, self.range.until);
         self.batches
             .iter()
-            .filter(|b| !b.header.is_control())
-            .flat_map(RecordBatch::records)
-            .filter(move |r| r.offset() >= from && r.offset() < until)
+            .enumerate()
+            .skip(position.batch)
+            .filter(|(_, b)| !b.header.is_control())
+            .flat_map(move |(batch, b)| {
+                let skip = if batch == position.batch { position.record } else { 0 };
+                b.records()
+                    .enumerate()
+                    .skip(skip)
+                    .map(move |(record, r)| (RecordPosition { batch, record: record + 1 }, r))
+            })
+            .filter(move |(_, r)| r.offset() >= from && r.offset() < until)
     }
+}
+
+/// A place in a range's records (see [`RangeRecords::records_from`]); the default is the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordPosition {
+    /// The record batch.
+    batch: usize,
+    /// Records of it already read.
+    record: usize,
 }
 
 /// The most bytes to ask for when `remaining` offsets of the range are left: the configured

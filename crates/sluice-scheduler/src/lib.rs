@@ -11,7 +11,9 @@ mod scheduler;
 mod trigger;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use fetch::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, RangeReader, RangeRecords, ReadBudget};
+pub use fetch::{
+    fetch_range, fetch_range_on, DataLoss, FetchRangeError, RangeReader, RangeRecords, ReadBudget, RecordPosition,
+};
 pub use plan::{cap_offsets, plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 pub use rate::PidRateEstimator;
 pub use scheduler::{

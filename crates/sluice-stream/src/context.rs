@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use sluice_client::{Client, ClientConfig};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, CancellationToken, Clock, Processor, RangeRecords, Scheduler, SchedulerConfig,
-    SystemClock,
+    Batch, BatchOutput, BatchProgress, CancellationToken, Clock, Processor, RangeRecords, RecordPosition, Scheduler,
+    SchedulerConfig, SystemClock,
 };
 
 use crate::pool::par_map;
@@ -302,43 +302,18 @@ async fn off_workers<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'stati
     tokio::task::spawn_blocking(work).await.map_err(|e| format!("the job's computation stopped: {e}").into())
 }
 
-/// Where a read task's records were left: the next record batch, and records of it already
-/// taken.
-#[derive(Debug, Clone, Copy, Default)]
-struct RecordCursor {
-    batch: usize,
-    record: usize,
-}
-
-/// Up to `n` records of `task` from `at` on (skipping control batches and offsets outside the
-/// range, as [`RangeRecords::records`] does), moving `at` past them.
+/// Up to `n` records of `task` from `at` on (at most `count` in all), moving `at` past them.
 fn take_records(
     task: &RangeRecords,
-    at: &mut RecordCursor,
-    n: usize,
+    at: &mut RecordPosition,
+    (n, count): (usize, usize),
     topic: &Arc<str>,
     partition: i32,
 ) -> Vec<KafkaRecord> {
-    let (from, until) = (task.range.from, task.range.until);
-    let mut taken = Vec::with_capacity(n.min(task.record_count()));
-    while taken.len() < n {
-        let Some(batch) = task.batches.get(at.batch) else { break };
-        let mut records = batch.records().skip(at.record);
-        let mut batch_done = batch.header.is_control();
-        while !batch_done && taken.len() < n {
-            match records.next() {
-                Some(record) => {
-                    at.record += 1;
-                    if record.offset() >= from && record.offset() < until {
-                        taken.push(KafkaRecord::from_ref(topic, partition, &record));
-                    }
-                }
-                None => batch_done = true,
-            }
-        }
-        if batch_done {
-            *at = RecordCursor { batch: at.batch + 1, record: 0 };
-        }
+    let mut taken = Vec::with_capacity(n.min(count));
+    for (next, record) in task.records_from(*at).take(n) {
+        *at = next;
+        taken.push(KafkaRecord::from_ref(topic, partition, &record));
     }
     taken
 }
@@ -359,15 +334,17 @@ impl Processor for Engine {
             let per_task = (self.records_per_run / counts.len().max(1)).max(MIN_RECORDS_PER_TASK_RUN);
             let runs = counts.iter().map(|n| n.div_ceil(per_task)).max().unwrap_or(0).max(1);
             let large = counts.iter().map(|n| (*n).min(per_task)).sum::<usize>() >= crate::pool::PARALLEL_FROM_ITEMS;
-            let mut cursors = vec![RecordCursor::default(); piece.tasks.len()];
+            let mut cursors = vec![RecordPosition::default(); piece.tasks.len()];
             for index in 0..runs {
                 // The next records of each task, the tasks side by side when there are many.
-                let (tasks, sources) = (Arc::clone(&piece), Arc::clone(&part_sources));
+                let (tasks, sources, sizes) = (Arc::clone(&piece), Arc::clone(&part_sources), counts.clone());
                 let (parts, moved) = off_workers(move || {
-                    let taken: Vec<_> = tasks.tasks.iter().zip(cursors.iter_mut()).zip(sources.iter()).collect();
-                    let parts: Parts<KafkaRecord> = par_map(taken, large, &|((task, at), (topic, partition))| {
-                        take_records(task, at, per_task, topic, *partition)
-                    });
+                    let taken: Vec<_> =
+                        tasks.tasks.iter().zip(cursors.iter_mut()).zip(sources.iter().zip(sizes)).collect();
+                    let parts: Parts<KafkaRecord> =
+                        par_map(taken, large, &|((task, at), ((topic, partition), count))| {
+                            take_records(task, at, (per_task, count), topic, *partition)
+                        });
                     (parts, cursors)
                 })
                 .await?;

@@ -231,10 +231,8 @@ impl<T> KafkaSink<T> {
             };
             // The batch re-run is the one after the last committed, so its first run wrote it
             // whole exactly when the marker is its own.
-            let written_until = match batch.rerun {
-                true => self.written_until(&started.0, batch.checkpoint_id).await,
-                false => Ok(0),
-            };
+            let written_until =
+                if batch.rerun { self.written_until(&started.0, batch.checkpoint_id).await } else { Ok(0) };
             self.started = Some(started);
             let written_until = written_until.map_err(|e| failed("reading its marker", e))?;
             writing.skip = Some(batch.rerun && written_until == batch.batch_id + 1);

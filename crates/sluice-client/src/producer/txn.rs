@@ -350,8 +350,9 @@ impl Producer {
     async fn end_transaction(&self, commit: bool) -> Result<()> {
         let mut txn = self.transaction_state()?.lock().await;
         txn.require_open(if commit { "commit_transaction" } else { "abort_transaction" })?;
-        // Failures are the transaction's (it cannot commit), not a later flush's.
-        drop(self.flush().await);
+        self.sent_all().await;
+        // Failures are the transaction's (a commit is refused below), not a later flush's.
+        self.shared.state().undelivered = None;
         if commit {
             if let Some(failure) = self.shared.state().transaction_failure.clone() {
                 return Err(Error::Transaction {
