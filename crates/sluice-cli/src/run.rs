@@ -107,9 +107,8 @@ pub async fn run(args: RunArgs) -> CliResult {
     let metrics = Arc::new(Metrics::new(&job.name, counters, requests.unwrap_or_default()));
     if let Some(addr) = &args.metrics_addr {
         // Resolved by sluice-client, not the C library (which a static binary cannot use).
-        let addresses = sluice_client::resolve::resolve(addr)
-            .await
-            .map_err(|e| CliError::Failed(format!("--metrics-addr {addr}: {e}")))?;
+        let addresses =
+            sluice_client::resolve(addr).await.map_err(|e| CliError::Failed(format!("--metrics-addr {addr}: {e}")))?;
         let listener = tokio::net::TcpListener::bind(addresses.as_slice())
             .await
             .map_err(|e| CliError::Failed(format!("--metrics-addr {addr}: {e}")))?;

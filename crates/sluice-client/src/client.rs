@@ -1,23 +1,16 @@
 //! The cluster view: bootstrap, the metadata cache, one connection per broker (reconnected with
-//! capped exponential backoff and jitter), leader lookup, and the admin calls built on them.
+//! capped exponential backoff and jitter), and leader lookup (the admin calls built on them are in `admin`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sluice_protocol::error_code::ErrorCode;
-use sluice_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use sluice_protocol::messages::create_topics_request::CreatableTopic;
-use sluice_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
-use sluice_protocol::messages::delete_topics_request::DeleteTopicState;
 use sluice_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use sluice_protocol::messages::fetch_response::FetchableTopicResponse;
 use sluice_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use sluice_protocol::messages::metadata_request::MetadataRequestTopic;
-use sluice_protocol::messages::{
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, FetchRequest,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse,
-};
+use sluice_protocol::messages::{FetchRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse};
 use sluice_protocol::primitives::Uuid;
 use sluice_protocol::record::{decode_records, DecodeOptions, DecodedRecords};
 
@@ -484,6 +477,20 @@ impl Client {
         }
     }
 
+    /// How long the broker may take over an admin request: half the client's request timeout,
+    /// so that the broker's own answer (even a timeout) arrives before the client gives up.
+    pub(crate) fn broker_timeout_ms(&self) -> i32 {
+        i32::try_from((self.inner.config.connection.request_timeout / 2).as_millis()).unwrap_or(i32::MAX)
+    }
+
+    /// Takes a deleted topic out of the cached metadata.
+    pub(crate) fn forget_topic(&self, name: &str) {
+        let mut state = self.state();
+        let mut metadata = (*state.metadata).clone();
+        metadata.topics.remove(name);
+        state.metadata = Arc::new(metadata);
+    }
+
     /// Counts a failure to connect to `address`: how many in a row, and the wait before the next try.
     fn note_failure(&self, address: &str) -> (u32, Duration) {
         let config = &self.inner.config;
@@ -501,147 +508,6 @@ impl Client {
         let now = Instant::now();
         state.backoff.insert(address.to_owned(), (failures, now.checked_add(wait).unwrap_or(now)));
         (failures, wait)
-    }
-
-    /// Creates a topic and waits (up to the request timeout) until the leader of each of its
-    /// partitions serves it: Kafka lists a new partition's leader in its metadata a moment before
-    /// that broker has the log open, and answers NOT_LEADER_OR_FOLLOWER in between.
-    ///
-    /// # Cancel safety
-    ///
-    /// Not cancel safe: once the CreateTopics request is queued, the topic may still be created after
-    /// the future is dropped, and calling again then fails with `TopicAlreadyExists`. Look the topic
-    /// up in the metadata before calling again.
-    pub async fn create_topic(&self, name: &str, partitions: i32, replication_factor: i16) -> Result<()> {
-        let topic =
-            CreatableTopic { name: name.into(), num_partitions: partitions, replication_factor, ..Default::default() };
-        let request = CreateTopicsRequest {
-            topics: vec![topic],
-            timeout_ms: self.broker_timeout_ms(),
-            ..CreateTopicsRequest::default()
-        };
-        let connection = self.controller().await?;
-        let response = connection.send(&request).await?;
-        for topic in &response.topics {
-            crate::connection::check_error(connection.broker(), "CreateTopics", topic.error_code)?;
-        }
-        self.wait_until_served(name, partitions, connection.broker()).await
-    }
-
-    /// Grows `topic` to `partitions` partitions in all (CreatePartitions; a topic never shrinks)
-    /// and waits, as [`Client::create_topic`] does, until the leader of each serves it. Keyed
-    /// records map to other partitions afterwards.
-    ///
-    /// # Cancel safety
-    ///
-    /// Not cancel safe: once the CreatePartitions request is queued, the partitions may still be
-    /// added after the future is dropped, and calling again then fails with `InvalidPartitions` (the
-    /// topic already has that many). Look the topic up in the metadata before calling again.
-    pub async fn create_partitions(&self, topic: &str, partitions: i32) -> Result<()> {
-        let request = CreatePartitionsRequest {
-            // No assignments (null, not an empty list): the controller places the new partitions.
-            topics: vec![CreatePartitionsTopic {
-                name: topic.into(),
-                count: partitions,
-                assignments: None,
-                ..Default::default()
-            }],
-            timeout_ms: self.broker_timeout_ms(),
-            ..CreatePartitionsRequest::default()
-        };
-        let connection = self.controller().await?;
-        let response = connection.send(&request).await?;
-        for result in &response.results {
-            crate::connection::check_error(connection.broker(), "CreatePartitions", result.error_code)?;
-        }
-        self.wait_until_served(topic, partitions, connection.broker()).await
-    }
-
-    /// Waits (up to the request timeout) until the metadata lists `partitions` partitions of
-    /// `topic` with leaders, and each leader answers ListOffsets for its partition.
-    async fn wait_until_served(&self, name: &str, partitions: i32, admin: &str) -> Result<()> {
-        let deadline = Instant::now() + self.inner.config.connection.request_timeout;
-        loop {
-            let metadata = self.refresh_metadata(Some(&[name])).await?;
-            let ready = metadata.topics.get(name).is_some_and(|t| {
-                t.partitions.len() == usize::try_from(partitions).unwrap_or(0)
-                    && t.partitions.iter().all(|p| p.leader >= 0)
-            });
-            if ready {
-                let all: Vec<(String, i32)> = (0..partitions).map(|p| (name.to_owned(), p)).collect();
-                match self.list_offsets(&all, OffsetSpec::Earliest).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if !e.is_retriable() => return Err(e),
-                    Err(_) => {}
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Broker {
-                    broker: admin.to_owned(),
-                    api: "Metadata",
-                    code: ErrorCode::LeaderNotAvailable,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// How long the broker may take over an admin request: half the client's request timeout,
-    /// so that the broker's own answer (even a timeout) arrives before the client gives up.
-    fn broker_timeout_ms(&self) -> i32 {
-        i32::try_from((self.inner.config.connection.request_timeout / 2).as_millis()).unwrap_or(i32::MAX)
-    }
-
-    /// Deletes a topic and waits (up to the request timeout) until the cluster's metadata no
-    /// longer lists it: Kafka answers DeleteTopics once the controller has decided, and brokers
-    /// learn of it a moment later.
-    ///
-    /// # Cancel safety
-    ///
-    /// Not cancel safe: once the DeleteTopics request is queued, the topic may still be deleted after
-    /// the future is dropped, while the cached metadata still lists it; calling again may then fail
-    /// with `UnknownTopicOrPartition`.
-    pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let connection = self.controller().await?;
-        let version = connection.version_for::<DeleteTopicsRequest>(None)?;
-        let timeout_ms = self.broker_timeout_ms();
-        // v6 moved the names into a list of (name or id) entries.
-        let request = if version >= 6 {
-            let topic = DeleteTopicState { name: Some(name.into()), ..Default::default() };
-            DeleteTopicsRequest { topics: vec![topic], timeout_ms, ..DeleteTopicsRequest::default() }
-        } else {
-            DeleteTopicsRequest { topic_names: vec![name.into()], timeout_ms, ..DeleteTopicsRequest::default() }
-        };
-        let response = connection.send_version(&request, version).await?;
-        for topic in &response.responses {
-            crate::connection::check_error(connection.broker(), "DeleteTopics", topic.error_code)?;
-        }
-        let deadline = Instant::now() + self.inner.config.connection.request_timeout;
-        loop {
-            let metadata = self.refresh_metadata(Some(&[name])).await?;
-            let gone = metadata.topics.get(name).is_none_or(|t| t.error == ErrorCode::UnknownTopicOrPartition);
-            if gone {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let broker = connection.broker().to_owned();
-                return Err(Error::Broker { broker, api: "Metadata", code: ErrorCode::RequestTimedOut });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut state = self.state();
-        let mut metadata = (*state.metadata).clone();
-        metadata.topics.remove(name);
-        state.metadata = Arc::new(metadata);
-        Ok(())
-    }
-
-    /// The controller (where topic administration goes), or any broker if none is reported.
-    async fn controller(&self) -> Result<Arc<Connection>> {
-        match self.metadata().controller_id {
-            id if id >= 0 => self.broker(id).await,
-            _ => self.any_broker().await,
-        }
     }
 }
 
@@ -854,40 +720,6 @@ impl Client {
             }
         }
         Ok(ends)
-    }
-
-    /// Deletes the records of `topic`/`partition` before `before_offset` (moves the log start
-    /// offset, as retention does); returns the new log start offset.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: once the DeleteRecords request is queued, the records may still be deleted after
-    /// the future is dropped. Calling again with the same offset asks for the same deletion.
-    pub async fn delete_records(&self, topic: &str, partition: i32, before_offset: i64) -> Result<i64> {
-        let request = DeleteRecordsRequest {
-            topics: vec![DeleteRecordsTopic {
-                name: topic.into(),
-                partitions: vec![DeleteRecordsPartition {
-                    partition_index: partition,
-                    offset: before_offset,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            timeout_ms: self.broker_timeout_ms(),
-            ..DeleteRecordsRequest::default()
-        };
-        let connection = self.leader(topic, partition).await?;
-        let response = connection.send(&request).await.inspect_err(|e| self.note_error(e))?;
-        let answer = response
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| missing_partition(connection.broker(), "DeleteRecords"))?;
-        crate::connection::check_error(connection.broker(), "DeleteRecords", answer.error_code)
-            .inspect_err(|e| self.note_error(e))?;
-        Ok(answer.low_watermark)
     }
 
     /// Looks up an offset of many partitions at once: one ListOffsets request per leader, the
@@ -1121,7 +953,7 @@ pub(crate) fn broker_address(host: &str, port: i32) -> String {
     }
 }
 
-fn missing_partition(broker: &str, api: &'static str) -> Error {
+pub(crate) fn missing_partition(broker: &str, api: &'static str) -> Error {
     Error::Broker { broker: broker.to_owned(), api, code: ErrorCode::UnknownTopicOrPartition }
 }
 

@@ -38,10 +38,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-#[cfg(feature = "resolver")]
 use crate::resolve::resolve;
 #[cfg(feature = "sasl")]
-use crate::sasl::{SaslChannel, SaslConfig};
+use crate::sasl::{Login, SaslConfig};
 #[cfg(feature = "tls")]
 use crate::tls::TlsConfig;
 
@@ -170,7 +169,8 @@ impl Shared {
         }
         drop(closed);
         for (_, waiter) in self.pending().drain() {
-            let _ = waiter.send(Err(reason.clone()));
+            // A waiter gone is a request whose future was dropped: nobody is left to tell.
+            waiter.send(Err(reason.clone())).ok();
         }
         self.stop_tasks();
     }
@@ -315,8 +315,8 @@ async fn connect_first(broker: &str, addresses: &[SocketAddr]) -> Result<TcpStre
 impl Connection {
     /// Connects to `broker` (`host:port`) and negotiates API versions.
     ///
-    /// The host is resolved by the client's resolver (`sluice_client::resolve`, `/etc/hosts` then DNS;
-    /// not glibc's NSS, which a static binary cannot load), and its addresses are tried in order
+    /// The host is resolved by [`resolve`](crate::resolve) (`/etc/hosts` then DNS, in Rust with the
+    /// `resolver` feature: a static binary cannot load glibc's NSS), and its addresses are tried in order
     /// until one accepts; resolving and connecting share the connect timeout.
     ///
     /// # Cancel safety
@@ -341,12 +341,17 @@ impl Connection {
             Err(_) => return Err(Error::ConnectTimeout { broker: broker.to_owned(), timeout: config.connect_timeout }),
         };
         // Requests are small and latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
+        // Both are tuning: a socket without them still works, so a refusal is only reported.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(broker, %error, "TCP_NODELAY not set");
+        }
         if let Some(idle) = config.keepalive {
             let keepalive = socket2::TcpKeepalive::new().with_time(idle);
             #[cfg(target_os = "linux")]
             let keepalive = keepalive.with_interval(Duration::from_secs(10)).with_retries(3);
-            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+            if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                tracing::debug!(broker, %error, "TCP keepalive not set");
+            }
         }
         let shared = Arc::new(Shared { broker: broker.to_owned(), ..Shared::default() });
         let (writer, queue) = mpsc::channel(config.max_queued_requests.max(1));
@@ -656,29 +661,14 @@ fn read_reserve(decoder: &FrameDecoder, buf: &BytesMut, chunk: usize, ahead: usi
     }
 }
 
-/// The addresses of `host_port`, from the C library's resolver through tokio (a build without
-/// the `resolver` feature), IPv4 first.
-#[cfg(not(feature = "resolver"))]
-async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>> {
-    let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host).to_owned();
-    let found = tokio::net::lookup_host(host_port)
-        .await
-        .map_err(|e| Error::Resolve { host: host.clone(), reason: e.to_string() })?;
-    let mut found: Vec<SocketAddr> = found.collect();
-    if found.is_empty() {
-        return Err(Error::Resolve { host, reason: "the name has no address".into() });
-    }
-    found.sort_by_key(SocketAddr::is_ipv6);
-    Ok(found)
-}
-
 /// Hands a response to the request waiting for it.
 fn dispatch(shared: &Shared, frame: Bytes) -> std::result::Result<(), Closed> {
     let correlation_id = peek_correlation_id(&frame)
         .map_err(|e| Closed::Lost(format!("the broker sent a frame too short for a response header: {e}")))?;
     // No waiter means the request timed out or was dropped: discard the late response.
     if let Some(waiter) = shared.pending().remove(&correlation_id) {
-        let _ = waiter.send(Ok(frame));
+        // The request's future may have been dropped since: then the response goes unread.
+        waiter.send(Ok(frame)).ok();
     }
     Ok(())
 }

@@ -166,6 +166,17 @@ pub enum Error {
         /// The last error seen before giving up.
         last_error: String,
     },
+    /// A batch already encoded could not take the producer's new id and sequence when the
+    /// producer was reset (KIP-360); its records were not sent.
+    #[error("{topic}/{partition}: a batch could not be renumbered for the producer's new id: {source}")]
+    Renumber {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Why the batch could not be rewritten.
+        source: EncodeError,
+    },
     /// A consumer's position is outside the partition's log and the reset policy is `Error`.
     #[error("{topic}/{partition}: offset {offset} is out of range (the log was truncated or the offset is wrong; seek, or use an Earliest/Latest reset policy)")]
     OffsetOutOfRange {

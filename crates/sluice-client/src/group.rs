@@ -34,9 +34,9 @@ use sluice_protocol::messages::offset_commit_request::{OffsetCommitRequestPartit
 use sluice_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use sluice_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use sluice_protocol::messages::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest, FindCoordinatorRequest,
-    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, Message, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, SyncGroupRequest,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, FindCoordinatorRequest, HeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, Message, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    SyncGroupRequest,
 };
 use tokio::task::JoinHandle;
 
@@ -891,7 +891,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
 }
 
 /// Sends an OffsetCommit, naming its topics (v9 at most).
-async fn send_offset_commit(coordinator: &Connection, request: &OffsetCommitRequest) -> Result<OffsetCommitResponse> {
+pub(crate) async fn send_offset_commit(
+    coordinator: &Connection,
+    request: &OffsetCommitRequest,
+) -> Result<OffsetCommitResponse> {
     let version = coordinator.version_for::<OffsetCommitRequest>(Some(OFFSET_COMMIT_BY_NAME_MAX_VERSION))?;
     coordinator.send_version(request, version).await
 }
@@ -909,7 +912,7 @@ pub(crate) async fn fetch_committed(
 /// [`fetch_committed`], with `require_stable` (OffsetFetch v7+, KIP-447): the coordinator answers
 /// UNSTABLE_OFFSET_COMMIT while a transaction that commits offsets for these partitions is
 /// pending, instead of the offsets from before it.
-async fn fetch_committed_as(
+pub(crate) async fn fetch_committed_as(
     coordinator: &Connection,
     group_id: &str,
     partitions: Option<&[(String, i32)]>,
@@ -955,130 +958,10 @@ impl Client {
         let address = find_coordinator(self, group_id).await?;
         self.connection_to(&address).await
     }
-
-    /// Runs `call` on `group_id`'s coordinator, finding it again and retrying (for up to the
-    /// request timeout) while the answer says the coordinator moved, is not there yet, or is
-    /// still loading the group's offsets: a cluster's first group lookup creates
-    /// `__consumer_offsets`, and its coordinators answer NOT_COORDINATOR or
-    /// COORDINATOR_LOAD_IN_PROGRESS until they have loaded it.
-    async fn at_group_coordinator<T, F, Fut>(&self, group_id: &str, mut call: F) -> Result<T>
-    where
-        F: FnMut(Arc<Connection>) -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let deadline = Instant::now() + self.config().connection.request_timeout;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let answer = match self.group_coordinator(group_id).await {
-                Ok(coordinator) => call(coordinator).await,
-                Err(e) => Err(e),
-            };
-            let again = match &answer {
-                Err(Error::Broker { code, .. }) => matches!(
-                    code,
-                    ErrorCode::NotCoordinator
-                        | ErrorCode::CoordinatorNotAvailable
-                        | ErrorCode::CoordinatorLoadInProgress
-                ),
-                Err(other) => other.is_retriable(),
-                Ok(_) => false,
-            };
-            if !again || Instant::now() + backoff >= deadline {
-                return answer;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-        }
-    }
-
-    /// Commits `offsets` (topic, partition, next offset to consume) for `group_id` outside any
-    /// membership (generation -1), as a job that assigns its own partitions does so that lag
-    /// tools see its progress. The coordinator refuses it while the group has active members.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: the commit may or may not reach the coordinator; committing again is harmless.
-    pub async fn commit_group_offsets(&self, group_id: &str, offsets: &[(String, i32, i64)]) -> Result<()> {
-        let request = OffsetCommitRequest {
-            group_id: group_id.to_owned(),
-            generation_id_or_member_epoch: -1,
-            topics: commit_topics(offsets),
-            ..OffsetCommitRequest::default()
-        };
-        self.at_group_coordinator(group_id, |coordinator| {
-            let request = &request;
-            async move {
-                let response = send_offset_commit(&coordinator, request).await?;
-                for partition in response.topics.iter().flat_map(|t| t.partitions.iter()) {
-                    check_error(coordinator.broker(), "OffsetCommit", partition.error_code)?;
-                }
-                Ok(())
-            }
-        })
-        .await
-    }
-
-    /// `group_id`'s committed offsets for `partitions`, waiting out transactions still deciding
-    /// offsets for them (`require_stable`, KIP-447; brokers before OffsetFetch v7 answer at once):
-    /// what a transactional writer reads to learn what its last transaction committed.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it only reads.
-    pub async fn stable_group_offsets(
-        &self,
-        group_id: &str,
-        partitions: &[(String, i32)],
-    ) -> Result<BTreeMap<(String, i32), Option<i64>>> {
-        let deadline = Instant::now() + self.config().connection.request_timeout;
-        loop {
-            let answer = self
-                .at_group_coordinator(group_id, |coordinator| async move {
-                    fetch_committed_as(&coordinator, group_id, Some(partitions), true).await
-                })
-                .await;
-            match answer {
-                Err(Error::Broker { code: ErrorCode::UnstableOffsetCommit, .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Every offset `group_id` has committed.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it only reads.
-    pub async fn group_offsets(&self, group_id: &str) -> Result<BTreeMap<(String, i32), i64>> {
-        let everything =
-            self.at_group_coordinator(group_id, |coordinator| async move {
-                fetch_committed(&coordinator, group_id, None).await
-            })
-            .await;
-        let committed = match everything {
-            Ok(committed) => committed,
-            Err(Error::Decode { .. }) => {
-                let coordinator = self.group_coordinator(group_id).await?;
-                // Tansu 0.6 answers the "all topics" form with a null topic list, which the
-                // schema does not allow: ask for every partition of every topic instead.
-                let metadata = self.refresh_metadata(None).await?;
-                let partitions: Vec<(String, i32)> = metadata
-                    .topics
-                    .iter()
-                    .flat_map(|(name, t)| t.partitions.iter().map(move |p| (name.clone(), p.partition)))
-                    .collect();
-                fetch_committed(&coordinator, group_id, Some(&partitions)).await?
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(committed.into_iter().filter_map(|(partition, offset)| Some((partition, offset?))).collect())
-    }
 }
 
 /// OffsetCommit's topics for (topic, partition, offset) triples.
-fn commit_topics(offsets: &[(String, i32, i64)]) -> Vec<OffsetCommitRequestTopic> {
+pub(crate) fn commit_topics(offsets: &[(String, i32, i64)]) -> Vec<OffsetCommitRequestTopic> {
     let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
     for (topic, partition, offset) in offsets {
         topics.entry(topic).or_default().push(OffsetCommitRequestPartition {
@@ -1111,138 +994,4 @@ fn group_by_topic(partitions: &[(String, i32)]) -> BTreeMap<String, Vec<i32>> {
 
 fn millis(duration: Duration) -> i32 {
     i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
-}
-
-/// A group as ListGroups reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupListing {
-    /// The group id.
-    pub group_id: String,
-    /// `consumer` for consumer groups (empty for groups that only commit offsets).
-    pub protocol_type: String,
-    /// The state (`Stable`, `Empty`, ...), if the broker reports it (ListGroups v4+).
-    pub state: String,
-}
-
-/// A group as DescribeGroups reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupDescription {
-    /// The group id.
-    pub group_id: String,
-    /// The state: `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty` or `Dead`.
-    pub state: String,
-    /// The protocol type (`consumer`).
-    pub protocol_type: String,
-    /// The chosen assignor (`range`, ...).
-    pub protocol: String,
-    /// The members and, for consumer groups, the partitions each owns.
-    pub members: Vec<GroupMemberDescription>,
-}
-
-/// One member of a described group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupMemberDescription {
-    /// The member id.
-    pub member_id: String,
-    /// The static instance id, if any.
-    pub group_instance_id: Option<String>,
-    /// The client id the member connected with.
-    pub client_id: String,
-    /// The member's host.
-    pub client_host: String,
-    /// The partitions it owns (decoded from the consumer protocol; empty for other protocols).
-    pub assignment: Vec<(String, i32)>,
-}
-
-impl Client {
-    /// Every group on every broker of the cluster.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it only reads.
-    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
-        let metadata = self.refresh_metadata(None).await?;
-        let mut groups = Vec::new();
-        for node in metadata.brokers.keys() {
-            let broker = self.broker(*node).await?;
-            let response = broker.send(&ListGroupsRequest::default()).await?;
-            check_error(broker.broker(), "ListGroups", response.error_code)?;
-            groups.extend(response.groups.into_iter().map(|g| GroupListing {
-                group_id: g.group_id,
-                protocol_type: g.protocol_type,
-                state: g.group_state,
-            }));
-        }
-        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-        groups.dedup_by(|a, b| a.group_id == b.group_id);
-        Ok(groups)
-    }
-
-    /// A group's state, members and their partitions, from its coordinator.
-    ///
-    /// A group the coordinator does not know is an error (GROUP_ID_NOT_FOUND, with the broker's
-    /// message) from brokers with DescribeGroups v6 (Kafka 4); older ones describe it as `Dead`,
-    /// with no members.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it only reads.
-    pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription> {
-        let coordinator = self.group_coordinator(group_id).await?;
-        let request = DescribeGroupsRequest { groups: vec![group_id.to_owned()], ..DescribeGroupsRequest::default() };
-        let version = coordinator.version_for::<DescribeGroupsRequest>(None)?;
-        let response = coordinator.send_version(&request, version).await?;
-        let group = response.groups.into_iter().find(|g| g.group_id == group_id).ok_or_else(|| Error::Broker {
-            broker: coordinator.broker().to_owned(),
-            api: "DescribeGroups",
-            code: ErrorCode::GroupIdNotFound,
-        })?;
-        let code = ErrorCode::from_code(group.error_code);
-        if code != ErrorCode::None {
-            let (broker, api) = (coordinator.broker().to_owned(), "DescribeGroups");
-            // v6+ says why, e.g. which group was not found.
-            return Err(match group.error_message {
-                Some(message) => Error::BrokerMessage { broker, api, code, message },
-                None => Error::Broker { broker, api, code },
-            });
-        }
-        let consumer = group.protocol_type == PROTOCOL_TYPE;
-        let members = group
-            .members
-            .into_iter()
-            .map(|m| {
-                let assignment = if consumer && !m.member_assignment.is_empty() {
-                    let (_, assignment) = decode_assignment(m.member_assignment).map_err(|source| Error::Decode {
-                        broker: coordinator.broker().to_owned(),
-                        api: "DescribeGroups",
-                        version,
-                        source,
-                    })?;
-                    let mut partitions: Vec<(String, i32)> = assignment
-                        .assigned_partitions
-                        .into_iter()
-                        .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
-                        .collect();
-                    partitions.sort();
-                    partitions
-                } else {
-                    Vec::new()
-                };
-                Ok(GroupMemberDescription {
-                    member_id: m.member_id,
-                    group_instance_id: m.group_instance_id,
-                    client_id: m.client_id,
-                    client_host: m.client_host,
-                    assignment,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(GroupDescription {
-            group_id: group.group_id,
-            state: group.group_state,
-            protocol_type: group.protocol_type,
-            protocol: group.protocol_data,
-            members,
-        })
-    }
 }

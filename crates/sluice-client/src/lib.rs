@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod assignor;
 mod client;
 mod connection;
@@ -11,13 +12,13 @@ mod error;
 mod group;
 mod partitioner;
 mod producer;
-#[cfg(feature = "resolver")]
-pub mod resolve;
+mod resolve;
 #[cfg(feature = "sasl")]
-pub mod sasl;
+mod sasl;
 #[cfg(feature = "tls")]
-pub mod tls;
+mod tls;
 
+pub use admin::{GroupDescription, GroupListing, GroupMemberDescription};
 pub use assignor::{Assignment, Assignor, GroupMember, RangeAssignor, RoundRobinAssignor};
 pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
@@ -28,12 +29,10 @@ pub use consumer::{
     filter_aborted, Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt,
 };
 pub use error::{Error, Result};
-pub use group::{
-    ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupDescription, GroupEvent, GroupListing,
-    GroupMemberDescription,
-};
+pub use group::{ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupEvent};
 pub use partitioner::partition_for_key;
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use resolve::resolve;
 #[cfg(feature = "sasl")]
 pub use sasl::{SaslConfig, SaslMechanism};
 #[cfg(feature = "tls")]

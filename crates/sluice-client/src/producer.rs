@@ -694,22 +694,35 @@ async fn reset_producer(shared: &Shared) {
     };
     *shared.ids.lock().unwrap_or_else(PoisonError::into_inner) = ids;
     let mut state = shared.state();
+    let mut unsendable = Vec::new();
     for queue in state.queues.values_mut().flat_map(HashMap::values_mut) {
         let mut sequence: i32 = 0;
-        for batch in &mut queue.ready {
-            batch.sequence = sequence;
+        let mut renumbered = VecDeque::with_capacity(queue.ready.len());
+        for mut batch in queue.ready.drain(..) {
             if let Some(payload) = batch.payload.take() {
                 let mut bytes = BytesMut::from(&payload[..]);
-                // The payload was encoded by this producer: it is a v2 batch.
-                let _ = set_producer_state(&mut bytes, ids.0, ids.1, sequence);
+                // This producer encoded the payload as a v2 batch, so this cannot fail; if it
+                // did, the batch fails rather than go out under the old id.
+                if let Err(source) = set_producer_state(&mut bytes, ids.0, ids.1, sequence) {
+                    unsendable.push((batch, source));
+                    continue;
+                }
                 batch.payload = Some(bytes.freeze());
             }
+            batch.sequence = sequence;
             sequence = sequence.saturating_add(i32::try_from(batch.completion.records).unwrap_or(i32::MAX));
+            renumbered.push_back(batch);
         }
+        queue.ready = renumbered;
         queue.next_sequence = sequence;
         queue.acked_sequence = 0;
     }
     state.reset_producer = false;
+    drop(state);
+    for (batch, source) in unsendable {
+        let (topic, partition) = batch.partition.clone();
+        complete(shared, batch, &Err(Error::Renumber { topic, partition, source }));
+    }
 }
 
 /// Fails the queued batches whose delivery timeout has passed (while nothing can be sent).

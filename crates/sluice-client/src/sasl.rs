@@ -8,8 +8,9 @@
 //!
 //! A broker with `connections.max.reauth.ms` gives each login a session lifetime and closes a
 //! connection used after it (KIP-368). The connection logs in again on the same socket before
-//! then (between 85 % and 95 % of the lifetime, as the Java client does); see
-//! [`Connection`](crate::connection::Connection).
+//! then (between 85 % and 95 % of the lifetime, as the Java client does).
+//!
+//! This module holds the exchange without I/O ([`Login`]); the connection sends its requests.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -17,11 +18,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
 use sluice_protocol::error_code::ErrorCode;
-use sluice_protocol::messages::{Request, SaslAuthenticateRequest, SaslHandshakeRequest};
+use sluice_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse};
 
 use crate::error::{Error, Result};
 
@@ -127,81 +127,168 @@ impl SaslConfig {
     }
 }
 
-/// Where a login's requests go: a new connection's own request path, or, for a re-login, its
-/// writer (no other request may come between those of a login).
-pub(crate) trait SaslChannel {
-    /// The broker's address, for errors.
-    fn broker(&self) -> &str;
-    /// Sends `request` at `version` and waits for its answer.
-    async fn send<R: Request + Sync>(&mut self, request: &R, version: i16) -> Result<R::Response>;
-}
-
-fn failed<C: SaslChannel>(channel: &C, mechanism: SaslMechanism, reason: impl Into<String>) -> Error {
-    Error::Authentication { broker: channel.broker().to_owned(), mechanism: mechanism.name(), reason: reason.into() }
-}
-
-/// Logs in over `channel` (after ApiVersions) with `config`, sending SaslAuthenticate at
-/// `version`. Returns the session lifetime the broker gave (KIP-368), if any: the connection
-/// must log in again before it ends.
-pub(crate) async fn authenticate<C: SaslChannel>(
-    channel: &mut C,
-    config: &SaslConfig,
-    version: i16,
-) -> Result<Option<Duration>> {
-    let mechanism = config.mechanism;
-    let handshake = SaslHandshakeRequest { mechanism: mechanism.name().into() };
-    // v1: the tokens travel in SaslAuthenticate requests rather than as raw frames.
-    let response = channel.send(&handshake, 1).await?;
-    match ErrorCode::from_code(response.error_code) {
-        ErrorCode::None => {}
-        ErrorCode::UnsupportedSaslMechanism => {
-            let offered = response.mechanisms.join(", ");
-            return Err(failed(channel, mechanism, format!("the broker does not offer it (it offers: {offered})")));
-        }
-        code => return Err(Error::Broker { broker: channel.broker().to_owned(), api: "SaslHandshake", code }),
-    }
-    let mut exchange = Exchange { channel, mechanism, version, session_lifetime_ms: 0 };
-    match mechanism {
-        SaslMechanism::Plain => {
-            let token = plain_token(&config.username, &config.password);
-            exchange.token(token).await?;
-        }
-        SaslMechanism::ScramSha256 => scram::<Sha256Hash, C>(&mut exchange, config).await?,
-        SaslMechanism::ScramSha512 => scram::<Sha512Hash, C>(&mut exchange, config).await?,
-        SaslMechanism::OAuthBearer => oauth_bearer(&mut exchange, config).await?,
-    }
-    let lifetime = u64::try_from(exchange.session_lifetime_ms).ok().filter(|&ms| ms > 0);
-    Ok(lifetime.map(Duration::from_millis))
-}
-
-/// The SaslAuthenticate round trips of one login.
-struct Exchange<'a, C> {
-    channel: &'a mut C,
+/// One login's exchange (after ApiVersions), without I/O: the connection sends the requests it
+/// is given, at the SaslAuthenticate version it negotiated, and hands back the answers. Starting
+/// with [`Login::start`]'s SaslHandshake v1 (the tokens then travel in SaslAuthenticate requests
+/// rather than as raw frames), each answer gives the next token to send, or the end.
+pub(crate) struct Login {
+    broker: String,
     mechanism: SaslMechanism,
-    version: i16,
+    step: Step,
     /// From the last answer (v1+): how long the session lasts, 0 for ever.
     session_lifetime_ms: i64,
 }
 
-impl<C: SaslChannel> Exchange<'_, C> {
-    /// Sends one token and returns the broker's answer token.
-    async fn token(&mut self, token: Vec<u8>) -> Result<Bytes> {
-        let request = SaslAuthenticateRequest { auth_bytes: token.into(), ..SaslAuthenticateRequest::default() };
-        let response = self.channel.send(&request, self.version).await?;
-        match ErrorCode::from_code(response.error_code) {
-            ErrorCode::None => {
-                self.session_lifetime_ms = response.session_lifetime_ms;
-                Ok(response.auth_bytes)
-            }
-            code => {
-                let message = response.error_message.unwrap_or_else(|| code.to_string());
-                Err(self.failed(message))
-            }
+/// Where a login is: what its next answer is for.
+enum Step {
+    /// The mechanism was named; its first token is next.
+    Handshake { first_token: Vec<u8>, scram: Option<Scram> },
+    /// PLAIN's one token was sent.
+    Plain,
+    /// SCRAM's first message was sent; the broker's first message comes back.
+    ScramFirst(Scram),
+    /// SCRAM's final message was sent; the broker's signature comes back.
+    ScramFinal(Scram),
+    /// The bearer token was sent.
+    OAuthBearer,
+    /// The broker refused the token with this status, acknowledged with 0x01; it then fails the
+    /// exchange, naming why (RFC 7628 section 3.2.2).
+    OAuthRefused(String),
+    /// Over.
+    Done,
+}
+
+/// A SCRAM exchange, by hash.
+enum Scram {
+    Sha256(ScramClient<Sha256Hash>),
+    Sha512(ScramClient<Sha512Hash>),
+}
+
+impl Scram {
+    fn first_message(&self) -> String {
+        match self {
+            Self::Sha256(client) => client.first_message(),
+            Self::Sha512(client) => client.first_message(),
         }
     }
 
+    fn final_message(&mut self, server_first: &str) -> std::result::Result<String, String> {
+        match self {
+            Self::Sha256(client) => client.final_message(server_first),
+            Self::Sha512(client) => client.final_message(server_first),
+        }
+    }
+
+    fn verify_server(&self, server_final: &str) -> std::result::Result<(), String> {
+        match self {
+            Self::Sha256(client) => client.verify_server(server_final),
+            Self::Sha512(client) => client.verify_server(server_final),
+        }
+    }
+}
+
+impl Login {
+    /// A login with `config` to `broker` (named in errors), and the SaslHandshake request that
+    /// begins it. Fails if the configuration cannot log in: no randomness for a SCRAM nonce, or
+    /// an OAUTHBEARER token that cannot be read or is malformed (the token file is read here,
+    /// at every login, so a token refreshed in it is picked up).
+    pub(crate) fn start(config: &SaslConfig, broker: &str) -> Result<(Self, SaslHandshakeRequest)> {
+        let mechanism = config.mechanism;
+        let failed =
+            |reason: String| Error::Authentication { broker: broker.to_owned(), mechanism: mechanism.name(), reason };
+        let (first_token, scram) = match mechanism {
+            SaslMechanism::Plain => (plain_token(&config.username, &config.password), None),
+            SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512 => {
+                let mut nonce = [0u8; 24];
+                getrandom::getrandom(&mut nonce).map_err(|e| failed(format!("no randomness for the nonce: {e}")))?;
+                let (username, password, nonce) = (&config.username, &config.password, &BASE64.encode(nonce));
+                let scram = match mechanism {
+                    SaslMechanism::ScramSha256 => Scram::Sha256(ScramClient::new(username, password, nonce)),
+                    _ => Scram::Sha512(ScramClient::new(username, password, nonce)),
+                };
+                (scram.first_message().into_bytes(), Some(scram))
+            }
+            SaslMechanism::OAuthBearer => (oauth_bearer_token(&bearer_token(config).map_err(failed)?), None),
+        };
+        let login = Self {
+            broker: broker.to_owned(),
+            mechanism,
+            step: Step::Handshake { first_token, scram },
+            session_lifetime_ms: 0,
+        };
+        Ok((login, SaslHandshakeRequest { mechanism: mechanism.name().into() }))
+    }
+
+    /// The SaslHandshake answer: the first token to send.
+    pub(crate) fn handshake(&mut self, response: &SaslHandshakeResponse) -> Result<Vec<u8>> {
+        match ErrorCode::from_code(response.error_code) {
+            ErrorCode::None => {}
+            ErrorCode::UnsupportedSaslMechanism => {
+                let offered = response.mechanisms.join(", ");
+                return Err(self.failed(format!("the broker does not offer it (it offers: {offered})")));
+            }
+            code => return Err(Error::Broker { broker: self.broker.clone(), api: "SaslHandshake", code }),
+        }
+        match std::mem::replace(&mut self.step, Step::Done) {
+            Step::Handshake { first_token, scram } => {
+                self.step = match (self.mechanism, scram) {
+                    (_, Some(scram)) => Step::ScramFirst(scram),
+                    (SaslMechanism::OAuthBearer, None) => Step::OAuthBearer,
+                    (_, None) => Step::Plain,
+                };
+                Ok(first_token)
+            }
+            _ => Err(self.failed("the exchange is out of order")),
+        }
+    }
+
+    /// A SaslAuthenticate answer: the next token to send, or `None` when the login is done.
+    pub(crate) fn authenticate(&mut self, response: SaslAuthenticateResponse) -> Result<Option<Vec<u8>>> {
+        let step = std::mem::replace(&mut self.step, Step::Done);
+        let code = ErrorCode::from_code(response.error_code);
+        if code != ErrorCode::None {
+            let message = response.error_message.unwrap_or_else(|| code.to_string());
+            return Err(match step {
+                Step::OAuthRefused(status) => self.failed(format!("{message} ({status})")),
+                _ => self.failed(message),
+            });
+        }
+        self.session_lifetime_ms = response.session_lifetime_ms;
+        let answer = response.auth_bytes;
+        match step {
+            Step::Plain => Ok(None),
+            Step::OAuthBearer if answer.is_empty() => Ok(None),
+            Step::OAuthBearer => {
+                // A refusal comes as a JSON error the client acknowledges with a single 0x01.
+                self.step = Step::OAuthRefused(String::from_utf8_lossy(&answer).into_owned());
+                Ok(Some(vec![0x01]))
+            }
+            Step::OAuthRefused(status) => Err(self.failed(format!("the broker refused the token: {status}"))),
+            Step::ScramFirst(mut scram) => {
+                let server_first = std::str::from_utf8(&answer)
+                    .map_err(|_| self.failed("the broker's first SCRAM message is not UTF-8"))?;
+                let client_final = scram.final_message(server_first).map_err(|reason| self.failed(reason))?;
+                self.step = Step::ScramFinal(scram);
+                Ok(Some(client_final.into_bytes()))
+            }
+            Step::ScramFinal(scram) => {
+                let server_final = std::str::from_utf8(&answer)
+                    .map_err(|_| self.failed("the broker's final SCRAM message is not UTF-8"))?;
+                scram.verify_server(server_final).map_err(|reason| self.failed(reason))?;
+                Ok(None)
+            }
+            Step::Handshake { .. } | Step::Done => Err(self.failed("the exchange is out of order")),
+        }
+    }
+
+    /// The session lifetime the broker gave (KIP-368), if any: the connection must log in again
+    /// before it ends.
+    pub(crate) fn session_lifetime(&self) -> Option<Duration> {
+        u64::try_from(self.session_lifetime_ms).ok().filter(|&ms| ms > 0).map(Duration::from_millis)
+    }
+
     fn failed(&self, reason: impl Into<String>) -> Error {
-        failed(&*self.channel, self.mechanism, reason)
+        Error::Authentication { broker: self.broker.clone(), mechanism: self.mechanism.name(), reason: reason.into() }
     }
 }
 
@@ -221,46 +308,20 @@ fn oauth_bearer_token(token: &str) -> Vec<u8> {
     format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes()
 }
 
-async fn oauth_bearer<C: SaslChannel>(exchange: &mut Exchange<'_, C>, config: &SaslConfig) -> Result<()> {
+/// The OAUTHBEARER token: the fixed one, or the token file's (trimmed).
+fn bearer_token(config: &SaslConfig) -> std::result::Result<String, String> {
     let token = match &config.token_file {
         None => config.password.clone(),
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| exchange.failed(format!("cannot read the token file {}: {e}", path.display())))?
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?
             .trim()
             .to_owned(),
     };
     if token.is_empty() || token.contains(|c: char| c.is_ascii_control() || c == ' ') {
         let what = if token.is_empty() { "is empty" } else { "holds spaces or control characters" };
-        return Err(exchange.failed(format!("the OAUTHBEARER token {what}")));
+        return Err(format!("the OAUTHBEARER token {what}"));
     }
-    let answer = exchange.token(oauth_bearer_token(&token)).await?;
-    if answer.is_empty() {
-        return Ok(());
-    }
-    // A refusal comes as a JSON error (RFC 7628 section 3.2.2) the client acknowledges with a
-    // single 0x01; the broker then fails the exchange, naming why.
-    let status = String::from_utf8_lossy(&answer).into_owned();
-    match exchange.token(vec![0x01]).await {
-        Err(Error::Authentication { broker, mechanism, reason }) => {
-            Err(Error::Authentication { broker, mechanism, reason: format!("{reason} ({status})") })
-        }
-        Err(other) => Err(other),
-        Ok(_) => Err(exchange.failed(format!("the broker refused the token: {status}"))),
-    }
-}
-
-async fn scram<H: ScramHash, C: SaslChannel>(exchange: &mut Exchange<'_, C>, config: &SaslConfig) -> Result<()> {
-    let mut nonce = [0u8; 24];
-    getrandom::getrandom(&mut nonce).map_err(|e| exchange.failed(format!("no randomness for the nonce: {e}")))?;
-    let mut client = ScramClient::<H>::new(&config.username, &config.password, &BASE64.encode(nonce));
-    let server_first = exchange.token(client.first_message().into_bytes()).await?;
-    let server_first = std::str::from_utf8(&server_first)
-        .map_err(|_| exchange.failed("the broker's first SCRAM message is not UTF-8"))?;
-    let client_final = client.final_message(server_first).map_err(|reason| exchange.failed(reason))?;
-    let server_final = exchange.token(client_final.into_bytes()).await?;
-    let server_final = std::str::from_utf8(&server_final)
-        .map_err(|_| exchange.failed("the broker's final SCRAM message is not UTF-8"))?;
-    client.verify_server(server_final).map_err(|reason| exchange.failed(reason))
+    Ok(token)
 }
 
 /// The hash a SCRAM variant is built on.
@@ -433,6 +494,66 @@ mod tests {
         assert!(client.final_message("r=abcdef,s=QSXCR+Q6sek8bf92,i=1").unwrap_err().contains("iterations"));
         assert!(client.final_message("e=unknown-user").unwrap_err().contains("unknown-user"));
         assert!(client.verify_server("v=x").unwrap_err().contains("out of order"));
+    }
+
+    fn answer(token: &[u8], lifetime_ms: i64) -> SaslAuthenticateResponse {
+        SaslAuthenticateResponse {
+            auth_bytes: token.to_vec().into(),
+            session_lifetime_ms: lifetime_ms,
+            ..SaslAuthenticateResponse::default()
+        }
+    }
+
+    #[test]
+    fn a_plain_login_is_one_token_and_keeps_the_session_lifetime() {
+        let config = SaslConfig::new(SaslMechanism::Plain, "alice", "pw");
+        let (mut login, handshake) = Login::start(&config, "b:9092").unwrap();
+        assert_eq!(handshake.mechanism, "PLAIN");
+        let token = login.handshake(&SaslHandshakeResponse::default()).unwrap();
+        assert_eq!(token, b"\0alice\0pw");
+        assert_eq!(login.authenticate(answer(b"", 60_000)).unwrap(), None);
+        assert_eq!(login.session_lifetime(), Some(Duration::from_secs(60)));
+        assert!(login.authenticate(answer(b"", 0)).unwrap_err().to_string().contains("out of order"));
+    }
+
+    #[test]
+    fn a_mechanism_the_broker_lacks_names_what_it_offers() {
+        let config = SaslConfig::new(SaslMechanism::ScramSha512, "alice", "pw");
+        let (mut login, _) = Login::start(&config, "b:9092").unwrap();
+        let refusal = SaslHandshakeResponse {
+            error_code: ErrorCode::UnsupportedSaslMechanism.code(),
+            mechanisms: vec!["PLAIN".into(), "SCRAM-SHA-256".into()],
+        };
+        let error = login.handshake(&refusal).unwrap_err().to_string();
+        assert!(error.contains("b:9092") && error.contains("it offers: PLAIN, SCRAM-SHA-256"), "{error}");
+    }
+
+    #[test]
+    fn a_scram_login_sends_its_nonce_and_refuses_a_broker_that_does_not_extend_it() {
+        let config = SaslConfig::new(SaslMechanism::ScramSha256, "alice", "pw");
+        let (mut login, _) = Login::start(&config, "b:9092").unwrap();
+        let first = String::from_utf8(login.handshake(&SaslHandshakeResponse::default()).unwrap()).unwrap();
+        assert!(first.starts_with("n,,n=alice,r=") && first.len() > "n,,n=alice,r=".len() + 20, "{first}");
+        let error = login.authenticate(answer(b"r=other,s=QSXCR+Q6sek8bf92,i=4096", 0)).unwrap_err();
+        assert!(matches!(error, Error::Authentication { .. }) && error.to_string().contains("nonce"), "{error}");
+    }
+
+    #[test]
+    fn a_refused_bearer_token_is_acknowledged_and_the_refusal_says_why() {
+        let config = SaslConfig::oauth_bearer("eyJhbGciOi");
+        let (mut login, _) = Login::start(&config, "b:9092").unwrap();
+        assert_eq!(login.handshake(&SaslHandshakeResponse::default()).unwrap(), oauth_bearer_token("eyJhbGciOi"));
+        let status = br#"{"status":"invalid_token"}"#;
+        assert_eq!(login.authenticate(answer(status, 0)).unwrap(), Some(vec![0x01]));
+        let failure = SaslAuthenticateResponse {
+            error_code: ErrorCode::SaslAuthenticationFailed.code(),
+            error_message: Some("token expired".into()),
+            ..SaslAuthenticateResponse::default()
+        };
+        let error = login.authenticate(failure).unwrap_err().to_string();
+        assert!(error.contains("token expired") && error.contains("invalid_token"), "{error}");
+        let malformed = SaslConfig::oauth_bearer("two words");
+        assert!(Login::start(&malformed, "b:9092").is_err());
     }
 
     #[test]

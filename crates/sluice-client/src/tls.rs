@@ -205,11 +205,6 @@ fn aws_lc_provider() -> Option<CryptoProvider> {
     None
 }
 
-/// The rustls provider of [`Crypto::chosen`].
-pub fn provider() -> Result<Arc<CryptoProvider>> {
-    Crypto::chosen()?.provider()
-}
-
 fn config_error(reason: impl fmt::Display) -> Error {
     Error::TlsConfig { reason: reason.to_string() }
 }

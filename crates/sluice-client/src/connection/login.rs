@@ -34,7 +34,10 @@ mod with_sasl {
         /// again at once.
         pub(in crate::connection) fn due(started: tokio::time::Instant, lifetime: Duration) -> tokio::time::Instant {
             let mut random = [0u8; 2];
-            let _ = getrandom::getrandom(&mut random);
+            // Without randomness from the OS, 85 %: still well before the session ends.
+            if let Err(error) = getrandom::getrandom(&mut random) {
+                tracing::debug!(%error, "no random point for the re-login: at 85 % of the session");
+            }
             let fraction = 0.85 + 0.10 * f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX);
             started + lifetime.mul_f64(fraction)
         }
@@ -45,7 +48,7 @@ mod with_sasl {
         pub(in crate::connection) async fn log_in(&self, config: SaslConfig) -> Result<()> {
             let version = self.version_for::<SaslAuthenticateRequest>(None)?;
             let started = tokio::time::Instant::now();
-            let lifetime = crate::sasl::authenticate(&mut Direct(self), &config, version).await?;
+            let lifetime = authenticate(&mut Direct(self), &config, version).await?;
             if let Some(lifetime) = lifetime {
                 let relogin = Relogin {
                     config,
@@ -74,7 +77,7 @@ mod with_sasl {
         };
         let started = tokio::time::Instant::now();
         let mut channel = WriterChannel { out, shared, relogin: &relogin };
-        let lifetime = crate::sasl::authenticate(&mut channel, &relogin.config, relogin.version)
+        let lifetime = authenticate(&mut channel, &relogin.config, relogin.version)
             .await
             .map_err(|e| Closed::Lost(format!("logging in again before the SASL session ended failed: {e}")))?;
         shared.relogins.fetch_add(1, Ordering::Relaxed);
@@ -83,11 +86,40 @@ mod with_sasl {
         Ok(())
     }
 
+    /// Where a login's requests go: a new connection's own request path, or, for a re-login, its
+    /// writer (no other request may come between those of a login).
+    trait LoginChannel {
+        /// The broker's address, for errors.
+        fn broker(&self) -> &str;
+        /// Sends `request` at `version` and waits for its answer.
+        async fn send<R: Request + Sync>(&mut self, request: &R, version: i16) -> Result<R::Response>;
+    }
+
+    /// Logs in over `channel` with `config`, sending SaslAuthenticate at `version`: drives a
+    /// [`Login`]. Returns the session lifetime the broker gave, if any.
+    async fn authenticate<C: LoginChannel>(
+        channel: &mut C,
+        config: &SaslConfig,
+        version: i16,
+    ) -> Result<Option<Duration>> {
+        let (mut login, handshake) = Login::start(config, channel.broker())?;
+        let answer = channel.send(&handshake, 1).await?;
+        let mut token = login.handshake(&answer)?;
+        loop {
+            let request = SaslAuthenticateRequest { auth_bytes: token.into(), ..SaslAuthenticateRequest::default() };
+            let answer = channel.send(&request, version).await?;
+            match login.authenticate(answer)? {
+                Some(next) => token = next,
+                None => return Ok(login.session_lifetime()),
+            }
+        }
+    }
+
     /// A login's requests on a connection's own request path (a new connection: nothing else is
     /// sent on it yet).
     struct Direct<'a>(&'a Connection);
 
-    impl SaslChannel for Direct<'_> {
+    impl LoginChannel for Direct<'_> {
         fn broker(&self) -> &str {
             &self.0.broker
         }
@@ -104,7 +136,7 @@ mod with_sasl {
         relogin: &'a Relogin,
     }
 
-    impl<W: AsyncWrite + Unpin> SaslChannel for WriterChannel<'_, W> {
+    impl<W: AsyncWrite + Unpin> LoginChannel for WriterChannel<'_, W> {
         fn broker(&self) -> &str {
             &self.relogin.broker
         }
