@@ -1,0 +1,130 @@
+//! How a [`Scheduler`](super::Scheduler) runs: [`SchedulerConfig`], where partitions without a
+//! position start ([`StartingOffsets`]), and the default memory budget of a batch.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sluice_checkpoint::Options as LogOptions;
+use sluice_client::FetchOptions;
+
+use crate::plan::{RateLimits, TopicPartition};
+use crate::trigger::Trigger;
+
+/// Where partitions without a committed position start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartingOffsets {
+    /// The log start.
+    Earliest,
+    /// The log end: only records produced after the first batch is planned.
+    Latest,
+    /// These offsets; partitions not listed start at the earliest offset.
+    Offsets(BTreeMap<TopicPartition, i64>),
+    /// The first record at or after this time (milliseconds since the epoch), or the log end if
+    /// there is none.
+    Timestamp(i64),
+}
+
+/// The default [`SchedulerConfig::max_batch_bytes`]: 32 MiB, an eighth of a 256 MiB budget for
+/// a whole job (the records of the batch and the one read ahead, and what processing makes of
+/// them).
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 32 << 20;
+
+/// How a [`Scheduler`](super::Scheduler) runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// The topics to read (every partition of each).
+    pub topics: Vec<String>,
+    /// Also read every topic whose name matches this regular expression (internal topics
+    /// excluded), including topics created while the job runs (seen at the next discovery).
+    pub topic_pattern: Option<String>,
+    /// Also read exactly these partitions (Spark's `assign`), whatever other partitions their
+    /// topics have. A partition not (yet) in the cluster is read once it appears.
+    pub assign: Vec<TopicPartition>,
+    /// When batches run.
+    pub trigger: Trigger,
+    /// The interval rates are applied over (and the processing-time trigger's, usually).
+    pub batch_interval: Duration,
+    /// Per-partition rate limits.
+    pub limits: RateLimits,
+    /// Shrink batches when processing falls behind (Spark's PID estimator).
+    pub backpressure: bool,
+    /// At least this many read tasks per batch (large ranges are split).
+    pub min_partitions: usize,
+    /// Read tasks running at once.
+    pub max_concurrent_tasks: usize,
+    /// Connections of the scheduler's own to each broker that read tasks are spread over.
+    pub read_connections_per_broker: usize,
+    /// The most record bytes a batch holds in memory at once (the records as fetched,
+    /// decompressed): batches are planned to stay within it (from the record bytes per offset
+    /// the last batch read, or a first fetch), whatever the rate limits, so that a backlog is
+    /// worked through in many bounded batches (Spark's `maxBytesPerTrigger`, on by default).
+    /// A batch that still holds more (an intent written ahead under a larger budget, records
+    /// larger than the last ones) is read and handed to the processor in pieces of at most
+    /// about this many bytes. With the next batch or piece read ahead, the records of at most
+    /// two are in memory. 0: no limit (each batch read whole, as large as the rates allow).
+    pub max_batch_bytes: usize,
+    /// The next batch is planned and read while the current one is processed, when its records
+    /// are expected to take at most this many bytes; 0 turns prefetching off.
+    pub prefetch_max_bytes: usize,
+    /// Attempts per read task before the batch fails, for failures that are not transient
+    /// (a corrupt answer, say; transient faults are retried for `fault_timeout`).
+    pub task_attempts: u32,
+    /// How long planning a batch, or a read task, may keep failing on transient faults (a
+    /// leader moving, a broker restarting, a connection cut or frozen, a new leader's high
+    /// watermark catching up) before the batch fails. Until then it is retried with backoff,
+    /// from the leader fresh metadata names, a read going on from where it stopped.
+    pub fault_timeout: Duration,
+    /// Offsets deleted from the log before the job read them fail the batch (true, the
+    /// default), or are skipped and counted in the progress records (Spark's `failOnDataLoss`).
+    pub fail_on_data_loss: bool,
+    /// Where partitions without a committed position start.
+    pub starting_offsets: StartingOffsets,
+    /// A bounded run: stop once every partition reaches these offsets (or its end, for
+    /// partitions not listed).
+    pub ending_offsets: Option<BTreeMap<TopicPartition, i64>>,
+    /// How ranges are fetched.
+    pub fetch: FetchOptions,
+    /// Progress records kept in memory.
+    pub progress_history: usize,
+    /// Also append each batch's progress as a JSON line to this file (`-` for stdout).
+    pub progress_path: Option<std::path::PathBuf>,
+    /// How often the topics' partitions are looked up again, to pick up new ones.
+    pub partition_discovery_interval: Duration,
+    /// After each batch, commit its end offsets to this consumer group, so that lag tools see
+    /// the job's progress (the checkpoint log stays the source of truth).
+    pub commit_to_group: Option<String>,
+    /// How the checkpoint log is kept (segment size, batches retained for inspection).
+    pub checkpoint: LogOptions,
+}
+
+impl SchedulerConfig {
+    /// Reads `topics` every `batch_interval`, from the earliest offsets, without limits.
+    pub fn new<S: Into<String>>(topics: impl IntoIterator<Item = S>, batch_interval: Duration) -> Self {
+        Self {
+            topics: topics.into_iter().map(Into::into).collect(),
+            topic_pattern: None,
+            assign: Vec::new(),
+            trigger: Trigger::ProcessingTime(batch_interval),
+            batch_interval,
+            limits: RateLimits::default(),
+            backpressure: false,
+            min_partitions: 0,
+            max_concurrent_tasks: 8,
+            read_connections_per_broker: 2,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            prefetch_max_bytes: 256 << 20,
+            task_attempts: 3,
+            fault_timeout: Duration::from_secs(300),
+            fail_on_data_loss: true,
+            starting_offsets: StartingOffsets::Earliest,
+            ending_offsets: None,
+            fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
+            progress_history: 100,
+            progress_path: None,
+            partition_discovery_interval: Duration::from_secs(5),
+            commit_to_group: None,
+            // Intents and commits are small: 8 MiB segments are quick to create and sync.
+            checkpoint: LogOptions { segment_size_bytes: 8 << 20, ..LogOptions::default() },
+        }
+    }
+}
