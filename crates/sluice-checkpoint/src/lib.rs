@@ -8,6 +8,7 @@ mod ledger;
 mod log;
 mod payload;
 mod recover;
+pub mod rng;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;

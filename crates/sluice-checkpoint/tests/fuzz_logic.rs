@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::build_log;
-use sluice_checkpoint::testing::{check_recovery, fix_checksums, Sim, SimOp, SplitMix64};
+use sluice_checkpoint::rng::SplitMix64;
+use sluice_checkpoint::testing::{check_recovery, fix_checksums, Sim, SimOp};
 use sluice_checkpoint::Options;
 
 /// Random damage of a real log: overwritten runs, cut files, swapped or dropped segments, with

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use sluice_checkpoint::testing::SplitMix64;
+use sluice_checkpoint::rng::SplitMix64;
 use sluice_checkpoint::{BatchCommit, BatchIntent, Log, OffsetRange, Options, Recovered, Snapshot};
 
 const CHILD_DIR_ENV: &str = "SLUICE_CKPT_KILL_CHILD_DIR";

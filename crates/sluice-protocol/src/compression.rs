@@ -833,6 +833,8 @@ mod zstd {
 
 #[cfg(all(test, feature = "gzip", feature = "snappy", feature = "lz4", feature = "zstd"))]
 mod tests {
+    use sluice_checkpoint::rng::SplitMix64;
+
     use super::*;
 
     const MIB: usize = 1024 * 1024;
@@ -848,18 +850,11 @@ mod tests {
         (0..len).map(|i| (((i % 100) * (i % 100) * 31 + 7) % 251) as u8).collect()
     }
 
-    /// Deterministic xorshift64*, so failures replay from the seed.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| (self.next() >> 24) as u8).collect()
-        }
+    /// `len` bytes from the workspace's seeded generator, so failures replay from the seed.
+    fn random_bytes(rng: &mut SplitMix64, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        rng.fill(&mut bytes);
+        bytes
     }
 
     fn compressed(codec: Compression, input: &[u8]) -> Vec<u8> {
@@ -905,8 +900,8 @@ mod tests {
 
     #[test]
     fn round_trip_every_codec() {
-        let mut rng = Rng(0x5EED_0001);
-        let inputs = [Vec::new(), b"x".to_vec(), text(1000), text(MIB), rng.bytes(MIB)];
+        let mut rng = SplitMix64::new(0x5EED_0001);
+        let inputs = [Vec::new(), b"x".to_vec(), text(1000), text(MIB), random_bytes(&mut rng, MIB)];
         for codec in Compression::ALL {
             for input in &inputs {
                 let packed = compressed(codec, input);
@@ -1032,7 +1027,7 @@ mod tests {
         // The EndMark, and no content checksum after it.
         assert_eq!(&packed[packed.len() - 4..], &[0, 0, 0, 0]);
         // Incompressible blocks are stored uncompressed (high bit of the block size).
-        let noise = Rng(7).bytes(1000);
+        let noise = random_bytes(&mut SplitMix64::new(7), 1000);
         let packed = compressed(Compression::Lz4, &noise);
         assert_eq!(&packed[7..11], &(1000u32 | 0x8000_0000).to_le_bytes());
     }
@@ -1205,14 +1200,14 @@ mod tests {
 
     #[test]
     fn bit_flips_never_panic() {
-        let mut rng = Rng(0xB17_F11B);
+        let mut rng = SplitMix64::new(0xB17_F11B);
         let input = text(3000);
         for codec in CODECS {
             let packed = compressed(codec, &input);
             for _ in 0..400 {
                 let mut damaged = packed.clone();
-                for _ in 0..1 + rng.next() % 3 {
-                    let bit = rng.next() as usize % (damaged.len() * 8);
+                for _ in 0..1 + rng.below(3) {
+                    let bit = rng.below(damaged.len() as u64 * 8) as usize;
                     damaged[bit / 8] ^= 1 << (bit % 8);
                 }
                 if let Ok(output) = decompress(codec, &damaged, MIB) {
@@ -1224,10 +1219,10 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = Rng(0xDEAD_BEEF);
+        let mut rng = SplitMix64::new(0xDEAD_BEEF);
         for codec in CODECS {
             for len in 0..300 {
-                let mut noise = rng.bytes(len);
+                let mut noise = random_bytes(&mut rng, len);
                 // Also start with each codec's magic, to get past the first check.
                 let magic: &[u8] = match codec {
                     Compression::Gzip => &[0x1F, 0x8B, 0x08, 0x00],

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use compact_str::{format_compact, CompactString};
 use serde::{Deserialize, Serialize};
+use sluice_checkpoint::rng::SplitMix64;
 
 use crate::event_time::{Timed, Watermark, Windowed};
 use crate::keyed::KeyState;
@@ -96,7 +97,7 @@ impl Default for GeneratorConfig {
 #[derive(Debug, Clone)]
 pub struct ClickGenerator {
     config: GeneratorConfig,
-    state: u64,
+    rng: SplitMix64,
     /// Cumulative popularity of the items by rank, ending at 1.
     cumulative: Vec<f64>,
     made: u64,
@@ -116,22 +117,13 @@ impl ClickGenerator {
                 running
             })
             .collect();
-        Self { state: config.seed, config, cumulative, made: 0 }
-    }
-
-    /// SplitMix64.
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        Self { rng: SplitMix64::new(config.seed), config, cumulative, made: 0 }
     }
 
     /// The next click; event time advances by `1 / clicks_per_second` each click.
     pub fn next_click(&mut self) -> Click {
-        let user = self.next_u64() % u64::from(self.config.users.max(1));
-        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let user = self.rng.next_u64() % u64::from(self.config.users.max(1));
+        let unit = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let rank = self.cumulative.partition_point(|c| *c < unit).min(self.cumulative.len().saturating_sub(1));
         let offset_ms = (self.made as f64 * 1000.0 / self.config.clicks_per_second.max(f64::MIN_POSITIVE)) as i64;
         self.made += 1;

@@ -10,11 +10,11 @@ use sluice_scheduler::{
     SchedulerConfig, SystemClock,
 };
 
+use crate::graph::{lock, BatchInput, Graph, Output, Parts, SharedGraph, SourceRecords};
 use crate::pool::par_map;
 use crate::record::KafkaRecord;
-use crate::sink::Output;
 use crate::state::JobState;
-use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph, SourceRecords};
+use crate::stream::DStream;
 use crate::BoxError;
 
 /// Why a job could not run or stopped.

@@ -22,9 +22,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::graph::{lock, BatchInput, Parts};
 use crate::keyed::StateKey;
 use crate::state::{decode, encode, lock_state, Stateful};
-use crate::stream::{greatest, least_watermark, lock, merge, BatchInput, DStream, Parts, WatermarkCell};
+use crate::stream::{greatest, least_watermark, merge, DStream, WatermarkCell};
 
 /// An item with its event time (ms since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

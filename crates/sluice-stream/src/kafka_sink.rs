@@ -33,7 +33,8 @@ use std::sync::Arc;
 
 use sluice_client::{Client, ClientConfig, ConsumerGroupMetadata, Producer, ProducerConfig, ProducerRecord};
 
-use crate::sink::{BatchInfo, Sink};
+use crate::graph::BatchInfo;
+use crate::sink::Sink;
 use crate::BoxError;
 
 type ToRecord<T> = Box<dyn Fn(&T) -> Result<ProducerRecord, BoxError> + Send + Sync>;

@@ -366,7 +366,7 @@ struct ShardOutcome<U> {
 /// is large), then the shards worked through side by side; the outputs in the items' order.
 fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     state: &mut KeyedState<K, (S, u64)>,
-    parts: crate::stream::Parts<(K, V)>,
+    parts: crate::graph::Parts<(K, V)>,
     now: u64,
     f: &(impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Sync),
 ) -> Vec<U> {

@@ -6,49 +6,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
-use crate::stream::{BatchInput, Compute, Gather};
+use crate::graph::{BatchInfo, BatchInput, Compute, Gather, Output};
 use crate::BoxError;
-
-/// The batch a sink is writing, and which piece of it for a sink that takes batches in pieces
-/// ([`Sink::takes_pieces`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BatchInfo {
-    /// The batch id (consecutive over the job's life).
-    pub batch_id: u64,
-    /// The batch's time (end of its interval from the job's first batch, in ms).
-    pub time_ms: u64,
-    /// Whether this is a re-run of a batch begun before a crash or failure: a sink that is not
-    /// idempotent may find part of this batch's output already written.
-    pub rerun: bool,
-    /// Which piece of the batch this is, from 0 (always 0 for a sink given batches whole).
-    pub piece: usize,
-    /// Whether it is the batch's last piece (always true for a sink given batches whole).
-    pub last_piece: bool,
-    /// Items of this batch given to the sink in its earlier pieces.
-    pub items_before: u64,
-    /// The identity of the checkpoint the batch belongs to (random, made with the checkpoint;
-    /// 0 when there is none, as in tests): batch ids start again at 0 on a new checkpoint, so a
-    /// sink that remembers which batches it wrote keys them by this too.
-    pub checkpoint_id: u64,
-}
-
-impl BatchInfo {
-    /// A batch given whole.
-    pub fn new(batch_id: u64, time_ms: u64, rerun: bool) -> Self {
-        Self { batch_id, time_ms, rerun, piece: 0, last_piece: true, items_before: 0, checkpoint_id: 0 }
-    }
-
-    /// The same batch, of the checkpoint `id`.
-    pub fn with_checkpoint_id(self, id: u64) -> Self {
-        Self { checkpoint_id: id, ..self }
-    }
-
-    /// The same batch's piece `piece`, `items_before` items after its start.
-    pub fn with_piece(self, piece: usize, last_piece: bool, items_before: u64) -> Self {
-        Self { piece, last_piece, items_before, ..self }
-    }
-}
 
 /// A destination for a stream's batches. `write` may be called again for the same batch (same
 /// id, same items) after a crash or failure; a sink that replaces rather than appends makes the
@@ -235,15 +194,6 @@ impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
     fn takes_pieces(&self) -> bool {
         true
     }
-}
-
-/// An output of the job: a stream's computation and where its items go.
-pub(crate) trait Output: Send {
-    /// Computes the output's items for one run of a batch's records and keeps them for
-    /// [`Output::write`] (CPU work: called off the async workers).
-    fn compute(&mut self, input: &BatchInput);
-    /// Writes what `compute` kept, if anything.
-    fn write(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>>;
 }
 
 pub(crate) struct SinkOutput<T, S> {

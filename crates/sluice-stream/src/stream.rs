@@ -4,172 +4,16 @@
 
 use std::cmp::Ordering;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::graph::{lock, BatchInfo, BatchInput, Compute, Gather, Parts, SharedGraph};
 use crate::hash::HashMap;
 use crate::pool::{par_map, PARALLEL_FROM_ITEMS};
-use crate::record::KafkaRecord;
-use crate::sink::{BatchInfo, Output, SinkOutput};
-use crate::state::{decode, encode, lock_state, JobState, Stateful};
-
-/// A batch's items, in parts.
-pub type Parts<T> = Vec<Vec<T>>;
-
-/// What every stream of a job sees of one batch.
-#[derive(Debug)]
-pub struct BatchInput {
-    /// The batch (ids are consecutive from 0 over the job's whole life, restarts included).
-    pub batch_id: u64,
-    /// The batch's time: the end of its interval, counted from the job's first batch
-    /// (`(batch_id + 1) × interval`, in ms). Deterministic, so a re-run sees the same.
-    pub time_ms: u64,
-    /// Whether the batch is the re-run of one begun before a crash or failure.
-    pub rerun: bool,
-    /// The source records, one part per read task.
-    pub(crate) records: SourceRecords,
-    /// The partition each part of the source came from; `None` when each part stands for a
-    /// partition of its own (batches given in a test).
-    pub(crate) part_sources: Option<Vec<(Arc<str>, i32)>>,
-    /// Which piece of the batch this is (from 0): a batch larger than the memory budget comes
-    /// in pieces, each with one part per read task of the batch (the same tasks in each).
-    pub(crate) piece: usize,
-    /// Whether it is the batch's last piece. Element-wise operators work through each piece
-    /// as it comes; reductions fold each piece in; operators that need the whole batch gather
-    /// the pieces and run on the last.
-    pub(crate) last_piece: bool,
-    /// The checkpoint's identity (0 in tests without one).
-    pub(crate) checkpoint_id: u64,
-}
-
-/// A batch's source records, handed to each source stream of the job: copies to all but the
-/// last, which takes them (a job with one source copies nothing).
-#[derive(Debug, Default)]
-pub(crate) struct SourceRecords {
-    parts: Mutex<Option<Parts<KafkaRecord>>>,
-    takers_left: AtomicUsize,
-}
-
-impl SourceRecords {
-    /// Records for `takers` source streams.
-    pub(crate) fn new(parts: Parts<KafkaRecord>, takers: usize) -> Self {
-        Self { parts: Mutex::new(Some(parts)), takers_left: AtomicUsize::new(takers) }
-    }
-
-    /// The records: a copy, or for the last taker the records themselves.
-    pub(crate) fn take(&self) -> Parts<KafkaRecord> {
-        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
-        let left = self.takers_left.fetch_sub(1, AtomicOrdering::SeqCst);
-        if left <= 1 {
-            // The last taker (or one more than expected, which finds them gone: none left).
-            parts.take().unwrap_or_default()
-        } else {
-            parts.clone().unwrap_or_default()
-        }
-    }
-}
-
-impl BatchInput {
-    /// A batch's input.
-    pub(crate) fn new(
-        batch_id: u64,
-        interval_ms: u64,
-        rerun: bool,
-        records: SourceRecords,
-        part_sources: Option<Vec<(Arc<str>, i32)>>,
-    ) -> Self {
-        let time_ms = batch_id.saturating_add(1).saturating_mul(interval_ms);
-        Self { batch_id, time_ms, rerun, records, part_sources, piece: 0, last_piece: true, checkpoint_id: 0 }
-    }
-
-    /// The input of a batch of the checkpoint `id`.
-    pub(crate) fn of_checkpoint(mut self, id: u64) -> Self {
-        self.checkpoint_id = id;
-        self
-    }
-
-    /// The input as piece `index` of its batch, the last or not.
-    pub(crate) fn in_piece(mut self, index: usize, last: bool) -> Self {
-        self.piece = index;
-        self.last_piece = last;
-        self
-    }
-
-    pub(crate) fn info(&self) -> BatchInfo {
-        BatchInfo::new(self.batch_id, self.time_ms, self.rerun)
-            .with_piece(self.piece, self.last_piece, 0)
-            .with_checkpoint_id(self.checkpoint_id)
-    }
-}
-
-pub(crate) type Compute<T> = Box<dyn FnMut(&BatchInput) -> Option<Parts<T>> + Send>;
-
-/// A batch's parts gathered over its pieces, for an operator that needs the whole batch: the
-/// same parts, in the same order, as had the batch come in one piece.
-pub(crate) struct Gather<T> {
-    parts: Option<Parts<T>>,
-}
-
-impl<T> Default for Gather<T> {
-    fn default() -> Self {
-        Self { parts: None }
-    }
-}
-
-impl<T> Gather<T> {
-    /// Adds a piece's parts (`None`: the piece had no output upstream). Gives `None` until
-    /// the last piece, then the batch's parts (`None` if no piece had output).
-    pub(crate) fn add(&mut self, input: &BatchInput, parts: Option<Parts<T>>) -> Option<Option<Parts<T>>> {
-        if input.piece == 0 {
-            // A batch begins (a batch that failed part way left its pieces here).
-            self.parts = None;
-        }
-        match (&mut self.parts, parts) {
-            (_, None) => {}
-            (None, Some(parts)) => self.parts = Some(parts),
-            (Some(all), Some(parts)) if all.len() == parts.len() => {
-                for (into, part) in all.iter_mut().zip(parts) {
-                    into.extend(part);
-                }
-            }
-            (Some(all), Some(parts)) => all.extend(parts),
-        }
-        input.last_piece.then(|| self.parts.take())
-    }
-}
-
-/// What the streams of one job share: the batch interval, the outputs, and configuration
-/// errors found while the job was built (reported when it runs).
-#[derive(Default)]
-pub(crate) struct Graph {
-    pub(crate) interval_ms: u64,
-    pub(crate) outputs: Vec<Box<dyn Output>>,
-    pub(crate) errors: Vec<String>,
-    /// Source streams made (each takes the batch's records once per batch).
-    pub(crate) sources: usize,
-    /// The stateful operators, in the order they were made.
-    pub(crate) state: JobState,
-}
-
-impl std::fmt::Debug for Graph {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Graph")
-            .field("interval_ms", &self.interval_ms)
-            .field("outputs", &self.outputs.len())
-            .field("errors", &self.errors)
-            .field("state", &self.state)
-            .finish()
-    }
-}
-
-pub(crate) type SharedGraph = Arc<Mutex<Graph>>;
-
-pub(crate) fn lock(graph: &SharedGraph) -> std::sync::MutexGuard<'_, Graph> {
-    graph.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sink::SinkOutput;
+use crate::state::{decode, encode, lock_state, Stateful};
 
 /// A stream of micro-batches of `T`. Operators consume the stream and return a new one; an
 /// output operation (`foreach_batch`, a sink) registers it with the job. A stream's items are
@@ -804,33 +648,4 @@ pub(crate) fn sorted<K: Ord, V>(map: HashMap<K, V>) -> Vec<(K, V)> {
     let mut items: Vec<(K, V)> = map.into_iter().collect();
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     items
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(offset: i64) -> KafkaRecord {
-        KafkaRecord {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset,
-            timestamp: 0,
-            key: None,
-            value: None,
-            headers: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn every_source_gets_the_batch_and_the_last_takes_it_without_a_copy() {
-        let parts = vec![vec![record(0), record(1)], vec![record(7)]];
-        let records = SourceRecords::new(parts.clone(), 2);
-        assert_eq!(records.take(), parts, "the first of two gets a copy");
-        assert_eq!(records.take(), parts, "the last gets the records");
-        assert!(records.parts.lock().unwrap().is_none(), "taken, not copied");
-        assert_eq!(records.take(), Parts::new(), "a taker beyond the count finds none left");
-        let one = SourceRecords::new(parts.clone(), 1);
-        assert_eq!(one.take(), parts);
-    }
 }

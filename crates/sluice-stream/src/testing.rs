@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::context::StreamError;
-use crate::sink::{BatchInfo, ForEach};
+use crate::graph::{lock, BatchInfo, BatchInput, Graph, Parts, SharedGraph, SourceRecords};
+use crate::sink::ForEach;
 use sluice_scheduler::RecoveredState;
 
-use crate::stream::{lock, BatchInput, DStream, Graph, Parts, SharedGraph, SourceRecords};
+use crate::stream::DStream;
 
 /// A job run in memory, batch by batch. Its state is saved as a job under the scheduler saves
 /// it (each batch's changes, and a snapshot every few batches), so a test can stop it after
@@ -119,7 +120,7 @@ impl LocalJob {
 
     fn run_batches(
         &self,
-        outputs: &mut [Box<dyn crate::sink::Output>],
+        outputs: &mut [Box<dyn crate::graph::Output>],
         errors: &[String],
         state: &crate::state::JobState,
         count: u64,

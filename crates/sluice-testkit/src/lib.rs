@@ -579,7 +579,6 @@ pub async fn produce_batch(
     response.responses.remove(0).partition_responses.remove(0)
 }
 
-/// SplitMix64: reproducible choices (kill delays) from a seed a test prints.
 /// An unsigned JWT (`"alg":"none"`) for `subject`, valid for `seconds` from now: what Kafka's
 /// unsecured OAUTHBEARER validator accepts (the test broker's "sasl_tls" listener).
 pub fn unsecured_jwt(subject: &str, seconds: i64) -> String {
@@ -590,8 +589,9 @@ pub fn unsecured_jwt(subject: &str, seconds: i64) -> String {
     format!("{}.{}.", b64.encode(r#"{"alg":"none"}"#), b64.encode(claims))
 }
 
-/// The workspace's seeded generator (the checkpoint simulator's): `Rng::new(seed)`.
-pub use sluice_checkpoint::testing::SplitMix64 as Rng;
+/// The workspace's seeded generator (SplitMix64, the checkpoint simulator's): reproducible
+/// choices (kill delays) from a seed a test prints, `Rng::new(seed)`.
+pub use sluice_checkpoint::rng::SplitMix64 as Rng;
 
 /// User + system CPU seconds of this process (benchmarks).
 pub fn cpu_s() -> f64 {

@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::storage::{SegmentFile, SegmentSync, Storage};
 
 /// Page size of the model: the unit that is synced, kept, dropped or torn.

@@ -6,11 +6,11 @@
 
 mod fuzz;
 mod memory;
-mod rng;
 mod sim;
 pub mod targets;
 
+/// The seeded generator the simulator uses ([`crate::rng::SplitMix64`], not behind this feature).
+pub use crate::rng::SplitMix64;
 pub use fuzz::{apply_repairs, check_recovery, fix_checksums};
 pub use memory::{DiskImage, Faults, MemSegment, MemStorage, MemSync, MEM_PAGE_BYTES};
-pub use rng::SplitMix64;
 pub use sim::{run_seed, Sim, SimFailure, SimOp, SimReport};

@@ -17,7 +17,6 @@ use std::fmt;
 
 use super::fuzz::apply_repairs;
 use super::memory::{DiskImage, MemStorage};
-use super::rng::SplitMix64;
 use crate::error::Error;
 use crate::format::RecordKind;
 use crate::ledger::Recovered;
@@ -25,6 +24,7 @@ use crate::log::{Log, Options};
 use crate::payload::{encode_commit, encode_intent, encode_snapshot, encode_snapshot_part, snapshot_parts};
 use crate::payload::{BatchCommit, BatchIntent, OffsetRange, Snapshot};
 use crate::recover::{recover, RecoveryMode, SegmentImage};
+use crate::rng::SplitMix64;
 
 /// One step of a simulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use sluice_checkpoint::testing::{MemStorage, SplitMix64};
+use sluice_checkpoint::rng::SplitMix64;
+use sluice_checkpoint::testing::MemStorage;
 use sluice_checkpoint::{
     recover, BatchCommit, BatchIntent, Log, OffsetRange, Options, RecoveryMode, SegmentImage, Snapshot,
 };

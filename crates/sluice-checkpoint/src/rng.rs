@@ -1,5 +1,8 @@
-/// SplitMix64: a tiny, fast, seedable generator, so simulations replay bit for bit on every
-/// platform and with every version of every dependency.
+//! The workspace's one seeded pseudo-random generator, for the checkpoint simulator, the tests
+//! of every crate and generated demo data (not for anything secret).
+
+/// SplitMix64: a tiny, fast, seedable generator, so simulations, tests and generated data
+/// replay bit for bit on every platform and with every version of every dependency.
 #[derive(Debug, Clone)]
 pub struct SplitMix64 {
     state: u64,
@@ -20,7 +23,7 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// Uniform-ish in `0..n` (0 when `n` is 0); the modulo bias is irrelevant for testing.
+    /// Uniform-ish in `0..n` (0 when `n` is 0); the modulo bias is irrelevant for tests and made-up data.
     pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
