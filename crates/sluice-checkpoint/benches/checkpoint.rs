@@ -58,7 +58,8 @@ impl SluiceWriter {
     fn new(dir: &Path, size: usize, samples: usize) -> Self {
         // Big enough that the timed loop never rolls over (roll-over is measured apart).
         let segment_size_bytes = ((size + 256) * (samples + 16) + MIB) as u64;
-        let options = Options { segment_size_bytes, ..Options::default() };
+        let mut options = Options::default();
+        options.segment_size_bytes = segment_size_bytes;
         let (log, _) = Log::open(dir, options).expect("open log");
         Self { log, batch: 0, delta: vec![0x5a; size] }
     }
@@ -200,7 +201,8 @@ fn bench_roll_over() {
 /// Writes a log of about `total_mib` MiB: 64 KiB deltas, a snapshot every 64 batches, and
 /// retention high enough that compaction deletes nothing.
 fn build_recovery_log(dir: &Path, total_mib: usize) {
-    let options = Options { retain_batches: usize::MAX, ..Options::default() };
+    let mut options = Options::default();
+    options.retain_batches = usize::MAX;
     let (log, _) = Log::open(dir, options).expect("open");
     let delta = vec![0xa5u8; 64 * KIB];
     let batches = total_mib * MIB / (64 * KIB + 128);

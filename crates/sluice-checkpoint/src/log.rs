@@ -33,7 +33,11 @@ pub const MAX_SEGMENT_BYTES: u64 = 1 << 40;
 const ZERO_PIECE: usize = 64 * 1024;
 
 /// How a log is opened.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
     /// Size of a new segment file, preallocated at creation. A record that does not fit the rest
     /// of the current segment starts a new one (a record larger than this gets a segment of its
@@ -500,6 +504,7 @@ impl<S: Storage> Log<S> {
 
     /// Records the first storage failure; from now on every call returns `Poisoned`.
     fn poison(&self, op: StorageOp, target: String, source: io::Error) -> Error {
+        // Only the first failure is kept: it is the cause, and a later one only follows from it.
         let _ = self.poison.set(Poison { op, target: target.clone(), cause: source.to_string() });
         Error::Storage { op, target, source }
     }

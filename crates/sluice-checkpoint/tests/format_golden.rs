@@ -56,7 +56,8 @@ fn golden_segment(version: u32) -> Vec<u8> {
 #[test]
 fn the_writer_produces_the_documented_bytes() {
     let storage = MemStorage::new();
-    let options = Options { segment_size_bytes: 1024, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 1024;
     let (log, _) = Log::open_with(storage.clone(), options).unwrap();
     log.append_intent(&BatchIntent {
         batch_id: 0,
@@ -121,7 +122,9 @@ fn golden_parts_segment() -> Vec<u8> {
 #[test]
 fn a_snapshot_larger_than_a_record_is_written_in_the_documented_parts_and_read_back_whole() {
     let storage = MemStorage::new();
-    let options = Options { segment_size_bytes: 1024, max_record_bytes: 64, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 1024;
+    options.max_record_bytes = 64;
     let (log, _) = Log::open_with(storage.clone(), options.clone()).unwrap();
     log.append_intent(&BatchIntent { batch_id: 0, ..BatchIntent::default() }).unwrap();
     log.append_commit(&BatchCommit { batch_id: 0, ..BatchCommit::default() }).unwrap();
@@ -153,7 +156,9 @@ fn a_snapshot_larger_than_a_record_is_written_in_the_documented_parts_and_read_b
 fn a_log_written_by_version_1_gets_a_version_2_segment_before_its_first_snapshot_part() {
     let image = DiskImage { files: [(0, golden_segment(1))].into() };
     let storage = MemStorage::from_image(&image);
-    let options = Options { segment_size_bytes: 1024, max_record_bytes: 64, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 1024;
+    options.max_record_bytes = 64;
     let (log, recovered) = Log::open_with(storage.clone(), options.clone()).unwrap();
     assert_eq!(recovered.snapshot.unwrap().state, b"state");
     log.append_intent(&BatchIntent { batch_id: 1, ..BatchIntent::default() }).unwrap();

@@ -84,7 +84,9 @@ fn odd_operation_sequences_are_handled_like_the_fuzzer_would_send_them() {
         ],
     ];
     for (index, ops) in sequences.into_iter().enumerate() {
-        let options = Options { segment_size_bytes: 1024, retain_batches: 1, ..Options::default() };
+        let mut options = Options::default();
+        options.segment_size_bytes = 1024;
+        options.retain_batches = 1;
         let mut sim = Sim::new(options).unwrap();
         for op in ops {
             sim.step(op).unwrap_or_else(|f| panic!("sequence {index}: {f}"));

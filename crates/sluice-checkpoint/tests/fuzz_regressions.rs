@@ -27,7 +27,8 @@ fn committed_fuzz_regressions_pass() {
 
 /// The bytes of a small real log: two segments of intents, commits and a snapshot.
 fn real_log_bytes() -> Vec<u8> {
-    let options = Options { segment_size_bytes: 4096, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 4096;
     let storage = MemStorage::new();
     let (log, _) = Log::open_with(storage.clone(), options).unwrap();
     for batch in 0..40u64 {

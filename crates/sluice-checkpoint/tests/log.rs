@@ -130,17 +130,23 @@ fn protocol_violations_are_refused_without_poisoning() {
 
 #[test]
 fn oversized_records_and_bad_options_are_refused() {
-    let options = Options { max_record_bytes: 100, ..Options::default() };
+    let mut options = Options::default();
+    options.max_record_bytes = 100;
     let (log, _) = Log::open_with(MemStorage::new(), options).unwrap();
     let big = BatchIntent { batch_id: 0, ranges: vec![], metadata: vec![0; 200] };
     let error = log.append_intent(&big).unwrap_err();
     assert!(matches!(error, Error::RecordTooLarge { limit: 100, .. }), "{error}");
     log.append_intent(&intent(0)).expect("the log stays usable");
 
+    let options_with = |set: fn(&mut Options)| {
+        let mut options = Options::default();
+        set(&mut options);
+        options
+    };
     for bad in [
-        Options { segment_size_bytes: 10, ..Options::default() },
-        Options { retain_batches: 0, ..Options::default() },
-        Options { max_record_bytes: 0, ..Options::default() },
+        options_with(|o| o.segment_size_bytes = 10),
+        options_with(|o| o.retain_batches = 0),
+        options_with(|o| o.max_record_bytes = 0),
     ] {
         let error = Log::open_with(MemStorage::new(), bad).unwrap_err();
         assert!(matches!(error, Error::InvalidOptions { .. }), "{error}");
@@ -150,7 +156,8 @@ fn oversized_records_and_bad_options_are_refused() {
 #[test]
 fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_size_bytes: 4096, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 4096;
     {
         let (log, _) = Log::open(dir.path(), options.clone()).unwrap();
         run_batch(&log, 0, 100_000);
@@ -164,7 +171,9 @@ fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
 #[test]
 fn a_durable_snapshot_deletes_old_segments_but_keeps_retained_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_size_bytes: 4096, retain_batches: 3, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 4096;
+    options.retain_batches = 3;
     let (log, _) = Log::open(dir.path(), options.clone()).unwrap();
     for batch in 0..40 {
         run_batch(&log, batch, 500);
@@ -262,7 +271,8 @@ fn committers_waiting_on_a_sync_share_the_next_one_and_appends_go_on_meanwhile()
 #[test]
 fn concurrent_committers_on_real_files_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_size_bytes: 64 * 1024, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 64 * 1024;
     let (log, _) = Log::open(dir.path(), options.clone()).unwrap();
     let log = Arc::new(log);
     // The batch protocol orders appends, so a lock hands out batch ids; the commits (and their
@@ -298,7 +308,8 @@ fn concurrent_committers_on_real_files_lose_nothing() {
 #[test]
 fn damage_before_the_tail_is_an_error_naming_file_and_offset_unless_tolerated() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_size_bytes: 4096, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = 4096;
     {
         let (log, _) = Log::open(dir.path(), options.clone()).unwrap();
         for batch in 0..20 {
@@ -317,7 +328,8 @@ fn damage_before_the_tail_is_an_error_naming_file_and_offset_unless_tolerated() 
     assert!(file.contains(&*dir.path().to_string_lossy()), "{file}");
     assert!(error.to_string().contains("TruncateAtDamage"), "the message says what to do: {error}");
 
-    let tolerant = Options { recovery_mode: RecoveryMode::TruncateAtDamage, ..options.clone() };
+    let mut tolerant = options.clone();
+    tolerant.recovery_mode = RecoveryMode::TruncateAtDamage;
     let (log, recovered) = Log::open(dir.path(), tolerant).unwrap();
     assert_eq!(recovered.damage.as_ref().map(|d| (d.segment_id, d.offset)), Some((0, 40)));
     assert!(recovered.last_committed.is_none());

@@ -18,7 +18,10 @@ fn commit(batch_id: u64) -> BatchCommit {
 }
 
 fn small(retain_batches: usize) -> Options {
-    Options { segment_size_bytes: 1024, retain_batches, ..Options::default() }
+    let mut options = Options::default();
+    options.segment_size_bytes = 1024;
+    options.retain_batches = retain_batches;
+    options
 }
 
 /// Power loss with several seeds; each image must reopen with batch `expected` committed.

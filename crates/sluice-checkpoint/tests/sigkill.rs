@@ -24,7 +24,11 @@ const TEST_NAME: &str = "every_acknowledged_commit_survives_sigkill";
 fn options() -> Options {
     // Small segments so that roll-over, snapshots and compaction all happen under fire, and
     // snapshots (SNAPSHOT_BYTES) larger than a record, written in parts across segments.
-    Options { segment_size_bytes: 64 * 1024, retain_batches: 3, max_record_bytes: 8 * 1024, ..Options::default() }
+    let mut options = Options::default();
+    options.segment_size_bytes = 64 * 1024;
+    options.retain_batches = 3;
+    options.max_record_bytes = 8 * 1024;
+    options
 }
 
 /// A snapshot: the 8-byte state, then padding to this size.

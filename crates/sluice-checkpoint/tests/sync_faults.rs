@@ -11,7 +11,10 @@ use sluice_checkpoint::testing::{Faults, MemStorage};
 use sluice_checkpoint::{BatchCommit, BatchIntent, Error, Log, Options, Snapshot, StorageOp};
 
 fn options() -> Options {
-    Options { segment_size_bytes: 1024, retain_batches: 2, ..Options::default() }
+    let mut options = Options::default();
+    options.segment_size_bytes = 1024;
+    options.retain_batches = 2;
+    options
 }
 
 /// Runs batches until an error; returns the last batch whose `commit()` returned Ok.

@@ -62,11 +62,9 @@ pub async fn consume(args: ConsumeArgs) -> CliResult {
     let start = parse_start(&args.offset)?;
     let client = connect(&args.broker).await?;
     let isolation = if args.read_committed { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
-    let config = ConsumerConfig {
-        isolation,
-        offset_reset: if start == Start::Beginning { OffsetReset::Earliest } else { OffsetReset::Latest },
-        ..ConsumerConfig::default()
-    };
+    let mut config = ConsumerConfig::default();
+    config.isolation = isolation;
+    config.offset_reset = if start == Start::Beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
     let mut limit = Limit { left: args.count, exit_at_end: args.exit_at_end, buffer: Vec::new() };
     match &args.group {
         Some(group) => {
@@ -209,8 +207,9 @@ async fn by_group(
     limit: &mut Limit,
 ) -> CliResult {
     partitions_of(&client, topic).await?;
-    let mut member =
-        GroupConsumer::new(client, GroupConfig { session_timeout, ..GroupConfig::new(group, [topic]) }, config);
+    let mut group_config = GroupConfig::new(group, [topic]);
+    group_config.session_timeout = session_timeout;
+    let mut member = GroupConsumer::new(client, group_config, config);
     let mut assigned = false;
     // SIGINT or SIGTERM: commit what was printed and leave the group, as at the end.
     let stop = crate::signals::stop();

@@ -26,20 +26,18 @@ pub async fn generate(args: GenerateArgs) -> CliResult {
         client.create_topic(&args.topic, 4, 1).await?;
     }
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-    let config = GeneratorConfig {
-        seed: args.seed,
-        users: args.users,
-        items: args.items,
-        // Unpaced, the clicks are 1 ms apart in event time, far faster than time passes: a
-        // counted run ends at the present rather than starting there, as brokers refuse
-        // timestamps far in the future (Kafka: more than an hour, by default).
-        start_ms: match (args.rate > 0.0, args.count) {
-            (false, Some(count)) => now_ms.saturating_sub(i64::try_from(count).unwrap_or(i64::MAX)),
-            _ => now_ms,
-        },
-        clicks_per_second: if args.rate > 0.0 { args.rate } else { 1000.0 },
-        ..GeneratorConfig::default()
+    let mut config = GeneratorConfig::default();
+    config.seed = args.seed;
+    config.users = args.users;
+    config.items = args.items;
+    // Unpaced, the clicks are 1 ms apart in event time, far faster than time passes: a
+    // counted run ends at the present rather than starting there, as brokers refuse
+    // timestamps far in the future (Kafka: more than an hour, by default).
+    config.start_ms = match (args.rate > 0.0, args.count) {
+        (false, Some(count)) => now_ms.saturating_sub(i64::try_from(count).unwrap_or(i64::MAX)),
+        _ => now_ms,
     };
+    config.clicks_per_second = if args.rate > 0.0 { args.rate } else { 1000.0 };
     let producer = Producer::new(client, ProducerConfig::default()).await?;
     let started = Instant::now();
     let mut pending = VecDeque::new();

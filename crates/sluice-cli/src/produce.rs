@@ -339,7 +339,10 @@ pub async fn produce(args: ProduceArgs) -> CliResult {
         Codec::Lz4 => Compression::Lz4,
         Codec::Zstd => Compression::Zstd,
     };
-    let config = ProducerConfig { acks, compression, idempotent: acks == Acks::All, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.acks = acks;
+    config.compression = compression;
+    config.idempotent = acks == Acks::All;
     let producer = Producer::new(client, config).await?;
     let show = args.progress || (!args.no_progress && std::io::stderr().is_terminal());
     let now = Instant::now();

@@ -209,7 +209,8 @@ async fn produce_sluice(broker: &str, topic: &str, partitions: i32, n: usize) {
 
 async fn consume_sluice(broker: &str, topic: &str, partitions: i32, n: usize) {
     let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
-    let config = ConsumerConfig { partition_max_bytes: 4 << 20, ..ConsumerConfig::default() };
+    let mut config = ConsumerConfig::default();
+    config.partition_max_bytes = 4 << 20;
     let mut consumer = Consumer::new(client, config);
     for partition in 0..partitions {
         consumer.assign(topic, partition, StartAt::Offset(0)).await.unwrap();

@@ -275,7 +275,8 @@ async fn handshakes(crypto: Crypto, addr: &str, ca: &[u8], count: usize) -> Valu
     let mut times_ms = Vec::with_capacity(count);
     let (start, cpu) = (Instant::now(), common::cpu_s());
     for tls in configs {
-        let config = ConnectionConfig { tls: Some(tls), ..Default::default() };
+        let mut config = ConnectionConfig::default();
+        config.tls = Some(tls);
         let began = Instant::now();
         let connection = Connection::connect(addr, config).await.unwrap();
         times_ms.push(began.elapsed().as_secs_f64() * 1e3);

@@ -18,7 +18,11 @@ use crate::connection::{Connection, ConnectionConfig};
 use crate::error::{Error, Result};
 
 /// How a [`Client`] finds and talks to the cluster.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`ClientConfig::new`]
+/// and set the fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Brokers to ask for the cluster's metadata first, as `host:port`; tried in order.
     pub bootstrap: Vec<String>,
@@ -551,7 +555,11 @@ pub enum Isolation {
 }
 
 /// Limits of one fetch.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct FetchOptions {
     /// How long the broker may wait for `min_bytes` to arrive.
     pub max_wait: Duration,
@@ -850,7 +858,8 @@ impl Client {
             // The next leader lookup asks the cluster again.
             self.invalidate_metadata();
         }
-        let decode = DecodeOptions { min_offset: offset, ..DecodeOptions::default() };
+        let mut decode = DecodeOptions::default();
+        decode.min_offset = offset;
         let records = match &answer.records {
             Some(bytes) => decode_records(bytes, &decode).map_err(|source| Error::Decode {
                 broker: connection.broker().to_owned(),

@@ -48,7 +48,11 @@ mod login;
 use login::{relogin, Relogin};
 
 /// How a connection behaves.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectionConfig {
     /// Sent in every request header; brokers log it and use it for quotas.
     pub client_id: Option<String>,

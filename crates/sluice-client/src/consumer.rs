@@ -42,7 +42,11 @@ pub enum StartAt {
 }
 
 /// How a [`Consumer`] fetches.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// How long a broker may hold a fetch waiting for `min_bytes`.
     pub max_wait: Duration,
@@ -510,11 +514,9 @@ impl Consumer {
             // again by the next fetch, from its position.
             return Ok(None);
         }
-        let decode = DecodeOptions {
-            min_offset: progress.position,
-            max_total_decompressed_bytes: *allowance,
-            ..DecodeOptions::default()
-        };
+        let mut decode = DecodeOptions::default();
+        decode.min_offset = progress.position;
+        decode.max_total_decompressed_bytes = *allowance;
         let decoded = match &answer.records {
             Some(bytes) => decode_records(bytes, &decode).map_err(|source| Error::Decode {
                 broker: connection.broker().to_owned(),

@@ -52,7 +52,11 @@ const OFFSET_FETCH_SINGLE_GROUP_MAX_VERSION: i16 = 7;
 const OFFSET_COMMIT_BY_NAME_MAX_VERSION: i16 = 9;
 
 /// How a [`GroupConsumer`] takes part in its group.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`GroupConfig::new`] and
+/// set the fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GroupConfig {
     /// The group's id.
     pub group_id: String,

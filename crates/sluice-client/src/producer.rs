@@ -60,7 +60,11 @@ impl Acks {
 }
 
 /// How a [`Producer`] batches and sends.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// How long a batch waits for more records before it is sent.
     pub linger: Duration,

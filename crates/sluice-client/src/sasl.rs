@@ -58,7 +58,11 @@ impl SaslMechanism {
 }
 
 /// Credentials a connection authenticates with.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`SaslConfig::new`] (or
+/// another constructor) and set the fields you need.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaslConfig {
     /// The mechanism.
     pub mechanism: SaslMechanism,

@@ -22,7 +22,8 @@ const RECORDS: usize = 4_000;
 async fn setup(name: &str) -> (Client, String) {
     let (_, client, topic) = common::new_topic(name, PARTITIONS).await;
     // Small batches, so that the records take many fetches.
-    let config = ProducerConfig { batch_size_bytes: 512, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.batch_size_bytes = 512;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut deliveries = Vec::new();
     for i in 0..RECORDS {
@@ -62,14 +63,19 @@ fn assert_every_record_once(received: &Received) {
 
 /// Small fetches, so that the records take many polls.
 fn small_fetches() -> ConsumerConfig {
-    ConsumerConfig { partition_max_bytes: 2_048, max_bytes: 4_096, ..ConsumerConfig::default() }
+    let mut config = ConsumerConfig::default();
+    config.partition_max_bytes = 2_048;
+    config.max_bytes = 4_096;
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_poll_dropped_at_any_await_returns_every_record_once() {
     let (client, topic) = setup("cancel-consumer").await;
     // Without fetches sent ahead, so that every poll waits for an answer.
-    let mut consumer = Consumer::new(client, ConsumerConfig { prefetch_max_bytes: 0, ..small_fetches() });
+    let mut config = small_fetches();
+    config.prefetch_max_bytes = 0;
+    let mut consumer = Consumer::new(client, config);
     for partition in 0..PARTITIONS {
         consumer.assign(&topic, partition, StartAt::Earliest).await.unwrap();
     }
@@ -110,12 +116,10 @@ async fn records_taken_before_an_offset_reset_survive_a_poll_dropped_during_the_
     client.delete_records(&topic, 1, 500).await.unwrap();
     for pendings in 0..12 {
         // One fetch request for all partitions, so that the records and the error come together.
-        let config = ConsumerConfig {
-            offset_reset: OffsetReset::Earliest,
-            fetch_requests_per_broker: 1,
-            prefetch_max_bytes: 0,
-            ..ConsumerConfig::default()
-        };
+        let mut config = ConsumerConfig::default();
+        config.offset_reset = OffsetReset::Earliest;
+        config.fetch_requests_per_broker = 1;
+        config.prefetch_max_bytes = 0;
         let mut consumer = Consumer::new(client.clone(), config);
         consumer.assign(&topic, 0, StartAt::Offset(0)).await.unwrap();
         consumer.assign(&topic, 1, StartAt::Offset(0)).await.unwrap();
@@ -149,14 +153,13 @@ async fn records_taken_before_an_offset_reset_survive_a_poll_dropped_during_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_poll_dropped_at_any_await_keeps_the_assignment_and_returns_every_record_once() {
     let (client, topic) = setup("cancel-group").await;
-    let config = GroupConfig {
-        session_timeout: Duration::from_secs(10),
-        rebalance_timeout: Duration::from_secs(15),
-        heartbeat_interval: Duration::from_millis(200),
-        auto_commit_interval: Some(Duration::from_millis(50)),
-        ..GroupConfig::new(unique("cancel-members"), [topic.as_str()])
-    };
-    let consumer = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..small_fetches() };
+    let mut config = GroupConfig::new(unique("cancel-members"), [topic.as_str()]);
+    config.session_timeout = Duration::from_secs(10);
+    config.rebalance_timeout = Duration::from_secs(15);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.auto_commit_interval = Some(Duration::from_millis(50));
+    let mut consumer = small_fetches();
+    consumer.offset_reset = OffsetReset::Earliest;
     let mut member = GroupConsumer::new(client, config, consumer);
     let mut received = Received::new();
     let (mut dropped, mut pendings) = (0, 0);
@@ -203,7 +206,9 @@ async fn a_send_dropped_at_any_await_sends_nothing_and_sending_again_sends_once(
     let (_, client, topic) = common::new_topic("cancel-producer", PARTITIONS).await;
     // A small buffer, so that sends wait for room; keyless records, so that the first looks
     // up the topic's partitions.
-    let config = ProducerConfig { buffer_memory_bytes: 2_048, batch_size_bytes: 1_024, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.buffer_memory_bytes = 2_048;
+    config.batch_size_bytes = 1_024;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let (mut dropped, mut pendings) = (0, 0);
     let mut deliveries = Vec::new();

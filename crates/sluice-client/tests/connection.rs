@@ -156,7 +156,8 @@ async fn many_requests_in_flight_each_get_their_own_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_outlives_its_timeout_fails_and_closes_its_connection() {
     let broker = common::shared();
-    let config = ConnectionConfig { request_timeout: Duration::from_millis(300), ..ConnectionConfig::default() };
+    let mut config = ConnectionConfig::default();
+    config.request_timeout = Duration::from_millis(300);
     let connection = Connection::connect(&broker.addr, config).await.unwrap();
     let slow = unique("slow");
     create_topic(&connection, &slow, 1).await;
@@ -214,7 +215,8 @@ async fn a_response_over_the_frame_limit_is_a_non_retriable_error() {
     let records: Vec<Record> =
         (0..100).map(|i| Record { offset: i, value: Some(vec![b'x'; 100].into()), ..Record::default() }).collect();
     common::produce_batch(&setup, &big, 0, &BatchHeader::default(), &records).await;
-    let config = ConnectionConfig { max_frame_bytes: 2_000, ..ConnectionConfig::default() };
+    let mut config = ConnectionConfig::default();
+    config.max_frame_bytes = 2_000;
     let connection = Connection::connect(&broker.addr, config).await.unwrap();
     let version = connection.version_for::<FetchRequest>(Some(FETCH_BY_NAME)).unwrap();
     let err = connection.send_version(&fetch_request(&big, 0, 100), version).await.unwrap_err();
@@ -304,7 +306,9 @@ async fn connections_keep_alive_unless_told_not_to() {
         // A listener that accepts and never answers: the connection waits for ApiVersions.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let config = ConnectionConfig { keepalive, request_timeout: Duration::from_secs(3), ..Default::default() };
+        let mut config = ConnectionConfig::default();
+        config.keepalive = keepalive;
+        config.request_timeout = Duration::from_secs(3);
         let addr = format!("127.0.0.1:{port}");
         let connecting = tokio::spawn(async move { Connection::connect(&addr, config).await });
         let (_accepted, _) = listener.accept().unwrap();
@@ -366,7 +370,8 @@ async fn a_request_observer_is_told_each_request_s_latency() {
     let broker = common::shared();
     let observed = Arc::new(Observed::default());
     let observer: Arc<dyn sluice_client::RequestObserver> = Arc::clone(&observed) as _;
-    let config = ConnectionConfig { observer: Some(observer), ..ConnectionConfig::default() };
+    let mut config = ConnectionConfig::default();
+    config.observer = Some(observer);
     let connection = Connection::connect(&broker.addr, config).await.unwrap();
     let topic = unique("observed");
     create_topic(&connection, &topic, 1).await;

@@ -11,7 +11,8 @@ use sluice_client::{
 use sluice_protocol::compression::Compression;
 
 async fn produce(client: &Client, topic: &str, partitions: i32, from: usize, count: usize) {
-    let config = ProducerConfig { compression: Compression::Zstd, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.compression = Compression::Zstd;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut deliveries = Vec::new();
     for i in from..from + count {
@@ -94,8 +95,9 @@ async fn prefetching_within_a_small_memory_bound_reads_everything_and_a_seek_dis
     produce(&client, &prefetched, 2, 0, 4_000).await;
 
     // 4 KiB for all prefetched responses: each fetch returns about one batch per partition.
-    let config =
-        ConsumerConfig { prefetch_max_bytes: 4 << 10, partition_max_bytes: 2 << 10, ..ConsumerConfig::default() };
+    let mut config = ConsumerConfig::default();
+    config.prefetch_max_bytes = 4 << 10;
+    config.partition_max_bytes = 2 << 10;
     let mut consumer = Consumer::new(client.clone(), config);
     for partition in 0..2 {
         consumer.assign(&prefetched, partition, StartAt::Earliest).await.unwrap();
@@ -143,13 +145,11 @@ async fn a_partition_error_does_not_lose_the_other_partitions_records() {
     produce(&client, &topic, 4, 0, 400).await;
 
     for prefetch_max_bytes in [0, 64 << 20] {
-        let config = ConsumerConfig {
-            offset_reset: OffsetReset::Error,
-            // One request for all four partitions: their answers come in one response.
-            fetch_requests_per_broker: 1,
-            prefetch_max_bytes,
-            ..ConsumerConfig::default()
-        };
+        let mut config = ConsumerConfig::default();
+        config.offset_reset = OffsetReset::Error;
+        // One request for all four partitions: their answers come in one response.
+        config.fetch_requests_per_broker = 1;
+        config.prefetch_max_bytes = prefetch_max_bytes;
         let mut consumer = Consumer::new(client.clone(), config);
         for partition in 0..4 {
             consumer.assign(&topic, partition, StartAt::Earliest).await.unwrap();
@@ -208,7 +208,9 @@ async fn a_fetch_waiting_at_the_end_of_its_partitions_holds_back_no_other_partit
     client.create_topic(&topic, 4, 1).await.unwrap();
     let max_wait = std::time::Duration::from_secs(20);
     for prefetch_max_bytes in [64 << 20, 0] {
-        let config = ConsumerConfig { max_wait, prefetch_max_bytes, ..ConsumerConfig::default() };
+        let mut config = ConsumerConfig::default();
+        config.max_wait = max_wait;
+        config.prefetch_max_bytes = prefetch_max_bytes;
         let mut consumer = Consumer::new(client.clone(), config);
         for partition in 0..4 {
             consumer.assign(&topic, partition, StartAt::Latest).await.unwrap();
@@ -247,8 +249,9 @@ async fn a_fetch_of_highly_compressed_batches_expands_no_further_than_the_limit_
     let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     client.create_topic(&topic, 2, 1).await.unwrap();
     // 200 records of 256 KiB of zeros, one per zstd batch: 50 MiB that take a few KiB on the wire.
-    let config =
-        ProducerConfig { compression: Compression::Zstd, batch_size_bytes: 300 << 10, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.compression = Compression::Zstd;
+    config.batch_size_bytes = 300 << 10;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut deliveries = Vec::new();
     for i in 0..200u32 {
@@ -262,12 +265,10 @@ async fn a_fetch_of_highly_compressed_batches_expands_no_further_than_the_limit_
     }
 
     let limit = 2 << 20;
-    let config = ConsumerConfig {
-        max_decompressed_bytes: limit,
-        fetch_requests_per_broker: 1,
-        prefetch_max_bytes: 0,
-        ..ConsumerConfig::default()
-    };
+    let mut config = ConsumerConfig::default();
+    config.max_decompressed_bytes = limit;
+    config.fetch_requests_per_broker = 1;
+    config.prefetch_max_bytes = 0;
     let mut consumer = Consumer::new(client.clone(), config);
     for partition in 0..2 {
         consumer.assign(&topic, partition, StartAt::Earliest).await.unwrap();

@@ -45,7 +45,8 @@ async fn everything_works_when_every_write_is_sliced_into_tiny_pieces() {
     proxy.faults.slice_bytes.store(3, Ordering::Relaxed);
     let client = Client::connect(config(&proxy.addr)).await.unwrap();
     client.create_topic(&sliced, 1, 1).await.unwrap();
-    let producer_config = ProducerConfig { compression: Compression::Lz4, ..ProducerConfig::default() };
+    let mut producer_config = ProducerConfig::default();
+    producer_config.compression = Compression::Lz4;
     let producer = Producer::new(client.clone(), producer_config).await.unwrap();
     let mut deliveries = Vec::new();
     for i in 0..300 {
@@ -64,13 +65,11 @@ async fn the_producer_loses_and_duplicates_nothing_while_connections_keep_being_
     let (_broker, proxy) = Broker::start_behind_proxy();
     let client = Client::connect(config(&proxy.addr)).await.unwrap();
     client.create_topic(&cut, 4, 1).await.unwrap();
-    let producer_config = ProducerConfig {
-        linger: Duration::from_millis(2),
-        batch_size_bytes: 512,
-        retry_backoff: Duration::from_millis(10),
-        delivery_timeout: Duration::from_secs(60),
-        ..ProducerConfig::default()
-    };
+    let mut producer_config = ProducerConfig::default();
+    producer_config.linger = Duration::from_millis(2);
+    producer_config.batch_size_bytes = 512;
+    producer_config.retry_backoff = Duration::from_millis(10);
+    producer_config.delivery_timeout = Duration::from_secs(60);
     let producer = Producer::new(client.clone(), producer_config).await.unwrap();
     // From now on every connection dies after 1200 response bytes, often in the middle of a
     // produce response: the batch may or may not have been written, and is sent again.
@@ -120,11 +119,9 @@ async fn a_frozen_connection_is_replaced_after_a_request_on_it_times_out() {
     client_config.connection.request_timeout = Duration::from_secs(1);
     let client = Client::connect(client_config).await.unwrap();
     client.create_topic(&frozen, 1, 1).await.unwrap();
-    let producer_config = ProducerConfig {
-        retry_backoff: Duration::from_millis(10),
-        delivery_timeout: Duration::from_secs(15),
-        ..ProducerConfig::default()
-    };
+    let mut producer_config = ProducerConfig::default();
+    producer_config.retry_backoff = Duration::from_millis(10);
+    producer_config.delivery_timeout = Duration::from_secs(15);
     let producer = Producer::new(client.clone(), producer_config).await.unwrap();
     producer.send(ProducerRecord::new(&frozen, "record-0")).await.unwrap().await.unwrap();
 
@@ -150,13 +147,11 @@ async fn the_producer_recovers_by_itself_when_the_broker_is_killed_and_restarted
     let topic = unique("restart");
     let client = Client::connect(config(&addr)).await.unwrap();
     client.create_topic(&topic, 1, 1).await.unwrap();
-    let producer_config = ProducerConfig {
-        linger: Duration::from_millis(2),
-        batch_size_bytes: 2_048,
-        retry_backoff: Duration::from_millis(20),
-        delivery_timeout: Duration::from_secs(60),
-        ..ProducerConfig::default()
-    };
+    let mut producer_config = ProducerConfig::default();
+    producer_config.linger = Duration::from_millis(2);
+    producer_config.batch_size_bytes = 2_048;
+    producer_config.retry_backoff = Duration::from_millis(20);
+    producer_config.delivery_timeout = Duration::from_secs(60);
     let producer = Producer::new(client.clone(), producer_config).await.unwrap();
     let started = std::time::Instant::now();
     let mut resolved = Vec::new();

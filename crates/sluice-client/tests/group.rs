@@ -34,15 +34,14 @@ async fn produce(client: &Client, topic: &str, from: usize, count: usize) {
 }
 
 fn group_config(topic: &str, group: &str, instance: Option<&str>) -> GroupConfig {
-    GroupConfig {
-        session_timeout: Duration::from_secs(10),
-        rebalance_timeout: Duration::from_secs(15),
-        heartbeat_interval: Duration::from_millis(200),
-        group_instance_id: instance.map(Into::into),
-        // The members below commit after each batch they process, and when partitions are revoked.
-        auto_commit_interval: None,
-        ..GroupConfig::new(group, [topic])
-    }
+    let mut config = GroupConfig::new(group, [topic]);
+    config.session_timeout = Duration::from_secs(10);
+    config.rebalance_timeout = Duration::from_secs(15);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.group_instance_id = instance.map(Into::into);
+    // The members below commit after each batch they process, and when partitions are revoked.
+    config.auto_commit_interval = None;
+    config
 }
 
 /// What the members of a test saw.
@@ -82,11 +81,9 @@ fn spawn_member(
     let (addr, name) = (addr.to_owned(), name.to_owned());
     tokio::spawn(async move {
         let client = Client::connect(ClientConfig::new([addr.as_str()])).await.unwrap();
-        let consumer = ConsumerConfig {
-            offset_reset: OffsetReset::Earliest,
-            max_wait: Duration::from_millis(100),
-            ..ConsumerConfig::default()
-        };
+        let mut consumer = ConsumerConfig::default();
+        consumer.offset_reset = OffsetReset::Earliest;
+        consumer.max_wait = Duration::from_millis(100);
         let mut member = GroupConsumer::new(client, config, consumer);
         while !stop.load(Ordering::SeqCst) {
             match member.poll().await.unwrap() {
@@ -210,9 +207,10 @@ async fn a_new_member_resumes_from_committed_offsets() {
     let (_broker, client, topic) = setup().await;
     let g2 = unique("g2");
     produce(&client, &topic, 0, 90).await;
-    let consumer = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
-    let config =
-        GroupConfig { auto_commit_interval: Some(Duration::from_secs(3600)), ..group_config(&topic, &g2, None) };
+    let mut consumer = ConsumerConfig::default();
+    consumer.offset_reset = OffsetReset::Earliest;
+    let mut config = group_config(&topic, &g2, None);
+    config.auto_commit_interval = Some(Duration::from_secs(3600));
 
     // The first member reads everything and closes: close commits (auto-commit is on).
     let mut first = GroupConsumer::new(client.clone(), config.clone(), consumer.clone());

@@ -70,18 +70,14 @@ fn spawn_sluice_member(addr: &str, seen: Arc<Seen>, stop: Arc<AtomicBool>) -> to
     let addr = addr.to_owned();
     tokio::spawn(async move {
         let client = Client::connect(ClientConfig::new([addr.as_str()])).await.unwrap();
-        let config = GroupConfig {
-            session_timeout: Duration::from_secs(10),
-            rebalance_timeout: Duration::from_secs(15),
-            heartbeat_interval: Duration::from_millis(200),
-            auto_commit_interval: None,
-            ..GroupConfig::new(group(), [topic()])
-        };
-        let consumer = ConsumerConfig {
-            offset_reset: OffsetReset::Earliest,
-            max_wait: Duration::from_millis(100),
-            ..ConsumerConfig::default()
-        };
+        let mut config = GroupConfig::new(group(), [topic()]);
+        config.session_timeout = Duration::from_secs(10);
+        config.rebalance_timeout = Duration::from_secs(15);
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.auto_commit_interval = None;
+        let mut consumer = ConsumerConfig::default();
+        consumer.offset_reset = OffsetReset::Earliest;
+        consumer.max_wait = Duration::from_millis(100);
         let mut member = GroupConsumer::new(client, config, consumer);
         while !stop.load(Ordering::SeqCst) {
             match member.poll().await.unwrap() {

@@ -48,7 +48,8 @@ async fn sluice_read(
     let mut codecs = Vec::new();
     for partition in 0..partitions {
         let end = client.log_end(topic, partition, isolation).await.unwrap();
-        let options = sluice_client::FetchOptions { isolation, ..sluice_client::FetchOptions::default() };
+        let mut options = sluice_client::FetchOptions::default();
+        options.isolation = isolation;
         let mut offset = 0;
         while offset < end {
             let fetched = client.fetch_partition(topic, partition, offset, &options).await.unwrap();
@@ -149,11 +150,9 @@ async fn read_committed_hides_what_the_java_producer_aborted() {
     assert_eq!(read, as_read(committed.clone()), "read_committed sees the committed transactions only");
 
     // sluice's consumer, as an application uses it, agrees.
-    let config = ConsumerConfig {
-        isolation: Isolation::ReadCommitted,
-        max_wait: Duration::from_millis(50),
-        ..ConsumerConfig::default()
-    };
+    let mut config = ConsumerConfig::default();
+    config.isolation = Isolation::ReadCommitted;
+    config.max_wait = Duration::from_millis(50);
     let mut consumer = Consumer::new(client.clone(), config);
     for partition in 0..3 {
         consumer.assign(&topic, partition, StartAt::Earliest).await.unwrap();
@@ -211,10 +210,9 @@ async fn the_java_consumer_reads_what_sluice_writes_with_every_codec() {
     for codec in CODECS {
         let topic = unique(&format!("to-java-{}", codec.name()));
         client.create_topic(&topic, 2, 1).await.unwrap();
-        let producer =
-            Producer::new(client.clone(), ProducerConfig { compression: codec, ..ProducerConfig::default() })
-                .await
-                .unwrap();
+        let mut config = ProducerConfig::default();
+        config.compression = codec;
+        let producer = Producer::new(client.clone(), config).await.unwrap();
         let records = sluice_records(&topic, 200, now_ms() - 60_000);
         let mut expected = Vec::new();
         for record in records {
@@ -259,18 +257,14 @@ fn spawn_sluice_member(
 ) -> tokio::task::JoinHandle<()> {
     let (topic, group) = (topic.to_owned(), group.to_owned());
     tokio::spawn(async move {
-        let config = GroupConfig {
-            session_timeout: Duration::from_secs(10),
-            rebalance_timeout: Duration::from_secs(15),
-            heartbeat_interval: Duration::from_millis(200),
-            auto_commit_interval: None,
-            ..GroupConfig::new(group, [topic])
-        };
-        let consumer = ConsumerConfig {
-            offset_reset: OffsetReset::Earliest,
-            max_wait: Duration::from_millis(100),
-            ..ConsumerConfig::default()
-        };
+        let mut config = GroupConfig::new(group, [topic]);
+        config.session_timeout = Duration::from_secs(10);
+        config.rebalance_timeout = Duration::from_secs(15);
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.auto_commit_interval = None;
+        let mut consumer = ConsumerConfig::default();
+        consumer.offset_reset = OffsetReset::Earliest;
+        consumer.max_wait = Duration::from_millis(100);
         let mut member = GroupConsumer::new(client().await, config, consumer);
         while !stop.load(Ordering::SeqCst) {
             match member.poll().await.unwrap() {

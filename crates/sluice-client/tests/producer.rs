@@ -42,7 +42,8 @@ async fn keyed_records_land_by_key_in_send_order_with_their_offsets() {
     let broker = common::shared();
     let client = client(broker).await;
     client.create_topic(&keyed, 8, 1).await.unwrap();
-    let config = ProducerConfig { compression: Compression::Lz4, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.compression = Compression::Lz4;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let (producer_id, _) = producer.producer_id();
     assert!(producer_id >= 0, "idempotent by default: the broker gave a producer id");
@@ -87,7 +88,8 @@ async fn linger_gathers_records_into_few_batches() {
     let broker = common::shared();
     let client = client(broker).await;
     client.create_topic(&lingering, 1, 1).await.unwrap();
-    let config = ProducerConfig { linger: Duration::from_millis(100), ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.linger = Duration::from_millis(100);
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut deliveries = Vec::new();
     for i in 0..1_000 {
@@ -109,12 +111,10 @@ async fn send_waits_while_the_buffer_is_full() {
     client.create_topic(&bounded, 1, 1).await.unwrap();
     // Room for two 1 KB records (each counted with its per-record overhead); batches wait a
     // minute unless flushed.
-    let config = ProducerConfig {
-        linger: Duration::from_secs(60),
-        buffer_memory_bytes: 2_400,
-        batch_size_bytes: 2_400,
-        ..ProducerConfig::default()
-    };
+    let mut config = ProducerConfig::default();
+    config.linger = Duration::from_secs(60);
+    config.buffer_memory_bytes = 2_400;
+    config.batch_size_bytes = 2_400;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let record = || ProducerRecord::new(&bounded, vec![b'x'; 1_000]);
     let first = producer.send(record()).await.unwrap();
@@ -152,7 +152,10 @@ async fn every_codec_and_acks_setting_delivers_everything() {
     {
         let topic = unique(&format!("codec-{i}"));
         client.create_topic(&topic, 2, 1).await.unwrap();
-        let config = ProducerConfig { compression: codec, acks, idempotent, ..ProducerConfig::default() };
+        let mut config = ProducerConfig::default();
+        config.compression = codec;
+        config.acks = acks;
+        config.idempotent = idempotent;
         let producer = Producer::new(client.clone(), config).await.unwrap();
         let mut deliveries = Vec::new();
         for n in 0..200 {
@@ -181,7 +184,8 @@ async fn flush_sends_without_waiting_for_linger_and_unknown_topics_are_errors() 
     let broker = common::shared();
     let client = client(broker).await;
     client.create_topic(&flushed, 1, 1).await.unwrap();
-    let config = ProducerConfig { linger: Duration::from_secs(600), ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.linger = Duration::from_secs(600);
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let deliveries: Vec<_> = {
         let mut d = Vec::new();
@@ -247,8 +251,9 @@ async fn flush_and_close_report_records_that_were_not_delivered() {
     let topic = unique("refused");
     let client = client(broker).await;
     client.create_topic(&topic, 1, 1).await.unwrap();
-    let config =
-        ProducerConfig { batch_size_bytes: 4 << 20, buffer_memory_bytes: 16 << 20, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.batch_size_bytes = 4 << 20;
+    config.buffer_memory_bytes = 16 << 20;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     // Kafka's default message.max.bytes is 1 MiB (and a bit).
     drop(producer.send(ProducerRecord::new(&topic, vec![b'x'; 2 << 20])).await.unwrap());

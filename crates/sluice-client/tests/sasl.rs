@@ -81,7 +81,8 @@ async fn sessions_are_renewed_on_the_same_connection_before_the_broker_ends_them
     const RUN: Duration = Duration::from_secs(13);
     let connections = MECHANISMS.map(|mechanism| async move {
         let sasl = SaslConfig::new(mechanism, "alice", "alice-secret").allow_plain_without_tls();
-        let config = ConnectionConfig { sasl: Some(sasl), ..ConnectionConfig::default() };
+        let mut config = ConnectionConfig::default();
+        config.sasl = Some(sasl);
         let connection = Connection::connect(addr, config).await.unwrap_or_else(|e| panic!("{mechanism:?}: {e}"));
         let started = std::time::Instant::now();
         let mut requests = 0;
@@ -126,7 +127,8 @@ async fn sessions_are_renewed_on_the_same_connection_before_the_broker_ends_them
     // A connection that sends nothing after its login renews its session all the same.
     let idle = async {
         let sasl = SaslConfig::new(SaslMechanism::ScramSha256, "alice", "alice-secret");
-        let config = ConnectionConfig { sasl: Some(sasl), ..ConnectionConfig::default() };
+        let mut config = ConnectionConfig::default();
+        config.sasl = Some(sasl);
         let connection = Connection::connect(addr, config).await.unwrap();
         tokio::time::sleep(RUN).await;
         let answer = connection.send(&MetadataRequest::default()).await;

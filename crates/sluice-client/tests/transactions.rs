@@ -16,7 +16,9 @@ use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::record::ControlRecordType;
 
 fn transactional(id: &str) -> ProducerConfig {
-    ProducerConfig { transactional_id: Some(id.into()), ..ProducerConfig::default() }
+    let mut config = ProducerConfig::default();
+    config.transactional_id = Some(id.into());
+    config
 }
 
 async fn send_values(producer: &Producer, topic: &str, partition: i32, values: std::ops::Range<usize>) {
@@ -42,11 +44,9 @@ enum Entry {
 /// watermark: Kafka's coordinator writes the markers after EndTxn has answered. (A short wait:
 /// Tansu leaves a partition out of a zero-wait fetch's answer.)
 async fn settled(client: &Client, topic: &str, partition: i32) -> i64 {
-    let options = FetchOptions {
-        max_wait: Duration::from_millis(20),
-        isolation: Isolation::ReadCommitted,
-        ..FetchOptions::default()
-    };
+    let mut options = FetchOptions::default();
+    options.max_wait = Duration::from_millis(20);
+    options.isolation = Isolation::ReadCommitted;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let fetched = client.fetch_partition(topic, partition, 0, &options).await.unwrap();
@@ -60,7 +60,8 @@ async fn settled(client: &Client, topic: &str, partition: i32) -> i64 {
 
 async fn log(client: &Client, topic: &str, partition: i32) -> Vec<Entry> {
     settled(client, topic, partition).await;
-    let options = FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() };
+    let mut options = FetchOptions::default();
+    options.max_wait = Duration::from_millis(100);
     let fetched = client.fetch_partition(topic, partition, 0, &options).await.unwrap();
     fetched
         .records
@@ -128,11 +129,9 @@ async fn committed_and_aborted_transactions_end_with_their_markers() {
     assert_eq!(log(&client, txn, 1).await, vec![data(5), Entry::Marker(ControlRecordType::Commit)]);
 
     // read_committed stops at the last stable offset, past the markers here.
-    let options = FetchOptions {
-        max_wait: Duration::from_millis(100),
-        isolation: Isolation::ReadCommitted,
-        ..FetchOptions::default()
-    };
+    let mut options = FetchOptions::default();
+    options.max_wait = Duration::from_millis(100);
+    options.isolation = Isolation::ReadCommitted;
     let fetched = client.fetch_partition(txn, 0, 0, &options).await.unwrap();
     assert_eq!(fetched.last_stable_offset, fetched.high_watermark, "no transaction is open");
     match broker.kind {
@@ -181,8 +180,9 @@ async fn read_committed_consumers_never_see_aborted_records() {
         let client = client.clone();
         let topic = topic.clone();
         async move {
-            let config =
-                ConsumerConfig { isolation, max_wait: Duration::from_millis(100), ..ConsumerConfig::default() };
+            let mut config = ConsumerConfig::default();
+            config.isolation = isolation;
+            config.max_wait = Duration::from_millis(100);
             let mut ends = Vec::new();
             for partition in 0..2 {
                 ends.push(settled(&client, &topic, partition).await);
@@ -277,7 +277,8 @@ async fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
     config.connection.request_timeout = Duration::from_secs(3);
     let old_client = Client::connect(config).await.unwrap();
     let single = unique("single");
-    let old_config = ProducerConfig { delivery_timeout: Duration::from_secs(10), ..transactional(&single) };
+    let mut old_config = transactional(&single);
+    old_config.delivery_timeout = Duration::from_secs(10);
     let old = Producer::new(old_client, old_config).await.unwrap();
     old.begin_transaction().await.unwrap();
     send_values(&old, fenced, 0, 0..3).await;

@@ -209,8 +209,9 @@ fn tansu_fetch_responses_carry_the_records_with_offsets_for_every_codec() {
         let all: Vec<RecordRef<'_>> = decoded.records().collect();
         assert_records_match(file, &all, f["records"].as_array().unwrap());
         // Starting mid-batch drops the earlier records but keeps the rest.
-        let from_seven =
-            decode_records(&records, &DecodeOptions { min_offset: 7, ..DecodeOptions::default() }).unwrap();
+        let mut options = DecodeOptions::default();
+        options.min_offset = 7;
+        let from_seven = decode_records(&records, &options).unwrap();
         assert_eq!(from_seven.records().map(|r| r.offset()).collect::<Vec<_>>(), vec![7, 8, 9], "{file}");
     }
 }

@@ -74,13 +74,11 @@ async fn pass_through(client: &Client, topic: &str, n: usize, interval: Duration
     let dir = tempfile::tempdir().unwrap();
     let per_partition = (n / PARTITIONS as usize) as i64;
     let ending = (0..PARTITIONS).map(|p| ((topic.to_owned(), p), per_partition)).collect();
-    let config = SchedulerConfig {
-        // 5 M records/s in all: a 100 ms batch holds 500,000 records, a 1 s batch everything.
-        limits: RateLimits { max_per_partition: Some(625_000.0), min_per_partition: 0.0 },
-        ending_offsets: Some(ending),
-        min_partitions: 8,
-        ..SchedulerConfig::new([topic], interval)
-    };
+    let mut config = SchedulerConfig::new([topic], interval);
+    // 5 M records/s in all: a 100 ms batch holds 500,000 records, a 1 s batch everything.
+    config.limits = RateLimits { max_per_partition: Some(625_000.0), min_per_partition: 0.0 };
+    config.ending_offsets = Some(ending);
+    config.min_partitions = 8;
     let (start, cpu) = (Instant::now(), cpu_s());
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, SystemClock::new()).unwrap();
     let mut count = Count(0);
@@ -104,10 +102,8 @@ async fn pass_through(client: &Client, topic: &str, n: usize, interval: Duration
 /// Back-to-back batches over empty partitions; returns each batch's duration in ms.
 async fn empty_batches(client: &Client, topic: &str, batches: usize) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
-    let config = SchedulerConfig {
-        trigger: Trigger::ProcessingTime(Duration::ZERO),
-        ..SchedulerConfig::new([topic], Duration::from_millis(100))
-    };
+    let mut config = SchedulerConfig::new([topic], Duration::from_millis(100));
+    config.trigger = Trigger::ProcessingTime(Duration::ZERO);
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, SystemClock::new()).unwrap();
     let stop = scheduler.stop_handle();
     let mut durations = Vec::new();

@@ -410,7 +410,9 @@ impl RangeReader {
                 },
                 None => None,
             };
-            let options = &FetchOptions { max_bytes, ..*options };
+            let mut sized = *options;
+            sized.max_bytes = max_bytes;
+            let options = &sized;
             let fetched = match connection {
                 Some(connection) => {
                     client.fetch_partition_on(connection, &range.topic, range.partition, position, options).await

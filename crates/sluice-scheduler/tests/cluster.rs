@@ -118,8 +118,8 @@ async fn a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolli
     let producing = Arc::new(AtomicBool::new(false));
     let producer = tokio::spawn(produce_until(proxied.clone(), topic.clone(), Arc::clone(&producing)));
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        SchedulerConfig { max_concurrent_tasks: 4, ..SchedulerConfig::new([&topic], Duration::from_millis(200)) };
+    let mut config = SchedulerConfig::new([&topic], Duration::from_millis(200));
+    config.max_concurrent_tasks = 4;
     let mut scheduler = Scheduler::open(proxied.clone(), dir.path(), config, SystemClock::new()).unwrap();
     let stop = scheduler.stop_handle();
     let seen = Seen::default();

@@ -12,7 +12,9 @@ use sluice_scheduler::{fetch_range, fetch_range_on, DataLoss, FetchRangeError, O
 /// Produces 1,000 records to partition 0 of `topic`, in batches of at most `batch_size_bytes`;
 /// record `i`'s value is `value(i)`.
 async fn produce(client: &Client, topic: &str, batch_size_bytes: usize, value: impl Fn(usize) -> String) {
-    let config = ProducerConfig { batch_size_bytes, linger: Duration::from_millis(1), ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.batch_size_bytes = batch_size_bytes;
+    config.linger = Duration::from_millis(1);
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut deliveries = Vec::new();
     for i in 0..1_000 {
@@ -33,7 +35,9 @@ async fn a_range_yields_exactly_its_offsets_whatever_the_batch_boundaries() {
     // Small batches of uneven sizes, so ranges start and end inside batches.
     produce(&client, &ranges, 700, |i| format!("{i}-{}", "x".repeat(i % 37))).await;
     // Small fetches too, so a range takes several.
-    let options = FetchOptions { max_bytes: 2_000, max_wait: Duration::from_millis(100), ..FetchOptions::default() };
+    let mut options = FetchOptions::default();
+    options.max_bytes = 2_000;
+    options.max_wait = Duration::from_millis(100);
     for (from, until) in [(0, 1_000), (123, 789), (500, 501), (999, 1_000), (42, 42)] {
         let range = OffsetRange { topic: ranges.clone(), partition: 0, from, until };
         let read = fetch_range(&client, &range, &options).await.unwrap();
@@ -80,7 +84,9 @@ async fn a_known_record_size_keeps_a_ranges_first_fetch_near_the_range() {
     client.create_topic(&sized, 1, 1).await.unwrap();
     produce(&client, &sized, 2_000, |i| format!("{i:04}-{}", "x".repeat(195))).await;
     proxy.faults.cut_after_response_bytes.store(100_000, std::sync::atomic::Ordering::SeqCst);
-    let options = FetchOptions { max_bytes: 1 << 20, max_wait: Duration::from_millis(100), ..FetchOptions::default() };
+    let mut options = FetchOptions::default();
+    options.max_bytes = 1 << 20;
+    options.max_wait = Duration::from_millis(100);
     let range = OffsetRange { topic: sized.clone(), partition: 0, from: 0, until: 50 };
 
     let connection = sluice_client::Connection::connect(&proxy.addr, Default::default()).await.unwrap();

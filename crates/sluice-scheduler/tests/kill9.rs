@@ -31,13 +31,11 @@ const PER_PARTITION: i64 = 4_000;
 
 fn config(topic: &str) -> SchedulerConfig {
     let ending = (0..PARTITIONS).map(|p| ((topic.to_owned(), p), PER_PARTITION)).collect();
-    let mut config = SchedulerConfig {
-        // 10 records per partition per 10 ms batch: 400 batches for the whole job, so that the
-        // kills land while it runs.
-        limits: RateLimits { max_per_partition: Some(1_000.0), min_per_partition: 0.0 },
-        ending_offsets: Some(ending),
-        ..SchedulerConfig::new([topic], Duration::from_millis(10))
-    };
+    let mut config = SchedulerConfig::new([topic], Duration::from_millis(10));
+    // 10 records per partition per 10 ms batch: 400 batches for the whole job, so that the
+    // kills land while it runs.
+    config.limits = RateLimits { max_per_partition: Some(1_000.0), min_per_partition: 0.0 };
+    config.ending_offsets = Some(ending);
     // Keep every committed batch listed, so the check can see all of them.
     config.checkpoint.retain_batches = 100_000;
     config

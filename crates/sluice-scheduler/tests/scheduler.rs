@@ -44,13 +44,12 @@ async fn setup() -> (&'static Broker, Client, String) {
 
 fn bounded_config(topic: &str) -> SchedulerConfig {
     let ending = (0..PARTITIONS).map(|p| ((topic.to_owned(), p), PER_PARTITION)).collect();
-    SchedulerConfig {
-        // 2,000 records/s per partition over 100 ms: 200 records per partition per batch.
-        limits: RateLimits { max_per_partition: Some(2_000.0), min_per_partition: 0.0 },
-        ending_offsets: Some(ending),
-        min_partitions: 16,
-        ..SchedulerConfig::new([topic], Duration::from_millis(100))
-    }
+    let mut config = SchedulerConfig::new([topic], Duration::from_millis(100));
+    // 2,000 records/s per partition over 100 ms: 200 records per partition per batch.
+    config.limits = RateLimits { max_per_partition: Some(2_000.0), min_per_partition: 0.0 };
+    config.ending_offsets = Some(ending);
+    config.min_partitions = 16;
+    config
 }
 
 /// Records every (partition, offset, value) it sees; fails the batch with id `fail_at`, once.
@@ -109,11 +108,9 @@ async fn a_bounded_run_reads_every_record_of_eight_partitions_exactly_once() {
     let progress_dir = tempfile::tempdir().unwrap();
     let progress_file = progress_dir.path().join("progress.jsonl");
     let clickers = unique("clickers");
-    let config = SchedulerConfig {
-        commit_to_group: Some(clickers.clone()),
-        progress_path: Some(progress_file.clone()),
-        ..bounded_config(&topic)
-    };
+    let mut config = bounded_config(&topic);
+    config.commit_to_group = Some(clickers.clone());
+    config.progress_path = Some(progress_file.clone());
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, clock.clone()).unwrap();
     let mut collect = Collect::default();
     let mut progress: Vec<BatchProgress> = Vec::new();
@@ -238,13 +235,11 @@ impl Processor for ByBatch {
 async fn the_run_dropped_at_any_await_loses_nothing_and_repeats_no_committed_batch() {
     let (_broker, client, topic) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = SchedulerConfig {
-        // 50 records per partition per batch: 20 batches.
-        limits: RateLimits { max_per_partition: Some(500.0), min_per_partition: 0.0 },
-        // An await after each commit too.
-        commit_to_group: Some(unique("dropped")),
-        ..bounded_config(&topic)
-    };
+    let mut config = bounded_config(&topic);
+    // 50 records per partition per batch: 20 batches.
+    config.limits = RateLimits { max_per_partition: Some(500.0), min_per_partition: 0.0 };
+    // An await after each commit too.
+    config.commit_to_group = Some(unique("dropped"));
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config.clone(), ManualClock::new(0)).unwrap();
     let mut processor = ByBatch::default();
     let mut dropped = 0;
@@ -301,11 +296,9 @@ async fn a_topic_pattern_reads_every_matching_topic_and_no_other() {
     producer.flush().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = SchedulerConfig {
-        topic_pattern: Some(format!("^{prefix}-clicks-")),
-        trigger: sluice_scheduler::Trigger::AvailableNow,
-        ..SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(100))
-    };
+    let mut config = SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(100));
+    config.topic_pattern = Some(format!("^{prefix}-clicks-"));
+    config.trigger = sluice_scheduler::Trigger::AvailableNow;
     let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
     let mut collect = Collect::default();
     scheduler.run(&mut collect, |_| {}).await.unwrap();
@@ -315,8 +308,8 @@ async fn a_topic_pattern_reads_every_matching_topic_and_no_other() {
     expected.sort();
     assert_eq!(values, expected, "both matching topics, all of them, once; nothing of payments");
 
-    let bad =
-        SchedulerConfig { topic_pattern: Some("(".into()), ..SchedulerConfig::new(["x"], Duration::from_secs(1)) };
+    let mut bad = SchedulerConfig::new(["x"], Duration::from_secs(1));
+    bad.topic_pattern = Some("(".into());
     let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     let error = Scheduler::open(client, tempfile::tempdir().unwrap().path(), bad, ManualClock::new(0)).unwrap_err();
     assert!(error.to_string().contains("not a valid regular expression"), "{error}");
@@ -338,8 +331,9 @@ async fn lost_setup() -> Option<(Client, String)> {
     let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     let topic = unique("retained");
     client.create_topic(&topic, 1, 1).await.unwrap();
-    let config =
-        ProducerConfig { batch_size_bytes: 300, linger: Duration::from_millis(1), ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.batch_size_bytes = 300;
+    config.linger = Duration::from_millis(1);
     let producer = Producer::new(client.clone(), config).await.unwrap();
     for i in 0..100 {
         drop(
@@ -357,13 +351,12 @@ async fn lost_setup() -> Option<(Client, String)> {
 fn lost_config(topic: &str, fail_on_data_loss: bool) -> SchedulerConfig {
     let start = [((topic.to_owned(), 0), 0)].into_iter().collect();
     let ending = [((topic.to_owned(), 0), 100)].into_iter().collect();
-    SchedulerConfig {
-        starting_offsets: sluice_scheduler::StartingOffsets::Offsets(start),
-        ending_offsets: Some(ending),
-        fail_on_data_loss,
-        task_attempts: 1,
-        ..SchedulerConfig::new([topic], Duration::from_millis(100))
-    }
+    let mut config = SchedulerConfig::new([topic], Duration::from_millis(100));
+    config.starting_offsets = sluice_scheduler::StartingOffsets::Offsets(start);
+    config.ending_offsets = Some(ending);
+    config.fail_on_data_loss = fail_on_data_loss;
+    config.task_attempts = 1;
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,11 +415,9 @@ async fn starting_at_a_timestamp_skips_what_came_before_it() {
 
     // Records carry their creation time (which Kafka indexes; Tansu indexes its write time):
     // both put the second 50 after `now_ms`.
-    let config = SchedulerConfig {
-        starting_offsets: sluice_scheduler::StartingOffsets::Timestamp(now_ms),
-        trigger: sluice_scheduler::Trigger::AvailableNow,
-        ..SchedulerConfig::new([&timed], Duration::from_millis(100))
-    };
+    let mut config = SchedulerConfig::new([&timed], Duration::from_millis(100));
+    config.starting_offsets = sluice_scheduler::StartingOffsets::Timestamp(now_ms);
+    config.trigger = sluice_scheduler::Trigger::AvailableNow;
     let dir = tempfile::tempdir().unwrap();
     let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
     let mut collect = Collect::default();
@@ -467,13 +458,12 @@ fn tagged(tag: &str, partitions: std::ops::Range<i32>, count: usize) -> Vec<Stri
 /// A job reading `topic` to where it ends now (its read tasks tried once, transient faults
 /// retried for 5 s, so that a wrong turn fails the test rather than stall it for minutes).
 fn until_now(topic: &str, fail_on_data_loss: bool) -> SchedulerConfig {
-    SchedulerConfig {
-        trigger: sluice_scheduler::Trigger::AvailableNow,
-        fail_on_data_loss,
-        task_attempts: 1,
-        fault_timeout: Duration::from_secs(5),
-        ..SchedulerConfig::new([topic], Duration::from_millis(100))
-    }
+    let mut config = SchedulerConfig::new([topic], Duration::from_millis(100));
+    config.trigger = sluice_scheduler::Trigger::AvailableNow;
+    config.fail_on_data_loss = fail_on_data_loss;
+    config.task_attempts = 1;
+    config.fault_timeout = Duration::from_secs(5);
+    config
 }
 
 /// Runs a job with `config` on the checkpoint in `dir` until its trigger ends it; what it read,
@@ -496,7 +486,8 @@ async fn run_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_committed_leaves_out_the_records_of_aborted_transactions() {
     let (broker, client, topic) = common::new_topic("aborted", 1).await;
-    let config = ProducerConfig { transactional_id: Some(unique("aborter")), ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.transactional_id = Some(unique("aborter"));
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let transactions = [(0..5, true), (5..8, false), (8..10, true), (10..12, false), (12..13, true)];
     for (values, commit) in transactions.clone() {
@@ -516,10 +507,10 @@ async fn read_committed_leaves_out_the_records_of_aborted_transactions() {
         let (client, topic) = (client.clone(), topic.clone());
         async move {
             let dir = tempfile::tempdir().unwrap();
-            let config = SchedulerConfig {
-                fetch: sluice_client::FetchOptions { isolation, ..sluice_client::FetchOptions::default() },
-                ..until_now(&topic, true)
-            };
+            let mut fetch = sluice_client::FetchOptions::default();
+            fetch.isolation = isolation;
+            let mut config = until_now(&topic, true);
+            config.fetch = fetch;
             values(&run_on(&client, dir.path(), config, |_| {}).await.unwrap())
         }
     };
@@ -677,11 +668,9 @@ async fn partitions_of_a_topic_created_while_running_are_found_and_read_from_the
     let (grow_a, grow_b) = (format!("{prefix}-a"), format!("{prefix}-b"));
     client.create_topic(&grow_a, 2, 1).await.unwrap();
     produce_tagged(&client, &grow_a, 2, 20, "a").await;
-    let config = SchedulerConfig {
-        topic_pattern: Some(format!("^{prefix}-")),
-        partition_discovery_interval: Duration::from_millis(100),
-        ..SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(50))
-    };
+    let mut config = SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(50));
+    config.topic_pattern = Some(format!("^{prefix}-"));
+    config.partition_discovery_interval = Duration::from_millis(100);
     let (_dir, stop, shared, mut running) = run_in_background(&client, config);
     wait_for(&shared, 40, &mut running).await;
     // A new matching topic, its records produced before the job can have seen it.
@@ -712,10 +701,8 @@ async fn partitions_added_to_a_topic_while_running_are_found_and_read_from_their
     let topic = unique("widened");
     client.create_topic(&topic, 2, 1).await.unwrap();
     produce_tagged(&client, &topic, 2, 20, "before").await;
-    let config = SchedulerConfig {
-        partition_discovery_interval: Duration::from_millis(100),
-        ..SchedulerConfig::new([&topic], Duration::from_millis(50))
-    };
+    let mut config = SchedulerConfig::new([&topic], Duration::from_millis(50));
+    config.partition_discovery_interval = Duration::from_millis(100);
     let (_dir, stop, shared, mut running) = run_in_background(&client, config);
     wait_for(&shared, 40, &mut running).await;
     client.create_partitions(&topic, 4).await.unwrap();
@@ -748,11 +735,9 @@ async fn assigned_partitions_are_read_and_no_others() {
     let split = unique("split");
     client.create_topic(&split, 4, 1).await.unwrap();
     produce_tagged(&client, &split, 4, 25, "s").await;
-    let config = SchedulerConfig {
-        assign: vec![(split.clone(), 1), (split.clone(), 3)],
-        trigger: sluice_scheduler::Trigger::AvailableNow,
-        ..SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(100))
-    };
+    let mut config = SchedulerConfig::new(Vec::<String>::new(), Duration::from_millis(100));
+    config.assign = vec![(split.clone(), 1), (split.clone(), 3)];
+    config.trigger = sluice_scheduler::Trigger::AvailableNow;
     let dir = tempfile::tempdir().unwrap();
     let mut collect = Collect::default();
     Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap().run(&mut collect, |_| {}).await.unwrap();
@@ -814,7 +799,8 @@ async fn backlog_setup() -> (Client, String) {
     let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     let topic = unique("backlog");
     client.create_topic(&topic, BACKLOG_PARTITIONS, 1).await.unwrap();
-    let config = ProducerConfig { batch_size_bytes: 16 << 10, ..ProducerConfig::default() };
+    let mut config = ProducerConfig::default();
+    config.batch_size_bytes = 16 << 10;
     let producer = Producer::new(client.clone(), config).await.unwrap();
     let mut deliveries = Vec::new();
     for n in 0..BACKLOG_PER_PARTITION {
@@ -833,11 +819,10 @@ async fn backlog_setup() -> (Client, String) {
 /// Reads the backlog topic to its end with at most `max_batch_bytes` per batch.
 fn backlog_config(topic: &str, max_batch_bytes: usize) -> SchedulerConfig {
     let ending = (0..BACKLOG_PARTITIONS).map(|p| ((topic.to_owned(), p), BACKLOG_PER_PARTITION)).collect();
-    SchedulerConfig {
-        max_batch_bytes,
-        ending_offsets: Some(ending),
-        ..SchedulerConfig::new([topic], Duration::from_millis(100))
-    }
+    let mut config = SchedulerConfig::new([topic], Duration::from_millis(100));
+    config.max_batch_bytes = max_batch_bytes;
+    config.ending_offsets = Some(ending);
+    config
 }
 
 /// Every record of the backlog topic was seen once, in offset order per partition.
@@ -911,10 +896,8 @@ async fn under_a_rate_limit_a_backlog_cut_by_the_budget_is_read_at_the_limit_not
     // 50,000 records/s per partition: 5,000 per 100 ms batch, 20,000 over the four, about 2 MB,
     // twice what a 1 MiB budget holds.
     let limit_per_ms = 4.0 * 50.0;
-    let config = SchedulerConfig {
-        limits: RateLimits { max_per_partition: Some(50_000.0), min_per_partition: 0.0 },
-        ..backlog_config(&topic, 1 << 20)
-    };
+    let mut config = backlog_config(&topic, 1 << 20);
+    config.limits = RateLimits { max_per_partition: Some(50_000.0), min_per_partition: 0.0 };
     let mut scheduler = Scheduler::open(client, dir.path(), config, ManualClock::new(0)).unwrap();
     let mut progress: Vec<BatchProgress> = Vec::new();
     scheduler.run(&mut Collect::default(), |p| progress.push(p.clone())).await.unwrap();
@@ -937,7 +920,8 @@ async fn a_written_ahead_batch_larger_than_the_budget_is_processed_exactly_in_bo
     // Without a budget, the whole backlog is one batch; its processing fails, leaving its
     // intent open in the log.
     let dir = tempfile::tempdir().unwrap();
-    let config = SchedulerConfig { trigger: sluice_scheduler::Trigger::Once, ..backlog_config(&topic, 0) };
+    let mut config = backlog_config(&topic, 0);
+    config.trigger = sluice_scheduler::Trigger::Once;
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config.clone(), ManualClock::new(0)).unwrap();
     let mut failing = Collect { fail_at: Some(0), ..Collect::default() };
     assert!(scheduler.run(&mut failing, |_| {}).await.is_err());
@@ -947,7 +931,7 @@ async fn a_written_ahead_batch_larger_than_the_budget_is_processed_exactly_in_bo
     // Reopened with a budget of 512 KiB: the open intent is re-run with its ranges, read and
     // handed over in pieces, none much over the budget.
     let budget = 512 << 10;
-    let config = SchedulerConfig { max_batch_bytes: budget, ..config };
+    config.max_batch_bytes = budget;
     let mut scheduler = Scheduler::open(client.clone(), dir.path(), config, ManualClock::new(0)).unwrap();
     let mut pieces = Collect::default();
     let mut progress: Vec<BatchProgress> = Vec::new();
@@ -967,7 +951,8 @@ async fn a_written_ahead_batch_larger_than_the_budget_is_processed_exactly_in_bo
     // The same records, once each and in order, as the batch read whole sees them.
     assert_backlog_seen_once(&pieces.seen);
     let whole_dir = tempfile::tempdir().unwrap();
-    let config = SchedulerConfig { trigger: sluice_scheduler::Trigger::Once, ..backlog_config(&topic, 0) };
+    let mut config = backlog_config(&topic, 0);
+    config.trigger = sluice_scheduler::Trigger::Once;
     let mut whole = Collect::default();
     Scheduler::open(client, whole_dir.path(), config, ManualClock::new(0))
         .unwrap()

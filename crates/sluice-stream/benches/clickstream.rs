@@ -68,12 +68,11 @@ fn peak_rss_mib() -> f64 {
 /// The clicks: 100,000 users and 10,000 items; 10,000 clicks per second of event time (100 s
 /// for 1 M).
 fn generator() -> ClickGenerator {
-    ClickGenerator::new(GeneratorConfig {
-        users: 100_000,
-        items: 10_000,
-        clicks_per_second: 10_000.0,
-        ..GeneratorConfig::default()
-    })
+    let mut config = GeneratorConfig::default();
+    config.users = 100_000;
+    config.items = 10_000;
+    config.clicks_per_second = 10_000.0;
+    ClickGenerator::new(config)
 }
 
 /// A user's clicks go to one partition.
@@ -419,12 +418,14 @@ async fn against_kafka_streams(
         async move { produce_live(&client, &live, rate, duration).await }
     });
     let idle = duration + Duration::from_secs(10);
+    let mut job_config = config.clone();
+    job_config.idle_after = Duration::from_secs(10);
     engine_until(
         broker,
         &live,
         Duration::from_millis(100),
         1e9,
-        &ClickstreamConfig { idle_after: Duration::from_secs(10), ..config.clone() },
+        &job_config,
         |_, elapsed| elapsed > idle,
         move |end| record.lock().unwrap().push((end, wall_ms())),
     )

@@ -46,12 +46,11 @@ async fn generate(broker: &str, count: u64, rate: f64) -> Result<(), Box<dyn std
     }
     let now_ms = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
     let pace = if rate > 0.0 { rate } else { 1_000_000.0 };
-    let mut clicks = ClickGenerator::new(GeneratorConfig {
-        seed: now_ms.unsigned_abs(),
-        start_ms: now_ms,
-        clicks_per_second: pace,
-        ..GeneratorConfig::default()
-    });
+    let mut config = GeneratorConfig::default();
+    config.seed = now_ms.unsigned_abs();
+    config.start_ms = now_ms;
+    config.clicks_per_second = pace;
+    let mut clicks = ClickGenerator::new(config);
     let producer = Producer::new(client, ProducerConfig::default()).await?;
     let started = Instant::now();
     for i in 0..count {

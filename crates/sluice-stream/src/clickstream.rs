@@ -11,7 +11,9 @@
 //! ```
 //! use sluice_stream::clickstream::{ClickGenerator, GeneratorConfig};
 //!
-//! let mut clicks = ClickGenerator::new(GeneratorConfig { clicks_per_second: 100.0, ..GeneratorConfig::default() });
+//! let mut config = GeneratorConfig::default();
+//! config.clicks_per_second = 100.0;
+//! let mut clicks = ClickGenerator::new(config);
 //! let first = clicks.next_click();
 //! let second = clicks.next_click();
 //! assert_eq!(second.time_ms - first.time_ms, 10, "100 clicks/s of event time");
@@ -63,7 +65,11 @@ impl Click {
 }
 
 /// What the generator makes.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GeneratorConfig {
     /// Seed of the pseudo-random choices (the same seed gives the same clicks).
     pub seed: u64,
@@ -144,7 +150,11 @@ impl Iterator for ClickGenerator {
 }
 
 /// The job's settings.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClickstreamConfig {
     /// Length of the event-time window items are counted over.
     pub window: Duration,

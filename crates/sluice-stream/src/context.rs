@@ -47,7 +47,11 @@ pub enum StreamError {
 /// What a job needs: where the brokers are, what to read and how (the scheduler's
 /// configuration: topics, batch interval, rates, trigger, starting offsets), and where its
 /// checkpoint log lives.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`StreamConfig::new`]
+/// and set the fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StreamConfig {
     /// The client's configuration (bootstrap brokers, timeouts, TLS, SASL).
     pub client: ClientConfig,

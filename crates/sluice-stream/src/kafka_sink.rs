@@ -189,7 +189,8 @@ impl<T> KafkaSink<T> {
 
     async fn start(&mut self) -> Result<(Client, Producer), (&'static str, sluice_client::Error)> {
         let client = Client::connect(self.client_config.clone()).await.map_err(|e| ("connecting", e))?;
-        let mut config = ProducerConfig { idempotent: true, ..self.producer_config.clone() };
+        let mut config = self.producer_config.clone();
+        config.idempotent = true;
         if self.transactional {
             config.transactional_id = Some(self.transactional_id());
         }

@@ -43,8 +43,11 @@ const CHILD_ENV: &str = "SLUICE_CLICKSTREAM_CHILD";
 /// 12,000 clicks by 2,000 users on 200 items (Zipf-skewed), 20 per second of event time: ten
 /// minutes, so that some fifty windows close.
 fn input() -> Vec<Click> {
-    let generator =
-        GeneratorConfig { seed: 7, users: 2_000, items: 200, clicks_per_second: 20.0, ..GeneratorConfig::default() };
+    let mut generator = GeneratorConfig::default();
+    generator.seed = 7;
+    generator.users = 2_000;
+    generator.items = 200;
+    generator.clicks_per_second = 20.0;
     ClickGenerator::new(generator).take(CLICKS).collect()
 }
 
@@ -55,12 +58,11 @@ fn partition_of(click: &Click) -> i32 {
 }
 
 fn job_config() -> ClickstreamConfig {
-    ClickstreamConfig {
-        // Batch time runs at 20 ms a batch here: idle after 10 batches, sessions end after 15.
-        idle_after: Duration::from_millis(200),
-        session_timeout: Duration::from_millis(300),
-        ..ClickstreamConfig::default()
-    }
+    let mut config = ClickstreamConfig::default();
+    // Batch time runs at 20 ms a batch here: idle after 10 batches, sessions end after 15.
+    config.idle_after = Duration::from_millis(200);
+    config.session_timeout = Duration::from_millis(300);
+    config
 }
 
 /// The topics of one test's job (the broker may be shared): `PREFIX-clicks`, `PREFIX-top-items`
@@ -446,7 +448,8 @@ fn killed_and_restarted_the_job_leaves_output_byte_identical_to_a_run_without_cr
 /// The values in `topic`/0: those outside transactions and those of committed transactions, in
 /// log order; and how many records aborted transactions left in the log.
 async fn committed_values(client: &Client, topic: &str) -> (Vec<String>, usize) {
-    let options = FetchOptions { max_wait: Duration::from_millis(50), ..FetchOptions::default() };
+    let mut options = FetchOptions::default();
+    options.max_wait = Duration::from_millis(50);
     let mut committed = Vec::new();
     let mut open: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     let mut aborted = 0;
@@ -576,11 +579,9 @@ fn read_committed(broker: &str, topic: &str) -> Vec<String> {
     runtime.block_on(async {
         let client = Client::connect(ClientConfig::new(broker.split(','))).await.unwrap();
         let end = client.log_end(topic, 0, Isolation::ReadCommitted).await.unwrap();
-        let config = ConsumerConfig {
-            isolation: Isolation::ReadCommitted,
-            max_wait: Duration::from_millis(50),
-            ..ConsumerConfig::default()
-        };
+        let mut config = ConsumerConfig::default();
+        config.isolation = Isolation::ReadCommitted;
+        config.max_wait = Duration::from_millis(50);
         let mut consumer = Consumer::new(client, config);
         consumer.assign(topic, 0, StartAt::Earliest).await.unwrap();
         let mut values = Vec::new();

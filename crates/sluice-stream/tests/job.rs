@@ -172,10 +172,9 @@ async fn a_batch_larger_than_the_memory_budget_gives_in_pieces_the_output_it_giv
     let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
     let topic = unique("clicks");
     client.create_topic(&topic, PARTITIONS, 1).await.unwrap();
-    let producer =
-        Producer::new(client.clone(), ProducerConfig { batch_size_bytes: 16 << 10, ..ProducerConfig::default() })
-            .await
-            .unwrap();
+    let mut config = ProducerConfig::default();
+    config.batch_size_bytes = 16 << 10;
+    let producer = Producer::new(client.clone(), config).await.unwrap();
     for i in 0u64..40_000 {
         let line = format!("user-{},item-{},{}", i % 31, (i * i + 7 * i) % 97 % (1 + i % 13), 1_700_000_000_000 + i);
         let partition = Some((i % PARTITIONS as u64) as i32);

@@ -40,11 +40,9 @@ impl Setup {
     async fn log(&self) -> Vec<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let options = FetchOptions {
-                max_wait: Duration::from_millis(20),
-                isolation: Isolation::ReadCommitted,
-                ..FetchOptions::default()
-            };
+            let mut options = FetchOptions::default();
+            options.max_wait = Duration::from_millis(20);
+            options.isolation = Isolation::ReadCommitted;
             let fetched = self.client.fetch_partition(&self.topic, 0, 0, &options).await.unwrap();
             if fetched.last_stable_offset == fetched.high_watermark {
                 break;
@@ -116,7 +114,8 @@ async fn an_idempotent_sink_writes_its_marker_after_a_batch_s_last_piece() {
 
 /// The log of `topic`/0: data values and markers.
 async fn log(client: &Client, topic: &str) -> Vec<String> {
-    let options = FetchOptions { max_wait: Duration::from_millis(50), ..FetchOptions::default() };
+    let mut options = FetchOptions::default();
+    options.max_wait = Duration::from_millis(50);
     let fetched = client.fetch_partition(topic, 0, 0, &options).await.unwrap();
     let mut entries = Vec::new();
     for batch in &fetched.records.batches {
@@ -155,12 +154,9 @@ async fn a_transactional_sink_writes_each_batch_once_and_aborts_what_a_crashed_r
     let mut first = setup.sink().transactional();
     first.write(&batch(0, false), vec![1, 2]).await.unwrap();
     // A run that crashed mid-batch: its transaction (same transactional id) holds a record.
-    let crashed = Producer::new(
-        setup.client.clone(),
-        ProducerConfig { transactional_id: Some(format!("sluice-sink-{}", setup.id)), ..ProducerConfig::default() },
-    )
-    .await
-    .unwrap();
+    let mut config = ProducerConfig::default();
+    config.transactional_id = Some(format!("sluice-sink-{}", setup.id));
+    let crashed = Producer::new(setup.client.clone(), config).await.unwrap();
     crashed.begin_transaction().await.unwrap();
     crashed.send(ProducerRecord::new(&setup.topic, "9")).await.unwrap().await.unwrap();
     drop(crashed);

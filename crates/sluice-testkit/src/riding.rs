@@ -73,7 +73,7 @@ impl Riders {
     }
 
     /// Stops the producer, waits (with `client`) until the consumer has read every record and
-    /// the group every offset, stops them and runs [`check`].
+    /// the group every offset, stops them and checks what they read.
     pub async fn finish(self, client: &Client) {
         self.stop_producing.store(true, Ordering::SeqCst);
         let acknowledged = self.producing.await.unwrap();
@@ -133,7 +133,11 @@ async fn produce(
 
 /// The producer the fault tests write with: idempotent, acks=all, 5 ms linger.
 pub fn durable_producer() -> ProducerConfig {
-    ProducerConfig { acks: Acks::All, idempotent: true, linger: Duration::from_millis(5), ..ProducerConfig::default() }
+    let mut config = ProducerConfig::default();
+    config.acks = Acks::All;
+    config.idempotent = true;
+    config.linger = Duration::from_millis(5);
+    config
 }
 
 /// Awaits every delivery; returns the values acknowledged, and prints how many were sent and
@@ -170,15 +174,14 @@ async fn consumer(client: Client, topic: String, partitions: Arc<AtomicUsize>, s
 /// A member of `group` polling until `stop`; what it sees goes to `seen`. Panics if a poll
 /// fails.
 async fn member(client: Client, topic: String, group: String, seen: Seen, stop: Arc<AtomicBool>) {
-    let config = GroupConfig {
-        session_timeout: Duration::from_secs(10),
-        rebalance_timeout: Duration::from_secs(30),
-        heartbeat_interval: Duration::from_millis(500),
-        auto_commit_interval: Some(Duration::from_millis(500)),
-        partition_discovery_interval: Duration::from_secs(1),
-        ..GroupConfig::new(group, [topic])
-    };
-    let consumer = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
+    let mut config = GroupConfig::new(group, [topic]);
+    config.session_timeout = Duration::from_secs(10);
+    config.rebalance_timeout = Duration::from_secs(30);
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.auto_commit_interval = Some(Duration::from_millis(500));
+    config.partition_discovery_interval = Duration::from_secs(1);
+    let mut consumer = ConsumerConfig::default();
+    consumer.offset_reset = OffsetReset::Earliest;
     let mut member = GroupConsumer::new(client, config, consumer);
     while !stop.load(Ordering::SeqCst) {
         match member.poll().await {

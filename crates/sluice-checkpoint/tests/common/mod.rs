@@ -57,7 +57,9 @@ impl LogImage {
 /// `min_bytes` of records, committing now and then so later records carry commit proofs.
 pub fn build_log(min_bytes: usize, segment_size_bytes: u64, max_payload: u64, seed: u64) -> LogImage {
     let storage = MemStorage::new();
-    let options = Options { segment_size_bytes, retain_batches: 1_000_000, ..Options::default() };
+    let mut options = Options::default();
+    options.segment_size_bytes = segment_size_bytes;
+    options.retain_batches = 1_000_000;
     let (log, _) = Log::open_with(storage.clone(), options).unwrap();
     let mut rng = SplitMix64::new(seed);
     let mut batch = 0u64;

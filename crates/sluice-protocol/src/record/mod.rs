@@ -176,7 +176,11 @@ impl BatchHeader {
 }
 
 /// How to decode a record set.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`Default`] and set the
+/// fields you need.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct DecodeOptions {
     /// Check each batch's CRC (CRC-32C for v2, CRC-32 for legacy). On by default; turning it off
     /// is only for fuzzing the structures the checksum would otherwise hide.

@@ -30,7 +30,11 @@ pub enum StartingOffsets {
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// How a [`Scheduler`](super::Scheduler) runs.
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`SchedulerConfig::new`]
+/// and set the fields you need.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SchedulerConfig {
     /// The topics to read (every partition of each).
     pub topics: Vec<String>,
@@ -100,6 +104,11 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Reads `topics` every `batch_interval`, from the earliest offsets, without limits.
     pub fn new<S: Into<String>>(topics: impl IntoIterator<Item = S>, batch_interval: Duration) -> Self {
+        let mut fetch = FetchOptions::default();
+        fetch.max_wait = Duration::from_millis(100);
+        let mut checkpoint = LogOptions::default();
+        // Intents and commits are small: 8 MiB segments are quick to create and sync.
+        checkpoint.segment_size_bytes = 8 << 20;
         Self {
             topics: topics.into_iter().map(Into::into).collect(),
             topic_pattern: None,
@@ -118,13 +127,12 @@ impl SchedulerConfig {
             fail_on_data_loss: true,
             starting_offsets: StartingOffsets::Earliest,
             ending_offsets: None,
-            fetch: FetchOptions { max_wait: Duration::from_millis(100), ..FetchOptions::default() },
+            fetch,
             progress_history: 100,
             progress_path: None,
             partition_discovery_interval: Duration::from_secs(5),
             commit_to_group: None,
-            // Intents and commits are small: 8 MiB segments are quick to create and sync.
-            checkpoint: LogOptions { segment_size_bytes: 8 << 20, ..LogOptions::default() },
+            checkpoint,
         }
     }
 }

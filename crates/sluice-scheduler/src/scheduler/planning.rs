@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_client::{FetchOptions, OffsetSpec};
+use sluice_client::OffsetSpec;
 
 use super::prefetch::ASSUMED_BYTES_PER_OFFSET;
 use super::read::{FIRST_FAULT_BACKOFF, MAX_FAULT_BACKOFF};
@@ -154,7 +154,8 @@ impl<C: Clock> Scheduler<C> {
     /// figure if the fetch fails or brings nothing. Kept as the estimate until a batch is read.
     async fn probe_bytes_per_offset(&mut self, ranges: &[OffsetRange]) -> f64 {
         let Some(range) = ranges.iter().max_by_key(|r| r.len()) else { return ASSUMED_BYTES_PER_OFFSET };
-        let options = FetchOptions { max_bytes: 64 * 1024, ..self.config.fetch };
+        let mut options = self.config.fetch;
+        options.max_bytes = 64 * 1024;
         let fetched = self.client.fetch_partition(&range.topic, range.partition, range.from, &options).await;
         let Ok(fetched) = fetched else { return ASSUMED_BYTES_PER_OFFSET };
         let (Some(first), Some(next)) =
