@@ -257,6 +257,13 @@ EOF
             echo "transaction.state.log.num.partitions=10"
             echo "min.insync.replicas=$min_isr"
             echo "group.initial.rebalance.delay.ms=0"
+            # Consumer-protocol groups (KIP-848) take their sessions and heartbeat interval from
+            # the broker (45 s and 5 s by default, which are also the floors): short ones, so
+            # that a test sees a member that died fenced within seconds.
+            echo "group.consumer.min.session.timeout.ms=6000"
+            echo "group.consumer.session.timeout.ms=6000"
+            echo "group.consumer.min.heartbeat.interval.ms=500"
+            echo "group.consumer.heartbeat.interval.ms=500"
             echo "auto.create.topics.enable=false"
             echo "delete.topic.enable=true"
             echo "log.segment.bytes=67108864"

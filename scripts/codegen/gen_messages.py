@@ -32,7 +32,7 @@ APIS = [
     "JoinGroup", "Heartbeat", "LeaveGroup", "SyncGroup", "DescribeGroups", "ListGroups",
     "SaslHandshake", "ApiVersions", "CreateTopics", "DeleteTopics", "DeleteRecords", "InitProducerId",
     "OffsetForLeaderEpoch", "AddPartitionsToTxn", "AddOffsetsToTxn", "EndTxn", "TxnOffsetCommit",
-    "DescribeConfigs", "SaslAuthenticate", "CreatePartitions", "DeleteGroups",
+    "DescribeConfigs", "SaslAuthenticate", "CreatePartitions", "DeleteGroups", "ConsumerGroupHeartbeat",
 ]
 EXTRA = ["RequestHeader", "ResponseHeader", "ConsumerProtocolSubscription", "ConsumerProtocolAssignment"]
 

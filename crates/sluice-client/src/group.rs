@@ -236,7 +236,7 @@ fn coordinator_moved(error: &Error) -> bool {
 }
 
 /// The address of `group_id`'s coordinator.
-async fn find_coordinator(client: &Client, group_id: &str) -> Result<String> {
+pub(crate) async fn find_coordinator(client: &Client, group_id: &str) -> Result<String> {
     find_coordinator_of(client, group_id, KEY_TYPE_GROUP).await
 }
 

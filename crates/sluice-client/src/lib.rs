@@ -8,6 +8,7 @@ mod assignor;
 mod client;
 mod connection;
 mod consumer;
+mod consumer_group;
 mod error;
 mod group;
 mod partitioner;
@@ -28,6 +29,7 @@ pub use connection::{Connection, ConnectionConfig, InFlight, RequestObserver, Ve
 pub use consumer::{
     filter_aborted, Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt,
 };
+pub use consumer_group::{ConsumerGroupConfig, ConsumerGroupMember, MemberEvent};
 pub use error::{Error, Result};
 pub use group::{ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupEvent};
 pub use partitioner::partition_for_key;

@@ -368,9 +368,11 @@ public final class JavaPeer {
         stdin.setDaemon(true);
         stdin.start();
         try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(props)) {
-            consumer.subscribe(List.of(args.positional(1)), new PrintingListener(consumer));
+            PrintingListener listener = new PrintingListener(consumer);
+            consumer.subscribe(List.of(args.positional(1)), listener);
             while (!stop.get()) {
                 ConsumerRecords<byte[], byte[]> records = consumer.poll(POLL);
+                listener.consumed.putAll(records.nextOffsets());
                 for (ConsumerRecord<byte[], byte[]> record : records) {
                     emit(new Json().put("value", text(record.value())).put("partition", record.partition())
                         .put("offset", record.offset()));
@@ -403,9 +405,15 @@ public final class JavaPeer {
         stop.set(true);
     }
 
-    /** Prints each assignment change; commits the positions of revoked partitions before they go. */
+    /**
+     * Prints each assignment change; commits what was consumed from revoked partitions before they
+     * go. (Not `position()`: the consumer-protocol consumer cannot look a position up in a
+     * revocation callback while it closes, and blocks until its timeout.)
+     */
     private static final class PrintingListener implements ConsumerRebalanceListener {
         private final KafkaConsumer<byte[], byte[]> consumer;
+        /** The offset after the last record consumed, by partition. */
+        final Map<TopicPartition, OffsetAndMetadata> consumed = new HashMap<>();
 
         PrintingListener(KafkaConsumer<byte[], byte[]> consumer) {
             this.consumer = consumer;
@@ -413,9 +421,15 @@ public final class JavaPeer {
 
         @Override
         public void onPartitionsRevoked(Collection<TopicPartition> partitions) {
-            if (!partitions.isEmpty()) {
-                consumer.commitSync(partitions.stream().collect(Collectors.toMap(
-                    tp -> tp, tp -> new OffsetAndMetadata(consumer.position(tp)))));
+            Map<TopicPartition, OffsetAndMetadata> offsets = new HashMap<>();
+            for (TopicPartition partition : partitions) {
+                OffsetAndMetadata next = consumed.remove(partition);
+                if (next != null) {
+                    offsets.put(partition, next);
+                }
+            }
+            if (!offsets.isEmpty()) {
+                consumer.commitSync(offsets);
             }
             emit(new Json().putRaw("revoked", partitionList(partitions)));
         }
