@@ -107,6 +107,8 @@ pub struct ConsumerGroupMember {
 struct Shared {
     client: Client,
     config: ConsumerGroupConfig,
+    /// The id this member made for itself (sent from ConsumerGroupHeartbeat v1 on).
+    own_id: String,
     state: Mutex<State>,
     /// Wakes the heartbeat task early: partitions were released.
     wake: Notify,
@@ -115,6 +117,9 @@ struct Shared {
     /// Why the member stopped, once the coordinator refused it for good.
     fatal: Mutex<Option<Error>>,
 }
+
+/// Partitions by topic id.
+type Partitions = BTreeSet<(Uuid, i32)>;
 
 /// Where the member stands.
 #[derive(Debug, Default)]
@@ -135,6 +140,138 @@ struct State {
     send_all: bool,
     /// Topic names by id, for the assignments.
     names: HashMap<Uuid, String>,
+}
+
+impl State {
+    /// The next heartbeat: every field when joining or after a failure, otherwise the epoch and
+    /// what changed (the owned partitions, once reconciled).
+    fn heartbeat(&mut self, config: &ConsumerGroupConfig) -> ConsumerGroupHeartbeatRequest {
+        let mut request = ConsumerGroupHeartbeatRequest {
+            group_id: config.group_id.clone(),
+            member_id: self.member_id.clone(),
+            member_epoch: self.epoch,
+            ..ConsumerGroupHeartbeatRequest::default()
+        };
+        if self.send_all || self.epoch == 0 {
+            request.instance_id = config.group_instance_id.clone();
+            request.rebalance_timeout_ms = millis(config.rebalance_timeout);
+            request.subscribed_topic_names = Some(config.topics.clone());
+            request.server_assignor = config.server_assignor.clone();
+            self.owned_changed = true;
+        }
+        if self.owned_changed {
+            request.topic_partitions = Some(by_topic(&self.owned));
+        }
+        request
+    }
+
+    /// Takes in a heartbeat's answer; returns when to heartbeat next.
+    fn answered(&mut self, sent: &ConsumerGroupHeartbeatRequest, response: ConsumerGroupHeartbeatResponse) -> Duration {
+        self.send_all = false;
+        // Reported, unless the owned partitions changed again while the heartbeat was out.
+        if sent.topic_partitions.as_ref().is_some_and(|sent| *sent == by_topic(&self.owned)) {
+            self.owned_changed = false;
+        }
+        if let Some(member_id) = response.member_id.filter(|id| !id.is_empty()) {
+            self.member_id = member_id;
+        }
+        self.epoch = response.member_epoch;
+        if let Some(assignment) = response.assignment {
+            let target = assignment
+                .topic_partitions
+                .into_iter()
+                .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic_id, p)))
+                .collect();
+            self.target = Some(target);
+        }
+        u64::try_from(response.heartbeat_interval_ms)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map_or(FIRST_INTERVAL, Duration::from_millis)
+    }
+
+    /// Moves towards the target assignment: reports the partitions to give up, or once none is
+    /// left to give up, takes the partitions gained whose topics it can name. Returns a topic id
+    /// it cannot name yet, whose partitions wait for fresh metadata.
+    fn reconcile(&mut self, events: &mpsc::UnboundedSender<MemberEvent>) -> Option<Uuid> {
+        let target = self.target.clone()?;
+        let revoked: BTreeSet<(Uuid, i32)> =
+            self.owned.difference(&target).filter(|p| !self.revoking.contains(p)).copied().collect();
+        if !revoked.is_empty() {
+            send(events, MemberEvent::Revoked(self.named(&revoked)));
+            self.revoking.extend(revoked);
+        }
+        if !self.revoking.is_empty() {
+            return None;
+        }
+        let (gained, unnamed): (Partitions, Partitions) =
+            target.difference(&self.owned).partition(|(id, _)| self.names.contains_key(id));
+        if !gained.is_empty() {
+            send(events, MemberEvent::Assigned(self.named(&gained)));
+            self.owned.extend(gained);
+            self.owned_changed = true;
+        }
+        match unnamed.first() {
+            Some((id, _)) => Some(*id),
+            None => {
+                self.target = None;
+                None
+            }
+        }
+    }
+
+    /// Releases revoked partitions (the user is done with them). Only partitions under
+    /// revocation count: a release from before the member was fenced (which forgets every
+    /// revocation) cannot give up a partition assigned since.
+    fn release(&mut self, partitions: &[(String, i32)]) {
+        let released: Vec<(Uuid, i32)> = self
+            .revoking
+            .iter()
+            .filter(|(id, p)| {
+                let name = self.names.get(id).map(String::as_str);
+                partitions.iter().any(|(topic, partition)| Some(topic.as_str()) == name && partition == p)
+            })
+            .copied()
+            .collect();
+        for key in released {
+            self.revoking.remove(&key);
+            self.owned.remove(&key);
+            self.owned_changed = true;
+        }
+    }
+
+    /// Everything owned is lost (the member was fenced, or refused for good).
+    fn lose_all(&mut self, events: &mpsc::UnboundedSender<MemberEvent>) {
+        let lost = std::mem::take(&mut self.owned);
+        self.revoking.clear();
+        self.target = None;
+        if !lost.is_empty() {
+            send(events, MemberEvent::Lost(self.named(&lost)));
+        }
+    }
+
+    /// Learns topic names from metadata: each topic's current id (a topic made again gets a new
+    /// one; the old id stays only while partitions of it are owned).
+    fn learn(&mut self, metadata: &crate::client::ClusterMetadata) {
+        for (name, topic) in &metadata.topics {
+            if topic.topic_id == Uuid::ZERO || topic.error != ErrorCode::None {
+                continue;
+            }
+            let owned = &self.owned;
+            self.names.retain(|id, known| known != name || *id == topic.topic_id || owned.iter().any(|(o, _)| o == id));
+            self.names.insert(topic.topic_id, name.clone());
+        }
+    }
+
+    /// `partitions` by topic name, sorted (an id without a name as the id itself).
+    fn named(&self, partitions: &BTreeSet<(Uuid, i32)>) -> Vec<(String, i32)> {
+        let mut named: Vec<(String, i32)> = partitions
+            .iter()
+            .map(|(id, p)| (self.names.get(id).cloned().unwrap_or_else(|| id.to_string()), *p))
+            .collect();
+        named.sort();
+        named
+    }
 }
 
 impl Shared {
@@ -158,115 +295,28 @@ impl Shared {
         *self.coordinator.lock().await = None;
     }
 
-    /// The next heartbeat: every field when joining or after a failure, otherwise the epoch and
-    /// what changed (the owned partitions, once reconciled).
-    fn heartbeat(&self) -> ConsumerGroupHeartbeatRequest {
-        let mut state = self.state();
-        let mut request = ConsumerGroupHeartbeatRequest {
-            group_id: self.config.group_id.clone(),
-            member_id: state.member_id.clone(),
-            member_epoch: state.epoch,
-            ..ConsumerGroupHeartbeatRequest::default()
-        };
-        if state.send_all || state.epoch == 0 {
-            request.instance_id = self.config.group_instance_id.clone();
-            request.rebalance_timeout_ms = millis(self.config.rebalance_timeout);
-            request.subscribed_topic_names = Some(self.config.topics.clone());
-            request.server_assignor = self.config.server_assignor.clone();
-            state.owned_changed = true;
-        }
-        if state.owned_changed {
-            request.topic_partitions = Some(by_topic(&state.owned));
-        }
-        request
-    }
-
-    /// Takes in a heartbeat's answer; returns when to heartbeat next.
-    fn answered(&self, sent: &ConsumerGroupHeartbeatRequest, response: ConsumerGroupHeartbeatResponse) -> Duration {
-        let mut state = self.state();
-        state.send_all = false;
-        if sent.topic_partitions.is_some()
-            && by_topic(&state.owned) == sent.topic_partitions.clone().unwrap_or_default()
-        {
-            state.owned_changed = false;
-        }
-        if let Some(member_id) = response.member_id.filter(|id| !id.is_empty()) {
-            state.member_id = member_id;
-        }
-        state.epoch = response.member_epoch;
-        if let Some(assignment) = response.assignment {
-            let target = assignment
-                .topic_partitions
-                .into_iter()
-                .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic_id, p)))
-                .collect();
-            state.target = Some(target);
-        }
-        u64::try_from(response.heartbeat_interval_ms)
-            .ok()
-            .filter(|ms| *ms > 0)
-            .map_or(FIRST_INTERVAL, Duration::from_millis)
-    }
-
-    /// Moves towards the target assignment: reports the partitions to give up, or once none
-    /// is left to give up, takes the partitions gained. `Err` when a gained topic's name is not
-    /// known yet (the metadata is refreshed and this is tried again).
-    fn reconcile(&self, events: &mpsc::UnboundedSender<MemberEvent>) -> std::result::Result<(), Uuid> {
-        let mut state = self.state();
-        let Some(target) = state.target.clone() else { return Ok(()) };
-        let revoked: BTreeSet<(Uuid, i32)> =
-            state.owned.difference(&target).filter(|p| !state.revoking.contains(p)).copied().collect();
-        if !revoked.is_empty() {
-            let named = named(&state.names, &revoked).map_err(|(id, _)| id)?;
-            state.revoking.extend(revoked);
-            send(events, MemberEvent::Revoked(named));
-        }
-        if !state.revoking.is_empty() {
-            return Ok(());
-        }
-        let gained: BTreeSet<(Uuid, i32)> = target.difference(&state.owned).copied().collect();
-        if !gained.is_empty() {
-            let named = named(&state.names, &gained).map_err(|(id, _)| id)?;
-            state.owned.extend(gained);
-            state.owned_changed = true;
-            send(events, MemberEvent::Assigned(named));
-        }
-        state.target = None;
-        Ok(())
-    }
-
-    /// A fenced member: everything it owned is lost, and it joins again as new (same id).
-    fn fenced(&self, events: &mpsc::UnboundedSender<MemberEvent>) {
-        let mut state = self.state();
-        let lost = std::mem::take(&mut state.owned);
-        state.revoking.clear();
-        state.target = None;
-        state.epoch = 0;
-        state.send_all = true;
-        if !lost.is_empty() {
-            let names = &state.names;
-            let named = lost.iter().map(|(id, p)| (names.get(id).cloned().unwrap_or_else(|| id.to_string()), *p));
-            send(events, MemberEvent::Lost(named.collect()));
-        }
-    }
-
-    /// Ends the member: the coordinator refused it for good.
-    fn stop(&self, error: Error) {
+    /// Ends the member: the coordinator refused it for good. What it owned is lost.
+    fn stop(&self, error: Error, events: &mpsc::UnboundedSender<MemberEvent>) {
         tracing::warn!(group = %self.config.group_id, %error, "the coordinator refused the member");
+        self.state().lose_all(events);
         *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
     }
 
-    /// Learns the names of the subscribed topics (and `missing`) from fresh metadata.
-    async fn learn_names(&self, missing: Option<Uuid>) -> Result<()> {
+    /// Why the member stopped.
+    fn fatal(&self) -> Error {
+        let fatal = self.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        // The task ends only after a refusal for good (it is aborted only with the member).
+        fatal.unwrap_or_else(|| Error::Disconnected {
+            broker: format!("the coordinator of group {}", self.config.group_id),
+            reason: "the member stopped".into(),
+        })
+    }
+
+    /// Learns the names of the subscribed topics from fresh metadata.
+    async fn learn_names(&self) -> Result<()> {
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         let metadata = self.client.refresh_metadata(Some(&topics)).await?;
-        let mut state = self.state();
-        for (name, topic) in &metadata.topics {
-            state.names.insert(topic.topic_id, name.clone());
-        }
-        if let Some(id) = missing.filter(|id| !state.names.contains_key(id)) {
-            tracing::debug!(group = %self.config.group_id, topic_id = %id, "assigned a topic the metadata does not name yet");
-        }
+        self.state().learn(&metadata);
         Ok(())
     }
 }
@@ -285,17 +335,19 @@ impl ConsumerGroupMember {
     /// Cancel safe: dropped before it returns, the member has at most joined; the coordinator
     /// drops it when its session ends.
     pub async fn join(client: Client, config: ConsumerGroupConfig) -> Result<Self> {
-        let state = State { member_id: new_member_id(), send_all: true, ..State::default() };
+        let own_id = new_member_id();
+        let state = State { send_all: true, ..State::default() };
         let shared = Arc::new(Shared {
             client,
             config,
+            own_id,
             state: Mutex::new(state),
             wake: Notify::new(),
             coordinator: tokio::sync::Mutex::new(None),
             fatal: Mutex::new(None),
         });
         // The names come again with the first assignment if a topic is not there yet.
-        if let Err(error) = shared.learn_names(None).await {
+        if let Err(error) = shared.learn_names().await {
             tracing::debug!(group = %shared.config.group_id, %error, "cannot look the topics up yet");
         }
         // A coordinator that moved or is still loading the group (a cluster's first group
@@ -305,11 +357,12 @@ impl ConsumerGroupMember {
         let (request, response) = loop {
             let coordinator = shared.coordinator().await?;
             let version = coordinator.version_for::<ConsumerGroupHeartbeatRequest>(None)?;
-            if version == 0 {
-                // Before KIP-1082 the coordinator names the member.
-                shared.state().member_id.clear();
-            }
-            let request = shared.heartbeat();
+            let request = {
+                let mut state = shared.state();
+                // Before KIP-1082 (v0) the coordinator names the member.
+                state.member_id = if version == 0 { String::new() } else { shared.own_id.clone() };
+                state.heartbeat(&shared.config)
+            };
             let error = match coordinator.send_version(&request, version).await {
                 Ok(response) => {
                     let message = response.error_message.as_deref();
@@ -326,6 +379,8 @@ impl ConsumerGroupMember {
                     ErrorCode::NotCoordinator
                         | ErrorCode::CoordinatorNotAvailable
                         | ErrorCode::CoordinatorLoadInProgress
+                        // A static member's earlier incarnation holds its id until its session ends.
+                        | ErrorCode::UnreleasedInstanceId
                 ),
                 other => other.is_retriable(),
             };
@@ -336,7 +391,7 @@ impl ConsumerGroupMember {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         };
-        let interval = shared.answered(&request, response);
+        let interval = shared.state().answered(&request, response);
         let (sender, events) = mpsc::unbounded_channel();
         let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared), sender, interval));
         Ok(Self { shared, events, heartbeat })
@@ -352,49 +407,32 @@ impl ConsumerGroupMember {
     pub async fn next_event(&mut self) -> Result<MemberEvent> {
         match self.events.recv().await {
             Some(event) => Ok(event),
-            // The task stops only after a refusal for good (it is aborted only with `self`).
-            None => {
-                Err(self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_else(|| {
-                    Error::Disconnected {
-                        broker: self.shared.config.group_id.clone(),
-                        reason: "the member stopped".into(),
-                    }
-                }))
-            }
+            None => Err(self.shared.fatal()),
         }
     }
 
-    /// Takes the next change if there is one, without waiting.
-    pub fn try_event(&mut self) -> Option<MemberEvent> {
-        self.events.try_recv().ok()
+    /// Takes the next change if there is one, without waiting: `None` when there is none, the
+    /// error when the member has stopped.
+    pub fn try_event(&mut self) -> Option<Result<MemberEvent>> {
+        match self.events.try_recv() {
+            Ok(event) => Some(Ok(event)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(self.shared.fatal())),
+        }
     }
 
     /// Gives up revoked partitions: nothing more is done with them. The next heartbeat tells the
-    /// coordinator, which may then give them to another member. Partitions not owned are ignored.
+    /// coordinator, which may then give them to another member. Partitions not under revocation
+    /// are ignored (a revocation ends when the member is fenced: the partitions were lost).
     pub fn released(&self, partitions: &[(String, i32)]) {
-        {
-            let mut state = self.shared.state();
-            let ids: HashMap<String, Uuid> = state.names.iter().map(|(id, name)| (name.clone(), *id)).collect();
-            for (topic, partition) in partitions {
-                let Some(id) = ids.get(topic) else { continue };
-                let key = (*id, *partition);
-                state.revoking.remove(&key);
-                if state.owned.remove(&key) {
-                    state.owned_changed = true;
-                }
-            }
-        }
+        self.shared.state().release(partitions);
         self.shared.wake.notify_one();
     }
 
     /// The partitions this member owns (topic, partition), revoked ones not yet released included.
     pub fn owned(&self) -> Vec<(String, i32)> {
         let state = self.shared.state();
-        let named =
-            state.owned.iter().map(|(id, p)| (state.names.get(id).cloned().unwrap_or_else(|| id.to_string()), *p));
-        let mut owned: Vec<(String, i32)> = named.collect();
-        owned.sort();
-        owned
+        state.named(&state.owned)
     }
 
     /// The member's epoch: 0 before it has joined, then the coordinator's latest.
@@ -420,14 +458,21 @@ impl ConsumerGroupMember {
     }
 
     /// Leaves the group (epoch -1; -2 for a static member, whose partitions wait for it until
-    /// its session ends). The partitions it owned go to the others at once.
+    /// its session ends). The partitions it owned go to the others at once, with no `Revoked`
+    /// first: finish and commit what is under way with them before calling it.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the heartbeats have stopped either way; a leave not sent is a session that
     /// ends.
-    pub async fn leave(self) -> Result<()> {
+    pub async fn leave(mut self) -> Result<()> {
+        // Stopped for sure before the leave goes out: a heartbeat after it would join again.
         self.heartbeat.abort();
+        if let Err(stopped) = (&mut self.heartbeat).await {
+            if stopped.is_panic() {
+                std::panic::resume_unwind(stopped.into_panic());
+            }
+        }
         let (member_id, epoch) = {
             let state = self.shared.state();
             (state.member_id.clone(), state.epoch)
@@ -468,14 +513,23 @@ impl Drop for ConsumerGroupMember {
 async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<MemberEvent>, first: Duration) {
     let mut interval = first;
     let mut backoff = RETRY_BACKOFF;
+    // Assigned topics the metadata does not name yet: looked up again, less and less often,
+    // while the heartbeats go on.
+    let mut names_backoff = RETRY_BACKOFF;
+    let mut names_due = tokio::time::Instant::now();
     loop {
-        // Reach the target as far as the user allows; an unknown topic id waits for metadata.
-        if let Err(missing) = shared.reconcile(&events) {
-            if let Err(error) = shared.learn_names(Some(missing)).await {
+        // Reach the target as far as the user allows.
+        let unnamed = shared.state().reconcile(&events);
+        if let Some(topic_id) = unnamed.filter(|_| tokio::time::Instant::now() >= names_due) {
+            tracing::debug!(group = %shared.config.group_id, %topic_id, "assigned a topic the metadata does not name yet");
+            if let Err(error) = shared.learn_names().await {
                 tracing::debug!(group = %shared.config.group_id, %error, "cannot refresh the metadata");
             }
-            tokio::time::sleep(backoff).await;
-            continue;
+            names_due = tokio::time::Instant::now() + names_backoff;
+            names_backoff = (names_backoff * 2).min(RETRY_BACKOFF_MAX);
+            if shared.state().reconcile(&events).is_none() {
+                names_backoff = RETRY_BACKOFF;
+            }
         }
         // A change to report, or a rejoin after being fenced, goes out at once.
         let now = {
@@ -483,12 +537,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<Membe
             state.owned_changed || state.send_all
         };
         if !now {
+            let wait = match unnamed {
+                Some(_) => interval.min(names_due.saturating_duration_since(tokio::time::Instant::now())),
+                None => interval,
+            };
             tokio::select! {
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = shared.wake.notified() => {}
             }
         }
-        let request = shared.heartbeat();
+        let request = shared.state().heartbeat(&shared.config);
         let answer = match shared.coordinator().await {
             Ok(coordinator) => match coordinator.version_for::<ConsumerGroupHeartbeatRequest>(None) {
                 Ok(version) => coordinator.send_version(&request, version).await.map(|r| (coordinator, r)),
@@ -506,17 +564,28 @@ async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<Membe
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 continue;
             }
-            Err(error) => return shared.stop(error),
+            Err(error) => return shared.stop(error, &events),
         };
         let code = ErrorCode::from_code(response.error_code);
         match code {
             ErrorCode::None => {
                 backoff = RETRY_BACKOFF;
-                interval = shared.answered(&request, response);
+                interval = shared.state().answered(&request, response);
             }
             ErrorCode::FencedMemberEpoch | ErrorCode::UnknownMemberId => {
                 tracing::warn!(group = %shared.config.group_id, error = %code, "fenced by the coordinator: joining again");
-                shared.fenced(&events);
+                {
+                    let mut state = shared.state();
+                    state.lose_all(&events);
+                    state.epoch = 0;
+                    state.send_all = true;
+                }
+                // A rejoin refused too (a coordinator that still holds the member at its old
+                // epoch) is tried again after a pause, not at once.
+                if request.member_epoch == 0 {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
             }
             ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable | ErrorCode::CoordinatorLoadInProgress => {
                 if code != ErrorCode::CoordinatorLoadInProgress {
@@ -526,7 +595,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<Membe
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             }
-            // A static member's earlier incarnation still holds the id until its session ends.
+            // A static member's earlier incarnation holds the id until its session ends (a
+            // fenced static member rejoining meets this too): wait for it.
             ErrorCode::UnreleasedInstanceId => {
                 tracing::info!(group = %shared.config.group_id, "the instance id is still held: waiting for it");
                 shared.state().send_all = true;
@@ -535,7 +605,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<Membe
             _ => {
                 let message = response.error_message.as_deref();
                 if let Some(error) = broker_error(coordinator.broker(), response.error_code, message) {
-                    return shared.stop(error);
+                    return shared.stop(error, &events);
                 }
             }
         }
@@ -573,19 +643,6 @@ fn new_member_id() -> String {
     Uuid(bytes).to_string()
 }
 
-/// `partitions` named, sorted; the first topic id without a name if any lacks one.
-fn named(
-    names: &HashMap<Uuid, String>,
-    partitions: &BTreeSet<(Uuid, i32)>,
-) -> std::result::Result<Vec<(String, i32)>, (Uuid, i32)> {
-    let mut named = partitions
-        .iter()
-        .map(|(id, p)| names.get(id).map(|name| (name.clone(), *p)).ok_or((*id, *p)))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    named.sort();
-    Ok(named)
-}
-
 /// The heartbeat's form of a set of partitions.
 fn by_topic(partitions: &BTreeSet<(Uuid, i32)>) -> Vec<TopicPartitions> {
     let mut topics: Vec<TopicPartitions> = Vec::new();
@@ -604,4 +661,171 @@ fn by_topic(partitions: &BTreeSet<(Uuid, i32)>) -> Vec<TopicPartitions> {
 
 fn millis(duration: Duration) -> i32 {
     i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_protocol::messages::consumer_group_heartbeat_response::{
+        Assignment, TopicPartitions as AssignedPartitions,
+    };
+
+    use super::*;
+
+    const CLICKS: Uuid = Uuid([1; 16]);
+    const VIEWS: Uuid = Uuid([2; 16]);
+
+    fn config() -> ConsumerGroupConfig {
+        ConsumerGroupConfig::new("g", ["clicks", "views"])
+    }
+
+    fn state() -> State {
+        let names = HashMap::from([(CLICKS, "clicks".to_owned()), (VIEWS, "views".to_owned())]);
+        State { member_id: "m".into(), send_all: true, names, ..State::default() }
+    }
+
+    fn answer(epoch: i32, assignment: Option<&[(Uuid, &[i32])]>) -> ConsumerGroupHeartbeatResponse {
+        ConsumerGroupHeartbeatResponse {
+            member_epoch: epoch,
+            heartbeat_interval_ms: 500,
+            assignment: assignment.map(|topics| Assignment {
+                topic_partitions: topics
+                    .iter()
+                    .map(|(id, partitions)| AssignedPartitions {
+                        topic_id: *id,
+                        partitions: partitions.to_vec(),
+                        ..AssignedPartitions::default()
+                    })
+                    .collect(),
+                ..Assignment::default()
+            }),
+            ..ConsumerGroupHeartbeatResponse::default()
+        }
+    }
+
+    fn events() -> (mpsc::UnboundedSender<MemberEvent>, mpsc::UnboundedReceiver<MemberEvent>) {
+        mpsc::unbounded_channel()
+    }
+
+    fn p(topic: &str, partition: i32) -> (String, i32) {
+        (topic.to_owned(), partition)
+    }
+
+    #[test]
+    fn joining_sends_every_field_and_later_heartbeats_only_what_changed() {
+        let mut state = state();
+        let join = state.heartbeat(&config());
+        assert_eq!((join.member_id.as_str(), join.member_epoch, join.rebalance_timeout_ms), ("m", 0, 60_000));
+        assert_eq!(join.subscribed_topic_names, Some(vec!["clicks".to_owned(), "views".to_owned()]));
+        assert_eq!(join.topic_partitions, Some(Vec::new()), "joining says it owns nothing (not null)");
+        assert_eq!(state.answered(&join, answer(3, None)), Duration::from_millis(500));
+
+        let plain = state.heartbeat(&config());
+        assert_eq!(plain.member_epoch, 3);
+        assert_eq!(
+            (plain.subscribed_topic_names, plain.topic_partitions, plain.rebalance_timeout_ms),
+            (None, None, -1)
+        );
+
+        // After a failure every field goes again, the owned partitions included.
+        state.owned.insert((CLICKS, 0));
+        state.send_all = true;
+        let again = state.heartbeat(&config());
+        assert!(again.subscribed_topic_names.is_some());
+        assert_eq!(again.topic_partitions.map(|t| t.len()), Some(1));
+    }
+
+    #[test]
+    fn revocations_come_first_and_gains_only_once_released() {
+        let (sender, mut receiver) = events();
+        let mut state = state();
+        let join = state.heartbeat(&config());
+        state.answered(&join, answer(1, Some(&[(CLICKS, &[0, 1]), (VIEWS, &[0])])));
+        assert_eq!(state.reconcile(&sender), None);
+        assert_eq!(
+            receiver.try_recv().unwrap(),
+            MemberEvent::Assigned(vec![p("clicks", 0), p("clicks", 1), p("views", 0)])
+        );
+        // The acknowledgement carries the owned partitions.
+        let ack = state.heartbeat(&config());
+        assert_eq!(ack.topic_partitions.as_ref().map(Vec::len), Some(2));
+        state.answered(&ack, answer(1, None));
+        assert!(!state.owned_changed);
+
+        // The target moves clicks/1 away and adds views/1: the revocation first, alone.
+        let beat = state.heartbeat(&config());
+        state.answered(&beat, answer(2, Some(&[(CLICKS, &[0]), (VIEWS, &[0, 1])])));
+        state.reconcile(&sender);
+        assert_eq!(receiver.try_recv().unwrap(), MemberEvent::Revoked(vec![p("clicks", 1)]));
+        assert!(receiver.try_recv().is_err(), "nothing gained before the release");
+        state.reconcile(&sender);
+        assert!(receiver.try_recv().is_err(), "a revocation is reported once");
+        assert!(state.heartbeat(&config()).topic_partitions.is_none(), "still owned until released");
+
+        state.release(&[p("clicks", 1), p("views", 0)]);
+        assert!(state.owned.contains(&(VIEWS, 0)), "a partition not under revocation is not released");
+        let ack = state.heartbeat(&config());
+        let reported: Vec<(Uuid, Vec<i32>)> =
+            ack.topic_partitions.unwrap().into_iter().map(|t| (t.topic_id, t.partitions)).collect();
+        assert_eq!(reported, [(CLICKS, vec![0]), (VIEWS, vec![0])]);
+        state.reconcile(&sender);
+        assert_eq!(receiver.try_recv().unwrap(), MemberEvent::Assigned(vec![p("views", 1)]));
+        assert_eq!(state.target, None);
+    }
+
+    #[test]
+    fn unnamed_topics_wait_and_named_ones_are_taken() {
+        let (sender, mut receiver) = events();
+        let mut state = state();
+        let unknown = Uuid([9; 16]);
+        let join = state.heartbeat(&config());
+        state.answered(&join, answer(1, Some(&[(CLICKS, &[0]), (unknown, &[0])])));
+        assert_eq!(state.reconcile(&sender), Some(unknown));
+        assert_eq!(receiver.try_recv().unwrap(), MemberEvent::Assigned(vec![p("clicks", 0)]));
+        state.names.insert(unknown, "orders".into());
+        assert_eq!(state.reconcile(&sender), None);
+        assert_eq!(receiver.try_recv().unwrap(), MemberEvent::Assigned(vec![p("orders", 0)]));
+    }
+
+    #[test]
+    fn a_release_from_before_a_fence_cannot_give_up_a_partition_assigned_since() {
+        let (sender, mut receiver) = events();
+        let mut state = state();
+        let join = state.heartbeat(&config());
+        state.answered(&join, answer(1, Some(&[(CLICKS, &[0, 1])])));
+        state.reconcile(&sender);
+        let beat = state.heartbeat(&config());
+        state.answered(&beat, answer(2, Some(&[(CLICKS, &[0])])));
+        state.reconcile(&sender);
+        receiver.try_recv().unwrap();
+        assert_eq!(receiver.try_recv().unwrap(), MemberEvent::Revoked(vec![p("clicks", 1)]));
+
+        // Fenced before the user released clicks/1; then clicks/1 comes back.
+        state.lose_all(&sender);
+        assert_eq!(receiver.try_recv().unwrap(), MemberEvent::Lost(vec![p("clicks", 0), p("clicks", 1)]));
+        state.target = Some(BTreeSet::from([(CLICKS, 1)]));
+        state.reconcile(&sender);
+        assert_eq!(receiver.try_recv().unwrap(), MemberEvent::Assigned(vec![p("clicks", 1)]));
+        state.release(&[p("clicks", 1)]);
+        assert!(state.owned.contains(&(CLICKS, 1)), "the late release is ignored");
+    }
+
+    #[test]
+    fn a_topic_made_again_is_known_by_its_new_id() {
+        let mut state = State::default();
+        let mut metadata = crate::client::ClusterMetadata::default();
+        let topic = |topic_id| crate::client::TopicMetadata {
+            topic_id,
+            error: ErrorCode::None,
+            is_internal: false,
+            partitions: Vec::new(),
+        };
+        metadata.topics.insert("clicks".into(), topic(Uuid::ZERO));
+        state.learn(&metadata);
+        assert!(state.names.is_empty(), "a topic without an id yet is not named");
+        metadata.topics.insert("clicks".into(), topic(CLICKS));
+        state.learn(&metadata);
+        metadata.topics.insert("clicks".into(), topic(VIEWS));
+        state.learn(&metadata);
+        assert_eq!(state.names, HashMap::from([(VIEWS, "clicks".to_owned())]));
+    }
 }
