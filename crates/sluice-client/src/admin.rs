@@ -19,7 +19,7 @@ use sluice_protocol::messages::{
 use crate::client::{missing_partition, Client, OffsetSpec};
 use crate::connection::{check_error, Connection};
 use crate::error::{Error, Result};
-use crate::group::{commit_topics, fetch_committed, fetch_committed_as, send_offset_commit};
+use crate::group::{commit_topics, coordinator_moved, fetch_committed, fetch_committed_as, send_offset_commit};
 
 impl Client {
     /// Creates a topic and waits (up to the request timeout) until the leader of each of its
@@ -205,16 +205,7 @@ impl Client {
                 Ok(coordinator) => call(coordinator).await,
                 Err(e) => Err(e),
             };
-            let again = match &answer {
-                Err(Error::Broker { code, .. }) => matches!(
-                    code,
-                    ErrorCode::NotCoordinator
-                        | ErrorCode::CoordinatorNotAvailable
-                        | ErrorCode::CoordinatorLoadInProgress
-                ),
-                Err(other) => other.is_retriable(),
-                Ok(_) => false,
-            };
+            let again = answer.as_ref().is_err_and(coordinator_moved);
             if !again || Instant::now() + backoff >= deadline {
                 return answer;
             }

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use crate::client::Client;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::group::{find_coordinator, ConsumerGroupMetadata};
+use crate::group::{coordinator_moved, find_coordinator, ConsumerGroupMetadata};
 
 /// How long to wait before heartbeating again after a retriable failure, at first and at most.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -373,17 +373,13 @@ impl ConsumerGroupMember {
                 }
                 Err(error) => error,
             };
-            let again = match &error {
-                Error::Broker { code, .. } | Error::BrokerMessage { code, .. } => matches!(
-                    code,
-                    ErrorCode::NotCoordinator
-                        | ErrorCode::CoordinatorNotAvailable
-                        | ErrorCode::CoordinatorLoadInProgress
-                        // A static member's earlier incarnation holds its id until its session ends.
-                        | ErrorCode::UnreleasedInstanceId
-                ),
-                other => other.is_retriable(),
-            };
+            // A static member's earlier incarnation holds its id until its session ends.
+            let unreleased = matches!(
+                &error,
+                Error::Broker { code: ErrorCode::UnreleasedInstanceId, .. }
+                    | Error::BrokerMessage { code: ErrorCode::UnreleasedInstanceId, .. }
+            );
+            let again = unreleased || coordinator_moved(&error);
             if !again || tokio::time::Instant::now() + backoff >= deadline {
                 return Err(error);
             }
@@ -513,8 +509,8 @@ impl Drop for ConsumerGroupMember {
 async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<MemberEvent>, first: Duration) {
     let mut interval = first;
     let mut backoff = RETRY_BACKOFF;
-    // Assigned topics the metadata does not name yet: looked up again, less and less often,
-    // while the heartbeats go on.
+    // Assigned topics the metadata does not name yet: looked up again between heartbeats, less
+    // and less often, while the heartbeats go on.
     let mut names_backoff = RETRY_BACKOFF;
     let mut names_due = tokio::time::Instant::now();
     loop {
@@ -537,12 +533,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<Membe
             state.owned_changed || state.send_all
         };
         if !now {
-            let wait = match unnamed {
-                Some(_) => interval.min(names_due.saturating_duration_since(tokio::time::Instant::now())),
-                None => interval,
-            };
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(interval) => {}
                 () = shared.wake.notified() => {}
             }
         }

@@ -223,7 +223,7 @@ fn group_in_flux(error: &Error) -> bool {
 }
 
 /// Whether an error means the coordinator moved or went away: look it up again.
-fn coordinator_moved(error: &Error) -> bool {
+pub(crate) fn coordinator_moved(error: &Error) -> bool {
     match error {
         Error::Broker { code, .. } => {
             matches!(
