@@ -1,5 +1,10 @@
-//! Consumer groups on the consumer protocol of KIP-848 (Kafka 4): the coordinator assigns the
-//! partitions itself, and each member learns its share by heartbeating (ConsumerGroupHeartbeat).
+//! A consumer-group member that takes part in the group only (it fetches nothing), on the
+//! consumer protocol of KIP-848 (Kafka 4) where the coordinator offers it, else on the classic
+//! protocol with cooperative rebalancing (KIP-429, the `classic` module): the same
+//! [`MemberEvent`]s either way, so a user sees one kind of member ([`GroupProtocol`] chooses).
+//!
+//! On the consumer protocol the coordinator assigns the partitions itself, and each member
+//! learns its share by heartbeating (ConsumerGroupHeartbeat).
 //!
 //! A member joins with epoch 0 and its subscription, then heartbeats at the interval the
 //! coordinator gives. A heartbeat's answer may carry the member's target assignment (partitions by
@@ -33,6 +38,8 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::group::{coordinator_moved, find_coordinator, ConsumerGroupMetadata};
 
+mod classic;
+
 /// How long to wait before heartbeating again after a retriable failure, at first and at most.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -61,13 +68,38 @@ pub struct ConsumerGroupConfig {
     pub rebalance_timeout: Duration,
     /// The coordinator's assignor to use (`uniform` or `range` on Kafka 4); `None` for the
     /// group's default. `range` gives a member the same partition numbers of every topic when
-    /// the topics have as many partitions.
+    /// the topics have as many partitions. Consumer protocol only.
     pub server_assignor: Option<String>,
+    /// Which group protocol to use.
+    pub protocol: GroupProtocol,
+    /// Classic protocol only: without a heartbeat for this long the coordinator drops the member
+    /// (the consumer protocol's session is the broker's `group.consumer.session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// Classic protocol only: time between heartbeats (the consumer protocol's is the
+    /// coordinator's).
+    pub heartbeat_interval: Duration,
+}
+
+/// The group protocol a [`ConsumerGroupMember`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GroupProtocol {
+    /// The consumer protocol where the coordinator offers it, the classic one otherwise.
+    #[default]
+    Auto,
+    /// The consumer protocol of KIP-848 (ConsumerGroupHeartbeat; Kafka 4): the coordinator
+    /// assigns.
+    Consumer,
+    /// The classic protocol (JoinGroup, SyncGroup) with cooperative rebalancing (KIP-429): the
+    /// group's leader assigns with the `cooperative-sticky` assignor.
+    Classic,
 }
 
 impl ConsumerGroupConfig {
-    /// A member of `group_id` sharing the partitions of `topics`, with the defaults: dynamic,
-    /// a rebalance timeout of 60 s, the group's assignor.
+    /// A member of `group_id` sharing the partitions of `topics`, with the defaults: dynamic, the
+    /// consumer protocol where the coordinator offers it, a rebalance timeout of 60 s, the
+    /// group's assignor; on the classic protocol a session of 45 s and heartbeats every 3 s (the
+    /// Java client's).
     pub fn new<S: Into<String>>(group_id: impl Into<String>, topics: impl IntoIterator<Item = S>) -> Self {
         Self {
             group_id: group_id.into(),
@@ -75,6 +107,9 @@ impl ConsumerGroupConfig {
             group_instance_id: None,
             rebalance_timeout: Duration::from_secs(60),
             server_assignor: None,
+            protocol: GroupProtocol::Auto,
+            session_timeout: classic::SESSION_TIMEOUT,
+            heartbeat_interval: classic::HEARTBEAT_INTERVAL,
         }
     }
 }
@@ -98,9 +133,17 @@ pub enum MemberEvent {
 /// to read from the partitions it owns is its user's business.
 #[derive(Debug)]
 pub struct ConsumerGroupMember {
-    shared: Arc<Shared>,
+    engine: Engine,
     events: mpsc::UnboundedReceiver<MemberEvent>,
-    heartbeat: JoinHandle<()>,
+}
+
+/// The protocol a member speaks, and its machinery.
+#[derive(Debug)]
+enum Engine {
+    /// KIP-848: the heartbeat task reconciles.
+    Consumer { shared: Arc<Shared>, heartbeat: JoinHandle<()> },
+    /// Classic, cooperative.
+    Classic(classic::ClassicMember),
 }
 
 #[derive(Debug)]
@@ -326,15 +369,41 @@ impl ConsumerGroupMember {
     /// broker without the protocol, or a group it refuses, fails here), then heartbeats in the
     /// background. The assignment arrives as [`MemberEvent`]s from [`next_event`](Self::next_event).
     ///
-    /// Fails with [`Error::UnsupportedVersion`] when the coordinator does not offer
-    /// ConsumerGroupHeartbeat (a broker before Kafka 4, or one whose
-    /// `group.coordinator.rebalance.protocols` leaves out `consumer`).
+    /// With [`GroupProtocol::Classic`], or [`GroupProtocol::Auto`] where the coordinator lacks the
+    /// consumer protocol, the member joins with the classic protocol in the background instead,
+    /// and a refusal comes from `next_event`.
+    ///
+    /// With [`GroupProtocol::Consumer`], fails where the coordinator lacks the consumer
+    /// protocol: with [`Error::UnsupportedVersion`] on a broker before Kafka 4 (no
+    /// ConsumerGroupHeartbeat), with the coordinator's UNSUPPORTED_VERSION on one whose
+    /// `group.coordinator.rebalance.protocols` leaves out `consumer`.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropped before it returns, the member has at most joined; the coordinator
     /// drops it when its session ends.
     pub async fn join(client: Client, config: ConsumerGroupConfig) -> Result<Self> {
+        match config.protocol {
+            GroupProtocol::Consumer => Self::join_consumer(client, config).await,
+            GroupProtocol::Classic => Ok(Self::join_classic(client, &config)),
+            GroupProtocol::Auto => match Self::join_consumer(client.clone(), config.clone()).await {
+                Err(error) if lacks_consumer_protocol(&error) => {
+                    tracing::info!(group = %config.group_id, %error, "no consumer protocol here: joining with the classic one");
+                    Ok(Self::join_classic(client, &config))
+                }
+                joined => joined,
+            },
+        }
+    }
+
+    /// Starts a classic, cooperative member: it joins in the background.
+    fn join_classic(client: Client, config: &ConsumerGroupConfig) -> Self {
+        let (sender, events) = mpsc::unbounded_channel();
+        Self { engine: Engine::Classic(classic::ClassicMember::join(client, config, sender)), events }
+    }
+
+    /// Joins with the consumer protocol: the first heartbeat is answered before this returns.
+    async fn join_consumer(client: Client, config: ConsumerGroupConfig) -> Result<Self> {
         let own_id = new_member_id();
         let state = State { send_all: true, ..State::default() };
         let shared = Arc::new(Shared {
@@ -390,7 +459,23 @@ impl ConsumerGroupMember {
         let interval = shared.state().answered(&request, response);
         let (sender, events) = mpsc::unbounded_channel();
         let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared), sender, interval));
-        Ok(Self { shared, events, heartbeat })
+        Ok(Self { engine: Engine::Consumer { shared, heartbeat }, events })
+    }
+
+    /// The protocol the member speaks (never `Auto`).
+    pub fn protocol(&self) -> GroupProtocol {
+        match &self.engine {
+            Engine::Consumer { .. } => GroupProtocol::Consumer,
+            Engine::Classic(_) => GroupProtocol::Classic,
+        }
+    }
+
+    /// Why the member stopped.
+    fn fatal(&self) -> Error {
+        match &self.engine {
+            Engine::Consumer { shared, .. } => shared.fatal(),
+            Engine::Classic(member) => member.fatal(),
+        }
     }
 
     /// The next change of what this member owns. Fails when the member cannot stay in the
@@ -403,7 +488,7 @@ impl ConsumerGroupMember {
     pub async fn next_event(&mut self) -> Result<MemberEvent> {
         match self.events.recv().await {
             Some(event) => Ok(event),
-            None => Err(self.shared.fatal()),
+            None => Err(self.fatal()),
         }
     }
 
@@ -413,7 +498,7 @@ impl ConsumerGroupMember {
         match self.events.try_recv() {
             Ok(event) => Some(Ok(event)),
             Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(self.shared.fatal())),
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(self.fatal())),
         }
     }
 
@@ -421,35 +506,59 @@ impl ConsumerGroupMember {
     /// coordinator, which may then give them to another member. Partitions not under revocation
     /// are ignored (a revocation ends when the member is fenced: the partitions were lost).
     pub fn released(&self, partitions: &[(String, i32)]) {
-        self.shared.state().release(partitions);
-        self.shared.wake.notify_one();
+        match &self.engine {
+            Engine::Consumer { shared, .. } => {
+                shared.state().release(partitions);
+                shared.wake.notify_one();
+            }
+            Engine::Classic(member) => member.released(partitions),
+        }
     }
 
     /// The partitions this member owns (topic, partition), revoked ones not yet released included.
     pub fn owned(&self) -> Vec<(String, i32)> {
-        let state = self.shared.state();
-        state.named(&state.owned)
+        match &self.engine {
+            Engine::Consumer { shared, .. } => {
+                let state = shared.state();
+                state.named(&state.owned)
+            }
+            Engine::Classic(member) => member.owned(),
+        }
     }
 
-    /// The member's epoch: 0 before it has joined, then the coordinator's latest.
+    /// The member's epoch: 0 before it has joined, then the coordinator's latest. On the classic
+    /// protocol, the group's generation (-1 before it has joined).
     pub fn epoch(&self) -> i32 {
-        self.shared.state().epoch
+        match &self.engine {
+            Engine::Consumer { shared, .. } => shared.state().epoch,
+            Engine::Classic(member) => member.generation(),
+        }
     }
 
     /// The member's id.
     pub fn member_id(&self) -> String {
-        self.shared.state().member_id.clone()
+        match &self.engine {
+            Engine::Consumer { shared, .. } => shared.state().member_id.clone(),
+            Engine::Classic(member) => member.member_id(),
+        }
     }
 
     /// This member's identity for [`crate::Producer::send_offsets_to_transaction`]: the member id
-    /// and its current epoch (KIP-447), read now; the epoch moves with every assignment change.
+    /// and its current epoch or generation (KIP-447), read now; a KIP-848 epoch moves with every
+    /// assignment change. The coordinator refuses a transaction's offsets from a member it has
+    /// fenced or dropped, which keeps a zombie's output from being committed.
     pub fn group_metadata(&self) -> ConsumerGroupMetadata {
-        let state = self.shared.state();
-        ConsumerGroupMetadata {
-            group_id: self.shared.config.group_id.clone(),
-            generation_id: state.epoch,
-            member_id: state.member_id.clone(),
-            group_instance_id: self.shared.config.group_instance_id.clone(),
+        match &self.engine {
+            Engine::Consumer { shared, .. } => {
+                let state = shared.state();
+                ConsumerGroupMetadata {
+                    group_id: shared.config.group_id.clone(),
+                    generation_id: state.epoch,
+                    member_id: state.member_id.clone(),
+                    group_instance_id: shared.config.group_instance_id.clone(),
+                }
+            }
+            Engine::Classic(member) => member.group_metadata(),
         }
     }
 
@@ -462,29 +571,33 @@ impl ConsumerGroupMember {
     /// Cancel safe: the heartbeats have stopped either way; a leave not sent is a session that
     /// ends.
     pub async fn leave(mut self) -> Result<()> {
+        let (shared, heartbeat) = match &mut self.engine {
+            Engine::Consumer { shared, heartbeat } => (Arc::clone(shared), heartbeat),
+            Engine::Classic(member) => return member.leave().await,
+        };
         // Stopped for sure before the leave goes out: a heartbeat after it would join again.
-        self.heartbeat.abort();
-        if let Err(stopped) = (&mut self.heartbeat).await {
+        heartbeat.abort();
+        if let Err(stopped) = heartbeat.await {
             if stopped.is_panic() {
                 std::panic::resume_unwind(stopped.into_panic());
             }
         }
         let (member_id, epoch) = {
-            let state = self.shared.state();
+            let state = shared.state();
             (state.member_id.clone(), state.epoch)
         };
-        let leave_epoch = if self.shared.config.group_instance_id.is_some() { STATIC_LEAVE_EPOCH } else { LEAVE_EPOCH };
+        let leave_epoch = if shared.config.group_instance_id.is_some() { STATIC_LEAVE_EPOCH } else { LEAVE_EPOCH };
         if epoch == 0 && member_id.is_empty() {
             return Ok(());
         }
         let request = ConsumerGroupHeartbeatRequest {
-            group_id: self.shared.config.group_id.clone(),
+            group_id: shared.config.group_id.clone(),
             member_id,
             member_epoch: leave_epoch,
-            instance_id: self.shared.config.group_instance_id.clone(),
+            instance_id: shared.config.group_instance_id.clone(),
             ..ConsumerGroupHeartbeatRequest::default()
         };
-        let coordinator = self.shared.coordinator().await?;
+        let coordinator = shared.coordinator().await?;
         let version = coordinator.version_for::<ConsumerGroupHeartbeatRequest>(None)?;
         let response = coordinator.send_version(&request, version).await?;
         match ErrorCode::from_code(response.error_code) {
@@ -501,8 +614,23 @@ impl ConsumerGroupMember {
 impl Drop for ConsumerGroupMember {
     fn drop(&mut self) {
         // No leave: the coordinator fences the member when its session ends.
-        self.heartbeat.abort();
+        match &self.engine {
+            Engine::Consumer { heartbeat, .. } => heartbeat.abort(),
+            Engine::Classic(member) => member.stop(),
+        }
     }
+}
+
+/// Whether joining failed because the coordinator does not offer the consumer protocol: a broker
+/// before Kafka 4 lacks ConsumerGroupHeartbeat, and one whose
+/// `group.coordinator.rebalance.protocols` leaves out `consumer` answers UNSUPPORTED_VERSION.
+fn lacks_consumer_protocol(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::UnsupportedVersion { .. }
+            | Error::Broker { code: ErrorCode::UnsupportedVersion, .. }
+            | Error::BrokerMessage { code: ErrorCode::UnsupportedVersion, .. }
+    )
 }
 
 /// Heartbeats until the member is dropped or refused for good, reconciling after each answer.

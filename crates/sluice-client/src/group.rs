@@ -151,28 +151,58 @@ struct Membership {
     stable: bool,
 }
 
+/// A classic member's standing, shared by its heartbeat task and whoever drives its joins (a
+/// [`GroupConsumer`]'s `poll`, or the cooperative member's own task).
 #[derive(Debug)]
-struct Shared {
-    client: Client,
+pub(crate) struct Shared {
+    pub(crate) client: Client,
     group_id: String,
     group_instance_id: Option<String>,
     membership: Mutex<Membership>,
     /// A connection of this member's own to the coordinator, so that a long fetch or another
     /// member's JoinGroup on a pooled connection never delays a heartbeat.
     coordinator: tokio::sync::Mutex<Option<Arc<Connection>>>,
-    rejoin: AtomicBool,
+    pub(crate) rejoin: AtomicBool,
+    /// Notified whenever a rejoin is asked for or an error becomes fatal.
+    pub(crate) changed: tokio::sync::Notify,
     /// An error the heartbeat task met that `poll` must report (e.g. a fenced static member).
-    fatal: Mutex<Option<Error>>,
+    pub(crate) fatal: Mutex<Option<Error>>,
 }
 
 impl Shared {
+    /// A member of `config`'s group that has not joined yet.
+    pub(crate) fn new(client: Client, config: &GroupConfig) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            group_id: config.group_id.clone(),
+            group_instance_id: config.group_instance_id.clone(),
+            membership: Mutex::new(Membership { member_id: String::new(), generation: -1, stable: false }),
+            coordinator: tokio::sync::Mutex::new(None),
+            rejoin: AtomicBool::new(true),
+            changed: tokio::sync::Notify::new(),
+            fatal: Mutex::new(None),
+        })
+    }
+
     fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
         self.membership.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn snapshot(&self) -> (String, i32, bool) {
+    /// The member id, the generation, and whether the member is in (joined and synced).
+    pub(crate) fn snapshot(&self) -> (String, i32, bool) {
         let m = self.membership();
         (m.member_id.clone(), m.generation, m.stable)
+    }
+
+    /// The member's identity for a transaction's offsets, as it stands now.
+    pub(crate) fn group_metadata(&self) -> ConsumerGroupMetadata {
+        let (member_id, generation_id, _) = self.snapshot();
+        ConsumerGroupMetadata {
+            group_id: self.group_id.clone(),
+            generation_id,
+            member_id,
+            group_instance_id: self.group_instance_id.clone(),
+        }
     }
 
     /// Asks for a rejoin unless the group has moved on since `generation` was current.
@@ -181,6 +211,19 @@ impl Shared {
         if m.generation == generation && m.stable {
             m.stable = false;
             self.rejoin.store(true, Ordering::SeqCst);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The coordinator no longer takes `generation` (ILLEGAL_GENERATION): the member rejoins with
+    /// no generation, as one that owns nothing (what it owned may be another member's already).
+    fn reset_generation(&self, generation: i32) {
+        let mut m = self.membership();
+        if m.generation == generation {
+            m.generation = -1;
+            m.stable = false;
+            self.rejoin.store(true, Ordering::SeqCst);
+            self.changed.notify_one();
         }
     }
 
@@ -190,10 +233,17 @@ impl Shared {
         m.generation = -1;
         m.stable = false;
         self.rejoin.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Stops the member for good: `error` is reported to its user.
+    pub(crate) fn fail(&self, error: Error) {
+        *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        self.changed.notify_one();
     }
 
     /// The coordinator connection, looked up first if there is none or it has closed.
-    async fn coordinator(&self) -> Result<Arc<Connection>> {
+    pub(crate) async fn coordinator(&self) -> Result<Arc<Connection>> {
         let mut slot = self.coordinator.lock().await;
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(connection));
@@ -204,7 +254,7 @@ impl Shared {
         Ok(connection)
     }
 
-    async fn forget_coordinator(&self) {
+    pub(crate) async fn forget_coordinator(&self) {
         *self.coordinator.lock().await = None;
     }
 }
@@ -285,6 +335,185 @@ async fn find_coordinator_once(client: &Client, key: &str, key_type: i8) -> Resu
     Ok(broker_address(&host, port))
 }
 
+impl Shared {
+    /// One JoinGroup and SyncGroup round: `Some(assignment)` when the member is in, `None` when
+    /// the coordinator asks for another round.
+    pub(crate) async fn join_and_sync(
+        &self,
+        config: &GroupConfig,
+        owned: &[(String, i32)],
+    ) -> Result<Option<Vec<(String, i32)>>> {
+        let coordinator = self.coordinator().await?;
+        let (member_id, generation, _) = self.snapshot();
+        let subscription = ConsumerProtocolSubscription {
+            topics: config.topics.clone(),
+            owned_partitions: owned_topics(owned),
+            generation_id: generation,
+            ..ConsumerProtocolSubscription::default()
+        };
+        let metadata =
+            encode_subscription(&subscription, ConsumerProtocolSubscription::MAX_VERSION).map_err(|source| {
+                Error::Encode { broker: coordinator.broker().to_owned(), api: "JoinGroup", version: -1, source }
+            })?;
+        let request = JoinGroupRequest {
+            group_id: config.group_id.clone(),
+            session_timeout_ms: millis(config.session_timeout),
+            rebalance_timeout_ms: millis(config.rebalance_timeout),
+            member_id,
+            group_instance_id: config.group_instance_id.clone(),
+            protocol_type: PROTOCOL_TYPE.into(),
+            protocols: config
+                .assignors
+                .iter()
+                .map(|a| JoinGroupRequestProtocol {
+                    name: a.name().to_owned(),
+                    metadata: metadata.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..JoinGroupRequest::default()
+        };
+        let version = coordinator.version_for::<JoinGroupRequest>(None)?;
+        // The coordinator holds JoinGroup until every member has rejoined.
+        let wait = config.rebalance_timeout + self.client.config().connection.request_timeout;
+        let joined = coordinator.send_version_within(&request, version, wait).await?;
+        match ErrorCode::from_code(joined.error_code) {
+            ErrorCode::None => {}
+            // KIP-394: the first join only hands out a member id, to be sent back.
+            ErrorCode::MemberIdRequired => {
+                self.membership().member_id = joined.member_id;
+                return Ok(None);
+            }
+            ErrorCode::UnknownMemberId => {
+                self.forget_member_id();
+                return Ok(None);
+            }
+            ErrorCode::RebalanceInProgress | ErrorCode::CoordinatorLoadInProgress | ErrorCode::IllegalGeneration => {
+                tokio::time::sleep(config.retry_backoff).await;
+                return Ok(None);
+            }
+            code => return Err(Error::Broker { broker: coordinator.broker().to_owned(), api: "JoinGroup", code }),
+        }
+        {
+            let mut m = self.membership();
+            m.member_id.clone_from(&joined.member_id);
+            m.generation = joined.generation_id;
+        }
+        let protocol = joined.protocol_name.clone().unwrap_or_default();
+        let assignments = if joined.leader == joined.member_id {
+            self.lead(config, &coordinator, &protocol, &joined.members).await?
+        } else {
+            Vec::new()
+        };
+        let request = SyncGroupRequest {
+            group_id: config.group_id.clone(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+            group_instance_id: config.group_instance_id.clone(),
+            protocol_type: Some(PROTOCOL_TYPE.into()),
+            protocol_name: Some(protocol),
+            assignments,
+            ..SyncGroupRequest::default()
+        };
+        let version = coordinator.version_for::<SyncGroupRequest>(None)?;
+        let synced = coordinator.send_version_within(&request, version, wait).await?;
+        match ErrorCode::from_code(synced.error_code) {
+            ErrorCode::None => {}
+            ErrorCode::UnknownMemberId => {
+                self.forget_member_id();
+                return Ok(None);
+            }
+            ErrorCode::RebalanceInProgress => return Ok(None),
+            // The group moved on without this member (it was too slow to sync).
+            ErrorCode::IllegalGeneration => {
+                self.reset_generation(joined.generation_id);
+                return Ok(None);
+            }
+            code => return Err(Error::Broker { broker: coordinator.broker().to_owned(), api: "SyncGroup", code }),
+        }
+        let (_, assignment) = decode_assignment(synced.assignment).map_err(|source| Error::Decode {
+            broker: coordinator.broker().to_owned(),
+            api: "SyncGroup",
+            version,
+            source,
+        })?;
+        self.membership().stable = true;
+        let mut assigned: Vec<(String, i32)> = assignment
+            .assigned_partitions
+            .into_iter()
+            .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
+            .collect();
+        assigned.sort();
+        Ok(Some(assigned))
+    }
+
+    /// As the group's leader: decodes every member's subscription, looks up the partitions of
+    /// the subscribed topics and runs the chosen assignor.
+    async fn lead(
+        &self,
+        config: &GroupConfig,
+        coordinator: &Connection,
+        protocol: &str,
+        members: &[JoinGroupResponseMember],
+    ) -> Result<Vec<SyncGroupRequestAssignment>> {
+        let decode_error =
+            |source| Error::Decode { broker: coordinator.broker().to_owned(), api: "JoinGroup", version: -1, source };
+        let assignor = config.assignors.iter().find(|a| a.name() == protocol).ok_or_else(|| Error::Broker {
+            broker: coordinator.broker().to_owned(),
+            api: "JoinGroup",
+            code: ErrorCode::InconsistentGroupProtocol,
+        })?;
+        let mut group = Vec::with_capacity(members.len());
+        let mut versions = BTreeMap::new();
+        let mut generations = Vec::with_capacity(members.len());
+        for member in members {
+            let (version, subscription) = decode_subscription(member.metadata.clone()).map_err(decode_error)?;
+            versions.insert(member.member_id.clone(), version);
+            generations.push(subscription.generation_id);
+            group.push(GroupMember {
+                member_id: member.member_id.clone(),
+                group_instance_id: member.group_instance_id.clone(),
+                topics: subscription.topics,
+                owned: subscription
+                    .owned_partitions
+                    .into_iter()
+                    .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
+                    .collect(),
+            });
+        }
+        drop_stale_claims(&mut group, &generations);
+        let mut topics: Vec<&str> = group.iter().flat_map(|m| m.topics.iter().map(String::as_str)).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let metadata = self.client.refresh_metadata(Some(&topics)).await?;
+        let partitions: BTreeMap<String, i32> = topics
+            .iter()
+            .filter_map(|t| metadata.topics.get(*t).map(|m| ((*t).to_owned(), i32::try_from(m.partitions.len()))))
+            .filter_map(|(t, n)| Some((t, n.ok()?)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let assignment = assignor.assign(&partitions, &group);
+        assignment
+            .into_iter()
+            .map(|(member_id, partitions)| {
+                let version =
+                    versions.get(&member_id).copied().unwrap_or(0).min(ConsumerProtocolAssignment::MAX_VERSION);
+                let payload = ConsumerProtocolAssignment {
+                    assigned_partitions: assigned_topics(&partitions),
+                    ..ConsumerProtocolAssignment::default()
+                };
+                let assignment = encode_assignment(&payload, version).map_err(|source| Error::Encode {
+                    broker: coordinator.broker().to_owned(),
+                    api: "SyncGroup",
+                    version: -1,
+                    source,
+                })?;
+                Ok(SyncGroupRequestAssignment { member_id, assignment, ..Default::default() })
+            })
+            .collect()
+    }
+}
+
 /// A consumer that shares its topics' partitions with the other members of a group.
 #[derive(Debug)]
 pub struct GroupConsumer {
@@ -331,15 +560,7 @@ impl GroupConsumer {
     /// partition has no committed offset, `consumer.offset_reset` decides where it starts
     /// (`Error` makes `poll` fail with [`Error::NoCommittedOffset`]).
     pub fn new(client: Client, config: GroupConfig, consumer: ConsumerConfig) -> Self {
-        let shared = Arc::new(Shared {
-            client: client.clone(),
-            group_id: config.group_id.clone(),
-            group_instance_id: config.group_instance_id.clone(),
-            membership: Mutex::new(Membership { member_id: String::new(), generation: -1, stable: false }),
-            coordinator: tokio::sync::Mutex::new(None),
-            rejoin: AtomicBool::new(true),
-            fatal: Mutex::new(None),
-        });
+        let shared = Shared::new(client.clone(), &config);
         let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared), config.heartbeat_interval));
         Self {
             config,
@@ -372,13 +593,7 @@ impl GroupConsumer {
 
     /// This member's identity for [`crate::Producer::send_offsets_to_transaction`].
     pub fn group_metadata(&self) -> ConsumerGroupMetadata {
-        let (member_id, generation_id, _) = self.shared.snapshot();
-        ConsumerGroupMetadata {
-            group_id: self.config.group_id.clone(),
-            generation_id,
-            member_id,
-            group_instance_id: self.config.group_instance_id.clone(),
-        }
+        self.shared.group_metadata()
     }
 
     /// The underlying consumer: positions, watermarks and lag of the owned partitions, and seek.
@@ -484,7 +699,7 @@ impl GroupConsumer {
         let deadline = Instant::now() + self.config.rebalance_timeout;
         let assigned = loop {
             self.shared.rejoin.store(false, Ordering::SeqCst);
-            match self.join_and_sync().await {
+            match self.shared.join_and_sync(&self.config, &self.assignment).await {
                 Ok(Some(assigned)) => break assigned,
                 Ok(None) => {}
                 Err(e) if coordinator_moved(&e) && Instant::now() < deadline => {
@@ -545,171 +760,6 @@ impl GroupConsumer {
             self.counts.insert(topic.clone(), count);
         }
         self.counted_at = Instant::now();
-    }
-
-    /// One JoinGroup and SyncGroup round: `Some(assignment)` when the member is in, `None` when
-    /// the coordinator asks for another round.
-    async fn join_and_sync(&mut self) -> Result<Option<Vec<(String, i32)>>> {
-        let coordinator = self.shared.coordinator().await?;
-        let (member_id, generation, _) = self.shared.snapshot();
-        let subscription = ConsumerProtocolSubscription {
-            topics: self.config.topics.clone(),
-            owned_partitions: owned_topics(&self.assignment),
-            generation_id: generation,
-            ..ConsumerProtocolSubscription::default()
-        };
-        let metadata =
-            encode_subscription(&subscription, ConsumerProtocolSubscription::MAX_VERSION).map_err(|source| {
-                Error::Encode { broker: coordinator.broker().to_owned(), api: "JoinGroup", version: -1, source }
-            })?;
-        let request = JoinGroupRequest {
-            group_id: self.config.group_id.clone(),
-            session_timeout_ms: millis(self.config.session_timeout),
-            rebalance_timeout_ms: millis(self.config.rebalance_timeout),
-            member_id,
-            group_instance_id: self.config.group_instance_id.clone(),
-            protocol_type: PROTOCOL_TYPE.into(),
-            protocols: self
-                .config
-                .assignors
-                .iter()
-                .map(|a| JoinGroupRequestProtocol {
-                    name: a.name().to_owned(),
-                    metadata: metadata.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..JoinGroupRequest::default()
-        };
-        let version = coordinator.version_for::<JoinGroupRequest>(None)?;
-        // The coordinator holds JoinGroup until every member has rejoined.
-        let wait = self.config.rebalance_timeout + self.client_timeout();
-        let joined = coordinator.send_version_within(&request, version, wait).await?;
-        match ErrorCode::from_code(joined.error_code) {
-            ErrorCode::None => {}
-            // KIP-394: the first join only hands out a member id, to be sent back.
-            ErrorCode::MemberIdRequired => {
-                self.shared.membership().member_id = joined.member_id;
-                return Ok(None);
-            }
-            ErrorCode::UnknownMemberId => {
-                self.shared.forget_member_id();
-                return Ok(None);
-            }
-            ErrorCode::RebalanceInProgress | ErrorCode::CoordinatorLoadInProgress | ErrorCode::IllegalGeneration => {
-                tokio::time::sleep(self.config.retry_backoff).await;
-                return Ok(None);
-            }
-            code => return Err(Error::Broker { broker: coordinator.broker().to_owned(), api: "JoinGroup", code }),
-        }
-        {
-            let mut m = self.shared.membership();
-            m.member_id.clone_from(&joined.member_id);
-            m.generation = joined.generation_id;
-        }
-        let protocol = joined.protocol_name.clone().unwrap_or_default();
-        let assignments = if joined.leader == joined.member_id {
-            self.lead(&coordinator, &protocol, &joined.members).await?
-        } else {
-            Vec::new()
-        };
-        let request = SyncGroupRequest {
-            group_id: self.config.group_id.clone(),
-            generation_id: joined.generation_id,
-            member_id: joined.member_id.clone(),
-            group_instance_id: self.config.group_instance_id.clone(),
-            protocol_type: Some(PROTOCOL_TYPE.into()),
-            protocol_name: Some(protocol),
-            assignments,
-            ..SyncGroupRequest::default()
-        };
-        let version = coordinator.version_for::<SyncGroupRequest>(None)?;
-        let synced = coordinator.send_version_within(&request, version, wait).await?;
-        match ErrorCode::from_code(synced.error_code) {
-            ErrorCode::None => {}
-            ErrorCode::UnknownMemberId => {
-                self.shared.forget_member_id();
-                return Ok(None);
-            }
-            ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration => return Ok(None),
-            code => return Err(Error::Broker { broker: coordinator.broker().to_owned(), api: "SyncGroup", code }),
-        }
-        let (_, assignment) = decode_assignment(synced.assignment).map_err(|source| Error::Decode {
-            broker: coordinator.broker().to_owned(),
-            api: "SyncGroup",
-            version,
-            source,
-        })?;
-        self.shared.membership().stable = true;
-        let mut assigned: Vec<(String, i32)> = assignment
-            .assigned_partitions
-            .into_iter()
-            .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
-            .collect();
-        assigned.sort();
-        Ok(Some(assigned))
-    }
-
-    /// As the group's leader: decodes every member's subscription, looks up the partitions of
-    /// the subscribed topics and runs the chosen assignor.
-    async fn lead(
-        &self,
-        coordinator: &Connection,
-        protocol: &str,
-        members: &[JoinGroupResponseMember],
-    ) -> Result<Vec<SyncGroupRequestAssignment>> {
-        let decode_error =
-            |source| Error::Decode { broker: coordinator.broker().to_owned(), api: "JoinGroup", version: -1, source };
-        let assignor = self.config.assignors.iter().find(|a| a.name() == protocol).ok_or_else(|| Error::Broker {
-            broker: coordinator.broker().to_owned(),
-            api: "JoinGroup",
-            code: ErrorCode::InconsistentGroupProtocol,
-        })?;
-        let mut group = Vec::with_capacity(members.len());
-        let mut versions = BTreeMap::new();
-        for member in members {
-            let (version, subscription) = decode_subscription(member.metadata.clone()).map_err(decode_error)?;
-            versions.insert(member.member_id.clone(), version);
-            group.push(GroupMember {
-                member_id: member.member_id.clone(),
-                group_instance_id: member.group_instance_id.clone(),
-                topics: subscription.topics,
-                owned: subscription
-                    .owned_partitions
-                    .into_iter()
-                    .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
-                    .collect(),
-            });
-        }
-        let mut topics: Vec<&str> = group.iter().flat_map(|m| m.topics.iter().map(String::as_str)).collect();
-        topics.sort_unstable();
-        topics.dedup();
-        let metadata = self.shared.client.refresh_metadata(Some(&topics)).await?;
-        let partitions: BTreeMap<String, i32> = topics
-            .iter()
-            .filter_map(|t| metadata.topics.get(*t).map(|m| ((*t).to_owned(), i32::try_from(m.partitions.len()))))
-            .filter_map(|(t, n)| Some((t, n.ok()?)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let assignment = assignor.assign(&partitions, &group);
-        assignment
-            .into_iter()
-            .map(|(member_id, partitions)| {
-                let version =
-                    versions.get(&member_id).copied().unwrap_or(0).min(ConsumerProtocolAssignment::MAX_VERSION);
-                let payload = ConsumerProtocolAssignment {
-                    assigned_partitions: assigned_topics(&partitions),
-                    ..ConsumerProtocolAssignment::default()
-                };
-                let assignment = encode_assignment(&payload, version).map_err(|source| Error::Encode {
-                    broker: coordinator.broker().to_owned(),
-                    api: "SyncGroup",
-                    version: -1,
-                    source,
-                })?;
-                Ok(SyncGroupRequestAssignment { member_id, assignment, ..Default::default() })
-            })
-            .collect()
     }
 
     fn client_timeout(&self) -> Duration {
@@ -822,31 +872,36 @@ impl GroupConsumer {
         } else {
             Ok(())
         };
-        let (member_id, _, _) = self.shared.snapshot();
-        if self.config.group_instance_id.is_none() && !member_id.is_empty() {
-            let coordinator = self.shared.coordinator().await?;
-            let version = coordinator.version_for::<LeaveGroupRequest>(None)?;
-            // v3 (KIP-345) leaves as a list of members.
-            let request = if version >= 3 {
-                let member = MemberIdentity { member_id, ..Default::default() };
-                LeaveGroupRequest {
-                    group_id: self.config.group_id.clone(),
-                    members: vec![member],
-                    ..Default::default()
-                }
-            } else {
-                LeaveGroupRequest { group_id: self.config.group_id.clone(), member_id, ..Default::default() }
-            };
-            let response = coordinator.send_version(&request, version).await?;
-            check_error(coordinator.broker(), "LeaveGroup", response.error_code)?;
-        }
+        self.shared.leave().await?;
         commit
+    }
+}
+
+impl Shared {
+    /// Leaves the group with LeaveGroup, so that the others take over at once; a static member
+    /// (KIP-345) stays, and its partitions wait for it until its session ends.
+    pub(crate) async fn leave(&self) -> Result<()> {
+        let (member_id, _, _) = self.snapshot();
+        if self.group_instance_id.is_some() || member_id.is_empty() {
+            return Ok(());
+        }
+        let coordinator = self.coordinator().await?;
+        let version = coordinator.version_for::<LeaveGroupRequest>(None)?;
+        // v3 (KIP-345) leaves as a list of members.
+        let request = if version >= 3 {
+            let member = MemberIdentity { member_id, ..Default::default() };
+            LeaveGroupRequest { group_id: self.group_id.clone(), members: vec![member], ..Default::default() }
+        } else {
+            LeaveGroupRequest { group_id: self.group_id.clone(), member_id, ..Default::default() }
+        };
+        let response = coordinator.send_version(&request, version).await?;
+        check_error(coordinator.broker(), "LeaveGroup", response.error_code)
     }
 }
 
 /// Sends heartbeats while the member is in the group, and turns the coordinator's answers into
 /// a rejoin request (rebalance, unknown member, old generation) or a fatal error (fenced).
-async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
+pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -869,9 +924,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
         match answer {
             Ok((coordinator, code)) => match ErrorCode::from_code(code) {
                 ErrorCode::None => {}
-                ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration => {
-                    tracing::debug!(group = %shared.group_id, generation, ?code, "rebalance: rejoin requested");
+                ErrorCode::RebalanceInProgress => {
+                    tracing::debug!(group = %shared.group_id, generation, "rebalance: rejoin requested");
                     shared.request_rejoin(generation);
+                }
+                ErrorCode::IllegalGeneration => {
+                    tracing::info!(group = %shared.group_id, generation, "the group moved on without this member; joining anew");
+                    shared.reset_generation(generation);
                 }
                 ErrorCode::UnknownMemberId => {
                     tracing::info!(group = %shared.group_id, "the coordinator no longer knows this member; joining anew");
@@ -881,7 +940,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
                 code => {
                     let error = Error::Broker { broker: coordinator.broker().to_owned(), api: "Heartbeat", code };
                     tracing::error!(group = %shared.group_id, error = %error, "heartbeat refused");
-                    *shared.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                    shared.fail(error);
                     shared.request_rejoin(generation);
                 }
             },
@@ -978,6 +1037,22 @@ pub(crate) fn commit_topics(offsets: &[(String, i32, i64)]) -> Vec<OffsetCommitR
         .into_iter()
         .map(|(name, partitions)| OffsetCommitRequestTopic { name: name.to_owned(), partitions, ..Default::default() })
         .collect()
+}
+
+/// Keeps each partition's ownership claim only from the members of the latest generation that
+/// claims it (as the Java client's sticky assignors do): a member that was dropped from the group
+/// and rejoins still claims what it owned then, which the group has since given to another.
+fn drop_stale_claims(group: &mut [GroupMember], generations: &[i32]) {
+    let mut latest: BTreeMap<(String, i32), i32> = BTreeMap::new();
+    for (member, generation) in group.iter().zip(generations) {
+        for partition in &member.owned {
+            let entry = latest.entry(partition.clone()).or_insert(*generation);
+            *entry = (*entry).max(*generation);
+        }
+    }
+    for (member, generation) in group.iter_mut().zip(generations) {
+        member.owned.retain(|partition| latest.get(partition) == Some(generation));
+    }
 }
 
 fn owned_topics(partitions: &[(String, i32)]) -> Vec<OwnedTopic> {

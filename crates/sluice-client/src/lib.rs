@@ -20,7 +20,7 @@ mod sasl;
 mod tls;
 
 pub use admin::{GroupDescription, GroupListing, GroupMemberDescription};
-pub use assignor::{Assignment, Assignor, GroupMember, RangeAssignor, RoundRobinAssignor};
+pub use assignor::{Assignment, Assignor, CooperativeStickyAssignor, GroupMember, RangeAssignor, RoundRobinAssignor};
 pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,
     TopicMetadata,
@@ -29,7 +29,7 @@ pub use connection::{Connection, ConnectionConfig, InFlight, RequestObserver, Ve
 pub use consumer::{
     filter_aborted, Consumer, ConsumerConfig, OffsetReset, PartitionProgress, PartitionRecords, StartAt,
 };
-pub use consumer_group::{ConsumerGroupConfig, ConsumerGroupMember, MemberEvent};
+pub use consumer_group::{ConsumerGroupConfig, ConsumerGroupMember, GroupProtocol, MemberEvent};
 pub use error::{Error, Result};
 pub use group::{ConsumerGroupMetadata, GroupConfig, GroupConsumer, GroupEvent};
 pub use partitioner::partition_for_key;

@@ -82,9 +82,14 @@ pub fn shared() -> &'static Broker {
         Kind::Tansu => Broker::start_tansu(None, &[]),
         Kind::Kafka => match std::env::var_os("SLUICE_TEST_KAFKA_DIR") {
             Some(dir) => Broker::attach_kafka(Path::new(&dir)),
-            None => {
-                Broker::start_kafka(&KafkaOptions { nodes: 1, heap: TEST_HEAP, sasl: true, tls: true, external: None })
-            }
+            None => Broker::start_kafka(&KafkaOptions {
+                nodes: 1,
+                heap: TEST_HEAP,
+                sasl: true,
+                tls: true,
+                external: None,
+                config: &[],
+            }),
         },
     })
 }
@@ -156,6 +161,8 @@ struct KafkaOptions<'a> {
     sasl: bool,
     tls: bool,
     external: Option<&'a str>,
+    /// Broker settings (`key=value`) beside the test defaults.
+    config: &'a [&'a str],
 }
 
 /// The heap of a test broker's JVM: enough for the tests, small beside the machine's memory.
@@ -170,9 +177,14 @@ impl Broker {
     pub fn start() -> Self {
         match kind() {
             Kind::Tansu => Self::start_tansu(None, &[]),
-            Kind::Kafka => {
-                Self::start_kafka(&KafkaOptions { nodes: 1, heap: TEST_HEAP, sasl: false, tls: false, external: None })
-            }
+            Kind::Kafka => Self::start_kafka(&KafkaOptions {
+                nodes: 1,
+                heap: TEST_HEAP,
+                sasl: false,
+                tls: false,
+                external: None,
+                config: &[],
+            }),
         }
     }
 
@@ -181,9 +193,14 @@ impl Broker {
     pub fn start_for_benchmark() -> Self {
         match kind() {
             Kind::Tansu => Self::start_tansu(None, &[]),
-            Kind::Kafka => {
-                Self::start_kafka(&KafkaOptions { nodes: 1, heap: "1g", sasl: false, tls: false, external: None })
-            }
+            Kind::Kafka => Self::start_kafka(&KafkaOptions {
+                nodes: 1,
+                heap: "1g",
+                sasl: false,
+                tls: false,
+                external: None,
+                config: &[],
+            }),
         }
     }
 
@@ -192,14 +209,29 @@ impl Broker {
     /// CA). Kafka only: Tansu has no TLS of its own.
     pub fn start_for_benchmark_with_tls() -> Self {
         assert_eq!(kind(), Kind::Kafka, "a broker with TLS listeners needs Apache Kafka (SLUICE_TEST_BROKER=kafka)");
-        Self::start_kafka(&KafkaOptions { nodes: 1, heap: "1g", sasl: false, tls: true, external: None })
+        Self::start_kafka(&KafkaOptions { nodes: 1, heap: "1g", sasl: false, tls: true, external: None, config: &[] })
+    }
+
+    /// A one-node Kafka broker of its own with these settings (`key=value`, e.g.
+    /// `group.coordinator.rebalance.protocols=classic`) beside the test defaults. Kafka only: the
+    /// caller of a test that needs it on Tansu says so and skips.
+    pub fn start_kafka_configured(config: &[&str]) -> Self {
+        assert_eq!(kind(), Kind::Kafka, "a configured broker needs Apache Kafka (SLUICE_TEST_BROKER=kafka)");
+        Self::start_kafka(&KafkaOptions { nodes: 1, heap: TEST_HEAP, sasl: false, tls: false, external: None, config })
     }
 
     /// A cluster of `nodes` Kafka nodes (combined broker and controller each; topics default to
     /// `min(nodes, 3)` replicas). Kafka only: Tansu has no clusters; the caller says so and skips.
     pub fn start_cluster(nodes: u32) -> Self {
         assert_eq!(kind(), Kind::Kafka, "a cluster needs Apache Kafka (SLUICE_TEST_BROKER=kafka)");
-        Self::start_kafka(&KafkaOptions { nodes, heap: TEST_HEAP, sasl: false, tls: false, external: None })
+        Self::start_kafka(&KafkaOptions {
+            nodes,
+            heap: TEST_HEAP,
+            sasl: false,
+            tls: false,
+            external: None,
+            config: &[],
+        })
     }
 
     /// A broker of its own on a free port behind a fault proxy: the broker advertises the proxy's
@@ -217,6 +249,7 @@ impl Broker {
                 sasl: false,
                 tls: false,
                 external: Some(&proxy_addr),
+                config: &[],
             }),
         };
         let upstream = broker.external.first().cloned().unwrap_or_else(|| broker.addr.clone());
@@ -233,7 +266,8 @@ impl Broker {
         let listeners: Vec<TcpListener> = (0..nodes).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
         let addresses: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
         let joined = addresses.join(",");
-        let options = KafkaOptions { nodes, heap: TEST_HEAP, sasl: false, tls: false, external: Some(&joined) };
+        let options =
+            KafkaOptions { nodes, heap: TEST_HEAP, sasl: false, tls: false, external: Some(&joined), config: &[] };
         let cluster = Self::start_kafka(&options);
         let proxies = listeners
             .into_iter()
@@ -379,6 +413,9 @@ impl Broker {
         }
         if let Some(external) = options.external {
             args.extend(["--external", external]);
+        }
+        for setting in options.config {
+            args.extend(["--config", setting]);
         }
         let started = Instant::now();
         let output = kafka_sh(&args);
