@@ -257,6 +257,9 @@ EOF
             echo "transaction.state.log.num.partitions=10"
             echo "min.insync.replicas=$min_isr"
             echo "group.initial.rebalance.delay.ms=0"
+            # A transaction a dead process left open is aborted after its timeout at the next
+            # sweep (every 10 s by default): every second, so that scale-out tests fail over fast.
+            echo "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000"
             # Consumer-protocol groups (KIP-848) take their sessions and heartbeat interval from
             # the broker (45 s and 5 s by default, which are also the floors): short ones, so
             # that a test sees a member that died fenced within seconds.

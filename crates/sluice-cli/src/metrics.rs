@@ -253,6 +253,7 @@ mod tests {
             sources: Vec::new(),
             rerun: false,
             checkpoint_bytes: 100,
+            aborted: false,
         };
         metrics.record(&progress);
         sluice_client::RequestObserver::request_done(&*requests, "b:9092", "Fetch", Duration::from_millis(3), true);

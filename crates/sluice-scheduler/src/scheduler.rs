@@ -17,7 +17,9 @@
 //! - `prefetch`: the next batch read while the current one is processed;
 //! - `checkpoint`: the intents and commits written to the log, and the checkpoint's identity;
 //! - `snapshot`: state snapshots written in the background;
-//! - `progress`: progress records, lag, and offsets committed to a consumer group.
+//! - `progress`: progress records, lag, and offsets committed to a consumer group;
+//! - `scale`: scale-out mode, the partitions a consumer group shares out and a Kafka transaction
+//!   per batch.
 
 mod batch;
 mod checkpoint;
@@ -29,11 +31,12 @@ mod prefetch;
 mod progress;
 mod read;
 mod run_batch;
+mod scale;
 mod snapshot;
 
 pub use batch::{Batch, BatchOutput, Piece, Processor};
 pub use checkpoint::CHECKPOINT_ID_FILE;
-pub use config::{SchedulerConfig, StartingOffsets, DEFAULT_MAX_BATCH_BYTES};
+pub use config::{ScaleConfig, SchedulerConfig, StartingOffsets, DEFAULT_MAX_BATCH_BYTES};
 pub use error::SchedulerError;
 pub use progress::{BatchProgress, Durations, PartitionProgress};
 
@@ -106,6 +109,8 @@ pub struct Scheduler<C: Clock> {
     /// A batch's intent or commit being written and synced on the blocking pool; what it
     /// changes in the scheduler changes once it is durable.
     log_writing: Option<LogWrite>,
+    /// Scale-out mode: the group member and the transactional producer, once joined.
+    scale: Option<scale::Scale>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -117,9 +122,22 @@ impl<C: Clock> Scheduler<C> {
     pub fn open(
         client: Client,
         checkpoint_dir: impl AsRef<Path>,
-        config: SchedulerConfig,
+        mut config: SchedulerConfig,
         clock: C,
     ) -> Result<Self, SchedulerError> {
+        if config.scale.is_some() {
+            let conflicts = [
+                (config.topic_pattern.is_some(), "topic_pattern"),
+                (!config.assign.is_empty(), "assign"),
+                (config.commit_to_group.is_some(), "commit_to_group (the job's group holds its offsets)"),
+                (config.ending_offsets.is_some(), "ending_offsets"),
+            ];
+            if let Some((_, what)) = conflicts.iter().find(|(set, _)| *set) {
+                return Err(SchedulerError::Config(format!("scale-out mode cannot be combined with {what}")));
+            }
+            // Other processes' batches are transactions: only what they committed is read.
+            config.fetch.isolation = sluice_client::Isolation::ReadCommitted;
+        }
         let (log, recovered) = Log::open(checkpoint_dir.as_ref(), config.checkpoint.clone())?;
         let dir = checkpoint_dir.as_ref().display();
         if let Some(torn) = &recovered.torn {
@@ -191,6 +209,7 @@ impl<C: Clock> Scheduler<C> {
             snapshot_to_write: None,
             snapshot_writing: None,
             log_writing: None,
+            scale: None,
         })
     }
 
@@ -269,6 +288,7 @@ impl<C: Clock> Scheduler<C> {
         mut on_progress: impl FnMut(&BatchProgress),
     ) -> Result<u64, SchedulerError> {
         self.log_written().await?;
+        self.join_group().await?;
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
         while !self.stop.is_cancelled() && !self.bounded_run_done() {
@@ -304,6 +324,9 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         self.write_snapshot_now().await?;
+        if self.stop.is_cancelled() {
+            self.leave_group().await;
+        }
         Ok(ran)
     }
 

@@ -24,6 +24,8 @@ pub struct Batch {
     /// Whether this batch is the re-run of an intent found open in the log.
     pub rerun: bool,
     pub(super) pieces: Pieces,
+    /// Scale-out mode: the batch's transaction, begun (see [`Batch::transaction`]).
+    pub(super) transaction: Option<Arc<sluice_client::Producer>>,
 }
 
 /// Records of a batch, from its read tasks: all of them, or the next bounded piece. Each
@@ -119,6 +121,14 @@ pub(super) fn cut_piece(
 }
 
 impl Batch {
+    /// Scale-out mode ([`SchedulerConfig::scale`](super::SchedulerConfig::scale)): the
+    /// transactional producer whose transaction this batch is. Records sent through it commit
+    /// together with the batch's source offsets, or not at all; do not begin, commit or abort
+    /// it. `None` outside scale-out mode, and for a batch with no ranges.
+    pub fn transaction(&self) -> Option<&sluice_client::Producer> {
+        self.transaction.as_deref()
+    }
+
     /// The batch's next piece of records (the first call gives the first), or `None` once all
     /// were given. A processor takes every piece before it returns (the batch fails
     /// otherwise); with the default budget most batches come in one piece.

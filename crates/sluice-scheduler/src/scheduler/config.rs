@@ -99,6 +99,62 @@ pub struct SchedulerConfig {
     pub commit_to_group: Option<String>,
     /// How the checkpoint log is kept (segment size, batches retained for inspection).
     pub checkpoint: LogOptions,
+    /// Scale-out: share the partitions of `topics` with every other process of the job through
+    /// a consumer group, and commit each batch as one Kafka transaction (see [`ScaleConfig`]).
+    pub scale: Option<ScaleConfig>,
+}
+
+/// Scale-out mode: every process started with the same job and the same `group` splits the
+/// source partitions through that consumer group (the KIP-848 consumer protocol where the broker
+/// offers it, the classic protocol with cooperative rebalancing otherwise), and each batch's
+/// output and source offsets commit together in one Kafka transaction, with the member's group
+/// metadata (KIP-447), so a process the group has dropped cannot commit.
+///
+/// In this mode Kafka is the source of truth: a partition gained starts at the group's committed
+/// offset (waiting out a previous owner's open transaction), or at `starting_offsets` when the
+/// group has none; every read is `read_committed`; the checkpoint log records the batches this
+/// process ran, and an intent found open at start is closed, not re-run (its transaction was
+/// aborted, or committed, by Kafka). The processor writes its output through the batch's
+/// transaction ([`Batch::transaction`](super::Batch::transaction)).
+///
+/// Fields may be added in later versions (`#[non_exhaustive]`): start from [`ScaleConfig::new`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ScaleConfig {
+    /// The consumer group the job's processes share (it also holds the committed offsets).
+    pub group: String,
+    /// This process's stable name in the group: the static member id (KIP-345) and the suffix
+    /// of its transactional id. `None`: the checkpoint's id, so a process restarted on the same
+    /// checkpoint directory fences its previous incarnation at once.
+    pub instance: Option<String>,
+    /// Which group protocol to speak.
+    pub protocol: sluice_client::GroupProtocol,
+    /// How long the group waits for a member to give up revoked partitions.
+    pub rebalance_timeout: Duration,
+    /// Classic protocol only: the member's session (the consumer protocol's is the broker's).
+    pub session_timeout: Duration,
+    /// Classic protocol only: time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A transaction left open this long by a process that died is aborted by the broker; until
+    /// then `read_committed` readers of its output wait (Kafka Streams' default: 10 s).
+    pub transaction_timeout: Duration,
+}
+
+impl ScaleConfig {
+    /// Scale-out through `group`, with the defaults: the checkpoint's id as the instance, the
+    /// protocol the broker offers, a rebalance timeout of 60 s, a classic session of 45 s with
+    /// heartbeats every 3 s, transactions that time out after 10 s.
+    pub fn new(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            instance: None,
+            protocol: sluice_client::GroupProtocol::Auto,
+            rebalance_timeout: Duration::from_secs(60),
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(3),
+            transaction_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl SchedulerConfig {
@@ -133,6 +189,7 @@ impl SchedulerConfig {
             partition_discovery_interval: Duration::from_secs(5),
             commit_to_group: None,
             checkpoint,
+            scale: None,
         }
     }
 }

@@ -42,7 +42,6 @@ impl<C: Clock> Scheduler<C> {
         // Partitions that appear after the first batch start at their beginning: their records
         // are all new to this job (as Spark does).
         let first = self.next_batch_id == 0 && self.last_start_ms.is_none();
-        let (mut earliest, mut latest, mut by_time) = (Vec::new(), Vec::new(), Vec::new());
         let whole_topics = topics.iter().filter_map(|topic| metadata.topics.get(topic).map(|t| (topic, t)));
         let mut found: Vec<TopicPartition> =
             whole_topics.flat_map(|(topic, t)| t.partitions.iter().map(|p| (topic.clone(), p.partition))).collect();
@@ -57,22 +56,41 @@ impl<C: Clock> Scheduler<C> {
         );
         found.sort();
         found.dedup();
-        for key in found {
-            if self.positions.contains_key(&key) {
-                continue;
-            }
+        found.retain(|key| !self.positions.contains_key(key));
+        match self.starting_positions(&found, first).await {
+            Ok(positions) => self.positions.extend(positions),
+            // A partition that has just appeared is listed a moment before its leader serves it
+            // (Kafka answers NOT_LEADER_OR_FOLLOWER meanwhile): the partitions found after the
+            // first batch are taken up at a later discovery, the next batch's.
+            Err(e) if !first && e.is_retriable() => return Ok(()),
+            Err(e) => return Err(planning(e)),
+        }
+        self.discovered_at_ms = Some(now);
+        Ok(())
+    }
+
+    /// Where `keys`, which have no position, start: by `starting_offsets` if `first` (the
+    /// job's first sight of them), else at their earliest offset (partitions that appeared while
+    /// the job ran hold only records new to it).
+    pub(super) async fn starting_positions(
+        &self,
+        keys: &[TopicPartition],
+        first: bool,
+    ) -> Result<BTreeMap<TopicPartition, i64>, sluice_client::Error> {
+        let mut positions = BTreeMap::new();
+        let (mut earliest, mut latest, mut by_time) = (Vec::new(), Vec::new(), Vec::new());
+        for key in keys {
             match &self.config.starting_offsets {
-                StartingOffsets::Offsets(offsets) if offsets.contains_key(&key) => {
-                    let offset = offsets.get(&key).copied().unwrap_or_default();
-                    self.positions.insert(key, offset);
+                StartingOffsets::Offsets(offsets) if offsets.contains_key(key) => {
+                    positions.insert(key.clone(), offsets.get(key).copied().unwrap_or_default());
                 }
-                StartingOffsets::Latest if first => latest.push(key),
-                StartingOffsets::Timestamp(_) if first => by_time.push(key),
-                _ => earliest.push(key),
+                StartingOffsets::Latest if first => latest.push(key.clone()),
+                StartingOffsets::Timestamp(_) if first => by_time.push(key.clone()),
+                _ => earliest.push(key.clone()),
             }
         }
         let isolation = self.config.fetch.isolation;
-        let looked_up = tokio::try_join!(
+        let (earliest, latest, by_time) = tokio::try_join!(
             self.client.list_offsets(&earliest, OffsetSpec::Earliest),
             self.client.log_ends(&latest, isolation),
             async {
@@ -83,23 +101,14 @@ impl<C: Clock> Scheduler<C> {
                     _ => Ok(BTreeMap::new()),
                 }
             },
-        );
-        let (earliest, latest, by_time) = match looked_up {
-            Ok(found) => found,
-            // A partition that has just appeared is listed a moment before its leader serves it
-            // (Kafka answers NOT_LEADER_OR_FOLLOWER meanwhile): the partitions found after the
-            // first batch are taken up at a later discovery, the next batch's.
-            Err(e) if !first && e.is_retriable() => return Ok(()),
-            Err(e) => return Err(planning(e)),
-        };
+        )?;
         // -1: no record that late; such a partition starts at its end.
         let (found, after_all): (BTreeMap<_, _>, BTreeMap<_, _>) =
             by_time.into_iter().partition(|(_, offset)| *offset >= 0);
         let keys: Vec<TopicPartition> = after_all.into_keys().collect();
-        let ends = self.client.log_ends(&keys, isolation).await.map_err(planning)?;
-        self.positions.extend(earliest.into_iter().chain(latest).chain(found).chain(ends));
-        self.discovered_at_ms = Some(now);
-        Ok(())
+        let ends = self.client.log_ends(&keys, isolation).await?;
+        positions.extend(earliest.into_iter().chain(latest).chain(found).chain(ends));
+        Ok(positions)
     }
 
     /// Drops the positions of partitions no longer in the cluster (the topic deleted, or made

@@ -89,6 +89,20 @@ pub enum SchedulerError {
         /// The job's position in it.
         position: i64,
     },
+    /// Scale-out: the group or the batch's transaction failed for good (the coordinator
+    /// refused the member, the producer was fenced by another process with the same instance).
+    #[error("scale-out group {group}: {what}: {source}")]
+    Group {
+        /// The group.
+        group: String,
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        source: Box<sluice_client::Error>,
+    },
+    /// The configuration cannot run.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The log holds an intent whose ranges this scheduler cannot use.
     #[error("checkpoint: {0}")]
     Inconsistent(String),

@@ -57,7 +57,10 @@ impl<C: Clock> Scheduler<C> {
     }
 
     async fn plan(&mut self, batch_id: u64) -> Result<Plan, SchedulerError> {
-        self.discover(batch_id).await?;
+        // In scale-out mode the group says which partitions are this process's.
+        if self.config.scale.is_none() {
+            self.discover(batch_id).await?;
+        }
         let positions = self.positions.clone();
         self.plan_from(batch_id, &positions).await
     }

@@ -83,6 +83,10 @@ pub struct BatchProgress {
     /// changes, and the snapshot of the batch before if that batch took one (a snapshot is
     /// written in the background while the next batch runs).
     pub checkpoint_bytes: u64,
+    /// Scale-out mode: the batch's transaction did not commit (the group had moved on, or the
+    /// commit failed): its records count as not consumed, and its partitions go on from the
+    /// group's committed offsets.
+    pub aborted: bool,
 }
 
 impl BatchProgress {

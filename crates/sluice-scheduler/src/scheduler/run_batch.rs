@@ -10,6 +10,7 @@ use super::checkpoint::from_log_range;
 use super::planning::Plan;
 use super::progress::{partition_progress, PhaseTimes};
 use super::read::Reading;
+use super::scale::NOT_COMMITTED;
 use super::{Batch, BatchOutput, BatchProgress, Processor, Scheduler, SchedulerError};
 use crate::clock::Clock;
 use crate::plan::{split_ranges, OffsetRange};
@@ -22,6 +23,9 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<(BatchProgress, bool), SchedulerError> {
         // A write a dropped run left under way comes first: it may open or commit a batch.
         self.log_written().await?;
+        if self.config.scale.is_some() {
+            self.take_group_changes(self.next_batch_id).await?;
+        }
         let batch_id = self.next_batch_id;
         let started = self.clock.now_ms();
         let (Plan { ranges, latest, resets, cut_by_budget }, rerun, reading) = self.take_plan(batch_id).await?;
@@ -47,8 +51,18 @@ impl<C: Clock> Scheduler<C> {
         let pieces = Pieces::new(batch_id, task_ranges, first, rest, self.read_context());
         let tally = Arc::clone(&pieces.tally);
         self.learn(&pieces.tally());
-        let batch = Batch { batch_id, ranges: ranges.clone(), rerun, pieces };
-        let (output, tally) = self.process(processor, batch, &ranges, &tally, first_is_last).await?;
+        let transaction = self.begin_batch_transaction(&ranges).await?;
+        let in_transaction = transaction.is_some();
+        let batch = Batch { batch_id, ranges: ranges.clone(), rerun, pieces, transaction };
+        let (output, tally) = match self.process(processor, batch, &ranges, &tally, first_is_last).await {
+            Ok(processed) => processed,
+            Err(error) => {
+                if in_transaction {
+                    self.abort_after_failure(batch_id).await;
+                }
+                return Err(error);
+            }
+        };
         let latest = if rerun { self.rerun_latest(&ranges) } else { latest };
         let (rows, lost) = (tally.records as u64, tally.lost);
         for ((topic, partition), offsets) in lost.iter().filter(|(_, n)| **n > 0) {
@@ -57,7 +71,15 @@ impl<C: Clock> Scheduler<C> {
         let (input_bytes, pieces) = (tally.bytes as u64, tally.pieces);
         let processed = self.clock.now_ms();
         self.snapshot_written().await?;
-        self.write_commit(batch_id, &ranges, output).await?;
+        // Scale-out: the batch counts once its transaction commits in Kafka; refused (the group
+        // moved on), it is closed here as not committed and its partitions go on from the group.
+        let in_kafka = self.commit_batch_transaction(batch_id, &ranges).await?;
+        let (commit_ranges, output) = if in_kafka {
+            (ranges.clone(), output)
+        } else {
+            (Vec::new(), BatchOutput { sink_markers: NOT_COMMITTED.to_vec(), ..BatchOutput::default() })
+        };
+        self.write_commit(batch_id, &commit_ranges, output).await?;
         let checkpoint_bytes = self.log.stats().map_or(0, |s| s.appended_bytes.saturating_sub(appended_before));
         self.commit_to_group(batch_id, &ranges).await;
         let committed = self.clock.now_ms();
@@ -79,6 +101,7 @@ impl<C: Clock> Scheduler<C> {
             sources: partition_progress(&ranges, &latest, &lost, &resets),
             rerun,
             checkpoint_bytes,
+            aborted: !in_kafka,
         };
         Ok((progress, reached_end))
     }

@@ -1,0 +1,271 @@
+//! Scale-out mode ([`ScaleConfig`](super::ScaleConfig)): the partitions come from a consumer
+//! group shared with the job's other processes, and each batch commits as one Kafka transaction.
+//!
+//! At batch boundaries the member's changes are taken in: revoked and lost partitions are
+//! dropped (and revoked ones released, so the group can hand them on: a revocation that arrives
+//! while a batch runs waits for its commit), gained partitions start at the group's committed
+//! offset, read as stable (a previous owner's open transaction is waited out). A batch with
+//! ranges runs in a transaction begun before the processor gets it: its output, sent through
+//! [`Batch::transaction`](super::Batch::transaction), and its ranges' end offsets, sent with the
+//! member's group metadata read at that moment, commit together. A commit the group refuses (the
+//! member was dropped, or moved to a newer epoch while it lost partitions of the batch) aborts
+//! the transaction: the batch's positions are read again from the group, and the checkpoint log
+//! closes the batch with empty ranges.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_client::{ConsumerGroupConfig, ConsumerGroupMember, Error, MemberEvent, Producer, ProducerConfig};
+use sluice_protocol::error_code::ErrorCode;
+
+use super::read::{FIRST_FAULT_BACKOFF, MAX_FAULT_BACKOFF};
+use super::{BatchOutput, Scheduler, SchedulerError};
+use crate::clock::Clock;
+use crate::plan::{OffsetRange, TopicPartition};
+
+/// The commit record's marker of a batch that did not commit in Kafka (aborted, or left open
+/// by the previous run and closed at start): its ranges were not consumed.
+pub(super) const NOT_COMMITTED: &[u8] = b"scale-out: not committed";
+
+/// A process's place in the job's group.
+#[derive(Debug)]
+pub(super) struct Scale {
+    member: ConsumerGroupMember,
+    producer: Arc<Producer>,
+    /// Partitions gained whose positions are not known yet (a lookup failed on a fault).
+    gained: Vec<TopicPartition>,
+}
+
+impl<C: Clock> Scheduler<C> {
+    fn group_error(&self, what: &'static str, source: Error) -> SchedulerError {
+        let group = self.config.scale.as_ref().map(|s| s.group.clone()).unwrap_or_default();
+        SchedulerError::Group { group, what, source: Box::new(source) }
+    }
+
+    /// In scale-out mode: joins the group and starts the transactional producer (whose
+    /// InitProducerId fences this instance's previous incarnation and aborts its open
+    /// transaction), and closes an intent the previous run left open without re-running it.
+    pub(super) async fn join_group(&mut self) -> Result<(), SchedulerError> {
+        let Some(scale) = self.config.scale.clone() else { return Ok(()) };
+        if self.scale.is_some() {
+            return Ok(());
+        }
+        let instance = scale.instance.clone().unwrap_or_else(|| format!("{:016x}", self.checkpoint_id));
+        let mut producer_config = ProducerConfig::default();
+        producer_config.transactional_id = Some(format!("sluice-{}-{instance}", scale.group));
+        producer_config.transaction_timeout = scale.transaction_timeout;
+        let producer = Producer::new(self.client.clone(), producer_config)
+            .await
+            .map_err(|e| self.group_error("starting the transactional producer", e))?;
+        let mut member_config = ConsumerGroupConfig::new(scale.group.clone(), self.config.topics.clone());
+        member_config.group_instance_id.clone_from(&scale.instance);
+        member_config.protocol = scale.protocol;
+        member_config.rebalance_timeout = scale.rebalance_timeout;
+        member_config.session_timeout = scale.session_timeout;
+        member_config.heartbeat_interval = scale.heartbeat_interval;
+        let member = ConsumerGroupMember::join(self.client.clone(), member_config)
+            .await
+            .map_err(|e| self.group_error("joining", e))?;
+        tracing::info!(group = %scale.group, member = %member.member_id(), protocol = ?member.protocol(), "joined the job's group");
+        // What this process owned before comes again from the group, with the group's offsets.
+        self.positions.clear();
+        self.known_high_watermarks.clear();
+        self.scale = Some(Scale { member, producer: Arc::new(producer), gained: Vec::new() });
+        self.close_open_intent().await
+    }
+
+    /// An intent left open (by the run before, or a batch that failed) is closed as not
+    /// committed: its transaction is over (the new producer aborted it, or it committed and the
+    /// group's offsets say so), and its partitions may be another process's by now.
+    async fn close_open_intent(&mut self) -> Result<(), SchedulerError> {
+        let Some(intent) = self.pending.clone() else { return Ok(()) };
+        tracing::info!(
+            batch_id = intent.batch_id,
+            "closing the batch left open: in scale-out mode the group's offsets say where to go on"
+        );
+        let output = BatchOutput { sink_markers: NOT_COMMITTED.to_vec(), ..BatchOutput::default() };
+        self.write_commit(intent.batch_id, &[], output).await
+    }
+
+    /// Takes in the group's changes since the last batch; true if the partitions changed.
+    pub(super) async fn take_group_changes(&mut self, batch_id: u64) -> Result<bool, SchedulerError> {
+        self.close_open_intent().await?;
+        let Some(scale) = self.scale.as_mut() else { return Ok(false) };
+        let mut changed = false;
+        let mut failed = None;
+        while let Some(event) = scale.member.try_event() {
+            changed = true;
+            match event {
+                Ok(MemberEvent::Assigned(partitions)) => {
+                    tracing::info!(batch_id, ?partitions, "partitions assigned");
+                    scale.gained.extend(partitions);
+                }
+                Ok(MemberEvent::Revoked(partitions)) => {
+                    tracing::info!(batch_id, ?partitions, "partitions revoked: released");
+                    for partition in &partitions {
+                        self.positions.remove(partition);
+                        self.known_high_watermarks.remove(partition);
+                        scale.gained.retain(|p| p != partition);
+                    }
+                    scale.member.released(&partitions);
+                }
+                Ok(MemberEvent::Lost(partitions)) => {
+                    tracing::warn!(batch_id, ?partitions, "partitions lost: the group dropped this process");
+                    for partition in &partitions {
+                        self.positions.remove(partition);
+                        self.known_high_watermarks.remove(partition);
+                        scale.gained.retain(|p| p != partition);
+                    }
+                }
+                Ok(other) => tracing::debug!(batch_id, ?other, "group event"),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failed {
+            return Err(self.group_error("staying in the group", error));
+        }
+        let gained = self.scale.as_ref().map(|s| s.gained.clone()).unwrap_or_default();
+        if !gained.is_empty() {
+            let positions = self.group_positions(batch_id, &gained).await?;
+            self.positions.extend(positions);
+            if let Some(scale) = self.scale.as_mut() {
+                scale.gained.clear();
+            }
+        }
+        if changed {
+            // A batch read ahead may hold partitions given up since.
+            self.prefetched = None;
+        }
+        Ok(changed)
+    }
+
+    /// Where `partitions` start: the group's committed offsets, read as stable (a transaction
+    /// still deciding them, a previous owner's, is waited out), or `starting_offsets` where the
+    /// group has none; retried through transient faults for `fault_timeout`.
+    async fn group_positions(
+        &self,
+        batch_id: u64,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>, SchedulerError> {
+        let group = self.config.scale.as_ref().map(|s| s.group.as_str()).unwrap_or_default();
+        let deadline = Instant::now() + self.config.fault_timeout;
+        let mut backoff = FIRST_FAULT_BACKOFF;
+        loop {
+            let looked_up = async {
+                let committed = self.client.stable_group_offsets(group, partitions).await?;
+                let (mut positions, fresh): (BTreeMap<TopicPartition, i64>, Vec<TopicPartition>) = (
+                    committed.iter().filter_map(|(p, offset)| Some((p.clone(), (*offset)?))).collect(),
+                    partitions.iter().filter(|p| !matches!(committed.get(*p), Some(Some(_)))).cloned().collect(),
+                );
+                positions.extend(self.starting_positions(&fresh, true).await?);
+                Ok::<_, Error>(positions)
+            };
+            match looked_up.await {
+                Ok(positions) => return Ok(positions),
+                Err(error) if error.is_retriable() && Instant::now() + backoff < deadline => {
+                    tracing::warn!(batch_id, %error, retry_in = ?backoff, "looking up where gained partitions start failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_FAULT_BACKOFF);
+                }
+                Err(source) => return Err(SchedulerError::Planning { batch_id, source }),
+            }
+        }
+    }
+
+    /// Begins the batch's transaction, if the batch has ranges.
+    pub(super) async fn begin_batch_transaction(
+        &self,
+        ranges: &[OffsetRange],
+    ) -> Result<Option<Arc<Producer>>, SchedulerError> {
+        let Some(scale) = &self.scale else { return Ok(None) };
+        if ranges.is_empty() {
+            return Ok(None);
+        }
+        let producer = Arc::clone(&scale.producer);
+        producer.begin_transaction().await.map_err(|e| self.group_error("beginning the batch's transaction", e))?;
+        Ok(Some(producer))
+    }
+
+    /// Aborts the batch's transaction after a failure (the failure is what is reported).
+    pub(super) async fn abort_after_failure(&self, batch_id: u64) {
+        if let Some(scale) = &self.scale {
+            if let Err(error) = scale.producer.abort_transaction().await {
+                tracing::warn!(batch_id, %error, "aborting the failed batch's transaction failed too");
+            }
+        }
+    }
+
+    /// Commits the batch's transaction with its ranges' end offsets under the member's current
+    /// group metadata. `Ok(false)`: the group refused (or the commit failed) and the transaction
+    /// was aborted; the positions of the batch's partitions are read again from the group.
+    pub(super) async fn commit_batch_transaction(
+        &mut self,
+        batch_id: u64,
+        ranges: &[OffsetRange],
+    ) -> Result<bool, SchedulerError> {
+        let Some(scale) = &self.scale else { return Ok(true) };
+        if ranges.is_empty() {
+            return Ok(true);
+        }
+        let offsets: Vec<(String, i32, i64)> = ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();
+        let mut retried = false;
+        let committed = loop {
+            // Read now: a KIP-848 member's epoch moves with every change of its assignment.
+            let metadata = scale.member.group_metadata();
+            let sent = scale.producer.send_offsets_to_transaction(&offsets, &metadata).await;
+            match sent {
+                // The epoch moved while the batch ran (the member gained partitions, say): once
+                // more with the new one, if every partition of the batch is still this member's.
+                Err(error) if !retried && epoch_moved(&error) && owns_all(&scale.member.owned(), ranges) => {
+                    tracing::info!(batch_id, %error, "the member's epoch moved during the batch; sending the offsets again");
+                    retried = true;
+                }
+                Ok(()) => break scale.producer.commit_transaction().await,
+                Err(error) => break Err(error),
+            }
+        };
+        let Err(error) = committed else { return Ok(true) };
+        tracing::warn!(batch_id, %error, "the batch's transaction did not commit: aborting it; its partitions go on from the group's offsets");
+        scale.producer.abort_transaction().await.map_err(|e| self.group_error("aborting a refused transaction", e))?;
+        let partitions: Vec<TopicPartition> = ranges.iter().map(|r| (r.topic.clone(), r.partition)).collect();
+        let still_owned: Vec<TopicPartition> = {
+            let owned = scale.member.owned();
+            partitions.into_iter().filter(|p| owned.contains(p)).collect()
+        };
+        for range in ranges {
+            self.positions.remove(&(range.topic.clone(), range.partition));
+        }
+        let positions = self.group_positions(batch_id, &still_owned).await?;
+        self.positions.extend(positions);
+        self.prefetched = None;
+        Ok(false)
+    }
+
+    /// Leaves the group (after a stop) and drops the producer.
+    pub(super) async fn leave_group(&mut self) {
+        if let Some(scale) = self.scale.take() {
+            if let Err(error) = scale.member.leave().await {
+                tracing::warn!(%error, "leaving the job's group failed; the group drops this process when its session ends");
+            }
+        }
+    }
+}
+
+/// Whether a transaction's offsets were refused for an epoch or generation that is no longer
+/// the member's (KIP-848 answers STALE_MEMBER_EPOCH, turned into ILLEGAL_GENERATION for
+/// transactions).
+fn epoch_moved(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Broker { code: ErrorCode::IllegalGeneration | ErrorCode::StaleMemberEpoch, .. }
+            | Error::BrokerMessage { code: ErrorCode::IllegalGeneration | ErrorCode::StaleMemberEpoch, .. }
+    )
+}
+
+fn owns_all(owned: &[TopicPartition], ranges: &[OffsetRange]) -> bool {
+    ranges.iter().all(|r| owned.iter().any(|(t, p)| *t == r.topic && *p == r.partition))
+}

@@ -1,0 +1,202 @@
+//! Scale-out mode against Apache Kafka 4.4: schedulers sharing a job's partitions through a
+//! consumer group, each batch one Kafka transaction (its output and its source offsets). While
+//! records keep arriving, processes join, one stops (and leaves), one crashes (dropped mid-run,
+//! its transaction left open) and comes back on its checkpoint: every input record is in the
+//! read_committed output exactly once, and the group's offsets reach the end of the input.
+//! Under both group protocols: the KIP-848 consumer protocol and the classic one with
+//! cooperative rebalancing. Tansu has neither transactions' group checks nor aborted-record
+//! filtering: these tests skip there and say so.
+
+use sluice_testkit as common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{java, unique, Kind};
+use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
+use sluice_scheduler::{
+    Batch, BatchOutput, BatchProgress, CancellationToken, Processor, ScaleConfig, Scheduler, SchedulerConfig,
+    SchedulerError, SystemClock,
+};
+use tokio::task::JoinHandle;
+
+const PARTITIONS: i32 = 6;
+
+/// Copies every record's value to the output topic through the batch's transaction.
+struct Copy {
+    output: String,
+}
+
+impl Processor for Copy {
+    async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
+        let mut records = Vec::new();
+        while let Some(piece) = batch.next_piece().await? {
+            for task in &piece.tasks {
+                records.extend(task.records().map(|r| r.value().map(<[u8]>::to_vec).unwrap_or_default()));
+            }
+        }
+        if records.is_empty() {
+            return Ok(BatchOutput::default());
+        }
+        let producer = batch.transaction().ok_or("scale-out batch without a transaction")?;
+        for value in records {
+            let record = ProducerRecord { partition: Some(0), ..ProducerRecord::new(&self.output, value) };
+            // Delivered (or failed) by the transaction's commit.
+            drop(producer.send(record).await?);
+        }
+        Ok(BatchOutput::default())
+    }
+}
+
+/// One process of the job: a scheduler on its own checkpoint directory, run in a task, and the
+/// records its committed batches read.
+struct Process {
+    stop: CancellationToken,
+    run: JoinHandle<Result<u64, SchedulerError>>,
+    rows: Arc<AtomicU64>,
+}
+
+async fn start(broker: &str, dir: &Path, input: &str, output: &str, group: &str, protocol: GroupProtocol) -> Process {
+    let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
+    let mut config = SchedulerConfig::new([input], Duration::from_millis(200));
+    let mut scale = ScaleConfig::new(group);
+    scale.protocol = protocol;
+    scale.session_timeout = Duration::from_secs(6);
+    scale.heartbeat_interval = Duration::from_millis(500);
+    config.scale = Some(scale);
+    let mut scheduler = Scheduler::open(client, dir, config, SystemClock::new()).unwrap();
+    let stop = scheduler.stop_handle();
+    let output = output.to_owned();
+    let rows = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&rows);
+    let run = tokio::spawn(async move {
+        let count = |progress: &BatchProgress| {
+            if !progress.aborted {
+                counted.fetch_add(progress.num_input_rows, Ordering::Relaxed);
+            }
+        };
+        scheduler.run(&mut Copy { output }, count).await
+    });
+    Process { stop, run, rows }
+}
+
+/// Produces values `from..to` round-robin over the input's partitions.
+async fn produce(producer: &Producer, input: &str, values: std::ops::Range<u32>) {
+    let mut deliveries = Vec::new();
+    for value in values {
+        let partition = (value % PARTITIONS as u32) as i32;
+        let record = ProducerRecord { partition: Some(partition), ..ProducerRecord::new(input, value.to_string()) };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_that_join_stop_and_crash_output_every_record_once_on_the_consumer_protocol() {
+    share_the_job(GroupProtocol::Consumer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_that_join_stop_and_crash_output_every_record_once_on_the_classic_protocol() {
+    share_the_job(GroupProtocol::Classic).await;
+}
+
+async fn share_the_job(protocol: GroupProtocol) {
+    let broker = common::shared();
+    if broker.kind == Kind::Tansu {
+        eprintln!("SKIPPED on Tansu: scale-out ({protocol:?}): Tansu checks no group metadata in transactions and does not hide aborted records (docs/brokers.md)");
+        return;
+    }
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let (input, output, group) = (unique("scale-in"), unique("scale-out"), unique("scale-job"));
+    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
+    client.create_topic(&output, 1, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[{:5.1} s] {protocol:?}: {what}", started.elapsed().as_secs_f64());
+
+    produce(&producer, &input, 0..2_000).await;
+    let a = start(&broker.addr, dirs[0].path(), &input, &output, &group, protocol).await;
+    let b = start(&broker.addr, dirs[1].path(), &input, &output, &group, protocol).await;
+    step("a and b started");
+    produce(&producer, &input, 2_000..4_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let c = start(&broker.addr, dirs[2].path(), &input, &output, &group, protocol).await;
+    step("c joined");
+    produce(&producer, &input, 4_000..6_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // b crashes: dropped mid-run, its transaction (if one is open) left to the broker.
+    let b_rows = b.rows.load(Ordering::Relaxed);
+    b.run.abort();
+    let _ = b.run.await;
+    step("b crashed");
+    produce(&producer, &input, 6_000..8_000).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // a stops: it finishes its batch, commits, and leaves the group.
+    a.stop.cancel();
+    a.run.await.unwrap().unwrap();
+    step("a stopped");
+    let a_rows = a.rows.load(Ordering::Relaxed);
+    produce(&producer, &input, 8_000..10_000).await;
+
+    // b comes back on its checkpoint: same instance, same transactional id.
+    let b = start(&broker.addr, dirs[1].path(), &input, &output, &group, protocol).await;
+    step("b restarted");
+    produce(&producer, &input, 10_000..12_000).await;
+
+    // Everything is consumed once the group's offsets reach the ends of the input.
+    let partitions: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (input.clone(), p)).collect();
+    let ends = client.log_ends(&partitions, sluice_client::Isolation::ReadUncommitted).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let committed = client.stable_group_offsets(&group, &partitions).await.unwrap();
+        let behind: BTreeMap<_, _> = partitions
+            .iter()
+            .filter(|p| committed.get(*p).copied().flatten() != ends.get(*p).copied())
+            .map(|p| (p.1, (committed.get(p).copied().flatten(), ends.get(p).copied())))
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{protocol:?}: the job never caught up: {behind:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    step("caught up");
+    let mut rows = vec![("a", a_rows), ("b before its crash", b_rows)];
+    for (name, process) in [("b after its restart", b), ("c", c)] {
+        process.stop.cancel();
+        process.run.await.unwrap().unwrap();
+        rows.push((name, process.rows.load(Ordering::Relaxed)));
+    }
+    eprintln!("{protocol:?}: records read in committed batches: {rows:?}");
+    for (name, read) in &rows {
+        assert!(*read > 0, "{protocol:?}: {name} read nothing: was the work shared? {rows:?}");
+    }
+
+    let mut values: Vec<u32> =
+        java::consume_values(&broker.addr, &output, true).iter().map(|v| v.parse().unwrap()).collect();
+    values.sort_unstable();
+    let expected: Vec<u32> = (0..12_000).collect();
+    if values != expected {
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for value in &values {
+            *counts.entry(*value).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+        let missing: Vec<_> = expected.iter().filter(|v| !counts.contains_key(v)).take(10).collect();
+        panic!(
+            "{protocol:?}: {} values read; twice (first 10): {twice:?}; missing (first 10): {missing:?}",
+            values.len()
+        );
+    }
+    step("every record once in the read_committed output");
+}
