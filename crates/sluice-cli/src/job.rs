@@ -99,6 +99,39 @@ pub struct JobFile {
     /// Where results go.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<Spanned<SinkSpec>>,
+    /// Run on several processes, sharing the partitions through a consumer group.
+    pub scale: Option<Spanned<Scale>>,
+}
+
+/// `[scale]`: every process started with this job and `group` shares its partitions (the
+/// scheduler's scale-out mode), each batch committing as one Kafka transaction.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// The consumer group the job's processes share.
+    pub group: Spanned<String>,
+    /// This process's stable name (static member, transactional id); default: the checkpoint's id.
+    pub instance: Option<Spanned<String>>,
+    /// `auto` (the default), `consumer` (KIP-848) or `classic` (cooperative).
+    #[serde(default)]
+    pub protocol: ProtocolSpec,
+    /// Classic protocol: the member's session (default 45 s).
+    pub session_timeout: Option<Dur>,
+    /// How long a dead process's open transaction holds up readers (default 10 s).
+    pub transaction_timeout: Option<Dur>,
+}
+
+/// `scale.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolSpec {
+    /// The consumer protocol where the brokers offer it, classic otherwise.
+    #[default]
+    Auto,
+    /// The consumer protocol (KIP-848).
+    Consumer,
+    /// The classic protocol, cooperative.
+    Classic,
 }
 
 /// `[source]`.
@@ -483,7 +516,43 @@ fn check(job: &Job) -> Result<(), Problem> {
         }
     }
     check_sinks(file)?;
-    check_sink_ids(job)
+    check_sink_ids(job)?;
+    check_scale(file)
+}
+
+/// Scale-out runs stateless jobs for now: the state of aggregates and windows cannot yet move
+/// between processes, and a files sink's renames are not yet part of the batch's transaction.
+fn check_scale(file: &JobFile) -> Result<(), Problem> {
+    let Some(scale) = &file.scale else { return Ok(()) };
+    let s = scale.get_ref();
+    if s.group.get_ref().is_empty() {
+        return Err((s.group.span().start, "`scale.group`: name the consumer group the job's processes share".into()));
+    }
+    if let Some(instance) = s.instance.as_ref().filter(|i| i.get_ref().is_empty()) {
+        return Err((instance.span().start, "`scale.instance`: leave it out, or give a name".into()));
+    }
+    let stateful = [
+        file.aggregate.as_ref().map(|a| (a.span().start, "[aggregate]")),
+        file.window.as_ref().map(|w| (w.span().start, "[window]")),
+        file.top.as_ref().map(|t| (t.span().start, "[top]")),
+    ];
+    if let Some((at, section)) = stateful.into_iter().flatten().next() {
+        return Err((at, format!("`{section}` with `[scale]`: scale-out runs stateless jobs (filters and sinks) for now; the state of aggregates and windows cannot yet move between processes")));
+    }
+    if let Some(sink) = file.sinks.iter().find(|s| s.get_ref().kind == SinkKind::Files) {
+        return Err((
+            sink.span().start,
+            "a files sink with `[scale]`: not yet exactly once across processes; use a Kafka or stdout sink".into(),
+        ));
+    }
+    if file.source.get_ref().commit_to_group.is_some() {
+        return Err((
+            scale.span().start,
+            "`source.commit_to_group` with `[scale]`: the job's group holds its offsets; remove `commit_to_group`"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Kafka sinks need ids that stay put: an explicit job `name` (not the file's name, which a

@@ -4,7 +4,8 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
-use sluice_scheduler::{BatchProgress, RateLimits, StartingOffsets};
+use sluice_client::GroupProtocol;
+use sluice_scheduler::{BatchProgress, RateLimits, ScaleConfig, StartingOffsets};
 use sluice_stream::{StreamConfig, StreamingContext};
 
 use crate::cli::RunArgs;
@@ -36,13 +37,34 @@ fn stream_config(job: &Job, args: &RunArgs, security: &Security) -> CliResult<St
     if let Some(every) = &job.file.checkpoint.get_ref().snapshot_every {
         config.snapshot_every = u64::try_from(*every.get_ref()).unwrap_or(1);
     }
+    if let Some(spec) = &job.file.scale {
+        let spec = spec.get_ref();
+        let mut scale = ScaleConfig::new(spec.group.get_ref().clone());
+        scale.instance = spec.instance.as_ref().map(|i| i.get_ref().clone());
+        scale.protocol = match spec.protocol {
+            job::ProtocolSpec::Auto => GroupProtocol::Auto,
+            job::ProtocolSpec::Consumer => GroupProtocol::Consumer,
+            job::ProtocolSpec::Classic => GroupProtocol::Classic,
+        };
+        if let Some(timeout) = &spec.session_timeout {
+            scale.session_timeout = timeout.0;
+        }
+        if let Some(timeout) = &spec.transaction_timeout {
+            scale.transaction_timeout = timeout.0;
+        }
+        config.scheduler.scale = Some(scale);
+    }
     Ok(config)
 }
 
 /// The progress line: rows, rate, lag, latency.
 fn progress_line(p: &BatchProgress) -> String {
     let lag: i64 = p.sources.iter().map(|s| s.lag).sum();
-    let rerun = if p.rerun { " (re-run after a crash)" } else { "" };
+    let rerun = match (p.rerun, p.aborted) {
+        (_, true) => " (not committed: the group moved on; its partitions go on from the group's offsets)",
+        (true, false) => " (re-run after a crash)",
+        (false, false) => "",
+    };
     format!(
         "batch {}: {} rows, {:.0} rows/s, lag {lag}, latency {} ms{rerun}",
         p.batch_id, p.num_input_rows, p.processed_rows_per_second, p.durations.total_ms
@@ -78,8 +100,19 @@ fn describe(job: &Job, security: &Security) -> String {
         text.push_str(&format!(", top {}", t.get_ref().k.get_ref()));
     }
     text.push_str(&format!(", {} sink(s), checkpoint {}", f.sinks.len(), f.checkpoint.get_ref().dir.display()));
+    if let Some(scale) = &f.scale {
+        text.push_str(&format!(
+            "\n  scale-out: partitions shared in group {} ({:?} protocol), each batch one Kafka transaction",
+            scale.get_ref().group.get_ref(),
+            scale.get_ref().protocol
+        ));
+    }
     for sink in f.sinks.iter().map(|s| s.get_ref()).filter(|s| s.kind == crate::job::SinkKind::Kafka) {
-        let mode = if sink.transactional { "transactional" } else { "idempotent" };
+        let mode = match (&f.scale, sink.transactional) {
+            (Some(_), _) => "in the batch's transaction",
+            (None, true) => "transactional",
+            (None, false) => "idempotent",
+        };
         text.push_str(&format!(
             "\n  Kafka sink to {} ({mode}), id {}",
             sink.topic.as_deref().unwrap_or_default(),

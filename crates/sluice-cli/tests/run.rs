@@ -394,6 +394,16 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
             "`aggregate.field` is missing: `sum` needs the field",
         ),
         (good.replace("k = 3", "k = 0"), "k = 0".into(), "`top.k`: at least 1"),
+        (
+            format!("{good}\n[scale]\ngroup = \"orders\"\n"),
+            "[aggregate]".into(),
+            "`[aggregate]` with `[scale]`: scale-out runs stateless jobs (filters and sinks) for now",
+        ),
+        (
+            format!("{good}\n[scale]\ngroup = \"orders\"\nprotocol = \"eager\"\n"),
+            "protocol = \"eager\"".into(),
+            "expected one of `auto`, `consumer`, `classic`",
+        ),
         (good.replace("time_field = \"time\"\n", ""), "[window]".into(), "`window.time_field` is missing"),
         (
             good.replace("type = \"files\"", "type = \"kafka\"")

@@ -154,22 +154,7 @@ async fn share_the_job(protocol: GroupProtocol) {
     produce(&producer, &input, 10_000..12_000).await;
 
     // Everything is consumed once the group's offsets reach the ends of the input.
-    let partitions: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (input.clone(), p)).collect();
-    let ends = client.log_ends(&partitions, sluice_client::Isolation::ReadUncommitted).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let committed = client.stable_group_offsets(&group, &partitions).await.unwrap();
-        let behind: BTreeMap<_, _> = partitions
-            .iter()
-            .filter(|p| committed.get(*p).copied().flatten() != ends.get(*p).copied())
-            .map(|p| (p.1, (committed.get(p).copied().flatten(), ends.get(p).copied())))
-            .collect();
-        if behind.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{protocol:?}: the job never caught up: {behind:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(120), || {}).await;
     step("caught up");
     let mut rows = vec![("a", a_rows), ("b before its crash", b_rows)];
     for (name, process) in [("b after its restart", b), ("c", c)] {

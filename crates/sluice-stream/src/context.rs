@@ -195,6 +195,12 @@ impl StreamingContext {
                 "no output: give a stream a sink (foreach_batch, to_sink) so that the job does something".into(),
             ]));
         }
+        if self.config.scheduler.scale.is_some() && !state.is_empty() {
+            return Err(StreamError::Invalid(vec![format!(
+                "scale-out mode runs stateless jobs for now: this job keeps state ({}), which cannot yet move between processes",
+                state.kinds().join(", ")
+            )]));
+        }
         let client = Client::connect(self.config.client.clone()).await?;
         let interval_ms = lock(&self.graph).interval_ms;
         // Opening the log reads and recovers it (and syncs, when it is new), and restoring the
@@ -363,7 +369,8 @@ impl Processor for Engine {
                     Some(part_sources.as_ref().clone()),
                 )
                 .in_piece(run, last)
-                .of_checkpoint(self.checkpoint_id);
+                .of_checkpoint(self.checkpoint_id)
+                .in_transaction(batch.transaction().cloned());
                 self.run_outputs(Arc::new(input)).await?;
                 run += 1;
             }

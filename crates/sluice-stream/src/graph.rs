@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use sluice_client::Producer;
+
 use crate::record::KafkaRecord;
 use crate::state::JobState;
 use crate::BoxError;
@@ -39,6 +41,8 @@ pub struct BatchInput {
     pub(crate) last_piece: bool,
     /// The checkpoint's identity (0 in tests without one).
     pub(crate) checkpoint_id: u64,
+    /// Scale-out mode: the batch's Kafka transaction (see [`BatchInfo::transaction`]).
+    pub(crate) transaction: Option<Arc<Producer>>,
 }
 
 /// A batch's source records, handed to each source stream of the job: copies to all but the
@@ -78,7 +82,23 @@ impl BatchInput {
         part_sources: Option<Vec<(Arc<str>, i32)>>,
     ) -> Self {
         let time_ms = batch_id.saturating_add(1).saturating_mul(interval_ms);
-        Self { batch_id, time_ms, rerun, records, part_sources, piece: 0, last_piece: true, checkpoint_id: 0 }
+        Self {
+            batch_id,
+            time_ms,
+            rerun,
+            records,
+            part_sources,
+            piece: 0,
+            last_piece: true,
+            checkpoint_id: 0,
+            transaction: None,
+        }
+    }
+
+    /// The input of a batch written in the scale-out transaction `transaction`.
+    pub(crate) fn in_transaction(mut self, transaction: Option<Arc<Producer>>) -> Self {
+        self.transaction = transaction;
+        self
     }
 
     /// The input of a batch of the checkpoint `id`.
@@ -95,9 +115,11 @@ impl BatchInput {
     }
 
     pub(crate) fn info(&self) -> BatchInfo {
-        BatchInfo::new(self.batch_id, self.time_ms, self.rerun)
+        let mut info = BatchInfo::new(self.batch_id, self.time_ms, self.rerun)
             .with_piece(self.piece, self.last_piece, 0)
-            .with_checkpoint_id(self.checkpoint_id)
+            .with_checkpoint_id(self.checkpoint_id);
+        info.transaction.clone_from(&self.transaction);
+        info
     }
 }
 
@@ -139,7 +161,7 @@ impl<T> Gather<T> {
 
 /// The batch a sink is writing, and which piece of it for a sink that takes batches in pieces
 /// ([`Sink::takes_pieces`](crate::Sink::takes_pieces)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct BatchInfo {
     /// The batch id (consecutive over the job's life).
@@ -159,12 +181,43 @@ pub struct BatchInfo {
     /// 0 when there is none, as in tests): batch ids start again at 0 on a new checkpoint, so a
     /// sink that remembers which batches it wrote keys them by this too.
     pub checkpoint_id: u64,
+    /// Scale-out mode (`SchedulerConfig::scale`): the Kafka transaction the batch commits in,
+    /// with its source offsets. A sink writing to Kafka sends its records through it (and does
+    /// not begin, commit or abort it); `None` otherwise.
+    pub transaction: Option<Arc<Producer>>,
 }
+
+impl PartialEq for BatchInfo {
+    /// Batches are equal when everything but the transaction handle is.
+    fn eq(&self, other: &Self) -> bool {
+        (self.batch_id, self.time_ms, self.rerun, self.piece, self.last_piece, self.items_before, self.checkpoint_id)
+            == (
+                other.batch_id,
+                other.time_ms,
+                other.rerun,
+                other.piece,
+                other.last_piece,
+                other.items_before,
+                other.checkpoint_id,
+            )
+    }
+}
+
+impl Eq for BatchInfo {}
 
 impl BatchInfo {
     /// A batch given whole.
     pub fn new(batch_id: u64, time_ms: u64, rerun: bool) -> Self {
-        Self { batch_id, time_ms, rerun, piece: 0, last_piece: true, items_before: 0, checkpoint_id: 0 }
+        Self {
+            batch_id,
+            time_ms,
+            rerun,
+            piece: 0,
+            last_piece: true,
+            items_before: 0,
+            checkpoint_id: 0,
+            transaction: None,
+        }
     }
 
     /// The same batch, of the checkpoint `id`.

@@ -18,6 +18,11 @@
 //!   that fails after some of its records were acknowledged (a crash, a delivery error, a failed
 //!   marker commit) is written whole again by its re-run.
 //!
+//! - **Scale-out** (a job run with `SchedulerConfig::scale`): whatever the mode, a batch's records
+//!   go into the batch's own transaction ([`BatchInfo::transaction`]), which commits them
+//!   together with the batch's source offsets under the job's group: the sink has no producer,
+//!   transaction or marker of its own. `read_committed` consumers see each record once.
+//!
 //! A batch larger than the job's memory budget is written piece by piece as it is computed (in
 //! one transaction, or with one marker after its last piece), so its records are never all
 //! held at once.
@@ -80,7 +85,8 @@ pub enum KafkaSinkError {
 /// Counters of a Kafka sink (this process's).
 #[derive(Debug, Clone, Default)]
 pub struct KafkaSinkCounters {
-    /// Records written (acknowledged, or committed in a transaction).
+    /// Records written (acknowledged, or committed in a transaction; in scale-out mode, sent in
+    /// the batch's transaction).
     pub written: Arc<AtomicU64>,
     /// Re-run batches found already written and not written again.
     pub batches_skipped: Arc<AtomicU64>,
@@ -324,8 +330,42 @@ impl<T> KafkaSink<T> {
     }
 }
 
+impl<T> KafkaSink<T> {
+    /// Scale-out mode: sends the records into the batch's transaction, which the scheduler
+    /// commits with the batch's offsets.
+    async fn write_in_batch_transaction(
+        &self,
+        batch: &BatchInfo,
+        producer: &Producer,
+        items: &[T],
+    ) -> Result<(), KafkaSinkError> {
+        let (sink, batch_id) = (self.sink_id.clone(), batch.batch_id);
+        for item in items {
+            let record = (self.to_record)(item).map_err(|source| KafkaSinkError::Record {
+                sink: sink.clone(),
+                batch_id,
+                source,
+            })?;
+            let record = ProducerRecord { topic: self.topic.clone(), ..record };
+            // Delivered (or failed, failing the commit) by the batch's transaction.
+            let sent = producer.send(record).await;
+            drop(sent.map_err(|source| KafkaSinkError::Client {
+                sink: sink.clone(),
+                batch_id,
+                what: "sending",
+                source,
+            })?);
+        }
+        self.counters.written.fetch_add(items.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 impl<T: Send + Sync> Sink<T> for KafkaSink<T> {
     async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
+        if let Some(producer) = &batch.transaction {
+            return Ok(self.write_in_batch_transaction(batch, producer, &items).await?);
+        }
         if batch.piece == 0 && self.writing.is_some() {
             // The batch before failed part way (in another output): start afresh.
             self.reset().await;

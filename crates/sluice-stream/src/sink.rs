@@ -186,9 +186,13 @@ fn create_dir_synced(dir: &Path) -> std::io::Result<()> {
 impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
     /// Encodes, writes, syncs and renames on the blocking pool.
     async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
-        let (sink, batch) = (self.clone(), *batch);
-        let written = tokio::task::spawn_blocking(move || sink.write_piece(&batch, &items)).await;
-        Ok(written.map_err(|e| format!("writing batch {}'s file stopped: {e}", batch.batch_id))??)
+        if batch.transaction.is_some() {
+            // Its files would be renamed before the batch's transaction commits.
+            return Err("a files sink cannot run in scale-out mode yet: its output would not be exactly once".into());
+        }
+        let (sink, batch_id, info) = (self.clone(), batch.batch_id, batch.clone());
+        let written = tokio::task::spawn_blocking(move || sink.write_piece(&info, &items)).await;
+        Ok(written.map_err(|e| format!("writing batch {batch_id}'s file stopped: {e}"))??)
     }
 
     fn takes_pieces(&self) -> bool {
@@ -225,7 +229,8 @@ impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
             let items: Vec<T> = (self.compute)(input).into_iter().flatten().flatten().collect();
             let before = self.items_before;
             self.items_before += items.len() as u64;
-            Some((info.with_piece(info.piece, info.last_piece, before), items))
+            let (piece, last) = (info.piece, info.last_piece);
+            Some((info.with_piece(piece, last, before), items))
         } else {
             let parts = self.pieces.add(input, (self.compute)(input)).flatten();
             parts.map(|parts| (info.with_piece(0, true, 0), parts.into_iter().flatten().collect()))
@@ -258,7 +263,7 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink(&outside, &temporary).unwrap();
         let batch = BatchInfo::new(3, 400, true);
-        sink.write_piece(&batch.with_piece(0, false, 0), &[1, 2]).unwrap();
+        sink.write_piece(&batch.clone().with_piece(0, false, 0), &[1, 2]).unwrap();
         sink.write_piece(&batch.with_piece(1, true, 2), &[3]).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me", "the link was not followed");
         assert_eq!(std::fs::read_to_string(sink.file_of(3)).unwrap(), "1\n2\n3\n");

@@ -112,7 +112,13 @@ impl JobState {
         self.operators.push(state);
     }
 
-    fn kinds(&self) -> Vec<&'static str> {
+    /// Whether the job keeps no state.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.operators.is_empty()
+    }
+
+    /// The stateful operators' kinds, in the order they were made.
+    pub(crate) fn kinds(&self) -> Vec<&'static str> {
         self.operators.iter().map(|op| lock_state(op).kind()).collect()
     }
 

@@ -95,7 +95,7 @@ impl LocalJob {
         let collected: Collected<T> = Arc::default();
         let into = Arc::clone(&collected);
         stream.to_sink(ForEach(move |info: &BatchInfo, items: Vec<T>| {
-            into.lock().unwrap_or_else(PoisonError::into_inner).push((*info, items));
+            into.lock().unwrap_or_else(PoisonError::into_inner).push((info.clone(), items));
             Ok(())
         }));
         collected

@@ -32,7 +32,7 @@ use sluice_protocol::messages::produce_response::PartitionProduceResponse;
 use sluice_protocol::messages::ProduceRequest;
 use sluice_protocol::record::{encode_batch, BatchHeader, Record};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -103,6 +103,36 @@ pub async fn new_topic(prefix: &str, partitions: i32) -> (&'static Broker, sluic
     let topic = unique(prefix);
     client.create_topic(&topic, partitions, 1).await.unwrap();
     (broker, client, topic)
+}
+
+/// Waits (up to `timeout`) until `group`'s committed offsets, read as stable, reach the log ends
+/// of `topic`'s partitions `0..partitions` as they are now: a job consuming it has caught up.
+/// `alive` runs before each look (to fail at once if the job died); returns the log ends.
+pub async fn wait_for_group_at_end(
+    client: &sluice_client::Client,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+    mut alive: impl FnMut(),
+) -> BTreeMap<(String, i32), i64> {
+    let partitions: Vec<(String, i32)> = (0..partitions).map(|p| (topic.to_owned(), p)).collect();
+    let ends = client.log_ends(&partitions, sluice_client::Isolation::ReadUncommitted).await.unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        alive();
+        let committed = client.stable_group_offsets(group, &partitions).await.unwrap();
+        let behind: BTreeMap<i32, (Option<i64>, Option<i64>)> = partitions
+            .iter()
+            .filter(|p| committed.get(*p).copied().flatten() != ends.get(*p).copied())
+            .map(|p| (p.1, (committed.get(p).copied().flatten(), ends.get(p).copied())))
+            .collect();
+        if behind.is_empty() {
+            return ends;
+        }
+        assert!(Instant::now() < deadline, "group {group} never caught up (committed, end): {behind:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A broker (or cluster) started by a test: stopped when dropped, unless it is a shared one this

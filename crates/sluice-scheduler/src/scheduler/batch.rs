@@ -125,8 +125,8 @@ impl Batch {
     /// transactional producer whose transaction this batch is. Records sent through it commit
     /// together with the batch's source offsets, or not at all; do not begin, commit or abort
     /// it. `None` outside scale-out mode, and for a batch with no ranges.
-    pub fn transaction(&self) -> Option<&sluice_client::Producer> {
-        self.transaction.as_deref()
+    pub fn transaction(&self) -> Option<&Arc<sluice_client::Producer>> {
+        self.transaction.as_ref()
     }
 
     /// The batch's next piece of records (the first call gives the first), or `None` once all

@@ -1,0 +1,197 @@
+//! `sluice run` with `[scale]` on a three-node Apache Kafka cluster: one stateless job (raw
+//! records copied to a Kafka topic) run by several processes sharing its 12 partitions through
+//! a consumer group, each batch one Kafka transaction. While a producer keeps writing, three
+//! processes start, one is killed with SIGKILL, a fourth starts, and two stop with SIGTERM: the
+//! read_committed output holds every input record exactly once.
+
+#![allow(clippy::unwrap_used)]
+
+use sluice_testkit as common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{java, unique};
+use sluice_client::{Producer, ProducerConfig, ProducerRecord};
+
+const PARTITIONS: i32 = 12;
+const RECORDS: u32 = 30_000;
+
+fn job_file(bootstrap: &str, input: &str, output: &str, group: &str, checkpoint: &Path) -> String {
+    format!(
+        r#"name = "copy"
+
+[source]
+brokers = [{bootstrap}]
+topics = ["{input}"]
+start = "earliest"
+batch_interval = "200ms"
+
+[checkpoint]
+dir = "{checkpoint}"
+
+[scale]
+group = "{group}"
+
+[[sink]]
+type = "kafka"
+topic = "{output}"
+"#,
+        checkpoint = checkpoint.display(),
+    )
+}
+
+/// One `sluice run` process on a checkpoint of its own.
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(name: &'static str, dir: &Path, job: &str) -> Self {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, job).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { name, child, log }
+    }
+
+    fn signal(&self, signal: &str) {
+        assert!(Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap().success());
+    }
+
+    /// SIGTERM, and a clean exit (the batch under way committed, the group left).
+    fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "{} after SIGTERM: {status}\n{log}", self.name);
+    }
+
+    fn kill(mut self) -> PathBuf {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+        self.log
+    }
+
+    /// Rows of the batches it reported committed (its progress lines).
+    fn rows(&self) -> u64 {
+        rows_in(&self.log)
+    }
+
+    fn check_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("{} ended early ({status}):\n{log}", self.name);
+        }
+    }
+}
+
+/// The rows of the progress lines (`batch N: R rows, ...`) in a process's log.
+fn rows_in(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split_once("batch ")?.1.split_once(": ")?.1.split_once(" rows")?.0.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
+    let Some((cluster, client)) = common::cluster::start_or_skip().await else { return };
+    let bootstrap = cluster.bootstrap.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", ");
+    let (input, output, group) = (unique("scale-in"), unique("scale-out"), unique("scale-job"));
+    client.create_topic(&input, PARTITIONS, 3).await.unwrap();
+    client.create_topic(&output, 1, 3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job = |name: &str| job_file(&bootstrap, &input, &output, &group, &dir.path().join(name));
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
+
+    // The producer writes all along, in slices, while processes come and go.
+    let writer = {
+        let (client, input) = (client.clone(), input.clone());
+        tokio::spawn(async move {
+            let producer = Producer::new(client, ProducerConfig::default()).await.unwrap();
+            for slice in 0..30u32 {
+                let mut deliveries = Vec::new();
+                for value in slice * 1_000..(slice + 1) * 1_000 {
+                    let partition = (value % PARTITIONS as u32) as i32;
+                    let record =
+                        ProducerRecord { partition: Some(partition), ..ProducerRecord::new(&input, value.to_string()) };
+                    deliveries.push(producer.send(record).await.unwrap());
+                }
+                for delivery in deliveries {
+                    delivery.await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+
+    let mut one = Process::start("one", dir.path(), &job("one"));
+    let two = Process::start("two", dir.path(), &job("two"));
+    let mut three = Process::start("three", dir.path(), &job("three"));
+    step("three processes started");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let two_log = two.kill();
+    step("two killed (SIGKILL)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut four = Process::start("four", dir.path(), &job("four"));
+    step("four started");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    one.check_running();
+    three.check_running();
+    let (one_rows, three_rows) = (one.rows(), three.rows());
+    one.stop();
+    three.stop();
+    step("one and three stopped (SIGTERM)");
+    writer.await.unwrap();
+    step("all records written");
+
+    // Four alone works through the rest, two's partitions included once two's session and its
+    // open transaction have run out.
+    let ends = common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(120), || {
+        four.check_running();
+    })
+    .await;
+    assert_eq!(ends.values().sum::<i64>(), i64::from(RECORDS));
+    step("the group's offsets reached the end of the input");
+    let four_rows = four.rows();
+    four.stop();
+    let rows = [("one", one_rows), ("two", rows_in(&two_log)), ("three", three_rows), ("four", four_rows)];
+    eprintln!("rows in committed batches, by process: {rows:?}");
+    for (name, read) in rows {
+        assert!(read > 0, "{name} processed nothing: was the work shared? {rows:?}");
+    }
+
+    let mut values: Vec<u32> = java::consume_values(&cluster.addr, &output, true)
+        .iter()
+        .map(|row| {
+            let row: serde_json::Value = serde_json::from_str(row).unwrap();
+            row["value"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    values.sort_unstable();
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for value in &values {
+        *counts.entry(*value).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    let missing: Vec<u32> = (0..RECORDS).filter(|v| !counts.contains_key(v)).take(10).collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && values.len() == RECORDS as usize,
+        "{} rows read; twice (first 10): {twice:?}; missing (first 10): {missing:?}",
+        values.len()
+    );
+    step("every record exactly once in the read_committed output");
+}
