@@ -129,8 +129,9 @@ pub enum MemberEvent {
     Lost(Vec<(String, i32)>),
 }
 
-/// A member of a consumer group on the KIP-848 protocol. It only takes part in the group: what
-/// to read from the partitions it owns is its user's business.
+/// A member of a consumer group, on the KIP-848 protocol or the classic one (see the module
+/// docs). It only takes part in the group: what to read from the partitions it owns is its
+/// user's business.
 #[derive(Debug)]
 pub struct ConsumerGroupMember {
     engine: Engine,
@@ -183,6 +184,8 @@ struct State {
     send_all: bool,
     /// Topic names by id, for the assignments.
     names: HashMap<Uuid, String>,
+    /// Times the member lost what it owned (see [`ConsumerGroupMember::losses`]).
+    losses: u64,
 }
 
 impl State {
@@ -289,6 +292,7 @@ impl State {
         self.revoking.clear();
         self.target = None;
         if !lost.is_empty() {
+            self.losses += 1;
             send(events, MemberEvent::Lost(self.named(&lost)));
         }
     }
@@ -532,6 +536,20 @@ impl ConsumerGroupMember {
         match &self.engine {
             Engine::Consumer { shared, .. } => shared.state().epoch,
             Engine::Classic(member) => member.generation(),
+        }
+    }
+
+    /// How many times the member has lost its partitions (fenced or dropped by the group, which
+    /// it then joins again), counted the moment it happens, before the [`MemberEvent::Lost`] is
+    /// taken. Work begun while the count was n must not commit once it has moved: after the
+    /// rejoin, [`group_metadata`](Self::group_metadata) is valid again, and the coordinator
+    /// checks only the member's identity, not which partitions it owned when the work began.
+    /// Read the metadata first and the count after, so that metadata from after a loss is never
+    /// taken for metadata from before it.
+    pub fn losses(&self) -> u64 {
+        match &self.engine {
+            Engine::Consumer { shared, .. } => shared.state().losses,
+            Engine::Classic(member) => member.losses(),
         }
     }
 

@@ -149,6 +149,10 @@ struct Membership {
     generation: i32,
     /// Joined and synced: heartbeats are due.
     stable: bool,
+    /// The member id and generation of the last join that completed (synced): the member's
+    /// identity for transactions, kept when the member is forgotten or its generation reset, so
+    /// that what it hands out is refused rather than taken for a commit outside any group.
+    synced: Option<(String, i32)>,
 }
 
 /// A classic member's standing, shared by its heartbeat task and whoever drives its joins (a
@@ -176,7 +180,12 @@ impl Shared {
             client,
             group_id: config.group_id.clone(),
             group_instance_id: config.group_instance_id.clone(),
-            membership: Mutex::new(Membership { member_id: String::new(), generation: -1, stable: false }),
+            membership: Mutex::new(Membership {
+                member_id: String::new(),
+                generation: -1,
+                stable: false,
+                synced: None,
+            }),
             coordinator: tokio::sync::Mutex::new(None),
             rejoin: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
@@ -196,7 +205,10 @@ impl Shared {
 
     /// The member's identity for a transaction's offsets, as it stands now.
     pub(crate) fn group_metadata(&self) -> ConsumerGroupMetadata {
-        let (member_id, generation_id, _) = self.snapshot();
+        let (member_id, generation_id) = {
+            let m = self.membership();
+            m.synced.clone().unwrap_or_else(|| (m.member_id.clone(), m.generation))
+        };
         ConsumerGroupMetadata {
             group_id: self.group_id.clone(),
             generation_id,
@@ -344,6 +356,9 @@ impl Shared {
         owned: &[(String, i32)],
     ) -> Result<Option<Vec<(String, i32)>>> {
         let coordinator = self.coordinator().await?;
+        // No heartbeats while joining (as Java's client): one queued behind the JoinGroup the
+        // coordinator holds would time out and take the connection, and the join, with it.
+        self.membership().stable = false;
         let (member_id, generation, _) = self.snapshot();
         let subscription = ConsumerProtocolSubscription {
             topics: config.topics.clone(),
@@ -437,7 +452,11 @@ impl Shared {
             version,
             source,
         })?;
-        self.membership().stable = true;
+        {
+            let mut m = self.membership();
+            m.stable = true;
+            m.synced = Some((joined.member_id.clone(), joined.generation_id));
+        }
         let mut assigned: Vec<(String, i32)> = assignment
             .assigned_partitions
             .into_iter()

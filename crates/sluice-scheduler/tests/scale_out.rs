@@ -21,6 +21,7 @@ use sluice_scheduler::{
     Batch, BatchOutput, BatchProgress, CancellationToken, Processor, ScaleConfig, Scheduler, SchedulerConfig,
     SchedulerError, SystemClock,
 };
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 const PARTITIONS: i32 = 6;
@@ -28,6 +29,8 @@ const PARTITIONS: i32 = 6;
 /// Copies every record's value to the output topic through the batch's transaction.
 struct Copy {
     output: String,
+    /// Once: the first batch with records takes this long, after saying it has begun.
+    stall: Option<(Duration, Arc<Notify>)>,
 }
 
 impl Processor for Copy {
@@ -40,6 +43,10 @@ impl Processor for Copy {
         }
         if records.is_empty() {
             return Ok(BatchOutput::default());
+        }
+        if let Some((pause, begun)) = self.stall.take() {
+            begun.notify_one();
+            tokio::time::sleep(pause).await;
         }
         let producer = batch.transaction().ok_or("scale-out batch without a transaction")?;
         for value in records {
@@ -57,30 +64,46 @@ struct Process {
     stop: CancellationToken,
     run: JoinHandle<Result<u64, SchedulerError>>,
     rows: Arc<AtomicU64>,
+    /// Batches whose transaction did not commit.
+    aborted: Arc<AtomicU64>,
 }
 
 async fn start(broker: &str, dir: &Path, input: &str, output: &str, group: &str, protocol: GroupProtocol) -> Process {
+    start_with(broker, dir, (input, output, group), protocol, Duration::from_secs(60), None).await
+}
+
+async fn start_with(
+    broker: &str,
+    dir: &Path,
+    (input, output, group): (&str, &str, &str),
+    protocol: GroupProtocol,
+    rebalance_timeout: Duration,
+    stall: Option<(Duration, Arc<Notify>)>,
+) -> Process {
     let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
     let mut config = SchedulerConfig::new([input], Duration::from_millis(200));
     let mut scale = ScaleConfig::new(group);
     scale.protocol = protocol;
     scale.session_timeout = Duration::from_secs(6);
     scale.heartbeat_interval = Duration::from_millis(500);
+    scale.rebalance_timeout = rebalance_timeout;
     config.scale = Some(scale);
     let mut scheduler = Scheduler::open(client, dir, config, SystemClock::new()).unwrap();
     let stop = scheduler.stop_handle();
     let output = output.to_owned();
-    let rows = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&rows);
+    let (rows, aborted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (counted, not_committed) = (Arc::clone(&rows), Arc::clone(&aborted));
     let run = tokio::spawn(async move {
         let count = |progress: &BatchProgress| {
-            if !progress.aborted {
+            if progress.aborted {
+                not_committed.fetch_add(1, Ordering::Relaxed);
+            } else {
                 counted.fetch_add(progress.num_input_rows, Ordering::Relaxed);
             }
         };
-        scheduler.run(&mut Copy { output }, count).await
+        scheduler.run(&mut Copy { output, stall }, count).await
     });
-    Process { stop, run, rows }
+    Process { stop, run, rows, aborted }
 }
 
 /// Produces values `from..to` round-robin over the input's partitions.
@@ -167,10 +190,15 @@ async fn share_the_job(protocol: GroupProtocol) {
         assert!(*read > 0, "{protocol:?}: {name} read nothing: was the work shared? {rows:?}");
     }
 
-    let mut values: Vec<u32> =
-        java::consume_values(&broker.addr, &output, true).iter().map(|v| v.parse().unwrap()).collect();
+    assert_each_once(&broker.addr, &output, 12_000, &format!("{protocol:?}"));
+    step("every record once in the read_committed output");
+}
+
+/// The read_committed output holds the values `0..count`, each once.
+fn assert_each_once(broker: &str, output: &str, count: u32, what: &str) {
+    let mut values: Vec<u32> = java::consume_values(broker, output, true).iter().map(|v| v.parse().unwrap()).collect();
     values.sort_unstable();
-    let expected: Vec<u32> = (0..12_000).collect();
+    let expected: Vec<u32> = (0..count).collect();
     if values != expected {
         let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
         for value in &values {
@@ -178,10 +206,47 @@ async fn share_the_job(protocol: GroupProtocol) {
         }
         let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
         let missing: Vec<_> = expected.iter().filter(|v| !counts.contains_key(v)).take(10).collect();
-        panic!(
-            "{protocol:?}: {} values read; twice (first 10): {twice:?}; missing (first 10): {missing:?}",
-            values.len()
-        );
+        panic!("{what}: {} values read; twice (first 10): {twice:?}; missing (first 10): {missing:?}", values.len());
     }
-    step("every record once in the read_committed output");
+}
+
+/// A batch that outlives its member's hold on its partitions: the member is slow to release a
+/// revocation (its batch takes longer than the rebalance timeout), so the coordinator fences it
+/// and gives the partitions to the other process; the member joins again at once, with a valid
+/// new epoch. Its batch must not commit under that new identity: it is aborted, and every record
+/// is in the output once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
+    let broker = common::shared();
+    if broker.kind == Kind::Tansu {
+        eprintln!("SKIPPED on Tansu: a_batch_whose_member_was_fenced_meanwhile_does_not_commit: no consumer protocol (KIP-848) on Tansu");
+        return;
+    }
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let (input, output, group) = (unique("fenced-in"), unique("fenced-out"), unique("fenced-job"));
+    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
+    client.create_topic(&output, 1, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    produce(&producer, &input, 0..3_000).await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = (input.as_str(), output.as_str(), group.as_str());
+
+    let begun = Arc::new(Notify::new());
+    let stall = Some((Duration::from_secs(10), Arc::clone(&begun)));
+    let slow =
+        start_with(&broker.addr, dirs[0].path(), names, GroupProtocol::Consumer, Duration::from_secs(3), stall).await;
+    begun.notified().await;
+    // The slow member holds every partition in a 10 s batch; the newcomer's arrival revokes
+    // some, which the slow member cannot release within its 3 s rebalance timeout.
+    let other = start(&broker.addr, dirs[1].path(), &input, &output, &group, GroupProtocol::Consumer).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    produce(&producer, &input, 3_000..4_000).await;
+    common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(120), || {}).await;
+    let aborted = slow.aborted.load(Ordering::Relaxed);
+    for process in [slow, other] {
+        process.stop.cancel();
+        process.run.await.unwrap().unwrap();
+    }
+    assert_each_once(&broker.addr, &output, 4_000, "fenced mid-batch");
+    assert!(aborted >= 1, "the fenced member's batch was not aborted");
 }

@@ -11,11 +11,12 @@
 //! The member's own task drives its joins; the classic consumer's heartbeat task
 //! ([`group::heartbeat_loop`]) keeps its session and asks for rejoins.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use sluice_protocol::error_code::ErrorCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -45,6 +46,8 @@ struct Owned {
     owned: Partitions,
     /// Owned partitions reported as revoked and not released yet.
     revoking: Partitions,
+    /// Times everything owned was lost.
+    losses: u64,
 }
 
 impl Owned {
@@ -82,6 +85,7 @@ impl Owned {
         self.revoking.clear();
         let lost: Vec<(String, i32)> = std::mem::take(&mut self.owned).into_iter().collect();
         if !lost.is_empty() {
+            self.losses += 1;
             send(events, MemberEvent::Lost(lost));
         }
     }
@@ -123,6 +127,10 @@ impl ClassicMember {
 
     pub(super) fn owned(&self) -> Vec<(String, i32)> {
         self.owned_state().owned.iter().cloned().collect()
+    }
+
+    pub(super) fn losses(&self) -> u64 {
+        self.owned_state().losses
     }
 
     pub(super) fn generation(&self) -> i32 {
@@ -177,6 +185,11 @@ async fn drive(
 ) {
     let lock = || owned.lock().unwrap_or_else(PoisonError::into_inner);
     let mut backoff = RETRY_BACKOFF;
+    // The subscribed topics' partition counts the group last shared out: a change (partitions
+    // added, a topic made or deleted) makes the member rejoin, so that the leader shares out the
+    // partitions as they are now (the consumer protocol's coordinator does this by itself).
+    let mut counts: Option<BTreeMap<String, usize>> = None;
+    let mut next_count = tokio::time::Instant::now() + config.partition_discovery_interval;
     loop {
         if shared.fatal.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
             lock().lose_all(&events);
@@ -188,7 +201,17 @@ async fn drive(
             lock().lose_all(&events);
         }
         if !shared.rejoin.swap(false, Ordering::SeqCst) {
-            shared.changed.notified().await;
+            tokio::select! {
+                () = shared.changed.notified() => {}
+                () = tokio::time::sleep_until(next_count) => {
+                    next_count = tokio::time::Instant::now() + config.partition_discovery_interval;
+                    let now = partition_counts(&shared, &config).await;
+                    if counts.is_some() && now.is_some() && now != counts {
+                        tracing::info!(group = %config.group_id, before = ?counts, now = ?now, "the subscribed topics' partitions changed: rejoining");
+                        shared.rejoin.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
             continue;
         }
         let claimed: Vec<(String, i32)> = lock().owned.iter().cloned().collect();
@@ -198,6 +221,7 @@ async fn drive(
                 let (member, generation, _) = shared.snapshot();
                 tracing::info!(group = %config.group_id, %member, generation, partitions = ?assigned, "joined (cooperative)");
                 lock().assigned(assigned, &events);
+                counts = partition_counts(&shared, &config).await.or(counts);
             }
             // Another round: the coordinator gave a member id, or the group moved on meanwhile.
             Ok(None) => shared.rejoin.store(true, Ordering::SeqCst),
@@ -214,6 +238,23 @@ async fn drive(
             }
         }
     }
+}
+
+/// Each subscribed topic's partition count (0 for a topic that does not exist); `None` if the
+/// metadata could not be read, or a topic's answer is a transient error.
+async fn partition_counts(shared: &group::Shared, config: &GroupConfig) -> Option<BTreeMap<String, usize>> {
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    let metadata = shared.client.refresh_metadata(Some(&topics)).await.ok()?;
+    config
+        .topics
+        .iter()
+        .map(|topic| match metadata.topics.get(topic) {
+            None => Some((topic.clone(), 0)),
+            Some(t) if t.error == ErrorCode::UnknownTopicOrPartition => Some((topic.clone(), 0)),
+            Some(t) if t.error == ErrorCode::None => Some((topic.clone(), t.partitions.len())),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 /// The classic protocol's session and heartbeat defaults, as the Java client's.

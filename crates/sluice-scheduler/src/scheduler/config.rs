@@ -108,7 +108,8 @@ pub struct SchedulerConfig {
 /// source partitions through that consumer group (the KIP-848 consumer protocol where the broker
 /// offers it, the classic protocol with cooperative rebalancing otherwise), and each batch's
 /// output and source offsets commit together in one Kafka transaction, with the member's group
-/// metadata (KIP-447), so a process the group has dropped cannot commit.
+/// metadata (KIP-447). A batch whose member lost any of its partitions while it ran (dropped by
+/// the group, or fenced for holding a revocation past `rebalance_timeout`) does not commit.
 ///
 /// In this mode Kafka is the source of truth: a partition gained starts at the group's committed
 /// offset (waiting out a previous owner's open transaction), or at `starting_offsets` when the
@@ -124,8 +125,9 @@ pub struct ScaleConfig {
     /// The consumer group the job's processes share (it also holds the committed offsets).
     pub group: String,
     /// This process's stable name in the group: the static member id (KIP-345) and the suffix
-    /// of its transactional id. `None`: the checkpoint's id, so a process restarted on the same
-    /// checkpoint directory fences its previous incarnation at once.
+    /// of its transactional id. `None`: a dynamic member, and the checkpoint's id as the suffix,
+    /// so a process restarted on the same checkpoint directory still fences its previous
+    /// incarnation's producer at once.
     pub instance: Option<String>,
     /// Which group protocol to speak.
     pub protocol: sluice_client::GroupProtocol,
@@ -141,8 +143,8 @@ pub struct ScaleConfig {
 }
 
 impl ScaleConfig {
-    /// Scale-out through `group`, with the defaults: the checkpoint's id as the instance, the
-    /// protocol the broker offers, a rebalance timeout of 60 s, a classic session of 45 s with
+    /// Scale-out through `group`, with the defaults: a dynamic member (transactional id from the
+    /// checkpoint's id), the protocol the broker offers, a rebalance timeout of 60 s, a classic session of 45 s with
     /// heartbeats every 3 s, transactions that time out after 10 s.
     pub fn new(group: impl Into<String>) -> Self {
         Self {

@@ -33,8 +33,12 @@ pub(super) const NOT_COMMITTED: &[u8] = b"scale-out: not committed";
 pub(super) struct Scale {
     member: ConsumerGroupMember,
     producer: Arc<Producer>,
-    /// Partitions gained whose positions are not known yet (a lookup failed on a fault).
+    /// Partitions owned whose positions are not known (yet): gained, or their batch did not
+    /// commit; looked up from the group at the next boundary (again after a fault).
     gained: Vec<TopicPartition>,
+    /// The member's loss count when the batch under way began its transaction: a batch must
+    /// not commit once its member has lost its partitions since (even if it got them back).
+    losses_at_begin: Option<u64>,
 }
 
 impl<C: Clock> Scheduler<C> {
@@ -71,19 +75,39 @@ impl<C: Clock> Scheduler<C> {
         // What this process owned before comes again from the group, with the group's offsets.
         self.positions.clear();
         self.known_high_watermarks.clear();
-        self.scale = Some(Scale { member, producer: Arc::new(producer), gained: Vec::new() });
+        self.scale = Some(Scale { member, producer: Arc::new(producer), gained: Vec::new(), losses_at_begin: None });
         self.close_open_intent().await
     }
 
     /// An intent left open (by the run before, or a batch that failed) is closed as not
     /// committed: its transaction is over (the new producer aborted it, or it committed and the
     /// group's offsets say so), and its partitions may be another process's by now.
+    /// In the same process (a run that failed or was dropped part way), its transaction, if
+    /// still open, is aborted, and where its partitions go on is read again from the group: the
+    /// transaction may have committed before the failure.
     async fn close_open_intent(&mut self) -> Result<(), SchedulerError> {
         let Some(intent) = self.pending.clone() else { return Ok(()) };
         tracing::info!(
             batch_id = intent.batch_id,
             "closing the batch left open: in scale-out mode the group's offsets say where to go on"
         );
+        self.prefetched = None;
+        if let Some(scale) = self.scale.as_mut() {
+            scale.losses_at_begin = None;
+            // Not open (never begun, or ended before the failure) is fine too: that refusal is
+            // the producer's own, made without asking the cluster.
+            if let Err(error) = scale.producer.abort_transaction().await {
+                tracing::debug!(batch_id = intent.batch_id, %error, "aborting the open batch's transaction");
+            }
+            let owned = scale.member.owned();
+            for range in &intent.ranges {
+                let key = (range.topic.clone(), range.partition);
+                self.positions.remove(&key);
+                if owned.contains(&key) && !scale.gained.contains(&key) {
+                    scale.gained.push(key);
+                }
+            }
+        }
         let output = BatchOutput { sink_markers: NOT_COMMITTED.to_vec(), ..BatchOutput::default() };
         self.write_commit(intent.batch_id, &[], output).await
     }
@@ -96,6 +120,8 @@ impl<C: Clock> Scheduler<C> {
         let mut failed = None;
         while let Some(event) = scale.member.try_event() {
             changed = true;
+            // Before any await: a batch read ahead may hold partitions given up now.
+            self.prefetched = None;
             match event {
                 Ok(MemberEvent::Assigned(partitions)) => {
                     tracing::info!(batch_id, ?partitions, "partitions assigned");
@@ -136,10 +162,6 @@ impl<C: Clock> Scheduler<C> {
                 scale.gained.clear();
             }
         }
-        if changed {
-            // A batch read ahead may hold partitions given up since.
-            self.prefetched = None;
-        }
         Ok(changed)
     }
 
@@ -161,7 +183,18 @@ impl<C: Clock> Scheduler<C> {
                     committed.iter().filter_map(|(p, offset)| Some((p.clone(), (*offset)?))).collect(),
                     partitions.iter().filter(|p| !matches!(committed.get(*p), Some(Some(_)))).cloned().collect(),
                 );
-                positions.extend(self.starting_positions(&fresh, true).await?);
+                if !fresh.is_empty() {
+                    // `starting_offsets` is where the job starts; once the group has offsets of
+                    // its topics, a partition without any (added since, or whose first owner died
+                    // before its first commit) holds records new to the job: from its start.
+                    let job_started = self
+                        .client
+                        .group_offsets(group)
+                        .await?
+                        .keys()
+                        .any(|(topic, _)| self.config.topics.contains(topic));
+                    positions.extend(self.starting_positions(&fresh, !job_started).await?);
+                }
                 Ok::<_, Error>(positions)
             };
             match looked_up.await {
@@ -178,21 +211,27 @@ impl<C: Clock> Scheduler<C> {
 
     /// Begins the batch's transaction, if the batch has ranges.
     pub(super) async fn begin_batch_transaction(
-        &self,
+        &mut self,
         ranges: &[OffsetRange],
     ) -> Result<Option<Arc<Producer>>, SchedulerError> {
         let Some(scale) = &self.scale else { return Ok(None) };
-        if ranges.is_empty() {
+        // Nothing to read, nothing to write, no offset that moves.
+        if ranges.iter().all(OffsetRange::is_empty) {
             return Ok(None);
         }
         let producer = Arc::clone(&scale.producer);
+        let losses = scale.member.losses();
         producer.begin_transaction().await.map_err(|e| self.group_error("beginning the batch's transaction", e))?;
+        if let Some(scale) = self.scale.as_mut() {
+            scale.losses_at_begin = Some(losses);
+        }
         Ok(Some(producer))
     }
 
     /// Aborts the batch's transaction after a failure (the failure is what is reported).
-    pub(super) async fn abort_after_failure(&self, batch_id: u64) {
-        if let Some(scale) = &self.scale {
+    pub(super) async fn abort_after_failure(&mut self, batch_id: u64) {
+        if let Some(scale) = self.scale.as_mut() {
+            scale.losses_at_begin = None;
             if let Err(error) = scale.producer.abort_transaction().await {
                 tracing::warn!(batch_id, %error, "aborting the failed batch's transaction failed too");
             }
@@ -207,41 +246,47 @@ impl<C: Clock> Scheduler<C> {
         batch_id: u64,
         ranges: &[OffsetRange],
     ) -> Result<bool, SchedulerError> {
-        let Some(scale) = &self.scale else { return Ok(true) };
-        if ranges.is_empty() {
-            return Ok(true);
-        }
+        let Some(scale) = self.scale.as_mut() else { return Ok(true) };
+        let Some(losses_at_begin) = scale.losses_at_begin.take() else { return Ok(true) };
         let offsets: Vec<(String, i32, i64)> = ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();
         let mut retried = false;
-        let committed = loop {
-            // Read now: a KIP-848 member's epoch moves with every change of its assignment.
+        let refused = loop {
+            // Read now: a KIP-848 member's epoch moves with every change of its assignment. Then
+            // the loss count: metadata from after a loss (the member fenced and back) must not
+            // commit a batch begun before it, whose partitions may have had another owner since.
             let metadata = scale.member.group_metadata();
-            let sent = scale.producer.send_offsets_to_transaction(&offsets, &metadata).await;
-            match sent {
+            let kept = scale.member.losses() == losses_at_begin && owns_all(&scale.member.owned(), ranges);
+            if !kept {
+                break Some("the member lost partitions of the batch while it ran".to_owned());
+            }
+            match scale.producer.send_offsets_to_transaction(&offsets, &metadata).await {
                 // The epoch moved while the batch ran (the member gained partitions, say): once
-                // more with the new one, if every partition of the batch is still this member's.
-                Err(error) if !retried && epoch_moved(&error) && owns_all(&scale.member.owned(), ranges) => {
+                // more with the new one.
+                Err(error) if !retried && epoch_moved(&error) => {
                     tracing::info!(batch_id, %error, "the member's epoch moved during the batch; sending the offsets again");
                     retried = true;
                 }
-                Ok(()) => break scale.producer.commit_transaction().await,
-                Err(error) => break Err(error),
+                Ok(()) => break scale.producer.commit_transaction().await.err().map(|e| e.to_string()),
+                Err(error) => break Some(error.to_string()),
             }
         };
-        let Err(error) = committed else { return Ok(true) };
-        tracing::warn!(batch_id, %error, "the batch's transaction did not commit: aborting it; its partitions go on from the group's offsets");
-        scale.producer.abort_transaction().await.map_err(|e| self.group_error("aborting a refused transaction", e))?;
-        let partitions: Vec<TopicPartition> = ranges.iter().map(|r| (r.topic.clone(), r.partition)).collect();
-        let still_owned: Vec<TopicPartition> = {
-            let owned = scale.member.owned();
-            partitions.into_iter().filter(|p| owned.contains(p)).collect()
-        };
-        for range in ranges {
-            self.positions.remove(&(range.topic.clone(), range.partition));
-        }
-        let positions = self.group_positions(batch_id, &still_owned).await?;
-        self.positions.extend(positions);
+        let Some(reason) = refused else { return Ok(true) };
+        tracing::warn!(batch_id, %reason, "the batch's transaction did not commit: aborting it; its partitions go on from the group's offsets");
+        // Nothing planned from this batch's ends may run.
         self.prefetched = None;
+        let Some(scale) = self.scale.as_mut() else { return Ok(false) };
+        if let Err(error) = scale.producer.abort_transaction().await {
+            return Err(self.group_error("aborting a refused transaction", error));
+        }
+        let Some(scale) = self.scale.as_mut() else { return Ok(false) };
+        let owned = scale.member.owned();
+        for range in ranges {
+            let key = (range.topic.clone(), range.partition);
+            self.positions.remove(&key);
+            if owned.contains(&key) && !scale.gained.contains(&key) {
+                scale.gained.push(key);
+            }
+        }
         Ok(false)
     }
 
