@@ -1,8 +1,9 @@
 //! `sluice run` with `[scale]` on a three-node Apache Kafka cluster: one stateless job (raw
 //! records copied to a Kafka topic) run by several processes sharing its 12 partitions through
 //! a consumer group, each batch one Kafka transaction. While a producer keeps writing, three
-//! processes start, one is killed with SIGKILL, a fourth starts, and two stop with SIGTERM: the
-//! read_committed output holds every input record exactly once.
+//! processes start, one is killed with SIGKILL, a fourth starts, two stop with SIGTERM, and the
+//! killed one comes back on its checkpoint: the read_committed output holds every input record
+//! exactly once.
 
 #![allow(clippy::unwrap_used)]
 
@@ -148,6 +149,10 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut four = Process::start("four", dir.path(), &job("four"));
     step("four started");
+    // Two comes back on its checkpoint: its transactional id fences what it left open, and its
+    // open intent is closed, not re-run.
+    let mut two_again = Process::start("two-again", dir.path(), &job("two"));
+    step("two restarted on its checkpoint");
     tokio::time::sleep(Duration::from_secs(3)).await;
     one.check_running();
     three.check_running();
@@ -158,17 +163,25 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
     writer.await.unwrap();
     step("all records written");
 
-    // Four alone works through the rest, two's partitions included once two's session and its
-    // open transaction have run out.
+    // Four and two work through the rest, the dead incarnation's partitions included once its
+    // session has run out.
     let ends = common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(120), || {
         four.check_running();
+        two_again.check_running();
     })
     .await;
     assert_eq!(ends.values().sum::<i64>(), i64::from(RECORDS));
     step("the group's offsets reached the end of the input");
-    let four_rows = four.rows();
+    let (four_rows, two_again_rows) = (four.rows(), two_again.rows());
     four.stop();
-    let rows = [("one", one_rows), ("two", rows_in(&two_log)), ("three", three_rows), ("four", four_rows)];
+    two_again.stop();
+    let rows = [
+        ("one", one_rows),
+        ("two", rows_in(&two_log)),
+        ("three", three_rows),
+        ("four", four_rows),
+        ("two again", two_again_rows),
+    ];
     eprintln!("rows in committed batches, by process: {rows:?}");
     for (name, read) in rows {
         assert!(read > 0, "{name} processed nothing: was the work shared? {rows:?}");

@@ -289,6 +289,21 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<u64, SchedulerError> {
         self.log_written().await?;
         self.join_group().await?;
+        let ran = self.run_batches(processor, &mut on_progress).await;
+        // Scale-out: whatever ended the run (a stop, a bounded run done, a failure), the member
+        // leaves, so that its partitions go to the others at once instead of waiting for its
+        // revocations forever (a failed batch's transaction is aborted by the next run or, if
+        // the process ends, by the broker after `transaction_timeout`).
+        self.leave_group().await;
+        ran
+    }
+
+    /// The batches of a run, until the trigger, a stop or a failure ends it.
+    async fn run_batches<P: Processor>(
+        &mut self,
+        processor: &mut P,
+        on_progress: &mut impl FnMut(&BatchProgress),
+    ) -> Result<u64, SchedulerError> {
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
         while !self.stop.is_cancelled() && !self.bounded_run_done() {
@@ -324,9 +339,6 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         self.write_snapshot_now().await?;
-        if self.stop.is_cancelled() {
-            self.leave_group().await;
-        }
         Ok(ran)
     }
 
