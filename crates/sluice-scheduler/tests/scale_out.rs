@@ -29,7 +29,8 @@ const PARTITIONS: i32 = 6;
 /// Copies every record's value to the output topic through the batch's transaction.
 struct Copy {
     output: String,
-    /// Once: the first batch with records takes this long, after saying it has begun.
+    /// Once: the first batch with records takes this long after sending them, having said it
+    /// has begun.
     stall: Option<(Duration, Arc<Notify>)>,
 }
 
@@ -44,15 +45,17 @@ impl Processor for Copy {
         if records.is_empty() {
             return Ok(BatchOutput::default());
         }
-        if let Some((pause, begun)) = self.stall.take() {
-            begun.notify_one();
-            tokio::time::sleep(pause).await;
-        }
         let producer = batch.transaction().ok_or("scale-out batch without a transaction")?;
         for value in records {
             let record = ProducerRecord { partition: Some(0), ..ProducerRecord::new(&self.output, value) };
             // Delivered (or failed) by the transaction's commit.
             drop(producer.send(record).await?);
+        }
+        if let Some((pause, begun)) = self.stall.take() {
+            // The records went out first, so the transaction is open at the coordinator.
+            producer.flush().await?;
+            begun.notify_one();
+            tokio::time::sleep(pause).await;
         }
         Ok(BatchOutput::default())
     }
@@ -69,7 +72,7 @@ struct Process {
 }
 
 async fn start(broker: &str, dir: &Path, input: &str, output: &str, group: &str, protocol: GroupProtocol) -> Process {
-    start_with(broker, dir, (input, output, group), protocol, Duration::from_secs(60), None).await
+    start_with(broker, dir, (input, output, group), protocol, |_| {}, None).await
 }
 
 async fn start_with(
@@ -77,7 +80,7 @@ async fn start_with(
     dir: &Path,
     (input, output, group): (&str, &str, &str),
     protocol: GroupProtocol,
-    rebalance_timeout: Duration,
+    tune: impl FnOnce(&mut ScaleConfig),
     stall: Option<(Duration, Arc<Notify>)>,
 ) -> Process {
     let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
@@ -86,7 +89,7 @@ async fn start_with(
     scale.protocol = protocol;
     scale.session_timeout = Duration::from_secs(6);
     scale.heartbeat_interval = Duration::from_millis(500);
-    scale.rebalance_timeout = rebalance_timeout;
+    tune(&mut scale);
     config.scale = Some(scale);
     let mut scheduler = Scheduler::open(client, dir, config, SystemClock::new()).unwrap();
     let stop = scheduler.stop_handle();
@@ -233,8 +236,8 @@ async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
 
     let begun = Arc::new(Notify::new());
     let stall = Some((Duration::from_secs(10), Arc::clone(&begun)));
-    let slow =
-        start_with(&broker.addr, dirs[0].path(), names, GroupProtocol::Consumer, Duration::from_secs(3), stall).await;
+    let short_rebalance = |scale: &mut ScaleConfig| scale.rebalance_timeout = Duration::from_secs(3);
+    let slow = start_with(&broker.addr, dirs[0].path(), names, GroupProtocol::Consumer, short_rebalance, stall).await;
     begun.notified().await;
     // The slow member holds every partition in a 10 s batch; the newcomer's arrival revokes
     // some, which the slow member cannot release within its 3 s rebalance timeout.
@@ -249,4 +252,37 @@ async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
     }
     assert_each_once(&broker.addr, &output, 4_000, "fenced mid-batch");
     assert!(aborted >= 1, "the fenced member's batch was not aborted");
+}
+
+/// A batch that outlives its transaction's timeout: the broker aborts the transaction and bumps
+/// the producer's epoch, so the commit fails. The batch counts as not committed, the producer is
+/// started again, and the records are read again: each is in the output once, and the job goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_outliving_its_transaction_timeout_is_done_again() {
+    let broker = common::shared();
+    if broker.kind == Kind::Tansu {
+        eprintln!("SKIPPED on Tansu: a_batch_outliving_its_transaction_timeout_is_done_again: Tansu does not time transactions out");
+        return;
+    }
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let (input, output, group) = (unique("timeout-in"), unique("timeout-out"), unique("timeout-job"));
+    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
+    client.create_topic(&output, 1, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    produce(&producer, &input, 0..1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let begun = Arc::new(Notify::new());
+    // The test brokers sweep timed-out transactions every second.
+    let stall = Some((Duration::from_secs(6), Arc::clone(&begun)));
+    let short_transactions = |scale: &mut ScaleConfig| scale.transaction_timeout = Duration::from_secs(2);
+    let names = (input.as_str(), output.as_str(), group.as_str());
+    let job = start_with(&broker.addr, dir.path(), names, GroupProtocol::Auto, short_transactions, stall).await;
+    begun.notified().await;
+    produce(&producer, &input, 1_000..2_000).await;
+    common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(60), || {}).await;
+    let aborted = job.aborted.load(Ordering::Relaxed);
+    job.stop.cancel();
+    job.run.await.unwrap().unwrap();
+    assert_each_once(&broker.addr, &output, 2_000, "a transaction timed out");
+    assert!(aborted >= 1, "the timed-out batch was not counted as not committed");
 }

@@ -55,13 +55,7 @@ impl<C: Clock> Scheduler<C> {
         if self.scale.is_some() {
             return Ok(());
         }
-        let instance = scale.instance.clone().unwrap_or_else(|| format!("{:016x}", self.checkpoint_id));
-        let mut producer_config = ProducerConfig::default();
-        producer_config.transactional_id = Some(format!("sluice-{}-{instance}", scale.group));
-        producer_config.transaction_timeout = scale.transaction_timeout;
-        let producer = Producer::new(self.client.clone(), producer_config)
-            .await
-            .map_err(|e| self.group_error("starting the transactional producer", e))?;
+        let producer = self.start_producer().await?;
         let mut member_config = ConsumerGroupConfig::new(scale.group.clone(), self.config.topics.clone());
         member_config.group_instance_id.clone_from(&scale.instance);
         member_config.protocol = scale.protocol;
@@ -77,6 +71,21 @@ impl<C: Clock> Scheduler<C> {
         self.known_high_watermarks.clear();
         self.scale = Some(Scale { member, producer: Arc::new(producer), gained: Vec::new(), losses_at_begin: None });
         self.close_open_intent().await
+    }
+
+    /// The process's transactional producer, `sluice-<group>-<instance>`: its InitProducerId
+    /// fences an earlier producer of that id and aborts the transaction it left open.
+    async fn start_producer(&self) -> Result<Producer, SchedulerError> {
+        let Some(scale) = &self.config.scale else {
+            return Err(SchedulerError::Config("a transactional producer outside scale-out mode".into()));
+        };
+        let instance = scale.instance.clone().unwrap_or_else(|| format!("{:016x}", self.checkpoint_id));
+        let mut producer_config = ProducerConfig::default();
+        producer_config.transactional_id = Some(format!("sluice-{}-{instance}", scale.group));
+        producer_config.transaction_timeout = scale.transaction_timeout;
+        Producer::new(self.client.clone(), producer_config)
+            .await
+            .map_err(|e| self.group_error("starting the transactional producer", e))
     }
 
     /// An intent left open (by the run before, or a batch that failed) is closed as not
@@ -276,7 +285,13 @@ impl<C: Clock> Scheduler<C> {
         self.prefetched = None;
         let Some(scale) = self.scale.as_mut() else { return Ok(false) };
         if let Err(error) = scale.producer.abort_transaction().await {
-            return Err(self.group_error("aborting a refused transaction", error));
+            // The broker ended the transaction itself (it outlived `transaction_timeout`, and
+            // the producer's epoch was bumped): a new producer of the same id starts afresh.
+            tracing::warn!(batch_id, %error, "aborting the refused transaction failed: starting the producer again");
+            let producer = self.start_producer().await?;
+            if let Some(scale) = self.scale.as_mut() {
+                scale.producer = Arc::new(producer);
+            }
         }
         let Some(scale) = self.scale.as_mut() else { return Ok(false) };
         let owned = scale.member.owned();
