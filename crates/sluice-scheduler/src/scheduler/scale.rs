@@ -69,7 +69,9 @@ impl<C: Clock> Scheduler<C> {
         // What this process owned before comes again from the group, with the group's offsets.
         self.positions.clear();
         self.known_high_watermarks.clear();
-        self.scale = Some(Scale { member, producer: Arc::new(producer), gained: Vec::new(), losses_at_begin: None });
+        let mut member = member;
+        let gained = first_assignment(&mut member, scale.rebalance_timeout.min(FIRST_ASSIGNMENT_WAIT)).await;
+        self.scale = Some(Scale { member, producer: Arc::new(producer), gained, losses_at_begin: None });
         self.close_open_intent().await
     }
 
@@ -312,6 +314,28 @@ impl<C: Clock> Scheduler<C> {
                 tracing::warn!(%error, "leaving the job's group failed; the group drops this process when its session ends");
             }
         }
+    }
+}
+
+/// How long a process that has just joined waits for its first partitions before its first batch
+/// (a batch planned before them would be empty, and the next one a whole interval later).
+const FIRST_ASSIGNMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The partitions of the member's first assignment, if it comes within `wait` (none when the
+/// group gives this member nothing yet: the others have not released any).
+async fn first_assignment(member: &mut ConsumerGroupMember, wait: std::time::Duration) -> Vec<TopicPartition> {
+    match tokio::time::timeout(wait, member.next_event()).await {
+        Ok(Ok(MemberEvent::Assigned(partitions))) => partitions,
+        // A member that owns nothing yet loses nothing; a refusal comes again with the next event.
+        Ok(Ok(other)) => {
+            tracing::debug!(?other, "first group event");
+            Vec::new()
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "the member stopped before its first assignment");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
     }
 }
 
