@@ -112,16 +112,6 @@ impl Processor for Copy {
     }
 }
 
-async fn produce(client: &Client, topic: &str, n: usize) {
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
-    let value = vec![b'x'; 100];
-    for i in 0..n {
-        let partition = Some((i % PARTITIONS as usize) as i32);
-        drop(producer.send(ProducerRecord { partition, ..ProducerRecord::new(topic, value.clone()) }).await.unwrap());
-    }
-    producer.flush().await.unwrap();
-}
-
 /// One run of the copy job over the whole input: wall s (from opening the scheduler: joining the
 /// group included), wall s after the first batch with records (steady state: records/s over the
 /// rest), the records of that batch, and CPU s.
@@ -293,7 +283,7 @@ fn main() {
         let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
         let input = unique("copy-in");
         client.create_topic(&input, PARTITIONS, 1).await.unwrap();
-        produce(&client, &input, n).await;
+        common::fill(&client, &input, n, PARTITIONS).await;
         println!("scale-out cost, one process, {n} records of 100 bytes copied from {PARTITIONS} partitions to {PARTITIONS}, 1 s batches, Apache Kafka on {}", broker.addr);
         println!("\n| run | records/s, whole run | records/s after the first batch | client CPU us/record |");
         println!("| --- | --- | --- | --- |");

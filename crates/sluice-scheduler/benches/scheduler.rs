@@ -17,9 +17,7 @@ use sluice_testkit as common;
 use std::time::{Duration, Instant};
 
 use common::{cpu_s, percentile, Broker};
-use sluice_client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
-};
+use sluice_client::{Client, ClientConfig, Consumer, ConsumerConfig, StartAt};
 use sluice_scheduler::{Batch, BatchOutput, Processor, RateLimits, Scheduler, SchedulerConfig, SystemClock, Trigger};
 
 const PARTITIONS: i32 = 8;
@@ -42,16 +40,6 @@ impl Processor for Count {
         }
         Ok(BatchOutput::default())
     }
-}
-
-async fn produce(client: &Client, topic: &str, n: usize) {
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
-    let value = vec![b'x'; 100];
-    for i in 0..n {
-        let partition = Some((i % PARTITIONS as usize) as i32);
-        drop(producer.send(ProducerRecord { partition, ..ProducerRecord::new(topic, value.clone()) }).await.unwrap());
-    }
-    producer.flush().await.unwrap();
 }
 
 async fn plain_consume(client: &Client, topic: &str, n: usize) -> (f64, f64) {
@@ -143,7 +131,7 @@ fn main() {
             percentile(&empty, 0.99)
         );
 
-        produce(&client, "flow", n).await;
+        common::fill(&client, "flow", n, PARTITIONS).await;
         let (plain_s, plain_cpu) = plain_consume(&client, "flow", n).await;
         println!("\n| run | records/s | vs plain consume | batches | batch p50 ms | batch p99 ms | client CPU us/record |");
         println!("| --- | --- | --- | --- | --- | --- | --- |");

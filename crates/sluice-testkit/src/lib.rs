@@ -105,6 +105,19 @@ pub async fn new_topic(prefix: &str, partitions: i32) -> (&'static Broker, sluic
     (broker, client, topic)
 }
 
+/// Writes `records` records of 100 bytes to `topic`, round-robin over its partitions
+/// `0..partitions` (a benchmark's input), and waits until all are acknowledged.
+pub async fn fill(client: &sluice_client::Client, topic: &str, records: usize, partitions: i32) {
+    use sluice_client::{Producer, ProducerConfig, ProducerRecord};
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let value = vec![b'x'; 100];
+    for i in 0..records {
+        let partition = Some((i % partitions as usize) as i32);
+        drop(producer.send(ProducerRecord { partition, ..ProducerRecord::new(topic, value.clone()) }).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+}
+
 /// Waits (up to `timeout`) until `group`'s committed offsets, read as stable, reach the log ends
 /// of `topic`'s partitions `0..partitions` as they are now: a job consuming it has caught up.
 /// `alive` runs before each look (to fail at once if the job died); returns the log ends.
