@@ -147,7 +147,11 @@ impl<C: Clock> Scheduler<C> {
             tracing::error!(checkpoint = %dir, segment = damage.segment_id, offset = damage.offset, problem = %damage.problem, "recovery truncated the checkpoint at damage; later batches are forgotten");
         }
         if let Some(intent) = recovered.pending.first() {
-            tracing::warn!(checkpoint = %dir, batch_id = intent.batch_id, "a batch was begun and not committed when the last run ended; it runs again first, with the same offsets");
+            if config.scale.is_some() {
+                tracing::warn!(checkpoint = %dir, batch_id = intent.batch_id, "a batch was begun and not committed when the last run ended; scale-out: it is closed, and its partitions go on from the group's offsets");
+            } else {
+                tracing::warn!(checkpoint = %dir, batch_id = intent.batch_id, "a batch was begun and not committed when the last run ended; it runs again first, with the same offsets");
+            }
         }
         // Nothing was ever begun in this log, so nothing outside it can carry its id yet.
         let fresh = recovered.last_committed.is_none() && recovered.pending.is_empty();
@@ -282,6 +286,8 @@ impl<C: Clock> Scheduler<C> {
     /// informational group commit may be missing); a batch whose intent is durable but not its
     /// commit is re-run by the next `run` with the same ranges and `rerun` set, as after a
     /// crash, so a processor must give a re-run batch the output its first run would have.
+    /// (In scale-out mode such a batch is closed instead, its transaction aborted, and its
+    /// partitions go on from the group's offsets: see [`ScaleConfig`].)
     pub async fn run<P: Processor>(
         &mut self,
         processor: &mut P,

@@ -21,7 +21,9 @@
 //! - **Scale-out** (a job run with `SchedulerConfig::scale`): whatever the mode, a batch's records
 //!   go into the batch's own transaction ([`BatchInfo::transaction`]), which commits them
 //!   together with the batch's source offsets under the job's group: the sink has no producer,
-//!   transaction or marker of its own. `read_committed` consumers see each record once.
+//!   transaction or marker of its own, so its own client and producer settings are not used (the
+//!   records go to the source's cluster, with the scheduler's producer). `read_committed`
+//!   consumers see each record once.
 //!
 //! A batch larger than the job's memory budget is written piece by piece as it is computed (in
 //! one transaction, or with one marker after its last piece), so its records are never all

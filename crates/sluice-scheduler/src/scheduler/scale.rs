@@ -36,9 +36,19 @@ pub(super) struct Scale {
     /// Partitions owned whose positions are not known (yet): gained, or their batch did not
     /// commit; looked up from the group at the next boundary (again after a fault).
     gained: Vec<TopicPartition>,
-    /// The member's loss count when the batch under way began its transaction: a batch must
-    /// not commit once its member has lost its partitions since (even if it got them back).
+    /// The member's loss count when the group's changes were last taken in (the positions the
+    /// next batch is planned from are from then).
+    losses_at_plan: u64,
+    /// That count, for the batch under way, once its transaction has begun: a batch must not
+    /// commit once its member has lost its partitions since its positions were taken (even if
+    /// it got them back).
     losses_at_begin: Option<u64>,
+    /// Owned partitions whose position came from `starting_offsets`, not from the group: the
+    /// next batch commits their offsets even if it reads nothing from them, so that a later
+    /// owner starts where this one did.
+    uncommitted: std::collections::BTreeSet<TopicPartition>,
+    /// Batches in a row whose transaction did not commit.
+    not_committed_in_a_row: u32,
 }
 
 impl<C: Clock> Scheduler<C> {
@@ -70,8 +80,18 @@ impl<C: Clock> Scheduler<C> {
         self.positions.clear();
         self.known_high_watermarks.clear();
         let mut member = member;
+        let losses_at_plan = member.losses();
         let gained = first_assignment(&mut member, scale.rebalance_timeout.min(FIRST_ASSIGNMENT_WAIT)).await;
-        self.scale = Some(Scale { member, producer: Arc::new(producer), gained, losses_at_begin: None });
+        self.prefetched = None;
+        self.scale = Some(Scale {
+            member,
+            producer: Arc::new(producer),
+            gained,
+            losses_at_plan,
+            losses_at_begin: None,
+            uncommitted: std::collections::BTreeSet::new(),
+            not_committed_in_a_row: 0,
+        });
         self.close_open_intent().await
     }
 
@@ -127,6 +147,8 @@ impl<C: Clock> Scheduler<C> {
     pub(super) async fn take_group_changes(&mut self, batch_id: u64) -> Result<bool, SchedulerError> {
         self.close_open_intent().await?;
         let Some(scale) = self.scale.as_mut() else { return Ok(false) };
+        // Before the events: a loss counted from here on happened after these positions.
+        scale.losses_at_plan = scale.member.losses();
         let mut changed = false;
         let mut failed = None;
         while let Some(event) = scale.member.try_event() {
@@ -144,6 +166,7 @@ impl<C: Clock> Scheduler<C> {
                         self.positions.remove(partition);
                         self.known_high_watermarks.remove(partition);
                         scale.gained.retain(|p| p != partition);
+                        scale.uncommitted.remove(partition);
                     }
                     scale.member.released(&partitions);
                 }
@@ -153,6 +176,7 @@ impl<C: Clock> Scheduler<C> {
                         self.positions.remove(partition);
                         self.known_high_watermarks.remove(partition);
                         scale.gained.retain(|p| p != partition);
+                        scale.uncommitted.remove(partition);
                     }
                 }
                 Ok(other) => tracing::debug!(batch_id, ?other, "group event"),
@@ -167,10 +191,11 @@ impl<C: Clock> Scheduler<C> {
         }
         let gained = self.scale.as_ref().map(|s| s.gained.clone()).unwrap_or_default();
         if !gained.is_empty() {
-            let positions = self.group_positions(batch_id, &gained).await?;
+            let (positions, fresh) = self.group_positions(batch_id, &gained).await?;
             self.positions.extend(positions);
             if let Some(scale) = self.scale.as_mut() {
                 scale.gained.clear();
+                scale.uncommitted.extend(fresh);
             }
         }
         Ok(changed)
@@ -178,12 +203,13 @@ impl<C: Clock> Scheduler<C> {
 
     /// Where `partitions` start: the group's committed offsets, read as stable (a transaction
     /// still deciding them, a previous owner's, is waited out), or `starting_offsets` where the
-    /// group has none; retried through transient faults for `fault_timeout`.
+    /// group has none (those are also returned on their own); retried through transient faults
+    /// for `fault_timeout`.
     async fn group_positions(
         &self,
         batch_id: u64,
         partitions: &[TopicPartition],
-    ) -> Result<BTreeMap<TopicPartition, i64>, SchedulerError> {
+    ) -> Result<(BTreeMap<TopicPartition, i64>, Vec<TopicPartition>), SchedulerError> {
         let group = self.config.scale.as_ref().map(|s| s.group.as_str()).unwrap_or_default();
         let deadline = Instant::now() + self.config.fault_timeout;
         let mut backoff = FIRST_FAULT_BACKOFF;
@@ -206,7 +232,7 @@ impl<C: Clock> Scheduler<C> {
                         .any(|(topic, _)| self.config.topics.contains(topic));
                     positions.extend(self.starting_positions(&fresh, !job_started).await?);
                 }
-                Ok::<_, Error>(positions)
+                Ok::<_, Error>((positions, fresh))
             };
             match looked_up.await {
                 Ok(positions) => return Ok(positions),
@@ -226,12 +252,14 @@ impl<C: Clock> Scheduler<C> {
         ranges: &[OffsetRange],
     ) -> Result<Option<Arc<Producer>>, SchedulerError> {
         let Some(scale) = &self.scale else { return Ok(None) };
-        // Nothing to read, nothing to write, no offset that moves.
-        if ranges.iter().all(OffsetRange::is_empty) {
+        // Nothing to read, nothing to write, no offset that moves (but a partition whose
+        // position the group does not hold yet gets it committed).
+        let fresh = ranges.iter().any(|r| scale.uncommitted.contains(&(r.topic.clone(), r.partition)));
+        if ranges.iter().all(OffsetRange::is_empty) && !fresh {
             return Ok(None);
         }
         let producer = Arc::clone(&scale.producer);
-        let losses = scale.member.losses();
+        let losses = scale.losses_at_plan;
         producer.begin_transaction().await.map_err(|e| self.group_error("beginning the batch's transaction", e))?;
         if let Some(scale) = self.scale.as_mut() {
             scale.losses_at_begin = Some(losses);
@@ -281,7 +309,24 @@ impl<C: Clock> Scheduler<C> {
                 Err(error) => break Some(error.to_string()),
             }
         };
-        let Some(reason) = refused else { return Ok(true) };
+        let Some(reason) = refused else {
+            scale.not_committed_in_a_row = 0;
+            for range in ranges {
+                scale.uncommitted.remove(&(range.topic.clone(), range.partition));
+            }
+            return Ok(true);
+        };
+        scale.not_committed_in_a_row += 1;
+        if scale.not_committed_in_a_row >= MAX_NOT_COMMITTED_IN_A_ROW {
+            // Not the group moving (that settles within a batch or two) but a failure that comes
+            // back: a record the cluster refuses, an authorization, batches that always outlive
+            // the transaction timeout.
+            if let Err(error) = scale.producer.abort_transaction().await {
+                tracing::warn!(batch_id, %error, "aborting the last refused transaction");
+            }
+            let reason = format!("{MAX_NOT_COMMITTED_IN_A_ROW} batches in a row did not commit; the last: {reason}");
+            return Err(SchedulerError::Processing { batch_id, source: reason.into() });
+        }
         tracing::warn!(batch_id, %reason, "the batch's transaction did not commit: aborting it; its partitions go on from the group's offsets");
         // Nothing planned from this batch's ends may run.
         self.prefetched = None;
@@ -307,15 +352,24 @@ impl<C: Clock> Scheduler<C> {
         Ok(false)
     }
 
-    /// Leaves the group (after a stop) and drops the producer.
+    /// Leaves the group when a run ends (aborting a transaction a failed batch left open, so that
+    /// readers are not held up until it times out) and drops the producer.
     pub(super) async fn leave_group(&mut self) {
         if let Some(scale) = self.scale.take() {
+            if scale.losses_at_begin.is_some() {
+                if let Err(error) = scale.producer.abort_transaction().await {
+                    tracing::debug!(%error, "aborting the open batch's transaction before leaving");
+                }
+            }
             if let Err(error) = scale.member.leave().await {
                 tracing::warn!(%error, "leaving the job's group failed; the group drops this process when its session ends");
             }
         }
     }
 }
+
+/// Batches in a row that may fail to commit before the run fails.
+const MAX_NOT_COMMITTED_IN_A_ROW: u32 = 10;
 
 /// How long a process that has just joined waits for its first partitions before its first batch
 /// (a batch planned before them would be empty, and the next one a whole interval later).
