@@ -351,12 +351,8 @@ impl Shared {
 
     /// Why the member stopped.
     fn fatal(&self) -> Error {
-        let fatal = self.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone();
         // The task ends only after a refusal for good (it is aborted only with the member).
-        fatal.unwrap_or_else(|| Error::Disconnected {
-            broker: format!("the coordinator of group {}", self.config.group_id),
-            reason: "the member stopped".into(),
-        })
+        stopped(&self.config.group_id, &self.fatal)
     }
 
     /// Learns the names of the subscribed topics from fresh metadata.
@@ -637,6 +633,15 @@ impl Drop for ConsumerGroupMember {
             Engine::Classic(member) => member.stop(),
         }
     }
+}
+
+/// Why a member of `group_id` stopped: the refusal stored in `fatal`, or that it stopped.
+fn stopped(group_id: &str, fatal: &Mutex<Option<Error>>) -> Error {
+    let fatal = fatal.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    fatal.unwrap_or_else(|| Error::Disconnected {
+        broker: format!("the coordinator of group {group_id}"),
+        reason: "the member stopped".into(),
+    })
 }
 
 /// Whether joining failed because the coordinator does not offer the consumer protocol: a broker

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{java, unique, Kind};
+use common::{java, unique, Broker, Kind};
 use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{
     Batch, BatchOutput, BatchProgress, CancellationToken, Processor, ScaleConfig, Scheduler, SchedulerConfig,
@@ -109,6 +109,32 @@ async fn start_with(
     Process { stop, run, rows, aborted }
 }
 
+/// A test's job on the shared broker: a client, new input and output topics and a group (named
+/// after `prefix`), and a producer for the input. `None` on Tansu, saying why the test skips.
+struct Job {
+    broker: &'static Broker,
+    client: Client,
+    input: String,
+    output: String,
+    group: String,
+    producer: Producer,
+}
+
+async fn job(skip_on_tansu: &str, prefix: &str, partitions: i32) -> Option<Job> {
+    let broker = common::shared();
+    if broker.kind == Kind::Tansu {
+        eprintln!("SKIPPED on Tansu: {skip_on_tansu}");
+        return None;
+    }
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let (input, output, group) =
+        (unique(&format!("{prefix}-in")), unique(&format!("{prefix}-out")), unique(&format!("{prefix}-job")));
+    client.create_topic(&input, partitions, 1).await.unwrap();
+    client.create_topic(&output, 1, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    Some(Job { broker, client, input, output, group, producer })
+}
+
 /// Produces values `from..to` round-robin over the input's partitions.
 async fn produce(producer: &Producer, input: &str, values: std::ops::Range<u32>) {
     let mut deliveries = Vec::new();
@@ -133,16 +159,10 @@ async fn processes_that_join_stop_and_crash_output_every_record_once_on_the_clas
 }
 
 async fn share_the_job(protocol: GroupProtocol) {
-    let broker = common::shared();
-    if broker.kind == Kind::Tansu {
-        eprintln!("SKIPPED on Tansu: scale-out ({protocol:?}): Tansu checks no group metadata in transactions and does not hide aborted records (docs/brokers.md)");
+    let why = format!("scale-out ({protocol:?}): Tansu checks no group metadata in transactions and does not hide aborted records (docs/brokers.md)");
+    let Some(Job { broker, client, input, output, group, producer }) = job(&why, "scale", PARTITIONS).await else {
         return;
-    }
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let (input, output, group) = (unique("scale-in"), unique("scale-out"), unique("scale-job"));
-    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
-    client.create_topic(&output, 1, 1).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    };
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:5.1} s] {protocol:?}: {what}", started.elapsed().as_secs_f64());
@@ -220,16 +240,10 @@ fn assert_each_once(broker: &str, output: &str, count: u32, what: &str) {
 /// is in the output once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
-    let broker = common::shared();
-    if broker.kind == Kind::Tansu {
-        eprintln!("SKIPPED on Tansu: a_batch_whose_member_was_fenced_meanwhile_does_not_commit: no consumer protocol (KIP-848) on Tansu");
+    let why = "a_batch_whose_member_was_fenced_meanwhile_does_not_commit: no consumer protocol (KIP-848) on Tansu";
+    let Some(Job { broker, client, input, output, group, producer }) = job(why, "fenced", PARTITIONS).await else {
         return;
-    }
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let (input, output, group) = (unique("fenced-in"), unique("fenced-out"), unique("fenced-job"));
-    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
-    client.create_topic(&output, 1, 1).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    };
     produce(&producer, &input, 0..3_000).await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let names = (input.as_str(), output.as_str(), group.as_str());
@@ -259,16 +273,10 @@ async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
 /// started again, and the records are read again: each is in the output once, and the job goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_outliving_its_transaction_timeout_is_done_again() {
-    let broker = common::shared();
-    if broker.kind == Kind::Tansu {
-        eprintln!("SKIPPED on Tansu: a_batch_outliving_its_transaction_timeout_is_done_again: Tansu does not time transactions out");
+    let why = "a_batch_outliving_its_transaction_timeout_is_done_again: Tansu does not time transactions out";
+    let Some(Job { broker, client, input, output, group, producer }) = job(why, "timeout", PARTITIONS).await else {
         return;
-    }
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let (input, output, group) = (unique("timeout-in"), unique("timeout-out"), unique("timeout-job"));
-    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
-    client.create_topic(&output, 1, 1).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    };
     produce(&producer, &input, 0..1_000).await;
     let dir = tempfile::tempdir().unwrap();
     let begun = Arc::new(Notify::new());
@@ -297,16 +305,8 @@ fn scale_of(config: &mut SchedulerConfig) -> &mut ScaleConfig {
 /// first did, not at the records from before the job began.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partition_moves_without_its_history_being_read() {
-    let broker = common::shared();
-    if broker.kind == Kind::Tansu {
-        eprintln!("SKIPPED on Tansu: a_quiet_partition_moves_without_its_history_being_read: no transactions' group checks on Tansu");
-        return;
-    }
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let (input, output, group) = (unique("quiet-in"), unique("quiet-out"), unique("quiet-job"));
-    client.create_topic(&input, 2, 1).await.unwrap();
-    client.create_topic(&output, 1, 1).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let why = "a_quiet_partition_moves_without_its_history_being_read: no transactions' group checks on Tansu";
+    let Some(Job { broker, client, input, output, group, producer }) = job(why, "quiet", 2).await else { return };
     let send = |partition: i32, values: std::ops::Range<u32>| {
         let (producer, input) = (&producer, &input);
         async move {

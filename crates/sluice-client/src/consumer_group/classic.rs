@@ -147,11 +147,7 @@ impl ClassicMember {
 
     /// Why the member stopped.
     pub(super) fn fatal(&self) -> Error {
-        let fatal = self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        fatal.unwrap_or_else(|| Error::Disconnected {
-            broker: format!("the coordinator of group {}", self.config.group_id),
-            reason: "the member stopped".into(),
-        })
+        super::stopped(&self.config.group_id, &self.shared.fatal)
     }
 
     /// Stops both tasks and leaves with LeaveGroup (a static member stays until its session

@@ -51,6 +51,39 @@ pub(super) struct Scale {
     not_committed_in_a_row: u32,
 }
 
+impl Scale {
+    /// Drops what the scheduler knows of partitions no longer this process's.
+    fn forget(
+        &mut self,
+        partitions: &[TopicPartition],
+        positions: &mut BTreeMap<TopicPartition, i64>,
+        high_watermarks: &mut BTreeMap<TopicPartition, i64>,
+    ) {
+        for partition in partitions {
+            positions.remove(partition);
+            high_watermarks.remove(partition);
+            self.gained.retain(|p| p != partition);
+            self.uncommitted.remove(partition);
+        }
+    }
+
+    /// The positions of these partitions are read again from the group at the next boundary
+    /// (for those still owned): their batch did not commit, or may have.
+    fn look_up_again(
+        &mut self,
+        partitions: impl IntoIterator<Item = TopicPartition>,
+        positions: &mut BTreeMap<TopicPartition, i64>,
+    ) {
+        let owned = self.member.owned();
+        for key in partitions {
+            positions.remove(&key);
+            if owned.contains(&key) && !self.gained.contains(&key) {
+                self.gained.push(key);
+            }
+        }
+    }
+}
+
 impl<C: Clock> Scheduler<C> {
     fn group_error(&self, what: &'static str, source: Error) -> SchedulerError {
         let group = self.config.scale.as_ref().map(|s| s.group.clone()).unwrap_or_default();
@@ -130,14 +163,8 @@ impl<C: Clock> Scheduler<C> {
             if let Err(error) = scale.producer.abort_transaction().await {
                 tracing::debug!(batch_id = intent.batch_id, %error, "aborting the open batch's transaction");
             }
-            let owned = scale.member.owned();
-            for range in &intent.ranges {
-                let key = (range.topic.clone(), range.partition);
-                self.positions.remove(&key);
-                if owned.contains(&key) && !scale.gained.contains(&key) {
-                    scale.gained.push(key);
-                }
-            }
+            let keys = intent.ranges.iter().map(|r| (r.topic.clone(), r.partition));
+            scale.look_up_again(keys, &mut self.positions);
         }
         let output = BatchOutput { sink_markers: NOT_COMMITTED.to_vec(), ..BatchOutput::default() };
         self.write_commit(intent.batch_id, &[], output).await
@@ -162,22 +189,12 @@ impl<C: Clock> Scheduler<C> {
                 }
                 Ok(MemberEvent::Revoked(partitions)) => {
                     tracing::info!(batch_id, ?partitions, "partitions revoked: released");
-                    for partition in &partitions {
-                        self.positions.remove(partition);
-                        self.known_high_watermarks.remove(partition);
-                        scale.gained.retain(|p| p != partition);
-                        scale.uncommitted.remove(partition);
-                    }
+                    scale.forget(&partitions, &mut self.positions, &mut self.known_high_watermarks);
                     scale.member.released(&partitions);
                 }
                 Ok(MemberEvent::Lost(partitions)) => {
                     tracing::warn!(batch_id, ?partitions, "partitions lost: the group dropped this process");
-                    for partition in &partitions {
-                        self.positions.remove(partition);
-                        self.known_high_watermarks.remove(partition);
-                        scale.gained.retain(|p| p != partition);
-                        scale.uncommitted.remove(partition);
-                    }
+                    scale.forget(&partitions, &mut self.positions, &mut self.known_high_watermarks);
                 }
                 Ok(other) => tracing::debug!(batch_id, ?other, "group event"),
                 Err(error) => {
@@ -341,14 +358,7 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         let Some(scale) = self.scale.as_mut() else { return Ok(false) };
-        let owned = scale.member.owned();
-        for range in ranges {
-            let key = (range.topic.clone(), range.partition);
-            self.positions.remove(&key);
-            if owned.contains(&key) && !scale.gained.contains(&key) {
-                scale.gained.push(key);
-            }
-        }
+        scale.look_up_again(ranges.iter().map(|r| (r.topic.clone(), r.partition)), &mut self.positions);
         Ok(false)
     }
 
