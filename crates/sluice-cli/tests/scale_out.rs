@@ -4,6 +4,10 @@
 //! processes start, one is killed with SIGKILL, a fourth starts, two stop with SIGTERM, and the
 //! killed one comes back on its checkpoint: the read_committed output holds every input record
 //! exactly once.
+//!
+//! Each step waits for what it needs (a process's first committed batch, the next slice of
+//! input) rather than for a fixed time, so that a slow machine changes how long the test takes,
+//! not what it shows.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +22,8 @@ use common::{java, unique};
 use sluice_client::{Producer, ProducerConfig, ProducerRecord};
 
 const PARTITIONS: i32 = 12;
-const RECORDS: u32 = 30_000;
+/// Records per slice of the input.
+const SLICE: u32 = 1_000;
 
 fn job_file(bootstrap: &str, input: &str, output: &str, group: &str, checkpoint: &Path) -> String {
     format!(
@@ -90,6 +95,19 @@ impl Process {
         rows_in(&self.log)
     }
 
+    /// Waits until it has committed a batch with rows (up to 90 s), failing if it ends.
+    async fn wait_for_rows(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while self.rows() == 0 {
+            self.check_running();
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("{} committed no rows in 90 s:\n{log}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn check_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -118,14 +136,24 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
 
-    // The producer writes all along, in slices, while processes come and go.
+    // The producer writes all along, in slices of 1,000 records, while processes come and go:
+    // until one, two and three have each committed a batch, on while four and two's new
+    // incarnation join and one and three stop, and ten slices more after that (so that four and
+    // two again have work of their own however fast the others were). It returns how many
+    // records it wrote.
+    let (phase, phases) = tokio::sync::watch::channel(0u32);
     let writer = {
-        let (client, input) = (client.clone(), input.clone());
+        let (client, input, phases) = (client.clone(), input.clone(), phases.clone());
         tokio::spawn(async move {
             let producer = Producer::new(client, ProducerConfig::default()).await.unwrap();
-            for slice in 0..30u32 {
+            let mut last_slices = 10;
+            let mut slice = 0u32;
+            while last_slices > 0 {
+                if *phases.borrow() >= 2 {
+                    last_slices -= 1;
+                }
                 let mut deliveries = Vec::new();
-                for value in slice * 1_000..(slice + 1) * 1_000 {
+                for value in slice * SLICE..(slice + 1) * SLICE {
                     let partition = (value % PARTITIONS as u32) as i32;
                     let record =
                         ProducerRecord { partition: Some(partition), ..ProducerRecord::new(&input, value.to_string()) };
@@ -134,16 +162,22 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
                 for delivery in deliveries {
                     delivery.await.unwrap();
                 }
+                slice += 1;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
+            slice * SLICE
         })
     };
+    drop(phases);
 
     let mut one = Process::start("one", dir.path(), &job("one"));
-    let two = Process::start("two", dir.path(), &job("two"));
+    let mut two = Process::start("two", dir.path(), &job("two"));
     let mut three = Process::start("three", dir.path(), &job("three"));
     step("three processes started");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    for process in [&mut one, &mut two, &mut three] {
+        process.wait_for_rows().await;
+    }
+    step("each of them has committed a batch");
     let two_log = two.kill();
     step("two killed (SIGKILL)");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -153,6 +187,7 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
     // open intent is closed, not re-run.
     let mut two_again = Process::start("two-again", dir.path(), &job("two"));
     step("two restarted on its checkpoint");
+    phase.send_replace(1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     one.check_running();
     three.check_running();
@@ -160,8 +195,9 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
     one.stop();
     three.stop();
     step("one and three stopped (SIGTERM)");
-    writer.await.unwrap();
-    step("all records written");
+    phase.send_replace(2);
+    let records = writer.await.unwrap();
+    step(&format!("all {records} records written"));
 
     // Four and two work through the rest, the dead incarnation's partitions included once its
     // session has run out.
@@ -170,7 +206,7 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
         two_again.check_running();
     })
     .await;
-    assert_eq!(ends.values().sum::<i64>(), i64::from(RECORDS));
+    assert_eq!(ends.values().sum::<i64>(), i64::from(records));
     step("the group's offsets reached the end of the input");
     let (four_rows, two_again_rows) = (four.rows(), two_again.rows());
     four.stop();
@@ -200,9 +236,9 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
         *counts.entry(*value).or_default() += 1;
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
-    let missing: Vec<u32> = (0..RECORDS).filter(|v| !counts.contains_key(v)).take(10).collect();
+    let missing: Vec<u32> = (0..records).filter(|v| !counts.contains_key(v)).take(10).collect();
     assert!(
-        twice.is_empty() && missing.is_empty() && values.len() == RECORDS as usize,
+        twice.is_empty() && missing.is_empty() && values.len() == records as usize,
         "{} rows read; twice (first 10): {twice:?}; missing (first 10): {missing:?}",
         values.len()
     );
