@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_protocol::consumer::{decode_assignment, PROTOCOL_TYPE};
 use sluice_protocol::error_code::ErrorCode;
 use sluice_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use sluice_protocol::messages::create_topics_request::CreatableTopic;
+use sluice_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use sluice_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
 use sluice_protocol::messages::delete_topics_request::DeleteTopicState;
 use sluice_protocol::messages::{
@@ -32,8 +32,38 @@ impl Client {
     /// the future is dropped, and calling again then fails with `TopicAlreadyExists`. Look the topic
     /// up in the metadata before calling again.
     pub async fn create_topic(&self, name: &str, partitions: i32, replication_factor: i16) -> Result<()> {
-        let topic =
-            CreatableTopic { name: name.into(), num_partitions: partitions, replication_factor, ..Default::default() };
+        self.create_topic_with_configs(name, partitions, replication_factor, &[]).await
+    }
+
+    /// [`Client::create_topic`] with topic configs (`("cleanup.policy", "compact")`, say), which
+    /// the broker checks: an unknown name or a bad value fails the whole creation
+    /// (`InvalidConfig`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`Client::create_topic`].
+    pub async fn create_topic_with_configs(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
+        let configs = configs
+            .iter()
+            .map(|(name, value)| CreatableTopicConfig {
+                name: (*name).to_owned(),
+                value: Some((*value).to_owned()),
+                ..Default::default()
+            })
+            .collect();
+        let topic = CreatableTopic {
+            name: name.into(),
+            num_partitions: partitions,
+            replication_factor,
+            configs,
+            ..Default::default()
+        };
         let request = CreateTopicsRequest {
             topics: vec![topic],
             timeout_ms: self.broker_timeout_ms(),

@@ -17,8 +17,9 @@ pub use fetch::{
 pub use plan::{cap_offsets, plan_batch, split_ranges, OffsetRange, PartitionPlanInput, RateLimits, TopicPartition};
 pub use rate::PidRateEstimator;
 pub use scheduler::{
-    Batch, BatchOutput, BatchProgress, Durations, PartitionProgress, Piece, Processor, RecoveredState, ScaleConfig,
-    Scheduler, SchedulerConfig, SchedulerError, StartingOffsets, CHECKPOINT_ID_FILE, DEFAULT_MAX_BATCH_BYTES,
+    Batch, BatchOutput, BatchProgress, Durations, PartitionChanges, PartitionProgress, Piece, Processor,
+    RecoveredState, ScaleConfig, Scheduler, SchedulerConfig, SchedulerError, StartingOffsets, CHECKPOINT_ID_FILE,
+    DEFAULT_MAX_BATCH_BYTES,
 };
 /// How a run is stopped: see [`Scheduler::stop_handle`].
 pub use tokio_util::sync::CancellationToken;

@@ -39,6 +39,7 @@ pub use checkpoint::CHECKPOINT_ID_FILE;
 pub use config::{ScaleConfig, SchedulerConfig, StartingOffsets, DEFAULT_MAX_BATCH_BYTES};
 pub use error::SchedulerError;
 pub use progress::{BatchProgress, Durations, PartitionProgress};
+pub use scale::PartitionChanges;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use common::{java, unique, Broker, Kind};
 use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, CancellationToken, Processor, ScaleConfig, Scheduler, SchedulerConfig,
-    SchedulerError, StartingOffsets, SystemClock,
+    Batch, BatchOutput, BatchProgress, CancellationToken, PartitionChanges, Processor, ScaleConfig, Scheduler,
+    SchedulerConfig, SchedulerError, StartingOffsets, SystemClock,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -32,7 +32,11 @@ struct Copy {
     /// Once: the first batch with records takes this long after sending them, having said it
     /// has begun.
     stall: Option<(Duration, Arc<Notify>)>,
+    /// The partition changes the scheduler told of, in order.
+    changes: Changes,
 }
+
+type Changes = Arc<std::sync::Mutex<Vec<PartitionChanges>>>;
 
 impl Processor for Copy {
     async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
@@ -59,6 +63,11 @@ impl Processor for Copy {
         }
         Ok(BatchOutput::default())
     }
+
+    async fn partitions_changed(&mut self, changes: &PartitionChanges) -> Result<(), sluice_scheduler::BoxError> {
+        self.changes.lock().unwrap().push(changes.clone());
+        Ok(())
+    }
 }
 
 /// One process of the job: a scheduler on its own checkpoint directory, run in a task, and the
@@ -69,6 +78,7 @@ struct Process {
     rows: Arc<AtomicU64>,
     /// Batches whose transaction did not commit.
     aborted: Arc<AtomicU64>,
+    changes: Changes,
 }
 
 async fn start(broker: &str, dir: &Path, input: &str, output: &str, group: &str, protocol: GroupProtocol) -> Process {
@@ -96,6 +106,8 @@ async fn start_with(
     let output = output.to_owned();
     let (rows, aborted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (counted, not_committed) = (Arc::clone(&rows), Arc::clone(&aborted));
+    let changes = Changes::default();
+    let told = Arc::clone(&changes);
     let run = tokio::spawn(async move {
         let count = |progress: &BatchProgress| {
             if progress.aborted {
@@ -104,9 +116,9 @@ async fn start_with(
                 counted.fetch_add(progress.num_input_rows, Ordering::Relaxed);
             }
         };
-        scheduler.run(&mut Copy { output, stall }, count).await
+        scheduler.run(&mut Copy { output, stall, changes: told }, count).await
     });
-    Process { stop, run, rows, aborted }
+    Process { stop, run, rows, aborted, changes }
 }
 
 /// A test's job on the shared broker: a client, new input and output topics and a group (named
@@ -294,6 +306,12 @@ async fn a_batch_outliving_its_transaction_timeout_is_done_again() {
     job.run.await.unwrap().unwrap();
     assert_each_once(&broker.addr, &output, 2_000, "a transaction timed out");
     assert!(aborted >= 1, "the timed-out batch was not counted as not committed");
+    // The processor is told to rebuild what it keeps for the batch's partitions: they are
+    // gained again (from what Kafka holds) without having been lost.
+    let changes = job.changes.lock().unwrap();
+    let gained = |p: i32| changes.iter().filter(|c| c.gained.contains(&(input.clone(), p))).count();
+    assert!(changes.iter().all(|c| c.lost.is_empty()), "a partition was lost: {changes:?}");
+    assert!((0..PARTITIONS).any(|p| gained(p) >= 2), "no partition gained again after the abort: {changes:?}");
 }
 
 fn scale_of(config: &mut SchedulerConfig) -> &mut ScaleConfig {

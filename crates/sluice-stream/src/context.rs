@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use sluice_client::{Client, ClientConfig};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, CancellationToken, Clock, Processor, RangeRecords, RecordPosition, Scheduler,
-    SchedulerConfig, SystemClock,
+    Batch, BatchOutput, BatchProgress, CancellationToken, Clock, PartitionChanges, Processor, RangeRecords,
+    RecordPosition, Scheduler, SchedulerConfig, SystemClock,
 };
 
+use crate::changelog::Changelogs;
 use crate::graph::{lock, BatchInput, Graph, Output, Parts, SharedGraph, SourceRecords};
 use crate::pool::par_map;
 use crate::record::KafkaRecord;
@@ -140,7 +141,8 @@ impl StreamingContext {
     /// A job with `config`; build its streams from [`StreamingContext::kafka_stream`].
     pub fn new(config: StreamConfig) -> Self {
         let interval_ms = u64::try_from(config.scheduler.batch_interval.as_millis()).unwrap_or(u64::MAX);
-        let graph = Arc::new(Mutex::new(Graph { interval_ms, ..Graph::default() }));
+        let scale = config.scheduler.scale.is_some();
+        let graph = Arc::new(Mutex::new(Graph { interval_ms, scale, ..Graph::default() }));
         Self { config, graph, stop: CancellationToken::new() }
     }
 
@@ -150,6 +152,7 @@ impl StreamingContext {
     pub fn kafka_stream(&self) -> DStream<KafkaRecord> {
         lock(&self.graph).sources += 1;
         DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.take())))
+            .aligned_as(true)
     }
 
     /// A token that stops the job: cancelled, it lets the batch under way commit, and ends a
@@ -195,21 +198,39 @@ impl StreamingContext {
                 "no output: give a stream a sink (foreach_batch, to_sink) so that the job does something".into(),
             ]));
         }
-        if self.config.scheduler.scale.is_some() && !state.is_empty() {
-            return Err(StreamError::Invalid(vec![format!(
-                "scale-out mode runs stateless jobs for now: this job keeps state ({}), which cannot yet move between processes",
-                state.kinds().join(", ")
-            )]));
+        let mut scheduler_config = self.config.scheduler.clone();
+        let group = scheduler_config.scale.as_mut().map(|scale| {
+            // A keyed state's function may change it in a batch without records; the change
+            // goes to the changelog in the batch's transaction.
+            scale.transaction_every_batch |= !state.is_empty();
+            scale.group.clone()
+        });
+        let stateful_scale = group.is_some() && !state.is_empty();
+        if stateful_scale {
+            check_scale_state(&state, &scheduler_config)?;
         }
         let client = Client::connect(self.config.client.clone()).await?;
+        let changelogs = match (&group, scheduler_config.topics.first()) {
+            (Some(group), Some(source)) if stateful_scale => Some(
+                Changelogs::open(client.clone(), group, source, &state)
+                    .await
+                    .map_err(|e| StreamError::State(format!("opening the changelog topics: {e}")))?,
+            ),
+            _ => None,
+        };
         let interval_ms = lock(&self.graph).interval_ms;
         // Opening the log reads and recovers it (and syncs, when it is new), and restoring the
         // state decodes it: on the blocking pool, not an async worker.
-        let (dir, config) = (self.config.checkpoint_dir.clone(), self.config.scheduler.clone());
+        let (dir, config) = (self.config.checkpoint_dir.clone(), scheduler_config);
+        let local_state = changelogs.is_none();
         let opened = tokio::task::spawn_blocking(move || {
             let mut scheduler = Scheduler::open(client, dir, config, clock)?;
             let recovered = scheduler.take_recovered_state();
-            state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
+            // In scale-out mode a task's state comes from its changelog when the group gives
+            // the task to this process.
+            if local_state {
+                state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
+            }
             Ok::<_, StreamError>((scheduler, state))
         })
         .await;
@@ -229,8 +250,33 @@ impl StreamingContext {
             concurrent_outputs,
             records_per_run,
             checkpoint_id,
+            changelogs,
         };
         Ok(scheduler.run(&mut engine, on_progress).await?)
+    }
+}
+
+/// Scale-out mode with state: each operator keeps its state per task (a partition of the one
+/// source topic), which moves between processes through its changelog.
+fn check_scale_state(state: &JobState, config: &SchedulerConfig) -> Result<(), StreamError> {
+    let mut problems = Vec::new();
+    let not_split = state.not_split_by_task();
+    if !not_split.is_empty() {
+        problems.push(format!(
+            "scale-out mode keeps state per source partition, which these operators cannot yet: {} (update_state_by_key and map_with_state can)",
+            not_split.join(", ")
+        ));
+    }
+    if config.topics.len() != 1 {
+        problems.push(format!(
+            "scale-out mode with state reads one source topic (a task is one of its partitions); this job reads {}",
+            config.topics.len()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StreamError::Invalid(problems))
     }
 }
 
@@ -249,6 +295,9 @@ struct Engine {
     /// Records of a piece run through the job at once, over all its read tasks.
     records_per_run: usize,
     checkpoint_id: u64,
+    /// Scale-out mode with state: the operators' changelogs (the local checkpoint then keeps
+    /// no state).
+    changelogs: Option<Changelogs>,
 }
 
 impl Engine {
@@ -375,7 +424,22 @@ impl Processor for Engine {
                 run += 1;
             }
         }
+        if let Some(changelogs) = &self.changelogs {
+            let changes = self.state.take_task_changes()?;
+            if !changes.is_empty() {
+                let producer = batch.transaction().ok_or("the batch changed state but has no transaction")?;
+                changelogs.write(changes, producer).await?;
+            }
+            return Ok(BatchOutput::default());
+        }
         let (state_delta, snapshot) = self.state.end_batch(batch.batch_id, self.snapshot_every)?;
         Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() })
+    }
+
+    async fn partitions_changed(&mut self, changes: &PartitionChanges) -> Result<(), BoxError> {
+        if let Some(changelogs) = &self.changelogs {
+            changelogs.apply(&self.state, changes).await?;
+        }
+        Ok(())
     }
 }

@@ -251,6 +251,8 @@ pub(crate) struct Graph {
     pub(crate) sources: usize,
     /// The stateful operators, in the order they were made.
     pub(crate) state: JobState,
+    /// Whether the job runs in scale-out mode (its state is kept per source partition).
+    pub(crate) scale: bool,
 }
 
 impl std::fmt::Debug for Graph {

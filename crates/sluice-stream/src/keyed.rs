@@ -4,6 +4,7 @@
 //! timeouts go in key order, so a job gives the same in every run.
 
 use crate::hash::HashMap;
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::pool::{on_each, par_map};
-use crate::state::{decode, encode_into, Stateful};
+use crate::state::{decode, encode, encode_into, Stateful, TaskChange};
 use crate::stream::DStream;
 
 /// Bounds of a key kept in state: hashed (state is kept in hash maps), ordered (state is saved
@@ -20,10 +21,12 @@ pub trait StateKey: Hash + Eq + Ord + Clone + Send + Serialize + DeserializeOwne
 impl<K: Hash + Eq + Ord + Clone + Send + Serialize + DeserializeOwned + 'static> StateKey for K {}
 
 /// A key's place in the state: its state (`None` once removed, until the removal is taken into
-/// a delta) and whether it changed since the last delta.
+/// a delta), whether it changed since the last delta, and in scale-out mode its task (the
+/// source partition its records come from; 0 otherwise).
 struct Slot<S> {
     state: Option<S>,
     dirty: bool,
+    task: i32,
 }
 
 /// One shard of the keys' states.
@@ -44,6 +47,9 @@ struct KeyedState<K, S> {
     /// Each shard's last delta, bytes (its next delta's buffer, and a snapshot's, start that
     /// large).
     delta_bytes: Vec<usize>,
+    /// Scale-out mode: why the state cannot be kept per task (a key's records came from two
+    /// source partitions), reported with the batch's changes.
+    problem: Option<String>,
 }
 
 impl<K: StateKey, S> KeyedState<K, S> {
@@ -57,7 +63,13 @@ impl<K: StateKey, S> KeyedState<K, S> {
             any_dirty: false,
             any_removed: false,
             delta_bytes: Vec::new(),
+            problem: None,
         }
+    }
+
+    /// Notes that a key of task `was` got records from task `now` (the first such is reported).
+    fn note_moved_key(&mut self, was: i32, now: i32) {
+        self.problem.get_or_insert_with(|| moved_key(was, now));
     }
 
     fn shard_of(&self, key: &K) -> usize {
@@ -78,21 +90,27 @@ impl<K: StateKey, S> KeyedState<K, S> {
         self.shard_mut(key)?.get_mut(key).and_then(|slot| slot.state.take())
     }
 
-    /// Sets `key`'s state (`None` removes it) and marks it changed.
-    fn set(&mut self, key: K, state: Option<S>) {
+    /// Sets `key`'s state (`None` removes it) and marks it changed; `task`, where the batch
+    /// had records of the key, is the task they came from.
+    fn set(&mut self, task: Option<i32>, key: K, state: Option<S>) {
         self.any_dirty = true;
         self.any_removed |= state.is_none();
         let Some(shard) = self.shard_mut(&key) else { return };
-        match shard.get_mut(&key) {
+        let moved = match shard.get_mut(&key) {
             Some(slot) => {
                 slot.state = state;
                 slot.dirty = true;
+                task.filter(|task| *task != slot.task).map(|task| (slot.task, task))
             }
             None => {
                 if state.is_some() {
-                    shard.insert(key, Slot { state, dirty: true });
+                    shard.insert(key, Slot { state, dirty: true, task: task.unwrap_or(0) });
                 }
+                None
             }
+        };
+        if let Some((was, now)) = moved {
+            self.note_moved_key(was, now);
         }
     }
 
@@ -117,13 +135,31 @@ impl<K: StateKey, S> KeyedState<K, S> {
         self.shards.iter().map(HashMap::len).sum()
     }
 
-    /// Puts a restored key's state in its shard, unchanged since the last delta.
-    fn restore_one(&mut self, key: K, state: Option<S>) {
+    /// Puts a restored key's state (of `task`) in its shard, unchanged since the last delta.
+    fn restore_one(&mut self, task: i32, key: K, state: Option<S>) {
         let Some(shard) = self.shard_mut(&key) else { return };
         match state {
-            Some(state) => shard.insert(key, Slot { state: Some(state), dirty: false }),
+            Some(state) => shard.insert(key, Slot { state: Some(state), dirty: false, task }),
             None => shard.remove(&key),
         };
+    }
+}
+
+/// Why keyed state cannot be kept per task: a key's records came from two partitions.
+fn moved_key(was: i32, now: i32) -> String {
+    format!(
+        "a key's records came from source partitions {was} and {now}: in scale-out mode each key's state belongs to one partition's task, so the source must be partitioned by the state's key (records of one key in one partition)"
+    )
+}
+
+/// The task of each of a batch's parts: in scale-out mode the source partition it was read
+/// from (in a test's batches, its place), otherwise 0. `None` if the parts are not the
+/// source's (the job check refuses such a stream before it runs).
+fn part_tasks(input: &crate::graph::BatchInput, parts: usize, scale: bool) -> Option<Vec<i32>> {
+    match &input.part_sources {
+        _ if !scale => Some(vec![0; parts]),
+        Some(sources) => (sources.len() == parts).then(|| sources.iter().map(|(_, partition)| *partition).collect()),
+        None => Some((0..parts).map(|i| i32::try_from(i).unwrap_or(i32::MAX)).collect()),
     }
 }
 
@@ -176,7 +212,7 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         let shards: Vec<Vec<(K, S)>> = decode(snapshot)?;
         self.shards.iter_mut().for_each(HashMap::clear);
         for (key, state) in shards.into_iter().flatten() {
-            self.restore_one(key, Some(state));
+            self.restore_one(0, key, Some(state));
         }
         Ok(())
     }
@@ -184,9 +220,49 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
         let shards: Vec<Vec<(K, Option<S>)>> = decode(delta)?;
         for (key, state) in shards.into_iter().flatten() {
-            self.restore_one(key, state);
+            self.restore_one(0, key, state);
         }
         Ok(())
+    }
+
+    fn splits_by_task(&self) -> bool {
+        true
+    }
+
+    fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
+        if let Some(problem) = self.problem.take() {
+            return Err(problem);
+        }
+        if !std::mem::take(&mut self.any_dirty) {
+            return Ok(Vec::new());
+        }
+        let mut changes = Vec::new();
+        for shard in &mut self.shards {
+            for (key, slot) in shard.iter_mut().filter(|(_, slot)| slot.dirty) {
+                slot.dirty = false;
+                let value = slot.state.as_ref().map(encode).transpose()?;
+                changes.push(TaskChange { task: slot.task, key: encode(key)?, value });
+            }
+        }
+        if std::mem::take(&mut self.any_removed) {
+            for shard in &mut self.shards {
+                shard.retain(|_, slot| slot.state.is_some());
+            }
+        }
+        Ok(changes)
+    }
+
+    fn restore_task_entry(&mut self, task: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let key: K = decode(key).map_err(|e| format!("a changelog record's key: {e}"))?;
+        let state: Option<S> = value.map(decode).transpose().map_err(|e| format!("a changelog record's value: {e}"))?;
+        self.restore_one(task, key, state);
+        Ok(())
+    }
+
+    fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
+        for shard in &mut self.shards {
+            shard.retain(|_, slot| !tasks.contains(&slot.task));
+        }
     }
 }
 
@@ -282,6 +358,18 @@ where
     K: StateKey,
     V: Send + 'static,
 {
+    /// Whether the job runs in scale-out mode; there a keyed operator's input must still be
+    /// the source's parts (each item's task known), or the job check fails.
+    fn check_keyed_input(&self, operator: &str) -> bool {
+        let scale = self.scales_out();
+        if scale && !self.is_aligned() {
+            self.record_error(format!(
+                "{operator} in scale-out mode keeps each key's state in its source partition's task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source and it"
+            ));
+        }
+        scale
+    }
+
     /// Each key's state after every batch, Spark's `updateStateByKey`: `update` is called once
     /// per batch for every key that has a state or new values, with the key's values of the
     /// batch (in the order they came; none for a key without new values) and its state; it
@@ -294,20 +382,28 @@ where
     where
         S: Clone + PartialEq + Send + Serialize + DeserializeOwned + 'static,
     {
-        self.stateful(KeyedState::<K, S>::new("update_state_by_key"), move |state, _, parts| {
-            let mut values: HashMap<K, Vec<V>> = HashMap::default();
-            for (key, value) in parts.into_iter().flatten() {
-                values.entry(key).or_default().push(value);
+        let scale = self.check_keyed_input("update_state_by_key");
+        self.stateful(KeyedState::<K, S>::new("update_state_by_key"), move |state, input, parts| {
+            let tasks = part_tasks(input, parts.len(), scale).unwrap_or_else(|| vec![0; parts.len()]);
+            let mut values: HashMap<K, (i32, Vec<V>)> = HashMap::default();
+            for (task, part) in tasks.into_iter().zip(parts) {
+                for (key, value) in part {
+                    let (first, values) = values.entry(key).or_insert_with(|| (task, Vec::new()));
+                    if *first != task {
+                        state.note_moved_key(*first, task);
+                    }
+                    values.push(value);
+                }
             }
             let mut keys: Vec<K> = state.states().map(|(key, _)| key.clone()).chain(values.keys().cloned()).collect();
             keys.sort_unstable();
             keys.dedup();
             for key in keys {
-                let new_values = values.remove(&key).unwrap_or_default();
+                let (task, new_values) = values.remove(&key).map_or((None, Vec::new()), |(task, v)| (Some(task), v));
                 let old = state.get(&key).cloned();
                 let new = update(new_values, old.clone());
                 if new != old {
-                    state.set(key, new);
+                    state.set(task, key, new);
                 }
             }
             Some(vec![state.sorted().into_iter().map(|(k, s)| (k.clone(), s.clone())).collect()])
@@ -332,10 +428,17 @@ where
         U: Send + 'static,
     {
         let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        let scale = self.check_keyed_input("map_with_state");
+        if scale && timeout.is_some() {
+            self.record_error(
+                "map_with_state with a timeout in scale-out mode: batch time is not shared between processes yet, so a key's timeout would change when its partition moves".into(),
+            );
+        }
         // Each key's state and the batch time it last got a value.
         self.stateful(KeyedState::<K, (S, u64)>::new("map_with_state"), move |state, input, parts| {
             let now = input.time_ms;
-            let mut out = map_items(state, parts, now, &f);
+            let tasks = part_tasks(input, parts.len(), scale).unwrap_or_else(|| vec![0; parts.len()]);
+            let mut out = map_items(state, parts, &tasks, now, &f);
             if let Some(timeout_ms) = timeout_ms {
                 let mut expired: Vec<K> = state
                     .states()
@@ -346,7 +449,7 @@ where
                 for key in expired {
                     let mut key_state = KeyState { value: state.take(&key).map(|(s, _)| s), timing_out: true };
                     out.extend(f(now, &key, None, &mut key_state));
-                    state.set(key, None);
+                    state.set(None, key, None);
                 }
             }
             Some(vec![out])
@@ -354,19 +457,28 @@ where
     }
 }
 
-/// What a shard's part of a batch gave: outputs with their items' places, and whether a state
-/// changed or was removed.
+/// What a shard's part of a batch gave: outputs with their items' places, whether a state
+/// changed or was removed, and a key whose records came from two tasks (its task, the other).
 struct ShardOutcome<U> {
     out: Vec<(usize, U)>,
     changed: bool,
     removed: bool,
+    moved: Option<(i32, i32)>,
 }
+
+/// An item of `map_with_state` on its way to its key's shard: its place in the batch, its
+/// task, its key and value.
+type Item<K, V> = (usize, i32, K, V);
+
+/// A part of `map_with_state`'s batch: the place of its first item, its task, its items.
+type Numbered<K, V> = (usize, i32, Vec<(K, V)>);
 
 /// `map_with_state`'s items: each to its key's shard (the parts side by side when the batch
 /// is large), then the shards worked through side by side; the outputs in the items' order.
 fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     state: &mut KeyedState<K, (S, u64)>,
     parts: crate::graph::Parts<(K, V)>,
+    tasks: &[i32],
     now: u64,
     f: &(impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Sync),
 ) -> Vec<U> {
@@ -375,28 +487,30 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     let shards = state.shards.len();
     // Each part's items by shard, with their places in the batch.
     let mut next_place = 0;
-    let numbered: Vec<(usize, Vec<(K, V)>)> = parts
+    // Each part with the place of its first item and its task.
+    let numbered: Vec<Numbered<K, V>> = parts
         .into_iter()
-        .map(|part| {
+        .zip(tasks.iter().copied().chain(std::iter::repeat(0)))
+        .map(|(part, task)| {
             let first = next_place;
             next_place += part.len();
-            (first, part)
+            (first, task, part)
         })
         .collect();
     let router = &state.router;
-    let split = par_map(numbered, parallel, &|(first, part): (usize, Vec<(K, V)>)| {
+    let split = par_map(numbered, parallel, &|(first, task, part): Numbered<K, V>| {
         // Room for a fair share and then some, so that the buckets seldom grow.
         let room = part.len() / shards + part.len() / 16 + 1;
-        let mut buckets: Vec<Vec<(usize, K, V)>> = (0..shards).map(|_| Vec::with_capacity(room)).collect();
+        let mut buckets: Vec<Vec<Item<K, V>>> = (0..shards).map(|_| Vec::with_capacity(room)).collect();
         for (place, (key, value)) in (first..).zip(part) {
             if let Some(bucket) = buckets.get_mut(route(router, shards, &key)) {
-                bucket.push((place, key, value));
+                bucket.push((place, task, key, value));
             }
         }
         buckets
     });
     // Each shard's buckets in the parts' order: a key's items stay in the order they came.
-    let mut by_shard: Vec<Vec<Vec<(usize, K, V)>>> = (0..shards).map(|_| Vec::with_capacity(split.len())).collect();
+    let mut by_shard: Vec<Vec<Vec<Item<K, V>>>> = (0..shards).map(|_| Vec::with_capacity(split.len())).collect();
     for buckets in split {
         for (shard, bucket) in by_shard.iter_mut().zip(buckets) {
             shard.push(bucket);
@@ -408,6 +522,9 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     for outcome in outcomes {
         state.any_dirty |= outcome.changed;
         state.any_removed |= outcome.removed;
+        if let Some((was, now)) = outcome.moved {
+            state.note_moved_key(was, now);
+        }
         out.extend(outcome.out);
     }
     out.sort_unstable_by_key(|(place, _)| *place);
@@ -418,14 +535,18 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
 /// new key inserted.
 fn map_shard<K: StateKey, V, S, U>(
     shard: &mut Shard<K, (S, u64)>,
-    buckets: Vec<Vec<(usize, K, V)>>,
+    buckets: Vec<Vec<Item<K, V>>>,
     now: u64,
     f: &impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U>,
 ) -> ShardOutcome<U> {
-    let mut outcome = ShardOutcome { out: Vec::new(), changed: buckets.iter().any(|b| !b.is_empty()), removed: false };
-    for (place, key, value) in buckets.into_iter().flatten() {
+    let changed = buckets.iter().any(|b| !b.is_empty());
+    let mut outcome = ShardOutcome { out: Vec::new(), changed, removed: false, moved: None };
+    for (place, task, key, value) in buckets.into_iter().flatten() {
         match shard.get_mut(&key) {
             Some(slot) => {
+                if slot.task != task {
+                    outcome.moved.get_or_insert((slot.task, task));
+                }
                 let mut key_state = KeyState { value: slot.state.take().map(|(s, _)| s), timing_out: false };
                 outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, u)));
                 outcome.removed |= key_state.value.is_none();
@@ -436,10 +557,82 @@ fn map_shard<K: StateKey, V, S, U>(
                 let mut key_state = KeyState { value: None, timing_out: false };
                 outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, u)));
                 if let Some(value) = key_state.value {
-                    shard.insert(key, Slot { state: Some((value, now)), dirty: true });
+                    shard.insert(key, Slot { state: Some((value, now)), dirty: true, task });
                 }
             }
         }
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(task: i32, key: &str, value: Option<u64>) -> TaskChange {
+        TaskChange { task, key: encode(&key.to_owned()).unwrap(), value: value.map(|v| encode(&v).unwrap()) }
+    }
+
+    fn sorted(mut changes: Vec<TaskChange>) -> Vec<TaskChange> {
+        changes.sort_by(|a, b| (a.task, &a.key).cmp(&(b.task, &b.key)));
+        changes
+    }
+
+    #[test]
+    fn changes_go_to_their_keys_tasks_and_restore_into_another_state() {
+        let mut state = KeyedState::<String, u64>::new("update_state_by_key");
+        state.set(Some(3), "a".into(), Some(1));
+        state.set(Some(5), "b".into(), Some(2));
+        let first = sorted(state.take_task_changes().unwrap());
+        assert_eq!(first, vec![change(3, "a", Some(1)), change(5, "b", Some(2))]);
+        assert_eq!(state.take_task_changes().unwrap(), Vec::new(), "nothing changed since");
+        // A key's later change stays in its task even without records (`None`); a removal is a
+        // tombstone.
+        state.set(None, "a".into(), Some(7));
+        state.set(None, "b".into(), None);
+        let second = sorted(state.take_task_changes().unwrap());
+        assert_eq!(second, vec![change(3, "a", Some(7)), change(5, "b", None)]);
+        assert_eq!(state.len(), 1, "the removed key's slot is gone");
+
+        // Another process restores task 3's changelog, in order: the last value wins.
+        let mut moved = KeyedState::<String, u64>::new("update_state_by_key");
+        for TaskChange { task, key, value } in first.into_iter().chain(second).filter(|c| c.task == 3) {
+            moved.restore_task_entry(task, &key, value.as_deref()).unwrap();
+        }
+        assert_eq!(moved.sorted(), vec![(&"a".to_owned(), &7)]);
+        assert_eq!(moved.take_task_changes().unwrap(), Vec::new(), "what was restored is no change");
+        // Its later changes go to task 3 again.
+        moved.set(None, "a".into(), Some(8));
+        assert_eq!(moved.take_task_changes().unwrap(), vec![change(3, "a", Some(8))]);
+    }
+
+    #[test]
+    fn dropping_tasks_drops_their_keys_only() {
+        let mut state = KeyedState::<String, u64>::new("map_with_state");
+        state.set(Some(0), "a".into(), Some(1));
+        state.set(Some(1), "b".into(), Some(1));
+        state.set(Some(2), "c".into(), Some(1));
+        state.drop_tasks(&BTreeSet::from([0, 2]));
+        assert_eq!(state.sorted(), vec![(&"b".to_owned(), &1)]);
+    }
+
+    #[test]
+    fn a_key_in_two_partitions_fails_the_batch_with_why() {
+        let mut state = KeyedState::<String, u64>::new("update_state_by_key");
+        state.set(Some(0), "a".into(), Some(1));
+        state.take_task_changes().unwrap();
+        state.set(Some(4), "a".into(), Some(2));
+        let error = state.take_task_changes().unwrap_err();
+        assert!(error.contains("partitions 0 and 4") && error.contains("partitioned by the state's key"), "{error}");
+    }
+
+    #[test]
+    fn damaged_changelog_records_are_errors_that_say_which_part() {
+        let mut state = KeyedState::<String, u64>::new("update_state_by_key");
+        let error = state.restore_task_entry(0, &[0xff, 0xff], None).unwrap_err();
+        assert!(error.contains("key"), "{error}");
+        let key = encode(&"a".to_owned()).unwrap();
+        let error = state.restore_task_entry(0, &key, Some(&[0xff; 11])).unwrap_err();
+        assert!(error.contains("value"), "{error}");
+    }
 }

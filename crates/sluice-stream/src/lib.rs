@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod changelog;
 #[cfg(feature = "demo")]
 pub mod clickstream;
 mod context;

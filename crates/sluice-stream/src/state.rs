@@ -8,6 +8,7 @@
 //! ([`sluice_checkpoint::encode_value`]: compact, pure Rust); the job frames them together with
 //! each operator's index and kind, which a restore checks against the job's operators.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -25,6 +26,40 @@ pub(crate) trait Stateful: Send {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
     /// Applies one batch's changes, as `take_delta` gave them.
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String>;
+
+    /// Scale-out mode: whether the state is kept per task (source partition), so that a task's
+    /// part can move to another process through a changelog. Operators that are not refuse the
+    /// methods below.
+    fn splits_by_task(&self) -> bool {
+        false
+    }
+
+    /// Scale-out mode (in place of `take_delta`): the changes since the last call, each a
+    /// changelog record of its key's task.
+    fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
+        Err(format!("{} keeps no state per source partition", self.kind()))
+    }
+
+    /// Scale-out mode: puts one changelog record of `task` back (a `None` value removes the key).
+    fn restore_task_entry(&mut self, task: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let _ = (task, key, value);
+        Err(format!("{} keeps no state per source partition", self.kind()))
+    }
+
+    /// Scale-out mode: drops the state of these tasks (another process's now, or to be restored).
+    fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
+        let _ = tasks;
+    }
+}
+
+/// One key's change in scale-out mode, as its operator's changelog record: on the partition of
+/// the key's task, the key and its state encoded (`None`: the key was removed, a tombstone that
+/// compaction drops).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskChange {
+    pub(crate) task: i32,
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Option<Vec<u8>>,
 }
 
 /// A stateful operator's state, shared by its compute step and the job.
@@ -120,6 +155,51 @@ impl JobState {
     /// The stateful operators' kinds, in the order they were made.
     pub(crate) fn kinds(&self) -> Vec<&'static str> {
         self.operators.iter().map(|op| lock_state(op).kind()).collect()
+    }
+
+    /// Scale-out mode: the operators that cannot keep their state per task (none may be in a
+    /// scale-out job), by kind.
+    pub(crate) fn not_split_by_task(&self) -> Vec<&'static str> {
+        self.operators.iter().map(|op| lock_state(op)).filter(|op| !op.splits_by_task()).map(|op| op.kind()).collect()
+    }
+
+    /// The operators' names, stable while the job is the same (the changelog topics are named
+    /// after them): the kind and its place among the stateful operators.
+    pub(crate) fn operator_names(&self) -> Vec<String> {
+        self.kinds().iter().enumerate().map(|(index, kind)| format!("{kind}-{index}")).collect()
+    }
+
+    /// Scale-out mode: the changes since the last batch, each with its operator's index.
+    pub(crate) fn take_task_changes(&self) -> Result<Vec<(usize, TaskChange)>, String> {
+        let mut changes = Vec::new();
+        for (index, op) in self.operators.iter().enumerate() {
+            let mut op = lock_state(op);
+            let kind = op.kind();
+            changes.extend(
+                op.take_task_changes().map_err(|e| format!("{kind}: {e}"))?.into_iter().map(|change| (index, change)),
+            );
+        }
+        Ok(changes)
+    }
+
+    /// Scale-out mode: puts one changelog record of operator `index` back.
+    pub(crate) fn restore_task_entry(
+        &self,
+        index: usize,
+        task: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let op = self.operators.get(index).ok_or_else(|| format!("no stateful operator {index}"))?;
+        let mut op = lock_state(op);
+        op.restore_task_entry(task, key, value).map_err(|e| format!("{}: {e}", op.kind()))
+    }
+
+    /// Scale-out mode: drops the state of these tasks in every operator.
+    pub(crate) fn drop_tasks(&self, tasks: &BTreeSet<i32>) {
+        for op in &self.operators {
+            lock_state(op).drop_tasks(tasks);
+        }
     }
 
     /// The last batch's changes, encoded (empty when nothing changed).

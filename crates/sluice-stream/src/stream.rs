@@ -28,6 +28,10 @@ pub struct DStream<T> {
     /// The watermarks of the `with_watermark` steps upstream (the stream's watermark is the
     /// least of them), each set when its step computes a batch.
     watermarks: Watermarks,
+    /// Whether the stream's parts are still the source's read tasks, in order, so that each
+    /// item's source partition is known: true for a source stream and after element-wise
+    /// operators, false once an operator gathers, combines or regroups them.
+    aligned: bool,
 }
 
 /// A `with_watermark` step's watermark as of the last batch it computed.
@@ -50,7 +54,23 @@ impl<T> std::fmt::Debug for DStream<T> {
 
 impl<T: Send + 'static> DStream<T> {
     pub(crate) fn new(graph: SharedGraph, compute: Compute<T>) -> Self {
-        Self { compute, graph, watermarks: Vec::new() }
+        Self { compute, graph, watermarks: Vec::new(), aligned: false }
+    }
+
+    /// The same stream, its parts the source's read tasks or not (see `aligned`).
+    pub(crate) fn aligned_as(mut self, aligned: bool) -> Self {
+        self.aligned = aligned;
+        self
+    }
+
+    /// Whether the stream's parts are the source's read tasks, in order.
+    pub(crate) fn is_aligned(&self) -> bool {
+        self.aligned
+    }
+
+    /// Whether the job runs in scale-out mode.
+    pub(crate) fn scales_out(&self) -> bool {
+        lock(&self.graph).scale
     }
 
     /// The same stream carrying `watermarks`.
@@ -86,6 +106,7 @@ impl<T: Send + 'static> DStream<T> {
         let mut parent = self.compute;
         DStream::new(self.graph, Box::new(move |input| parent(input).and_then(|parts| step(input, parts))))
             .with_watermarks(self.watermarks)
+            .aligned_as(self.aligned)
     }
 
     /// A reduction: `fold` takes in each piece's parts as it comes, `finish` gives the batch's
@@ -164,6 +185,7 @@ impl<T: Send + 'static> DStream<T> {
             Box::new(move |input| step(&mut lock_state(&state), input, parent(input).unwrap_or_default())),
         )
         .with_watermarks(self.watermarks)
+        .aligned_as(self.aligned)
     }
 
     /// `state` registered with the job, to be saved and restored.
@@ -211,7 +233,8 @@ impl<T: Send + 'static> DStream<T> {
     /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole
     /// (in a batch that comes in pieces, once the last piece is in).
     pub fn map_partitions<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
-        self.derive(move |_, parts| Some(par_parts(parts, &f)))
+        let aligned = self.aligned;
+        self.derive(move |_, parts| Some(par_parts(parts, &f))).aligned_as(aligned)
     }
 
     /// Each item paired with a key.
@@ -262,10 +285,10 @@ impl<T: Send + 'static> DStream<T> {
             })
         };
         let (first, second) = (side(0), side(1));
-        let watermarks = self.watermarks;
+        let (watermarks, aligned) = (self.watermarks, self.aligned);
         (
-            DStream::new(Arc::clone(&self.graph), first).with_watermarks(watermarks.clone()),
-            DStream::new(self.graph, second).with_watermarks(watermarks),
+            DStream::new(Arc::clone(&self.graph), first).with_watermarks(watermarks.clone()).aligned_as(aligned),
+            DStream::new(self.graph, second).with_watermarks(watermarks).aligned_as(aligned),
         )
     }
 

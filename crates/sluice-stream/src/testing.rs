@@ -88,6 +88,7 @@ impl LocalJob {
                 Some(batch.unwrap_or_else(|| (0..parts).map(|_| Vec::new()).collect()))
             }),
         )
+        .aligned_as(true)
     }
 
     /// Collects what `stream` gives.

@@ -225,4 +225,17 @@ pub trait Processor: Send {
         &mut self,
         batch: Batch,
     ) -> impl std::future::Future<Output = Result<BatchOutput, crate::BoxError>> + Send;
+
+    /// Scale-out mode only: the partitions this process works on changed (taken on, given up,
+    /// or to be rebuilt after a batch that did not commit). Called at a batch boundary, before
+    /// the next batch is planned; that batch reads the gained partitions only after this
+    /// returns. An error fails the run. Does nothing unless implemented (a stateless processor
+    /// keeps nothing per partition).
+    fn partitions_changed(
+        &mut self,
+        changes: &super::PartitionChanges,
+    ) -> impl std::future::Future<Output = Result<(), crate::BoxError>> + Send {
+        let _ = changes;
+        async { Ok(()) }
+    }
 }

@@ -140,6 +140,11 @@ pub struct ScaleConfig {
     /// A transaction left open this long by a process that died is aborted by the broker; until
     /// then `read_committed` readers of its output wait (Kafka Streams' default: 10 s).
     pub transaction_timeout: Duration,
+    /// Whether every batch of a process that owns partitions runs in a transaction, records or
+    /// not (otherwise a batch that reads nothing has none). A processor whose state may change
+    /// without input (Spark's `updateStateByKey` calls its function every batch) writes those
+    /// changes through it.
+    pub transaction_every_batch: bool,
 }
 
 impl ScaleConfig {
@@ -155,6 +160,7 @@ impl ScaleConfig {
             session_timeout: Duration::from_secs(45),
             heartbeat_interval: Duration::from_secs(3),
             transaction_timeout: Duration::from_secs(10),
+            transaction_every_batch: false,
         }
     }
 }

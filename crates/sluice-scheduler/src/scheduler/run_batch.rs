@@ -23,10 +23,17 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<(BatchProgress, bool), SchedulerError> {
         // A write a dropped run left under way comes first: it may open or commit a batch.
         self.log_written().await?;
-        if self.config.scale.is_some() {
-            self.take_group_changes(self.next_batch_id).await?;
-        }
         let batch_id = self.next_batch_id;
+        if self.config.scale.is_some() {
+            self.take_group_changes(batch_id).await?;
+            let changes = self.take_partition_changes();
+            if !changes.is_empty() {
+                processor
+                    .partitions_changed(&changes)
+                    .await
+                    .map_err(|source| SchedulerError::Processing { batch_id, source })?;
+            }
+        }
         let started = self.clock.now_ms();
         let (Plan { ranges, latest, resets, cut_by_budget }, rerun, reading) = self.take_plan(batch_id).await?;
         self.cut_by_budget = cut_by_budget;

@@ -49,6 +49,30 @@ pub(super) struct Scale {
     uncommitted: std::collections::BTreeSet<TopicPartition>,
     /// Batches in a row whose transaction did not commit.
     not_committed_in_a_row: u32,
+    /// What the processor has not been told yet (see [`PartitionChanges`]).
+    changes: PartitionChanges,
+}
+
+/// Scale-out mode: how the partitions a process works on changed, told to the processor at a
+/// batch boundary before the batch is planned ([`Processor::partitions_changed`](super::Processor::partitions_changed)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionChanges {
+    /// Partitions given up (revoked) or lost (the group dropped the process): what the
+    /// processor keeps for them is another process's now.
+    pub lost: Vec<TopicPartition>,
+    /// Partitions whose batches go on from what Kafka holds: taken on from the group, or owned
+    /// but with a batch that did not commit (the processor's state for them holds changes that
+    /// never happened). The processor drops what it keeps for them and rebuilds it from Kafka
+    /// (a changelog) before the next batch reads them.
+    pub gained: Vec<TopicPartition>,
+}
+
+impl PartitionChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.lost.is_empty() && self.gained.is_empty()
+    }
 }
 
 impl Scale {
@@ -64,6 +88,10 @@ impl Scale {
             high_watermarks.remove(partition);
             self.gained.retain(|p| p != partition);
             self.uncommitted.remove(partition);
+            self.changes.gained.retain(|p| p != partition);
+            if !self.changes.lost.contains(partition) {
+                self.changes.lost.push(partition.clone());
+            }
         }
     }
 
@@ -124,6 +152,7 @@ impl<C: Clock> Scheduler<C> {
             losses_at_begin: None,
             uncommitted: std::collections::BTreeSet::new(),
             not_committed_in_a_row: 0,
+            changes: PartitionChanges::default(),
         });
         self.close_open_intent().await
     }
@@ -213,9 +242,19 @@ impl<C: Clock> Scheduler<C> {
             if let Some(scale) = self.scale.as_mut() {
                 scale.gained.clear();
                 scale.uncommitted.extend(fresh);
+                for partition in gained {
+                    if !scale.changes.gained.contains(&partition) {
+                        scale.changes.gained.push(partition);
+                    }
+                }
             }
         }
         Ok(changed)
+    }
+
+    /// The changes the processor has not been told of yet (empty outside scale-out mode).
+    pub(super) fn take_partition_changes(&mut self) -> PartitionChanges {
+        self.scale.as_mut().map(|scale| std::mem::take(&mut scale.changes)).unwrap_or_default()
     }
 
     /// Where `partitions` start: the group's committed offsets, read as stable (a transaction
@@ -270,9 +309,12 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<Option<Arc<Producer>>, SchedulerError> {
         let Some(scale) = &self.scale else { return Ok(None) };
         // Nothing to read, nothing to write, no offset that moves (but a partition whose
-        // position the group does not hold yet gets it committed).
+        // position the group does not hold yet gets it committed, and a processor may ask for a
+        // transaction every batch).
         let fresh = ranges.iter().any(|r| scale.uncommitted.contains(&(r.topic.clone(), r.partition)));
-        if ranges.iter().all(OffsetRange::is_empty) && !fresh {
+        let every_batch = self.config.scale.as_ref().is_some_and(|s| s.transaction_every_batch);
+        let idle = if every_batch { ranges.is_empty() } else { ranges.iter().all(OffsetRange::is_empty) };
+        if idle && !fresh {
             return Ok(None);
         }
         let producer = Arc::clone(&scale.producer);

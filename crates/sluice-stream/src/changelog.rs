@@ -1,0 +1,190 @@
+//! Scale-out mode: each stateful operator keeps its state per task (a partition of the source
+//! topic) and writes each batch's changes to a compacted changelog topic,
+//! `<group>-<operator>-changelog`, partitioned like the source: one record per changed key, on
+//! the partition of the key's task, in the batch's transaction (so a change is in the changelog
+//! exactly when the batch's offsets are committed). A task this process takes on is restored
+//! from its changelog partition before the batch that reads it, read `read_committed` up to the
+//! partition's high watermark as it was when the restore began: a previous owner's transaction
+//! still open is waited out, as Kafka Streams does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::{
+    Client, Consumer, ConsumerConfig, Error, Isolation, OffsetReset, Producer, ProducerRecord, StartAt,
+};
+use sluice_protocol::error_code::ErrorCode;
+use sluice_scheduler::PartitionChanges;
+
+use crate::state::{JobState, TaskChange};
+use crate::BoxError;
+
+/// How long a restore may take before the run fails: a previous owner's open transaction holds
+/// it for up to its transaction timeout, and a large changelog takes its time to read.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The job's changelog topics, one per stateful operator.
+#[derive(Debug)]
+pub(crate) struct Changelogs {
+    client: Client,
+    /// The source topic: a task is one of its partitions.
+    source: String,
+    /// Each stateful operator's changelog topic, in the operators' order.
+    topics: Vec<String>,
+}
+
+/// What a restore read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Restored {
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Changelogs {
+    /// Creates the changelog topics of `state`'s operators for the job of `group` reading
+    /// `source` (compacted, as many partitions as the source, replicated on up to three
+    /// brokers), or finds them from an earlier run; a topic with another partition count is an
+    /// error (the source grew: its tasks no longer match).
+    pub(crate) async fn open(client: Client, group: &str, source: &str, state: &JobState) -> Result<Self, BoxError> {
+        let metadata = client.refresh_metadata(Some(&[source])).await?;
+        let partitions = metadata
+            .topics
+            .get(source)
+            .filter(|t| t.error == ErrorCode::None && !t.partitions.is_empty())
+            .map(|t| t.partitions.len())
+            .ok_or_else(|| format!("the source topic {source} is not in the cluster's metadata"))?;
+        let partitions = i32::try_from(partitions)?;
+        let replication = i16::try_from(metadata.brokers.len().clamp(1, 3))?;
+        let min_insync = if replication >= 3 { "2" } else { "1" };
+        let configs = [("cleanup.policy", "compact"), ("min.insync.replicas", min_insync)];
+        let mut topics = Vec::new();
+        for name in state.operator_names() {
+            let topic = format!("{group}-{name}-changelog");
+            match client.create_topic_with_configs(&topic, partitions, replication, &configs).await {
+                Ok(()) => tracing::info!(%topic, partitions, replication, "created the changelog topic"),
+                Err(
+                    Error::Broker { code: ErrorCode::TopicAlreadyExists, .. }
+                    | Error::BrokerMessage { code: ErrorCode::TopicAlreadyExists, .. },
+                ) => {
+                    let found = client.refresh_metadata(Some(&[topic.as_str()])).await?;
+                    let has = found.topics.get(&topic).map_or(0, |t| t.partitions.len());
+                    if i32::try_from(has)? != partitions {
+                        return Err(format!(
+                            "the changelog topic {topic} has {has} partitions but the source {source} has {partitions}: a task is a source partition, so they must match (did the source grow?)"
+                        )
+                        .into());
+                    }
+                }
+                Err(error) => return Err(format!("creating the changelog topic {topic}: {error}").into()),
+            }
+            topics.push(topic);
+        }
+        Ok(Self { client, source: source.to_owned(), topics })
+    }
+
+    /// Sends a batch's changes through its transaction (they commit with its offsets).
+    pub(crate) async fn write(&self, changes: Vec<(usize, TaskChange)>, producer: &Producer) -> Result<(), BoxError> {
+        for (operator, TaskChange { task, key, value }) in changes {
+            let topic =
+                self.topics.get(operator).ok_or_else(|| format!("no changelog for stateful operator {operator}"))?;
+            let record = ProducerRecord {
+                topic: topic.clone(),
+                partition: Some(task),
+                key: Some(Bytes::from(key)),
+                value: value.map(Bytes::from),
+                ..ProducerRecord::default()
+            };
+            // The transaction's commit waits for every send and fails if one did.
+            drop(producer.send(record).await?);
+        }
+        Ok(())
+    }
+
+    /// Takes in the change of the process's partitions: drops the state of tasks lost and of
+    /// those to rebuild, then restores the gained tasks from their changelog partitions.
+    pub(crate) async fn apply(&self, state: &JobState, changes: &PartitionChanges) -> Result<Restored, BoxError> {
+        let of_source = |partitions: &[(String, i32)]| -> BTreeSet<i32> {
+            partitions.iter().filter(|(topic, _)| *topic == self.source).map(|(_, p)| *p).collect()
+        };
+        let gained = of_source(&changes.gained);
+        let dropped: BTreeSet<i32> = of_source(&changes.lost).union(&gained).copied().collect();
+        state.drop_tasks(&dropped);
+        if gained.is_empty() {
+            return Ok(Restored::default());
+        }
+        let started = Instant::now();
+        let restored = self.restore(state, &gained).await?;
+        tracing::info!(
+            tasks = ?gained,
+            records = restored.records,
+            bytes = restored.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "restored the state of the tasks taken on from their changelogs"
+        );
+        Ok(restored)
+    }
+
+    /// Reads the changelog partitions of `tasks` from their start to their high watermarks as
+    /// they are now, `read_committed`, into `state`.
+    async fn restore(&self, state: &JobState, tasks: &BTreeSet<i32>) -> Result<Restored, BoxError> {
+        let partitions: Vec<(String, i32)> =
+            self.topics.iter().flat_map(|topic| tasks.iter().map(move |task| (topic.clone(), *task))).collect();
+        let ends = self.client.log_ends(&partitions, Isolation::ReadUncommitted).await?;
+        let mut config = ConsumerConfig::default();
+        config.isolation = Isolation::ReadCommitted;
+        config.offset_reset = OffsetReset::Earliest;
+        config.max_wait = Duration::from_millis(100);
+        config.partition_max_bytes = 8 << 20;
+        let mut consumer = Consumer::new(self.client.clone(), config);
+        let mut left: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (topic, task) in &partitions {
+            let end = ends.get(&(topic.clone(), *task)).copied().unwrap_or(0);
+            if end > 0 {
+                consumer.assign(topic, *task, StartAt::Earliest).await?;
+                left.insert((topic.clone(), *task), end);
+            }
+        }
+        let operator_of: BTreeMap<&str, usize> = self.topics.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        let mut restored = Restored::default();
+        loop {
+            // Done with a partition once its position reaches the end it had (markers and
+            // aborted records count: the position moves past them).
+            left.retain(|(topic, task), end| {
+                let done = consumer.partition_progress(topic, *task).is_some_and(|p| p.position >= *end);
+                if done {
+                    consumer.unassign(topic, *task);
+                }
+                !done
+            });
+            if left.is_empty() {
+                return Ok(restored);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "restoring the state from the changelogs took over {} s; still to read (partition, up to offset): {left:?}",
+                    RESTORE_TIMEOUT.as_secs()
+                )
+                .into());
+            }
+            for polled in consumer.poll().await? {
+                let Some(operator) = operator_of.get(polled.topic.as_str()).copied() else { continue };
+                for record in polled.records() {
+                    let Some(key) = record.key() else { continue };
+                    let value = record.value();
+                    restored.records += 1;
+                    restored.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+                    state.restore_task_entry(operator, polled.partition, key, value).map_err(|e| {
+                        format!(
+                            "restoring from {} partition {} at offset {}: {e}",
+                            polled.topic,
+                            polled.partition,
+                            record.offset()
+                        )
+                    })?;
+                }
+            }
+        }
+    }
+}
