@@ -8,6 +8,8 @@
 //! still open is waited out, as Kafka Streams does.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +34,7 @@ pub(crate) struct Changelogs {
     source: String,
     /// Each stateful operator's changelog topic, in the operators' order.
     topics: Vec<String>,
+    counters: RestoreCounters,
 }
 
 /// What a restore read.
@@ -41,12 +44,31 @@ pub(crate) struct Restored {
     pub(crate) bytes: u64,
 }
 
+/// Counters of the state this process restored from changelogs in scale-out mode
+/// ([`StreamingContext::restore_counters`](crate::StreamingContext::restore_counters)).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreCounters {
+    /// Tasks restored: taken on, or rebuilt after a batch that did not commit.
+    pub tasks: Arc<AtomicU64>,
+    /// Changelog records read.
+    pub records: Arc<AtomicU64>,
+    /// Their keys' and values' bytes.
+    pub bytes: Arc<AtomicU64>,
+    /// Time spent restoring, in microseconds (the next batch waits for it).
+    pub micros: Arc<AtomicU64>,
+}
+
 impl Changelogs {
     /// Creates the changelog topics of `state`'s operators for the job of `group` reading
     /// `source` (compacted, as many partitions as the source, replicated on up to three
     /// brokers), or finds them from an earlier run; a topic with another partition count is an
     /// error (the source grew: its tasks no longer match).
-    pub(crate) async fn open(client: Client, group: &str, source: &str, state: &JobState) -> Result<Self, BoxError> {
+    pub(crate) async fn open(
+        client: Client,
+        (group, source): (&str, &str),
+        state: &JobState,
+        counters: RestoreCounters,
+    ) -> Result<Self, BoxError> {
         let metadata = client.refresh_metadata(Some(&[source])).await?;
         let partitions = metadata
             .topics
@@ -80,7 +102,7 @@ impl Changelogs {
             }
             topics.push(topic);
         }
-        Ok(Self { client, source: source.to_owned(), topics })
+        Ok(Self { client, source: source.to_owned(), topics, counters })
     }
 
     /// Sends a batch's changes through its transaction (they commit with its offsets).
@@ -115,6 +137,11 @@ impl Changelogs {
         }
         let started = Instant::now();
         let restored = self.restore(state, &gained).await?;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.tasks.fetch_add(gained.len() as u64, Ordering::Relaxed);
+        self.counters.records.fetch_add(restored.records, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(restored.bytes, Ordering::Relaxed);
+        self.counters.micros.fetch_add(micros, Ordering::Relaxed);
         tracing::info!(
             tasks = ?gained,
             records = restored.records,

@@ -10,7 +10,7 @@ use sluice_scheduler::{
     RecordPosition, Scheduler, SchedulerConfig, SystemClock,
 };
 
-use crate::changelog::Changelogs;
+use crate::changelog::{Changelogs, RestoreCounters};
 use crate::graph::{lock, BatchInput, Graph, Output, Parts, SharedGraph, SourceRecords};
 use crate::pool::par_map;
 use crate::record::KafkaRecord;
@@ -135,6 +135,7 @@ pub struct StreamingContext {
     config: StreamConfig,
     graph: SharedGraph,
     stop: CancellationToken,
+    restore: RestoreCounters,
 }
 
 impl StreamingContext {
@@ -143,7 +144,7 @@ impl StreamingContext {
         let interval_ms = u64::try_from(config.scheduler.batch_interval.as_millis()).unwrap_or(u64::MAX);
         let scale = config.scheduler.scale.is_some();
         let graph = Arc::new(Mutex::new(Graph { interval_ms, scale, ..Graph::default() }));
-        Self { config, graph, stop: CancellationToken::new() }
+        Self { config, graph, stop: CancellationToken::new(), restore: RestoreCounters::default() }
     }
 
     /// The records of the configured topics, one part per read task: Spark's
@@ -153,6 +154,12 @@ impl StreamingContext {
         lock(&self.graph).sources += 1;
         DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.take())))
             .aligned_as(true)
+    }
+
+    /// Counters of the state restored from changelogs (scale-out mode with keyed state): each
+    /// task this process takes on is restored before the batch that reads it.
+    pub fn restore_counters(&self) -> RestoreCounters {
+        self.restore.clone()
     }
 
     /// A token that stops the job: cancelled, it lets the batch under way commit, and ends a
@@ -212,7 +219,7 @@ impl StreamingContext {
         let client = Client::connect(self.config.client.clone()).await?;
         let changelogs = match (&group, scheduler_config.topics.first()) {
             (Some(group), Some(source)) if stateful_scale => Some(
-                Changelogs::open(client.clone(), group, source, &state)
+                Changelogs::open(client.clone(), (group, source), &state, self.restore.clone())
                     .await
                     .map_err(|e| StreamError::State(format!("opening the changelog topics: {e}")))?,
             ),

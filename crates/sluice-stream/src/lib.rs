@@ -21,6 +21,7 @@ mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use changelog::RestoreCounters;
 pub use context::{StreamConfig, StreamError, StreamingContext, DEFAULT_MEMORY_BUDGET};
 pub use event_time::{Timed, Watermark, Windowed};
 pub use graph::{BatchInfo, BatchInput, Parts};

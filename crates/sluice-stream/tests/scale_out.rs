@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{java, unique, Kind};
 use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{CancellationToken, ScaleConfig};
-use sluice_stream::{KafkaSink, KeyState, StreamConfig, StreamError, StreamingContext};
+use sluice_stream::{KafkaSink, KeyState, RestoreCounters, StreamConfig, StreamError, StreamingContext};
 use tokio::task::JoinHandle;
 
 const PARTITIONS: i32 = 6;
@@ -33,6 +33,7 @@ type Totals = Arc<Mutex<BTreeMap<String, u64>>>;
 struct Process {
     stop: CancellationToken,
     run: JoinHandle<Result<u64, StreamError>>,
+    restored: RestoreCounters,
 }
 
 fn start(broker: &str, dir: &Path, (input, output, group): (&str, &str, &str), totals: &Totals) -> Process {
@@ -67,9 +68,9 @@ fn start(broker: &str, dir: &Path, (input, output, group): (&str, &str, &str), t
             }
             Ok(())
         });
-    let stop = ssc.stop_handle();
+    let (stop, restored) = (ssc.stop_handle(), ssc.restore_counters());
     let run = tokio::spawn(ssc.run(|_| {}));
-    Process { stop, run }
+    Process { stop, run, restored }
 }
 
 /// Clicks `from..to`: click `i` is user `i % USERS`'s, on the user's partition.
@@ -140,10 +141,17 @@ async fn keyed_state_moves_with_its_partitions_and_counts_every_click_once() {
 
     common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(120), || {}).await;
     step("caught up");
-    for process in [b, c] {
+    let mut restored = Vec::new();
+    for (name, process) in [("b again", b), ("c", c)] {
         process.stop.cancel();
         process.run.await.unwrap().unwrap();
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        restored.push((name, read(&process.restored.tasks), read(&process.restored.records)));
     }
+    eprintln!("restored (process, tasks, changelog records): {restored:?}");
+    // c took partitions over from a, b and the crashed b, and b again took some on after a
+    // stopped: each restored state that other processes had built.
+    assert!(restored.iter().all(|(_, tasks, records)| *tasks > 0 && *records > 0), "{restored:?}");
 
     // Every click once, every user's counts in order with none lost and none twice.
     let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();

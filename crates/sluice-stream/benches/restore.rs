@@ -1,0 +1,196 @@
+//! Changelog restore rate in scale-out mode: a job keeping `update_state_by_key` state whose
+//! changelog already holds 1,000,000 keys (`SLUICE_BENCH_RECORDS`) over 8 partitions, each
+//! state 100 bytes, starts and takes every partition on: it restores each task's state from
+//! the changelog (`read_committed`, up to its high watermark) before its first batch. Beside
+//! it, in the same run on the same broker and changelog, two readers that only read: rskafka
+//! (the pure-Rust client sluice is measured against) and a plain sluice-client consumer. The
+//! restore's rate is printed in MB/s of keys and values, and as a ratio to each reader
+//! (goal: at least 100 MB/s).
+//!
+//! `cargo bench -p sluice-stream --bench restore`
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use sluice_testkit as common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{unique, Broker, Kind};
+use sluice_client::{
+    Client, ClientConfig, Consumer, ConsumerConfig, GroupProtocol, Isolation, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, StartAt,
+};
+use sluice_scheduler::ScaleConfig;
+use sluice_stream::{StreamConfig, StreamingContext};
+
+const PARTITIONS: i32 = 8;
+const STATE_BYTES: usize = 100;
+
+fn records() -> usize {
+    std::env::var("SLUICE_BENCH_RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000)
+}
+
+/// Writes `n` keys' states to the changelog, key `i` on partition `i % PARTITIONS`; returns
+/// their keys' and values' bytes.
+async fn fill_changelog(client: &Client, changelog: &str, n: usize) -> u64 {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let mut bytes = 0u64;
+    let mut deliveries = Vec::new();
+    for i in 0..n {
+        let key = sluice_checkpoint::encode_value(&format!("user-{i:08}")).unwrap();
+        let state: String = format!("{i:0>width$}", width = STATE_BYTES);
+        let value = sluice_checkpoint::encode_value(&state).unwrap();
+        bytes += (key.len() + value.len()) as u64;
+        let record = ProducerRecord {
+            topic: changelog.to_owned(),
+            partition: Some((i % PARTITIONS as usize) as i32),
+            key: Some(Bytes::from(key)),
+            value: Some(Bytes::from(value)),
+            ..ProducerRecord::default()
+        };
+        deliveries.push(producer.send(record).await.unwrap());
+        if deliveries.len() >= 100_000 {
+            for delivery in deliveries.drain(..) {
+                delivery.await.unwrap();
+            }
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    bytes
+}
+
+/// The job takes every partition on and restores its state; returns the restore's time, and
+/// the records and bytes it read.
+async fn restore(broker: &str, source: &str, group: &str) -> (Duration, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StreamConfig::new([broker], [source], Duration::from_millis(200), dir.path());
+    let mut scale = ScaleConfig::new(group);
+    scale.protocol = GroupProtocol::Consumer;
+    config.scheduler.scale = Some(scale);
+    let ssc = StreamingContext::new(config);
+    ssc.kafka_stream()
+        .map(|record| (record.key_str().unwrap_or_default().to_owned(), ()))
+        .update_state_by_key(|_: Vec<()>, state: Option<String>| state)
+        .foreach_batch(|_, _| Ok(()));
+    let (stop, counters) = (ssc.stop_handle(), ssc.restore_counters());
+    // The first batch runs once every task taken on is restored.
+    let restored = counters.clone();
+    ssc.run(move |_| {
+        if restored.tasks.load(Ordering::Relaxed) >= PARTITIONS as u64 {
+            stop.cancel();
+        }
+    })
+    .await
+    .unwrap();
+    let micros = counters.micros.load(Ordering::Relaxed);
+    (Duration::from_micros(micros), counters.records.load(Ordering::Relaxed), counters.bytes.load(Ordering::Relaxed))
+}
+
+/// rskafka reads every partition of the changelog from its start to its end.
+async fn read_rskafka(broker: &str, changelog: &str, ends: &[i64]) -> (Duration, u64) {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = rskafka::client::ClientBuilder::new(vec![broker.to_owned()]).build().await.unwrap();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (partition, end) in (0..PARTITIONS).zip(ends.iter().copied()) {
+        let partition_client =
+            client.partition_client(changelog, partition, UnknownTopicHandling::Retry).await.unwrap();
+        tasks.spawn(async move {
+            let (mut offset, mut bytes) = (0, 0u64);
+            while offset < end {
+                let (records, _) = partition_client.fetch_records(offset, 1..(8 << 20), 100).await.unwrap();
+                for record in &records {
+                    let key = record.record.key.as_ref().map_or(0, Vec::len);
+                    bytes += (key + record.record.value.as_ref().map_or(0, Vec::len)) as u64;
+                }
+                offset = records.last().map_or(offset, |r| r.offset + 1);
+            }
+            bytes
+        });
+    }
+    let mut bytes = 0;
+    while let Some(read) = tasks.join_next().await {
+        bytes += read.unwrap();
+    }
+    (started.elapsed(), bytes)
+}
+
+/// A plain sluice-client consumer reads every partition of the changelog, `read_committed`,
+/// from its start to its end.
+async fn read_sluice(client: &Client, changelog: &str, ends: &[i64]) -> (Duration, u64) {
+    let mut config = ConsumerConfig::default();
+    config.isolation = Isolation::ReadCommitted;
+    config.offset_reset = OffsetReset::Earliest;
+    config.partition_max_bytes = 8 << 20;
+    let mut consumer = Consumer::new(client.clone(), config);
+    let started = Instant::now();
+    for partition in 0..PARTITIONS {
+        consumer.assign(changelog, partition, StartAt::Earliest).await.unwrap();
+    }
+    let mut bytes = 0u64;
+    let done = |consumer: &Consumer| {
+        (0..PARTITIONS).zip(ends).all(|(p, end)| consumer.partition_progress(changelog, p).unwrap().position >= *end)
+    };
+    while !done(&consumer) {
+        for polled in consumer.poll().await.unwrap() {
+            for record in polled.records() {
+                bytes += (record.key().map_or(0, <[u8]>::len) + record.value().map_or(0, <[u8]>::len)) as u64;
+            }
+        }
+    }
+    (started.elapsed(), bytes)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        if common::kind() == Kind::Tansu {
+            println!("restore bench: SKIPPED on Tansu (no consumer group protocol, no aborted-record filtering)");
+            return;
+        }
+        let n = records();
+        let broker = Broker::start_for_benchmark();
+        let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+        let (source, group) = (unique("restore-in"), unique("restore-job"));
+        client.create_topic(&source, PARTITIONS, 1).await.unwrap();
+        // The changelog the job finds at start (it creates it when missing).
+        let changelog = format!("{group}-update_state_by_key-0-changelog");
+        client.create_topic_with_configs(&changelog, PARTITIONS, 1, &[("cleanup.policy", "compact")]).await.unwrap();
+        let bytes = fill_changelog(&client, &changelog, n).await;
+        let partitions: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (changelog.clone(), p)).collect();
+        let ends_by_partition = client.log_ends(&partitions, Isolation::ReadUncommitted).await.unwrap();
+        let ends: Vec<i64> = partitions.iter().map(|p| ends_by_partition[p]).collect();
+        let mb = bytes as f64 / 1e6;
+        println!(
+            "changelog restore, {n} keys with {STATE_BYTES}-byte states over {PARTITIONS} partitions ({mb:.1} MB of keys and values), Apache Kafka on {}",
+            broker.addr
+        );
+        println!("\n| reader | seconds | MB/s | records/s |");
+        println!("| --- | --- | --- | --- |");
+        let row = |name: &str, took: Duration, records: u64| {
+            let s = took.as_secs_f64();
+            println!("| {name} | {s:.2} | {:.0} | {:.0} |", mb / s, records as f64 / s);
+            s
+        };
+        // The readers first, so that the broker's fetch path is as warm for the restore.
+        let (took, read) = read_rskafka(&broker.addr, &changelog, &ends).await;
+        assert_eq!(read, bytes);
+        let rskafka = row("rskafka (read only)", took, n as u64);
+        let (took, read) = read_sluice(&client, &changelog, &ends).await;
+        assert_eq!(read, bytes);
+        let consumer = row("sluice-client consumer (read only)", took, n as u64);
+        let (took, restored, restored_bytes) = restore(&broker.addr, &source, &group).await;
+        assert_eq!((restored, restored_bytes), (n as u64, bytes), "the restore read every record");
+        let sluice = row("sluice restore (read, decode, into the state)", took, restored);
+        println!(
+            "\nrestore rate {:.0} MB/s (goal: at least 100 MB/s); {:.2}x of rskafka's read, {:.2}x of the sluice-client consumer's",
+            mb / sluice,
+            rskafka / sluice,
+            consumer / sluice
+        );
+    });
+}
