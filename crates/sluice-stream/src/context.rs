@@ -287,6 +287,14 @@ fn check_scale_state(state: &JobState, config: &SchedulerConfig) -> Result<(), S
     }
 }
 
+/// The end of the batch interval the wall clock is in, in ms since the Unix epoch.
+fn wall_clock_batch_time(interval_ms: u64) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+    let interval = interval_ms.max(1);
+    (now / interval).saturating_add(1).saturating_mul(interval)
+}
+
 /// The least records of one read task in a run.
 const MIN_RECORDS_PER_TASK_RUN: usize = 256;
 
@@ -391,6 +399,9 @@ impl Processor for Engine {
         // the records (rows, keys) is held for one run at a time, not the batch: each run goes
         // through the outputs as it comes, and they gather what they need whole until the last.
         let mut run = 0;
+        // In scale-out mode a batch's time is the wall clock's (on the interval's grid), which
+        // the processes share: a key's timeout means the same whichever process has its task.
+        let wall_time = self.changelogs.is_some().then(|| wall_clock_batch_time(self.interval_ms));
         while let Some(piece) = batch.next_piece().await? {
             let piece = Arc::new(piece);
             let part_sources: Arc<Vec<(Arc<str>, i32)>> = Arc::new(
@@ -424,6 +435,7 @@ impl Processor for Engine {
                     records,
                     Some(part_sources.as_ref().clone()),
                 )
+                .at_time(wall_time)
                 .in_piece(run, last)
                 .of_checkpoint(self.checkpoint_id)
                 .in_transaction(batch.transaction().cloned());

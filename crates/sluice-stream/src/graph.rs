@@ -23,7 +23,10 @@ pub struct BatchInput {
     /// The batch (ids are consecutive from 0 over the job's whole life, restarts included).
     pub batch_id: u64,
     /// The batch's time: the end of its interval, counted from the job's first batch
-    /// (`(batch_id + 1) × interval`, in ms). Deterministic, so a re-run sees the same.
+    /// (`(batch_id + 1) × interval`, in ms). Deterministic, so a re-run sees the same. In
+    /// scale-out mode with state, the end of the interval the wall clock was in when the batch
+    /// started, in ms since the Unix epoch: the processes share it (a batch is not re-run
+    /// there).
     pub time_ms: u64,
     /// Whether the batch is the re-run of one begun before a crash or failure.
     pub rerun: bool,
@@ -93,6 +96,14 @@ impl BatchInput {
             checkpoint_id: 0,
             transaction: None,
         }
+    }
+
+    /// The input with the batch time `time_ms`, if given (scale-out mode).
+    pub(crate) fn at_time(mut self, time_ms: Option<u64>) -> Self {
+        if let Some(time_ms) = time_ms {
+            self.time_ms = time_ms;
+        }
+        self
     }
 
     /// The input of a batch written in the scale-out transaction `transaction`.
@@ -166,7 +177,8 @@ impl<T> Gather<T> {
 pub struct BatchInfo {
     /// The batch id (consecutive over the job's life).
     pub batch_id: u64,
-    /// The batch's time (end of its interval from the job's first batch, in ms).
+    /// The batch's time (end of its interval from the job's first batch, in ms; in scale-out
+    /// mode with state, on the wall clock: see [`BatchInput::time_ms`]).
     pub time_ms: u64,
     /// Whether this is a re-run of a batch begun before a crash or failure: a sink that is not
     /// idempotent may find part of this batch's output already written.

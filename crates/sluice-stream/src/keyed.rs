@@ -415,9 +415,10 @@ where
     /// state; what it returns is the output, in the items' order. With a `timeout`, a key with a
     /// state that gets no value for that long (in batch time) is timed out: `f` is called once
     /// more with no value and [`KeyState::is_timing_out`], after the batch's items, in key
-    /// order, and its state is removed. A large batch's keys are worked through on several
-    /// threads at once (different keys, never one key on two threads), so `f` is `Fn + Sync`,
-    /// as Spark's function is.
+    /// order, and its state is removed (batch time is the wall clock's in scale-out mode, so a
+    /// timeout means the same on every process; see [`BatchInput::time_ms`](crate::BatchInput)).
+    /// A large batch's keys are worked through on several threads at once (different keys,
+    /// never one key on two threads), so `f` is `Fn + Sync`, as Spark's function is.
     pub fn map_with_state<S, U>(
         self,
         timeout: Option<Duration>,
@@ -429,11 +430,6 @@ where
     {
         let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         let scale = self.check_keyed_input("map_with_state");
-        if scale && timeout.is_some() {
-            self.record_error(
-                "map_with_state with a timeout in scale-out mode: batch time is not shared between processes yet, so a key's timeout would change when its partition moves".into(),
-            );
-        }
         // Each key's state and the batch time it last got a value.
         self.stateful(KeyedState::<K, (S, u64)>::new("map_with_state"), move |state, input, parts| {
             let now = input.time_ms;
