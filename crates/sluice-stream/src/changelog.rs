@@ -22,9 +22,15 @@ use sluice_scheduler::PartitionChanges;
 use crate::state::{JobState, TaskChange};
 use crate::BoxError;
 
-/// How long a restore may take before the run fails: a previous owner's open transaction holds
-/// it for up to its transaction timeout, and a large changelog takes its time to read.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a restore may go without reading anything before the run fails: a previous
+/// owner's open transaction holds it for up to its transaction timeout (plus the broker's abort
+/// sweep), and transient faults are retried meanwhile. A restore that reads goes on however long
+/// its changelog takes.
+const RESTORE_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a process waits for a changelog topic another process has just created to appear
+/// in the cluster's metadata.
+const TOPIC_APPEARS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The job's changelog topics, one per stateful operator.
 #[derive(Debug)]
@@ -89,9 +95,10 @@ impl Changelogs {
                     Error::Broker { code: ErrorCode::TopicAlreadyExists, .. }
                     | Error::BrokerMessage { code: ErrorCode::TopicAlreadyExists, .. },
                 ) => {
-                    let found = client.refresh_metadata(Some(&[topic.as_str()])).await?;
-                    let has = found.topics.get(&topic).map_or(0, |t| t.partitions.len());
-                    if i32::try_from(has)? != partitions {
+                    // Made by an earlier run, or just now by another process starting at the
+                    // same time: the broker asked may not list it yet.
+                    let has = listed_partitions(&client, &topic).await?;
+                    if has != partitions {
                         return Err(format!(
                             "the changelog topic {topic} has {has} partitions but the source {source} has {partitions}: a task is a source partition, so they must match (did the source grow?)"
                         )
@@ -124,7 +131,9 @@ impl Changelogs {
     }
 
     /// Takes in the change of the process's partitions: drops the state of tasks lost and of
-    /// those to rebuild, then restores the gained tasks from their changelog partitions.
+    /// those to rebuild, then restores the gained tasks from their changelog partitions. A
+    /// gained partition the group held no offset for must have no state: it starts over from
+    /// `starting_offsets`, and state kept for it was built from records it would read again.
     pub(crate) async fn apply(&self, state: &JobState, changes: &PartitionChanges) -> Result<Restored, BoxError> {
         let of_source = |partitions: &[(String, i32)]| -> BTreeSet<i32> {
             partitions.iter().filter(|(topic, _)| *topic == self.source).map(|(_, p)| *p).collect()
@@ -136,7 +145,18 @@ impl Changelogs {
             return Ok(Restored::default());
         }
         let started = Instant::now();
-        let restored = self.restore(state, &gained).await?;
+        let (restored, by_task) = self.restore_through_faults(state, &gained).await?;
+        let fresh = of_source(&changes.fresh);
+        let stale: Vec<(i32, u64)> =
+            by_task.into_iter().filter(|(task, records)| fresh.contains(task) && *records > 0).collect();
+        if !stale.is_empty() {
+            return Err(format!(
+                "the group holds no offset for partitions of {} whose changelogs hold state (partition, records): {stale:?}; that state was built from records these partitions would be read from again (their offsets expired or were reset). Delete the job's changelog topics ({}) to start its state over, or give the group its offsets back",
+                self.source,
+                self.topics.join(", ")
+            )
+            .into());
+        }
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.counters.tasks.fetch_add(gained.len() as u64, Ordering::Relaxed);
         self.counters.records.fetch_add(restored.records, Ordering::Relaxed);
@@ -152,9 +172,43 @@ impl Changelogs {
         Ok(restored)
     }
 
+    /// [`Changelogs::restore`], started again (the tasks' state dropped first) after a transient
+    /// fault (a leader moving, a broker restarting), until it has gone `RESTORE_STALL_TIMEOUT`
+    /// without reading.
+    async fn restore_through_faults(
+        &self,
+        state: &JobState,
+        tasks: &BTreeSet<i32>,
+    ) -> Result<(Restored, BTreeMap<i32, u64>), BoxError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_progress = Instant::now();
+        loop {
+            let mut progress = Restored::default();
+            match self.restore(state, tasks, &mut progress).await {
+                Ok(done) => return Ok(done),
+                Err(error) if retriable(&error) && last_progress.elapsed() < RESTORE_STALL_TIMEOUT => {
+                    tracing::warn!(%error, retry_in = ?backoff, "restoring the state from the changelogs failed; starting over");
+                    if progress.records > 0 {
+                        last_progress = Instant::now();
+                    }
+                    state.drop_tasks(tasks);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// Reads the changelog partitions of `tasks` from their start to their high watermarks as
-    /// they are now, `read_committed`, into `state`.
-    async fn restore(&self, state: &JobState, tasks: &BTreeSet<i32>) -> Result<Restored, BoxError> {
+    /// they are now, `read_committed`, into `state`; with the records read per task. `progress`
+    /// counts what was read, also when it fails part way.
+    async fn restore(
+        &self,
+        state: &JobState,
+        tasks: &BTreeSet<i32>,
+        progress: &mut Restored,
+    ) -> Result<(Restored, BTreeMap<i32, u64>), BoxError> {
         let partitions: Vec<(String, i32)> =
             self.topics.iter().flat_map(|topic| tasks.iter().map(move |task| (topic.clone(), *task))).collect();
         let ends = self.client.log_ends(&partitions, Isolation::ReadUncommitted).await?;
@@ -173,8 +227,8 @@ impl Changelogs {
             }
         }
         let operator_of: BTreeMap<&str, usize> = self.topics.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
-        let deadline = Instant::now() + RESTORE_TIMEOUT;
-        let mut restored = Restored::default();
+        let mut by_task: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut last_read = Instant::now();
         loop {
             // Done with a partition once its position reaches the end it had (markers and
             // aborted records count: the position moves past them).
@@ -186,12 +240,12 @@ impl Changelogs {
                 !done
             });
             if left.is_empty() {
-                return Ok(restored);
+                return Ok((*progress, by_task));
             }
-            if Instant::now() > deadline {
+            if last_read.elapsed() > RESTORE_STALL_TIMEOUT {
                 return Err(format!(
-                    "restoring the state from the changelogs took over {} s; still to read (partition, up to offset): {left:?}",
-                    RESTORE_TIMEOUT.as_secs()
+                    "restoring the state from the changelogs read nothing for {} s (an open transaction of a previous owner not ending?); still to read (partition, up to offset): {left:?}",
+                    RESTORE_STALL_TIMEOUT.as_secs()
                 )
                 .into());
             }
@@ -200,8 +254,10 @@ impl Changelogs {
                 for record in polled.records() {
                     let Some(key) = record.key() else { continue };
                     let value = record.value();
-                    restored.records += 1;
-                    restored.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+                    last_read = Instant::now();
+                    progress.records += 1;
+                    progress.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+                    *by_task.entry(polled.partition).or_default() += 1;
                     state.restore_task_entry(operator, polled.partition, key, value).map_err(|e| {
                         format!(
                             "restoring from {} partition {} at offset {}: {e}",
@@ -213,5 +269,31 @@ impl Changelogs {
                 }
             }
         }
+    }
+}
+
+/// Whether a restore's failure is a transient fault of the cluster (worth starting over).
+fn retriable(error: &BoxError) -> bool {
+    error.downcast_ref::<Error>().is_some_and(Error::is_retriable)
+}
+
+/// The partitions of `topic` once the cluster's metadata lists it (it may have just been made by
+/// another process).
+async fn listed_partitions(client: &Client, topic: &str) -> Result<i32, BoxError> {
+    let deadline = Instant::now() + TOPIC_APPEARS_TIMEOUT;
+    loop {
+        let metadata = client.refresh_metadata(Some(&[topic])).await?;
+        let listed = metadata.topics.get(topic).filter(|t| t.error == ErrorCode::None && !t.partitions.is_empty());
+        if let Some(listed) = listed {
+            return Ok(i32::try_from(listed.partitions.len())?);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the changelog topic {topic} exists but the cluster did not list its partitions within {} s",
+                TOPIC_APPEARS_TIMEOUT.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

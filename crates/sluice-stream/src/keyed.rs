@@ -155,7 +155,7 @@ fn moved_key(was: i32, now: i32) -> String {
 /// The task of each of a batch's parts: in scale-out mode the source partition it was read
 /// from (in a test's batches, its place), otherwise 0. `None` if the parts are not the
 /// source's (the job check refuses such a stream before it runs).
-fn part_tasks(input: &crate::graph::BatchInput, parts: usize, scale: bool) -> Option<Vec<i32>> {
+pub(crate) fn part_tasks(input: &crate::graph::BatchInput, parts: usize, scale: bool) -> Option<Vec<i32>> {
     match &input.part_sources {
         _ if !scale => Some(vec![0; parts]),
         Some(sources) => (sources.len() == parts).then(|| sources.iter().map(|(_, partition)| *partition).collect()),
@@ -255,6 +255,12 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
     fn restore_task_entry(&mut self, task: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
         let key: K = decode(key).map_err(|e| format!("a changelog record's key: {e}"))?;
         let state: Option<S> = value.map(decode).transpose().map_err(|e| format!("a changelog record's value: {e}"))?;
+        // A key another task of this process holds: its records came from two partitions.
+        let held_by = self.shard(&key).and_then(|shard| shard.get(&key)).map(|slot| slot.task);
+        if let Some(was) = held_by.filter(|was| *was != task) {
+            self.note_moved_key(was, task);
+            return Ok(());
+        }
         self.restore_one(task, key, state);
         Ok(())
     }

@@ -234,3 +234,36 @@ async fn state_that_cannot_move_with_its_partitions_is_refused_before_the_job_st
     .await;
     assert!(two_topics.contains("one source topic"), "{two_topics}");
 }
+
+/// State in a changelog with no offsets in the group for its partition (they expired, or were
+/// reset) was built from records the partition would be read from again: the job refuses to
+/// count them twice and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_without_the_groups_offsets_is_refused() {
+    let broker = common::shared();
+    if broker.kind == Kind::Tansu {
+        eprintln!(
+            "SKIPPED on Tansu: keyed state in scale-out mode needs the consumer group protocol (docs/brokers.md)"
+        );
+        return;
+    }
+    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let (input, output, group) = (unique("stale-in"), unique("stale-out"), unique("stale-job"));
+    client.create_topic(&input, 2, 1).await.unwrap();
+    client.create_topic(&output, 1, 1).await.unwrap();
+    // The changelog of the job's first stateful operator holds a count for user-1 in partition
+    // 1, as a run whose offsets are gone left it.
+    let changelog = format!("{group}-map_with_state-0-changelog");
+    client.create_topic_with_configs(&changelog, 2, 1, &[("cleanup.policy", "compact")]).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let key = sluice_checkpoint::encode_value(&"user-1".to_owned()).unwrap();
+    let value = sluice_checkpoint::encode_value(&(7u64, 0u64)).unwrap();
+    let record = ProducerRecord { partition: Some(1), ..ProducerRecord::new(&changelog, value).key(key) };
+    producer.send(record).await.unwrap().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let process = start(&broker.addr, dir.path(), (&input, &output, &group), &Totals::default());
+    let error = tokio::time::timeout(Duration::from_secs(60), process.run).await.unwrap().unwrap().unwrap_err();
+    let error = format!("{error:#}");
+    assert!(error.contains("holds no offset") && error.contains("Delete the job's changelog topics"), "{error}");
+}

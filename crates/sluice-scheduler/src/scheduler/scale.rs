@@ -66,6 +66,10 @@ pub struct PartitionChanges {
     /// never happened). The processor drops what it keeps for them and rebuilds it from Kafka
     /// (a changelog) before the next batch reads them.
     pub gained: Vec<TopicPartition>,
+    /// Those of `gained` the group held no offset for: they start at `starting_offsets` (or
+    /// their earliest offset), so state kept for them elsewhere does not match where they
+    /// start (their offsets expired, or were reset).
+    pub fresh: Vec<TopicPartition>,
 }
 
 impl PartitionChanges {
@@ -89,6 +93,7 @@ impl Scale {
             self.gained.retain(|p| p != partition);
             self.uncommitted.remove(partition);
             self.changes.gained.retain(|p| p != partition);
+            self.changes.fresh.retain(|p| p != partition);
             if !self.changes.lost.contains(partition) {
                 self.changes.lost.push(partition.clone());
             }
@@ -241,6 +246,11 @@ impl<C: Clock> Scheduler<C> {
             self.positions.extend(positions);
             if let Some(scale) = self.scale.as_mut() {
                 scale.gained.clear();
+                for partition in &fresh {
+                    if !scale.changes.fresh.contains(partition) {
+                        scale.changes.fresh.push(partition.clone());
+                    }
+                }
                 scale.uncommitted.extend(fresh);
                 for partition in gained {
                     if !scale.changes.gained.contains(&partition) {
