@@ -270,7 +270,7 @@ fn check_scale_state(state: &JobState, config: &SchedulerConfig) -> Result<(), S
     let not_split = state.not_split_by_task();
     if !not_split.is_empty() {
         problems.push(format!(
-            "scale-out mode keeps state per source partition, which these operators cannot yet: {} (update_state_by_key and map_with_state can)",
+            "scale-out mode keeps state per source partition, which these operators cannot yet: {} (update_state_by_key, map_with_state, with_watermark and reduce_by_key_and_event_window can)",
             not_split.join(", ")
         ));
     }

@@ -23,9 +23,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{lock, BatchInput, Parts};
-use crate::keyed::StateKey;
-use crate::state::{decode, encode, lock_state, Stateful};
-use crate::stream::{greatest, least_watermark, merge, DStream, WatermarkCell};
+use crate::keyed::{part_tasks, StateKey};
+use crate::state::{decode, encode, lock_state, Stateful, TaskChange};
+use crate::stream::{greatest, least_watermark, merge, task_watermark, DStream, WatermarkCell, WatermarkValue};
 
 /// An item with its event time (ms since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +101,13 @@ struct WatermarkState {
     watermark: Option<i64>,
     #[serde(skip)]
     changed: bool,
+    /// Scale-out mode: each partition is a task with a watermark of its own (its greatest event
+    /// time minus the allowed lateness), kept in the changelog.
+    #[serde(skip)]
+    per_task: bool,
+    /// Scale-out mode: partitions changed since the last changes were taken.
+    #[serde(skip)]
+    dirty: BTreeSet<PartKey>,
 }
 
 impl Stateful for WatermarkState {
@@ -128,9 +135,57 @@ impl Stateful for WatermarkState {
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
         self.restore(delta)
     }
+
+    fn splits_by_task(&self) -> bool {
+        true
+    }
+
+    /// One record per partition that moved: key its topic, value its greatest event time and
+    /// the batch time it last had records.
+    fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
+        let mut changes = Vec::new();
+        for key in std::mem::take(&mut self.dirty) {
+            if let Some(seen) = self.partitions.get(&key) {
+                changes.push(TaskChange { task: key.1, key: encode(&key.0)?, value: Some(encode(seen)?) });
+            }
+        }
+        Ok(changes)
+    }
+
+    fn restore_task_entry(&mut self, task: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let topic: String = decode(key).map_err(|e| format!("a watermark record's key: {e}"))?;
+        match value {
+            Some(value) => {
+                let seen = decode(value).map_err(|e| format!("a watermark record's value: {e}"))?;
+                self.partitions.insert((topic, task), seen);
+            }
+            None => {
+                self.partitions.remove(&(topic, task));
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
+        self.partitions.retain(|(_, partition), _| !tasks.contains(partition));
+        self.dirty.retain(|(_, partition)| !tasks.contains(partition));
+    }
 }
 
 impl WatermarkState {
+    /// Scale-out mode: a partition's own watermark, as earlier batches left it.
+    fn task_watermark(&self, key: &PartKey, spec: &Watermark) -> Option<i64> {
+        self.partitions.get(key).map(|(max, _)| max.saturating_sub(spec.allowed_lateness_ms))
+    }
+
+    /// Scale-out mode: every partition's own watermark, by task.
+    fn task_watermarks(&self, spec: &Watermark) -> BTreeMap<i32, i64> {
+        self.partitions
+            .iter()
+            .map(|((_, task), (max, _))| (*task, max.saturating_sub(spec.allowed_lateness_ms)))
+            .collect()
+    }
+
     /// The watermark after a batch at `now` (batch time).
     fn advance(&mut self, spec: &Watermark, now: u64) -> Option<i64> {
         let active = self
@@ -165,10 +220,17 @@ impl<T: Send + 'static> DStream<T> {
     ) -> DStream<Timed<T>> {
         let cell: WatermarkCell = Arc::default();
         let publish = Arc::clone(&cell);
+        let per_task = self.scales_out();
+        if per_task && !self.is_aligned() {
+            self.record_error(
+                "with_watermark in scale-out mode keeps each source partition's watermark in its task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source and it".into(),
+            );
+        }
+        let state = WatermarkState { per_task, ..WatermarkState::default() };
         // Each piece of a batch as it comes, against the watermark earlier batches left; the
         // watermark moves once the batch's last piece is in.
-        self.stateful_per_piece(WatermarkState::default(), move |state, input, parts| {
-            let before = state.watermark;
+        self.stateful_per_piece(state, move |state, input, parts| {
+            let stream_before = state.watermark;
             let now = input.time_ms;
             // The parts are the source's read tasks (one partition each) unless an operator
             // upstream gathered or combined them: then the stream is taken as one whole.
@@ -187,6 +249,8 @@ impl<T: Send + 'static> DStream<T> {
                     },
                     None => (String::new(), -1),
                 };
+                // In scale-out mode each partition is judged by its own watermark.
+                let before = if state.per_task { state.task_watermark(&key, &spec) } else { stream_before };
                 let mut timed = Vec::with_capacity(part.len());
                 let mut greatest: Option<i64> = None;
                 for item in part {
@@ -202,6 +266,9 @@ impl<T: Send + 'static> DStream<T> {
                     timed.push(Timed { time_ms, late, item });
                 }
                 if let Some(greatest) = greatest {
+                    if state.per_task {
+                        state.dirty.insert(key.clone());
+                    }
                     let entry = state.partitions.entry(key).or_insert((greatest, now));
                     *entry = (entry.0.max(greatest), now);
                     state.changed = true;
@@ -209,7 +276,9 @@ impl<T: Send + 'static> DStream<T> {
                 out.push(timed);
             }
             if input.last_piece {
-                *lock_state(&publish) = state.advance(&spec, now);
+                let least = state.advance(&spec, now);
+                let tasks = if state.per_task { state.task_watermarks(&spec) } else { BTreeMap::new() };
+                *lock_state(&publish) = WatermarkValue { least, tasks };
             }
             Some(out)
         })
@@ -232,9 +301,18 @@ pub struct Windowed<T> {
 /// is a run of whole slides, so each item is reduced into one slide's values, and a window's
 /// values are its slides' reduced together when it is given. A batch then changes one or two
 /// slides, not every window holding them (a sliding window of six slides would otherwise take
-/// each item six times, and write six windows to the checkpoint).
+/// each item six times, and write six windows to the checkpoint). In scale-out mode each task
+/// (source partition) has windows of its own, closed by its own watermark; otherwise there is
+/// one, task 0.
 struct EventWindows<K, V> {
     reduce: Box<dyn Fn(V, V) -> V + Send>,
+    tasks: BTreeMap<i32, TaskWindows<K, V>>,
+    /// Scale-out mode: windows per task, their changes written to the changelog.
+    per_task: bool,
+}
+
+/// One task's windows.
+struct TaskWindows<K, V> {
     /// Each slide's values by key, for the slides a window still to be given holds.
     slides: BTreeMap<i64, HashMap<K, V>>,
     /// Windows ending at or before this were given (the watermark they were given at).
@@ -243,8 +321,24 @@ struct EventWindows<K, V> {
     changed: BTreeSet<i64>,
     /// Slides dropped since the last delta (every window holding them given).
     dropped: Vec<i64>,
+    /// Scale-out mode: the keys of the slides dropped since the last changes (each removed from
+    /// the changelog with a tombstone).
+    dropped_keys: Vec<(i64, Vec<K>)>,
     /// Whether `given_until` moved since the last delta.
     given_changed: bool,
+}
+
+impl<K, V> Default for TaskWindows<K, V> {
+    fn default() -> Self {
+        Self {
+            slides: BTreeMap::new(),
+            given_until: None,
+            changed: BTreeSet::new(),
+            dropped: Vec::new(),
+            dropped_keys: Vec::new(),
+            given_changed: false,
+        }
+    }
 }
 
 /// Slides' values, by slide start, as encoded.
@@ -265,6 +359,22 @@ struct SlideChanges<K, V> {
     given_until: Option<i64>,
 }
 
+/// The key of a window operator's changelog record (scale-out mode): where the task's given
+/// windows end (value: `Option<i64>`), or one key's value in one slide (value: `V`; a
+/// tombstone once the slide is dropped).
+#[derive(Serialize, Deserialize)]
+enum WindowEntry<K> {
+    GivenUntil,
+    Slide(i64, K),
+}
+
+impl<K, V> EventWindows<K, V> {
+    /// The one task of a job not in scale-out mode.
+    fn whole(&mut self) -> &mut TaskWindows<K, V> {
+        self.tasks.entry(0).or_default()
+    }
+}
+
 impl<K, V> Stateful for EventWindows<K, V>
 where
     K: StateKey,
@@ -275,48 +385,117 @@ where
     }
 
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
-        if self.changed.is_empty() && self.dropped.is_empty() && !self.given_changed {
+        let windows = self.whole();
+        if windows.changed.is_empty() && windows.dropped.is_empty() && !windows.given_changed {
             return Ok(None);
         }
-        self.given_changed = false;
-        let slides = std::mem::take(&mut self.changed)
+        windows.given_changed = false;
+        let slides = std::mem::take(&mut windows.changed)
             .into_iter()
-            .filter_map(|start| Some((start, slide_contents(self.slides.get(&start)?))))
+            .filter_map(|start| Some((start, slide_contents(windows.slides.get(&start)?))))
             .collect();
-        let dropped = std::mem::take(&mut self.dropped);
-        encode(&SlideChanges { slides, dropped, given_until: self.given_until }).map(Some)
+        let dropped = std::mem::take(&mut windows.dropped);
+        encode(&SlideChanges { slides, dropped, given_until: windows.given_until }).map(Some)
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        let windows = self.whole();
         let slides: Vec<(i64, Vec<(&K, &V)>)> =
-            self.slides.iter().map(|(start, slide)| (*start, slide_contents(slide))).collect();
-        encode(&(self.given_until, slides))
+            windows.slides.iter().map(|(start, slide)| (*start, slide_contents(slide))).collect();
+        encode(&(windows.given_until, slides))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let (given_until, slides): (Option<i64>, EncodedSlides<K, V>) = decode(snapshot)?;
-        self.given_until = given_until;
-        self.slides = slides.into_iter().map(|(start, values)| (start, values.into_iter().collect())).collect();
+        let windows = self.whole();
+        windows.given_until = given_until;
+        windows.slides = slides.into_iter().map(|(start, values)| (start, values.into_iter().collect())).collect();
         Ok(())
     }
 
     fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
         let changes: SlideChanges<K, V> = decode(delta)?;
+        let windows = self.whole();
         for (start, values) in changes.slides {
-            self.slides.insert(start, values.into_iter().collect());
+            windows.slides.insert(start, values.into_iter().collect());
         }
         for start in changes.dropped {
-            self.slides.remove(&start);
+            windows.slides.remove(&start);
         }
-        self.given_until = changes.given_until;
+        windows.given_until = changes.given_until;
         Ok(())
+    }
+
+    fn splits_by_task(&self) -> bool {
+        true
+    }
+
+    /// Per task: where its given windows end (when it moved), every value of each slide that
+    /// changed, and a tombstone for every value of each slide dropped.
+    fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
+        let mut changes = Vec::new();
+        for (task, windows) in &mut self.tasks {
+            let task = *task;
+            if std::mem::take(&mut windows.given_changed) {
+                let key = encode(&WindowEntry::<&K>::GivenUntil)?;
+                changes.push(TaskChange { task, key, value: Some(encode(&windows.given_until)?) });
+            }
+            windows.dropped.clear();
+            for (start, keys) in std::mem::take(&mut windows.dropped_keys) {
+                for key in &keys {
+                    changes.push(TaskChange { task, key: encode(&WindowEntry::Slide(start, key))?, value: None });
+                }
+            }
+            for start in std::mem::take(&mut windows.changed) {
+                let Some(slide) = windows.slides.get(&start) else { continue };
+                for (key, value) in slide {
+                    let key = encode(&WindowEntry::Slide(start, key))?;
+                    changes.push(TaskChange { task, key, value: Some(encode(value)?) });
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    fn restore_task_entry(&mut self, task: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let entry: WindowEntry<K> = decode(key).map_err(|e| format!("a window record's key: {e}"))?;
+        let windows = self.tasks.entry(task).or_default();
+        match (entry, value) {
+            (WindowEntry::GivenUntil, value) => {
+                let given: Option<Option<i64>> =
+                    value.map(decode).transpose().map_err(|e| format!("a window record's end: {e}"))?;
+                windows.given_until = given.flatten();
+            }
+            (WindowEntry::Slide(start, key), Some(value)) => {
+                let value: V = decode(value).map_err(|e| format!("a window record's value: {e}"))?;
+                windows.slides.entry(start).or_default().insert(key, value);
+            }
+            (WindowEntry::Slide(start, key), None) => {
+                if let Some(slide) = windows.slides.get_mut(&start) {
+                    slide.remove(&key);
+                    if slide.is_empty() {
+                        windows.slides.remove(&start);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
+        self.tasks.retain(|task, _| !tasks.contains(task));
     }
 }
 
-impl<K: StateKey, V: Clone> EventWindows<K, V> {
+impl<K: StateKey, V: Clone> TaskWindows<K, V> {
     /// Adds a batch's items, each reduced into its slide's values (items too near the ends of
     /// `i64` for a window to hold them are left out).
-    fn add(&mut self, items: impl Iterator<Item = Timed<(K, V)>>, length_ms: i64, slide_ms: i64) {
+    fn add(
+        &mut self,
+        items: impl Iterator<Item = Timed<(K, V)>>,
+        (length_ms, slide_ms): (i64, i64),
+        reduce: &dyn Fn(V, V) -> V,
+    ) {
         // The last item's slide and whether a window holds it: judged (and the slide marked
         // changed) once per run of items in one slide, not per item.
         let mut current: Option<(i64, bool)> = None;
@@ -335,15 +514,21 @@ impl<K: StateKey, V: Clone> EventWindows<K, V> {
                 }
             };
             if held {
-                merge(self.slides.entry(slide_start).or_default(), key, value, &self.reduce);
+                merge(self.slides.entry(slide_start).or_default(), key, value, reduce);
             }
         }
     }
 
     /// The windows the watermark passed since the last call, each its slides' values reduced
     /// together, in start order, each window's keys in order; then the slides no window still
-    /// needs are dropped.
-    fn close(&mut self, watermark: i64, length_ms: i64, slide_ms: i64) -> Vec<Windowed<(K, V)>> {
+    /// needs are dropped (their keys kept for the changelog's tombstones when `per_task`).
+    fn close(
+        &mut self,
+        watermark: i64,
+        (length_ms, slide_ms): (i64, i64),
+        reduce: &dyn Fn(V, V) -> V,
+        per_task: bool,
+    ) -> Vec<Windowed<(K, V)>> {
         let given_until = self.given_until;
         let due = |start: &i64| {
             let end = start.saturating_add(length_ms);
@@ -357,7 +542,7 @@ impl<K: StateKey, V: Clone> EventWindows<K, V> {
             let mut window: HashMap<K, V> = HashMap::default();
             for slide in self.slides.range(start..end).map(|(_, slide)| slide) {
                 for (key, value) in slide {
-                    merge(&mut window, key.clone(), value.clone(), &self.reduce);
+                    merge(&mut window, key.clone(), value.clone(), reduce);
                 }
             }
             let mut window: Vec<(K, V)> = window.into_iter().collect();
@@ -374,7 +559,10 @@ impl<K: StateKey, V: Clone> EventWindows<K, V> {
                 break;
             }
             let start = *entry.key();
-            entry.remove();
+            let slide = entry.remove();
+            if per_task {
+                self.dropped_keys.push((start, slide.into_keys().collect()));
+            }
             self.changed.remove(&start);
             self.dropped.push(start);
         }
@@ -420,14 +608,14 @@ where
             ));
             return self.nothing();
         }
-        let state = Arc::new(Mutex::new(EventWindows::<K, V> {
-            reduce: Box::new(reduce),
-            slides: BTreeMap::new(),
-            given_until: None,
-            changed: BTreeSet::new(),
-            dropped: Vec::new(),
-            given_changed: false,
-        }));
+        let per_task = self.scales_out();
+        if per_task && !self.is_aligned() {
+            self.record_error(
+                "reduce_by_key_and_event_window in scale-out mode keeps each task's windows, so only element-wise operators (map, flat_map, filter, key_by, map_partitions, with_watermark) may come between the source and it".into(),
+            );
+        }
+        let state =
+            Arc::new(Mutex::new(EventWindows::<K, V> { reduce: Box::new(reduce), tasks: BTreeMap::new(), per_task }));
         let (mut parent, graph, watermarks) = self.into_parts();
         if watermarks.is_empty() {
             lock(&graph).errors.push(
@@ -443,13 +631,29 @@ where
                 // watermarks for this batch, and the windows they close are given then.
                 let parts = parent(input).unwrap_or_default();
                 let mut state = lock_state(&state);
-                state.add(parts.into_iter().flatten(), length_ms, slide_ms);
+                let state = &mut *state;
+                let shape = (length_ms, slide_ms);
+                let tasks = part_tasks(input, parts.len(), state.per_task).unwrap_or_else(|| vec![0; parts.len()]);
+                for (task, part) in tasks.into_iter().zip(parts) {
+                    state.tasks.entry(task).or_default().add(part.into_iter(), shape, &state.reduce);
+                }
                 if !input.last_piece {
                     return None;
                 }
-                let watermark = least_watermark(&window_watermarks);
-                let Some(watermark) = watermark else { return Some(vec![Vec::new()]) };
-                Some(vec![state.close(watermark, length_ms, slide_ms)])
+                if !state.per_task {
+                    let Some(watermark) = least_watermark(&window_watermarks) else { return Some(vec![Vec::new()]) };
+                    let whole = state.tasks.entry(0).or_default();
+                    return Some(vec![whole.close(watermark, shape, &state.reduce, false)]);
+                }
+                // Each task's windows close by its own watermark; the windows in start order.
+                let mut out = Vec::new();
+                for (task, windows) in &mut state.tasks {
+                    if let Some(watermark) = task_watermark(&window_watermarks, *task) {
+                        out.extend(windows.close(watermark, shape, &state.reduce, true));
+                    }
+                }
+                out.sort_by(|a, b| (a.start_ms, a.end_ms, &a.item.0).cmp(&(b.start_ms, b.end_ms, &b.item.0)));
+                Some(vec![out])
             }),
         )
         .with_watermarks(watermarks)
@@ -464,6 +668,13 @@ impl<T: Send + 'static> DStream<Windowed<T>> {
         k: usize,
         compare: impl Fn(&T, &T) -> std::cmp::Ordering + Send + 'static,
     ) -> DStream<Windowed<T>> {
+        if self.scales_out() {
+            // Each task gives its windows when its own watermark passes them, on whichever
+            // process has it: a window's items do not meet in one batch.
+            self.record_error(
+                "top_k_per_window in scale-out mode: a window's items come from every task, each closing it on its own process and batch, so they need to meet first (a repartition, not built yet)".into(),
+            );
+        }
         self.derive(move |_, parts| {
             let mut windows: BTreeMap<(i64, i64), Vec<Windowed<T>>> = BTreeMap::new();
             for item in parts.into_iter().flatten() {

@@ -34,8 +34,17 @@ pub struct DStream<T> {
     aligned: bool,
 }
 
-/// A `with_watermark` step's watermark as of the last batch it computed.
-pub(crate) type WatermarkCell = Arc<Mutex<Option<i64>>>;
+/// A `with_watermark` step's watermark as of the last batch it computed: the stream's, and in
+/// scale-out mode each task's own (its source partition's greatest event time minus the
+/// allowed lateness).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct WatermarkValue {
+    pub(crate) least: Option<i64>,
+    pub(crate) tasks: std::collections::BTreeMap<i32, i64>,
+}
+
+/// A `with_watermark` step's watermark, shared with the operators downstream.
+pub(crate) type WatermarkCell = Arc<Mutex<WatermarkValue>>;
 
 /// The watermarks a stream carries.
 pub(crate) type Watermarks = Vec<WatermarkCell>;
@@ -43,7 +52,15 @@ pub(crate) type Watermarks = Vec<WatermarkCell>;
 /// The least of `watermarks` that have a value (`None` if none has): a stream that has had no
 /// items yet does not hold the others back.
 pub(crate) fn least_watermark(watermarks: &[WatermarkCell]) -> Option<i64> {
-    watermarks.iter().filter_map(|cell| *cell.lock().unwrap_or_else(PoisonError::into_inner)).min()
+    watermarks.iter().filter_map(|cell| cell.lock().unwrap_or_else(PoisonError::into_inner).least).min()
+}
+
+/// Scale-out mode: the least of `watermarks` for `task` (`None` if none has one for it).
+pub(crate) fn task_watermark(watermarks: &[WatermarkCell], task: i32) -> Option<i64> {
+    watermarks
+        .iter()
+        .filter_map(|cell| cell.lock().unwrap_or_else(PoisonError::into_inner).tasks.get(&task).copied())
+        .min()
 }
 
 impl<T> std::fmt::Debug for DStream<T> {
