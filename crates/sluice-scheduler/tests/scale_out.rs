@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{java, unique, Broker, Kind};
-use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
+use common::{java, ScaleJob};
+use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerRecord};
 use sluice_scheduler::{
     Batch, BatchOutput, BatchProgress, CancellationToken, PartitionChanges, Processor, ScaleConfig, Scheduler,
     SchedulerConfig, SchedulerError, StartingOffsets, SystemClock,
@@ -121,32 +121,6 @@ async fn start_with(
     Process { stop, run, rows, aborted, changes }
 }
 
-/// A test's job on the shared broker: a client, new input and output topics and a group (named
-/// after `prefix`), and a producer for the input. `None` on Tansu, saying why the test skips.
-struct Job {
-    broker: &'static Broker,
-    client: Client,
-    input: String,
-    output: String,
-    group: String,
-    producer: Producer,
-}
-
-async fn job(skip_on_tansu: &str, prefix: &str, partitions: i32) -> Option<Job> {
-    let broker = common::shared();
-    if broker.kind == Kind::Tansu {
-        eprintln!("SKIPPED on Tansu: {skip_on_tansu}");
-        return None;
-    }
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let (input, output, group) =
-        (unique(&format!("{prefix}-in")), unique(&format!("{prefix}-out")), unique(&format!("{prefix}-job")));
-    client.create_topic(&input, partitions, 1).await.unwrap();
-    client.create_topic(&output, 1, 1).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
-    Some(Job { broker, client, input, output, group, producer })
-}
-
 /// Produces values `from..to` round-robin over the input's partitions.
 async fn produce(producer: &Producer, input: &str, values: std::ops::Range<u32>) {
     let mut deliveries = Vec::new();
@@ -172,7 +146,9 @@ async fn processes_that_join_stop_and_crash_output_every_record_once_on_the_clas
 
 async fn share_the_job(protocol: GroupProtocol) {
     let why = format!("scale-out ({protocol:?}): Tansu checks no group metadata in transactions and does not hide aborted records (docs/brokers.md)");
-    let Some(Job { broker, client, input, output, group, producer }) = job(&why, "scale", PARTITIONS).await else {
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(&why, "scale", PARTITIONS).await
+    else {
         return;
     };
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -253,7 +229,9 @@ fn assert_each_once(broker: &str, output: &str, count: u32, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
     let why = "a_batch_whose_member_was_fenced_meanwhile_does_not_commit: no consumer protocol (KIP-848) on Tansu";
-    let Some(Job { broker, client, input, output, group, producer }) = job(why, "fenced", PARTITIONS).await else {
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "fenced", PARTITIONS).await
+    else {
         return;
     };
     produce(&producer, &input, 0..3_000).await;
@@ -286,7 +264,9 @@ async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_outliving_its_transaction_timeout_is_done_again() {
     let why = "a_batch_outliving_its_transaction_timeout_is_done_again: Tansu does not time transactions out";
-    let Some(Job { broker, client, input, output, group, producer }) = job(why, "timeout", PARTITIONS).await else {
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "timeout", PARTITIONS).await
+    else {
         return;
     };
     produce(&producer, &input, 0..1_000).await;
@@ -324,7 +304,10 @@ fn scale_of(config: &mut SchedulerConfig) -> &mut ScaleConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partition_moves_without_its_history_being_read() {
     let why = "a_quiet_partition_moves_without_its_history_being_read: no transactions' group checks on Tansu";
-    let Some(Job { broker, client, input, output, group, producer }) = job(why, "quiet", 2).await else { return };
+    let Some(ScaleJob { broker, client, input, output, group, producer }) = common::scale_job(why, "quiet", 2).await
+    else {
+        return;
+    };
     let send = |partition: i32, values: std::ops::Range<u32>| {
         let (producer, input) = (&producer, &input);
         async move {

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{java, unique, Kind};
+use common::{java, unique, Kind, ScaleJob};
 use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{CancellationToken, ScaleConfig};
 use sluice_stream::{
@@ -111,18 +111,13 @@ async fn click(producer: &Producer, input: &str, clicks: std::ops::Range<u32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_state_moves_with_its_partitions_and_counts_every_click_once() {
-    let broker = common::shared();
-    if broker.kind == Kind::Tansu {
-        eprintln!(
-            "SKIPPED on Tansu: keyed state in scale-out mode needs transactions' group checks and aborted-record filtering (docs/brokers.md)"
-        );
+    let why =
+        "keyed state in scale-out mode needs transactions' group checks and aborted-record filtering (docs/brokers.md)";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "state", PARTITIONS).await
+    else {
         return;
-    }
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let (input, output, group) = (unique("state-in"), unique("state-out"), unique("state-job"));
-    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
-    client.create_topic(&output, 1, 1).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    };
     let names = (input.as_str(), output.as_str(), group.as_str());
     let totals = Totals::default();
     let restored =
@@ -167,18 +162,12 @@ const EPOCH_MS: i64 = 1_800_000_000_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_time_windows_move_with_their_partitions_and_give_each_count_once() {
-    let broker = common::shared();
-    if broker.kind == Kind::Tansu {
-        eprintln!(
-            "SKIPPED on Tansu: event-time windows in scale-out mode need transactions' group checks and aborted-record filtering (docs/brokers.md)"
-        );
+    let why = "event-time windows in scale-out mode need transactions' group checks and aborted-record filtering (docs/brokers.md)";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "windows", PARTITIONS).await
+    else {
         return;
-    }
-    let client = Client::connect(ClientConfig::new([broker.addr.as_str()])).await.unwrap();
-    let (input, output, group) = (unique("windows-in"), unique("windows-out"), unique("windows-job"));
-    client.create_topic(&input, PARTITIONS, 1).await.unwrap();
-    client.create_topic(&output, 1, 1).await.unwrap();
-    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    };
     let lateness = Duration::from_millis(500);
     // Clicks per user and 1 s event-time window, each window given by the task of the user's
     // partition once its own watermark passes the window's end.

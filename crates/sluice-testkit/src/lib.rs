@@ -118,6 +118,37 @@ pub async fn fill(client: &sluice_client::Client, topic: &str, records: usize, p
     producer.flush().await.unwrap();
 }
 
+/// A scale-out test's job on the shared broker: a client, new input and output (one partition)
+/// topics and a group (named after a prefix), and a producer for the input.
+#[derive(Debug)]
+pub struct ScaleJob {
+    pub broker: &'static Broker,
+    pub client: sluice_client::Client,
+    pub input: String,
+    pub output: String,
+    pub group: String,
+    pub producer: sluice_client::Producer,
+}
+
+/// A [`ScaleJob`] with an input of `partitions`; `None` on Tansu, having said why the test
+/// skips (`skip_on_tansu`).
+pub async fn scale_job(skip_on_tansu: &str, prefix: &str, partitions: i32) -> Option<ScaleJob> {
+    let broker = shared();
+    if broker.kind == Kind::Tansu {
+        eprintln!("SKIPPED on Tansu: {skip_on_tansu}");
+        return None;
+    }
+    let client =
+        sluice_client::Client::connect(sluice_client::ClientConfig::new([broker.addr.as_str()])).await.unwrap();
+    let (input, output, group) =
+        (unique(&format!("{prefix}-in")), unique(&format!("{prefix}-out")), unique(&format!("{prefix}-job")));
+    client.create_topic(&input, partitions, 1).await.unwrap();
+    client.create_topic(&output, 1, 1).await.unwrap();
+    let producer =
+        sluice_client::Producer::new(client.clone(), sluice_client::ProducerConfig::default()).await.unwrap();
+    Some(ScaleJob { broker, client, input, output, group, producer })
+}
+
 /// Waits (up to `timeout`) until `group`'s committed offsets, read as stable, reach the log ends
 /// of `topic`'s partitions `0..partitions` as they are now: a job consuming it has caught up.
 /// `alive` runs before each look (to fail at once if the job died); returns the log ends.
