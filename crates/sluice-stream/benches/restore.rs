@@ -7,6 +7,13 @@
 //! restore's rate is printed in MB/s of keys and values, and as a ratio to each reader
 //! (goal: at least 100 MB/s).
 //!
+//! Then failover with state: two processes share a job keeping each of 200,000 keys' last
+//! 100-byte value (`SLUICE_BENCH_FAILOVER_KEYS`); once both have worked through the input, one
+//! is dropped (a crash: no leave, its transaction left to the broker). The time until the
+//! survivor has restored the dead process's tasks is printed split in two: the wait for the
+//! group to give them over (the consumer protocol's session, 6 s on the test brokers) and the
+//! restore.
+//!
 //! `cargo bench -p sluice-stream --bench restore`
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -145,6 +152,75 @@ async fn read_sluice(client: &Client, changelog: &str, ends: &[i64]) -> (Duratio
     (started.elapsed(), bytes)
 }
 
+fn failover_keys() -> usize {
+    std::env::var("SLUICE_BENCH_FAILOVER_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000)
+}
+
+/// One process of the failover job, run in a task.
+struct Member {
+    run: tokio::task::JoinHandle<Result<u64, sluice_stream::StreamError>>,
+    restored: sluice_stream::RestoreCounters,
+}
+
+/// A process of the job keeping each key's last value.
+fn member(broker: &str, source: &str, group: &str, dir: &std::path::Path) -> Member {
+    let mut config = StreamConfig::new([broker], [source], Duration::from_millis(200), dir);
+    let mut scale = ScaleConfig::new(group);
+    scale.protocol = GroupProtocol::Consumer;
+    config.scheduler.scale = Some(scale);
+    let ssc = StreamingContext::new(config);
+    ssc.kafka_stream()
+        .map(|record| {
+            (record.key_str().unwrap_or_default().to_owned(), record.value_str().unwrap_or_default().to_owned())
+        })
+        .update_state_by_key(|values: Vec<String>, state: Option<String>| values.into_iter().last().or(state))
+        .foreach_batch(|_, _| Ok(()));
+    let restored = ssc.restore_counters();
+    Member { run: tokio::spawn(ssc.run(|_| {})), restored }
+}
+
+/// Two processes share the job until the input is worked through; one is dropped. Returns the
+/// time until the survivor had restored the dead process's tasks, that restore's part of it, and
+/// the bytes it restored.
+async fn failover(broker: &str, client: &Client, keys: usize) -> (Duration, Duration, u64) {
+    let (source, group) = (unique("failover-in"), unique("failover-job"));
+    client.create_topic(&source, PARTITIONS, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..keys {
+        let record = ProducerRecord {
+            partition: Some((i % PARTITIONS as usize) as i32),
+            ..ProducerRecord::new(&source, format!("{i:0>width$}", width = STATE_BYTES)).key(format!("user-{i:08}"))
+        };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let survivor = member(broker, &source, &group, dirs[0].path());
+    let dying = member(broker, &source, &group, dirs[1].path());
+    common::wait_for_group_at_end(client, &group, &source, PARTITIONS, Duration::from_secs(300), || {}).await;
+    // Both settled: each had partitions restored or none; the survivor's counters from here on
+    // are the takeover's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let (tasks, micros, bytes) =
+        (read(&survivor.restored.tasks), read(&survivor.restored.micros), read(&survivor.restored.bytes));
+    dying.run.abort();
+    let died = Instant::now();
+    // The counters move once a restore is done.
+    while read(&survivor.restored.tasks) == tasks {
+        assert!(died.elapsed() < Duration::from_secs(120), "the survivor never took the dead process's partitions");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let total = died.elapsed();
+    let restore = Duration::from_micros(read(&survivor.restored.micros) - micros);
+    let restored_bytes = read(&survivor.restored.bytes) - bytes;
+    survivor.run.abort();
+    (total, restore, restored_bytes)
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
@@ -161,6 +237,10 @@ fn main() {
         let changelog = format!("{group}-update_state_by_key-0-changelog");
         client.create_topic_with_configs(&changelog, PARTITIONS, 1, &[("cleanup.policy", "compact")]).await.unwrap();
         let bytes = fill_changelog(&client, &changelog, n).await;
+        // The group's offsets, as the run that wrote the changelog left them (without them the
+        // job refuses a changelog with state).
+        let offsets: Vec<(String, i32, i64)> = (0..PARTITIONS).map(|p| (source.clone(), p, 0)).collect();
+        client.commit_group_offsets(&group, &offsets).await.unwrap();
         let partitions: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (changelog.clone(), p)).collect();
         let ends_by_partition = client.log_ends(&partitions, Isolation::ReadUncommitted).await.unwrap();
         let ends: Vec<i64> = partitions.iter().map(|p| ends_by_partition[p]).collect();
@@ -191,6 +271,17 @@ fn main() {
             mb / sluice,
             rskafka / sluice,
             consumer / sluice
+        );
+
+        let keys = failover_keys();
+        let (total, restore, restored) = failover(&broker.addr, &client, keys).await;
+        println!(
+            "\nfailover with state ({keys} keys with {STATE_BYTES}-byte states over {PARTITIONS} partitions, two processes, one dropped): the dead process's tasks restored on the survivor {:.2} s after: {:.2} s waiting for the group to hand them over (the consumer protocol's session, 6 s on the test brokers), {:.2} s restoring {:.1} MB ({:.0} MB/s)",
+            total.as_secs_f64(),
+            (total - restore).as_secs_f64(),
+            restore.as_secs_f64(),
+            restored as f64 / 1e6,
+            restored as f64 / 1e6 / restore.as_secs_f64().max(1e-6)
         );
     });
 }
