@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{lock, BatchInput, Parts};
-use crate::keyed::{part_tasks, StateKey};
+use crate::keyed::{part_tasks, StateKey, NOT_SOURCE_PARTS};
 use crate::state::{decode, encode, lock_state, Stateful, TaskChange};
 use crate::stream::{greatest, least_watermark, merge, task_watermark, DStream, WatermarkCell, WatermarkValue};
 
@@ -309,6 +309,8 @@ struct EventWindows<K, V> {
     tasks: BTreeMap<i32, TaskWindows<K, V>>,
     /// Scale-out mode: windows per task, their changes written to the changelog.
     per_task: bool,
+    /// Scale-out mode: why the windows cannot be kept per task, reported with the changes.
+    problem: Option<String>,
 }
 
 /// One task's windows.
@@ -433,6 +435,9 @@ where
     /// Per task: where its given windows end (when it moved), every value of each slide that
     /// changed, and a tombstone for every value of each slide dropped.
     fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
+        if let Some(problem) = self.problem.take() {
+            return Err(problem);
+        }
         let mut changes = Vec::new();
         for (task, windows) in &mut self.tasks {
             let task = *task;
@@ -614,8 +619,12 @@ where
                 "reduce_by_key_and_event_window in scale-out mode keeps each task's windows, so only element-wise operators (map, flat_map, filter, key_by, map_partitions, with_watermark) may come between the source and it".into(),
             );
         }
-        let state =
-            Arc::new(Mutex::new(EventWindows::<K, V> { reduce: Box::new(reduce), tasks: BTreeMap::new(), per_task }));
+        let state = Arc::new(Mutex::new(EventWindows::<K, V> {
+            reduce: Box::new(reduce),
+            tasks: BTreeMap::new(),
+            per_task,
+            problem: None,
+        }));
         let (mut parent, graph, watermarks) = self.into_parts();
         if watermarks.is_empty() {
             lock(&graph).errors.push(
@@ -633,7 +642,10 @@ where
                 let mut state = lock_state(&state);
                 let state = &mut *state;
                 let shape = (length_ms, slide_ms);
-                let tasks = part_tasks(input, parts.len(), state.per_task).unwrap_or_else(|| vec![0; parts.len()]);
+                let tasks = part_tasks(input, parts.len(), state.per_task).unwrap_or_else(|| {
+                    state.problem.get_or_insert_with(|| NOT_SOURCE_PARTS.to_owned());
+                    vec![0; parts.len()]
+                });
                 for (task, part) in tasks.into_iter().zip(parts) {
                     state.tasks.entry(task).or_default().add(part.into_iter(), shape, &state.reduce);
                 }
@@ -683,5 +695,79 @@ impl<T: Send + 'static> DStream<Windowed<T>> {
             let out = windows.into_values().flat_map(|group| greatest(group, k, |a, b| compare(&a.item, &b.item)));
             Some(vec![out.collect()])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows() -> EventWindows<String, u64> {
+        EventWindows { reduce: Box::new(|a, b| a + b), tasks: BTreeMap::new(), per_task: true, problem: None }
+    }
+
+    fn timed(time_ms: i64, key: &str) -> Timed<(String, u64)> {
+        Timed { time_ms, late: false, item: (key.to_owned(), 1) }
+    }
+
+    const SHAPE: (i64, i64) = (1_000, 1_000);
+
+    /// Puts a task's changes, in order, into another operator (as a restore reads them).
+    fn replay(changes: &[TaskChange], into: &mut EventWindows<String, u64>) {
+        for TaskChange { task, key, value } in changes {
+            into.restore_task_entry(*task, key, value.as_deref()).unwrap();
+        }
+    }
+
+    #[test]
+    fn each_tasks_windows_close_by_its_watermark_and_move_through_their_changes() {
+        let mut state = windows();
+        let reduce = |a: u64, b: u64| a + b;
+        state.tasks.entry(0).or_default().add([timed(100, "a"), timed(1_500, "a")].into_iter(), SHAPE, &reduce);
+        state.tasks.entry(1).or_default().add([timed(200, "b")].into_iter(), SHAPE, &reduce);
+        let mut log = state.take_task_changes().unwrap();
+        // Task 0's watermark passes the first window; task 1's does not yet.
+        let given = state.tasks.get_mut(&0).unwrap().close(1_000, SHAPE, &reduce, true);
+        assert_eq!(given, vec![Windowed { start_ms: 0, end_ms: 1_000, item: ("a".to_owned(), 1) }]);
+        let closed = state.take_task_changes().unwrap();
+        assert!(closed.iter().any(|c| c.task == 0 && c.value.is_none()), "the dropped slide's key is tombstoned");
+        log.extend(closed);
+
+        // Another process takes both tasks on from the changelog.
+        let mut moved = windows();
+        replay(&log, &mut moved);
+        let task0 = moved.tasks.get_mut(&0).unwrap();
+        assert_eq!(task0.given_until, Some(1_000));
+        assert_eq!(task0.slides.keys().copied().collect::<Vec<_>>(), vec![1_000], "only the open slide is back");
+        assert!(task0.close(1_000, SHAPE, &reduce, true).is_empty(), "a window given before is not given again");
+        let task1 = moved.tasks.get_mut(&1).unwrap();
+        assert_eq!(
+            task1.close(1_000, SHAPE, &reduce, true),
+            vec![Windowed { start_ms: 0, end_ms: 1_000, item: ("b".to_owned(), 1) }]
+        );
+        moved.drop_tasks(&BTreeSet::from([1]));
+        assert_eq!(moved.tasks.keys().copied().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn a_watermark_moves_per_partition_and_restores_per_task() {
+        let spec = Watermark::new(Duration::from_millis(100));
+        let mut state = WatermarkState { per_task: true, ..WatermarkState::default() };
+        for (partition, max) in [(0, 1_000), (1, 5_000)] {
+            let key = ("clicks".to_owned(), partition);
+            state.partitions.insert(key.clone(), (max, 7));
+            state.dirty.insert(key);
+        }
+        assert_eq!(state.task_watermarks(&spec), BTreeMap::from([(0, 900), (1, 4_900)]));
+        let changes = state.take_task_changes().unwrap();
+        assert_eq!(changes.len(), 2);
+        assert!(state.take_task_changes().unwrap().is_empty(), "nothing moved since");
+        let mut moved = WatermarkState { per_task: true, ..WatermarkState::default() };
+        for TaskChange { task, key, value } in changes.iter().filter(|c| c.task == 1) {
+            moved.restore_task_entry(*task, key, value.as_deref()).unwrap();
+        }
+        assert_eq!(moved.task_watermarks(&spec), BTreeMap::from([(1, 4_900)]));
+        moved.drop_tasks(&BTreeSet::from([1]));
+        assert!(moved.partitions.is_empty());
     }
 }

@@ -145,6 +145,24 @@ impl<K: StateKey, S> KeyedState<K, S> {
     }
 }
 
+/// Why state cannot be kept per task: the batch's parts are not the source's read tasks (the
+/// job check refuses such a stream; this is the last line of defence).
+pub(crate) const NOT_SOURCE_PARTS: &str =
+    "the batch's parts are not the source's read tasks, so the items' partitions are not known";
+
+/// [`part_tasks`], or all 0 with the problem noted (reported with the batch's changes).
+fn tasks_of<K: StateKey, S>(
+    state: &mut KeyedState<K, S>,
+    input: &crate::graph::BatchInput,
+    parts: usize,
+    scale: bool,
+) -> Vec<i32> {
+    part_tasks(input, parts, scale).unwrap_or_else(|| {
+        state.problem.get_or_insert_with(|| NOT_SOURCE_PARTS.to_owned());
+        vec![0; parts]
+    })
+}
+
 /// Why keyed state cannot be kept per task: a key's records came from two partitions.
 fn moved_key(was: i32, now: i32) -> String {
     format!(
@@ -390,7 +408,7 @@ where
     {
         let scale = self.check_keyed_input("update_state_by_key");
         self.stateful(KeyedState::<K, S>::new("update_state_by_key"), move |state, input, parts| {
-            let tasks = part_tasks(input, parts.len(), scale).unwrap_or_else(|| vec![0; parts.len()]);
+            let tasks = tasks_of(state, input, parts.len(), scale);
             let mut values: HashMap<K, (i32, Vec<V>)> = HashMap::default();
             for (task, part) in tasks.into_iter().zip(parts) {
                 for (key, value) in part {
@@ -439,7 +457,7 @@ where
         // Each key's state and the batch time it last got a value.
         self.stateful(KeyedState::<K, (S, u64)>::new("map_with_state"), move |state, input, parts| {
             let now = input.time_ms;
-            let tasks = part_tasks(input, parts.len(), scale).unwrap_or_else(|| vec![0; parts.len()]);
+            let tasks = tasks_of(state, input, parts.len(), scale);
             let mut out = map_items(state, parts, &tasks, now, &f);
             if let Some(timeout_ms) = timeout_ms {
                 let mut expired: Vec<K> = state
