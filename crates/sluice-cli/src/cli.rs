@@ -85,6 +85,7 @@ Format tokens (-f): %t topic, %p partition, %o offset, %k key, %s value, %K key 
     #[command(after_help = "Examples:
   sluice offsets -t clicks
   sluice offsets -t clicks --group dashboards
+  sluice offsets -G clickstream-job           # every partition the group committed (a scale-out job's)
   sluice offsets -t clicks -J                 # JSON lines")]
     Offsets(OffsetsArgs),
     /// Work with a job's checkpoint log.
@@ -291,9 +292,9 @@ pub enum TopicsAction {
 pub struct OffsetsArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// The topic.
-    #[arg(short, long)]
-    pub topic: String,
+    /// The topic (without it, every partition the group committed, of any topic).
+    #[arg(short, long, required_unless_present = "group")]
+    pub topic: Option<String>,
     /// Also this group's committed offsets and lag.
     #[arg(short = 'G', long)]
     pub group: Option<String>,

@@ -1,18 +1,27 @@
-//! `sluice offsets`: each partition's earliest and latest offsets, and a group's lag.
+//! `sluice offsets`: each partition's earliest and latest offsets, and a group's lag: of one
+//! topic, or of every partition the group committed (a scale-out job's group, say).
 
 use serde_json::json;
 use sluice_client::{Isolation, OffsetSpec};
 
 use crate::cli::OffsetsArgs;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::topics::partitions_of;
 use crate::{connect, out};
 
 pub async fn offsets(args: OffsetsArgs) -> CliResult {
     let client = connect(&args.broker).await?;
-    let topic = &args.topic;
-    let partitions = partitions_of(&client, topic).await?;
-    let keys: Vec<(String, i32)> = partitions.iter().map(|p| (topic.clone(), p.partition)).collect();
+    let keys: Vec<(String, i32)> = match (&args.topic, &args.group) {
+        (Some(topic), _) => partitions_of(&client, topic).await?.iter().map(|p| (topic.clone(), p.partition)).collect(),
+        (None, Some(group)) => client.group_offsets(group).await?.into_keys().collect(),
+        (None, None) => return Err(CliError::Usage("give a topic (-t), a group (-G), or both".into())),
+    };
+    // Every partition the group committed may span topics: each line then names its topic.
+    let by_group = args.topic.is_none();
+    if by_group && keys.is_empty() {
+        let group = args.group.as_deref().unwrap_or_default();
+        return Err(CliError::Failed(format!("the group {group} has committed no offsets")));
+    }
     let earliest = client.list_offsets(&keys, OffsetSpec::Earliest).await?;
     let latest = client.log_ends(&keys, Isolation::ReadUncommitted).await?;
     let committed = match &args.group {
@@ -21,6 +30,9 @@ pub async fn offsets(args: OffsetsArgs) -> CliResult {
     };
     let mut text = String::new();
     if !args.json {
+        if by_group {
+            text.push_str("topic\t");
+        }
         text.push_str(match committed {
             Some(_) => "partition\tearliest\tlatest\tcommitted\tlag\n",
             None => "partition\tearliest\tlatest\n",
@@ -39,6 +51,7 @@ pub async fn offsets(args: OffsetsArgs) -> CliResult {
             lag_known = true;
         }
         if args.json {
+            let topic = &key.0;
             let line = match (&args.group, position) {
                 (Some(group), Some(position)) => json!({
                     "topic": topic, "partition": key.1, "earliest": first, "latest": end,
@@ -48,6 +61,9 @@ pub async fn offsets(args: OffsetsArgs) -> CliResult {
             };
             text.push_str(&format!("{line}\n"));
         } else {
+            if by_group {
+                text.push_str(&format!("{}\t", key.0));
+            }
             text.push_str(&format!("{}\t{first}\t{end}", key.1));
             if let Some(position) = position {
                 let shown = position.map_or_else(|| "-".to_owned(), |p| p.to_string());

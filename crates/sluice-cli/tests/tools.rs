@@ -120,6 +120,15 @@ fn group_consume_commits_and_offsets_show_lag() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lag"].as_i64().unwrap())
         .sum();
     assert_eq!(lags, 2);
+    // Without a topic: every partition the group committed, each line naming its topic.
+    let all = ok(&sluice(b, &["offsets", "-G", readers.as_str()], ""));
+    let rows = lines(&all);
+    assert_eq!(rows[0], "topic\tpartition\tearliest\tlatest\tcommitted\tlag", "{all}");
+    assert!(rows[1..3].iter().all(|r| r.starts_with(&format!("{events}\t"))), "{all}");
+    assert!(all.ends_with("total lag: 2\n"), "{all}");
+    let none = sluice(b, &["offsets", "-G", unique("nobody").as_str()], "");
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("has committed no offsets"), "{none:?}");
     // The group resumes where it committed.
     let rest = ok(&sluice(b, &["consume", "-t", events.as_str(), "-G", readers.as_str(), "-e"], ""));
     let mut rest: Vec<&str> = lines(&rest);
