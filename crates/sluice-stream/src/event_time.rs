@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::hash::HashMap;
+use crate::hash::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,6 +108,11 @@ struct WatermarkState {
     /// Scale-out mode: partitions changed since the last changes were taken.
     #[serde(skip)]
     dirty: BTreeSet<PartKey>,
+    /// Scale-out mode: the batch's greatest event time per partition so far, taken into
+    /// `partitions` at its last piece (so that a batch's items are judged by what earlier
+    /// batches left, however the batch is cut into runs).
+    #[serde(skip)]
+    pending: BTreeMap<PartKey, i64>,
 }
 
 impl Stateful for WatermarkState {
@@ -169,6 +174,7 @@ impl Stateful for WatermarkState {
     fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
         self.partitions.retain(|(_, partition), _| !tasks.contains(partition));
         self.dirty.retain(|(_, partition)| !tasks.contains(partition));
+        self.pending.retain(|(_, partition), _| !tasks.contains(partition));
     }
 }
 
@@ -212,7 +218,9 @@ impl<T: Send + 'static> DStream<T> {
     /// partition: apply it to the source's parts (after element-wise operators, before those
     /// that gather, union or join them; there the whole stream counts as one partition). Items
     /// older than the watermark left by earlier batches are late: dropped and counted, or with
-    /// [`Watermark::keep_late`] kept and marked.
+    /// [`Watermark::keep_late`] kept and marked. In scale-out mode each partition is a task with
+    /// a watermark of its own (its greatest event time minus the allowed lateness), which
+    /// judges its items and closes its windows; [`Watermark::idle_after`] is refused there.
     pub fn with_watermark(
         self,
         spec: Watermark,
@@ -224,6 +232,11 @@ impl<T: Send + 'static> DStream<T> {
         if per_task && !self.is_aligned() {
             self.record_error(
                 "with_watermark in scale-out mode keeps each source partition's watermark in its task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source and it".into(),
+            );
+        }
+        if per_task && spec.idle_after_ms.is_some() {
+            self.record_error(
+                "Watermark::idle_after in scale-out mode: each task's watermark is its own partition's, so there is no other partition for an idle one to stop holding back".into(),
             );
         }
         let state = WatermarkState { per_task, ..WatermarkState::default() };
@@ -265,17 +278,27 @@ impl<T: Send + 'static> DStream<T> {
                     }
                     timed.push(Timed { time_ms, late, item });
                 }
-                if let Some(greatest) = greatest {
-                    if state.per_task {
-                        state.dirty.insert(key.clone());
+                match greatest {
+                    Some(greatest) if state.per_task => {
+                        let pending = state.pending.entry(key).or_insert(greatest);
+                        *pending = (*pending).max(greatest);
                     }
-                    let entry = state.partitions.entry(key).or_insert((greatest, now));
-                    *entry = (entry.0.max(greatest), now);
-                    state.changed = true;
+                    Some(greatest) => {
+                        let entry = state.partitions.entry(key).or_insert((greatest, now));
+                        *entry = (entry.0.max(greatest), now);
+                        state.changed = true;
+                    }
+                    None => {}
                 }
                 out.push(timed);
             }
             if input.last_piece {
+                for (key, greatest) in std::mem::take(&mut state.pending) {
+                    let entry = state.partitions.entry(key.clone()).or_insert((greatest, now));
+                    *entry = (entry.0.max(greatest), now);
+                    state.dirty.insert(key);
+                    state.changed = true;
+                }
                 let least = state.advance(&spec, now);
                 let tasks = if state.per_task { state.task_watermarks(&spec) } else { BTreeMap::new() };
                 *lock_state(&publish) = WatermarkValue { least, tasks };
@@ -326,6 +349,9 @@ struct TaskWindows<K, V> {
     /// Scale-out mode: the keys of the slides dropped since the last changes (each removed from
     /// the changelog with a tombstone).
     dropped_keys: Vec<(i64, Vec<K>)>,
+    /// Scale-out mode: the keys whose values changed since the last changes, by slide (only
+    /// they are written to the changelog).
+    changed_keys: BTreeMap<i64, HashSet<K>>,
     /// Whether `given_until` moved since the last delta.
     given_changed: bool,
 }
@@ -338,6 +364,7 @@ impl<K, V> Default for TaskWindows<K, V> {
             changed: BTreeSet::new(),
             dropped: Vec::new(),
             dropped_keys: Vec::new(),
+            changed_keys: BTreeMap::new(),
             given_changed: false,
         }
     }
@@ -446,14 +473,16 @@ where
                 changes.push(TaskChange { task, key, value: Some(encode(&windows.given_until)?) });
             }
             windows.dropped.clear();
+            windows.changed.clear();
             for (start, keys) in std::mem::take(&mut windows.dropped_keys) {
                 for key in &keys {
                     changes.push(TaskChange { task, key: encode(&WindowEntry::Slide(start, key))?, value: None });
                 }
             }
-            for start in std::mem::take(&mut windows.changed) {
+            for (start, keys) in std::mem::take(&mut windows.changed_keys) {
                 let Some(slide) = windows.slides.get(&start) else { continue };
-                for (key, value) in slide {
+                for key in &keys {
+                    let Some(value) = slide.get(key) else { continue };
                     let key = encode(&WindowEntry::Slide(start, key))?;
                     changes.push(TaskChange { task, key, value: Some(encode(value)?) });
                 }
@@ -500,6 +529,7 @@ impl<K: StateKey, V: Clone> TaskWindows<K, V> {
         items: impl Iterator<Item = Timed<(K, V)>>,
         (length_ms, slide_ms): (i64, i64),
         reduce: &dyn Fn(V, V) -> V,
+        per_task: bool,
     ) {
         // The last item's slide and whether a window holds it: judged (and the slide marked
         // changed) once per run of items in one slide, not per item.
@@ -519,6 +549,9 @@ impl<K: StateKey, V: Clone> TaskWindows<K, V> {
                 }
             };
             if held {
+                if per_task {
+                    self.changed_keys.entry(slide_start).or_default().insert(key.clone());
+                }
                 merge(self.slides.entry(slide_start).or_default(), key, value, reduce);
             }
         }
@@ -569,9 +602,30 @@ impl<K: StateKey, V: Clone> TaskWindows<K, V> {
                 self.dropped_keys.push((start, slide.into_keys().collect()));
             }
             self.changed.remove(&start);
+            self.changed_keys.remove(&start);
             self.dropped.push(start);
         }
         out
+    }
+}
+
+/// Scale-out mode: notes a key whose items came from two tasks in one run (the source is not
+/// partitioned by the windows' key: each task would give a partial value of its window).
+fn note_keys_in_two_tasks<K: StateKey, V>(problem: &mut Option<String>, tasks: &[i32], parts: &Parts<Timed<(K, V)>>) {
+    if problem.is_some() || parts.iter().filter(|part| !part.is_empty()).count() < 2 {
+        return;
+    }
+    let mut task_of: HashMap<&K, i32> = HashMap::default();
+    for (task, part) in tasks.iter().zip(parts) {
+        for timed in part {
+            let was = *task_of.entry(&timed.item.0).or_insert(*task);
+            if was != *task {
+                *problem = Some(format!(
+                    "a key's items came from source partitions {was} and {task}: in scale-out mode each task gives its own windows, so the source must be partitioned by the windows' key (records of one key in one partition)"
+                ));
+                return;
+            }
+        }
     }
 }
 
@@ -596,6 +650,8 @@ where
     /// windows closing in the same batch come in start order. Late items are left out.
     /// `reduce` must be associative and commutative (as Spark's is for windowed reductions):
     /// values are reduced per slide first, and a window's slides together when it is given.
+    /// In scale-out mode each task (source partition) keeps and gives its own windows, by its
+    /// own watermark: the source must be partitioned by the key.
     pub fn reduce_by_key_and_event_window(
         self,
         length: Duration,
@@ -646,8 +702,14 @@ where
                     state.problem.get_or_insert_with(|| NOT_SOURCE_PARTS.to_owned());
                     vec![0; parts.len()]
                 });
+                if state.per_task {
+                    note_keys_in_two_tasks(&mut state.problem, &tasks, &parts);
+                }
                 for (task, part) in tasks.into_iter().zip(parts) {
-                    state.tasks.entry(task).or_default().add(part.into_iter(), shape, &state.reduce);
+                    if part.is_empty() && state.per_task {
+                        continue;
+                    }
+                    state.tasks.entry(task).or_default().add(part.into_iter(), shape, &state.reduce, state.per_task);
                 }
                 if !input.last_piece {
                     return None;
@@ -723,8 +785,8 @@ mod tests {
     fn each_tasks_windows_close_by_its_watermark_and_move_through_their_changes() {
         let mut state = windows();
         let reduce = |a: u64, b: u64| a + b;
-        state.tasks.entry(0).or_default().add([timed(100, "a"), timed(1_500, "a")].into_iter(), SHAPE, &reduce);
-        state.tasks.entry(1).or_default().add([timed(200, "b")].into_iter(), SHAPE, &reduce);
+        state.tasks.entry(0).or_default().add([timed(100, "a"), timed(1_500, "a")].into_iter(), SHAPE, &reduce, true);
+        state.tasks.entry(1).or_default().add([timed(200, "b")].into_iter(), SHAPE, &reduce, true);
         let mut log = state.take_task_changes().unwrap();
         // Task 0's watermark passes the first window; task 1's does not yet.
         let given = state.tasks.get_mut(&0).unwrap().close(1_000, SHAPE, &reduce, true);
@@ -747,6 +809,28 @@ mod tests {
         );
         moved.drop_tasks(&BTreeSet::from([1]));
         assert_eq!(moved.tasks.keys().copied().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn only_the_keys_a_batch_changed_are_written_and_a_key_in_two_tasks_is_reported() {
+        let mut state = windows();
+        let reduce = |a: u64, b: u64| a + b;
+        let task = state.tasks.entry(0).or_default();
+        task.add([timed(100, "a"), timed(200, "b")].into_iter(), SHAPE, &reduce, true);
+        assert_eq!(state.take_task_changes().unwrap().len(), 2);
+        let task = state.tasks.entry(0).or_default();
+        task.add([timed(300, "a")].into_iter(), SHAPE, &reduce, true);
+        let changes = state.take_task_changes().unwrap();
+        assert_eq!(changes.len(), 1, "b did not change");
+        assert_eq!(changes[0].value, Some(encode(&2u64).unwrap()));
+
+        let mut problem = None;
+        let parts = vec![vec![timed(100, "a")], vec![timed(100, "b")]];
+        note_keys_in_two_tasks(&mut problem, &[0, 1], &parts);
+        assert!(problem.is_none());
+        let parts = vec![vec![timed(100, "a")], vec![timed(100, "a")]];
+        note_keys_in_two_tasks(&mut problem, &[0, 1], &parts);
+        assert!(problem.unwrap().contains("partitions 0 and 1"));
     }
 
     #[test]

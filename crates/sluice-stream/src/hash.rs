@@ -4,3 +4,6 @@
 
 /// A hash map with the engine's hasher.
 pub(crate) type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A hash set with the engine's hasher.
+pub(crate) type HashSet<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;

@@ -272,6 +272,17 @@ async fn state_that_cannot_move_with_its_partitions_is_refused_before_the_job_st
     .await;
     assert!(top.contains("top_k_per_window in scale-out mode"), "{top}");
 
+    let idle = refused(&["clicks"], &|ssc| {
+        let watermark = Watermark::new(Duration::from_secs(1)).idle_after(Duration::from_secs(5));
+        ssc.kafka_stream()
+            .map(user)
+            .with_watermark(watermark, |_| 0)
+            .reduce_by_key_and_event_window(Duration::from_secs(1), Duration::from_secs(1), |a, b| a + b)
+            .foreach_batch(|_, _| Ok(()));
+    })
+    .await;
+    assert!(idle.contains("idle_after in scale-out mode"), "{idle}");
+
     let two_topics = refused(&["clicks", "views"], &|ssc| {
         ssc.kafka_stream().map(user).update_state_by_key(totals).foreach_batch(|_, _| Ok(()));
     })
