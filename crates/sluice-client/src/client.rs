@@ -663,7 +663,9 @@ impl Client {
 
     /// The log end offset: the larger of what ListOffsets(latest) says and a fetch's high
     /// watermark (some brokers, Tansu among them, answer ListOffsets(latest) short of the log
-    /// end: the base offset of the last batch + 1).
+    /// end: the base offset of the last batch + 1). Under `ReadCommitted`, the end a
+    /// read_committed reader can reach: the last stable offset (short of the high watermark
+    /// while a transaction is open).
     ///
     /// # Cancel safety
     ///
@@ -687,7 +689,7 @@ impl Client {
         partitions: &[(String, i32)],
         isolation: Isolation,
     ) -> Result<BTreeMap<(String, i32), i64>> {
-        let listed = self.list_offsets(partitions, OffsetSpec::Latest).await?;
+        let listed = self.list_offsets_as(partitions, OffsetSpec::Latest, isolation).await?;
         // One probing fetch per leader, all its partitions at once (a broker serves a
         // connection's requests one at a time, so one fetch per partition would queue up).
         let mut by_leader: HashMap<String, (Arc<Connection>, Vec<Probe>)> = HashMap::new();
@@ -742,6 +744,22 @@ impl Client {
         partitions: &[(String, i32)],
         spec: OffsetSpec,
     ) -> Result<BTreeMap<(String, i32), i64>> {
+        self.list_offsets_as(partitions, spec, Isolation::ReadUncommitted).await
+    }
+
+    /// [`Client::list_offsets`] as a reader of `isolation` asks: under `ReadCommitted` the latest
+    /// offset is the last stable offset (the first offset of a transaction still open, the high
+    /// watermark when none is), as far as a read_committed fetch can read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: as [`Client::list_offsets`].
+    pub async fn list_offsets_as(
+        &self,
+        partitions: &[(String, i32)],
+        spec: OffsetSpec,
+        isolation: Isolation,
+    ) -> Result<BTreeMap<(String, i32), i64>> {
         let timestamp = spec.wire();
         let mut by_leader: HashMap<String, (Arc<Connection>, OffsetsByTopic<'_>)> = HashMap::new();
         for (topic, partition) in partitions {
@@ -760,6 +778,7 @@ impl Client {
                 // -1: a consumer's request (a broker id here would ask as a follower, for the
                 // log end rather than the high watermark).
                 replica_id: -1,
+                isolation_level: i8::from(isolation == Isolation::ReadCommitted),
                 timeout_ms: self.broker_timeout_ms(),
                 topics: topics
                     .into_iter()
@@ -885,9 +904,10 @@ impl Client {
     }
 }
 
-/// The high watermarks `connection`'s broker reports for `partitions` (topic, partition, offset to
-/// fetch at), asking for one byte of each and waiting up to `max_wait`; partitions the broker
-/// leaves out or answers with an error are not in the result.
+/// The high watermarks (under `ReadCommitted`, the last stable offsets) `connection`'s broker
+/// reports for `partitions` (topic, partition, offset to fetch at), asking for one byte of each
+/// and waiting up to `max_wait`; partitions the broker leaves out or answers with an error are
+/// not in the result.
 async fn high_watermarks_on(
     connection: &Connection,
     naming: &FetchNaming,
@@ -919,10 +939,15 @@ async fn high_watermarks_on(
         .into_iter()
         .filter_map(|t| naming.name_of(&t).map(|name| (name, t.partitions)))
         .flat_map(|(topic, partitions)| {
-            partitions
-                .into_iter()
-                .filter(|p| p.error_code == 0)
-                .map(move |p| ((topic.clone(), p.partition_index), p.high_watermark))
+            partitions.into_iter().filter(|p| p.error_code == 0).map(move |p| {
+                // What a reader of `isolation` can read up to (a broker without transactions
+                // in its answer's version says -1: the high watermark then).
+                let end = match isolation {
+                    Isolation::ReadCommitted if p.last_stable_offset >= 0 => p.last_stable_offset,
+                    _ => p.high_watermark,
+                };
+                ((topic.clone(), p.partition_index), end)
+            })
         })
         .collect())
 }

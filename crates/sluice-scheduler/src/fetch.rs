@@ -72,7 +72,8 @@ pub struct RangeRecords {
     pub range: OffsetRange,
     /// The data batches holding it (the first and last may extend beyond it).
     pub batches: Vec<RecordBatch>,
-    /// The partition's high watermark as the last fetch reported it (-1 if nothing was fetched).
+    /// The partition's high watermark as the last fetch reported it (-1 if nothing was fetched);
+    /// read_committed, its last stable offset.
     pub high_watermark: i64,
     /// Offsets of the range the log no longer held (deleted by retention), skipped under
     /// [`DataLoss::Skip`].
@@ -442,7 +443,8 @@ impl RangeReader {
                 let key = [(range.topic.clone(), range.partition)];
                 let (starts, ends) = tokio::try_join!(
                     client.list_offsets(&key, sluice_client::OffsetSpec::Earliest),
-                    client.log_ends(&key, options.isolation),
+                    // The log's own end (under read_committed, log_ends gives the stable one).
+                    client.log_ends(&key, sluice_client::Isolation::ReadUncommitted),
                 )
                 .map_err(|e| self.client_error(e))?;
                 log_start = starts.get(&key[0]).copied().unwrap_or(-1);
@@ -498,7 +500,15 @@ impl RangeReader {
                     return Err(self.client_error(ClientError::Broker { broker, api: "Fetch", code }));
                 }
             }
-            self.high_watermark = self.high_watermark.max(fetched.high_watermark);
+            // The end the next plan may reach: under read_committed the last stable offset (what
+            // such a fetch can read; -1 from a broker that does not say).
+            let readable_end = match options.isolation {
+                sluice_client::Isolation::ReadCommitted if fetched.last_stable_offset >= 0 => {
+                    fetched.last_stable_offset
+                }
+                _ => fetched.high_watermark,
+            };
+            self.high_watermark = self.high_watermark.max(readable_end);
             let next = fetched.records.next_offset.unwrap_or(position);
             if next <= position {
                 // Nothing new: the range reaches past what the log holds, for now at least (a

@@ -77,7 +77,9 @@ impl<C: Clock> Scheduler<C> {
         let (unknown, known): (Vec<TopicPartition>, Vec<TopicPartition>) =
             positions.keys().cloned().partition(|key| !self.known_high_watermarks.contains_key(key));
         let (listed, probed) = tokio::try_join!(
-            self.client.list_offsets(&known, OffsetSpec::Latest),
+            // Under read_committed (scale-out mode), the last stable offsets: a range planned
+            // past a transaction still open would wait on it.
+            self.client.list_offsets_as(&known, OffsetSpec::Latest, self.config.fetch.isolation),
             self.client.log_ends(&unknown, self.config.fetch.isolation),
         )
         .map_err(|source| SchedulerError::Planning { batch_id, source })?;
@@ -177,8 +179,9 @@ impl<C: Clock> Scheduler<C> {
 
     /// The partitions whose log now ends before the position the job reached (the topic was
     /// deleted and re-created, or the log truncated by an unclean leader election), with that
-    /// position and the log end. ListOffsets may answer short of the end (Tansu), so a fetch's
-    /// high watermark decides before a partition is called truncated.
+    /// position and the log end. ListOffsets may answer short of the end (Tansu), and under
+    /// read_committed the ends planned from are the last stable offsets, so a fetch's high
+    /// watermark decides before a partition is called truncated.
     async fn truncated_logs(
         &self,
         batch_id: u64,
@@ -194,14 +197,20 @@ impl<C: Clock> Scheduler<C> {
                 .collect()
         };
         let mut truncated = BTreeMap::new();
-        let suspects = below(listed);
+        let mut suspects = below(listed);
+        suspects.extend(below(probed));
+        if suspects.is_empty() {
+            return Ok(truncated);
+        }
+        // Under read_committed the ends above are the last stable offsets; whether the log
+        // itself ends before the position is the high watermark's to say.
         let confirmed = self
             .client
-            .log_ends(&suspects, self.config.fetch.isolation)
+            .log_ends(&suspects, sluice_client::Isolation::ReadUncommitted)
             .await
             .map_err(|source| SchedulerError::Planning { batch_id, source })?;
-        for key in below(&confirmed).into_iter().chain(below(probed)) {
-            let end = confirmed.get(&key).or_else(|| probed.get(&key)).copied().unwrap_or_default();
+        for key in below(&confirmed) {
+            let end = confirmed.get(&key).copied().unwrap_or_default();
             let from = positions.get(&key).copied().unwrap_or_default();
             truncated.insert(key, (from, end));
         }
