@@ -520,8 +520,9 @@ fn check(job: &Job) -> Result<(), Problem> {
     check_scale(file)
 }
 
-/// Scale-out runs stateless jobs for now: the state of aggregates and windows cannot yet move
-/// between processes, and a files sink's renames are not yet part of the batch's transaction.
+/// Scale-out runs filters and per-batch aggregates (through a repartition topic); rankings and
+/// windows are refused, as is a files sink (its renames are not yet part of the batch's
+/// transaction).
 fn check_scale(file: &JobFile) -> Result<(), Problem> {
     let Some(scale) = &file.scale else { return Ok(()) };
     let s = scale.get_ref();
@@ -531,13 +532,22 @@ fn check_scale(file: &JobFile) -> Result<(), Problem> {
     if let Some(instance) = s.instance.as_ref().filter(|i| i.get_ref().is_empty()) {
         return Err((instance.span().start, "`scale.instance`: leave it out, or give a name".into()));
     }
-    let stateful = [
-        file.aggregate.as_ref().map(|a| (a.span().start, "[aggregate]")),
-        file.window.as_ref().map(|w| (w.span().start, "[window]")),
-        file.top.as_ref().map(|t| (t.span().start, "[top]")),
+    // A per-batch aggregate goes through a repartition topic to its key's task; rankings over
+    // every key and windows cannot yet.
+    let refused = [
+        file.top.as_ref().map(|t| (t.span().start, "`[top]` with `[scale]`: a ranking over every key needs all processes' aggregates in one place, which scale-out cannot do yet; leave `[top]` out")),
+        file.window.as_ref().map(|w| (w.span().start, "a `[window]` with `[scale]`: windows cannot move between processes yet (processing-time ones at all; event-time ones after the repartition by key would need every source partition's progress for their watermark); a per-batch `[aggregate]` works")),
     ];
-    if let Some((at, section)) = stateful.into_iter().flatten().next() {
-        return Err((at, format!("`{section}` with `[scale]`: scale-out runs stateless jobs (filters and sinks) for now; the state of aggregates and windows cannot yet move between processes")));
+    if let Some((at, why)) = refused.into_iter().flatten().next() {
+        return Err((at, why.into()));
+    }
+    let topics = &file.source.get_ref().topics;
+    if file.aggregate.is_some() && topics.get_ref().len() != 1 {
+        return Err((
+            topics.span().start,
+            "`[aggregate]` with `[scale]`: the repartition topic is partitioned like the one source topic; read one topic"
+                .into(),
+        ));
     }
     if let Some(sink) = file.sinks.iter().find(|s| s.get_ref().kind == SinkKind::Files) {
         return Err((

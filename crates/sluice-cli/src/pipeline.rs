@@ -363,6 +363,10 @@ pub fn build(source: DStream<KafkaRecord>, job: &Job, client: &ClientConfig) -> 
     Counters { late: late.unwrap_or_default(), ..counters }
 }
 
+/// The name of the aggregate's repartition topic in scale-out mode:
+/// `<scale.group>-aggregate-repartition`.
+const REPARTITION: &str = "aggregate";
+
 /// Rows keyed and aggregated (per batch, or over windows), ranked if asked.
 fn aggregated(
     rows: DStream<Row>,
@@ -391,7 +395,9 @@ fn aggregated(
     let ranking = Shape::ranking(function);
     match job.file.window.as_ref().map(|w| w.get_ref()) {
         None => {
-            let reduced = rows.flat_map(move |row| keyed(&row)).reduce_by_key(Agg::merge);
+            // In scale-out mode each key's rows go to its task first (one process; without
+            // `[scale]` this is the stream as it is).
+            let reduced = rows.flat_map(move |row| keyed(&row)).repartition(REPARTITION).reduce_by_key(Agg::merge);
             (ranked_batch(reduced, top, ranking, shape), None)
         }
         Some(window) if window.time == TimeKind::Processing => {
@@ -418,10 +424,13 @@ fn aggregated(
                     if time.is_none() {
                         unusable.fetch_add(1, Ordering::Relaxed);
                     }
-                    time.zip(keyed)
+                    time.zip(keyed).map(|(time, (key, agg))| (key, (time, agg)))
                 })
-                .with_watermark(watermark, |(time, _)| *time)
-                .map(|timed: Timed<(i64, (String, Agg))>| timed.map(|(_, keyed)| keyed));
+                // In scale-out mode each key's rows go to its task first, whose watermark is then
+                // that of the rows it reads (per-task stream time).
+                .repartition(REPARTITION)
+                .with_watermark(watermark, |(_, (time, _))| *time)
+                .map(|timed: Timed<(String, (i64, Agg))>| timed.map(|(key, (_, agg))| (key, agg)));
             let windows = timed.reduce_by_key_and_event_window(length, slide, Agg::merge);
             let windows = match top {
                 Some(k) => windows.top_k_per_window(k, ranking),

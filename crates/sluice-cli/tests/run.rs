@@ -396,8 +396,8 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
         (good.replace("k = 3", "k = 0"), "k = 0".into(), "`top.k`: at least 1"),
         (
             format!("{good}\n[scale]\ngroup = \"orders\"\n"),
-            "[aggregate]".into(),
-            "`[aggregate]` with `[scale]`: scale-out runs stateless jobs (filters and sinks) for now",
+            "[top]".into(),
+            "`[top]` with `[scale]`: a ranking over every key needs all processes' aggregates in one place",
         ),
         (
             format!("{good}\n[scale]\ngroup = \"orders\"\nprotocol = \"eager\"\n"),

@@ -5,6 +5,10 @@
 //! killed one comes back on its checkpoint: the read_committed output holds every input record
 //! exactly once.
 //!
+//! A per-batch aggregate with `[scale]` (clicks keyed by user counted per item, through the
+//! job's repartition topic) run by two processes, one killed and started again: every click is
+//! in exactly one batch's count of its item.
+//!
 //! Each step waits for what it needs (a process's first committed batch, the next slice of
 //! input) rather than for a fixed time, so that a slow machine changes how long the test takes,
 //! not what it shows.
@@ -18,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{java, unique};
+use common::{java, unique, ScaleJob};
 use sluice_client::{Producer, ProducerConfig, ProducerRecord};
 
 const PARTITIONS: i32 = 12;
@@ -243,4 +247,133 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
         values.len()
     );
     step("every record exactly once in the read_committed output");
+}
+
+/// Partitions of the aggregate test's input; clicks of `USERS` users on `ITEMS` items.
+const AGG_PARTITIONS: i32 = 6;
+const USERS: u32 = 60;
+const ITEMS: u32 = 25;
+
+fn aggregate_job(bootstrap: &str, (input, output, group): (&str, &str, &str), checkpoint: &Path) -> String {
+    format!(
+        r#"name = "clicks-per-item"
+
+[source]
+brokers = ["{bootstrap}"]
+topics = ["{input}"]
+start = "earliest"
+batch_interval = "200ms"
+
+[format]
+type = "csv"
+columns = ["user", "item"]
+
+[aggregate]
+key = "item"
+function = "count"
+as = "clicks"
+
+[checkpoint]
+dir = "{checkpoint}"
+
+[scale]
+group = "{group}"
+
+[[sink]]
+type = "kafka"
+topic = "{output}"
+"#,
+        checkpoint = checkpoint.display(),
+    )
+}
+
+/// Clicks `from..to` (slices of a multiple of `ITEMS`) as CSV rows `user,item`, keyed by user and on the user's partition: click
+/// `i` is user `i % USERS`'s, on item `i % ITEMS`.
+async fn click(producer: &Producer, input: &str, clicks: std::ops::Range<u32>) {
+    let mut deliveries = Vec::new();
+    for i in clicks {
+        let (user, item) = (i % USERS, i % ITEMS);
+        let record = ProducerRecord {
+            partition: Some((user % AGG_PARTITIONS as u32) as i32),
+            ..ProducerRecord::new(input, format!("user-{user},item-{item}")).key(format!("user-{user}"))
+        };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_batch_aggregate_goes_through_its_repartition_topic_and_counts_every_click_once() {
+    let why = "scale-out needs transactions' group checks and aborted-record filtering (docs/brokers.md)";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "per-item", AGG_PARTITIONS).await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let job = |name: &str| aggregate_job(&broker.addr, (&input, &output, &group), &dir.path().join(name));
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
+
+    // Clicks come all along, 500 every 300 ms, until told to stop: then 5 slices more. The
+    // writer returns how many it wrote.
+    let (stop_writing, stopped) = tokio::sync::watch::channel(false);
+    let writer = {
+        let input = input.clone();
+        tokio::spawn(async move {
+            let (mut slice, mut last_slices) = (0u32, 5);
+            while last_slices > 0 {
+                if *stopped.borrow() {
+                    last_slices -= 1;
+                }
+                click(&producer, &input, slice * 500..(slice + 1) * 500).await;
+                slice += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            slice * 500
+        })
+    };
+    let mut one = Process::start("one", dir.path(), &job("one"));
+    let mut two = Process::start("two", dir.path(), &job("two"));
+    for process in [&mut one, &mut two] {
+        process.wait_for_rows().await;
+    }
+    step("one and two have each committed a batch with rows");
+    one.kill();
+    step("one killed (SIGKILL)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One comes back on its checkpoint: its transactional id fences what it left open.
+    let mut one_again = Process::start("one-again", dir.path(), &job("one"));
+    one_again.wait_for_rows().await;
+    step("one restarted and has committed a batch with rows");
+    stop_writing.send_replace(true);
+    let clicks_written = writer.await.unwrap();
+    step(&format!("{clicks_written} clicks written"));
+
+    let repartition = format!("{group}-aggregate-repartition");
+    for topic in [&input, &repartition] {
+        common::wait_for_group_at_end(&client, &group, topic, AGG_PARTITIONS, Duration::from_secs(120), || {
+            one_again.check_running();
+            two.check_running();
+        })
+        .await;
+    }
+    step("the group's offsets reached the end of the input, then of the repartition topic");
+    one_again.stop();
+    two.stop();
+
+    // Each click is in one batch's row of its item: the rows of an item sum to its clicks.
+    let mut clicks: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rows = 0;
+    for row in java::consume_values(&broker.addr, &output, true) {
+        let row: serde_json::Value = serde_json::from_str(&row).unwrap();
+        *clicks.entry(row["item"].as_str().unwrap().to_owned()).or_default() += row["clicks"].as_u64().unwrap();
+        rows += 1;
+    }
+    let expected: BTreeMap<String, u64> =
+        (0..ITEMS).map(|item| (format!("item-{item}"), u64::from(clicks_written / ITEMS))).collect();
+    assert_eq!(clicks, expected, "clicks per item over {rows} rows");
+    step(&format!("{rows} rows; every item's counts sum to its clicks"));
 }

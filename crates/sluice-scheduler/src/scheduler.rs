@@ -136,6 +136,13 @@ impl<C: Clock> Scheduler<C> {
             if let Some((_, what)) = conflicts.iter().find(|(set, _)| *set) {
                 return Err(SchedulerError::Config(format!("scale-out mode cannot be combined with {what}")));
             }
+            let internal = config.scale.as_ref().map_or(0, |scale| scale.internal_topics.len());
+            if internal > 0 && config.topics.len() != 1 {
+                return Err(SchedulerError::Config(format!(
+                    "internal topics go with the partitions of one source topic; this job reads {}",
+                    config.topics.len()
+                )));
+            }
             // Other processes' batches are transactions: only what they committed is read.
             config.fetch.isolation = sluice_client::Isolation::ReadCommitted;
         }

@@ -28,8 +28,8 @@ use crate::BoxError;
 /// its changelog takes.
 const RESTORE_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How long a process waits for a changelog topic another process has just created to appear
-/// in the cluster's metadata.
+/// How long a process waits for an internal topic (a changelog or repartition topic) another
+/// process has just created to appear in the cluster's metadata.
 const TOPIC_APPEARS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The job's changelog topics, one per stateful operator.
@@ -75,40 +75,9 @@ impl Changelogs {
         state: &JobState,
         counters: RestoreCounters,
     ) -> Result<Self, BoxError> {
-        let metadata = client.refresh_metadata(Some(&[source])).await?;
-        let partitions = metadata
-            .topics
-            .get(source)
-            .filter(|t| t.error == ErrorCode::None && !t.partitions.is_empty())
-            .map(|t| t.partitions.len())
-            .ok_or_else(|| format!("the source topic {source} is not in the cluster's metadata"))?;
-        let partitions = i32::try_from(partitions)?;
-        let replication = i16::try_from(metadata.brokers.len().clamp(1, 3))?;
-        let min_insync = if replication >= 3 { "2" } else { "1" };
-        let configs = [("cleanup.policy", "compact"), ("min.insync.replicas", min_insync)];
-        let mut topics = Vec::new();
-        for name in state.operator_names() {
-            let topic = format!("{group}-{name}-changelog");
-            match client.create_topic_with_configs(&topic, partitions, replication, &configs).await {
-                Ok(()) => tracing::info!(%topic, partitions, replication, "created the changelog topic"),
-                Err(
-                    Error::Broker { code: ErrorCode::TopicAlreadyExists, .. }
-                    | Error::BrokerMessage { code: ErrorCode::TopicAlreadyExists, .. },
-                ) => {
-                    // Made by an earlier run, or just now by another process starting at the
-                    // same time: the broker asked may not list it yet.
-                    let has = listed_partitions(&client, &topic).await?;
-                    if has != partitions {
-                        return Err(format!(
-                            "the changelog topic {topic} has {has} partitions but the source {source} has {partitions}: a task is a source partition, so they must match (did the source grow?)"
-                        )
-                        .into());
-                    }
-                }
-                Err(error) => return Err(format!("creating the changelog topic {topic}: {error}").into()),
-            }
-            topics.push(topic);
-        }
+        let topics: Vec<String> =
+            state.operator_names().into_iter().map(|name| format!("{group}-{name}-changelog")).collect();
+        create_internal_topics(&client, source, &topics, &[("cleanup.policy", "compact")]).await?;
         Ok(Self { client, source: source.to_owned(), topics, counters })
     }
 
@@ -277,6 +246,50 @@ fn retriable(error: &BoxError) -> bool {
     error.downcast_ref::<Error>().is_some_and(Error::is_retriable)
 }
 
+/// Creates a scale-out job's internal `topics` (its changelogs or its repartition topics, with
+/// `configs`) with as many partitions as `source` (a task is a source partition), replicated on
+/// up to three brokers, or finds them from an earlier run (or another process starting at the
+/// same time); one with another partition count is an error.
+pub(crate) async fn create_internal_topics(
+    client: &Client,
+    source: &str,
+    topics: &[String],
+    configs: &[(&str, &str)],
+) -> Result<(), BoxError> {
+    let metadata = client.refresh_metadata(Some(&[source])).await?;
+    let partitions = metadata
+        .topics
+        .get(source)
+        .filter(|t| t.error == ErrorCode::None && !t.partitions.is_empty())
+        .map(|t| t.partitions.len())
+        .ok_or_else(|| format!("the source topic {source} is not in the cluster's metadata"))?;
+    let partitions = i32::try_from(partitions)?;
+    let replication = i16::try_from(metadata.brokers.len().clamp(1, 3))?;
+    let min_insync = if replication >= 3 { "2" } else { "1" };
+    let configs: Vec<(&str, &str)> = configs.iter().copied().chain([("min.insync.replicas", min_insync)]).collect();
+    for topic in topics {
+        match client.create_topic_with_configs(topic, partitions, replication, &configs).await {
+            Ok(()) => tracing::info!(%topic, partitions, replication, "created the job's internal topic"),
+            Err(
+                Error::Broker { code: ErrorCode::TopicAlreadyExists, .. }
+                | Error::BrokerMessage { code: ErrorCode::TopicAlreadyExists, .. },
+            ) => {
+                // Made by an earlier run, or just now by another process starting at the same
+                // time: the broker asked may not list it yet.
+                let has = listed_partitions(client, topic).await?;
+                if has != partitions {
+                    return Err(format!(
+                        "the job's internal topic {topic} has {has} partitions but the source {source} has {partitions}: a task is a source partition, so they must match (did the source grow?)"
+                    )
+                    .into());
+                }
+            }
+            Err(error) => return Err(format!("creating the job's internal topic {topic}: {error}").into()),
+        }
+    }
+    Ok(())
+}
+
 /// The partitions of `topic` once the cluster's metadata lists it (it may have just been made by
 /// another process).
 async fn listed_partitions(client: &Client, topic: &str) -> Result<i32, BoxError> {
@@ -289,7 +302,7 @@ async fn listed_partitions(client: &Client, topic: &str) -> Result<i32, BoxError
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the changelog topic {topic} exists but the cluster did not list its partitions within {} s",
+                "the job's internal topic {topic} exists but the cluster did not list its partitions within {} s",
                 TOPIC_APPEARS_TIMEOUT.as_secs()
             )
             .into());

@@ -2,12 +2,12 @@
 //! scheduler.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sluice_client::{Client, ClientConfig};
 use sluice_scheduler::{
     Batch, BatchOutput, BatchProgress, CancellationToken, Clock, PartitionChanges, Processor, RangeRecords,
-    RecordPosition, Scheduler, SchedulerConfig, SystemClock,
+    RecordPosition, Scheduler, SchedulerConfig, SystemClock, Trigger,
 };
 
 use crate::changelog::{Changelogs, RestoreCounters};
@@ -73,6 +73,11 @@ pub struct StreamConfig {
     /// no limit). Set with [`StreamConfig::with_memory_budget`], which also bounds the
     /// scheduler's batches by it; [`DEFAULT_MEMORY_BUDGET`] unless set.
     pub memory_budget: usize,
+    /// Scale-out mode with repartitioning: how often a process deletes what the job's group
+    /// has consumed from its repartition partitions (Kafka Streams' `repartition.purge.interval.ms`;
+    /// 30 s). The topics keep records until then, whatever their age: a job down for days loses
+    /// none.
+    pub repartition_purge_interval: std::time::Duration,
 }
 
 /// The memory budget a job has unless given another: 64 MiB (the clickstream job runs as fast
@@ -101,6 +106,7 @@ impl StreamConfig {
             snapshot_every: 10,
             concurrent_outputs: true,
             memory_budget: 0,
+            repartition_purge_interval: std::time::Duration::from_secs(30),
         }
         .with_memory_budget(DEFAULT_MEMORY_BUDGET)
     }
@@ -142,18 +148,28 @@ impl StreamingContext {
     /// A job with `config`; build its streams from [`StreamingContext::kafka_stream`].
     pub fn new(config: StreamConfig) -> Self {
         let interval_ms = u64::try_from(config.scheduler.batch_interval.as_millis()).unwrap_or(u64::MAX);
-        let scale = config.scheduler.scale.is_some();
-        let graph = Arc::new(Mutex::new(Graph { interval_ms, scale, ..Graph::default() }));
+        let group = config.scheduler.scale.as_ref().map(|scale| scale.group.clone());
+        let graph = Arc::new(Mutex::new(Graph { interval_ms, scale: group.is_some(), group, ..Graph::default() }));
         Self { config, graph, stop: CancellationToken::new(), restore: RestoreCounters::default() }
     }
 
     /// The records of the configured topics, one part per read task: Spark's
     /// `KafkaUtils.createDirectStream`. May be called any number of times; each stream sees
-    /// every record of every batch.
+    /// every record of every batch (of the source topics: not the records of the job's
+    /// repartition topics, which only the repartitioned streams see).
     pub fn kafka_stream(&self) -> DStream<KafkaRecord> {
-        lock(&self.graph).sources += 1;
-        DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.take())))
-            .aligned_as(true)
+        let internal = {
+            let mut graph = lock(&self.graph);
+            graph.sources += 1;
+            Arc::clone(&graph.internal_topics)
+        };
+        // The records of the source topics; a job's repartition topics are read with them, for
+        // the streams they repartition.
+        let take = move |input: &BatchInput| {
+            let internal = internal.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            Some(input.records.take_where(|part| !input.part_of(part, &internal)))
+        };
+        DStream::new(Arc::clone(&self.graph), Box::new(take)).aligned_as(true)
     }
 
     /// Counters of the state restored from changelogs (scale-out mode with keyed state): each
@@ -187,7 +203,7 @@ impl StreamingContext {
         clock: C,
         on_progress: impl FnMut(&BatchProgress),
     ) -> Result<u64, StreamError> {
-        let (outputs, errors, sources, state) = {
+        let (outputs, mut errors, sources, state, failures) = {
             let mut graph = lock(&self.graph);
             let graph = &mut *graph;
             (
@@ -195,8 +211,22 @@ impl StreamingContext {
                 std::mem::take(&mut graph.errors),
                 graph.sources,
                 std::mem::take(&mut graph.state),
+                Arc::clone(&graph.failures),
             )
         };
+        let internal_topics = lock(&self.graph).internal_topics.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if !internal_topics.is_empty() && self.config.scheduler.topics.len() != 1 {
+            errors.push(format!(
+                "repartition in scale-out mode writes to topics partitioned like the one source topic; this job reads {}",
+                self.config.scheduler.topics.len()
+            ));
+        }
+        if !internal_topics.is_empty() && !matches!(self.config.scheduler.trigger, Trigger::ProcessingTime(_)) {
+            errors.push(
+                "repartition in scale-out mode needs a processing-time trigger: what a run's last batch repartitions is read in the batches after it, which Once and AvailableNow would leave to the next run"
+                    .into(),
+            );
+        }
         if !errors.is_empty() {
             return Err(StreamError::Invalid(errors));
         }
@@ -210,6 +240,7 @@ impl StreamingContext {
             // A keyed state's function may change it in a batch without records; the change
             // goes to the changelog in the batch's transaction.
             scale.transaction_every_batch |= !state.is_empty();
+            scale.internal_topics.clone_from(&internal_topics);
             scale.group.clone()
         });
         let stateful_scale = group.is_some() && !state.is_empty();
@@ -217,6 +248,26 @@ impl StreamingContext {
             check_scale_state(&state, &scheduler_config)?;
         }
         let client = Client::connect(self.config.client.clone()).await?;
+        if let (false, Some(source)) = (internal_topics.is_empty(), scheduler_config.topics.first()) {
+            // Kept until consumed (purged then), as Kafka Streams keeps them.
+            // Small segments, so that purged records free their disk soon (Kafka Streams').
+            let configs = [
+                ("cleanup.policy", "delete"),
+                ("retention.ms", "-1"),
+                ("segment.bytes", "52428800"),
+                ("segment.ms", "600000"),
+            ];
+            crate::changelog::create_internal_topics(&client, source, &internal_topics, &configs)
+                .await
+                .map_err(|e| StreamError::State(format!("creating the repartition topics: {e}")))?;
+        }
+        let purge = (!internal_topics.is_empty()).then(|| Purge {
+            client: client.clone(),
+            topics: internal_topics.clone(),
+            interval: self.config.repartition_purge_interval,
+            last: std::time::Instant::now(),
+            running: None,
+        });
         let changelogs = match (&group, scheduler_config.topics.first()) {
             (Some(group), Some(source)) if stateful_scale => Some(
                 Changelogs::open(client.clone(), (group, source), &state, self.restore.clone())
@@ -252,12 +303,15 @@ impl StreamingContext {
             outputs,
             interval_ms,
             sources,
+            internal: internal_topics.iter().map(|topic| Arc::from(topic.as_str())).collect(),
             state,
             snapshot_every,
             concurrent_outputs,
             records_per_run,
             checkpoint_id,
             changelogs,
+            failures,
+            purge,
         };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
@@ -302,8 +356,10 @@ const MIN_RECORDS_PER_TASK_RUN: usize = 256;
 struct Engine {
     outputs: Vec<Box<dyn Output>>,
     interval_ms: u64,
-    /// Source streams in the job.
+    /// Source streams in the job (`kafka_stream`s).
     sources: usize,
+    /// The job's repartition topics (each read by its repartitioned stream).
+    internal: std::collections::BTreeSet<Arc<str>>,
     state: JobState,
     snapshot_every: u64,
     concurrent_outputs: bool,
@@ -313,6 +369,52 @@ struct Engine {
     /// Scale-out mode with state: the operators' changelogs (the local checkpoint then keeps
     /// no state).
     changelogs: Option<Changelogs>,
+    /// What streams found wrong in a run (see `Graph::failures`).
+    failures: Arc<Mutex<Vec<String>>>,
+    /// Scale-out mode with repartitioning: the purge of consumed repartition records.
+    purge: Option<Purge>,
+}
+
+/// Deletes the records of the job's repartition partitions this process owns that the group
+/// has consumed: those before where a batch starts reading them (the offsets the batch before
+/// committed; a batch planned before that commit is dropped if it fails). In the background,
+/// one purge at a time; a failure is only logged (the next one asks again).
+struct Purge {
+    client: Client,
+    topics: Vec<String>,
+    interval: std::time::Duration,
+    last: std::time::Instant,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Purge {
+    /// Starts a purge up to the starts of `ranges`, if one is due.
+    fn at_batch_start(&mut self, ranges: &[sluice_scheduler::OffsetRange]) {
+        if self.last.elapsed() < self.interval || self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        let mut consumed: std::collections::BTreeMap<(String, i32), i64> = std::collections::BTreeMap::new();
+        for range in ranges.iter().filter(|r| self.topics.contains(&r.topic)) {
+            let from = consumed.entry((range.topic.clone(), range.partition)).or_insert(range.from);
+            *from = (*from).min(range.from);
+        }
+        consumed.retain(|_, from| *from > 0);
+        if consumed.is_empty() {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let client = self.client.clone();
+        self.running = Some(tokio::spawn(async move {
+            for ((topic, partition), before) in consumed {
+                match client.delete_records(&topic, partition, before).await {
+                    Ok(start) => tracing::debug!(%topic, partition, start, "purged consumed repartition records"),
+                    Err(error) => {
+                        tracing::warn!(%topic, partition, before, %error, "purging consumed repartition records failed")
+                    }
+                }
+            }
+        }));
+    }
 }
 
 impl Engine {
@@ -320,6 +422,17 @@ impl Engine {
     /// async workers, then writes them; the outputs side by side (each a task of the batch's),
     /// or one after the other in the order they were made.
     async fn run_outputs(&mut self, input: Arc<BatchInput>) -> Result<(), BoxError> {
+        self.run_each_output(input).await?;
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner));
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; ").into())
+        }
+    }
+
+    /// [`Engine::run_outputs`] but for what streams found wrong.
+    async fn run_each_output(&mut self, input: Arc<BatchInput>) -> Result<(), BoxError> {
         let outputs = std::mem::take(&mut self.outputs);
         if !self.concurrent_outputs {
             for output in outputs {
@@ -399,6 +512,11 @@ impl Processor for Engine {
         // the records (rows, keys) is held for one run at a time, not the batch: each run goes
         // through the outputs as it comes, and they gather what they need whole until the last.
         let mut run = 0;
+        // A batch that failed part way may have left its problems.
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        if let Some(purge) = &mut self.purge {
+            purge.at_batch_start(&batch.ranges);
+        }
         // In scale-out mode a batch's time is the wall clock's (on the interval's grid), which
         // the processes share: a key's timeout means the same whichever process has its task.
         let wall_time = self.changelogs.is_some().then(|| wall_clock_batch_time(self.interval_ms));
@@ -426,7 +544,16 @@ impl Processor for Engine {
                 })
                 .await?;
                 cursors = moved;
-                let records = SourceRecords::new(parts, self.sources);
+                // A source topic's parts go to every source stream, a repartition topic's to
+                // its repartitioned stream.
+                let records = SourceRecords::with_takers(parts, |part| {
+                    let internal = part_sources.get(part).is_some_and(|(topic, _)| self.internal.contains(topic));
+                    if internal {
+                        1
+                    } else {
+                        self.sources
+                    }
+                });
                 let last = piece.last && index + 1 == runs;
                 let input = BatchInput::new(
                     batch.batch_id,

@@ -231,7 +231,7 @@ impl<T: Send + 'static> DStream<T> {
         let per_task = self.scales_out();
         if per_task && !self.is_aligned() {
             self.record_error(
-                "with_watermark in scale-out mode keeps each source partition's watermark in its task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source and it".into(),
+                "with_watermark in scale-out mode keeps each source partition's watermark in its task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source (or a repartition) and it".into(),
             );
         }
         if per_task && spec.idle_after_ms.is_some() {
@@ -621,7 +621,7 @@ fn note_keys_in_two_tasks<K: StateKey, V>(problem: &mut Option<String>, tasks: &
             let was = *task_of.entry(&timed.item.0).or_insert(*task);
             if was != *task {
                 *problem = Some(format!(
-                    "a key's items came from source partitions {was} and {task}: in scale-out mode each task gives its own windows, so the source must be partitioned by the windows' key (records of one key in one partition)"
+                    "a key's items came from source partitions {was} and {task}: in scale-out mode each task gives its own windows, so the source must be partitioned by the windows' key (records of one key in one partition), or the stream repartitioned by it first (DStream::repartition)"
                 ));
                 return;
             }
@@ -651,7 +651,7 @@ where
     /// `reduce` must be associative and commutative (as Spark's is for windowed reductions):
     /// values are reduced per slide first, and a window's slides together when it is given.
     /// In scale-out mode each task (source partition) keeps and gives its own windows, by its
-    /// own watermark: the source must be partitioned by the key.
+    /// own watermark: the source must be partitioned by the key (or the stream repartitioned).
     pub fn reduce_by_key_and_event_window(
         self,
         length: Duration,
@@ -672,7 +672,7 @@ where
         let per_task = self.scales_out();
         if per_task && !self.is_aligned() {
             self.record_error(
-                "reduce_by_key_and_event_window in scale-out mode keeps each task's windows, so only element-wise operators (map, flat_map, filter, key_by, map_partitions, with_watermark) may come between the source and it".into(),
+                "reduce_by_key_and_event_window in scale-out mode keeps each task's windows, so only element-wise operators (map, flat_map, filter, key_by, map_partitions, with_watermark) may come between the source (or a repartition) and it".into(),
             );
         }
         let state = Arc::new(Mutex::new(EventWindows::<K, V> {

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sluice_client::Producer;
@@ -48,34 +47,66 @@ pub struct BatchInput {
     pub(crate) transaction: Option<Arc<Producer>>,
 }
 
-/// A batch's source records, handed to each source stream of the job: copies to all but the
-/// last, which takes them (a job with one source copies nothing).
+/// A batch's source records, handed to the source streams of the job: each part to the
+/// streams that take it (a source topic's to every `kafka_stream`, a repartition topic's to its
+/// repartitioned stream), copies to all but the last, which takes it (a part with one taker is
+/// never copied).
 #[derive(Debug, Default)]
 pub(crate) struct SourceRecords {
-    parts: Mutex<Option<Parts<KafkaRecord>>>,
-    takers_left: AtomicUsize,
+    /// Each part, and how many takers are still to take it.
+    parts: Mutex<Vec<(Vec<KafkaRecord>, usize)>>,
 }
 
 impl SourceRecords {
-    /// Records for `takers` source streams.
+    /// Records whose every part is for `takers` source streams.
+    #[cfg(test)]
     pub(crate) fn new(parts: Parts<KafkaRecord>, takers: usize) -> Self {
-        Self { parts: Mutex::new(Some(parts)), takers_left: AtomicUsize::new(takers) }
+        Self::with_takers(parts, |_| takers)
+    }
+
+    /// Records whose part `i` is for `takers(i)` source streams.
+    pub(crate) fn with_takers(parts: Parts<KafkaRecord>, takers: impl Fn(usize) -> usize) -> Self {
+        let parts = parts.into_iter().enumerate().map(|(index, part)| (part, takers(index))).collect();
+        Self { parts: Mutex::new(parts) }
     }
 
     /// The records: a copy, or for the last taker the records themselves.
+    #[cfg(test)]
     pub(crate) fn take(&self) -> Parts<KafkaRecord> {
+        self.take_where(|_| true)
+    }
+
+    /// The records of the parts `keep` keeps (by their place), the others empty: of each, a
+    /// copy, or for its last taker the records themselves (a taker beyond the count finds them
+    /// gone).
+    pub(crate) fn take_where(&self, keep: impl Fn(usize) -> bool) -> Parts<KafkaRecord> {
         let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
-        let left = self.takers_left.fetch_sub(1, AtomicOrdering::SeqCst);
-        if left <= 1 {
-            // The last taker (or one more than expected, which finds them gone: none left).
-            parts.take().unwrap_or_default()
-        } else {
-            parts.clone().unwrap_or_default()
-        }
+        parts
+            .iter_mut()
+            .enumerate()
+            .map(|(index, (part, takers))| {
+                if !keep(index) || *takers == 0 {
+                    return Vec::new();
+                }
+                *takers -= 1;
+                if *takers == 0 {
+                    std::mem::take(part)
+                } else {
+                    part.clone()
+                }
+            })
+            .collect()
     }
 }
 
 impl BatchInput {
+    /// Whether part `index` of the batch is of one of `topics` (a batch given in a test, whose
+    /// parts are not named, has none of them).
+    pub(crate) fn part_of(&self, index: usize, topics: &[String]) -> bool {
+        let named = self.part_sources.as_ref().and_then(|sources| sources.get(index));
+        named.is_some_and(|(topic, _)| topics.iter().any(|t| **t == **topic))
+    }
+
     /// A batch's input.
     pub(crate) fn new(
         batch_id: u64,
@@ -265,6 +296,15 @@ pub(crate) struct Graph {
     pub(crate) state: JobState,
     /// Whether the job runs in scale-out mode (its state is kept per source partition).
     pub(crate) scale: bool,
+    /// Scale-out mode: the job's group.
+    pub(crate) group: Option<String>,
+    /// Scale-out mode: the job's repartition topics, which the scheduler reads with the source
+    /// and only their repartitioned streams see (shared with the source streams, which leave
+    /// their records out).
+    pub(crate) internal_topics: Arc<Mutex<Vec<String>>>,
+    /// What went wrong in a run of a batch that a stream cannot give as an item (a record of a
+    /// repartition topic that does not decode): the run fails the batch with it.
+    pub(crate) failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -274,6 +314,8 @@ impl std::fmt::Debug for Graph {
             .field("outputs", &self.outputs.len())
             .field("errors", &self.errors)
             .field("state", &self.state)
+            .field("group", &self.group)
+            .field("internal_topics", &self.internal_topics)
             .finish()
     }
 }
@@ -306,9 +348,29 @@ mod tests {
         let records = SourceRecords::new(parts.clone(), 2);
         assert_eq!(records.take(), parts, "the first of two gets a copy");
         assert_eq!(records.take(), parts, "the last gets the records");
-        assert!(records.parts.lock().unwrap().is_none(), "taken, not copied");
-        assert_eq!(records.take(), Parts::new(), "a taker beyond the count finds none left");
+        assert!(records.parts.lock().unwrap().iter().all(|(part, _)| part.is_empty()), "taken, not copied");
+        assert_eq!(records.take(), vec![Vec::new(), Vec::new()], "a taker beyond the count finds none left");
         let one = SourceRecords::new(parts.clone(), 1);
         assert_eq!(one.take(), parts);
+        // Parts with takers of their own: each goes to its own without a copy.
+        let own = SourceRecords::with_takers(parts.clone(), |_| 1);
+        assert_eq!(own.take_where(|part| part == 0), vec![vec![record(0), record(1)], vec![]]);
+        assert_eq!(own.take_where(|part| part == 1), vec![vec![], vec![record(7)]]);
+        assert!(own.parts.lock().unwrap().iter().all(|(part, takers)| part.is_empty() && *takers == 0));
+    }
+
+    #[test]
+    fn each_taker_gets_its_topics_parts_in_place_and_the_others_empty() {
+        let parts = vec![vec![record(0)], vec![record(1)], vec![record(2)]];
+        let sources = vec![(Arc::from("clicks"), 0), (Arc::from("job-x-repartition"), 0), (Arc::from("clicks"), 1)];
+        let input = BatchInput::new(0, 100, false, SourceRecords::new(parts, 2), Some(sources));
+        let internal = ["job-x-repartition".to_owned()];
+        assert!(input.part_of(1, &internal) && !input.part_of(0, &internal) && !input.part_of(3, &internal));
+        let source = input.records.take_where(|part| !input.part_of(part, &internal));
+        assert_eq!(source, vec![vec![record(0)], vec![], vec![record(2)]], "a copy of the source's parts");
+        let repartitioned = input.records.take_where(|part| input.part_of(part, &internal));
+        assert_eq!(repartitioned, vec![vec![], vec![record(1)], vec![]], "the last taker's, in place");
+        let unnamed = BatchInput::new(0, 100, false, SourceRecords::new(vec![vec![record(0)]], 1), None);
+        assert!(!unnamed.part_of(0, &internal), "a test's batch has no internal topics");
     }
 }

@@ -166,7 +166,7 @@ fn tasks_of<K: StateKey, S>(
 /// Why keyed state cannot be kept per task: a key's records came from two partitions.
 fn moved_key(was: i32, now: i32) -> String {
     format!(
-        "a key's records came from source partitions {was} and {now}: in scale-out mode each key's state belongs to one partition's task, so the source must be partitioned by the state's key (records of one key in one partition)"
+        "a key's records came from source partitions {was} and {now}: in scale-out mode each key's state belongs to one partition's task, so the source must be partitioned by the state's key (records of one key in one partition), or the stream repartitioned by it first (DStream::repartition)"
     )
 }
 
@@ -388,7 +388,7 @@ where
         let scale = self.scales_out();
         if scale && !self.is_aligned() {
             self.record_error(format!(
-                "{operator} in scale-out mode keeps each key's state in its source partition's task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source and it"
+                "{operator} in scale-out mode keeps each key's state in its source partition's task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source (or a repartition) and it"
             ));
         }
         scale

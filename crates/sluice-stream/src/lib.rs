@@ -15,6 +15,7 @@ mod kafka_sink;
 mod keyed;
 mod pool;
 mod record;
+mod repartition;
 mod sink;
 mod state;
 mod stream;

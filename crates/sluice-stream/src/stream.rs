@@ -90,6 +90,11 @@ impl<T: Send + 'static> DStream<T> {
         lock(&self.graph).scale
     }
 
+    /// The job's group, in scale-out mode.
+    pub(crate) fn group(&self) -> Option<String> {
+        lock(&self.graph).group.clone()
+    }
+
     /// The same stream carrying `watermarks`.
     pub(crate) fn with_watermarks(mut self, watermarks: Watermarks) -> Self {
         self.watermarks = watermarks;

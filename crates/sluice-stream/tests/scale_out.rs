@@ -38,9 +38,11 @@ struct Process {
     restored: RestoreCounters,
 }
 
-/// A scale-out job's context: 200 ms batches, the consumer protocol, 5 s transactions.
+/// A scale-out job's context: 200 ms batches, the consumer protocol, 5 s transactions,
+/// consumed repartition records purged every second.
 fn context(broker: &str, dir: &Path, input: &str, group: &str) -> StreamingContext {
     let mut config = StreamConfig::new([broker], [input], Duration::from_millis(200), dir);
+    config.repartition_purge_interval = Duration::from_secs(1);
     let mut scale = ScaleConfig::new(group);
     scale.protocol = GroupProtocol::Consumer;
     scale.transaction_timeout = Duration::from_secs(5);
@@ -129,23 +131,8 @@ async fn keyed_state_moves_with_its_partitions_and_counts_every_click_once() {
     assert!(restored.iter().all(|(_, tasks, records)| *tasks > 0 && *records > 0), "{restored:?}");
 
     // Every click once, every user's counts in order with none lost and none twice.
-    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for row in java::consume_values(&broker.addr, &output, true) {
-        let (user, count): (String, u64) = serde_json::from_str(&row).unwrap();
-        counts.entry(user).or_default().push(count);
-    }
     let clicks_per_user = u64::from(12_000 / USERS);
-    let wrong: Vec<_> = counts
-        .iter()
-        .filter(|(_, seen)| **seen != (1..=clicks_per_user).collect::<Vec<_>>())
-        .map(|(user, seen)| (user, seen.len(), seen.iter().zip(1..).find(|(n, i)| **n != *i).map(|(n, i)| (i, *n))))
-        .take(5)
-        .collect();
-    assert!(
-        counts.len() == USERS as usize && wrong.is_empty(),
-        "{} users in the output; users whose counts are not 1..={clicks_per_user} (user, rows, first (place, count) out of order): {wrong:?}",
-        counts.len()
-    );
+    check_running_counts(&broker.addr, &output, ("users", USERS), clicks_per_user);
     step("every user's running counts are 1, 2, 3, ... in the read_committed output");
     let totals = totals.lock().unwrap();
     let off: Vec<_> = totals.iter().filter(|(_, total)| **total != clicks_per_user).take(5).collect();
@@ -155,6 +142,27 @@ async fn keyed_state_moves_with_its_partitions_and_counts_every_click_once() {
         totals.len()
     );
     step("every user's total from update_state_by_key is the user's clicks");
+}
+
+/// The read_committed `output` of (key, running count) rows holds `keys` keys (named `what`),
+/// each with the counts 1, 2, 3, ... `per_key` in order: none lost, none twice.
+fn check_running_counts(broker: &str, output: &str, (what, keys): (&str, u32), per_key: u64) {
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for row in java::consume_values(broker, output, true) {
+        let (key, count): (String, u64) = serde_json::from_str(&row).unwrap();
+        counts.entry(key).or_default().push(count);
+    }
+    let wrong: Vec<_> = counts
+        .iter()
+        .filter(|(_, seen)| **seen != (1..=per_key).collect::<Vec<_>>())
+        .map(|(key, seen)| (key, seen.len(), seen.iter().zip(1..).find(|(n, i)| **n != *i).map(|(n, i)| (i, *n))))
+        .take(5)
+        .collect();
+    assert!(
+        counts.len() == keys as usize && wrong.is_empty(),
+        "{} {what} in the output; {what} whose counts are not 1..={per_key} (key, rows, first (place, count) out of order): {wrong:?}",
+        counts.len()
+    );
 }
 
 /// Event time of click `i` (its value): 1 ms after the one before, from a whole second.
@@ -219,6 +227,60 @@ async fn event_time_windows_move_with_their_partitions_and_give_each_count_once(
         expected.len(),
         USERS
     );
+}
+
+/// Items clicked: click `i` is of item `i % ITEMS`, so each item's clicks come from every
+/// user's partition.
+const ITEMS: u32 = 25;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_per_item_of_clicks_keyed_by_user_go_through_a_repartition_topic_and_are_exact() {
+    let why = "repartitioning in scale-out mode needs transactions' group checks and aborted-record filtering (docs/brokers.md)";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "repartition", PARTITIONS).await
+    else {
+        return;
+    };
+    // Every click gets its item's running count: the source is keyed by user, so the items go
+    // through the job's repartition topic to the task of the item's partition first.
+    let start = |dir: &Path| {
+        let ssc = context(&broker.addr, dir, &input, &group);
+        ssc.kafka_stream()
+            .map(|record| {
+                let click: u32 = record.value_str().unwrap_or_default().parse().unwrap_or_default();
+                (format!("item-{}", click % ITEMS), 1u64)
+            })
+            .repartition("by-item")
+            .map_with_state(None, |_, item: &String, _, state: &mut KeyState<u64>| {
+                let count = state.get().copied().unwrap_or(0) + 1;
+                state.update(count);
+                Some((item.clone(), count))
+            })
+            .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "item-counts"));
+        run(ssc)
+    };
+    let repartition = format!("{group}-by-item-repartition");
+    let restored =
+        come_and_go_through(&client, &producer, (&input, &group), std::slice::from_ref(&repartition), start).await;
+    assert!(restored.iter().any(|(_, tasks, records)| *tasks > 0 && *records > 0), "{restored:?}");
+
+    // Every click counted once, in its item's task: each item's counts are 1, 2, 3, ... (a key
+    // kept in two tasks would count from 1 twice; a batch written twice would repeat).
+    check_running_counts(&broker.addr, &output, ("items", ITEMS), u64::from(12_000 / ITEMS));
+    // What the group consumed was purged as the job went (each owner every second), and
+    // nothing it had not.
+    let keys: Vec<(String, i32)> = (0..PARTITIONS).map(|p| (repartition.clone(), p)).collect();
+    let starts = client.list_offsets(&keys, sluice_client::OffsetSpec::Earliest).await.unwrap();
+    let committed = client.stable_group_offsets(&group, &keys).await.unwrap();
+    assert!(starts.values().any(|start| *start > 0), "nothing purged: log starts {starts:?}");
+    for key in &keys {
+        assert!(
+            starts[key] <= committed[key].unwrap(),
+            "{key:?} purged to {} past the group's offset {committed:?}",
+            starts[key]
+        );
+    }
+    eprintln!("{ITEMS} items counted exactly through {repartition} (log starts after purges {starts:?}); restored {restored:?}");
 }
 
 /// A scale-out job's problems, found before it connects: each operator's state must be kept per
@@ -334,6 +396,18 @@ async fn come_and_go(
     (input, group): (&str, &str),
     start: impl Fn(&Path) -> Process,
 ) -> Vec<(&'static str, u64, u64)> {
+    come_and_go_through(client, producer, (input, group), &[], start).await
+}
+
+/// [`come_and_go`] for a job with repartition topics: caught up once the group's offsets reach
+/// the end of the input, then of each of `internal` (what the input's last batches wrote there).
+async fn come_and_go_through(
+    client: &Client,
+    producer: &Producer,
+    (input, group): (&str, &str),
+    internal: &[String],
+    start: impl Fn(&Path) -> Process,
+) -> Vec<(&'static str, u64, u64)> {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
@@ -369,6 +443,9 @@ async fn come_and_go(
     click(producer, input, 10_000..12_000).await;
 
     common::wait_for_group_at_end(client, group, input, PARTITIONS, Duration::from_secs(120), || {}).await;
+    for topic in internal {
+        common::wait_for_group_at_end(client, group, topic, PARTITIONS, Duration::from_secs(60), || {}).await;
+    }
     step("caught up");
     let mut restored = Vec::new();
     for (name, process) in [("b again", b), ("c", c)] {

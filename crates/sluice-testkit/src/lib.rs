@@ -150,7 +150,8 @@ pub async fn scale_job(skip_on_tansu: &str, prefix: &str, partitions: i32) -> Op
 }
 
 /// Waits (up to `timeout`) until `group`'s committed offsets, read as stable, reach the log ends
-/// of `topic`'s partitions `0..partitions` as they are now: a job consuming it has caught up.
+/// of `topic`'s partitions `0..partitions` (as they are at that moment): a job consuming it has
+/// caught up.
 /// `alive` runs before each look (to fail at once if the job died); returns the log ends.
 pub async fn wait_for_group_at_end(
     client: &sluice_client::Client,
@@ -161,10 +162,12 @@ pub async fn wait_for_group_at_end(
     mut alive: impl FnMut(),
 ) -> BTreeMap<(String, i32), i64> {
     let partitions: Vec<(String, i32)> = (0..partitions).map(|p| (topic.to_owned(), p)).collect();
-    let ends = client.log_ends(&partitions, sluice_client::Isolation::ReadUncommitted).await.unwrap();
     let deadline = Instant::now() + timeout;
     loop {
         alive();
+        // Read again each time: a transaction's commit marker may land after the job's offsets
+        // (which then point past it).
+        let ends = client.log_ends(&partitions, sluice_client::Isolation::ReadUncommitted).await.unwrap();
         let committed = client.stable_group_offsets(group, &partitions).await.unwrap();
         let behind: BTreeMap<i32, (Option<i64>, Option<i64>)> = partitions
             .iter()

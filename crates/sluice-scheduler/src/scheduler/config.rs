@@ -145,6 +145,13 @@ pub struct ScaleConfig {
     /// without input (Spark's `updateStateByKey` calls its function every batch) writes those
     /// changes through it.
     pub transaction_every_batch: bool,
+    /// Topics partitioned like the source (which is one topic), each partition going with the
+    /// source's partition of the same number: the process that owns source partition `p` also
+    /// reads partition `p` of each, and commits its offsets in the group with the source's, in
+    /// the batch's transaction. A job's repartition topics: records another task wrote for this
+    /// one. Where the group holds no offset for one of their partitions, it is read from its
+    /// start (whatever `starting_offsets` says: everything in it is the job's own).
+    pub internal_topics: Vec<String>,
 }
 
 impl ScaleConfig {
@@ -161,6 +168,7 @@ impl ScaleConfig {
             heartbeat_interval: Duration::from_secs(3),
             transaction_timeout: Duration::from_secs(10),
             transaction_every_batch: false,
+            internal_topics: Vec::new(),
         }
     }
 }

@@ -208,9 +208,16 @@ impl<C: Clock> Scheduler<C> {
     /// Starts the read tasks of a batch's first piece in the background.
     pub(super) fn start_read(&self, batch_id: u64, ranges: &[OffsetRange]) -> Reading {
         let on_loss = if self.config.fail_on_data_loss { DataLoss::Fail } else { DataLoss::Skip };
+        let internal = self.config.scale.as_ref().map(|s| s.internal_topics.as_slice()).unwrap_or_default();
         let readers = split_ranges(ranges, self.config.min_partitions)
             .into_iter()
-            .map(|task| RangeReader::new(task, on_loss, self.bytes_per_offset))
+            .map(|task| {
+                // An internal topic's records before its log start were purged by an owner that
+                // had consumed them: this process no longer owns the partition (its batch will
+                // not commit), and nothing was lost.
+                let on_loss = if internal.contains(&task.topic) { DataLoss::Skip } else { on_loss };
+                RangeReader::new(task, on_loss, self.bytes_per_offset)
+            })
             .enumerate()
             .collect();
         self.read_context().start(batch_id, readers)

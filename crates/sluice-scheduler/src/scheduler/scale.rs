@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_client::{ConsumerGroupConfig, ConsumerGroupMember, Error, MemberEvent, Producer, ProducerConfig};
+use sluice_client::{
+    ConsumerGroupConfig, ConsumerGroupMember, Error, MemberEvent, OffsetSpec, Producer, ProducerConfig,
+};
 use sluice_protocol::error_code::ErrorCode;
 
 use super::read::{FIRST_FAULT_BACKOFF, MAX_FAULT_BACKOFF};
@@ -43,18 +45,24 @@ pub(super) struct Scale {
     /// commit once its member has lost its partitions since its positions were taken (even if
     /// it got them back).
     losses_at_begin: Option<u64>,
-    /// Owned partitions whose position came from `starting_offsets`, not from the group: the
-    /// next batch commits their offsets even if it reads nothing from them, so that a later
-    /// owner starts where this one did.
+    /// Owned partitions whose position came from `starting_offsets` (for an internal topic's,
+    /// its earliest offset), not from the group: the next batch commits their offsets even if it
+    /// reads nothing from them, so that a later owner starts where this one did.
     uncommitted: std::collections::BTreeSet<TopicPartition>,
     /// Batches in a row whose transaction did not commit.
     not_committed_in_a_row: u32,
     /// What the processor has not been told yet (see [`PartitionChanges`]).
     changes: PartitionChanges,
+    /// [`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics): their partition
+    /// `p` goes with the source's partition `p`.
+    internal_topics: Vec<String>,
 }
 
 /// Scale-out mode: how the partitions a process works on changed, told to the processor at a
-/// batch boundary before the batch is planned ([`Processor::partitions_changed`](super::Processor::partitions_changed)).
+/// batch boundary before the batch is planned
+/// ([`Processor::partitions_changed`](super::Processor::partitions_changed)). The partitions of
+/// internal topics ([`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics)) come
+/// and go with the source's, and are listed with them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PartitionChanges {
@@ -66,9 +74,10 @@ pub struct PartitionChanges {
     /// never happened). The processor drops what it keeps for them and rebuilds it from Kafka
     /// (a changelog) before the next batch reads them.
     pub gained: Vec<TopicPartition>,
-    /// Those of `gained` the group held no offset for: they start at `starting_offsets` (or
-    /// their earliest offset), so state kept for them elsewhere does not match where they
-    /// start (their offsets expired, or were reset).
+    /// Those of `gained` of the source the group held no offset for: they start at
+    /// `starting_offsets` (or their earliest offset), so state kept for them elsewhere does not
+    /// match where they start (their offsets expired, or were reset). An internal topic's
+    /// partition without an offset is read from its start, and is not listed here.
     pub fresh: Vec<TopicPartition>,
 }
 
@@ -80,6 +89,26 @@ impl PartitionChanges {
 }
 
 impl Scale {
+    /// `partitions` (the group's, of the source) with the internal topics' partitions that go
+    /// with them.
+    fn with_internal(&self, partitions: &[TopicPartition]) -> Vec<TopicPartition> {
+        let mut all = partitions.to_vec();
+        for (_, partition) in partitions {
+            all.extend(self.internal_topics.iter().map(|topic| (topic.clone(), *partition)));
+        }
+        all
+    }
+
+    /// The partitions this process owns: the group's and the internal topics' that go with them.
+    fn owned(&self) -> Vec<TopicPartition> {
+        self.with_internal(&self.member.owned())
+    }
+
+    /// Whether `partition` is of an internal topic.
+    fn is_internal(&self, (topic, _): &TopicPartition) -> bool {
+        self.internal_topics.contains(topic)
+    }
+
     /// Drops what the scheduler knows of partitions no longer this process's.
     fn forget(
         &mut self,
@@ -107,7 +136,7 @@ impl Scale {
         partitions: impl IntoIterator<Item = TopicPartition>,
         positions: &mut BTreeMap<TopicPartition, i64>,
     ) {
-        let owned = self.member.owned();
+        let owned = self.owned();
         for key in partitions {
             positions.remove(&key);
             if owned.contains(&key) && !self.gained.contains(&key) {
@@ -147,18 +176,21 @@ impl<C: Clock> Scheduler<C> {
         self.known_high_watermarks.clear();
         let mut member = member;
         let losses_at_plan = member.losses();
-        let gained = first_assignment(&mut member, scale.rebalance_timeout.min(FIRST_ASSIGNMENT_WAIT)).await;
+        let assigned = first_assignment(&mut member, scale.rebalance_timeout.min(FIRST_ASSIGNMENT_WAIT)).await;
         self.prefetched = None;
-        self.scale = Some(Scale {
+        let mut joined = Scale {
             member,
             producer: Arc::new(producer),
-            gained,
+            gained: Vec::new(),
             losses_at_plan,
             losses_at_begin: None,
             uncommitted: std::collections::BTreeSet::new(),
             not_committed_in_a_row: 0,
             changes: PartitionChanges::default(),
-        });
+            internal_topics: scale.internal_topics.clone(),
+        };
+        joined.gained = joined.with_internal(&assigned);
+        self.scale = Some(joined);
         self.close_open_intent().await
     }
 
@@ -219,16 +251,19 @@ impl<C: Clock> Scheduler<C> {
             match event {
                 Ok(MemberEvent::Assigned(partitions)) => {
                     tracing::info!(batch_id, ?partitions, "partitions assigned");
-                    scale.gained.extend(partitions);
+                    let gained = scale.with_internal(&partitions);
+                    scale.gained.extend(gained);
                 }
                 Ok(MemberEvent::Revoked(partitions)) => {
                     tracing::info!(batch_id, ?partitions, "partitions revoked: released");
-                    scale.forget(&partitions, &mut self.positions, &mut self.known_high_watermarks);
+                    let gone = scale.with_internal(&partitions);
+                    scale.forget(&gone, &mut self.positions, &mut self.known_high_watermarks);
                     scale.member.released(&partitions);
                 }
                 Ok(MemberEvent::Lost(partitions)) => {
                     tracing::warn!(batch_id, ?partitions, "partitions lost: the group dropped this process");
-                    scale.forget(&partitions, &mut self.positions, &mut self.known_high_watermarks);
+                    let gone = scale.with_internal(&partitions);
+                    scale.forget(&gone, &mut self.positions, &mut self.known_high_watermarks);
                 }
                 Ok(other) => tracing::debug!(batch_id, ?other, "group event"),
                 Err(error) => {
@@ -246,7 +281,11 @@ impl<C: Clock> Scheduler<C> {
             self.positions.extend(positions);
             if let Some(scale) = self.scale.as_mut() {
                 scale.gained.clear();
-                for partition in &fresh {
+                // An internal topic's partition without an offset is read from its start, as
+                // the source's would be from where the job's starting offsets say: not fresh.
+                let fresh_source: Vec<TopicPartition> =
+                    fresh.iter().filter(|p| !scale.is_internal(p)).cloned().collect();
+                for partition in &fresh_source {
                     if !scale.changes.fresh.contains(partition) {
                         scale.changes.fresh.push(partition.clone());
                     }
@@ -286,7 +325,10 @@ impl<C: Clock> Scheduler<C> {
                     committed.iter().filter_map(|(p, offset)| Some((p.clone(), (*offset)?))).collect(),
                     partitions.iter().filter(|p| !matches!(committed.get(*p), Some(Some(_)))).cloned().collect(),
                 );
-                if !fresh.is_empty() {
+                let internal = self.config.scale.as_ref().map(|s| s.internal_topics.as_slice()).unwrap_or_default();
+                let (fresh_internal, fresh_source): (Vec<TopicPartition>, Vec<TopicPartition>) =
+                    fresh.iter().cloned().partition(|(topic, _)| internal.contains(topic));
+                if !fresh_source.is_empty() {
                     // `starting_offsets` is where the job starts; once the group has offsets of
                     // its topics, a partition without any (added since, or whose first owner died
                     // before its first commit) holds records new to the job: from its start.
@@ -296,7 +338,11 @@ impl<C: Clock> Scheduler<C> {
                         .await?
                         .keys()
                         .any(|(topic, _)| self.config.topics.contains(topic));
-                    positions.extend(self.starting_positions(&fresh, !job_started).await?);
+                    positions.extend(self.starting_positions(&fresh_source, !job_started).await?);
+                }
+                if !fresh_internal.is_empty() {
+                    // All the job's own: from the start.
+                    positions.extend(self.client.list_offsets(&fresh_internal, OffsetSpec::Earliest).await?);
                 }
                 Ok::<_, Error>((positions, fresh))
             };
@@ -363,7 +409,7 @@ impl<C: Clock> Scheduler<C> {
             // the loss count: metadata from after a loss (the member fenced and back) must not
             // commit a batch begun before it, whose partitions may have had another owner since.
             let metadata = scale.member.group_metadata();
-            let kept = scale.member.losses() == losses_at_begin && owns_all(&scale.member.owned(), ranges);
+            let kept = scale.member.losses() == losses_at_begin && owns_all(&scale.owned(), ranges);
             if !kept {
                 break Some("the member lost partitions of the batch while it ran".to_owned());
             }
