@@ -62,6 +62,22 @@ fn ranges_text(intent: &BatchIntent) -> String {
     format!("{rows} records: {}", if ranges.is_empty() { "(none)".to_owned() } else { ranges.join(" ") })
 }
 
+/// The partitions the latest batch that read any read, by topic: the partitions a job reads
+/// (in scale-out mode, the tasks this process owned then, with their repartition partitions).
+/// A scale-out batch that did not commit is closed with no ranges, so it does not count.
+fn last_partitions<'a>(batches: impl Iterator<Item = &'a BatchIntent>) -> BTreeMap<String, Vec<i32>> {
+    let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    let latest = batches.filter(|intent| !intent.ranges.is_empty()).max_by_key(|intent| intent.batch_id);
+    for range in latest.map(|intent| intent.ranges.as_slice()).unwrap_or_default() {
+        by_topic.entry(range.topic.clone()).or_default().push(range.partition);
+    }
+    for partitions in by_topic.values_mut() {
+        partitions.sort_unstable();
+        partitions.dedup();
+    }
+    by_topic
+}
+
 fn intent_json(intent: &BatchIntent) -> serde_json::Value {
     json!({
         "batch_id": intent.batch_id,
@@ -109,6 +125,7 @@ fn inspect(dir: &Path, batches: usize, as_json: bool) -> CliResult {
     let stop =
         |p: &sluice_checkpoint::StopPoint| json!({"segment": p.segment_id, "offset": p.offset, "problem": p.problem});
     let damaged = recovered.damage.is_some();
+    let partitions = last_partitions(recovered.last_committed.iter().map(|b| &b.intent).chain(&recovered.history));
     // Made by the scheduler beside the segments; what the Kafka sinks' marker groups carry.
     let id = std::fs::read_to_string(dir.join(sluice_scheduler::CHECKPOINT_ID_FILE)).ok().map(|t| t.trim().to_owned());
     let text = if as_json {
@@ -119,6 +136,7 @@ fn inspect(dir: &Path, batches: usize, as_json: bool) -> CliResult {
             "disk_bytes": disk_bytes,
             "records": tallies.iter().map(|(k, t)| (k.to_string(), json!({"count": t.records, "bytes": t.bytes}))).collect::<serde_json::Map<_, _>>(),
             "last_committed": recovered.last_committed.as_ref().map(|b| intent_json(&b.intent)),
+            "partitions": partitions,
             "pending": recovered.pending.iter().map(intent_json).collect::<Vec<_>>(),
             "snapshot": snapshot.map(|(batch_id, bytes)| json!({"batch_id": batch_id, "bytes": bytes})),
             "deltas_since_snapshot": {"count": recovered.deltas.len(), "bytes": delta_bytes},
@@ -144,6 +162,14 @@ fn inspect(dir: &Path, batches: usize, as_json: bool) -> CliResult {
                     writeln!(text, "last committed batch: {} ({})", batch.intent.batch_id, ranges_text(&batch.intent));
             }
             None => text.push_str("last committed batch: none (the job has not finished a batch)\n"),
+        }
+        if !partitions.is_empty() {
+            let listed: Vec<String> = partitions.iter().map(|(topic, p)| format!("{topic} {p:?}")).collect();
+            let _ = writeln!(
+                text,
+                "partitions of the last batch that read (scale-out: the tasks this process owned): {}",
+                listed.join(", ")
+            );
         }
         for intent in &recovered.pending {
             let _ = writeln!(

@@ -38,6 +38,9 @@ struct State {
     batches: u64,
     input_rows: u64,
     checkpoint_bytes: u64,
+    /// Offsets each partition's committed batches consumed (in scale-out mode, what this
+    /// process did of each task while it owned it).
+    partition_offsets: std::collections::BTreeMap<(String, i32), u64>,
     last: Option<BatchProgress>,
 }
 
@@ -96,6 +99,12 @@ impl Metrics {
         state.batches += 1;
         state.input_rows += progress.num_input_rows;
         state.checkpoint_bytes += progress.checkpoint_bytes;
+        if !progress.aborted {
+            for source in &progress.sources {
+                let consumed = u64::try_from(source.end_offset - source.start_offset).unwrap_or(0);
+                *state.partition_offsets.entry((source.topic.clone(), source.partition)).or_default() += consumed;
+            }
+        }
         state.last = Some(progress.clone());
     }
 
@@ -131,6 +140,19 @@ fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+fn counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 fn gauges(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, samples: &[(Labels, f64)]) -> std::fmt::Result {
     let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0.0).metric_type())?;
     for (labels, value) in samples {
@@ -151,7 +173,16 @@ impl Collector for Scrape {
         let unusable = load(&self.counters.unusable);
         counter(e, "unusable_rows", "Rows without a usable aggregated field or event time.", unusable)?;
         counter(e, "late_rows", "Rows behind the watermark, dropped.", load(&self.counters.late))?;
+        let consumed: Vec<(Labels, u64)> = state
+            .partition_offsets
+            .iter()
+            .map(|((topic, partition), n)| (vec![("topic", topic.clone()), ("partition", partition.to_string())], *n))
+            .collect();
+        let help = "Offsets of each partition consumed by this process's committed batches (scale-out: per task).";
+        counters(e, "partition_offsets", help, &consumed)?;
         let Some(last) = &state.last else { return Ok(()) };
+        let help = "Partitions the last batch read (scale-out: the tasks this process owns, and their repartition partitions).";
+        gauges(e, "owned_partitions", help, &[(Labels::new(), last.sources.len() as f64)])?;
         let one = |v: f64| [(Labels::new(), v)];
         gauges(e, "last_batch_id", "Id of the last committed batch.", &one(last.batch_id as f64))?;
         gauges(e, "last_batch_rows", "Records in the last batch.", &one(last.num_input_rows as f64))?;
@@ -250,22 +281,36 @@ mod tests {
                 committing_ms: 3,
                 total_ms: 56,
             },
-            sources: Vec::new(),
+            sources: vec![sluice_scheduler::PartitionProgress {
+                topic: "clicks".into(),
+                partition: 3,
+                start_offset: 10,
+                end_offset: 50,
+                latest_offset: 60,
+                lag: 10,
+                lost_offsets: 0,
+                reset_from: None,
+            }],
             rerun: false,
             checkpoint_bytes: 100,
             aborted: false,
         };
         metrics.record(&progress);
+        // An aborted batch's offsets were not consumed.
+        metrics.record(&BatchProgress { aborted: true, ..progress.clone() });
         sluice_client::RequestObserver::request_done(&*requests, "b:9092", "Fetch", Duration::from_millis(3), true);
         let text = metrics.render();
         for line in [
             "# TYPE sluice_batches_total counter",
-            r#"sluice_batches_total{job="clicks \"top\""} 1"#,
-            r#"sluice_input_rows_total{job="clicks \"top\""} 40"#,
+            r#"sluice_batches_total{job="clicks \"top\""} 2"#,
+            r#"sluice_input_rows_total{job="clicks \"top\""} 80"#,
+            r#"sluice_partition_offsets_total{job="clicks \"top\"",topic="clicks",partition="3"} 40"#,
+            r#"sluice_owned_partitions{job="clicks \"top\""} 1"#,
+            r#"sluice_partition_lag_records{job="clicks \"top\"",topic="clicks",partition="3"} 10"#,
             r#"sluice_last_batch_duration_seconds{job="clicks \"top\"",phase="processing"} 0.03"#,
             "# TYPE sluice_batch_duration_seconds histogram",
-            r#"sluice_batch_duration_seconds_bucket{job="clicks \"top\"",phase="processing",le="0.032"} 1"#,
-            r#"sluice_batch_duration_seconds_count{job="clicks \"top\"",phase="total"} 1"#,
+            r#"sluice_batch_duration_seconds_bucket{job="clicks \"top\"",phase="processing",le="0.032"} 2"#,
+            r#"sluice_batch_duration_seconds_count{job="clicks \"top\"",phase="total"} 2"#,
             r#"sluice_request_duration_seconds_count{job="clicks \"top\"",api="Fetch",broker="b:9092",outcome="ok"} 1"#,
         ] {
             assert!(text.contains(line), "no {line} in\n{text}");

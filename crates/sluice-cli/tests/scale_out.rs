@@ -363,6 +363,19 @@ async fn a_per_batch_aggregate_goes_through_its_repartition_topic_and_counts_eve
     step("the group's offsets reached the end of the input, then of the repartition topic");
     one_again.stop();
     two.stop();
+    // Each checkpoint says which tasks its process owned: partitions of the input, with the
+    // same partitions of the repartition topic.
+    for name in ["one", "two"] {
+        let inspect = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["checkpoint", "inspect", "--json"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        let document: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        let owned = &document["partitions"];
+        assert!(owned[&input].as_array().is_some_and(|p| !p.is_empty()), "{name}: {document}");
+        assert_eq!(owned[&input], owned[&repartition], "{name}: {document}");
+    }
 
     // Each click is in one batch's row of its item: the rows of an item sum to its clicks.
     let mut clicks: BTreeMap<String, u64> = BTreeMap::new();
