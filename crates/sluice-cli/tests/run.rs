@@ -400,6 +400,24 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
             "`[top]` with `[scale]`: a ranking over every key needs all processes' aggregates in one place",
         ),
         (
+            format!("{}\n[scale]\ngroup = \"orders\"\n", good.replace("[top]\nk = 3\n", "")),
+            "[window]".into(),
+            "a `[window]` with `[scale]`: windows cannot move between processes yet",
+        ),
+        (
+            format!(
+                "{}\n[scale]\ngroup = \"orders\"\n",
+                good.replace("[top]\nk = 3\n", "")
+                    .replace(
+                        "[window]\ntime = \"event\"\ntime_field = \"time\"\nlength = \"10s\"\nwatermark = \"0s\"\n",
+                        ""
+                    )
+                    .replace("topics = [\"orders\"]", "topics = [\"orders\", \"returns\"]")
+            ),
+            "topics = [\"orders\", \"returns\"]".into(),
+            "`[aggregate]` with `[scale]`: the repartition topic is partitioned like the one source topic",
+        ),
+        (
             format!("{good}\n[scale]\ngroup = \"orders\"\nprotocol = \"eager\"\n"),
             "protocol = \"eager\"".into(),
             "expected one of `auto`, `consumer`, `classic`",

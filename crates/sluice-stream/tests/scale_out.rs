@@ -350,6 +350,45 @@ async fn state_that_cannot_move_with_its_partitions_is_refused_before_the_job_st
     })
     .await;
     assert!(two_topics.contains("one source topic"), "{two_topics}");
+
+    let repartitioned = |ssc: &StreamingContext, name: &str| {
+        ssc.kafka_stream().map(user).repartition(name).update_state_by_key(totals).foreach_batch(|_, _| Ok(()));
+    };
+    let twice = refused(&["clicks"], &|ssc| {
+        repartitioned(ssc, "by-user");
+        repartitioned(ssc, "by-user");
+    })
+    .await;
+    assert!(twice.contains("two repartitions named \"by-user\""), "{twice}");
+    let bad_name = refused(&["clicks"], &|ssc| repartitioned(ssc, "by user")).await;
+    assert!(bad_name.contains("must be at most 249 letters, digits"), "{bad_name}");
+    let from_two = refused(&["clicks", "views"], &|ssc| repartitioned(ssc, "by-user")).await;
+    assert!(
+        from_two.contains("repartition in scale-out mode writes to topics partitioned like the one source topic"),
+        "{from_two}"
+    );
+}
+
+/// What a run's last batch repartitions is read in the batches after it: a trigger that ends
+/// the run after a batch (Once, AvailableNow) is refused with a repartition.
+#[tokio::test]
+async fn a_repartition_with_a_trigger_that_ends_the_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StreamConfig::new(["127.0.0.1:1"], ["clicks"], Duration::from_millis(200), dir.path());
+    config.scheduler.scale = Some(ScaleConfig::new("refused"));
+    config.scheduler.trigger = sluice_scheduler::Trigger::AvailableNow;
+    let ssc = StreamingContext::new(config);
+    ssc.kafka_stream()
+        .map(|record| (record.key_str().unwrap_or_default().to_owned(), 1u64))
+        .repartition("by-user")
+        .reduce_by_key(|a, b| a + b)
+        .foreach_batch(|_, _| Ok(()));
+    match ssc.run(|_| {}).await {
+        Err(StreamError::Invalid(problems)) => {
+            assert!(problems.join("; ").contains("needs a processing-time trigger"), "{problems:?}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
 }
 
 /// State in a changelog with no offsets in the group for its partition (they expired, or were
