@@ -29,16 +29,25 @@ const PARTITIONS: i32 = 12;
 /// Records per slice of the input.
 const SLICE: u32 = 1_000;
 
-fn job_file(bootstrap: &str, input: &str, output: &str, group: &str, checkpoint: &Path) -> String {
+/// A `[scale]` job file named `name` reading `input` from `brokers` (a TOML list's items) into
+/// the Kafka topic `output`, with `sections` (format, aggregate) between its source and its
+/// checkpoint.
+fn job_file(
+    name: &str,
+    brokers: &str,
+    (input, output, group): (&str, &str, &str),
+    sections: &str,
+    checkpoint: &Path,
+) -> String {
     format!(
-        r#"name = "copy"
+        r#"name = "{name}"
 
 [source]
-brokers = [{bootstrap}]
+brokers = [{brokers}]
 topics = ["{input}"]
 start = "earliest"
 batch_interval = "200ms"
-
+{sections}
 [checkpoint]
 dir = "{checkpoint}"
 
@@ -136,7 +145,7 @@ async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
     client.create_topic(&input, PARTITIONS, 3).await.unwrap();
     client.create_topic(&output, 1, 3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let job = |name: &str| job_file(&bootstrap, &input, &output, &group, &dir.path().join(name));
+    let job = |name: &str| job_file("copy", &bootstrap, (&input, &output, &group), "", &dir.path().join(name));
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
 
@@ -254,16 +263,8 @@ const AGG_PARTITIONS: i32 = 6;
 const USERS: u32 = 60;
 const ITEMS: u32 = 25;
 
-fn aggregate_job(bootstrap: &str, (input, output, group): (&str, &str, &str), checkpoint: &Path) -> String {
-    format!(
-        r#"name = "clicks-per-item"
-
-[source]
-brokers = ["{bootstrap}"]
-topics = ["{input}"]
-start = "earliest"
-batch_interval = "200ms"
-
+/// Counts per item of CSV clicks `user,item`, per batch.
+const PER_ITEM: &str = r#"
 [format]
 type = "csv"
 columns = ["user", "item"]
@@ -272,23 +273,10 @@ columns = ["user", "item"]
 key = "item"
 function = "count"
 as = "clicks"
+"#;
 
-[checkpoint]
-dir = "{checkpoint}"
-
-[scale]
-group = "{group}"
-
-[[sink]]
-type = "kafka"
-topic = "{output}"
-"#,
-        checkpoint = checkpoint.display(),
-    )
-}
-
-/// Clicks `from..to` (slices of a multiple of `ITEMS`) as CSV rows `user,item`, keyed by user and on the user's partition: click
-/// `i` is user `i % USERS`'s, on item `i % ITEMS`.
+/// Clicks `from..to` (slices of a multiple of `ITEMS`) as CSV rows `user,item`, keyed by user
+/// and on the user's partition: click `i` is user `i % USERS`'s, on item `i % ITEMS`.
 async fn click(producer: &Producer, input: &str, clicks: std::ops::Range<u32>) {
     let mut deliveries = Vec::new();
     for i in clicks {
@@ -313,7 +301,9 @@ async fn a_per_batch_aggregate_goes_through_its_repartition_topic_and_counts_eve
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let job = |name: &str| aggregate_job(&broker.addr, (&input, &output, &group), &dir.path().join(name));
+    let brokers = format!("{:?}", broker.addr);
+    let job =
+        |name: &str| job_file("clicks-per-item", &brokers, (&input, &output, &group), PER_ITEM, &dir.path().join(name));
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
 

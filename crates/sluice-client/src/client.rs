@@ -599,6 +599,23 @@ pub struct FetchedPartition {
     pub records: DecodedRecords,
 }
 
+impl FetchedPartition {
+    /// How far a reader of `isolation` can read the partition, as the fetch reported it: the
+    /// high watermark, or under `ReadCommitted` the last stable offset.
+    pub fn readable_end(&self, isolation: Isolation) -> i64 {
+        readable_end(isolation, self.high_watermark, self.last_stable_offset)
+    }
+}
+
+/// The high watermark, or under `ReadCommitted` the last stable offset (a broker whose answer's
+/// version has none says -1: the high watermark then).
+fn readable_end(isolation: Isolation, high_watermark: i64, last_stable_offset: i64) -> i64 {
+    match isolation {
+        Isolation::ReadCommitted if last_stable_offset >= 0 => last_stable_offset,
+        _ => high_watermark,
+    }
+}
+
 /// The last Fetch version that names topics; v13+ (KIP-516) names them by topic id.
 const FETCH_BY_NAME_MAX_VERSION: i16 = 12;
 
@@ -940,13 +957,7 @@ async fn high_watermarks_on(
         .filter_map(|t| naming.name_of(&t).map(|name| (name, t.partitions)))
         .flat_map(|(topic, partitions)| {
             partitions.into_iter().filter(|p| p.error_code == 0).map(move |p| {
-                // What a reader of `isolation` can read up to (a broker without transactions
-                // in its answer's version says -1: the high watermark then).
-                let end = match isolation {
-                    Isolation::ReadCommitted if p.last_stable_offset >= 0 => p.last_stable_offset,
-                    _ => p.high_watermark,
-                };
-                ((topic.clone(), p.partition_index), end)
+                ((topic.clone(), p.partition_index), readable_end(isolation, p.high_watermark, p.last_stable_offset))
             })
         })
         .collect())

@@ -500,15 +500,8 @@ impl RangeReader {
                     return Err(self.client_error(ClientError::Broker { broker, api: "Fetch", code }));
                 }
             }
-            // The end the next plan may reach: under read_committed the last stable offset (what
-            // such a fetch can read; -1 from a broker that does not say).
-            let readable_end = match options.isolation {
-                sluice_client::Isolation::ReadCommitted if fetched.last_stable_offset >= 0 => {
-                    fetched.last_stable_offset
-                }
-                _ => fetched.high_watermark,
-            };
-            self.high_watermark = self.high_watermark.max(readable_end);
+            // The end the next plan may reach: under read_committed the last stable offset.
+            self.high_watermark = self.high_watermark.max(fetched.readable_end(options.isolation));
             let next = fetched.records.next_offset.unwrap_or(position);
             if next <= position {
                 // Nothing new: the range reaches past what the log holds, for now at least (a

@@ -1,6 +1,7 @@
 //! A streaming job: its source, its streams and outputs, and the loop that runs them on the
 //! scheduler.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -158,18 +159,11 @@ impl StreamingContext {
     /// every record of every batch (of the source topics: not the records of the job's
     /// repartition topics, which only the repartitioned streams see).
     pub fn kafka_stream(&self) -> DStream<KafkaRecord> {
-        let internal = {
-            let mut graph = lock(&self.graph);
-            graph.sources += 1;
-            Arc::clone(&graph.internal_topics)
-        };
-        // The records of the source topics; a job's repartition topics are read with them, for
-        // the streams they repartition.
-        let take = move |input: &BatchInput| {
-            let internal = internal.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            Some(input.records.take_where(|part| !input.part_of(part, &internal)))
-        };
-        DStream::new(Arc::clone(&self.graph), Box::new(take)).aligned_as(true)
+        lock(&self.graph).sources += 1;
+        // The records of the source topics (a job's repartition topics are read with them, for
+        // the streams they repartition).
+        DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.take_source())))
+            .aligned_as(true)
     }
 
     /// Counters of the state restored from changelogs (scale-out mode with keyed state): each
@@ -203,7 +197,7 @@ impl StreamingContext {
         clock: C,
         on_progress: impl FnMut(&BatchProgress),
     ) -> Result<u64, StreamError> {
-        let (outputs, mut errors, sources, state, failures) = {
+        let (outputs, mut errors, sources, state, failures, internal_topics) = {
             let mut graph = lock(&self.graph);
             let graph = &mut *graph;
             (
@@ -212,9 +206,9 @@ impl StreamingContext {
                 graph.sources,
                 std::mem::take(&mut graph.state),
                 Arc::clone(&graph.failures),
+                graph.internal_topics.clone(),
             )
         };
-        let internal_topics = lock(&self.graph).internal_topics.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if !internal_topics.is_empty() && self.config.scheduler.topics.len() != 1 {
             errors.push(format!(
                 "repartition in scale-out mode writes to topics partitioned like the one source topic; this job reads {}",
@@ -263,7 +257,6 @@ impl StreamingContext {
         }
         let purge = (!internal_topics.is_empty()).then(|| Purge {
             client: client.clone(),
-            topics: internal_topics.clone(),
             interval: self.config.repartition_purge_interval,
             last: std::time::Instant::now(),
             running: None,
@@ -359,7 +352,7 @@ struct Engine {
     /// Source streams in the job (`kafka_stream`s).
     sources: usize,
     /// The job's repartition topics (each read by its repartitioned stream).
-    internal: std::collections::BTreeSet<Arc<str>>,
+    internal: BTreeSet<Arc<str>>,
     state: JobState,
     snapshot_every: u64,
     concurrent_outputs: bool,
@@ -381,20 +374,19 @@ struct Engine {
 /// one purge at a time; a failure is only logged (the next one asks again).
 struct Purge {
     client: Client,
-    topics: Vec<String>,
     interval: std::time::Duration,
     last: std::time::Instant,
     running: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Purge {
-    /// Starts a purge up to the starts of `ranges`, if one is due.
-    fn at_batch_start(&mut self, ranges: &[sluice_scheduler::OffsetRange]) {
+    /// Starts a purge up to the starts of `ranges` of the `internal` topics, if one is due.
+    fn at_batch_start(&mut self, ranges: &[sluice_scheduler::OffsetRange], internal: &BTreeSet<Arc<str>>) {
         if self.last.elapsed() < self.interval || self.running.as_ref().is_some_and(|r| !r.is_finished()) {
             return;
         }
         let mut consumed: std::collections::BTreeMap<(String, i32), i64> = std::collections::BTreeMap::new();
-        for range in ranges.iter().filter(|r| self.topics.contains(&r.topic)) {
+        for range in ranges.iter().filter(|r| internal.contains(r.topic.as_str())) {
             let from = consumed.entry((range.topic.clone(), range.partition)).or_insert(range.from);
             *from = (*from).min(range.from);
         }
@@ -515,7 +507,7 @@ impl Processor for Engine {
         // A batch that failed part way may have left its problems.
         self.failures.lock().unwrap_or_else(PoisonError::into_inner).clear();
         if let Some(purge) = &mut self.purge {
-            purge.at_batch_start(&batch.ranges);
+            purge.at_batch_start(&batch.ranges, &self.internal);
         }
         // In scale-out mode a batch's time is the wall clock's (on the interval's grid), which
         // the processes share: a key's timeout means the same whichever process has its task.
@@ -546,14 +538,9 @@ impl Processor for Engine {
                 cursors = moved;
                 // A source topic's parts go to every source stream, a repartition topic's to
                 // its repartitioned stream.
-                let records = SourceRecords::with_takers(parts, |part| {
-                    let internal = part_sources.get(part).is_some_and(|(topic, _)| self.internal.contains(topic));
-                    if internal {
-                        1
-                    } else {
-                        self.sources
-                    }
-                });
+                let internal =
+                    |part: usize| part_sources.get(part).is_some_and(|(topic, _)| self.internal.contains(topic));
+                let records = SourceRecords::split(parts, internal, self.sources);
                 let last = piece.last && index + 1 == runs;
                 let input = BatchInput::new(
                     batch.batch_id,

@@ -47,52 +47,71 @@ pub struct BatchInput {
     pub(crate) transaction: Option<Arc<Producer>>,
 }
 
-/// A batch's source records, handed to the source streams of the job: each part to the
-/// streams that take it (a source topic's to every `kafka_stream`, a repartition topic's to its
-/// repartitioned stream), copies to all but the last, which takes it (a part with one taker is
-/// never copied).
+/// A batch's source records, handed to the source streams of the job: a source topic's parts
+/// to every `kafka_stream`, a repartition topic's to its repartitioned stream alone; of each
+/// part, copies to all its takers but the last, which takes it (a part with one taker is never
+/// copied).
 #[derive(Debug, Default)]
 pub(crate) struct SourceRecords {
-    /// Each part, and how many takers are still to take it.
-    parts: Mutex<Vec<(Vec<KafkaRecord>, usize)>>,
+    parts: Mutex<Vec<SourcePart>>,
+}
+
+#[derive(Debug)]
+struct SourcePart {
+    records: Vec<KafkaRecord>,
+    /// Whether the part is of one of the job's repartition topics.
+    internal: bool,
+    /// Takers still to take it.
+    takers: usize,
 }
 
 impl SourceRecords {
-    /// Records whose every part is for `takers` source streams.
+    /// Records of the source topics only, for `takers` source streams.
     #[cfg(test)]
     pub(crate) fn new(parts: Parts<KafkaRecord>, takers: usize) -> Self {
-        Self::with_takers(parts, |_| takers)
+        Self::split(parts, |_| false, takers)
     }
 
-    /// Records whose part `i` is for `takers(i)` source streams.
-    pub(crate) fn with_takers(parts: Parts<KafkaRecord>, takers: impl Fn(usize) -> usize) -> Self {
-        let parts = parts.into_iter().enumerate().map(|(index, part)| (part, takers(index))).collect();
+    /// Records whose part `i` is of a repartition topic if `internal(i)` (for its repartitioned
+    /// stream), and otherwise of a source topic (for each of `sources` source streams).
+    pub(crate) fn split(parts: Parts<KafkaRecord>, internal: impl Fn(usize) -> bool, sources: usize) -> Self {
+        let parts = parts
+            .into_iter()
+            .enumerate()
+            .map(|(index, records)| {
+                let internal = internal(index);
+                SourcePart { records, internal, takers: if internal { 1 } else { sources } }
+            })
+            .collect();
         Self { parts: Mutex::new(parts) }
     }
 
-    /// The records: a copy, or for the last taker the records themselves.
-    #[cfg(test)]
-    pub(crate) fn take(&self) -> Parts<KafkaRecord> {
-        self.take_where(|_| true)
+    /// The source topics' records (the repartition topics' parts empty).
+    pub(crate) fn take_source(&self) -> Parts<KafkaRecord> {
+        self.take_parts(|_, part| !part.internal)
     }
 
-    /// The records of the parts `keep` keeps (by their place), the others empty: of each, a
-    /// copy, or for its last taker the records themselves (a taker beyond the count finds them
-    /// gone).
+    /// The records of the parts `keep` keeps (by their place), the others empty.
     pub(crate) fn take_where(&self, keep: impl Fn(usize) -> bool) -> Parts<KafkaRecord> {
+        self.take_parts(|index, _| keep(index))
+    }
+
+    /// The records of the parts `keep` keeps, the others empty: of each, a copy, or for its last
+    /// taker the records themselves (a taker beyond the count finds them gone).
+    fn take_parts(&self, keep: impl Fn(usize, &SourcePart) -> bool) -> Parts<KafkaRecord> {
         let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
         parts
             .iter_mut()
             .enumerate()
-            .map(|(index, (part, takers))| {
-                if !keep(index) || *takers == 0 {
+            .map(|(index, part)| {
+                if !keep(index, part) || part.takers == 0 {
                     return Vec::new();
                 }
-                *takers -= 1;
-                if *takers == 0 {
-                    std::mem::take(part)
+                part.takers -= 1;
+                if part.takers == 0 {
+                    std::mem::take(&mut part.records)
                 } else {
-                    part.clone()
+                    part.records.clone()
                 }
             })
             .collect()
@@ -299,9 +318,8 @@ pub(crate) struct Graph {
     /// Scale-out mode: the job's group.
     pub(crate) group: Option<String>,
     /// Scale-out mode: the job's repartition topics, which the scheduler reads with the source
-    /// and only their repartitioned streams see (shared with the source streams, which leave
-    /// their records out).
-    pub(crate) internal_topics: Arc<Mutex<Vec<String>>>,
+    /// and only their repartitioned streams see.
+    pub(crate) internal_topics: Vec<String>,
     /// What went wrong in a run of a batch that a stream cannot give as an item (a record of a
     /// repartition topic that does not decode): the run fails the batch with it.
     pub(crate) failures: Arc<Mutex<Vec<String>>>,
@@ -346,30 +364,31 @@ mod tests {
     fn every_source_gets_the_batch_and_the_last_takes_it_without_a_copy() {
         let parts = vec![vec![record(0), record(1)], vec![record(7)]];
         let records = SourceRecords::new(parts.clone(), 2);
-        assert_eq!(records.take(), parts, "the first of two gets a copy");
-        assert_eq!(records.take(), parts, "the last gets the records");
-        assert!(records.parts.lock().unwrap().iter().all(|(part, _)| part.is_empty()), "taken, not copied");
-        assert_eq!(records.take(), vec![Vec::new(), Vec::new()], "a taker beyond the count finds none left");
+        assert_eq!(records.take_source(), parts, "the first of two gets a copy");
+        assert_eq!(records.take_source(), parts, "the last gets the records");
+        assert!(records.parts.lock().unwrap().iter().all(|part| part.records.is_empty()), "taken, not copied");
+        assert_eq!(records.take_source(), vec![Vec::new(), Vec::new()], "a taker beyond the count finds none left");
         let one = SourceRecords::new(parts.clone(), 1);
-        assert_eq!(one.take(), parts);
-        // Parts with takers of their own: each goes to its own without a copy.
-        let own = SourceRecords::with_takers(parts.clone(), |_| 1);
-        assert_eq!(own.take_where(|part| part == 0), vec![vec![record(0), record(1)], vec![]]);
-        assert_eq!(own.take_where(|part| part == 1), vec![vec![], vec![record(7)]]);
-        assert!(own.parts.lock().unwrap().iter().all(|(part, takers)| part.is_empty() && *takers == 0));
+        assert_eq!(one.take_source(), parts);
     }
 
     #[test]
-    fn each_taker_gets_its_topics_parts_in_place_and_the_others_empty() {
+    fn a_repartition_topics_parts_go_to_their_stream_alone_and_in_place() {
         let parts = vec![vec![record(0)], vec![record(1)], vec![record(2)]];
         let sources = vec![(Arc::from("clicks"), 0), (Arc::from("job-x-repartition"), 0), (Arc::from("clicks"), 1)];
-        let input = BatchInput::new(0, 100, false, SourceRecords::new(parts, 2), Some(sources));
         let internal = ["job-x-repartition".to_owned()];
+        let records = SourceRecords::split(parts, |part| part == 1, 2);
+        let input = BatchInput::new(0, 100, false, records, Some(sources));
         assert!(input.part_of(1, &internal) && !input.part_of(0, &internal) && !input.part_of(3, &internal));
-        let source = input.records.take_where(|part| !input.part_of(part, &internal));
-        assert_eq!(source, vec![vec![record(0)], vec![], vec![record(2)]], "a copy of the source's parts");
+        let first = input.records.take_source();
+        assert_eq!(first, vec![vec![record(0)], vec![], vec![record(2)]], "a copy of the source's parts");
         let repartitioned = input.records.take_where(|part| input.part_of(part, &internal));
-        assert_eq!(repartitioned, vec![vec![], vec![record(1)], vec![]], "the last taker's, in place");
+        assert_eq!(repartitioned, vec![vec![], vec![record(1)], vec![]]);
+        let second = input.records.take_source();
+        assert_eq!(second, first, "the source's parts, to the last of two source streams");
+        let parts = input.records.parts.lock().unwrap();
+        assert!(parts.iter().all(|part| part.records.is_empty() && part.takers == 0), "none copied for the last");
+        drop(parts);
         let unnamed = BatchInput::new(0, 100, false, SourceRecords::new(vec![vec![record(0)]], 1), None);
         assert!(!unnamed.part_of(0, &internal), "a test's batch has no internal topics");
     }

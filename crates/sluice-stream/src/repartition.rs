@@ -150,14 +150,10 @@ where
                     "repartition {name:?} of group {group:?}: the topic {topic:?} must be at most 249 letters, digits, '.', '_' and '-'"
                 ));
             }
-            let mut topics = graph.internal_topics.lock().unwrap_or_else(PoisonError::into_inner);
-            if topics.contains(&topic) {
-                let error = format!("two repartitions named {name:?}: each needs its own topic");
-                drop(topics);
-                graph.errors.push(error);
+            if graph.internal_topics.contains(&topic) {
+                graph.errors.push(format!("two repartitions named {name:?}: each needs its own topic"));
             } else {
-                topics.push(topic.clone());
-                drop(topics);
+                graph.internal_topics.push(topic.clone());
             }
             Arc::clone(&graph.failures)
         };
