@@ -13,9 +13,14 @@
 #               or every connection to a node cut, or frozen, by the proxy in front of it) while
 #               a job reads from it and a producer writes to it, both through the proxies: every
 #               record read exactly once; prints the longest stall each kind of fault caused
+#   scaleout    the clickstream job with [scale] on a three-node Kafka cluster while a million
+#               clicks arrive, COUNT random faults among one to four `sluice run` processes (one
+#               killed with SIGKILL, started afresh or on a dead one's checkpoint, or stopped
+#               with SIGTERM): its read_committed top items equal a single process's (the suite
+#               runs 20)
 #
-#   scripts/crash-test.sh COUNT [scheduler|files|kafka|txn|cluster|all]   (default: 200 all;
-#   "all" runs COUNT/4 cluster faults, each takes about 15 s)
+#   scripts/crash-test.sh COUNT [scheduler|files|kafka|txn|cluster|scaleout|all]   (default: 200
+#   all; "all" runs COUNT/4 cluster faults, each takes about 15 s, and COUNT/4 scale-out faults)
 #
 # (The Kafka campaigns run COUNT/10 rounds of about 10 kills each: a job writing to Kafka is not
 # started afresh on the same topics.)
@@ -51,7 +56,12 @@ case $which in
     faults=$count
     [ "$which" = all ] && faults=$(( (count + 3) / 4 ))
     SLUICE_CLUSTER_FAULTS=$faults cargo test --release -p sluice-scheduler --test cluster -- \
-      --exact a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolling_restart --nocapture ;;
-  scheduler|files|kafka|txn) ;;
-  *) echo "unknown campaign: $which (scheduler, files, kafka, txn, cluster or all)" >&2; exit 2 ;;
+      --exact a_job_reads_every_record_exactly_once_through_a_leader_kill_and_a_rolling_restart --nocapture ;;&
+  scaleout|all)
+    faults=$count
+    [ "$which" = all ] && faults=$(( (count + 3) / 4 ))
+    SLUICE_SCALE_FAULTS=$faults cargo test --release -p sluice-cli --test scale_out -- \
+      --exact random_kills_starts_and_stops_leave_the_clickstream_top_items_as_a_single_processs --nocapture ;;
+  scheduler|files|kafka|txn|cluster) ;;
+  *) echo "unknown campaign: $which (scheduler, files, kafka, txn, cluster, scaleout or all)" >&2; exit 2 ;;
 esac

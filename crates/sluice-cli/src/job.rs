@@ -520,9 +520,9 @@ fn check(job: &Job) -> Result<(), Problem> {
     check_scale(file)
 }
 
-/// Scale-out runs filters and per-batch aggregates (through a repartition topic); rankings and
-/// windows are refused, as is a files sink (its renames are not yet part of the batch's
-/// transaction).
+/// Scale-out runs filters, per-batch aggregates and event-time windows (through a repartition
+/// topic) and rankings of event-time windows; processing-time windows are refused, as is a
+/// files sink (its renames are not yet part of the batch's transaction).
 fn check_scale(file: &JobFile) -> Result<(), Problem> {
     let Some(scale) = &file.scale else { return Ok(()) };
     let s = scale.get_ref();
@@ -532,13 +532,17 @@ fn check_scale(file: &JobFile) -> Result<(), Problem> {
     if let Some(instance) = s.instance.as_ref().filter(|i| i.get_ref().is_empty()) {
         return Err((instance.span().start, "`scale.instance`: leave it out, or give a name".into()));
     }
-    // A per-batch aggregate goes through a repartition topic to its key's task; rankings over
-    // every key and windows cannot yet.
-    let refused = [
-        file.top.as_ref().map(|t| (t.span().start, "`[top]` with `[scale]`: a ranking over every key needs all processes' aggregates in one place, which scale-out cannot do yet; leave `[top]` out")),
-        file.window.as_ref().map(|w| (w.span().start, "a `[window]` with `[scale]`: windows cannot move between processes yet (processing-time ones at all; event-time ones after the repartition by key would need every source partition's progress for their watermark); a per-batch `[aggregate]` works")),
-    ];
-    if let Some((at, why)) = refused.into_iter().flatten().next() {
+    // An aggregate goes through a repartition topic to its key's task, and event-time windows
+    // with it (their watermark too); a ranking needs the windows' every key, which their
+    // watermark tells it has come. Batch windows live in one process.
+    let window = file.window.as_ref().map(|w| (w.span().start, w.get_ref()));
+    let refused = match window {
+        Some((at, w)) if w.time == TimeKind::Processing => Some((at, "a processing-time `[window]` with `[scale]`: its batches' aggregates live in one process and cannot move; use an event-time window (`time = \"event\"`)")),
+        Some((at, w)) if w.idle_after.is_some() => Some((at, "`window.idle_after` with `[scale]`: each source partition's progress comes to every task, and one without records holds the watermark back rather than counting as idle; leave it out")),
+        Some(_) => None,
+        None => file.top.as_ref().map(|t| (t.span().start, "`[top]` with `[scale]` ranks event-time windows, whose watermark tells when every process has given its part; a per-batch ranking over every key cannot know that: add an event-time `[window]` or leave `[top]` out")),
+    };
+    if let Some((at, why)) = refused {
         return Err((at, why.into()));
     }
     let topics = &file.source.get_ref().topics;

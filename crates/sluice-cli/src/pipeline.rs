@@ -424,13 +424,13 @@ fn aggregated(
                     if time.is_none() {
                         unusable.fetch_add(1, Ordering::Relaxed);
                     }
-                    time.zip(keyed).map(|(time, (key, agg))| (key, (time, agg)))
+                    time.zip(keyed)
                 })
-                // In scale-out mode each key's rows go to its task first, whose watermark is then
-                // that of the rows it reads (per-task stream time).
-                .repartition(REPARTITION)
-                .with_watermark(watermark, |(_, (time, _))| *time)
-                .map(|timed: Timed<(String, (i64, Agg))>| timed.map(|(key, (_, agg))| (key, agg)));
+                .with_watermark(watermark, |(time, _)| *time)
+                .map(|timed: Timed<(i64, (String, Agg))>| timed.map(|(_, keyed)| keyed))
+                // In scale-out mode each key's rows go to its task, with every source
+                // partition's watermark (one process: the stream as it is).
+                .repartition(REPARTITION);
             let windows = timed.reduce_by_key_and_event_window(length, slide, Agg::merge);
             let windows = match top {
                 Some(k) => windows.top_k_per_window(k, ranking),

@@ -45,6 +45,9 @@ impl Topics {
     }
 }
 
+/// The job's window section (`job_file`'s).
+const EVENT_WINDOW: &str = "[window]\ntime = \"event\"\ntime_field = \"time\"\nlength = \"10s\"\nwatermark = \"0s\"\n";
+
 /// The job under test: orders outside region `test` with an amount of at least 10, summed per
 /// region over 10 s tumbling event-time windows, the top 3 regions of each.
 fn job_file(dir: &Path, broker: &str, topics: &Topics) -> String {
@@ -77,12 +80,7 @@ function = "sum"
 field = "amount"
 as = "revenue"
 
-[window]
-time = "event"
-time_field = "time"
-length = "10s"
-watermark = "0s"
-
+{EVENT_WINDOW}
 [top]
 k = 3
 
@@ -396,22 +394,32 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
         (good.replace("k = 3", "k = 0"), "k = 0".into(), "`top.k`: at least 1"),
         (
             format!("{good}\n[scale]\ngroup = \"orders\"\n"),
-            "[top]".into(),
-            "`[top]` with `[scale]`: a ranking over every key needs all processes' aggregates in one place",
+            "type = \"files\"".into(),
+            "a files sink with `[scale]`: not yet exactly once across processes",
         ),
         (
-            format!("{}\n[scale]\ngroup = \"orders\"\n", good.replace("[top]\nk = 3\n", "")),
+            format!("{}\n[scale]\ngroup = \"orders\"\n", good.replace(EVENT_WINDOW, "[window]\nlength = \"10s\"\n")),
             "[window]".into(),
-            "a `[window]` with `[scale]`: windows cannot move between processes yet",
+            "a processing-time `[window]` with `[scale]`: its batches' aggregates live in one process",
+        ),
+        (
+            format!(
+                "{}\n[scale]\ngroup = \"orders\"\n",
+                good.replace(EVENT_WINDOW, &format!("{EVENT_WINDOW}idle_after = \"5s\"\n"))
+            ),
+            "[window]".into(),
+            "`window.idle_after` with `[scale]`",
+        ),
+        (
+            format!("{}\n[scale]\ngroup = \"orders\"\n", good.replace(EVENT_WINDOW, "")),
+            "[top]".into(),
+            "`[top]` with `[scale]` ranks event-time windows",
         ),
         (
             format!(
                 "{}\n[scale]\ngroup = \"orders\"\n",
                 good.replace("[top]\nk = 3\n", "")
-                    .replace(
-                        "[window]\ntime = \"event\"\ntime_field = \"time\"\nlength = \"10s\"\nwatermark = \"0s\"\n",
-                        ""
-                    )
+                    .replace(EVENT_WINDOW, "")
                     .replace("topics = [\"orders\"]", "topics = [\"orders\", \"returns\"]")
             ),
             "topics = [\"orders\", \"returns\"]".into(),

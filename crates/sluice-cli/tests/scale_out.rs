@@ -26,6 +26,10 @@ use common::{java, unique, ScaleJob};
 use sluice_client::{Producer, ProducerConfig, ProducerRecord};
 
 const PARTITIONS: i32 = 12;
+
+/// Held by each test on a three-node cluster of its own, so that this binary's tests do not run
+/// two clusters (six brokers and their processes) side by side on a small machine.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Records per slice of the input.
 const SLICE: u32 = 1_000;
 
@@ -139,6 +143,7 @@ fn rows_in(log: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_killed_started_and_stopped_copy_every_record_exactly_once() {
+    let _cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some((cluster, client)) = common::cluster::start_or_skip().await else { return };
     let bootstrap = cluster.bootstrap.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", ");
     let (input, output, group) = (unique("scale-in"), unique("scale-out"), unique("scale-job"));
@@ -379,4 +384,359 @@ async fn a_per_batch_aggregate_goes_through_its_repartition_topic_and_counts_eve
         (0..ITEMS).map(|item| (format!("item-{item}"), u64::from(clicks_written / ITEMS))).collect();
     assert_eq!(clicks, expected, "clicks per item over {rows} rows");
     step(&format!("{rows} rows; every item's counts sum to its clicks"));
+}
+
+/// The clickstream test's input: `CLICKS` clicks of `CLICK_USERS` users, keyed by user, each
+/// `CLICK_STEP_MS` of event time after the one before.
+const CLICKS: u32 = 1_000_000;
+const CLICK_USERS: u32 = 1_000;
+const CLICK_STEP_MS: i64 = 3;
+const CLICK_EPOCH_MS: i64 = 1_800_000_000_000;
+/// Clicks per slice the writer sends.
+const CLICK_SLICE: u32 = 10_000;
+
+/// The clickstream job's sections: clicks `user,item,time` counted per item over 20 s
+/// event-time windows sliding every 10 s (5 s allowed lateness), the top 5 items of each.
+const TOP_ITEMS: &str = r#"
+[format]
+type = "csv"
+columns = ["user", "item", "time"]
+
+[aggregate]
+key = "item"
+function = "count"
+as = "clicks"
+
+[window]
+time = "event"
+time_field = "time"
+length = "20s"
+slide = "10s"
+watermark = "5s"
+
+[top]
+k = 5
+"#;
+
+/// Click `i`: its user, partition (the user's), item (item-0 the most clicked, then fewer and
+/// fewer: a mixed hash of `i` squared into 100 items) and event time.
+fn clickstream_click(i: u32) -> (u32, i32, String, i64) {
+    let user = i % CLICK_USERS;
+    let hash = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) % 1_000;
+    let item = hash * hash / 10_000;
+    (user, (user % PARTITIONS as u32) as i32, format!("item-{item}"), CLICK_EPOCH_MS + i64::from(i) * CLICK_STEP_MS)
+}
+
+/// What a single process gives for clicks `0..CLICKS`: for each window every partition's
+/// watermark passed, its top 5 items (most clicks first, ties to the lesser name), as
+/// (window start, rank, item, clicks).
+fn clickstream_expected() -> Vec<(i64, u64, String, u64)> {
+    let (length, slide, lateness) = (20_000i64, 10_000i64, 5_000i64);
+    let mut latest = [i64::MIN; PARTITIONS as usize];
+    let mut counts: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
+    for i in 0..CLICKS {
+        let (_, partition, item, time) = clickstream_click(i);
+        latest[partition as usize] = latest[partition as usize].max(time);
+        let last = time.div_euclid(slide) * slide;
+        for start in (last - length + slide..=last).step_by(slide as usize) {
+            *counts.entry(start).or_default().entry(item.clone()).or_default() += 1;
+        }
+    }
+    let watermark = latest.iter().min().unwrap() - lateness;
+    let mut rows = Vec::new();
+    for (start, items) in counts.into_iter().filter(|(start, _)| start + length <= watermark) {
+        let mut items: Vec<(String, u64)> = items.into_iter().collect();
+        items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rows.extend(items.into_iter().take(5).zip(1..).map(|((item, clicks), rank)| (start, rank, item, clicks)));
+    }
+    rows
+}
+
+/// A window job's read_committed rows in `topic`, as (window start, rank, item, clicks), sorted.
+fn window_rows(broker: &str, topic: &str) -> Vec<(i64, u64, String, u64)> {
+    let mut rows: Vec<_> = java::consume_values(broker, topic, true)
+        .iter()
+        .map(|row| {
+            let row: serde_json::Value = serde_json::from_str(row).unwrap();
+            let field = |name: &str| row[name].as_u64().unwrap_or_else(|| panic!("{name} in {row}"));
+            (
+                row["window_start"].as_i64().unwrap(),
+                field("rank"),
+                row["item"].as_str().unwrap().to_owned(),
+                field("clicks"),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A clickstream run on a three-node cluster: its topics, its processes' directory, and the
+/// writer sending the clicks in slices, 100 ms apart, telling how many it has sent.
+struct Clickstream {
+    cluster: common::Broker,
+    client: sluice_client::Client,
+    bootstrap: String,
+    input: String,
+    output: String,
+    group: String,
+    dir: tempfile::TempDir,
+    started: Instant,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    slices: tokio::sync::watch::Receiver<u32>,
+    /// Last, so that the cluster is stopped before the next test may start one.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Clickstream {
+    /// Starts the cluster (or skips, saying why), makes the topics and starts the writer.
+    async fn start() -> Option<Self> {
+        let one_at_a_time = ONE_CLUSTER_AT_A_TIME.lock().await;
+        let (cluster, client) = common::cluster::start_or_skip().await?;
+        let bootstrap = cluster.bootstrap.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", ");
+        let (input, output, group) = (unique("clicks"), unique("top-items"), unique("clickstream"));
+        client.create_topic(&input, PARTITIONS, 3).await.unwrap();
+        client.create_topic(&output, 1, 3).await.unwrap();
+        let (sent, slices) = tokio::sync::watch::channel(0u32);
+        let writer = {
+            let (client, input) = (client.clone(), input.clone());
+            tokio::spawn(async move {
+                let producer = Producer::new(client, ProducerConfig::default()).await.unwrap();
+                for slice in 0..CLICKS / CLICK_SLICE {
+                    let mut deliveries = Vec::new();
+                    for i in slice * CLICK_SLICE..(slice + 1) * CLICK_SLICE {
+                        let (user, partition, item, time) = clickstream_click(i);
+                        let record = ProducerRecord {
+                            partition: Some(partition),
+                            ..ProducerRecord::new(&input, format!("user-{user},{item},{time}"))
+                                .key(format!("user-{user}"))
+                        };
+                        deliveries.push(producer.send(record).await.unwrap());
+                    }
+                    for delivery in deliveries {
+                        delivery.await.unwrap();
+                    }
+                    sent.send_replace(slice + 1);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        Some(Self {
+            _one_at_a_time: one_at_a_time,
+            cluster,
+            client,
+            bootstrap,
+            input,
+            output,
+            group,
+            dir,
+            started: Instant::now(),
+            writer: Some(writer),
+            slices,
+        })
+    }
+
+    /// The job file of the process whose checkpoint is `name`.
+    fn job(&self, name: &str) -> String {
+        job_file(
+            "clickstream",
+            &self.bootstrap,
+            (&self.input, &self.output, &self.group),
+            TOP_ITEMS,
+            &self.dir.path().join(name),
+        )
+    }
+
+    fn process(&self, name: &'static str, checkpoint: &str) -> Process {
+        Process::start(name, self.dir.path(), &self.job(checkpoint))
+    }
+
+    fn step(&self, what: &str) {
+        eprintln!("[{:5.1} s] {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    /// Waits until the writer has sent `count` slices.
+    async fn sent_at_least(&self, count: u32) {
+        self.slices.clone().wait_for(|sent| *sent >= count).await.unwrap();
+    }
+
+    /// Once every click is written: waits for the `running` processes to work through them,
+    /// stops them (SIGTERM), runs a single process (no `[scale]`) over the same clicks, and
+    /// checks that both published the top items the clicks give.
+    async fn finish(mut self, mut running: Vec<Process>) {
+        self.writer.take().unwrap().await.unwrap();
+        self.step("all clicks written");
+        // Caught up once the group's offsets reach the end of the input, then of the
+        // repartition topic (its last items and markers), then of the top-k topic (the last
+        // windows' local tops).
+        let group = &self.group;
+        let topics =
+            [self.input.clone(), format!("{group}-aggregate-repartition"), format!("{group}-top-k-0-repartition")];
+        for topic in &topics {
+            common::wait_for_group_at_end(&self.client, group, topic, PARTITIONS, Duration::from_secs(300), || {
+                for process in &mut running {
+                    process.check_running();
+                }
+            })
+            .await;
+        }
+        self.step("the group's offsets reached the end of the input, the repartition and the top-k topics");
+        for process in running {
+            process.stop();
+        }
+
+        // A single process on the same input, without `[scale]`, until its offsets (committed
+        // to a group of its own for this) reach the end.
+        let (single_group, single_output) = (unique("clickstream-single"), unique("top-items-single"));
+        self.client.create_topic(&single_output, 1, 3).await.unwrap();
+        let single = job_file(
+            "clickstream-single",
+            &self.bootstrap,
+            (&self.input, &single_output, group),
+            TOP_ITEMS,
+            &self.dir.path().join("single"),
+        )
+        .replace(&format!("[scale]\ngroup = \"{group}\"\n"), "")
+        .replace(
+            "batch_interval = \"200ms\"",
+            &format!("batch_interval = \"200ms\"\ncommit_to_group = \"{single_group}\""),
+        );
+        let mut single = Process::start("single", self.dir.path(), &single);
+        common::wait_for_group_at_end(
+            &self.client,
+            &single_group,
+            &self.input,
+            PARTITIONS,
+            Duration::from_secs(300),
+            || {
+                single.check_running();
+            },
+        )
+        .await;
+        single.stop();
+        self.step("a single process ran through the same clicks");
+
+        let expected = clickstream_expected();
+        let single_rows = window_rows(&self.cluster.addr, &single_output);
+        let scaled_rows = window_rows(&self.cluster.addr, &self.output);
+        let differ = |rows: &[(i64, u64, String, u64)]| -> Vec<String> {
+            let (got, want): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) =
+                (rows.iter().collect(), expected.iter().collect());
+            let missing = want.difference(&got).take(5).map(|r| format!("missing {r:?}"));
+            let extra = got.difference(&want).take(5).map(|r| format!("extra {r:?}"));
+            missing.chain(extra).collect()
+        };
+        assert!(
+            differ(&single_rows).is_empty() && single_rows.len() == expected.len(),
+            "single process: {:?}",
+            differ(&single_rows)
+        );
+        assert_eq!(scaled_rows.len(), expected.len(), "rows of the scale-out run: {:?}", differ(&scaled_rows));
+        assert_eq!(scaled_rows, single_rows, "scale-out against the single process: {:?}", differ(&scaled_rows));
+        self.step(&format!(
+            "the top 5 items of {} windows over {CLICKS} clicks: the processes' equal the single process's",
+            expected.len() / 5
+        ));
+    }
+}
+
+/// The clickstream job of the README (clicks keyed by user, counted per item: through a
+/// repartition topic, with every source partition's watermark; the top items of each window
+/// merged from every task's) on a three-node cluster, run by three processes while a million
+/// clicks arrive: one is killed with SIGKILL, a fourth starts, the killed one comes back on
+/// its checkpoint, and two stop with SIGTERM. The read_committed top items equal those of a
+/// single process (no `[scale]`) run on the same input afterwards, and what the test computes
+/// from the clicks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clickstream_top_items_of_processes_coming_and_going_equal_a_single_processs() {
+    let Some(run) = Clickstream::start().await else { return };
+    let mut one = run.process("one", "one");
+    let mut two = run.process("two", "two");
+    let mut three = run.process("three", "three");
+    run.step("three processes started");
+    for process in [&mut one, &mut two, &mut three] {
+        process.wait_for_rows().await;
+    }
+    run.step("each of them has committed a batch with rows");
+    run.sent_at_least(30).await;
+    two.kill();
+    run.step("two killed (SIGKILL) after 300,000 clicks");
+    let four = run.process("four", "four");
+    run.step("four started");
+    let two_again = run.process("two-again", "two");
+    run.step("two restarted on its checkpoint");
+    run.sent_at_least(60).await;
+    one.check_running();
+    three.check_running();
+    one.stop();
+    three.stop();
+    run.step("one and three stopped (SIGTERM) after 600,000 clicks");
+    run.finish(vec![four, two_again]).await;
+}
+
+/// SplitMix64: the campaign's random choices, replayed from its seed.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+/// The clickstream job while processes are killed (SIGKILL), started (afresh or on a dead one's
+/// checkpoint) and stopped (SIGTERM) at random, `SLUICE_SCALE_FAULTS` times (20 by default;
+/// `scripts/crash-test.sh COUNT scaleout` runs more) spread over the million clicks, one to four
+/// running at a time: its top items still equal a single process's. Prints the seed that
+/// replays the choices (`SLUICE_KILL_SEED`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_starts_and_stops_leave_the_clickstream_top_items_as_a_single_processs() {
+    let faults: u32 = std::env::var("SLUICE_SCALE_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let seed = std::env::var("SLUICE_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("scale-out campaign seed {seed} (replay with SLUICE_KILL_SEED={seed}), {faults} faults");
+    let Some(run) = Clickstream::start().await else { return };
+    let mut rng = SplitMix64(seed);
+    // Six checkpoints; a process started on one that ran before is that process come back.
+    const NAMES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
+    let mut running: Vec<(usize, Process)> = (0..3).map(|slot| (slot, run.process(NAMES[slot], NAMES[slot]))).collect();
+    run.step("p0, p1 and p2 started");
+    let slices = CLICKS / CLICK_SLICE;
+    for fault in 0..faults {
+        run.sent_at_least((fault + 1) * slices / (faults + 1)).await;
+        for (_, process) in &mut running {
+            process.check_running();
+        }
+        let action = match running.len() {
+            0 | 1 => 0,
+            4.. => 1 + rng.below(2),
+            _ => rng.below(3),
+        };
+        match action {
+            0 => {
+                let idle: Vec<usize> = (0..NAMES.len()).filter(|slot| running.iter().all(|(s, _)| s != slot)).collect();
+                let slot = idle[rng.below(idle.len())];
+                running.push((slot, run.process(NAMES[slot], NAMES[slot])));
+                run.step(&format!("fault {fault}: {} started", NAMES[slot]));
+            }
+            1 => {
+                let (slot, process) = running.swap_remove(rng.below(running.len()));
+                process.kill();
+                run.step(&format!("fault {fault}: {} killed (SIGKILL)", NAMES[slot]));
+            }
+            _ => {
+                let (slot, mut process) = running.swap_remove(rng.below(running.len()));
+                // Stopped once it runs batches (a process still starting has no handler yet).
+                process.wait_for_rows().await;
+                process.stop();
+                run.step(&format!("fault {fault}: {} stopped (SIGTERM)", NAMES[slot]));
+            }
+        }
+    }
+    run.finish(running.into_iter().map(|(_, process)| process).collect()).await;
 }

@@ -249,13 +249,13 @@ fn retriable(error: &BoxError) -> bool {
 /// Creates a scale-out job's internal `topics` (its changelogs or its repartition topics, with
 /// `configs`) with as many partitions as `source` (a task is a source partition), replicated on
 /// up to three brokers, or finds them from an earlier run (or another process starting at the
-/// same time); one with another partition count is an error.
+/// same time); one with another partition count is an error. Returns the partition count.
 pub(crate) async fn create_internal_topics(
     client: &Client,
     source: &str,
     topics: &[String],
     configs: &[(&str, &str)],
-) -> Result<(), BoxError> {
+) -> Result<i32, BoxError> {
     let metadata = client.refresh_metadata(Some(&[source])).await?;
     let partitions = metadata
         .topics
@@ -287,7 +287,7 @@ pub(crate) async fn create_internal_topics(
             Err(error) => return Err(format!("creating the job's internal topic {topic}: {error}").into()),
         }
     }
-    Ok(())
+    Ok(partitions)
 }
 
 /// The partitions of `topic` once the cluster's metadata lists it (it may have just been made by

@@ -197,7 +197,7 @@ impl StreamingContext {
         clock: C,
         on_progress: impl FnMut(&BatchProgress),
     ) -> Result<u64, StreamError> {
-        let (outputs, mut errors, sources, state, failures, internal_topics) = {
+        let (outputs, mut errors, sources, state, failures, internal_topics, task_count) = {
             let mut graph = lock(&self.graph);
             let graph = &mut *graph;
             (
@@ -207,6 +207,7 @@ impl StreamingContext {
                 std::mem::take(&mut graph.state),
                 Arc::clone(&graph.failures),
                 graph.internal_topics.clone(),
+                graph.task_count.clone(),
             )
         };
         if !internal_topics.is_empty() && self.config.scheduler.topics.len() != 1 {
@@ -251,9 +252,10 @@ impl StreamingContext {
                 ("segment.bytes", "52428800"),
                 ("segment.ms", "600000"),
             ];
-            crate::changelog::create_internal_topics(&client, source, &internal_topics, &configs)
+            let tasks = crate::changelog::create_internal_topics(&client, source, &internal_topics, &configs)
                 .await
                 .map_err(|e| StreamError::State(format!("creating the repartition topics: {e}")))?;
+            task_count.tasks.store(tasks, std::sync::atomic::Ordering::Relaxed);
         }
         let purge = (!internal_topics.is_empty()).then(|| Purge {
             client: client.clone(),
@@ -305,6 +307,7 @@ impl StreamingContext {
             changelogs,
             failures,
             purge,
+            task_count,
         };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
@@ -366,6 +369,8 @@ struct Engine {
     failures: Arc<Mutex<Vec<String>>>,
     /// Scale-out mode with repartitioning: the purge of consumed repartition records.
     purge: Option<Purge>,
+    /// The job's task count and partition changes (watermark markers).
+    task_count: crate::markers::TaskCount,
 }
 
 /// Deletes the records of the job's repartition partitions this process owns that the group
@@ -570,6 +575,9 @@ impl Processor for Engine {
     }
 
     async fn partitions_changed(&mut self, changes: &PartitionChanges) -> Result<(), BoxError> {
+        // Watermark markers go out again: the batch that sent the last ones may not have
+        // committed, and the tasks they speak for changed.
+        self.task_count.changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(changelogs) = &self.changelogs {
             changelogs.apply(&self.state, changes).await?;
         }

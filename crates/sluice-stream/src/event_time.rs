@@ -87,6 +87,12 @@ impl Watermark {
     pub fn late_records(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.late_records)
     }
+
+    /// Counts a late item; whether it stays in the stream (marked).
+    pub(crate) fn count_late(&self) -> bool {
+        self.late_records.fetch_add(1, Ordering::Relaxed);
+        self.keep_late
+    }
 }
 
 /// Where a part's items come from: its source partition; ("", -1) for a stream whose parts are
@@ -226,7 +232,8 @@ impl<T: Send + 'static> DStream<T> {
         spec: Watermark,
         event_time_ms: impl Fn(&T) -> i64 + Send + 'static,
     ) -> DStream<Timed<T>> {
-        let cell: WatermarkCell = Arc::default();
+        let cell: WatermarkCell =
+            Arc::new(Mutex::new(WatermarkValue { spec: Some(spec.clone()), ..WatermarkValue::default() }));
         let publish = Arc::clone(&cell);
         let per_task = self.scales_out();
         if per_task && !self.is_aligned() {
@@ -301,7 +308,9 @@ impl<T: Send + 'static> DStream<T> {
                 }
                 let least = state.advance(&spec, now);
                 let tasks = if state.per_task { state.task_watermarks(&spec) } else { BTreeMap::new() };
-                *lock_state(&publish) = WatermarkValue { least, tasks };
+                let mut published = lock_state(&publish);
+                published.least = least;
+                published.tasks = tasks;
             }
             Some(out)
         })
@@ -734,30 +743,36 @@ where
     }
 }
 
-impl<T: Send + 'static> DStream<Windowed<T>> {
+impl<T: Serialize + DeserializeOwned + Send + 'static> DStream<Windowed<T>> {
     /// The `k` greatest items of each window by `compare`, greatest first, windows in start
-    /// order, in one part.
+    /// order, in one part. In scale-out mode in two stages: each process's local top `k` of a
+    /// window goes to the owner of task 0 through `<group>-top-k-<n>-repartition` (made for the
+    /// job), which gives the window once every task's watermark passed its end; let `compare`
+    /// break ties (by key), so that the result does not depend on which process gave what.
     pub fn top_k_per_window(
         self,
         k: usize,
         compare: impl Fn(&T, &T) -> std::cmp::Ordering + Send + 'static,
     ) -> DStream<Windowed<T>> {
         if self.scales_out() {
-            // Each task gives its windows when its own watermark passes them, on whichever
-            // process has it: a window's items do not meet in one batch.
-            self.record_error(
-                "top_k_per_window in scale-out mode: a window's items come from every task, each closing it on its own process and batch, so they need to meet first (a repartition, not built yet)".into(),
-            );
+            return self.top_k_across_tasks(k, compare);
         }
-        self.derive(move |_, parts| {
-            let mut windows: BTreeMap<(i64, i64), Vec<Windowed<T>>> = BTreeMap::new();
-            for item in parts.into_iter().flatten() {
-                windows.entry((item.start_ms, item.end_ms)).or_default().push(item);
-            }
-            let out = windows.into_values().flat_map(|group| greatest(group, k, |a, b| compare(&a.item, &b.item)));
-            Some(vec![out.collect()])
-        })
+        self.derive(move |_, parts| Some(vec![top_per_window(parts, k, &compare)]))
     }
+}
+
+/// The `k` greatest items of each window among `parts` by `compare`, greatest first, windows in
+/// start order.
+pub(crate) fn top_per_window<T>(
+    parts: Parts<Windowed<T>>,
+    k: usize,
+    compare: &dyn Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<Windowed<T>> {
+    let mut windows: BTreeMap<(i64, i64), Vec<Windowed<T>>> = BTreeMap::new();
+    for item in parts.into_iter().flatten() {
+        windows.entry((item.start_ms, item.end_ms)).or_default().push(item);
+    }
+    windows.into_values().flat_map(|group| greatest(group, k, |a, b| compare(&a.item, &b.item))).collect()
 }
 
 #[cfg(test)]

@@ -323,6 +323,8 @@ pub(crate) struct Graph {
     /// What went wrong in a run of a batch that a stream cannot give as an item (a record of a
     /// repartition topic that does not decode): the run fails the batch with it.
     pub(crate) failures: Arc<Mutex<Vec<String>>>,
+    /// Scale-out mode: the job's task count and partition changes, for watermark markers.
+    pub(crate) task_count: crate::markers::TaskCount,
 }
 
 impl std::fmt::Debug for Graph {

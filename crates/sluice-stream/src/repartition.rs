@@ -11,45 +11,64 @@
 //! reads them in one of its next batches, and commits how far it read with its own offsets.
 //! A repartitioned item is thus counted a batch or more after its source record is read.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_client::{Producer, ProducerRecord};
 
-use crate::graph::{lock, BatchInput, Compute, Output, Parts};
+use crate::event_time::{top_per_window, Timed, Windowed};
+use crate::graph::{lock, BatchInput, Compute, Output, Parts, SharedGraph};
+use crate::markers::{is_marker, marker_watermarks, MarkerSender, MarkerTable, MarkerTargets};
 use crate::record::KafkaRecord;
-use crate::state::{decode, encode};
-use crate::stream::DStream;
+use crate::state::{decode, encode, lock_state, Stateful, TaskChange};
+use crate::stream::{greatest, watermark_spec, DStream, WatermarkCell, WatermarkValue};
 use crate::BoxError;
 
-/// Writes a stream's items to its repartition topic, in the batch's transaction.
-struct RepartitionOutput<K, V> {
-    compute: Compute<(K, V)>,
+/// An item as a record of a repartition topic: its partition (`None`: by the key's hash), key
+/// and value.
+type Encoded = (Option<i32>, Vec<u8>, Vec<u8>);
+
+/// Writes a stream's items to its repartition topic, in the batch's transaction, with the
+/// watermark markers of the stream's watermarks after them when it has any.
+struct RepartitionOutput<T> {
+    compute: Compute<T>,
+    to_record: Box<dyn Fn(T) -> Result<Encoded, String> + Send>,
     topic: String,
+    markers: Option<MarkerSender>,
     /// The run's records, made by `compute` and sent by `write`.
     records: Vec<ProducerRecord>,
     transaction: Option<Arc<Producer>>,
     failure: Option<String>,
 }
 
-impl<K: Serialize + Send + 'static, V: Serialize + Send + 'static> Output for RepartitionOutput<K, V> {
+impl<T: Send + 'static> Output for RepartitionOutput<T> {
     fn compute(&mut self, input: &BatchInput) {
         self.transaction.clone_from(&input.transaction);
-        let Some(parts) = (self.compute)(input) else { return };
-        for (key, value) in parts.into_iter().flatten() {
-            match (encode(&key), encode(&value)) {
-                (Ok(key), Ok(value)) => self.records.push(ProducerRecord {
+        for item in (self.compute)(input).into_iter().flatten().flatten() {
+            match (self.to_record)(item) {
+                Ok((partition, key, value)) => self.records.push(ProducerRecord {
                     topic: self.topic.clone(),
+                    partition,
                     key: Some(Bytes::from(key)),
                     value: Some(Bytes::from(value)),
                     ..ProducerRecord::default()
                 }),
-                (Err(error), _) | (_, Err(error)) => {
+                Err(error) => {
                     self.failure.get_or_insert_with(|| format!("encoding an item for {}: {error}", self.topic));
+                }
+            }
+        }
+        // After the batch's items, the watermarks they leave.
+        if let (true, Some(markers)) = (input.last_piece, &mut self.markers) {
+            match markers.markers(&self.topic) {
+                Ok(markers) => self.records.extend(markers),
+                Err(error) => {
+                    self.failure.get_or_insert_with(|| format!("watermark markers for {}: {error}", self.topic));
                 }
             }
         }
@@ -86,18 +105,38 @@ fn legal_topic(topic: &str) -> bool {
         && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The items of the repartition topic's records in a batch's parts (the source's parts empty).
-fn decode_parts<K: DeserializeOwned, V: DeserializeOwned>(
+/// Adds the repartition topic `<group>-<name>-repartition` to the job (an error noted if the
+/// name makes no legal topic or is taken); returns the topic.
+fn add_topic(graph: &SharedGraph, group: &str, name: &str) -> String {
+    let topic = format!("{group}-{name}-repartition");
+    let mut graph = lock(graph);
+    if name.is_empty() || !legal_topic(&topic) {
+        graph.errors.push(format!(
+            "repartition {name:?} of group {group:?}: the topic {topic:?} must be at most 249 letters, digits, '.', '_' and '-'"
+        ));
+    }
+    if graph.internal_topics.contains(&topic) {
+        graph.errors.push(format!("two repartitions named {name:?}: each needs its own topic"));
+    } else {
+        graph.internal_topics.push(topic.clone());
+    }
+    topic
+}
+
+/// The items of the repartition topic's records in a batch's parts (the source's parts empty),
+/// each record given to `item`; a record it cannot read fails the batch (noted in `failures`).
+fn read_parts<T>(
     parts: Parts<KafkaRecord>,
     failures: &Mutex<Vec<String>>,
-) -> Parts<(K, V)> {
+    mut item: impl FnMut(&KafkaRecord) -> Result<Option<T>, String>,
+) -> Parts<T> {
     let mut failed = None;
     let parts = parts
         .into_iter()
         .map(|part| {
             part.into_iter()
-                .filter_map(|record| match decode_item(&record) {
-                    Ok(item) => Some(item),
+                .filter_map(|record| match item(&record) {
+                    Ok(item) => item,
                     Err(error) => {
                         failed.get_or_insert_with(|| {
                             format!("{}/{} offset {}: {error}", record.topic, record.partition, record.offset)
@@ -114,6 +153,14 @@ fn decode_parts<K: DeserializeOwned, V: DeserializeOwned>(
         ));
     }
     parts
+}
+
+/// [`read_parts`] for items without event time.
+fn decode_parts<K: DeserializeOwned, V: DeserializeOwned>(
+    parts: Parts<KafkaRecord>,
+    failures: &Mutex<Vec<String>>,
+) -> Parts<(K, V)> {
+    read_parts(parts, failures, |record| decode_item(record).map(Some))
 }
 
 fn decode_item<K: DeserializeOwned, V: DeserializeOwned>(record: &KafkaRecord) -> Result<(K, V), String> {
@@ -137,28 +184,24 @@ where
     ///
     /// The items are written in the batch's transaction and read by their task's owner in its
     /// next batches (with its offsets in the job's group), so the operators after it see them a
-    /// batch or more later; the watermarks of `with_watermark` steps before it stay behind (set
-    /// one after it). Outside scale-out mode a single process has every key: the stream as it is.
+    /// batch or more later. For event time, repartition the stream of [`Timed`] items that
+    /// `with_watermark` gives: its watermark crosses with it. Outside scale-out mode a single
+    /// process has every key: the stream as it is.
     pub fn repartition(self, name: &str) -> DStream<(K, V)> {
         let Some(group) = self.group() else { return self };
-        let topic = format!("{group}-{name}-repartition");
         let (compute, graph, _) = self.into_parts();
-        let failures = {
-            let mut graph = lock(&graph);
-            if name.is_empty() || !legal_topic(&topic) {
-                graph.errors.push(format!(
-                    "repartition {name:?} of group {group:?}: the topic {topic:?} must be at most 249 letters, digits, '.', '_' and '-'"
-                ));
-            }
-            if graph.internal_topics.contains(&topic) {
-                graph.errors.push(format!("two repartitions named {name:?}: each needs its own topic"));
-            } else {
-                graph.internal_topics.push(topic.clone());
-            }
-            Arc::clone(&graph.failures)
+        let topic = add_topic(&graph, &group, name);
+        let failures = Arc::clone(&lock(&graph).failures);
+        let to_record = |(key, value): (K, V)| Ok((None, encode(&key)?, encode(&value)?));
+        let output = RepartitionOutput {
+            compute,
+            to_record: Box::new(to_record),
+            topic: topic.clone(),
+            markers: None,
+            records: Vec::new(),
+            transaction: None,
+            failure: None,
         };
-        let output =
-            RepartitionOutput { compute, topic: topic.clone(), records: Vec::new(), transaction: None, failure: None };
         lock(&graph).outputs.push(Box::new(output));
         let topics = [topic];
         let take = move |input: &BatchInput| {
@@ -166,6 +209,376 @@ where
             Some(decode_parts(parts, &failures))
         };
         DStream::new(graph, Box::new(take)).aligned_as(true)
+    }
+}
+
+/// The reading side of a repartition of timed items: per task, the watermarks its markers
+/// reported.
+#[derive(Default)]
+struct RepartitionWatermark {
+    table: MarkerTable,
+    changed: bool,
+}
+
+impl Stateful for RepartitionWatermark {
+    fn kind(&self) -> &'static str {
+        "repartition_watermark"
+    }
+
+    fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
+        if !std::mem::take(&mut self.changed) {
+            return Ok(None);
+        }
+        self.snapshot().map(Some)
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        encode(&self.table)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.table = decode(snapshot)?;
+        Ok(())
+    }
+
+    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
+        self.restore(delta)
+    }
+
+    fn splits_by_task(&self) -> bool {
+        true
+    }
+
+    /// One record per (task, upstream task) whose watermark moved: key the upstream task.
+    fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
+        self.table.take_changes(|upstream| encode(&upstream))
+    }
+
+    fn restore_task_entry(&mut self, task: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let upstream: i32 = decode(key).map_err(|e| format!("a marker entry's key: {e}"))?;
+        self.table.restore(task, upstream, value)
+    }
+
+    fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
+        self.table.drop_tasks(tasks);
+    }
+}
+
+/// Repartitioning a stream of timed key-value pairs, its watermark with it.
+impl<K, V> DStream<Timed<(K, V)>>
+where
+    K: Serialize + DeserializeOwned + Send + 'static,
+    V: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// [`DStream::repartition`] for timed items (those of `with_watermark`), with their event
+    /// time and watermark: with each batch that moved the watermarks of the source partitions
+    /// this process owns, it appends a watermark marker to every partition of the topic. Each
+    /// task after it takes the least watermark the source's partitions reported (once every one
+    /// has: a partition without records holds it back), so its windows close only when no
+    /// source partition, on whichever process, can still send their items. An item older than
+    /// that watermark when it is read is late (counted and dropped, or kept and marked, as the
+    /// `Watermark` says). Outside scale-out mode: the stream as it is.
+    pub fn repartition(self, name: &str) -> DStream<Timed<(K, V)>> {
+        let Some(group) = self.group() else { return self };
+        let (compute, graph, watermarks) = self.into_parts();
+        let topic = add_topic(&graph, &group, name);
+        let (failures, count) = {
+            let graph = lock(&graph);
+            (Arc::clone(&graph.failures), graph.task_count.clone())
+        };
+        let spec = watermark_spec(&watermarks);
+        if spec.is_none() {
+            lock(&graph).errors.push(format!(
+                "repartition {name:?} of timed items on a stream without a watermark: apply with_watermark before it"
+            ));
+        }
+        let to_record = |timed: Timed<(K, V)>| {
+            let (key, value) = timed.item;
+            Ok((None, encode(&key)?, encode(&(timed.time_ms, timed.late, value))?))
+        };
+        let output = RepartitionOutput {
+            compute,
+            to_record: Box::new(to_record),
+            topic: topic.clone(),
+            markers: Some(MarkerSender::new(watermarks, count.clone(), MarkerTargets::Every)),
+            records: Vec::new(),
+            transaction: None,
+            failure: None,
+        };
+        lock(&graph).outputs.push(Box::new(output));
+        let state = Arc::new(Mutex::new(RepartitionWatermark::default()));
+        lock(&graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
+        let cell: WatermarkCell =
+            Arc::new(Mutex::new(WatermarkValue { spec: spec.clone(), ..WatermarkValue::default() }));
+        let publish = Arc::clone(&cell);
+        let topics = [topic];
+        let take = move |input: &BatchInput| {
+            let parts = input.records.take_where(|part| input.part_of(part, &topics));
+            let mut state = lock_state(&state);
+            let upstream = count.tasks();
+            // Each task's watermark as earlier batches left it, found once per task.
+            let mut before: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+            let parts = read_parts(parts, &failures, |record| {
+                if is_marker(record) {
+                    state.table.note(record.partition, &marker_watermarks(record)?);
+                    return Ok(None);
+                }
+                let (key, (time_ms, late, value)): (K, (i64, bool, V)) = decode_item(record)?;
+                let watermark = *before
+                    .entry(record.partition)
+                    .or_insert_with(|| state.table.watermark(record.partition, upstream));
+                let late_now = watermark.is_some_and(|w| time_ms < w);
+                if late_now && !late && !spec.as_ref().is_some_and(|spec| spec.count_late()) {
+                    return Ok(None);
+                }
+                Ok(Some(Timed { time_ms, late: late || late_now, item: (key, value) }))
+            });
+            if input.last_piece {
+                state.table.take_pending();
+                state.changed = true;
+                let tasks = state.table.watermarks(upstream);
+                let mut published = lock_state(&publish);
+                published.least = tasks.values().min().copied();
+                published.tasks = tasks;
+            }
+            Some(parts)
+        };
+        DStream::new(graph, Box::new(take)).aligned_as(true).with_watermarks(vec![cell])
+    }
+}
+
+/// The merge of a scale-out top-k: the local top items of each window from every task, until
+/// every task's watermark passed the window's end. Task 0's (its topic's one used partition).
+struct TopMerge<T> {
+    table: MarkerTable,
+    windows: BTreeMap<(i64, i64), Vec<T>>,
+    /// Windows ending at or before this were given.
+    given_until: Option<i64>,
+    /// Windows changed, and given (tombstoned), since the last changes.
+    changed: BTreeSet<(i64, i64)>,
+    given: Vec<(i64, i64)>,
+    given_changed: bool,
+    any_changed: bool,
+}
+
+/// A top-k merge's whole state, as encoded: the marker table, each window's items, and where
+/// the given windows end.
+type MergeSnapshot<T> = (MarkerTable, Vec<((i64, i64), Vec<T>)>, Option<i64>);
+
+/// The key of a top-k merge's changelog record: an upstream task's watermark (value `i64`), a
+/// window's local top items so far (value `Vec<T>`; a tombstone once given), or where the given
+/// windows end (value `Option<i64>`).
+#[derive(Serialize, Deserialize)]
+enum MergeEntry {
+    Upstream(i32),
+    Window(i64, i64),
+    GivenUntil,
+}
+
+impl<T> Default for TopMerge<T> {
+    fn default() -> Self {
+        Self {
+            table: MarkerTable::default(),
+            windows: BTreeMap::new(),
+            given_until: None,
+            changed: BTreeSet::new(),
+            given: Vec::new(),
+            given_changed: false,
+            any_changed: false,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send> Stateful for TopMerge<T> {
+    fn kind(&self) -> &'static str {
+        "top_k_per_window"
+    }
+
+    fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
+        if !std::mem::take(&mut self.any_changed) {
+            return Ok(None);
+        }
+        self.snapshot().map(Some)
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        let windows: Vec<(&(i64, i64), &Vec<T>)> = self.windows.iter().collect();
+        encode(&(&self.table, windows, self.given_until))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let (table, windows, given_until): MergeSnapshot<T> = decode(snapshot)?;
+        *self = Self { table, windows: windows.into_iter().collect(), given_until, ..Self::default() };
+        Ok(())
+    }
+
+    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
+        self.restore(delta)
+    }
+
+    fn splits_by_task(&self) -> bool {
+        true
+    }
+
+    fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
+        let mut changes = self.table.take_changes(|upstream| encode(&MergeEntry::Upstream(upstream)))?;
+        for (start, end) in std::mem::take(&mut self.given) {
+            changes.push(TaskChange { task: 0, key: encode(&MergeEntry::Window(start, end))?, value: None });
+        }
+        for (start, end) in std::mem::take(&mut self.changed) {
+            let Some(items) = self.windows.get(&(start, end)) else { continue };
+            changes.push(TaskChange {
+                task: 0,
+                key: encode(&MergeEntry::Window(start, end))?,
+                value: Some(encode(items)?),
+            });
+        }
+        if std::mem::take(&mut self.given_changed) {
+            changes.push(TaskChange {
+                task: 0,
+                key: encode(&MergeEntry::GivenUntil)?,
+                value: Some(encode(&self.given_until)?),
+            });
+        }
+        Ok(changes)
+    }
+
+    fn restore_task_entry(&mut self, task: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let entry: MergeEntry = decode(key).map_err(|e| format!("a top-k record's key: {e}"))?;
+        match (entry, value) {
+            (MergeEntry::Upstream(upstream), value) => self.table.restore(task, upstream, value)?,
+            (MergeEntry::Window(start, end), Some(value)) => {
+                let items = decode(value).map_err(|e| format!("a top-k record's items: {e}"))?;
+                self.windows.insert((start, end), items);
+            }
+            (MergeEntry::Window(start, end), None) => {
+                self.windows.remove(&(start, end));
+            }
+            (MergeEntry::GivenUntil, value) => {
+                let given: Option<Option<i64>> =
+                    value.map(decode).transpose().map_err(|e| format!("a top-k record's end: {e}"))?;
+                self.given_until = given.flatten();
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
+        if tasks.contains(&0) {
+            *self = Self::default();
+        }
+    }
+}
+
+impl<T> TopMerge<T> {
+    /// Takes in one task's local top items of a window (a window given already is done with:
+    /// its items were counted in it).
+    fn add(&mut self, window: (i64, i64), items: Vec<T>) {
+        if self.given_until.is_some_and(|given| window.1 <= given) {
+            return;
+        }
+        self.windows.entry(window).or_default().extend(items);
+        self.changed.insert(window);
+        self.any_changed = true;
+    }
+
+    /// The windows every task's watermark passed, each with all its items, in start order.
+    fn close(&mut self, watermark: i64) -> Vec<((i64, i64), Vec<T>)> {
+        let due: Vec<(i64, i64)> = self.windows.keys().filter(|(_, end)| *end <= watermark).copied().collect();
+        let mut out = Vec::with_capacity(due.len());
+        for window in due {
+            if let Some(items) = self.windows.remove(&window) {
+                self.changed.remove(&window);
+                self.given.push(window);
+                out.push((window, items));
+            }
+        }
+        if self.given_until.is_none_or(|given| watermark > given) {
+            self.given_until = Some(watermark);
+            self.given_changed = true;
+        }
+        self.any_changed = true;
+        out
+    }
+}
+
+impl<T> DStream<Windowed<T>>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Scale-out mode's `top_k_per_window`, in two stages, as the design of a global top-k over
+    /// tasks goes: each process takes the local top `k` of each window its tasks gave this
+    /// batch and sends them, keyed by window, to partition 0 of `<group>-top-k-<n>-repartition`
+    /// with the markers of its tasks' watermarks; the owner of task 0 gathers them and gives a
+    /// window's top `k` once every task's watermark passed its end. Each key's value of a
+    /// window comes from one task, once, so the top of the local tops is the top of the window.
+    pub(crate) fn top_k_across_tasks(
+        self,
+        k: usize,
+        compare: impl Fn(&T, &T) -> std::cmp::Ordering + Send + 'static,
+    ) -> DStream<Windowed<T>> {
+        let Some(group) = self.group() else { return self.nothing() };
+        // One function for both stages, which may run side by side.
+        let compare = Arc::new(Mutex::new(compare));
+        let local_compare = Arc::clone(&compare);
+        let watermarks = self.watermarks();
+        let local = self.derive(move |_, parts| Some(vec![top_per_window(parts, k, &*lock_state(&local_compare))]));
+        let (compute, graph, _) = local.into_parts();
+        let name = {
+            let graph = lock(&graph);
+            let prefix = format!("{group}-top-k-");
+            format!("top-k-{}", graph.internal_topics.iter().filter(|t| t.starts_with(&prefix)).count())
+        };
+        let topic = add_topic(&graph, &group, &name);
+        let (failures, count) = {
+            let graph = lock(&graph);
+            (Arc::clone(&graph.failures), graph.task_count.clone())
+        };
+        let to_record = |item: Windowed<T>| Ok((Some(0), encode(&(item.start_ms, item.end_ms))?, encode(&item.item)?));
+        let output = RepartitionOutput {
+            compute,
+            to_record: Box::new(to_record),
+            topic: topic.clone(),
+            markers: Some(MarkerSender::new(watermarks, count.clone(), MarkerTargets::First)),
+            records: Vec::new(),
+            transaction: None,
+            failure: None,
+        };
+        lock(&graph).outputs.push(Box::new(output));
+        let state = Arc::new(Mutex::new(TopMerge::<T>::default()));
+        lock(&graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
+        let topics = [topic];
+        let take = move |input: &BatchInput| {
+            let parts = input.records.take_where(|part| input.part_of(part, &topics));
+            let mut state = lock_state(&state);
+            let state = &mut *state;
+            let items = read_parts(parts, &failures, |record| {
+                if is_marker(record) {
+                    state.table.note(record.partition, &marker_watermarks(record)?);
+                    return Ok(None);
+                }
+                let window: (i64, i64) =
+                    decode(record.key.as_deref().ok_or("no key")?).map_err(|e| format!("key: {e}"))?;
+                let item: T = decode(record.value.as_deref().ok_or("no value")?).map_err(|e| format!("value: {e}"))?;
+                Ok(Some((window, item)))
+            });
+            for (window, item) in items.into_iter().flatten() {
+                state.add(window, vec![item]);
+            }
+            if !input.last_piece {
+                return None;
+            }
+            state.table.take_pending();
+            let Some(watermark) = state.table.watermark(0, count.tasks()) else { return Some(vec![Vec::new()]) };
+            let mut out = Vec::new();
+            let compare = lock_state(&compare);
+            for ((start_ms, end_ms), items) in state.close(watermark) {
+                let top = greatest(items, k, |a, b| (*compare)(a, b));
+                out.extend(top.into_iter().map(|item| Windowed { start_ms, end_ms, item }));
+            }
+            Some(vec![out])
+        };
+        DStream::new(graph, Box::new(take))
     }
 }
 

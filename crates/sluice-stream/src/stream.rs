@@ -37,10 +37,13 @@ pub struct DStream<T> {
 /// A `with_watermark` step's watermark as of the last batch it computed: the stream's, and in
 /// scale-out mode each task's own (its source partition's greatest event time minus the
 /// allowed lateness).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct WatermarkValue {
     pub(crate) least: Option<i64>,
     pub(crate) tasks: std::collections::BTreeMap<i32, i64>,
+    /// The step's watermark (lateness, and where late items are counted), for the operators
+    /// downstream that judge items again (after a repartition).
+    pub(crate) spec: Option<crate::event_time::Watermark>,
 }
 
 /// A `with_watermark` step's watermark, shared with the operators downstream.
@@ -61,6 +64,23 @@ pub(crate) fn task_watermark(watermarks: &[WatermarkCell], task: i32) -> Option<
         .iter()
         .filter_map(|cell| cell.lock().unwrap_or_else(PoisonError::into_inner).tasks.get(&task).copied())
         .min()
+}
+
+/// Scale-out mode: each task's least watermark over `watermarks`.
+pub(crate) fn task_watermarks(watermarks: &[WatermarkCell]) -> std::collections::BTreeMap<i32, i64> {
+    let mut tasks = std::collections::BTreeMap::new();
+    for cell in watermarks {
+        for (task, watermark) in &cell.lock().unwrap_or_else(PoisonError::into_inner).tasks {
+            let least: &mut i64 = tasks.entry(*task).or_insert(*watermark);
+            *least = (*least).min(*watermark);
+        }
+    }
+    tasks
+}
+
+/// The first watermark spec among `watermarks`.
+pub(crate) fn watermark_spec(watermarks: &[WatermarkCell]) -> Option<crate::event_time::Watermark> {
+    watermarks.iter().find_map(|cell| cell.lock().unwrap_or_else(PoisonError::into_inner).spec.clone())
 }
 
 impl<T> std::fmt::Debug for DStream<T> {
@@ -99,6 +119,11 @@ impl<T: Send + 'static> DStream<T> {
     pub(crate) fn with_watermarks(mut self, watermarks: Watermarks) -> Self {
         self.watermarks = watermarks;
         self
+    }
+
+    /// The watermarks the stream carries.
+    pub(crate) fn watermarks(&self) -> Watermarks {
+        self.watermarks.clone()
     }
 
     /// The stream's compute step, job and watermarks, to build an operator around.

@@ -21,7 +21,7 @@ use common::{java, unique, Kind, ScaleJob};
 use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{CancellationToken, ScaleConfig};
 use sluice_stream::{
-    KafkaSink, KeyState, RestoreCounters, StreamConfig, StreamError, StreamingContext, Watermark, Windowed,
+    KafkaSink, KeyState, RestoreCounters, StreamConfig, StreamError, StreamingContext, Timed, Watermark, Windowed,
 };
 use tokio::task::JoinHandle;
 
@@ -283,6 +283,84 @@ async fn counts_per_item_of_clicks_keyed_by_user_go_through_a_repartition_topic_
     eprintln!("{ITEMS} items counted exactly through {repartition} (log starts after purges {starts:?}); restored {restored:?}");
 }
 
+/// The item of click `i`: uneven counts per window (item-0 the most), from every user.
+fn item_of(i: u32) -> String {
+    format!("item-{}", (i % 7) * (i % 3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_items_per_event_window_cross_a_repartition_with_their_watermark_and_equal_a_single_process() {
+    let why = "repartitioning in scale-out mode needs transactions' group checks and aborted-record filtering (docs/brokers.md)";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "top-items", PARTITIONS).await
+    else {
+        return;
+    };
+    let lateness = Duration::from_millis(500);
+    let late_counts = Mutex::new(Vec::new());
+    // The clickstream job: clicks keyed by user, counted per item and 1 s event-time window
+    // (through a repartition, with the source partitions' watermarks), the top 3 items of each.
+    let start = |dir: &Path| {
+        let ssc = context(&broker.addr, dir, &input, &group);
+        let watermark = Watermark::new(lateness);
+        late_counts.lock().unwrap().push(watermark.late_records());
+        ssc.kafka_stream()
+            .map(|record| record.value_str().unwrap_or_default().parse::<u32>().unwrap_or_default())
+            .with_watermark(watermark, |click| EPOCH_MS + i64::from(*click))
+            .map(|timed| timed.map(|click| (item_of(click), 1u64)))
+            .repartition("by-item")
+            .reduce_by_key_and_event_window(Duration::from_secs(1), Duration::from_secs(1), |a, b| a + b)
+            .top_k_per_window(3, |a: &(String, u64), b: &(String, u64)| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+            .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "top-items"));
+        run(ssc)
+    };
+    let internal = [format!("{group}-by-item-repartition"), format!("{group}-top-k-0-repartition")];
+    let restored = come_and_go_through(&client, &producer, (&input, &group), &internal, start).await;
+    assert!(restored.iter().any(|(_, tasks, records)| *tasks > 0 && *records > 0), "{restored:?}");
+
+    // A single process's top items: per window every partition's watermark passed, the 3
+    // items with the most clicks (ties to the lesser name).
+    let clicks = 12_000u32;
+    let closed_until = EPOCH_MS + i64::from(clicks - PARTITIONS as u32) - lateness.as_millis() as i64;
+    let mut counts: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
+    for i in 0..clicks {
+        let time = EPOCH_MS + i64::from(i);
+        let start = time - time.rem_euclid(1_000);
+        if start + 1_000 <= closed_until {
+            *counts.entry(start).or_default().entry(item_of(i)).or_default() += 1;
+        }
+    }
+    let expected: BTreeMap<i64, Vec<(String, u64)>> = counts
+        .into_iter()
+        .map(|(start, items)| {
+            let mut items: Vec<(String, u64)> = items.into_iter().collect();
+            items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            items.truncate(3);
+            (start, items)
+        })
+        .collect();
+    let mut given: BTreeMap<i64, Vec<(String, u64)>> = BTreeMap::new();
+    for row in java::consume_values(&broker.addr, &output, true) {
+        let window: Windowed<(String, u64)> = serde_json::from_str(&row).unwrap();
+        given.entry(window.start_ms).or_default().push(window.item);
+    }
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(start, top)| given.get(*start) != Some(*top))
+        .map(|(start, top)| (start, top, given.get(start)))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "windows whose top items differ from a single process's (window, expected, given): {wrong:?}"
+    );
+    let extra: Vec<_> = given.keys().filter(|start| !expected.contains_key(*start)).collect();
+    assert!(extra.is_empty(), "windows given before every partition's watermark passed them: {extra:?}");
+    let late: u64 = late_counts.lock().unwrap().iter().map(|n| n.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert_eq!(late, 0, "clicks judged late");
+    eprintln!("the top 3 items of {} windows given once each, as a single process gives them", expected.len());
+}
+
 /// A scale-out job's problems, found before it connects: each operator's state must be kept per
 /// source partition, and each key's records must come with their partition.
 #[tokio::test]
@@ -323,16 +401,18 @@ async fn state_that_cannot_move_with_its_partitions_is_refused_before_the_job_st
     .await;
     assert!(regrouped.contains("only element-wise operators"), "{regrouped}");
 
-    let top = refused(&["clicks"], &|ssc| {
+    let unwatermarked = refused(&["clicks"], &|ssc| {
         ssc.kafka_stream()
-            .map(user)
-            .with_watermark(Watermark::new(Duration::from_secs(1)), |_| 0)
+            .map(move |record| Timed { time_ms: record.timestamp, late: false, item: user(record) })
+            .repartition("by-user")
             .reduce_by_key_and_event_window(Duration::from_secs(1), Duration::from_secs(1), |a, b| a + b)
-            .top_k_per_window(3, |a, b| a.1.cmp(&b.1))
             .foreach_batch(|_, _| Ok(()));
     })
     .await;
-    assert!(top.contains("top_k_per_window in scale-out mode"), "{top}");
+    assert!(
+        unwatermarked.contains("on a stream without a watermark: apply with_watermark before it"),
+        "{unwatermarked}"
+    );
 
     let idle = refused(&["clicks"], &|ssc| {
         let watermark = Watermark::new(Duration::from_secs(1)).idle_after(Duration::from_secs(5));
