@@ -521,8 +521,7 @@ fn check(job: &Job) -> Result<(), Problem> {
 }
 
 /// Scale-out runs filters, per-batch aggregates and event-time windows (through a repartition
-/// topic) and rankings of event-time windows; processing-time windows are refused, as is a
-/// files sink (its renames are not yet part of the batch's transaction).
+/// topic) and rankings of event-time windows; processing-time windows are refused.
 fn check_scale(file: &JobFile) -> Result<(), Problem> {
     let Some(scale) = &file.scale else { return Ok(()) };
     let s = scale.get_ref();
@@ -551,12 +550,6 @@ fn check_scale(file: &JobFile) -> Result<(), Problem> {
             topics.span().start,
             "`[aggregate]` with `[scale]`: the repartition topic is partitioned like the one source topic; read one topic"
                 .into(),
-        ));
-    }
-    if let Some(sink) = file.sinks.iter().find(|s| s.get_ref().kind == SinkKind::Files) {
-        return Err((
-            sink.span().start,
-            "a files sink with `[scale]`: not yet exactly once across processes; use a Kafka or stdout sink".into(),
         ));
     }
     if file.source.get_ref().commit_to_group.is_some() {

@@ -393,9 +393,12 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
         ),
         (good.replace("k = 3", "k = 0"), "k = 0".into(), "`top.k`: at least 1"),
         (
-            format!("{good}\n[scale]\ngroup = \"orders\"\n"),
-            "type = \"files\"".into(),
-            "a files sink with `[scale]`: not yet exactly once across processes",
+            format!(
+                "{}\n[scale]\ngroup = \"orders\"\n",
+                good.replace("batch_interval", "commit_to_group = \"lag\"\nbatch_interval")
+            ),
+            "[scale]".into(),
+            "`source.commit_to_group` with `[scale]`: the job's group holds its offsets",
         ),
         (
             format!("{}\n[scale]\ngroup = \"orders\"\n", good.replace(EVENT_WINDOW, "[window]\nlength = \"10s\"\n")),

@@ -454,21 +454,33 @@ fn clickstream_expected() -> Vec<(i64, u64, String, u64)> {
 
 /// A window job's read_committed rows in `topic`, as (window start, rank, item, clicks), sorted.
 fn window_rows(broker: &str, topic: &str) -> Vec<(i64, u64, String, u64)> {
-    let mut rows: Vec<_> = java::consume_values(broker, topic, true)
-        .iter()
-        .map(|row| {
-            let row: serde_json::Value = serde_json::from_str(row).unwrap();
-            let field = |name: &str| row[name].as_u64().unwrap_or_else(|| panic!("{name} in {row}"));
-            (
-                row["window_start"].as_i64().unwrap(),
-                field("rank"),
-                row["item"].as_str().unwrap().to_owned(),
-                field("clicks"),
-            )
-        })
-        .collect();
+    let mut rows: Vec<_> = java::consume_values(broker, topic, true).iter().map(|row| window_row(row)).collect();
     rows.sort();
     rows
+}
+
+/// A window job's row as (window start, rank, item, clicks).
+fn window_row(row: &str) -> (i64, u64, String, u64) {
+    let row: serde_json::Value = serde_json::from_str(row).unwrap();
+    let field = |name: &str| row[name].as_u64().unwrap_or_else(|| panic!("{name} in {row}"));
+    (row["window_start"].as_i64().unwrap(), field("rank"), row["item"].as_str().unwrap().to_owned(), field("clicks"))
+}
+
+/// The rows in the JSON-lines files of `dir` as (window start, rank, item, clicks), sorted, and
+/// how many temporary files are there.
+fn files_rows(dir: &Path) -> (Vec<(i64, u64, String, u64)>, usize) {
+    let mut rows = Vec::new();
+    let mut temporary = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with('.') {
+            temporary += 1;
+            continue;
+        }
+        rows.extend(std::fs::read_to_string(&path).unwrap().lines().map(window_row));
+    }
+    rows.sort();
+    (rows, temporary)
 }
 
 /// A clickstream run on a three-node cluster: its topics, its processes' directory, and the
@@ -537,15 +549,17 @@ impl Clickstream {
         })
     }
 
-    /// The job file of the process whose checkpoint is `name`.
+    /// The job file of the process whose checkpoint is `name`: its top items also go to files,
+    /// every process's in one directory.
     fn job(&self, name: &str) -> String {
-        job_file(
-            "clickstream",
-            &self.bootstrap,
-            (&self.input, &self.output, &self.group),
-            TOP_ITEMS,
-            &self.dir.path().join(name),
-        )
+        let sections = format!("{TOP_ITEMS}\n[[sink]]\ntype = \"files\"\ndir = \"{}\"\n", self.files().display());
+        let topics = (self.input.as_str(), self.output.as_str(), self.group.as_str());
+        job_file("clickstream", &self.bootstrap, topics, &sections, &self.dir.path().join(name))
+    }
+
+    /// The files sink's directory.
+    fn files(&self) -> PathBuf {
+        self.dir.path().join("files")
     }
 
     fn process(&self, name: &'static str, checkpoint: &str) -> Process {
@@ -634,6 +648,16 @@ impl Clickstream {
         );
         assert_eq!(scaled_rows.len(), expected.len(), "rows of the scale-out run: {:?}", differ(&scaled_rows));
         assert_eq!(scaled_rows, single_rows, "scale-out against the single process: {:?}", differ(&scaled_rows));
+        // The files: every row once, in the files of committed batches (a file a killed process
+        // left at its temporary name is renamed or removed when it runs again).
+        let (file_rows, left) = files_rows(&self.files());
+        assert_eq!(
+            file_rows,
+            single_rows,
+            "the files sink's rows against the single process: {:?}",
+            differ(&file_rows)
+        );
+        self.step(&format!("the files sink holds every row once ({left} temporary file(s) of killed processes left)"));
         self.step(&format!(
             "the top 5 items of {} windows over {CLICKS} clicks: the processes' equal the single process's",
             expected.len() / 5
@@ -709,6 +733,8 @@ async fn random_kills_starts_and_stops_leave_the_clickstream_top_items_as_a_sing
     let slices = CLICKS / CLICK_SLICE;
     for fault in 0..faults {
         run.sent_at_least((fault + 1) * slices / (faults + 1)).await;
+        // Now and then a moment for what was started to get going.
+        tokio::time::sleep(Duration::from_millis(rng.below(1_000) as u64)).await;
         for (_, process) in &mut running {
             process.check_running();
         }

@@ -468,6 +468,16 @@ impl Producer {
         self.shared.ids()
     }
 
+    /// The transactional id, for a transactional producer.
+    pub fn transactional_id(&self) -> Option<&str> {
+        self.shared.config.transactional_id.as_deref()
+    }
+
+    /// The client the producer sends through.
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
     /// Buffers `record` for sending, waiting while the buffer is full, and returns a future of
     /// its acknowledgement.
     ///

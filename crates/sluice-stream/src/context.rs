@@ -308,6 +308,7 @@ impl StreamingContext {
             failures,
             purge,
             task_count,
+            group: group.as_deref().map(Arc::from),
         };
         Ok(scheduler.run(&mut engine, on_progress).await?)
     }
@@ -371,6 +372,8 @@ struct Engine {
     purge: Option<Purge>,
     /// The job's task count and partition changes (watermark markers).
     task_count: crate::markers::TaskCount,
+    /// Scale-out mode: the job's group.
+    group: Option<Arc<str>>,
 }
 
 /// Deletes the records of the job's repartition partitions this process owns that the group
@@ -557,7 +560,8 @@ impl Processor for Engine {
                 .at_time(wall_time)
                 .in_piece(run, last)
                 .of_checkpoint(self.checkpoint_id)
-                .in_transaction(batch.transaction().cloned());
+                .in_transaction(batch.transaction().cloned())
+                .of_group(self.group.clone());
                 self.run_outputs(Arc::new(input)).await?;
                 run += 1;
             }
@@ -572,6 +576,13 @@ impl Processor for Engine {
         }
         let (state_delta, snapshot) = self.state.end_batch(batch.batch_id, self.snapshot_every)?;
         Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() })
+    }
+
+    async fn committed(&mut self, _batch_id: u64) -> Result<(), BoxError> {
+        for output in &mut self.outputs {
+            output.committed().await?;
+        }
+        Ok(())
     }
 
     async fn partitions_changed(&mut self, changes: &PartitionChanges) -> Result<(), BoxError> {

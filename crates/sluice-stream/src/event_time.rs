@@ -226,7 +226,9 @@ impl<T: Send + 'static> DStream<T> {
     /// older than the watermark left by earlier batches are late: dropped and counted, or with
     /// [`Watermark::keep_late`] kept and marked. In scale-out mode each partition is a task with
     /// a watermark of its own (its greatest event time minus the allowed lateness), which
-    /// judges its items and closes its windows; [`Watermark::idle_after`] is refused there.
+    /// judges its items and closes its windows, unless the items are repartitioned next: then
+    /// the tasks after the repartition judge them by every source partition's watermark, as
+    /// one process would; [`Watermark::idle_after`] is refused there.
     pub fn with_watermark(
         self,
         spec: Watermark,
@@ -251,6 +253,7 @@ impl<T: Send + 'static> DStream<T> {
         // watermark moves once the batch's last piece is in.
         self.stateful_per_piece(state, move |state, input, parts| {
             let stream_before = state.watermark;
+            let judged_later = lock_state(&publish).judged_after_repartition;
             let now = input.time_ms;
             // The parts are the source's read tasks (one partition each) unless an operator
             // upstream gathered or combined them: then the stream is taken as one whole.
@@ -269,8 +272,13 @@ impl<T: Send + 'static> DStream<T> {
                     },
                     None => (String::new(), -1),
                 };
-                // In scale-out mode each partition is judged by its own watermark.
-                let before = if state.per_task { state.task_watermark(&key, &spec) } else { stream_before };
+                // In scale-out mode each partition is judged by its own watermark, unless a
+                // repartition follows: there every partition's counts, as in one process.
+                let before = match (state.per_task, judged_later) {
+                    (true, true) => None,
+                    (true, false) => state.task_watermark(&key, &spec),
+                    (false, _) => stream_before,
+                };
                 let mut timed = Vec::with_capacity(part.len());
                 let mut greatest: Option<i64> = None;
                 for item in part {

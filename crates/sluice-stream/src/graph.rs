@@ -45,6 +45,8 @@ pub struct BatchInput {
     pub(crate) checkpoint_id: u64,
     /// Scale-out mode: the batch's Kafka transaction (see [`BatchInfo::transaction`]).
     pub(crate) transaction: Option<Arc<Producer>>,
+    /// Scale-out mode: the job's group.
+    pub(crate) group: Option<Arc<str>>,
 }
 
 /// A batch's source records, handed to the source streams of the job: a source topic's parts
@@ -145,7 +147,14 @@ impl BatchInput {
             last_piece: true,
             checkpoint_id: 0,
             transaction: None,
+            group: None,
         }
+    }
+
+    /// The input of a batch of the scale-out job of `group`.
+    pub(crate) fn of_group(mut self, group: Option<Arc<str>>) -> Self {
+        self.group = group;
+        self
     }
 
     /// The input with the batch time `time_ms`, if given (scale-out mode).
@@ -180,6 +189,7 @@ impl BatchInput {
             .with_piece(self.piece, self.last_piece, 0)
             .with_checkpoint_id(self.checkpoint_id);
         info.transaction.clone_from(&self.transaction);
+        info.group.clone_from(&self.group);
         info
     }
 }
@@ -247,21 +257,17 @@ pub struct BatchInfo {
     /// with its source offsets. A sink writing to Kafka sends its records through it (and does
     /// not begin, commit or abort it); `None` otherwise.
     pub transaction: Option<Arc<Producer>>,
+    /// Scale-out mode: the job's group (its processes' internal topics are named after it).
+    pub group: Option<Arc<str>>,
 }
 
 impl PartialEq for BatchInfo {
     /// Batches are equal when everything but the transaction handle is.
     fn eq(&self, other: &Self) -> bool {
-        (self.batch_id, self.time_ms, self.rerun, self.piece, self.last_piece, self.items_before, self.checkpoint_id)
-            == (
-                other.batch_id,
-                other.time_ms,
-                other.rerun,
-                other.piece,
-                other.last_piece,
-                other.items_before,
-                other.checkpoint_id,
-            )
+        let fields = |b: &Self| {
+            (b.batch_id, b.time_ms, b.rerun, b.piece, b.last_piece, b.items_before, b.checkpoint_id, b.group.clone())
+        };
+        fields(self) == fields(other)
     }
 }
 
@@ -279,6 +285,7 @@ impl BatchInfo {
             items_before: 0,
             checkpoint_id: 0,
             transaction: None,
+            group: None,
         }
     }
 
@@ -300,6 +307,10 @@ pub(crate) trait Output: Send {
     fn compute(&mut self, input: &BatchInput);
     /// Writes what `compute` kept, if anything.
     fn write(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>>;
+    /// Scale-out mode: the batch last written committed.
+    fn committed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What the streams of one job share: the batch interval, the outputs, and configuration

@@ -142,11 +142,13 @@ impl MarkerTable {
         }
     }
 
-    /// `task`'s watermark: the least its upstream tasks reported, once all `upstream` have.
+    /// `task`'s watermark: the least its upstream tasks `0..upstream` reported, once all have (a
+    /// marker naming another task, which no process of the job sends, counts for nothing).
     pub(crate) fn watermark(&self, task: i32, upstream: Option<i32>) -> Option<i64> {
-        let reported = self.tasks.get(&task)?;
-        let all = upstream.and_then(|n| usize::try_from(n).ok()).is_some_and(|n| reported.len() >= n);
-        all.then(|| reported.values().min().copied()).flatten()
+        let (reported, upstream) = (self.tasks.get(&task)?, upstream?);
+        let known = reported.range(0..upstream);
+        let all = usize::try_from(upstream).is_ok_and(|n| known.clone().count() == n);
+        all.then(|| known.map(|(_, watermark)| *watermark).min()).flatten()
     }
 
     /// Every task's watermark (of those that have one).
@@ -209,11 +211,15 @@ mod tests {
         table.note(0, &[(1, 2_000), (2, 9_000)]);
         table.take_pending();
         assert_eq!(table.watermark(0, Some(3)), Some(3_000), "a marker that went back is ignored");
+        table.note(0, &[(7, 1_000)]);
+        table.take_pending();
+        assert_eq!(table.watermark(0, Some(3)), Some(3_000), "a task the job does not have counts for nothing");
+        assert_eq!(table.watermark(0, Some(4)), None);
         assert_eq!(table.watermarks(Some(3)), BTreeMap::from([(0, 3_000)]));
 
         // The task moves: its entries go through the changelog.
         let changes = table.take_changes(|upstream| encode(&upstream)).unwrap();
-        assert_eq!(changes.len(), 3);
+        assert_eq!(changes.len(), 4, "task 7's entry too");
         assert!(table.take_changes(|upstream| encode(&upstream)).unwrap().is_empty());
         let mut moved = MarkerTable::default();
         for change in &changes {

@@ -287,6 +287,9 @@ where
             (Arc::clone(&graph.failures), graph.task_count.clone())
         };
         let spec = watermark_spec(&watermarks);
+        for cell in &watermarks {
+            lock_state(cell).judged_after_repartition = true;
+        }
         if spec.is_none() {
             lock(&graph).errors.push(format!(
                 "repartition {name:?} of timed items on a stream without a watermark: apply with_watermark before it"
@@ -518,6 +521,11 @@ where
         compare: impl Fn(&T, &T) -> std::cmp::Ordering + Send + 'static,
     ) -> DStream<Windowed<T>> {
         let Some(group) = self.group() else { return self.nothing() };
+        if self.watermarks().is_empty() {
+            self.record_error(
+                "top_k_per_window in scale-out mode on windows without a watermark: each window is given once every task's watermark has passed it (windows of reduce_by_key_and_event_window after with_watermark have one)".into(),
+            );
+        }
         // One function for both stages, which may run side by side.
         let compare = Arc::new(Mutex::new(compare));
         let local_compare = Arc::clone(&compare);

@@ -6,6 +6,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+use std::sync::Arc;
+
+use sluice_client::{Client, Consumer, ConsumerConfig, Isolation, OffsetReset, Producer, ProducerRecord, StartAt};
+use sluice_protocol::error_code::ErrorCode;
+
 use crate::graph::{BatchInfo, BatchInput, Compute, Gather, Output};
 use crate::BoxError;
 
@@ -28,6 +33,14 @@ pub trait Sink<T>: Send {
     /// False (the default): the pieces' items are gathered and written at once.
     fn takes_pieces(&self) -> bool {
         false
+    }
+
+    /// Scale-out mode: the batch last written (`batch`, its last piece) committed its Kafka
+    /// transaction. A sink that holds its output until then (files renamed into place)
+    /// publishes it here; an error fails the run. Does nothing unless implemented.
+    fn committed(&mut self, batch: &BatchInfo) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = batch;
+        async { Ok(()) }
     }
 }
 
@@ -80,15 +93,27 @@ impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
 /// temporary name (a batch in pieces appends each piece to it), synced, and renamed into
 /// place before the batch commits, so a batch's output appears whole or not at all; a re-run
 /// writes the same file again and replaces it. Give each sink a directory of its own.
+///
+/// In scale-out mode a batch is not re-run (another process may read its records again), so
+/// its file, `<transactional id>-batch-<id>.jsonl` (the process's id: processes may share the
+/// directory), is renamed into place only once the batch's transaction has committed. The
+/// transaction also writes the batch's id under the process's id to the compacted topic
+/// `<group>-files-ledger`, so that a process restarted after a crash between the commit and
+/// the rename knows whether the file it left committed: it is renamed into place if so, and
+/// removed if not.
 #[derive(Debug, Clone)]
 pub struct JsonLinesFiles {
     dir: PathBuf,
+    /// Scale-out mode: the file of the batch last written, to rename once it commits.
+    pending: Option<(PathBuf, PathBuf)>,
+    /// Scale-out mode: whether files a previous run left were looked into.
+    resolved: bool,
 }
 
 impl JsonLinesFiles {
     /// Files in `dir` (created if missing).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self { dir: dir.into(), pending: None, resolved: false }
     }
 
     /// The file of batch `batch_id`.
@@ -104,11 +129,24 @@ impl JsonLinesFiles {
     /// following links; directories the sink makes are synced into their parents.
     fn write_piece<T: serde::Serialize>(&self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
         let batch_id = batch.batch_id;
-        let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
         let temporary = self.dir.join(format!(".batch-{batch_id:020}.jsonl.tmp"));
+        self.write_file_piece(batch, items, (&temporary, Some(&self.file_of(batch_id)))).map(drop)
+    }
+
+    /// [`JsonLinesFiles::write_piece`] to the file `temporary`; returns whether the batch's file
+    /// is written whole (at a last piece, with items). It is renamed to `target` unless that is
+    /// `None` (scale-out mode: after the commit).
+    fn write_file_piece<T: serde::Serialize>(
+        &self,
+        batch: &BatchInfo,
+        items: &[T],
+        (temporary, target): (&Path, Option<&Path>),
+    ) -> Result<bool, String> {
+        let batch_id = batch.batch_id;
+        let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
         let whole_batch_empty = batch.items_before == 0 && items.is_empty();
         if batch.piece == 0 && whole_batch_empty && batch.last_piece {
-            return Ok(());
+            return Ok(false);
         }
         if !items.is_empty() || batch.piece == 0 {
             let mut text = Vec::with_capacity(items.len() * 32);
@@ -120,34 +158,184 @@ impl JsonLinesFiles {
             let mut options = std::fs::OpenOptions::new();
             if batch.piece == 0 {
                 create_dir_synced(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
-                match std::fs::remove_file(&temporary) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &temporary, e)),
-                    _ => {}
-                }
+                remove_if_there(temporary).map_err(|e| io("removing", temporary, e))?;
                 options.write(true).create_new(true);
             } else {
                 options.append(true);
                 no_follow(&mut options);
             }
-            let mut file = options.open(&temporary).map_err(|e| io("opening", &temporary, e))?;
-            file.write_all(&text).map_err(|e| io("writing", &temporary, e))?;
+            let mut file = options.open(temporary).map_err(|e| io("opening", temporary, e))?;
+            file.write_all(&text).map_err(|e| io("writing", temporary, e))?;
         }
         if !batch.last_piece {
-            return Ok(());
+            return Ok(false);
         }
         if whole_batch_empty {
-            return std::fs::remove_file(&temporary).map_err(|e| io("removing", &temporary, e));
+            std::fs::remove_file(temporary).map_err(|e| io("removing", temporary, e))?;
+            return Ok(false);
         }
         let mut options = std::fs::OpenOptions::new();
         options.read(true);
         no_follow(&mut options);
-        let file = options.open(&temporary).map_err(|e| io("opening", &temporary, e))?;
-        file.sync_all().map_err(|e| io("syncing", &temporary, e))?;
-        let target = self.file_of(batch_id);
-        std::fs::rename(&temporary, &target).map_err(|e| io("renaming into place", &target, e))?;
-        sync_dir(&self.dir).map_err(|e| io("syncing", &self.dir, e))
+        let file = options.open(temporary).map_err(|e| io("opening", temporary, e))?;
+        file.sync_all().map_err(|e| io("syncing", temporary, e))?;
+        if let Some(target) = target {
+            rename_into_place(temporary, target, &self.dir)?;
+        }
+        Ok(true)
+    }
+
+    /// Scale-out mode: the temporary and final names of a batch's file, by the process's
+    /// transactional id.
+    fn scale_names(&self, process: &str, batch_id: u64) -> (PathBuf, PathBuf) {
+        let name = format!("{process}-batch-{batch_id:020}.jsonl");
+        (self.dir.join(format!(".{name}.tmp")), self.dir.join(name))
+    }
+
+    /// Scale-out mode, once per run before its first batch: the files a previous run of this
+    /// process left at their temporary names (a crash between its batch's commit and the
+    /// rename), each renamed into place if the ledger says its batch committed, or removed.
+    async fn resolve_left_files(&self, producer: &Producer, ledger: &str, process: &str) -> Result<(), BoxError> {
+        let prefix = format!(".{process}-batch-");
+        let left: Vec<(u64, PathBuf)> = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(|entry| {
+                    let name = entry.ok()?.file_name().into_string().ok()?;
+                    let id = name.strip_prefix(&prefix)?.strip_suffix(".jsonl.tmp")?.parse().ok()?;
+                    Some((id, self.dir.join(name)))
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("listing {}: {e}", self.dir.display()).into()),
+        };
+        create_ledger(producer.client(), ledger).await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        let committed = last_committed(producer.client(), ledger, process).await?;
+        for (batch_id, temporary) in left {
+            let (_, target) = self.scale_names(process, batch_id);
+            if committed == Some(batch_id) {
+                tracing::info!(batch_id, file = %target.display(), "the batch committed before the run ended: its file is renamed into place");
+                rename_into_place(&temporary, &target, &self.dir)?;
+            } else {
+                tracing::info!(batch_id, file = %temporary.display(), "the batch did not commit: its file is removed");
+                remove_if_there(&temporary).map_err(|e| format!("removing {}: {e}", temporary.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scale-out mode: writes a piece of the batch's file, and at its last piece syncs it and
+    /// notes the batch in the ledger through the batch's transaction; the file is renamed into
+    /// place when the transaction commits ([`Sink::committed`]).
+    async fn write_in_transaction<T: serde::Serialize + Send + 'static>(
+        &mut self,
+        batch: &BatchInfo,
+        items: Vec<T>,
+        producer: Arc<Producer>,
+    ) -> Result<(), BoxError> {
+        let process =
+            producer.transactional_id().ok_or("a files sink in a batch whose producer is not transactional")?;
+        let group = batch.group.as_deref().ok_or("a files sink in scale-out mode without the job's group")?;
+        let ledger = format!("{group}-files-ledger");
+        if !self.resolved {
+            self.resolve_left_files(&producer, &ledger, process).await?;
+            self.resolved = true;
+        }
+        if batch.piece == 0 {
+            // The file of a batch that did not commit (its transaction aborted).
+            if let Some((temporary, _)) = self.pending.take() {
+                remove_if_there(&temporary).map_err(|e| format!("removing {}: {e}", temporary.display()))?;
+            }
+        }
+        let names = self.scale_names(process, batch.batch_id);
+        let (sink, info, batch_id, paths) = (self.clone(), batch.clone(), batch.batch_id, names.clone());
+        let written = tokio::task::spawn_blocking(move || sink.write_file_piece(&info, &items, (&paths.0, None))).await;
+        if written.map_err(|e| format!("writing batch {batch_id}'s file stopped: {e}"))?? {
+            let record = ProducerRecord::new(ledger, batch_id.to_string()).key(process.to_owned());
+            drop(producer.send(record).await?);
+            self.pending = Some(names);
+        }
+        Ok(())
     }
 }
+
+/// Removes `path`, if it is there.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Renames a synced file into place and makes the rename durable.
+fn rename_into_place(temporary: &Path, target: &Path, dir: &Path) -> Result<(), String> {
+    std::fs::rename(temporary, target).map_err(|e| format!("renaming into place {}: {e}", target.display()))?;
+    sync_dir(dir).map_err(|e| format!("syncing {}: {e}", dir.display()))
+}
+
+/// Makes the ledger topic if it is not there: compacted (one record per process), one partition,
+/// replicated on up to three brokers.
+async fn create_ledger(client: &Client, ledger: &str) -> Result<(), BoxError> {
+    let brokers = client.refresh_metadata(Some(&[ledger])).await?.brokers.len();
+    let replication = i16::try_from(brokers.clamp(1, 3))?;
+    let min_insync = if replication >= 3 { "2" } else { "1" };
+    let configs = [("cleanup.policy", "compact"), ("min.insync.replicas", min_insync)];
+    match client.create_topic_with_configs(ledger, 1, replication, &configs).await {
+        Ok(())
+        | Err(
+            sluice_client::Error::Broker { code: ErrorCode::TopicAlreadyExists, .. }
+            | sluice_client::Error::BrokerMessage { code: ErrorCode::TopicAlreadyExists, .. },
+        ) => Ok(()),
+        Err(error) => Err(format!("creating the files sink's ledger topic {ledger}: {error}").into()),
+    }
+}
+
+/// The last batch `process` noted in the ledger, of the transactions that committed (read to the
+/// end the ledger had when asked).
+async fn last_committed(client: &Client, ledger: &str, process: &str) -> Result<Option<u64>, BoxError> {
+    let partition = [(ledger.to_owned(), 0)];
+    let deadline = std::time::Instant::now() + LEDGER_READ_TIMEOUT;
+    // The topic may be new: its partition's leader comes a moment later.
+    let end = loop {
+        match client.log_ends(&partition, Isolation::ReadUncommitted).await {
+            Ok(ends) => break ends.get(&partition[0]).copied().unwrap_or(0),
+            Err(error) if std::time::Instant::now() < deadline && error.is_retriable() => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(format!("the end of the ledger {ledger}: {error}").into()),
+        }
+    };
+    let mut config = ConsumerConfig::default();
+    config.isolation = Isolation::ReadCommitted;
+    config.offset_reset = OffsetReset::Earliest;
+    config.max_wait = std::time::Duration::from_millis(100);
+    let mut consumer = Consumer::new(client.clone(), config);
+    consumer.assign(ledger, 0, StartAt::Earliest).await?;
+    let mut last = None;
+    while consumer.partition_progress(ledger, 0).is_none_or(|p| p.position < end) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "reading the ledger {ledger} to offset {end} took over {} s (an open transaction?)",
+                LEDGER_READ_TIMEOUT.as_secs()
+            )
+            .into());
+        }
+        for polled in consumer.poll().await? {
+            for record in polled.records() {
+                if record.key() == Some(process.as_bytes()) {
+                    let value = record.value().and_then(|v| std::str::from_utf8(v).ok());
+                    last = value.and_then(|v| v.parse().ok());
+                }
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// How long reading the ledger may take (it waits out other processes' open transactions).
+const LEDGER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Opens without following a symbolic link at the path's last component.
 fn no_follow(options: &mut std::fs::OpenOptions) {
@@ -186,9 +374,8 @@ fn create_dir_synced(dir: &Path) -> std::io::Result<()> {
 impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
     /// Encodes, writes, syncs and renames on the blocking pool.
     async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
-        if batch.transaction.is_some() {
-            // Its files would be renamed before the batch's transaction commits.
-            return Err("a files sink cannot run in scale-out mode yet: its output would not be exactly once".into());
+        if let Some(producer) = batch.transaction.clone() {
+            return self.write_in_transaction(batch, items, producer).await;
         }
         let (sink, batch_id, info) = (self.clone(), batch.batch_id, batch.clone());
         let written = tokio::task::spawn_blocking(move || sink.write_piece(&info, &items)).await;
@@ -197,6 +384,13 @@ impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
 
     fn takes_pieces(&self) -> bool {
         true
+    }
+
+    async fn committed(&mut self, _batch: &BatchInfo) -> Result<(), BoxError> {
+        let Some((temporary, target)) = self.pending.take() else { return Ok(()) };
+        let dir = self.dir.clone();
+        let renamed = tokio::task::spawn_blocking(move || rename_into_place(&temporary, &target, &dir)).await;
+        Ok(renamed.map_err(|e| format!("renaming a committed batch's file stopped: {e}"))??)
     }
 }
 
@@ -209,11 +403,13 @@ pub(crate) struct SinkOutput<T, S> {
     pub(crate) items_before: u64,
     /// What the last `compute` made, for `write`.
     ready: Option<(BatchInfo, Vec<T>)>,
+    /// The batch last written, for `committed`.
+    written: Option<BatchInfo>,
 }
 
 impl<T, S> SinkOutput<T, S> {
     pub(crate) fn new(compute: Compute<T>, sink: S) -> Self {
-        Self { compute, sink, pieces: Gather::default(), items_before: 0, ready: None }
+        Self { compute, sink, pieces: Gather::default(), items_before: 0, ready: None, written: None }
     }
 }
 
@@ -241,7 +437,20 @@ impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
         let ready = self.ready.take();
         Box::pin(async move {
             match ready {
-                Some((info, items)) => self.sink.write(&info, items).await,
+                Some((info, items)) => {
+                    let written = self.sink.write(&info, items).await;
+                    self.written = Some(info);
+                    written
+                }
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn committed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
+        Box::pin(async move {
+            match self.written.take() {
+                Some(info) => self.sink.committed(&info).await,
                 None => Ok(()),
             }
         })
@@ -251,6 +460,44 @@ impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process killed after its batch's transaction committed but before the rename finds its
+    /// file at the temporary name when it runs again: renamed into place, as the ledger says the
+    /// batch committed; the file of a batch whose transaction aborted is removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_a_killed_process_left_are_renamed_if_their_batch_committed_and_removed_if_not() {
+        let why = "the files sink's ledger is written in transactions (docs/brokers.md)";
+        let Some(job) = sluice_testkit::scale_job(why, "files-ledger", 1).await else { return };
+        let ledger = format!("{}-files-ledger", job.group);
+        let process = format!("sluice-{}-0000000000000001", job.group);
+        let mut config = sluice_client::ProducerConfig::default();
+        config.transactional_id = Some(process.clone());
+        let producer = Producer::new(job.client.clone(), config).await.unwrap();
+        create_ledger(&job.client, &ledger).await.unwrap();
+        // Batch 7 committed; batch 8's transaction was aborted.
+        for (batch_id, commit) in [(7u64, true), (8, false)] {
+            producer.begin_transaction().await.unwrap();
+            let record = ProducerRecord::new(ledger.clone(), batch_id.to_string()).key(process.clone());
+            producer.send(record).await.unwrap().await.unwrap();
+            if commit {
+                producer.commit_transaction().await.unwrap();
+            } else {
+                producer.abort_transaction().await.unwrap();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sink = JsonLinesFiles::new(dir.path());
+        let (committed, aborted) = (sink.scale_names(&process, 7), sink.scale_names(&process, 8));
+        std::fs::write(&committed.0, "{\"row\":7}\n").unwrap();
+        std::fs::write(&aborted.0, "{\"row\":8}\n").unwrap();
+        let other = sink.scale_names("sluice-another-process", 8);
+        std::fs::write(&other.0, "{}\n").unwrap();
+
+        sink.resolve_left_files(&producer, &ledger, &process).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&committed.1).unwrap(), "{\"row\":7}\n");
+        assert!(!committed.0.exists() && !aborted.0.exists() && !aborted.1.exists());
+        assert!(other.0.exists(), "another process's file is its own to resolve");
+    }
 
     #[test]
     fn the_file_sink_replaces_what_is_left_at_its_temporary_name_and_never_follows_a_link() {

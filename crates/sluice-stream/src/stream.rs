@@ -44,6 +44,10 @@ pub(crate) struct WatermarkValue {
     /// The step's watermark (lateness, and where late items are counted), for the operators
     /// downstream that judge items again (after a repartition).
     pub(crate) spec: Option<crate::event_time::Watermark>,
+    /// Scale-out mode: a repartition of the step's items follows, which judges them by every
+    /// source partition's watermark (the step's own partition's would drop items a single
+    /// process keeps).
+    pub(crate) judged_after_repartition: bool,
 }
 
 /// A `with_watermark` step's watermark, shared with the operators downstream.

@@ -361,6 +361,59 @@ async fn top_items_per_event_window_cross_a_repartition_with_their_watermark_and
     eprintln!("the top 3 items of {} windows given once each, as a single process gives them", expected.len());
 }
 
+/// A click behind its own partition's watermark but not behind every partition's is not late
+/// in one process, and so not in scale-out mode either: before a repartition the watermark does
+/// not judge items by their own partition alone (the repartition's side judges them by all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_late_for_its_partition_but_not_for_the_job_is_counted_as_one_process_counts_it() {
+    let why = "repartitioning in scale-out mode needs transactions' group checks and aborted-record filtering (docs/brokers.md)";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "late-for-partition", 2).await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ssc = context(&broker.addr, dir.path(), &input, &group);
+    let watermark = Watermark::new(Duration::from_millis(500));
+    let late = watermark.late_records();
+    ssc.kafka_stream()
+        .map(|record| record.value_str().unwrap_or_default().parse::<i64>().unwrap_or_default())
+        .with_watermark(watermark, |time| EPOCH_MS + *time)
+        .map(|timed| timed.map(|_| ("clicks".to_owned(), 1u64)))
+        .repartition("all")
+        .reduce_by_key_and_event_window(Duration::from_secs(1), Duration::from_secs(1), |a, b| a + b)
+        .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "late-for-partition"));
+    let job = run(ssc);
+    // Event times (ms after EPOCH_MS) by partition, each step in a batch of its own: partition 0
+    // goes to 10 s while partition 1 is at 5 s, then 0 gets a click at 8.2 s (behind its own
+    // 9.5 s watermark, ahead of the job's 4.5 s), then both go to 20 s.
+    let send = |partition: i32, time: i64| {
+        let record = ProducerRecord { partition: Some(partition), ..ProducerRecord::new(&input, time.to_string()) };
+        let producer = &producer;
+        async move { producer.send(record).await.unwrap().await.unwrap() }
+    };
+    for (partition, time) in [(0, 10_000), (1, 5_000), (0, 8_200), (0, 20_000), (1, 20_000)] {
+        send(partition, time).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    let repartition = format!("{group}-all-repartition");
+    for topic in [&input, &repartition] {
+        common::wait_for_group_at_end(&client, &group, topic, 2, Duration::from_secs(60), || {}).await;
+    }
+    job.stop.cancel();
+    job.run.await.unwrap().unwrap();
+    let windows: BTreeMap<i64, u64> = java::consume_values(&broker.addr, &output, true)
+        .iter()
+        .map(|row| {
+            let window: Windowed<(String, u64)> = serde_json::from_str(row).unwrap();
+            (window.start_ms - EPOCH_MS, window.item.1)
+        })
+        .collect();
+    let expected = BTreeMap::from([(5_000, 1), (8_000, 1), (10_000, 1)]);
+    assert_eq!(windows, expected, "windows (start after EPOCH_MS, clicks)");
+    assert_eq!(late.load(std::sync::atomic::Ordering::Relaxed), 0, "clicks judged late");
+}
+
 /// A scale-out job's problems, found before it connects: each operator's state must be kept per
 /// source partition, and each key's records must come with their partition.
 #[tokio::test]

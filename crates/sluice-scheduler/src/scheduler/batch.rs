@@ -238,4 +238,13 @@ pub trait Processor: Send {
         let _ = changes;
         async { Ok(()) }
     }
+
+    /// Scale-out mode only: batch `batch_id`'s transaction committed (and the local checkpoint
+    /// knows it). Output held until the commit (files renamed into place) is published here. A
+    /// crash before this returns leaves it to the next run to find out whether the batch
+    /// committed. An error fails the run. Does nothing unless implemented.
+    fn committed(&mut self, batch_id: u64) -> impl std::future::Future<Output = Result<(), crate::BoxError>> + Send {
+        let _ = batch_id;
+        async { Ok(()) }
+    }
 }

@@ -87,6 +87,9 @@ impl<C: Clock> Scheduler<C> {
             (Vec::new(), BatchOutput { sink_markers: NOT_COMMITTED.to_vec(), ..BatchOutput::default() })
         };
         self.write_commit(batch_id, &commit_ranges, output).await?;
+        if in_transaction && in_kafka {
+            processor.committed(batch_id).await.map_err(|source| SchedulerError::Processing { batch_id, source })?;
+        }
         let checkpoint_bytes = self.log.stats().map_or(0, |s| s.appended_bytes.saturating_sub(appended_before));
         self.commit_to_group(batch_id, &ranges).await;
         let committed = self.clock.now_ms();
