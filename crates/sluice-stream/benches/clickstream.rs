@@ -19,10 +19,14 @@
 //!   window's top items published how long after the window closed (window end + 5 s lateness).
 //!   Goals: at least 5x its clicks/s, at most 1/10 of its peak RSS, its latency or better.
 //!   (`SLUICE_BENCH_SKIP_STREAMS=1` leaves this part out.)
+//! - **Scale-out mode** (Apache Kafka): the backlog in 1 s batches by one process with and
+//!   without `[scale]` (a group of one: per-batch transactions, changelogs, the repartition by
+//!   item and the two-stage top-k), and the ratio (goal: at least 0.75x).
 //!
 //! `cargo bench -p sluice-stream --bench clickstream` (`SLUICE_BENCH_VERBOSE=1` prints each batch's
 //! progress record; `SLUICE_BENCH_ENGINE_ONLY=RATE` runs only the job, at RATE clicks/s, for
-//! profiling; `SLUICE_BENCH_MEMORY_BUDGET=BYTES` sets the job's memory budget, 0 for none)
+//! profiling; `SLUICE_BENCH_MEMORY_BUDGET=BYTES` sets the job's memory budget, 0 for none;
+//! `SLUICE_BENCH_SCALE_ONLY=1` runs only the scale-out comparison)
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -36,7 +40,7 @@ use common::{cpu_s, percentile, Broker};
 use sluice_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartAt,
 };
-use sluice_scheduler::{BatchProgress, RateLimits};
+use sluice_scheduler::{BatchProgress, RateLimits, ScaleConfig};
 use sluice_stream::clickstream::{
     self, Click, ClickGenerator, ClickstreamConfig, GeneratorConfig, TopItem, UserSession,
 };
@@ -176,22 +180,23 @@ async fn engine(
     rate: f64,
     config: &ClickstreamConfig,
 ) -> EngineRun {
-    engine_until(broker, topic, interval, rate, config, |rows, _| rows >= n as u64, |_| {}).await
+    engine_until(broker, topic, (interval, rate, None), config, |rows, _, _| rows >= n as u64, |_| {}).await
 }
 
-/// The clickstream job on `topic` until `done(rows read, elapsed)`; `published` sees each
-/// window's end as its top items are handed to the sink.
+/// The clickstream job on `topic` (in batches of `interval`, at most `rate` clicks/s, in
+/// scale-out mode with `group`) until `done(rows read, windows published, elapsed)`;
+/// `published` sees each window's end as its top items are handed to the sink.
 async fn engine_until(
     broker: &str,
     topic: &str,
-    interval: Duration,
-    rate: f64,
+    (interval, rate, group): (Duration, f64, Option<&str>),
     config: &ClickstreamConfig,
-    mut done: impl FnMut(u64, Duration) -> bool,
+    mut done: impl FnMut(u64, usize, Duration) -> bool,
     published: impl Fn(i64) + Send + Sync + 'static,
 ) -> EngineRun {
     let dir = tempfile::tempdir().unwrap();
     let mut stream = StreamConfig::new([broker], [topic], interval, dir.path().join("checkpoint"));
+    stream.scheduler.scale = group.map(ScaleConfig::new);
     stream.scheduler.limits =
         RateLimits { max_per_partition: Some(rate / f64::from(PARTITIONS)), min_per_partition: 0.0 };
     stream.scheduler.min_partitions = 8;
@@ -224,7 +229,7 @@ async fn engine_until(
         if std::env::var_os("SLUICE_BENCH_VERBOSE").is_some() {
             println!("{}", p.to_json());
         }
-        if done(rows, start.elapsed()) {
+        if done(rows, windows.load(std::sync::atomic::Ordering::Relaxed), start.elapsed()) {
             stop.cancel();
         }
     })
@@ -265,6 +270,10 @@ fn main() {
         produce(&client, TOPIC, n, false).await;
         let config = ClickstreamConfig::default();
 
+        if std::env::var_os("SLUICE_BENCH_SCALE_ONLY").is_some() {
+            scale_out_cost(&broker.addr, n, &config).await;
+            return;
+        }
         if let Some(rate) = std::env::var("SLUICE_BENCH_ENGINE_ONLY").ok().and_then(|r| r.parse::<f64>().ok()) {
             // Profiling aid: the job alone, reading at `rate` clicks/s in 100 ms batches.
             let run = engine(&broker.addr, TOPIC, n, Duration::from_millis(100), rate, &config).await;
@@ -329,10 +338,67 @@ fn main() {
             );
         }
 
+        if broker.kind == common::Kind::Kafka {
+            scale_out_cost(&broker.addr, n, &config).await;
+        }
         if broker.kind == common::Kind::Kafka && std::env::var_os("SLUICE_BENCH_SKIP_STREAMS").is_none() {
             against_kafka_streams(&client, &broker.addr, n, &config, backlog_100ms.unwrap()).await;
         }
     });
+}
+
+/// The backlog read by one process with and without scale-out mode, in 1 s batches: what the
+/// per-batch transaction, the changelogs (sessions, watermarks, windows, markers, the top-k
+/// merge), the repartition by item and the two-stage top-k cost. Two rates each: over the
+/// batches that read the clicks (from the first batch's start to the end of the one that read
+/// the last click), and end to end (from opening the job, joining the group included, to the
+/// last window published: in scale-out mode two batches more, one reading the repartition
+/// topic and one the top-k topic). The scale-out run counts as done once it has published the
+/// windows the other did.
+async fn scale_out_cost(broker: &str, n: usize, config: &ClickstreamConfig) {
+    println!("\n## Scale-out mode, one process (1 s batches, the backlog)\n");
+    println!("| run | clicks/s, batches reading the clicks | clicks/s, end to end | windows published | batches | client CPU us/click | peak RSS MiB |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let interval = Duration::from_secs(1);
+    let off =
+        engine_until(broker, TOPIC, (interval, 5_000_000.0, None), config, |rows, _, _| rows >= n as u64, |_| {}).await;
+    let group = common::unique("clickstream-scale");
+    let (want, limit) = (off.windows, Duration::from_secs_f64((off.wall_s * 10.0).max(60.0)));
+    let on = engine_until(
+        broker,
+        TOPIC,
+        (interval, 5_000_000.0, Some(&group)),
+        config,
+        |_, windows, elapsed| windows >= want || elapsed > limit,
+        |_| {},
+    )
+    .await;
+    // From the first batch's start to the end of the batch after which no click was left.
+    let reading_s = |run: &EngineRun| {
+        let first = run.progress.first().map_or(0, |p| p.timestamp_ms);
+        let read = run.progress.iter().find(|p| {
+            let clicks = p.sources.iter().filter(|s| s.topic == TOPIC);
+            p.num_input_rows > 0 && clicks.clone().count() > 0 && clicks.clone().all(|s| s.lag == 0)
+        });
+        read.map_or(run.wall_s, |p| (p.timestamp_ms + p.durations.total_ms - first) as f64 / 1000.0)
+    };
+    for (name, run) in [("scale-out off", &off), ("scale-out on (a group of one)", &on)] {
+        println!(
+            "| {name} | {:.0} | {:.0} | {} | {} | {:.3} | {:.0} |",
+            n as f64 / reading_s(run),
+            n as f64 / run.wall_s,
+            run.windows,
+            run.progress.len(),
+            run.cpu_s * 1e6 / n as f64,
+            run.peak_rss_mib
+        );
+    }
+    let complete = if on.windows >= want { "" } else { " (INCOMPLETE: stopped after the time limit)" };
+    println!(
+        "\nscale-out on / off: {:.2}x the clicks/s over the batches reading them (goal: at least 0.75x), {:.2}x end to end{complete}",
+        reading_s(&off) / reading_s(&on),
+        off.wall_s / on.wall_s
+    );
 }
 
 fn wall_ms() -> i64 {
@@ -423,10 +489,9 @@ async fn against_kafka_streams(
     engine_until(
         broker,
         &live,
-        Duration::from_millis(100),
-        1e9,
+        (Duration::from_millis(100), 1e9, None),
         &job_config,
-        |_, elapsed| elapsed > idle,
+        |_, _, elapsed| elapsed > idle,
         move |end| record.lock().unwrap().push((end, wall_ms())),
     )
     .await;

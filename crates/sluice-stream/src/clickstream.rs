@@ -242,7 +242,9 @@ fn clicks(source: DStream<KafkaRecord>, unparsable: Arc<AtomicU64>) -> DStream<C
 }
 
 /// Builds the job on `source` (e.g. `ctx.kafka_stream()`): the top items of each window go to
-/// `top_items`, ended sessions to `sessions`.
+/// `top_items`, ended sessions to `sessions`. In scale-out mode (the source keyed by user) the
+/// clicks go through `<group>-items-repartition` to their item's task, and the top items of
+/// each window are merged on one process.
 pub fn build(
     source: DStream<KafkaRecord>,
     config: &ClickstreamConfig,
@@ -250,13 +252,20 @@ pub fn build(
     sessions: impl Sink<UserSession> + 'static,
 ) -> ClickstreamCounters {
     let counters = ClickstreamCounters::default();
-    let watermark = Watermark::new(config.allowed_lateness).idle_after(config.idle_after);
+    // In scale-out mode every source partition's progress reaches the windows through the
+    // repartition, and idle partitions are not left out (refused there).
+    let mut watermark = Watermark::new(config.allowed_lateness);
+    if !source.scales_out() {
+        watermark = watermark.idle_after(config.idle_after);
+    }
     let late = watermark.late_records();
     let top = config.top;
     let (for_windows, for_sessions) = clicks(source, Arc::clone(&counters.unparsable)).tee();
     for_windows
         .with_watermark(watermark, |click| click.time_ms)
         .map(|timed: Timed<Click>| timed.map(|click| (click.item, 1u64)))
+        // Scale-out mode: each item's clicks to its task (one process: the stream as it is).
+        .repartition("items")
         .reduce_by_key_and_event_window(config.window, config.slide, |a, b| a + b)
         .top_k_per_window(top, |a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
         .map_partitions(rank)
