@@ -429,8 +429,9 @@ fn aggregated(
                 .with_watermark(watermark, |(time, _)| *time)
                 .map(|timed: Timed<(i64, (String, Agg))>| timed.map(|(_, keyed)| keyed))
                 // In scale-out mode each key's rows go to its task, with every source
-                // partition's watermark (one process: the stream as it is).
-                .repartition(REPARTITION);
+                // partition's watermark, combined per slide first (one process: the stream
+                // as it is).
+                .repartition_combined(REPARTITION, slide, Agg::merge);
             let windows = timed.reduce_by_key_and_event_window(length, slide, Agg::merge);
             let windows = match top {
                 Some(k) => windows.top_k_per_window(k, ranking),

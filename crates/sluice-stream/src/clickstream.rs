@@ -264,8 +264,9 @@ pub fn build(
     for_windows
         .with_watermark(watermark, |click| click.time_ms)
         .map(|timed: Timed<Click>| timed.map(|click| (click.item, 1u64)))
-        // Scale-out mode: each item's clicks to its task (one process: the stream as it is).
-        .repartition("items")
+        // Scale-out mode: each item's clicks to its task, counted per slide first (one
+        // process: the stream as it is).
+        .repartition_combined("items", config.slide, |a, b| a + b)
         .reduce_by_key_and_event_window(config.window, config.slide, |a, b| a + b)
         .top_k_per_window(top, |a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
         .map_partitions(rank)

@@ -70,6 +70,11 @@ impl MarkerSender {
         Self { watermarks, count, targets, sent: None }
     }
 
+    /// The upstream tasks' watermarks now.
+    pub(crate) fn task_watermarks(&self) -> BTreeMap<i32, i64> {
+        task_watermarks(&self.watermarks)
+    }
+
     /// The markers to send to `topic` after this batch's items: none when no upstream task of
     /// this process has a watermark yet, or nothing moved since the last ones.
     pub(crate) fn markers(&mut self, topic: &str) -> Result<Vec<ProducerRecord>, String> {

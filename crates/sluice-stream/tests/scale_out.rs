@@ -380,7 +380,7 @@ async fn a_click_late_for_its_partition_but_not_for_the_job_is_counted_as_one_pr
         .map(|record| record.value_str().unwrap_or_default().parse::<i64>().unwrap_or_default())
         .with_watermark(watermark, |time| EPOCH_MS + *time)
         .map(|timed| timed.map(|_| ("clicks".to_owned(), 1u64)))
-        .repartition("all")
+        .repartition_combined("all", Duration::from_secs(1), |a, b| a + b)
         .reduce_by_key_and_event_window(Duration::from_secs(1), Duration::from_secs(1), |a, b| a + b)
         .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "late-for-partition"));
     let job = run(ssc);
