@@ -63,15 +63,30 @@ pub(crate) struct MarkerSender {
     targets: MarkerTargets,
     /// The watermarks last sent, and the count of partition changes then.
     sent: Option<(BTreeMap<i32, i64>, u64)>,
+    /// The count of partition changes at the batch under way, and whether it is the first batch
+    /// since they changed (see `settled_watermarks`).
+    settled_at: Option<u64>,
+    unsettled: bool,
 }
 
 impl MarkerSender {
     pub(crate) fn new(watermarks: Watermarks, count: TaskCount, targets: MarkerTargets) -> Self {
-        Self { watermarks, count, targets, sent: None }
+        Self { watermarks, count, targets, sent: None, settled_at: None, unsettled: true }
     }
 
-    /// The upstream tasks' watermarks now.
-    pub(crate) fn task_watermarks(&self) -> BTreeMap<i32, i64> {
+    /// For combining items before they are sent (read before a run is computed): the upstream
+    /// tasks' watermarks as earlier batches left them. None in the first batch after this
+    /// process's partitions changed: the cell of a task taken on (again) is rewritten only at
+    /// that batch's last piece, and may hold what this process saw before it lost the task.
+    pub(crate) fn settled_watermarks(&mut self, piece: usize) -> BTreeMap<i32, i64> {
+        let changes = self.count.changes.load(Ordering::Relaxed);
+        if piece == 0 {
+            self.unsettled = self.settled_at != Some(changes);
+            self.settled_at = Some(changes);
+        }
+        if self.unsettled {
+            return BTreeMap::new();
+        }
         task_watermarks(&self.watermarks)
     }
 
@@ -260,7 +275,14 @@ mod tests {
         assert!(sender.markers("t").unwrap().is_empty(), "nothing moved");
         count.changes.fetch_add(1, Ordering::Relaxed);
         assert_eq!(sender.markers("t").unwrap().len(), 3, "sent again after the partitions changed");
-        let mut first = MarkerSender::new(vec![cell], count, MarkerTargets::First);
+        let mut first = MarkerSender::new(vec![cell], count.clone(), MarkerTargets::First);
         assert_eq!(first.markers("t").unwrap().len(), 1);
+
+        // Combining waits a batch after each change of the partitions (and after the start).
+        assert!(sender.settled_watermarks(0).is_empty(), "the first batch");
+        assert_eq!(sender.settled_watermarks(0), BTreeMap::from([(1, 1_000)]));
+        count.changes.fetch_add(1, Ordering::Relaxed);
+        assert!(sender.settled_watermarks(0).is_empty() && sender.settled_watermarks(1).is_empty());
+        assert_eq!(sender.settled_watermarks(0), BTreeMap::from([(1, 1_000)]));
     }
 }

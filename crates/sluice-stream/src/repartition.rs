@@ -61,8 +61,8 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
         self.transaction.clone_from(&input.transaction);
         // The upstream watermarks as earlier batches left them: computing the batch's last
         // piece moves them.
-        let before = match (&self.combine, &self.markers) {
-            (Some(_), Some(markers)) => markers.task_watermarks(),
+        let before = match (&self.combine, &mut self.markers) {
+            (Some(_), Some(markers)) => markers.settled_watermarks(input.piece),
             _ => BTreeMap::new(),
         };
         let parts = (self.compute)(input).unwrap_or_default();
@@ -384,12 +384,15 @@ where
     V: Serialize + DeserializeOwned + Send + 'static,
 {
     /// [`DStream::repartition`] of timed items for event-time windows sliding every `slide`
-    /// that reduce by `reduce` (the same as the window's, associative and commutative):
-    /// before they are sent, each source partition's items of one key and slide are reduced
-    /// into one (Spark's map-side combine), so that far fewer records cross the broker. Only
-    /// items at or after their partition's own watermark are combined: they cannot be late
-    /// after the repartition, whose watermark is never ahead of any partition's, so the result
-    /// is exactly that of sending each item. Outside scale-out mode: the stream as it is.
+    /// (the windows' slide, or a divisor of it) that reduce by `reduce` (the same as the
+    /// window's, associative and commutative): before they are sent, each source partition's
+    /// items of one key and slide are reduced into one (Spark's map-side combine), so that far
+    /// fewer records cross the broker. Only items at or after their partition's own watermark
+    /// are combined: they cannot be late after the repartition, whose watermark is never ahead
+    /// of any partition's, so the result is that of sending each item (up to the order in which
+    /// `reduce` takes the values: floating-point sums may round differently). Nothing is
+    /// combined in a batch right after the process's partitions changed. Outside scale-out
+    /// mode: the stream as it is.
     pub fn repartition_combined(
         self,
         name: &str,

@@ -12,6 +12,7 @@ use sluice_client::{Client, Consumer, ConsumerConfig, Isolation, OffsetReset, Pr
 use sluice_protocol::error_code::ErrorCode;
 
 use crate::graph::{BatchInfo, BatchInput, Compute, Gather, Output};
+use crate::hash::HashMap;
 use crate::BoxError;
 
 /// A destination for a stream's batches. `write` may be called again for the same batch (same
@@ -186,40 +187,40 @@ impl JsonLinesFiles {
     }
 
     /// Scale-out mode: the temporary and final names of a batch's file, by the process's
-    /// transactional id.
-    fn scale_names(&self, process: &str, batch_id: u64) -> (PathBuf, PathBuf) {
-        let name = format!("{process}-batch-{batch_id:020}.jsonl");
+    /// transactional id and [`file_stem`].
+    fn scale_names(&self, process: &str, stem: &str) -> (PathBuf, PathBuf) {
+        let name = format!("{process}-{stem}.jsonl");
         (self.dir.join(format!(".{name}.tmp")), self.dir.join(name))
     }
 
-    /// Scale-out mode, once per run before its first batch: the files a previous run of this
-    /// process left at their temporary names (a crash between its batch's commit and the
-    /// rename), each renamed into place if the ledger says its batch committed, or removed.
+    /// Scale-out mode: the files left at their temporary names (by a crash between a batch's
+    /// commit and the rename, by a transaction that aborted, or being written now by another
+    /// process sharing the directory). Each whose batch the ledger says committed is renamed into
+    /// place, whichever process's it is (its process may never come back); this process's own
+    /// others are removed (their transactions are over: aborted, or fenced by this run).
     async fn resolve_left_files(&self, producer: &Producer, ledger: &str, process: &str) -> Result<(), BoxError> {
-        let prefix = format!(".{process}-batch-");
-        let left: Vec<(u64, PathBuf)> = match std::fs::read_dir(&self.dir) {
+        let left: Vec<(String, String, PathBuf)> = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries
                 .filter_map(|entry| {
                     let name = entry.ok()?.file_name().into_string().ok()?;
-                    let id = name.strip_prefix(&prefix)?.strip_suffix(".jsonl.tmp")?.parse().ok()?;
-                    Some((id, self.dir.join(name)))
+                    let (owner, stem) = split_temporary_name(&name)?;
+                    Some((owner.to_owned(), stem.to_owned(), self.dir.join(&name)))
                 })
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("listing {}: {e}", self.dir.display()).into()),
         };
-        create_ledger(producer.client(), ledger).await?;
         if left.is_empty() {
             return Ok(());
         }
-        let committed = last_committed(producer.client(), ledger, process).await?;
-        for (batch_id, temporary) in left {
-            let (_, target) = self.scale_names(process, batch_id);
-            if committed == Some(batch_id) {
-                tracing::info!(batch_id, file = %target.display(), "the batch committed before the run ended: its file is renamed into place");
+        let committed = committed_batches(producer.client(), ledger).await?;
+        for (owner, stem, temporary) in left {
+            let (_, target) = self.scale_names(&owner, &stem);
+            if committed.get(&owner) == Some(&stem) {
+                tracing::info!(file = %target.display(), "a batch committed before its file was renamed: renamed into place now");
                 rename_into_place(&temporary, &target, &self.dir)?;
-            } else {
-                tracing::info!(batch_id, file = %temporary.display(), "the batch did not commit: its file is removed");
+            } else if owner == process {
+                tracing::info!(file = %temporary.display(), "the batch did not commit: its file is removed");
                 remove_if_there(&temporary).map_err(|e| format!("removing {}: {e}", temporary.display()))?;
             }
         }
@@ -240,25 +241,48 @@ impl JsonLinesFiles {
         let group = batch.group.as_deref().ok_or("a files sink in scale-out mode without the job's group")?;
         let ledger = format!("{group}-files-ledger");
         if !self.resolved {
+            create_ledger(producer.client(), &ledger).await?;
+        }
+        // Once per run, and after a batch whose commit did not succeed (its transaction may
+        // have committed all the same, if the answer to its end was lost): the ledger decides.
+        if !self.resolved || (batch.piece == 0 && self.pending.take().is_some()) {
             self.resolve_left_files(&producer, &ledger, process).await?;
             self.resolved = true;
         }
-        if batch.piece == 0 {
-            // The file of a batch that did not commit (its transaction aborted).
-            if let Some((temporary, _)) = self.pending.take() {
-                remove_if_there(&temporary).map_err(|e| format!("removing {}: {e}", temporary.display()))?;
-            }
-        }
-        let names = self.scale_names(process, batch.batch_id);
+        let stem = file_stem(batch.checkpoint_id, batch.batch_id);
+        let names = self.scale_names(process, &stem);
         let (sink, info, batch_id, paths) = (self.clone(), batch.clone(), batch.batch_id, names.clone());
         let written = tokio::task::spawn_blocking(move || sink.write_file_piece(&info, &items, (&paths.0, None))).await;
         if written.map_err(|e| format!("writing batch {batch_id}'s file stopped: {e}"))?? {
-            let record = ProducerRecord::new(ledger, batch_id.to_string()).key(process.to_owned());
-            drop(producer.send(record).await?);
+            let record = ProducerRecord::new(ledger.clone(), stem).key(process.to_owned());
+            let sent = producer.send(record).await;
+            drop(sent.map_err(|e| format!("noting batch {batch_id} in the ledger {ledger}: {e}"))?);
             self.pending = Some(names);
         }
         Ok(())
     }
+}
+
+/// Scale-out mode: what names a batch's file after its process's transactional id, and what the
+/// ledger holds for the process's last committed batch with a file: the checkpoint (batch ids
+/// start again on a new one, which may come with the same transactional id) and the batch.
+fn file_stem(checkpoint_id: u64, batch_id: u64) -> String {
+    format!("{checkpoint_id:016x}-batch-{batch_id:020}")
+}
+
+/// The (transactional id, [`file_stem`]) of a scale-out file's temporary name.
+fn split_temporary_name(name: &str) -> Option<(&str, &str)> {
+    const STEM: usize = 16 + "-batch-".len() + 20;
+    let inner = name.strip_prefix('.')?.strip_suffix(".jsonl.tmp")?;
+    let split = inner.len().checked_sub(STEM + 1)?;
+    let (owner, stem) = (inner.get(..split)?, inner.get(split + 1..)?);
+    let (checkpoint, batch) = stem.split_once("-batch-")?;
+    let well_formed = inner.get(split..=split) == Some("-")
+        && checkpoint.len() == 16
+        && checkpoint.bytes().all(|b| b.is_ascii_hexdigit())
+        && batch.len() == 20
+        && batch.bytes().all(|b| b.is_ascii_digit());
+    (well_formed && !owner.is_empty()).then_some((owner, stem))
 }
 
 /// Removes `path`, if it is there.
@@ -269,9 +293,14 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Renames a synced file into place and makes the rename durable.
+/// Renames a synced file into place and makes the rename durable. In scale-out mode another
+/// process sharing the directory may have renamed it first (a committed batch's file left
+/// behind): that is done too.
 fn rename_into_place(temporary: &Path, target: &Path, dir: &Path) -> Result<(), String> {
-    std::fs::rename(temporary, target).map_err(|e| format!("renaming into place {}: {e}", target.display()))?;
+    match std::fs::rename(temporary, target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.exists() => {}
+        renamed => renamed.map_err(|e| format!("renaming into place {}: {e}", target.display()))?,
+    }
     sync_dir(dir).map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
 
@@ -292,9 +321,9 @@ async fn create_ledger(client: &Client, ledger: &str) -> Result<(), BoxError> {
     }
 }
 
-/// The last batch `process` noted in the ledger, of the transactions that committed (read to the
-/// end the ledger had when asked).
-async fn last_committed(client: &Client, ledger: &str, process: &str) -> Result<Option<u64>, BoxError> {
+/// Each process's last batch with a file noted in the ledger ([`file_stem`]), of the
+/// transactions that committed (read to the end the ledger had when asked).
+async fn committed_batches(client: &Client, ledger: &str) -> Result<HashMap<String, String>, BoxError> {
     let partition = [(ledger.to_owned(), 0)];
     let deadline = std::time::Instant::now() + LEDGER_READ_TIMEOUT;
     // The topic may be new: its partition's leader comes a moment later.
@@ -312,8 +341,8 @@ async fn last_committed(client: &Client, ledger: &str, process: &str) -> Result<
     config.offset_reset = OffsetReset::Earliest;
     config.max_wait = std::time::Duration::from_millis(100);
     let mut consumer = Consumer::new(client.clone(), config);
-    consumer.assign(ledger, 0, StartAt::Earliest).await?;
-    let mut last = None;
+    consumer.assign(ledger, 0, StartAt::Earliest).await.map_err(|e| format!("reading the ledger {ledger}: {e}"))?;
+    let mut last = HashMap::default();
     while consumer.partition_progress(ledger, 0).is_none_or(|p| p.position < end) {
         if std::time::Instant::now() > deadline {
             return Err(format!(
@@ -322,11 +351,11 @@ async fn last_committed(client: &Client, ledger: &str, process: &str) -> Result<
             )
             .into());
         }
-        for polled in consumer.poll().await? {
+        for polled in consumer.poll().await.map_err(|e| format!("reading the ledger {ledger}: {e}"))? {
             for record in polled.records() {
-                if record.key() == Some(process.as_bytes()) {
-                    let value = record.value().and_then(|v| std::str::from_utf8(v).ok());
-                    last = value.and_then(|v| v.parse().ok());
+                let text = |bytes: Option<&[u8]>| bytes.and_then(|b| std::str::from_utf8(b).ok()).map(str::to_owned);
+                if let (Some(process), Some(stem)) = (text(record.key()), text(record.value())) {
+                    last.insert(process, stem);
                 }
             }
         }
@@ -374,8 +403,13 @@ fn create_dir_synced(dir: &Path) -> std::io::Result<()> {
 impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
     /// Encodes, writes, syncs and renames on the blocking pool.
     async fn write(&mut self, batch: &BatchInfo, items: Vec<T>) -> Result<(), BoxError> {
-        if let Some(producer) = batch.transaction.clone() {
-            return self.write_in_transaction(batch, items, producer).await;
+        if batch.group.is_some() {
+            return match batch.transaction.clone() {
+                Some(producer) => self.write_in_transaction(batch, items, producer).await,
+                // A scale-out batch without records has no transaction, and nothing to write.
+                None if items.is_empty() => Ok(()),
+                None => Err("a files sink's items in a scale-out batch without a transaction".into()),
+            };
         }
         let (sink, batch_id, info) = (self.clone(), batch.batch_id, batch.clone());
         let written = tokio::task::spawn_blocking(move || sink.write_piece(&info, &items)).await;
@@ -463,21 +497,29 @@ mod tests {
 
     /// A process killed after its batch's transaction committed but before the rename finds its
     /// file at the temporary name when it runs again: renamed into place, as the ledger says the
-    /// batch committed; the file of a batch whose transaction aborted is removed.
+    /// batch committed; the file of a batch whose transaction aborted is removed. Another
+    /// process's committed file is renamed too (that process may never come back); its other
+    /// files are its own (being written, maybe).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn files_a_killed_process_left_are_renamed_if_their_batch_committed_and_removed_if_not() {
         let why = "the files sink's ledger is written in transactions (docs/brokers.md)";
         let Some(job) = sluice_testkit::scale_job(why, "files-ledger", 1).await else { return };
         let ledger = format!("{}-files-ledger", job.group);
-        let process = format!("sluice-{}-0000000000000001", job.group);
-        let mut config = sluice_client::ProducerConfig::default();
-        config.transactional_id = Some(process.clone());
-        let producer = Producer::new(job.client.clone(), config).await.unwrap();
         create_ledger(&job.client, &ledger).await.unwrap();
-        // Batch 7 committed; batch 8's transaction was aborted.
-        for (batch_id, commit) in [(7u64, true), (8, false)] {
+        let transactional = |id: String| {
+            let mut config = sluice_client::ProducerConfig::default();
+            config.transactional_id = Some(id);
+            Producer::new(job.client.clone(), config)
+        };
+        let (process, other) = (format!("sluice-{}-0000000000000001", job.group), format!("sluice-{}-2", job.group));
+        let producer = transactional(process.clone()).await.unwrap();
+        let other_producer = transactional(other.clone()).await.unwrap();
+        // This process's batch 7 committed and its batch 8 aborted; the other's batch 3 committed.
+        for (producer, owner, batch_id, commit) in
+            [(&producer, &process, 7, true), (&producer, &process, 8, false), (&other_producer, &other, 3, true)]
+        {
             producer.begin_transaction().await.unwrap();
-            let record = ProducerRecord::new(ledger.clone(), batch_id.to_string()).key(process.clone());
+            let record = ProducerRecord::new(ledger.clone(), file_stem(1, batch_id)).key(owner.clone());
             producer.send(record).await.unwrap().await.unwrap();
             if commit {
                 producer.commit_transaction().await.unwrap();
@@ -487,16 +529,37 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let sink = JsonLinesFiles::new(dir.path());
-        let (committed, aborted) = (sink.scale_names(&process, 7), sink.scale_names(&process, 8));
-        std::fs::write(&committed.0, "{\"row\":7}\n").unwrap();
-        std::fs::write(&aborted.0, "{\"row\":8}\n").unwrap();
-        let other = sink.scale_names("sluice-another-process", 8);
-        std::fs::write(&other.0, "{}\n").unwrap();
+        let names = |owner: &str, batch_id| sink.scale_names(owner, &file_stem(1, batch_id));
+        let (committed, aborted) = (names(&process, 7), names(&process, 8));
+        let (others_committed, others_open) = (names(&other, 3), names(&other, 4));
+        for (path, text) in [(&committed.0, "7"), (&aborted.0, "8"), (&others_committed.0, "3"), (&others_open.0, "4")]
+        {
+            std::fs::write(path, format!("{{\"row\":{text}}}\n")).unwrap();
+        }
 
         sink.resolve_left_files(&producer, &ledger, &process).await.unwrap();
         assert_eq!(std::fs::read_to_string(&committed.1).unwrap(), "{\"row\":7}\n");
+        assert_eq!(std::fs::read_to_string(&others_committed.1).unwrap(), "{\"row\":3}\n");
         assert!(!committed.0.exists() && !aborted.0.exists() && !aborted.1.exists());
-        assert!(other.0.exists(), "another process's file is its own to resolve");
+        assert!(others_open.0.exists(), "another process's open batch is its own to finish");
+        // The other process renaming its own file after this one did is no error.
+        std::fs::write(&others_committed.0, "{\"row\":3}\n").unwrap();
+        std::fs::rename(&others_committed.0, &others_committed.1).unwrap();
+        rename_into_place(&others_committed.0, &others_committed.1, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn scale_out_file_names_give_back_their_process_and_batch() {
+        let stem = file_stem(0xabc, 42);
+        let name = format!(".sluice-clicks-9-{stem}.jsonl.tmp");
+        assert_eq!(split_temporary_name(&name), Some(("sluice-clicks-9", stem.as_str())));
+        for bad in [
+            ".batch-00000000000000000001.jsonl.tmp",
+            ".x-zzzzzzzzzzzzzzzz-batch-00000000000000000001.jsonl.tmp",
+            "x.jsonl",
+        ] {
+            assert_eq!(split_temporary_name(bad), None, "{bad}");
+        }
     }
 
     #[test]
