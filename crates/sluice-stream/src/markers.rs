@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use sluice_client::ProducerRecord;
 use sluice_protocol::record::RecordHeader;
 
@@ -130,15 +129,13 @@ pub(crate) fn marker_watermarks(record: &KafkaRecord) -> Result<Vec<(i32, i64)>,
 }
 
 /// The reading side: per task, the greatest watermark each upstream task reported.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 pub(crate) struct MarkerTable {
     tasks: BTreeMap<i32, BTreeMap<i32, i64>>,
     /// Reported in the batch so far, taken in at its last piece (so that a batch's items are
     /// judged by the watermark earlier batches left, however the batch is cut into runs).
-    #[serde(skip)]
     pending: BTreeMap<(i32, i32), i64>,
     /// (Task, upstream task) entries changed since the last changes were taken.
-    #[serde(skip)]
     dirty: BTreeSet<(i32, i32)>,
 }
 

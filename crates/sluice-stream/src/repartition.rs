@@ -28,7 +28,7 @@ use crate::graph::{lock, BatchInput, Compute, Output, Parts, SharedGraph};
 use crate::hash::HashMap;
 use crate::markers::{is_marker, marker_watermarks, MarkerSender, MarkerTable, MarkerTargets};
 use crate::record::KafkaRecord;
-use crate::state::{decode, encode, lock_state, Stateful, TaskChange};
+use crate::state::{decode, encode, lock_state, only_in_changelogs, Stateful, TaskChange};
 use crate::stream::{greatest, merge, watermark_spec, DStream, WatermarkCell, WatermarkValue};
 use crate::BoxError;
 
@@ -239,7 +239,6 @@ where
 #[derive(Default)]
 struct RepartitionWatermark {
     table: MarkerTable,
-    changed: bool,
 }
 
 impl Stateful for RepartitionWatermark {
@@ -248,23 +247,19 @@ impl Stateful for RepartitionWatermark {
     }
 
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
-        if !std::mem::take(&mut self.changed) {
-            return Ok(None);
-        }
-        self.snapshot().map(Some)
+        Err(only_in_changelogs(self.kind()))
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        encode(&self.table)
+        Err(only_in_changelogs(self.kind()))
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.table = decode(snapshot)?;
-        Ok(())
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Err(only_in_changelogs(self.kind()))
     }
 
-    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
-        self.restore(delta)
+    fn apply_delta(&mut self, _: &[u8]) -> Result<(), String> {
+        Err(only_in_changelogs(self.kind()))
     }
 
     fn splits_by_task(&self) -> bool {
@@ -366,7 +361,6 @@ where
             });
             if input.last_piece {
                 state.table.take_pending();
-                state.changed = true;
                 let tasks = state.table.watermarks(upstream);
                 let mut published = lock_state(&publish);
                 published.least = tasks.values().min().copied();
@@ -458,12 +452,7 @@ struct TopMerge<T> {
     changed: BTreeSet<(i64, i64)>,
     given: Vec<(i64, i64)>,
     given_changed: bool,
-    any_changed: bool,
 }
-
-/// A top-k merge's whole state, as encoded: the marker table, each window's items, and where
-/// the given windows end.
-type MergeSnapshot<T> = (MarkerTable, Vec<((i64, i64), Vec<T>)>, Option<i64>);
 
 /// The key of a top-k merge's changelog record: an upstream task's watermark (value `i64`), a
 /// window's local top items so far (value `Vec<T>`; a tombstone once given), or where the given
@@ -484,7 +473,6 @@ impl<T> Default for TopMerge<T> {
             changed: BTreeSet::new(),
             given: Vec::new(),
             given_changed: false,
-            any_changed: false,
         }
     }
 }
@@ -495,25 +483,19 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for TopMerge<T> {
     }
 
     fn take_delta(&mut self) -> Result<Option<Vec<u8>>, String> {
-        if !std::mem::take(&mut self.any_changed) {
-            return Ok(None);
-        }
-        self.snapshot().map(Some)
+        Err(only_in_changelogs(self.kind()))
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        let windows: Vec<(&(i64, i64), &Vec<T>)> = self.windows.iter().collect();
-        encode(&(&self.table, windows, self.given_until))
+        Err(only_in_changelogs(self.kind()))
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let (table, windows, given_until): MergeSnapshot<T> = decode(snapshot)?;
-        *self = Self { table, windows: windows.into_iter().collect(), given_until, ..Self::default() };
-        Ok(())
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Err(only_in_changelogs(self.kind()))
     }
 
-    fn apply_delta(&mut self, delta: &[u8]) -> Result<(), String> {
-        self.restore(delta)
+    fn apply_delta(&mut self, _: &[u8]) -> Result<(), String> {
+        Err(only_in_changelogs(self.kind()))
     }
 
     fn splits_by_task(&self) -> bool {
@@ -579,7 +561,6 @@ impl<T> TopMerge<T> {
         }
         self.windows.entry(window).or_default().extend(items);
         self.changed.insert(window);
-        self.any_changed = true;
     }
 
     /// The windows every task's watermark passed, each with all its items, in start order.
@@ -597,7 +578,6 @@ impl<T> TopMerge<T> {
             self.given_until = Some(watermark);
             self.given_changed = true;
         }
-        self.any_changed = true;
         out
     }
 }

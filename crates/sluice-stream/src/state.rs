@@ -52,6 +52,14 @@ pub(crate) trait Stateful: Send {
     }
 }
 
+/// Why an operator made only in scale-out mode refuses the local checkpoint's methods: its
+/// state is kept per task, in its changelog, and the local checkpoint keeps no state there.
+pub(crate) fn only_in_changelogs(kind: &str) -> String {
+    format!(
+        "{kind} exists only in scale-out mode, where its state is kept in its changelog, not in the local checkpoint"
+    )
+}
+
 /// One key's change in scale-out mode, as its operator's changelog record: on the partition of
 /// the key's task, the key and its state encoded (`None`: the key was removed, a tombstone that
 /// compaction drops).
