@@ -537,7 +537,6 @@ fn check_scale(file: &JobFile) -> Result<(), Problem> {
     let window = file.window.as_ref().map(|w| (w.span().start, w.get_ref()));
     let refused = match window {
         Some((at, w)) if w.time == TimeKind::Processing => Some((at, "a processing-time `[window]` with `[scale]`: its batches' aggregates live in one process and cannot move; use an event-time window (`time = \"event\"`)")),
-        Some((at, w)) if w.idle_after.is_some() => Some((at, "`window.idle_after` with `[scale]`: each source partition's progress comes to every task, and one without records holds the watermark back rather than counting as idle; leave it out")),
         Some(_) => None,
         None => file.top.as_ref().map(|t| (t.span().start, "`[top]` with `[scale]` ranks event-time windows, whose watermark tells when every process has given its part; a per-batch ranking over every key cannot know that: add an event-time `[window]` or leave `[top]` out")),
     };

@@ -406,14 +406,6 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
             "a processing-time `[window]` with `[scale]`: its batches' aggregates live in one process",
         ),
         (
-            format!(
-                "{}\n[scale]\ngroup = \"orders\"\n",
-                good.replace(EVENT_WINDOW, &format!("{EVENT_WINDOW}idle_after = \"5s\"\n"))
-            ),
-            "[window]".into(),
-            "`window.idle_after` with `[scale]`",
-        ),
-        (
             format!("{}\n[scale]\ngroup = \"orders\"\n", good.replace(EVENT_WINDOW, "")),
             "[top]".into(),
             "`[top]` with `[scale]` ranks event-time windows",

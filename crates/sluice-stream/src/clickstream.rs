@@ -252,8 +252,8 @@ pub fn build(
     sessions: impl Sink<UserSession> + 'static,
 ) -> ClickstreamCounters {
     let counters = ClickstreamCounters::default();
-    // In scale-out mode every source partition's progress reaches the windows through the
-    // repartition, and idle partitions are not left out (refused there).
+    // In scale-out mode idle partitions are not left out here: with them left out, the
+    // repartition could not combine each item's clicks before sending them.
     let mut watermark = Watermark::new(config.allowed_lateness);
     if !source.scales_out() {
         watermark = watermark.idle_after(config.idle_after);

@@ -520,6 +520,12 @@ impl Processor for Engine {
         // In scale-out mode a batch's time is the wall clock's (on the interval's grid), which
         // the processes share: a key's timeout means the same whichever process has its task.
         let wall_time = self.changelogs.is_some().then(|| wall_clock_batch_time(self.interval_ms));
+        let owned: Arc<[(Arc<str>, i32)]> = batch
+            .ranges
+            .iter()
+            .filter(|range| !self.internal.contains(range.topic.as_str()))
+            .map(|range| (Arc::from(range.topic.as_str()), range.partition))
+            .collect();
         while let Some(piece) = batch.next_piece().await? {
             let piece = Arc::new(piece);
             let part_sources: Arc<Vec<(Arc<str>, i32)>> = Arc::new(
@@ -558,6 +564,7 @@ impl Processor for Engine {
                     Some(part_sources.as_ref().clone()),
                 )
                 .at_time(wall_time)
+                .owning(Arc::clone(&owned))
                 .in_piece(run, last)
                 .of_checkpoint(self.checkpoint_id)
                 .in_transaction(batch.transaction().cloned())

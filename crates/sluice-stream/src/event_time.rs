@@ -70,6 +70,14 @@ impl Watermark {
     /// A partition without records for `idle_after` of batch time does not hold the watermark
     /// back (when every partition is idle, the greatest of them sets it, so windows still close
     /// when input stops). Without this, a partition that stops holds it where it is.
+    ///
+    /// In scale-out mode it is the watermark after a repartition that idle partitions do not
+    /// hold back (batch time is the wall clock's there): their owners report them idle in the
+    /// watermark markers, as well as partitions they have had no records of since they took
+    /// them on. A partition back from idleness behind the watermark sends late items, as in one
+    /// process; its items are therefore not combined before the repartition
+    /// ([`DStream::repartition_combined`] sends each). A task's own watermark, before a
+    /// repartition, is held back by no other partition, so there it changes nothing.
     pub fn idle_after(mut self, idle_after: Duration) -> Self {
         self.idle_after_ms = Some(u64::try_from(idle_after.as_millis()).unwrap_or(u64::MAX));
         self
@@ -86,6 +94,11 @@ impl Watermark {
     /// How many late items this process has seen (dropped, or kept and marked).
     pub fn late_records(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.late_records)
+    }
+
+    /// Whether idle partitions are left out.
+    pub(crate) fn leaves_idle_out(&self) -> bool {
+        self.idle_after_ms.is_some()
     }
 
     /// Counts a late item; whether it stays in the stream (marked).
@@ -119,6 +132,10 @@ struct WatermarkState {
     /// batches left, however the batch is cut into runs).
     #[serde(skip)]
     pending: BTreeMap<PartKey, i64>,
+    /// Scale-out mode with `idle_after`: the batch time since which this process has had each
+    /// of its source partitions without records since it took them on.
+    #[serde(skip)]
+    unseen_since: BTreeMap<PartKey, u64>,
 }
 
 impl Stateful for WatermarkState {
@@ -181,6 +198,7 @@ impl Stateful for WatermarkState {
         self.partitions.retain(|(_, partition), _| !tasks.contains(partition));
         self.dirty.retain(|(_, partition)| !tasks.contains(partition));
         self.pending.retain(|(_, partition), _| !tasks.contains(partition));
+        self.unseen_since.retain(|(_, partition), _| !tasks.contains(partition));
     }
 }
 
@@ -196,6 +214,25 @@ impl WatermarkState {
             .iter()
             .map(|((_, task), (max, _))| (*task, max.saturating_sub(spec.allowed_lateness_ms)))
             .collect()
+    }
+
+    /// Scale-out mode: the tasks idle at `now` (batch time) among `owned`, the source
+    /// partitions this process owns: without records for longer than `idle_after_ms`, or none
+    /// since it took them on that long ago.
+    fn idle_tasks(&mut self, owned: &[(Arc<str>, i32)], idle_after_ms: u64, now: u64) -> BTreeSet<i32> {
+        let owned: BTreeSet<PartKey> = owned.iter().map(|(topic, partition)| (topic.to_string(), *partition)).collect();
+        self.unseen_since.retain(|key, _| owned.contains(key) && !self.partitions.contains_key(key));
+        let mut idle = BTreeSet::new();
+        for key in owned {
+            let since = match self.partitions.get(&key) {
+                Some((_, seen)) => *seen,
+                None => *self.unseen_since.entry(key.clone()).or_insert(now),
+            };
+            if now.saturating_sub(since) > idle_after_ms {
+                idle.insert(key.1);
+            }
+        }
+        idle
     }
 
     /// The watermark after a batch at `now` (batch time).
@@ -241,11 +278,6 @@ impl<T: Send + 'static> DStream<T> {
         if per_task && !self.is_aligned() {
             self.record_error(
                 "with_watermark in scale-out mode keeps each source partition's watermark in its task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source (or a repartition) and it".into(),
-            );
-        }
-        if per_task && spec.idle_after_ms.is_some() {
-            self.record_error(
-                "Watermark::idle_after in scale-out mode: each task's watermark is its own partition's, so there is no other partition for an idle one to stop holding back".into(),
             );
         }
         let state = WatermarkState { per_task, ..WatermarkState::default() };
@@ -316,9 +348,14 @@ impl<T: Send + 'static> DStream<T> {
                 }
                 let least = state.advance(&spec, now);
                 let tasks = if state.per_task { state.task_watermarks(&spec) } else { BTreeMap::new() };
+                let idle = match (state.per_task, spec.idle_after_ms) {
+                    (true, Some(idle_after_ms)) => state.idle_tasks(&input.owned_sources, idle_after_ms, now),
+                    _ => BTreeSet::new(),
+                };
                 let mut published = lock_state(&publish);
                 published.least = least;
                 published.tasks = tasks;
+                published.idle = idle;
             }
             Some(out)
         })
@@ -876,5 +913,25 @@ mod tests {
         assert_eq!(moved.task_watermarks(&spec), BTreeMap::from([(1, 4_900)]));
         moved.drop_tasks(&BTreeSet::from([1]));
         assert!(moved.partitions.is_empty());
+    }
+
+    #[test]
+    fn owned_partitions_without_records_for_long_enough_are_idle() {
+        let owned = |partitions: &[i32]| -> Vec<(Arc<str>, i32)> {
+            partitions.iter().map(|p| (Arc::from("clicks"), *p)).collect()
+        };
+        let mut state = WatermarkState { per_task: true, ..WatermarkState::default() };
+        // Partition 0 had records at 1 s; 1 had none since the process took it on at 1 s.
+        state.partitions.insert(("clicks".to_owned(), 0), (500, 1_000));
+        assert!(state.idle_tasks(&owned(&[0, 1]), 2_000, 1_000).is_empty());
+        assert!(state.idle_tasks(&owned(&[0, 1]), 2_000, 3_000).is_empty(), "2 s is not more than 2 s");
+        assert_eq!(state.idle_tasks(&owned(&[0, 1]), 2_000, 3_200), BTreeSet::from([0, 1]));
+        // 1 has records now; 2 is taken on, 0 given up.
+        state.partitions.insert(("clicks".to_owned(), 1), (900, 3_400));
+        assert_eq!(state.idle_tasks(&owned(&[1, 2]), 2_000, 3_400), BTreeSet::new());
+        assert_eq!(state.idle_tasks(&owned(&[1, 2]), 2_000, 5_600), BTreeSet::from([1, 2]));
+        // Given up and taken on again: the wait starts again.
+        assert!(state.idle_tasks(&owned(&[1]), 2_000, 5_800).contains(&1));
+        assert_eq!(state.idle_tasks(&owned(&[1, 2]), 2_000, 6_000), BTreeSet::from([1]));
     }
 }

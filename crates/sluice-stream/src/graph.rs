@@ -34,6 +34,9 @@ pub struct BatchInput {
     /// The partition each part of the source came from; `None` when each part stands for a
     /// partition of its own (batches given in a test).
     pub(crate) part_sources: Option<Vec<(Arc<str>, i32)>>,
+    /// Scale-out mode: the source partitions (not repartition topics') this process owns in the
+    /// batch, those without records in it included.
+    pub(crate) owned_sources: Arc<[(Arc<str>, i32)]>,
     /// Which piece of the batch this is (from 0): a batch larger than the memory budget comes
     /// in pieces, each with one part per read task of the batch (the same tasks in each).
     pub(crate) piece: usize,
@@ -143,6 +146,7 @@ impl BatchInput {
             rerun,
             records,
             part_sources,
+            owned_sources: Arc::from(Vec::new()),
             piece: 0,
             last_piece: true,
             checkpoint_id: 0,
@@ -154,6 +158,12 @@ impl BatchInput {
     /// The input of a batch of the scale-out job of `group`.
     pub(crate) fn of_group(mut self, group: Option<Arc<str>>) -> Self {
         self.group = group;
+        self
+    }
+
+    /// The input of a batch of a process owning the source partitions `owned`.
+    pub(crate) fn owning(mut self, owned: Arc<[(Arc<str>, i32)]>) -> Self {
+        self.owned_sources = owned;
         self
     }
 

@@ -12,18 +12,26 @@
 //! the least of them once every upstream task has reported (the source's partitions, known when
 //! the repartition topics are made): the minimum over partitions Spark's and Flink's watermarks
 //! take, here across processes.
+//!
+//! With [`Watermark::idle_after`](crate::Watermark::idle_after), a marker also names the
+//! upstream tasks that are idle (no records for that long, or none since their owner took them
+//! on); they count as reported and do not hold the watermark back (when all are, the greatest
+//! sets it), as idle partitions do in one process. A task's watermark never goes back: one
+//! given is kept (changelogged with the task), so an upstream task back from idleness behind it
+//! sends late items, as a partition back from idleness does in one process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use sluice_client::ProducerRecord;
 use sluice_protocol::record::RecordHeader;
 
 use crate::record::KafkaRecord;
 use crate::state::{decode, encode, TaskChange};
-use crate::stream::{task_watermarks, Watermarks};
+use crate::stream::{idle_tasks, task_watermarks, Watermarks};
 
 /// The header that makes a record of a repartition topic a watermark marker.
 pub(crate) const MARKER_HEADER: &str = "sluice-wm";
@@ -60,8 +68,8 @@ pub(crate) struct MarkerSender {
     watermarks: Watermarks,
     count: TaskCount,
     targets: MarkerTargets,
-    /// The watermarks last sent, and the count of partition changes then.
-    sent: Option<(BTreeMap<i32, i64>, u64)>,
+    /// What the last markers reported, and the count of partition changes then.
+    sent: Option<(Report, u64)>,
     /// The count of partition changes at the batch under way, and whether it is the first batch
     /// since they changed (see `settled_watermarks`).
     settled_at: Option<u64>,
@@ -90,18 +98,18 @@ impl MarkerSender {
     }
 
     /// The markers to send to `topic` after this batch's items: none when no upstream task of
-    /// this process has a watermark yet, or nothing moved since the last ones.
+    /// this process has a watermark or is idle yet, or nothing changed since the last ones.
     pub(crate) fn markers(&mut self, topic: &str) -> Result<Vec<ProducerRecord>, String> {
-        let tasks = task_watermarks(&self.watermarks);
+        let report = Report { watermarks: task_watermarks(&self.watermarks), idle: idle_tasks(&self.watermarks) };
         let changes = self.count.changes.load(Ordering::Relaxed);
-        if tasks.is_empty() || self.sent.as_ref().is_some_and(|(sent, at)| *sent == tasks && *at == changes) {
+        if report.is_empty() || self.sent.as_ref().is_some_and(|(sent, at)| *sent == report && *at == changes) {
             return Ok(Vec::new());
         }
         let partitions = match self.targets {
             MarkerTargets::First => 1,
             MarkerTargets::Every => self.count.tasks().ok_or("the number of the job's tasks is not known yet")?,
         };
-        let value = Bytes::from(encode(&tasks.iter().map(|(t, w)| (*t, *w)).collect::<Vec<(i32, i64)>>())?);
+        let value = Bytes::from(report.encode()?);
         let records = (0..partitions)
             .map(|partition| ProducerRecord {
                 topic: topic.to_owned(),
@@ -112,8 +120,38 @@ impl MarkerSender {
                 timestamp: None,
             })
             .collect();
-        self.sent = Some((tasks, changes));
+        self.sent = Some((report, changes));
         Ok(records)
+    }
+}
+
+/// What a marker reports: the watermark of each upstream task its sender owns (that has one),
+/// and which of them are idle. Encoded as the watermarks' `(task, watermark)` pairs followed by
+/// the idle tasks, so that a marker without idle tasks reads as one of the pairs alone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub(crate) watermarks: BTreeMap<i32, i64>,
+    pub(crate) idle: BTreeSet<i32>,
+}
+
+impl Report {
+    fn is_empty(&self) -> bool {
+        self.watermarks.is_empty() && self.idle.is_empty()
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        let pairs: Vec<(i32, i64)> = self.watermarks.iter().map(|(t, w)| (*t, *w)).collect();
+        let idle: Vec<i32> = self.idle.iter().copied().collect();
+        encode(&(pairs, idle))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let (pairs, idle): (Vec<(i32, i64)>, Vec<i32>) = match decode(bytes) {
+            Ok(both) => both,
+            // Written without idle tasks: the pairs alone.
+            Err(_) => (decode(bytes)?, Vec::new()),
+        };
+        Ok(Self { watermarks: pairs.into_iter().collect(), idle: idle.into_iter().collect() })
     }
 }
 
@@ -122,50 +160,88 @@ pub(crate) fn is_marker(record: &KafkaRecord) -> bool {
     record.key.is_none() && record.headers.iter().any(|(key, _)| key == MARKER_HEADER)
 }
 
-/// A marker's watermarks, by upstream task.
-pub(crate) fn marker_watermarks(record: &KafkaRecord) -> Result<Vec<(i32, i64)>, String> {
+/// What a marker reports.
+pub(crate) fn marker_report(record: &KafkaRecord) -> Result<Report, String> {
     let value = record.value.as_ref().ok_or("a watermark marker without a value")?;
-    decode(value).map_err(|e| format!("a watermark marker: {e}"))
+    Report::decode(value).map_err(|e| format!("a watermark marker: {e}"))
 }
 
-/// The reading side: per task, the greatest watermark each upstream task reported.
+/// The key under which a [`MarkerTable`]'s changelog keeps a task's given watermark (upstream
+/// tasks are numbered from 0).
+const GIVEN: i32 = -1;
+
+/// What an upstream task reported to a task: its greatest watermark, and whether it was idle at
+/// its last marker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Reported {
+    watermark: Option<i64>,
+    idle: bool,
+}
+
+/// The reading side: per task, what each upstream task reported, and the watermark given.
 #[derive(Debug, Default)]
 pub(crate) struct MarkerTable {
-    tasks: BTreeMap<i32, BTreeMap<i32, i64>>,
+    tasks: BTreeMap<i32, BTreeMap<i32, Reported>>,
+    /// Each task's watermark as given so far (it never goes back).
+    given: BTreeMap<i32, i64>,
     /// Reported in the batch so far, taken in at its last piece (so that a batch's items are
     /// judged by the watermark earlier batches left, however the batch is cut into runs).
-    pending: BTreeMap<(i32, i32), i64>,
-    /// (Task, upstream task) entries changed since the last changes were taken.
+    pending: BTreeMap<(i32, i32), Reported>,
+    /// (Task, upstream task or `GIVEN`) entries changed since the last changes were taken.
     dirty: BTreeSet<(i32, i32)>,
 }
 
 impl MarkerTable {
-    /// Notes a marker read by `task`.
-    pub(crate) fn note(&mut self, task: i32, reported: &[(i32, i64)]) {
-        for (upstream, watermark) in reported {
-            let pending = self.pending.entry((task, *upstream)).or_insert(*watermark);
-            *pending = (*pending).max(*watermark);
+    /// Notes a marker read by `task`: each upstream task it names is idle or not as it says,
+    /// and its watermark the greatest reported.
+    pub(crate) fn note(&mut self, task: i32, report: &Report) {
+        let named = report.watermarks.keys().chain(&report.idle).copied().collect::<BTreeSet<i32>>();
+        for upstream in named {
+            let watermark = report.watermarks.get(&upstream).copied();
+            let pending = self.pending.entry((task, upstream)).or_default();
+            pending.watermark = pending.watermark.max(watermark);
+            pending.idle = report.idle.contains(&upstream);
         }
     }
 
-    /// Takes in the batch's markers (at its last piece).
-    pub(crate) fn take_pending(&mut self) {
-        for ((task, upstream), watermark) in std::mem::take(&mut self.pending) {
-            let entry = self.tasks.entry(task).or_default().entry(upstream).or_insert(watermark);
-            if watermark >= *entry {
-                *entry = watermark;
-                self.dirty.insert((task, upstream));
+    /// Takes in the batch's markers (at its last piece), and moves each task's given watermark
+    /// (of `0..upstream` upstream tasks).
+    pub(crate) fn take_pending(&mut self, upstream: Option<i32>) {
+        for ((task, from), reported) in std::mem::take(&mut self.pending) {
+            let entry = self.tasks.entry(task).or_default().entry(from).or_default();
+            let updated = Reported { watermark: entry.watermark.max(reported.watermark), idle: reported.idle };
+            if updated != *entry {
+                *entry = updated;
+                self.dirty.insert((task, from));
+            }
+        }
+        let tasks: Vec<i32> = self.tasks.keys().copied().collect();
+        for task in tasks {
+            if let Some(watermark) = self.watermark(task, upstream) {
+                if self.given.get(&task).is_none_or(|given| watermark > *given) {
+                    self.given.insert(task, watermark);
+                    self.dirty.insert((task, GIVEN));
+                }
             }
         }
     }
 
-    /// `task`'s watermark: the least its upstream tasks `0..upstream` reported, once all have (a
-    /// marker naming another task, which no process of the job sends, counts for nothing).
+    /// `task`'s watermark: once every upstream task `0..upstream` has reported (a marker naming
+    /// another task, which no process of the job sends, counts for nothing), the least of those
+    /// not idle (the greatest when all are), never behind the one given before.
     pub(crate) fn watermark(&self, task: i32, upstream: Option<i32>) -> Option<i64> {
-        let (reported, upstream) = (self.tasks.get(&task)?, upstream?);
+        let given = self.given.get(&task).copied();
+        let (Some(reported), Some(upstream)) = (self.tasks.get(&task), upstream) else { return given };
         let known = reported.range(0..upstream);
-        let all = usize::try_from(upstream).is_ok_and(|n| known.clone().count() == n);
-        all.then(|| known.map(|(_, watermark)| *watermark).min()).flatten()
+        if usize::try_from(upstream).is_ok_and(|n| known.clone().count() != n) {
+            return given;
+        }
+        let active = known.clone().filter(|(_, r)| !r.idle).filter_map(|(_, r)| r.watermark).min();
+        let now = match known.clone().any(|(_, r)| !r.idle) {
+            true => active,
+            false => known.filter_map(|(_, r)| r.watermark).max(),
+        };
+        now.max(given)
     }
 
     /// Every task's watermark (of those that have one).
@@ -173,15 +249,20 @@ impl MarkerTable {
         self.tasks.keys().filter_map(|task| Some((*task, self.watermark(*task, upstream)?))).collect()
     }
 
-    /// The changed entries, each a changelog record of its task keyed by the upstream task.
+    /// The changed entries, each a changelog record of its task keyed by `key` of the upstream
+    /// task (or of -1 for the task's given watermark).
     pub(crate) fn take_changes(
         &mut self,
         key: impl Fn(i32) -> Result<Vec<u8>, String>,
     ) -> Result<Vec<TaskChange>, String> {
         let mut changes = Vec::new();
         for (task, upstream) in std::mem::take(&mut self.dirty) {
-            if let Some(watermark) = self.tasks.get(&task).and_then(|t| t.get(&upstream)) {
-                changes.push(TaskChange { task, key: key(upstream)?, value: Some(encode(watermark)?) });
+            let value = match upstream {
+                GIVEN => self.given.get(&task).map(|given| Reported { watermark: Some(*given), idle: false }),
+                _ => self.tasks.get(&task).and_then(|t| t.get(&upstream)).copied(),
+            };
+            if let Some(value) = value {
+                changes.push(TaskChange { task, key: key(upstream)?, value: Some(encode(&value)?) });
             }
         }
         Ok(changes)
@@ -191,8 +272,17 @@ impl MarkerTable {
     pub(crate) fn restore(&mut self, task: i32, upstream: i32, value: Option<&[u8]>) -> Result<(), String> {
         match value {
             Some(value) => {
-                let watermark = decode(value).map_err(|e| format!("a watermark marker entry: {e}"))?;
-                self.tasks.entry(task).or_default().insert(upstream, watermark);
+                let reported: Reported = decode(value).map_err(|e| format!("a watermark marker entry: {e}"))?;
+                if upstream == GIVEN {
+                    if let Some(given) = reported.watermark {
+                        self.given.insert(task, given);
+                    }
+                } else {
+                    self.tasks.entry(task).or_default().insert(upstream, reported);
+                }
+            }
+            None if upstream == GIVEN => {
+                self.given.remove(&task);
             }
             None => {
                 if let Some(reported) = self.tasks.get_mut(&task) {
@@ -205,6 +295,7 @@ impl MarkerTable {
 
     pub(crate) fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
         self.tasks.retain(|task, _| !tasks.contains(task));
+        self.given.retain(|task, _| !tasks.contains(task));
         self.pending.retain(|(task, _), _| !tasks.contains(task));
         self.dirty.retain(|(task, _)| !tasks.contains(task));
     }
@@ -217,26 +308,30 @@ mod tests {
 
     use crate::stream::WatermarkValue;
 
+    fn report(watermarks: &[(i32, i64)], idle: &[i32]) -> Report {
+        Report { watermarks: watermarks.iter().copied().collect(), idle: idle.iter().copied().collect() }
+    }
+
     #[test]
     fn a_tasks_watermark_is_the_least_reported_once_every_upstream_task_has() {
         let mut table = MarkerTable::default();
-        table.note(0, &[(0, 5_000), (1, 3_000)]);
+        table.note(0, &report(&[(0, 5_000), (1, 3_000)], &[]));
         assert_eq!(table.watermark(0, Some(2)), None, "pending until the batch's last piece");
-        table.take_pending();
+        table.take_pending(Some(2));
         assert_eq!(table.watermark(0, Some(2)), Some(3_000));
-        assert_eq!(table.watermark(0, Some(3)), None, "upstream task 2 has not reported");
-        table.note(0, &[(1, 2_000), (2, 9_000)]);
-        table.take_pending();
+        assert_eq!(table.watermark(0, Some(3)), Some(3_000), "upstream task 2 has not reported: the one given");
+        table.note(0, &report(&[(1, 2_000), (2, 9_000)], &[]));
+        table.take_pending(Some(3));
         assert_eq!(table.watermark(0, Some(3)), Some(3_000), "a marker that went back is ignored");
-        table.note(0, &[(7, 1_000)]);
-        table.take_pending();
+        table.note(0, &report(&[(7, 1_000)], &[]));
+        table.take_pending(Some(3));
         assert_eq!(table.watermark(0, Some(3)), Some(3_000), "a task the job does not have counts for nothing");
-        assert_eq!(table.watermark(0, Some(4)), None);
+        assert_eq!(table.watermark(1, Some(3)), None);
         assert_eq!(table.watermarks(Some(3)), BTreeMap::from([(0, 3_000)]));
 
         // The task moves: its entries go through the changelog.
         let changes = table.take_changes(|upstream| encode(&upstream)).unwrap();
-        assert_eq!(changes.len(), 4, "task 7's entry too");
+        assert_eq!(changes.len(), 5, "task 7's entry too, and the watermark given");
         assert!(table.take_changes(|upstream| encode(&upstream)).unwrap().is_empty());
         let mut moved = MarkerTable::default();
         for change in &changes {
@@ -246,6 +341,51 @@ mod tests {
         assert_eq!(moved.watermark(0, Some(3)), Some(3_000));
         moved.drop_tasks(&BTreeSet::from([0]));
         assert_eq!(moved.watermark(0, Some(3)), None);
+    }
+
+    #[test]
+    fn idle_upstream_tasks_count_as_reported_without_holding_the_watermark_back_and_it_never_goes_back() {
+        let mut table = MarkerTable::default();
+        // Upstream task 2 never had records; 1 has been quiet.
+        table.note(0, &report(&[(0, 9_000), (1, 2_000)], &[1]));
+        table.take_pending(Some(3));
+        assert_eq!(table.watermark(0, Some(3)), None, "task 2 has not reported");
+        table.note(0, &report(&[], &[2]));
+        table.take_pending(Some(3));
+        assert_eq!(table.watermark(0, Some(3)), Some(9_000), "the least of those not idle");
+        table.note(0, &report(&[(0, 9_500), (1, 2_000)], &[0, 1]));
+        table.take_pending(Some(3));
+        assert_eq!(table.watermark(0, Some(3)), Some(9_500), "all idle: the greatest");
+        // Task 1 comes back behind: the watermark stays, through a move too.
+        table.note(0, &report(&[(0, 9_500), (1, 4_000)], &[0]));
+        table.take_pending(Some(3));
+        assert_eq!(table.watermark(0, Some(3)), Some(9_500));
+        let mut moved = MarkerTable::default();
+        for change in table.take_changes(|upstream| encode(&upstream)).unwrap() {
+            moved.restore(change.task, decode(&change.key).unwrap(), change.value.as_deref()).unwrap();
+        }
+        assert_eq!(moved.watermark(0, Some(3)), Some(9_500));
+        moved.note(0, &report(&[(1, 12_000)], &[]));
+        moved.take_pending(Some(3));
+        assert_eq!(moved.watermark(0, Some(3)), Some(12_000), "0 is idle, 1 at 12 s, 2 idle without one");
+        moved.note(0, &report(&[(0, 11_000)], &[]));
+        moved.take_pending(Some(3));
+        assert_eq!(moved.watermark(0, Some(3)), Some(12_000), "0 back at 11 s");
+        moved.note(0, &report(&[(0, 14_000), (1, 13_000)], &[]));
+        moved.take_pending(Some(3));
+        assert_eq!(moved.watermark(0, Some(3)), Some(13_000));
+    }
+
+    #[test]
+    fn a_marker_without_idle_tasks_reads_as_its_watermarks_alone() {
+        let pairs: Vec<(i32, i64)> = vec![(1, 1_000), (3, -5)];
+        let old = encode(&pairs).unwrap();
+        assert_eq!(Report::decode(&old).unwrap(), report(&[(1, 1_000), (3, -5)], &[]));
+        let new = report(&[(1, 1_000)], &[1, 2]);
+        assert_eq!(Report::decode(&new.encode().unwrap()).unwrap(), new);
+        let read_as_pairs: Vec<(i32, i64)> = decode(&new.encode().unwrap()).unwrap();
+        assert_eq!(read_as_pairs, vec![(1, 1_000)], "the pairs come first");
+        assert!(Report::decode(&[0xff]).is_err());
     }
 
     #[test]
@@ -268,8 +408,13 @@ mod tests {
             headers: vec![(MARKER_HEADER.to_owned(), None)],
         };
         assert!(is_marker(&record));
-        assert_eq!(marker_watermarks(&record).unwrap(), vec![(1, 1_000)]);
+        assert_eq!(marker_report(&record).unwrap(), report(&[(1, 1_000)], &[]));
         assert!(sender.markers("t").unwrap().is_empty(), "nothing moved");
+        cell.lock().unwrap().idle = BTreeSet::from([1, 2]);
+        let markers = sender.markers("t").unwrap();
+        let record = KafkaRecord { value: markers[0].value.clone(), ..record };
+        assert_eq!(marker_report(&record).unwrap(), report(&[(1, 1_000)], &[1, 2]), "tasks went idle");
+        assert!(sender.markers("t").unwrap().is_empty(), "nothing changed");
         count.changes.fetch_add(1, Ordering::Relaxed);
         assert_eq!(sender.markers("t").unwrap().len(), 3, "sent again after the partitions changed");
         let mut first = MarkerSender::new(vec![cell], count.clone(), MarkerTargets::First);

@@ -23,10 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_client::{Producer, ProducerRecord};
 
-use crate::event_time::{top_per_window, Timed, Windowed};
+use crate::event_time::{top_per_window, Timed, Watermark, Windowed};
 use crate::graph::{lock, BatchInput, Compute, Output, Parts, SharedGraph};
 use crate::hash::HashMap;
-use crate::markers::{is_marker, marker_watermarks, MarkerSender, MarkerTable, MarkerTargets};
+use crate::markers::{is_marker, marker_report, MarkerSender, MarkerTable, MarkerTargets};
 use crate::record::KafkaRecord;
 use crate::state::{decode, encode, lock_state, only_in_changelogs, Stateful, TaskChange};
 use crate::stream::{greatest, merge, watermark_spec, DStream, WatermarkCell, WatermarkValue};
@@ -317,6 +317,9 @@ where
                 "repartition {name:?} of timed items on a stream without a watermark: apply with_watermark before it"
             ));
         }
+        // A partition back from idleness may be behind the watermark after the repartition:
+        // some of its items late there, others not, which a combined item cannot be.
+        let combine = combine.filter(|_| !spec.as_ref().is_some_and(Watermark::leaves_idle_out));
         let to_record = |timed: Timed<(K, V)>| {
             let (key, value) = timed.item;
             Ok((None, encode(&key)?, encode(&(timed.time_ms, timed.late, value))?))
@@ -346,7 +349,7 @@ where
             let mut before: BTreeMap<i32, Option<i64>> = BTreeMap::new();
             let parts = read_parts(parts, &failures, |record| {
                 if is_marker(record) {
-                    state.table.note(record.partition, &marker_watermarks(record)?);
+                    state.table.note(record.partition, &marker_report(record)?);
                     return Ok(None);
                 }
                 let (key, (time_ms, late, value)): (K, (i64, bool, V)) = decode_item(record)?;
@@ -360,7 +363,7 @@ where
                 Ok(Some(Timed { time_ms, late: late || late_now, item: (key, value) }))
             });
             if input.last_piece {
-                state.table.take_pending();
+                state.table.take_pending(upstream);
                 let tasks = state.table.watermarks(upstream);
                 let mut published = lock_state(&publish);
                 published.least = tasks.values().min().copied();
@@ -379,11 +382,12 @@ where
 {
     /// [`DStream::repartition`] of timed items for event-time windows sliding every `slide`
     /// (the windows' slide, or a divisor of it) that reduce by `reduce` (the same as the
-    /// window's, associative and commutative): before they are sent, each source partition's
-    /// items of one key and slide are reduced into one (Spark's map-side combine), so that far
-    /// fewer records cross the broker. Only items at or after their partition's own watermark
-    /// are combined: they cannot be late after the repartition, whose watermark is never ahead
-    /// of any partition's, so the result is that of sending each item (up to the order in which
+    /// window's, associative and commutative): before they are sent, the items of one key and
+    /// slide that a batch read from this process's source partitions are reduced into one
+    /// (Spark's map-side combine), so that far fewer records cross the broker. Only items at or
+    /// after their own partition's watermark are combined: they cannot be late after the
+    /// repartition, whose watermark is never ahead of any partition's (nor is the earliest time
+    /// of a combined item behind it), so the result is that of sending each item (up to the order in which
     /// `reduce` takes the values: floating-point sums may round differently). Nothing is
     /// combined in a batch right after the process's partitions changed. Outside scale-out
     /// mode: the stream as it is.
@@ -401,9 +405,10 @@ where
     }
 }
 
-/// Each part's items (a source partition's, as `input` names them) of one key and slide
-/// reduced into one, at the earliest time among them, for those at or after the partition's
-/// watermark in `before`; items before it (or of a partition without one) are left as they are.
+/// The items of a run's parts (each a source partition's, as `input` names them) of one key and
+/// slide reduced into one, at the earliest time among them, whichever of this process's
+/// partitions they come from, for those at or after their own partition's watermark in
+/// `before`; items before it (or of a partition without one) are left as they are.
 fn combine_per_slide<K: Hash + Eq, V>(
     parts: Parts<Timed<(K, V)>>,
     input: &BatchInput,
@@ -413,13 +418,13 @@ fn combine_per_slide<K: Hash + Eq, V>(
 ) -> Vec<Timed<(K, V)>> {
     let sources = input.part_sources.as_ref().filter(|sources| sources.len() == parts.len());
     let mut out = Vec::new();
+    let mut groups: HashMap<(K, i64), (i64, V)> = HashMap::default();
     for (index, part) in parts.into_iter().enumerate() {
         let watermark = sources.and_then(|s| s.get(index)).and_then(|(_, partition)| before.get(partition)).copied();
         let Some(watermark) = watermark else {
             out.extend(part);
             continue;
         };
-        let mut groups: HashMap<(K, i64), (i64, V)> = HashMap::default();
         for timed in part {
             if timed.late || timed.time_ms < watermark {
                 out.push(timed);
@@ -432,12 +437,12 @@ fn combine_per_slide<K: Hash + Eq, V>(
                 (a_time.min(b_time), reduce(a, b))
             });
         }
-        out.extend(groups.into_iter().map(|((key, _), (time_ms, value))| Timed {
-            time_ms,
-            late: false,
-            item: (key, value),
-        }));
     }
+    out.extend(groups.into_iter().map(|((key, _), (time_ms, value))| Timed {
+        time_ms,
+        late: false,
+        item: (key, value),
+    }));
     out
 }
 
@@ -640,7 +645,7 @@ where
             let state = &mut *state;
             let items = read_parts(parts, &failures, |record| {
                 if is_marker(record) {
-                    state.table.note(record.partition, &marker_watermarks(record)?);
+                    state.table.note(record.partition, &marker_report(record)?);
                     return Ok(None);
                 }
                 let window: (i64, i64) =
@@ -654,7 +659,7 @@ where
             if !input.last_piece {
                 return None;
             }
-            state.table.take_pending();
+            state.table.take_pending(count.tasks());
             let Some(watermark) = state.table.watermark(0, count.tasks()) else { return Some(vec![Vec::new()]) };
             let mut out = Vec::new();
             let compare = lock_state(&compare);
@@ -678,23 +683,24 @@ mod tests {
         let parts = vec![
             vec![timed(500, "a"), timed(1_200, "a"), timed(1_900, "a"), timed(1_300, "b"), timed(2_100, "a")],
             vec![timed(100, "a"), timed(150, "a")],
+            vec![timed(1_100, "a"), timed(900, "a"), timed(2_500, "b")],
         ];
         let input = BatchInput::new(
             0,
             1_000,
             false,
             crate::graph::SourceRecords::default(),
-            Some(vec![(Arc::from("clicks"), 3), (Arc::from("clicks"), 4)]),
+            Some(vec![(Arc::from("clicks"), 3), (Arc::from("clicks"), 4), (Arc::from("clicks"), 5)]),
         );
-        // Partition 3's watermark is at 1 s; partition 4 has none yet.
-        let before = BTreeMap::from([(3, 1_000)]);
+        // Partition 3's watermark is at 1 s, partition 5's at 0.8 s; partition 4 has none yet.
+        let before = BTreeMap::from([(3, 1_000), (5, 800)]);
         let mut out = combine_per_slide(parts, &input, &before, 1_000, &|a, b| a + b);
         out.sort_by(|x, y| (x.time_ms, &x.item.0).cmp(&(y.time_ms, &y.item.0)));
         let got: Vec<(i64, &str, u64)> = out.iter().map(|t| (t.time_ms, t.item.0.as_str(), t.item.1)).collect();
         assert_eq!(
             got,
-            vec![(100, "a", 1), (150, "a", 1), (500, "a", 1), (1_200, "a", 2), (1_300, "b", 1), (2_100, "a", 1)],
-            "behind the watermark, or without one: as they were; the rest one per key and slide, at its earliest time"
+            vec![(100, "a", 1), (150, "a", 1), (500, "a", 1), (900, "a", 1), (1_100, "a", 3), (1_300, "b", 1), (2_100, "a", 1), (2_500, "b", 1)],
+            "behind their partition's watermark, or without one: as they were; the rest one per key and slide across partitions, at the earliest time"
         );
     }
 

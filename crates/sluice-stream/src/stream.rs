@@ -41,6 +41,8 @@ pub struct DStream<T> {
 pub(crate) struct WatermarkValue {
     pub(crate) least: Option<i64>,
     pub(crate) tasks: std::collections::BTreeMap<i32, i64>,
+    /// Scale-out mode with `Watermark::idle_after`: the tasks of this process idle that long.
+    pub(crate) idle: std::collections::BTreeSet<i32>,
     /// The step's watermark (lateness, and where late items are counted), for the operators
     /// downstream that judge items again (after a repartition).
     pub(crate) spec: Option<crate::event_time::Watermark>,
@@ -80,6 +82,18 @@ pub(crate) fn task_watermarks(watermarks: &[WatermarkCell]) -> std::collections:
         }
     }
     tasks
+}
+
+/// Scale-out mode: the tasks idle in `watermarks` (in one of them, and not busy in another).
+pub(crate) fn idle_tasks(watermarks: &[WatermarkCell]) -> std::collections::BTreeSet<i32> {
+    let (mut idle, mut busy) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for cell in watermarks {
+        let value = cell.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.extend(value.idle.iter().copied());
+        busy.extend(value.tasks.keys().filter(|task| !value.idle.contains(task)).copied());
+    }
+    idle.retain(|task| !busy.contains(task));
+    idle
 }
 
 /// The first watermark spec among `watermarks`.
