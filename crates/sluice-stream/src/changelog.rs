@@ -83,6 +83,8 @@ impl Changelogs {
 
     /// Sends a batch's changes through its transaction (they commit with its offsets).
     pub(crate) async fn write(&self, changes: Vec<(usize, TaskChange)>, producer: &Producer) -> Result<(), BoxError> {
+        // One timestamp for the batch's changes, not a clock read per record.
+        let timestamp = Some(crate::context::wall_ms());
         for (operator, TaskChange { task, key, value }) in changes {
             let topic =
                 self.topics.get(operator).ok_or_else(|| format!("no changelog for stateful operator {operator}"))?;
@@ -91,6 +93,7 @@ impl Changelogs {
                 partition: Some(task),
                 key: Some(Bytes::from(key)),
                 value: value.map(Bytes::from),
+                timestamp,
                 ..ProducerRecord::default()
             };
             // The transaction's commit waits for every send and fails if one did.

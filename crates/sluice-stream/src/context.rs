@@ -12,11 +12,11 @@ use sluice_scheduler::{
 };
 
 use crate::changelog::{Changelogs, RestoreCounters};
-use crate::graph::{lock, BatchInput, Graph, Output, Parts, SharedGraph, SourceRecords};
+use crate::graph::{lock, BatchInput, Graph, Output, Partitions, Parts, SharedGraph, SourceRecords};
 use crate::pool::par_map;
 use crate::record::KafkaRecord;
 use crate::state::JobState;
-use crate::stream::DStream;
+use crate::stream::{Aligned, DStream};
 use crate::BoxError;
 
 /// Why a job could not run or stopped.
@@ -163,7 +163,7 @@ impl StreamingContext {
         // The records of the source topics (a job's repartition topics are read with them, for
         // the streams they repartition).
         DStream::new(Arc::clone(&self.graph), Box::new(|input: &BatchInput| Some(input.records.take_source())))
-            .aligned_as(true)
+            .aligned_as(Aligned::Source)
     }
 
     /// Counters of the state restored from changelogs (scale-out mode with keyed state): each
@@ -338,10 +338,15 @@ fn check_scale_state(state: &JobState, config: &SchedulerConfig) -> Result<(), S
     }
 }
 
+/// The wall clock, in ms since the Unix epoch.
+pub(crate) fn wall_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The end of the batch interval the wall clock is in, in ms since the Unix epoch.
 fn wall_clock_batch_time(interval_ms: u64) -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let now = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+    let now = u64::try_from(wall_ms()).unwrap_or_default();
     let interval = interval_ms.max(1);
     (now / interval).saturating_add(1).saturating_mul(interval)
 }
@@ -520,12 +525,12 @@ impl Processor for Engine {
         // In scale-out mode a batch's time is the wall clock's (on the interval's grid), which
         // the processes share: a key's timeout means the same whichever process has its task.
         let wall_time = self.changelogs.is_some().then(|| wall_clock_batch_time(self.interval_ms));
-        let owned: Arc<[(Arc<str>, i32)]> = batch
+        let (internal, sources): (Vec<_>, Vec<_>) = batch
             .ranges
             .iter()
-            .filter(|range| !self.internal.contains(range.topic.as_str()))
-            .map(|range| (Arc::from(range.topic.as_str()), range.partition))
-            .collect();
+            .map(|range| (Arc::<str>::from(range.topic.as_str()), range.partition))
+            .partition(|(topic, _)| self.internal.contains(topic));
+        let owned: (Partitions, Partitions) = (sources.into(), internal.into());
         while let Some(piece) = batch.next_piece().await? {
             let piece = Arc::new(piece);
             let part_sources: Arc<Vec<(Arc<str>, i32)>> = Arc::new(
@@ -564,7 +569,7 @@ impl Processor for Engine {
                     Some(part_sources.as_ref().clone()),
                 )
                 .at_time(wall_time)
-                .owning(Arc::clone(&owned))
+                .owning((Arc::clone(&owned.0), Arc::clone(&owned.1)))
                 .in_piece(run, last)
                 .of_checkpoint(self.checkpoint_id)
                 .in_transaction(batch.transaction().cloned())

@@ -265,7 +265,7 @@ impl<T: Send + 'static> DStream<T> {
     /// a watermark of its own (its greatest event time minus the allowed lateness), which
     /// judges its items and closes its windows, unless the items are repartitioned next: then
     /// the tasks after the repartition judge them by every source partition's watermark, as
-    /// one process would; [`Watermark::idle_after`] is refused there.
+    /// one process would (and [`Watermark::idle_after`] leaves idle partitions out there).
     pub fn with_watermark(
         self,
         spec: Watermark,
@@ -275,6 +275,7 @@ impl<T: Send + 'static> DStream<T> {
             Arc::new(Mutex::new(WatermarkValue { spec: Some(spec.clone()), ..WatermarkValue::default() }));
         let publish = Arc::clone(&cell);
         let per_task = self.scales_out();
+        let aligned = self.alignment().clone();
         if per_task && !self.is_aligned() {
             self.record_error(
                 "with_watermark in scale-out mode keeps each source partition's watermark in its task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source (or a repartition) and it".into(),
@@ -349,7 +350,7 @@ impl<T: Send + 'static> DStream<T> {
                 let least = state.advance(&spec, now);
                 let tasks = if state.per_task { state.task_watermarks(&spec) } else { BTreeMap::new() };
                 let idle = match (state.per_task, spec.idle_after_ms) {
-                    (true, Some(idle_after_ms)) => state.idle_tasks(&input.owned_sources, idle_after_ms, now),
+                    (true, Some(idle_after_ms)) => state.idle_tasks(&input.owned(&aligned), idle_after_ms, now),
                     _ => BTreeSet::new(),
                 };
                 let mut published = lock_state(&publish);

@@ -34,9 +34,10 @@ pub struct BatchInput {
     /// The partition each part of the source came from; `None` when each part stands for a
     /// partition of its own (batches given in a test).
     pub(crate) part_sources: Option<Vec<(Arc<str>, i32)>>,
-    /// Scale-out mode: the source partitions (not repartition topics') this process owns in the
-    /// batch, those without records in it included.
-    pub(crate) owned_sources: Arc<[(Arc<str>, i32)]>,
+    /// Scale-out mode: the partitions this process owns in the batch, those without records in
+    /// it included: of the source topics, and of the repartition topics.
+    pub(crate) owned_sources: Partitions,
+    pub(crate) owned_internal: Partitions,
     /// Which piece of the batch this is (from 0): a batch larger than the memory budget comes
     /// in pieces, each with one part per read task of the batch (the same tasks in each).
     pub(crate) piece: usize,
@@ -51,6 +52,9 @@ pub struct BatchInput {
     /// Scale-out mode: the job's group.
     pub(crate) group: Option<Arc<str>>,
 }
+
+/// Topic partitions, shared.
+pub(crate) type Partitions = Arc<[(Arc<str>, i32)]>;
 
 /// A batch's source records, handed to the source streams of the job: a source topic's parts
 /// to every `kafka_stream`, a repartition topic's to its repartitioned stream alone; of each
@@ -147,6 +151,7 @@ impl BatchInput {
             records,
             part_sources,
             owned_sources: Arc::from(Vec::new()),
+            owned_internal: Arc::from(Vec::new()),
             piece: 0,
             last_piece: true,
             checkpoint_id: 0,
@@ -161,10 +166,24 @@ impl BatchInput {
         self
     }
 
-    /// The input of a batch of a process owning the source partitions `owned`.
-    pub(crate) fn owning(mut self, owned: Arc<[(Arc<str>, i32)]>) -> Self {
-        self.owned_sources = owned;
+    /// The input of a batch of a process owning the partitions `sources` of the source topics
+    /// and `internal` of the repartition topics.
+    pub(crate) fn owning(mut self, (sources, internal): (Partitions, Partitions)) -> Self {
+        self.owned_sources = sources;
+        self.owned_internal = internal;
         self
+    }
+
+    /// The partitions this process owns in the batch of the topics whose read tasks a stream
+    /// aligned as `aligned` has as its parts.
+    pub(crate) fn owned(&self, aligned: &crate::stream::Aligned) -> Vec<(Arc<str>, i32)> {
+        match aligned {
+            crate::stream::Aligned::No => Vec::new(),
+            crate::stream::Aligned::Source => self.owned_sources.to_vec(),
+            crate::stream::Aligned::Repartition(topic) => {
+                self.owned_internal.iter().filter(|(owned, _)| owned == topic).cloned().collect()
+            }
+        }
     }
 
     /// The input with the batch time `time_ms`, if given (scale-out mode).
@@ -370,6 +389,24 @@ pub(crate) fn lock(graph: &SharedGraph) -> std::sync::MutexGuard<'_, Graph> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_partitions_owned_are_those_of_the_topics_a_stream_reads() {
+        let of = |topic: &str, partitions: &[i32]| -> Partitions {
+            partitions.iter().map(|p| (Arc::from(topic), *p)).collect()
+        };
+        let mut internal = of("job-a-repartition", &[0, 2]).to_vec();
+        internal.extend(of("job-b-repartition", &[1]).iter().cloned());
+        let input = BatchInput::new(0, 1_000, false, SourceRecords::default(), None)
+            .owning((of("clicks", &[0, 1]), internal.into()));
+        let owned = |aligned: &crate::stream::Aligned| input.owned(aligned);
+        assert_eq!(owned(&crate::stream::Aligned::Source), of("clicks", &[0, 1]).to_vec());
+        assert_eq!(
+            owned(&crate::stream::Aligned::Repartition(Arc::from("job-a-repartition"))),
+            of("job-a-repartition", &[0, 2]).to_vec()
+        );
+        assert!(owned(&crate::stream::Aligned::No).is_empty());
+    }
 
     fn record(offset: i64) -> KafkaRecord {
         KafkaRecord {

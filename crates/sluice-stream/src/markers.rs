@@ -100,7 +100,13 @@ impl MarkerSender {
     /// The markers to send to `topic` after this batch's items: none when no upstream task of
     /// this process has a watermark or is idle yet, or nothing changed since the last ones.
     pub(crate) fn markers(&mut self, topic: &str) -> Result<Vec<ProducerRecord>, String> {
-        let report = Report { watermarks: task_watermarks(&self.watermarks), idle: idle_tasks(&self.watermarks) };
+        // Idle tasks do not hold back the watermark after a repartition; a top-k merge waits for
+        // every task's windows, and an idle task's close by its own watermark alone.
+        let idle = match self.targets {
+            MarkerTargets::Every => idle_tasks(&self.watermarks),
+            MarkerTargets::First => BTreeSet::new(),
+        };
+        let report = Report { watermarks: task_watermarks(&self.watermarks), idle };
         let changes = self.count.changes.load(Ordering::Relaxed);
         if report.is_empty() || self.sent.as_ref().is_some_and(|(sent, at)| *sent == report && *at == changes) {
             return Ok(Vec::new());
@@ -272,7 +278,14 @@ impl MarkerTable {
     pub(crate) fn restore(&mut self, task: i32, upstream: i32, value: Option<&[u8]>) -> Result<(), String> {
         match value {
             Some(value) => {
-                let reported: Reported = decode(value).map_err(|e| format!("a watermark marker entry: {e}"))?;
+                let reported: Reported = match decode(value) {
+                    Ok(reported) => reported,
+                    // Written before idle tasks were reported: the watermark alone.
+                    Err(e) => Reported {
+                        watermark: Some(decode(value).map_err(|_| format!("a watermark marker entry: {e}"))?),
+                        idle: false,
+                    },
+                };
                 if upstream == GIVEN {
                     if let Some(given) = reported.watermark {
                         self.given.insert(task, given);
@@ -377,6 +390,15 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_written_before_idle_tasks_were_reported_restores_as_its_watermark() {
+        let mut table = MarkerTable::default();
+        table.restore(0, 0, Some(&encode(&7_000i64).unwrap())).unwrap();
+        table.restore(0, 1, Some(&encode(&Reported { watermark: Some(5_000), idle: false }).unwrap())).unwrap();
+        assert_eq!(table.watermark(0, Some(2)), Some(5_000));
+        assert!(table.restore(0, 2, Some(&[])).unwrap_err().contains("a watermark marker entry"));
+    }
+
+    #[test]
     fn a_marker_without_idle_tasks_reads_as_its_watermarks_alone() {
         let pairs: Vec<(i32, i64)> = vec![(1, 1_000), (3, -5)];
         let old = encode(&pairs).unwrap();
@@ -418,7 +440,10 @@ mod tests {
         count.changes.fetch_add(1, Ordering::Relaxed);
         assert_eq!(sender.markers("t").unwrap().len(), 3, "sent again after the partitions changed");
         let mut first = MarkerSender::new(vec![cell], count.clone(), MarkerTargets::First);
-        assert_eq!(first.markers("t").unwrap().len(), 1);
+        let to_merge = first.markers("t").unwrap();
+        assert_eq!(to_merge.len(), 1);
+        let record = KafkaRecord { value: to_merge[0].value.clone(), ..record };
+        assert_eq!(marker_report(&record).unwrap(), report(&[(1, 1_000)], &[]), "a top-k merge waits for idle tasks");
 
         // Combining waits a batch after each change of the partitions (and after the start).
         assert!(sender.settled_watermarks(0).is_empty(), "the first batch");

@@ -29,7 +29,7 @@ use crate::hash::HashMap;
 use crate::markers::{is_marker, marker_report, MarkerSender, MarkerTable, MarkerTargets};
 use crate::record::KafkaRecord;
 use crate::state::{decode, encode, lock_state, only_in_changelogs, Stateful, TaskChange};
-use crate::stream::{greatest, merge, watermark_spec, DStream, WatermarkCell, WatermarkValue};
+use crate::stream::{greatest, merge, watermark_spec, Aligned, DStream, WatermarkCell, WatermarkValue};
 use crate::BoxError;
 
 /// An item as a record of a repartition topic: its partition (`None`: by the key's hash), key
@@ -110,9 +110,11 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
                     self.topic
                 )
             })?;
+            // One timestamp for the batch's records, not a clock read per record.
+            let timestamp = Some(crate::context::wall_ms());
             for record in records {
                 // The transaction's commit waits for every send and fails if one did.
-                drop(producer.send(record).await?);
+                drop(producer.send(ProducerRecord { timestamp, ..record }).await?);
             }
             Ok(())
         })
@@ -225,12 +227,13 @@ where
             failure: None,
         };
         lock(&graph).outputs.push(Box::new(output));
+        let aligned = Aligned::Repartition(Arc::from(topic.as_str()));
         let topics = [topic];
         let take = move |input: &BatchInput| {
             let parts = input.records.take_where(|part| input.part_of(part, &topics));
             Some(decode_parts(parts, &failures))
         };
-        DStream::new(graph, Box::new(take)).aligned_as(true)
+        DStream::new(graph, Box::new(take)).aligned_as(aligned)
     }
 }
 
@@ -291,8 +294,9 @@ where
     /// time and watermark: with each batch that moved the watermarks of the source partitions
     /// this process owns, it appends a watermark marker to every partition of the topic. Each
     /// task after it takes the least watermark the source's partitions reported (once every one
-    /// has: a partition without records holds it back), so its windows close only when no
-    /// source partition, on whichever process, can still send their items. An item older than
+    /// has: a partition without records holds it back, unless [`Watermark::idle_after`] has its
+    /// owner report it idle), so its windows close only when no source partition that is not
+    /// idle, on whichever process, can still send their items. An item older than
     /// that watermark when it is read is late (counted and dropped, or kept and marked, as the
     /// `Watermark` says). Outside scale-out mode: the stream as it is.
     pub fn repartition(self, name: &str) -> DStream<Timed<(K, V)>> {
@@ -340,6 +344,7 @@ where
         let cell: WatermarkCell =
             Arc::new(Mutex::new(WatermarkValue { spec: spec.clone(), ..WatermarkValue::default() }));
         let publish = Arc::clone(&cell);
+        let aligned = Aligned::Repartition(Arc::from(topic.as_str()));
         let topics = [topic];
         let take = move |input: &BatchInput| {
             let parts = input.records.take_where(|part| input.part_of(part, &topics));
@@ -371,7 +376,7 @@ where
             }
             Some(parts)
         };
-        DStream::new(graph, Box::new(take)).aligned_as(true).with_watermarks(vec![cell])
+        DStream::new(graph, Box::new(take)).aligned_as(aligned).with_watermarks(vec![cell])
     }
 }
 
@@ -459,7 +464,8 @@ struct TopMerge<T> {
     given_changed: bool,
 }
 
-/// The key of a top-k merge's changelog record: an upstream task's watermark (value `i64`), a
+/// The key of a top-k merge's changelog record: an upstream task's watermark (value as the
+/// marker table keeps it; `Upstream(-1)` the watermark given), a
 /// window's local top items so far (value `Vec<T>`; a tombstone once given), or where the given
 /// windows end (value `Option<i64>`).
 #[derive(Serialize, Deserialize)]

@@ -77,8 +77,12 @@ pub(crate) fn lock_state<S: ?Sized>(state: &Mutex<S>) -> std::sync::MutexGuard<'
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Room a value's encoding starts with: most of the values and keys a batch writes (a key's
+/// state, a changelog key) fit without the buffer growing on the way.
+const ENCODE_ROOM: usize = 64;
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    sluice_checkpoint::encode_value(value).map_err(|e| e.to_string())
+    encode_into(value, Vec::with_capacity(ENCODE_ROOM))
 }
 
 /// [`encode`] appended to `out` (made with room for the value, so that it does not grow).

@@ -28,10 +28,23 @@ pub struct DStream<T> {
     /// The watermarks of the `with_watermark` steps upstream (the stream's watermark is the
     /// least of them), each set when its step computes a batch.
     watermarks: Watermarks,
-    /// Whether the stream's parts are still the source's read tasks, in order, so that each
-    /// item's source partition is known: true for a source stream and after element-wise
-    /// operators, false once an operator gathers, combines or regroups them.
-    aligned: bool,
+    /// Whether the stream's parts are still the read tasks of the topics it comes from, in
+    /// order, so that each item's partition is known: so for a source stream, a repartitioned
+    /// one and after element-wise operators; not once an operator gathers, combines or
+    /// regroups them.
+    aligned: Aligned,
+}
+
+/// Which read tasks a stream's parts are (see `DStream::aligned`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Aligned {
+    /// Not read tasks any more.
+    #[default]
+    No,
+    /// The source topics'.
+    Source,
+    /// The repartition topic's.
+    Repartition(Arc<str>),
 }
 
 /// A `with_watermark` step's watermark as of the last batch it computed: the stream's, and in
@@ -109,18 +122,23 @@ impl<T> std::fmt::Debug for DStream<T> {
 
 impl<T: Send + 'static> DStream<T> {
     pub(crate) fn new(graph: SharedGraph, compute: Compute<T>) -> Self {
-        Self { compute, graph, watermarks: Vec::new(), aligned: false }
+        Self { compute, graph, watermarks: Vec::new(), aligned: Aligned::No }
     }
 
-    /// The same stream, its parts the source's read tasks or not (see `aligned`).
-    pub(crate) fn aligned_as(mut self, aligned: bool) -> Self {
+    /// The same stream, its parts read tasks or not (see `aligned`).
+    pub(crate) fn aligned_as(mut self, aligned: Aligned) -> Self {
         self.aligned = aligned;
         self
     }
 
-    /// Whether the stream's parts are the source's read tasks, in order.
+    /// Whether the stream's parts are read tasks, in order.
     pub(crate) fn is_aligned(&self) -> bool {
-        self.aligned
+        self.aligned != Aligned::No
+    }
+
+    /// Which read tasks the stream's parts are.
+    pub(crate) fn alignment(&self) -> &Aligned {
+        &self.aligned
     }
 
     /// Whether the job runs in scale-out mode.
@@ -298,7 +316,7 @@ impl<T: Send + 'static> DStream<T> {
     /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole
     /// (in a batch that comes in pieces, once the last piece is in).
     pub fn map_partitions<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
-        let aligned = self.aligned;
+        let aligned = self.aligned.clone();
         self.derive(move |_, parts| Some(par_parts(parts, &f))).aligned_as(aligned)
     }
 
@@ -352,7 +370,9 @@ impl<T: Send + 'static> DStream<T> {
         let (first, second) = (side(0), side(1));
         let (watermarks, aligned) = (self.watermarks, self.aligned);
         (
-            DStream::new(Arc::clone(&self.graph), first).with_watermarks(watermarks.clone()).aligned_as(aligned),
+            DStream::new(Arc::clone(&self.graph), first)
+                .with_watermarks(watermarks.clone())
+                .aligned_as(aligned.clone()),
             DStream::new(self.graph, second).with_watermarks(watermarks).aligned_as(aligned),
         )
     }

@@ -9,7 +9,7 @@ use crate::graph::{lock, BatchInfo, BatchInput, Graph, Parts, SharedGraph, Sourc
 use crate::sink::ForEach;
 use sluice_scheduler::RecoveredState;
 
-use crate::stream::DStream;
+use crate::stream::{Aligned, DStream};
 
 /// A job run in memory, batch by batch. Its state is saved as a job under the scheduler saves
 /// it (each batch's changes, and a snapshot every few batches), so a test can stop it after
@@ -88,7 +88,7 @@ impl LocalJob {
                 Some(batch.unwrap_or_else(|| (0..parts).map(|_| Vec::new()).collect()))
             }),
         )
-        .aligned_as(true)
+        .aligned_as(Aligned::Source)
     }
 
     /// Collects what `stream` gives.
