@@ -216,13 +216,14 @@ impl WatermarkState {
             .collect()
     }
 
-    /// Scale-out mode: the tasks idle at `now` (batch time) among `owned`, the source
-    /// partitions this process owns: without records for longer than `idle_after_ms`, or none
-    /// since it took them on that long ago.
+    /// Scale-out mode: the tasks idle at `now` (batch time) among `owned`, the partitions this
+    /// process owns of the topics the step reads: each of the task's partitions (one per topic)
+    /// without records for longer than `idle_after_ms`, or none since it took them on that long
+    /// ago.
     fn idle_tasks(&mut self, owned: &[(Arc<str>, i32)], idle_after_ms: u64, now: u64) -> BTreeSet<i32> {
         let owned: BTreeSet<PartKey> = owned.iter().map(|(topic, partition)| (topic.to_string(), *partition)).collect();
         self.unseen_since.retain(|key, _| owned.contains(key) && !self.partitions.contains_key(key));
-        let mut idle = BTreeSet::new();
+        let (mut idle, mut busy) = (BTreeSet::new(), BTreeSet::new());
         for key in owned {
             let since = match self.partitions.get(&key) {
                 Some((_, seen)) => *seen,
@@ -230,8 +231,11 @@ impl WatermarkState {
             };
             if now.saturating_sub(since) > idle_after_ms {
                 idle.insert(key.1);
+            } else {
+                busy.insert(key.1);
             }
         }
+        idle.retain(|task| !busy.contains(task));
         idle
     }
 
@@ -934,5 +938,9 @@ mod tests {
         // Given up and taken on again: the wait starts again.
         assert!(state.idle_tasks(&owned(&[1]), 2_000, 5_800).contains(&1));
         assert_eq!(state.idle_tasks(&owned(&[1, 2]), 2_000, 6_000), BTreeSet::from([1]));
+        // A task of two topics is idle only when both of its partitions are.
+        let two = [(Arc::from("clicks"), 1), (Arc::from("views"), 1)];
+        assert!(state.idle_tasks(&two, 2_000, 6_000).is_empty(), "views/1 just taken on");
+        assert_eq!(state.idle_tasks(&two, 2_000, 8_100), BTreeSet::from([1]));
     }
 }
