@@ -110,7 +110,7 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
                     self.topic
                 )
             })?;
-            // One timestamp for the batch's records, not a clock read per record.
+            // One timestamp for the run's records, not a clock read per record.
             let timestamp = Some(crate::context::wall_ms());
             for record in records {
                 // The transaction's commit waits for every send and fails if one did.
