@@ -33,6 +33,7 @@ APIS = [
     "SaslHandshake", "ApiVersions", "CreateTopics", "DeleteTopics", "DeleteRecords", "InitProducerId",
     "OffsetForLeaderEpoch", "AddPartitionsToTxn", "AddOffsetsToTxn", "EndTxn", "TxnOffsetCommit",
     "DescribeConfigs", "SaslAuthenticate", "CreatePartitions", "DeleteGroups", "ConsumerGroupHeartbeat",
+    "ConsumerGroupDescribe",
 ]
 EXTRA = ["RequestHeader", "ResponseHeader", "ConsumerProtocolSubscription", "ConsumerProtocolAssignment"]
 

@@ -53,6 +53,7 @@ fn stream_config(job: &Job, args: &RunArgs, security: &Security) -> CliResult<St
             scale.transaction_timeout = timeout.0;
         }
         config.scheduler.scale = Some(scale);
+        config.standby_replicas = spec.standby_replicas;
     }
     Ok(config)
 }

@@ -550,11 +550,15 @@ impl Clickstream {
     }
 
     /// The job file of the process whose checkpoint is `name`: its top items also go to files,
-    /// every process's in one directory.
+    /// every process's in one directory; each task's state has a standby copy on the next
+    /// process, so tasks that move restore from copies or from their changelogs, depending on
+    /// where they land.
     fn job(&self, name: &str) -> String {
         let sections = format!("{TOP_ITEMS}\n[[sink]]\ntype = \"files\"\ndir = \"{}\"\n", self.files().display());
         let topics = (self.input.as_str(), self.output.as_str(), self.group.as_str());
+        let scale = format!("[scale]\ngroup = \"{}\"\n", self.group);
         job_file("clickstream", &self.bootstrap, topics, &sections, &self.dir.path().join(name))
+            .replace(&scale, &format!("{scale}standby_replicas = 1\n"))
     }
 
     /// The files sink's directory.
@@ -662,7 +666,33 @@ impl Clickstream {
             "the top 5 items of {} windows over {CLICKS} clicks: the processes' equal the single process's",
             expected.len() / 5
         ));
+        let (copies, keys, records) = restores_in(self.dir.path());
+        self.step(&format!(
+            "the processes restored {copies} task(s) from standby copies ({keys} keys) and read {records} changelog records"
+        ));
     }
+}
+
+/// What the processes whose logs are in `dir` restored: tasks from standby copies, their keys,
+/// and changelog records read (from the restores' log lines).
+fn restores_in(dir: &Path) -> (u64, u64, u64) {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_once(&format!("{name}="))
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut sums = (0, 0, 0);
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("restored the state of the tasks")) {
+                sums.0 += field(line, "standby_tasks");
+                sums.1 += field(line, "from_standby_copies");
+                sums.2 += field(line, "records");
+            }
+        }
+    }
+    sums
 }
 
 /// The clickstream job of the README (clicks keyed by user, counted per item: through a

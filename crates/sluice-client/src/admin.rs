@@ -12,8 +12,8 @@ use sluice_protocol::messages::create_topics_request::{CreatableTopic, Creatable
 use sluice_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
 use sluice_protocol::messages::delete_topics_request::DeleteTopicState;
 use sluice_protocol::messages::{
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
-    ListGroupsRequest, OffsetCommitRequest,
+    ConsumerGroupDescribeRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeGroupsRequest, ListGroupsRequest, OffsetCommitRequest,
 };
 
 use crate::client::{missing_partition, Client, OffsetSpec};
@@ -419,6 +419,93 @@ impl Client {
             members,
         })
     }
+
+    /// A consumer-protocol group (KIP-848) as its coordinator describes it with
+    /// ConsumerGroupDescribe: its epochs and each member with the partitions it owns now.
+    ///
+    /// A group that is not a consumer-protocol group, or that the coordinator does not know, is
+    /// an error (GROUP_ID_NOT_FOUND, with the broker's message); a broker without the API (Kafka
+    /// before 3.7, Tansu) fails with `UnsupportedVersion`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn describe_consumer_group(&self, group_id: &str) -> Result<ConsumerGroupDescription> {
+        let coordinator = self.group_coordinator(group_id).await?;
+        let request = ConsumerGroupDescribeRequest { group_ids: vec![group_id.to_owned()], ..Default::default() };
+        let version = coordinator.version_for::<ConsumerGroupDescribeRequest>(None)?;
+        let response = coordinator.send_version(&request, version).await?;
+        let (broker, api) = (coordinator.broker().to_owned(), "ConsumerGroupDescribe");
+        let group = response.groups.into_iter().find(|g| g.group_id == group_id).ok_or_else(|| Error::Broker {
+            broker: broker.clone(),
+            api,
+            code: ErrorCode::GroupIdNotFound,
+        })?;
+        let code = ErrorCode::from_code(group.error_code);
+        if code != ErrorCode::None {
+            return Err(match group.error_message {
+                Some(message) => Error::BrokerMessage { broker, api, code, message },
+                None => Error::Broker { broker, api, code },
+            });
+        }
+        let members = group
+            .members
+            .into_iter()
+            .map(|m| {
+                let mut assignment: Vec<(String, i32)> = m
+                    .assignment
+                    .topic_partitions
+                    .into_iter()
+                    .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic_name.clone(), p)))
+                    .collect();
+                assignment.sort();
+                ConsumerGroupMemberDescription {
+                    member_id: m.member_id,
+                    instance_id: m.instance_id,
+                    member_epoch: m.member_epoch,
+                    assignment,
+                }
+            })
+            .collect();
+        Ok(ConsumerGroupDescription {
+            group_id: group.group_id,
+            state: group.group_state,
+            group_epoch: group.group_epoch,
+            assignment_epoch: group.assignment_epoch,
+            members,
+        })
+    }
+}
+
+/// A consumer-protocol group as ConsumerGroupDescribe reports it
+/// ([`Client::describe_consumer_group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerGroupDescription {
+    /// The group id.
+    pub group_id: String,
+    /// The state: `empty`, `assigning`, `reconciling`, `stable` or `dead`.
+    pub state: String,
+    /// The group's epoch (it grows with every change of members or subscriptions).
+    pub group_epoch: i32,
+    /// The epoch of the target assignment.
+    pub assignment_epoch: i32,
+    /// The members, each with the partitions it owns now (not its target).
+    pub members: Vec<ConsumerGroupMemberDescription>,
+}
+
+/// One member of a consumer-protocol group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerGroupMemberDescription {
+    /// The member id.
+    pub member_id: String,
+    /// The static instance id, if any.
+    pub instance_id: Option<String>,
+    /// The member's epoch.
+    pub member_epoch: i32,
+    /// The partitions it owns, sorted.
+    pub assignment: Vec<(String, i32)>,
 }
 
 /// A group as ListGroups reports it.

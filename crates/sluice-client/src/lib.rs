@@ -19,7 +19,9 @@ mod sasl;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use admin::{GroupDescription, GroupListing, GroupMemberDescription};
+pub use admin::{
+    ConsumerGroupDescription, ConsumerGroupMemberDescription, GroupDescription, GroupListing, GroupMemberDescription,
+};
 pub use assignor::{Assignment, Assignor, CooperativeStickyAssignor, GroupMember, RangeAssignor, RoundRobinAssignor};
 pub use client::{
     Client, ClientConfig, ClusterMetadata, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionMetadata,

@@ -191,6 +191,31 @@ async fn split_and_hand_over(client: &Client, topic: &str, protocol: GroupProtoc
         assert!(metadata.generation_id > 0, "{metadata:?}");
         assert_eq!(member.owned().len(), 3, "{:?}", member.owned());
     }
+    // ConsumerGroupDescribe names each member's partitions (with topic names); a classic group
+    // is not one it describes.
+    let described = client.describe_consumer_group(&group).await;
+    match protocol {
+        GroupProtocol::Consumer => {
+            let described = described.unwrap();
+            let mut owners: BTreeMap<String, Vec<(String, i32)>> =
+                described.members.into_iter().map(|m| (m.member_id, m.assignment)).collect();
+            for member in [&a, &c] {
+                let mut owned = member.owned();
+                owned.sort();
+                assert_eq!(owners.remove(&member.member_id()), Some(owned));
+            }
+            assert!(owners.is_empty(), "members neither a nor c: {owners:?}");
+        }
+        // Tansu describes a classic group as one without members (docs/brokers.md).
+        _ if common::shared().kind == Kind::Tansu => {
+            let described = described.unwrap();
+            assert!(described.members.is_empty(), "{described:?}");
+        }
+        _ => {
+            let error = described.unwrap_err();
+            assert!(error.to_string().contains("GROUP_ID_NOT_FOUND"), "{error}");
+        }
+    }
     a.leave().await.unwrap();
     c.leave().await.unwrap();
 }

@@ -92,6 +92,7 @@ fn kafka_protocol_reads_and_rewrites_sluice_bytes_identically_for_every_shared_v
         CreatePartitionsRequest / CreatePartitionsResponse,
         DeleteGroupsRequest / DeleteGroupsResponse,
         ConsumerGroupHeartbeatRequest / ConsumerGroupHeartbeatResponse,
+        ConsumerGroupDescribeRequest / ConsumerGroupDescribeResponse,
     );
     assert!(checked > 5_000, "only {checked} cases were comparable");
 }

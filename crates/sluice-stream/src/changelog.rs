@@ -19,6 +19,7 @@ use sluice_client::{
 use sluice_protocol::error_code::ErrorCode;
 use sluice_scheduler::PartitionChanges;
 
+use crate::standby::{Standbys, TaskCopy};
 use crate::state::{JobState, TaskChange};
 use crate::BoxError;
 
@@ -41,13 +42,21 @@ pub(crate) struct Changelogs {
     /// Each stateful operator's changelog topic, in the operators' order.
     topics: Vec<String>,
     counters: RestoreCounters,
+    /// Warm copies of other processes' tasks ([`StreamConfig::standby_replicas`](crate::StreamConfig)).
+    standbys: Option<Standbys>,
 }
 
 /// What a restore read.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Restored {
+    /// Changelog records read.
     pub(crate) records: u64,
+    /// Their keys' and values' bytes.
     pub(crate) bytes: u64,
+    /// Keys taken from standby copies.
+    pub(crate) from_copies: u64,
+    /// Tasks restored from a standby copy.
+    pub(crate) copies: u64,
 }
 
 /// Counters of the state this process restored from changelogs in scale-out mode
@@ -62,23 +71,38 @@ pub struct RestoreCounters {
     pub bytes: Arc<AtomicU64>,
     /// Time spent restoring, in microseconds (the next batch waits for it).
     pub micros: Arc<AtomicU64>,
+    /// Keys taken from standby copies instead of read from the changelogs (`records` then
+    /// counts only what the changelogs held after the copies).
+    pub standby_records: Arc<AtomicU64>,
+    /// Tasks restored from a standby copy (counted in `tasks` too).
+    pub standby_tasks: Arc<AtomicU64>,
 }
 
 impl Changelogs {
     /// Creates the changelog topics of `state`'s operators for the job of `group` reading
     /// `source` (compacted, as many partitions as the source, replicated on up to three
     /// brokers), or finds them from an earlier run; a topic with another partition count is an
-    /// error (the source grew: its tasks no longer match).
+    /// error (the source grew: its tasks no longer match). With `standby_replicas`, starts
+    /// keeping copies of other processes' tasks.
     pub(crate) async fn open(
         client: Client,
         (group, source): (&str, &str),
         state: &JobState,
-        counters: RestoreCounters,
+        (counters, standby_replicas): (RestoreCounters, usize),
     ) -> Result<Self, BoxError> {
         let topics: Vec<String> =
             state.operator_names().into_iter().map(|name| format!("{group}-{name}-changelog")).collect();
         create_internal_topics(&client, source, &topics, &[("cleanup.policy", "compact")]).await?;
-        Ok(Self { client, source: source.to_owned(), topics, counters })
+        let standbys = (standby_replicas > 0)
+            .then(|| Standbys::start(client.clone(), (group, source), topics.clone(), standby_replicas));
+        Ok(Self { client, source: source.to_owned(), topics, counters, standbys })
+    }
+
+    /// Tells the standby placement which member of the group this process is.
+    pub(crate) fn set_member(&self, member_id: Option<&str>) {
+        if let (Some(standbys), Some(member_id)) = (&self.standbys, member_id) {
+            standbys.set_member(member_id);
+        }
     }
 
     /// Sends a batch's changes through its transaction (they commit with its offsets).
@@ -111,13 +135,15 @@ impl Changelogs {
             partitions.iter().filter(|(topic, _)| *topic == self.source).map(|(_, p)| *p).collect()
         };
         let gained = of_source(&changes.gained);
-        let dropped: BTreeSet<i32> = of_source(&changes.lost).union(&gained).copied().collect();
+        let lost = of_source(&changes.lost);
+        let dropped: BTreeSet<i32> = lost.union(&gained).copied().collect();
         state.drop_tasks(&dropped);
+        let copies = self.standbys.as_ref().map(|s| s.take_on(&gained, &lost)).unwrap_or_default();
         if gained.is_empty() {
             return Ok(Restored::default());
         }
         let started = Instant::now();
-        let (restored, by_task) = self.restore_through_faults(state, &gained).await?;
+        let (restored, by_task) = self.restore_through_faults(state, &gained, &copies).await?;
         let fresh = of_source(&changes.fresh);
         let stale: Vec<(i32, u64)> =
             by_task.into_iter().filter(|(task, records)| fresh.contains(task) && *records > 0).collect();
@@ -134,10 +160,14 @@ impl Changelogs {
         self.counters.records.fetch_add(restored.records, Ordering::Relaxed);
         self.counters.bytes.fetch_add(restored.bytes, Ordering::Relaxed);
         self.counters.micros.fetch_add(micros, Ordering::Relaxed);
+        self.counters.standby_records.fetch_add(restored.from_copies, Ordering::Relaxed);
+        self.counters.standby_tasks.fetch_add(restored.copies, Ordering::Relaxed);
         tracing::info!(
             tasks = ?gained,
             records = restored.records,
             bytes = restored.bytes,
+            standby_tasks = restored.copies,
+            from_standby_copies = restored.from_copies,
             ms = started.elapsed().as_millis() as u64,
             "restored the state of the tasks taken on from their changelogs"
         );
@@ -151,12 +181,13 @@ impl Changelogs {
         &self,
         state: &JobState,
         tasks: &BTreeSet<i32>,
+        copies: &BTreeMap<i32, TaskCopy>,
     ) -> Result<(Restored, BTreeMap<i32, u64>), BoxError> {
         let mut backoff = Duration::from_millis(100);
         let mut last_progress = Instant::now();
         loop {
             let mut progress = Restored::default();
-            match self.restore(state, tasks, &mut progress).await {
+            match self.restore(state, (tasks, copies), &mut progress).await {
                 Ok(done) => return Ok(done),
                 Err(error) if retriable(&error) && last_progress.elapsed() < RESTORE_STALL_TIMEOUT => {
                     tracing::warn!(%error, retry_in = ?backoff, "restoring the state from the changelogs failed; starting over");
@@ -173,17 +204,47 @@ impl Changelogs {
     }
 
     /// Reads the changelog partitions of `tasks` from their start to their high watermarks as
-    /// they are now, `read_committed`, into `state`; with the records read per task. `progress`
-    /// counts what was read, also when it fails part way.
+    /// they are now, `read_committed`, into `state`; with the records read per task (keys of
+    /// standby copies included). A task with a standby copy in `copies` starts from the copy's
+    /// keys and reads only after its positions. `progress` counts what was read, also when it
+    /// fails part way.
     async fn restore(
         &self,
         state: &JobState,
-        tasks: &BTreeSet<i32>,
+        (tasks, copies): (&BTreeSet<i32>, &BTreeMap<i32, TaskCopy>),
         progress: &mut Restored,
     ) -> Result<(Restored, BTreeMap<i32, u64>), BoxError> {
         let partitions: Vec<(String, i32)> =
             self.topics.iter().flat_map(|topic| tasks.iter().map(move |task| (topic.clone(), *task))).collect();
         let ends = self.client.log_ends(&partitions, Isolation::ReadUncommitted).await?;
+        let end_of = |topic: &String, task: i32| ends.get(&(topic.clone(), task)).copied().unwrap_or(0);
+        let mut by_task: BTreeMap<i32, u64> = BTreeMap::new();
+        // Where each partition is read from: after its copy's position, or its start.
+        let mut starts: BTreeMap<(String, i32), StartAt> = BTreeMap::new();
+        for (task, copy) in copies.iter().filter(|(task, _)| tasks.contains(task)) {
+            // A changelog that ends before the copy's position is not the one copied (the
+            // topic was made again): the task is read from the start.
+            if self.topics.iter().zip(&copy.positions).any(|(topic, position)| end_of(topic, *task) < *position) {
+                tracing::warn!(
+                    task,
+                    "a standby copy is ahead of its changelog's end; restoring the task from the start"
+                );
+                continue;
+            }
+            for ((operator, entries), topic) in copy.entries.iter().enumerate().zip(&self.topics) {
+                for (key, value) in entries {
+                    state
+                        .restore_task_entry(operator, *task, key, Some(value))
+                        .map_err(|e| format!("restoring task {task} from its standby copy of {topic}: {e}"))?;
+                }
+                progress.from_copies += entries.len() as u64;
+                *by_task.entry(*task).or_default() += entries.len() as u64;
+            }
+            progress.copies += 1;
+            for (topic, position) in self.topics.iter().zip(&copy.positions) {
+                starts.insert((topic.clone(), *task), StartAt::Offset(*position));
+            }
+        }
         let mut config = ConsumerConfig::default();
         config.isolation = Isolation::ReadCommitted;
         config.offset_reset = OffsetReset::Earliest;
@@ -192,14 +253,18 @@ impl Changelogs {
         let mut consumer = Consumer::new(self.client.clone(), config);
         let mut left: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for (topic, task) in &partitions {
-            let end = ends.get(&(topic.clone(), *task)).copied().unwrap_or(0);
-            if end > 0 {
-                consumer.assign(topic, *task, StartAt::Earliest).await?;
+            let end = end_of(topic, *task);
+            let start = starts.get(&(topic.clone(), *task)).copied().unwrap_or(StartAt::Earliest);
+            let from = match start {
+                StartAt::Offset(position) => position,
+                _ => 0,
+            };
+            if end > from {
+                consumer.assign(topic, *task, start).await?;
                 left.insert((topic.clone(), *task), end);
             }
         }
         let operator_of: BTreeMap<&str, usize> = self.topics.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
-        let mut by_task: BTreeMap<i32, u64> = BTreeMap::new();
         let mut last_read = Instant::now();
         loop {
             // Done with a partition once its position reaches the end it had (markers and

@@ -79,6 +79,14 @@ pub struct StreamConfig {
     /// 30 s). The topics keep records until then, whatever their age: a job down for days loses
     /// none.
     pub repartition_purge_interval: std::time::Duration,
+    /// Scale-out mode with state: how many other processes keep a warm copy of each task's
+    /// state (Kafka Streams' `num.standby.replicas`; 0, the default: none). A process copies
+    /// the tasks of the `n` members after it in the group (by instance id, or member id), by
+    /// tailing their changelogs; when the group gives it one of them, its restore reads only
+    /// what the changelog holds after the copy. The group's assignor does not know of the
+    /// copies: with two processes and 1, or with `n` = processes - 1, every task that moves
+    /// lands on a copy.
+    pub standby_replicas: usize,
 }
 
 /// The memory budget a job has unless given another: 64 MiB (the clickstream job runs as fast
@@ -108,6 +116,7 @@ impl StreamConfig {
             concurrent_outputs: true,
             memory_budget: 0,
             repartition_purge_interval: std::time::Duration::from_secs(30),
+            standby_replicas: 0,
         }
         .with_memory_budget(DEFAULT_MEMORY_BUDGET)
     }
@@ -265,9 +274,14 @@ impl StreamingContext {
         });
         let changelogs = match (&group, scheduler_config.topics.first()) {
             (Some(group), Some(source)) if stateful_scale => Some(
-                Changelogs::open(client.clone(), (group, source), &state, self.restore.clone())
-                    .await
-                    .map_err(|e| StreamError::State(format!("opening the changelog topics: {e}")))?,
+                Changelogs::open(
+                    client.clone(),
+                    (group, source),
+                    &state,
+                    (self.restore.clone(), self.config.standby_replicas),
+                )
+                .await
+                .map_err(|e| StreamError::State(format!("opening the changelog topics: {e}")))?,
             ),
             _ => None,
         };
@@ -521,6 +535,9 @@ impl Processor for Engine {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner).clear();
         if let Some(purge) = &mut self.purge {
             purge.at_batch_start(&batch.ranges, &self.internal);
+        }
+        if let Some(changelogs) = &self.changelogs {
+            changelogs.set_member(batch.member_id());
         }
         // In scale-out mode a batch's time is the wall clock's (on the interval's grid), which
         // the processes share: a key's timeout means the same whichever process has its task.

@@ -18,6 +18,7 @@ mod pool;
 mod record;
 mod repartition;
 mod sink;
+mod standby;
 mod state;
 mod stream;
 #[cfg(feature = "testing")]

@@ -41,13 +41,18 @@ struct Process {
 /// A scale-out job's context: 200 ms batches, the consumer protocol, 5 s transactions,
 /// consumed repartition records purged every second.
 fn context(broker: &str, dir: &Path, input: &str, group: &str) -> StreamingContext {
+    StreamingContext::new(scale_config(broker, dir, input, group))
+}
+
+/// [`context`]'s configuration.
+fn scale_config(broker: &str, dir: &Path, input: &str, group: &str) -> StreamConfig {
     let mut config = StreamConfig::new([broker], [input], Duration::from_millis(200), dir);
     config.repartition_purge_interval = Duration::from_secs(1);
     let mut scale = ScaleConfig::new(group);
     scale.protocol = GroupProtocol::Consumer;
     scale.transaction_timeout = Duration::from_secs(5);
     config.scheduler.scale = Some(scale);
-    StreamingContext::new(config)
+    config
 }
 
 /// Runs a job built on `ssc` in a task.
@@ -60,7 +65,11 @@ fn run(ssc: StreamingContext) -> Process {
 /// The running counts job: every click gets its user's running count (`map_with_state`, to
 /// the output topic), and every user's total is kept by `update_state_by_key` (into `totals`).
 fn start(broker: &str, dir: &Path, (input, output, group): (&str, &str, &str), totals: &Totals) -> Process {
-    let ssc = context(broker, dir, input, group);
+    running_counts(context(broker, dir, input, group), broker, output, totals)
+}
+
+/// [`start`]'s job on `ssc`.
+fn running_counts(ssc: StreamingContext, broker: &str, output: &str, totals: &Totals) -> Process {
     let user = |record: sluice_stream::KafkaRecord| (record.key_str().unwrap_or_default().to_owned(), 1u64);
     // Every click gets its user's running count.
     ssc.kafka_stream()
@@ -142,6 +151,81 @@ async fn keyed_state_moves_with_its_partitions_and_counts_every_click_once() {
         totals.len()
     );
     step("every user's total from update_state_by_key is the user's clicks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_copy_leaves_a_failover_only_the_changelogs_tail_to_read() {
+    let why =
+        "keyed state in scale-out mode needs transactions' group checks and aborted-record filtering (docs/brokers.md)";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "standby", PARTITIONS).await
+    else {
+        return;
+    };
+    let totals = Totals::default();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |dir: &Path| {
+        let mut config = scale_config(&broker.addr, dir, &input, &group);
+        config.standby_replicas = 1;
+        running_counts(StreamingContext::new(config), &broker.addr, &output, &totals)
+    };
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
+
+    click(&producer, &input, 0..3_000).await;
+    let a = start(dirs[0].path());
+    let b = start(dirs[1].path());
+    step("a and b started, each keeping a copy of the other's tasks");
+    for round in 0..6u32 {
+        click(&producer, &input, 3_000 + round * 500..3_500 + round * 500).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(60), || {}).await;
+    // The copies are placed every 2 s and tail their changelogs.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let (tasks_before, records_before) = (read(&a.restored.tasks), read(&a.restored.records));
+    b.run.abort();
+    let _ = b.run.await;
+    step("b crashed (dropped, its transaction left open)");
+    click(&producer, &input, 6_000..9_000).await;
+    common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(120), || {}).await;
+    step("a caught up with b's tasks");
+    a.stop.cancel();
+    a.run.await.unwrap().unwrap();
+
+    let r = &a.restored;
+    // What a restored once b had crashed.
+    let (tasks, records, copied, copies) = (
+        read(&r.tasks) - tasks_before,
+        read(&r.records) - records_before,
+        read(&r.standby_records),
+        read(&r.standby_tasks),
+    );
+    let changelogs: Vec<(String, i32)> = ["map_with_state-0", "update_state_by_key-1"]
+        .iter()
+        .flat_map(|name| {
+            let topic = format!("{group}-{name}-changelog");
+            (0..PARTITIONS).map(move |p| (topic.clone(), p))
+        })
+        .collect();
+    let held: i64 =
+        client.log_ends(&changelogs, sluice_client::Isolation::ReadUncommitted).await.unwrap().values().sum();
+    eprintln!(
+        "after b crashed, a restored {tasks} tasks: {copies} from standby copies ({copied} keys), {records} changelog records read; the changelogs hold {held} offsets (before, a had restored {tasks_before} tasks and read {records_before} records)"
+    );
+    // b's tasks (about half of the 6) came from a's copies: their users' two states each.
+    assert!(copies >= 1 && copied >= copies * 2, "{copies} tasks, {copied} keys from standby copies");
+    // What a read was the changelogs' tail after the copies, not b's tasks' history (about
+    // half of what the changelogs hold).
+    assert!(records * 10 < u64::try_from(held).unwrap(), "{records} changelog records read of {held}");
+
+    // The copies were right: every click once, every user's counts in order.
+    let clicks_per_user = u64::from(9_000 / USERS);
+    check_running_counts(&broker.addr, &output, ("users", USERS), clicks_per_user);
+    let totals = totals.lock().unwrap();
+    let off: Vec<_> = totals.iter().filter(|(_, total)| **total != clicks_per_user).take(5).collect();
+    assert!(totals.len() == USERS as usize && off.is_empty(), "totals not {clicks_per_user}: {off:?}");
 }
 
 /// The read_committed `output` of (key, running count) rows holds `keys` keys (named `what`),

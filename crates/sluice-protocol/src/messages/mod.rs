@@ -16,6 +16,8 @@ pub mod add_partitions_to_txn_request;
 pub mod add_partitions_to_txn_response;
 pub mod api_versions_request;
 pub mod api_versions_response;
+pub mod consumer_group_describe_request;
+pub mod consumer_group_describe_response;
 pub mod consumer_group_heartbeat_request;
 pub mod consumer_group_heartbeat_response;
 pub mod consumer_protocol_assignment;
@@ -79,6 +81,8 @@ pub use add_partitions_to_txn_request::AddPartitionsToTxnRequest;
 pub use add_partitions_to_txn_response::AddPartitionsToTxnResponse;
 pub use api_versions_request::ApiVersionsRequest;
 pub use api_versions_response::ApiVersionsResponse;
+pub use consumer_group_describe_request::ConsumerGroupDescribeRequest;
+pub use consumer_group_describe_response::ConsumerGroupDescribeResponse;
 pub use consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest;
 pub use consumer_group_heartbeat_response::ConsumerGroupHeartbeatResponse;
 pub use consumer_protocol_assignment::ConsumerProtocolAssignment;
@@ -325,6 +329,10 @@ impl Request for ConsumerGroupHeartbeatRequest {
     type Response = ConsumerGroupHeartbeatResponse;
 }
 
+impl Request for ConsumerGroupDescribeRequest {
+    type Response = ConsumerGroupDescribeResponse;
+}
+
 /// An API this crate implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiInfo {
@@ -371,6 +379,7 @@ pub const SUPPORTED_APIS: &[ApiInfo] = &[
     ApiInfo { key: 37, name: "CreatePartitions", min_version: 0, max_version: 3, flexible_min_version: Some(2) },
     ApiInfo { key: 42, name: "DeleteGroups", min_version: 0, max_version: 3, flexible_min_version: Some(2) },
     ApiInfo { key: 68, name: "ConsumerGroupHeartbeat", min_version: 0, max_version: 1, flexible_min_version: Some(0) },
+    ApiInfo { key: 69, name: "ConsumerGroupDescribe", min_version: 0, max_version: 0, flexible_min_version: Some(0) },
 ];
 
 /// The API with this key, if this crate implements it.
@@ -412,5 +421,6 @@ macro_rules! for_each_api {
         $m!($crate::messages::CreatePartitionsRequest, $crate::messages::CreatePartitionsResponse);
         $m!($crate::messages::DeleteGroupsRequest, $crate::messages::DeleteGroupsResponse);
         $m!($crate::messages::ConsumerGroupHeartbeatRequest, $crate::messages::ConsumerGroupHeartbeatResponse);
+        $m!($crate::messages::ConsumerGroupDescribeRequest, $crate::messages::ConsumerGroupDescribeResponse);
     };
 }

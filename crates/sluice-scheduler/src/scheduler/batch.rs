@@ -26,6 +26,8 @@ pub struct Batch {
     pub(super) pieces: Pieces,
     /// Scale-out mode: the batch's transaction, begun (see [`Batch::transaction`]).
     pub(super) transaction: Option<Arc<sluice_client::Producer>>,
+    /// Scale-out mode: this process's member id in the job's group.
+    pub(super) member_id: Option<String>,
 }
 
 /// Records of a batch, from its read tasks: all of them, or the next bounded piece. Each
@@ -127,6 +129,12 @@ impl Batch {
     /// it. `None` outside scale-out mode, and for a batch with no ranges.
     pub fn transaction(&self) -> Option<&Arc<sluice_client::Producer>> {
         self.transaction.as_ref()
+    }
+
+    /// Scale-out mode: this process's member id in the job's group (as ConsumerGroupDescribe
+    /// and DescribeGroups list it) when the batch was planned. `None` outside scale-out mode.
+    pub fn member_id(&self) -> Option<&str> {
+        self.member_id.as_deref()
     }
 
     /// The batch's next piece of records (the first call gives the first), or `None` once all

@@ -60,7 +60,8 @@ impl<C: Clock> Scheduler<C> {
         self.learn(&pieces.tally());
         let transaction = self.begin_batch_transaction(&ranges).await?;
         let in_transaction = transaction.is_some();
-        let batch = Batch { batch_id, ranges: ranges.clone(), rerun, pieces, transaction };
+        let member_id = self.scale.as_ref().map(|scale| scale.member_id());
+        let batch = Batch { batch_id, ranges: ranges.clone(), rerun, pieces, transaction, member_id };
         let (output, tally) = match self.process(processor, batch, &ranges, &tally, first_is_last).await {
             Ok(processed) => processed,
             Err(error) => {

@@ -89,6 +89,11 @@ impl PartitionChanges {
 }
 
 impl Scale {
+    /// The process's member id in the group.
+    pub(super) fn member_id(&self) -> String {
+        self.member.member_id()
+    }
+
     /// `partitions` (the group's, of the source) with the internal topics' partitions that go
     /// with them.
     fn with_internal(&self, partitions: &[TopicPartition]) -> Vec<TopicPartition> {
