@@ -425,7 +425,8 @@ impl Client {
     ///
     /// A group that is not a consumer-protocol group, or that the coordinator does not know, is
     /// an error (GROUP_ID_NOT_FOUND, with the broker's message); a broker without the API (Kafka
-    /// before 3.7, Tansu) fails with `UnsupportedVersion`.
+    /// before 3.7) fails with `UnsupportedVersion`. Tansu 0.6 answers for any group, with no
+    /// members.
     ///
     /// # Cancel safety
     ///

@@ -8,11 +8,14 @@
 //! (goal: at least 100 MB/s).
 //!
 //! Then failover with state: two processes share a job keeping each of 200,000 keys' last
-//! 100-byte value (`SLUICE_BENCH_FAILOVER_KEYS`); once both have worked through the input, one
-//! is dropped (a crash: no leave, its transaction left to the broker). The time until the
+//! 100-byte value (`SLUICE_BENCH_FAILOVER_KEYS`), every key written 3 times
+//! (`SLUICE_BENCH_FAILOVER_ROUNDS`), each round worked through before the next; then one is
+//! dropped (a crash: no leave, its transaction left to the broker). The time until the
 //! survivor has restored the dead process's tasks is printed split in two: the wait for the
 //! group to give them over (the consumer protocol's session, 6 s on the test brokers) and the
-//! restore.
+//! restore. It runs twice: without standby replicas (the restore reads the changelog from its
+//! start) and with one (the survivor kept a copy of the other's tasks, and reads only the
+//! changelog after it).
 //!
 //! `cargo bench -p sluice-stream --bench restore`
 
@@ -162,12 +165,20 @@ struct Member {
     restored: sluice_stream::RestoreCounters,
 }
 
-/// A process of the job keeping each key's last value.
-fn member(broker: &str, source: &str, group: &str, dir: &std::path::Path) -> Member {
+/// Times each key's value is written in the failover part: once per round, each round
+/// worked through before the next, so that the changelog holds that many changes of each key
+/// (as a job's changelog holds changes since its active segment rolled).
+fn failover_rounds() -> usize {
+    std::env::var("SLUICE_BENCH_FAILOVER_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(3)
+}
+
+/// A process of the job keeping each key's last value, with `standby` replicas.
+fn member(broker: &str, (source, group): (&str, &str), dir: &std::path::Path, standby: usize) -> Member {
     let mut config = StreamConfig::new([broker], [source], Duration::from_millis(200), dir);
     let mut scale = ScaleConfig::new(group);
     scale.protocol = GroupProtocol::Consumer;
     config.scheduler.scale = Some(scale);
+    config.standby_replicas = standby;
     let ssc = StreamingContext::new(config);
     ssc.kafka_stream()
         .map(|record| {
@@ -179,46 +190,64 @@ fn member(broker: &str, source: &str, group: &str, dir: &std::path::Path) -> Mem
     Member { run: tokio::spawn(ssc.run(|_| {})), restored }
 }
 
-/// Two processes share the job until the input is worked through; one is dropped. Returns the
-/// time until the survivor had restored the dead process's tasks, that restore's part of it, and
-/// the bytes it restored.
-async fn failover(broker: &str, client: &Client, keys: usize) -> (Duration, Duration, u64) {
+/// What the survivor of a failover restored.
+struct Takeover {
+    /// From the drop to the restore's end.
+    total: Duration,
+    /// The restore's part of it.
+    restore: Duration,
+    /// Changelog bytes read.
+    bytes: u64,
+    /// Keys taken from standby copies.
+    from_copies: u64,
+}
+
+/// Two processes (with `standby` replicas) share the job while every key is written
+/// `rounds` times; one is dropped.
+async fn failover(broker: &str, client: &Client, (keys, rounds): (usize, usize), standby: usize) -> Takeover {
     let (source, group) = (unique("failover-in"), unique("failover-job"));
     client.create_topic(&source, PARTITIONS, 1).await.unwrap();
     let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
-    let mut deliveries = Vec::new();
-    for i in 0..keys {
-        let record = ProducerRecord {
-            partition: Some((i % PARTITIONS as usize) as i32),
-            ..ProducerRecord::new(&source, format!("{i:0>width$}", width = STATE_BYTES)).key(format!("user-{i:08}"))
-        };
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    for delivery in deliveries {
-        delivery.await.unwrap();
-    }
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let survivor = member(broker, &source, &group, dirs[0].path());
-    let dying = member(broker, &source, &group, dirs[1].path());
-    common::wait_for_group_at_end(client, &group, &source, PARTITIONS, Duration::from_secs(300), || {}).await;
-    // Both settled: each had partitions restored or none; the survivor's counters from here on
-    // are the takeover's.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let survivor = member(broker, (&source, &group), dirs[0].path(), standby);
+    let dying = member(broker, (&source, &group), dirs[1].path(), standby);
+    for round in 0..rounds {
+        let mut deliveries = Vec::new();
+        for i in 0..keys {
+            let record = ProducerRecord {
+                partition: Some((i % PARTITIONS as usize) as i32),
+                ..ProducerRecord::new(&source, format!("{round}-{i:0>width$}", width = STATE_BYTES - 2))
+                    .key(format!("user-{i:08}"))
+            };
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+        for delivery in deliveries {
+            delivery.await.unwrap();
+        }
+        common::wait_for_group_at_end(client, &group, &source, PARTITIONS, Duration::from_secs(300), || {}).await;
+    }
+    // Both settled (and the copies caught up): the survivor's counters from here on are the
+    // takeover's.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-    let (tasks, micros, bytes) =
-        (read(&survivor.restored.tasks), read(&survivor.restored.micros), read(&survivor.restored.bytes));
+    let counters = &survivor.restored;
+    let (tasks, micros, bytes, copied) =
+        (read(&counters.tasks), read(&counters.micros), read(&counters.bytes), read(&counters.standby_records));
     dying.run.abort();
     let died = Instant::now();
     // The counters move once a restore is done.
-    while read(&survivor.restored.tasks) == tasks {
+    while read(&counters.tasks) == tasks {
         assert!(died.elapsed() < Duration::from_secs(120), "the survivor never took the dead process's partitions");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let total = died.elapsed();
-    let restore = Duration::from_micros(read(&survivor.restored.micros) - micros);
-    let restored_bytes = read(&survivor.restored.bytes) - bytes;
+    let takeover = Takeover {
+        total: died.elapsed(),
+        restore: Duration::from_micros(read(&counters.micros) - micros),
+        bytes: read(&counters.bytes) - bytes,
+        from_copies: read(&counters.standby_records) - copied,
+    };
     survivor.run.abort();
-    (total, restore, restored_bytes)
+    takeover
 }
 
 fn main() {
@@ -273,15 +302,28 @@ fn main() {
             consumer / sluice
         );
 
-        let keys = failover_keys();
-        let (total, restore, restored) = failover(&broker.addr, &client, keys).await;
+        let (keys, rounds) = (failover_keys(), failover_rounds());
         println!(
-            "\nfailover with state ({keys} keys with {STATE_BYTES}-byte states over {PARTITIONS} partitions, two processes, one dropped): the dead process's tasks restored on the survivor {:.2} s after: {:.2} s waiting for the group to hand them over (the consumer protocol's session, 6 s on the test brokers), {:.2} s restoring {:.1} MB ({:.0} MB/s)",
-            total.as_secs_f64(),
-            (total - restore).as_secs_f64(),
-            restore.as_secs_f64(),
-            restored as f64 / 1e6,
-            restored as f64 / 1e6 / restore.as_secs_f64().max(1e-6)
+            "\nfailover with state ({keys} keys with {STATE_BYTES}-byte states over {PARTITIONS} partitions, each written {rounds} times; two processes, one dropped): the dead process's tasks restored on the survivor after\n"
+        );
+        println!("| standby replicas | total s | waiting for the group (the session: 6 s on the test brokers) s | restoring s | changelog MB read | keys from standby copies |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        let mut restores = Vec::new();
+        for standby in [0, 1] {
+            let t = failover(&broker.addr, &client, (keys, rounds), standby).await;
+            println!(
+                "| {standby} | {:.2} | {:.2} | {:.3} | {:.1} | {} |",
+                t.total.as_secs_f64(),
+                (t.total - t.restore).as_secs_f64(),
+                t.restore.as_secs_f64(),
+                t.bytes as f64 / 1e6,
+                t.from_copies
+            );
+            restores.push(t.restore.as_secs_f64());
+        }
+        println!(
+            "\nrestore with a standby copy: {:.2}x the time of one without",
+            restores[1] / restores[0].max(1e-6)
         );
     });
 }

@@ -238,8 +238,9 @@ impl Changelogs {
                         .map_err(|e| format!("restoring task {task} from its standby copy of {topic}: {e}"))?;
                 }
                 progress.from_copies += entries.len() as u64;
-                *by_task.entry(*task).or_default() += entries.len() as u64;
             }
+            // As a restore from the start would have counted them (tombstones too).
+            *by_task.entry(*task).or_default() += copy.records;
             progress.copies += 1;
             for (topic, position) in self.topics.iter().zip(&copy.positions) {
                 starts.insert((topic.clone(), *task), StartAt::Offset(*position));

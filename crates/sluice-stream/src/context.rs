@@ -80,12 +80,13 @@ pub struct StreamConfig {
     /// none.
     pub repartition_purge_interval: std::time::Duration,
     /// Scale-out mode with state: how many other processes keep a warm copy of each task's
-    /// state (Kafka Streams' `num.standby.replicas`; 0, the default: none). A process copies
-    /// the tasks of the `n` members after it in the group (by instance id, or member id), by
-    /// tailing their changelogs; when the group gives it one of them, its restore reads only
-    /// what the changelog holds after the copy. The group's assignor does not know of the
-    /// copies: with two processes and 1, or with `n` = processes - 1, every task that moves
-    /// lands on a copy.
+    /// state (Kafka Streams' `num.standby.replicas`; 0, the default: none). Each task is copied
+    /// by the `n` members after its owner in the group (ordered by instance id, or member id),
+    /// which tail its changelogs; when the group gives a process a task it copied, its restore
+    /// reads only what the changelog holds after the copy. The group's assignor does not know
+    /// of the copies: with two processes and 1, or with `n` = processes - 1, every task that
+    /// moves lands on a copy. The copies (each key's latest value, as bytes) are held in memory
+    /// beside the job's own state, outside `memory_budget`.
     pub standby_replicas: usize,
 }
 

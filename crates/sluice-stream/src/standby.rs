@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_client::{Client, Consumer, ConsumerConfig, Isolation, OffsetReset, StartAt};
+use sluice_client::{Client, Consumer, ConsumerConfig, Error, Isolation, OffsetReset, StartAt};
+use sluice_protocol::error_code::ErrorCode;
 
 use crate::BoxError;
 
@@ -39,6 +40,8 @@ pub(crate) struct TaskCopy {
     /// Where the copy goes on from in each changelog partition (0 until anything was read:
     /// the changelog's start).
     pub(crate) positions: Vec<i64>,
+    /// Records taken in, tombstones included (a restore counts them as read).
+    pub(crate) records: u64,
     /// Tells one copy of a task from a later one (the tailing task must not go on reading
     /// into a new copy from where an old one stood).
     generation: u64,
@@ -81,6 +84,7 @@ impl Standbys {
             topics,
             replicas,
             shared: Arc::clone(&shared),
+            classic: std::sync::atomic::AtomicBool::new(false),
         };
         let tailer = tokio::spawn(tail.run());
         Self { shared, tailer }
@@ -111,23 +115,42 @@ impl Drop for Standbys {
     }
 }
 
-/// The tasks `me` copies: those of each member that `me` is one of the `replicas` members after,
-/// with the members ordered by [`Member::order`]. None if `me` is not among them.
-pub(crate) fn standby_tasks(members: &[Member], me: &str, replicas: usize) -> BTreeSet<i32> {
+/// What a process does with its copies after a description of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The tasks it should copy: those of each member it is one of the `replicas` members
+    /// after, with the members ordered by [`Member::order`] (never its own).
+    pub(crate) wanted: BTreeSet<i32>,
+    /// Of the copies it holds, those to keep: the wanted ones, and those whose task no member
+    /// owns now (it is moving, or its owner was dropped: it may land here) or that the group
+    /// already gave this process (the restore takes the copy once the process takes the task on).
+    pub(crate) keep: BTreeSet<i32>,
+}
+
+/// Where `me` stands with the copies it `held`, or `None` if the description does not list
+/// `me` (it is joining again): nothing is decided then.
+pub(crate) fn placement(members: &[Member], me: &str, replicas: usize, held: &BTreeSet<i32>) -> Option<Placement> {
     let mut order: Vec<&Member> = members.iter().collect();
     order.sort_by(|a, b| (&a.order, &a.member_id).cmp(&(&b.order, &b.member_id)));
-    let Some(mine) = order.iter().position(|m| m.member_id == me) else { return BTreeSet::new() };
+    let mine = order.iter().position(|m| m.member_id == me)?;
     let count = order.len();
-    let mut tasks = BTreeSet::new();
+    let mut wanted = BTreeSet::new();
     for (index, member) in order.iter().enumerate() {
         let after = (mine + count - index) % count;
         if after >= 1 && after <= replicas {
-            tasks.extend(member.tasks.iter().copied());
+            wanted.extend(member.tasks.iter().copied());
         }
     }
+    // (A task moving may be listed for two members at once.)
+    let owned: BTreeSet<i32> = order.iter().flat_map(|m| m.tasks.iter().copied()).collect();
     let own: BTreeSet<i32> = order.get(mine).map(|m| m.tasks.iter().copied().collect()).unwrap_or_default();
-    tasks.retain(|task| !own.contains(task));
-    tasks
+    wanted.retain(|task| !own.contains(task));
+    let keep = held
+        .iter()
+        .filter(|task| wanted.contains(task) || own.contains(task) || !owned.contains(task))
+        .copied()
+        .collect();
+    Some(Placement { wanted, keep })
 }
 
 /// The tailing task: places the copies every [`PLACE_EVERY`] and reads their changelogs.
@@ -138,6 +161,9 @@ struct Tail {
     topics: Vec<String>,
     replicas: usize,
     shared: Arc<Mutex<Shared>>,
+    /// Whether the group is a classic one (ConsumerGroupDescribe did not describe it): then
+    /// only DescribeGroups is asked.
+    classic: std::sync::atomic::AtomicBool,
 }
 
 impl Tail {
@@ -146,6 +172,10 @@ impl Tail {
         config.isolation = Isolation::ReadCommitted;
         config.offset_reset = OffsetReset::Earliest;
         config.max_wait = Duration::from_millis(500);
+        // Copies trail by seconds of changes: small fetches, little read ahead.
+        config.max_bytes = 4 << 20;
+        config.partition_max_bytes = 1 << 20;
+        config.prefetch_max_bytes = 4 << 20;
         let mut consumer = Consumer::new(self.client.clone(), config);
         // The copies the consumer reads for, by task: their generation.
         let mut reading: BTreeMap<i32, u64> = BTreeMap::new();
@@ -187,17 +217,19 @@ impl Tail {
                 return;
             }
         };
-        let wanted = standby_tasks(&members, &me, self.replicas);
         let mut shared = lock(&self.shared);
         let shared = &mut *shared;
+        let held: BTreeSet<i32> = shared.copies.keys().copied().collect();
+        let Some(Placement { wanted, keep }) = placement(&members, &me, self.replicas, &held) else { return };
         let owned = &shared.owned;
-        shared.copies.retain(|task, _| wanted.contains(task) && !owned.contains(task));
+        shared.copies.retain(|task, _| keep.contains(task) && !owned.contains(task));
         for task in wanted {
             if !shared.owned.contains(&task) && !shared.copies.contains_key(&task) {
                 shared.next_generation += 1;
                 let copy = TaskCopy {
                     entries: vec![HashMap::new(); self.topics.len()],
                     positions: vec![0; self.topics.len()],
+                    records: 0,
                     generation: shared.next_generation,
                 };
                 shared.copies.insert(task, copy);
@@ -207,16 +239,35 @@ impl Tail {
 
     /// The group's members and the source partitions each owns: from ConsumerGroupDescribe
     /// (the consumer protocol), or DescribeGroups for a classic group.
-    async fn members(&self) -> Result<Vec<Member>, sluice_client::Error> {
+    async fn members(&self) -> Result<Vec<Member>, Error> {
         let of_source = |assignment: Vec<(String, i32)>| -> Vec<i32> {
             assignment.into_iter().filter(|(topic, _)| *topic == self.source).map(|(_, p)| p).collect()
         };
-        let listed: Vec<Listed> = match self.client.describe_consumer_group(&self.group).await {
-            // (Tansu describes a classic group as one without members.)
-            Ok(group) if !group.members.is_empty() => {
-                group.members.into_iter().map(|m| (m.instance_id, m.member_id, m.assignment)).collect()
+        use std::sync::atomic::Ordering::Relaxed;
+        let consumer_group = if self.classic.load(Relaxed) {
+            None
+        } else {
+            match self.client.describe_consumer_group(&self.group).await {
+                // (Tansu describes a classic group as one without members.)
+                Ok(group) if !group.members.is_empty() => Some(group),
+                Ok(_) => None,
+                Err(error) => {
+                    // GROUP_ID_NOT_FOUND: a classic group; UnsupportedVersion: no consumer
+                    // protocol at all. Anything else is tried again next time.
+                    let classic = matches!(
+                        &error,
+                        Error::UnsupportedVersion { .. }
+                            | Error::Broker { code: ErrorCode::GroupIdNotFound, .. }
+                            | Error::BrokerMessage { code: ErrorCode::GroupIdNotFound, .. }
+                    );
+                    self.classic.store(classic, Relaxed);
+                    None
+                }
             }
-            _ => self
+        };
+        let listed: Vec<Listed> = match consumer_group {
+            Some(group) => group.members.into_iter().map(|m| (m.instance_id, m.member_id, m.assignment)).collect(),
+            None => self
                 .client
                 .describe_group(&self.group)
                 .await?
@@ -278,6 +329,7 @@ impl Tail {
             }
             let Some(entries) = copy.entries.get_mut(operator) else { continue };
             for record in partition.records() {
+                copy.records += 1;
                 // Copied out, so that a key kept for long does not keep its whole fetch alive.
                 let Some(key) = record.key() else { continue };
                 match record.value() {
@@ -294,10 +346,19 @@ impl Tail {
             let Some(copy) = shared.copies.get_mut(task).filter(|copy| copy.generation == *generation) else {
                 continue;
             };
+            let mut went_back = false;
             for (position, topic) in copy.positions.iter_mut().zip(&self.topics) {
                 if let Some(progress) = consumer.partition_progress(topic, *task) {
+                    went_back |= progress.position < *position;
                     *position = progress.position;
                 }
+            }
+            // A changelog read from before the copy's position is another log (the topic was
+            // made again, and the consumer started over at its start): the copy holds keys of
+            // the old one. It is dropped, and placed again from the start.
+            if went_back {
+                tracing::warn!(task, "standby replicas: a copied task's changelog went back; copying it again");
+                shared.copies.remove(task);
             }
         }
     }
@@ -314,24 +375,47 @@ mod tests {
         Member { order: order.into(), member_id: id.into(), tasks: tasks.to_vec() }
     }
 
+    fn wanted(members: &[Member], me: &str, replicas: usize) -> BTreeSet<i32> {
+        placement(members, me, replicas, &BTreeSet::new()).unwrap().wanted
+    }
+
     #[test]
     fn each_task_is_copied_by_the_members_after_its_owner() {
         // Ordered by instance id: a, b, c.
         let members = [member("c", "m3", &[4, 5]), member("a", "m1", &[0, 1]), member("b", "m2", &[2, 3])];
-        assert_eq!(standby_tasks(&members, "m2", 1), BTreeSet::from([0, 1]));
-        assert_eq!(standby_tasks(&members, "m1", 1), BTreeSet::from([4, 5]));
-        assert_eq!(standby_tasks(&members, "m3", 1), BTreeSet::from([2, 3]));
+        assert_eq!(wanted(&members, "m2", 1), BTreeSet::from([0, 1]));
+        assert_eq!(wanted(&members, "m1", 1), BTreeSet::from([4, 5]));
+        assert_eq!(wanted(&members, "m3", 1), BTreeSet::from([2, 3]));
         // Two replicas of three members: every task a member does not own.
-        assert_eq!(standby_tasks(&members, "m1", 2), BTreeSet::from([2, 3, 4, 5]));
-        assert_eq!(standby_tasks(&members, "m1", 5), BTreeSet::from([2, 3, 4, 5]));
-        assert_eq!(standby_tasks(&members, "m1", 0), BTreeSet::new());
-        // Not (yet) in the group, or alone: nothing to copy.
-        assert_eq!(standby_tasks(&members, "m4", 1), BTreeSet::new());
-        assert_eq!(standby_tasks(&members[..1], "m3", 1), BTreeSet::new());
+        assert_eq!(wanted(&members, "m1", 2), BTreeSet::from([2, 3, 4, 5]));
+        assert_eq!(wanted(&members, "m1", 5), BTreeSet::from([2, 3, 4, 5]));
+        assert_eq!(wanted(&members, "m1", 0), BTreeSet::new());
+        // Alone: nothing to copy. Not (yet) listed: nothing decided.
+        assert_eq!(wanted(&members[..1], "m3", 1), BTreeSet::new());
+        assert_eq!(placement(&members, "m4", 1, &BTreeSet::from([0])), None);
         // Dynamic members are ordered by member id; a task listed twice while it moves is
         // never copied by its owner.
         let moving = [member("x", "x", &[0, 1]), member("y", "y", &[1, 2])];
-        assert_eq!(standby_tasks(&moving, "y", 1), BTreeSet::from([0]));
-        assert_eq!(standby_tasks(&moving, "x", 1), BTreeSet::from([2]));
+        assert_eq!(wanted(&moving, "y", 1), BTreeSet::from([0]));
+        assert_eq!(wanted(&moving, "x", 1), BTreeSet::from([2]));
+    }
+
+    #[test]
+    fn a_copy_is_kept_while_its_task_may_still_land_here() {
+        let held = BTreeSet::from([0, 1, 2, 3]);
+        // b (owner of 0 and 1, copied by a) was dropped: a owns everything in the group's
+        // eyes before it has taken the tasks on, and keeps the copies for the restore.
+        let alone = [member("a", "a", &[0, 1, 2, 3, 4, 5])];
+        let kept = placement(&alone, "a", 1, &held).unwrap();
+        assert_eq!((kept.wanted, kept.keep), (BTreeSet::new(), held.clone()));
+        // While they move, no member owns them: kept too.
+        let moving = [member("a", "a", &[4, 5])];
+        assert_eq!(placement(&moving, "a", 1, &held).unwrap().keep, held);
+        // Owned by another member that a does not follow: dropped. c now owns 0 and 1, and a
+        // follows b only.
+        let moved = [member("a", "a", &[4]), member("b", "b", &[2, 3]), member("c", "c", &[0, 1, 5])];
+        let placed = placement(&moved, "a", 1, &held).unwrap();
+        assert_eq!(placed.wanted, BTreeSet::from([0, 1, 5]));
+        assert_eq!(placed.keep, BTreeSet::from([0, 1]));
     }
 }
