@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use sluice_scheduler::BatchProgress;
+use sluice_stream::RestoreCounters;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
@@ -68,13 +69,13 @@ impl sluice_client::RequestObserver for RequestLatencies {
 }
 
 impl Metrics {
-    /// The metrics of the job `job`, whose pipeline counts into `counters` and whose
-    /// connections tell `requests` of their requests.
-    pub fn new(job: &str, counters: Counters, requests: Arc<RequestLatencies>) -> Self {
+    /// The metrics of the job `job`, whose pipeline counts into `counters`, whose scale-out
+    /// restores count into `restored`, and whose connections tell `requests` of their requests.
+    pub fn new(job: &str, (counters, restored): (Counters, RestoreCounters), requests: Arc<RequestLatencies>) -> Self {
         let labels = [(Cow::Borrowed("job"), Cow::Owned(job.to_owned()))];
         let mut registry = Registry::with_prefix_and_labels("sluice", labels.into_iter());
         let state = Arc::new(Mutex::new(State::default()));
-        registry.register_collector(Box::new(Scrape { state: Arc::clone(&state), counters }));
+        registry.register_collector(Box::new(Scrape { state: Arc::clone(&state), counters, restored }));
         let batch_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
         registry.register(
             "batch_duration_seconds",
@@ -133,6 +134,7 @@ fn phases(d: &sluice_scheduler::Durations) -> [(&'static str, u64); 6] {
 struct Scrape {
     state: Arc<Mutex<State>>,
     counters: Counters,
+    restored: RestoreCounters,
 }
 
 fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
@@ -173,6 +175,22 @@ impl Collector for Scrape {
         let unusable = load(&self.counters.unusable);
         counter(e, "unusable_rows", "Rows without a usable aggregated field or event time.", unusable)?;
         counter(e, "late_rows", "Rows behind the watermark, dropped.", load(&self.counters.late))?;
+        let r = &self.restored;
+        let help =
+            "Scale-out: tasks whose state was restored (taken on, or rebuilt after a batch that did not commit).";
+        counter(e, "restored_tasks", help, load(&r.tasks))?;
+        let help = "Scale-out: changelog records read by restores.";
+        counter(e, "restored_records", help, load(&r.records))?;
+        let help = "Scale-out: bytes of the keys and values of the changelog records read by restores.";
+        counter(e, "restored_bytes", help, load(&r.bytes))?;
+        let seconds = load(&r.micros) as f64 / 1e6;
+        let metric = ConstCounter::new(seconds);
+        let help = "Scale-out: time spent restoring (the next batch waits for it).";
+        metric.encode(e.encode_descriptor("restore_seconds", help, None, metric.metric_type())?)?;
+        let help = "Scale-out: tasks restored from a standby copy (standby_replicas).";
+        counter(e, "standby_restored_tasks", help, load(&r.standby_tasks))?;
+        let help = "Scale-out: keys restored from standby copies instead of read from changelogs.";
+        counter(e, "standby_restored_keys", help, load(&r.standby_records))?;
         let consumed: Vec<(Labels, u64)> = state
             .partition_offsets
             .iter()
@@ -264,7 +282,11 @@ mod tests {
     #[test]
     fn the_exposition_has_counters_gauges_and_histograms_in_seconds() {
         let requests = Arc::<RequestLatencies>::default();
-        let metrics = Metrics::new("clicks \"top\"", Counters::default(), Arc::clone(&requests));
+        let restored = RestoreCounters::default();
+        restored.tasks.store(3, Ordering::Relaxed);
+        restored.micros.store(1_500_000, Ordering::Relaxed);
+        restored.standby_tasks.store(2, Ordering::Relaxed);
+        let metrics = Metrics::new("clicks \"top\"", (Counters::default(), restored), Arc::clone(&requests));
         let progress = BatchProgress {
             batch_id: 7,
             timestamp_ms: 0,
@@ -312,6 +334,10 @@ mod tests {
             r#"sluice_batch_duration_seconds_bucket{job="clicks \"top\"",phase="processing",le="0.032"} 2"#,
             r#"sluice_batch_duration_seconds_count{job="clicks \"top\"",phase="total"} 2"#,
             r#"sluice_request_duration_seconds_count{job="clicks \"top\"",api="Fetch",broker="b:9092",outcome="ok"} 1"#,
+            r#"sluice_restored_tasks_total{job="clicks \"top\""} 3"#,
+            r#"sluice_restore_seconds_total{job="clicks \"top\""} 1.5"#,
+            r#"sluice_standby_restored_tasks_total{job="clicks \"top\""} 2"#,
+            r#"sluice_standby_restored_keys_total{job="clicks \"top\""} 0"#,
         ] {
             assert!(text.contains(line), "no {line} in\n{text}");
         }

@@ -138,7 +138,7 @@ pub async fn run(args: RunArgs) -> CliResult {
     let client = config.client.clone();
     let ctx = StreamingContext::new(config);
     let counters = crate::pipeline::build(ctx.kafka_stream(), &job, &client);
-    let metrics = Arc::new(Metrics::new(&job.name, counters, requests.unwrap_or_default()));
+    let metrics = Arc::new(Metrics::new(&job.name, (counters, ctx.restore_counters()), requests.unwrap_or_default()));
     if let Some(addr) = &args.metrics_addr {
         // Resolved by sluice-client, not the C library (which a static binary cannot use).
         let addresses =

@@ -10,7 +10,9 @@
 //! Tests sharing a broker name their topics, groups and transactional ids with [`unique`].
 //! Tests that stop, kill or restart a broker, or put a proxy in front of it, start their own
 //! ([`Broker::start`], [`Broker::start_cluster`], [`Broker::start_behind_proxy`]); it is stopped
-//! when dropped, and a Kafka broker also once this process has exited (`kafka.sh --watch`).
+//! when dropped, and also once this process has exited (a Kafka broker by `kafka.sh --watch`,
+//! Tansu by a watcher of its own), so that a shared broker, which lives in a static, does not
+//! outlive the test binary.
 
 // Test support: it prints what the tests should show, and its helpers panic on what a test
 // cannot go on without.
@@ -629,7 +631,31 @@ fn spawn_tansu(addr: &str, advertised: &str, extra: &[&str], confirm: bool) -> O
         // after it was started, measured).
         std::thread::sleep(Duration::from_millis(100));
     }
-    (!exited(&mut child)).then_some(child)
+    if exited(&mut child) {
+        return None;
+    }
+    watch_tansu(child.id());
+    Some(child)
+}
+
+/// Stops Tansu `pid` once this process has exited: a broker shared by a test binary lives in
+/// a static, which is never dropped (as `kafka.sh --watch` does for Kafka). The watcher ends
+/// with either process, and kills `pid` only while it is still a Tansu broker.
+fn watch_tansu(pid: u32) {
+    let script = r#"
+        while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
+        if kill -0 "$2" 2>/dev/null && tr '\0' ' ' < "/proc/$2/cmdline" | grep -q 'tansu broker'; then
+            kill "$2"
+        fi"#;
+    let watcher = Command::new("setsid")
+        .args(["bash", "-c", script, "tansu-watch", &std::process::id().to_string(), &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(error) = watcher {
+        println!("[no watcher for Tansu pid {pid}: {error}; it may outlive the tests]");
+    }
 }
 
 /// Waits (10 s at most) until `connection`'s broker, a one-node cluster's only broker, serves
