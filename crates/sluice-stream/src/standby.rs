@@ -199,7 +199,12 @@ impl Tail {
             match consumer.poll().await {
                 Ok(polled) => self.take_in(&consumer, &reading, polled),
                 Err(error) => {
+                    // Read again from the copies' positions: a poll that failed may have moved
+                    // a partition back to its start (an offset out of range) without the copy
+                    // seeing it.
                     tracing::warn!(%error, "standby replicas: reading the changelogs failed; trying again");
+                    reading.clear();
+                    consumer = Consumer::new(self.client.clone(), consumer.config().clone());
                     tokio::time::sleep(PLACE_EVERY).await;
                 }
             }
@@ -267,14 +272,17 @@ impl Tail {
         };
         let listed: Vec<Listed> = match consumer_group {
             Some(group) => group.members.into_iter().map(|m| (m.instance_id, m.member_id, m.assignment)).collect(),
-            None => self
-                .client
-                .describe_group(&self.group)
-                .await?
-                .members
-                .into_iter()
-                .map(|m| (m.group_instance_id, m.member_id, m.assignment))
-                .collect(),
+            None => match self.client.describe_group(&self.group).await {
+                Ok(group) => {
+                    group.members.into_iter().map(|m| (m.group_instance_id, m.member_id, m.assignment)).collect()
+                }
+                Err(error) => {
+                    // Not a classic group after all (a GROUP_ID_NOT_FOUND of a moment):
+                    // ConsumerGroupDescribe is asked again next time.
+                    self.classic.store(false, Relaxed);
+                    return Err(error);
+                }
+            },
         };
         Ok(listed
             .into_iter()
@@ -411,8 +419,8 @@ mod tests {
         // While they move, no member owns them: kept too.
         let moving = [member("a", "a", &[4, 5])];
         assert_eq!(placement(&moving, "a", 1, &held).unwrap().keep, held);
-        // Owned by another member that a does not follow: dropped. c now owns 0 and 1, and a
-        // follows b only.
+        // Owned by another member whose follower a is not: dropped. b now owns 2 and 3, which
+        // c copies; a copies c's tasks (after c, wrapping around), 0 and 1 among them.
         let moved = [member("a", "a", &[4]), member("b", "b", &[2, 3]), member("c", "c", &[0, 1, 5])];
         let placed = placement(&moved, "a", 1, &held).unwrap();
         assert_eq!(placed.wanted, BTreeSet::from([0, 1, 5]));

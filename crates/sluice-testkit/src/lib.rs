@@ -634,27 +634,30 @@ fn spawn_tansu(addr: &str, advertised: &str, extra: &[&str], confirm: bool) -> O
     if exited(&mut child) {
         return None;
     }
-    watch_tansu(child.id());
+    watch_tansu(child.id(), &url);
     Some(child)
 }
 
-/// Stops Tansu `pid` once this process has exited: a broker shared by a test binary lives in
-/// a static, which is never dropped (as `kafka.sh --watch` does for Kafka). The watcher ends
-/// with either process, and kills `pid` only while it is still a Tansu broker.
-fn watch_tansu(pid: u32) {
+/// Stops Tansu `pid`, listening on `url`, once this process has exited: a broker shared by a
+/// test binary lives in a static, which is never dropped (as `kafka.sh --watch` does for
+/// Kafka). The watcher ends with either process, and kills `pid` only while its command line
+/// still names `url` (not another process given the same PID since).
+fn watch_tansu(pid: u32, url: &str) {
     let script = r#"
         while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
-        if kill -0 "$2" 2>/dev/null && tr '\0' ' ' < "/proc/$2/cmdline" | grep -q 'tansu broker'; then
-            kill "$2"
+        if kill -0 "$2" 2>/dev/null && tr '\0' ' ' < "/proc/$2/cmdline" | grep -qF -- "--listener-url $3 "; then
+            kill -9 "$2"
         fi"#;
+    // `setsid -f` forks the watcher off and returns at once: nothing is left to reap.
     let watcher = Command::new("setsid")
-        .args(["bash", "-c", script, "tansu-watch", &std::process::id().to_string(), &pid.to_string()])
+        .args(["-f", "bash", "-c", script, "tansu-watch"])
+        .args([&std::process::id().to_string(), &pid.to_string(), url])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
-    if let Err(error) = watcher {
-        println!("[no watcher for Tansu pid {pid}: {error}; it may outlive the tests]");
+        .status();
+    if !watcher.as_ref().is_ok_and(|status| status.success()) {
+        println!("[no watcher for Tansu pid {pid}: {watcher:?}; it may outlive the tests]");
     }
 }
 
