@@ -137,7 +137,10 @@ struct Scrape {
     restored: RestoreCounters,
 }
 
-fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
+fn counter<N>(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: N) -> std::fmt::Result
+where
+    ConstCounter<N>: EncodeMetric,
+{
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
@@ -183,10 +186,8 @@ impl Collector for Scrape {
         counter(e, "restored_records", help, load(&r.records))?;
         let help = "Scale-out: bytes of the keys and values of the changelog records read by restores.";
         counter(e, "restored_bytes", help, load(&r.bytes))?;
-        let seconds = load(&r.micros) as f64 / 1e6;
-        let metric = ConstCounter::new(seconds);
         let help = "Scale-out: time spent restoring (the next batch waits for it).";
-        metric.encode(e.encode_descriptor("restore_seconds", help, None, metric.metric_type())?)?;
+        counter(e, "restore_seconds", help, load(&r.micros) as f64 / 1e6)?;
         let help = "Scale-out: tasks restored from a standby copy (standby_replicas).";
         counter(e, "standby_restored_tasks", help, load(&r.standby_tasks))?;
         let help = "Scale-out: keys restored from standby copies instead of read from changelogs.";

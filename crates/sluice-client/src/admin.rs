@@ -17,7 +17,7 @@ use sluice_protocol::messages::{
 };
 
 use crate::client::{missing_partition, Client, OffsetSpec};
-use crate::connection::{check_error, Connection};
+use crate::connection::{check_error, check_error_message, Connection};
 use crate::error::{Error, Result};
 use crate::group::{commit_topics, coordinator_moved, fetch_committed, fetch_committed_as, send_offset_commit};
 
@@ -371,15 +371,8 @@ impl Client {
             api: "DescribeGroups",
             code: ErrorCode::GroupIdNotFound,
         })?;
-        let code = ErrorCode::from_code(group.error_code);
-        if code != ErrorCode::None {
-            let (broker, api) = (coordinator.broker().to_owned(), "DescribeGroups");
-            // v6+ says why, e.g. which group was not found.
-            return Err(match group.error_message {
-                Some(message) => Error::BrokerMessage { broker, api, code, message },
-                None => Error::Broker { broker, api, code },
-            });
-        }
+        // v6+ says why, e.g. which group was not found.
+        check_error_message(coordinator.broker(), "DescribeGroups", group.error_code, group.error_message.as_deref())?;
         let consumer = group.protocol_type == PROTOCOL_TYPE;
         let members = group
             .members
@@ -436,19 +429,13 @@ impl Client {
         let request = ConsumerGroupDescribeRequest { group_ids: vec![group_id.to_owned()], ..Default::default() };
         let version = coordinator.version_for::<ConsumerGroupDescribeRequest>(None)?;
         let response = coordinator.send_version(&request, version).await?;
-        let (broker, api) = (coordinator.broker().to_owned(), "ConsumerGroupDescribe");
+        let (broker, api) = (coordinator.broker(), "ConsumerGroupDescribe");
         let group = response.groups.into_iter().find(|g| g.group_id == group_id).ok_or_else(|| Error::Broker {
-            broker: broker.clone(),
+            broker: broker.to_owned(),
             api,
             code: ErrorCode::GroupIdNotFound,
         })?;
-        let code = ErrorCode::from_code(group.error_code);
-        if code != ErrorCode::None {
-            return Err(match group.error_message {
-                Some(message) => Error::BrokerMessage { broker, api, code, message },
-                None => Error::Broker { broker, api, code },
-            });
-        }
+        check_error_message(broker, api, group.error_code, group.error_message.as_deref())?;
         let members = group
             .members
             .into_iter()

@@ -612,9 +612,17 @@ fn api_name<R: Request>() -> &'static str {
 
 /// `Err(Error::Broker)` for a non-zero error code.
 pub(crate) fn check_error(broker: &str, api: &'static str, code: i16) -> Result<()> {
-    match ErrorCode::from_code(code) {
-        ErrorCode::None => Ok(()),
-        code => Err(Error::Broker { broker: broker.to_owned(), api, code }),
+    check_error_message(broker, api, code, None)
+}
+
+/// [`check_error`] with the message the broker gave with the code, if any
+/// (`Error::BrokerMessage`).
+pub(crate) fn check_error_message(broker: &str, api: &'static str, code: i16, message: Option<&str>) -> Result<()> {
+    let broker = broker.to_owned();
+    match (ErrorCode::from_code(code), message) {
+        (ErrorCode::None, _) => Ok(()),
+        (code, Some(message)) => Err(Error::BrokerMessage { broker, api, code, message: message.to_owned() }),
+        (code, None) => Err(Error::Broker { broker, api, code }),
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
-use crate::connection::Connection;
+use crate::connection::{check_error_message, Connection};
 use crate::error::{Error, Result};
 use crate::group::{coordinator_moved, find_coordinator, ConsumerGroupMetadata};
 
@@ -757,13 +757,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, events: mpsc::UnboundedSender<Membe
 
 /// The broker's error with its message, or `None` for NONE.
 fn broker_error(broker: &str, code: i16, message: Option<&str>) -> Option<Error> {
-    let code = ErrorCode::from_code(code);
-    let (broker, api) = (broker.to_owned(), "ConsumerGroupHeartbeat");
-    match message {
-        _ if code == ErrorCode::None => None,
-        Some(message) => Some(Error::BrokerMessage { broker, api, code, message: message.to_owned() }),
-        None => Some(Error::Broker { broker, api, code }),
-    }
+    check_error_message(broker, "ConsumerGroupHeartbeat", code, message).err()
 }
 
 fn send(events: &mpsc::UnboundedSender<MemberEvent>, event: MemberEvent) {

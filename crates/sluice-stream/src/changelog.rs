@@ -219,8 +219,9 @@ impl Changelogs {
         let ends = self.client.log_ends(&partitions, Isolation::ReadUncommitted).await?;
         let end_of = |topic: &String, task: i32| ends.get(&(topic.clone(), task)).copied().unwrap_or(0);
         let mut by_task: BTreeMap<i32, u64> = BTreeMap::new();
-        // Where each partition is read from: after its copy's position, or its start.
-        let mut starts: BTreeMap<(String, i32), StartAt> = BTreeMap::new();
+        // Where a copied task's partitions are read from: after its copy's position (the others
+        // from their start).
+        let mut starts: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for (task, copy) in copies.iter().filter(|(task, _)| tasks.contains(task)) {
             // A changelog that ends before the copy's position is not the one copied (the
             // topic was made again): the task is read from the start.
@@ -243,7 +244,7 @@ impl Changelogs {
             *by_task.entry(*task).or_default() += copy.records;
             progress.copies += 1;
             for (topic, position) in self.topics.iter().zip(&copy.positions) {
-                starts.insert((topic.clone(), *task), StartAt::Offset(*position));
+                starts.insert((topic.clone(), *task), *position);
             }
         }
         let mut config = ConsumerConfig::default();
@@ -255,13 +256,9 @@ impl Changelogs {
         let mut left: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for (topic, task) in &partitions {
             let end = end_of(topic, *task);
-            let start = starts.get(&(topic.clone(), *task)).copied().unwrap_or(StartAt::Earliest);
-            let from = match start {
-                StartAt::Offset(position) => position,
-                _ => 0,
-            };
-            if end > from {
-                consumer.assign(topic, *task, start).await?;
+            let start = starts.get(&(topic.clone(), *task)).copied();
+            if end > start.unwrap_or(0) {
+                consumer.assign(topic, *task, start.map_or(StartAt::Earliest, StartAt::Offset)).await?;
                 left.insert((topic.clone(), *task), end);
             }
         }

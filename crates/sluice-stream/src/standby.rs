@@ -84,7 +84,7 @@ impl Standbys {
             topics,
             replicas,
             shared: Arc::clone(&shared),
-            classic: std::sync::atomic::AtomicBool::new(false),
+            classic: false,
         };
         let tailer = tokio::spawn(tail.run());
         Self { shared, tailer }
@@ -163,11 +163,11 @@ struct Tail {
     shared: Arc<Mutex<Shared>>,
     /// Whether the group is a classic one (ConsumerGroupDescribe did not describe it): then
     /// only DescribeGroups is asked.
-    classic: std::sync::atomic::AtomicBool,
+    classic: bool,
 }
 
 impl Tail {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut config = ConsumerConfig::default();
         config.isolation = Isolation::ReadCommitted;
         config.offset_reset = OffsetReset::Earliest;
@@ -185,23 +185,20 @@ impl Tail {
                 placed = tokio::time::Instant::now();
                 self.place().await;
             }
-            if let Err(error) = self.follow(&mut consumer, &mut reading).await {
-                tracing::warn!(%error, "standby replicas: reading a copied task's changelog failed; trying again");
-                reading.clear();
-                consumer = Consumer::new(self.client.clone(), consumer.config().clone());
-                tokio::time::sleep(PLACE_EVERY).await;
-                continue;
-            }
-            if reading.is_empty() {
-                tokio::time::sleep(PLACE_EVERY).await;
-                continue;
-            }
-            match consumer.poll().await {
+            let polled = match self.follow(&mut consumer, &mut reading).await {
+                Ok(()) if reading.is_empty() => {
+                    tokio::time::sleep(PLACE_EVERY).await;
+                    continue;
+                }
+                Ok(()) => consumer.poll().await.map_err(BoxError::from),
+                Err(error) => Err(error),
+            };
+            match polled {
                 Ok(polled) => self.take_in(&consumer, &reading, polled),
                 Err(error) => {
-                    // Read again from the copies' positions: a poll that failed may have moved
-                    // a partition back to its start (an offset out of range) without the copy
-                    // seeing it.
+                    // Read again from the copies' positions, with a new consumer: a poll that
+                    // failed may have moved a partition back to its start (an offset out of
+                    // range) without the copy seeing it.
                     tracing::warn!(%error, "standby replicas: reading the changelogs failed; trying again");
                     reading.clear();
                     consumer = Consumer::new(self.client.clone(), consumer.config().clone());
@@ -213,7 +210,7 @@ impl Tail {
 
     /// Asks the group who owns what and keeps copies of the tasks this process should (copies of
     /// others are dropped). Failing, the copies stay as they are until the next try.
-    async fn place(&self) {
+    async fn place(&mut self) {
         let Some(me) = lock(&self.shared).member.clone() else { return };
         let members = match self.members().await {
             Ok(members) => members,
@@ -244,12 +241,11 @@ impl Tail {
 
     /// The group's members and the source partitions each owns: from ConsumerGroupDescribe
     /// (the consumer protocol), or DescribeGroups for a classic group.
-    async fn members(&self) -> Result<Vec<Member>, Error> {
+    async fn members(&mut self) -> Result<Vec<Member>, Error> {
         let of_source = |assignment: Vec<(String, i32)>| -> Vec<i32> {
             assignment.into_iter().filter(|(topic, _)| *topic == self.source).map(|(_, p)| p).collect()
         };
-        use std::sync::atomic::Ordering::Relaxed;
-        let consumer_group = if self.classic.load(Relaxed) {
+        let consumer_group = if self.classic {
             None
         } else {
             match self.client.describe_consumer_group(&self.group).await {
@@ -259,13 +255,12 @@ impl Tail {
                 Err(error) => {
                     // GROUP_ID_NOT_FOUND: a classic group; UnsupportedVersion: no consumer
                     // protocol at all. Anything else is tried again next time.
-                    let classic = matches!(
+                    self.classic = matches!(
                         &error,
                         Error::UnsupportedVersion { .. }
                             | Error::Broker { code: ErrorCode::GroupIdNotFound, .. }
                             | Error::BrokerMessage { code: ErrorCode::GroupIdNotFound, .. }
                     );
-                    self.classic.store(classic, Relaxed);
                     None
                 }
             }
@@ -279,7 +274,7 @@ impl Tail {
                 Err(error) => {
                     // Not a classic group after all (a GROUP_ID_NOT_FOUND of a moment):
                     // ConsumerGroupDescribe is asked again next time.
-                    self.classic.store(false, Relaxed);
+                    self.classic = false;
                     return Err(error);
                 }
             },
