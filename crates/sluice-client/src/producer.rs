@@ -14,7 +14,7 @@
 
 mod txn;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -259,16 +259,19 @@ impl Completion {
     }
 }
 
-/// Buffer memory taken for a record that is not in a batch yet: given back if `send` fails
-/// before the record is buffered.
+/// Buffer memory taken for records that are not in a batch yet: what is not handed over to a
+/// batch is given back when `send` fails before the records are buffered.
 struct Reservation<'a> {
     memory: &'a Semaphore,
     permits: u32,
 }
 
 impl Reservation<'_> {
-    fn take(mut self) -> u32 {
-        std::mem::take(&mut self.permits)
+    /// Hands `permits` of the reservation over to a batch.
+    fn hand_over(&mut self, permits: u32) -> u32 {
+        let permits = permits.min(self.permits);
+        self.permits -= permits;
+        permits
     }
 }
 
@@ -488,55 +491,128 @@ impl Producer {
     /// goes out whether or not its DeliveryFuture is awaited.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
         let shared = &self.shared;
-        let size = record_size(&record);
-        let max = shared.config.batch_size_bytes.max(1).min(shared.config.buffer_memory_bytes);
-        let permits = u32::try_from(size).ok().filter(|_| size <= max).ok_or(Error::RecordTooLarge { size, max })?;
-        // The permits travel with the record's batch (`Completion`), which gives them back.
-        match shared.memory.try_acquire_many(permits) {
-            Ok(permit) => permit.forget(),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::ProducerClosed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                shared.memory.acquire_many(permits).await.map_err(|_| Error::ProducerClosed)?.forget();
-            }
-        }
-        let reservation = Reservation { memory: &shared.memory, permits };
+        let permits = self.permits_for(&record)?;
+        let mut reservation = self.reserve(permits).await?;
         let partition = match record.partition {
             Some(partition) => partition,
             None => self.choose_partition(&record).await?,
         };
         if let Some(transaction) = &self.transaction {
-            transaction.lock().await.add_partition(shared, &record.topic, partition).await?;
+            transaction.lock().await.add_partitions(shared, &[(&record.topic, partition)]).await?;
         }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let headers: Vec<(&[u8], Option<&[u8]>)> =
-            record.headers.iter().map(|h| (&h.key[..], h.value.as_deref())).collect();
         let mut state = shared.state();
-        if state.closed {
-            return Err(Error::ProducerClosed);
-        }
-        let queue = state.queue(&record.topic, partition);
-        if queue.open.as_ref().is_some_and(|open| open.builder.size_bytes() + size > shared.config.batch_size_bytes) {
-            seal(queue, (record.topic.clone(), partition), &shared.config);
-        }
-        let created = queue.open.is_none();
-        let open = queue.open.get_or_insert_with(|| OpenBatch {
-            // Room for a full batch at once: growing a large buffer step by step copies it.
-            builder: BatchBuilder::with_capacity(shared.config.batch_size_bytes.min(MAX_PREALLOCATED_BATCH_BYTES)),
-            completion: Completion::new(&record.topic, partition, &shared.memory),
-            opened: Instant::now(),
-        });
-        open.builder
-            .append(timestamp, record.key.as_deref(), record.value.as_deref(), &headers)
-            .map_err(|source| Error::Encode { broker: "(producer)".into(), api: "Produce", version: -1, source })?;
-        let index = open.completion.add(reservation.take());
-        let outcome = Arc::clone(&open.completion.outcome);
-        let full = open.builder.size_bytes() >= shared.config.batch_size_bytes;
+        let (delivery, wake) = append(&mut state, shared, (&record, partition, timestamp), &mut reservation, permits)?;
         drop(state);
-        // A new batch brings a new linger deadline the sender must know about; a full one is due.
-        if full || created {
+        if wake {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture { outcome, index, timestamp })
+        Ok(delivery)
+    }
+
+    /// Buffers `records` for sending, in their order, as [`Producer::send`] would one by one, and
+    /// returns the futures of their acknowledgements in the same order. Cheaper per record: a
+    /// transactional producer adds the records' new partitions to the transaction in one
+    /// AddPartitionsToTxn, and the records go in runs, each with one wait for buffer room and
+    /// one lock of the buffers.
+    ///
+    /// When a record cannot be sent (too large, its topic unknown) the error is returned and
+    /// the records after it are not buffered; those before it are, and go out as sent records
+    /// do (a flush or the transaction's commit reports how they fared).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped part way, some of the records are buffered (and go out) and the
+    /// rest are not, with no way to tell which. Await it to the end.
+    pub async fn send_all(&self, records: impl IntoIterator<Item = ProducerRecord>) -> Result<Vec<DeliveryFuture>> {
+        let shared = &self.shared;
+        // Each record's partition and room, up to the first record that cannot be sent.
+        let mut prepared = Vec::new();
+        let mut failure = None;
+        for record in records {
+            let partition = match self.permits_for(&record) {
+                Ok(permits) => match record.partition {
+                    Some(partition) => Ok((partition, permits)),
+                    None => self.choose_partition(&record).await.map(|partition| (partition, permits)),
+                },
+                Err(e) => Err(e),
+            };
+            match partition {
+                Ok((partition, permits)) => prepared.push((record, partition, permits)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // Every new partition joins the transaction in one request, before any record is
+        // buffered (the sender may send a batch as soon as it is).
+        if let (Some(transaction), false) = (&self.transaction, prepared.is_empty()) {
+            let mut partitions: HashSet<(&str, i32), foldhash::fast::RandomState> = HashSet::default();
+            partitions.extend(prepared.iter().map(|(record, partition, _)| (record.topic.as_str(), *partition)));
+            let partitions: Vec<(&str, i32)> = partitions.into_iter().collect();
+            transaction.lock().await.add_partitions(shared, &partitions).await?;
+        }
+        // Room a run takes at once: a part of the buffer, so that runs follow each other while
+        // the sender sends the earlier ones.
+        let run_room = (shared.config.buffer_memory_bytes / 4)
+            .max(shared.config.batch_size_bytes)
+            .min(shared.config.buffer_memory_bytes)
+            .min(u32::MAX as usize);
+        let mut deliveries = Vec::with_capacity(prepared.len());
+        let mut prepared = prepared.into_iter().peekable();
+        let now = now_ms();
+        while prepared.peek().is_some() {
+            let mut run = Vec::with_capacity(SEND_ALL_RUN);
+            let mut room = 0;
+            while let Some(next) = prepared.next_if(|(_, _, permits)| {
+                run.is_empty() || (run.len() < SEND_ALL_RUN && room + *permits as usize <= run_room)
+            }) {
+                room += next.2 as usize;
+                run.push(next);
+            }
+            let mut reservation = self.reserve(u32::try_from(room).unwrap_or(u32::MAX)).await?;
+            let mut wake = false;
+            let mut state = shared.state();
+            for (record, partition, permits) in &run {
+                let timestamp = record.timestamp.unwrap_or(now);
+                let (delivery, woken) =
+                    append(&mut state, shared, (record, *partition, timestamp), &mut reservation, *permits)?;
+                deliveries.push(delivery);
+                wake |= woken;
+            }
+            drop(state);
+            if wake {
+                shared.wake.notify_one();
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(deliveries),
+        }
+    }
+
+    /// The buffer room `record` takes, or why it can never fit.
+    fn permits_for(&self, record: &ProducerRecord) -> Result<u32> {
+        let config = &self.shared.config;
+        let size = record_size(record);
+        let max = config.batch_size_bytes.max(1).min(config.buffer_memory_bytes);
+        u32::try_from(size).ok().filter(|_| size <= max).ok_or(Error::RecordTooLarge { size, max })
+    }
+
+    /// Waits for `permits` of buffer room. The permits travel with the records' batches
+    /// (`Completion`), which give them back; what is not handed over goes back when the
+    /// reservation is dropped.
+    async fn reserve(&self, permits: u32) -> Result<Reservation<'_>> {
+        let memory = &self.shared.memory;
+        match memory.try_acquire_many(permits) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::ProducerClosed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                memory.acquire_many(permits).await.map_err(|_| Error::ProducerClosed)?.forget();
+            }
+        }
+        Ok(Reservation { memory, permits })
     }
 
     async fn choose_partition(&self, record: &ProducerRecord) -> Result<i32> {
@@ -642,6 +718,48 @@ async fn init_producer_id(client: &Client) -> Result<(i64, i16)> {
 }
 
 /// Moves a partition's open batch to its ready queue, numbering it.
+/// Records [`Producer::send_all`] buffers with one wait for room and one lock of the buffers;
+/// the lock is given up between runs, so the sender is not kept waiting long.
+const SEND_ALL_RUN: usize = 1024;
+
+/// Appends a record (with its partition and timestamp) to its partition's open batch, sealing
+/// the batch first when the record would overflow it, and hands `permits` of `reservation`
+/// over to the batch. Also returns whether the sender must wake: a new batch brings a new
+/// linger deadline, and a full one is due.
+fn append(
+    state: &mut State,
+    shared: &Shared,
+    (record, partition, timestamp): (&ProducerRecord, i32, i64),
+    reservation: &mut Reservation<'_>,
+    permits: u32,
+) -> Result<(DeliveryFuture, bool)> {
+    if state.closed {
+        return Err(Error::ProducerClosed);
+    }
+    let config = &shared.config;
+    let queue = state.queue(&record.topic, partition);
+    let size = permits as usize;
+    if queue.open.as_ref().is_some_and(|open| open.builder.size_bytes() + size > config.batch_size_bytes) {
+        seal(queue, (record.topic.clone(), partition), config);
+    }
+    let created = queue.open.is_none();
+    let open = queue.open.get_or_insert_with(|| OpenBatch {
+        // Room for a full batch at once: growing a large buffer step by step copies it.
+        builder: BatchBuilder::with_capacity(config.batch_size_bytes.min(MAX_PREALLOCATED_BATCH_BYTES)),
+        completion: Completion::new(&record.topic, partition, &shared.memory),
+        opened: Instant::now(),
+    });
+    let headers: Vec<(&[u8], Option<&[u8]>)> =
+        record.headers.iter().map(|h| (&h.key[..], h.value.as_deref())).collect();
+    open.builder
+        .append(timestamp, record.key.as_deref(), record.value.as_deref(), &headers)
+        .map_err(|source| Error::Encode { broker: "(producer)".into(), api: "Produce", version: -1, source })?;
+    let index = open.completion.add(reservation.hand_over(permits));
+    let outcome = Arc::clone(&open.completion.outcome);
+    let full = open.builder.size_bytes() >= config.batch_size_bytes;
+    Ok((DeliveryFuture { outcome, index, timestamp }, full || created))
+}
+
 fn seal(queue: &mut PartitionQueue, partition: TopicPartition, config: &ProducerConfig) {
     let Some(open) = queue.open.take() else { return };
     let sequence = queue.next_sequence;

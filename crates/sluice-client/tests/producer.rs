@@ -139,6 +139,74 @@ async fn send_waits_while_the_buffer_is_full() {
     assert!(after.is_ok(), "failed sends must not keep buffer memory");
 }
 
+/// `send_all` buffers its records as `send` would one by one, in runs that wait for buffer room
+/// (the buffer here holds a few dozen records), and stops at a record that cannot be sent:
+/// those before it go out, those after it do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_all_delivers_in_order_through_a_small_buffer_and_stops_at_a_bad_record() {
+    let all = unique("send-all");
+    let broker = common::shared();
+    let client = client(broker).await;
+    client.create_topic(&all, 4, 1).await.unwrap();
+    let mut config = ProducerConfig::default();
+    config.buffer_memory_bytes = 16 << 10;
+    config.batch_size_bytes = 4 << 10;
+    let producer = Producer::new(client.clone(), config).await.unwrap();
+
+    // Keyed (the producer picks the partition), pinned, and one by one in between.
+    let record = |i: usize| {
+        let key = format!("user-{}", i % 50);
+        let record = ProducerRecord::new(&all, format!("{key}:{i}")).key(key);
+        if i.is_multiple_of(7) {
+            ProducerRecord { partition: Some(3), ..record }
+        } else {
+            record
+        }
+    };
+    let mut deliveries = producer.send_all((0..3_000).map(record)).await.unwrap();
+    deliveries.push(producer.send(record(3_000)).await.unwrap());
+    deliveries.extend(producer.send_all((3_001..6_000).map(record)).await.unwrap());
+    assert_eq!(deliveries.len(), 6_000);
+    let mut sent: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        let metadata = delivery.await.unwrap();
+        let key = format!("user-{}", i % 50);
+        let partition = if i.is_multiple_of(7) { 3 } else { partition_for_key(key.as_bytes(), 4) };
+        assert_eq!(metadata.partition, partition, "record {i}");
+        sent.entry(partition).or_default().push((metadata.offset, format!("{key}:{i}")));
+    }
+    for (partition, records) in &sent {
+        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..records.len() as i64).collect::<Vec<_>>(), "partition {partition}: in send order");
+        let expected: Vec<String> = records.iter().map(|(_, v)| v.clone()).collect();
+        assert_eq!(values(&fetch_all(&client, &all, *partition).await), expected, "partition {partition}");
+    }
+
+    // A record larger than a batch in the middle: an error; the records before it are sent.
+    let bad = unique("send-all-bad");
+    client.create_topic(&bad, 1, 1).await.unwrap();
+    let batch = (0..5).map(|i| match i {
+        2 => ProducerRecord::new(&bad, vec![b'x'; 10_000]),
+        _ => ProducerRecord::new(&bad, format!("{i}")),
+    });
+    let err = producer.send_all(batch).await.unwrap_err();
+    assert!(matches!(err, Error::RecordTooLarge { .. }), "{err}");
+    // An unknown topic (no partition given) in the middle: the same.
+    let batch = (5..9).map(|i| match i {
+        7 => ProducerRecord::new("no-such-topic", "x"),
+        _ => ProducerRecord::new(&bad, format!("{i}")),
+    });
+    let err = producer.send_all(batch).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownTopic { .. }), "{err}");
+    producer.flush().await.unwrap();
+    assert_eq!(values(&fetch_all(&client, &bad, 0).await), ["0", "1", "5", "6"]);
+    // Nothing of the buffer's room was kept by the failed calls.
+    let room = tokio::time::timeout(Duration::from_secs(5), producer.send_all((0..200).map(record))).await;
+    for delivery in room.expect("failed calls must not keep buffer memory").unwrap() {
+        delivery.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_codec_and_acks_setting_delivers_everything() {
     let broker = common::shared();

@@ -149,6 +149,53 @@ async fn committed_and_aborted_transactions_end_with_their_markers() {
     }
 }
 
+/// `send_all` adds a run's new partitions, of several topics, to the transaction in one
+/// request; the records commit, or abort, with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_all_adds_its_partitions_to_the_transaction() {
+    let (_broker, client, topics) = setup(&[("txn-all-a", 4), ("txn-all-b", 3)]).await;
+    let producer = Producer::new(client.clone(), transactional(&unique("writer"))).await.unwrap();
+    let (producer_id, _) = producer.producer_id();
+    let records = |round: usize| {
+        let topics = topics.clone();
+        (0..700).map(move |i| {
+            let (topic, partitions) = if i % 2 == 0 { (&topics[0], 4) } else { (&topics[1], 3) };
+            let partition = Some(i / 2 % partitions);
+            ProducerRecord { partition, ..ProducerRecord::new(topic, format!("{round}:{i}")) }
+        })
+    };
+    producer.begin_transaction().await.unwrap();
+    drop(producer.send_all(records(0)).await.unwrap());
+    producer.commit_transaction().await.unwrap();
+    producer.begin_transaction().await.unwrap();
+    drop(producer.send_all(records(1)).await.unwrap());
+    producer.abort_transaction().await.unwrap();
+
+    for (topic, partitions) in [(&topics[0], 4usize), (&topics[1], 3)] {
+        for index in 0..partitions {
+            let records = 350 / partitions + usize::from(350 % partitions > index);
+            let partition = index as i32;
+            let mut counted = 0;
+            let mut markers = Vec::new();
+            for entry in log(&client, topic, partition).await {
+                match entry {
+                    Entry::Data { records, producer_id: id, transactional } => {
+                        assert!(id == producer_id && transactional, "{topic}/{partition}: {entry:?}");
+                        counted += records;
+                    }
+                    Entry::Marker(kind) => markers.push(kind),
+                }
+            }
+            assert_eq!(counted, 2 * records, "{topic}/{partition}: both transactions' records");
+            assert_eq!(
+                markers,
+                [ControlRecordType::Commit, ControlRecordType::Abort],
+                "{topic}/{partition}: the partition took part in both transactions"
+            );
+        }
+    }
+}
+
 /// A read_committed consumer sees the records of committed transactions only; one that reads
 /// uncommitted sees the aborted ones too. Kafka lists aborted transactions in its fetch answers;
 /// Tansu does not (docs/brokers.md), so there only the read_uncommitted half holds.

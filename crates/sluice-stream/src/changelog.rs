@@ -12,13 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use sluice_client::{
-    Client, Consumer, ConsumerConfig, Error, Isolation, OffsetReset, Producer, ProducerRecord, StartAt,
-};
+use sluice_client::{Client, Consumer, ConsumerConfig, Error, Isolation, OffsetReset, ProducerRecord, StartAt};
 use sluice_protocol::error_code::ErrorCode;
 use sluice_scheduler::PartitionChanges;
 
+use crate::context::off_workers;
 use crate::standby::{Standbys, TaskCopy};
 use crate::state::{JobState, TaskChange};
 use crate::BoxError;
@@ -40,7 +38,7 @@ pub(crate) struct Changelogs {
     /// The source topic: a task is one of its partitions.
     source: String,
     /// Each stateful operator's changelog topic, in the operators' order.
-    topics: Vec<String>,
+    topics: Arc<[String]>,
     counters: RestoreCounters,
     /// Warm copies of other processes' tasks ([`StreamConfig::standby_replicas`](crate::StreamConfig)).
     standbys: Option<Standbys>,
@@ -95,7 +93,7 @@ impl Changelogs {
         create_internal_topics(&client, source, &topics, &[("cleanup.policy", "compact")]).await?;
         let standbys = (standby_replicas > 0)
             .then(|| Standbys::start(client.clone(), (group, source), topics.clone(), standby_replicas));
-        Ok(Self { client, source: source.to_owned(), topics, counters, standbys })
+        Ok(Self { client, source: source.to_owned(), topics: topics.into(), counters, standbys })
     }
 
     /// Tells the standby placement which member of the group this process is.
@@ -105,25 +103,31 @@ impl Changelogs {
         }
     }
 
-    /// Sends a batch's changes through its transaction (they commit with its offsets).
-    pub(crate) async fn write(&self, changes: Vec<(usize, TaskChange)>, producer: &Producer) -> Result<(), BoxError> {
+    /// The state changes since the last batch, as changelog records. Off the async workers:
+    /// encoding many keys' states is CPU work (keyed state spreads it over the compute pool).
+    pub(crate) async fn take_records(&self, state: &JobState) -> Result<Vec<ProducerRecord>, BoxError> {
+        let (state, topics) = (state.clone(), Arc::clone(&self.topics));
         // One timestamp for the batch's changes, not a clock read per record.
         let timestamp = Some(crate::context::wall_ms());
-        for (operator, TaskChange { task, key, value }) in changes {
-            let topic =
-                self.topics.get(operator).ok_or_else(|| format!("no changelog for stateful operator {operator}"))?;
-            let record = ProducerRecord {
-                topic: topic.clone(),
-                partition: Some(task),
-                key: Some(Bytes::from(key)),
-                value: value.map(Bytes::from),
-                timestamp,
-                ..ProducerRecord::default()
-            };
-            // The transaction's commit waits for every send and fails if one did.
-            drop(producer.send(record).await?);
-        }
-        Ok(())
+        off_workers(move || {
+            state
+                .take_task_changes()?
+                .into_iter()
+                .map(|(operator, TaskChange { task, key, value })| {
+                    let topic =
+                        topics.get(operator).ok_or_else(|| format!("no changelog for stateful operator {operator}"))?;
+                    Ok(ProducerRecord {
+                        topic: topic.clone(),
+                        partition: Some(task),
+                        key: Some(key),
+                        value,
+                        timestamp,
+                        ..ProducerRecord::default()
+                    })
+                })
+                .collect::<Result<Vec<_>, BoxError>>()
+        })
+        .await?
     }
 
     /// Takes in the change of the process's partitions: drops the state of tasks lost and of
@@ -232,7 +236,7 @@ impl Changelogs {
                 );
                 continue;
             }
-            for ((operator, entries), topic) in copy.entries.iter().enumerate().zip(&self.topics) {
+            for ((operator, entries), topic) in copy.entries.iter().enumerate().zip(self.topics.iter()) {
                 for (key, value) in entries {
                     state
                         .restore_task_entry(operator, *task, key, Some(value))

@@ -505,7 +505,7 @@ async fn run_output(mut output: Box<dyn Output>, input: Arc<BatchInput>) -> Resu
 /// for it; a panic in `work` is an error here. Not on the compute pool itself: outputs fed by
 /// one `tee` wait on each other's lock, which a compute pool thread must never do while other
 /// work queues behind it.
-async fn off_workers<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Result<R, BoxError> {
+pub(crate) async fn off_workers<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Result<R, BoxError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| format!("the job's computation stopped: {e}").into())
 }
 
@@ -597,10 +597,11 @@ impl Processor for Engine {
             }
         }
         if let Some(changelogs) = &self.changelogs {
-            let changes = self.state.take_task_changes()?;
-            if !changes.is_empty() {
+            let records = changelogs.take_records(&self.state).await?;
+            if !records.is_empty() {
                 let producer = batch.transaction().ok_or("the batch changed state but has no transaction")?;
-                changelogs.write(changes, producer).await?;
+                // The transaction's commit waits for every send and fails if one did.
+                drop(producer.send_all(records).await?);
             }
             return Ok(BatchOutput::default());
         }

@@ -174,7 +174,7 @@ impl Stateful for WatermarkState {
         let mut changes = Vec::new();
         for key in std::mem::take(&mut self.dirty) {
             if let Some(seen) = self.partitions.get(&key) {
-                changes.push(TaskChange { task: key.1, key: encode(&key.0)?, value: Some(encode(seen)?) });
+                changes.push(TaskChange::new(key.1, encode(&key.0)?, Some(encode(seen)?)));
             }
         }
         Ok(changes)
@@ -529,13 +529,13 @@ where
             let task = *task;
             if std::mem::take(&mut windows.given_changed) {
                 let key = encode(&WindowEntry::<&K>::GivenUntil)?;
-                changes.push(TaskChange { task, key, value: Some(encode(&windows.given_until)?) });
+                changes.push(TaskChange::new(task, key, Some(encode(&windows.given_until)?)));
             }
             windows.dropped.clear();
             windows.changed.clear();
             for (start, keys) in std::mem::take(&mut windows.dropped_keys) {
                 for key in &keys {
-                    changes.push(TaskChange { task, key: encode(&WindowEntry::Slide(start, key))?, value: None });
+                    changes.push(TaskChange::new(task, encode(&WindowEntry::Slide(start, key))?, None));
                 }
             }
             for (start, keys) in std::mem::take(&mut windows.changed_keys) {
@@ -543,7 +543,7 @@ where
                 for key in &keys {
                     let Some(value) = slide.get(key) else { continue };
                     let key = encode(&WindowEntry::Slide(start, key))?;
-                    changes.push(TaskChange { task, key, value: Some(encode(value)?) });
+                    changes.push(TaskChange::new(task, key, Some(encode(value)?)));
                 }
             }
         }
@@ -887,7 +887,7 @@ mod tests {
         task.add([timed(300, "a")].into_iter(), SHAPE, &reduce, true);
         let changes = state.take_task_changes().unwrap();
         assert_eq!(changes.len(), 1, "b did not change");
-        assert_eq!(changes[0].value, Some(encode(&2u64).unwrap()));
+        assert_eq!(changes[0].value, Some(encode(&2u64).unwrap().into()));
 
         let mut problem = None;
         let parts = vec![vec![timed(100, "a")], vec![timed(100, "b")]];

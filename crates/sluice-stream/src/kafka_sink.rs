@@ -271,15 +271,9 @@ impl<T> KafkaSink<T> {
             self.writing = Some(writing);
         }
         let count = records.len() as u64;
-        if self.transactional {
-            for record in records {
-                drop(producer.send(record).await.map_err(|e| failed("sending", e))?);
-            }
-        } else {
-            let mut deliveries = Vec::with_capacity(records.len());
-            for record in records {
-                deliveries.push(producer.send(record).await.map_err(|e| failed("sending", e))?);
-            }
+        let deliveries = producer.send_all(records).await.map_err(|e| failed("sending", e))?;
+        // In a transaction its commit waits for every send and fails if one did.
+        if !self.transactional {
             for delivery in deliveries {
                 delivery.await.map_err(|e| failed("delivering", e))?;
             }

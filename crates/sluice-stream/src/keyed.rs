@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::pool::{on_each, par_map};
-use crate::state::{decode, encode, encode_into, Stateful, TaskChange};
+use crate::state::{decode, encode_into, Stateful, TaskChange};
 use crate::stream::DStream;
 
 /// Bounds of a key kept in state: hashed (state is kept in hash maps), ordered (state is saved
@@ -254,13 +254,25 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
         if !std::mem::take(&mut self.any_dirty) {
             return Ok(Vec::new());
         }
-        let mut changes = Vec::new();
-        for shard in &mut self.shards {
-            for (key, slot) in shard.iter_mut().filter(|(_, slot)| slot.dirty) {
+        // As `take_delta`: the shards side by side when there are many keys, each encoding its
+        // changed keys and states into one buffer that its changes share.
+        let parallel = self.len() >= crate::pool::PARALLEL_FROM_ITEMS;
+        let last_sizes = std::mem::take(&mut self.delta_bytes).into_iter().chain(std::iter::repeat(0));
+        let work: Vec<_> = self.shards.iter_mut().zip(last_sizes).collect();
+        let pieces = on_each(work, parallel, |(shard, last_size)| {
+            let changed = shard.iter_mut().filter(|(_, slot)| slot.dirty).map(|(key, slot)| {
                 slot.dirty = false;
-                let value = slot.state.as_ref().map(encode).transpose()?;
-                changes.push(TaskChange { task: slot.task, key: encode(key)?, value });
-            }
+                let slot: &Slot<S> = slot;
+                (slot.task, key, slot.state.as_ref())
+            });
+            encode_changes(changed, last_size.saturating_add(last_size / 8))
+        });
+        let mut changes = Vec::with_capacity(pieces.iter().map(|p| p.as_ref().map_or(0, |(c, _)| c.len())).sum());
+        self.delta_bytes = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let (piece, bytes) = piece?;
+            changes.extend(piece);
+            self.delta_bytes.push(bytes);
         }
         if std::mem::take(&mut self.any_removed) {
             for shard in &mut self.shards {
@@ -300,6 +312,36 @@ fn encode_each<T: Serialize>(entries: impl Iterator<Item = T>, capacity: usize) 
         count += 1;
     }
     Ok((count, bytes))
+}
+
+/// Changes of (task, key, state) as changelog records, encoded into one buffer (made with
+/// `capacity`) that they share; also the buffer's size.
+fn encode_changes<'a, K: Serialize + 'a, S: Serialize + 'a>(
+    changed: impl Iterator<Item = (i32, &'a K, Option<&'a S>)>,
+    capacity: usize,
+) -> Result<(Vec<TaskChange>, usize), String> {
+    let mut bytes = Vec::with_capacity(capacity);
+    let mut spans = Vec::new();
+    for (task, key, state) in changed {
+        let start = bytes.len();
+        bytes = encode_into(key, bytes)?;
+        let key_end = bytes.len();
+        let value = match state {
+            Some(state) => {
+                bytes = encode_into(state, bytes)?;
+                Some(key_end..bytes.len())
+            }
+            None => None,
+        };
+        spans.push((task, start..key_end, value));
+    }
+    let size = bytes.len();
+    let bytes = bytes::Bytes::from(bytes);
+    let changes = spans
+        .into_iter()
+        .map(|(task, key, value)| TaskChange { task, key: bytes.slice(key), value: value.map(|v| bytes.slice(v)) })
+        .collect();
+    Ok((changes, size))
 }
 
 /// The shards' entries as the encoding of a list of lists (one per shard): postcard writes a
@@ -588,9 +630,10 @@ fn map_shard<K: StateKey, V, S, U>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::encode;
 
     fn change(task: i32, key: &str, value: Option<u64>) -> TaskChange {
-        TaskChange { task, key: encode(&key.to_owned()).unwrap(), value: value.map(|v| encode(&v).unwrap()) }
+        TaskChange::new(task, encode(&key.to_owned()).unwrap(), value.map(|v| encode(&v).unwrap()))
     }
 
     fn sorted(mut changes: Vec<TaskChange>) -> Vec<TaskChange> {

@@ -272,7 +272,7 @@ impl MarkerTable {
                 _ => self.tasks.get(&task).and_then(|t| t.get(&upstream)).copied(),
             };
             if let Some(value) = value {
-                changes.push(TaskChange { task, key: key(upstream)?, value: Some(encode(&value)?) });
+                changes.push(TaskChange::new(task, key(upstream)?, Some(encode(&value)?)));
             }
         }
         Ok(changes)

@@ -112,10 +112,8 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
             })?;
             // One timestamp for the run's records, not a clock read per record.
             let timestamp = Some(crate::context::wall_ms());
-            for record in records {
-                // The transaction's commit waits for every send and fails if one did.
-                drop(producer.send(ProducerRecord { timestamp, ..record }).await?);
-            }
+            // The transaction's commit waits for every send and fails if one did.
+            drop(producer.send_all(records.into_iter().map(|record| ProducerRecord { timestamp, ..record })).await?);
             Ok(())
         })
     }
@@ -516,22 +514,14 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for TopMerge<T> {
     fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
         let mut changes = self.table.take_changes(|upstream| encode(&MergeEntry::Upstream(upstream)))?;
         for (start, end) in std::mem::take(&mut self.given) {
-            changes.push(TaskChange { task: 0, key: encode(&MergeEntry::Window(start, end))?, value: None });
+            changes.push(TaskChange::new(0, encode(&MergeEntry::Window(start, end))?, None));
         }
         for (start, end) in std::mem::take(&mut self.changed) {
             let Some(items) = self.windows.get(&(start, end)) else { continue };
-            changes.push(TaskChange {
-                task: 0,
-                key: encode(&MergeEntry::Window(start, end))?,
-                value: Some(encode(items)?),
-            });
+            changes.push(TaskChange::new(0, encode(&MergeEntry::Window(start, end))?, Some(encode(items)?)));
         }
         if std::mem::take(&mut self.given_changed) {
-            changes.push(TaskChange {
-                task: 0,
-                key: encode(&MergeEntry::GivenUntil)?,
-                value: Some(encode(&self.given_until)?),
-            });
+            changes.push(TaskChange::new(0, encode(&MergeEntry::GivenUntil)?, Some(encode(&self.given_until)?)));
         }
         Ok(changes)
     }

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// One stateful operator's state, as the engine saves and restores it.
@@ -66,8 +67,15 @@ pub(crate) fn only_in_changelogs(kind: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TaskChange {
     pub(crate) task: i32,
-    pub(crate) key: Vec<u8>,
-    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) key: Bytes,
+    pub(crate) value: Option<Bytes>,
+}
+
+impl TaskChange {
+    /// A change of `task`'s key (encoded) to `value` (encoded; `None`: removed).
+    pub(crate) fn new(task: i32, key: Vec<u8>, value: Option<Vec<u8>>) -> Self {
+        Self { task, key: key.into(), value: value.map(Bytes::from) }
+    }
 }
 
 /// A stateful operator's state, shared by its compute step and the job.
@@ -142,8 +150,8 @@ fn unframe(bytes: &[u8]) -> Result<Vec<Entry<'_>>, String> {
     Ok(entries)
 }
 
-/// The stateful operators of one job.
-#[derive(Default)]
+/// The stateful operators of one job (a clone shares them).
+#[derive(Default, Clone)]
 pub(crate) struct JobState {
     operators: Vec<SharedState>,
 }

@@ -5,7 +5,7 @@
 //! commits or aborts, and the coordinator writes the markers that make the records visible to
 //! `read_committed` consumers, or hide them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,9 @@ pub(super) struct Transaction {
     producer_epoch: i16,
     coordinator: Option<Arc<Connection>>,
     open: bool,
-    /// Partitions already added to the open transaction.
-    partitions: HashSet<(String, i32)>,
+    /// Partitions already added to the open transaction, per topic (looked up without copying
+    /// a record's topic name).
+    partitions: HashMap<String, HashSet<i32>>,
     /// How long a request to a coordinator is tried again while the coordinator moves, cannot
     /// be reached, or does not answer (its connection frozen): the producer's delivery timeout.
     retry_for: Duration,
@@ -50,6 +51,9 @@ const END_TXN_V1_MAX_VERSION: i16 = 4;
 /// The last TxnOffsetCommit version of the transaction protocol v1: v5 is the same request for
 /// the protocol v2 (KIP-890), and v6 names topics by id (KIP-1319).
 const TXN_OFFSET_COMMIT_V1_MAX_VERSION: i16 = 4;
+
+/// How long a request waits before it goes to a coordinator found again.
+const COORDINATOR_MOVED_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Whether a coordinator's answer asks to try again (after finding it again where it moved).
 fn retry_code(code: ErrorCode) -> Option<bool> {
@@ -75,7 +79,7 @@ impl Transaction {
             producer_epoch: -1,
             coordinator: None,
             open: false,
-            partitions: HashSet::new(),
+            partitions: HashMap::new(),
             retry_for,
         };
         let request = InitProducerIdRequest {
@@ -116,6 +120,9 @@ impl Transaction {
     ) -> Result<R::Response> {
         let api = R::NAME.strip_suffix("Request").unwrap_or(R::NAME);
         let deadline = Instant::now() + self.retry_for;
+        // A coordinator busy finishing the previous transaction (its markers are written after
+        // EndTxn answered) is ready within milliseconds: asked again soon, then less often.
+        let mut busy_backoff = Duration::from_millis(5);
         loop {
             // A coordinator that cannot be found or reached (its broker down, its partition
             // moving) is looked up again, like one that answers it is not the coordinator.
@@ -139,11 +146,16 @@ impl Transaction {
             };
             match again {
                 Some(find_again) if Instant::now() < deadline => {
-                    if find_again {
+                    let backoff = if find_again {
                         self.coordinator = None;
                         client.note_error(&error);
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                        COORDINATOR_MOVED_BACKOFF
+                    } else {
+                        let backoff = busy_backoff;
+                        busy_backoff = (backoff * 2).min(COORDINATOR_MOVED_BACKOFF);
+                        backoff
+                    };
+                    tokio::time::sleep(backoff).await;
                 }
                 _ => return Err(error),
             }
@@ -161,33 +173,45 @@ impl Transaction {
         }
     }
 
-    /// Adds `topic`/`partition` to the open transaction, once.
-    pub(super) async fn add_partition(&mut self, shared: &Shared, topic: &str, partition: i32) -> Result<()> {
+    /// Adds these partitions to the open transaction, those not in it yet in one
+    /// AddPartitionsToTxn request.
+    pub(super) async fn add_partitions(&mut self, shared: &Shared, partitions: &[(&str, i32)]) -> Result<()> {
         self.require_open("send")?;
-        if self.partitions.contains(&(topic.to_owned(), partition)) {
+        let mut new: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
+        for &(topic, partition) in partitions {
+            if !self.partitions.get(topic).is_some_and(|added| added.contains(&partition)) {
+                new.entry(topic).or_default().insert(partition);
+            }
+        }
+        if new.is_empty() {
             return Ok(());
         }
         let request = AddPartitionsToTxnRequest {
             v3_and_below_transactional_id: self.id.clone(),
             v3_and_below_producer_id: self.producer_id,
             v3_and_below_producer_epoch: self.producer_epoch,
-            v3_and_below_topics: vec![AddPartitionsToTxnTopic {
-                name: topic.to_owned(),
-                partitions: vec![partition],
-                ..Default::default()
-            }],
+            v3_and_below_topics: new
+                .iter()
+                .map(|(topic, partitions)| AddPartitionsToTxnTopic {
+                    name: (*topic).to_owned(),
+                    partitions: partitions.iter().copied().collect(),
+                    ..Default::default()
+                })
+                .collect(),
             ..AddPartitionsToTxnRequest::default()
         };
+        // When one partition fails the others answer OPERATION_NOT_ATTEMPTED: the failure is
+        // the one that says why.
         let first_error = |r: &sluice_protocol::messages::AddPartitionsToTxnResponse| {
-            r.results_by_topic_v3_and_below
-                .iter()
-                .flat_map(|t| t.results_by_partition.iter())
-                .map(|p| p.partition_error_code)
-                .find(|c| *c != 0)
-                .unwrap_or(r.error_code)
+            let codes = r.results_by_topic_v3_and_below.iter().flat_map(|t| t.results_by_partition.iter());
+            let failed = codes.map(|p| p.partition_error_code).filter(|c| *c != 0);
+            let not_attempted = ErrorCode::OperationNotAttempted.code();
+            failed.clone().find(|c| *c != not_attempted).or_else(|| failed.clone().next()).unwrap_or(r.error_code)
         };
         self.call(&shared.client, &request, Some(ADD_PARTITIONS_CLIENT_MAX_VERSION), first_error).await?;
-        self.partitions.insert((topic.to_owned(), partition));
+        for (topic, partitions) in new {
+            self.partitions.entry(topic.to_owned()).or_default().extend(partitions);
+        }
         Ok(())
     }
 }
