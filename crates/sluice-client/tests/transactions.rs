@@ -196,6 +196,43 @@ async fn send_all_adds_its_partitions_to_the_transaction() {
     }
 }
 
+/// `prepare_transaction` adds partitions ahead of the records (one left unwritten gets only the
+/// end marker) and the group's offsets, which `send_offsets_to_transaction` then commits with the
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_transaction_adds_partitions_and_the_groups_offsets_ahead_of_the_records() {
+    let (_broker, client, topics) = setup(&[("prepared", 2), ("prepared-in", 1)]).await;
+    let (out, input) = (&topics[0], &topics[1]);
+    let producer = Producer::new(client.clone(), transactional(&unique("preparer"))).await.unwrap();
+    let (producer_id, _) = producer.producer_id();
+    let group_id = unique("preparers");
+    let group = ConsumerGroupMetadata::new(&group_id);
+    assert!(producer.prepare_transaction(&[], None).await.is_err(), "no transaction is open");
+
+    for round in 0..2 {
+        producer.begin_transaction().await.unwrap();
+        producer.prepare_transaction(&[(out, 0), (out, 1)], Some(&group_id)).await.unwrap();
+        send_values(&producer, out, 0, round * 10..round * 10 + 3).await;
+        if round == 0 {
+            send_values(&producer, out, 1, 3..5).await;
+        }
+        producer.send_offsets_to_transaction(&[(input.clone(), 0, 6 + round as i64)], &group).await.unwrap();
+        producer.commit_transaction().await.unwrap();
+    }
+    let partition = [(input.clone(), 0)];
+    let committed = client.stable_group_offsets(&group_id, &partition).await.unwrap();
+    assert_eq!(committed.get(&partition[0]), Some(&Some(7)), "the offsets committed with the transaction");
+
+    let data = |records| Entry::Data { records, producer_id, transactional: true };
+    let commit = || Entry::Marker(ControlRecordType::Commit);
+    assert_eq!(log(&client, out, 0).await, vec![data(3), commit(), data(3), commit()]);
+    assert_eq!(
+        log(&client, out, 1).await,
+        vec![data(2), commit(), commit()],
+        "partition 1: added by the second transaction, and not written to"
+    );
+}
+
 /// A read_committed consumer sees the records of committed transactions only; one that reads
 /// uncommitted sees the aborted ones too. Kafka lists aborted transactions in its fetch answers;
 /// Tansu does not (docs/brokers.md), so there only the read_uncommitted half holds.

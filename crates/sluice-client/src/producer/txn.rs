@@ -41,6 +41,8 @@ pub(super) struct Transaction {
     /// Partitions already added to the open transaction, per topic (looked up without copying
     /// a record's topic name).
     partitions: HashMap<String, HashSet<i32>>,
+    /// The group whose offsets the open transaction took in (AddOffsetsToTxn), once.
+    offsets_group: Option<String>,
     /// How long a request to a coordinator is tried again while the coordinator moves, cannot
     /// be reached, or does not answer (its connection frozen): the producer's delivery timeout.
     retry_for: Duration,
@@ -80,6 +82,7 @@ impl Transaction {
             coordinator: None,
             open: false,
             partitions: HashMap::new(),
+            offsets_group: None,
             retry_for,
         };
         let request = InitProducerIdRequest {
@@ -214,6 +217,30 @@ impl Transaction {
         }
         Ok(())
     }
+
+    /// Adds `group`'s offsets to the open transaction (AddOffsetsToTxn), once.
+    async fn add_offsets(&mut self, client: &Client, group: &str) -> Result<()> {
+        if self.offsets_group.as_deref() == Some(group) {
+            return Ok(());
+        }
+        let add = AddOffsetsToTxnRequest {
+            transactional_id: self.id.clone(),
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            group_id: group.to_owned(),
+            ..AddOffsetsToTxnRequest::default()
+        };
+        self.call(client, &add, None, |r| r.error_code).await?;
+        self.offsets_group = Some(group.to_owned());
+        Ok(())
+    }
+
+    /// Ends the open transaction's bookkeeping.
+    fn close(&mut self) {
+        self.open = false;
+        self.partitions.clear();
+        self.offsets_group = None;
+    }
 }
 
 /// Who is committing offsets inside a transaction: the consumer group and, for fencing of
@@ -248,7 +275,30 @@ impl Producer {
         }
         txn.open = true;
         txn.partitions.clear();
+        txn.offsets_group = None;
         self.shared.state().transaction_failure = None;
+        Ok(())
+    }
+
+    /// Adds `partitions` and, when given, `group`'s offsets (AddOffsetsToTxn) to the open
+    /// transaction ahead of its records and [`Producer::send_offsets_to_transaction`]. Run
+    /// beside the work that makes the records (on a task of its own, the producer in an `Arc`),
+    /// it takes the coordinator's round trips off their path, and its wait for the previous
+    /// transaction to complete: the coordinator answers CONCURRENT_TRANSACTIONS until it has
+    /// written the previous transaction's markers, tens of milliseconds on a busy broker. A
+    /// partition added and not written to gets the transaction's end marker all the same.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe as far as the transaction goes: dropped part way, what was added stays
+    /// added, and sends and `send_offsets_to_transaction` add the rest.
+    pub async fn prepare_transaction(&self, partitions: &[(&str, i32)], group: Option<&str>) -> Result<()> {
+        let mut txn = self.transaction_state()?.lock().await;
+        txn.require_open("prepare_transaction")?;
+        txn.add_partitions(&self.shared, partitions).await?;
+        if let Some(group) = group {
+            txn.add_offsets(&self.shared.client, group).await?;
+        }
         Ok(())
     }
 
@@ -270,14 +320,7 @@ impl Producer {
         txn.require_open("send_offsets_to_transaction")?;
         let client = self.shared.client.clone();
         let (group_id, generation_id, member_id, group_instance_id) = group_fields(group);
-        let add = AddOffsetsToTxnRequest {
-            transactional_id: txn.id.clone(),
-            producer_id: txn.producer_id,
-            producer_epoch: txn.producer_epoch,
-            group_id: group_id.clone(),
-            ..AddOffsetsToTxnRequest::default()
-        };
-        txn.call(&client, &add, None, |r| r.error_code).await?;
+        txn.add_offsets(&client, &group_id).await?;
 
         let mut topics: BTreeMap<&str, Vec<TxnOffsetCommitRequestPartition>> = BTreeMap::new();
         for (topic, partition, offset) in offsets {
@@ -398,8 +441,7 @@ impl Producer {
         // v11, see `PRODUCE_TXN_V1_MAX_VERSION`; AddPartitionsToTxn; TxnOffsetCommit up to v4),
         // which Kafka 4 serves beside v2, so it ends transactions at v4 at most and keeps its epoch.
         txn.call(&client, &request, Some(END_TXN_V1_MAX_VERSION), |r| r.error_code).await?;
-        txn.open = false;
-        txn.partitions.clear();
+        txn.close();
         Ok(())
     }
 }

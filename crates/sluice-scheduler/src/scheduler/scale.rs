@@ -56,6 +56,22 @@ pub(super) struct Scale {
     /// [`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics): their partition
     /// `p` goes with the source's partition `p`.
     internal_topics: Vec<String>,
+    /// The batch's transaction taking in the group's offsets while the batch runs
+    /// ([`Producer::prepare_transaction`]); awaited before it ends.
+    preparing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Scale {
+    /// Waits for the transaction's preparation, if under way: its requests come before the
+    /// batch's last ones (a failed preparation is only logged; sends and offsets add what it
+    /// did not).
+    async fn prepared(&mut self) {
+        if let Some(preparing) = self.preparing.take() {
+            if let Err(error) = preparing.await {
+                tracing::debug!(%error, "preparing the batch's transaction stopped");
+            }
+        }
+    }
 }
 
 /// Scale-out mode: how the partitions a process works on changed, told to the processor at a
@@ -193,6 +209,7 @@ impl<C: Clock> Scheduler<C> {
             not_committed_in_a_row: 0,
             changes: PartitionChanges::default(),
             internal_topics: scale.internal_topics.clone(),
+            preparing: None,
         };
         joined.gained = joined.with_internal(&assigned);
         self.scale = Some(joined);
@@ -229,6 +246,7 @@ impl<C: Clock> Scheduler<C> {
         self.prefetched = None;
         if let Some(scale) = self.scale.as_mut() {
             scale.losses_at_begin = None;
+            scale.prepared().await;
             // Not open (never begun, or ended before the failure) is fine too: that refusal is
             // the producer's own, made without asking the cluster.
             if let Err(error) = scale.producer.abort_transaction().await {
@@ -383,6 +401,15 @@ impl<C: Clock> Scheduler<C> {
         producer.begin_transaction().await.map_err(|e| self.group_error("beginning the batch's transaction", e))?;
         if let Some(scale) = self.scale.as_mut() {
             scale.losses_at_begin = Some(losses);
+            // The coordinator is often still completing the previous transaction: the group's
+            // offsets (every batch's transaction commits them) join this one while the batch is
+            // read and processed, and the batch's sends find the coordinator done.
+            let (preparing, group) = (Arc::clone(&producer), scale.member.group_metadata().group_id);
+            scale.preparing = Some(tokio::spawn(async move {
+                if let Err(error) = preparing.prepare_transaction(&[], Some(&group)).await {
+                    tracing::debug!(%error, "preparing the batch's transaction failed; its sends add their partitions");
+                }
+            }));
         }
         Ok(Some(producer))
     }
@@ -391,6 +418,7 @@ impl<C: Clock> Scheduler<C> {
     pub(super) async fn abort_after_failure(&mut self, batch_id: u64) {
         if let Some(scale) = self.scale.as_mut() {
             scale.losses_at_begin = None;
+            scale.prepared().await;
             if let Err(error) = scale.producer.abort_transaction().await {
                 tracing::warn!(batch_id, %error, "aborting the failed batch's transaction failed too");
             }
@@ -407,6 +435,7 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<bool, SchedulerError> {
         let Some(scale) = self.scale.as_mut() else { return Ok(true) };
         let Some(losses_at_begin) = scale.losses_at_begin.take() else { return Ok(true) };
+        scale.prepared().await;
         let offsets: Vec<(String, i32, i64)> = ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();
         let mut retried = false;
         let refused = loop {
@@ -468,7 +497,8 @@ impl<C: Clock> Scheduler<C> {
     /// Leaves the group when a run ends (aborting a transaction a failed batch left open, so that
     /// readers are not held up until it times out) and drops the producer.
     pub(super) async fn leave_group(&mut self) {
-        if let Some(scale) = self.scale.take() {
+        if let Some(mut scale) = self.scale.take() {
+            scale.prepared().await;
             if scale.losses_at_begin.is_some() {
                 if let Err(error) = scale.producer.abort_transaction().await {
                     tracing::debug!(%error, "aborting the open batch's transaction before leaving");
