@@ -520,6 +520,10 @@ impl Producer {
     /// the records after it are not buffered; those before it are, and go out as sent records
     /// do (a flush or the transaction's commit reports how they fared).
     ///
+    /// In a transaction, the call must end before the transaction does: it waits for buffer room
+    /// between runs, and a commit or abort from another task meanwhile would leave the later
+    /// runs outside the transaction their partitions were added to.
+    ///
     /// # Cancel safety
     ///
     /// Not cancel safe: dropped part way, some of the records are buffered (and go out) and the
@@ -555,13 +559,10 @@ impl Producer {
         }
         // Room a run takes at once: a part of the buffer, so that runs follow each other while
         // the sender sends the earlier ones.
-        let run_room = (shared.config.buffer_memory_bytes / 4)
-            .max(shared.config.batch_size_bytes)
-            .min(shared.config.buffer_memory_bytes)
-            .min(u32::MAX as usize);
+        let capacity = self.buffer_capacity();
+        let run_room = (capacity / 4).max(shared.config.batch_size_bytes).min(capacity);
         let mut deliveries = Vec::with_capacity(prepared.len());
         let mut prepared = prepared.into_iter().peekable();
-        let now = now_ms();
         while prepared.peek().is_some() {
             let mut run = Vec::with_capacity(SEND_ALL_RUN);
             let mut room = 0;
@@ -572,19 +573,29 @@ impl Producer {
                 run.push(next);
             }
             let mut reservation = self.reserve(u32::try_from(room).unwrap_or(u32::MAX)).await?;
+            let now = now_ms();
             let mut wake = false;
             let mut state = shared.state();
+            let mut appended = Ok(());
             for (record, partition, permits) in &run {
                 let timestamp = record.timestamp.unwrap_or(now);
-                let (delivery, woken) =
-                    append(&mut state, shared, (record, *partition, timestamp), &mut reservation, *permits)?;
-                deliveries.push(delivery);
-                wake |= woken;
+                match append(&mut state, shared, (record, *partition, timestamp), &mut reservation, *permits) {
+                    Ok((delivery, woken)) => {
+                        deliveries.push(delivery);
+                        wake |= woken;
+                    }
+                    Err(e) => {
+                        appended = Err(e);
+                        break;
+                    }
+                }
             }
             drop(state);
+            // The batches the run opened go out even when a record of it failed.
             if wake {
                 shared.wake.notify_one();
             }
+            appended?;
         }
         match failure {
             Some(e) => Err(e),
@@ -594,10 +605,15 @@ impl Producer {
 
     /// The buffer room `record` takes, or why it can never fit.
     fn permits_for(&self, record: &ProducerRecord) -> Result<u32> {
-        let config = &self.shared.config;
         let size = record_size(record);
-        let max = config.batch_size_bytes.max(1).min(config.buffer_memory_bytes);
+        let max = self.shared.config.batch_size_bytes.max(1).min(self.buffer_capacity());
         u32::try_from(size).ok().filter(|_| size <= max).ok_or(Error::RecordTooLarge { size, max })
+    }
+
+    /// The buffer room there is in all, in permits: `buffer_memory_bytes`, at most what the
+    /// semaphore and a single acquisition (`u32`) can hold.
+    fn buffer_capacity(&self) -> usize {
+        self.shared.config.buffer_memory_bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize)
     }
 
     /// Waits for `permits` of buffer room. The permits travel with the records' batches
@@ -717,7 +733,6 @@ async fn init_producer_id(client: &Client) -> Result<(i64, i16)> {
     }
 }
 
-/// Moves a partition's open batch to its ready queue, numbering it.
 /// Records [`Producer::send_all`] buffers with one wait for room and one lock of the buffers;
 /// the lock is given up between runs, so the sender is not kept waiting long.
 const SEND_ALL_RUN: usize = 1024;
@@ -760,6 +775,7 @@ fn append(
     Ok((DeliveryFuture { outcome, index, timestamp }, full || created))
 }
 
+/// Moves a partition's open batch to its ready queue, numbering it.
 fn seal(queue: &mut PartitionQueue, partition: TopicPartition, config: &ProducerConfig) {
     let Some(open) = queue.open.take() else { return };
     let sequence = queue.next_sequence;

@@ -149,8 +149,8 @@ async fn committed_and_aborted_transactions_end_with_their_markers() {
     }
 }
 
-/// `send_all` adds a run's new partitions, of several topics, to the transaction in one
-/// request; the records commit, or abort, with it.
+/// `send_all` adds its records' new partitions, of several topics, to the transaction before it
+/// buffers them; the records commit, or abort, with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_all_adds_its_partitions_to_the_transaction() {
     let (_broker, client, topics) = setup(&[("txn-all-a", 4), ("txn-all-b", 3)]).await;
@@ -201,7 +201,7 @@ async fn send_all_adds_its_partitions_to_the_transaction() {
 /// transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepare_transaction_adds_partitions_and_the_groups_offsets_ahead_of_the_records() {
-    let (_broker, client, topics) = setup(&[("prepared", 2), ("prepared-in", 1)]).await;
+    let (broker, client, topics) = setup(&[("prepared", 2), ("prepared-in", 1)]).await;
     let (out, input) = (&topics[0], &topics[1]);
     let producer = Producer::new(client.clone(), transactional(&unique("preparer"))).await.unwrap();
     let (producer_id, _) = producer.producer_id();
@@ -226,11 +226,21 @@ async fn prepare_transaction_adds_partitions_and_the_groups_offsets_ahead_of_the
     let data = |records| Entry::Data { records, producer_id, transactional: true };
     let commit = || Entry::Marker(ControlRecordType::Commit);
     assert_eq!(log(&client, out, 0).await, vec![data(3), commit(), data(3), commit()]);
-    assert_eq!(
-        log(&client, out, 1).await,
-        vec![data(2), commit(), commit()],
-        "partition 1: added by the second transaction, and not written to"
-    );
+    let unwritten = log(&client, out, 1).await;
+    match broker.kind {
+        Kind::Kafka => assert_eq!(
+            unwritten,
+            vec![data(2), commit(), commit()],
+            "partition 1: added by the second transaction, and not written to"
+        ),
+        Kind::Tansu => {
+            assert_eq!(unwritten, vec![data(2), commit()]);
+            eprintln!(
+                "note: Tansu writes no end marker to a partition added to a transaction and not written to \
+                 (docs/brokers.md); Kafka does"
+            );
+        }
+    }
 }
 
 /// A read_committed consumer sees the records of committed transactions only; one that reads

@@ -336,22 +336,14 @@ impl<T> KafkaSink<T> {
         items: &[T],
     ) -> Result<(), KafkaSinkError> {
         let (sink, batch_id) = (self.sink_id.clone(), batch.batch_id);
-        for item in items {
-            let record = (self.to_record)(item).map_err(|source| KafkaSinkError::Record {
-                sink: sink.clone(),
-                batch_id,
-                source,
-            })?;
-            let record = ProducerRecord { topic: self.topic.clone(), ..record };
-            // Delivered (or failed, failing the commit) by the batch's transaction.
-            let sent = producer.send(record).await;
-            drop(sent.map_err(|source| KafkaSinkError::Client {
-                sink: sink.clone(),
-                batch_id,
-                what: "sending",
-                source,
-            })?);
-        }
+        let records = items
+            .iter()
+            .map(|item| Ok(ProducerRecord { topic: self.topic.clone(), ..(self.to_record)(item)? }))
+            .collect::<Result<Vec<_>, BoxError>>()
+            .map_err(|source| KafkaSinkError::Record { sink: sink.clone(), batch_id, source })?;
+        // Delivered (or failed, failing the commit) by the batch's transaction.
+        let sent = producer.send_all(records).await;
+        drop(sent.map_err(|source| KafkaSinkError::Client { sink, batch_id, what: "sending", source })?);
         self.counters.written.fetch_add(items.len() as u64, Ordering::Relaxed);
         Ok(())
     }

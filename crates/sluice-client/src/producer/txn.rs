@@ -290,8 +290,9 @@ impl Producer {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe as far as the transaction goes: dropped part way, what was added stays
-    /// added, and sends and `send_offsets_to_transaction` add the rest.
+    /// Cancel safe, but the broker may still act on a request already sent: a partition it adds
+    /// then gets the transaction's end marker. Sends and `send_offsets_to_transaction` add
+    /// what a dropped call did not.
     pub async fn prepare_transaction(&self, partitions: &[(&str, i32)], group: Option<&str>) -> Result<()> {
         let mut txn = self.transaction_state()?.lock().await;
         txn.require_open("prepare_transaction")?;

@@ -50,16 +50,27 @@ impl<C: Clock> Scheduler<C> {
         // have held up that batch's commit, or this one's intent.
         self.start_snapshot_write();
         let intent_written = self.clock.now_ms();
+        // Scale-out: the transaction begins (and starts taking in the group's offsets) while
+        // the batch is read.
+        let transaction = self.begin_batch_transaction(&ranges).await?;
+        let in_transaction = transaction.is_some();
         // The first piece (in most batches, all of it).
         let task_ranges = split_ranges(&ranges, self.config.min_partitions);
-        let (first, rest) = cut_piece(&task_ranges, reading.finish().await?);
+        let first = match reading.finish().await {
+            Ok(first) => first,
+            Err(error) => {
+                if in_transaction {
+                    self.abort_after_failure(batch_id).await;
+                }
+                return Err(error);
+            }
+        };
+        let (first, rest) = cut_piece(&task_ranges, first);
         let fetched = self.clock.now_ms();
         let first_is_last = rest.is_empty();
         let pieces = Pieces::new(batch_id, task_ranges, first, rest, self.read_context());
         let tally = Arc::clone(&pieces.tally);
         self.learn(&pieces.tally());
-        let transaction = self.begin_batch_transaction(&ranges).await?;
-        let in_transaction = transaction.is_some();
         let member_id = self.scale.as_ref().map(|scale| scale.member_id());
         let batch = Batch { batch_id, ranges: ranges.clone(), rerun, pieces, transaction, member_id };
         let (output, tally) = match self.process(processor, batch, &ranges, &tally, first_is_last).await {
