@@ -493,10 +493,7 @@ impl Producer {
         let shared = &self.shared;
         let permits = self.permits_for(&record)?;
         let mut reservation = self.reserve(permits).await?;
-        let partition = match record.partition {
-            Some(partition) => partition,
-            None => self.choose_partition(&record).await?,
-        };
+        let partition = self.partition_for(&record).await?;
         if let Some(transaction) = &self.transaction {
             transaction.lock().await.add_partitions(shared, &[(&record.topic, partition)]).await?;
         }
@@ -535,10 +532,7 @@ impl Producer {
         let mut failure = None;
         for record in records {
             let partition = match self.permits_for(&record) {
-                Ok(permits) => match record.partition {
-                    Some(partition) => Ok((partition, permits)),
-                    None => self.choose_partition(&record).await.map(|partition| (partition, permits)),
-                },
+                Ok(permits) => self.partition_for(&record).await.map(|partition| (partition, permits)),
                 Err(e) => Err(e),
             };
             match partition {
@@ -631,7 +625,11 @@ impl Producer {
         Ok(Reservation { memory, permits })
     }
 
-    async fn choose_partition(&self, record: &ProducerRecord) -> Result<i32> {
+    /// The record's partition: the one it names, or one chosen by its key (round robin without).
+    async fn partition_for(&self, record: &ProducerRecord) -> Result<i32> {
+        if let Some(partition) = record.partition {
+            return Ok(partition);
+        }
         let client = &self.shared.client;
         let known = client.metadata().topics.get(&record.topic).map(|t| t.partitions.len());
         let count = match known {
