@@ -46,6 +46,9 @@ pub(super) struct Transaction {
     /// How long a request to a coordinator is tried again while the coordinator moves, cannot
     /// be reached, or does not answer (its connection frozen): the producer's delivery timeout.
     retry_for: Duration,
+    /// Held by a TxnOffsetCommit under way (taken with the transaction's lock, kept without
+    /// it, so that sends go on meanwhile); the transaction's end waits for it.
+    offsets_in_flight: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The last EndTxn version of the transaction protocol v1 (v5 bumps the epoch at every end).
@@ -84,6 +87,7 @@ impl Transaction {
             partitions: HashMap::new(),
             offsets_group: None,
             retry_for,
+            offsets_in_flight: Arc::default(),
         };
         let request = InitProducerIdRequest {
             transactional_id: Some(id.to_owned()),
@@ -312,6 +316,11 @@ impl Producer {
     /// Not cancel safe: dropped after AddOffsetsToTxn or TxnOffsetCommit was queued, the offsets may
     /// or may not end up in the transaction, and nothing tells which. Call it again with the same
     /// offsets (both requests are safe to repeat), or abort, before committing.
+    ///
+    /// Sends go on while the group's coordinator answers (the call may run on a task of its own
+    /// beside the work that makes the transaction's records); the transaction's commit or abort
+    /// waits for it. Called again in the same transaction, the offsets of the later call are
+    /// the ones that count for partitions both name (the member's group metadata too).
     pub async fn send_offsets_to_transaction(
         &self,
         offsets: &[(String, i32, i64)],
@@ -352,6 +361,9 @@ impl Producer {
         };
         // TxnOffsetCommit goes to the group's coordinator, not the transaction's.
         let deadline = Instant::now() + txn.retry_for;
+        // Taken before the transaction's lock is let go: its end waits for this answer.
+        let _in_flight = Arc::clone(&txn.offsets_in_flight).lock_owned().await;
+        drop(txn);
         loop {
             let answer = async {
                 let coordinator = client.group_coordinator(&group_id).await?;
@@ -418,6 +430,8 @@ impl Producer {
     async fn end_transaction(&self, commit: bool) -> Result<()> {
         let mut txn = self.transaction_state()?.lock().await;
         txn.require_open(if commit { "commit_transaction" } else { "abort_transaction" })?;
+        // A TxnOffsetCommit under way (on another task) is part of this transaction.
+        drop(txn.offsets_in_flight.lock().await);
         self.sent_all().await;
         // Failures are the transaction's (a commit is refused below), not a later flush's.
         self.shared.state().undelivered = None;

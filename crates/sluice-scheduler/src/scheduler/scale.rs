@@ -7,7 +7,8 @@
 //! offset, read as stable (a previous owner's open transaction is waited out). A batch with
 //! ranges runs in a transaction begun before the processor gets it: its output, sent through
 //! [`Batch::transaction`](super::Batch::transaction), and its ranges' end offsets, sent with the
-//! member's group metadata read at that moment, commit together. A commit the group refuses (the
+//! member's group metadata as the batch begins (again at the commit if it moved since), commit
+//! together. A commit the group refuses (the
 //! member was dropped, or moved to a newer epoch while it lost partitions of the batch) aborts
 //! the transaction: the batch's positions are read again from the group, and the checkpoint log
 //! closes the batch with empty ranges.
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_client::{
-    ConsumerGroupConfig, ConsumerGroupMember, Error, MemberEvent, OffsetSpec, Producer, ProducerConfig,
+    ConsumerGroupConfig, ConsumerGroupMember, ConsumerGroupMetadata, Error, MemberEvent, OffsetSpec, Producer,
+    ProducerConfig,
 };
 use sluice_protocol::error_code::ErrorCode;
 
@@ -56,19 +58,21 @@ pub(super) struct Scale {
     /// [`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics): their partition
     /// `p` goes with the source's partition `p`.
     internal_topics: Vec<String>,
-    /// The batch's transaction taking in the group's offsets while the batch runs
-    /// ([`Producer::prepare_transaction`]); awaited before it ends.
-    preparing: Option<tokio::task::JoinHandle<()>>,
+    /// The batch's transaction taking in the batch's end offsets while the batch runs; awaited
+    /// before it ends. Gives the group metadata the offsets were sent with, if they were.
+    preparing: Option<tokio::task::JoinHandle<Option<ConsumerGroupMetadata>>>,
 }
 
 impl Scale {
     /// Waits for the transaction's preparation, if under way: its requests come before the
-    /// batch's last ones (a failed preparation is only logged; sends and offsets add what it
-    /// did not).
-    async fn prepared(&mut self) {
-        if let Some(preparing) = self.preparing.take() {
-            if let Err(error) = preparing.await {
+    /// batch's last ones. Returns the group metadata the batch's offsets went with, if they
+    /// did (a failed preparation is only logged: the commit sends them).
+    async fn prepared(&mut self) -> Option<ConsumerGroupMetadata> {
+        match self.preparing.take()?.await {
+            Ok(sent) => sent,
+            Err(error) => {
                 tracing::debug!(%error, "preparing the batch's transaction stopped");
+                None
             }
         }
     }
@@ -403,11 +407,23 @@ impl<C: Clock> Scheduler<C> {
             scale.losses_at_begin = Some(losses);
             // The coordinator is often still completing the previous transaction: the group's
             // offsets (every batch's transaction commits them) join this one while the batch is
-            // read and processed, and the batch's sends find the coordinator done.
-            let (preparing, group) = (Arc::clone(&producer), scale.member.group_metadata().group_id);
+            // read and processed, and the batch's sends find the coordinator done. The batch's
+            // end offsets go then too, under the member's metadata as it is now (see
+            // `commit_batch_transaction` for why that is safe): the group's coordinator takes
+            // 20-60 ms to check them with the transaction's, no longer on the batch's path.
+            let (preparing, metadata) = (Arc::clone(&producer), scale.member.group_metadata());
+            let offsets = end_offsets(ranges);
             scale.preparing = Some(tokio::spawn(async move {
-                if let Err(error) = preparing.prepare_transaction(&[], Some(&group)).await {
-                    tracing::debug!(%error, "preparing the batch's transaction failed; its sends add their partitions");
+                let sent = async {
+                    preparing.prepare_transaction(&[], Some(&metadata.group_id)).await?;
+                    preparing.send_offsets_to_transaction(&offsets, &metadata).await
+                };
+                match sent.await {
+                    Ok(()) => Some(metadata),
+                    Err(error) => {
+                        tracing::debug!(%error, "preparing the batch's transaction failed; its sends and its commit add what it did not");
+                        None
+                    }
                 }
             }));
         }
@@ -435,8 +451,15 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<bool, SchedulerError> {
         let Some(scale) = self.scale.as_mut() else { return Ok(true) };
         let Some(losses_at_begin) = scale.losses_at_begin.take() else { return Ok(true) };
-        scale.prepared().await;
-        let offsets: Vec<(String, i32, i64)> = ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect();
+        // The offsets went when the batch began, under the metadata the member had then. That
+        // is as safe as sending them now: the group's coordinator checks the metadata when the
+        // offsets arrive, and from then on a process the group gives the partitions to waits
+        // for this transaction to end before it reads where they start (the group's offsets
+        // read as stable), so it goes on from what this transaction commits, or from before
+        // it if it aborts. A member already dropped when they arrived is refused, as at the
+        // commit. They go again below only if the metadata moved since.
+        let mut sent = scale.prepared().await;
+        let offsets = end_offsets(ranges);
         let mut retried = false;
         let refused = loop {
             // Read now: a KIP-848 member's epoch moves with every change of its assignment. Then
@@ -447,7 +470,13 @@ impl<C: Clock> Scheduler<C> {
             if !kept {
                 break Some("the member lost partitions of the batch while it ran".to_owned());
             }
-            match scale.producer.send_offsets_to_transaction(&offsets, &metadata).await {
+            let offsets_sent = async {
+                match sent.take() {
+                    Some(sent) if sent == metadata => Ok(()),
+                    _ => scale.producer.send_offsets_to_transaction(&offsets, &metadata).await,
+                }
+            };
+            match offsets_sent.await {
                 // The epoch moved while the batch ran (the member gained partitions, say): once
                 // more with the new one.
                 Err(error) if !retried && epoch_moved(&error) => {
@@ -545,6 +574,11 @@ fn epoch_moved(error: &Error) -> bool {
         Error::Broker { code: ErrorCode::IllegalGeneration | ErrorCode::StaleMemberEpoch, .. }
             | Error::BrokerMessage { code: ErrorCode::IllegalGeneration | ErrorCode::StaleMemberEpoch, .. }
     )
+}
+
+/// The offsets a batch's transaction commits: where each of its ranges ends.
+fn end_offsets(ranges: &[OffsetRange]) -> Vec<(String, i32, i64)> {
+    ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect()
 }
 
 fn owns_all(owned: &[TopicPartition], ranges: &[OffsetRange]) -> bool {
