@@ -136,6 +136,11 @@ struct WatermarkState {
     /// of its source partitions without records since it took them on.
     #[serde(skip)]
     unseen_since: BTreeMap<PartKey, u64>,
+    /// Scale-out mode: the step's published value, its lateness, and the job's count of
+    /// partition changes: the tasks' watermarks are published again whenever tasks are dropped
+    /// or restored.
+    #[serde(skip)]
+    publish: Option<(WatermarkCell, i64, Arc<AtomicU64>)>,
 }
 
 impl Stateful for WatermarkState {
@@ -191,6 +196,7 @@ impl Stateful for WatermarkState {
                 self.partitions.remove(&(topic, task));
             }
         }
+        self.republish();
         Ok(())
     }
 
@@ -199,10 +205,22 @@ impl Stateful for WatermarkState {
         self.dirty.retain(|(_, partition)| !tasks.contains(partition));
         self.pending.retain(|(_, partition), _| !tasks.contains(partition));
         self.unseen_since.retain(|(_, partition), _| !tasks.contains(partition));
+        self.republish();
     }
 }
 
 impl WatermarkState {
+    /// Scale-out mode: publishes the tasks' watermarks as the state holds them now (tasks
+    /// dropped or restored), noting the count of partition changes they are exact for.
+    fn republish(&self) {
+        let Some((cell, lateness_ms, changes)) = &self.publish else { return };
+        let tasks =
+            self.partitions.iter().map(|((_, task), (max, _))| (*task, max.saturating_sub(*lateness_ms))).collect();
+        let mut published = lock_state(cell);
+        published.tasks = tasks;
+        published.restored_at = Some(changes.load(Ordering::Relaxed));
+    }
+
     /// Scale-out mode: a partition's own watermark, as earlier batches left it.
     fn task_watermark(&self, key: &PartKey, spec: &Watermark) -> Option<i64> {
         self.partitions.get(key).map(|(max, _)| max.saturating_sub(spec.allowed_lateness_ms))
@@ -285,7 +303,12 @@ impl<T: Send + 'static> DStream<T> {
                 "with_watermark in scale-out mode keeps each source partition's watermark in its task, so only element-wise operators (map, flat_map, filter, key_by, map_partitions) may come between the source (or a repartition) and it".into(),
             );
         }
-        let state = WatermarkState { per_task, ..WatermarkState::default() };
+        let republish = per_task.then(|| {
+            let changes = Arc::clone(&self.task_count().changes);
+            lock_state(&cell).restored_at = Some(changes.load(Ordering::Relaxed));
+            (Arc::clone(&cell), spec.allowed_lateness_ms, changes)
+        });
+        let state = WatermarkState { per_task, publish: republish, ..WatermarkState::default() };
         // Each piece of a batch as it comes, against the watermark earlier batches left; the
         // watermark moves once the batch's last piece is in.
         self.stateful_per_piece(state, move |state, input, parts| {

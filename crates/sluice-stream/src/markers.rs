@@ -30,7 +30,7 @@ use sluice_client::ProducerRecord;
 use sluice_protocol::record::RecordHeader;
 
 use crate::record::KafkaRecord;
-use crate::state::{decode, encode, TaskChange};
+use crate::state::{decode, encode, lock_state, TaskChange};
 use crate::stream::{idle_tasks, task_watermarks, Watermarks};
 
 /// The header that makes a record of a repartition topic a watermark marker.
@@ -82,19 +82,22 @@ impl MarkerSender {
     }
 
     /// For combining items before they are sent (read before a run is computed): the upstream
-    /// tasks' watermarks as earlier batches left them. None in the first batch after this
-    /// process's partitions changed: the cell of a task taken on (again) is rewritten only at
-    /// that batch's last piece, and may hold what this process saw before it lost the task.
-    pub(crate) fn settled_watermarks(&mut self, piece: usize) -> BTreeMap<i32, i64> {
+    /// tasks' watermarks as earlier batches left them. In the first batch after this process's
+    /// partitions changed only if every watermark is a `with_watermark` step's, rewritten as
+    /// its tasks were dropped and restored: another step's is rewritten only at that batch's
+    /// last piece, and may hold what this process saw before it lost a task (then none).
+    pub(crate) fn settled_watermarks(&mut self, piece: usize) -> Settled {
         let changes = self.count.changes.load(Ordering::Relaxed);
         if piece == 0 {
             self.unsettled = self.settled_at != Some(changes);
             self.settled_at = Some(changes);
         }
-        if self.unsettled {
-            return BTreeMap::new();
+        let restored_at: Vec<Option<u64>> = self.watermarks.iter().map(|cell| lock_state(cell).restored_at).collect();
+        let sources = restored_at.iter().all(Option::is_some);
+        if self.unsettled && !(sources && restored_at.iter().all(|at| *at == Some(changes))) {
+            return Settled::default();
         }
-        task_watermarks(&self.watermarks)
+        Settled { watermarks: task_watermarks(&self.watermarks), complete: sources }
     }
 
     /// The markers to send to `topic` after this batch's items: none when no upstream task of
@@ -129,6 +132,19 @@ impl MarkerSender {
         self.sent = Some((report, changes));
         Ok(records)
     }
+}
+
+/// The upstream tasks' watermarks as earlier batches left them (see
+/// `MarkerSender::settled_watermarks`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Settled {
+    /// Each task's that has one.
+    pub(crate) watermarks: BTreeMap<i32, i64>,
+    /// Whether a task this process owns without a watermark here never had one: no owner ever
+    /// reported it, so no task after the repartition has a watermark yet (each waits for every
+    /// upstream task's report), and none of its items can be late there. Known for the
+    /// watermarks of `with_watermark` steps, whose values follow their state.
+    pub(crate) complete: bool,
 }
 
 /// What a marker reports: the watermark of each upstream task its sender owns (that has one),
@@ -449,11 +465,22 @@ mod tests {
         let record = KafkaRecord { value: to_merge[0].value.clone(), ..record };
         assert_eq!(marker_report(&record).unwrap(), report(&[(1, 1_000)], &[]), "a top-k merge waits for idle tasks");
 
-        // Combining waits a batch after each change of the partitions (and after the start).
-        assert!(sender.settled_watermarks(0).is_empty(), "the first batch");
-        assert_eq!(sender.settled_watermarks(0), BTreeMap::from([(1, 1_000)]));
+        // Combining waits a batch after each change of the partitions (and after the start),
+        // unless every watermark was rewritten from its restored state at the change.
+        let none = Settled::default();
+        let settled = |complete: bool| Settled { watermarks: BTreeMap::from([(1, 1_000)]), complete };
+        assert_eq!(sender.settled_watermarks(0), none, "the first batch");
+        assert_eq!(sender.settled_watermarks(0), settled(false));
         count.changes.fetch_add(1, Ordering::Relaxed);
-        assert!(sender.settled_watermarks(0).is_empty() && sender.settled_watermarks(1).is_empty());
-        assert_eq!(sender.settled_watermarks(0), BTreeMap::from([(1, 1_000)]));
+        assert_eq!((sender.settled_watermarks(0), sender.settled_watermarks(1)), (none.clone(), none.clone()));
+        assert_eq!(sender.settled_watermarks(0), settled(false));
+        let changes = count.changes.fetch_add(1, Ordering::Relaxed) + 1;
+        sender.watermarks[0].lock().unwrap().restored_at = Some(changes - 1);
+        assert_eq!(sender.settled_watermarks(0), none, "rewritten before the last change");
+        let changes = count.changes.fetch_add(1, Ordering::Relaxed) + 1;
+        sender.watermarks[0].lock().unwrap().restored_at = Some(changes);
+        assert_eq!(sender.settled_watermarks(0), settled(true), "rewritten at the change: its first batch combines");
+        assert_eq!(sender.settled_watermarks(1), settled(true), "and its later pieces");
+        assert_eq!(sender.settled_watermarks(0), settled(true), "and the batches after it");
     }
 }

@@ -26,7 +26,7 @@ use sluice_client::{Producer, ProducerRecord};
 use crate::event_time::{top_per_window, Timed, Watermark, Windowed};
 use crate::graph::{lock, BatchInput, Compute, Output, Parts, SharedGraph};
 use crate::hash::HashMap;
-use crate::markers::{is_marker, marker_report, MarkerSender, MarkerTable, MarkerTargets};
+use crate::markers::{is_marker, marker_report, MarkerSender, MarkerTable, MarkerTargets, Settled};
 use crate::record::KafkaRecord;
 use crate::state::{decode, encode, lock_state, only_in_changelogs, Stateful, TaskChange};
 use crate::stream::{greatest, merge, watermark_spec, Aligned, DStream, WatermarkCell, WatermarkValue};
@@ -36,9 +36,9 @@ use crate::BoxError;
 /// and value.
 type Encoded = (Option<i32>, Vec<u8>, Vec<u8>);
 
-/// A repartition's combining step: a run's parts, the batch, and each upstream task's
-/// watermark before the batch, to the items to send.
-type Combine<T> = Box<dyn FnMut(Parts<T>, &BatchInput, &BTreeMap<i32, i64>) -> Vec<T> + Send>;
+/// A repartition's combining step: a run's parts, the batch, and the upstream tasks'
+/// watermarks before the batch, to the items to send.
+type Combine<T> = Box<dyn FnMut(Parts<T>, &BatchInput, &Settled) -> Vec<T> + Send>;
 
 /// Writes a stream's items to its repartition topic, in the batch's transaction, with the
 /// watermark markers of the stream's watermarks after them when it has any.
@@ -63,7 +63,7 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
         // piece moves them.
         let before = match (&self.combine, &mut self.markers) {
             (Some(_), Some(markers)) => markers.settled_watermarks(input.piece),
-            _ => BTreeMap::new(),
+            _ => Settled::default(),
         };
         let parts = (self.compute)(input).unwrap_or_default();
         let items = match &mut self.combine {
@@ -391,8 +391,10 @@ where
     /// after their own partition's watermark are combined: they cannot be late after the
     /// repartition, whose watermark is never ahead of any partition's (nor is the earliest time
     /// of a combined item behind it), so the result is that of sending each item (up to the order in which
-    /// `reduce` takes the values: floating-point sums may round differently). Nothing is
-    /// combined in a batch right after the process's partitions changed. Outside scale-out
+    /// `reduce` takes the values: floating-point sums may round differently). The items of a
+    /// partition that never had a watermark (no process has reported one for it) are all
+    /// combined: no task after the repartition has a watermark before every source partition
+    /// has reported one. Outside scale-out
     /// mode: the stream as it is.
     pub fn repartition_combined(
         self,
@@ -411,11 +413,12 @@ where
 /// The items of a run's parts (each a source partition's, as `input` names them) of one key and
 /// slide reduced into one, at the earliest time among them, whichever of this process's
 /// partitions they come from, for those at or after their own partition's watermark in
-/// `before`; items before it (or of a partition without one) are left as they are.
+/// `before` (all of a partition's when `before` is complete and has none for it); the others
+/// are left as they are.
 fn combine_per_slide<K: Hash + Eq, V>(
     parts: Parts<Timed<(K, V)>>,
     input: &BatchInput,
-    before: &BTreeMap<i32, i64>,
+    before: &Settled,
     slide_ms: i64,
     reduce: &dyn Fn(V, V) -> V,
 ) -> Vec<Timed<(K, V)>> {
@@ -423,7 +426,11 @@ fn combine_per_slide<K: Hash + Eq, V>(
     let mut out = Vec::new();
     let mut groups: HashMap<(K, i64), (i64, V)> = HashMap::default();
     for (index, part) in parts.into_iter().enumerate() {
-        let watermark = sources.and_then(|s| s.get(index)).and_then(|(_, partition)| before.get(partition)).copied();
+        let watermark =
+            sources.and_then(|s| s.get(index)).and_then(|(_, partition)| match before.watermarks.get(partition) {
+                Some(watermark) => Some(*watermark),
+                None => before.complete.then_some(i64::MIN),
+            });
         let Some(watermark) = watermark else {
             out.extend(part);
             continue;
@@ -689,14 +696,26 @@ mod tests {
             Some(vec![(Arc::from("clicks"), 3), (Arc::from("clicks"), 4), (Arc::from("clicks"), 5)]),
         );
         // Partition 3's watermark is at 1 s, partition 5's at 0.8 s; partition 4 has none yet.
-        let before = BTreeMap::from([(3, 1_000), (5, 800)]);
-        let mut out = combine_per_slide(parts, &input, &before, 1_000, &|a, b| a + b);
-        out.sort_by(|x, y| (x.time_ms, &x.item.0).cmp(&(y.time_ms, &y.item.0)));
-        let got: Vec<(i64, &str, u64)> = out.iter().map(|t| (t.time_ms, t.item.0.as_str(), t.item.1)).collect();
+        let watermarks = BTreeMap::from([(3, 1_000), (5, 800)]);
+        let combine = |complete: bool| {
+            let before = Settled { watermarks: watermarks.clone(), complete };
+            let mut out = combine_per_slide(parts.clone(), &input, &before, 1_000, &|a, b| a + b);
+            out.sort_by(|x, y| (x.time_ms, &x.item.0).cmp(&(y.time_ms, &y.item.0)));
+            out.iter().map(|t| (t.time_ms, t.item.0.clone(), t.item.1)).collect::<Vec<(i64, String, u64)>>()
+        };
+        let got =
+            |items: &[(i64, &str, u64)]| items.iter().map(|(t, k, n)| (*t, (*k).to_owned(), *n)).collect::<Vec<_>>();
         assert_eq!(
-            got,
-            vec![(100, "a", 1), (150, "a", 1), (500, "a", 1), (900, "a", 1), (1_100, "a", 3), (1_300, "b", 1), (2_100, "a", 1), (2_500, "b", 1)],
+            combine(false),
+            got(&[(100, "a", 1), (150, "a", 1), (500, "a", 1), (900, "a", 1), (1_100, "a", 3), (1_300, "b", 1), (2_100, "a", 1), (2_500, "b", 1)]),
             "behind their partition's watermark, or without one: as they were; the rest one per key and slide across partitions, at the earliest time"
+        );
+        // Partition 4 never had a watermark anywhere: all of its items are combined, here with
+        // partition 5's of slide 0, at the earliest time.
+        assert_eq!(
+            combine(true),
+            got(&[(100, "a", 3), (500, "a", 1), (1_100, "a", 3), (1_300, "b", 1), (2_100, "a", 1), (2_500, "b", 1)]),
+            "a partition that never had a watermark combined whole"
         );
     }
 

@@ -63,6 +63,11 @@ pub(crate) struct WatermarkValue {
     /// source partition's watermark (the step's own partition's would drop items a single
     /// process keeps).
     pub(crate) judged_after_repartition: bool,
+    /// Scale-out mode, a `with_watermark` step's: the count of the process's partition changes
+    /// (`TaskCount::changes`) when `tasks` was last rewritten from the state as its tasks were
+    /// dropped and restored (so that it is exact before the first batch after the change), and
+    /// `None` for other steps' (their values are rewritten only at a batch's last piece).
+    pub(crate) restored_at: Option<u64>,
 }
 
 /// A `with_watermark` step's watermark, shared with the operators downstream.
@@ -149,6 +154,11 @@ impl<T: Send + 'static> DStream<T> {
     /// The job's group, in scale-out mode.
     pub(crate) fn group(&self) -> Option<String> {
         lock(&self.graph).group.clone()
+    }
+
+    /// The job's task count and partition changes.
+    pub(crate) fn task_count(&self) -> crate::markers::TaskCount {
+        lock(&self.graph).task_count.clone()
     }
 
     /// The same stream carrying `watermarks`.
