@@ -119,6 +119,9 @@ pub struct Scale {
     pub session_timeout: Option<Dur>,
     /// How long a dead process's open transaction holds up readers (default 10 s).
     pub transaction_timeout: Option<Dur>,
+    /// While a process catches up, how long one transaction spans its batches (default 2 s;
+    /// "0s": every batch commits).
+    pub commit_interval: Option<Dur>,
     /// How many other processes keep a warm copy of each task's state (default 0).
     #[serde(default)]
     pub standby_replicas: usize,

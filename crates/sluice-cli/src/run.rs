@@ -52,6 +52,9 @@ fn stream_config(job: &Job, args: &RunArgs, security: &Security) -> CliResult<St
         if let Some(timeout) = &spec.transaction_timeout {
             scale.transaction_timeout = timeout.0;
         }
+        if let Some(interval) = &spec.commit_interval {
+            scale.commit_interval = interval.0;
+        }
         config.scheduler.scale = Some(scale);
         config.standby_replicas = spec.standby_replicas;
     }

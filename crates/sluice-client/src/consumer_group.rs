@@ -502,6 +502,12 @@ impl ConsumerGroupMember {
         }
     }
 
+    /// Whether an event waits to be taken with [`ConsumerGroupMember::try_event`] (a failure of
+    /// the member's task included).
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty() || self.events.is_closed()
+    }
+
     /// Gives up revoked partitions: nothing more is done with them. The next heartbeat tells the
     /// coordinator, which may then give them to another member. Partitions not under revocation
     /// are ignored (a revocation ends when the member is fenced: the partitions were lost).

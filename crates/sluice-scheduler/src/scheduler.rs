@@ -320,15 +320,21 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<u64, SchedulerError> {
         let mut trigger = TriggerState::new(self.config.trigger);
         let mut ran = 0;
-        while !self.stop.is_cancelled() && !self.bounded_run_done() {
+        // Scale-out: a stop lets a transaction spanning batches end with one more batch (its
+        // batches' state changes go with it).
+        while (!self.stop.is_cancelled() || self.transaction_open()) && !self.bounded_run_done() {
             if let Some(share) = self.cut_by_budget.take() {
                 trigger.cut_short(share);
             }
             let Some(wait) = trigger.wait_ms(self.clock.now_ms()) else { break };
-            if wait > 0 {
+            if wait > 0 && !(self.stop.is_cancelled() && self.transaction_open()) {
                 tokio::select! {
                     biased;
-                    () = self.stop.cancelled() => break,
+                    () = self.stop.cancelled() => {
+                        if !self.transaction_open() {
+                            break;
+                        }
+                    }
                     () = self.clock.sleep(wait) => {}
                 }
             }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use common::{java, ScaleJob};
 use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerRecord};
 use sluice_scheduler::{
-    Batch, BatchOutput, BatchProgress, CancellationToken, PartitionChanges, Processor, ScaleConfig, Scheduler,
-    SchedulerConfig, SchedulerError, StartingOffsets, SystemClock,
+    Batch, BatchOutput, BatchProgress, CancellationToken, PartitionChanges, Processor, RateLimits, ScaleConfig,
+    Scheduler, SchedulerConfig, SchedulerError, StartingOffsets, SystemClock,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -29,14 +29,25 @@ const PARTITIONS: i32 = 6;
 /// Copies every record's value to the output topic through the batch's transaction.
 struct Copy {
     output: String,
-    /// Once: the first batch with records takes this long after sending them, having said it
-    /// has begun.
-    stall: Option<(Duration, Arc<Notify>)>,
+    hooks: Hooks,
     /// The partition changes the scheduler told of, in order.
     changes: Changes,
 }
 
 type Changes = Arc<std::sync::Mutex<Vec<PartitionChanges>>>;
+
+/// What a test does to, or learns from, the batches of a process.
+#[derive(Default)]
+struct Hooks {
+    /// Once: the first batch with records takes this long after sending them, having said it
+    /// has begun.
+    stall: Option<(Duration, Arc<Notify>)>,
+    /// Once: the `n`th batch with records that goes on with the transaction of the batch
+    /// before fails after sending them.
+    fail_going_on: Option<usize>,
+    /// Each batch with records: whether it began its transaction, and whether it ended it.
+    seen: Arc<std::sync::Mutex<Vec<(bool, bool)>>>,
+}
 
 impl Processor for Copy {
     async fn process(&mut self, mut batch: Batch) -> Result<BatchOutput, sluice_scheduler::BoxError> {
@@ -55,7 +66,16 @@ impl Processor for Copy {
             // Delivered (or failed) by the transaction's commit.
             drop(producer.send(record).await?);
         }
-        if let Some((pause, begun)) = self.stall.take() {
+        let going_on = {
+            let mut seen = self.hooks.seen.lock().unwrap();
+            seen.push((batch.begins_transaction(), batch.ends_transaction()));
+            seen.iter().filter(|(begins, _)| !begins).count()
+        };
+        if self.hooks.fail_going_on.is_some_and(|n| going_on >= n) {
+            self.hooks.fail_going_on = None;
+            return Err("failing, as the test asks, in a batch that went on with its transaction".into());
+        }
+        if let Some((pause, begun)) = self.hooks.stall.take() {
             // The records went out first, so the transaction is open at the coordinator.
             producer.flush().await?;
             begun.notify_one();
@@ -82,7 +102,7 @@ struct Process {
 }
 
 async fn start(broker: &str, dir: &Path, input: &str, output: &str, group: &str, protocol: GroupProtocol) -> Process {
-    start_with(broker, dir, (input, output, group), protocol, |_| {}, None).await
+    start_with(broker, dir, (input, output, group), protocol, |_| {}, Hooks::default()).await
 }
 
 async fn start_with(
@@ -91,7 +111,7 @@ async fn start_with(
     (input, output, group): (&str, &str, &str),
     protocol: GroupProtocol,
     tune: impl FnOnce(&mut SchedulerConfig),
-    stall: Option<(Duration, Arc<Notify>)>,
+    hooks: Hooks,
 ) -> Process {
     let client = Client::connect(ClientConfig::new([broker])).await.unwrap();
     let mut config = SchedulerConfig::new([input], Duration::from_millis(200));
@@ -116,7 +136,7 @@ async fn start_with(
                 counted.fetch_add(progress.num_input_rows, Ordering::Relaxed);
             }
         };
-        scheduler.run(&mut Copy { output, stall, changes: told }, count).await
+        scheduler.run(&mut Copy { output, hooks, changes: told }, count).await
     });
     Process { stop, run, rows, aborted, changes }
 }
@@ -241,7 +261,8 @@ async fn a_batch_whose_member_was_fenced_meanwhile_does_not_commit() {
     let begun = Arc::new(Notify::new());
     let stall = Some((Duration::from_secs(10), Arc::clone(&begun)));
     let short_rebalance = |config: &mut SchedulerConfig| scale_of(config).rebalance_timeout = Duration::from_secs(3);
-    let slow = start_with(&broker.addr, dirs[0].path(), names, GroupProtocol::Consumer, short_rebalance, stall).await;
+    let hooks = Hooks { stall, ..Hooks::default() };
+    let slow = start_with(&broker.addr, dirs[0].path(), names, GroupProtocol::Consumer, short_rebalance, hooks).await;
     begun.notified().await;
     // The slow member holds every partition in a 10 s batch; the newcomer's arrival revokes
     // some, which the slow member cannot release within its 3 s rebalance timeout.
@@ -277,7 +298,8 @@ async fn a_batch_outliving_its_transaction_timeout_is_done_again() {
     let short_transactions =
         |config: &mut SchedulerConfig| scale_of(config).transaction_timeout = Duration::from_secs(2);
     let names = (input.as_str(), output.as_str(), group.as_str());
-    let job = start_with(&broker.addr, dir.path(), names, GroupProtocol::Auto, short_transactions, stall).await;
+    let hooks = Hooks { stall, ..Hooks::default() };
+    let job = start_with(&broker.addr, dir.path(), names, GroupProtocol::Auto, short_transactions, hooks).await;
     begun.notified().await;
     produce(&producer, &input, 1_000..2_000).await;
     common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(60), || {}).await;
@@ -292,6 +314,62 @@ async fn a_batch_outliving_its_transaction_timeout_is_done_again() {
     let gained = |p: i32| changes.iter().filter(|c| c.gained.contains(&(input.clone(), p))).count();
     assert!(changes.iter().all(|c| c.lost.is_empty()), "a partition was lost: {changes:?}");
     assert!((0..PARTITIONS).any(|p| gained(p) >= 2), "no partition gained again after the abort: {changes:?}");
+}
+
+/// While a process catches up (its batches leave records to read: here a rate limit), one
+/// transaction spans its batches for up to the commit interval: the first begins it, the
+/// others go on with it, and the one that reaches the end of the input ends it. A batch failing
+/// part way through such a transaction aborts all of it: nothing of it is committed, the next
+/// run reads every record of it again from the group's offsets, and each is in the output once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlogs_batches_share_a_transaction_and_a_failure_undoes_all_of_it() {
+    let why =
+        "a_backlogs_batches_share_a_transaction_and_a_failure_undoes_all_of_it: Tansu does not hide aborted records";
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(why, "spanning", PARTITIONS).await
+    else {
+        return;
+    };
+    produce(&producer, &input, 0..3_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let names = (input.as_str(), output.as_str(), group.as_str());
+    // 100 records of each partition per 200 ms batch: the backlog takes five batches.
+    let paced = |config: &mut SchedulerConfig| {
+        config.limits = RateLimits { max_per_partition: Some(500.0), min_per_partition: 0.0 };
+        scale_of(config).commit_interval = Duration::from_secs(5);
+    };
+    // The third batch that goes on with its transaction fails.
+    let failing = Hooks { fail_going_on: Some(3), ..Hooks::default() };
+    let seen = Arc::clone(&failing.seen);
+    let job = start_with(&broker.addr, dir.path(), names, GroupProtocol::Auto, paced, failing).await;
+    let failed = job.run.await.unwrap();
+    assert!(matches!(failed, Err(SchedulerError::Processing { .. })), "{failed:?}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(true, false), (false, false), (false, false), (false, false)],
+        "the failed run's batches, in one transaction"
+    );
+    let offsets = client.group_offsets(&group).await.unwrap();
+    assert!(offsets.is_empty(), "the aborted transaction committed offsets: {offsets:?}");
+    assert_eq!(java::consume_values(&broker.addr, &output, true), Vec::<String>::new(), "read_committed");
+
+    let again = Hooks::default();
+    let seen = Arc::clone(&again.seen);
+    let job = start_with(&broker.addr, dir.path(), names, GroupProtocol::Auto, paced, again).await;
+    common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(60), || {}).await;
+    job.stop.cancel();
+    job.run.await.unwrap().unwrap();
+    assert_each_once(&broker.addr, &output, 3_000, "a transaction spanning batches, failed and done again");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.first(), Some(&(true, false)), "{seen:?}");
+    assert_eq!(seen.last().map(|(_, ends)| *ends), Some(true), "{seen:?}");
+    // Each transaction: begun by one batch, gone on with by the next ones, ended by the last.
+    let mut open = false;
+    for (begins, ends) in seen.iter() {
+        assert_eq!(*begins, !open, "{seen:?}");
+        open = !ends;
+    }
+    assert!(!open, "{seen:?}");
 }
 
 fn scale_of(config: &mut SchedulerConfig) -> &mut ScaleConfig {
@@ -326,8 +404,9 @@ async fn a_quiet_partition_moves_without_its_history_being_read() {
     // Two processes split the partitions: one of them owns only the quiet one, and none of its
     // batches reads anything (on the classic protocol sluice's own assignor moves the lowest
     // partition to the newcomer, so the first keeps the quiet one).
-    let first = start_with(&broker.addr, dirs[0].path(), names, GroupProtocol::Classic, latest, None).await;
-    let second = start_with(&broker.addr, dirs[1].path(), names, GroupProtocol::Classic, latest, None).await;
+    let first = start_with(&broker.addr, dirs[0].path(), names, GroupProtocol::Classic, latest, Hooks::default()).await;
+    let second =
+        start_with(&broker.addr, dirs[1].path(), names, GroupProtocol::Classic, latest, Hooks::default()).await;
     // Two cooperative rebalances (the partition that moves is first left out), heartbeats every
     // 500 ms: settled well within 5 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -338,7 +417,7 @@ async fn a_quiet_partition_moves_without_its_history_being_read() {
     first.stop.cancel();
     first.run.await.unwrap().unwrap();
     send(0, 100..200).await;
-    let third = start_with(&broker.addr, dirs[2].path(), names, GroupProtocol::Classic, latest, None).await;
+    let third = start_with(&broker.addr, dirs[2].path(), names, GroupProtocol::Classic, latest, Hooks::default()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     second.stop.cancel();
     second.run.await.unwrap().unwrap();

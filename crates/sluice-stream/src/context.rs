@@ -534,7 +534,9 @@ impl Processor for Engine {
         let mut run = 0;
         // A batch that failed part way may have left its problems.
         self.failures.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        if let Some(purge) = &mut self.purge {
+        // Where a batch that goes on with an earlier batch's transaction starts is not
+        // committed yet: the purge waits for one that begins a transaction.
+        if let (Some(purge), true) = (&mut self.purge, batch.begins_transaction()) {
             purge.at_batch_start(&batch.ranges, &self.internal);
         }
         if let Some(changelogs) = &self.changelogs {
@@ -590,13 +592,18 @@ impl Processor for Engine {
                 .owning((Arc::clone(&owned.0), Arc::clone(&owned.1)))
                 .in_piece(run, last)
                 .of_checkpoint(self.checkpoint_id)
-                .in_transaction(batch.transaction().cloned())
+                .in_transaction(batch.transaction().cloned(), !batch.begins_transaction())
                 .of_group(self.group.clone());
                 self.run_outputs(Arc::new(input)).await?;
                 run += 1;
             }
         }
         if let Some(changelogs) = &self.changelogs {
+            // The changes of a transaction spanning batches go with the batch that ends it,
+            // each key's last.
+            if !batch.ends_transaction() {
+                return Ok(BatchOutput::default());
+            }
             let records = changelogs.take_records(&self.state).await?;
             if !records.is_empty() {
                 let producer = batch.transaction().ok_or("the batch changed state but has no transaction")?;

@@ -49,6 +49,9 @@ pub struct BatchInput {
     pub(crate) checkpoint_id: u64,
     /// Scale-out mode: the batch's Kafka transaction (see [`BatchInfo::transaction`]).
     pub(crate) transaction: Option<Arc<Producer>>,
+    /// Scale-out mode: the transaction began with an earlier batch (see
+    /// [`BatchInfo::continues_transaction`]).
+    pub(crate) continues_transaction: bool,
     /// Scale-out mode: the job's group.
     pub(crate) group: Option<Arc<str>>,
 }
@@ -156,6 +159,7 @@ impl BatchInput {
             last_piece: true,
             checkpoint_id: 0,
             transaction: None,
+            continues_transaction: false,
             group: None,
         }
     }
@@ -195,8 +199,9 @@ impl BatchInput {
     }
 
     /// The input of a batch written in the scale-out transaction `transaction`.
-    pub(crate) fn in_transaction(mut self, transaction: Option<Arc<Producer>>) -> Self {
+    pub(crate) fn in_transaction(mut self, transaction: Option<Arc<Producer>>, continues: bool) -> Self {
         self.transaction = transaction;
+        self.continues_transaction = continues;
         self
     }
 
@@ -218,6 +223,7 @@ impl BatchInput {
             .with_piece(self.piece, self.last_piece, 0)
             .with_checkpoint_id(self.checkpoint_id);
         info.transaction.clone_from(&self.transaction);
+        info.continues_transaction = self.continues_transaction;
         info.group.clone_from(&self.group);
         info
     }
@@ -286,6 +292,10 @@ pub struct BatchInfo {
     /// with its source offsets. A sink writing to Kafka sends its records through it (and does
     /// not begin, commit or abort it); `None` otherwise.
     pub transaction: Option<Arc<Producer>>,
+    /// Scale-out mode: the transaction began with an earlier batch, which left it open for
+    /// this one (a transaction spans batches while the process catches up): output held until
+    /// the commit ([`Sink::committed`](crate::Sink::committed)) waits for the batch that ends it.
+    pub continues_transaction: bool,
     /// Scale-out mode: the job's group (its processes' internal topics are named after it).
     pub group: Option<Arc<str>>,
 }
@@ -294,7 +304,8 @@ impl PartialEq for BatchInfo {
     /// Batches are equal when everything but the transaction handle is.
     fn eq(&self, other: &Self) -> bool {
         let fields = |b: &Self| {
-            (b.batch_id, b.time_ms, b.rerun, b.piece, b.last_piece, b.items_before, b.checkpoint_id, b.group.clone())
+            let position = (b.piece, b.last_piece, b.items_before);
+            (b.batch_id, b.time_ms, b.rerun, position, b.checkpoint_id, b.continues_transaction, b.group.clone())
         };
         fields(self) == fields(other)
     }
@@ -314,6 +325,7 @@ impl BatchInfo {
             items_before: 0,
             checkpoint_id: 0,
             transaction: None,
+            continues_transaction: false,
             group: None,
         }
     }

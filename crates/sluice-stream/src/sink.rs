@@ -37,8 +37,10 @@ pub trait Sink<T>: Send {
     }
 
     /// Scale-out mode: the batch last written (`batch`, its last piece) committed its Kafka
-    /// transaction. A sink that holds its output until then (files renamed into place)
-    /// publishes it here; an error fails the run. Does nothing unless implemented.
+    /// transaction, and with it the batches written since the last call (a transaction spans
+    /// batches while the process catches up: [`BatchInfo::continues_transaction`]). A sink that
+    /// holds its output until then (files renamed into place) publishes it here; an error
+    /// fails the run. Does nothing unless implemented.
     fn committed(&mut self, batch: &BatchInfo) -> impl Future<Output = Result<(), BoxError>> + Send {
         let _ = batch;
         async { Ok(()) }
@@ -105,8 +107,9 @@ impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
 #[derive(Debug, Clone)]
 pub struct JsonLinesFiles {
     dir: PathBuf,
-    /// Scale-out mode: the file of the batch last written, to rename once it commits.
-    pending: Option<(PathBuf, PathBuf)>,
+    /// Scale-out mode: the files of the batches written in the transaction under way (it may
+    /// span batches), to rename once it commits.
+    pending: Vec<(PathBuf, PathBuf)>,
     /// Scale-out mode: whether files a previous run left were looked into.
     resolved: bool,
 }
@@ -114,7 +117,7 @@ pub struct JsonLinesFiles {
 impl JsonLinesFiles {
     /// Files in `dir` (created if missing).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), pending: None, resolved: false }
+        Self { dir: dir.into(), pending: Vec::new(), resolved: false }
     }
 
     /// The file of batch `batch_id`.
@@ -243,9 +246,11 @@ impl JsonLinesFiles {
         if !self.resolved {
             create_ledger(producer.client(), &ledger).await?;
         }
-        // Once per run, and after a batch whose commit did not succeed (its transaction may
-        // have committed all the same, if the answer to its end was lost): the ledger decides.
-        if !self.resolved || (batch.piece == 0 && self.pending.take().is_some()) {
+        // Once per run, and after a transaction whose commit did not succeed (it may have
+        // committed all the same, if the answer to its end was lost): the ledger decides.
+        let uncommitted = batch.piece == 0 && !batch.continues_transaction && !self.pending.is_empty();
+        if !self.resolved || uncommitted {
+            self.pending.clear();
             self.resolve_left_files(&producer, &ledger, process).await?;
             self.resolved = true;
         }
@@ -257,7 +262,7 @@ impl JsonLinesFiles {
             let record = ProducerRecord::new(ledger.clone(), stem).key(process.to_owned());
             let sent = producer.send(record).await;
             drop(sent.map_err(|e| format!("noting batch {batch_id} in the ledger {ledger}: {e}"))?);
-            self.pending = Some(names);
+            self.pending.push(names);
         }
         Ok(())
     }
@@ -421,9 +426,14 @@ impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
     }
 
     async fn committed(&mut self, _batch: &BatchInfo) -> Result<(), BoxError> {
-        let Some((temporary, target)) = self.pending.take() else { return Ok(()) };
-        let dir = self.dir.clone();
-        let renamed = tokio::task::spawn_blocking(move || rename_into_place(&temporary, &target, &dir)).await;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (pending, dir) = (std::mem::take(&mut self.pending), self.dir.clone());
+        let renamed = tokio::task::spawn_blocking(move || {
+            pending.iter().try_for_each(|(temporary, target)| rename_into_place(temporary, target, &dir))
+        })
+        .await;
         Ok(renamed.map_err(|e| format!("renaming a committed batch's file stopped: {e}"))??)
     }
 }

@@ -28,6 +28,10 @@ pub struct Batch {
     pub(super) transaction: Option<Arc<sluice_client::Producer>>,
     /// Scale-out mode: this process's member id in the job's group.
     pub(super) member_id: Option<String>,
+    /// See [`Batch::ends_transaction`].
+    pub(super) ends_transaction: bool,
+    /// See [`Batch::begins_transaction`].
+    pub(super) begins_transaction: bool,
 }
 
 /// Records of a batch, from its read tasks: all of them, or the next bounded piece. Each
@@ -129,6 +133,24 @@ impl Batch {
     /// it. `None` outside scale-out mode, and for a batch with no ranges.
     pub fn transaction(&self) -> Option<&Arc<sluice_client::Producer>> {
         self.transaction.as_ref()
+    }
+
+    /// Scale-out mode: whether the batch's transaction commits at the batch's end. While the
+    /// process catches up, a transaction spans batches
+    /// ([`ScaleConfig::commit_interval`](super::ScaleConfig::commit_interval)): a processor
+    /// that holds its state's changes until the commit (a changelog's, each key once) sends
+    /// them through [`Batch::transaction`] in the batch that ends it. True outside scale-out
+    /// mode.
+    pub fn ends_transaction(&self) -> bool {
+        self.ends_transaction
+    }
+
+    /// Scale-out mode: whether the batch's transaction began with it, so that where its ranges
+    /// start is what the group has committed (a batch that goes on with the transaction of the
+    /// batch before starts where that one ended, not committed yet). True outside scale-out
+    /// mode.
+    pub fn begins_transaction(&self) -> bool {
+        self.begins_transaction
     }
 
     /// Scale-out mode: this process's member id in the job's group (as ConsumerGroupDescribe

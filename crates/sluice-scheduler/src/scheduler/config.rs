@@ -152,12 +152,23 @@ pub struct ScaleConfig {
     /// one. Where the group holds no offset for one of their partitions, it is read from its
     /// start (whatever `starting_offsets` says: everything in it is the job's own).
     pub internal_topics: Vec<String>,
+    /// While the process is behind (a batch leaves records of its partitions to read: a
+    /// backlog, read at the rate limits or within the memory budget), one transaction spans its
+    /// batches for up to this long, so that what they change is sent to the changelogs once (a
+    /// key changed in many batches, once) and the commit's round trips are paid once: Kafka
+    /// Streams' `commit.interval.ms` for a catch-up. A batch that reaches the end of what its
+    /// partitions hold commits at its end, as does one after a change of the group, and the
+    /// transaction of a run that is stopped ends with one more batch. Their output is visible
+    /// to `read_committed` readers at the commit. Zero: every batch commits. At most half of
+    /// `transaction_timeout` is used. Default 2 s.
+    pub commit_interval: Duration,
 }
 
 impl ScaleConfig {
     /// Scale-out through `group`, with the defaults: a dynamic member (transactional id from the
     /// checkpoint's id), the protocol the broker offers, a rebalance timeout of 60 s, a classic session of 45 s with
-    /// heartbeats every 3 s, transactions that time out after 10 s.
+    /// heartbeats every 3 s, transactions that time out after 10 s, spanning batches for up to
+    /// 2 s while the process catches up.
     pub fn new(group: impl Into<String>) -> Self {
         Self {
             group: group.into(),
@@ -169,6 +180,7 @@ impl ScaleConfig {
             transaction_timeout: Duration::from_secs(10),
             transaction_every_batch: false,
             internal_topics: Vec::new(),
+            commit_interval: Duration::from_secs(2),
         }
     }
 }

@@ -51,8 +51,10 @@ impl<C: Clock> Scheduler<C> {
         self.start_snapshot_write();
         let intent_written = self.clock.now_ms();
         // Scale-out: the transaction begins (and starts taking in the group's offsets) while
-        // the batch is read.
-        let transaction = self.begin_batch_transaction(&ranges).await?;
+        // the batch is read, or goes on from the batch before, which left it open.
+        let ends_transaction = !self.transaction_continues(&ranges, &latest);
+        let begins_transaction = !self.transaction_open();
+        let transaction = self.begin_batch_transaction(&ranges, ends_transaction).await?;
         let in_transaction = transaction.is_some();
         // The first piece (in most batches, all of it).
         let task_ranges = split_ranges(&ranges, self.config.min_partitions);
@@ -72,7 +74,16 @@ impl<C: Clock> Scheduler<C> {
         let tally = Arc::clone(&pieces.tally);
         self.learn(&pieces.tally());
         let member_id = self.scale.as_ref().map(|scale| scale.member_id());
-        let batch = Batch { batch_id, ranges: ranges.clone(), rerun, pieces, transaction, member_id };
+        let batch = Batch {
+            batch_id,
+            ranges: ranges.clone(),
+            rerun,
+            pieces,
+            transaction,
+            member_id,
+            ends_transaction,
+            begins_transaction,
+        };
         let (output, tally) = match self.process(processor, batch, &ranges, &tally, first_is_last).await {
             Ok(processed) => processed,
             Err(error) => {
@@ -92,14 +103,16 @@ impl<C: Clock> Scheduler<C> {
         self.snapshot_written().await?;
         // Scale-out: the batch counts once its transaction commits in Kafka; refused (the group
         // moved on), it is closed here as not committed and its partitions go on from the group.
-        let in_kafka = self.commit_batch_transaction(batch_id, &ranges).await?;
+        // A batch that leaves its transaction open for the next counts as done here: if that
+        // transaction aborts, where all of its batches' partitions go on is read again.
+        let in_kafka = if ends_transaction { self.commit_batch_transaction(batch_id).await? } else { true };
         let (commit_ranges, output) = if in_kafka {
             (ranges.clone(), output)
         } else {
             (Vec::new(), BatchOutput { sink_markers: NOT_COMMITTED.to_vec(), ..BatchOutput::default() })
         };
         self.write_commit(batch_id, &commit_ranges, output).await?;
-        if in_transaction && in_kafka {
+        if in_transaction && in_kafka && ends_transaction {
             processor.committed(batch_id).await.map_err(|source| SchedulerError::Processing { batch_id, source })?;
         }
         let checkpoint_bytes = self.log.stats().map_or(0, |s| s.appended_bytes.saturating_sub(appended_before));

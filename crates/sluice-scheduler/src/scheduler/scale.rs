@@ -43,10 +43,12 @@ pub(super) struct Scale {
     /// The member's loss count when the group's changes were last taken in (the positions the
     /// next batch is planned from are from then).
     losses_at_plan: u64,
-    /// That count, for the batch under way, once its transaction has begun: a batch must not
-    /// commit once its member has lost its partitions since its positions were taken (even if
-    /// it got them back).
-    losses_at_begin: Option<u64>,
+    /// The transaction under way, once begun (it may span batches: see
+    /// [`ScaleConfig::commit_interval`](super::ScaleConfig::commit_interval)).
+    open: Option<OpenTransaction>,
+    /// A change of the group came while a transaction spanning batches was open: the next batch
+    /// ends it, and the change is taken in at the boundary after it.
+    end_next: bool,
     /// Owned partitions whose position came from `starting_offsets` (for an internal topic's,
     /// its earliest offset), not from the group: the next batch commits their offsets even if it
     /// reads nothing from them, so that a later owner starts where this one did.
@@ -61,6 +63,40 @@ pub(super) struct Scale {
     /// The batch's transaction taking in the batch's end offsets while the batch runs; awaited
     /// before it ends. Gives the group metadata the offsets were sent with, if they were.
     preparing: Option<tokio::task::JoinHandle<Option<ConsumerGroupMetadata>>>,
+}
+
+/// A transaction begun, and the batches in it so far.
+#[derive(Debug)]
+struct OpenTransaction {
+    /// The member's loss count when the positions of its first batch were taken: it must not
+    /// commit once its member has lost partitions since (even if it got them back).
+    losses_at_begin: u64,
+    began: Instant,
+    batches: u32,
+    /// Where each partition its batches read ends: the offsets it commits.
+    ends: BTreeMap<TopicPartition, i64>,
+}
+
+impl OpenTransaction {
+    fn new(losses_at_begin: u64) -> Self {
+        Self { losses_at_begin, began: Instant::now(), batches: 0, ends: BTreeMap::new() }
+    }
+
+    /// Takes in a batch's ranges.
+    fn add(&mut self, ranges: &[OffsetRange]) {
+        self.batches += 1;
+        for range in ranges {
+            self.ends.insert((range.topic.clone(), range.partition), range.until);
+        }
+    }
+
+    fn offsets(&self) -> Vec<(String, i32, i64)> {
+        self.ends.iter().map(|((topic, partition), end)| (topic.clone(), *partition, *end)).collect()
+    }
+
+    fn partitions(&self) -> Vec<TopicPartition> {
+        self.ends.keys().cloned().collect()
+    }
 }
 
 impl Scale {
@@ -208,7 +244,8 @@ impl<C: Clock> Scheduler<C> {
             producer: Arc::new(producer),
             gained: Vec::new(),
             losses_at_plan,
-            losses_at_begin: None,
+            open: None,
+            end_next: false,
             uncommitted: std::collections::BTreeSet::new(),
             not_committed_in_a_row: 0,
             changes: PartitionChanges::default(),
@@ -249,14 +286,16 @@ impl<C: Clock> Scheduler<C> {
         );
         self.prefetched = None;
         if let Some(scale) = self.scale.as_mut() {
-            scale.losses_at_begin = None;
+            // The earlier batches of its transaction, if it spanned batches, are undone too.
+            let spanned = scale.open.take().map(|open| open.partitions()).unwrap_or_default();
+            scale.end_next = false;
             scale.prepared().await;
             // Not open (never begun, or ended before the failure) is fine too: that refusal is
             // the producer's own, made without asking the cluster.
             if let Err(error) = scale.producer.abort_transaction().await {
                 tracing::debug!(batch_id = intent.batch_id, %error, "aborting the open batch's transaction");
             }
-            let keys = intent.ranges.iter().map(|r| (r.topic.clone(), r.partition));
+            let keys = intent.ranges.iter().map(|r| (r.topic.clone(), r.partition)).chain(spanned);
             scale.look_up_again(keys, &mut self.positions);
         }
         let output = BatchOutput { sink_markers: NOT_COMMITTED.to_vec(), ..BatchOutput::default() };
@@ -267,6 +306,12 @@ impl<C: Clock> Scheduler<C> {
     pub(super) async fn take_group_changes(&mut self, batch_id: u64) -> Result<bool, SchedulerError> {
         self.close_open_intent().await?;
         let Some(scale) = self.scale.as_mut() else { return Ok(false) };
+        if scale.open.is_some() {
+            // A transaction spanning batches holds changes of the partitions the group may
+            // take away: it ends with the next batch before any change is taken in.
+            scale.end_next |= scale.member.has_event();
+            return Ok(false);
+        }
         // Before the events: a loss counted from here on happened after these positions.
         scale.losses_at_plan = scale.member.losses();
         let mut changed = false;
@@ -385,55 +430,106 @@ impl<C: Clock> Scheduler<C> {
         }
     }
 
-    /// Begins the batch's transaction, if the batch has ranges.
+    /// Whether the batch planned with `ranges` (and `latest`, the partitions' ends) leaves its
+    /// transaction open for the next: the process is behind, the transaction younger than the
+    /// commit interval (with room for one more batch as long as its batches take on average),
+    /// and nothing asks for a commit (a change of the group, a stop, a bounded run).
+    pub(super) fn transaction_continues(&self, ranges: &[OffsetRange], latest: &[i64]) -> bool {
+        let (Some(scale), Some(config)) = (&self.scale, &self.config.scale) else { return false };
+        let interval = config.commit_interval.min(config.transaction_timeout / 2);
+        let bounded = self.config.ending_offsets.is_some() || self.config.trigger == crate::trigger::Trigger::Once;
+        if interval.is_zero() || bounded || scale.end_next || self.stop.is_cancelled() || scale.member.has_event() {
+            return false;
+        }
+        if self.reached_end(ranges, latest) {
+            return false;
+        }
+        match &scale.open {
+            None => true,
+            Some(open) => {
+                let age = open.began.elapsed();
+                age + age / open.batches.max(1) < interval
+            }
+        }
+    }
+
+    /// Whether a transaction is under way (it may span batches).
+    pub(super) fn transaction_open(&self) -> bool {
+        self.scale.as_ref().is_some_and(|scale| scale.open.is_some())
+    }
+
+    /// Begins the batch's transaction if the batch has ranges, or goes on with the one the
+    /// batch before left open. A batch that ends it (`ends`) sends the offsets it commits, on a
+    /// task of its own, while the batch runs.
     pub(super) async fn begin_batch_transaction(
         &mut self,
         ranges: &[OffsetRange],
+        ends: bool,
     ) -> Result<Option<Arc<Producer>>, SchedulerError> {
         let Some(scale) = &self.scale else { return Ok(None) };
-        // Nothing to read, nothing to write, no offset that moves (but a partition whose
-        // position the group does not hold yet gets it committed, and a processor may ask for a
-        // transaction every batch).
-        let fresh = ranges.iter().any(|r| scale.uncommitted.contains(&(r.topic.clone(), r.partition)));
-        let every_batch = self.config.scale.as_ref().is_some_and(|s| s.transaction_every_batch);
-        let idle = if every_batch { ranges.is_empty() } else { ranges.iter().all(OffsetRange::is_empty) };
-        if idle && !fresh {
-            return Ok(None);
-        }
         let producer = Arc::clone(&scale.producer);
-        let losses = scale.losses_at_plan;
-        producer.begin_transaction().await.map_err(|e| self.group_error("beginning the batch's transaction", e))?;
-        if let Some(scale) = self.scale.as_mut() {
-            scale.losses_at_begin = Some(losses);
-            // The coordinator is often still completing the previous transaction: the group's
-            // offsets (every batch's transaction commits them) join this one while the batch is
-            // read and processed, and the batch's sends find the coordinator done. The batch's
-            // end offsets go then too, under the member's metadata as it is now (see
-            // `commit_batch_transaction` for why that is safe): the group's coordinator takes
-            // 20-60 ms to check them with the transaction's, no longer on the batch's path.
-            let (preparing, metadata) = (Arc::clone(&producer), scale.member.group_metadata());
-            let offsets = end_offsets(ranges);
-            scale.preparing = Some(tokio::spawn(async move {
-                let sent = async {
-                    preparing.prepare_transaction(&[], Some(&metadata.group_id)).await?;
-                    preparing.send_offsets_to_transaction(&offsets, &metadata).await
-                };
-                match sent.await {
-                    Ok(()) => Some(metadata),
-                    Err(error) => {
-                        tracing::debug!(%error, "preparing the batch's transaction failed; its sends and its commit add what it did not");
-                        None
-                    }
-                }
-            }));
+        if scale.open.is_none() {
+            // Nothing to read, nothing to write, no offset that moves (but a partition whose
+            // position the group does not hold yet gets it committed, and a processor may ask
+            // for a transaction every batch).
+            let fresh = ranges.iter().any(|r| scale.uncommitted.contains(&(r.topic.clone(), r.partition)));
+            let every_batch = self.config.scale.as_ref().is_some_and(|s| s.transaction_every_batch);
+            let idle = if every_batch { ranges.is_empty() } else { ranges.iter().all(OffsetRange::is_empty) };
+            if idle && !fresh {
+                return Ok(None);
+            }
+            let losses = scale.losses_at_plan;
+            producer.begin_transaction().await.map_err(|e| self.group_error("beginning the batch's transaction", e))?;
+            if let Some(scale) = self.scale.as_mut() {
+                scale.open = Some(OpenTransaction::new(losses));
+            }
         }
+        let Some(scale) = self.scale.as_mut() else { return Ok(None) };
+        let Some(open) = scale.open.as_mut() else { return Ok(None) };
+        let first = open.batches == 0;
+        open.add(ranges);
+        if !first && !ends {
+            return Ok(Some(producer));
+        }
+        // The coordinator is often still completing the previous transaction: the group's
+        // offsets (every transaction commits them) join this one while the batch is read and
+        // processed, and the batch's sends find the coordinator done. The batch that ends the
+        // transaction sends its offsets then too, under the member's metadata as it is now (see
+        // `commit_batch_transaction` for why that is safe): the group's coordinator takes 20-60
+        // ms to check them with the transaction's, no longer on the batch's path.
+        let (preparing, metadata) = (Arc::clone(&producer), scale.member.group_metadata());
+        let offsets = ends.then(|| open.offsets());
+        let before = scale.preparing.take();
+        scale.preparing = Some(tokio::spawn(async move {
+            // What an earlier batch of the transaction began comes first.
+            if let Some(before) = before {
+                drop(before.await);
+            }
+            let sent = async {
+                preparing.prepare_transaction(&[], Some(&metadata.group_id)).await?;
+                match &offsets {
+                    Some(offsets) => preparing.send_offsets_to_transaction(offsets, &metadata).await.map(|()| true),
+                    None => Ok(false),
+                }
+            };
+            match sent.await {
+                Ok(true) => Some(metadata),
+                Ok(false) => None,
+                Err(error) => {
+                    tracing::debug!(%error, "preparing the batch's transaction failed; its sends and its commit add what it did not");
+                    None
+                }
+            }
+        }));
         Ok(Some(producer))
     }
 
-    /// Aborts the batch's transaction after a failure (the failure is what is reported).
+    /// Aborts the batch's transaction after a failure (the failure is what is reported; the
+    /// run ends, and the next one takes its partitions from the group again).
     pub(super) async fn abort_after_failure(&mut self, batch_id: u64) {
         if let Some(scale) = self.scale.as_mut() {
-            scale.losses_at_begin = None;
+            scale.open = None;
+            scale.end_next = false;
             scale.prepared().await;
             if let Err(error) = scale.producer.abort_transaction().await {
                 tracing::warn!(batch_id, %error, "aborting the failed batch's transaction failed too");
@@ -441,16 +537,15 @@ impl<C: Clock> Scheduler<C> {
         }
     }
 
-    /// Commits the batch's transaction with its ranges' end offsets under the member's current
-    /// group metadata. `Ok(false)`: the group refused (or the commit failed) and the transaction
-    /// was aborted; the positions of the batch's partitions are read again from the group.
-    pub(super) async fn commit_batch_transaction(
-        &mut self,
-        batch_id: u64,
-        ranges: &[OffsetRange],
-    ) -> Result<bool, SchedulerError> {
+    /// Commits the transaction the batch ends with the end offsets of its batches' ranges under
+    /// the member's current group metadata. `Ok(false)`: the group refused (or the commit
+    /// failed) and the transaction was aborted; the positions of its batches' partitions are
+    /// read again from the group.
+    pub(super) async fn commit_batch_transaction(&mut self, batch_id: u64) -> Result<bool, SchedulerError> {
         let Some(scale) = self.scale.as_mut() else { return Ok(true) };
-        let Some(losses_at_begin) = scale.losses_at_begin.take() else { return Ok(true) };
+        let Some(open) = scale.open.take() else { return Ok(true) };
+        scale.end_next = false;
+        let (losses_at_begin, offsets, partitions) = (open.losses_at_begin, open.offsets(), open.partitions());
         // The offsets went when the batch began, under the metadata the member had then. That
         // is as safe as sending them now: the group's coordinator checks the metadata when the
         // offsets arrive, and from then on a process the group gives the partitions to waits
@@ -459,16 +554,15 @@ impl<C: Clock> Scheduler<C> {
         // it if it aborts. A member already dropped when they arrived is refused, as at the
         // commit. They go again below only if the metadata moved since.
         let mut sent = scale.prepared().await;
-        let offsets = end_offsets(ranges);
         let mut retried = false;
         let refused = loop {
             // Read now: a KIP-848 member's epoch moves with every change of its assignment. Then
             // the loss count: metadata from after a loss (the member fenced and back) must not
             // commit a batch begun before it, whose partitions may have had another owner since.
             let metadata = scale.member.group_metadata();
-            let kept = scale.member.losses() == losses_at_begin && owns_all(&scale.owned(), ranges);
+            let kept = scale.member.losses() == losses_at_begin && owns_all(&scale.owned(), &partitions);
             if !kept {
-                break Some("the member lost partitions of the batch while it ran".to_owned());
+                break Some("the member lost partitions of the transaction's batches while they ran".to_owned());
             }
             let offsets_sent = async {
                 match sent.take() {
@@ -489,8 +583,8 @@ impl<C: Clock> Scheduler<C> {
         };
         let Some(reason) = refused else {
             scale.not_committed_in_a_row = 0;
-            for range in ranges {
-                scale.uncommitted.remove(&(range.topic.clone(), range.partition));
+            for partition in &partitions {
+                scale.uncommitted.remove(partition);
             }
             return Ok(true);
         };
@@ -519,7 +613,7 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         let Some(scale) = self.scale.as_mut() else { return Ok(false) };
-        scale.look_up_again(ranges.iter().map(|r| (r.topic.clone(), r.partition)), &mut self.positions);
+        scale.look_up_again(partitions, &mut self.positions);
         Ok(false)
     }
 
@@ -528,7 +622,7 @@ impl<C: Clock> Scheduler<C> {
     pub(super) async fn leave_group(&mut self) {
         if let Some(mut scale) = self.scale.take() {
             scale.prepared().await;
-            if scale.losses_at_begin.is_some() {
+            if scale.open.is_some() {
                 if let Err(error) = scale.producer.abort_transaction().await {
                     tracing::debug!(%error, "aborting the open batch's transaction before leaving");
                 }
@@ -576,11 +670,6 @@ fn epoch_moved(error: &Error) -> bool {
     )
 }
 
-/// The offsets a batch's transaction commits: where each of its ranges ends.
-fn end_offsets(ranges: &[OffsetRange]) -> Vec<(String, i32, i64)> {
-    ranges.iter().map(|r| (r.topic.clone(), r.partition, r.until)).collect()
-}
-
-fn owns_all(owned: &[TopicPartition], ranges: &[OffsetRange]) -> bool {
-    ranges.iter().all(|r| owned.iter().any(|(t, p)| *t == r.topic && *p == r.partition))
+fn owns_all(owned: &[TopicPartition], partitions: &[TopicPartition]) -> bool {
+    partitions.iter().all(|partition| owned.contains(partition))
 }
