@@ -42,6 +42,9 @@ struct State {
     /// Offsets each partition's committed batches consumed (in scale-out mode, what this
     /// process did of each task while it owned it).
     partition_offsets: std::collections::BTreeMap<(String, i32), u64>,
+    /// Scale-out mode: the same for the batches of the transaction still open, counted once it
+    /// commits.
+    in_open_transaction: std::collections::BTreeMap<(String, i32), u64>,
     last: Option<BatchProgress>,
 }
 
@@ -100,10 +103,16 @@ impl Metrics {
         state.batches += 1;
         state.input_rows += progress.num_input_rows;
         state.checkpoint_bytes += progress.checkpoint_bytes;
-        if !progress.aborted {
-            for source in &progress.sources {
-                let consumed = u64::try_from(source.end_offset - source.start_offset).unwrap_or(0);
-                *state.partition_offsets.entry((source.topic.clone(), source.partition)).or_default() += consumed;
+        for source in &progress.sources {
+            let consumed = u64::try_from(source.end_offset - source.start_offset).unwrap_or(0);
+            *state.in_open_transaction.entry((source.topic.clone(), source.partition)).or_default() += consumed;
+        }
+        if !progress.transaction_open {
+            let consumed = std::mem::take(&mut state.in_open_transaction);
+            if !progress.aborted {
+                for (partition, offsets) in consumed {
+                    *state.partition_offsets.entry(partition).or_default() += offsets;
+                }
             }
         }
         state.last = Some(progress.clone());
@@ -317,23 +326,26 @@ mod tests {
             rerun: false,
             checkpoint_bytes: 100,
             aborted: false,
+            transaction_open: false,
         };
         metrics.record(&progress);
-        // An aborted batch's offsets were not consumed.
+        // An aborted batch's offsets were not consumed, nor those of the batches that left its
+        // transaction open.
+        metrics.record(&BatchProgress { transaction_open: true, ..progress.clone() });
         metrics.record(&BatchProgress { aborted: true, ..progress.clone() });
         sluice_client::RequestObserver::request_done(&*requests, "b:9092", "Fetch", Duration::from_millis(3), true);
         let text = metrics.render();
         for line in [
             "# TYPE sluice_batches_total counter",
-            r#"sluice_batches_total{job="clicks \"top\""} 2"#,
-            r#"sluice_input_rows_total{job="clicks \"top\""} 80"#,
+            r#"sluice_batches_total{job="clicks \"top\""} 3"#,
+            r#"sluice_input_rows_total{job="clicks \"top\""} 120"#,
             r#"sluice_partition_offsets_total{job="clicks \"top\"",topic="clicks",partition="3"} 40"#,
             r#"sluice_owned_partitions{job="clicks \"top\""} 1"#,
             r#"sluice_partition_lag_records{job="clicks \"top\"",topic="clicks",partition="3"} 10"#,
             r#"sluice_last_batch_duration_seconds{job="clicks \"top\"",phase="processing"} 0.03"#,
             "# TYPE sluice_batch_duration_seconds histogram",
-            r#"sluice_batch_duration_seconds_bucket{job="clicks \"top\"",phase="processing",le="0.032"} 2"#,
-            r#"sluice_batch_duration_seconds_count{job="clicks \"top\"",phase="total"} 2"#,
+            r#"sluice_batch_duration_seconds_bucket{job="clicks \"top\"",phase="processing",le="0.032"} 3"#,
+            r#"sluice_batch_duration_seconds_count{job="clicks \"top\"",phase="total"} 3"#,
             r#"sluice_request_duration_seconds_count{job="clicks \"top\"",api="Fetch",broker="b:9092",outcome="ok"} 1"#,
             r#"sluice_restored_tasks_total{job="clicks \"top\""} 3"#,
             r#"sluice_restore_seconds_total{job="clicks \"top\""} 1.5"#,

@@ -129,11 +129,18 @@ async fn start_with(
     let changes = Changes::default();
     let told = Arc::clone(&changes);
     let run = tokio::spawn(async move {
-        let count = |progress: &BatchProgress| {
+        // The rows of a transaction spanning batches count once the batch ending it commits.
+        let mut in_open_transaction = 0;
+        let count = move |progress: &BatchProgress| {
+            in_open_transaction += progress.num_input_rows;
+            if progress.transaction_open {
+                return;
+            }
+            let rows = std::mem::take(&mut in_open_transaction);
             if progress.aborted {
                 not_committed.fetch_add(1, Ordering::Relaxed);
             } else {
-                counted.fetch_add(progress.num_input_rows, Ordering::Relaxed);
+                counted.fetch_add(rows, Ordering::Relaxed);
             }
         };
         scheduler.run(&mut Copy { output, hooks, changes: told }, count).await

@@ -1,8 +1,9 @@
 //! Scale-out mode: each stateful operator keeps its state per task (a partition of the source
-//! topic) and writes each batch's changes to a compacted changelog topic,
+//! topic) and writes its changes to a compacted changelog topic,
 //! `<group>-<operator>-changelog`, partitioned like the source: one record per changed key, on
 //! the partition of the key's task, in the batch's transaction (so a change is in the changelog
-//! exactly when the batch's offsets are committed). A task this process takes on is restored
+//! exactly when the batch's offsets are committed). A transaction spanning batches (while the
+//! process catches up) gets them in the batch that ends it, each key's last value once. A task this process takes on is restored
 //! from its changelog partition before the batch that reads it, read `read_committed` up to the
 //! partition's high watermark as it was when the restore began: a previous owner's transaction
 //! still open is waited out, as Kafka Streams does.

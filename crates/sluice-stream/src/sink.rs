@@ -99,11 +99,12 @@ impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
 ///
 /// In scale-out mode a batch is not re-run (another process may read its records again), so
 /// its file, `<transactional id>-batch-<id>.jsonl` (the process's id: processes may share the
-/// directory), is renamed into place only once the batch's transaction has committed. The
-/// transaction also writes the batch's id under the process's id to the compacted topic
-/// `<group>-files-ledger`, so that a process restarted after a crash between the commit and
-/// the rename knows whether the file it left committed: it is renamed into place if so, and
-/// removed if not.
+/// directory), is renamed into place only once the batch's transaction has committed (with the
+/// files of the transaction's other batches, if it spans batches). The transaction also writes
+/// the batch's id under the process's id to the compacted topic `<group>-files-ledger`, so that
+/// a process restarted after a crash between the commit and the renames knows whether the files
+/// it left committed (those of the last batch the ledger holds, or of an earlier batch of the
+/// same checkpoint): they are renamed into place if so, and removed if not.
 #[derive(Debug, Clone)]
 pub struct JsonLinesFiles {
     dir: PathBuf,
@@ -196,11 +197,15 @@ impl JsonLinesFiles {
         (self.dir.join(format!(".{name}.tmp")), self.dir.join(name))
     }
 
-    /// Scale-out mode: the files left at their temporary names (by a crash between a batch's
-    /// commit and the rename, by a transaction that aborted, or being written now by another
-    /// process sharing the directory). Each whose batch the ledger says committed is renamed into
-    /// place, whichever process's it is (its process may never come back); this process's own
-    /// others are removed (their transactions are over: aborted, or fenced by this run).
+    /// Scale-out mode: the files left at their temporary names (by a crash between a
+    /// transaction's commit and the renames, by a transaction that aborted, or being written now
+    /// by another process sharing the directory). Each whose batch the ledger says committed is
+    /// renamed into place, whichever process's it is (its process may never come back); this
+    /// process's own others are removed (their transactions are over: aborted, or fenced by this
+    /// run). The ledger holds each process's last committed batch with a file: a file left of
+    /// that batch or an earlier one of the same checkpoint is of its transaction (a transaction
+    /// may span batches), since the files of a transaction that did not commit are resolved, at
+    /// the process's next write, before it writes any other.
     async fn resolve_left_files(&self, producer: &Producer, ledger: &str, process: &str) -> Result<(), BoxError> {
         let left: Vec<(String, String, PathBuf)> = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries
@@ -219,7 +224,7 @@ impl JsonLinesFiles {
         let committed = committed_batches(producer.client(), ledger).await?;
         for (owner, stem, temporary) in left {
             let (_, target) = self.scale_names(&owner, &stem);
-            if committed.get(&owner) == Some(&stem) {
+            if committed.get(&owner).is_some_and(|last| committed_with(last, &stem)) {
                 tracing::info!(file = %target.display(), "a batch committed before its file was renamed: renamed into place now");
                 rename_into_place(&temporary, &target, &self.dir)?;
             } else if owner == process {
@@ -273,6 +278,16 @@ impl JsonLinesFiles {
 /// start again on a new one, which may come with the same transactional id) and the batch.
 fn file_stem(checkpoint_id: u64, batch_id: u64) -> String {
     format!("{checkpoint_id:016x}-batch-{batch_id:020}")
+}
+
+/// Whether the batch of file stem `stem` committed, given the stem of its process's last
+/// committed batch with a file: the same checkpoint's, at or before it.
+fn committed_with(last: &str, stem: &str) -> bool {
+    match (last.split_once("-batch-"), stem.split_once("-batch-")) {
+        // Batch ids are zero-padded to the same width: they compare as text.
+        (Some((checkpoint, last)), Some((of, batch))) => checkpoint == of && batch <= last,
+        _ => false,
+    }
 }
 
 /// The (transactional id, [`file_stem`]) of a scale-out file's temporary name.
@@ -507,7 +522,8 @@ mod tests {
 
     /// A process killed after its batch's transaction committed but before the rename finds its
     /// file at the temporary name when it runs again: renamed into place, as the ledger says the
-    /// batch committed; the file of a batch whose transaction aborted is removed. Another
+    /// batch committed, and so are the files of the transaction's earlier batches (a transaction
+    /// spanning batches 5 to 7); the file of a batch whose transaction aborted is removed. Another
     /// process's committed file is renamed too (that process may never come back); its other
     /// files are its own (being written, maybe).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,13 +540,18 @@ mod tests {
         let (process, other) = (format!("sluice-{}-0000000000000001", job.group), format!("sluice-{}-2", job.group));
         let producer = transactional(process.clone()).await.unwrap();
         let other_producer = transactional(other.clone()).await.unwrap();
-        // This process's batch 7 committed and its batch 8 aborted; the other's batch 3 committed.
-        for (producer, owner, batch_id, commit) in
-            [(&producer, &process, 7, true), (&producer, &process, 8, false), (&other_producer, &other, 3, true)]
-        {
+        // This process's batches 5 to 7 committed in one transaction and its batch 8 aborted;
+        // the other's batch 3 committed.
+        for (producer, owner, batches, commit) in [
+            (&producer, &process, 5..8, true),
+            (&producer, &process, 8..9, false),
+            (&other_producer, &other, 3..4, true),
+        ] {
             producer.begin_transaction().await.unwrap();
-            let record = ProducerRecord::new(ledger.clone(), file_stem(1, batch_id)).key(owner.clone());
-            producer.send(record).await.unwrap().await.unwrap();
+            for batch_id in batches {
+                let record = ProducerRecord::new(ledger.clone(), file_stem(1, batch_id)).key(owner.clone());
+                producer.send(record).await.unwrap().await.unwrap();
+            }
             if commit {
                 producer.commit_transaction().await.unwrap();
             } else {
@@ -540,22 +561,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = JsonLinesFiles::new(dir.path());
         let names = |owner: &str, batch_id| sink.scale_names(owner, &file_stem(1, batch_id));
-        let (committed, aborted) = (names(&process, 7), names(&process, 8));
+        let (earlier, committed, aborted) = (names(&process, 5), names(&process, 7), names(&process, 8));
         let (others_committed, others_open) = (names(&other, 3), names(&other, 4));
-        for (path, text) in [(&committed.0, "7"), (&aborted.0, "8"), (&others_committed.0, "3"), (&others_open.0, "4")]
-        {
+        let files = [
+            (&earlier.0, "5"),
+            (&committed.0, "7"),
+            (&aborted.0, "8"),
+            (&others_committed.0, "3"),
+            (&others_open.0, "4"),
+        ];
+        for (path, text) in files {
             std::fs::write(path, format!("{{\"row\":{text}}}\n")).unwrap();
         }
 
         sink.resolve_left_files(&producer, &ledger, &process).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&earlier.1).unwrap(), "{\"row\":5}\n");
         assert_eq!(std::fs::read_to_string(&committed.1).unwrap(), "{\"row\":7}\n");
         assert_eq!(std::fs::read_to_string(&others_committed.1).unwrap(), "{\"row\":3}\n");
-        assert!(!committed.0.exists() && !aborted.0.exists() && !aborted.1.exists());
+        assert!(!earlier.0.exists() && !committed.0.exists() && !aborted.0.exists() && !aborted.1.exists());
         assert!(others_open.0.exists(), "another process's open batch is its own to finish");
         // The other process renaming its own file after this one did is no error.
         std::fs::write(&others_committed.0, "{\"row\":3}\n").unwrap();
         std::fs::rename(&others_committed.0, &others_committed.1).unwrap();
         rename_into_place(&others_committed.0, &others_committed.1, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_batch_committed_with_the_last_one_the_ledger_holds_is_one_of_its_checkpoint_at_or_before_it() {
+        let last = file_stem(0xabc, 42);
+        assert!(committed_with(&last, &file_stem(0xabc, 42)));
+        assert!(committed_with(&last, &file_stem(0xabc, 9)));
+        assert!(!committed_with(&last, &file_stem(0xabc, 43)));
+        assert!(!committed_with(&last, &file_stem(0xabd, 1)), "another checkpoint's");
+        assert!(!committed_with("garbage", &file_stem(0xabc, 1)));
     }
 
     #[test]

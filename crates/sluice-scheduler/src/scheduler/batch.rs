@@ -270,9 +270,11 @@ pub trait Processor: Send {
     }
 
     /// Scale-out mode only: batch `batch_id`'s transaction committed (and the local checkpoint
-    /// knows it). Output held until the commit (files renamed into place) is published here. A
-    /// crash before this returns leaves it to the next run to find out whether the batch
-    /// committed. An error fails the run. Does nothing unless implemented.
+    /// knows it), and with it every batch since the last call (the batches that left the
+    /// transaction open: [`Batch::ends_transaction`]). Output held until the commit (files
+    /// renamed into place) is published here. A crash before this returns leaves it to the next
+    /// run to find out whether the transaction committed. An error fails the run. Does nothing
+    /// unless implemented.
     fn committed(&mut self, batch_id: u64) -> impl std::future::Future<Output = Result<(), crate::BoxError>> + Send {
         let _ = batch_id;
         async { Ok(()) }

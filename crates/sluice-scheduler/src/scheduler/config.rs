@@ -100,7 +100,8 @@ pub struct SchedulerConfig {
     /// How the checkpoint log is kept (segment size, batches retained for inspection).
     pub checkpoint: LogOptions,
     /// Scale-out: share the partitions of `topics` with every other process of the job through
-    /// a consumer group, and commit each batch as one Kafka transaction (see [`ScaleConfig`]).
+    /// a consumer group, and commit each batch (or, catching up, each run of batches) as one
+    /// Kafka transaction (see [`ScaleConfig`]).
     pub scale: Option<ScaleConfig>,
 }
 
@@ -108,8 +109,10 @@ pub struct SchedulerConfig {
 /// source partitions through that consumer group (the KIP-848 consumer protocol where the broker
 /// offers it, the classic protocol with cooperative rebalancing otherwise), and each batch's
 /// output and source offsets commit together in one Kafka transaction, with the member's group
-/// metadata (KIP-447). A batch whose member lost any of its partitions while it ran (dropped by
-/// the group, or fenced for holding a revocation past `rebalance_timeout`) does not commit.
+/// metadata (KIP-447); while the process catches up one transaction spans several batches
+/// (`commit_interval`). A transaction whose member lost any of its partitions while it ran
+/// (dropped by the group, or fenced for holding a revocation past `rebalance_timeout`) does not
+/// commit.
 ///
 /// In this mode Kafka is the source of truth: a partition gained starts at the group's committed
 /// offset (waiting out a previous owner's open transaction), or at `starting_offsets` when the
@@ -158,9 +161,10 @@ pub struct ScaleConfig {
     /// key changed in many batches, once) and the commit's round trips are paid once: Kafka
     /// Streams' `commit.interval.ms` for a catch-up. A batch that reaches the end of what its
     /// partitions hold commits at its end, as does one after a change of the group, and the
-    /// transaction of a run that is stopped ends with one more batch. Their output is visible
-    /// to `read_committed` readers at the commit. Zero: every batch commits. At most half of
-    /// `transaction_timeout` is used. Default 2 s.
+    /// transaction of a run that is stopped ends with one more batch (unless planning it fails:
+    /// then it is aborted, and its batches are done again by the partitions' next owner). Their
+    /// output is visible to `read_committed` readers at the commit. Zero: every batch commits. At
+    /// most half of `transaction_timeout` is used. Default 2 s.
     pub commit_interval: Duration,
 }
 

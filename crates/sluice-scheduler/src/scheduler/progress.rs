@@ -85,8 +85,13 @@ pub struct BatchProgress {
     pub checkpoint_bytes: u64,
     /// Scale-out mode: the batch's transaction did not commit (the group had moved on, or the
     /// commit failed): its records count as not consumed, and its partitions go on from the
-    /// group's committed offsets.
+    /// group's committed offsets. So do those of the batches before it that left that
+    /// transaction open (`transaction_open`).
     pub aborted: bool,
+    /// Scale-out mode: the batch left its transaction open for the next (a transaction spans
+    /// batches while the process catches up: `ScaleConfig::commit_interval`); whether its records
+    /// were consumed is told by the batch that ends the transaction (`aborted`).
+    pub transaction_open: bool,
 }
 
 impl BatchProgress {

@@ -137,6 +137,7 @@ impl<C: Clock> Scheduler<C> {
             rerun,
             checkpoint_bytes,
             aborted: !in_kafka,
+            transaction_open: self.transaction_open(),
         };
         Ok((progress, reached_end))
     }

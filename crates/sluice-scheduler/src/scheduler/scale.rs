@@ -1,17 +1,21 @@
 //! Scale-out mode ([`ScaleConfig`](super::ScaleConfig)): the partitions come from a consumer
-//! group shared with the job's other processes, and each batch commits as one Kafka transaction.
+//! group shared with the job's other processes, and each batch commits as one Kafka transaction
+//! (while the process catches up, a run of batches does: see
+//! [`ScaleConfig::commit_interval`](super::ScaleConfig::commit_interval)).
 //!
-//! At batch boundaries the member's changes are taken in: revoked and lost partitions are
-//! dropped (and revoked ones released, so the group can hand them on: a revocation that arrives
-//! while a batch runs waits for its commit), gained partitions start at the group's committed
-//! offset, read as stable (a previous owner's open transaction is waited out). A batch with
-//! ranges runs in a transaction begun before the processor gets it: its output, sent through
-//! [`Batch::transaction`](super::Batch::transaction), and its ranges' end offsets, sent with the
-//! member's group metadata as the batch begins (again at the commit if it moved since), commit
-//! together. A commit the group refuses (the
-//! member was dropped, or moved to a newer epoch while it lost partitions of the batch) aborts
-//! the transaction: the batch's positions are read again from the group, and the checkpoint log
-//! closes the batch with empty ranges.
+//! At the boundaries between transactions the member's changes are taken in: revoked and lost
+//! partitions are dropped (and revoked ones released, so the group can hand them on: a
+//! revocation that arrives while a transaction is open waits for its commit, and makes the next
+//! batch end it), gained partitions start at the group's committed offset, read as stable (a
+//! previous owner's open transaction is waited out). A batch with ranges runs in a transaction
+//! begun before the processor gets it (or left open for it by the batch before): its output,
+//! sent through [`Batch::transaction`](super::Batch::transaction), and the end offsets of the
+//! transaction's batches' ranges, sent with the member's group metadata as the batch that ends
+//! it begins (again at the commit if it moved since), commit together. A commit the group
+//! refuses (the member was dropped, or moved to a newer epoch while it lost partitions of the
+//! transaction's batches) aborts the transaction: the positions of all its batches' partitions
+//! are read again from the group, and the checkpoint log closes the batch that ended it with
+//! empty ranges (the earlier ones were closed with theirs as they ended).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -431,9 +435,12 @@ impl<C: Clock> Scheduler<C> {
     }
 
     /// Whether the batch planned with `ranges` (and `latest`, the partitions' ends) leaves its
-    /// transaction open for the next: the process is behind, the transaction younger than the
-    /// commit interval (with room for one more batch as long as its batches take on average),
-    /// and nothing asks for a commit (a change of the group, a stop, a bounded run).
+    /// transaction open for the next: the process is behind, nothing asks for a commit (a
+    /// change of the group, a stop, a bounded run), and the next batch is expected to end within
+    /// the commit interval of the transaction's start. The next batch starts when the trigger
+    /// says (an interval after this one, or sooner when the memory budget cut this one short) or
+    /// when this one ends, whichever is later, and each is taken to last as long as the batch
+    /// before this one did.
     pub(super) fn transaction_continues(&self, ranges: &[OffsetRange], latest: &[i64]) -> bool {
         let (Some(scale), Some(config)) = (&self.scale, &self.config.scale) else { return false };
         let interval = config.commit_interval.min(config.transaction_timeout / 2);
@@ -444,13 +451,12 @@ impl<C: Clock> Scheduler<C> {
         if self.reached_end(ranges, latest) {
             return false;
         }
-        match &scale.open {
-            None => true,
-            Some(open) => {
-                let age = open.began.elapsed();
-                age + age / open.batches.max(1) < interval
-            }
-        }
+        let age = scale.open.as_ref().map_or(std::time::Duration::ZERO, |open| open.began.elapsed());
+        let last = self.progress.back().map_or(0, |p| p.durations.total_ms);
+        let share = self.cut_by_budget.unwrap_or(1.0).clamp(0.0, 1.0);
+        let next_start = (self.config.batch_interval.as_secs_f64() * 1000.0 * share).max(last as f64);
+        let next_end = std::time::Duration::from_secs_f64((next_start + last as f64) / 1000.0);
+        age + next_end < interval
     }
 
     /// Whether a transaction is under way (it may span batches).
@@ -543,8 +549,9 @@ impl<C: Clock> Scheduler<C> {
     /// read again from the group.
     pub(super) async fn commit_batch_transaction(&mut self, batch_id: u64) -> Result<bool, SchedulerError> {
         let Some(scale) = self.scale.as_mut() else { return Ok(true) };
-        let Some(open) = scale.open.take() else { return Ok(true) };
-        scale.end_next = false;
+        // Kept open until the end is known: a run dropped part way closes the batch's intent at
+        // its next start, and must find every partition of the transaction's batches then.
+        let Some(open) = scale.open.as_ref() else { return Ok(true) };
         let (losses_at_begin, offsets, partitions) = (open.losses_at_begin, open.offsets(), open.partitions());
         // The offsets went when the batch began, under the metadata the member had then. That
         // is as safe as sending them now: the group's coordinator checks the metadata when the
@@ -581,6 +588,10 @@ impl<C: Clock> Scheduler<C> {
                 Err(error) => break Some(error.to_string()),
             }
         };
+        scale.end_next = false;
+        if refused.is_none() {
+            scale.open = None;
+        }
         let Some(reason) = refused else {
             scale.not_committed_in_a_row = 0;
             for partition in &partitions {
@@ -596,6 +607,7 @@ impl<C: Clock> Scheduler<C> {
             if let Err(error) = scale.producer.abort_transaction().await {
                 tracing::warn!(batch_id, %error, "aborting the last refused transaction");
             }
+            scale.open = None;
             let reason = format!("{MAX_NOT_COMMITTED_IN_A_ROW} batches in a row did not commit; the last: {reason}");
             return Err(SchedulerError::Processing { batch_id, source: reason.into() });
         }
@@ -613,6 +625,7 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         let Some(scale) = self.scale.as_mut() else { return Ok(false) };
+        scale.open = None;
         scale.look_up_again(partitions, &mut self.positions);
         Ok(false)
     }
