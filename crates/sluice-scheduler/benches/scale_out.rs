@@ -147,10 +147,14 @@ async fn copy(client: &Client, input: &str, n: usize, mode: Mode) -> Run {
     // has gone through a committed batch.
     let mut read = 0u64;
     let mut first: Option<(Instant, u64)> = None;
+    // A transaction spanning batches counts once the batch that ends it commits.
+    let mut in_open_transaction = 0u64;
     scheduler
         .run(&mut processor, |progress| {
-            if !progress.aborted {
-                read += progress.num_input_rows;
+            in_open_transaction += progress.num_input_rows;
+            let rows = if progress.transaction_open { 0 } else { std::mem::take(&mut in_open_transaction) };
+            if !progress.transaction_open && !progress.aborted {
+                read += rows;
                 if read > 0 && first.is_none() {
                     first = Some((Instant::now(), read));
                 }
@@ -199,9 +203,15 @@ fn member(client: &Client, (input, output): (&str, &str), group: &str, dir: &std
     let noted = Arc::clone(&seen);
     let run = tokio::spawn(async move {
         let mut processor = Copy { output, own: None, transactional: false, copied: 0 };
-        let note = |progress: &sluice_scheduler::BatchProgress| {
+        // A transaction spanning batches is noted once the batch that ends it commits.
+        let mut in_open_transaction: Vec<(i32, i64)> = Vec::new();
+        let note = move |progress: &sluice_scheduler::BatchProgress| {
+            in_open_transaction.extend(progress.sources.iter().map(|s| (s.partition, s.end_offset - s.start_offset)));
+            if progress.transaction_open {
+                return;
+            }
+            let read = std::mem::take(&mut in_open_transaction);
             if !progress.aborted {
-                let read = progress.sources.iter().map(|s| (s.partition, s.end_offset - s.start_offset)).collect();
                 noted.lock().unwrap().push((Instant::now(), read));
             }
         };

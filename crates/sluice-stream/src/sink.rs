@@ -190,6 +190,21 @@ impl JsonLinesFiles {
         Ok(true)
     }
 
+    /// Scale-out mode: the files at their temporary names: (process, file stem, path).
+    fn left_files(&self) -> Result<Vec<(String, String, PathBuf)>, BoxError> {
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => Ok(entries
+                .filter_map(|entry| {
+                    let name = entry.ok()?.file_name().into_string().ok()?;
+                    let (owner, stem) = split_temporary_name(&name)?;
+                    Some((owner.to_owned(), stem.to_owned(), self.dir.join(&name)))
+                })
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("listing {}: {e}", self.dir.display()).into()),
+        }
+    }
+
     /// Scale-out mode: the temporary and final names of a batch's file, by the process's
     /// transactional id and [`file_stem`].
     fn scale_names(&self, process: &str, stem: &str) -> (PathBuf, PathBuf) {
@@ -207,22 +222,14 @@ impl JsonLinesFiles {
     /// may span batches), since the files of a transaction that did not commit are resolved, at
     /// the process's next write, before it writes any other.
     async fn resolve_left_files(&self, producer: &Producer, ledger: &str, process: &str) -> Result<(), BoxError> {
-        let left: Vec<(String, String, PathBuf)> = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries
-                .filter_map(|entry| {
-                    let name = entry.ok()?.file_name().into_string().ok()?;
-                    let (owner, stem) = split_temporary_name(&name)?;
-                    Some((owner.to_owned(), stem.to_owned(), self.dir.join(&name)))
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("listing {}: {e}", self.dir.display()).into()),
-        };
-        if left.is_empty() {
+        if self.left_files()?.is_empty() {
             return Ok(());
         }
         let committed = committed_batches(producer.client(), ledger).await?;
-        for (owner, stem, temporary) in left {
+        // Listed again after the ledger was read: another process removes a file of its batch
+        // that did not commit before it commits a later batch, so a file still there now is not
+        // one the ledger read above counts as committed unless it is.
+        for (owner, stem, temporary) in self.left_files()? {
             let (_, target) = self.scale_names(&owner, &stem);
             if committed.get(&owner).is_some_and(|last| committed_with(last, &stem)) {
                 tracing::info!(file = %target.display(), "a batch committed before its file was renamed: renamed into place now");

@@ -440,7 +440,8 @@ impl<C: Clock> Scheduler<C> {
     /// the commit interval of the transaction's start. The next batch starts when the trigger
     /// says (an interval after this one, or sooner when the memory budget cut this one short) or
     /// when this one ends, whichever is later, and each is taken to last as long as the batch
-    /// before this one did.
+    /// before this one did (the first batch of a run, or one after a batch that read nothing,
+    /// has no such measure and commits).
     pub(super) fn transaction_continues(&self, ranges: &[OffsetRange], latest: &[i64]) -> bool {
         let (Some(scale), Some(config)) = (&self.scale, &self.config.scale) else { return false };
         let interval = config.commit_interval.min(config.transaction_timeout / 2);
@@ -451,12 +452,17 @@ impl<C: Clock> Scheduler<C> {
         if self.reached_end(ranges, latest) {
             return false;
         }
+        let Some(last) = self.progress.back().filter(|p| p.num_input_rows > 0) else { return false };
+        let last = last.durations.total_ms as f64 / 1000.0;
         let age = scale.open.as_ref().map_or(std::time::Duration::ZERO, |open| open.began.elapsed());
-        let last = self.progress.back().map_or(0, |p| p.durations.total_ms);
+        let trigger = match self.config.trigger {
+            crate::trigger::Trigger::ProcessingTime(interval) => interval.as_secs_f64(),
+            _ => 0.0,
+        };
         let share = self.cut_by_budget.unwrap_or(1.0).clamp(0.0, 1.0);
-        let next_start = (self.config.batch_interval.as_secs_f64() * 1000.0 * share).max(last as f64);
-        let next_end = std::time::Duration::from_secs_f64((next_start + last as f64) / 1000.0);
-        age + next_end < interval
+        let next_end = (trigger * share).max(last) + last;
+        let next_end = std::time::Duration::try_from_secs_f64(next_end).unwrap_or(std::time::Duration::MAX);
+        age.saturating_add(next_end) < interval
     }
 
     /// Whether a transaction is under way (it may span batches).
