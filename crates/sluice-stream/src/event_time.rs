@@ -136,11 +136,11 @@ struct WatermarkState {
     /// of its source partitions without records since it took them on.
     #[serde(skip)]
     unseen_since: BTreeMap<PartKey, u64>,
-    /// Scale-out mode: the step's published value, its lateness, and the job's count of
+    /// Scale-out mode: the step's published value, its watermark, and the job's count of
     /// partition changes: the tasks' watermarks are published again whenever tasks are dropped
     /// or restored.
     #[serde(skip)]
-    publish: Option<(WatermarkCell, i64, Arc<AtomicU64>)>,
+    publish: Option<(WatermarkCell, Watermark, Arc<AtomicU64>)>,
 }
 
 impl Stateful for WatermarkState {
@@ -213,9 +213,8 @@ impl WatermarkState {
     /// Scale-out mode: publishes the tasks' watermarks as the state holds them now (tasks
     /// dropped or restored), noting the count of partition changes they are exact for.
     fn republish(&self) {
-        let Some((cell, lateness_ms, changes)) = &self.publish else { return };
-        let tasks =
-            self.partitions.iter().map(|((_, task), (max, _))| (*task, max.saturating_sub(*lateness_ms))).collect();
+        let Some((cell, spec, changes)) = &self.publish else { return };
+        let tasks = self.task_watermarks(spec);
         let mut published = lock_state(cell);
         published.tasks = tasks;
         published.restored_at = Some(changes.load(Ordering::Relaxed));
@@ -306,7 +305,7 @@ impl<T: Send + 'static> DStream<T> {
         let republish = per_task.then(|| {
             let changes = Arc::clone(&self.task_count().changes);
             lock_state(&cell).restored_at = Some(changes.load(Ordering::Relaxed));
-            (Arc::clone(&cell), spec.allowed_lateness_ms, changes)
+            (Arc::clone(&cell), spec.clone(), changes)
         });
         let state = WatermarkState { per_task, publish: republish, ..WatermarkState::default() };
         // Each piece of a batch as it comes, against the watermark earlier batches left; the

@@ -76,19 +76,17 @@ struct OpenTransaction {
     /// commit once its member has lost partitions since (even if it got them back).
     losses_at_begin: u64,
     began: Instant,
-    batches: u32,
     /// Where each partition its batches read ends: the offsets it commits.
     ends: BTreeMap<TopicPartition, i64>,
 }
 
 impl OpenTransaction {
     fn new(losses_at_begin: u64) -> Self {
-        Self { losses_at_begin, began: Instant::now(), batches: 0, ends: BTreeMap::new() }
+        Self { losses_at_begin, began: Instant::now(), ends: BTreeMap::new() }
     }
 
     /// Takes in a batch's ranges.
     fn add(&mut self, ranges: &[OffsetRange]) {
-        self.batches += 1;
         for range in ranges {
             self.ends.insert((range.topic.clone(), range.partition), range.until);
         }
@@ -480,7 +478,8 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<Option<Arc<Producer>>, SchedulerError> {
         let Some(scale) = &self.scale else { return Ok(None) };
         let producer = Arc::clone(&scale.producer);
-        if scale.open.is_none() {
+        let first = scale.open.is_none();
+        if first {
             // Nothing to read, nothing to write, no offset that moves (but a partition whose
             // position the group does not hold yet gets it committed, and a processor may ask
             // for a transaction every batch).
@@ -498,7 +497,6 @@ impl<C: Clock> Scheduler<C> {
         }
         let Some(scale) = self.scale.as_mut() else { return Ok(None) };
         let Some(open) = scale.open.as_mut() else { return Ok(None) };
-        let first = open.batches == 0;
         open.add(ranges);
         if !first && !ends {
             return Ok(Some(producer));
@@ -517,14 +515,12 @@ impl<C: Clock> Scheduler<C> {
             if let Some(before) = before {
                 drop(before.await);
             }
-            let sent = async {
-                preparing.prepare_transaction(&[], Some(&metadata.group_id)).await?;
-                match &offsets {
-                    Some(offsets) => preparing.send_offsets_to_transaction(offsets, &metadata).await.map(|()| true),
-                    None => Ok(false),
-                }
+            // Sending the offsets adds the group's offsets (AddOffsetsToTxn) first.
+            let sent = match &offsets {
+                Some(offsets) => preparing.send_offsets_to_transaction(offsets, &metadata).await.map(|()| true),
+                None => preparing.prepare_transaction(&[], Some(&metadata.group_id)).await.map(|()| false),
             };
-            match sent.await {
+            match sent {
                 Ok(true) => Some(metadata),
                 Ok(false) => None,
                 Err(error) => {
