@@ -325,10 +325,10 @@ async fn a_batch_outliving_its_transaction_timeout_is_done_again() {
 
 /// While a process catches up (its batches leave records to read: here a rate limit), one
 /// transaction spans its batches for up to the commit interval: the first begins it, the
-/// others go on with it, and the one that reaches the end of the input ends it (a run's first
-/// batch commits alone: no batch before it tells how long one takes). A batch failing part way
-/// through such a transaction aborts all of it: nothing of it is committed, the next run reads
-/// every record of it again from the group's offsets, and each is in the output once.
+/// others go on with it, and the one that reaches the end of the input ends it. A batch failing
+/// part way through such a transaction aborts all of it: what committed before it stays, nothing
+/// of it is committed, the next run reads every record of it again from the group's offsets, and
+/// each is in the output once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlogs_batches_share_a_transaction_and_a_failure_undoes_all_of_it() {
     let why =
@@ -338,15 +338,26 @@ async fn a_backlogs_batches_share_a_transaction_and_a_failure_undoes_all_of_it()
     else {
         return;
     };
-    produce(&producer, &input, 0..3_000).await;
     let dir = tempfile::tempdir().unwrap();
     let names = (input.as_str(), output.as_str(), group.as_str());
-    // 100 records of each partition per 200 ms batch: the backlog takes five batches.
+    // 100 records of each partition per 200 ms batch.
     let paced = |config: &mut SchedulerConfig| {
         config.limits = RateLimits { max_per_partition: Some(500.0), min_per_partition: 0.0 };
         scale_of(config).commit_interval = Duration::from_secs(5);
     };
-    // The second batch that goes on with its transaction fails.
+    // A first run reads 100 records of each partition in one batch and commits them.
+    produce(&producer, &input, 0..600).await;
+    let done = Hooks::default();
+    let seen = Arc::clone(&done.seen);
+    let job = start_with(&broker.addr, dir.path(), names, GroupProtocol::Auto, paced, done).await;
+    common::wait_for_group_at_end(&client, &group, &input, PARTITIONS, Duration::from_secs(60), || {}).await;
+    job.stop.cancel();
+    job.run.await.unwrap().unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(true, true)], "the first run's batch reached the end");
+
+    // The backlog after it takes four batches; the second that goes on with its transaction
+    // fails.
+    produce(&producer, &input, 600..3_000).await;
     let failing = Hooks { fail_going_on: Some(2), ..Hooks::default() };
     let seen = Arc::clone(&failing.seen);
     let job = start_with(&broker.addr, dir.path(), names, GroupProtocol::Auto, paced, failing).await;
@@ -354,15 +365,15 @@ async fn a_backlogs_batches_share_a_transaction_and_a_failure_undoes_all_of_it()
     assert!(matches!(failed, Err(SchedulerError::Processing { .. })), "{failed:?}");
     assert_eq!(
         *seen.lock().unwrap(),
-        vec![(true, true), (true, false), (false, false), (false, false)],
-        "the failed run's batches: the first alone, the next three in one transaction"
+        vec![(true, false), (false, false), (false, false)],
+        "the failed run's batches: three in one transaction, the first of the run among them"
     );
-    // Only the first batch committed: the first 100 records of each partition.
+    // Only the first run's batch committed: the first 100 records of each partition.
     let offsets = client.group_offsets(&group).await.unwrap();
     let committed: Vec<i64> =
         (0..PARTITIONS).map(|p| offsets.get(&(input.clone(), p)).copied().unwrap_or(-1)).collect();
     assert_eq!(committed, vec![100; PARTITIONS as usize], "{offsets:?}");
-    assert_each_once(&broker.addr, &output, 600, "the batch before the failed transaction");
+    assert_each_once(&broker.addr, &output, 600, "the run before the failed transaction");
 
     let again = Hooks::default();
     let seen = Arc::clone(&again.seen);

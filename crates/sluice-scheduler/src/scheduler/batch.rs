@@ -29,7 +29,7 @@ pub struct Batch {
     /// Scale-out mode: this process's member id in the job's group.
     pub(super) member_id: Option<String>,
     /// See [`Batch::ends_transaction`].
-    pub(super) ends_transaction: bool,
+    pub(super) end: super::scale::TransactionEnd,
     /// See [`Batch::begins_transaction`].
     pub(super) begins_transaction: bool,
 }
@@ -139,10 +139,13 @@ impl Batch {
     /// process catches up, a transaction spans batches
     /// ([`ScaleConfig::commit_interval`](super::ScaleConfig::commit_interval)): a processor
     /// that holds its state's changes until the commit (a changelog's, each key once) sends
-    /// them through [`Batch::transaction`] in the batch that ends it. True outside scale-out
-    /// mode.
+    /// them through [`Batch::transaction`] in the batch that ends it. Decided at the first call
+    /// (or when the batch is done, if never called), from how long the batch has taken: ask
+    /// once the batch's records are taken and processed, right before sending what only a
+    /// transaction's last batch sends (asked before the last piece is taken, a run's first
+    /// batch ends its transaction). True outside scale-out mode.
     pub fn ends_transaction(&self) -> bool {
-        self.ends_transaction
+        self.end.decide(self.pieces.tally().done)
     }
 
     /// Scale-out mode: whether the batch's transaction began with it, so that where its ranges

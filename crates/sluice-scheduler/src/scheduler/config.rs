@@ -159,12 +159,14 @@ pub struct ScaleConfig {
     /// backlog, read at the rate limits or within the memory budget), one transaction spans its
     /// batches for up to this long, so that what they change is sent to the changelogs once (a
     /// key changed in many batches, once) and the commit's round trips are paid once: Kafka
-    /// Streams' `commit.interval.ms` for a catch-up. A batch that reaches the end of what its
-    /// partitions hold commits at its end, as does one after a change of the group, and the
-    /// transaction of a run that is stopped ends with one more batch (unless planning it fails:
-    /// then it is aborted, and its batches are done again by the partitions' next owner). Their
-    /// output is visible to `read_committed` readers at the commit. Zero: every batch commits. At
-    /// most half of `transaction_timeout` is used. Default 2 s.
+    /// Streams' `commit.interval.ms` for a catch-up. Whether a batch goes on is decided once it
+    /// has taken its time ([`Batch::ends_transaction`](super::Batch::ends_transaction)): if the
+    /// next batch, taking as long, would end within the interval. A batch that reaches the end
+    /// of what its partitions hold commits at its end, as does one after a change of the group,
+    /// and the transaction of a run that is stopped ends with one more batch (unless planning
+    /// it fails: then it is aborted, and its batches are done again by the partitions' next
+    /// owner). Their output is visible to `read_committed` readers at the commit. Zero: every
+    /// batch commits. At most half of `transaction_timeout` is used. Default 2 s.
     pub commit_interval: Duration,
 }
 

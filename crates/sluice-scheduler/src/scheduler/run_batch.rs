@@ -34,7 +34,7 @@ impl<C: Clock> Scheduler<C> {
                     .map_err(|source| SchedulerError::Processing { batch_id, source })?;
             }
         }
-        let started = self.clock.now_ms();
+        let (started, began) = (self.clock.now_ms(), std::time::Instant::now());
         let (Plan { ranges, latest, resets, cut_by_budget }, rerun, reading) = self.take_plan(batch_id).await?;
         self.cut_by_budget = cut_by_budget;
         let planned = self.clock.now_ms();
@@ -52,10 +52,11 @@ impl<C: Clock> Scheduler<C> {
         let intent_written = self.clock.now_ms();
         // Scale-out: the transaction begins (and starts taking in the group's offsets) while
         // the batch is read, or goes on from the batch before, which left it open.
-        let ends_transaction = !self.transaction_continues(&ranges, &latest);
         let begins_transaction = !self.transaction_open();
-        let transaction = self.begin_batch_transaction(&ranges, ends_transaction).await?;
+        let transaction = self.begin_batch_transaction(&ranges).await?;
         let in_transaction = transaction.is_some();
+        // Whether it ends with this batch is decided once the batch has taken its time.
+        let end = self.transaction_end(&ranges, &latest, began);
         // The first piece (in most batches, all of it).
         let task_ranges = split_ranges(&ranges, self.config.min_partitions);
         let first = match reading.finish().await {
@@ -81,7 +82,7 @@ impl<C: Clock> Scheduler<C> {
             pieces,
             transaction,
             member_id,
-            ends_transaction,
+            end: end.clone(),
             begins_transaction,
         };
         let (output, tally) = match self.process(processor, batch, &ranges, &tally, first_is_last).await {
@@ -105,6 +106,7 @@ impl<C: Clock> Scheduler<C> {
         // moved on), it is closed here as not committed and its partitions go on from the group.
         // A batch that leaves its transaction open for the next counts as done here: if that
         // transaction aborts, where all of its batches' partitions go on is read again.
+        let ends_transaction = end.decide(true);
         let in_kafka = if ends_transaction { self.commit_batch_transaction(batch_id).await? } else { true };
         let (commit_ranges, output) = if in_kafka {
             (ranges.clone(), output)

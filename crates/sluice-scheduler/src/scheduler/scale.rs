@@ -10,8 +10,8 @@
 //! previous owner's open transaction is waited out). A batch with ranges runs in a transaction
 //! begun before the processor gets it (or left open for it by the batch before): its output,
 //! sent through [`Batch::transaction`](super::Batch::transaction), and the end offsets of the
-//! transaction's batches' ranges, sent with the member's group metadata as the batch that ends
-//! it begins (again at the commit if it moved since), commit together. A commit the group
+//! transaction's batches' ranges, sent with the member's group metadata as each of its batches
+//! begins (again at the commit if it moved since), commit together. A commit the group
 //! refuses (the member was dropped, or moved to a newer epoch while it lost partitions of the
 //! transaction's batches) aborts the transaction: the positions of all its batches' partitions
 //! are read again from the group, and the checkpoint log closes the batch that ended it with
@@ -98,6 +98,74 @@ impl OpenTransaction {
 
     fn partitions(&self) -> Vec<TopicPartition> {
         self.ends.keys().cloned().collect()
+    }
+}
+
+/// Whether a batch ends its transaction ([`Batch::ends_transaction`](super::Batch::ends_transaction)),
+/// decided once and shared by the batch and the scheduler: when the processor first asks, or
+/// when the batch is done if it never does. A batch that can go on with its transaction
+/// ([`GoOn`]) is measured then: asked once its records are taken, the batch knows how long it
+/// took (the first of a run, with no batch before to go by, too).
+#[derive(Debug, Clone)]
+pub(super) struct TransactionEnd(Arc<EndState>);
+
+#[derive(Debug)]
+struct EndState {
+    decided: std::sync::OnceLock<bool>,
+    /// `None`: the batch ends its transaction (or has none).
+    rule: Option<GoOn>,
+}
+
+/// When a batch leaves its transaction open: nobody asked for a stop, and the next batch is
+/// expected to end within the commit interval of the transaction's start. The next batch starts
+/// when the trigger says (`next_due` after this one started) or when this one ends (now: a batch
+/// that goes on sends nothing more), whichever is later, and is taken to last as long as this
+/// one did, or as the batch before if that took longer.
+#[derive(Debug)]
+pub(super) struct GoOn {
+    stop: tokio_util::sync::CancellationToken,
+    interval: std::time::Duration,
+    began: Instant,
+    started: Instant,
+    next_due: std::time::Duration,
+    /// The batch before's time, if it read records.
+    last: Option<std::time::Duration>,
+}
+
+impl TransactionEnd {
+    /// A batch that ends its transaction, or has none.
+    pub(super) fn ends() -> Self {
+        Self(Arc::new(EndState { decided: std::sync::OnceLock::from(true), rule: None }))
+    }
+
+    fn deciding(rule: GoOn) -> Self {
+        Self(Arc::new(EndState { decided: std::sync::OnceLock::new(), rule: Some(rule) }))
+    }
+
+    /// Whether the batch ends its transaction, decided at the first call; `records_taken`:
+    /// whether the batch's last piece has been taken.
+    pub(super) fn decide(&self, records_taken: bool) -> bool {
+        *self.0.decided.get_or_init(|| self.0.rule.as_ref().is_none_or(|rule| !rule.goes_on(records_taken)))
+    }
+}
+
+impl GoOn {
+    fn goes_on(&self, records_taken: bool) -> bool {
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        let now = Instant::now();
+        let so_far = now.saturating_duration_since(self.started);
+        // Before its records are taken a batch's time so far says little; with no batch before
+        // to go by either, it ends.
+        let per_batch = match (self.last, records_taken) {
+            (Some(last), _) => last.max(so_far),
+            (None, true) => so_far,
+            (None, false) => return false,
+        };
+        let next_end =
+            self.started.checked_add(self.next_due).map(|due| due.max(now)).and_then(|s| s.checked_add(per_batch));
+        next_end.is_some_and(|end| end.saturating_duration_since(self.began) < self.interval)
     }
 }
 
@@ -432,35 +500,40 @@ impl<C: Clock> Scheduler<C> {
         }
     }
 
-    /// Whether the batch planned with `ranges` (and `latest`, the partitions' ends) leaves its
-    /// transaction open for the next: the process is behind, nothing asks for a commit (a
-    /// change of the group, a stop, a bounded run), and the next batch is expected to end within
-    /// the commit interval of the transaction's start. The next batch starts when the trigger
-    /// says (an interval after this one, or sooner when the memory budget cut this one short) or
-    /// when this one ends, whichever is later, and each is taken to last as long as the batch
-    /// before this one did (the first batch of a run, or one after a batch that read nothing,
-    /// has no such measure and commits).
-    pub(super) fn transaction_continues(&self, ranges: &[OffsetRange], latest: &[i64]) -> bool {
-        let (Some(scale), Some(config)) = (&self.scale, &self.config.scale) else { return false };
+    /// Whether the batch planned with `ranges` (and `latest`, the partitions' ends), which
+    /// `begin_batch_transaction` began or went on with, may leave its transaction open for the
+    /// next: only if the process is behind and nothing asks for a commit (a change of the group,
+    /// a stop, a bounded run). Whether it does is decided later, from the batch's own time
+    /// ([`TransactionEnd`]). `started`: when the batch started.
+    pub(super) fn transaction_end(&self, ranges: &[OffsetRange], latest: &[i64], started: Instant) -> TransactionEnd {
+        let (Some(scale), Some(config)) = (&self.scale, &self.config.scale) else { return TransactionEnd::ends() };
+        let Some(open) = &scale.open else { return TransactionEnd::ends() };
         let interval = config.commit_interval.min(config.transaction_timeout / 2);
         let bounded = self.config.ending_offsets.is_some() || self.config.trigger == crate::trigger::Trigger::Once;
         if interval.is_zero() || bounded || scale.end_next || self.stop.is_cancelled() || scale.member.has_event() {
-            return false;
+            return TransactionEnd::ends();
         }
         if self.reached_end(ranges, latest) {
-            return false;
+            return TransactionEnd::ends();
         }
-        let Some(last) = self.progress.back().filter(|p| p.num_input_rows > 0) else { return false };
-        let last = last.durations.total_ms as f64 / 1000.0;
-        let age = scale.open.as_ref().map_or(std::time::Duration::ZERO, |open| open.began.elapsed());
+        let last = self
+            .progress
+            .back()
+            .filter(|p| p.num_input_rows > 0)
+            .map(|p| std::time::Duration::from_millis(p.durations.total_ms));
         let trigger = match self.config.trigger {
-            crate::trigger::Trigger::ProcessingTime(interval) => interval.as_secs_f64(),
-            _ => 0.0,
+            crate::trigger::Trigger::ProcessingTime(interval) => interval,
+            _ => std::time::Duration::ZERO,
         };
         let share = self.cut_by_budget.unwrap_or(1.0).clamp(0.0, 1.0);
-        let next_end = (trigger * share).max(last) + last;
-        let next_end = std::time::Duration::try_from_secs_f64(next_end).unwrap_or(std::time::Duration::MAX);
-        age.saturating_add(next_end) < interval
+        TransactionEnd::deciding(GoOn {
+            stop: self.stop.clone(),
+            interval,
+            began: open.began,
+            started,
+            next_due: std::time::Duration::try_from_secs_f64(trigger.as_secs_f64() * share).unwrap_or(trigger),
+            last,
+        })
     }
 
     /// Whether a transaction is under way (it may span batches).
@@ -469,17 +542,15 @@ impl<C: Clock> Scheduler<C> {
     }
 
     /// Begins the batch's transaction if the batch has ranges, or goes on with the one the
-    /// batch before left open. A batch that ends it (`ends`) sends the offsets it commits, on a
-    /// task of its own, while the batch runs.
+    /// batch before left open, and sends the offsets it would commit (the ends of its batches'
+    /// ranges so far) on a task of its own, while the batch runs.
     pub(super) async fn begin_batch_transaction(
         &mut self,
         ranges: &[OffsetRange],
-        ends: bool,
     ) -> Result<Option<Arc<Producer>>, SchedulerError> {
         let Some(scale) = &self.scale else { return Ok(None) };
         let producer = Arc::clone(&scale.producer);
-        let first = scale.open.is_none();
-        if first {
+        if scale.open.is_none() {
             // Nothing to read, nothing to write, no offset that moves (but a partition whose
             // position the group does not hold yet gets it committed, and a processor may ask
             // for a transaction every batch).
@@ -498,33 +569,26 @@ impl<C: Clock> Scheduler<C> {
         let Some(scale) = self.scale.as_mut() else { return Ok(None) };
         let Some(open) = scale.open.as_mut() else { return Ok(None) };
         open.add(ranges);
-        if !first && !ends {
-            return Ok(Some(producer));
-        }
         // The coordinator is often still completing the previous transaction: the group's
         // offsets (every transaction commits them) join this one while the batch is read and
-        // processed, and the batch's sends find the coordinator done. The batch that ends the
-        // transaction sends its offsets then too, under the member's metadata as it is now (see
-        // `commit_batch_transaction` for why that is safe): the group's coordinator takes 20-60
-        // ms to check them with the transaction's, no longer on the batch's path.
+        // processed, and the batch's sends find the coordinator done. The offsets go now too,
+        // under the member's metadata as it is now (see `commit_batch_transaction` for why
+        // that is safe): the group's coordinator takes 20-60 ms to check them with the
+        // transaction's, not on the batch's path. Whether this batch ends the transaction is
+        // decided later, so each batch of a transaction sends them: the last one's commit.
         let (preparing, metadata) = (Arc::clone(&producer), scale.member.group_metadata());
-        let offsets = ends.then(|| open.offsets());
+        let offsets = open.offsets();
         let before = scale.preparing.take();
         scale.preparing = Some(tokio::spawn(async move {
-            // What an earlier batch of the transaction began comes first.
+            // What an earlier batch of the transaction sent comes first.
             if let Some(before) = before {
                 drop(before.await);
             }
             // Sending the offsets adds the group's offsets (AddOffsetsToTxn) first.
-            let sent = match &offsets {
-                Some(offsets) => preparing.send_offsets_to_transaction(offsets, &metadata).await.map(|()| true),
-                None => preparing.prepare_transaction(&[], Some(&metadata.group_id)).await.map(|()| false),
-            };
-            match sent {
-                Ok(true) => Some(metadata),
-                Ok(false) => None,
+            match preparing.send_offsets_to_transaction(&offsets, &metadata).await {
+                Ok(()) => Some(metadata),
                 Err(error) => {
-                    tracing::debug!(%error, "preparing the batch's transaction failed; its sends and its commit add what it did not");
+                    tracing::debug!(%error, "sending the batch's offsets to its transaction failed; its commit sends them again");
                     None
                 }
             }
