@@ -451,6 +451,27 @@ impl Engine {
         }
     }
 
+    /// Scale-out mode: the batch ends its transaction; the outputs make and write what they
+    /// kept for its end (a repartition's combined items, and its watermark markers after them).
+    async fn end_outputs_transaction(&mut self) -> Result<(), BoxError> {
+        let outputs = std::mem::take(&mut self.outputs);
+        let (mut outputs, kept) = off_workers(move || {
+            let mut outputs = outputs;
+            let kept: Vec<bool> = outputs.iter_mut().map(|output| output.end_transaction()).collect();
+            (outputs, kept)
+        })
+        .await?;
+        let mut written = Ok(());
+        for (output, _) in outputs.iter_mut().zip(kept).filter(|(_, kept)| *kept) {
+            written = output.write().await;
+            if written.is_err() {
+                break;
+            }
+        }
+        self.outputs = outputs;
+        written
+    }
+
     /// [`Engine::run_outputs`] but for what streams found wrong.
     async fn run_each_output(&mut self, input: Arc<BatchInput>) -> Result<(), BoxError> {
         let outputs = std::mem::take(&mut self.outputs);
@@ -598,9 +619,12 @@ impl Processor for Engine {
                 run += 1;
             }
         }
+        // Scale-out: what the outputs kept for the transaction's end goes with the batch that
+        // ends it, as do the state changes of a transaction spanning batches, each key's last.
+        if batch.transaction().is_some() && batch.ends_transaction() {
+            self.end_outputs_transaction().await?;
+        }
         if let Some(changelogs) = &self.changelogs {
-            // The changes of a transaction spanning batches go with the batch that ends it,
-            // each key's last.
             if !batch.ends_transaction() {
                 return Ok(BatchOutput::default());
             }

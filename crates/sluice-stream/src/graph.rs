@@ -348,6 +348,12 @@ pub(crate) trait Output: Send {
     fn compute(&mut self, input: &BatchInput);
     /// Writes what `compute` kept, if anything.
     fn write(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>>;
+    /// Scale-out mode: the batch's transaction ends with it (called after its last run, when
+    /// it does): makes what the output kept for the end, for [`Output::write`]; whether there is
+    /// anything to write (default: nothing kept).
+    fn end_transaction(&mut self) -> bool {
+        false
+    }
     /// Scale-out mode: the batch last written committed.
     fn committed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
         Box::pin(async { Ok(()) })

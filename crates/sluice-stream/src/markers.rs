@@ -100,6 +100,12 @@ impl MarkerSender {
         Settled { watermarks: task_watermarks(&self.watermarks), complete: sources }
     }
 
+    /// The last markers made were not sent (their transaction aborted): the next are made even
+    /// if nothing changed.
+    pub(crate) fn forget_sent(&mut self) {
+        self.sent = None;
+    }
+
     /// The markers to send to `topic` after this batch's items: none when no upstream task of
     /// this process has a watermark or is idle yet, or nothing changed since the last ones.
     pub(crate) fn markers(&mut self, topic: &str) -> Result<Vec<ProducerRecord>, String> {

@@ -36,40 +36,41 @@ use crate::BoxError;
 /// and value.
 type Encoded = (Option<i32>, Vec<u8>, Vec<u8>);
 
-/// A repartition's combining step: a run's parts, the batch, and the upstream tasks'
-/// watermarks before the batch, to the items to send.
-type Combine<T> = Box<dyn FnMut(Parts<T>, &BatchInput, &Settled) -> Vec<T> + Send>;
+/// A repartition's combining step, which keeps what it combined until the batch's
+/// transaction ends (see [`SlideCombiner`]).
+trait Combine<T>: Send {
+    /// Takes a run's parts, given the upstream tasks' watermarks as earlier batches left them:
+    /// the items to send as they are, the others kept combined.
+    fn add(&mut self, parts: Parts<T>, input: &BatchInput, before: &Settled) -> Vec<T>;
+    /// The combined items kept, taken.
+    fn drain(&mut self) -> Vec<T>;
+}
+
+/// A repartition's combining step, boxed.
+type Combiner<T> = Box<dyn Combine<T>>;
 
 /// Writes a stream's items to its repartition topic, in the batch's transaction, with the
-/// watermark markers of the stream's watermarks after them when it has any.
+/// watermark markers of the stream's watermarks after them when it has any. Combined items,
+/// and the markers after them, go when the transaction ends: nothing of it is visible before,
+/// and a key's items of all of its batches go as one.
 struct RepartitionOutput<T> {
     compute: Compute<T>,
-    /// Combines a run's parts into fewer items before they are sent, given each upstream task's
-    /// watermark as earlier batches left it (see [`combine_per_slide`]).
-    combine: Option<Combine<T>>,
+    /// Combines the transaction's items into fewer before they are sent, given each upstream
+    /// task's watermark as earlier batches left it.
+    combine: Option<Combiner<T>>,
     to_record: Box<dyn Fn(T) -> Result<Encoded, String> + Send>,
     topic: String,
     markers: Option<MarkerSender>,
+    /// With `combine`: the last markers made, sent after the combined items.
+    held_markers: Vec<ProducerRecord>,
     /// The run's records, made by `compute` and sent by `write`.
     records: Vec<ProducerRecord>,
     transaction: Option<Arc<Producer>>,
     failure: Option<String>,
 }
 
-impl<T: Send + 'static> Output for RepartitionOutput<T> {
-    fn compute(&mut self, input: &BatchInput) {
-        self.transaction.clone_from(&input.transaction);
-        // The upstream watermarks as earlier batches left them: computing the batch's last
-        // piece moves them.
-        let before = match (&self.combine, &mut self.markers) {
-            (Some(_), Some(markers)) => markers.settled_watermarks(input.piece),
-            _ => Settled::default(),
-        };
-        let parts = (self.compute)(input).unwrap_or_default();
-        let items = match &mut self.combine {
-            Some(combine) => combine(parts, input, &before),
-            None => parts.into_iter().flatten().collect(),
-        };
+impl<T> RepartitionOutput<T> {
+    fn push_items(&mut self, items: Vec<T>) {
         for item in items {
             match (self.to_record)(item) {
                 Ok((partition, key, value)) => self.records.push(ProducerRecord {
@@ -84,15 +85,57 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
                 }
             }
         }
-        // After the batch's items, the watermarks they leave.
+    }
+}
+
+impl<T: Send + 'static> Output for RepartitionOutput<T> {
+    fn compute(&mut self, input: &BatchInput) {
+        self.transaction.clone_from(&input.transaction);
+        if input.piece == 0 && !input.continues_transaction {
+            // What an earlier transaction left kept is of one that did not commit.
+            if let Some(combine) = &mut self.combine {
+                drop(combine.drain());
+            }
+            if !self.held_markers.is_empty() {
+                self.held_markers.clear();
+                // Never sent: made again, even if the watermarks did not move since.
+                if let Some(markers) = &mut self.markers {
+                    markers.forget_sent();
+                }
+            }
+        }
+        // The upstream watermarks as earlier batches left them: computing the batch's last
+        // piece moves them.
+        let before = match (&self.combine, &mut self.markers) {
+            (Some(_), Some(markers)) => markers.settled_watermarks(input.piece),
+            _ => Settled::default(),
+        };
+        let parts = (self.compute)(input).unwrap_or_default();
+        let items = match &mut self.combine {
+            Some(combine) => combine.add(parts, input, &before),
+            None => parts.into_iter().flatten().collect(),
+        };
+        self.push_items(items);
+        // After the batch's items, the watermarks they leave (with combining, after the
+        // transaction's combined items).
         if let (true, Some(markers)) = (input.last_piece, &mut self.markers) {
             match markers.markers(&self.topic) {
-                Ok(markers) => self.records.extend(markers),
+                Ok(markers) if self.combine.is_none() => self.records.extend(markers),
+                Ok(markers) if !markers.is_empty() => self.held_markers = markers,
+                Ok(_) => {}
                 Err(error) => {
                     self.failure.get_or_insert_with(|| format!("watermark markers for {}: {error}", self.topic));
                 }
             }
         }
+    }
+
+    fn end_transaction(&mut self) -> bool {
+        let Some(combine) = &mut self.combine else { return false };
+        let items = combine.drain();
+        self.push_items(items);
+        self.records.append(&mut self.held_markers);
+        !self.records.is_empty() || self.failure.is_some()
     }
 
     fn write(&mut self) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + '_>> {
@@ -104,7 +147,7 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
             if records.is_empty() {
                 return Ok(());
             }
-            let producer = self.transaction.take().ok_or_else(|| {
+            let producer = self.transaction.clone().ok_or_else(|| {
                 format!(
                     "items for {} in a batch without a transaction (repartitioning is for scale-out mode)",
                     self.topic
@@ -220,6 +263,7 @@ where
             to_record: Box::new(to_record),
             topic: topic.clone(),
             markers: None,
+            held_markers: Vec::new(),
             records: Vec::new(),
             transaction: None,
             failure: None,
@@ -302,7 +346,7 @@ where
     }
 
     /// [`DStream::repartition`] of timed items with `combine` before they are sent.
-    fn timed_repartition(self, name: &str, combine: Option<Combine<Timed<(K, V)>>>) -> DStream<Timed<(K, V)>> {
+    fn timed_repartition(self, name: &str, combine: Option<Combiner<Timed<(K, V)>>>) -> DStream<Timed<(K, V)>> {
         let Some(group) = self.group() else { return self };
         let (compute, graph, watermarks) = self.into_parts();
         let topic = add_topic(&graph, &group, name);
@@ -332,6 +376,7 @@ where
             to_record: Box::new(to_record),
             topic: topic.clone(),
             markers: Some(MarkerSender::new(watermarks, count.clone(), MarkerTargets::Every)),
+            held_markers: Vec::new(),
             records: Vec::new(),
             transaction: None,
             failure: None,
@@ -386,8 +431,9 @@ where
     /// [`DStream::repartition`] of timed items for event-time windows sliding every `slide`
     /// (the windows' slide, or a divisor of it) that reduce by `reduce` (the same as the
     /// window's, associative and commutative): before they are sent, the items of one key and
-    /// slide that a batch read from this process's source partitions are reduced into one
-    /// (Spark's map-side combine), so that far fewer records cross the broker. Only items at or
+    /// slide that a transaction's batches read from this process's source partitions are
+    /// reduced into one (Spark's map-side combine), so that far fewer records cross the broker;
+    /// they go when the transaction ends, before the watermark markers. Only items at or
     /// after their own partition's watermark are combined: they cannot be late after the
     /// repartition, whose watermark is never ahead of any partition's (nor is the earliest time
     /// of a combined item behind it), so the result is that of sending each item (up to the order in which
@@ -403,28 +449,46 @@ where
         reduce: impl Fn(V, V) -> V + Send + 'static,
     ) -> DStream<Timed<(K, V)>> {
         let slide_ms = i64::try_from(slide.as_millis()).unwrap_or(i64::MAX).max(1);
-        self.timed_repartition(
-            name,
-            Some(Box::new(move |parts, input, before| combine_per_slide(parts, input, before, slide_ms, &reduce))),
-        )
+        let combiner = SlideCombiner { slide_ms, reduce: Box::new(reduce), groups: HashMap::default() };
+        self.timed_repartition(name, Some(Box::new(combiner)))
     }
 }
 
-/// The items of a run's parts (each a source partition's, as `input` names them) of one key and
-/// slide reduced into one, at the earliest time among them, whichever of this process's
-/// partitions they come from, for those at or after their own partition's watermark in
-/// `before` (all of a partition's when `before` is complete and has none for it); the others
-/// are left as they are.
+/// Items of one key and slide reduced into one, at the earliest time among them, whichever of
+/// this process's partitions and whichever batch of the transaction they come from.
+struct SlideCombiner<K, V> {
+    slide_ms: i64,
+    reduce: Box<dyn Fn(V, V) -> V + Send>,
+    /// Per key and slide start: the earliest time and the reduced value.
+    groups: HashMap<(K, i64), (i64, V)>,
+}
+
+impl<K: Hash + Eq + Send, V: Send> Combine<Timed<(K, V)>> for SlideCombiner<K, V> {
+    fn add(&mut self, parts: Parts<Timed<(K, V)>>, input: &BatchInput, before: &Settled) -> Vec<Timed<(K, V)>> {
+        combine_per_slide(parts, input, before, (self.slide_ms, &*self.reduce), &mut self.groups)
+    }
+
+    fn drain(&mut self) -> Vec<Timed<(K, V)>> {
+        self.groups
+            .drain()
+            .map(|((key, _), (time_ms, value))| Timed { time_ms, late: false, item: (key, value) })
+            .collect()
+    }
+}
+
+/// Of a run's parts (each a source partition's, as `input` names them), the items at or after
+/// their own partition's watermark in `before` (all of a partition's when `before` is complete
+/// and has none for it) reduced into `groups` per key and slide, at the earliest time among
+/// them; the others returned as they are.
 fn combine_per_slide<K: Hash + Eq, V>(
     parts: Parts<Timed<(K, V)>>,
     input: &BatchInput,
     before: &Settled,
-    slide_ms: i64,
-    reduce: &dyn Fn(V, V) -> V,
+    (slide_ms, reduce): (i64, &dyn Fn(V, V) -> V),
+    groups: &mut HashMap<(K, i64), (i64, V)>,
 ) -> Vec<Timed<(K, V)>> {
     let sources = input.part_sources.as_ref().filter(|sources| sources.len() == parts.len());
     let mut out = Vec::new();
-    let mut groups: HashMap<(K, i64), (i64, V)> = HashMap::default();
     for (index, part) in parts.into_iter().enumerate() {
         let watermark =
             sources.and_then(|s| s.get(index)).and_then(|(_, partition)| match before.watermarks.get(partition) {
@@ -443,16 +507,11 @@ fn combine_per_slide<K: Hash + Eq, V>(
             let (key, value) = timed.item;
             let slide_start = timed.time_ms.div_euclid(slide_ms).saturating_mul(slide_ms);
             let time_ms = timed.time_ms;
-            merge(&mut groups, (key, slide_start), (time_ms, value), &|(a_time, a), (b_time, b)| {
+            merge(groups, (key, slide_start), (time_ms, value), &|(a_time, a), (b_time, b)| {
                 (a_time.min(b_time), reduce(a, b))
             });
         }
     }
-    out.extend(groups.into_iter().map(|((key, _), (time_ms, value))| Timed {
-        time_ms,
-        late: false,
-        item: (key, value),
-    }));
     out
 }
 
@@ -634,6 +693,7 @@ where
             to_record: Box::new(to_record),
             topic: topic.clone(),
             markers: Some(MarkerSender::new(watermarks, count.clone(), MarkerTargets::First)),
+            held_markers: Vec::new(),
             records: Vec::new(),
             transaction: None,
             failure: None,
@@ -699,7 +759,10 @@ mod tests {
         let watermarks = BTreeMap::from([(3, 1_000), (5, 800)]);
         let combine = |complete: bool| {
             let before = Settled { watermarks: watermarks.clone(), complete };
-            let mut out = combine_per_slide(parts.clone(), &input, &before, 1_000, &|a, b| a + b);
+            let mut combiner =
+                SlideCombiner { slide_ms: 1_000, reduce: Box::new(|a, b| a + b), groups: HashMap::default() };
+            let mut out = combiner.add(parts.clone(), &input, &before);
+            out.extend(combiner.drain());
             out.sort_by(|x, y| (x.time_ms, &x.item.0).cmp(&(y.time_ms, &y.item.0)));
             out.iter().map(|t| (t.time_ms, t.item.0.clone(), t.item.1)).collect::<Vec<(i64, String, u64)>>()
         };
@@ -717,6 +780,90 @@ mod tests {
             got(&[(100, "a", 3), (500, "a", 1), (1_100, "a", 3), (1_300, "b", 1), (2_100, "a", 1), (2_500, "b", 1)]),
             "a partition that never had a watermark combined whole"
         );
+    }
+
+    /// A key's items of every batch of a transaction go as one item when it ends, with the last
+    /// watermark markers after them; items that cannot be combined go at once; a transaction
+    /// that did not end (it aborted) leaves nothing to the next but its markers, made again.
+    #[test]
+    fn combined_items_and_the_markers_after_them_wait_for_the_transactions_end() {
+        type Item = Timed<(String, u64)>;
+        let timed = |time_ms: i64, key: &str| Timed { time_ms, late: false, item: (key.to_owned(), 1u64) };
+        let cell: WatermarkCell = Arc::new(Mutex::new(WatermarkValue { restored_at: Some(0), ..Default::default() }));
+        // Each batch's items, and the watermark its source partition's step leaves.
+        type Feed = std::collections::VecDeque<(Vec<Item>, i64)>;
+        let feed: Arc<Mutex<Feed>> = Arc::default();
+        let (fed, step) = (Arc::clone(&feed), Arc::clone(&cell));
+        let count = crate::markers::TaskCount::default();
+        count.tasks.store(2, std::sync::atomic::Ordering::Relaxed);
+        let mut output = RepartitionOutput::<Item> {
+            compute: Box::new(move |_| {
+                let (items, watermark) = fed.lock().unwrap().pop_front()?;
+                lock_state(&step).tasks = BTreeMap::from([(0, watermark)]);
+                Some(vec![items])
+            }),
+            combine: Some(Box::new(SlideCombiner {
+                slide_ms: 1_000,
+                reduce: Box::new(|a: u64, b: u64| a + b),
+                groups: HashMap::default(),
+            })),
+            to_record: Box::new(|timed: Item| {
+                let (key, value) = timed.item;
+                Ok((None, encode(&key)?, encode(&(timed.time_ms, timed.late, value))?))
+            }),
+            topic: "t".to_owned(),
+            markers: Some(MarkerSender::new(vec![cell], count, MarkerTargets::Every)),
+            held_markers: Vec::new(),
+            records: Vec::new(),
+            transaction: None,
+            failure: None,
+        };
+        // One batch of one piece; what went at once.
+        let batch = |output: &mut RepartitionOutput<Item>, items: Vec<Item>, watermark: i64, continues: bool| {
+            feed.lock().unwrap().push_back((items, watermark));
+            let sources = Some(vec![(Arc::from("clicks"), 0)]);
+            let input = BatchInput::new(0, 1_000, false, crate::graph::SourceRecords::default(), sources)
+                .in_piece(0, true)
+                .in_transaction(None, continues);
+            output.compute(&input);
+            std::mem::take(&mut output.records)
+        };
+        // Each record as "key time late count", or the partition of a marker.
+        let read = |records: Vec<ProducerRecord>| -> Vec<String> {
+            records
+                .iter()
+                .map(|record| {
+                    if record.headers.iter().any(|h| h.key.as_ref() == crate::markers::MARKER_HEADER.as_bytes()) {
+                        return format!("marker to {:?}", record.partition);
+                    }
+                    let key: String = decode(record.key.as_deref().unwrap_or_default()).unwrap();
+                    let (time, late, n): (i64, bool, u64) =
+                        decode(record.value.as_deref().unwrap_or_default()).unwrap();
+                    format!("{key} {time} {late} {n}")
+                })
+                .collect()
+        };
+        let markers = ["marker to Some(0)", "marker to Some(1)"];
+        // No watermark anywhere yet: all combined, and kept with the markers after them.
+        let sent = batch(&mut output, vec![timed(100, "a"), timed(200, "a"), timed(1_300, "b")], 50, false);
+        assert!(sent.is_empty(), "{:?}", read(sent));
+        let sent = batch(&mut output, vec![timed(400, "a"), timed(10, "c")], 350, true);
+        assert_eq!(read(sent), vec!["c 10 false 1"], "behind its partition's watermark (50): sent at once");
+        assert!(output.end_transaction());
+        let mut ended = read(std::mem::take(&mut output.records));
+        ended[..2].sort();
+        assert_eq!(ended[..2], ["a 100 false 3", "b 1300 false 1"], "a key's items of both batches as one");
+        assert_eq!(ended[2..], markers, "then the last markers");
+        assert!(!output.end_transaction(), "nothing left");
+
+        // A transaction that did not end, then a new one: only the new one's items, and the
+        // markers the first made (never sent) made again.
+        assert!(batch(&mut output, vec![timed(2_100, "a")], 400, false).is_empty());
+        assert!(batch(&mut output, vec![timed(2_200, "d")], 400, false).is_empty());
+        assert!(output.end_transaction());
+        let ended = read(std::mem::take(&mut output.records));
+        assert_eq!(ended[..1], ["d 2200 false 1"]);
+        assert_eq!(ended[1..], markers);
     }
 
     #[test]
