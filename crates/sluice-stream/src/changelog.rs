@@ -337,28 +337,54 @@ pub(crate) async fn create_internal_topics(
     let partitions = i32::try_from(partitions)?;
     let replication = i16::try_from(metadata.brokers.len().clamp(1, 3))?;
     let min_insync = if replication >= 3 { "2" } else { "1" };
-    let configs: Vec<(&str, &str)> = configs.iter().copied().chain([("min.insync.replicas", min_insync)]).collect();
+    let configs: Vec<(String, String)> = configs
+        .iter()
+        .copied()
+        .chain([("min.insync.replicas", min_insync)])
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    // Side by side: each waits until the cluster serves it, a few hundred milliseconds.
+    let mut creating = tokio::task::JoinSet::new();
     for topic in topics {
-        match client.create_topic_with_configs(topic, partitions, replication, &configs).await {
-            Ok(()) => tracing::info!(%topic, partitions, replication, "created the job's internal topic"),
-            Err(
-                Error::Broker { code: ErrorCode::TopicAlreadyExists, .. }
-                | Error::BrokerMessage { code: ErrorCode::TopicAlreadyExists, .. },
-            ) => {
-                // Made by an earlier run, or just now by another process starting at the same
-                // time: the broker asked may not list it yet.
-                let has = listed_partitions(client, topic).await?;
-                if has != partitions {
-                    return Err(format!(
-                        "the job's internal topic {topic} has {has} partitions but the source {source} has {partitions}: a task is a source partition, so they must match (did the source grow?)"
-                    )
-                    .into());
-                }
-            }
-            Err(error) => return Err(format!("creating the job's internal topic {topic}: {error}").into()),
-        }
+        let (client, source, topic, configs) = (client.clone(), source.to_owned(), topic.clone(), configs.clone());
+        creating.spawn(async move {
+            create_internal_topic(&client, &source, &topic, (partitions, replication), &configs).await
+        });
+    }
+    while let Some(created) = creating.join_next().await {
+        created.map_err(|e| format!("creating the job's internal topics stopped: {e}"))??;
     }
     Ok(partitions)
+}
+
+/// [`create_internal_topics`] of one topic.
+async fn create_internal_topic(
+    client: &Client,
+    source: &str,
+    topic: &str,
+    (partitions, replication): (i32, i16),
+    configs: &[(String, String)],
+) -> Result<(), BoxError> {
+    let configs: Vec<(&str, &str)> = configs.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    match client.create_topic_with_configs(topic, partitions, replication, &configs).await {
+        Ok(()) => tracing::info!(%topic, partitions, replication, "created the job's internal topic"),
+        Err(
+            Error::Broker { code: ErrorCode::TopicAlreadyExists, .. }
+            | Error::BrokerMessage { code: ErrorCode::TopicAlreadyExists, .. },
+        ) => {
+            // Made by an earlier run, or just now by another process starting at the same
+            // time: the broker asked may not list it yet.
+            let has = listed_partitions(client, topic).await?;
+            if has != partitions {
+                return Err(format!(
+                    "the job's internal topic {topic} has {has} partitions but the source {source} has {partitions}: a task is a source partition, so they must match (did the source grow?)"
+                )
+                .into());
+            }
+        }
+        Err(error) => return Err(format!("creating the job's internal topic {topic}: {error}").into()),
+    }
+    Ok(())
 }
 
 /// The partitions of `topic` once the cluster's metadata lists it (it may have just been made by

@@ -253,7 +253,11 @@ impl StreamingContext {
             check_scale_state(&state, &scheduler_config)?;
         }
         let client = Client::connect(self.config.client.clone()).await?;
-        if let (false, Some(source)) = (internal_topics.is_empty(), scheduler_config.topics.first()) {
+        // The repartition topics and the changelogs are made (or found) side by side.
+        let repartition_topics = async {
+            let (false, Some(source)) = (internal_topics.is_empty(), scheduler_config.topics.first()) else {
+                return Ok(());
+            };
             // Kept until consumed (purged then), as Kafka Streams keeps them.
             // Small segments, so that purged records free their disk soon (Kafka Streams').
             let configs = [
@@ -266,26 +270,31 @@ impl StreamingContext {
                 .await
                 .map_err(|e| StreamError::State(format!("creating the repartition topics: {e}")))?;
             task_count.tasks.store(tasks, std::sync::atomic::Ordering::Relaxed);
-        }
-        let purge = (!internal_topics.is_empty()).then(|| Purge {
-            client: client.clone(),
-            interval: self.config.repartition_purge_interval,
-            last: std::time::Instant::now(),
-            running: None,
-        });
-        let changelogs = match (&group, scheduler_config.topics.first()) {
-            (Some(group), Some(source)) if stateful_scale => Some(
-                Changelogs::open(
+            Ok::<_, StreamError>(())
+        };
+        let changelogs = async {
+            match (&group, scheduler_config.topics.first()) {
+                (Some(group), Some(source)) if stateful_scale => Changelogs::open(
                     client.clone(),
                     (group, source),
                     &state,
                     (self.restore.clone(), self.config.standby_replicas),
                 )
                 .await
-                .map_err(|e| StreamError::State(format!("opening the changelog topics: {e}")))?,
-            ),
-            _ => None,
+                .map(Some)
+                .map_err(|e| StreamError::State(format!("opening the changelog topics: {e}"))),
+                _ => Ok(None),
+            }
         };
+        let (repartition_topics, changelogs) = tokio::join!(repartition_topics, changelogs);
+        repartition_topics?;
+        let changelogs = changelogs?;
+        let purge = (!internal_topics.is_empty()).then(|| Purge {
+            client: client.clone(),
+            interval: self.config.repartition_purge_interval,
+            last: std::time::Instant::now(),
+            running: None,
+        });
         let interval_ms = lock(&self.graph).interval_ms;
         // Opening the log reads and recovers it (and syncs, when it is new), and restoring the
         // state decodes it: on the blocking pool, not an async worker.

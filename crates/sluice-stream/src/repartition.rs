@@ -44,7 +44,14 @@ trait Combine<T>: Send {
     fn add(&mut self, parts: Parts<T>, input: &BatchInput, before: &Settled) -> Vec<T>;
     /// The combined items kept, taken.
     fn drain(&mut self) -> Vec<T>;
+    /// How many combined items are kept.
+    fn kept(&self) -> usize;
 }
+
+/// At most this many combined items are kept for a transaction's end (they are outside the
+/// memory budget, which bounds what a batch reads): past it they go at once, still before the
+/// transaction's watermark markers.
+const MAX_KEPT_COMBINED: usize = 200_000;
 
 /// A repartition's combining step, boxed.
 type Combiner<T> = Box<dyn Combine<T>>;
@@ -112,7 +119,13 @@ impl<T: Send + 'static> Output for RepartitionOutput<T> {
         };
         let parts = (self.compute)(input).unwrap_or_default();
         let items = match &mut self.combine {
-            Some(combine) => combine.add(parts, input, &before),
+            Some(combine) => {
+                let mut items = combine.add(parts, input, &before);
+                if combine.kept() > MAX_KEPT_COMBINED {
+                    items.extend(combine.drain());
+                }
+                items
+            }
             None => parts.into_iter().flatten().collect(),
         };
         self.push_items(items);
@@ -466,6 +479,10 @@ struct SlideCombiner<K, V> {
 impl<K: Hash + Eq + Send, V: Send> Combine<Timed<(K, V)>> for SlideCombiner<K, V> {
     fn add(&mut self, parts: Parts<Timed<(K, V)>>, input: &BatchInput, before: &Settled) -> Vec<Timed<(K, V)>> {
         combine_per_slide(parts, input, before, (self.slide_ms, &*self.reduce), &mut self.groups)
+    }
+
+    fn kept(&self) -> usize {
+        self.groups.len()
     }
 
     fn drain(&mut self) -> Vec<Timed<(K, V)>> {
@@ -864,6 +881,14 @@ mod tests {
         let ended = read(std::mem::take(&mut output.records));
         assert_eq!(ended[..1], ["d 2200 false 1"]);
         assert_eq!(ended[1..], markers);
+
+        // More kept than the bound: they go at once, the markers still at the end.
+        let many: Vec<Item> = (0..=MAX_KEPT_COMBINED).map(|key| timed(3_000, &key.to_string())).collect();
+        let sent = read(batch(&mut output, many, 500, false));
+        assert_eq!(sent.len(), MAX_KEPT_COMBINED + 1);
+        assert!(sent.iter().all(|record| !record.starts_with("marker")));
+        assert!(output.end_transaction());
+        assert_eq!(read(std::mem::take(&mut output.records)), markers);
     }
 
     #[test]
