@@ -155,9 +155,11 @@ async fn copy(client: &Client, input: &str, n: usize, mode: Mode) -> Run {
             let rows = if progress.transaction_open { 0 } else { std::mem::take(&mut in_open_transaction) };
             if !progress.transaction_open && !progress.aborted {
                 read += rows;
-                if read > 0 && first.is_none() {
-                    first = Some((Instant::now(), read));
-                }
+            }
+            // The steady rate is over the batches after the first that read records, whether or
+            // not that one ended its transaction.
+            if progress.num_input_rows > 0 && first.is_none() {
+                first = Some((Instant::now(), progress.num_input_rows));
             }
             if read as usize >= n {
                 stop.cancel();
