@@ -286,9 +286,7 @@ impl StreamingContext {
                 _ => Ok(None),
             }
         };
-        let (repartition_topics, changelogs) = tokio::join!(repartition_topics, changelogs);
-        repartition_topics?;
-        let changelogs = changelogs?;
+        let ((), changelogs) = tokio::try_join!(repartition_topics, changelogs)?;
         let purge = (!internal_topics.is_empty()).then(|| Purge {
             client: client.clone(),
             interval: self.config.repartition_purge_interval,
