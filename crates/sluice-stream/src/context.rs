@@ -628,11 +628,12 @@ impl Processor for Engine {
         }
         // Scale-out: what the outputs kept for the transaction's end goes with the batch that
         // ends it, as do the state changes of a transaction spanning batches, each key's last.
-        if batch.transaction().is_some() && batch.ends_transaction() {
+        let ends_transaction = batch.ends_transaction();
+        if ends_transaction && batch.transaction().is_some() {
             self.end_outputs_transaction().await?;
         }
         if let Some(changelogs) = &self.changelogs {
-            if !batch.ends_transaction() {
+            if !ends_transaction {
                 return Ok(BatchOutput::default());
             }
             let records = changelogs.take_records(&self.state).await?;

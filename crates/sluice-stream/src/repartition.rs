@@ -477,8 +477,38 @@ struct SlideCombiner<K, V> {
 }
 
 impl<K: Hash + Eq + Send, V: Send> Combine<Timed<(K, V)>> for SlideCombiner<K, V> {
+    /// Of a run's parts (each a source partition's, as `input` names them), the items at or
+    /// after their own partition's watermark in `before` (all of a partition's when `before` is
+    /// complete and has none for it) are reduced into the kept ones per key and slide, at the
+    /// earliest time among them; the others are returned as they are.
     fn add(&mut self, parts: Parts<Timed<(K, V)>>, input: &BatchInput, before: &Settled) -> Vec<Timed<(K, V)>> {
-        combine_per_slide(parts, input, before, (self.slide_ms, &*self.reduce), &mut self.groups)
+        let (slide_ms, reduce) = (self.slide_ms, &*self.reduce);
+        let sources = input.part_sources.as_ref().filter(|sources| sources.len() == parts.len());
+        let mut out = Vec::new();
+        for (index, part) in parts.into_iter().enumerate() {
+            let watermark =
+                sources.and_then(|s| s.get(index)).and_then(|(_, partition)| match before.watermarks.get(partition) {
+                    Some(watermark) => Some(*watermark),
+                    None => before.complete.then_some(i64::MIN),
+                });
+            let Some(watermark) = watermark else {
+                out.extend(part);
+                continue;
+            };
+            for timed in part {
+                if timed.late || timed.time_ms < watermark {
+                    out.push(timed);
+                    continue;
+                }
+                let (key, value) = timed.item;
+                let slide_start = timed.time_ms.div_euclid(slide_ms).saturating_mul(slide_ms);
+                let time_ms = timed.time_ms;
+                merge(&mut self.groups, (key, slide_start), (time_ms, value), &|(a_time, a), (b_time, b)| {
+                    (a_time.min(b_time), reduce(a, b))
+                });
+            }
+        }
+        out
     }
 
     fn kept(&self) -> usize {
@@ -491,45 +521,6 @@ impl<K: Hash + Eq + Send, V: Send> Combine<Timed<(K, V)>> for SlideCombiner<K, V
             .map(|((key, _), (time_ms, value))| Timed { time_ms, late: false, item: (key, value) })
             .collect()
     }
-}
-
-/// Of a run's parts (each a source partition's, as `input` names them), the items at or after
-/// their own partition's watermark in `before` (all of a partition's when `before` is complete
-/// and has none for it) reduced into `groups` per key and slide, at the earliest time among
-/// them; the others returned as they are.
-fn combine_per_slide<K: Hash + Eq, V>(
-    parts: Parts<Timed<(K, V)>>,
-    input: &BatchInput,
-    before: &Settled,
-    (slide_ms, reduce): (i64, &dyn Fn(V, V) -> V),
-    groups: &mut HashMap<(K, i64), (i64, V)>,
-) -> Vec<Timed<(K, V)>> {
-    let sources = input.part_sources.as_ref().filter(|sources| sources.len() == parts.len());
-    let mut out = Vec::new();
-    for (index, part) in parts.into_iter().enumerate() {
-        let watermark =
-            sources.and_then(|s| s.get(index)).and_then(|(_, partition)| match before.watermarks.get(partition) {
-                Some(watermark) => Some(*watermark),
-                None => before.complete.then_some(i64::MIN),
-            });
-        let Some(watermark) = watermark else {
-            out.extend(part);
-            continue;
-        };
-        for timed in part {
-            if timed.late || timed.time_ms < watermark {
-                out.push(timed);
-                continue;
-            }
-            let (key, value) = timed.item;
-            let slide_start = timed.time_ms.div_euclid(slide_ms).saturating_mul(slide_ms);
-            let time_ms = timed.time_ms;
-            merge(groups, (key, slide_start), (time_ms, value), &|(a_time, a), (b_time, b)| {
-                (a_time.min(b_time), reduce(a, b))
-            });
-        }
-    }
-    out
 }
 
 /// The merge of a scale-out top-k: the local top items of each window from every task, until

@@ -34,7 +34,7 @@ impl<C: Clock> Scheduler<C> {
                     .map_err(|source| SchedulerError::Processing { batch_id, source })?;
             }
         }
-        let (started, began) = (self.clock.now_ms(), std::time::Instant::now());
+        let (started, started_at) = (self.clock.now_ms(), std::time::Instant::now());
         let (Plan { ranges, latest, resets, cut_by_budget }, rerun, reading) = self.take_plan(batch_id).await?;
         self.cut_by_budget = cut_by_budget;
         let planned = self.clock.now_ms();
@@ -56,7 +56,7 @@ impl<C: Clock> Scheduler<C> {
         let transaction = self.begin_batch_transaction(&ranges).await?;
         let in_transaction = transaction.is_some();
         // Whether it ends with this batch is decided once the batch has taken its time.
-        let end = self.transaction_end(&ranges, &latest, began);
+        let end = self.transaction_end(&ranges, &latest, started_at);
         // The first piece (in most batches, all of it).
         let task_ranges = split_ranges(&ranges, self.config.min_partitions);
         let first = match reading.finish().await {
