@@ -574,6 +574,20 @@ impl Clickstream {
         eprintln!("[{:5.1} s] {what}", self.started.elapsed().as_secs_f64());
     }
 
+    /// The offsets the job's changelogs hold, over all their partitions.
+    async fn changelog_offsets(&self) -> u64 {
+        let metadata = self.client.refresh_metadata(None).await.unwrap();
+        let partitions: Vec<(String, i32)> = metadata
+            .topics
+            .iter()
+            .filter(|(name, _)| name.starts_with(&self.group) && name.ends_with("-changelog"))
+            .flat_map(|(name, topic)| (0..topic.partitions.len() as i32).map(move |p| (name.clone(), p)))
+            .collect();
+        assert!(!partitions.is_empty(), "no changelogs of {}", self.group);
+        let ends = self.client.log_ends(&partitions, sluice_client::Isolation::ReadUncommitted).await.unwrap();
+        u64::try_from(ends.values().sum::<i64>()).unwrap()
+    }
+
     /// Waits until the writer has sent `count` slices.
     async fn sent_at_least(&self, count: u32) {
         self.slices.clone().wait_for(|sent| *sent >= count).await.unwrap();
@@ -676,20 +690,29 @@ impl Clickstream {
 /// What the processes whose logs are in `dir` restored: tasks from standby copies, their keys,
 /// and changelog records read (from the restores' log lines).
 fn restores_in(dir: &Path) -> (u64, u64, u64) {
-    let field = |line: &str, name: &str| -> u64 {
-        line.split_once(&format!("{name}="))
-            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-            .unwrap_or(0)
-    };
     let mut sums = (0, 0, 0);
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         if entry.path().extension().is_some_and(|e| e == "log") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            for line in text.lines().filter(|l| l.contains("restored the state of the tasks")) {
-                sums.0 += field(line, "standby_tasks");
-                sums.1 += field(line, "from_standby_copies");
-                sums.2 += field(line, "records");
-            }
+            let [tasks, keys, records] =
+                restored_in(&entry.path(), ["standby_tasks", "from_standby_copies", "records"]);
+            sums = (sums.0 + tasks, sums.1 + keys, sums.2 + records);
+        }
+    }
+    sums
+}
+
+/// The sums of the `fields` of the restores' log lines in the process log `log`.
+fn restored_in<const N: usize>(log: &Path, fields: [&str; N]) -> [u64; N] {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_once(&format!(" {name}="))
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut sums = [0; N];
+    for line in text.lines().filter(|l| l.contains("restored the state of the tasks")) {
+        for (sum, name) in sums.iter_mut().zip(fields) {
+            *sum += field(line, name);
         }
     }
     sums
@@ -727,6 +750,32 @@ async fn the_clickstream_top_items_of_processes_coming_and_going_equal_a_single_
     three.stop();
     run.step("one and three stopped (SIGTERM) after 600,000 clicks");
     run.finish(vec![four, two_again]).await;
+}
+
+/// The local fast path on the clickstream job: a lone process killed (SIGKILL) while clicks
+/// arrive comes back on its checkpoint. It restores every task from its checkpoint's copy and
+/// reads only the changelogs' tail after it (at most what the kill kept from the checkpoint),
+/// not their history, and its top items equal a single process's (no `[scale]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_process_killed_comes_back_from_its_checkpoints_copy_and_equals_a_single_process() {
+    let Some(run) = Clickstream::start().await else { return };
+    let mut one = run.process("one", "one");
+    one.wait_for_rows().await;
+    run.sent_at_least(40).await;
+    one.kill();
+    run.step("one killed (SIGKILL) after 400,000 clicks");
+    let mut again = run.process("one-again", "one");
+    again.wait_for_rows().await;
+    let held = run.changelog_offsets().await;
+    // (Its tasks are restored before its first batch.)
+    let [local_tasks, keys, records] = restored_in(&again.log, ["local_tasks", "from_local_copies", "records"]);
+    run.step(&format!(
+        "one restarted on its checkpoint: {local_tasks} tasks from its checkpoint's copies ({keys} keys), {records} changelog records read; the changelogs held {held} offsets"
+    ));
+    run.finish(vec![again]).await;
+    assert_eq!(local_tasks, PARTITIONS as u64, "every task from the checkpoint's copy");
+    assert!(keys > 0, "the copies hold the tasks' keys");
+    assert!(records * 4 < held, "{records} changelog records read of {held}: the tail, not the history");
 }
 
 /// SplitMix64: the campaign's random choices, replayed from its seed.

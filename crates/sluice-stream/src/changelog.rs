@@ -17,7 +17,8 @@ use sluice_client::{Client, Consumer, ConsumerConfig, Error, Isolation, OffsetRe
 use sluice_protocol::error_code::ErrorCode;
 use sluice_scheduler::PartitionChanges;
 
-use crate::context::off_workers;
+use crate::context::{off_workers, wall_ms};
+use crate::local_copy::{LocalCopies, TopicId};
 use crate::standby::{Standbys, TaskCopy};
 use crate::state::{JobState, TaskChange};
 use crate::BoxError;
@@ -43,6 +44,8 @@ pub(crate) struct Changelogs {
     counters: RestoreCounters,
     /// Warm copies of other processes' tasks ([`StreamConfig::standby_replicas`](crate::StreamConfig)).
     standbys: Option<Standbys>,
+    /// The local checkpoint's copies of the tasks (a restarted process's fast path).
+    local: LocalCopies,
 }
 
 /// What a restore read.
@@ -56,6 +59,10 @@ pub(crate) struct Restored {
     pub(crate) from_copies: u64,
     /// Tasks restored from a standby copy.
     pub(crate) copies: u64,
+    /// Keys taken from the local checkpoint's copies.
+    pub(crate) from_local: u64,
+    /// Tasks restored from the local checkpoint's copy.
+    pub(crate) local: u64,
 }
 
 /// Counters of the state this process restored from changelogs in scale-out mode
@@ -75,6 +82,11 @@ pub struct RestoreCounters {
     pub standby_records: Arc<AtomicU64>,
     /// Tasks restored from a standby copy (counted in `tasks` too).
     pub standby_tasks: Arc<AtomicU64>,
+    /// Keys taken from the copies in this process's own checkpoint, written before it
+    /// restarted (`records` then counts only what the changelogs held after them).
+    pub local_records: Arc<AtomicU64>,
+    /// Tasks restored from a copy in this process's own checkpoint (counted in `tasks` too).
+    pub local_tasks: Arc<AtomicU64>,
 }
 
 impl Changelogs {
@@ -92,9 +104,21 @@ impl Changelogs {
         let topics: Vec<String> =
             state.operator_names().into_iter().map(|name| format!("{group}-{name}-changelog")).collect();
         create_internal_topics(&client, source, &topics, &[("cleanup.policy", "compact")]).await?;
+        // Their ids tell a copy in the local checkpoint whether its changelogs were made again.
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let metadata = client.refresh_metadata(Some(&names)).await?;
+        let topic_ids: Vec<TopicId> =
+            topics.iter().map(|topic| metadata.topics.get(topic).map_or([0; 16], |t| t.topic_id.0)).collect();
         let standbys = (standby_replicas > 0)
             .then(|| Standbys::start(client.clone(), (group, source), topics.clone(), standby_replicas));
-        Ok(Self { client, source: source.to_owned(), topics: topics.into(), counters, standbys })
+        let local = LocalCopies::new(topic_ids);
+        Ok(Self { client, source: source.to_owned(), topics: topics.into(), counters, standbys, local })
+    }
+
+    /// Holds the copies of the tasks the local checkpoint recovered (its `snapshot` and the
+    /// `deltas` after it), for the restores of the tasks the group gives this process.
+    pub(crate) fn hold_local_copies(&mut self, snapshot: Option<&(u64, Vec<u8>)>, deltas: &[(u64, Vec<u8>)]) {
+        self.local.hold(snapshot, deltas, wall_ms());
     }
 
     /// Tells the standby placement which member of the group this process is.
@@ -104,38 +128,71 @@ impl Changelogs {
         }
     }
 
-    /// The state changes since the last batch, as changelog records. Off the async workers:
-    /// encoding many keys' states is CPU work (keyed state spreads it over the compute pool).
-    pub(crate) async fn take_records(&self, state: &JobState) -> Result<Vec<ProducerRecord>, BoxError> {
-        let (state, topics) = (state.clone(), Arc::clone(&self.topics));
+    /// Ends a transaction: sends the state changes since the last one, as changelog records,
+    /// in `transaction`, and waits for them to land; returns what the local checkpoint keeps
+    /// with the batch's commit (the changes and where they landed) and, every `snapshot_every`
+    /// transactions, the snapshot of the tasks' copies. Encoding many keys' states is CPU work:
+    /// off the async workers (keyed state spreads it over the compute pool).
+    pub(crate) async fn end_transaction(
+        &mut self,
+        state: &JobState,
+        transaction: Option<&sluice_client::Producer>,
+        snapshot_every: u64,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), BoxError> {
+        let (taking, topics) = (state.clone(), Arc::clone(&self.topics));
+        let wanted = self.local.wanted_whole(snapshot_every);
         // One timestamp for the batch's changes, not a clock read per record.
-        let timestamp = Some(crate::context::wall_ms());
-        off_workers(move || {
-            state
-                .take_task_changes()?
-                .into_iter()
+        let now = wall_ms();
+        let (changes, whole, records) = off_workers(move || {
+            let changes = taking.take_task_changes()?;
+            let whole = if wanted.is_empty() { Vec::new() } else { taking.task_entries(&wanted)? };
+            let records = changes
+                .iter()
                 .map(|(operator, TaskChange { task, key, value })| {
-                    let topic =
-                        topics.get(operator).ok_or_else(|| format!("no changelog for stateful operator {operator}"))?;
+                    let topic = topics
+                        .get(*operator)
+                        .ok_or_else(|| format!("no changelog for stateful operator {operator}"))?;
                     Ok(ProducerRecord {
                         topic: topic.clone(),
-                        partition: Some(task),
-                        key: Some(key),
-                        value,
-                        timestamp,
+                        partition: Some(*task),
+                        key: Some(key.clone()),
+                        value: value.clone(),
+                        timestamp: Some(now),
                         ..ProducerRecord::default()
                     })
                 })
-                .collect::<Result<Vec<_>, BoxError>>()
+                .collect::<Result<Vec<_>, BoxError>>()?;
+            Ok::<_, BoxError>((changes, whole, records))
         })
-        .await?
+        .await??;
+        // Where each task's last record of each operator landed (the commit waits for every
+        // send anyway).
+        let mut landed: BTreeMap<(usize, i32), Option<i64>> = BTreeMap::new();
+        if !records.is_empty() {
+            let producer = transaction.ok_or("the batch changed state but has no transaction")?;
+            let deliveries = producer.send_all(records).await?;
+            for ((operator, change), delivery) in changes.iter().zip(deliveries) {
+                let offset = Some(delivery.await?.offset).filter(|offset| *offset >= 0);
+                let at = landed.entry((*operator, change.task)).or_insert(offset);
+                *at = at.zip(offset).map(|(a, b)| a.max(b));
+            }
+        }
+        self.local.sent(&landed);
+        let mut local = std::mem::take(&mut self.local);
+        let (local, written) = off_workers(move || {
+            let written = local.end_transaction(&changes, &whole, (now, snapshot_every));
+            (local, written)
+        })
+        .await?;
+        self.local = local;
+        Ok((written.delta, written.snapshot))
     }
 
     /// Takes in the change of the process's partitions: drops the state of tasks lost and of
     /// those to rebuild, then restores the gained tasks from their changelog partitions. A
     /// gained partition the group held no offset for must have no state: it starts over from
     /// `starting_offsets`, and state kept for it was built from records it would read again.
-    pub(crate) async fn apply(&self, state: &JobState, changes: &PartitionChanges) -> Result<Restored, BoxError> {
+    pub(crate) async fn apply(&mut self, state: &JobState, changes: &PartitionChanges) -> Result<Restored, BoxError> {
         let of_source = |partitions: &[(String, i32)]| -> BTreeSet<i32> {
             partitions.iter().filter(|(topic, _)| *topic == self.source).map(|(_, p)| *p).collect()
         };
@@ -143,12 +200,31 @@ impl Changelogs {
         let lost = of_source(&changes.lost);
         let dropped: BTreeSet<i32> = lost.union(&gained).copied().collect();
         state.drop_tasks(&dropped);
-        let copies = self.standbys.as_ref().map(|s| s.take_on(&gained, &lost)).unwrap_or_default();
+        let mut copies = self.standbys.as_ref().map(|s| s.take_on(&gained, &lost)).unwrap_or_default();
+        // The local checkpoint's copy of a task, unless a standby copy is further on.
+        let mut local_tasks = BTreeSet::new();
+        for (task, copy) in self.local.take_for(&gained, wall_ms()) {
+            let further = |copy: &TaskCopy| copy.positions.iter().sum::<i64>();
+            if copies.get(&task).is_none_or(|standby| further(standby) < further(&copy)) {
+                copies.insert(task, copy);
+                local_tasks.insert(task);
+            }
+        }
         if gained.is_empty() {
+            self.local.tasks_changed(&lost, BTreeMap::new());
             return Ok(Restored::default());
         }
         let started = Instant::now();
-        let (restored, by_task) = self.restore_through_faults(state, &gained, &copies).await?;
+        let (mut restored, by_task, done) = self.restore_through_faults(state, &gained, &copies).await?;
+        // Of the copies used, the local ones' counts.
+        for task in done.copied.intersection(&local_tasks) {
+            let keys = copies.get(task).map_or(0, |copy| copy.entries.iter().map(|e| e.len() as u64).sum());
+            restored.local += 1;
+            restored.from_local += keys;
+            restored.copies -= 1;
+            restored.from_copies -= keys;
+        }
+        self.local.tasks_changed(&lost, done.positions);
         let fresh = of_source(&changes.fresh);
         let stale: Vec<(i32, u64)> =
             by_task.into_iter().filter(|(task, records)| fresh.contains(task) && *records > 0).collect();
@@ -167,12 +243,16 @@ impl Changelogs {
         self.counters.micros.fetch_add(micros, Ordering::Relaxed);
         self.counters.standby_records.fetch_add(restored.from_copies, Ordering::Relaxed);
         self.counters.standby_tasks.fetch_add(restored.copies, Ordering::Relaxed);
+        self.counters.local_records.fetch_add(restored.from_local, Ordering::Relaxed);
+        self.counters.local_tasks.fetch_add(restored.local, Ordering::Relaxed);
         tracing::info!(
             tasks = ?gained,
             records = restored.records,
             bytes = restored.bytes,
             standby_tasks = restored.copies,
             from_standby_copies = restored.from_copies,
+            local_tasks = restored.local,
+            from_local_copies = restored.from_local,
             ms = started.elapsed().as_millis() as u64,
             "restored the state of the tasks taken on from their changelogs"
         );
@@ -187,7 +267,7 @@ impl Changelogs {
         state: &JobState,
         tasks: &BTreeSet<i32>,
         copies: &BTreeMap<i32, TaskCopy>,
-    ) -> Result<(Restored, BTreeMap<i32, u64>), BoxError> {
+    ) -> Result<(Restored, BTreeMap<i32, u64>, RestoreDone), BoxError> {
         let mut backoff = Duration::from_millis(100);
         let mut last_progress = Instant::now();
         loop {
@@ -210,20 +290,27 @@ impl Changelogs {
 
     /// Reads the changelog partitions of `tasks` from their start to their high watermarks as
     /// they are now, `read_committed`, into `state`; with the records read per task (keys of
-    /// standby copies included). A task with a standby copy in `copies` starts from the copy's
-    /// keys and reads only after its positions. `progress` counts what was read, also when it
-    /// fails part way.
+    /// copies included), and where each task's state stands. A task with a copy in `copies` (a
+    /// standby's or the local checkpoint's) starts from the copy's keys and reads only after its
+    /// positions. `progress` counts what was read, also when it fails part way.
     async fn restore(
         &self,
         state: &JobState,
         (tasks, copies): (&BTreeSet<i32>, &BTreeMap<i32, TaskCopy>),
         progress: &mut Restored,
-    ) -> Result<(Restored, BTreeMap<i32, u64>), BoxError> {
+    ) -> Result<(Restored, BTreeMap<i32, u64>, RestoreDone), BoxError> {
         let partitions: Vec<(String, i32)> =
             self.topics.iter().flat_map(|topic| tasks.iter().map(move |task| (topic.clone(), *task))).collect();
         let ends = self.client.log_ends(&partitions, Isolation::ReadUncommitted).await?;
         let end_of = |topic: &String, task: i32| ends.get(&(topic.clone(), task)).copied().unwrap_or(0);
         let mut by_task: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut done = RestoreDone {
+            copied: BTreeSet::new(),
+            positions: tasks
+                .iter()
+                .map(|task| (*task, self.topics.iter().map(|topic| end_of(topic, *task)).collect()))
+                .collect(),
+        };
         // Where a copied task's partitions are read from: after its copy's position (the others
         // from their start).
         let mut starts: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -248,6 +335,7 @@ impl Changelogs {
             // As a restore from the start would have counted them (tombstones too).
             *by_task.entry(*task).or_default() += copy.records;
             progress.copies += 1;
+            done.copied.insert(*task);
             for (topic, position) in self.topics.iter().zip(&copy.positions) {
                 starts.insert((topic.clone(), *task), *position);
             }
@@ -280,7 +368,7 @@ impl Changelogs {
                 !done
             });
             if left.is_empty() {
-                return Ok((*progress, by_task));
+                return Ok((*progress, by_task, done));
             }
             if last_read.elapsed() > RESTORE_STALL_TIMEOUT {
                 return Err(format!(
@@ -310,6 +398,16 @@ impl Changelogs {
             }
         }
     }
+}
+
+/// Where a restore left its tasks.
+#[derive(Debug)]
+pub(crate) struct RestoreDone {
+    /// The tasks that started from a copy.
+    copied: BTreeSet<i32>,
+    /// Per task, per operator: the changelog offset its state reflects everything before (the
+    /// partition's end when the restore began).
+    positions: BTreeMap<i32, Vec<i64>>,
 }
 
 /// Whether a restore's failure is a transient fault of the cluster (worth starting over).

@@ -297,19 +297,21 @@ impl StreamingContext {
         // Opening the log reads and recovers it (and syncs, when it is new), and restoring the
         // state decodes it: on the blocking pool, not an async worker.
         let (dir, config) = (self.config.checkpoint_dir.clone(), scheduler_config);
-        let local_state = changelogs.is_none();
+        let mut changelogs = changelogs;
         let opened = tokio::task::spawn_blocking(move || {
             let mut scheduler = Scheduler::open(client, dir, config, clock)?;
             let recovered = scheduler.take_recovered_state();
-            // In scale-out mode a task's state comes from its changelog when the group gives
-            // the task to this process.
-            if local_state {
-                state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?;
+            match &mut changelogs {
+                // In scale-out mode a task's state comes from its changelog when the group
+                // gives the task to this process, after the checkpoint's copy of it if it has
+                // one.
+                Some(changelogs) => changelogs.hold_local_copies(recovered.snapshot.as_ref(), &recovered.deltas),
+                None => state.restore(recovered.snapshot.as_ref(), &recovered.deltas).map_err(StreamError::State)?,
             }
-            Ok::<_, StreamError>((scheduler, state))
+            Ok::<_, StreamError>((scheduler, state, changelogs))
         })
         .await;
-        let (mut scheduler, state) =
+        let (mut scheduler, state, changelogs) =
             opened.map_err(|e| StreamError::State(format!("opening the checkpoint stopped: {e}")))??;
         scheduler.set_stop_handle(self.stop.clone());
         let snapshot_every = self.config.snapshot_every;
@@ -391,7 +393,7 @@ struct Engine {
     records_per_run: usize,
     checkpoint_id: u64,
     /// Scale-out mode with state: the operators' changelogs (the local checkpoint then keeps
-    /// no state).
+    /// copies of the tasks' state, for a restart).
     changelogs: Option<Changelogs>,
     /// What streams found wrong in a run (see `Graph::failures`).
     failures: Arc<Mutex<Vec<String>>>,
@@ -632,17 +634,15 @@ impl Processor for Engine {
         if ends_transaction && batch.transaction().is_some() {
             self.end_outputs_transaction().await?;
         }
-        if let Some(changelogs) = &self.changelogs {
+        if let Some(changelogs) = &mut self.changelogs {
             if !ends_transaction {
                 return Ok(BatchOutput::default());
             }
-            let records = changelogs.take_records(&self.state).await?;
-            if !records.is_empty() {
-                let producer = batch.transaction().ok_or("the batch changed state but has no transaction")?;
-                // The transaction's commit waits for every send and fails if one did.
-                drop(producer.send_all(records).await?);
-            }
-            return Ok(BatchOutput::default());
+            // The local checkpoint keeps a copy of the tasks' state for a restart: with the
+            // batch's commit (written only if its transaction commits), and as snapshots.
+            let (state_delta, snapshot) =
+                changelogs.end_transaction(&self.state, batch.transaction().map(|t| &**t), self.snapshot_every).await?;
+            return Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() });
         }
         let (state_delta, snapshot) = self.state.end_batch(batch.batch_id, self.snapshot_every)?;
         Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() })
@@ -659,7 +659,7 @@ impl Processor for Engine {
         // Watermark markers go out again: the batch that sent the last ones may not have
         // committed, and the tasks they speak for changed.
         self.task_count.changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(changelogs) = &self.changelogs {
+        if let Some(changelogs) = &mut self.changelogs {
             changelogs.apply(&self.state, changes).await?;
         }
         Ok(())

@@ -200,6 +200,12 @@ impl Stateful for WatermarkState {
         Ok(())
     }
 
+    fn task_entries(&mut self, tasks: &BTreeSet<i32>) -> Result<Vec<TaskChange>, String> {
+        let held = self.partitions.iter().filter(|((_, partition), _)| tasks.contains(partition));
+        held.map(|((topic, partition), seen)| Ok(TaskChange::new(*partition, encode(topic)?, Some(encode(seen)?))))
+            .collect()
+    }
+
     fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
         self.partitions.retain(|(_, partition), _| !tasks.contains(partition));
         self.dirty.retain(|(_, partition)| !tasks.contains(partition));
@@ -599,6 +605,25 @@ where
 
     fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
         self.tasks.retain(|task, _| !tasks.contains(task));
+    }
+
+    /// Per task: where its given windows end, and every value of each slide it keeps.
+    fn task_entries(&mut self, tasks: &BTreeSet<i32>) -> Result<Vec<TaskChange>, String> {
+        let mut entries = Vec::new();
+        for (task, windows) in self.tasks.iter().filter(|(task, _)| tasks.contains(task)) {
+            let key = encode(&WindowEntry::<&K>::GivenUntil)?;
+            entries.push(TaskChange::new(*task, key, Some(encode(&windows.given_until)?)));
+            for (start, slide) in &windows.slides {
+                for (key, value) in slide {
+                    entries.push(TaskChange::new(
+                        *task,
+                        encode(&WindowEntry::Slide(*start, key))?,
+                        Some(encode(value)?),
+                    ));
+                }
+            }
+        }
+        Ok(entries)
     }
 }
 

@@ -300,6 +300,23 @@ impl<K: StateKey, S: Clone + Send + Serialize + DeserializeOwned> Stateful for K
             shard.retain(|_, slot| !tasks.contains(&slot.task));
         }
     }
+
+    fn task_entries(&mut self, tasks: &BTreeSet<i32>) -> Result<Vec<TaskChange>, String> {
+        let parallel = self.len() >= crate::pool::PARALLEL_FROM_ITEMS;
+        let work: Vec<_> = self.shards.iter_mut().collect();
+        let pieces = on_each(work, parallel, |shard| {
+            let held = shard
+                .iter()
+                .filter(|(_, slot)| tasks.contains(&slot.task))
+                .filter_map(|(key, slot)| Some((slot.task, key, Some(slot.state.as_ref()?))));
+            encode_changes(held, 0)
+        });
+        let mut entries = Vec::new();
+        for piece in pieces {
+            entries.extend(piece?.0);
+        }
+        Ok(entries)
+    }
 }
 
 /// A shard's entries encoded one after the other as they are reached, with their number: a

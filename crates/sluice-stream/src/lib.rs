@@ -13,6 +13,7 @@ mod graph;
 mod hash;
 mod kafka_sink;
 mod keyed;
+mod local_copy;
 mod markers;
 mod pool;
 mod record;

@@ -332,6 +332,25 @@ impl MarkerTable {
         Ok(())
     }
 
+    /// Every entry of these tasks, as [`MarkerTable::take_changes`] gives the changed ones.
+    pub(crate) fn entries(
+        &self,
+        tasks: &BTreeSet<i32>,
+        key: impl Fn(i32) -> Result<Vec<u8>, String>,
+    ) -> Result<Vec<TaskChange>, String> {
+        let mut entries = Vec::new();
+        for (task, given) in self.given.iter().filter(|(task, _)| tasks.contains(task)) {
+            let value = Reported { watermark: Some(*given), idle: false };
+            entries.push(TaskChange::new(*task, key(GIVEN)?, Some(encode(&value)?)));
+        }
+        for (task, reported) in self.tasks.iter().filter(|(task, _)| tasks.contains(task)) {
+            for (upstream, value) in reported {
+                entries.push(TaskChange::new(*task, key(*upstream)?, Some(encode(value)?)));
+            }
+        }
+        Ok(entries)
+    }
+
     pub(crate) fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
         self.tasks.retain(|task, _| !tasks.contains(task));
         self.given.retain(|task, _| !tasks.contains(task));

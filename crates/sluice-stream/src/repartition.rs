@@ -337,6 +337,10 @@ impl Stateful for RepartitionWatermark {
     fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
         self.table.drop_tasks(tasks);
     }
+
+    fn task_entries(&mut self, tasks: &BTreeSet<i32>) -> Result<Vec<TaskChange>, String> {
+        self.table.entries(tasks, |upstream| encode(&upstream))
+    }
 }
 
 /// Repartitioning a stream of timed key-value pairs, its watermark with it.
@@ -624,6 +628,18 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for TopMerge<T> {
         if tasks.contains(&0) {
             *self = Self::default();
         }
+    }
+
+    fn task_entries(&mut self, tasks: &BTreeSet<i32>) -> Result<Vec<TaskChange>, String> {
+        if !tasks.contains(&0) {
+            return Ok(Vec::new());
+        }
+        let mut entries = self.table.entries(tasks, |upstream| encode(&MergeEntry::Upstream(upstream)))?;
+        for ((start, end), items) in &self.windows {
+            entries.push(TaskChange::new(0, encode(&MergeEntry::Window(*start, *end))?, Some(encode(items)?)));
+        }
+        entries.push(TaskChange::new(0, encode(&MergeEntry::GivenUntil)?, Some(encode(&self.given_until)?)));
+        Ok(entries)
     }
 }
 

@@ -47,6 +47,13 @@ pub(crate) struct TaskCopy {
     generation: u64,
 }
 
+impl TaskCopy {
+    /// A copy from the local checkpoint ([`crate::local_copy`]), which no tailing task reads into.
+    pub(crate) fn from_local(entries: Vec<HashMap<Bytes, Bytes>>, positions: Vec<i64>, records: u64) -> Self {
+        Self { entries, positions, records, generation: 0 }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     copies: BTreeMap<i32, TaskCopy>,

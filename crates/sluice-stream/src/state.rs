@@ -51,6 +51,13 @@ pub(crate) trait Stateful: Send {
     fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
         let _ = tasks;
     }
+
+    /// Scale-out mode: the whole state of these tasks, as the changelog records that would
+    /// restore it (no tombstones), for the local checkpoint's copy of them.
+    fn task_entries(&mut self, tasks: &BTreeSet<i32>) -> Result<Vec<TaskChange>, String> {
+        let _ = tasks;
+        Err(format!("{} keeps no state per source partition", self.kind()))
+    }
 }
 
 /// Why an operator made only in scale-out mode refuses the local checkpoint's methods: its
@@ -215,6 +222,20 @@ impl JobState {
         op.restore_task_entry(task, key, value).map_err(|e| format!("{}: {e}", op.kind()))
     }
 
+    /// Scale-out mode: the whole state of these tasks, as changelog records, each with its
+    /// operator's index.
+    pub(crate) fn task_entries(&self, tasks: &BTreeSet<i32>) -> Result<Vec<(usize, TaskChange)>, String> {
+        let mut entries = Vec::new();
+        for (index, op) in self.operators.iter().enumerate() {
+            let mut op = lock_state(op);
+            let kind = op.kind();
+            entries.extend(
+                op.task_entries(tasks).map_err(|e| format!("{kind}: {e}"))?.into_iter().map(|entry| (index, entry)),
+            );
+        }
+        Ok(entries)
+    }
+
     /// Scale-out mode: drops the state of these tasks in every operator.
     pub(crate) fn drop_tasks(&self, tasks: &BTreeSet<i32>) {
         for op in &self.operators {
@@ -263,6 +284,10 @@ impl JobState {
 
     /// Restores a snapshot (if any) and applies the deltas after it, oldest first.
     pub(crate) fn restore(&self, snapshot: Option<&(u64, Vec<u8>)>, deltas: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        let scale_out = snapshot.map(|(_, bytes)| bytes).into_iter().chain(deltas.iter().map(|(_, bytes)| bytes));
+        if scale_out.into_iter().any(|bytes| bytes.starts_with(crate::local_copy::MAGIC)) {
+            return Err("the checkpoint holds a scale-out job's copies of its tasks' state (kept per source partition, beside its changelogs): run the job in scale-out mode, or use a new checkpoint directory".into());
+        }
         if let Some((batch_id, bytes)) = snapshot {
             let image = unframe(bytes).map_err(|e| format!("the state snapshot after batch {batch_id}: {e}"))?;
             let written: Vec<&str> = image.iter().map(|(_, kind, _)| *kind).collect();
