@@ -56,7 +56,7 @@ pub(crate) struct LocalCopy {
 }
 
 /// One task in a written delta or snapshot.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct WrittenTask {
     task: i32,
     /// The task's whole state (else changes to the copy before).
@@ -452,6 +452,17 @@ fn decode(bytes: &[u8]) -> Result<Decoded, String> {
         return Err(format!("{} bytes follow the last task", body.len() - reader.at));
     }
     Ok((topic_ids, forget, tasks))
+}
+
+/// The fuzz target's property ([`crate::testing::fuzz_task_copies`]): the bytes of a delta (the
+/// format's magic, then `data`) never panic a read, and what reads writes back the same bytes.
+#[cfg(feature = "testing")]
+pub(crate) fn fuzz(data: &[u8]) {
+    let bytes = [MAGIC, data].concat();
+    if let Ok((topic_ids, forget, tasks)) = decode(&bytes) {
+        assert!(encode(&topic_ids, &forget, tasks.iter()) == bytes, "read bytes write back the same");
+    }
+    let _ = fold(Some(&(0, bytes.clone())), &[(1, bytes)]);
 }
 
 #[cfg(test)]

@@ -151,3 +151,11 @@ impl LocalJob {
         Ok(())
     }
 }
+
+/// Fuzzing (`fuzz/fuzz_targets/task_copies.rs`): reads `data` as a scale-out job's copies of its
+/// tasks in the local checkpoint (after the format's magic), as a restart does. Never panics on
+/// any bytes, and what reads writes back the same bytes (it panics if not: that is the finding).
+#[doc(hidden)]
+pub fn fuzz_task_copies(data: &[u8]) {
+    crate::local_copy::fuzz(data);
+}
