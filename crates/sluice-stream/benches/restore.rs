@@ -17,6 +17,12 @@
 //! start) and with one (the survivor kept a copy of the other's tasks, and reads only the
 //! changelog after it).
 //!
+//! Then a restart with state: one process keeps the same job, is dropped, and starts again on
+//! its checkpoint: it restores its tasks from its checkpoint's copy and reads only the
+//! changelog after it. Beside it, a process on a new checkpoint takes the same tasks on, reading
+//! the changelog from its start (what a restart cost before the checkpoint kept copies), and
+//! the ratio of the two restores is printed.
+//!
 //! `cargo bench -p sluice-stream --bench restore`
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -163,6 +169,7 @@ fn failover_keys() -> usize {
 struct Member {
     run: tokio::task::JoinHandle<Result<u64, sluice_stream::StreamError>>,
     restored: sluice_stream::RestoreCounters,
+    stop: sluice_scheduler::CancellationToken,
 }
 
 /// Times each key's value is written in the failover part: once per round, each round
@@ -186,8 +193,87 @@ fn member(broker: &str, (source, group): (&str, &str), dir: &std::path::Path, st
         })
         .update_state_by_key(|values: Vec<String>, state: Option<String>| values.into_iter().last().or(state))
         .foreach_batch(|_, _| Ok(()));
-    let restored = ssc.restore_counters();
-    Member { run: tokio::spawn(ssc.run(|_| {})), restored }
+    let (restored, stop) = (ssc.restore_counters(), ssc.stop_handle());
+    Member { run: tokio::spawn(ssc.run(|_| {})), restored, stop }
+}
+
+/// Writes each of `keys` keys' value for `round`, and waits until the job of `group` (run by
+/// `members`) has worked through them.
+async fn write_round(
+    (client, producer): (&Client, &Producer),
+    (source, group): (&str, &str),
+    (keys, round): (usize, usize),
+    members: &[&Member],
+) {
+    let mut deliveries = Vec::new();
+    for i in 0..keys {
+        let record = ProducerRecord {
+            partition: Some((i % PARTITIONS as usize) as i32),
+            ..ProducerRecord::new(source, format!("{round}-{i:0>width$}", width = STATE_BYTES - 2))
+                .key(format!("user-{i:08}"))
+        };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    common::wait_for_group_at_end(client, group, source, PARTITIONS, Duration::from_secs(300), || {
+        for member in members {
+            assert!(!member.run.is_finished(), "a process of the job ended");
+        }
+    })
+    .await;
+}
+
+/// What a process starting on a checkpoint restored before its first batch.
+struct Start {
+    /// The restore's time.
+    restore: Duration,
+    /// Changelog bytes read.
+    bytes: u64,
+    /// Keys taken from the checkpoint's copies.
+    from_local: u64,
+}
+
+/// Waits until `member` has restored its tasks (it took every partition on), and tells what it
+/// restored.
+async fn restored(member: &Member) -> Start {
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let started = Instant::now();
+    while read(&member.restored.tasks) < PARTITIONS as u64 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the process never took every partition on");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Start {
+        restore: Duration::from_micros(read(&member.restored.micros)),
+        bytes: read(&member.restored.bytes),
+        from_local: read(&member.restored.local_records),
+    }
+}
+
+/// One process keeps the job while every key is written `rounds` times, is dropped (a crash),
+/// and starts again on its checkpoint; once stopped, a process on a new checkpoint takes the
+/// same tasks on. What each restored.
+async fn restart(broker: &str, client: &Client, (keys, rounds): (usize, usize)) -> (Start, Start) {
+    let (source, group) = (unique("restart-in"), unique("restart-job"));
+    client.create_topic(&source, PARTITIONS, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).await.unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = member(broker, (&source, &group), dirs[0].path(), 0);
+    for round in 0..rounds {
+        write_round((client, &producer), (&source, &group), (keys, round), &[&first]).await;
+    }
+    first.run.abort();
+    let _ = first.run.await;
+    let again = member(broker, (&source, &group), dirs[0].path(), 0);
+    let from_checkpoint = restored(&again).await;
+    again.stop.cancel();
+    again.run.await.unwrap().unwrap();
+    let fresh = member(broker, (&source, &group), dirs[1].path(), 0);
+    let from_changelog = restored(&fresh).await;
+    fresh.stop.cancel();
+    fresh.run.await.unwrap().unwrap();
+    (from_checkpoint, from_changelog)
 }
 
 /// What the survivor of a failover restored.
@@ -212,19 +298,7 @@ async fn failover(broker: &str, client: &Client, (keys, rounds): (usize, usize),
     let survivor = member(broker, (&source, &group), dirs[0].path(), standby);
     let dying = member(broker, (&source, &group), dirs[1].path(), standby);
     for round in 0..rounds {
-        let mut deliveries = Vec::new();
-        for i in 0..keys {
-            let record = ProducerRecord {
-                partition: Some((i % PARTITIONS as usize) as i32),
-                ..ProducerRecord::new(&source, format!("{round}-{i:0>width$}", width = STATE_BYTES - 2))
-                    .key(format!("user-{i:08}"))
-            };
-            deliveries.push(producer.send(record).await.unwrap());
-        }
-        for delivery in deliveries {
-            delivery.await.unwrap();
-        }
-        common::wait_for_group_at_end(client, &group, &source, PARTITIONS, Duration::from_secs(300), || {}).await;
+        write_round((client, &producer), (&source, &group), (keys, round), &[&survivor, &dying]).await;
     }
     // Both settled (and the copies caught up): the survivor's counters from here on are the
     // takeover's.
@@ -324,6 +398,26 @@ fn main() {
         println!(
             "\nrestore with a standby copy: {:.2}x the time of one without",
             restores[1] / restores[0].max(1e-6)
+        );
+
+        println!(
+            "\nrestart with state (the same job and keys; one process, dropped and started again): its tasks restored\n"
+        );
+        println!("| started on | restoring s | changelog MB read | keys from the checkpoint's copies |");
+        println!("| --- | --- | --- | --- |");
+        let (local, fresh) = restart(&broker.addr, &client, (keys, rounds)).await;
+        for (name, start) in [("its own checkpoint", &local), ("a new checkpoint", &fresh)] {
+            println!(
+                "| {name} | {:.3} | {:.1} | {} |",
+                start.restore.as_secs_f64(),
+                start.bytes as f64 / 1e6,
+                start.from_local
+            );
+        }
+        assert_eq!(local.from_local, keys as u64, "the restart took every key from its checkpoint's copy");
+        println!(
+            "\nrestart on its own checkpoint: {:.2}x the restore time of a new checkpoint's",
+            local.restore.as_secs_f64() / fresh.restore.as_secs_f64().max(1e-6)
         );
     });
 }

@@ -320,7 +320,7 @@ impl Changelogs {
             if self.topics.iter().zip(&copy.positions).any(|(topic, position)| end_of(topic, *task) < *position) {
                 tracing::warn!(
                     task,
-                    "a standby copy is ahead of its changelog's end; restoring the task from the start"
+                    "a copy of the task (a standby's or the checkpoint's) is ahead of its changelog's end; restoring the task from the start"
                 );
                 continue;
             }

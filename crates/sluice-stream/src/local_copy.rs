@@ -10,8 +10,9 @@
 //! - each batch that ends a transaction writes, with its commit in the checkpoint, the
 //!   changelog records it sent (per task and operator) and the positions after them (from the
 //!   sends' delivery reports); a task taken on or rebuilt since is written whole;
-//! - every `snapshot_every` such batches, the snapshot holds every owned task whole (and the
-//!   copies read at the start that no restore has taken yet);
+//! - after every `snapshot_every` such batches that changed state, a snapshot holds every owned
+//!   task whole (and the copies read at the start that no restore has taken yet); a quiet job
+//!   writes nothing;
 //! - a crash between the Kafka commit and the checkpoint's leaves the copy before, whose tail
 //!   holds the missing transaction.
 //!
@@ -36,6 +37,9 @@ pub(crate) const MAGIC: &[u8] = b"sluice scale-out task copies\0";
 /// changelogs' `delete.retention.ms`, Kafka's default of 1 day, so that no tombstone written
 /// after the copy can have been compacted away.
 pub(crate) const MAX_AGE_MS: i64 = 20 * 3_600_000;
+
+/// How far ahead of the clock a copy's time may be (clocks of one machine step back a little).
+const CLOCK_SLACK_MS: i64 = 60_000;
 
 /// A changelog topic's id (all zeros when the broker gives none).
 pub(crate) type TopicId = [u8; 16];
@@ -81,8 +85,9 @@ pub(crate) struct LocalCopies {
     whole: BTreeSet<i32>,
     /// Tasks whose copy in the checkpoint is wrong now (a position went unknown).
     forget: BTreeSet<i32>,
-    /// Transactions ended: every `snapshot_every`th writes a snapshot.
-    ended: u64,
+    /// Transactions that wrote changes since the last snapshot: the one after `snapshot_every`
+    /// of them writes a snapshot (a quiet job writes none).
+    changed_since_snapshot: u64,
 }
 
 /// What a transaction's end leaves the local checkpoint: the changes, and maybe a snapshot.
@@ -115,13 +120,13 @@ impl LocalCopies {
         self.held = held;
     }
 
-    /// Whether a copy may be used now: its changelogs are the ones it was written from, and it is
-    /// not older than [`MAX_AGE_MS`].
+    /// Whether a copy may be used now: its changelogs are the ones it was written from (the same
+    /// ids; a broker that gives none leaves only the restore's check that a changelog does not
+    /// end before the copy's positions), and it is not older than [`MAX_AGE_MS`] (nor from more
+    /// than [`CLOCK_SLACK_MS`] ahead: a clock that went back would make it look younger).
     fn usable(&self, copy: &LocalCopy, now_ms: i64) -> bool {
-        let same = |a: &TopicId, b: &TopicId| a == b || *a == [0; 16] || *b == [0; 16];
-        copy.topic_ids.len() == self.topic_ids.len()
-            && copy.topic_ids.iter().zip(&self.topic_ids).all(|(a, b)| same(a, b))
-            && now_ms.saturating_sub(copy.at_ms) < MAX_AGE_MS
+        let age = now_ms.saturating_sub(copy.at_ms);
+        copy.topic_ids == self.topic_ids && age < MAX_AGE_MS && age > -CLOCK_SLACK_MS
     }
 
     /// The copies of `gained` tasks still usable at `now_ms`, as a restore takes them; no longer held.
@@ -167,7 +172,8 @@ impl LocalCopies {
     }
 
     /// The tasks whose whole state the next [`LocalCopies::end_transaction`] needs: those to
-    /// write whole, or every owned one when `snapshot_every` says a snapshot is due.
+    /// write whole, or every owned one when a snapshot is due (`snapshot_every` transactions
+    /// changed state since the last).
     pub(crate) fn wanted_whole(&self, snapshot_every: u64) -> BTreeSet<i32> {
         if self.snapshot_due(snapshot_every) {
             self.owned.keys().copied().collect()
@@ -177,7 +183,7 @@ impl LocalCopies {
     }
 
     fn snapshot_due(&self, snapshot_every: u64) -> bool {
-        (self.ended + 1).is_multiple_of(snapshot_every.max(1))
+        self.changed_since_snapshot >= snapshot_every.max(1)
     }
 
     /// What a transaction's end writes to the local checkpoint: the `changes` it sent (with
@@ -190,7 +196,6 @@ impl LocalCopies {
         (now_ms, snapshot_every): (i64, u64),
     ) -> Written {
         let snapshot_due = self.snapshot_due(snapshot_every);
-        self.ended += 1;
         // The delta: the tasks taken on or rebuilt since, whole; the others' changes.
         let mut delta: BTreeMap<i32, WrittenTask> = BTreeMap::new();
         for task in &self.whole {
@@ -205,7 +210,14 @@ impl LocalCopies {
         }
         let forget: Vec<i32> = std::mem::take(&mut self.forget).into_iter().collect();
         self.whole.clear();
-        let delta = encode(&self.topic_ids, &forget, delta.values());
+        // Nothing changed: nothing to write.
+        let changed = !delta.is_empty() || !forget.is_empty();
+        self.changed_since_snapshot = match (snapshot_due, changed) {
+            (true, _) => 0,
+            (false, true) => self.changed_since_snapshot + 1,
+            (false, false) => self.changed_since_snapshot,
+        };
+        let delta = if changed { encode(&self.topic_ids, &forget, delta.values()) } else { Vec::new() };
         // The snapshot: every owned task whole, and the copies no restore has taken yet that
         // are still usable.
         let snapshot = snapshot_due.then(|| {
@@ -491,17 +503,18 @@ mod tests {
         local.tasks_changed(&BTreeSet::new(), BTreeMap::from([(0, vec![10, 20]), (1, vec![0, 0])]));
         let mut written = Vec::new();
         // Batch 0: both tasks written whole (task 0 restored with a key), a change of task 1.
-        assert_eq!(local.wanted_whole(3), BTreeSet::from([0, 1]));
+        assert_eq!(local.wanted_whole(2), BTreeSet::from([0, 1]));
         let whole = vec![(0, change(0, "a", Some("1"))), (1, change(1, "b", Some("1")))];
         local.sent(&BTreeMap::from([((1, 1), Some(5))]));
-        let w = local.end_transaction(&[(1, change(1, "b", Some("1")))], &whole, (NOW, 3));
+        let w = local.end_transaction(&[(1, change(1, "b", Some("1")))], &whole, (NOW, 2));
         assert!(w.snapshot.is_none());
         written.push((0u64, w.delta));
         // Batch 1: task 0's key a changes and c comes; task 1's b is removed.
-        assert!(local.wanted_whole(3).is_empty());
+        assert!(local.wanted_whole(2).is_empty());
         local.sent(&BTreeMap::from([((0, 0), Some(11)), ((1, 1), Some(6))]));
         let changes = vec![(0, change(0, "a", Some("2"))), (0, change(0, "c", Some("1"))), (1, change(1, "b", None))];
-        let w = local.end_transaction(&changes, &[], (NOW + 1, 3));
+        let w = local.end_transaction(&changes, &[], (NOW + 1, 2));
+        assert!(w.snapshot.is_none());
         written.push((1, w.delta));
         let copies = fold(None, &written).unwrap();
         assert_eq!(copies[&0].positions, vec![12, 20]);
@@ -513,12 +526,19 @@ mod tests {
         assert!(entries(&taken[&1], 1).is_empty(), "b removed");
         assert_eq!(taken[&1].positions, vec![0, 7]);
 
-        // Batch 2: a snapshot (every third), which holds both tasks whole; deltas before it
-        // are not needed.
-        assert_eq!(local.wanted_whole(3), BTreeSet::from([0, 1]));
+        // Batch 2: a snapshot (after two transactions that changed state), which holds both
+        // tasks whole; deltas before it are not needed. It changed nothing itself: no delta.
+        assert_eq!(local.wanted_whole(2), BTreeSet::from([0, 1]));
         let whole = vec![(0, change(0, "a", Some("2"))), (0, change(0, "c", Some("1")))];
-        let w = local.end_transaction(&[], &whole, (NOW + 3, 3));
-        let snapshot = (2u64, w.snapshot.expect("a snapshot every third transaction"));
+        let w = local.end_transaction(&[], &whole, (NOW + 3, 2));
+        assert!(w.delta.is_empty(), "nothing changed");
+        let snapshot = (2u64, w.snapshot.expect("a snapshot after two transactions that changed state"));
+        // Quiet transactions after it write nothing, and no snapshot comes.
+        for _ in 0..4 {
+            assert!(local.wanted_whole(2).is_empty());
+            let w = local.end_transaction(&[], &[], (NOW + 3, 2));
+            assert!(w.delta.is_empty() && w.snapshot.is_none());
+        }
         let mut recovered = LocalCopies::new(IDS.to_vec());
         recovered.hold(Some(&snapshot), &[], NOW + 4);
         let taken = recovered.take_for(&BTreeSet::from([0, 1, 2]), NOW + 4);
@@ -540,8 +560,10 @@ mod tests {
         };
         assert_eq!(recovered(IDS.to_vec(), NOW, std::slice::from_ref(&first)), 2);
         assert_eq!(recovered(vec![[1; 16], [3; 16]], NOW, std::slice::from_ref(&first)), 0, "a changelog made again");
-        assert_eq!(recovered(vec![[0; 16], [0; 16]], NOW, std::slice::from_ref(&first)), 2, "no ids to tell by");
+        assert_eq!(recovered(vec![[0; 16], [2; 16]], NOW, std::slice::from_ref(&first)), 0, "no id now");
         assert_eq!(recovered(IDS.to_vec(), NOW + MAX_AGE_MS, std::slice::from_ref(&first)), 0, "too old");
+        assert_eq!(recovered(IDS.to_vec(), NOW - 2 * CLOCK_SLACK_MS, std::slice::from_ref(&first)), 0, "from ahead");
+        assert_eq!(recovered(IDS.to_vec(), NOW - CLOCK_SLACK_MS / 2, std::slice::from_ref(&first)), 2, "a step back");
         // A delivery without an offset: task 1's copy is forgotten, task 0's kept.
         local.sent(&BTreeMap::from([((0, 1), None), ((0, 0), Some(3))]));
         let second = (1u64, local.end_transaction(&[(0, change(0, "a", Some("2")))], &[], (NOW, 100)).delta);
