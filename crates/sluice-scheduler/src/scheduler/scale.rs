@@ -550,7 +550,8 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<Option<Arc<Producer>>, SchedulerError> {
         let Some(scale) = &self.scale else { return Ok(None) };
         let producer = Arc::clone(&scale.producer);
-        if scale.open.is_none() {
+        let begins = scale.open.is_none();
+        if begins {
             // Nothing to read, nothing to write, no offset that moves (but a partition whose
             // position the group does not hold yet gets it committed, and a processor may ask
             // for a transaction every batch).
@@ -569,6 +570,24 @@ impl<C: Clock> Scheduler<C> {
         let Some(scale) = self.scale.as_mut() else { return Ok(None) };
         let Some(open) = scale.open.as_mut() else { return Ok(None) };
         open.add(ranges);
+        if ranges.iter().all(OffsetRange::is_empty) {
+            // A batch that moves no offset (an idle stateful job runs a transaction every
+            // batch) does not send the offsets early: they would be pending in the group for
+            // nearly all of the time, so a new owner's stable read of them waits, and a crash
+            // leaves them pending until the transaction times out. Only the group's offsets
+            // join a transaction it begins; its commit sends them. A batch that goes on with an
+            // open transaction keeps what the batches before it sent.
+            if begins {
+                let (preparing, group_id) = (Arc::clone(&producer), scale.member.group_metadata().group_id);
+                scale.preparing = Some(tokio::spawn(async move {
+                    if let Err(error) = preparing.prepare_transaction(&[], Some(&group_id)).await {
+                        tracing::debug!(%error, "adding the group's offsets to the batch's transaction failed; its commit adds them again");
+                    }
+                    None
+                }));
+            }
+            return Ok(Some(producer));
+        }
         // The coordinator is often still completing the previous transaction: the group's
         // offsets (every transaction commits them) join this one while the batch is read and
         // processed, and the batch's sends find the coordinator done. The offsets go now too,
