@@ -549,14 +549,6 @@ fn check_scale(file: &JobFile) -> Result<(), Problem> {
     if let Some((at, why)) = refused {
         return Err((at, why.into()));
     }
-    let topics = &file.source.get_ref().topics;
-    if file.aggregate.is_some() && topics.get_ref().len() != 1 {
-        return Err((
-            topics.span().start,
-            "`[aggregate]` with `[scale]`: the repartition topic is partitioned like the one source topic; read one topic"
-                .into(),
-        ));
-    }
     if file.source.get_ref().commit_to_group.is_some() {
         return Err((
             scale.span().start,

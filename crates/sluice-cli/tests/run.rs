@@ -411,16 +411,6 @@ fn bad_job_files_name_the_line_the_field_and_what_is_allowed() {
             "`[top]` with `[scale]` ranks event-time windows",
         ),
         (
-            format!(
-                "{}\n[scale]\ngroup = \"orders\"\n",
-                good.replace("[top]\nk = 3\n", "")
-                    .replace(EVENT_WINDOW, "")
-                    .replace("topics = [\"orders\"]", "topics = [\"orders\", \"returns\"]")
-            ),
-            "topics = [\"orders\", \"returns\"]".into(),
-            "`[aggregate]` with `[scale]`: the repartition topic is partitioned like the one source topic",
-        ),
-        (
             format!("{good}\n[scale]\ngroup = \"orders\"\nprotocol = \"eager\"\n"),
             "protocol = \"eager\"".into(),
             "expected one of `auto`, `consumer`, `classic`",

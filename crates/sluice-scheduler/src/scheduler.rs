@@ -136,10 +136,11 @@ impl<C: Clock> Scheduler<C> {
             if let Some((_, what)) = conflicts.iter().find(|(set, _)| *set) {
                 return Err(SchedulerError::Config(format!("scale-out mode cannot be combined with {what}")));
             }
-            let internal = config.scale.as_ref().map_or(0, |scale| scale.internal_topics.len());
-            if internal > 0 && config.topics.len() != 1 {
+            let (internal, co_partitioned) =
+                config.scale.as_ref().map_or((0, false), |scale| (scale.internal_topics.len(), scale.co_partitioned));
+            if internal > 0 && config.topics.len() != 1 && !co_partitioned {
                 return Err(SchedulerError::Config(format!(
-                    "internal topics go with the partitions of one source topic; this job reads {}",
+                    "internal topics go with the partitions of the source, and this job reads {} topics: they must be co_partitioned",
                     config.topics.len()
                 )));
             }

@@ -225,7 +225,8 @@ impl Changelogs {
             restored.from_copies -= keys;
         }
         self.local.tasks_changed(&lost, done.positions);
-        let fresh = of_source(&changes.fresh);
+        // Any source topic's partition (co-partitioned ones go with the first's) started afresh.
+        let fresh: BTreeSet<i32> = changes.fresh.iter().map(|(_, p)| *p).collect();
         let stale: Vec<(i32, u64)> =
             by_task.into_iter().filter(|(task, records)| fresh.contains(task) && *records > 0).collect();
         if !stale.is_empty() {

@@ -220,12 +220,6 @@ impl StreamingContext {
                 graph.task_count.clone(),
             )
         };
-        if !internal_topics.is_empty() && self.config.scheduler.topics.len() != 1 {
-            errors.push(format!(
-                "repartition in scale-out mode writes to topics partitioned like the one source topic; this job reads {}",
-                self.config.scheduler.topics.len()
-            ));
-        }
         if !internal_topics.is_empty() && !matches!(self.config.scheduler.trigger, Trigger::ProcessingTime(_)) {
             errors.push(
                 "repartition in scale-out mode needs a processing-time trigger: what a run's last batch repartitions is read in the batches after it, which Once and AvailableNow would leave to the next run"
@@ -246,11 +240,15 @@ impl StreamingContext {
             // goes to the changelog in the batch's transaction.
             scale.transaction_every_batch |= !state.is_empty();
             scale.internal_topics.clone_from(&internal_topics);
+            // A task is a partition number, which a key's state, a repartition partition and a
+            // changelog partition belong to: several source topics must be co-partitioned, as
+            // Kafka Streams' joined sources are (the scheduler checks their partition counts).
+            scale.co_partitioned |= !(state.is_empty() && internal_topics.is_empty());
             scale.group.clone()
         });
         let stateful_scale = group.is_some() && !state.is_empty();
         if stateful_scale {
-            check_scale_state(&state, &scheduler_config)?;
+            check_scale_state(&state)?;
         }
         let client = Client::connect(self.config.client.clone()).await?;
         // The repartition topics and the changelogs are made (or found) side by side.
@@ -338,28 +336,17 @@ impl StreamingContext {
     }
 }
 
-/// Scale-out mode with state: each operator keeps its state per task (a partition of the one
-/// source topic), which moves between processes through its changelog.
-fn check_scale_state(state: &JobState, config: &SchedulerConfig) -> Result<(), StreamError> {
-    let mut problems = Vec::new();
+/// Scale-out mode with state: each operator keeps its state per task (a partition number of the
+/// co-partitioned source topics), which moves between processes through its changelog.
+fn check_scale_state(state: &JobState) -> Result<(), StreamError> {
     let not_split = state.not_split_by_task();
-    if !not_split.is_empty() {
-        problems.push(format!(
-            "scale-out mode keeps state per source partition, which these operators cannot yet: {} (update_state_by_key, map_with_state, with_watermark and reduce_by_key_and_event_window can)",
-            not_split.join(", ")
-        ));
+    if not_split.is_empty() {
+        return Ok(());
     }
-    if config.topics.len() != 1 {
-        problems.push(format!(
-            "scale-out mode with state reads one source topic (a task is one of its partitions); this job reads {}",
-            config.topics.len()
-        ));
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(StreamError::Invalid(problems))
-    }
+    Err(StreamError::Invalid(vec![format!(
+        "scale-out mode keeps state per source partition, which these operators cannot yet: {} (update_state_by_key, map_with_state, with_watermark and reduce_by_key_and_event_window can)",
+        not_split.join(", ")
+    )]))
 }
 
 /// The wall clock, in ms since the Unix epoch.

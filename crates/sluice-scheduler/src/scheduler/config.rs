@@ -148,7 +148,17 @@ pub struct ScaleConfig {
     /// without input (Spark's `updateStateByKey` calls its function every batch) writes those
     /// changes through it.
     pub transaction_every_batch: bool,
-    /// Topics partitioned like the source (which is one topic), each partition going with the
+    /// Whether the source topics are co-partitioned, as Kafka Streams' joined sources are: a
+    /// task is a partition number, and partition `p` of every topic goes with partition `p` of
+    /// the first. The group assigns the first topic's partitions; the process that owns one
+    /// also reads the same partition of the others, and commits their offsets in the group with
+    /// it, in the batch's transaction. Where the group holds no offset for one of them, it
+    /// starts where `starting_offsets` says, as the first topic's would. Every topic must have
+    /// as many partitions as the first (checked as the process joins). Otherwise (the default)
+    /// the group assigns every topic's partitions on their own, which spreads a stateless job
+    /// more evenly. A job with state, or with internal topics, on several topics needs this.
+    pub co_partitioned: bool,
+    /// Topics partitioned like the source (its first topic), each partition going with the
     /// source's partition of the same number: the process that owns source partition `p` also
     /// reads partition `p` of each, and commits its offsets in the group with the source's, in
     /// the batch's transaction. A job's repartition topics: records another task wrote for this
@@ -185,6 +195,7 @@ impl ScaleConfig {
             heartbeat_interval: Duration::from_secs(3),
             transaction_timeout: Duration::from_secs(10),
             transaction_every_batch: false,
+            co_partitioned: false,
             internal_topics: Vec::new(),
             commit_interval: Duration::from_secs(2),
         }

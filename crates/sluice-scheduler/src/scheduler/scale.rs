@@ -61,8 +61,12 @@ pub(super) struct Scale {
     not_committed_in_a_row: u32,
     /// What the processor has not been told yet (see [`PartitionChanges`]).
     changes: PartitionChanges,
-    /// [`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics): their partition
-    /// `p` goes with the source's partition `p`.
+    /// The topics whose partition `p` goes with the group's partition `p` of the first source
+    /// topic: the other source topics when they are
+    /// [`co_partitioned`](super::ScaleConfig::co_partitioned), then the internal topics.
+    followers: Vec<String>,
+    /// [`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics) (read from their
+    /// start where the group holds no offset).
     internal_topics: Vec<String>,
     /// The batch's transaction taking in the batch's end offsets while the batch runs; awaited
     /// before it ends. Gives the group metadata the offsets were sent with, if they were.
@@ -187,8 +191,9 @@ impl Scale {
 /// Scale-out mode: how the partitions a process works on changed, told to the processor at a
 /// batch boundary before the batch is planned
 /// ([`Processor::partitions_changed`](super::Processor::partitions_changed)). The partitions of
-/// internal topics ([`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics)) come
-/// and go with the source's, and are listed with them.
+/// internal topics ([`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics)), and
+/// of [co-partitioned](super::ScaleConfig::co_partitioned) source topics, come and go with the
+/// first source topic's of the same number, and are listed with them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PartitionChanges {
@@ -220,19 +225,19 @@ impl Scale {
         self.member.member_id()
     }
 
-    /// `partitions` (the group's, of the source) with the internal topics' partitions that go
-    /// with them.
-    fn with_internal(&self, partitions: &[TopicPartition]) -> Vec<TopicPartition> {
+    /// `partitions` (the group's) with the partitions of the same numbers of the topics that
+    /// go with them (co-partitioned sources, internal topics).
+    fn with_followers(&self, partitions: &[TopicPartition]) -> Vec<TopicPartition> {
         let mut all = partitions.to_vec();
         for (_, partition) in partitions {
-            all.extend(self.internal_topics.iter().map(|topic| (topic.clone(), *partition)));
+            all.extend(self.followers.iter().map(|topic| (topic.clone(), *partition)));
         }
         all
     }
 
-    /// The partitions this process owns: the group's and the internal topics' that go with them.
+    /// The partitions this process owns: the group's and those that go with them.
     fn owned(&self) -> Vec<TopicPartition> {
-        self.with_internal(&self.member.owned())
+        self.with_followers(&self.member.owned())
     }
 
     /// Whether `partition` is of an internal topic.
@@ -292,7 +297,17 @@ impl<C: Clock> Scheduler<C> {
             return Ok(());
         }
         let producer = self.start_producer().await?;
-        let mut member_config = ConsumerGroupConfig::new(scale.group.clone(), self.config.topics.clone());
+        // Co-partitioned sources: the group assigns the first topic's partitions, and the
+        // others' go with them.
+        let (subscribed, mut followers) = match self.config.topics.split_first() {
+            Some((first, rest)) if scale.co_partitioned => {
+                self.check_co_partitioned().await?;
+                (vec![first.clone()], rest.to_vec())
+            }
+            _ => (self.config.topics.clone(), Vec::new()),
+        };
+        followers.extend(scale.internal_topics.iter().cloned());
+        let mut member_config = ConsumerGroupConfig::new(scale.group.clone(), subscribed);
         member_config.group_instance_id.clone_from(&scale.instance);
         member_config.protocol = scale.protocol;
         member_config.rebalance_timeout = scale.rebalance_timeout;
@@ -319,12 +334,38 @@ impl<C: Clock> Scheduler<C> {
             uncommitted: std::collections::BTreeSet::new(),
             not_committed_in_a_row: 0,
             changes: PartitionChanges::default(),
+            followers,
             internal_topics: scale.internal_topics.clone(),
             preparing: None,
         };
-        joined.gained = joined.with_internal(&assigned);
+        joined.gained = joined.with_followers(&assigned);
         self.scale = Some(joined);
         self.close_open_intent().await
+    }
+
+    /// Co-partitioned source topics must have as many partitions as the first: partition `p` of
+    /// each goes with its partition `p`, and a partition without a match would never be read.
+    async fn check_co_partitioned(&self) -> Result<(), SchedulerError> {
+        let names: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        let metadata = self
+            .client
+            .refresh_metadata(Some(&names))
+            .await
+            .map_err(|e| self.group_error("reading the co-partitioned source topics' partitions", e))?;
+        let counts: Vec<(String, usize)> = self
+            .config
+            .topics
+            .iter()
+            .map(|topic| (topic.clone(), metadata.topics.get(topic).map_or(0, |t| t.partitions.len())))
+            .collect();
+        if counts.iter().any(|(_, count)| *count != counts[0].1) {
+            let listed: Vec<String> = counts.iter().map(|(topic, count)| format!("{topic}: {count}")).collect();
+            return Err(SchedulerError::Config(format!(
+                "co-partitioned source topics must have as many partitions each (partition p of every topic is one task); these have {}",
+                listed.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// The process's transactional producer, `sluice-<group>-<instance>`: its InitProducerId
@@ -393,18 +434,18 @@ impl<C: Clock> Scheduler<C> {
             match event {
                 Ok(MemberEvent::Assigned(partitions)) => {
                     tracing::info!(batch_id, ?partitions, "partitions assigned");
-                    let gained = scale.with_internal(&partitions);
+                    let gained = scale.with_followers(&partitions);
                     scale.gained.extend(gained);
                 }
                 Ok(MemberEvent::Revoked(partitions)) => {
                     tracing::info!(batch_id, ?partitions, "partitions revoked: released");
-                    let gone = scale.with_internal(&partitions);
+                    let gone = scale.with_followers(&partitions);
                     scale.forget(&gone, &mut self.positions, &mut self.known_high_watermarks);
                     scale.member.released(&partitions);
                 }
                 Ok(MemberEvent::Lost(partitions)) => {
                     tracing::warn!(batch_id, ?partitions, "partitions lost: the group dropped this process");
-                    let gone = scale.with_internal(&partitions);
+                    let gone = scale.with_followers(&partitions);
                     scale.forget(&gone, &mut self.positions, &mut self.known_high_watermarks);
                 }
                 Ok(other) => tracing::debug!(batch_id, ?other, "group event"),
