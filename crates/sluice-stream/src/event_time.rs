@@ -843,9 +843,11 @@ where
 impl<T: Serialize + DeserializeOwned + Send + 'static> DStream<Windowed<T>> {
     /// The `k` greatest items of each window by `compare`, greatest first, windows in start
     /// order, in one part. In scale-out mode in two stages: each process's local top `k` of a
-    /// window goes to the owner of task 0 through `<group>-top-k-<n>-repartition` (made for the
-    /// job), which gives the window once every task's watermark passed its end; let `compare`
-    /// break ties (by key), so that the result does not depend on which process gave what.
+    /// window goes through `<group>-top-k-<n>-repartition` (made for the job) to the owner of
+    /// the window's partition (its key's, so the windows' merges spread over the tasks), which
+    /// gives the window once every task's watermark passed its end; windows given by different
+    /// processes are in start order in each one's output. Let `compare` break ties (by key), so
+    /// that the result does not depend on which process gave what.
     pub fn top_k_per_window(
         self,
         k: usize,

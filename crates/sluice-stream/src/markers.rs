@@ -59,8 +59,9 @@ impl TaskCount {
 pub(crate) enum MarkerTargets {
     /// Every partition (items go to each by key).
     Every,
-    /// Partition 0 (every item goes there).
-    First,
+    /// Every partition, naming no idle task: a top-k merge (each window's merge is one task's)
+    /// waits for every task's windows, and an idle task's close by its own watermark alone.
+    Merge,
 }
 
 /// The upstream side: at a batch's last piece, the markers of the watermarks that moved.
@@ -113,17 +114,14 @@ impl MarkerSender {
         // every task's windows, and an idle task's close by its own watermark alone.
         let idle = match self.targets {
             MarkerTargets::Every => idle_tasks(&self.watermarks),
-            MarkerTargets::First => BTreeSet::new(),
+            MarkerTargets::Merge => BTreeSet::new(),
         };
         let report = Report { watermarks: task_watermarks(&self.watermarks), idle };
         let changes = self.count.changes.load(Ordering::Relaxed);
         if report.is_empty() || self.sent.as_ref().is_some_and(|(sent, at)| *sent == report && *at == changes) {
             return Ok(Vec::new());
         }
-        let partitions = match self.targets {
-            MarkerTargets::First => 1,
-            MarkerTargets::Every => self.count.tasks().ok_or("the number of the job's tasks is not known yet")?,
-        };
+        let partitions = self.count.tasks().ok_or("the number of the job's tasks is not known yet")?;
         let value = Bytes::from(report.encode()?);
         let records = (0..partitions)
             .map(|partition| ProducerRecord {
@@ -484,9 +482,9 @@ mod tests {
         assert!(sender.markers("t").unwrap().is_empty(), "nothing changed");
         count.changes.fetch_add(1, Ordering::Relaxed);
         assert_eq!(sender.markers("t").unwrap().len(), 3, "sent again after the partitions changed");
-        let mut first = MarkerSender::new(vec![cell], count.clone(), MarkerTargets::First);
-        let to_merge = first.markers("t").unwrap();
-        assert_eq!(to_merge.len(), 1);
+        let mut merge = MarkerSender::new(vec![cell], count.clone(), MarkerTargets::Merge);
+        let to_merge = merge.markers("t").unwrap();
+        assert_eq!(to_merge.len(), 3, "every merge task hears of every task's windows");
         let record = KafkaRecord { value: to_merge[0].value.clone(), ..record };
         assert_eq!(marker_report(&record).unwrap(), report(&[(1, 1_000)], &[]), "a top-k merge waits for idle tasks");
 

@@ -527,17 +527,20 @@ impl<K: Hash + Eq + Send, V: Send> Combine<Timed<(K, V)>> for SlideCombiner<K, V
     }
 }
 
-/// The merge of a scale-out top-k: the local top items of each window from every task, until
-/// every task's watermark passed the window's end. Task 0's (its topic's one used partition).
+/// The merges of a scale-out top-k: each window's merge is one task's (its topic's partition
+/// of the window's key), which gathers the window's local top items from every task until
+/// every task's watermark passed the window's end.
 struct TopMerge<T> {
     table: MarkerTable,
-    windows: BTreeMap<(i64, i64), Vec<T>>,
-    /// Windows ending at or before this were given.
-    given_until: Option<i64>,
-    /// Windows changed, and given (tombstoned), since the last changes.
-    changed: BTreeSet<(i64, i64)>,
-    given: Vec<(i64, i64)>,
-    given_changed: bool,
+    /// The windows not given yet, by merge task.
+    windows: BTreeMap<(i32, i64, i64), Vec<T>>,
+    /// Each merge task's windows ending at or before this were given.
+    given_until: BTreeMap<i32, i64>,
+    /// Windows changed, and given (tombstoned), and the tasks whose end moved, since the last
+    /// changes.
+    changed: BTreeSet<(i32, i64, i64)>,
+    given: Vec<(i32, i64, i64)>,
+    given_changed: BTreeSet<i32>,
 }
 
 /// The key of a top-k merge's changelog record: an upstream task's watermark (value as the
@@ -556,10 +559,10 @@ impl<T> Default for TopMerge<T> {
         Self {
             table: MarkerTable::default(),
             windows: BTreeMap::new(),
-            given_until: None,
+            given_until: BTreeMap::new(),
             changed: BTreeSet::new(),
             given: Vec::new(),
-            given_changed: false,
+            given_changed: BTreeSet::new(),
         }
     }
 }
@@ -591,15 +594,17 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for TopMerge<T> {
 
     fn take_task_changes(&mut self) -> Result<Vec<TaskChange>, String> {
         let mut changes = self.table.take_changes(|upstream| encode(&MergeEntry::Upstream(upstream)))?;
-        for (start, end) in std::mem::take(&mut self.given) {
-            changes.push(TaskChange::new(0, encode(&MergeEntry::Window(start, end))?, None));
+        for (task, start, end) in std::mem::take(&mut self.given) {
+            changes.push(TaskChange::new(task, encode(&MergeEntry::Window(start, end))?, None));
         }
-        for (start, end) in std::mem::take(&mut self.changed) {
-            let Some(items) = self.windows.get(&(start, end)) else { continue };
-            changes.push(TaskChange::new(0, encode(&MergeEntry::Window(start, end))?, Some(encode(items)?)));
+        for window in std::mem::take(&mut self.changed) {
+            let Some(items) = self.windows.get(&window) else { continue };
+            let (task, start, end) = window;
+            changes.push(TaskChange::new(task, encode(&MergeEntry::Window(start, end))?, Some(encode(items)?)));
         }
-        if std::mem::take(&mut self.given_changed) {
-            changes.push(TaskChange::new(0, encode(&MergeEntry::GivenUntil)?, Some(encode(&self.given_until)?)));
+        for task in std::mem::take(&mut self.given_changed) {
+            let given = self.given_until.get(&task).copied();
+            changes.push(TaskChange::new(task, encode(&MergeEntry::GivenUntil)?, Some(encode(&given)?)));
         }
         Ok(changes)
     }
@@ -610,64 +615,74 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for TopMerge<T> {
             (MergeEntry::Upstream(upstream), value) => self.table.restore(task, upstream, value)?,
             (MergeEntry::Window(start, end), Some(value)) => {
                 let items = decode(value).map_err(|e| format!("a top-k record's items: {e}"))?;
-                self.windows.insert((start, end), items);
+                self.windows.insert((task, start, end), items);
             }
             (MergeEntry::Window(start, end), None) => {
-                self.windows.remove(&(start, end));
+                self.windows.remove(&(task, start, end));
             }
             (MergeEntry::GivenUntil, value) => {
                 let given: Option<Option<i64>> =
                     value.map(decode).transpose().map_err(|e| format!("a top-k record's end: {e}"))?;
-                self.given_until = given.flatten();
+                match given.flatten() {
+                    Some(given) => self.given_until.insert(task, given),
+                    None => self.given_until.remove(&task),
+                };
             }
         }
         Ok(())
     }
 
     fn drop_tasks(&mut self, tasks: &BTreeSet<i32>) {
-        if tasks.contains(&0) {
-            *self = Self::default();
-        }
+        self.table.drop_tasks(tasks);
+        self.windows.retain(|(task, _, _), _| !tasks.contains(task));
+        self.given_until.retain(|task, _| !tasks.contains(task));
+        self.changed.retain(|(task, _, _)| !tasks.contains(task));
+        self.given.retain(|(task, _, _)| !tasks.contains(task));
+        self.given_changed.retain(|task| !tasks.contains(task));
     }
 
     fn task_entries(&mut self, tasks: &BTreeSet<i32>) -> Result<Vec<TaskChange>, String> {
-        if !tasks.contains(&0) {
-            return Ok(Vec::new());
-        }
         let mut entries = self.table.entries(tasks, |upstream| encode(&MergeEntry::Upstream(upstream)))?;
-        for ((start, end), items) in &self.windows {
-            entries.push(TaskChange::new(0, encode(&MergeEntry::Window(*start, *end))?, Some(encode(items)?)));
+        for ((task, start, end), items) in self.windows.iter().filter(|((task, _, _), _)| tasks.contains(task)) {
+            entries.push(TaskChange::new(*task, encode(&MergeEntry::Window(*start, *end))?, Some(encode(items)?)));
         }
-        entries.push(TaskChange::new(0, encode(&MergeEntry::GivenUntil)?, Some(encode(&self.given_until)?)));
+        for (task, given) in self.given_until.iter().filter(|(task, _)| tasks.contains(task)) {
+            entries.push(TaskChange::new(*task, encode(&MergeEntry::GivenUntil)?, Some(encode(&Some(*given))?)));
+        }
         Ok(entries)
     }
 }
 
 impl<T> TopMerge<T> {
-    /// Takes in one task's local top items of a window (a window given already is done with:
-    /// its items were counted in it).
-    fn add(&mut self, window: (i64, i64), items: Vec<T>) {
-        if self.given_until.is_some_and(|given| window.1 <= given) {
+    /// Takes in one task's local top items of a window whose merge is `task`'s (a window given
+    /// already is done with: its items were counted in it).
+    fn add(&mut self, task: i32, (start, end): (i64, i64), items: Vec<T>) {
+        if self.given_until.get(&task).is_some_and(|given| end <= *given) {
             return;
         }
-        self.windows.entry(window).or_default().extend(items);
-        self.changed.insert(window);
+        self.windows.entry((task, start, end)).or_default().extend(items);
+        self.changed.insert((task, start, end));
     }
 
-    /// The windows every task's watermark passed, each with all its items, in start order.
-    fn close(&mut self, watermark: i64) -> Vec<((i64, i64), Vec<T>)> {
-        let due: Vec<(i64, i64)> = self.windows.keys().filter(|(_, end)| *end <= watermark).copied().collect();
+    /// `task`'s windows every task's watermark passed, each with all its items, in start order.
+    fn close(&mut self, task: i32, watermark: i64) -> Vec<((i64, i64), Vec<T>)> {
+        let due: Vec<(i32, i64, i64)> = self
+            .windows
+            .range((task, i64::MIN, i64::MIN)..=(task, i64::MAX, i64::MAX))
+            .filter(|((_, _, end), _)| *end <= watermark)
+            .map(|(window, _)| *window)
+            .collect();
         let mut out = Vec::with_capacity(due.len());
         for window in due {
             if let Some(items) = self.windows.remove(&window) {
                 self.changed.remove(&window);
                 self.given.push(window);
-                out.push((window, items));
+                out.push(((window.1, window.2), items));
             }
         }
-        if self.given_until.is_none_or(|given| watermark > given) {
-            self.given_until = Some(watermark);
-            self.given_changed = true;
+        if self.given_until.get(&task).is_none_or(|given| watermark > *given) {
+            self.given_until.insert(task, watermark);
+            self.given_changed.insert(task);
         }
         out
     }
@@ -679,10 +694,12 @@ where
 {
     /// Scale-out mode's `top_k_per_window`, in two stages, as the design of a global top-k over
     /// tasks goes: each process takes the local top `k` of each window its tasks gave this
-    /// batch and sends them, keyed by window, to partition 0 of `<group>-top-k-<n>-repartition`
-    /// with the markers of its tasks' watermarks; the owner of task 0 gathers them and gives a
-    /// window's top `k` once every task's watermark passed its end. Each key's value of a
-    /// window comes from one task, once, so the top of the local tops is the top of the window.
+    /// batch and sends them, keyed by window, to `<group>-top-k-<n>-repartition` (a window's
+    /// partition is its key's, as a repartition's, so the windows' merges spread over the
+    /// tasks) with the markers of its tasks' watermarks to every partition; the owner of a
+    /// window's partition gathers its local tops and gives its top `k` once every task's
+    /// watermark passed its end. Each key's value of a window comes from one task, once, so
+    /// the top of the local tops is the top of the window.
     pub(crate) fn top_k_across_tasks(
         self,
         k: usize,
@@ -710,13 +727,14 @@ where
             let graph = lock(&graph);
             (Arc::clone(&graph.failures), graph.task_count.clone())
         };
-        let to_record = |item: Windowed<T>| Ok((Some(0), encode(&(item.start_ms, item.end_ms))?, encode(&item.item)?));
+        // The producer's partitioner (murmur2 of the key) picks the window's merge task.
+        let to_record = |item: Windowed<T>| Ok((None, encode(&(item.start_ms, item.end_ms))?, encode(&item.item)?));
         let output = RepartitionOutput {
             compute,
             combine: None,
             to_record: Box::new(to_record),
             topic: topic.clone(),
-            markers: Some(MarkerSender::new(watermarks, count.clone(), MarkerTargets::First)),
+            markers: Some(MarkerSender::new(watermarks, count.clone(), MarkerTargets::Merge)),
             held_markers: Vec::new(),
             records: Vec::new(),
             transaction: None,
@@ -738,21 +756,22 @@ where
                 let window: (i64, i64) =
                     decode(record.key.as_deref().ok_or("no key")?).map_err(|e| format!("key: {e}"))?;
                 let item: T = decode(record.value.as_deref().ok_or("no value")?).map_err(|e| format!("value: {e}"))?;
-                Ok(Some((window, item)))
+                Ok(Some((record.partition, window, item)))
             });
-            for (window, item) in items.into_iter().flatten() {
-                state.add(window, vec![item]);
+            for (task, window, item) in items.into_iter().flatten() {
+                state.add(task, window, vec![item]);
             }
             if !input.last_piece {
                 return None;
             }
             state.table.take_pending(count.tasks());
-            let Some(watermark) = state.table.watermark(0, count.tasks()) else { return Some(vec![Vec::new()]) };
             let mut out = Vec::new();
             let compare = lock_state(&compare);
-            for ((start_ms, end_ms), items) in state.close(watermark) {
-                let top = greatest(items, k, |a, b| (*compare)(a, b));
-                out.extend(top.into_iter().map(|item| Windowed { start_ms, end_ms, item }));
+            for (task, watermark) in state.table.watermarks(count.tasks()) {
+                for ((start_ms, end_ms), items) in state.close(task, watermark) {
+                    let top = greatest(items, k, |a, b| (*compare)(a, b));
+                    out.extend(top.into_iter().map(|item| Windowed { start_ms, end_ms, item }));
+                }
             }
             Some(vec![out])
         };
@@ -896,6 +915,50 @@ mod tests {
         assert!(sent.iter().all(|record| !record.starts_with("marker")));
         assert!(output.end_transaction());
         assert_eq!(read(std::mem::take(&mut output.records)), markers);
+    }
+
+    #[test]
+    fn each_windows_merge_is_its_tasks_and_moves_with_it() {
+        let report = |watermarks: &[(i32, i64)]| crate::markers::Report {
+            watermarks: watermarks.iter().copied().collect(),
+            idle: BTreeSet::new(),
+        };
+        let mut merge = TopMerge::<u32>::default();
+        // Two upstream tasks; windows [0, 1000) merged by task 0, [1000, 2000) by task 1.
+        merge.add(0, (0, 1_000), vec![5, 3]);
+        merge.add(0, (0, 1_000), vec![4]);
+        merge.add(1, (1_000, 2_000), vec![7]);
+        for task in [0, 1] {
+            merge.table.note(task, &report(&[(0, 1_500), (1, 2_500)]));
+        }
+        merge.table.take_pending(Some(2));
+        let watermarks = merge.table.watermarks(Some(2));
+        assert_eq!(watermarks, BTreeMap::from([(0, 1_500), (1, 1_500)]), "the least of the upstream tasks'");
+        assert_eq!(merge.close(1, 1_500), Vec::new(), "task 1's window ends after the watermark");
+        // Task 1 moves: what it changed goes to its changelog partition, and a process taking
+        // it on gets its window back from there.
+        let changes = merge.take_task_changes().unwrap();
+        let mut moved = TopMerge::<u32>::default();
+        for change in changes.iter().filter(|change| change.task == 1) {
+            moved.restore_task_entry(1, &change.key, change.value.as_deref()).unwrap();
+        }
+        assert_eq!(moved.windows, BTreeMap::from([((1, 1_000, 2_000), vec![7])]));
+        assert_eq!(moved.given_until, BTreeMap::from([(1, 1_500)]));
+        merge.drop_tasks(&BTreeSet::from([1]));
+        assert!(merge.windows.keys().all(|(task, _, _)| *task == 0) && !merge.given_until.contains_key(&1));
+        // Task 0 gives its window with every local top item, once.
+        assert_eq!(merge.close(0, 1_500), vec![((0, 1_000), vec![5, 3, 4])]);
+        merge.add(0, (0, 1_000), vec![9]);
+        assert!(merge.windows.is_empty(), "a window given is done with");
+        let whole = merge.task_entries(&BTreeSet::from([0])).unwrap();
+        let mut again = TopMerge::<u32>::default();
+        for change in &whole {
+            again.restore_task_entry(change.task, &change.key, change.value.as_deref()).unwrap();
+        }
+        assert_eq!(
+            (again.given_until, again.table.watermarks(Some(2))),
+            (BTreeMap::from([(0, 1_500)]), BTreeMap::from([(0, 1_500)]))
+        );
     }
 
     #[test]

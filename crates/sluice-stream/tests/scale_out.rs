@@ -626,6 +626,20 @@ async fn top_items_per_event_window_cross_a_repartition_with_their_watermark_and
     let late: u64 = late_counts.lock().unwrap().iter().map(|n| n.load(std::sync::atomic::Ordering::Relaxed)).sum();
     assert_eq!(late, 0, "clicks judged late");
     eprintln!("the top 3 items of {} windows given once each, as a single process gives them", expected.len());
+
+    // The windows' merges are spread over the tasks: the merge's changelog holds windows'
+    // local tops (keys of its `Window` entries, postcard variant 1) in several partitions.
+    let metadata = client.refresh_metadata(None).await.unwrap();
+    let prefix = format!("{group}-top_k_per_window-");
+    let merge_changelog =
+        metadata.topics.keys().find(|topic| topic.starts_with(&prefix)).expect("the merge's changelog");
+    let merging: std::collections::BTreeSet<i32> = java::consume(&broker.addr, merge_changelog, true)
+        .iter()
+        .filter(|record| record.key.as_deref().is_some_and(|key| key.first() == Some(&1)))
+        .map(|record| record.partition)
+        .collect();
+    eprintln!("merge tasks that gathered windows: {merging:?}");
+    assert!(merging.len() > 1, "one task merged every window: {merging:?}");
 }
 
 /// A job counting the clicks of each second of event time (a click's value is its time, ms
