@@ -358,7 +358,8 @@ impl<C: Clock> Scheduler<C> {
             .iter()
             .map(|topic| (topic.clone(), metadata.topics.get(topic).map_or(0, |t| t.partitions.len())))
             .collect();
-        if counts.iter().any(|(_, count)| *count != counts[0].1) {
+        let first = counts.first().map(|(_, count)| *count);
+        if counts.iter().any(|(_, count)| Some(*count) != first) {
             let listed: Vec<String> = counts.iter().map(|(topic, count)| format!("{topic}: {count}")).collect();
             return Err(SchedulerError::Config(format!(
                 "co-partitioned source topics must have as many partitions each (partition p of every topic is one task); these have {}",
