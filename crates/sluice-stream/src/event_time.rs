@@ -845,9 +845,10 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DStream<Windowed<T>> {
     /// order, in one part. In scale-out mode in two stages: each process's local top `k` of a
     /// window goes through `<group>-top-k-<n>-repartition` (made for the job) to the owner of
     /// the window's partition (its key's, so the windows' merges spread over the tasks), which
-    /// gives the window once every task's watermark passed its end; windows given by different
-    /// processes are in start order in each one's output. Let `compare` break ties (by key), so
-    /// that the result does not depend on which process gave what.
+    /// gives the window once every task's watermark passed its end: each batch's windows are in
+    /// start order, and the windows of different processes interleave in the output (sort by
+    /// window for one order). Let `compare` break ties (by key), so that the result does not
+    /// depend on which process gave what.
     pub fn top_k_per_window(
         self,
         k: usize,

@@ -26,7 +26,7 @@ use sluice_client::{Producer, ProducerRecord};
 use crate::event_time::{top_per_window, Timed, Watermark, Windowed};
 use crate::graph::{lock, BatchInput, Compute, Output, Parts, SharedGraph};
 use crate::hash::HashMap;
-use crate::markers::{is_marker, marker_report, MarkerSender, MarkerTable, MarkerTargets, Settled};
+use crate::markers::{is_marker, marker_report, MarkerSender, MarkerTable, MarkerTargets, Settled, TaskCount};
 use crate::record::KafkaRecord;
 use crate::state::{decode, encode, lock_state, only_in_changelogs, Stateful, TaskChange};
 use crate::stream::{greatest, merge, watermark_spec, Aligned, DStream, WatermarkCell, WatermarkValue};
@@ -541,6 +541,27 @@ struct TopMerge<T> {
     changed: BTreeSet<(i32, i64, i64)>,
     given: Vec<(i32, i64, i64)>,
     given_changed: BTreeSet<i32>,
+    /// The number of tasks, which tells each window's merge task.
+    tasks: TaskCount,
+}
+
+/// The task that merges `window` among `tasks`: the partition of its key that the producer's
+/// partitioner picks (murmur2, as the Java client's).
+fn merge_task(window: (i64, i64), tasks: i32) -> Result<i32, String> {
+    Ok(sluice_client::partition_for_key(&encode(&window)?, tasks))
+}
+
+/// Fails for a window's local top items found on another task than the one that merges it:
+/// kept by a version that merged every window on task 0.
+fn merged_elsewhere(window: (i64, i64), task: i32, tasks: i32) -> Result<(), String> {
+    let merger = merge_task(window, tasks)?;
+    if merger == task {
+        return Ok(());
+    }
+    Err(format!(
+        "the top-k merge of window [{}, {}) is on task {task}, where this version merges it on task {merger}: a version before 2026-12-07 merged every window on task 0. Upgrade once the job has given its open windows (stop its input until the last windows are published), or delete the job's top-k repartition and top_k_per_window changelog topics to start its rankings over",
+        window.0, window.1
+    ))
 }
 
 /// The key of a top-k merge's changelog record: an upstream task's watermark (value as the
@@ -563,6 +584,7 @@ impl<T> Default for TopMerge<T> {
             changed: BTreeSet::new(),
             given: Vec::new(),
             given_changed: BTreeSet::new(),
+            tasks: TaskCount::default(),
         }
     }
 }
@@ -614,6 +636,9 @@ impl<T: Serialize + DeserializeOwned + Send> Stateful for TopMerge<T> {
         match (entry, value) {
             (MergeEntry::Upstream(upstream), value) => self.table.restore(task, upstream, value)?,
             (MergeEntry::Window(start, end), Some(value)) => {
+                if let Some(tasks) = self.tasks.tasks() {
+                    merged_elsewhere((start, end), task, tasks)?;
+                }
                 let items = decode(value).map_err(|e| format!("a top-k record's items: {e}"))?;
                 self.windows.insert((task, start, end), items);
             }
@@ -741,7 +766,7 @@ where
             failure: None,
         };
         lock(&graph).outputs.push(Box::new(output));
-        let state = Arc::new(Mutex::new(TopMerge::<T>::default()));
+        let state = Arc::new(Mutex::new(TopMerge::<T> { tasks: count.clone(), ..TopMerge::default() }));
         lock(&graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
         let topics = [topic];
         let take = move |input: &BatchInput| {
@@ -756,6 +781,9 @@ where
                 let window: (i64, i64) =
                     decode(record.key.as_deref().ok_or("no key")?).map_err(|e| format!("key: {e}"))?;
                 let item: T = decode(record.value.as_deref().ok_or("no value")?).map_err(|e| format!("value: {e}"))?;
+                if let Some(tasks) = count.tasks() {
+                    merged_elsewhere(window, record.partition, tasks)?;
+                }
                 Ok(Some((record.partition, window, item)))
             });
             for (task, window, item) in items.into_iter().flatten() {
@@ -773,6 +801,9 @@ where
                     out.extend(top.into_iter().map(|item| Windowed { start_ms, end_ms, item }));
                 }
             }
+            // The batch's windows in start order over its merge tasks (a stable sort: each
+            // window's items stay greatest first).
+            out.sort_by_key(|window| (window.start_ms, window.end_ms));
             Some(vec![out])
         };
         DStream::new(graph, Box::new(take))
@@ -923,42 +954,58 @@ mod tests {
             watermarks: watermarks.iter().copied().collect(),
             idle: BTreeSet::new(),
         };
-        let mut merge = TopMerge::<u32>::default();
-        // Two upstream tasks; windows [0, 1000) merged by task 0, [1000, 2000) by task 1.
-        merge.add(0, (0, 1_000), vec![5, 3]);
-        merge.add(0, (0, 1_000), vec![4]);
-        merge.add(1, (1_000, 2_000), vec![7]);
+        let count = TaskCount::default();
+        count.tasks.store(2, std::sync::atomic::Ordering::Relaxed);
+        let new = || TopMerge::<u32> { tasks: count.clone(), ..TopMerge::default() };
+        // The first second-long window each of two tasks merges; `a`'s ends first.
+        let merged_by = |task: i32| {
+            (0..).map(|n: i64| (n * 1_000, (n + 1) * 1_000)).find(|w| merge_task(*w, 2).unwrap() == task).unwrap()
+        };
+        let (mut a, mut b) = ((0, merged_by(0)), (1, merged_by(1)));
+        if b.1 .1 < a.1 .1 {
+            std::mem::swap(&mut a, &mut b);
+        }
+        let ((a_task, a_window), (b_task, b_window)) = (a, b);
+        let mut merge = new();
+        merge.add(a_task, a_window, vec![5, 3]);
+        merge.add(a_task, a_window, vec![4]);
+        merge.add(b_task, b_window, vec![7]);
+        // Both upstream tasks' watermarks passed a's window, not b's.
+        let between = a_window.1;
         for task in [0, 1] {
-            merge.table.note(task, &report(&[(0, 1_500), (1, 2_500)]));
+            merge.table.note(task, &report(&[(0, between), (1, b_window.1)]));
         }
         merge.table.take_pending(Some(2));
         let watermarks = merge.table.watermarks(Some(2));
-        assert_eq!(watermarks, BTreeMap::from([(0, 1_500), (1, 1_500)]), "the least of the upstream tasks'");
-        assert_eq!(merge.close(1, 1_500), Vec::new(), "task 1's window ends after the watermark");
-        // Task 1 moves: what it changed goes to its changelog partition, and a process taking
+        assert_eq!(watermarks, BTreeMap::from([(0, between), (1, between)]), "the least of the upstream tasks'");
+        assert_eq!(merge.close(b_task, between), Vec::new(), "b's window ends after the watermark");
+        assert_eq!(merge.close(a_task, between), vec![(a_window, vec![5, 3, 4])], "with every local top item");
+        merge.add(a_task, a_window, vec![9]);
+        assert!(!merge.windows.contains_key(&(a_task, a_window.0, a_window.1)), "a window given is done with");
+        // b's task moves: what it changed goes to its changelog partition, and a process taking
         // it on gets its window back from there.
         let changes = merge.take_task_changes().unwrap();
-        let mut moved = TopMerge::<u32>::default();
-        for change in changes.iter().filter(|change| change.task == 1) {
-            moved.restore_task_entry(1, &change.key, change.value.as_deref()).unwrap();
+        let mut moved = new();
+        for change in changes.iter().filter(|change| change.task == b_task) {
+            moved.restore_task_entry(b_task, &change.key, change.value.as_deref()).unwrap();
         }
-        assert_eq!(moved.windows, BTreeMap::from([((1, 1_000, 2_000), vec![7])]));
-        assert_eq!(moved.given_until, BTreeMap::from([(1, 1_500)]));
-        merge.drop_tasks(&BTreeSet::from([1]));
-        assert!(merge.windows.keys().all(|(task, _, _)| *task == 0) && !merge.given_until.contains_key(&1));
-        // Task 0 gives its window with every local top item, once.
-        assert_eq!(merge.close(0, 1_500), vec![((0, 1_000), vec![5, 3, 4])]);
-        merge.add(0, (0, 1_000), vec![9]);
-        assert!(merge.windows.is_empty(), "a window given is done with");
-        let whole = merge.task_entries(&BTreeSet::from([0])).unwrap();
-        let mut again = TopMerge::<u32>::default();
-        for change in &whole {
+        assert_eq!(moved.windows, BTreeMap::from([((b_task, b_window.0, b_window.1), vec![7])]));
+        assert_eq!(moved.given_until, BTreeMap::from([(b_task, between)]));
+        merge.drop_tasks(&BTreeSet::from([b_task]));
+        assert!(merge.windows.is_empty() && !merge.given_until.contains_key(&b_task));
+        // What a's task keeps, written whole, reads back the same.
+        let mut again = new();
+        for change in merge.task_entries(&BTreeSet::from([a_task])).unwrap() {
             again.restore_task_entry(change.task, &change.key, change.value.as_deref()).unwrap();
         }
-        assert_eq!(
-            (again.given_until, again.table.watermarks(Some(2))),
-            (BTreeMap::from([(0, 1_500)]), BTreeMap::from([(0, 1_500)]))
-        );
+        assert_eq!(again.given_until, BTreeMap::from([(a_task, between)]));
+        assert_eq!(again.table.watermarks(Some(2)), BTreeMap::from([(a_task, between)]));
+        // A window kept on another task than its merge's (by a version that merged every window
+        // on task 0) is refused, saying what to do.
+        let entries = moved.task_entries(&BTreeSet::from([b_task])).unwrap();
+        let window = entries.iter().find(|change| change.key.first() == Some(&1)).unwrap();
+        let refused = new().restore_task_entry(a_task, &window.key, window.value.as_deref()).unwrap_err();
+        assert!(refused.contains("merged every window on task 0") && refused.contains("Upgrade once"), "{refused}");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! begun before the processor gets it (or left open for it by the batch before): its output,
 //! sent through [`Batch::transaction`](super::Batch::transaction), and the end offsets of the
 //! transaction's batches' ranges, sent with the member's group metadata as each of its batches
-//! begins (again at the commit if it moved since), commit together. A commit the group
+//! that moves an offset begins (again at the commit if it moved since, or if none was sent),
+//! commit together. A commit the group
 //! refuses (the member was dropped, or moved to a newer epoch while it lost partitions of the
 //! transaction's batches) aborts the transaction: the positions of all its batches' partitions
 //! are read again from the group, and the checkpoint log closes the batch that ended it with
@@ -68,6 +69,9 @@ pub(super) struct Scale {
     /// [`ScaleConfig::internal_topics`](super::ScaleConfig::internal_topics) (read from their
     /// start where the group holds no offset).
     internal_topics: Vec<String>,
+    /// When the last transaction committed (or the process joined): the followers' offsets are
+    /// committed again at least every [`OFFSETS_REFRESH`].
+    last_commit: Instant,
     /// The batch's transaction taking in the batch's end offsets while the batch runs; awaited
     /// before it ends. Gives the group metadata the offsets were sent with, if they were.
     preparing: Option<tokio::task::JoinHandle<Option<ConsumerGroupMetadata>>>,
@@ -336,6 +340,7 @@ impl<C: Clock> Scheduler<C> {
             changes: PartitionChanges::default(),
             followers,
             internal_topics: scale.internal_topics.clone(),
+            last_commit: Instant::now(),
             preparing: None,
         };
         joined.gained = joined.with_followers(&assigned);
@@ -585,7 +590,8 @@ impl<C: Clock> Scheduler<C> {
 
     /// Begins the batch's transaction if the batch has ranges, or goes on with the one the
     /// batch before left open, and sends the offsets it would commit (the ends of its batches'
-    /// ranges so far) on a task of its own, while the batch runs.
+    /// ranges so far) on a task of its own, while the batch runs (a batch that moves no offset
+    /// leaves them to the commit).
     pub(super) async fn begin_batch_transaction(
         &mut self,
         ranges: &[OffsetRange],
@@ -600,7 +606,11 @@ impl<C: Clock> Scheduler<C> {
             let fresh = ranges.iter().any(|r| scale.uncommitted.contains(&(r.topic.clone(), r.partition)));
             let every_batch = self.config.scale.as_ref().is_some_and(|s| s.transaction_every_batch);
             let idle = if every_batch { ranges.is_empty() } else { ranges.iter().all(OffsetRange::is_empty) };
-            if idle && !fresh {
+            // The group's coordinator deletes the offsets of topics the group is not subscribed
+            // to (the followers) once they are older than `offsets.retention.minutes`, even
+            // while the group is active: an idle process commits them again now and then.
+            let refresh = !scale.followers.is_empty() && scale.last_commit.elapsed() >= OFFSETS_REFRESH;
+            if idle && !fresh && !refresh {
                 return Ok(None);
             }
             let losses = scale.losses_at_plan;
@@ -721,6 +731,7 @@ impl<C: Clock> Scheduler<C> {
         }
         let Some(reason) = refused else {
             scale.not_committed_in_a_row = 0;
+            scale.last_commit = Instant::now();
             for partition in &partitions {
                 scale.uncommitted.remove(partition);
             }
@@ -776,6 +787,11 @@ impl<C: Clock> Scheduler<C> {
 
 /// Batches in a row that may fail to commit before the run fails.
 const MAX_NOT_COMMITTED_IN_A_ROW: u32 = 10;
+
+/// How often an idle process commits the offsets of the topics that go with the group's (their
+/// offsets expire after `offsets.retention.minutes` of no commit, 7 days by default, as the
+/// group is not subscribed to them).
+const OFFSETS_REFRESH: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How long a process that has just joined waits for its first partitions before its first batch
 /// (a batch planned before them would be empty, and the next one a whole interval later).
