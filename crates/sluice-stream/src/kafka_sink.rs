@@ -41,6 +41,9 @@ use std::sync::Arc;
 use sluice_client::{Client, ClientConfig, ConsumerGroupMetadata, Producer, ProducerConfig, ProducerRecord};
 
 use crate::graph::BatchInfo;
+
+/// How long a sink tries to connect through connection problems before its batch fails.
+const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 use crate::sink::Sink;
 use crate::BoxError;
 
@@ -196,7 +199,21 @@ impl<T> KafkaSink<T> {
     }
 
     async fn start(&mut self) -> Result<(Client, Producer), (&'static str, sluice_client::Error)> {
-        let client = Client::connect(self.client_config.clone()).await.map_err(|e| ("connecting", e))?;
+        // A connection cut while the sink first connects is tried again, for up to
+        // `CONNECT_RETRY`, as the client's requests are.
+        let deadline = std::time::Instant::now() + CONNECT_RETRY;
+        let mut backoff = std::time::Duration::from_millis(100);
+        let client = loop {
+            match Client::connect(self.client_config.clone()).await {
+                Ok(client) => break client,
+                Err(error) if error.is_retriable() && std::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(sink = %self.sink_id, %error, retry_in = ?backoff, "connecting failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(error) => return Err(("connecting", error)),
+            }
+        };
         let mut config = self.producer_config.clone();
         config.idempotent = true;
         if self.transactional {
