@@ -230,13 +230,12 @@ impl Changelogs {
         let stale: Vec<(i32, u64)> =
             by_task.into_iter().filter(|(task, records)| fresh.contains(task) && *records > 0).collect();
         if !stale.is_empty() {
-            let mut without: Vec<String> = changes
+            let without: Vec<String> = changes
                 .fresh
                 .iter()
                 .filter(|(_, p)| stale.iter().any(|(task, _)| task == p))
                 .map(|(topic, p)| format!("{topic}-{p}"))
                 .collect();
-            without.dedup();
             return Err(format!(
                 "the group holds no offset for {} while the changelogs of their tasks hold state (task, records): {stale:?}; that state was built from records these partitions would be read from again (their offsets expired or were reset, or a source topic was added to a job with state). Delete the job's changelog topics ({}) to start its state over, or give the group its offsets back",
                 without.join(", "),
