@@ -132,7 +132,9 @@ impl Changelogs {
     /// in `transaction`, and waits for them to land; returns what the local checkpoint keeps
     /// with the batch's commit (the changes and where they landed) and, every `snapshot_every`
     /// transactions, the snapshot of the tasks' copies. Encoding many keys' states is CPU work:
-    /// off the async workers (keyed state spreads it over the compute pool).
+    /// off the async workers (keyed state spreads it over the compute pool). The whole state of
+    /// the tasks the local copy needs whole (taken on since, or all at a snapshot) is encoded
+    /// while the changes are sent and the cluster writes them.
     pub(crate) async fn end_transaction(
         &mut self,
         state: &JobState,
@@ -140,12 +142,10 @@ impl Changelogs {
         snapshot_every: u64,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>), BoxError> {
         let (taking, topics) = (state.clone(), Arc::clone(&self.topics));
-        let wanted = self.local.wanted_whole(snapshot_every);
         // One timestamp for the batch's changes, not a clock read per record.
         let now = wall_ms();
-        let (changes, whole, records) = off_workers(move || {
+        let (changes, records) = off_workers(move || {
             let changes = taking.take_task_changes()?;
-            let whole = if wanted.is_empty() { Vec::new() } else { taking.task_entries(&wanted)? };
             let records = changes
                 .iter()
                 .map(|(operator, TaskChange { task, key, value })| {
@@ -162,21 +162,31 @@ impl Changelogs {
                     })
                 })
                 .collect::<Result<Vec<_>, BoxError>>()?;
-            Ok::<_, BoxError>((changes, whole, records))
+            Ok::<_, BoxError>((changes, records))
         })
         .await??;
+        // After the changes were taken (the whole state holds no removed key), and while they
+        // are sent.
+        let (entries, wanted) = (state.clone(), self.local.wanted_whole(snapshot_every));
+        let whole = off_workers(move || if wanted.is_empty() { Ok(Vec::new()) } else { entries.task_entries(&wanted) });
         // Where each task's last record of each operator landed (the commit waits for every
         // send anyway).
         let mut landed: BTreeMap<(usize, i32), Option<i64>> = BTreeMap::new();
-        if !records.is_empty() {
-            let producer = transaction.ok_or("the batch changed state but has no transaction")?;
-            let deliveries = producer.send_all(records).await?;
-            for ((operator, change), delivery) in changes.iter().zip(deliveries) {
-                let offset = Some(delivery.await?.offset).filter(|offset| *offset >= 0);
-                let at = landed.entry((*operator, change.task)).or_insert(offset);
-                *at = at.zip(offset).map(|(a, b)| a.max(b));
+        let sent = async {
+            if !records.is_empty() {
+                let producer = transaction.ok_or("the batch changed state but has no transaction")?;
+                let deliveries = producer.send_all(records).await?;
+                for ((operator, change), delivery) in changes.iter().zip(deliveries) {
+                    let offset = Some(delivery.await?.offset).filter(|offset| *offset >= 0);
+                    let at = landed.entry((*operator, change.task)).or_insert(offset);
+                    *at = at.zip(offset).map(|(a, b)| a.max(b));
+                }
             }
-        }
+            Ok::<_, BoxError>(())
+        };
+        let (sent, whole) = tokio::join!(sent, whole);
+        sent?;
+        let whole = whole??;
         self.local.sent(&landed);
         let mut local = std::mem::take(&mut self.local);
         let (local, written) = off_workers(move || {

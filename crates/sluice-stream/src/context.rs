@@ -447,27 +447,6 @@ impl Engine {
         }
     }
 
-    /// Scale-out mode: the batch ends its transaction; the outputs make and write what they
-    /// kept for its end (a repartition's combined items, and its watermark markers after them).
-    async fn end_outputs_transaction(&mut self) -> Result<(), BoxError> {
-        let outputs = std::mem::take(&mut self.outputs);
-        let (mut outputs, kept) = off_workers(move || {
-            let mut outputs = outputs;
-            let kept: Vec<bool> = outputs.iter_mut().map(|output| output.end_transaction()).collect();
-            (outputs, kept)
-        })
-        .await?;
-        let mut written = Ok(());
-        for (output, _) in outputs.iter_mut().zip(kept).filter(|(_, kept)| *kept) {
-            written = output.write().await;
-            if written.is_err() {
-                break;
-            }
-        }
-        self.outputs = outputs;
-        written
-    }
-
     /// [`Engine::run_outputs`] but for what streams found wrong.
     async fn run_each_output(&mut self, input: Arc<BatchInput>) -> Result<(), BoxError> {
         let outputs = std::mem::take(&mut self.outputs);
@@ -516,6 +495,27 @@ async fn run_output(mut output: Box<dyn Output>, input: Arc<BatchInput>) -> Resu
     .await?;
     output.write().await?;
     Ok(output)
+}
+
+/// Scale-out mode: the batch ends its transaction; the outputs make and write what they kept
+/// for its end (a repartition's combined items, and its watermark markers after them).
+async fn end_outputs_transaction(outputs: &mut Vec<Box<dyn Output>>) -> Result<(), BoxError> {
+    let taken = std::mem::take(outputs);
+    let (mut taken, kept) = off_workers(move || {
+        let mut taken = taken;
+        let kept: Vec<bool> = taken.iter_mut().map(|output| output.end_transaction()).collect();
+        (taken, kept)
+    })
+    .await?;
+    let mut written = Ok(());
+    for (output, _) in taken.iter_mut().zip(kept).filter(|(_, kept)| *kept) {
+        written = output.write().await;
+        if written.is_err() {
+            break;
+        }
+    }
+    *outputs = taken;
+    written
 }
 
 /// Runs CPU work on tokio's blocking pool (reused threads, never an async worker) and waits
@@ -618,18 +618,30 @@ impl Processor for Engine {
         // Scale-out: what the outputs kept for the transaction's end goes with the batch that
         // ends it, as do the state changes of a transaction spanning batches, each key's last.
         let ends_transaction = batch.ends_transaction();
-        if ends_transaction && batch.transaction().is_some() {
-            self.end_outputs_transaction().await?;
-        }
+        let outputs_end = ends_transaction && batch.transaction().is_some();
         if let Some(changelogs) = &mut self.changelogs {
             if !ends_transaction {
                 return Ok(BatchOutput::default());
             }
             // The local checkpoint keeps a copy of the tasks' state for a restart: with the
-            // batch's commit (written only if its transaction commits), and as snapshots.
-            let (state_delta, snapshot) =
-                changelogs.end_transaction(&self.state, batch.transaction().map(|t| &**t), self.snapshot_every).await?;
+            // batch's commit (written only if its transaction commits), and as snapshots. The
+            // outputs' sends and the state's go out side by side (the outputs' end changes no
+            // state).
+            let outputs = async {
+                if outputs_end {
+                    end_outputs_transaction(&mut self.outputs).await?;
+                }
+                Ok::<_, BoxError>(())
+            };
+            let state_end =
+                changelogs.end_transaction(&self.state, batch.transaction().map(|t| &**t), self.snapshot_every);
+            let (outputs, state_end) = tokio::join!(outputs, state_end);
+            outputs?;
+            let (state_delta, snapshot) = state_end?;
             return Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() });
+        }
+        if outputs_end {
+            end_outputs_transaction(&mut self.outputs).await?;
         }
         let (state_delta, snapshot) = self.state.end_batch(batch.batch_id, self.snapshot_every)?;
         Ok(BatchOutput { state_delta, snapshot, ..BatchOutput::default() })
