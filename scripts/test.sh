@@ -10,7 +10,7 @@
 #   SLUICE_FUZZ_SECONDS=N scripts/test.sh   seconds per fuzz target in the smoke run (default 10; 0 skips)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s (at %s s)\n' "$*" "$SECONDS"; }
 
 step "peers (broker and reference clients)"
 scripts/install-peers.sh
@@ -74,3 +74,5 @@ SLUICE_TEST_BROKER=tansu cargo test --release --workspace \
     --test client --test connection --test producer --test consumer --test transactions \
     --test group --test group_interop --test interop --test sasl --test tls \
     --test scheduler --test kafka_sink --test job -- --show-output
+
+echo "test.sh: every step passed in $SECONDS s"
