@@ -39,6 +39,8 @@ pub(crate) struct Changelogs {
     client: Client,
     /// The source topic: a task is one of its partitions.
     source: String,
+    /// Its partitions when the job started, and each changelog's: a task past them has none.
+    partitions: i32,
     /// Each stateful operator's changelog topic, in the operators' order.
     topics: Arc<[String]>,
     counters: RestoreCounters,
@@ -103,7 +105,7 @@ impl Changelogs {
     ) -> Result<Self, BoxError> {
         let topics: Vec<String> =
             state.operator_names().into_iter().map(|name| format!("{group}-{name}-changelog")).collect();
-        create_internal_topics(&client, source, &topics, &[("cleanup.policy", "compact")]).await?;
+        let partitions = create_internal_topics(&client, source, &topics, &[("cleanup.policy", "compact")]).await?;
         // Their ids tell a copy in the local checkpoint whether its changelogs were made again.
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let metadata = client.refresh_metadata(Some(&names)).await?;
@@ -112,7 +114,7 @@ impl Changelogs {
         let standbys = (standby_replicas > 0)
             .then(|| Standbys::start(client.clone(), (group, source), topics.clone(), standby_replicas));
         let local = LocalCopies::new(topic_ids);
-        Ok(Self { client, source: source.to_owned(), topics: topics.into(), counters, standbys, local })
+        Ok(Self { client, source: source.to_owned(), partitions, topics: topics.into(), counters, standbys, local })
     }
 
     /// Holds the copies of the tasks the local checkpoint recovered (its `snapshot` and the
@@ -208,6 +210,9 @@ impl Changelogs {
         };
         let gained = of_source(&changes.gained);
         let lost = of_source(&changes.lost);
+        if let Some(task) = gained.iter().find(|task| **task >= self.partitions) {
+            return Err(grown(&self.source, *task, self.partitions).into());
+        }
         let dropped: BTreeSet<i32> = lost.union(&gained).copied().collect();
         state.drop_tasks(&dropped);
         let mut copies = self.standbys.as_ref().map(|s| s.take_on(&gained, &lost)).unwrap_or_default();
@@ -428,6 +433,13 @@ pub(crate) struct RestoreDone {
 }
 
 /// Whether a restore's failure is a transient fault of the cluster (worth starting over).
+/// Why a task past the partitions the job started with is refused.
+fn grown(source: &str, task: i32, partitions: i32) -> String {
+    format!(
+        "the source topic {source} gained partitions while the job ran: its partition {task} was given to this process, but the job started with {partitions} and its changelog topics have as many. A task is a source partition and each key's state lives in one, so a job with state cannot follow the source growing (its keys would move between tasks). Stop the job's processes and start the job anew under another group, whose internal topics are made with the new count"
+    )
+}
+
 fn retriable(error: &BoxError) -> bool {
     error.downcast_ref::<Error>().is_some_and(Error::is_retriable)
 }

@@ -1045,3 +1045,52 @@ async fn come_and_go_through(
     eprintln!("restored (process, tasks, changelog records): {restored:?}");
     restored
 }
+
+/// A source topic that gains partitions while a job with state runs: the process given the new
+/// partition refuses it at once, saying why (its changelogs have no such partition, and the
+/// keys' tasks would move), instead of retrying a restore that cannot succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_topic_that_gains_partitions_under_state_is_refused_saying_why() {
+    let Some(ScaleJob { broker, client, input, output, group, producer }) =
+        common::scale_job(STATE_NEEDS, "grown", 2).await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let process = start(&broker.addr, dir.path(), (&input, &output, &group), &Totals::default());
+    let click = ProducerRecord { partition: Some(0), ..ProducerRecord::new(&input, "1").key("user-a".to_owned()) };
+    producer.send(click).await.unwrap().await.unwrap();
+    common::wait_for_group_at_end(&client, &group, &input, 2, Duration::from_secs(60), || {}).await;
+    client.create_partitions(&input, 3).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(90), process.run).await.unwrap().unwrap().unwrap_err();
+    let error = format!("{error:#}");
+    assert!(
+        error.contains(&format!("the source topic {input} gained partitions")) && error.contains("its partition 2"),
+        "{error}"
+    );
+
+    // A job with a repartition topic: the new source partition has no repartition partition to
+    // go with it.
+    let (input, group) = (unique("grown-repartition-in"), unique("grown-repartition-job"));
+    client.create_topic(&input, 2, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ssc = context(&broker.addr, dir.path(), &input, &group);
+    ssc.kafka_stream()
+        .map(|record| (record.value_str().unwrap_or_default().to_owned(), 1u64))
+        .repartition("by-value")
+        .map_with_state(None, |_, value: &String, _, state: &mut KeyState<u64>| {
+            let count = state.get().copied().unwrap_or(0) + 1;
+            state.update(count);
+            Some((value.clone(), count))
+        })
+        .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "grown-counts"));
+    let process = run(ssc);
+    let click = ProducerRecord { partition: Some(1), ..ProducerRecord::new(&input, "1").key("user-a".to_owned()) };
+    producer.send(click).await.unwrap().await.unwrap();
+    common::wait_for_group_at_end(&client, &group, &input, 2, Duration::from_secs(60), || {}).await;
+    client.create_partitions(&input, 3).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(90), process.run).await.unwrap().unwrap().unwrap_err();
+    let error = format!("{error:#}");
+    let repartition = format!("{group}-by-value-repartition has 2 partitions");
+    assert!(error.contains(&format!("partition 2 of {input} was given")) && error.contains(&repartition), "{error}");
+}

@@ -466,6 +466,7 @@ impl<C: Clock> Scheduler<C> {
         }
         let gained = self.scale.as_ref().map(|s| s.gained.clone()).unwrap_or_default();
         if !gained.is_empty() {
+            self.check_followers_have(&gained).await?;
             let (positions, fresh) = self.group_positions(batch_id, &gained).await?;
             self.positions.extend(positions);
             if let Some(scale) = self.scale.as_mut() {
@@ -488,6 +489,34 @@ impl<C: Clock> Scheduler<C> {
             }
         }
         Ok(changed)
+    }
+
+    /// Refuses a gained partition of a topic that goes with the group's (a co-partitioned source,
+    /// an internal topic) that the topic does not have: the first source topic gained
+    /// partitions while the job ran.
+    async fn check_followers_have(&self, gained: &[TopicPartition]) -> Result<(), SchedulerError> {
+        let Some(scale) = self.scale.as_ref() else { return Ok(()) };
+        let wanted: Vec<&TopicPartition> = gained.iter().filter(|(topic, _)| scale.followers.contains(topic)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = scale.followers.iter().map(String::as_str).collect();
+        let metadata = self
+            .client
+            .refresh_metadata(Some(&names))
+            .await
+            .map_err(|e| self.group_error("reading the partitions of the topics that go with the group's", e))?;
+        let first = self.config.topics.first().map(String::as_str).unwrap_or_default();
+        for (topic, partition) in wanted {
+            let Some(has) = metadata.topics.get(topic).map(|t| t.partitions.len()) else { continue };
+            if usize::try_from(*partition).is_ok_and(|p| p < has) {
+                continue;
+            }
+            return Err(SchedulerError::Config(format!(
+                "partition {partition} of {first} was given to this process, but {topic} has {has} partitions: {first} gained partitions while the job ran. A job with state or a repartition keeps partition p of each of its topics in one task, with its keys' state, so its topics cannot grow while it runs (keys would move between tasks): stop the job's processes, and start it anew under another group once its source topics have as many partitions each (its internal topics are then made with the new count)"
+            )));
+        }
+        Ok(())
     }
 
     /// The changes the processor has not been told of yet (empty outside scale-out mode).
