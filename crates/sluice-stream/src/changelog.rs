@@ -432,7 +432,6 @@ pub(crate) struct RestoreDone {
     positions: BTreeMap<i32, Vec<i64>>,
 }
 
-/// Whether a restore's failure is a transient fault of the cluster (worth starting over).
 /// Why a task past the partitions the job started with is refused.
 fn grown(source: &str, task: i32, partitions: i32) -> String {
     format!(
@@ -440,6 +439,7 @@ fn grown(source: &str, task: i32, partitions: i32) -> String {
     )
 }
 
+/// Whether a restore's failure is a transient fault of the cluster (worth starting over).
 fn retriable(error: &BoxError) -> bool {
     error.downcast_ref::<Error>().is_some_and(Error::is_retriable)
 }

@@ -508,12 +508,15 @@ impl<C: Clock> Scheduler<C> {
             .map_err(|e| self.group_error("reading the partitions of the topics that go with the group's", e))?;
         let first = self.config.topics.first().map(String::as_str).unwrap_or_default();
         for (topic, partition) in wanted {
-            let Some(has) = metadata.topics.get(topic).map(|t| t.partitions.len()) else { continue };
+            // A topic the broker asked does not list yet (an internal topic just made) is not
+            // judged: its partitions are looked up later like any other's.
+            let listed = metadata.topics.get(topic).filter(|t| t.error == ErrorCode::None && !t.partitions.is_empty());
+            let Some(has) = listed.map(|t| t.partitions.len()) else { continue };
             if usize::try_from(*partition).is_ok_and(|p| p < has) {
                 continue;
             }
             return Err(SchedulerError::Config(format!(
-                "partition {partition} of {first} was given to this process, but {topic} has {has} partitions: {first} gained partitions while the job ran. A job with state or a repartition keeps partition p of each of its topics in one task, with its keys' state, so its topics cannot grow while it runs (keys would move between tasks): stop the job's processes, and start it anew under another group once its source topics have as many partitions each (its internal topics are then made with the new count)"
+                "partition {partition} of {first} was given to this process, but {topic} has {has} partitions: {first} gained partitions while the job ran. A job whose topics go together (co-partitioned sources, and a job with state or a repartition, whose internal topics go with its source) keeps partition p of each of them in one task, so its topics cannot grow while it runs (keys would move between tasks): stop the job's processes, and start it anew under another group once its source topics have as many partitions each (its internal topics are then made with the new count)"
             )));
         }
         Ok(())
