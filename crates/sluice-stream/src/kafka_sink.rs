@@ -41,11 +41,11 @@ use std::sync::Arc;
 use sluice_client::{Client, ClientConfig, ConsumerGroupMetadata, Producer, ProducerConfig, ProducerRecord};
 
 use crate::graph::BatchInfo;
+use crate::sink::Sink;
+use crate::BoxError;
 
 /// How long a sink tries to connect through connection problems before its batch fails.
 const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
-use crate::sink::Sink;
-use crate::BoxError;
 
 type ToRecord<T> = Box<dyn Fn(&T) -> Result<ProducerRecord, BoxError> + Send + Sync>;
 

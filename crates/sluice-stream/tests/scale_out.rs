@@ -71,18 +71,22 @@ fn start(broker: &str, dir: &Path, (input, output, group): (&str, &str, &str), t
     running_counts(context(broker, dir, input, group), broker, output, totals)
 }
 
+/// `map_with_state`'s step giving each key's running count: 1, 2, 3, ...
+fn count_up<K: Clone>(_: u64, key: &K, _: Option<u64>, state: &mut KeyState<u64>) -> Option<(K, u64)> {
+    let count = state.get().copied().unwrap_or(0) + 1;
+    state.update(count);
+    Some((key.clone(), count))
+}
+
 /// [`start`]'s job on `ssc`.
 fn running_counts(ssc: StreamingContext, broker: &str, output: &str, totals: &Totals) -> Process {
     let user = |record: sluice_stream::KafkaRecord| (record.key_str().unwrap_or_default().to_owned(), 1u64);
     // Every click gets its user's running count.
-    ssc.kafka_stream()
-        .map(user)
-        .map_with_state(None, |_, user: &String, _, state: &mut KeyState<u64>| {
-            let count = state.get().copied().unwrap_or(0) + 1;
-            state.update(count);
-            Some((user.clone(), count))
-        })
-        .to_sink(KafkaSink::json(ClientConfig::new([broker]), output, "counts"));
+    ssc.kafka_stream().map(user).map_with_state(None, count_up).to_sink(KafkaSink::json(
+        ClientConfig::new([broker]),
+        output,
+        "counts",
+    ));
     // Every user's total after each batch.
     let seen = Arc::clone(totals);
     ssc.kafka_stream()
@@ -518,11 +522,7 @@ async fn counts_per_item_of_clicks_keyed_by_user_go_through_a_repartition_topic_
                 (format!("item-{}", click % ITEMS), 1u64)
             })
             .repartition("by-item")
-            .map_with_state(None, |_, item: &String, _, state: &mut KeyState<u64>| {
-                let count = state.get().copied().unwrap_or(0) + 1;
-                state.update(count);
-                Some((item.clone(), count))
-            })
+            .map_with_state(None, count_up)
             .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "item-counts"));
         run(ssc)
     };
@@ -1078,11 +1078,7 @@ async fn a_source_topic_that_gains_partitions_under_state_is_refused_saying_why(
     ssc.kafka_stream()
         .map(|record| (record.value_str().unwrap_or_default().to_owned(), 1u64))
         .repartition("by-value")
-        .map_with_state(None, |_, value: &String, _, state: &mut KeyState<u64>| {
-            let count = state.get().copied().unwrap_or(0) + 1;
-            state.update(count);
-            Some((value.clone(), count))
-        })
+        .map_with_state(None, count_up)
         .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "grown-counts"));
     let process = run(ssc);
     let click = ProducerRecord { partition: Some(1), ..ProducerRecord::new(&input, "1").key("user-a".to_owned()) };
