@@ -1058,12 +1058,7 @@ async fn a_source_topic_that_gains_partitions_under_state_is_refused_saying_why(
     };
     let dir = tempfile::tempdir().unwrap();
     let process = start(&broker.addr, dir.path(), (&input, &output, &group), &Totals::default());
-    let click = ProducerRecord { partition: Some(0), ..ProducerRecord::new(&input, "1").key("user-a".to_owned()) };
-    producer.send(click).await.unwrap().await.unwrap();
-    common::wait_for_group_at_end(&client, &group, &input, 2, Duration::from_secs(60), || {}).await;
-    client.create_partitions(&input, 3).await.unwrap();
-    let error = tokio::time::timeout(Duration::from_secs(90), process.run).await.unwrap().unwrap().unwrap_err();
-    let error = format!("{error:#}");
+    let error = grow_under(process, (&client, &producer), (&input, &group)).await;
     assert!(
         error.contains(&format!("the source topic {input} gained partitions")) && error.contains("its partition 2"),
         "{error}"
@@ -1080,13 +1075,22 @@ async fn a_source_topic_that_gains_partitions_under_state_is_refused_saying_why(
         .repartition("by-value")
         .map_with_state(None, count_up)
         .to_sink(KafkaSink::json(ClientConfig::new([broker.addr.as_str()]), &output, "grown-counts"));
-    let process = run(ssc);
-    let click = ProducerRecord { partition: Some(1), ..ProducerRecord::new(&input, "1").key("user-a".to_owned()) };
-    producer.send(click).await.unwrap().await.unwrap();
-    common::wait_for_group_at_end(&client, &group, &input, 2, Duration::from_secs(60), || {}).await;
-    client.create_partitions(&input, 3).await.unwrap();
-    let error = tokio::time::timeout(Duration::from_secs(90), process.run).await.unwrap().unwrap().unwrap_err();
-    let error = format!("{error:#}");
+    let error = grow_under(run(ssc), (&client, &producer), (&input, &group)).await;
     let repartition = format!("{group}-by-value-repartition has 2 partitions");
     assert!(error.contains(&format!("partition 2 of {input} was given")) && error.contains(&repartition), "{error}");
+}
+
+/// Gives `process`'s job (on `input`, two partitions) a click and waits until its group has
+/// consumed it, then grows `input` to three partitions: the error the run ends with.
+async fn grow_under(
+    process: Process,
+    (client, producer): (&Client, &Producer),
+    (input, group): (&str, &str),
+) -> String {
+    let click = ProducerRecord { partition: Some(1), ..ProducerRecord::new(input, "1").key("user-a".to_owned()) };
+    producer.send(click).await.unwrap().await.unwrap();
+    common::wait_for_group_at_end(client, group, input, 2, Duration::from_secs(60), || {}).await;
+    client.create_partitions(input, 3).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(90), process.run).await.unwrap().unwrap().unwrap_err();
+    format!("{error:#}")
 }
