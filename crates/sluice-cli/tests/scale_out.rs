@@ -467,18 +467,31 @@ fn window_row(row: &str) -> (i64, u64, String, u64) {
 }
 
 /// The rows in the JSON-lines files of `dir` as (window start, rank, item, clicks), sorted, and
-/// how many temporary files are there.
+/// how many temporary files are there. The files are per task (`...-task-<task>.jsonl`): each
+/// window's rows are in the files of one task (its merge's), whichever processes gave them, and
+/// the windows are spread over several tasks.
 fn files_rows(dir: &Path) -> (Vec<(i64, u64, String, u64)>, usize) {
     let mut rows = Vec::new();
     let mut temporary = 0;
+    let mut tasks_of_windows: BTreeMap<i64, std::collections::BTreeSet<String>> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with('.') {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with('.') {
             temporary += 1;
             continue;
         }
-        rows.extend(std::fs::read_to_string(&path).unwrap().lines().map(window_row));
+        let task = name.rsplit_once("-task-").and_then(|(_, task)| task.strip_suffix(".jsonl"));
+        let task = task.unwrap_or_else(|| panic!("{name} is not a task's file"));
+        for row in std::fs::read_to_string(&path).unwrap().lines().map(window_row) {
+            tasks_of_windows.entry(row.0).or_default().insert(task.to_owned());
+            rows.push(row);
+        }
     }
+    let split: Vec<_> = tasks_of_windows.iter().filter(|(_, tasks)| tasks.len() > 1).take(3).collect();
+    assert!(split.is_empty(), "windows with rows in the files of more than one task: {split:?}");
+    let tasks: std::collections::BTreeSet<_> = tasks_of_windows.values().flatten().collect();
+    assert!(tasks.len() > 1, "the windows' files are all of tasks {tasks:?}");
     rows.sort();
     (rows, temporary)
 }

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::graph::{lock, BatchInput, Parts};
 use crate::keyed::{part_tasks, StateKey, NOT_SOURCE_PARTS};
 use crate::state::{decode, encode, lock_state, Stateful, TaskChange};
-use crate::stream::{greatest, least_watermark, merge, task_watermark, DStream, WatermarkCell, WatermarkValue};
+use crate::stream::{
+    greatest, least_watermark, merge, task_parts, task_watermark, DStream, GivenTasks, WatermarkCell, WatermarkValue,
+};
 
 /// An item with its event time (ms since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -753,7 +755,9 @@ where
     /// Values combined by `reduce` per key and event-time window of `length`, starting every
     /// `slide` (a tumbling window when they are equal; `length` must be a multiple of `slide`).
     /// A window is given once, when the stream's watermark passes its end, its keys in order;
-    /// windows closing in the same batch come in start order. Late items are left out.
+    /// windows closing in the same batch come in start order (in scale-out mode, each task's,
+    /// in a part of its own: see [`BatchInfo::task_runs`](crate::BatchInfo::task_runs)). Late
+    /// items are left out.
     /// `reduce` must be associative and commutative (as Spark's is for windowed reductions):
     /// values are reduced per slide first, and a window's slides together when it is given.
     /// In scale-out mode each task (source partition) keeps and gives its own windows, by its
@@ -795,6 +799,8 @@ where
         }
         lock(&graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
         let window_watermarks = watermarks.clone();
+        let given = GivenTasks::default();
+        let gives = given.clone();
         DStream::new(
             graph,
             Box::new(move |input: &BatchInput| {
@@ -825,18 +831,24 @@ where
                     let whole = state.tasks.entry(0).or_default();
                     return Some(vec![whole.close(watermark, shape, &state.reduce, false)]);
                 }
-                // Each task's windows close by its own watermark; the windows in start order.
+                // Each task's windows close by its own watermark, and are its part: in start
+                // order, each window's keys in order.
                 let mut out = Vec::new();
                 for (task, windows) in &mut state.tasks {
                     if let Some(watermark) = task_watermark(&window_watermarks, *task) {
-                        out.extend(windows.close(watermark, shape, &state.reduce, true));
+                        let mut closed = windows.close(watermark, shape, &state.reduce, true);
+                        closed
+                            .sort_by(|a, b| (a.start_ms, a.end_ms, &a.item.0).cmp(&(b.start_ms, b.end_ms, &b.item.0)));
+                        out.extend(closed.into_iter().map(|window| (*task, window)));
                     }
                 }
-                out.sort_by(|a, b| (a.start_ms, a.end_ms, &a.item.0).cmp(&(b.start_ms, b.end_ms, &b.item.0)));
-                Some(vec![out])
+                let (tasks, parts) = task_parts(out);
+                gives.give(input, tasks);
+                Some(parts)
             }),
         )
         .with_watermarks(watermarks)
+        .giving_tasks(per_task.then_some(given))
     }
 }
 

@@ -298,6 +298,15 @@ pub struct BatchInfo {
     pub continues_transaction: bool,
     /// Scale-out mode: the job's group (its processes' internal topics are named after it).
     pub group: Option<Arc<str>>,
+    /// Scale-out mode: which task each of the items given belongs to, as runs in their order:
+    /// (task, items), the runs together covering every item. A task is a source partition
+    /// (partitions of co-partitioned sources share one), or a repartition topic's, for a
+    /// stream after a repartition. `None` where the items' tasks are not known: outside
+    /// scale-out mode, and after an operator that gathers or combines the tasks' items (`count`,
+    /// `reduce_by_key`, `union`, processing-time windows); the items of element-wise operators
+    /// on the source and of the operators that keep state per task (`update_state_by_key`,
+    /// `map_with_state`, event-time windows, `top_k_per_window`) have theirs.
+    pub task_runs: Option<Arc<[(i32, usize)]>>,
 }
 
 impl PartialEq for BatchInfo {
@@ -305,7 +314,8 @@ impl PartialEq for BatchInfo {
     fn eq(&self, other: &Self) -> bool {
         let fields = |b: &Self| {
             let position = (b.piece, b.last_piece, b.items_before);
-            (b.batch_id, b.time_ms, b.rerun, position, b.checkpoint_id, b.continues_transaction, b.group.clone())
+            let scale = (b.continues_transaction, b.group.clone(), b.task_runs.clone());
+            (b.batch_id, b.time_ms, b.rerun, position, b.checkpoint_id, scale)
         };
         fields(self) == fields(other)
     }
@@ -327,12 +337,18 @@ impl BatchInfo {
             transaction: None,
             continues_transaction: false,
             group: None,
+            task_runs: None,
         }
     }
 
     /// The same batch, of the checkpoint `id`.
     pub fn with_checkpoint_id(self, id: u64) -> Self {
         Self { checkpoint_id: id, ..self }
+    }
+
+    /// The same batch with its items' task runs (see [`BatchInfo::task_runs`]).
+    pub fn with_task_runs(self, runs: Option<Vec<(i32, usize)>>) -> Self {
+        Self { task_runs: runs.map(Arc::from), ..self }
     }
 
     /// The same batch's piece `piece`, `items_before` items after its start.

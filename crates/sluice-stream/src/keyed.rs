@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::pool::{on_each, par_map};
 use crate::state::{decode, encode_into, Stateful, TaskChange};
-use crate::stream::DStream;
+use crate::stream::{task_parts, DStream, GivenTasks};
 
 /// Bounds of a key kept in state: hashed (state is kept in hash maps), ordered (state is saved
 /// and outputs given in key order, so they are the same in every run) and serializable.
@@ -128,6 +128,20 @@ impl<K: StateKey, S> KeyedState<K, S> {
         let mut states: Vec<(&K, &S)> = self.states().collect();
         states.sort_unstable_by(|a, b| a.0.cmp(b.0));
         states
+    }
+
+    /// The states with their tasks, by task and in key order within each.
+    fn sorted_by_task(&self) -> Vec<(i32, &K, &S)> {
+        let slots = self.shards.iter().flatten();
+        let mut states: Vec<(i32, &K, &S)> =
+            slots.filter_map(|(key, slot)| Some((slot.task, key, slot.state.as_ref()?))).collect();
+        states.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        states
+    }
+
+    /// `key`'s task (0 for a key without a slot).
+    fn task_of(&self, key: &K) -> i32 {
+        self.shard(key).and_then(|shard| shard.get(key)).map_or(0, |slot| slot.task)
     }
 
     /// Keys with a state (or emptied since the last delta).
@@ -457,7 +471,8 @@ where
     /// per batch for every key that has a state or new values, with the key's values of the
     /// batch (in the order they came; none for a key without new values) and its state; it
     /// returns the new state, or `None` to remove the key. Every batch gives every key's state,
-    /// in key order.
+    /// in key order (in scale-out mode, by task and in key order within each, one part per
+    /// task: see [`BatchInfo::task_runs`](crate::BatchInfo::task_runs)).
     pub fn update_state_by_key<S>(
         self,
         mut update: impl FnMut(Vec<V>, Option<S>) -> Option<S> + Send + 'static,
@@ -466,6 +481,8 @@ where
         S: Clone + PartialEq + Send + Serialize + DeserializeOwned + 'static,
     {
         let scale = self.check_keyed_input("update_state_by_key");
+        let given = GivenTasks::default();
+        let gives = given.clone();
         self.stateful(KeyedState::<K, S>::new("update_state_by_key"), move |state, input, parts| {
             let tasks = tasks_of(state, input, parts.len(), scale);
             let mut values: HashMap<K, (i32, Vec<V>)> = HashMap::default();
@@ -489,8 +506,15 @@ where
                     state.set(task, key, new);
                 }
             }
+            if scale {
+                let by_task = state.sorted_by_task().into_iter().map(|(task, k, s)| (task, (k.clone(), s.clone())));
+                let (tasks, parts) = task_parts(by_task);
+                gives.give(input, tasks);
+                return Some(parts);
+            }
             Some(vec![state.sorted().into_iter().map(|(k, s)| (k.clone(), s.clone())).collect()])
         })
+        .giving_tasks(scale.then_some(given))
     }
 
     /// Spark's `mapWithState`: `f(time_ms, key, value, state)` is called for each item of the
@@ -500,6 +524,9 @@ where
     /// more with no value and [`KeyState::is_timing_out`], after the batch's items, in key
     /// order, and its state is removed (batch time is the wall clock's in scale-out mode, so a
     /// timeout means the same on every process; see [`BatchInput::time_ms`](crate::BatchInput)).
+    /// In scale-out mode the output is in parts by task (see
+    /// [`BatchInfo::task_runs`](crate::BatchInfo::task_runs)): each task's items' outputs in
+    /// their order, then its timeouts in key order.
     /// A large batch's keys are worked through on several threads at once (different keys,
     /// never one key on two threads), so `f` is `Fn + Sync`, as Spark's function is.
     pub fn map_with_state<S, U>(
@@ -513,33 +540,43 @@ where
     {
         let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         let scale = self.check_keyed_input("map_with_state");
+        let given = GivenTasks::default();
+        let gives = given.clone();
         // Each key's state and the batch time it last got a value.
         self.stateful(KeyedState::<K, (S, u64)>::new("map_with_state"), move |state, input, parts| {
             let now = input.time_ms;
             let tasks = tasks_of(state, input, parts.len(), scale);
             let mut out = map_items(state, parts, &tasks, now, &f);
             if let Some(timeout_ms) = timeout_ms {
-                let mut expired: Vec<K> = state
+                let mut expired: Vec<(i32, K)> = state
                     .states()
                     .filter(|(_, (_, last))| now.saturating_sub(*last) > timeout_ms)
-                    .map(|(key, _)| key.clone())
+                    .map(|(key, _)| (if scale { state.task_of(key) } else { 0 }, key.clone()))
                     .collect();
                 expired.sort_unstable();
-                for key in expired {
+                for (task, key) in expired {
                     let mut key_state = KeyState { value: state.take(&key).map(|(s, _)| s), timing_out: true };
-                    out.extend(f(now, &key, None, &mut key_state));
+                    out.extend(f(now, &key, None, &mut key_state).map(|item| (task, item)));
                     state.set(None, key, None);
                 }
             }
-            Some(vec![out])
+            if !scale {
+                return Some(vec![out.into_iter().map(|(_, item)| item).collect()]);
+            }
+            // Each task's outputs together, in their order (a stable sort).
+            out.sort_by_key(|(task, _)| *task);
+            let (tasks, parts) = task_parts(out);
+            gives.give(input, tasks);
+            Some(parts)
         })
+        .giving_tasks(scale.then_some(given))
     }
 }
 
-/// What a shard's part of a batch gave: outputs with their items' places, whether a state
+/// What a shard's part of a batch gave: outputs with their items' places and tasks, whether a state
 /// changed or was removed, and a key whose records came from two tasks (its task, the other).
 struct ShardOutcome<U> {
-    out: Vec<(usize, U)>,
+    out: Vec<(usize, i32, U)>,
     changed: bool,
     removed: bool,
     moved: Option<(i32, i32)>,
@@ -553,14 +590,15 @@ type Item<K, V> = (usize, i32, K, V);
 type Numbered<K, V> = (usize, i32, Vec<(K, V)>);
 
 /// `map_with_state`'s items: each to its key's shard (the parts side by side when the batch
-/// is large), then the shards worked through side by side; the outputs in the items' order.
+/// is large), then the shards worked through side by side; the outputs in the items' order,
+/// each with its item's task.
 fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     state: &mut KeyedState<K, (S, u64)>,
     parts: crate::graph::Parts<(K, V)>,
     tasks: &[i32],
     now: u64,
     f: &(impl Fn(u64, &K, Option<V>, &mut KeyState<S>) -> Option<U> + Sync),
-) -> Vec<U> {
+) -> Vec<(i32, U)> {
     let items: usize = parts.iter().map(Vec::len).sum();
     let parallel = items >= crate::pool::PARALLEL_FROM_ITEMS;
     let shards = state.shards.len();
@@ -597,7 +635,7 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
     }
     let pairs: Vec<_> = state.shards.iter_mut().zip(by_shard).collect();
     let outcomes = on_each(pairs, parallel, |(shard, buckets)| map_shard(shard, buckets, now, f));
-    let mut out: Vec<(usize, U)> = Vec::new();
+    let mut out: Vec<(usize, i32, U)> = Vec::new();
     for outcome in outcomes {
         state.any_dirty |= outcome.changed;
         state.any_removed |= outcome.removed;
@@ -606,8 +644,8 @@ fn map_items<K: StateKey, V: Send, S: Send, U: Send>(
         }
         out.extend(outcome.out);
     }
-    out.sort_unstable_by_key(|(place, _)| *place);
-    out.into_iter().map(|(_, item)| item).collect()
+    out.sort_unstable_by_key(|(place, _, _)| *place);
+    out.into_iter().map(|(_, task, item)| (task, item)).collect()
 }
 
 /// One shard's items, in their order: one lookup each, the slot changed in place, and only a
@@ -627,14 +665,14 @@ fn map_shard<K: StateKey, V, S, U>(
                     outcome.moved.get_or_insert((slot.task, task));
                 }
                 let mut key_state = KeyState { value: slot.state.take().map(|(s, _)| s), timing_out: false };
-                outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, u)));
+                outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, task, u)));
                 outcome.removed |= key_state.value.is_none();
                 slot.state = key_state.value.map(|value| (value, now));
                 slot.dirty = true;
             }
             None => {
                 let mut key_state = KeyState { value: None, timing_out: false };
-                outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, u)));
+                outcome.out.extend(f(now, &key, Some(value), &mut key_state).map(|u| (place, task, u)));
                 if let Some(value) = key_state.value {
                     shard.insert(key, Slot { state: Some((value, now)), dirty: true, task });
                 }
@@ -647,7 +685,9 @@ fn map_shard<K: StateKey, V, S, U>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::lock;
     use crate::state::encode;
+    use std::sync::{Arc, Mutex};
 
     fn change(task: i32, key: &str, value: Option<u64>) -> TaskChange {
         TaskChange::new(task, encode(&key.to_owned()).unwrap(), value.map(|v| encode(&v).unwrap()))
@@ -714,5 +754,83 @@ mod tests {
         let key = encode(&"a".to_owned()).unwrap();
         let error = state.restore_task_entry(0, &key, Some(&[0xff; 11])).unwrap_err();
         assert!(error.contains("value"), "{error}");
+    }
+
+    /// What a sink got of each batch: the items' task runs and the items.
+    type Got<T> = Arc<Mutex<Vec<(Option<Vec<(i32, usize)>>, Vec<T>)>>>;
+
+    fn runs<T>(got: &Got<T>) -> Vec<Option<Vec<(i32, usize)>>> {
+        got.lock().unwrap().iter().map(|(runs, _)| runs.clone()).collect()
+    }
+
+    fn got<T: Send + 'static>(stream: DStream<T>) -> Got<T> {
+        let got: Got<T> = Arc::default();
+        let into = Arc::clone(&got);
+        stream.foreach_batch(move |info, items| {
+            into.lock().unwrap().push((info.task_runs.as_deref().map(<[_]>::to_vec), items));
+            Ok(())
+        });
+        got
+    }
+
+    /// In scale-out mode the keyed operators give each task's items in a part of its own, and
+    /// a sink downstream (after element-wise operators too) is told which task each run of its
+    /// items is: per-task files need it. After an operator that gathers the tasks' items it is
+    /// not known. Parts here are partitions 0, 1 and 2 (a test's batch has no sources named).
+    #[test]
+    fn in_scale_out_mode_keyed_outputs_come_by_task_and_sinks_are_told_which() {
+        let graph = Arc::new(Mutex::new(crate::graph::Graph {
+            interval_ms: 100,
+            scale: true,
+            group: Some("g".into()),
+            ..crate::graph::Graph::default()
+        }));
+        let batches: Vec<crate::graph::Parts<(String, u64)>> = vec![
+            vec![vec![("c".into(), 1), ("a".into(), 1)], vec![("b".into(), 1)], vec![("d".into(), 1), ("e".into(), 1)]],
+            vec![vec![], vec![("b".into(), 1)], vec![("e".into(), 1)]],
+        ];
+        let source = || {
+            let batches = batches.clone();
+            DStream::new(
+                Arc::clone(&graph),
+                Box::new(move |input: &crate::graph::BatchInput| batches.get(input.batch_id as usize).cloned()),
+            )
+            .aligned_as(crate::stream::Aligned::Source)
+        };
+        let read = got(source().map(|(key, _)| key));
+        let totals = got(source().update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
+            Some(total.unwrap_or(0) + new.iter().sum::<u64>())
+        }));
+        let mapped = got(source().map_with_state(None, |_, key: &String, _, state: &mut KeyState<u64>| {
+            let count = state.get().copied().unwrap_or(0) + 1;
+            state.update(count);
+            Some(format!("{key}{count}"))
+        }));
+        let after = got(source()
+            .map_with_state(None, |_, key: &String, _, _: &mut KeyState<u8>| Some(key.clone()))
+            .filter(|k| k != "a"));
+        let counted = got(source().update_state_by_key(|_: Vec<u64>, _: Option<u64>| Some(1)).count());
+        let mut outputs = std::mem::take(&mut lock(&graph).outputs);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for batch_id in 0..2 {
+            let records = crate::graph::SourceRecords::default();
+            let input = crate::graph::BatchInput::new(batch_id, 100, false, records, None).of_group(Some("g".into()));
+            for output in &mut outputs {
+                output.compute(&input);
+                runtime.block_on(output.write()).unwrap();
+            }
+        }
+        assert_eq!(runs(&read), [Some(vec![(0, 2), (1, 1), (2, 2)]), Some(vec![(1, 1), (2, 1)])]);
+        // Every key's state each batch, by task, each task's keys in order.
+        let totals = totals.lock().unwrap();
+        assert_eq!(totals[0].0, Some(vec![(0, 2), (1, 1), (2, 2)]));
+        let keys: Vec<(&str, u64)> = totals[1].1.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        assert_eq!(keys, [("a", 1), ("c", 1), ("b", 2), ("d", 1), ("e", 2)]);
+        assert_eq!(totals[1].0, Some(vec![(0, 2), (1, 1), (2, 2)]), "a task without records keeps its keys");
+        let mapped = mapped.lock().unwrap();
+        assert_eq!(mapped[0].1, ["c1", "a1", "b1", "d1", "e1"], "the items' order");
+        assert_eq!(mapped[1], (Some(vec![(1, 1), (2, 1)]), vec!["b2".to_owned(), "e2".to_owned()]));
+        assert_eq!(runs(&after)[0], Some(vec![(0, 1), (1, 1), (2, 2)]), "kept by element-wise operators");
+        assert_eq!(runs(&counted), [None, None], "a count is the process's, of no task");
     }
 }

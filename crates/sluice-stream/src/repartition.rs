@@ -29,7 +29,9 @@ use crate::hash::HashMap;
 use crate::markers::{is_marker, marker_report, MarkerSender, MarkerTable, MarkerTargets, Settled, TaskCount};
 use crate::record::KafkaRecord;
 use crate::state::{decode, encode, lock_state, only_in_changelogs, Stateful, TaskChange};
-use crate::stream::{greatest, merge, watermark_spec, Aligned, DStream, WatermarkCell, WatermarkValue};
+use crate::stream::{
+    greatest, merge, task_parts, watermark_spec, Aligned, DStream, GivenTasks, WatermarkCell, WatermarkValue,
+};
 use crate::BoxError;
 
 /// An item as a record of a repartition topic: its partition (`None`: by the key's hash), key
@@ -767,6 +769,8 @@ where
         };
         lock(&graph).outputs.push(Box::new(output));
         let state = Arc::new(Mutex::new(TopMerge::<T> { tasks: count.clone(), ..TopMerge::default() }));
+        let given = GivenTasks::default();
+        let gives = given.clone();
         lock(&graph).state.register(Arc::clone(&state) as Arc<Mutex<dyn Stateful>>);
         let topics = [topic];
         let take = move |input: &BatchInput| {
@@ -798,15 +802,17 @@ where
             for (task, watermark) in state.table.watermarks(count.tasks()) {
                 for ((start_ms, end_ms), items) in state.close(task, watermark) {
                     let top = greatest(items, k, |a, b| (*compare)(a, b));
-                    out.extend(top.into_iter().map(|item| Windowed { start_ms, end_ms, item }));
+                    out.extend(top.into_iter().map(|item| (task, Windowed { start_ms, end_ms, item })));
                 }
             }
             // The batch's windows in start order over its merge tasks (a stable sort: each
-            // window's items stay greatest first).
-            out.sort_by_key(|window| (window.start_ms, window.end_ms));
-            Some(vec![out])
+            // window's items stay greatest first), in parts by merge task.
+            out.sort_by_key(|(_, window)| (window.start_ms, window.end_ms));
+            let (tasks, parts) = task_parts(out);
+            gives.give(input, tasks);
+            Some(parts)
         };
-        DStream::new(graph, Box::new(take))
+        DStream::new(graph, Box::new(take)).giving_tasks(Some(given))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Where a stream's batches go: any [`Sink`], a closure (`foreach_batch`), stdout, or JSON-lines
 //! files that appear whole at commit.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use sluice_protocol::error_code::ErrorCode;
 
 use crate::graph::{BatchInfo, BatchInput, Compute, Gather, Output};
 use crate::hash::HashMap;
+use crate::stream::PartTasks;
 use crate::BoxError;
 
 /// A destination for a stream's batches. `write` may be called again for the same batch (same
@@ -97,10 +99,15 @@ impl<T: std::fmt::Debug + Send> Sink<T> for Stdout {
 /// place before the batch commits, so a batch's output appears whole or not at all; a re-run
 /// writes the same file again and replaces it. Give each sink a directory of its own.
 ///
-/// In scale-out mode a batch is not re-run (another process may read its records again), so
-/// its file, `<transactional id>-batch-<id>.jsonl` (the process's id: processes may share the
-/// directory), is renamed into place only once the batch's transaction has committed (with the
-/// files of the transaction's other batches, if it spans batches). The transaction also writes
+/// In scale-out mode a batch has one file per task with items in it, as Spark has one file per
+/// partition: `<transactional id>-<checkpoint>-batch-<id>-task-<task>.jsonl` (the process's id:
+/// processes may share the directory; the task zero-padded to 5 digits), so that each task's
+/// rows stay together whichever process ran it (see [`BatchInfo::task_runs`]: a stream whose
+/// items' tasks are not known, after a `count` say, has one file per batch,
+/// `<transactional id>-<checkpoint>-batch-<id>.jsonl`). A batch is not re-run there (another
+/// process may read its records again), so its files are renamed into place only once the
+/// batch's transaction has committed (with the files of the transaction's other batches, if it
+/// spans batches). The transaction also writes
 /// the batch's id under the process's id to the compacted topic `<group>-files-ledger`, so that
 /// a process restarted after a crash between the commit and the renames knows whether the files
 /// it left committed (those of the last batch the ledger holds, or of an earlier batch of the
@@ -111,6 +118,8 @@ pub struct JsonLinesFiles {
     /// Scale-out mode: the files of the batches written in the transaction under way (it may
     /// span batches), to rename once it commits.
     pending: Vec<(PathBuf, PathBuf)>,
+    /// Scale-out mode: the files of the batch being written, by task, begun in its pieces so far.
+    batch_files: BTreeMap<Option<i32>, (PathBuf, PathBuf)>,
     /// Scale-out mode: whether files a previous run left were looked into.
     resolved: bool,
 }
@@ -118,7 +127,7 @@ pub struct JsonLinesFiles {
 impl JsonLinesFiles {
     /// Files in `dir` (created if missing).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), pending: Vec::new(), resolved: false }
+        Self { dir: dir.into(), pending: Vec::new(), batch_files: BTreeMap::new(), resolved: false }
     }
 
     /// The file of batch `batch_id`.
@@ -135,69 +144,31 @@ impl JsonLinesFiles {
     fn write_piece<T: serde::Serialize>(&self, batch: &BatchInfo, items: &[T]) -> Result<(), String> {
         let batch_id = batch.batch_id;
         let temporary = self.dir.join(format!(".batch-{batch_id:020}.jsonl.tmp"));
-        self.write_file_piece(batch, items, (&temporary, Some(&self.file_of(batch_id)))).map(drop)
-    }
-
-    /// [`JsonLinesFiles::write_piece`] to the file `temporary`; returns whether the batch's file
-    /// is written whole (at a last piece, with items). It is renamed to `target` unless that is
-    /// `None` (scale-out mode: after the commit).
-    fn write_file_piece<T: serde::Serialize>(
-        &self,
-        batch: &BatchInfo,
-        items: &[T],
-        (temporary, target): (&Path, Option<&Path>),
-    ) -> Result<bool, String> {
-        let batch_id = batch.batch_id;
-        let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
         let whole_batch_empty = batch.items_before == 0 && items.is_empty();
         if batch.piece == 0 && whole_batch_empty && batch.last_piece {
-            return Ok(false);
+            return Ok(());
         }
         if !items.is_empty() || batch.piece == 0 {
-            let mut text = Vec::with_capacity(items.len() * 32);
-            for item in items {
-                serde_json::to_writer(&mut text, item)
-                    .map_err(|e| format!("batch {batch_id}: an item is not JSON: {e}"))?;
-                text.push(b'\n');
-            }
-            let mut options = std::fs::OpenOptions::new();
-            if batch.piece == 0 {
-                create_dir_synced(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
-                remove_if_there(temporary).map_err(|e| io("removing", temporary, e))?;
-                options.write(true).create_new(true);
-            } else {
-                options.append(true);
-                no_follow(&mut options);
-            }
-            let mut file = options.open(temporary).map_err(|e| io("opening", temporary, e))?;
-            file.write_all(&text).map_err(|e| io("writing", temporary, e))?;
+            append_lines(&self.dir, batch_id, &temporary, batch.piece == 0, items)?;
         }
         if !batch.last_piece {
-            return Ok(false);
+            return Ok(());
         }
         if whole_batch_empty {
-            std::fs::remove_file(temporary).map_err(|e| io("removing", temporary, e))?;
-            return Ok(false);
+            return std::fs::remove_file(&temporary).map_err(|e| io_error("removing", &temporary, &e));
         }
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true);
-        no_follow(&mut options);
-        let file = options.open(temporary).map_err(|e| io("opening", temporary, e))?;
-        file.sync_all().map_err(|e| io("syncing", temporary, e))?;
-        if let Some(target) = target {
-            rename_into_place(temporary, target, &self.dir)?;
-        }
-        Ok(true)
+        sync_file(&temporary)?;
+        rename_into_place(&temporary, &self.file_of(batch_id), &self.dir)
     }
 
-    /// Scale-out mode: the files at their temporary names: (process, file stem, path).
-    fn left_files(&self) -> Result<Vec<(String, String, PathBuf)>, BoxError> {
+    /// Scale-out mode: the files at their temporary names.
+    fn left_files(&self) -> Result<Vec<LeftFile>, BoxError> {
         match std::fs::read_dir(&self.dir) {
             Ok(entries) => Ok(entries
                 .filter_map(|entry| {
                     let name = entry.ok()?.file_name().into_string().ok()?;
-                    let (owner, stem) = split_temporary_name(&name)?;
-                    Some((owner.to_owned(), stem.to_owned(), self.dir.join(&name)))
+                    let (owner, stem, task) = split_temporary_name(&name)?;
+                    Some((owner.to_owned(), stem.to_owned(), task, self.dir.join(&name)))
                 })
                 .collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -205,10 +176,14 @@ impl JsonLinesFiles {
         }
     }
 
-    /// Scale-out mode: the temporary and final names of a batch's file, by the process's
-    /// transactional id and [`file_stem`].
-    fn scale_names(&self, process: &str, stem: &str) -> (PathBuf, PathBuf) {
-        let name = format!("{process}-{stem}.jsonl");
+    /// Scale-out mode: the temporary and final names of a batch's file of `task` (`None`: of
+    /// the batch's items whose tasks are not known), by the process's transactional id and
+    /// [`file_stem`].
+    fn scale_names(&self, process: &str, stem: &str, task: Option<i32>) -> (PathBuf, PathBuf) {
+        let name = match task {
+            Some(task) => format!("{process}-{stem}-task-{task:05}.jsonl"),
+            None => format!("{process}-{stem}.jsonl"),
+        };
         (self.dir.join(format!(".{name}.tmp")), self.dir.join(name))
     }
 
@@ -229,8 +204,8 @@ impl JsonLinesFiles {
         // Listed again after the ledger was read: another process removes a file of its batch
         // that did not commit before it commits a later batch, so a file still there now is not
         // one the ledger read above counts as committed unless it is.
-        for (owner, stem, temporary) in self.left_files()? {
-            let (_, target) = self.scale_names(&owner, &stem);
+        for (owner, stem, task, temporary) in self.left_files()? {
+            let (_, target) = self.scale_names(&owner, &stem, task);
             if committed.get(&owner).is_some_and(|last| committed_with(last, &stem)) {
                 tracing::info!(file = %target.display(), "a batch committed before its file was renamed: renamed into place now");
                 rename_into_place(&temporary, &target, &self.dir)?;
@@ -242,9 +217,10 @@ impl JsonLinesFiles {
         Ok(())
     }
 
-    /// Scale-out mode: writes a piece of the batch's file, and at its last piece syncs it and
-    /// notes the batch in the ledger through the batch's transaction; the file is renamed into
-    /// place when the transaction commits ([`Sink::committed`]).
+    /// Scale-out mode: writes a piece of the batch's files, each task's items to its own (begun
+    /// with its first items in the batch), and at the batch's last piece syncs them and notes the
+    /// batch in the ledger through the batch's transaction; the files are renamed into place
+    /// when the transaction commits ([`Sink::committed`]).
     async fn write_in_transaction<T: serde::Serialize + Send + 'static>(
         &mut self,
         batch: &BatchInfo,
@@ -266,16 +242,37 @@ impl JsonLinesFiles {
             self.resolve_left_files(&producer, &ledger, process).await?;
             self.resolved = true;
         }
-        let stem = file_stem(batch.checkpoint_id, batch.batch_id);
-        let names = self.scale_names(process, &stem);
-        let (sink, info, batch_id, paths) = (self.clone(), batch.clone(), batch.batch_id, names.clone());
-        let written = tokio::task::spawn_blocking(move || sink.write_file_piece(&info, &items, (&paths.0, None))).await;
-        if written.map_err(|e| format!("writing batch {batch_id}'s file stopped: {e}"))?? {
-            let record = ProducerRecord::new(ledger.clone(), stem).key(process.to_owned());
-            let sent = producer.send(record).await;
-            drop(sent.map_err(|e| format!("noting batch {batch_id} in the ledger {ledger}: {e}"))?);
-            self.pending.push(names);
+        let (stem, batch_id) = (file_stem(batch.checkpoint_id, batch.batch_id), batch.batch_id);
+        if batch.piece == 0 {
+            // A batch begins (one that failed part way left its files, resolved as not
+            // committed).
+            self.batch_files.clear();
         }
+        let mut writes = Vec::new();
+        for (task, items) in by_task(items, batch.task_runs.as_deref()) {
+            let begun = self.batch_files.contains_key(&task);
+            let names = self.scale_names(process, &stem, task);
+            let (temporary, _) = self.batch_files.entry(task).or_insert(names);
+            writes.push((temporary.clone(), !begun, items));
+        }
+        let last = batch.last_piece.then(|| std::mem::take(&mut self.batch_files));
+        let to_sync: Vec<PathBuf> = last.iter().flat_map(|files| files.values().map(|(t, _)| t.clone())).collect();
+        if !writes.is_empty() || !to_sync.is_empty() {
+            let dir = self.dir.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                for (temporary, create, items) in writes {
+                    append_lines(&dir, batch_id, &temporary, create, &items)?;
+                }
+                to_sync.iter().try_for_each(|temporary| sync_file(temporary))
+            })
+            .await;
+            written.map_err(|e| format!("writing batch {batch_id}'s files stopped: {e}"))??;
+        }
+        let Some(files) = last.filter(|files| !files.is_empty()) else { return Ok(()) };
+        let record = ProducerRecord::new(ledger.clone(), stem).key(process.to_owned());
+        let sent = producer.send(record).await;
+        drop(sent.map_err(|e| format!("noting batch {batch_id} in the ledger {ledger}: {e}"))?);
+        self.pending.extend(files.into_values());
         Ok(())
     }
 }
@@ -297,10 +294,41 @@ fn committed_with(last: &str, stem: &str) -> bool {
     }
 }
 
-/// The (transactional id, [`file_stem`]) of a scale-out file's temporary name.
-fn split_temporary_name(name: &str) -> Option<(&str, &str)> {
+/// Scale-out mode: a file at its temporary name: (process, file stem, task, path).
+type LeftFile = (String, String, Option<i32>, PathBuf);
+
+/// A batch's items in groups by task, by the batch's task runs (see [`BatchInfo::task_runs`]),
+/// each task's in their order: all in one group of no task (`None`) where the runs are not
+/// known, or do not cover the items.
+fn by_task<T>(items: Vec<T>, runs: Option<&[(i32, usize)]>) -> BTreeMap<Option<i32>, Vec<T>> {
+    let mut groups: BTreeMap<Option<i32>, Vec<T>> = BTreeMap::new();
+    let covered = runs.is_some_and(|runs| runs.iter().map(|(_, n)| n).sum::<usize>() == items.len());
+    match runs.filter(|_| covered) {
+        Some(runs) => {
+            let mut items = items.into_iter();
+            for (task, count) in runs {
+                groups.entry(Some(*task)).or_default().extend(items.by_ref().take(*count));
+            }
+        }
+        None if items.is_empty() => {}
+        None => drop(groups.insert(None, items)),
+    }
+    groups
+}
+
+/// The (transactional id, [`file_stem`], task) of a scale-out file's temporary name (files of
+/// items whose tasks are not known, and those of versions before per-task files, have no task).
+fn split_temporary_name(name: &str) -> Option<(&str, &str, Option<i32>)> {
     const STEM: usize = 16 + "-batch-".len() + 20;
     let inner = name.strip_prefix('.')?.strip_suffix(".jsonl.tmp")?;
+    let task = inner.rsplit_once("-task-").and_then(|(before, task)| {
+        let digits = !task.is_empty() && task.bytes().all(|b| b.is_ascii_digit());
+        Some((before, digits.then(|| task.parse::<i32>().ok()).flatten()?))
+    });
+    let (inner, task) = match task {
+        Some((before, task)) => (before, Some(task)),
+        None => (inner, None),
+    };
     let split = inner.len().checked_sub(STEM + 1)?;
     let (owner, stem) = (inner.get(..split)?, inner.get(split + 1..)?);
     let (checkpoint, batch) = stem.split_once("-batch-")?;
@@ -309,7 +337,7 @@ fn split_temporary_name(name: &str) -> Option<(&str, &str)> {
         && checkpoint.bytes().all(|b| b.is_ascii_hexdigit())
         && batch.len() == 20
         && batch.bytes().all(|b| b.is_ascii_digit());
-    (well_formed && !owner.is_empty()).then_some((owner, stem))
+    (well_formed && !owner.is_empty()).then_some((owner, stem, task))
 }
 
 /// Removes `path`, if it is there.
@@ -404,6 +432,48 @@ fn no_follow(options: &mut std::fs::OpenOptions) {
     let _ = options;
 }
 
+/// Writes `items` of batch `batch_id` as JSON lines to the file `temporary` in `dir`: a new
+/// file if `create` (made exclusively, after removing what a crashed run left at its name, in
+/// `dir`, made and synced if missing), else appended to, never through a link.
+fn append_lines<T: serde::Serialize>(
+    dir: &Path,
+    batch_id: u64,
+    temporary: &Path,
+    create: bool,
+    items: &[T],
+) -> Result<(), String> {
+    let mut text = Vec::with_capacity(items.len() * 32);
+    for item in items {
+        serde_json::to_writer(&mut text, item).map_err(|e| format!("batch {batch_id}: an item is not JSON: {e}"))?;
+        text.push(b'\n');
+    }
+    let mut options = std::fs::OpenOptions::new();
+    if create {
+        create_dir_synced(dir).map_err(|e| io_error("creating", dir, &e))?;
+        remove_if_there(temporary).map_err(|e| io_error("removing", temporary, &e))?;
+        options.write(true).create_new(true);
+    } else {
+        options.append(true);
+        no_follow(&mut options);
+    }
+    let mut file = options.open(temporary).map_err(|e| io_error("opening", temporary, &e))?;
+    file.write_all(&text).map_err(|e| io_error("writing", temporary, &e))
+}
+
+/// What failed, on which path, and why.
+fn io_error(what: &str, path: &Path, error: &std::io::Error) -> String {
+    format!("{what} {}: {error}", path.display())
+}
+
+/// Makes a written file durable (opened without following a link).
+fn sync_file(path: &Path) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    no_follow(&mut options);
+    let file = options.open(path).map_err(|e| io_error("opening", path, &e))?;
+    file.sync_all().map_err(|e| io_error("syncing", path, &e))
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -467,6 +537,8 @@ pub(crate) struct SinkOutput<T, S> {
     pub(crate) pieces: Gather<T>,
     /// For a sink that takes pieces: items given to it in the batch's earlier pieces.
     pub(crate) items_before: u64,
+    /// Scale-out mode: how the task of each part of the stream's batches is known.
+    tasks: PartTasks,
     /// What the last `compute` made, for `write`.
     ready: Option<(BatchInfo, Vec<T>)>,
     /// The batch last written, for `committed`.
@@ -474,8 +546,9 @@ pub(crate) struct SinkOutput<T, S> {
 }
 
 impl<T, S> SinkOutput<T, S> {
-    pub(crate) fn new(compute: Compute<T>, sink: S) -> Self {
-        Self { compute, sink, pieces: Gather::default(), items_before: 0, ready: None, written: None }
+    pub(crate) fn new(compute: Compute<T>, sink: S, tasks: PartTasks) -> Self {
+        let pieces = Gather::default();
+        Self { compute, sink, pieces, items_before: 0, tasks, ready: None, written: None }
     }
 }
 
@@ -488,14 +561,21 @@ impl<T: Send + 'static, S: Sink<T>> Output for SinkOutput<T, S> {
             if info.piece == 0 {
                 self.items_before = 0;
             }
-            let items: Vec<T> = (self.compute)(input).into_iter().flatten().flatten().collect();
+            let parts = (self.compute)(input);
+            let runs = self.tasks.runs(input, parts.as_ref().unwrap_or(&Vec::new()));
+            let items: Vec<T> = parts.into_iter().flatten().flatten().collect();
             let before = self.items_before;
             self.items_before += items.len() as u64;
             let (piece, last) = (info.piece, info.last_piece);
-            Some((info.with_piece(piece, last, before), items))
+            Some((info.with_piece(piece, last, before).with_task_runs(runs), items))
         } else {
+            // The gathered parts are the pieces' part by part: read tasks stay read tasks, and
+            // the operators that give tasks' parts give them at a batch's last piece only.
             let parts = self.pieces.add(input, (self.compute)(input)).flatten();
-            parts.map(|parts| (info.with_piece(0, true, 0), parts.into_iter().flatten().collect()))
+            parts.map(|parts| {
+                let runs = self.tasks.runs(input, &parts);
+                (info.with_piece(0, true, 0).with_task_runs(runs), parts.into_iter().flatten().collect())
+            })
         };
     }
 
@@ -567,12 +647,16 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let sink = JsonLinesFiles::new(dir.path());
-        let names = |owner: &str, batch_id| sink.scale_names(owner, &file_stem(1, batch_id));
-        let (earlier, committed, aborted) = (names(&process, 5), names(&process, 7), names(&process, 8));
-        let (others_committed, others_open) = (names(&other, 3), names(&other, 4));
+        // A batch's files are per task; one of items whose tasks are not known (or of a
+        // version before per-task files) has none.
+        let names = |owner: &str, batch_id, task| sink.scale_names(owner, &file_stem(1, batch_id), task);
+        let (earlier, committed) = (names(&process, 5, None), names(&process, 7, Some(3)));
+        let (committed_too, aborted) = (names(&process, 7, Some(12)), names(&process, 8, Some(3)));
+        let (others_committed, others_open) = (names(&other, 3, Some(0)), names(&other, 4, Some(1)));
         let files = [
             (&earlier.0, "5"),
             (&committed.0, "7"),
+            (&committed_too.0, "7.12"),
             (&aborted.0, "8"),
             (&others_committed.0, "3"),
             (&others_open.0, "4"),
@@ -584,8 +668,11 @@ mod tests {
         sink.resolve_left_files(&producer, &ledger, &process).await.unwrap();
         assert_eq!(std::fs::read_to_string(&earlier.1).unwrap(), "{\"row\":5}\n");
         assert_eq!(std::fs::read_to_string(&committed.1).unwrap(), "{\"row\":7}\n");
+        assert_eq!(std::fs::read_to_string(&committed_too.1).unwrap(), "{\"row\":7.12}\n");
+        assert!(committed_too.1.ends_with(format!("{process}-{}-task-00012.jsonl", file_stem(1, 7))));
         assert_eq!(std::fs::read_to_string(&others_committed.1).unwrap(), "{\"row\":3}\n");
-        assert!(!earlier.0.exists() && !committed.0.exists() && !aborted.0.exists() && !aborted.1.exists());
+        assert!(!earlier.0.exists() && !committed.0.exists() && !committed_too.0.exists());
+        assert!(!aborted.0.exists() && !aborted.1.exists());
         assert!(others_open.0.exists(), "another process's open batch is its own to finish");
         // The other process renaming its own file after this one did is no error.
         std::fs::write(&others_committed.0, "{\"row\":3}\n").unwrap();
@@ -604,17 +691,38 @@ mod tests {
     }
 
     #[test]
-    fn scale_out_file_names_give_back_their_process_and_batch() {
+    fn scale_out_file_names_give_back_their_process_batch_and_task() {
         let stem = file_stem(0xabc, 42);
         let name = format!(".sluice-clicks-9-{stem}.jsonl.tmp");
-        assert_eq!(split_temporary_name(&name), Some(("sluice-clicks-9", stem.as_str())));
+        assert_eq!(split_temporary_name(&name), Some(("sluice-clicks-9", stem.as_str(), None)));
+        let sink = JsonLinesFiles::new("d");
+        for (process, task) in [("sluice-clicks-9", 7), ("sluice-a-task-3-1", 123_456)] {
+            let (temporary, _) = sink.scale_names(process, &stem, Some(task));
+            let name = temporary.file_name().unwrap().to_str().unwrap();
+            assert_eq!(split_temporary_name(name), Some((process, stem.as_str(), Some(task))), "{name}");
+        }
         for bad in [
             ".batch-00000000000000000001.jsonl.tmp",
             ".x-zzzzzzzzzzzzzzzz-batch-00000000000000000001.jsonl.tmp",
+            ".x-0000000000000abc-batch-00000000000000000001-task-.jsonl.tmp",
+            ".x-0000000000000abc-batch-00000000000000000001-task-x1.jsonl.tmp",
+            ".x-0000000000000abc-batch-00000000000000000001-task-99999999999.jsonl.tmp",
             "x.jsonl",
         ] {
             assert_eq!(split_temporary_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_batchs_items_go_to_their_tasks_by_its_runs_or_together_where_they_are_not_known() {
+        let items = || vec!["a", "b", "c", "d", "e"];
+        let runs = [(4, 2), (1, 1), (4, 2)];
+        let groups = by_task(items(), Some(&runs));
+        assert_eq!(groups, BTreeMap::from([(Some(1), vec!["c"]), (Some(4), vec!["a", "b", "d", "e"])]));
+        assert_eq!(by_task(items(), None), BTreeMap::from([(None, items())]));
+        let short = [(4, 2)];
+        assert_eq!(by_task(items(), Some(&short)), BTreeMap::from([(None, items())]), "runs that do not cover them");
+        assert!(by_task(Vec::<u8>::new(), None).is_empty() && by_task(Vec::<u8>::new(), Some(&[])).is_empty());
     }
 
     #[test]

@@ -33,6 +33,83 @@ pub struct DStream<T> {
     /// one and after element-wise operators; not once an operator gathers, combines or
     /// regroups them.
     aligned: Aligned,
+    /// Scale-out mode: set when the stream's parts are those an operator that keeps state per
+    /// task gave, each one task's (see [`GivenTasks`]).
+    given: Option<GivenTasks>,
+}
+
+/// Scale-out mode: the task of each part an operator that keeps state per task gave for the
+/// batch piece it computed last, for the sinks downstream that write per task (files).
+/// Element-wise operators keep the parts, and with them the cell; an operator that gathers or
+/// regroups them does not.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GivenTasks(Arc<Mutex<Option<Given>>>);
+
+/// The batch and piece (its id and index) whose parts are of the tasks given.
+type Given = ((u64, usize), Vec<i32>);
+
+impl GivenTasks {
+    /// Notes the task of each part given for `input`'s piece.
+    pub(crate) fn give(&self, input: &BatchInput, tasks: Vec<i32>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(((input.batch_id, input.piece), tasks));
+    }
+
+    /// The task of each of the `parts` parts given for `input`'s piece, if they were noted.
+    fn of(&self, input: &BatchInput, parts: usize) -> Option<Vec<i32>> {
+        let given = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, tasks) = given.as_ref()?;
+        (*at == (input.batch_id, input.piece) && tasks.len() == parts).then(|| tasks.clone())
+    }
+}
+
+/// Scale-out mode: how a sink knows the task of each part of its stream's batches.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum PartTasks {
+    /// Not known: the parts were gathered, combined or regrouped.
+    #[default]
+    Unknown,
+    /// The parts are the batch's read tasks.
+    Read,
+    /// The parts are those an operator keeping state per task gave.
+    Given(GivenTasks),
+}
+
+impl PartTasks {
+    /// The task of each run of the items of `parts` (consecutive parts of one task are one
+    /// run; empty parts have none): (task, items). `None` outside scale-out mode, or where
+    /// the tasks are not known.
+    pub(crate) fn runs<T>(&self, input: &BatchInput, parts: &Parts<T>) -> Option<Vec<(i32, usize)>> {
+        input.group.as_ref()?;
+        let tasks = match self {
+            Self::Unknown => return None,
+            Self::Read => crate::keyed::part_tasks(input, parts.len(), true)?,
+            Self::Given(given) => given.of(input, parts.len())?,
+        };
+        let mut runs: Vec<(i32, usize)> = Vec::new();
+        for (task, part) in tasks.into_iter().zip(parts).filter(|(_, part)| !part.is_empty()) {
+            match runs.last_mut() {
+                Some((last, items)) if *last == task => *items += part.len(),
+                _ => runs.push((task, part.len())),
+            }
+        }
+        Some(runs)
+    }
+}
+
+/// Items with their tasks, in the order given, as parts: one per run of items of one task; with
+/// the task of each part (see [`GivenTasks`]).
+pub(crate) fn task_parts<T>(items: impl IntoIterator<Item = (i32, T)>) -> (Vec<i32>, Parts<T>) {
+    let (mut tasks, mut parts): (Vec<i32>, Parts<T>) = (Vec::new(), Vec::new());
+    for (task, item) in items {
+        match (tasks.last(), parts.last_mut()) {
+            (Some(last), Some(part)) if *last == task => part.push(item),
+            _ => {
+                tasks.push(task);
+                parts.push(vec![item]);
+            }
+        }
+    }
+    (tasks, parts)
 }
 
 /// Which read tasks a stream's parts are (see `DStream::aligned`).
@@ -127,13 +204,28 @@ impl<T> std::fmt::Debug for DStream<T> {
 
 impl<T: Send + 'static> DStream<T> {
     pub(crate) fn new(graph: SharedGraph, compute: Compute<T>) -> Self {
-        Self { compute, graph, watermarks: Vec::new(), aligned: Aligned::No }
+        Self { compute, graph, watermarks: Vec::new(), aligned: Aligned::No, given: None }
     }
 
     /// The same stream, its parts read tasks or not (see `aligned`).
     pub(crate) fn aligned_as(mut self, aligned: Aligned) -> Self {
         self.aligned = aligned;
         self
+    }
+
+    /// The same stream, its parts those an operator keeping state per task gave (`None`: not).
+    pub(crate) fn giving_tasks(mut self, given: Option<GivenTasks>) -> Self {
+        self.given = given;
+        self
+    }
+
+    /// How a sink knows the task of each of the stream's parts.
+    fn part_tasks(&self) -> PartTasks {
+        match (&self.aligned, &self.given) {
+            (Aligned::Source | Aligned::Repartition(_), _) => PartTasks::Read,
+            (Aligned::No, Some(given)) => PartTasks::Given(given.clone()),
+            (Aligned::No, None) => PartTasks::Unknown,
+        }
     }
 
     /// Whether the stream's parts are read tasks, in order.
@@ -200,6 +292,7 @@ impl<T: Send + 'static> DStream<T> {
         DStream::new(self.graph, Box::new(move |input| parent(input).and_then(|parts| step(input, parts))))
             .with_watermarks(self.watermarks)
             .aligned_as(self.aligned)
+            .giving_tasks(self.given)
     }
 
     /// A reduction: `fold` takes in each piece's parts as it comes, `finish` gives the batch's
@@ -279,6 +372,7 @@ impl<T: Send + 'static> DStream<T> {
         )
         .with_watermarks(self.watermarks)
         .aligned_as(self.aligned)
+        .giving_tasks(self.given)
     }
 
     /// `state` registered with the job, to be saved and restored.
@@ -326,8 +420,8 @@ impl<T: Send + 'static> DStream<T> {
     /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole
     /// (in a batch that comes in pieces, once the last piece is in).
     pub fn map_partitions<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
-        let aligned = self.aligned.clone();
-        self.derive(move |_, parts| Some(par_parts(parts, &f))).aligned_as(aligned)
+        let (aligned, given) = (self.aligned.clone(), self.given.clone());
+        self.derive(move |_, parts| Some(par_parts(parts, &f))).aligned_as(aligned).giving_tasks(given)
     }
 
     /// Each item paired with a key.
@@ -378,12 +472,13 @@ impl<T: Send + 'static> DStream<T> {
             })
         };
         let (first, second) = (side(0), side(1));
-        let (watermarks, aligned) = (self.watermarks, self.aligned);
+        let (watermarks, aligned, given) = (self.watermarks, self.aligned, self.given);
         (
             DStream::new(Arc::clone(&self.graph), first)
                 .with_watermarks(watermarks.clone())
-                .aligned_as(aligned.clone()),
-            DStream::new(self.graph, second).with_watermarks(watermarks).aligned_as(aligned),
+                .aligned_as(aligned.clone())
+                .giving_tasks(given.clone()),
+            DStream::new(self.graph, second).with_watermarks(watermarks).aligned_as(aligned).giving_tasks(given),
         )
     }
 
@@ -460,7 +555,8 @@ impl<T: Send + 'static> DStream<T> {
 
     /// Writes each batch's items to `sink`.
     pub fn to_sink<S: crate::sink::Sink<T> + 'static>(self, sink: S) {
-        let output = SinkOutput::new(self.compute, sink);
+        let tasks = self.part_tasks();
+        let output = SinkOutput::new(self.compute, sink, tasks);
         lock(&self.graph).outputs.push(Box::new(output));
     }
 }

@@ -21,7 +21,8 @@ use common::{java, unique, Kind, ScaleJob};
 use sluice_client::{Client, ClientConfig, GroupProtocol, Producer, ProducerConfig, ProducerRecord};
 use sluice_scheduler::{CancellationToken, ScaleConfig};
 use sluice_stream::{
-    KafkaSink, KeyState, RestoreCounters, StreamConfig, StreamError, StreamingContext, Timed, Watermark, Windowed,
+    JsonLinesFiles, KafkaSink, KeyState, RestoreCounters, StreamConfig, StreamError, StreamingContext, Timed,
+    Watermark, Windowed,
 };
 use tokio::task::JoinHandle;
 
@@ -78,9 +79,22 @@ fn count_up<K: Clone>(_: u64, key: &K, _: Option<u64>, state: &mut KeyState<u64>
     Some((key.clone(), count))
 }
 
+/// Each user's task, as its totals came.
+type TasksOfUsers = Arc<Mutex<BTreeMap<String, i32>>>;
+
+/// The task each user's totals came in, of the job writing to `output` (its processes share it).
+fn tasks_of_users(output: &str) -> TasksOfUsers {
+    static JOBS: Mutex<BTreeMap<String, TasksOfUsers>> = Mutex::new(BTreeMap::new());
+    Arc::clone(JOBS.lock().unwrap().entry(output.to_owned()).or_default())
+}
+
+/// A click as (its user, 1).
+fn user(record: sluice_stream::KafkaRecord) -> (String, u64) {
+    (record.key_str().unwrap_or_default().to_owned(), 1)
+}
+
 /// [`start`]'s job on `ssc`.
 fn running_counts(ssc: StreamingContext, broker: &str, output: &str, totals: &Totals) -> Process {
-    let user = |record: sluice_stream::KafkaRecord| (record.key_str().unwrap_or_default().to_owned(), 1u64);
     // Every click gets its user's running count.
     ssc.kafka_stream().map(user).map_with_state(None, count_up).to_sink(KafkaSink::json(
         ClientConfig::new([broker]),
@@ -89,6 +103,7 @@ fn running_counts(ssc: StreamingContext, broker: &str, output: &str, totals: &To
     ));
     // Every user's total after each batch.
     let seen = Arc::clone(totals);
+    let tasks_of_users = tasks_of_users(output);
     ssc.kafka_stream()
         .map(user)
         .update_state_by_key(|clicks: Vec<u64>, total: Option<u64>| {
@@ -100,6 +115,20 @@ fn running_counts(ssc: StreamingContext, broker: &str, output: &str, totals: &To
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
             if info.time_ms.abs_diff(now) > 5_000 {
                 return Err(format!("batch time {} is not the wall clock's ({now})", info.time_ms).into());
+            }
+            // Each user's total comes in a run of its task's (its partition's), the same in
+            // every batch of every process.
+            let runs = info.task_runs.as_deref().ok_or("a scale-out batch without its items' tasks")?;
+            if runs.iter().map(|(_, items)| items).sum::<usize>() != totals.len() {
+                return Err(format!("runs {runs:?} of {} totals", totals.len()).into());
+            }
+            let tasks = runs.iter().flat_map(|(task, items)| std::iter::repeat_n(*task, *items));
+            let mut tasks_of_users = tasks_of_users.lock().unwrap();
+            for (task, (user, _)) in tasks.zip(&totals) {
+                let first = *tasks_of_users.entry(user.clone()).or_insert(task);
+                if task != first {
+                    return Err(format!("{user}'s total in a run of task {task}, and before of task {first}").into());
+                }
             }
             let mut seen = seen.lock().unwrap();
             for (user, total) in totals {
@@ -134,10 +163,16 @@ async fn keyed_state_moves_with_its_partitions_and_counts_every_click_once() {
     else {
         return;
     };
-    let names = (input.as_str(), output.as_str(), group.as_str());
     let totals = Totals::default();
-    let restored =
-        come_and_go(&client, &producer, (&input, &group), |dir| start(&broker.addr, dir, names, &totals)).await;
+    // The running counts go to files too, one per task with counts in each batch, every
+    // process's in one directory.
+    let files = tempfile::tempdir().unwrap();
+    let start = |dir: &Path| {
+        let ssc = context(&broker.addr, dir, &input, &group);
+        ssc.kafka_stream().map(user).map_with_state(None, count_up).to_sink(JsonLinesFiles::new(files.path()));
+        running_counts(ssc, &broker.addr, &output, &totals)
+    };
+    let restored = come_and_go(&client, &producer, (&input, &group), start).await;
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:5.1} s] {what}", started.elapsed().as_secs_f64());
     // c took partitions over from a, b and the crashed b, and b again took some on after a
@@ -147,6 +182,44 @@ async fn keyed_state_moves_with_its_partitions_and_counts_every_click_once() {
     // Every click once, every user's counts in order with none lost and none twice.
     check_counts_and_totals(&broker.addr, &output, &totals, 12_000);
     step("every user's running counts are 1, 2, 3, ... and the totals from update_state_by_key the clicks");
+    let files = check_task_files(files.path(), 12_000 / USERS);
+    step(&format!("the files: every user's counts once, in {files} files of the user's partition's task"));
+}
+
+/// The files sink's files in `dir` of a running counts job: each is a task's (named
+/// `...-task-<partition>.jsonl`), and holds counts of the users of that partition only; over
+/// all of them every user's counts are 1..=`per_user`, each once. Returns how many files.
+fn check_task_files(dir: &Path, per_user: u32) -> usize {
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "{name}: a batch's file left at its temporary name");
+        let task = name.rsplit_once("-task-").and_then(|(_, task)| task.strip_suffix(".jsonl")?.parse::<u32>().ok());
+        let task = task.unwrap_or_else(|| panic!("{name} is not a task's file"));
+        for row in std::fs::read_to_string(&path).unwrap().lines() {
+            let (user, count): (String, u64) = serde_json::from_str(row).unwrap();
+            let partition = user.trim_start_matches("user-").parse::<u32>().unwrap() % PARTITIONS as u32;
+            assert_eq!(partition, task, "{user}'s count {count} in {name}");
+            counts.entry(user).or_default().push(count);
+        }
+        files += 1;
+    }
+    let wrong: Vec<_> = counts
+        .iter_mut()
+        .filter_map(|(user, seen)| {
+            seen.sort_unstable();
+            (*seen != (1..=u64::from(per_user)).collect::<Vec<_>>()).then(|| (user.clone(), seen.len()))
+        })
+        .take(5)
+        .collect();
+    assert!(
+        counts.len() == USERS as usize && wrong.is_empty(),
+        "{} users; (user, counts) wrong: {wrong:?}",
+        counts.len()
+    );
+    files
 }
 
 /// After `clicks` clicks: every user's running counts in the read_committed `output` are 1, 2,
