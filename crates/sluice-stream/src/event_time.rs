@@ -854,7 +854,8 @@ where
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> DStream<Windowed<T>> {
     /// The `k` greatest items of each window by `compare`, greatest first, windows in start
-    /// order, in one part. In scale-out mode in two stages: each process's local top `k` of a
+    /// order, in one part (in scale-out mode, one part per merge task, each window in one).
+    /// In scale-out mode in two stages: each process's local top `k` of a
     /// window goes through `<group>-top-k-<n>-repartition` (made for the job) to the owner of
     /// the window's partition (its key's, so the windows' merges spread over the tasks), which
     /// gives the window once every task's watermark passed its end: each batch's windows are in

@@ -299,9 +299,10 @@ pub struct BatchInfo {
     /// Scale-out mode: the job's group (its processes' internal topics are named after it).
     pub group: Option<Arc<str>>,
     /// Scale-out mode: which task each of the items given belongs to, as runs in their order:
-    /// (task, items), the runs together covering every item. A task is a source partition
-    /// (partitions of co-partitioned sources share one), or a repartition topic's, for a
-    /// stream after a repartition. `None` where the items' tasks are not known: outside
+    /// (task, items), the runs together covering every item. A task is a partition number:
+    /// of the source topics (the same partition of each source shares a task, as
+    /// co-partitioned sources do), or of the repartition topic, for a stream after a
+    /// repartition. `None` where the items' tasks are not known: outside
     /// scale-out mode, and after an operator that gathers or combines the tasks' items (`count`,
     /// `reduce_by_key`, `union`, processing-time windows); the items of element-wise operators
     /// on the source and of the operators that keep state per task (`update_state_by_key`,

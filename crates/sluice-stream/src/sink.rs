@@ -352,9 +352,17 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
 /// process sharing the directory may have renamed it first (a committed batch's file left
 /// behind): that is done too.
 fn rename_into_place(temporary: &Path, target: &Path, dir: &Path) -> Result<(), String> {
-    match std::fs::rename(temporary, target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.exists() => {}
-        renamed => renamed.map_err(|e| format!("renaming into place {}: {e}", target.display()))?,
+    rename_all_into_place(&[(temporary.to_owned(), target.to_owned())], dir)
+}
+
+/// [`rename_into_place`] for each (temporary, target) file of `dir`, one after the other, and
+/// the directory synced once after them.
+fn rename_all_into_place(files: &[(PathBuf, PathBuf)], dir: &Path) -> Result<(), String> {
+    for (temporary, target) in files {
+        match std::fs::rename(temporary, target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.exists() => {}
+            renamed => renamed.map_err(|e| format!("renaming into place {}: {e}", target.display()))?,
+        }
     }
     sync_dir(dir).map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
@@ -522,10 +530,7 @@ impl<T: serde::Serialize + Send + 'static> Sink<T> for JsonLinesFiles {
             return Ok(());
         }
         let (pending, dir) = (std::mem::take(&mut self.pending), self.dir.clone());
-        let renamed = tokio::task::spawn_blocking(move || {
-            pending.iter().try_for_each(|(temporary, target)| rename_into_place(temporary, target, &dir))
-        })
-        .await;
+        let renamed = tokio::task::spawn_blocking(move || rename_all_into_place(&pending, &dir)).await;
         Ok(renamed.map_err(|e| format!("renaming a committed batch's file stopped: {e}"))??)
     }
 }

@@ -418,7 +418,12 @@ impl<T: Send + 'static> DStream<T> {
     }
 
     /// Each part (a read task's records, in offset order, or a gathered batch) mapped whole
-    /// (in a batch that comes in pieces, once the last piece is in).
+    /// (in a batch that comes in pieces, once the last piece is in). In scale-out mode the
+    /// output of an operator that keeps state per task (`update_state_by_key`,
+    /// `map_with_state`, event-time windows, `top_k_per_window`) comes in parts by task, so `f`
+    /// sees each task's part on its own (and is not called when there is no output); a whole
+    /// batch of one process is not a meaningful unit there anyway, as other processes have the
+    /// other tasks.
     pub fn map_partitions<U: Send + 'static>(self, f: impl Fn(Vec<T>) -> Vec<U> + Send + Sync + 'static) -> DStream<U> {
         let (aligned, given) = (self.aligned.clone(), self.given.clone());
         self.derive(move |_, parts| Some(par_parts(parts, &f))).aligned_as(aligned).giving_tasks(given)
