@@ -118,30 +118,28 @@ impl<K: StateKey, S> KeyedState<K, S> {
         self.shard(key)?.get(key).and_then(|slot| slot.state.as_ref())
     }
 
+    /// The keys with a state, with their tasks (0 outside scale-out mode) and states.
+    fn task_states(&self) -> impl Iterator<Item = (i32, &K, &S)> {
+        self.shards.iter().flatten().filter_map(|(key, slot)| Some((slot.task, key, slot.state.as_ref()?)))
+    }
+
     /// The keys with a state, and their states.
     fn states(&self) -> impl Iterator<Item = (&K, &S)> {
-        self.shards.iter().flatten().filter_map(|(key, slot)| Some((key, slot.state.as_ref()?)))
+        self.task_states().map(|(_, key, state)| (key, state))
     }
 
     /// The states in key order.
+    #[cfg(test)]
     fn sorted(&self) -> Vec<(&K, &S)> {
-        let mut states: Vec<(&K, &S)> = self.states().collect();
-        states.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        states
+        self.sorted_by_task().into_iter().map(|(_, key, state)| (key, state)).collect()
     }
 
-    /// The states with their tasks, by task and in key order within each.
+    /// The states with their tasks, by task and in key order within each (key order outside
+    /// scale-out mode, where every key's task is 0).
     fn sorted_by_task(&self) -> Vec<(i32, &K, &S)> {
-        let slots = self.shards.iter().flatten();
-        let mut states: Vec<(i32, &K, &S)> =
-            slots.filter_map(|(key, slot)| Some((slot.task, key, slot.state.as_ref()?))).collect();
+        let mut states: Vec<(i32, &K, &S)> = self.task_states().collect();
         states.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         states
-    }
-
-    /// `key`'s task (0 for a key without a slot).
-    fn task_of(&self, key: &K) -> i32 {
-        self.shard(key).and_then(|shard| shard.get(key)).map_or(0, |slot| slot.task)
     }
 
     /// Keys with a state (or emptied since the last delta).
@@ -506,13 +504,13 @@ where
                     state.set(task, key, new);
                 }
             }
-            if scale {
-                let by_task = state.sorted_by_task().into_iter().map(|(task, k, s)| (task, (k.clone(), s.clone())));
-                let (tasks, parts) = task_parts(by_task);
-                gives.give(input, tasks);
-                return Some(parts);
+            let by_task = state.sorted_by_task().into_iter().map(|(task, k, s)| (task, (k.clone(), s.clone())));
+            if !scale {
+                return Some(vec![by_task.map(|(_, item)| item).collect()]);
             }
-            Some(vec![state.sorted().into_iter().map(|(k, s)| (k.clone(), s.clone())).collect()])
+            let (tasks, parts) = task_parts(by_task);
+            gives.give(input, tasks);
+            Some(parts)
         })
         .giving_tasks(scale.then_some(given))
     }
@@ -549,9 +547,9 @@ where
             let mut out = map_items(state, parts, &tasks, now, &f);
             if let Some(timeout_ms) = timeout_ms {
                 let mut expired: Vec<(i32, K)> = state
-                    .states()
-                    .filter(|(_, (_, last))| now.saturating_sub(*last) > timeout_ms)
-                    .map(|(key, _)| (if scale { state.task_of(key) } else { 0 }, key.clone()))
+                    .task_states()
+                    .filter(|(_, _, (_, last))| now.saturating_sub(*last) > timeout_ms)
+                    .map(|(task, key, _)| (task, key.clone()))
                     .collect();
                 expired.sort_unstable();
                 for (task, key) in expired {
